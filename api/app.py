@@ -1,0 +1,65 @@
+"""The FastAPI application: `create_app(config)` wires auth, routes, errors and the shard router."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import engine
+from engine.config import EngineConfig
+from engine.keys import KeyStore, load_key_store
+from engine.logs import setup_logging
+from engine.runtime.transport import ShardTransport
+
+from .errors import install_error_handlers
+from .http import RequestContextMiddleware
+from .outbox import ShardRouter
+from .routes import health, sessions
+
+RESOLVED_CONFIG_ENV = "SESSION_ENGINE_RESOLVED_CONFIG"
+
+
+def _ray_transport(config: EngineConfig) -> ShardTransport:
+    from engine.runtime import ray_host
+
+    ray_host.connect(config)
+    return ray_host.RayTransport(ray_host.find_shards(config))
+
+
+def create_app(
+    config: EngineConfig,
+    *,
+    transport: Callable[[EngineConfig], ShardTransport] = _ray_transport,
+    keys: KeyStore | None = None,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.router = ShardRouter(transport(config), config.outbox)
+        yield
+
+    app = FastAPI(
+        title="session-engine",
+        version=engine.__version__,
+        description="Sessions and memory for AI agent fleets; fold.run-compatible HTTP API.",
+        lifespan=lifespan,
+        # Bodies without a Content-Type are read as JSON. Every route needs a Bearer header, which a
+        # browser cannot send cross-site without a CORS preflight, so this opens no CSRF hole.
+        strict_content_type=False,
+    )
+    app.state.config = config
+    app.state.keys = keys if keys is not None else load_key_store(config)
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=config.limits.max_body_bytes)
+    app.include_router(health.router)
+    app.include_router(sessions.router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for gateway worker processes: `serve` hands them its resolved config."""
+    config = EngineConfig.model_validate_json(os.environ[RESOLVED_CONFIG_ENV])
+    setup_logging(config.log_level)
+    return create_app(config)

@@ -1,0 +1,140 @@
+"""The only place HTTP meets the engine's errors: every error leaves as {error, code, details, hint}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from engine.errors import EngineError
+from engine.logs import request_id_var
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_CODE = {
+    "AUTH_REQUIRED": 401,
+    "AUTH_INVALID": 401,
+    "FORBIDDEN": 403,
+    "NOT_FOUND": 404,
+    "CONFLICT": 409,
+    "PRECONDITION_FAILED": 412,
+    "PAYLOAD_TOO_LARGE": 413,
+    "VALIDATION_ERROR": 422,
+    "RATE_LIMITED": 429,
+    "UNAVAILABLE": 503,
+    "INTERNAL": 500,
+}
+
+
+def error_response(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None, hint: str = ""
+) -> Response:
+    body = {"error": message, "code": code, "details": details or {}, "hint": hint}
+    headers = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if status == 503:
+        headers["Retry-After"] = "1"
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+async def _engine_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, EngineError)
+    status = STATUS_BY_CODE.get(exc.code, 500)
+    if status >= 500:
+        log.warning("request failed: %s", exc.message, extra={"code": exc.code, "path": request.url.path})
+    return error_response(status, exc.code, exc.message, exc.details, exc.hint)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    problems = [_describe(err) for err in exc.errors()]
+    if any(p["type"] == "json_invalid" for p in problems):
+        return error_response(
+            400,
+            "VALIDATION_ERROR",
+            "request body is not valid JSON",
+            {"errors": problems},
+            "Send a JSON body with 'Content-Type: application/json'.",
+        )
+    content_type = request.headers.get("content-type", "application/json")
+    if "json" not in content_type and any(p["type"] in _NOT_AN_OBJECT for p in problems if not p["field"]):
+        return error_response(
+            422,
+            "VALIDATION_ERROR",
+            f"request body must be JSON, but Content-Type is {content_type!r}",
+            {"errors": problems},
+            "Send the header 'Content-Type: application/json' (curl -d sends form data by default).",
+        )
+    first = problems[0]
+    where = first["field"] or first["in"]
+    return error_response(
+        422,
+        "VALIDATION_ERROR",
+        f"{where}: {first['message']}",
+        {"errors": problems},
+        "Fix the fields named in details and send the request again; /docs lists every field.",
+    )
+
+
+_NOT_AN_OBJECT = frozenset({"model_attributes_type", "dict_type"})
+
+
+def _describe(err: Any) -> dict[str, Any]:
+    loc = [str(part) for part in err.get("loc", ())]
+    where = loc[0] if loc else "body"
+    message = str(err.get("msg", "")).removeprefix("Value error, ")
+    problem = {"in": where, "field": ".".join(loc[1:]), "message": message, "type": err.get("type", "")}
+    if problem["type"] == "json_invalid":
+        problem["message"] = f"JSON decode error: {err.get('ctx', {}).get('error', '')}".strip()
+    return problem
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 413:
+        limit = request.app.state.config.limits.max_body_bytes
+        return error_response(
+            413, "PAYLOAD_TOO_LARGE", "request body is too large", {"limit_bytes": limit}, PAYLOAD_HINT
+        )
+    if exc.status_code == 404:
+        return error_response(
+            404, "NOT_FOUND", f"no route {request.url.path}", {}, "See /docs for the routes."
+        )
+    if exc.status_code == 405:
+        allowed = dict(exc.headers or {}).get("Allow", "")
+        return error_response(
+            405,
+            "VALIDATION_ERROR",
+            f"method {request.method} is not allowed on {request.url.path}",
+            {"allowed": allowed},
+            f"Use one of: {allowed}." if allowed else "See /docs for the routes.",
+        )
+    code = "VALIDATION_ERROR" if exc.status_code < 500 else "INTERNAL"
+    return error_response(exc.status_code, code, str(exc.detail), {}, "")
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", extra={"path": request.url.path})
+    return error_response(
+        500,
+        "INTERNAL",
+        "internal error",
+        {"request_id": request_id_var.get()},
+        "This is a bug in the engine; the request id identifies it in the server log.",
+    )
+
+
+PAYLOAD_HINT = "Send less per request: split batches or shrink the context. Limits are in the config."
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(EngineError, _engine_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

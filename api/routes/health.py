@@ -1,0 +1,35 @@
+"""Liveness and readiness, without auth."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from engine.errors import EngineError
+from engine.sessions.ops import Ping
+
+from ..errors import error_response
+from ..http import json_response
+
+router = APIRouter(tags=["health"])
+READY_TIMEOUT_S = 5.0
+
+
+@router.get("/healthz", summary="The gateway process is up")
+async def healthz() -> Response:
+    return json_response({"status": "ok"})
+
+
+@router.get("/readyz", summary="Every shard answers")
+async def readyz(request: Request) -> Response:
+    try:
+        pings = await asyncio.wait_for(request.app.state.router.broadcast(Ping()), READY_TIMEOUT_S)
+    except EngineError as exc:
+        return error_response(503, "UNAVAILABLE", f"not ready: {exc.message}", exc.details, "Retry shortly.")
+    except TimeoutError:
+        return error_response(503, "UNAVAILABLE", "not ready: a shard did not answer", {}, "Retry shortly.")
+    return json_response(
+        {"status": "ready", "shards": len(pings), "sessions": sum(p["sessions"] for p in pings)}
+    )

@@ -1,0 +1,121 @@
+"""`session-engine`: serve the HTTP API (starting or joining Ray), and manage API keys."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from engine import __version__
+from engine.config import ConfigError, EngineConfig, load_config
+from engine.keys import add_key, ensure_default_key, load_key_store
+from engine.logs import setup_logging
+
+log = logging.getLogger("session_engine")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"session-engine: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = load_config(
+        args.config,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        data_dir=args.data_dir,
+        shards=args.shards,
+        ray__address=args.ray_address,
+    )
+    setup_logging(config.log_level)
+    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    new_key = ensure_default_key(config)
+    if new_key is not None:
+        _announce_key(new_key, config)
+    keys = load_key_store(config)  # fail fast on a bad keys setting, before Ray starts
+
+    import uvicorn
+
+    from api.app import RESOLVED_CONFIG_ENV, create_app
+    from engine.runtime import ray_host
+
+    address = ray_host.connect(config)
+    try:
+        ray_host.ensure_shards(config)
+        log.info(
+            "serving",
+            extra={"url": f"http://{config.host}:{config.port}", "shards": config.shards, "ray": address},
+        )
+        common = {"host": config.host, "port": config.port, "log_config": None, "access_log": False}
+        if config.workers == 1:
+            uvicorn.run(create_app(config, keys=keys), **common)  # type: ignore[arg-type]
+        else:
+            # Worker processes join the Ray this process started and find the shards by name.
+            resolved = config.model_copy(update={"ray": config.ray.model_copy(update={"address": address})})
+            os.environ[RESOLVED_CONFIG_ENV] = resolved.to_env_json()
+            uvicorn.run("api.app:app_from_env", factory=True, workers=config.workers, **common)  # type: ignore[arg-type]
+    finally:
+        ray_host.disconnect()
+    return 0
+
+
+def _announce_key(key: str, config: EngineConfig) -> None:
+    # Printed once, to the terminal, never to the logs; only its hash is stored.
+    print(
+        f"\nCreated an API key for organization 'default' (only its hash is kept, in "
+        f"{config.resolved_keys_file}):\n\n    {key}\n\n"
+        f"Use it as 'Authorization: Bearer {key}'. It is not shown again.\n",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    config = load_config(args.config, data_dir=args.data_dir, keys_file=args.keys_file)
+    key = add_key(config.resolved_keys_file, args.org)
+    print(key)
+    print(
+        f"Created a key for organization {args.org!r}; its hash is in {config.resolved_keys_file}. "
+        "Restart the server to use it.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="session-engine", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"session-engine {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="start the HTTP API (and a local Ray unless --ray-address)")
+    serve.add_argument("--config", type=Path, help="YAML config file, layered over configs/default.yaml")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    serve.add_argument("--data-dir", type=Path, help="where keys and data live (default ./data)")
+    serve.add_argument("--workers", type=int, help="gateway processes (default 1)")
+    serve.add_argument("--shards", type=int, help="SessionShard actors (default 2)")
+    serve.add_argument(
+        "--ray-address", help="join this Ray cluster ('auto' or host:port) instead of starting one"
+    )
+    serve.set_defaults(func=_serve)
+
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(required=True, metavar="ACTION")
+    create = keys.add_parser("create", help="create a key for an organization and print it once")
+    create.add_argument("--org", required=True, help="organization the key belongs to")
+    create.add_argument("--config", type=Path)
+    create.add_argument("--data-dir", type=Path)
+    create.add_argument("--keys-file", type=Path)
+    create.set_defaults(func=_keys_create)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Engine configuration: frozen, validated at start, layered from files, environment and flags.
+
+Precedence, lowest first: `configs/default.yaml` < the file given with `--config` < environment
+variables `SESSION_ENGINE_<KEY>` (nested keys joined with `__`, e.g.
+`SESSION_ENGINE_LIMITS__MAX_BODY_BYTES`) < explicit overrides (command-line flags).
+Built once by `load_config()` in `main` and passed down; never read at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+ENV_PREFIX = "SESSION_ENGINE_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LimitsConfig(_Section):
+    """Bounds on what one request may carry; each violation is a clear 4xx."""
+
+    max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    max_context_bytes: int = Field(64 * 1024, ge=2)
+    max_message_bytes: int = Field(1024 * 1024, ge=1)
+    max_batch_messages: int = Field(100, ge=1)
+    max_name_chars: int = Field(256, ge=1)
+    default_ttl_s: int = Field(3600, ge=1)
+    max_ttl_s: int = Field(30 * 24 * 3600, ge=1)
+    default_list_limit: int = Field(50, ge=1)
+    max_list_limit: int = Field(1000, ge=1)
+
+    @model_validator(mode="after")
+    def _defaults_within_maxima(self) -> LimitsConfig:
+        if self.default_ttl_s > self.max_ttl_s:
+            raise ValueError("limits.default_ttl_s must not exceed limits.max_ttl_s")
+        if self.default_list_limit > self.max_list_limit:
+            raise ValueError("limits.default_list_limit must not exceed limits.max_list_limit")
+        return self
+
+
+class OutboxConfig(_Section):
+    """How the gateway sends operations to a shard."""
+
+    coalesce: bool = True  # gather ops that arrive while a call is in flight into the next call
+    max_batch_ops: int = Field(512, ge=1)
+    call_timeout_s: float = Field(30.0, gt=0)
+
+
+class RayConfig(_Section):
+    address: str | None = None  # None: start a local Ray inside `serve`
+    namespace: str = "session-engine"
+    object_store_mb: int = Field(256, ge=80)
+    node_ip: str = "127.0.0.1"  # the embedded Ray listens on loopback only
+
+
+class EngineConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", env_prefix=ENV_PREFIX, env_nested_delimiter="__"
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    data_dir: Path = Path("data")
+    shards: int = Field(2, ge=1, le=4096)
+    expiry_tick_s: float = Field(0.25, gt=0, le=60)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    api_keys: SecretStr | None = None  # "key1=org1,key2=org2"; else the keys file is used
+    keys_file: Path | None = None  # default: <data_dir>/keys.json
+    limits: LimitsConfig = LimitsConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    ray: RayConfig = RayConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Layering is done once, explicitly, in load_config(); construction takes only its arguments.
+        return (init_settings,)
+
+    @property
+    def resolved_keys_file(self) -> Path:
+        return self.keys_file if self.keys_file is not None else self.data_dir / "keys.json"
+
+    def to_env_json(self) -> str:
+        """The whole config, secrets included, for handing to worker processes this one starts."""
+        data = self.model_dump(mode="json")
+        data["api_keys"] = self.api_keys.get_secret_value() if self.api_keys else None
+        return orjson.dumps(data).decode()
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message names it."""
+
+
+def load_config(config_file: Path | None = None, **overrides: Any) -> EngineConfig:
+    layers = [_read_yaml(DEFAULT_CONFIG_PATH, required=False)]
+    if config_file is not None:
+        layers.append(_read_yaml(config_file, required=True))
+    layers.append(EnvSettingsSource(EngineConfig)())
+    layers.append(_nest({k: v for k, v in overrides.items() if v is not None}))
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = _deep_merge(merged, layer)
+    try:
+        return EngineConfig(**merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def _read_yaml(path: Path, *, required: bool) -> dict[str, Any]:
+    if not path.exists():
+        if required:
+            raise ConfigError(f"config file {path} does not exist")
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    return data
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """`{"ray__address": x}` -> `{"ray": {"address": x}}`, so flags can name nested settings."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split("__")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,28 @@
+"""Placement of sessions on shards: jump consistent hash of organization and session id.
+
+Jump hash (Lamping and Veach, 2014) maps a 64-bit key to one of N buckets with no table, and when
+N grows to N+1 only about 1/(N+1) of the keys move, all of them to the new bucket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+_MASK64 = (1 << 64) - 1
+_LCG_MULTIPLIER = 2862933555777941757
+
+
+def jump_hash(key: int, buckets: int) -> int:
+    if buckets < 1:
+        raise ValueError("buckets must be at least 1")
+    bucket, candidate = -1, 0
+    while candidate < buckets:
+        bucket = candidate
+        key = (key * _LCG_MULTIPLIER + 1) & _MASK64
+        candidate = int((bucket + 1) * ((1 << 31) / ((key >> 33) + 1)))
+    return bucket
+
+
+def shard_for(org: str, session_id: str, shards: int) -> int:
+    digest = hashlib.blake2b(f"{org}/{session_id}".encode(), digest_size=8).digest()
+    return jump_hash(int.from_bytes(digest, "little"), shards)

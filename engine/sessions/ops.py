@@ -1,0 +1,110 @@
+"""Operations a shard applies. Every state change is one of these, applied by `ShardStore.apply`,
+so the write-ahead log can record exactly the ops (with the time they ran at) and replay them.
+
+They are plain frozen dataclasses: cheap to pickle across Ray and safe to share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine.sessions.session import NewMessage, SessionStatus
+
+
+@dataclass(slots=True, frozen=True)
+class CreateSession:
+    org: str
+    session_id: str
+    name: str
+    ttl_s: int
+    context: dict[str, Any]
+
+
+@dataclass(slots=True, frozen=True)
+class AppendMessages:
+    org: str
+    session_id: str
+    messages: tuple[NewMessage, ...]
+
+
+@dataclass(slots=True, frozen=True)
+class ReplaceContext:
+    org: str
+    session_id: str
+    context: dict[str, Any]
+    if_match: int | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class UpdateSession:
+    org: str
+    session_id: str
+    name: str | None = None
+    ttl_s: int | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class EndSession:
+    """close (summary follows) or complete (no summary)."""
+
+    org: str
+    session_id: str
+    status: SessionStatus
+
+
+@dataclass(slots=True, frozen=True)
+class DeleteSession:
+    org: str
+    session_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class ExpireDue:
+    """Issued by the shard's timer: every active session whose deadline has passed becomes expired."""
+
+
+@dataclass(slots=True, frozen=True)
+class GetSession:
+    org: str
+    session_id: str
+    after_seq: int = 0
+    limit: int | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class ListSessions:
+    """Newest first. `before` is the (created_at, id) of the last session of the previous page."""
+
+    org: str
+    limit: int
+    status: SessionStatus | None = None
+    before: tuple[int, str] | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Ping:
+    pass
+
+
+MUTATING_OPS = (
+    CreateSession,
+    AppendMessages,
+    ReplaceContext,
+    UpdateSession,
+    EndSession,
+    DeleteSession,
+    ExpireDue,
+)
+Op = (
+    CreateSession
+    | AppendMessages
+    | ReplaceContext
+    | UpdateSession
+    | EndSession
+    | DeleteSession
+    | ExpireDue
+    | GetSession
+    | ListSessions
+    | Ping
+)

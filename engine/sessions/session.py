@@ -1,0 +1,168 @@
+"""One session: its state, its lifecycle, and the changes it accepts. Pure Python, no I/O.
+
+A session is a virtual actor: the shard that owns it applies its operations one at a time in
+arrival order, so nothing here locks.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from engine.errors import SessionNotActive, VersionMismatch
+
+SESSION_ID_PREFIX = "sess_"
+_SESSION_ID_HEX_CHARS = 32  # 128 random bits
+
+
+def new_session_id() -> str:
+    return SESSION_ID_PREFIX + secrets.token_hex(_SESSION_ID_HEX_CHARS // 2)
+
+
+def is_session_id(value: str) -> bool:
+    hex_part = value[len(SESSION_ID_PREFIX) :]
+    return (
+        value.startswith(SESSION_ID_PREFIX)
+        and len(hex_part) == _SESSION_ID_HEX_CHARS
+        and all(c in "0123456789abcdef" for c in hex_part)
+    )
+
+
+class SessionStatus(StrEnum):
+    ACTIVE = "active"
+    CLOSED = "closed"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+
+
+# Every session starts active; leaving active is final.
+TRANSITIONS: dict[SessionStatus, frozenset[SessionStatus]] = {
+    SessionStatus.ACTIVE: frozenset({SessionStatus.CLOSED, SessionStatus.COMPLETED, SessionStatus.EXPIRED}),
+    SessionStatus.CLOSED: frozenset(),
+    SessionStatus.COMPLETED: frozenset(),
+    SessionStatus.EXPIRED: frozenset(),
+}
+
+
+class SummaryStatus(StrEnum):
+    PENDING = "pending"
+
+
+@dataclass(slots=True, frozen=True)
+class NewMessage:
+    role: str
+    content: str
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Message:
+    """A stored message. Its seq is its position in the session (1-based), so it is not stored."""
+
+    role: str
+    content: str
+    created_at: int
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+
+    def view(self, seq: int) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "seq": seq,
+            "role": self.role,
+            "content": self.content,
+            "created_at": self.created_at,
+        }
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.tool_name is not None:
+            out["tool_name"] = self.tool_name
+        return out
+
+
+@dataclass(slots=True)
+class Session:
+    org: str
+    id: str
+    name: str
+    ttl_s: int
+    created_at: int
+    expires_at: int
+    context: dict[str, Any]
+    updated_at: int = 0
+    status: SessionStatus = SessionStatus.ACTIVE
+    version: int = 1
+    ended_at: int | None = None
+    summary_status: SummaryStatus | None = None
+    summary: str | None = None
+    messages: list[Message] = field(default_factory=list)
+
+    @property
+    def sort_key(self) -> tuple[int, str]:
+        return (self.created_at, self.id)
+
+    def is_due(self, now_ms: int) -> bool:
+        return self.status is SessionStatus.ACTIVE and now_ms >= self.expires_at
+
+    def transition(self, to: SessionStatus, *, now_ms: int) -> None:
+        if to not in TRANSITIONS[self.status]:
+            raise SessionNotActive(self.id, self.status.value)
+        self.status = to
+        # An expired session ended at its deadline, whenever the timer noticed.
+        self.ended_at = self.expires_at if to is SessionStatus.EXPIRED else now_ms
+        self.updated_at = self.ended_at
+        if to is SessionStatus.CLOSED:
+            self.summary_status = SummaryStatus.PENDING
+
+    def require_active(self) -> None:
+        if self.status is not SessionStatus.ACTIVE:
+            raise SessionNotActive(self.id, self.status.value)
+
+    def append(self, new: list[NewMessage], *, now_ms: int) -> list[dict[str, Any]]:
+        """All-or-nothing: the caller has validated every message before this runs."""
+        self.require_active()
+        first_seq = len(self.messages) + 1
+        stored = [Message(m.role, m.content, now_ms, m.tool_call_id, m.tool_name) for m in new]
+        self.messages.extend(stored)
+        self.updated_at = now_ms
+        return [m.view(first_seq + i) for i, m in enumerate(stored)]
+
+    def replace_context(self, context: dict[str, Any], *, if_match: int | None, now_ms: int) -> None:
+        self.require_active()
+        if if_match is not None and if_match != self.version:
+            raise VersionMismatch(self.id, if_match, self.version)
+        self.context = context
+        self.version += 1
+        self.updated_at = now_ms
+
+    def update(self, *, name: str | None, ttl_s: int | None, now_ms: int) -> None:
+        self.require_active()
+        if name is not None:
+            self.name = name
+        if ttl_s is not None:
+            self.ttl_s = ttl_s
+            self.expires_at = now_ms + ttl_s * 1000
+        self.updated_at = now_ms
+
+    def view(self, *, messages: bool = False, after_seq: int = 0, limit: int | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "status": self.status.value,
+            "ttl_seconds": self.ttl_s,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "expires_at": self.expires_at,
+            "ended_at": self.ended_at,
+            "message_count": len(self.messages),
+            "context": self.context,
+            "version": self.version,
+            "summary_status": self.summary_status.value if self.summary_status else None,
+            "summary": self.summary,
+        }
+        if messages:
+            end = len(self.messages) if limit is None else min(len(self.messages), after_seq + limit)
+            out["messages"] = [self.messages[i].view(i + 1) for i in range(after_seq, end)]
+        return out

@@ -1,0 +1,216 @@
+"""ShardStore: many sessions hosted together, their per-organization listing index and expiry heap.
+
+Pure Python, no Ray, no I/O. `apply(op, now_ms)` is the one entry point; given the same ops at the
+same times it reaches the same state, which is what makes a write-ahead log of ops replayable.
+Reads never change state: a session past its deadline reads as expired and refuses writes at once,
+but only the timer's `ExpireDue` op moves it to `expired`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
+from typing import Any
+
+from sortedcontainers import SortedList
+
+from engine.errors import EngineError, Internal, SessionExists, SessionNotActive, SessionNotFound
+from engine.sessions.ops import (
+    AppendMessages,
+    CreateSession,
+    DeleteSession,
+    EndSession,
+    ExpireDue,
+    GetSession,
+    ListSessions,
+    Op,
+    Ping,
+    ReplaceContext,
+    UpdateSession,
+)
+from engine.sessions.session import Session, SessionStatus
+
+SortKey = tuple[int, str]
+log = logging.getLogger(__name__)
+
+
+class _OrgIndex:
+    """One organization's sessions on this shard, ordered by (created_at, id), overall and per status."""
+
+    __slots__ = ("all", "by_status")
+
+    def __init__(self) -> None:
+        self.all: SortedList = SortedList()
+        self.by_status: dict[SessionStatus, SortedList] = {s: SortedList() for s in SessionStatus}
+
+    def add(self, session: Session) -> None:
+        self.all.add(session.sort_key)
+        self.by_status[session.status].add(session.sort_key)
+
+    def remove(self, session: Session) -> None:
+        self.all.remove(session.sort_key)
+        self.by_status[session.status].remove(session.sort_key)
+
+    def move(self, session: Session, old: SessionStatus) -> None:
+        self.by_status[old].remove(session.sort_key)
+        self.by_status[session.status].add(session.sort_key)
+
+
+class ShardStore:
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[str, str], Session] = {}
+        self._orgs: dict[str, _OrgIndex] = {}
+        self._deadlines: list[tuple[int, str, str]] = []  # heap; entries go stale on TTL change or delete
+        self._handlers: dict[type, Callable[[Any, int], Any]] = {
+            CreateSession: self._create,
+            AppendMessages: self._append,
+            ReplaceContext: self._replace_context,
+            UpdateSession: self._update,
+            EndSession: self._end,
+            DeleteSession: self._delete,
+            ExpireDue: self._expire_due,
+            GetSession: self._get_view,
+            ListSessions: self._list,
+            Ping: self._ping,
+        }
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def apply(self, op: Op, now_ms: int) -> Any:
+        return self._handlers[type(op)](op, now_ms)
+
+    def apply_batch(self, ops: Sequence[Op], now_ms: int) -> list[Any]:
+        """Apply ops in order; one op's error is its own result and never fails the others."""
+        results: list[Any] = []
+        for op in ops:
+            try:
+                results.append(self.apply(op, now_ms))
+            except EngineError as exc:
+                results.append(exc)
+            except Exception as exc:
+                log.exception("internal error applying %s", type(op).__name__)
+                results.append(Internal(f"internal error applying {type(op).__name__}", {"error": repr(exc)}))
+        return results
+
+    def next_deadline(self) -> int | None:
+        return self._deadlines[0][0] if self._deadlines else None
+
+    # -- writes -------------------------------------------------------------------------------------
+
+    def _create(self, op: CreateSession, now_ms: int) -> dict[str, Any]:
+        key = (op.org, op.session_id)
+        if key in self._sessions:
+            raise SessionExists(op.session_id)
+        session = Session(
+            org=op.org,
+            id=op.session_id,
+            name=op.name,
+            ttl_s=op.ttl_s,
+            created_at=now_ms,
+            updated_at=now_ms,
+            expires_at=now_ms + op.ttl_s * 1000,
+            context=op.context,
+        )
+        self._sessions[key] = session
+        self._orgs.setdefault(op.org, _OrgIndex()).add(session)
+        heapq.heappush(self._deadlines, (session.expires_at, op.org, op.session_id))
+        return session.view()
+
+    def _append(self, op: AppendMessages, now_ms: int) -> list[dict[str, Any]]:
+        return self._writable(op.org, op.session_id, now_ms).append(list(op.messages), now_ms=now_ms)
+
+    def _replace_context(self, op: ReplaceContext, now_ms: int) -> dict[str, Any]:
+        session = self._writable(op.org, op.session_id, now_ms)
+        session.replace_context(op.context, if_match=op.if_match, now_ms=now_ms)
+        return session.view()
+
+    def _update(self, op: UpdateSession, now_ms: int) -> dict[str, Any]:
+        session = self._writable(op.org, op.session_id, now_ms)
+        session.update(name=op.name, ttl_s=op.ttl_s, now_ms=now_ms)
+        if op.ttl_s is not None:
+            heapq.heappush(self._deadlines, (session.expires_at, op.org, op.session_id))
+        return session.view()
+
+    def _end(self, op: EndSession, now_ms: int) -> dict[str, Any]:
+        session = self._writable(op.org, op.session_id, now_ms)
+        self._transition(session, op.status, now_ms)
+        return session.view()
+
+    def _delete(self, op: DeleteSession, now_ms: int) -> None:
+        session = self._find(op.org, op.session_id)
+        del self._sessions[(op.org, op.session_id)]
+        index = self._orgs[op.org]
+        index.remove(session)
+        if not index.all:
+            del self._orgs[op.org]
+
+    def _expire_due(self, op: ExpireDue, now_ms: int) -> list[str]:
+        expired: list[str] = []
+        while self._deadlines and self._deadlines[0][0] <= now_ms:
+            _, org, session_id = heapq.heappop(self._deadlines)
+            session = self._sessions.get((org, session_id))
+            # Stale entries (deleted, ended, or TTL extended since) are dropped here.
+            if session is not None and session.is_due(now_ms):
+                self._transition(session, SessionStatus.EXPIRED, now_ms)
+                expired.append(session_id)
+        return expired
+
+    # -- reads --------------------------------------------------------------------------------------
+
+    def _get_view(self, op: GetSession, now_ms: int) -> dict[str, Any]:
+        session = self._find(op.org, op.session_id)
+        view = session.view(messages=True, after_seq=op.after_seq, limit=op.limit)
+        _show_due_as_expired(session, view, now_ms)
+        return view
+
+    def _list(self, op: ListSessions, now_ms: int) -> dict[str, Any]:
+        index = self._orgs.get(op.org)
+        if index is None:
+            return {"items": [], "has_more": False}
+        keys = index.all if op.status is None else index.by_status[op.status]
+        newest_first: Iterator[SortKey] = (
+            keys.irange(maximum=op.before, inclusive=(True, False), reverse=True)
+            if op.before is not None
+            else reversed(keys)
+        )
+        if op.status is SessionStatus.ACTIVE:
+            # An active session past its deadline already reads as expired; leave it out of 'active'.
+            newest_first = (k for k in newest_first if not self._sessions[(op.org, k[1])].is_due(now_ms))
+        items: list[tuple[SortKey, dict[str, Any]]] = []
+        for key in islice(newest_first, op.limit + 1):
+            session = self._sessions[(op.org, key[1])]
+            view = session.view()
+            _show_due_as_expired(session, view, now_ms)
+            items.append((key, view))
+        return {"items": items[: op.limit], "has_more": len(items) > op.limit}
+
+    def _ping(self, op: Ping, now_ms: int) -> dict[str, int]:
+        return {"sessions": len(self._sessions)}
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _find(self, org: str, session_id: str) -> Session:
+        session = self._sessions.get((org, session_id))
+        if session is None:
+            raise SessionNotFound(session_id)
+        return session
+
+    def _writable(self, org: str, session_id: str, now_ms: int) -> Session:
+        session = self._find(org, session_id)
+        if session.is_due(now_ms):
+            raise SessionNotActive(session_id, SessionStatus.EXPIRED.value)
+        return session
+
+    def _transition(self, session: Session, to: SessionStatus, now_ms: int) -> None:
+        old = session.status
+        session.transition(to, now_ms=now_ms)
+        self._orgs[session.org].move(session, old)
+
+
+def _show_due_as_expired(session: Session, view: dict[str, Any], now_ms: int) -> None:
+    if session.is_due(now_ms):
+        view["status"] = SessionStatus.EXPIRED.value
+        view["ended_at"] = session.expires_at

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine.config import DEFAULT_CONFIG_PATH, ConfigError, EngineConfig, load_config
+
+
+def test_default_yaml_states_every_built_in_default() -> None:
+    stated = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    assert stated == EngineConfig().model_dump(mode="json", exclude={"api_keys", "keys_file"})
+    assert load_config() == EngineConfig()
+
+
+def test_file_then_env_then_flags_override_in_that_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chosen = tmp_path / "c.yaml"
+    chosen.write_text("shards: 4\nport: 9000\nlimits:\n  max_batch_messages: 10\n")
+    monkeypatch.setenv("SESSION_ENGINE_PORT", "9001")
+    monkeypatch.setenv("SESSION_ENGINE_LIMITS__MAX_CONTEXT_BYTES", "1024")
+    config = load_config(chosen, workers=3, port=None)
+    assert (config.shards, config.port, config.workers) == (4, 9001, 3)
+    assert (config.limits.max_batch_messages, config.limits.max_context_bytes) == (10, 1024)
+    assert config.limits.max_body_bytes == EngineConfig().limits.max_body_bytes
+    assert load_config(chosen, port=9002).port == 9002
+
+
+def test_nested_flags_reach_nested_settings() -> None:
+    assert load_config(ray__address="auto").ray.address == "auto"
+
+
+def test_a_bad_value_is_refused_with_the_setting_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SESSION_ENGINE_SHARDS", "0")
+    with pytest.raises(ConfigError, match="shards"):
+        load_config()
+
+
+def test_an_unknown_key_in_a_file_is_refused(tmp_path: Path) -> None:
+    chosen = tmp_path / "c.yaml"
+    chosen.write_text("shard: 4\n")
+    with pytest.raises(ConfigError, match="shard"):
+        load_config(chosen)
+
+
+def test_a_missing_or_malformed_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_inconsistent_limits_are_refused() -> None:
+    with pytest.raises(ConfigError, match="default_ttl_s"):
+        load_config(limits={"default_ttl_s": 100, "max_ttl_s": 10})
+
+
+def test_the_config_handed_to_workers_keeps_its_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SESSION_ENGINE_API_KEYS", "k=acme")
+    config = load_config()
+    again = EngineConfig.model_validate_json(config.to_env_json())
+    assert again.api_keys is not None and again.api_keys.get_secret_value() == "k=acme"
+    assert again == config

@@ -1,0 +1,234 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.errors import Internal, SessionNotActive, SessionNotFound, VersionMismatch
+from engine.sessions.ops import (
+    AppendMessages,
+    CreateSession,
+    DeleteSession,
+    EndSession,
+    ExpireDue,
+    GetSession,
+    ListSessions,
+    Ping,
+    ReplaceContext,
+    UpdateSession,
+)
+from engine.sessions.session import NewMessage, SessionStatus, new_session_id
+from engine.sessions.shard import ShardStore
+
+T0 = 1_700_000_000_000
+
+
+def create(store: ShardStore, org: str = "acme", ttl_s: int = 60, now_ms: int = T0, name: str = "s") -> str:
+    session_id = new_session_id()
+    store.apply(CreateSession(org, session_id, name, ttl_s, {}), now_ms)
+    return session_id
+
+
+def say(store: ShardStore, org: str, sid: str, *texts: str, now_ms: int = T0) -> list[dict]:
+    return store.apply(AppendMessages(org, sid, tuple(NewMessage("user", t) for t in texts)), now_ms)
+
+
+def test_another_organization_cannot_see_a_session() -> None:
+    store = ShardStore()
+    sid = create(store, org="acme")
+    for op in (
+        GetSession("evil", sid),
+        AppendMessages("evil", sid, (NewMessage("user", "x"),)),
+        ReplaceContext("evil", sid, {}),
+        UpdateSession("evil", sid, name="x"),
+        EndSession("evil", sid, SessionStatus.CLOSED),
+        DeleteSession("evil", sid),
+    ):
+        with pytest.raises(SessionNotFound):
+            store.apply(op, T0)
+    assert store.apply(ListSessions("evil", 10), T0)["items"] == []
+    assert store.apply(GetSession("acme", sid), T0)["status"] == "active"
+
+
+def test_messages_read_back_in_arrival_order() -> None:
+    store = ShardStore()
+    sid = create(store)
+    say(store, "acme", sid, "a", "b")
+    say(store, "acme", sid, "c")
+    messages = store.apply(GetSession("acme", sid), T0)["messages"]
+    assert [(m["seq"], m["content"]) for m in messages] == [(1, "a"), (2, "b"), (3, "c")]
+
+
+def test_the_timer_expires_due_sessions_and_only_them() -> None:
+    store = ShardStore()
+    short, long_ = create(store, ttl_s=1), create(store, ttl_s=10)
+    assert store.apply(ExpireDue(), T0 + 999) == []
+    assert store.apply(ExpireDue(), T0 + 1_000) == [short]
+    assert store.apply(GetSession("acme", short), T0 + 1_000)["status"] == "expired"
+    assert store.apply(GetSession("acme", long_), T0 + 1_000)["status"] == "active"
+    expired = store.apply(ListSessions("acme", 10, SessionStatus.EXPIRED), T0 + 1_000)["items"]
+    assert [view["id"] for _, view in expired] == [short]
+
+
+def test_a_due_session_reads_as_expired_and_refuses_writes_before_the_timer_runs() -> None:
+    store = ShardStore()
+    sid = create(store, ttl_s=1)
+    view = store.apply(GetSession("acme", sid), T0 + 1_500)
+    assert (view["status"], view["ended_at"]) == ("expired", T0 + 1_000)
+    with pytest.raises(SessionNotActive) as info:
+        say(store, "acme", sid, "late", now_ms=T0 + 1_500)
+    assert info.value.status == "expired"
+    assert store.apply(ListSessions("acme", 10, SessionStatus.ACTIVE), T0 + 1_500)["items"] == []
+
+
+def test_extending_the_ttl_keeps_a_session_alive_past_its_old_deadline() -> None:
+    store = ShardStore()
+    sid = create(store, ttl_s=1)
+    store.apply(UpdateSession("acme", sid, ttl_s=60), T0 + 500)
+    assert store.apply(ExpireDue(), T0 + 5_000) == []
+    assert store.apply(ExpireDue(), T0 + 60_500) == [sid]
+
+
+def test_ended_and_deleted_sessions_leave_stale_deadlines_harmlessly() -> None:
+    store = ShardStore()
+    closed, deleted = create(store, ttl_s=1), create(store, ttl_s=1)
+    store.apply(EndSession("acme", closed, SessionStatus.CLOSED), T0)
+    store.apply(DeleteSession("acme", deleted), T0)
+    assert store.apply(ExpireDue(), T0 + 2_000) == []
+    assert store.apply(GetSession("acme", closed), T0 + 2_000)["status"] == "closed"
+    assert store.next_deadline() is None
+
+
+def test_ended_sessions_refuse_every_change() -> None:
+    store = ShardStore()
+    sid = create(store)
+    store.apply(EndSession("acme", sid, SessionStatus.COMPLETED), T0)
+    for op in (
+        AppendMessages("acme", sid, (NewMessage("user", "x"),)),
+        ReplaceContext("acme", sid, {"a": 1}),
+        UpdateSession("acme", sid, ttl_s=5),
+        EndSession("acme", sid, SessionStatus.CLOSED),
+    ):
+        with pytest.raises(SessionNotActive):
+            store.apply(op, T0)
+
+
+def test_delete_removes_the_session_from_reads_and_lists() -> None:
+    store = ShardStore()
+    sid = create(store)
+    store.apply(DeleteSession("acme", sid), T0)
+    with pytest.raises(SessionNotFound):
+        store.apply(GetSession("acme", sid), T0)
+    assert store.apply(ListSessions("acme", 10), T0)["items"] == []
+    assert store.apply(Ping(), T0) == {"sessions": 0}
+
+
+def test_a_batch_reports_each_ops_own_error() -> None:
+    store = ShardStore()
+    sid = create(store)
+    results = store.apply_batch(
+        [
+            AppendMessages("acme", sid, (NewMessage("user", "ok"),)),
+            ReplaceContext("acme", sid, {}, if_match=7),
+            GetSession("acme", new_session_id()),
+            AppendMessages("acme", sid, (NewMessage("user", "still ok"),)),
+        ],
+        T0,
+    )
+    assert results[0][0]["seq"] == 1
+    assert isinstance(results[1], VersionMismatch)
+    assert isinstance(results[2], SessionNotFound)
+    assert results[3][0]["seq"] == 2
+
+
+def test_a_bug_in_one_op_is_an_internal_error_for_that_op_only() -> None:
+    store = ShardStore()
+    results = store.apply_batch([GetSession("acme", None), Ping()], T0)  # type: ignore[arg-type]
+    assert isinstance(results[0], SessionNotFound | Internal)
+    assert results[1] == {"sessions": 0}
+
+
+def test_lists_are_newest_first_and_pages_continue_after_the_cursor() -> None:
+    store = ShardStore()
+    ids = [create(store, now_ms=T0 + i) for i in range(7)]
+    first = store.apply(ListSessions("acme", 3), T0 + 10)
+    assert [v["id"] for _, v in first["items"]] == ids[::-1][:3]
+    assert first["has_more"]
+    second = store.apply(ListSessions("acme", 3, before=first["items"][-1][0]), T0 + 10)
+    assert [v["id"] for _, v in second["items"]] == ids[::-1][3:6]
+    last = store.apply(ListSessions("acme", 3, before=second["items"][-1][0]), T0 + 10)
+    assert ([v["id"] for _, v in last["items"]], last["has_more"]) == ([ids[0]], False)
+
+
+def test_status_filters_follow_transitions() -> None:
+    store = ShardStore()
+    a, b, c = create(store), create(store), create(store)
+    store.apply(EndSession("acme", a, SessionStatus.CLOSED), T0)
+    store.apply(EndSession("acme", b, SessionStatus.COMPLETED), T0)
+
+    def listed(status: SessionStatus) -> set[str]:
+        return {v["id"] for _, v in store.apply(ListSessions("acme", 10, status), T0)["items"]}
+
+    assert listed(SessionStatus.CLOSED) == {a}
+    assert listed(SessionStatus.COMPLETED) == {b}
+    assert listed(SessionStatus.ACTIVE) == {c}
+
+
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("create"), st.integers(1, 5)),
+        st.tuples(st.just("say"), st.integers(0, 9), st.integers(1, 4)),
+        st.tuples(st.just("end"), st.integers(0, 9)),
+        st.tuples(st.just("delete"), st.integers(0, 9)),
+        st.tuples(st.just("tick"), st.integers(0, 3_000)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_ops)
+def test_any_op_sequence_keeps_seqs_gap_free_and_lists_complete(script: list[tuple]) -> None:
+    store, now = ShardStore(), T0
+    sessions: list[str] = []
+    sent: dict[str, list[str]] = {}
+    for step in script:
+        kind = step[0]
+        if kind == "create":
+            sessions.append(create(store, ttl_s=step[1], now_ms=now))
+            sent[sessions[-1]] = []
+        elif kind == "tick":
+            now += step[1]
+            store.apply(ExpireDue(), now)
+        elif sessions:
+            sid = sessions[step[1] % len(sessions)]
+            results = store.apply_batch(
+                [
+                    AppendMessages(
+                        "acme", sid, tuple(NewMessage("user", f"{sid}:{i}") for i in range(step[2]))
+                    )
+                    if kind == "say"
+                    else EndSession("acme", sid, SessionStatus.CLOSED)
+                    if kind == "end"
+                    else DeleteSession("acme", sid)
+                ],
+                now,
+            )
+            if kind == "say" and isinstance(results[0], list):
+                sent[sid].extend(m["content"] for m in results[0])
+            if kind == "delete" and results[0] is None:
+                sessions.remove(sid)
+                del sent[sid]
+    for sid in sessions:
+        messages = store.apply(GetSession("acme", sid), now)["messages"]
+        assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
+        assert [m["content"] for m in messages] == sent[sid]
+    seen, before = [], None
+    while True:
+        page = store.apply(ListSessions("acme", 4, before=before), now)
+        seen += [v["id"] for _, v in page["items"]]
+        if not page["has_more"]:
+            break
+        before = page["items"][-1][0]
+    assert sorted(seen) == sorted(sessions)
+    assert len(seen) == len(set(seen))
