@@ -1,0 +1,75 @@
+"""Starting and stopping a real `session-engine serve` process for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """`session-engine serve` in its own process group, stopped only by its own pid group."""
+
+    def __init__(self, data_dir: Path, args: list[str], env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_dir.parent / f"{data_dir.name}-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SESSION_ENGINE_")}
+        full_env |= {"SESSION_ENGINE_EXPIRY_TICK_S": "0.1", **env}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "serve", "--port", str(self.port), "--data-dir", str(data_dir), *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout_s: float = 90.0) -> ServerProcess:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server not ready in {timeout_s} s:\n{self.output()}")
+
+    def output(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout_s)
+        self._log.close()
+        return self.proc.returncode
+
+
+def joined_server(data_dir: Path, ray_address: str, env: dict[str, str], *args: str) -> ServerProcess:
+    """A gateway joining the test run's Ray, with its shards in a namespace of its own."""
+    env = {"SESSION_ENGINE_RAY__NAMESPACE": f"test-{uuid.uuid4().hex[:8]}", **env}
+    return ServerProcess(data_dir, ["--ray-address", ray_address, *args], env).wait_ready()

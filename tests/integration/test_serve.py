@@ -1,0 +1,95 @@
+"""`session-engine serve` as a user starts it: keys, workers, and its own embedded Ray."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from .server import ServerProcess, joined_server
+
+
+def _key_printed(output: str) -> str | None:
+    match = re.search(r"^\s+(sek_[A-Za-z0-9_-]{43})\s*$", output, re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def test_first_start_prints_a_default_key_once_and_a_restart_keeps_it(tmp_data: Path, ray_address: str) -> None:
+    first = joined_server(tmp_data, ray_address, {})
+    try:
+        key = _key_printed(first.output())
+        assert key is not None, first.output()
+        auth = {"Authorization": f"Bearer {key}"}
+        assert httpx.post(f"{first.url}/sessions", json={"name": "a"}, headers=auth).status_code == 201
+    finally:
+        first.stop()
+    assert key not in (tmp_data / "keys.json").read_text()
+    log_lines = [line for line in first.output().splitlines() if line.startswith("{")]
+    assert log_lines and not any(key in line for line in log_lines), "the key is printed, never logged"
+
+    second = joined_server(tmp_data, ray_address, {})
+    try:
+        assert _key_printed(second.output()) is None
+        assert httpx.get(f"{second.url}/sessions", headers=auth).status_code == 200
+    finally:
+        second.stop()
+
+
+def test_keys_create_adds_a_key_for_another_organization(tmp_data: Path, ray_address: str) -> None:
+    created = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "keys", "create", "--org", "acme", "--data-dir", str(tmp_data)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    key = created.stdout.strip()
+    server = joined_server(tmp_data, ray_address, {})
+    try:
+        assert _key_printed(server.output()) is None, "a keys file exists, so no default key is made"
+        auth = {"Authorization": f"Bearer {key}"}
+        assert httpx.post(f"{server.url}/sessions", json={"name": "a"}, headers=auth).status_code == 201
+    finally:
+        server.stop()
+
+
+def test_several_gateway_workers_share_the_same_shards(tmp_data: Path, ray_address: str) -> None:
+    server = joined_server(tmp_data, ray_address, {"SESSION_ENGINE_API_KEYS": "k=acme"}, "--workers", "2")
+    try:
+        auth = {"Authorization": "Bearer k"}
+        with httpx.Client(base_url=server.url, headers=auth) as client:
+            ids = [client.post("/sessions", json={"name": f"s{i}"}).json()["id"] for i in range(20)]
+            for sid in ids:  # fresh connections land on either worker; all see every session
+                with httpx.Client(base_url=server.url, headers=auth) as fresh:
+                    assert fresh.get(f"/sessions/{sid}").status_code == 200
+    finally:
+        assert server.stop() == 0
+
+
+def test_serve_starts_its_own_ray_when_given_no_address_and_stops_cleanly(tmp_data: Path, ray_address: str) -> None:
+    server = ServerProcess(tmp_data, [], {"SESSION_ENGINE_API_KEYS": "k=acme", "RAY_ADDRESS": ""}).wait_ready()
+    try:
+        serving = next(json.loads(line) for line in server.output().splitlines() if '"msg":"serving"' in line)
+        assert serving["ray"] != ray_address, "a Ray of its own, not the one already running here"
+        auth = {"Authorization": "Bearer k"}
+        sid = httpx.post(f"{server.url}/sessions", json={"name": "embedded"}, headers=auth).json()["id"]
+        assert httpx.get(f"{server.url}/sessions/{sid}", headers=auth).json()["name"] == "embedded"
+    finally:
+        server.proc.send_signal(signal.SIGINT)
+        assert server.proc.wait(60) == 0, server.output()
+        server.stop()
+
+
+def test_a_bad_setting_stops_serve_with_a_message_naming_it(tmp_data: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "serve", "--data-dir", str(tmp_data), "--shards", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "shards" in result.stderr and "Traceback" not in result.stderr
