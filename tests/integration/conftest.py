@@ -13,11 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from benchmarks.server import ServerProcess, joined_server
 from engine.config import load_config
 from engine.keys import KeyStore
 from engine.runtime.transport import LocalTransport
-
-from .server import ServerProcess, joined_server
 
 ORGS = [f"org{i}" for i in range(200)]
 API_KEYS = ",".join(f"key-{org}={org}" for org in ORGS)
@@ -48,7 +47,9 @@ def ray_address() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def ray_server(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = joined_server(tmp_path_factory.mktemp("ray-server"), ray_address, {"SESSION_ENGINE_API_KEYS": API_KEYS})
+    server = joined_server(
+        tmp_path_factory.mktemp("ray-server"), ray_address, {"SESSION_ENGINE_API_KEYS": API_KEYS}
+    )
     try:
         yield server
     finally:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from .server import ServerProcess, joined_server
+from benchmarks.server import ServerProcess, joined_server
 
 
 def _key_printed(output: str) -> str | None:
@@ -19,7 +19,9 @@ def _key_printed(output: str) -> str | None:
     return match.group(1) if match else None
 
 
-def test_first_start_prints_a_default_key_once_and_a_restart_keeps_it(tmp_data: Path, ray_address: str) -> None:
+def test_first_start_prints_a_default_key_once_and_a_restart_keeps_it(
+    tmp_data: Path, ray_address: str
+) -> None:
     first = joined_server(tmp_data, ray_address, {})
     try:
         key = _key_printed(first.output())
@@ -70,8 +72,12 @@ def test_several_gateway_workers_share_the_same_shards(tmp_data: Path, ray_addre
         assert server.stop() == 0
 
 
-def test_serve_starts_its_own_ray_when_given_no_address_and_stops_cleanly(tmp_data: Path, ray_address: str) -> None:
-    server = ServerProcess(tmp_data, [], {"SESSION_ENGINE_API_KEYS": "k=acme", "RAY_ADDRESS": ""}).wait_ready()
+def test_serve_starts_its_own_ray_when_given_no_address_and_stops_cleanly(
+    tmp_data: Path, ray_address: str
+) -> None:
+    server = ServerProcess(
+        tmp_data, [], {"SESSION_ENGINE_API_KEYS": "k=acme", "RAY_ADDRESS": ""}
+    ).wait_ready()
     try:
         serving = next(json.loads(line) for line in server.output().splitlines() if '"msg":"serving"' in line)
         assert serving["ray"] != ray_address, "a Ray of its own, not the one already running here"

@@ -17,7 +17,9 @@ SESSION_FIELDS = {
 
 
 def test_create_returns_the_contract_shape(api: Api) -> None:
-    response = api.post("/sessions", json={"name": "planner", "ttl_seconds": 120, "context": {"goal": "ship"}})
+    response = api.post(
+        "/sessions", json={"name": "planner", "ttl_seconds": 120, "context": {"goal": "ship"}}
+    )
     assert response.status_code == 201
     session = response.json()
     assert set(session) == SESSION_FIELDS
@@ -136,7 +138,9 @@ def test_complete_sets_completed_without_a_summary(api: Api) -> None:
     sid = api.new_session()["id"]
     completed = api.post(f"/sessions/{sid}/complete").json()
     assert (completed["status"], completed["summary_status"]) == ("completed", None)
-    assert_error(api.post(f"/sessions/{sid}/messages", json={"role": "user", "content": "x"}), 409, "CONFLICT")
+    assert_error(
+        api.post(f"/sessions/{sid}/messages", json={"role": "user", "content": "x"}), 409, "CONFLICT"
+    )
 
 
 def test_a_session_expires_by_itself_and_then_refuses_writes(api: Api) -> None:
@@ -149,7 +153,9 @@ def test_a_session_expires_by_itself_and_then_refuses_writes(api: Api) -> None:
     assert sid in listed, "listed as expired within a few seconds, with no other traffic to the session"
     session = api.get(f"/sessions/{sid}").json()
     assert session["status"] == "expired" and session["ended_at"] == session["expires_at"]
-    body = assert_error(api.post(f"/sessions/{sid}/messages", json={"role": "user", "content": "x"}), 409, "CONFLICT")
+    body = assert_error(
+        api.post(f"/sessions/{sid}/messages", json={"role": "user", "content": "x"}), 409, "CONFLICT"
+    )
     assert body["details"]["status"] == "expired"
 
 
@@ -249,7 +255,9 @@ BAD_CREATES = [
     pytest.param({"name": "x", "context": [1, 2]}, "VALIDATION_ERROR", "context", id="context a list"),
     pytest.param({"name": "x", "context": "text"}, "VALIDATION_ERROR", "context", id="context a string"),
     pytest.param({"name": "x", "colour": "red"}, "VALIDATION_ERROR", "colour", id="unknown field"),
-    pytest.param({"name": "x", "context": {"k": "v" * 70_000}}, "PAYLOAD_TOO_LARGE", "context", id="huge context"),
+    pytest.param(
+        {"name": "x", "context": {"k": "v" * 70_000}}, "PAYLOAD_TOO_LARGE", "context", id="huge context"
+    ),
 ]
 
 
@@ -265,7 +273,9 @@ BAD_MESSAGES = [
     pytest.param({"content": "hi"}, id="no role"),
     pytest.param({"role": "robot", "content": "hi"}, id="unknown role"),
     pytest.param({"role": "user", "content": 5}, id="content not a string"),
-    pytest.param({"role": "user", "content": "a", "messages": [{"role": "user", "content": "b"}]}, id="both forms"),
+    pytest.param(
+        {"role": "user", "content": "a", "messages": [{"role": "user", "content": "b"}]}, id="both forms"
+    ),
     pytest.param({"messages": []}, id="empty batch"),
     pytest.param({"messages": [{"role": "user", "content": "x"}] * 101}, id="batch over 100"),
     pytest.param({"messages": "nope"}, id="batch not a list"),
@@ -322,7 +332,14 @@ def test_bodies_over_the_limit_are_413_whether_declared_or_streamed(api: Api) ->
 
 @pytest.mark.parametrize(
     "params",
-    [{"status": "sleeping"}, {"limit": 0}, {"limit": -1}, {"limit": 5000}, {"limit": "many"}, {"cursor": "garbage"}],
+    [
+        {"status": "sleeping"},
+        {"limit": 0},
+        {"limit": -1},
+        {"limit": 5000},
+        {"limit": "many"},
+        {"cursor": "garbage"},
+    ],
     ids=lambda p: str(p),
 )
 def test_bad_list_parameters_are_refused_clearly(api: Api, params: dict) -> None:

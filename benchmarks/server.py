@@ -1,4 +1,4 @@
-"""Starting and stopping a real `session-engine serve` process for tests."""
+"""Starting and stopping a real `session-engine serve` process, for benchmarks and tests."""
 
 from __future__ import annotations
 
@@ -31,7 +31,17 @@ class ServerProcess:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SESSION_ENGINE_")}
         full_env |= {"SESSION_ENGINE_EXPIRY_TICK_S": "0.1", **env}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "serve", "--port", str(self.port), "--data-dir", str(data_dir), *args],
+            [
+                sys.executable,
+                "-m",
+                "engine.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(data_dir),
+                *args,
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,
