@@ -30,6 +30,7 @@ class ServerProcess:
         self._log = self.log_path.open("wb")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SESSION_ENGINE_")}
         full_env |= {"SESSION_ENGINE_EXPIRY_TICK_S": "0.1", **env}
+        self.env = env
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -80,6 +81,7 @@ class ServerProcess:
 
 
 def joined_server(data_dir: Path, ray_address: str, env: dict[str, str], *args: str) -> ServerProcess:
-    """A gateway joining the test run's Ray, with its shards in a namespace of its own."""
+    """A gateway joining an existing Ray. Its shards live in a namespace of its own unless env names
+    one; a gateway started again with the same namespace finds the same (detached) shards."""
     env = {"SESSION_ENGINE_RAY__NAMESPACE": f"test-{uuid.uuid4().hex[:8]}", **env}
     return ServerProcess(data_dir, ["--ray-address", ray_address, *args], env).wait_ready()

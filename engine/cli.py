@@ -12,6 +12,7 @@ from engine import __version__
 from engine.config import ConfigError, EngineConfig, load_config
 from engine.keys import add_key, ensure_default_key, load_key_store
 from engine.logs import setup_logging
+from engine.storage.layout import claim_layout
 
 log = logging.getLogger("session_engine")
 
@@ -36,7 +37,9 @@ def _serve(args: argparse.Namespace) -> int:
         ray__address=args.ray_address,
     )
     setup_logging(config.log_level)
-    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Shard actors run in other processes, with another working directory: hand them absolute paths.
+    config = config.model_copy(update={"data_dir": config.data_dir.resolve()})
+    claim_layout(config.data_dir, config.shards)
     new_key = ensure_default_key(config)
     if new_key is not None:
         _announce_key(new_key, config)
@@ -48,13 +51,20 @@ def _serve(args: argparse.Namespace) -> int:
     from engine.runtime import ray_host
 
     address = ray_host.connect(config)
+    embedded = not config.ray.address
     try:
-        ray_host.ensure_shards(config)
+        shards = ray_host.ensure_shards(config)
         log.info(
             "serving",
             extra={"url": f"http://{config.host}:{config.port}", "shards": config.shards, "ray": address},
         )
-        common = {"host": config.host, "port": config.port, "log_config": None, "access_log": False}
+        common = {
+            "host": config.host,
+            "port": config.port,
+            "log_config": None,
+            "access_log": False,
+            "timeout_graceful_shutdown": 30,  # finish in-flight requests, then stop
+        }
         if config.workers == 1:
             uvicorn.run(create_app(config, keys=keys), **common)  # type: ignore[arg-type]
         else:
@@ -62,6 +72,11 @@ def _serve(args: argparse.Namespace) -> int:
             resolved = config.model_copy(update={"ray": config.ray.model_copy(update={"address": address})})
             os.environ[RESOLVED_CONFIG_ENV] = resolved.to_env_json()
             uvicorn.run("api.app:app_from_env", factory=True, workers=config.workers, **common)  # type: ignore[arg-type]
+        if embedded:
+            ray_host.stop_shards(shards)  # this process owns the shards: final snapshots, locks released
+    except ray_host.StartupError as exc:
+        print(f"session-engine: {exc}", file=sys.stderr)
+        return 1
     finally:
         ray_host.disconnect()
     return 0

@@ -54,6 +54,18 @@ class OutboxConfig(_Section):
     call_timeout_s: float = Field(30.0, gt=0)
 
 
+class DurabilityConfig(_Section):
+    """When a write reaches the disk, and how often the log is folded into a snapshot."""
+
+    # always: fsync every batch before replying (lose nothing); everysec: fsync once a second
+    # (lose up to ~1 s on power loss or kernel crash, nothing if only the process dies);
+    # never: leave it to the OS (lose up to ~30 s on power loss). Like Redis's appendfsync.
+    fsync: Literal["always", "everysec", "never"] = "always"
+    snapshot_interval_s: float = Field(300.0, gt=0)
+    snapshot_log_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    snapshot_chunk_sessions: int = Field(500, ge=1)  # sessions serialized per event-loop turn
+
+
 class RayConfig(_Section):
     address: str | None = None  # None: start a local Ray inside `serve`
     namespace: str = "session-engine"
@@ -77,6 +89,7 @@ class EngineConfig(BaseSettings):
     keys_file: Path | None = None  # default: <data_dir>/keys.json
     limits: LimitsConfig = LimitsConfig()
     outbox: OutboxConfig = OutboxConfig()
+    durability: DurabilityConfig = DurabilityConfig()
     ray: RayConfig = RayConfig()
 
     @classmethod

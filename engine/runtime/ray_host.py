@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -14,11 +15,12 @@ from typing import Any
 import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
-from engine.clock import SystemClock
 from engine.config import ConfigError, EngineConfig
 from engine.errors import Unavailable
+from engine.logs import setup_logging
 from engine.sessions.ops import ExpireDue, Op, Ping
-from engine.sessions.shard import ShardStore
+from engine.storage.durable import DurableShard, LogWriteFailed
+from engine.storage.layout import shard_directory
 
 log = logging.getLogger(__name__)
 
@@ -27,35 +29,106 @@ SHARD_NAME = "session-shard-{index}"
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class SessionShard:
-    """Hosts one ShardStore: applies batches of ops in arrival order and runs its expiry timer."""
+    """Hosts one DurableShard: applies batches of ops in arrival order, logs them before replying,
+    and runs its timers (expiry, log sync for fsync=everysec, snapshots) on the same event loop."""
 
-    def __init__(self, index: int, shards: int, expiry_tick_s: float) -> None:
+    def __init__(self, index: int, config: EngineConfig) -> None:
+        setup_logging(config.log_level)
         self._index = index
-        self._shards = shards
-        self._store = ShardStore()
-        self._clock = SystemClock()
-        self._tick_s = expiry_tick_s
-        # Async actor: __init__ runs on the actor's event loop, so the timer lives beside the ops.
-        self._timer = asyncio.get_running_loop().create_task(self._expire_forever())
+        self._config = config
+        self._durable = DurableShard(shard_directory(config.data_dir, index), config.durability)
+        self._snapshot_lock = asyncio.Lock()
+        # Async actor: __init__ runs on the actor's event loop, so the timers live beside the ops.
+        loop = asyncio.get_running_loop()
+        self._timers = [loop.create_task(self._expire_forever()), loop.create_task(self._snapshot_forever())]
+        if config.durability.fsync == "everysec":
+            self._timers.append(loop.create_task(self._sync_forever()))
 
     async def apply_batch(self, ops: Sequence[Op]) -> list[Any]:
-        # No await inside: a batch is applied whole before the next one starts.
-        return self._store.apply_batch(ops, self._clock.now_ms())
+        # No await inside: a batch is applied and logged whole before the next one starts.
+        try:
+            return self._durable.apply_batch(ops)
+        except LogWriteFailed:
+            _fail_stop(self._index)
+            raise
 
     async def describe(self) -> dict[str, Any]:
+        recovery = self._durable.recovery
         return {
             "index": self._index,
-            "shards": self._shards,
-            **self._store.apply(Ping(), self._clock.now_ms()),
-        }
+            "shards": self._config.shards,
+            "lsn": self._durable.lsn,
+            "recovered": {"snapshot_lsn": recovery.snapshot_lsn, "records": recovery.records_replayed,
+                          "sessions": recovery.sessions, "seconds": recovery.seconds},
+            **self._durable.store.apply(Ping(), 0),
+        }  # fmt: skip
+
+    async def snapshot(self) -> dict[str, Any]:
+        """Take a snapshot now (the timer also takes them); returns what it cost."""
+        async with self._snapshot_lock:
+            started = time.perf_counter()
+            longest = 0.0
+            step_start = time.perf_counter()
+            self._durable.begin_snapshot()
+            more = True
+            while more:
+                more = self._durable.snapshot_step()
+                longest = max(longest, time.perf_counter() - step_start)
+                await asyncio.sleep(0)  # let waiting batches run between chunks
+                step_start = time.perf_counter()
+            try:
+                size = await asyncio.to_thread(self._durable.finish_snapshot_io)
+            except OSError:
+                self._durable.abandon_snapshot()
+                raise
+            lsn = self._durable.complete_snapshot()
+            result = {
+                "lsn": lsn,
+                "bytes": size,
+                "seconds": time.perf_counter() - started,
+                "longest_step_ms": longest * 1000,
+            }
+            log.info("snapshot written", extra={"shard": self._index, **result})
+            return result
+
+    async def shutdown(self) -> None:
+        """Graceful stop: a final snapshot, the log closed, the directory lock released."""
+        for timer in self._timers:
+            timer.cancel()
+        async with self._snapshot_lock:
+            self._durable.close(snapshot=True)
 
     async def _expire_forever(self) -> None:
         while True:
-            await asyncio.sleep(self._tick_s)
-            deadline = self._store.next_deadline()
-            now_ms = self._clock.now_ms()
-            if deadline is not None and deadline <= now_ms:
-                self._store.apply_batch([ExpireDue()], now_ms)
+            await asyncio.sleep(self._config.expiry_tick_s)
+            deadline = self._durable.store.next_deadline()
+            if deadline is not None and deadline <= time.time() * 1000:
+                await self.apply_batch([ExpireDue()])
+
+    async def _sync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self._durable.sync()
+            except LogWriteFailed:
+                _fail_stop(self._index)
+
+    async def _snapshot_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self._durable.snapshot_due():
+                try:
+                    await self.snapshot()
+                except OSError:
+                    log.exception(
+                        "snapshot failed; the log still holds every change", extra={"shard": self._index}
+                    )
+
+
+def _fail_stop(index: int) -> None:
+    # Memory now holds a change the disk may not; exit so Ray restarts the shard from its files.
+    log.critical("log write failed; exiting so the shard is rebuilt from disk", extra={"shard": index})
+    os._exit(70)
 
 
 def connect(config: EngineConfig) -> str:
@@ -89,10 +162,13 @@ def ensure_shards(config: EngineConfig) -> list[Any]:
             namespace=config.ray.namespace,
             get_if_exists=True,
             lifetime="detached",
-        ).remote(i, config.shards, config.expiry_tick_s)
+        ).remote(i, config)
         for i in range(config.shards)
     ]
-    descriptions = ray.get([h.describe.remote() for h in handles], timeout=120)
+    try:
+        descriptions = ray.get([h.describe.remote() for h in handles], timeout=600)
+    except RayActorError as exc:
+        raise StartupError(f"a shard failed to start: {exc}") from None
     for description in descriptions:
         if description["shards"] != config.shards:
             raise ConfigError(
@@ -117,6 +193,20 @@ def find_shards(config: EngineConfig, timeout_s: float = 60.0) -> list[Any]:
                     f"shard actors not found in Ray namespace {config.ray.namespace!r}"
                 ) from None
             time.sleep(0.2)
+
+
+def stop_shards(handles: list[Any]) -> None:
+    """Graceful stop of every shard: final snapshots, logs closed, locks released."""
+    try:
+        ray.get([h.shutdown.remote() for h in handles], timeout=300)
+    except (RayActorError, GetTimeoutError) as exc:
+        log.warning(
+            "a shard did not stop cleanly; its log still holds every change", extra={"error": str(exc)}
+        )
+
+
+class StartupError(Exception):
+    """The engine cannot start; the message says why."""
 
 
 class RayTransport:

@@ -7,7 +7,7 @@ arrival order, so nothing here locks.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -98,6 +98,11 @@ class Session:
     summary_status: SummaryStatus | None = None
     summary: str | None = None
     messages: list[Message] = field(default_factory=list)
+    snap_epoch: int = 0  # the last snapshot that has (or had a copy of) this session; see ShardStore
+
+    def copy(self) -> Session:
+        """A copy that later changes to this session cannot reach (messages are immutable)."""
+        return replace(self, messages=list(self.messages))
 
     @property
     def sort_key(self) -> tuple[int, str]:

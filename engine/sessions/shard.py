@@ -2,6 +2,10 @@
 
 Pure Python, no Ray, no I/O. `apply(op, now_ms)` is the one entry point; given the same ops at the
 same times it reaches the same state, which is what makes a write-ahead log of ops replayable.
+Every mutating op that succeeds is appended to `journal`, which the durability layer drains into
+the log. `begin_snapshot()` gives a cursor over a consistent view: a session about to change
+before the cursor has reached it is copied first (copy-on-write), so a snapshot taken a chunk at a
+time still holds exactly the state at the moment it began.
 Reads never change state: a session past its deadline reads as expired and refuses writes at once,
 but only the timer's `ExpireDue` op moves it to `expired`.
 """
@@ -10,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
@@ -18,6 +22,7 @@ from sortedcontainers import SortedList
 
 from engine.errors import EngineError, Internal, SessionExists, SessionNotActive, SessionNotFound
 from engine.sessions.ops import (
+    MUTATING_OPS,
     AppendMessages,
     CreateSession,
     DeleteSession,
@@ -63,6 +68,9 @@ class ShardStore:
         self._sessions: dict[tuple[str, str], Session] = {}
         self._orgs: dict[str, _OrgIndex] = {}
         self._deadlines: list[tuple[int, str, str]] = []  # heap; entries go stale on TTL change or delete
+        self.journal: list[Op] = []  # mutating ops applied and not yet taken by the log, in order
+        self._snapshot: SnapshotCursor | None = None
+        self._snap_epoch = 0
         self._handlers: dict[type, Callable[[Any, int], Any]] = {
             CreateSession: self._create,
             AppendMessages: self._append,
@@ -80,7 +88,40 @@ class ShardStore:
         return len(self._sessions)
 
     def apply(self, op: Op, now_ms: int) -> Any:
-        return self._handlers[type(op)](op, now_ms)
+        result = self._handlers[type(op)](op, now_ms)
+        # Reached only if the op succeeded; a failed op changes nothing, so nothing is logged.
+        if isinstance(op, MUTATING_OPS) and (result or not isinstance(op, ExpireDue)):
+            self.journal.append(op)
+        return result
+
+    def take_journal(self) -> list[Op]:
+        taken, self.journal = self.journal, []
+        return taken
+
+    def load(self, sessions: Iterable[Session]) -> None:
+        """Adopt sessions read from a snapshot (into an empty store)."""
+        for session in sessions:
+            self._sessions[(session.org, session.id)] = session
+            self._orgs.setdefault(session.org, _OrgIndex()).add(session)
+            if session.status is SessionStatus.ACTIVE:
+                self._deadlines.append((session.expires_at, session.org, session.id))
+        heapq.heapify(self._deadlines)
+
+    def begin_snapshot(self, encode: Callable[[Session], Any]) -> SnapshotCursor:
+        if self._snapshot is not None:
+            raise RuntimeError("a snapshot is already in progress")
+        self._snap_epoch += 1
+        self._snapshot = SnapshotCursor(self, self._snap_epoch, list(self._sessions), encode)
+        return self._snapshot
+
+    def end_snapshot(self) -> None:
+        self._snapshot = None
+
+    def _before_change(self, session: Session) -> None:
+        snapshot = self._snapshot
+        if snapshot is not None and session.snap_epoch < snapshot.epoch:
+            snapshot.saved[(session.org, session.id)] = session.copy()
+            session.snap_epoch = snapshot.epoch
 
     def apply_batch(self, ops: Sequence[Op], now_ms: int) -> list[Any]:
         """Apply ops in order; one op's error is its own result and never fails the others."""
@@ -113,6 +154,7 @@ class ShardStore:
             updated_at=now_ms,
             expires_at=now_ms + op.ttl_s * 1000,
             context=op.context,
+            snap_epoch=self._snap_epoch,  # made after any snapshot in progress began: not part of it
         )
         self._sessions[key] = session
         self._orgs.setdefault(op.org, _OrgIndex()).add(session)
@@ -141,6 +183,7 @@ class ShardStore:
 
     def _delete(self, op: DeleteSession, now_ms: int) -> None:
         session = self._find(op.org, op.session_id)
+        self._before_change(session)
         del self._sessions[(op.org, op.session_id)]
         index = self._orgs[op.org]
         index.remove(session)
@@ -154,6 +197,7 @@ class ShardStore:
             session = self._sessions.get((org, session_id))
             # Stale entries (deleted, ended, or TTL extended since) are dropped here.
             if session is not None and session.is_due(now_ms):
+                self._before_change(session)
                 self._transition(session, SessionStatus.EXPIRED, now_ms)
                 expired.append(session_id)
         return expired
@@ -202,12 +246,46 @@ class ShardStore:
         session = self._find(org, session_id)
         if session.is_due(now_ms):
             raise SessionNotActive(session_id, SessionStatus.EXPIRED.value)
+        self._before_change(session)
         return session
 
     def _transition(self, session: Session, to: SessionStatus, now_ms: int) -> None:
         old = session.status
         session.transition(to, now_ms=now_ms)
         self._orgs[session.org].move(session, old)
+
+
+class SnapshotCursor:
+    """Walks the sessions that existed when the snapshot began, a chunk at a time, each as it was then."""
+
+    def __init__(
+        self, store: ShardStore, epoch: int, keys: list[tuple[str, str]], encode: Callable[[Session], Any]
+    ) -> None:
+        self.epoch = epoch
+        self.saved: dict[tuple[str, str], Session] = {}  # copies of sessions changed before being reached
+        self._store = store
+        self._keys = keys
+        self._encode = encode
+        self._position = 0
+
+    @property
+    def done(self) -> bool:
+        return self._position >= len(self._keys)
+
+    def next_chunk(self, size: int) -> list[Any]:
+        """The next sessions, already encoded: encoding happens before any other op can run."""
+        chunk = []
+        for key in self._keys[self._position : self._position + size]:
+            session = self.saved.pop(key, None)
+            if session is None:
+                live = self._store._sessions.get(key)
+                if live is None or live.snap_epoch >= self.epoch:
+                    continue  # a copy was already written, or (impossible) it vanished uncopied
+                live.snap_epoch = self.epoch
+                session = live
+            chunk.append(self._encode(session))
+        self._position += size
+        return chunk
 
 
 def _show_due_as_expired(session: Session, view: dict[str, Any], now_ms: int) -> None:

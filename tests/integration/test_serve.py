@@ -22,7 +22,7 @@ def _key_printed(output: str) -> str | None:
 def test_first_start_prints_a_default_key_once_and_a_restart_keeps_it(
     tmp_data: Path, ray_address: str
 ) -> None:
-    first = joined_server(tmp_data, ray_address, {})
+    first = joined_server(tmp_data, ray_address, {"SESSION_ENGINE_RAY__NAMESPACE": "restart-test"})
     try:
         key = _key_printed(first.output())
         assert key is not None, first.output()
@@ -34,7 +34,7 @@ def test_first_start_prints_a_default_key_once_and_a_restart_keeps_it(
     log_lines = [line for line in first.output().splitlines() if line.startswith("{")]
     assert log_lines and not any(key in line for line in log_lines), "the key is printed, never logged"
 
-    second = joined_server(tmp_data, ray_address, {})
+    second = joined_server(tmp_data, ray_address, first.env)  # the same shards, a new gateway
     try:
         assert _key_printed(second.output()) is None
         assert httpx.get(f"{second.url}/sessions", headers=auth).status_code == 200

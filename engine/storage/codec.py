@@ -1,0 +1,88 @@
+"""On-disk encoding of logged ops and of sessions in snapshots: compact JSON arrays via orjson.
+
+Explicit per-type encodings, not pickle, so files stay readable by a newer engine and by a human
+with `jq`. Any change to these shapes bumps FORMAT_VERSION.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from engine.sessions.ops import (
+    AppendMessages,
+    CreateSession,
+    DeleteSession,
+    EndSession,
+    ExpireDue,
+    Op,
+    ReplaceContext,
+    UpdateSession,
+)
+from engine.sessions.session import Message, NewMessage, Session, SessionStatus, SummaryStatus
+
+FORMAT_VERSION = 1
+
+
+def encode_op(op: Op) -> list[Any]:
+    match op:
+        case CreateSession(org, sid, name, ttl_s, context):
+            return ["create", org, sid, name, ttl_s, context]
+        case AppendMessages(org, sid, messages):
+            return ["append", org, sid, [[m.role, m.content, m.tool_call_id, m.tool_name] for m in messages]]
+        case ReplaceContext(org, sid, context, if_match):
+            return ["context", org, sid, context, if_match]
+        case UpdateSession(org, sid, name, ttl_s):
+            return ["update", org, sid, name, ttl_s]
+        case EndSession(org, sid, status):
+            return ["end", org, sid, status.value]
+        case DeleteSession(org, sid):
+            return ["delete", org, sid]
+        case ExpireDue():
+            return ["expire"]
+    raise TypeError(f"{type(op).__name__} is not a logged op")
+
+
+_DECODERS: dict[str, Callable[..., Op]] = {
+    "create": lambda org, sid, name, ttl_s, context: CreateSession(org, sid, name, ttl_s, context),
+    "append": lambda org, sid, messages: AppendMessages(org, sid, tuple(NewMessage(*m) for m in messages)),
+    "context": lambda org, sid, context, if_match: ReplaceContext(org, sid, context, if_match),
+    "update": lambda org, sid, name, ttl_s: UpdateSession(org, sid, name, ttl_s),
+    "end": lambda org, sid, status: EndSession(org, sid, SessionStatus(status)),
+    "delete": lambda org, sid: DeleteSession(org, sid),
+    "expire": lambda: ExpireDue(),
+}
+
+
+def decode_op(encoded: list[Any]) -> Op:
+    tag, *args = encoded
+    return _DECODERS[tag](*args)
+
+
+def encode_session(s: Session) -> list[Any]:
+    return [
+        s.org, s.id, s.name, s.ttl_s, s.created_at, s.updated_at, s.expires_at, s.status.value, s.version,
+        s.ended_at, s.summary_status.value if s.summary_status else None, s.summary, s.context,
+        [[m.role, m.content, m.created_at, m.tool_call_id, m.tool_name] for m in s.messages],
+    ]  # fmt: skip
+
+
+def decode_session(e: list[Any]) -> Session:
+    org, sid, name, ttl_s, created_at, updated_at, expires_at, status, version = e[:9]
+    ended_at, summary_status, summary, context, messages = e[9:]
+    return Session(
+        org=org,
+        id=sid,
+        name=name,
+        ttl_s=ttl_s,
+        created_at=created_at,
+        updated_at=updated_at,
+        expires_at=expires_at,
+        context=context,
+        status=SessionStatus(status),
+        version=version,
+        ended_at=ended_at,
+        summary_status=SummaryStatus(summary_status) if summary_status else None,
+        summary=summary,
+        messages=[Message(*m) for m in messages],
+    )

@@ -1,0 +1,211 @@
+"""DurableShard: a ShardStore whose every change is in its write-ahead log before a batch returns.
+
+Group commit: a batch of ops is applied in memory, its journal becomes one log record, and (with
+fsync=always) one fsync covers the whole batch. Only then are the results handed back, so no
+client ever sees a reply for a change that is not on disk. If the log cannot be written the shard
+must stop (see LogWriteFailed): memory would otherwise run ahead of the disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.clock import Clock, SystemClock
+from engine.config import DurabilityConfig
+from engine.errors import EngineError
+from engine.sessions.ops import Op
+from engine.sessions.shard import ShardStore, SnapshotCursor
+
+from .codec import decode_op, decode_session, encode_op, encode_session
+from .frames import CorruptFile
+from .lock import DirectoryLock
+from .snapshot import SnapshotWriter, read_snapshot, snapshots
+from .wal import WriteAheadLog, encode_record, read_log
+
+log = logging.getLogger(__name__)
+
+
+class LogWriteFailed(Exception):
+    """The log could not be written or synced. The batch was not acknowledged; the shard must exit
+    and be rebuilt from disk, since its memory now holds changes the disk does not."""
+
+
+@dataclass(slots=True, frozen=True)
+class Recovery:
+    snapshot_lsn: int  # 0: no snapshot
+    records_replayed: int
+    sessions: int
+    seconds: float
+
+
+@dataclass(slots=True, frozen=True)
+class SnapshotResult:
+    lsn: int
+    sessions: int
+    bytes: int
+    seconds: float
+    longest_step_ms: float  # the longest the shard was held up by this snapshot
+
+
+class DurableShard:
+    def __init__(self, directory: Path, config: DurabilityConfig, clock: Clock | None = None) -> None:
+        self.directory = directory
+        self._config = config
+        self._clock = clock or SystemClock()
+        self._lock = DirectoryLock(directory)
+        try:
+            self.store, self.lsn, self.recovery = recover(directory)
+            self._wal = WriteAheadLog(directory, self.lsn + 1)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._unsynced = False
+        self._snapshot_lsn = self.recovery.snapshot_lsn
+        self._last_snapshot_s = time.monotonic()
+        self._cursor: SnapshotCursor | None = None
+        self._writer: SnapshotWriter | None = None
+
+    # -- writes -------------------------------------------------------------------------------------
+
+    def apply_batch(self, ops: Sequence[Op]) -> list[Any]:
+        now_ms = self._clock.now_ms()
+        results = self.store.apply_batch(ops, now_ms)
+        self._log(now_ms)
+        return results
+
+    def _log(self, now_ms: int) -> None:
+        journal = self.store.take_journal()
+        if not journal:
+            return
+        try:
+            self._wal.append(encode_record(self.lsn + 1, now_ms, [encode_op(op) for op in journal]))
+            if self._config.fsync == "always":
+                self._wal.sync()
+            else:
+                self._unsynced = True
+        except OSError as exc:
+            raise LogWriteFailed(f"cannot write the log in {self.directory}: {exc}") from exc
+        self.lsn += 1
+
+    def sync(self) -> None:
+        """For fsync=everysec: called about once a second."""
+        if self._unsynced:
+            try:
+                self._wal.sync()
+            except OSError as exc:
+                raise LogWriteFailed(f"cannot sync the log in {self.directory}: {exc}") from exc
+            self._unsynced = False
+
+    # -- snapshots ----------------------------------------------------------------------------------
+
+    def snapshot_due(self) -> bool:
+        if self._cursor is not None or self.lsn == self._snapshot_lsn:
+            return False
+        return (
+            time.monotonic() - self._last_snapshot_s >= self._config.snapshot_interval_s
+            or self._wal.bytes_since_rotation >= self._config.snapshot_log_bytes
+        )
+
+    def begin_snapshot(self) -> None:
+        self.sync()
+        self._wal.rotate(self.lsn + 1)  # every record of the snapshot's state is now in older segments
+        self._writer = SnapshotWriter(self.directory, self.lsn, self._clock.now_ms())
+        self._cursor = self.store.begin_snapshot(encode_session)
+
+    def snapshot_step(self) -> bool:
+        """Write the next chunk; False once every session is written. Keep each call short: the
+        shard applies no ops while it runs."""
+        assert self._cursor is not None and self._writer is not None
+        self._writer.add(self._cursor.next_chunk(self._config.snapshot_chunk_sessions))
+        if self._cursor.done:
+            self.store.end_snapshot()  # later changes need no copies
+            return False
+        return True
+
+    def finish_snapshot_io(self) -> int:
+        """Blocking: fsync and rename. Safe to run in a thread while ops go on."""
+        assert self._writer is not None
+        return self._writer.finish()
+
+    def complete_snapshot(self) -> int:
+        assert self._writer is not None
+        lsn = self._writer.lsn
+        self._writer = self._cursor = None
+        self._snapshot_lsn = lsn
+        self._last_snapshot_s = time.monotonic()
+        self._wal.drop_segments_before(lsn + 1)
+        for older, path in snapshots(self.directory):
+            if older < lsn:
+                path.unlink()
+        return lsn
+
+    def abandon_snapshot(self) -> None:
+        if self._writer is not None:
+            self._writer.abandon()
+        self.store.end_snapshot()
+        self._writer = self._cursor = None
+
+    def snapshot_now(self) -> SnapshotResult:
+        """A whole snapshot, blocking: for shutdown, tests and benchmarks."""
+        started = time.perf_counter()
+        step_start = started
+        self.begin_snapshot()
+        longest = time.perf_counter() - step_start
+        sessions = 0
+        while True:
+            step_start = time.perf_counter()
+            more = self.snapshot_step()
+            longest = max(longest, time.perf_counter() - step_start)
+            if not more:
+                break
+        assert self._writer is not None
+        sessions = self._writer.sessions
+        size = self.finish_snapshot_io()
+        lsn = self.complete_snapshot()
+        return SnapshotResult(lsn, sessions, size, time.perf_counter() - started, longest * 1000)
+
+    def close(self, *, snapshot: bool = True) -> None:
+        try:
+            if self._cursor is not None:
+                self.abandon_snapshot()
+            if snapshot and self.lsn != self._snapshot_lsn:
+                self.snapshot_now()
+            self._wal.close()
+        finally:
+            self._lock.release()
+
+
+def recover(directory: Path) -> tuple[ShardStore, int, Recovery]:
+    """Latest snapshot, then every log record after it."""
+    started = time.perf_counter()
+    for leftover in directory.glob("*.tmp"):
+        leftover.unlink()  # a snapshot that never finished; the log still has everything in it
+    store, lsn = ShardStore(), 0
+    found = snapshots(directory)
+    if found:
+        lsn, chunks = read_snapshot(found[-1][1])
+        store.load(decode_session(encoded) for chunk in chunks for encoded in chunk)
+    snapshot_lsn, replayed = lsn, 0
+    for record in read_log(directory, after_lsn=lsn):
+        if record.lsn != lsn + 1:
+            raise CorruptFile(directory, 0, f"log resumes at record {record.lsn}, but state ends at {lsn}")
+        for encoded in record.ops:
+            try:
+                store.apply(decode_op(encoded), record.now_ms)
+            except EngineError as exc:
+                raise CorruptFile(directory, 0, f"record {record.lsn} does not replay: {exc}") from None
+        lsn = record.lsn
+        replayed += 1
+    store.take_journal()  # replayed ops are in the log already
+    recovery = Recovery(snapshot_lsn, replayed, len(store), time.perf_counter() - started)
+    log.info("shard recovered", extra={"directory": str(directory), **_asdict(recovery)})
+    return store, lsn, recovery
+
+
+def _asdict(recovery: Recovery) -> dict[str, Any]:
+    return {name: getattr(recovery, name) for name in recovery.__slots__}

@@ -1,0 +1,93 @@
+"""Framed records: `length (u32 LE) | crc32 of payload (u32 LE) | payload`, after an 8-byte file magic.
+
+Reading tells a torn tail (the last record cut short by a crash: expected, cut off with a warning)
+from corruption (a bad record with intact records after it: never skipped silently).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+HEADER = struct.Struct("<II")
+MAX_FRAME_BYTES = 1 << 30
+
+
+class CorruptFile(Exception):
+    """A record in the middle of a file is damaged; recovery must stop, naming file and offset."""
+
+    def __init__(self, path: Path, offset: int, reason: str) -> None:
+        super().__init__(path, offset, reason)
+        self.path, self.offset, self.reason = path, offset, reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: damaged record at byte offset {self.offset} ({self.reason})"
+
+
+@dataclass(slots=True)
+class TornTail:
+    offset: int  # where the valid records end; everything from here on is a partial write
+    reason: str
+
+
+def frame(payload: bytes) -> bytes:
+    return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def write_magic(f: BinaryIO, magic: bytes) -> None:
+    assert len(magic) == 8
+    f.write(magic)
+
+
+def read_frames(path: Path, magic: bytes, torn: list[TornTail] | None = None) -> Iterator[tuple[int, bytes]]:
+    """Yield (offset, payload) of each intact record. A torn tail ends the iteration and is reported
+    in `torn` (if given; otherwise it is corruption too). Damage before the tail raises CorruptFile."""
+    with path.open("rb") as f:
+        size = f.seek(0, 2)
+        f.seek(0)
+        if f.read(len(magic)) != magic:
+            if size < len(magic) and torn is not None:
+                torn.append(TornTail(0, "file shorter than its header"))
+                return
+            raise CorruptFile(path, 0, "not a file of this kind (bad magic)")
+        offset = len(magic)
+        while offset < size:
+            problem = None
+            header = f.read(HEADER.size)
+            if len(header) < HEADER.size:
+                problem = "record header cut short"
+            else:
+                length, crc = HEADER.unpack(header)
+                end = offset + HEADER.size + length
+                if length == 0 or length > MAX_FRAME_BYTES or end > size:
+                    problem = "record runs past the end of the file"
+                else:
+                    payload = f.read(length)
+                    if zlib.crc32(payload) != crc:
+                        problem = "checksum mismatch"
+            if problem is not None:
+                # Only the last record can be torn by a crash: intact records after this one mean damage.
+                if torn is None or _intact_record_after(path, offset + 1, size):
+                    raise CorruptFile(path, offset, problem)
+                torn.append(TornTail(offset, problem))
+                return
+            yield offset, payload
+            offset = end
+
+
+def _intact_record_after(path: Path, start: int, size: int) -> bool:
+    data = path.read_bytes()
+    for offset in range(start, size - HEADER.size):
+        length, crc = HEADER.unpack_from(data, offset)
+        end = offset + HEADER.size + length
+        if (
+            0 < length <= MAX_FRAME_BYTES
+            and end <= size
+            and zlib.crc32(data[offset + HEADER.size : end]) == crc
+        ):
+            return True
+    return False

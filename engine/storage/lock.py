@@ -1,0 +1,55 @@
+"""An exclusive lock on a shard directory, so a stale process and a new one never write one log."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+
+class DirectoryLocked(Exception):
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(path, holder)
+        self.path, self.holder = path, holder
+
+    def __str__(self) -> str:
+        return f"{self.path} is locked by another process ({self.holder}); stop it before starting this shard"
+
+
+class DirectoryLock:
+    """flock on `<dir>/LOCK`. The kernel drops it when the holder dies, so a crash never leaves it held."""
+
+    def __init__(self, directory: Path, wait_s: float = 10.0) -> None:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path = directory / "LOCK"
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                # A shard restarted by Ray may start while its dead predecessor is still being reaped.
+                if time.monotonic() > deadline:
+                    holder = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "unknown pid"
+                    os.close(self._fd)
+                    raise DirectoryLocked(directory, holder) from None
+                time.sleep(0.1)
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"pid {os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or a new file in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
