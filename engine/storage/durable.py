@@ -53,11 +53,13 @@ class SnapshotResult:
 
 
 class DurableShard:
-    def __init__(self, directory: Path, config: DurabilityConfig, clock: Clock | None = None) -> None:
+    def __init__(
+        self, directory: Path, config: DurabilityConfig, clock: Clock | None = None, lock_wait_s: float = 10.0
+    ) -> None:
         self.directory = directory
         self._config = config
         self._clock = clock or SystemClock()
-        self._lock = DirectoryLock(directory)
+        self._lock = DirectoryLock(directory, lock_wait_s)
         try:
             self.store, self.lsn, self.recovery = recover(directory)
             self._wal = WriteAheadLog(directory, self.lsn + 1)
@@ -102,6 +104,10 @@ class DurableShard:
             self._unsynced = False
 
     # -- snapshots ----------------------------------------------------------------------------------
+
+    @property
+    def snapshot_in_progress(self) -> bool:
+        return self._cursor is not None
 
     def snapshot_due(self) -> bool:
         if self._cursor is not None or self.lsn == self._snapshot_lsn:

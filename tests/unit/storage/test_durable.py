@@ -1,0 +1,217 @@
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.clock import ManualClock
+from engine.config import ConfigError, DurabilityConfig
+from engine.sessions.ops import (
+    AppendMessages,
+    CreateSession,
+    DeleteSession,
+    EndSession,
+    ExpireDue,
+    GetSession,
+    ReplaceContext,
+    UpdateSession,
+)
+from engine.sessions.session import NewMessage, SessionStatus, new_session_id
+from engine.storage.codec import encode_session
+from engine.storage.durable import DurableShard, LogWriteFailed
+from engine.storage.frames import CorruptFile
+from engine.storage.layout import claim_layout
+from engine.storage.lock import DirectoryLocked
+from engine.storage.snapshot import snapshots
+from engine.storage.wal import segments
+
+CHUNKY = DurabilityConfig(snapshot_chunk_sessions=1)
+
+
+def state(shard: DurableShard) -> dict[tuple[str, str], list[Any]]:
+    return {key: encode_session(s) for key, s in shard.store._sessions.items()}
+
+
+def open_shard(path: Path, clock: ManualClock, config: DurabilityConfig = CHUNKY) -> DurableShard:
+    return DurableShard(path, config, clock, lock_wait_s=0.2)
+
+
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("create"), st.integers(1, 4)),
+        st.tuples(st.just("say"), st.integers(0, 9), st.integers(1, 3)),
+        st.tuples(st.just("context"), st.integers(0, 9), st.integers(0, 3)),
+        st.tuples(st.just("ttl"), st.integers(0, 9), st.integers(1, 5)),
+        st.tuples(st.just("end"), st.integers(0, 9), st.sampled_from([SessionStatus.CLOSED, SessionStatus.COMPLETED])),
+        st.tuples(st.just("delete"), st.integers(0, 9)),
+        st.tuples(st.just("tick"), st.integers(0, 2500)),
+        st.tuples(st.just("snapshot-begin")),
+        st.tuples(st.just("snapshot-step")),
+        st.tuples(st.just("snapshot-finish")),
+        st.tuples(st.just("restart")),
+    ),
+    max_size=50,
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(script=steps)
+def test_state_rebuilt_from_snapshot_and_log_equals_the_live_state(tmp_path_factory: Any, script: list[tuple]) -> None:
+    path = tmp_path_factory.mktemp("shard")
+    clock = ManualClock()
+    shard = open_shard(path, clock)
+    ids: list[str] = []
+    for step in script:
+        kind = step[0]
+        sid = ids[step[1] % len(ids)] if ids and len(step) > 1 and kind not in ("create", "tick") else None
+        if kind == "create":
+            ids.append(new_session_id())
+            shard.apply_batch([CreateSession("acme", ids[-1], "s", step[1], {})])
+        elif kind == "tick":
+            clock.advance(step[1])
+            shard.apply_batch([ExpireDue()])
+        elif kind == "snapshot-begin" and not shard.snapshot_in_progress:
+            shard.begin_snapshot()
+        elif kind == "snapshot-step" and shard.snapshot_in_progress:
+            shard.snapshot_step()
+        elif kind == "snapshot-finish" and shard.snapshot_in_progress:
+            while shard.snapshot_step():
+                pass
+            shard.finish_snapshot_io()
+            shard.complete_snapshot()
+        elif kind == "restart":
+            before = state(shard)
+            shard.close(snapshot=False)
+            shard = open_shard(path, clock)
+            assert state(shard) == before
+        elif sid is not None:
+            say = tuple(NewMessage("user", f"{sid}-{i}") for i in range(step[2] if kind == "say" else 0))
+            op = {
+                "say": lambda: AppendMessages("acme", sid, say),
+                "context": lambda: ReplaceContext("acme", sid, {"n": step[2]}, None),
+                "ttl": lambda: UpdateSession("acme", sid, ttl_s=step[2]),
+                "end": lambda: EndSession("acme", sid, step[2]),
+                "delete": lambda: DeleteSession("acme", sid),
+            }[kind]()
+            # A batch of two: the second sees the first's effect, as on the live path.
+            shard.apply_batch([op, GetSession("acme", sid)])
+    live = state(shard)
+    shard.close(snapshot=False)
+    assert state(open_shard(path, clock)) == live
+
+
+def test_a_graceful_close_leaves_one_snapshot_and_an_empty_log(tmp_path: Path) -> None:
+    clock = ManualClock()
+    shard = open_shard(tmp_path, clock)
+    sid = new_session_id()
+    shard.apply_batch([CreateSession("acme", sid, "s", 60, {"k": 1})])
+    shard.apply_batch([AppendMessages("acme", sid, (NewMessage("user", "hi"),))])
+    shard.close()
+    assert [lsn for lsn, _ in snapshots(tmp_path)] == [2]
+    reopened = open_shard(tmp_path, clock)
+    assert (reopened.recovery.snapshot_lsn, reopened.recovery.records_replayed) == (2, 0)
+    assert reopened.store.apply(GetSession("acme", sid), clock.now_ms())["messages"][0]["content"] == "hi"
+
+
+def test_a_snapshot_drops_the_log_segments_it_covers(tmp_path: Path) -> None:
+    shard = open_shard(tmp_path, ManualClock())
+    for _ in range(3):
+        shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {})])
+    shard.snapshot_now()
+    shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {})])
+    assert [first for first, _ in segments(tmp_path)] == [4]
+    shard.close(snapshot=False)
+    assert open_shard(tmp_path, ManualClock()).recovery.records_replayed == 1
+
+
+def test_sessions_whose_deadline_passed_while_down_come_back_expired(tmp_path: Path) -> None:
+    clock = ManualClock()
+    shard = open_shard(tmp_path, clock)
+    short, long_ = new_session_id(), new_session_id()
+    shard.apply_batch([CreateSession("acme", short, "s", 5, {}), CreateSession("acme", long_, "s", 500, {})])
+    shard.close()
+    clock.advance(60_000)
+    shard = open_shard(tmp_path, clock)
+    assert shard.store.apply(GetSession("acme", short), clock.now_ms())["status"] == "expired"
+    shard.apply_batch([ExpireDue()])  # what the shard's timer does first thing
+    shard.close(snapshot=False)
+    again = open_shard(tmp_path, clock)
+    assert again.store._sessions[("acme", short)].status is SessionStatus.EXPIRED
+    assert again.store._sessions[("acme", long_)].status is SessionStatus.ACTIVE
+
+
+def test_a_second_process_cannot_open_a_locked_shard(tmp_path: Path) -> None:
+    first = open_shard(tmp_path, ManualClock())
+    with pytest.raises(DirectoryLocked, match=f"pid {os.getpid()}"):
+        open_shard(tmp_path, ManualClock())
+    first.close()
+    open_shard(tmp_path, ManualClock()).close()
+
+
+def test_fsync_always_syncs_every_batch_and_everysec_only_when_asked(tmp_path: Path, monkeypatch: Any) -> None:
+    calls: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    for policy, per_batch in (("always", 1), ("everysec", 0), ("never", 0)):
+        shard = open_shard(tmp_path / policy, ManualClock(), DurabilityConfig(fsync=policy))
+        calls.clear()
+        for _ in range(5):
+            shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {})])
+        assert len(calls) == 5 * per_batch, policy
+        shard.apply_batch([GetSession("acme", new_session_id())])  # reads log nothing
+        assert len(calls) == 5 * per_batch
+        calls.clear()
+        shard.sync()
+        assert len(calls) == (0 if policy == "always" else 1)
+        shard.close(snapshot=False)
+
+
+def test_a_failed_log_write_is_fatal_and_the_change_is_never_acknowledged(tmp_path: Path, monkeypatch: Any) -> None:
+    shard = open_shard(tmp_path, ManualClock())
+    sid = new_session_id()
+
+    def full_disk(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(LogWriteFailed, match="No space left"):
+        shard.apply_batch([CreateSession("acme", sid, "s", 60, {})])
+    monkeypatch.undo()
+    shard.close(snapshot=False)
+    assert ("acme", sid) not in open_shard(tmp_path, ManualClock()).store._sessions
+
+
+def test_a_damaged_snapshot_stops_recovery_with_its_name(tmp_path: Path) -> None:
+    shard = open_shard(tmp_path, ManualClock())
+    shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {"pad": "x" * 200})])
+    shard.close()
+    (_, path), *_ = snapshots(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptFile, match=path.name):
+        open_shard(tmp_path, ManualClock())
+
+
+def test_a_missing_stretch_of_log_is_refused(tmp_path: Path) -> None:
+    shard = open_shard(tmp_path, ManualClock())
+    shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {})])
+    shard.snapshot_now()
+    shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {})])
+    shard.close(snapshot=False)
+    for _, path in snapshots(tmp_path):
+        path.unlink()  # the log now starts at record 2 with nothing before it
+    with pytest.raises(CorruptFile, match="resumes at record 2"):
+        open_shard(tmp_path, ManualClock())
+
+
+def test_the_data_directory_remembers_its_shard_count(tmp_path: Path) -> None:
+    claim_layout(tmp_path, 4)
+    claim_layout(tmp_path, 4)
+    with pytest.raises(ConfigError, match="shards=4"):
+        claim_layout(tmp_path, 8)
