@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -65,6 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
             "access_log": False,
             "timeout_graceful_shutdown": 30,  # finish in-flight requests, then stop
         }
+        _absorb_stop_signals()
         if config.workers == 1:
             uvicorn.run(create_app(config, keys=keys), **common)  # type: ignore[arg-type]
         else:
@@ -80,6 +82,18 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         ray_host.disconnect()
     return 0
+
+
+def _absorb_stop_signals() -> None:
+    """uvicorn stops on SIGINT/SIGTERM, then raises the same signal again for the handler it found.
+    Ray's driver handler would exit(15) there and skip the shards' final snapshots; this one lets
+    serve return from uvicorn and finish its own shutdown."""
+
+    def stop_requested(signum: int, frame: object) -> None:
+        log.info("stop signal handled", extra={"signal": signal.Signals(signum).name})
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop_requested)
 
 
 def _announce_key(key: str, config: EngineConfig) -> None:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import logging
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,29 +18,6 @@ from engine.runtime.transport import LocalTransport
 
 ORGS = [f"org{i}" for i in range(200)]
 API_KEYS = ",".join(f"key-{org}={org}" for org in ORGS)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/integration" in str(item.fspath):
-            item.add_marker(pytest.mark.integration)
-
-
-@pytest.fixture(scope="session")
-def ray_address() -> Iterator[str]:
-    import ray
-
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=128 * 1024 * 1024,
-        namespace="tests",
-        logging_level=logging.WARNING,
-    )
-    try:
-        yield str(ray.get_runtime_context().gcs_address)
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -127,8 +102,3 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     assert body["error"] and body["hint"]
     assert "Traceback" not in response.text
     return body
-
-
-@pytest.fixture
-def tmp_data(tmp_path: Path) -> Path:
-    return tmp_path / "data"

@@ -41,13 +41,26 @@ def open_shard(path: Path, clock: ManualClock, config: DurabilityConfig = CHUNKY
     return DurableShard(path, config, clock, lock_wait_s=0.2)
 
 
+def session_op(kind: str, sid: str, arg: Any) -> Any:
+    if kind == "say":
+        return AppendMessages("acme", sid, tuple(NewMessage("user", f"{sid}-{i}") for i in range(arg)))
+    if kind == "context":
+        return ReplaceContext("acme", sid, {"n": arg}, None)
+    if kind == "ttl":
+        return UpdateSession("acme", sid, ttl_s=arg)
+    if kind == "end":
+        return EndSession("acme", sid, arg)
+    return DeleteSession("acme", sid)
+
+
+ENDINGS = [SessionStatus.CLOSED, SessionStatus.COMPLETED]
 steps = st.lists(
     st.one_of(
         st.tuples(st.just("create"), st.integers(1, 4)),
         st.tuples(st.just("say"), st.integers(0, 9), st.integers(1, 3)),
         st.tuples(st.just("context"), st.integers(0, 9), st.integers(0, 3)),
         st.tuples(st.just("ttl"), st.integers(0, 9), st.integers(1, 5)),
-        st.tuples(st.just("end"), st.integers(0, 9), st.sampled_from([SessionStatus.CLOSED, SessionStatus.COMPLETED])),
+        st.tuples(st.just("end"), st.integers(0, 9), st.sampled_from(ENDINGS)),
         st.tuples(st.just("delete"), st.integers(0, 9)),
         st.tuples(st.just("tick"), st.integers(0, 2500)),
         st.tuples(st.just("snapshot-begin")),
@@ -61,7 +74,9 @@ steps = st.lists(
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(script=steps)
-def test_state_rebuilt_from_snapshot_and_log_equals_the_live_state(tmp_path_factory: Any, script: list[tuple]) -> None:
+def test_state_rebuilt_from_snapshot_and_log_equals_the_live_state(
+    tmp_path_factory: Any, script: list[tuple]
+) -> None:
     path = tmp_path_factory.mktemp("shard")
     clock = ManualClock()
     shard = open_shard(path, clock)
@@ -90,14 +105,7 @@ def test_state_rebuilt_from_snapshot_and_log_equals_the_live_state(tmp_path_fact
             shard = open_shard(path, clock)
             assert state(shard) == before
         elif sid is not None:
-            say = tuple(NewMessage("user", f"{sid}-{i}") for i in range(step[2] if kind == "say" else 0))
-            op = {
-                "say": lambda: AppendMessages("acme", sid, say),
-                "context": lambda: ReplaceContext("acme", sid, {"n": step[2]}, None),
-                "ttl": lambda: UpdateSession("acme", sid, ttl_s=step[2]),
-                "end": lambda: EndSession("acme", sid, step[2]),
-                "delete": lambda: DeleteSession("acme", sid),
-            }[kind]()
+            op = session_op(kind, sid, step[2] if len(step) > 2 else None)
             # A batch of two: the second sees the first's effect, as on the live path.
             shard.apply_batch([op, GetSession("acme", sid)])
     live = state(shard)
@@ -153,7 +161,9 @@ def test_a_second_process_cannot_open_a_locked_shard(tmp_path: Path) -> None:
     open_shard(tmp_path, ManualClock()).close()
 
 
-def test_fsync_always_syncs_every_batch_and_everysec_only_when_asked(tmp_path: Path, monkeypatch: Any) -> None:
+def test_fsync_always_syncs_every_batch_and_everysec_only_when_asked(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
     calls: list[int] = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
@@ -171,7 +181,9 @@ def test_fsync_always_syncs_every_batch_and_everysec_only_when_asked(tmp_path: P
         shard.close(snapshot=False)
 
 
-def test_a_failed_log_write_is_fatal_and_the_change_is_never_acknowledged(tmp_path: Path, monkeypatch: Any) -> None:
+def test_a_failed_log_write_is_fatal_and_the_change_is_never_acknowledged(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
     shard = open_shard(tmp_path, ManualClock())
     sid = new_session_id()
 

@@ -26,7 +26,9 @@ def read(path: Path) -> tuple[list[bytes], list[TornTail]]:
 
 @_tmp
 @given(records=payloads, data=st.data())
-def test_a_tail_torn_at_any_length_reads_back_as_a_prefix(tmp_path: Path, records: list[bytes], data: st.DataObject) -> None:
+def test_a_tail_torn_at_any_length_reads_back_as_a_prefix(
+    tmp_path: Path, records: list[bytes], data: st.DataObject
+) -> None:
     path = tmp_path / "f"
     full = write(path, records)
     cut = data.draw(st.integers(len(MAGIC), len(full)))
