@@ -61,21 +61,19 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def measure(coalesce: bool, args: argparse.Namespace, work: Path) -> dict[str, float]:
-    env = {
-        "SESSION_ENGINE_API_KEYS": f"{KEY}=bench",
-        "SESSION_ENGINE_OUTBOX__COALESCE": str(coalesce).lower(),
-    }
-    server = ServerProcess(work / f"data-{coalesce}", [], env).wait_ready()
+def measure_appends(
+    env: dict[str, str], work: Path, duration_s: int, connections: int, threads: int = 2
+) -> dict[str, float]:
+    """Start the embedded server with env, create sessions, and load it with wrk appends."""
+    env = {"SESSION_ENGINE_API_KEYS": f"{KEY}=bench", **env}
+    server = ServerProcess(work, [], env).wait_ready()
     try:
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}) as client:
-            ids = [
-                client.post("/sessions", json={"name": f"b{i}"}).json()["id"] for i in range(args.sessions)
-            ]
-        ids_file = work / f"ids-{coalesce}.txt"
+            ids = [client.post("/sessions", json={"name": f"b{i}"}).json()["id"] for i in range(64)]
+        ids_file = work.parent / f"{work.name}-ids.txt"
         ids_file.write_text("\n".join(ids) + "\n")
-        run_wrk(server.url, ids_file, 2, args.connections, args.threads)  # warm-up, discarded
-        return run_wrk(server.url, ids_file, args.duration, args.connections, args.threads)
+        run_wrk(server.url, ids_file, 2, connections, threads)  # warm-up, discarded
+        return run_wrk(server.url, ids_file, duration_s, connections, threads)
     finally:
         server.stop()
 
@@ -87,14 +85,19 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per mode")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
-    parser.add_argument("--sessions", type=int, default=64)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "coalescing.json")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     with tempfile.TemporaryDirectory() as tmp:
         results = {
-            mode: measure(mode == "coalesced", args, Path(tmp))
+            mode: measure_appends(
+                {"SESSION_ENGINE_OUTBOX__COALESCE": str(mode == "coalesced").lower()},
+                Path(tmp) / mode.replace(" ", "-"),
+                args.duration,
+                args.connections,
+                args.threads,
+            )
             for mode in ("coalesced", "one call per request")
         }
     coalesced, per_request = results["coalesced"], results["one call per request"]

@@ -36,7 +36,9 @@ class SessionShard:
         setup_logging(config.log_level)
         self._index = index
         self._config = config
-        self._durable = DurableShard(shard_directory(config.data_dir, index), config.durability)
+        self._durable = DurableShard(
+            shard_directory(config.data_dir, index), config.durability, own_process=True
+        )
         self._snapshot_lock = asyncio.Lock()
         # Async actor: __init__ runs on the actor's event loop, so the timers live beside the ops.
         loop = asyncio.get_running_loop()

@@ -8,6 +8,7 @@ must stop (see LogWriteFailed): memory would otherwise run ahead of the disk.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -54,18 +55,32 @@ class SnapshotResult:
 
 class DurableShard:
     def __init__(
-        self, directory: Path, config: DurabilityConfig, clock: Clock | None = None, lock_wait_s: float = 10.0
+        self,
+        directory: Path,
+        config: DurabilityConfig,
+        clock: Clock | None = None,
+        lock_wait_s: float = 10.0,
+        own_process: bool = False,
     ) -> None:
+        """`own_process`: this shard is the only large thing in its process (a Ray shard actor), so
+        it may tune the process's garbage collector for a large, long-lived, acyclic heap."""
         self.directory = directory
         self._config = config
         self._clock = clock or SystemClock()
+        self._own_process = own_process
         self._lock = DirectoryLock(directory, lock_wait_s)
         try:
+            if own_process:
+                gc.disable()  # rebuilding allocates millions of objects; a full pass every so often is waste
             self.store, self.lsn, self.recovery = recover(directory)
             self._wal = WriteAheadLog(directory, self.lsn + 1)
         except BaseException:
             self._lock.release()
             raise
+        finally:
+            if own_process:
+                gc.enable()
+        self._settle_heap()
         self._unsynced = False
         self._snapshot_lsn = self.recovery.snapshot_lsn
         self._last_snapshot_s = time.monotonic()
@@ -148,6 +163,7 @@ class DurableShard:
         for older, path in snapshots(self.directory):
             if older < lsn:
                 path.unlink()
+        self._settle_heap()
         return lsn
 
     def abandon_snapshot(self) -> None:
@@ -174,6 +190,13 @@ class DurableShard:
         size = self.finish_snapshot_io()
         lsn = self.complete_snapshot()
         return SnapshotResult(lsn, sessions, size, time.perf_counter() - started, longest * 1000)
+
+    def _settle_heap(self) -> None:
+        # Sessions and messages hold no reference cycles, so reference counting frees them; moving
+        # what exists now out of the collector's sight keeps its full passes (which stop the shard)
+        # proportional to what arrived since, not to everything the shard holds.
+        if self._own_process:
+            gc.freeze()
 
     def close(self, *, snapshot: bool = True) -> None:
         try:
