@@ -7,7 +7,6 @@ lookup by hash leaks nothing useful about the key through timing.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import secrets
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import orjson
 
 from engine.config import ConfigError, EngineConfig
+from engine.storage.lock import write_atomically
 
 KEY_PREFIX = "sek_"
 DEFAULT_ORG = "default"
@@ -89,7 +89,7 @@ def add_key(path: Path, org: str) -> str:
     entries = orjson.loads(path.read_bytes())["keys"] if path.exists() else []
     key = generate_key()
     entries.append({"hash": hash_key(key), "org": org, "created_at": int(time.time() * 1000)})
-    _write_private(path, orjson.dumps({"version": 1, "keys": entries}, option=orjson.OPT_INDENT_2))
+    write_atomically(path, orjson.dumps({"version": 1, "keys": entries}, option=orjson.OPT_INDENT_2))
     return key
 
 
@@ -98,15 +98,3 @@ def ensure_default_key(config: EngineConfig) -> str | None:
     if config.api_keys is not None or config.resolved_keys_file.exists():
         return None
     return add_key(config.resolved_keys_file, DEFAULT_ORG)
-
-
-def _write_private(path: Path, content: bytes) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(content)
-        f.flush()
-        os.fsync(f.fileno())
-    # fsync before rename so a crash never leaves a half-written keys file in place.
-    tmp.replace(path)

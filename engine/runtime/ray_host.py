@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 import ray
@@ -55,41 +56,26 @@ class SessionShard:
             raise
 
     async def describe(self) -> dict[str, Any]:
-        recovery = self._durable.recovery
         return {
             "index": self._index,
             "shards": self._config.shards,
             "lsn": self._durable.lsn,
-            "recovered": {"snapshot_lsn": recovery.snapshot_lsn, "records": recovery.records_replayed,
-                          "sessions": recovery.sessions, "seconds": recovery.seconds},
+            "recovered": asdict(self._durable.recovery),
             **self._durable.store.apply(Ping(), 0),
-        }  # fmt: skip
+        }
 
     async def snapshot(self) -> dict[str, Any]:
         """Take a snapshot now (the timer also takes them); returns what it cost."""
         async with self._snapshot_lock:
-            started = time.perf_counter()
-            longest = 0.0
-            step_start = time.perf_counter()
             self._durable.begin_snapshot()
-            more = True
-            while more:
-                more = self._durable.snapshot_step()
-                longest = max(longest, time.perf_counter() - step_start)
+            while self._durable.snapshot_step():
                 await asyncio.sleep(0)  # let waiting batches run between chunks
-                step_start = time.perf_counter()
             try:
-                size = await asyncio.to_thread(self._durable.finish_snapshot_io)
+                await asyncio.to_thread(self._durable.finish_snapshot_io)
             except OSError:
                 self._durable.abandon_snapshot()
                 raise
-            lsn = self._durable.complete_snapshot()
-            result = {
-                "lsn": lsn,
-                "bytes": size,
-                "seconds": time.perf_counter() - started,
-                "longest_step_ms": longest * 1000,
-            }
+            result = asdict(self._durable.complete_snapshot())
             log.info("snapshot written", extra={"shard": self._index, **result})
             return result
 

@@ -12,7 +12,7 @@ import gc
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,8 @@ class DurableShard:
         self._last_snapshot_s = time.monotonic()
         self._cursor: SnapshotCursor | None = None
         self._writer: SnapshotWriter | None = None
+        self._snapshot_started = self._longest_step_s = 0.0
+        self._snapshot_bytes = 0
 
     # -- writes -------------------------------------------------------------------------------------
 
@@ -133,29 +135,34 @@ class DurableShard:
         )
 
     def begin_snapshot(self) -> None:
+        self._snapshot_started = time.perf_counter()
+        step_started = self._snapshot_started
         self.sync()
         self._wal.rotate(self.lsn + 1)  # every record of the snapshot's state is now in older segments
         self._writer = SnapshotWriter(self.directory, self.lsn, self._clock.now_ms())
         self._cursor = self.store.begin_snapshot(encode_session)
+        self._longest_step_s = time.perf_counter() - step_started
 
     def snapshot_step(self) -> bool:
-        """Write the next chunk; False once every session is written. Keep each call short: the
-        shard applies no ops while it runs."""
+        """Write the next chunk; False once every session is written. Each call holds up the shard
+        (it applies no ops meanwhile), so the longest one is recorded as the snapshot's pause."""
         assert self._cursor is not None and self._writer is not None
+        step_started = time.perf_counter()
         self._writer.add(self._cursor.next_chunk(self._config.snapshot_chunk_sessions))
-        if self._cursor.done:
+        more = not self._cursor.done
+        if not more:
             self.store.end_snapshot()  # later changes need no copies
-            return False
-        return True
+        self._longest_step_s = max(self._longest_step_s, time.perf_counter() - step_started)
+        return more
 
-    def finish_snapshot_io(self) -> int:
+    def finish_snapshot_io(self) -> None:
         """Blocking: fsync and rename. Safe to run in a thread while ops go on."""
         assert self._writer is not None
-        return self._writer.finish()
+        self._snapshot_bytes = self._writer.finish()
 
-    def complete_snapshot(self) -> int:
+    def complete_snapshot(self) -> SnapshotResult:
         assert self._writer is not None
-        lsn = self._writer.lsn
+        lsn, sessions = self._writer.lsn, self._writer.sessions
         self._writer = self._cursor = None
         self._snapshot_lsn = lsn
         self._last_snapshot_s = time.monotonic()
@@ -164,7 +171,13 @@ class DurableShard:
             if older < lsn:
                 path.unlink()
         self._settle_heap()
-        return lsn
+        return SnapshotResult(
+            lsn,
+            sessions,
+            self._snapshot_bytes,
+            time.perf_counter() - self._snapshot_started,
+            self._longest_step_s * 1000,
+        )
 
     def abandon_snapshot(self) -> None:
         if self._writer is not None:
@@ -174,22 +187,11 @@ class DurableShard:
 
     def snapshot_now(self) -> SnapshotResult:
         """A whole snapshot, blocking: for shutdown, tests and benchmarks."""
-        started = time.perf_counter()
-        step_start = started
         self.begin_snapshot()
-        longest = time.perf_counter() - step_start
-        sessions = 0
-        while True:
-            step_start = time.perf_counter()
-            more = self.snapshot_step()
-            longest = max(longest, time.perf_counter() - step_start)
-            if not more:
-                break
-        assert self._writer is not None
-        sessions = self._writer.sessions
-        size = self.finish_snapshot_io()
-        lsn = self.complete_snapshot()
-        return SnapshotResult(lsn, sessions, size, time.perf_counter() - started, longest * 1000)
+        while self.snapshot_step():
+            pass
+        self.finish_snapshot_io()
+        return self.complete_snapshot()
 
     def _settle_heap(self) -> None:
         # Sessions and messages hold no reference cycles, so reference counting frees them; moving
@@ -232,9 +234,5 @@ def recover(directory: Path) -> tuple[ShardStore, int, Recovery]:
         replayed += 1
     store.take_journal()  # replayed ops are in the log already
     recovery = Recovery(snapshot_lsn, replayed, len(store), time.perf_counter() - started)
-    log.info("shard recovered", extra={"directory": str(directory), **_asdict(recovery)})
+    log.info("shard recovered", extra={"directory": str(directory), **asdict(recovery)})
     return store, lsn, recovery
-
-
-def _asdict(recovery: Recovery) -> dict[str, Any]:
-    return {name: getattr(recovery, name) for name in recovery.__slots__}

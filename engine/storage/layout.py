@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import orjson
@@ -10,7 +9,7 @@ import orjson
 from engine.config import ConfigError
 
 from .codec import FORMAT_VERSION
-from .lock import fsync_directory
+from .lock import write_atomically
 
 LAYOUT_FILE = "engine.json"
 
@@ -36,12 +35,4 @@ def claim_layout(data_dir: Path, shards: int) -> None:
                 f"{data_dir} holds data in format {recorded.get('format')}, not {FORMAT_VERSION}"
             )
         return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(orjson.dumps({"format": FORMAT_VERSION, "shards": shards}))
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
-    fsync_directory(data_dir)
+    write_atomically(path, orjson.dumps({"format": FORMAT_VERSION, "shards": shards}))

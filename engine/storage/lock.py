@@ -1,4 +1,4 @@
-"""An exclusive lock on a shard directory, so a stale process and a new one never write one log."""
+"""Files that must survive crashes: the shard directory lock, atomic replacement, directory fsync."""
 
 from __future__ import annotations
 
@@ -44,6 +44,21 @@ class DirectoryLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = -1
+
+
+def write_atomically(path: Path, content: bytes) -> None:
+    """Replace `path` with `content` so a crash leaves the old file or the new one, never half of
+    one: write a private temporary file, fsync it, rename it over, fsync the directory."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, content)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    tmp.replace(path)
+    fsync_directory(path.parent)
 
 
 def fsync_directory(directory: Path) -> None:
