@@ -143,8 +143,13 @@ def test_a_batch_reports_each_ops_own_error() -> None:
 
 def test_a_bug_in_one_op_is_an_internal_error_for_that_op_only() -> None:
     store = ShardStore()
-    results = store.apply_batch([GetSession("acme", None), Ping()], T0)  # type: ignore[arg-type]
-    assert isinstance(results[0], SessionNotFound | Internal)
+
+    def broken(op: GetSession, now_ms: int) -> None:
+        raise RuntimeError("a bug")
+
+    store._handlers[GetSession] = broken
+    results = store.apply_batch([GetSession("acme", new_session_id()), Ping()], T0)
+    assert isinstance(results[0], Internal) and "GetSession" in results[0].message
     assert results[1] == {"sessions": 0}
 
 
