@@ -12,12 +12,12 @@ import engine
 from engine.config import EngineConfig
 from engine.keys import KeyStore, load_key_store
 from engine.logs import setup_logging
-from engine.runtime.transport import ShardTransport
+from engine.runtime.transport import MemoryTransport, ShardTransport
 
 from .errors import install_error_handlers
 from .http import RequestContextMiddleware
-from .outbox import ShardRouter
-from .routes import health, sessions
+from .outbox import MemoryRouter, ShardRouter
+from .routes import health, sessions, vectors
 
 RESOLVED_CONFIG_ENV = "SESSION_ENGINE_RESOLVED_CONFIG"
 
@@ -29,15 +29,26 @@ def _ray_transport(config: EngineConfig) -> ShardTransport:
     return ray_host.RayTransport(ray_host.find_shards(config))
 
 
+def _ray_memory(config: EngineConfig) -> MemoryTransport:
+    from engine.runtime import ray_host, ray_memory
+
+    ray_host.connect(config)
+    return ray_memory.RayMemoryTransport(
+        config, ray_memory.find_memory_shards(config), ray_memory.find_embedders(config)
+    )
+
+
 def create_app(
     config: EngineConfig,
     *,
     transport: Callable[[EngineConfig], ShardTransport] = _ray_transport,
+    memory: Callable[[EngineConfig], MemoryTransport] = _ray_memory,
     keys: KeyStore | None = None,
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.router = ShardRouter(transport(config), config.outbox)
+        app.state.memory = MemoryRouter(memory(config), config.outbox)
         yield
 
     app = FastAPI(
@@ -55,6 +66,7 @@ def create_app(
     app.add_middleware(RequestContextMiddleware, max_body_bytes=config.limits.max_body_bytes)
     app.include_router(health.router)
     app.include_router(sessions.router)
+    app.include_router(vectors.router)
     return app
 
 

@@ -1,4 +1,4 @@
-"""Dependencies the routes share: the shard router and the limits."""
+"""Dependencies the routes share: the shard and memory routers, and the limits."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from engine.config import LimitsConfig
+from engine.config import LimitsConfig, MemoryConfig
 
-from .outbox import ShardRouter
+from .outbox import MemoryRouter, ShardRouter
 
 
 def _router(request: Request) -> ShardRouter:
@@ -23,3 +23,17 @@ def _limits(request: Request) -> LimitsConfig:
 
 Router = Annotated[ShardRouter, Depends(_router)]
 Limits = Annotated[LimitsConfig, Depends(_limits)]
+
+
+def _memory(request: Request) -> MemoryRouter:
+    memory: MemoryRouter = request.app.state.memory
+    return memory
+
+
+def _memory_limits(request: Request) -> MemoryConfig:
+    limits: MemoryConfig = request.app.state.config.memory
+    return limits
+
+
+Memory = Annotated[MemoryRouter, Depends(_memory)]
+MemoryLimits = Annotated[MemoryConfig, Depends(_memory_limits)]

@@ -6,11 +6,12 @@ from typing import Any
 
 import orjson
 
-from engine.config import LimitsConfig
-from engine.errors import PayloadTooLarge, ValidationFailed
+from engine.config import LimitsConfig, MemoryConfig
+from engine.errors import Forbidden, PayloadTooLarge, ValidationFailed
+from engine.memory.store import SESSION_MEMORY
 from engine.sessions.session import NewMessage
 
-from .schemas import MessageIn
+from .schemas import MessageIn, VectorIn
 
 
 def check_name(name: str, limits: LimitsConfig) -> str:
@@ -58,3 +59,73 @@ def check_messages(messages: list[MessageIn], limits: LimitsConfig) -> tuple[New
                 {"field": f"messages.{i}.content", "limit_bytes": limits.max_message_bytes},
             )
     return tuple(NewMessage(m.role, m.content, m.tool_call_id, m.tool_name) for m in messages)
+
+
+def check_vector_request(count: int, limits: MemoryConfig) -> None:
+    if count > limits.max_vectors_per_request:
+        raise ValidationFailed(
+            f"vectors: at most {limits.max_vectors_per_request} per request, got {count}",
+            {"field": "vectors", "limit": limits.max_vectors_per_request, "count": count},
+            "Split the upsert into several requests.",
+        )
+
+
+def check_writable_namespace(namespace: str) -> str:
+    if namespace == SESSION_MEMORY:
+        raise Forbidden(
+            f"namespace {SESSION_MEMORY!r} is written by the engine only",
+            {"namespace": namespace},
+            "Closing a session writes its summary there and deleting the session removes it; "
+            "query it freely, and keep your own vectors in another namespace.",
+        )
+    return namespace
+
+
+def check_vector_fields(v: VectorIn, i: int, limits: MemoryConfig) -> dict[str, Any]:
+    """The vector's metadata (default {}), after checking its sizes."""
+    if len(v.id) > limits.max_id_chars:
+        raise ValidationFailed(
+            f"vectors.{i}.id: at most {limits.max_id_chars} characters",
+            {"field": f"vectors.{i}.id", "limit": limits.max_id_chars},
+        )
+    if v.text is not None and len(v.text) > limits.max_text_chars:
+        raise PayloadTooLarge(
+            f"vectors.{i}.text: at most {limits.max_text_chars} characters",
+            {"field": f"vectors.{i}.text", "limit": limits.max_text_chars},
+        )
+    check_dimension(v.values, f"vectors.{i}.values", limits)
+    metadata = v.metadata or {}
+    size = len(orjson.dumps(metadata))
+    if size > limits.max_metadata_bytes:
+        raise PayloadTooLarge(
+            f"vectors.{i}.metadata is {size} bytes of JSON; the limit is {limits.max_metadata_bytes}",
+            {"field": f"vectors.{i}.metadata", "size_bytes": size, "limit_bytes": limits.max_metadata_bytes},
+        )
+    return metadata
+
+
+def check_dimension(values: list[float] | None, field: str, limits: MemoryConfig) -> None:
+    if values is not None and len(values) > limits.max_dimension:
+        raise ValidationFailed(
+            f"{field}: at most {limits.max_dimension} dimensions",
+            {"field": field, "limit": limits.max_dimension, "dimension": len(values)},
+        )
+
+
+def check_top_k(top_k: int | None, limits: MemoryConfig) -> int:
+    if top_k is None:
+        return limits.default_top_k
+    if top_k > limits.max_top_k:
+        raise ValidationFailed(
+            f"top_k: at most {limits.max_top_k}", {"field": "top_k", "limit": limits.max_top_k}
+        )
+    return top_k
+
+
+def check_delete_ids(ids: list[str], limits: MemoryConfig) -> tuple[str, ...]:
+    if len(ids) > limits.max_ids_per_delete:
+        raise ValidationFailed(
+            f"ids: at most {limits.max_ids_per_delete} per request, got {len(ids)}",
+            {"field": "ids", "limit": limits.max_ids_per_delete, "count": len(ids)},
+        )
+    return tuple(ids)

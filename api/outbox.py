@@ -14,8 +14,8 @@ from typing import Any
 
 from engine.config import OutboxConfig
 from engine.errors import EngineError, Internal, Unavailable
-from engine.routing import shard_for
-from engine.runtime.transport import ShardTransport
+from engine.routing import memory_shard_for, shard_for
+from engine.runtime.transport import MemoryTransport, ShardTransport
 from engine.sessions.ops import Op
 
 log = logging.getLogger(__name__)
@@ -26,10 +26,10 @@ class Outbox:
         self._shard = shard
         self._transport = transport
         self._config = config
-        self._waiting: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._waiting: list[tuple[Any, asyncio.Future[Any]]] = []
         self._sender: asyncio.Task[None] | None = None
 
-    async def submit(self, op: Op) -> Any:
+    async def submit(self, op: Any) -> Any:
         if not self._config.coalesce:
             (result,) = await self._call([op])
             return _unwrap(result)
@@ -59,7 +59,7 @@ class Outbox:
         finally:
             self._sender = None
 
-    async def _call(self, ops: list[Op]) -> list[Any]:
+    async def _call(self, ops: list[Any]) -> list[Any]:
         try:
             return await asyncio.wait_for(self._transport.call(self._shard, ops), self._config.call_timeout_s)
         except TimeoutError:
@@ -88,4 +88,22 @@ class ShardRouter:
 
     async def broadcast(self, op: Op) -> list[Any]:
         """The same op to every shard; fails if any shard does."""
+        return list(await asyncio.gather(*(outbox.submit(op) for outbox in self._outboxes)))
+
+
+class MemoryRouter:
+    """Finds an organization's memory shard and hands its ops to that shard's outbox, so concurrent
+    upserts share one log write; texts go to the embedder."""
+
+    def __init__(self, transport: MemoryTransport, config: OutboxConfig) -> None:
+        self.transport = transport
+        self._outboxes = [Outbox(i, transport, config) for i in range(transport.shards)]
+
+    async def submit(self, org: str, op: Any) -> Any:
+        return await self._outboxes[memory_shard_for(org, len(self._outboxes))].submit(op)
+
+    async def embed(self, texts: list[str]) -> Any:
+        return await self.transport.embed(texts)
+
+    async def broadcast(self, op: Any) -> list[Any]:
         return list(await asyncio.gather(*(outbox.submit(op) for outbox in self._outboxes)))

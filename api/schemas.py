@@ -7,7 +7,7 @@ Limits that come from the config (TTL maximum, batch size, byte sizes) are check
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -93,6 +93,13 @@ class MessageOut(BaseModel):
     tool_name: str | None = None
 
 
+class SummaryProvenanceOut(BaseModel):
+    model: str
+    messages_covered: int = Field(description="Messages the summary was made from (long sessions are cut).")
+    messages_total: int
+    created_at: int | None
+
+
 class SessionOut(BaseModel):
     id: str = Field(examples=["sess_3f9c2a7e0b1d4c5a8e6f7a9b0c1d2e3f"])
     name: str
@@ -104,9 +111,14 @@ class SessionOut(BaseModel):
     ended_at: int | None = Field(description="When the session left 'active'; for expired, its deadline.")
     message_count: int
     context: dict[str, Any]
-    version: int = Field(description="Context version; increments on every PUT /context. Use with If-Match.")
-    summary_status: Literal["pending", "running", "ready", "failed"] | None
+    version: int = Field(description="Context version; + 1 on every PUT /context. Use with If-Match.")
+    summary_status: Literal["pending", "running", "ready", "failed"] | None = Field(
+        description="Set on close: pending -> running -> ready, or failed (see summary_error)."
+    )
     summary: str | None
+    summary_error: str | None = Field(description="Why the last summary attempt failed, if it did.")
+    summary_attempts: int
+    summary_provenance: SummaryProvenanceOut | None
 
 
 class SessionWithMessagesOut(SessionOut):
@@ -125,6 +137,85 @@ class SessionListOut(BaseModel):
     )
 
 
+# -- vectors ----------------------------------------------------------------------------------------
+
+Namespace = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+        description="Letters, digits, and _ . : - ; default 'default'.",
+    ),
+]
+Scalar = str | int | float | bool | None
+
+
+class VectorIn(_Request):
+    id: str = Field(min_length=1, description="Your id; upserting an existing id replaces it.")
+    text: str | None = Field(None, description="Embedded by the server's embedder.")
+    values: list[float] | None = Field(None, min_length=1, description="A vector of your own.")
+    metadata: dict[str, Any] | None = Field(None, description="Returned with matches; filterable.")
+
+    _check_text = field_validator("text")(_non_blank)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VectorIn:
+        if (self.text is None) == (self.values is None):
+            raise ValueError("send exactly one of 'text' or 'values'")
+        return self
+
+
+class UpsertIn(_Request):
+    namespace: Namespace = "default"
+    vectors: list[VectorIn] = Field(min_length=1)
+
+
+class QueryIn(_Request):
+    namespace: Namespace = "default"
+    query_text: str | None = None
+    vector: list[float] | None = Field(None, min_length=1)
+    top_k: int | None = Field(None, ge=1, description="How many matches (default 10).")
+    filter: dict[str, Scalar] | None = Field(
+        None, description="Metadata equality on top-level keys; every pair must match."
+    )
+
+    _check_text = field_validator("query_text")(_non_blank)
+
+    @model_validator(mode="after")
+    def _one_query(self) -> QueryIn:
+        if (self.query_text is None) == (self.vector is None):
+            raise ValueError("send exactly one of 'query_text' or 'vector'")
+        return self
+
+
+class DeleteIn(_Request):
+    namespace: Namespace = "default"
+    ids: list[str] = Field(min_length=1)
+
+
+class UpsertOut(BaseModel):
+    namespace: str
+    upserted: int
+
+
+class MatchOut(BaseModel):
+    id: str
+    score: float = Field(description="Cosine similarity, -1 to 1.")
+    metadata: dict[str, Any]
+
+
+class QueryOut(BaseModel):
+    namespace: str
+    matches: list[MatchOut]
+    count: int
+
+
+class DeleteOut(BaseModel):
+    namespace: str
+    deleted: int
+
+
 class ErrorOut(BaseModel):
     error: str
     code: str
@@ -133,5 +224,5 @@ class ErrorOut(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut} for status in (400, 401, 404, 409, 412, 413, 422, 503)
+    status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 412, 413, 422, 503)
 }

@@ -11,8 +11,10 @@ from pathlib import Path
 
 from engine import __version__
 from engine.config import ConfigError, EngineConfig, load_config
+from engine.errors import ModelMissing
 from engine.keys import add_key, ensure_default_key, load_key_store
 from engine.logs import setup_logging
+from engine.models.files import check_models
 from engine.storage.layout import claim_layout
 
 log = logging.getLogger("session_engine")
@@ -40,20 +42,27 @@ def _serve(args: argparse.Namespace) -> int:
     setup_logging(config.log_level)
     # Shard actors run in other processes, with another working directory: hand them absolute paths.
     config = config.model_copy(update={"data_dir": config.data_dir.resolve()})
-    claim_layout(config.data_dir, config.shards)
+    claim_layout(config.data_dir, config.shards, config.memory.shards)
     new_key = ensure_default_key(config)
     if new_key is not None:
         _announce_key(new_key, config)
     keys = load_key_store(config)  # fail fast on a bad keys setting, before Ray starts
+    try:
+        check_models(config.models.embedder.path, config.models.summarizer.path)
+    except ModelMissing as exc:
+        print(f"session-engine: {exc.message}", file=sys.stderr)
+        return 2
 
     import uvicorn
 
     from api.app import RESOLVED_CONFIG_ENV, create_app
-    from engine.runtime import ray_host
+    from engine.runtime import ray_host, ray_memory
 
     address = ray_host.connect(config)
     embedded = not config.ray.address
     try:
+        # Memory and models first: the session shards resume unfinished summary jobs as they start.
+        memory = ray_memory.ensure_memory(config)
         shards = ray_host.ensure_shards(config)
         log.info(
             "serving",
@@ -75,7 +84,10 @@ def _serve(args: argparse.Namespace) -> int:
             os.environ[RESOLVED_CONFIG_ENV] = resolved.to_env_json()
             uvicorn.run("api.app:app_from_env", factory=True, workers=config.workers, **common)  # type: ignore[arg-type]
         if embedded:
-            ray_host.stop_shards(shards)  # this process owns the shards: final snapshots, locks released
+            # This process owns the actors: final snapshots, locks released. Session shards first,
+            # so no summary job is half-way through the memory when it stops.
+            ray_host.stop_shards(shards)
+            ray_memory.stop_memory(memory)
     except ray_host.StartupError as exc:
         print(f"session-engine: {exc}", file=sys.stderr)
         return 1

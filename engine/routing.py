@@ -1,4 +1,5 @@
-"""Placement of sessions on shards: jump consistent hash of organization and session id.
+"""Placement on shards: sessions by jump consistent hash of organization and session id; vector
+memory by organization alone.
 
 Jump hash (Lamping and Veach, 2014) maps a 64-bit key to one of N buckets with no table, and when
 N grows to N+1 only about 1/(N+1) of the keys move, all of them to the new bucket.
@@ -25,4 +26,10 @@ def jump_hash(key: int, buckets: int) -> int:
 
 def shard_for(org: str, session_id: str, shards: int) -> int:
     digest = hashlib.blake2b(f"{org}/{session_id}".encode(), digest_size=8).digest()
+    return jump_hash(int.from_bytes(digest, "little"), shards)
+
+
+def memory_shard_for(org: str, shards: int) -> int:
+    """An organization's whole vector memory lives on one memory shard, so a query is one call."""
+    digest = hashlib.blake2b(f"memory/{org}".encode(), digest_size=8).digest()
     return jump_hash(int.from_bytes(digest, "little"), shards)

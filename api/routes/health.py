@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from engine.errors import EngineError
+from engine.memory.store import MemoryStats
 from engine.sessions.ops import Ping
 
 from ..errors import error_response
@@ -22,14 +24,30 @@ async def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
-@router.get("/readyz", summary="Every shard answers")
+@router.get("/readyz", summary="Every shard answers and the models are loaded")
 async def readyz(request: Request) -> Response:
+    async def check() -> tuple[list[Any], list[Any], dict[str, Any]]:
+        memory = request.app.state.memory
+        pings, stats, models = await asyncio.gather(
+            request.app.state.router.broadcast(Ping()),
+            memory.broadcast(MemoryStats()),
+            memory.transport.ready(),
+        )
+        return pings, stats, models
+
     try:
-        pings = await asyncio.wait_for(request.app.state.router.broadcast(Ping()), READY_TIMEOUT_S)
+        pings, memory_stats, models = await asyncio.wait_for(check(), READY_TIMEOUT_S)
     except EngineError as exc:
         return error_response(503, "UNAVAILABLE", f"not ready: {exc.message}", exc.details, "Retry shortly.")
     except TimeoutError:
         return error_response(503, "UNAVAILABLE", "not ready: a shard did not answer", {}, "Retry shortly.")
     return json_response(
-        {"status": "ready", "shards": len(pings), "sessions": sum(p["sessions"] for p in pings)}
+        {
+            "status": "ready",
+            "shards": len(pings),
+            "sessions": sum(p["sessions"] for p in pings),
+            "memory_shards": len(memory_stats),
+            "vectors": sum(s["vectors"] for s in memory_stats),
+            "models": models,
+        }
     )

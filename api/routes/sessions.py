@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Header, Path, Query
 from starlette.responses import Response
 
 from engine.errors import SessionNotFound, ValidationFailed
+from engine.memory.store import SESSION_MEMORY, DeleteVectors
 from engine.sessions.ops import (
     AppendMessages,
     CreateSession,
@@ -17,13 +18,14 @@ from engine.sessions.ops import (
     GetSession,
     ListSessions,
     ReplaceContext,
+    RequestSummary,
     UpdateSession,
 )
 from engine.sessions.session import SessionStatus, is_session_id, new_session_id
 
 from ..auth import Org
 from ..cursor import decode_cursor, encode_cursor
-from ..deps import Limits, Router
+from ..deps import Limits, Memory, Router
 from ..http import OrjsonRoute, json_response
 from ..limits import check_context, check_messages, check_name, check_ttl
 from ..schemas import (
@@ -173,11 +175,30 @@ async def list_sessions(
     return json_response({"sessions": sessions, "count": len(sessions), "next_cursor": next_cursor})
 
 
-@router.delete("/{session_id}", status_code=204, response_class=Response, summary="Delete a session")
-async def delete_session(session_id: SessionId, org: Org, shards: Router) -> Response:
+@router.delete(
+    "/{session_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete a session and its summary vector",
+)
+async def delete_session(session_id: SessionId, org: Org, shards: Router, memory: Memory) -> Response:
     sid = _session_id(session_id)
+    # The vector first: if the session delete then fails, a retry finds the session and finishes.
+    # A summary still being made when the session goes deletes its own vector (see SummaryRunner).
+    await memory.submit(org, DeleteVectors(org, SESSION_MEMORY, (sid,)))
     await shards.submit(org, sid, DeleteSession(org, sid))
     return Response(status_code=204)
+
+
+@router.post(
+    "/{session_id}/summarize",
+    status_code=202,
+    response_model=SessionOut,
+    summary="Summarize an ended session again; the summary is made in the background",
+)
+async def summarize_session(session_id: SessionId, org: Org, shards: Router) -> Response:
+    sid = _session_id(session_id)
+    return json_response(await shards.submit(org, sid, RequestSummary(org, sid)), 202)
 
 
 @router.post("/{session_id}/close", response_model=SessionOut, summary="Close; a summary follows")

@@ -1,6 +1,6 @@
 """Ray hosting: the SessionShard actor, starting or joining Ray, and the Ray transport.
 
-This is the only module that imports Ray, so the rest of the engine is testable without it.
+With ray_memory, the only modules that import Ray, so the rest of the engine is testable without it.
 """
 
 from __future__ import annotations
@@ -19,9 +19,12 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 from engine.config import ConfigError, EngineConfig
 from engine.errors import Unavailable
 from engine.logs import setup_logging
+from engine.models.summarizer import Summary
+from engine.runtime import ray_memory
 from engine.sessions.ops import ExpireDue, Op, Ping
 from engine.storage.durable import DurableShard, LogWriteFailed
 from engine.storage.layout import shard_directory
+from engine.summaries.runner import SummaryJob, SummaryRunner
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,16 @@ class SessionShard:
             shard_directory(config.data_dir, index), config.durability, own_process=True
         )
         self._snapshot_lock = asyncio.Lock()
+        self._pool: Any = None
+        self._memory: list[Any] | None = None
+        self._runner = SummaryRunner(
+            self.apply_batch, self._summarize, self._forget_vector, config.models.summarizer
+        )
         # Async actor: __init__ runs on the actor's event loop, so the timers live beside the ops.
         loop = asyncio.get_running_loop()
+        # Replay queued the jobs of every close in the log; resume those still unfinished instead.
+        self._durable.store.take_summary_jobs()
+        self._runner.submit(self._durable.store.unfinished_summaries())
         self._timers = [loop.create_task(self._expire_forever()), loop.create_task(self._snapshot_forever())]
         if config.durability.fsync == "everysec":
             self._timers.append(loop.create_task(self._sync_forever()))
@@ -50,10 +61,31 @@ class SessionShard:
     async def apply_batch(self, ops: Sequence[Op]) -> list[Any]:
         # No await inside: a batch is applied and logged whole before the next one starts.
         try:
-            return self._durable.apply_batch(ops)
+            results = self._durable.apply_batch(ops)
         except LogWriteFailed:
             _fail_stop(self._index)
             raise
+        jobs = self._durable.store.take_summary_jobs()
+        if jobs:
+            self._runner.submit(jobs)  # after the log write: a job starts only once it is durable
+        return results
+
+    async def _summarize(self, job: SummaryJob) -> Summary:
+        # Looked up without waiting (a wait would block this shard's loop); a miss is a failed attempt.
+        if self._pool is None:
+            self._pool = ray_memory.find_pool(self._config, timeout_s=0)
+        summary: Summary = await self._pool.summarize.remote(job)
+        return summary
+
+    async def _forget_vector(self, org: str, session_id: str) -> None:
+        if self._memory is None:
+            self._memory = ray_memory.find_memory_shards(self._config, timeout_s=0)
+        await ray_memory.forget_session_vector(self._memory, org, session_id)
+
+    async def drain_summaries(self) -> int:
+        """Wait until every summary job this shard has in flight is done; for tests and benchmarks."""
+        await self._runner.drain()
+        return len(self._durable.store.unfinished_summaries())
 
     async def describe(self) -> dict[str, Any]:
         return {
@@ -61,6 +93,7 @@ class SessionShard:
             "shards": self._config.shards,
             "lsn": self._durable.lsn,
             "recovered": asdict(self._durable.recovery),
+            "summary_jobs_running": self._runner.active,
             **self._durable.store.apply(Ping(), 0),
         }
 
@@ -83,6 +116,7 @@ class SessionShard:
         """Graceful stop: a final snapshot, the log closed, the directory lock released."""
         for timer in self._timers:
             timer.cancel()
+        self._runner.cancel()  # unfinished jobs stay queued in the log; the next start resumes them
         async with self._snapshot_lock:
             self._durable.close(snapshot=True)
 

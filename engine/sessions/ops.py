@@ -60,6 +60,43 @@ class DeleteSession:
 
 
 @dataclass(slots=True, frozen=True)
+class RequestSummary:
+    """Queue a summary of an ended session (again). Closing a session queues one by itself."""
+
+    org: str
+    session_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class StartSummary:
+    """The shard's summary runner takes a queued job: pending -> running. Returns the job's input,
+    or None when there is nothing to do (the session is gone, or its job is not pending)."""
+
+    org: str
+    session_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class FinishSummary:
+    org: str
+    session_id: str
+    text: str
+    model: str
+    messages_covered: int
+    messages_total: int
+
+
+@dataclass(slots=True, frozen=True)
+class FailSummary:
+    """An attempt failed: back to pending (a retry follows) or, when `final`, failed."""
+
+    org: str
+    session_id: str
+    error: str
+    final: bool
+
+
+@dataclass(slots=True, frozen=True)
 class ExpireDue:
     """Issued by the shard's timer: every active session whose deadline has passed becomes expired."""
 
@@ -95,6 +132,10 @@ MUTATING_OPS = (
     EndSession,
     DeleteSession,
     ExpireDue,
+    RequestSummary,
+    StartSummary,
+    FinishSummary,
+    FailSummary,
 )
 Op = (
     CreateSession
@@ -104,6 +145,10 @@ Op = (
     | EndSession
     | DeleteSession
     | ExpireDue
+    | RequestSummary
+    | StartSummary
+    | FinishSummary
+    | FailSummary
     | GetSession
     | ListSessions
     | Ping

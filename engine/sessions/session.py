@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from engine.errors import SessionNotActive, VersionMismatch
+from engine.errors import SessionNotActive, SessionNotEnded, VersionMismatch
 
 SESSION_ID_PREFIX = "sess_"
 _SESSION_ID_HEX_CHARS = 32  # 128 random bits
@@ -47,7 +47,13 @@ TRANSITIONS: dict[SessionStatus, frozenset[SessionStatus]] = {
 
 
 class SummaryStatus(StrEnum):
+    """A closed session's summary: pending (queued) -> running -> ready, or failed with a reason.
+    A failed attempt that will be retried goes back to pending, keeping its error."""
+
     PENDING = "pending"
+    RUNNING = "running"
+    READY = "ready"
+    FAILED = "failed"
 
 
 @dataclass(slots=True, frozen=True)
@@ -99,6 +105,12 @@ class Session:
     ended_at: int | None = None
     summary_status: SummaryStatus | None = None
     summary: str | None = None
+    summary_error: str | None = None
+    summary_model: str | None = None
+    summary_covered: int = 0  # messages the summary was made from (long sessions are cut)
+    summary_total: int = 0  # messages the session had then
+    summarized_at: int | None = None
+    summary_attempts: int = 0
     messages: list[Message] = field(default_factory=list)
     snap_epoch: int = 0  # the last snapshot that has (or had a copy of) this session; see ShardStore
 
@@ -122,6 +134,38 @@ class Session:
         self.updated_at = self.ended_at
         if to is SessionStatus.CLOSED:
             self.summary_status = SummaryStatus.PENDING
+
+    def request_summary(self) -> bool:
+        """Queue a (new) summary of an ended session; False if one is already queued or running."""
+        if self.status is SessionStatus.ACTIVE:
+            raise SessionNotEnded(self.id)
+        if self.summary_status in (SummaryStatus.PENDING, SummaryStatus.RUNNING):
+            return False
+        self.summary_status = SummaryStatus.PENDING
+        self.summary_error = None
+        self.summary_attempts = 0
+        return True
+
+    def start_summary(self) -> bool:
+        # RUNNING too: a job that was running when the shard stopped is resumed after a restart.
+        if self.summary_status not in (SummaryStatus.PENDING, SummaryStatus.RUNNING):
+            return False
+        self.summary_status = SummaryStatus.RUNNING
+        self.summary_attempts += 1
+        return True
+
+    def finish_summary(self, text: str, model: str, covered: int, total: int, *, now_ms: int) -> None:
+        self.summary_status = SummaryStatus.READY
+        self.summary = text
+        self.summary_error = None
+        self.summary_model = model
+        self.summary_covered = covered
+        self.summary_total = total
+        self.summarized_at = now_ms
+
+    def fail_summary(self, error: str, *, final: bool) -> None:
+        self.summary_status = SummaryStatus.FAILED if final else SummaryStatus.PENDING
+        self.summary_error = error
 
     def require_active(self) -> None:
         if self.status is not SessionStatus.ACTIVE:
@@ -168,6 +212,18 @@ class Session:
             "version": self.version,
             "summary_status": self.summary_status.value if self.summary_status else None,
             "summary": self.summary,
+            "summary_error": self.summary_error,
+            "summary_attempts": self.summary_attempts,
+            "summary_provenance": (
+                {
+                    "model": self.summary_model,
+                    "messages_covered": self.summary_covered,
+                    "messages_total": self.summary_total,
+                    "created_at": self.summarized_at,
+                }
+                if self.summary_model is not None
+                else None
+            ),
         }
         if messages:
             end = len(self.messages) if limit is None else min(len(self.messages), after_seq + limit)

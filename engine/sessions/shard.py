@@ -28,14 +28,18 @@ from engine.sessions.ops import (
     DeleteSession,
     EndSession,
     ExpireDue,
+    FailSummary,
+    FinishSummary,
     GetSession,
     ListSessions,
     Op,
     Ping,
     ReplaceContext,
+    RequestSummary,
+    StartSummary,
     UpdateSession,
 )
-from engine.sessions.session import Session, SessionStatus
+from engine.sessions.session import Message, Session, SessionStatus, SummaryStatus
 
 SortKey = tuple[int, str]
 log = logging.getLogger(__name__)
@@ -69,6 +73,7 @@ class ShardStore:
         self._orgs: dict[str, _OrgIndex] = {}
         self._deadlines: list[tuple[int, str, str]] = []  # heap; entries go stale on TTL change or delete
         self.journal: list[Op] = []  # mutating ops applied and not yet taken by the log, in order
+        self.summary_jobs: list[tuple[str, str]] = []  # (org, session id) queued for a summary, in order
         self._snapshot: SnapshotCursor | None = None
         self._snap_epoch = 0
         self._handlers: dict[type, Callable[[Any, int], Any]] = {
@@ -79,6 +84,10 @@ class ShardStore:
             EndSession: self._end,
             DeleteSession: self._delete,
             ExpireDue: self._expire_due,
+            RequestSummary: self._request_summary,
+            StartSummary: self._start_summary,
+            FinishSummary: self._finish_summary,
+            FailSummary: self._fail_summary,
             GetSession: self._get_view,
             ListSessions: self._list,
             Ping: self._ping,
@@ -93,6 +102,18 @@ class ShardStore:
         if isinstance(op, MUTATING_OPS) and (result or not isinstance(op, ExpireDue)):
             self.journal.append(op)
         return result
+
+    def take_summary_jobs(self) -> list[tuple[str, str]]:
+        taken, self.summary_jobs = self.summary_jobs, []
+        return taken
+
+    def unfinished_summaries(self) -> list[tuple[str, str]]:
+        """Jobs a restart must resume: queued, or running when the shard stopped."""
+        return [
+            key
+            for key, session in self._sessions.items()
+            if session.summary_status in (SummaryStatus.PENDING, SummaryStatus.RUNNING)
+        ]
 
     def take_journal(self) -> list[Op]:
         taken, self.journal = self.journal, []
@@ -179,6 +200,38 @@ class ShardStore:
     def _end(self, op: EndSession, now_ms: int) -> dict[str, Any]:
         session = self._writable(op.org, op.session_id, now_ms)
         self._transition(session, op.status, now_ms)
+        if session.summary_status is SummaryStatus.PENDING:
+            self.summary_jobs.append((op.org, op.session_id))
+        return session.view()
+
+    # -- summaries: queued by close or by a request, then run by the shard's summary runner ---------
+
+    def _request_summary(self, op: RequestSummary, now_ms: int) -> dict[str, Any]:
+        session = self._find(op.org, op.session_id)
+        self._before_change(session)
+        if session.request_summary():
+            session.updated_at = now_ms
+            self.summary_jobs.append((op.org, op.session_id))
+        return session.view()
+
+    def _start_summary(self, op: StartSummary, now_ms: int) -> tuple[str, list[Message], int | None] | None:
+        session = self._sessions.get((op.org, op.session_id))
+        if session is None or session.summary_status not in (SummaryStatus.PENDING, SummaryStatus.RUNNING):
+            return None
+        self._before_change(session)
+        session.start_summary()
+        return session.name, session.messages, session.ended_at
+
+    def _finish_summary(self, op: FinishSummary, now_ms: int) -> dict[str, Any]:
+        session = self._find(op.org, op.session_id)
+        self._before_change(session)
+        session.finish_summary(op.text, op.model, op.messages_covered, op.messages_total, now_ms=now_ms)
+        return session.view()
+
+    def _fail_summary(self, op: FailSummary, now_ms: int) -> dict[str, Any]:
+        session = self._find(op.org, op.session_id)
+        self._before_change(session)
+        session.fail_summary(op.error, final=op.final)
         return session.view()
 
     def _delete(self, op: DeleteSession, now_ms: int) -> None:

@@ -15,8 +15,12 @@ from engine.sessions.ops import (
     DeleteSession,
     EndSession,
     ExpireDue,
+    FailSummary,
+    FinishSummary,
     Op,
     ReplaceContext,
+    RequestSummary,
+    StartSummary,
     UpdateSession,
 )
 from engine.sessions.session import Message, NewMessage, Session, SessionStatus, SummaryStatus
@@ -40,6 +44,14 @@ def encode_op(op: Op) -> list[Any]:
             return ["delete", org, sid]
         case ExpireDue():
             return ["expire"]
+        case RequestSummary(org, sid):
+            return ["summary_request", org, sid]
+        case StartSummary(org, sid):
+            return ["summary_start", org, sid]
+        case FinishSummary(org, sid, text, model, covered, total):
+            return ["summary_done", org, sid, text, model, covered, total]
+        case FailSummary(org, sid, error, final):
+            return ["summary_fail", org, sid, error, final]
     raise TypeError(f"{type(op).__name__} is not a logged op")
 
 
@@ -51,6 +63,12 @@ _DECODERS: dict[str, Callable[..., Op]] = {
     "end": lambda org, sid, status: EndSession(org, sid, SessionStatus(status)),
     "delete": lambda org, sid: DeleteSession(org, sid),
     "expire": lambda: ExpireDue(),
+    "summary_request": lambda org, sid: RequestSummary(org, sid),
+    "summary_start": lambda org, sid: StartSummary(org, sid),
+    "summary_done": lambda org, sid, text, model, covered, total: FinishSummary(
+        org, sid, text, model, covered, total
+    ),
+    "summary_fail": lambda org, sid, error, final: FailSummary(org, sid, error, final),
 }
 
 
@@ -64,12 +82,16 @@ def encode_session(s: Session) -> list[Any]:
         s.org, s.id, s.name, s.ttl_s, s.created_at, s.updated_at, s.expires_at, s.status.value, s.version,
         s.ended_at, s.summary_status.value if s.summary_status else None, s.summary, s.context,
         [[m.role, m.content, m.created_at, m.tool_call_id, m.tool_name] for m in s.messages],
+        s.summary_error, s.summary_model, s.summary_covered, s.summary_total, s.summarized_at,
+        s.summary_attempts,
     ]  # fmt: skip
 
 
 def decode_session(e: list[Any]) -> Session:
     org, sid, name, ttl_s, created_at, updated_at, expires_at, status, version = e[:9]
-    ended_at, summary_status, summary, context, messages = e[9:]
+    ended_at, summary_status, summary, context, messages = e[9:14]
+    # Fields added after the first release follow; older snapshots simply lack them.
+    error, model, covered, total, summarized_at, attempts = e[14:] or [None, None, 0, 0, None, 0]
     return Session(
         org=org,
         id=sid,
@@ -84,5 +106,11 @@ def decode_session(e: list[Any]) -> Session:
         ended_at=ended_at,
         summary_status=SummaryStatus(summary_status) if summary_status else None,
         summary=summary,
+        summary_error=error,
+        summary_model=model,
+        summary_covered=covered,
+        summary_total=total,
+        summarized_at=summarized_at,
+        summary_attempts=attempts,
         messages=[Message(*m) for m in messages],
     )

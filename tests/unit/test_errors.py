@@ -16,6 +16,9 @@ ALL_ERRORS = [
     errors.SessionNotActive("sess_1", "closed"),
     errors.SessionExists("sess_1"),
     errors.VersionMismatch("sess_1", 2, 3),
+    errors.SessionNotEnded("sess_1"),
+    errors.Forbidden("managed", {"namespace": "session-memory"}),
+    errors.ModelMissing("models.summarizer.path: /x is not a model directory", {"setting": "x"}),
     errors.Unavailable("down", {"shard": 1}, "later"),
     errors.Internal("bug"),
 ]

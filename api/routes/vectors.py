@@ -1,0 +1,70 @@
+"""Memory API: upsert, query and delete vectors in the caller's organization's namespaces."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from engine.errors import ValidationFailed
+from engine.memory.index import normalized
+from engine.memory.store import DeleteVectors, QueryVectors, UpsertVectors
+
+from ..auth import Org
+from ..deps import Memory, MemoryLimits
+from ..http import OrjsonRoute, json_response
+from ..limits import (
+    check_delete_ids,
+    check_dimension,
+    check_top_k,
+    check_vector_fields,
+    check_vector_request,
+    check_writable_namespace,
+)
+from ..schemas import ERROR_RESPONSES, DeleteIn, DeleteOut, QueryIn, QueryOut, UpsertIn, UpsertOut
+
+router = APIRouter(prefix="/vectors", tags=["memory"], route_class=OrjsonRoute, responses=ERROR_RESPONSES)
+
+
+@router.post("/upsert", response_model=UpsertOut, summary="Add or replace up to 100 vectors")
+async def upsert_vectors(body: UpsertIn, org: Org, memory: Memory, limits: MemoryLimits) -> Response:
+    namespace = check_writable_namespace(body.namespace)
+    check_vector_request(len(body.vectors), limits)
+    metadata = tuple(check_vector_fields(v, i, limits) for i, v in enumerate(body.vectors))
+    texts = [(i, v.text) for i, v in enumerate(body.vectors) if v.text is not None]
+    rows: list[np.ndarray | list[float] | None] = [v.values for v in body.vectors]
+    if texts:
+        embedded = await memory.embed([text for _, text in texts])
+        for (i, _), vector in zip(texts, embedded, strict=True):
+            rows[i] = vector
+    dimensions = {len(row) for row in rows if row is not None}
+    if len(dimensions) > 1:
+        raise ValidationFailed(
+            f"vectors in one request must share a dimension; got {sorted(dimensions)}",
+            {"field": "vectors", "dimensions": sorted(dimensions)},
+            "Texts are embedded to the embedder's dimension; send values of that length, or use "
+            "another namespace.",
+        )
+    vectors = normalized(np.asarray(rows, dtype=np.float32))
+    op = UpsertVectors(org, namespace, tuple(v.id for v in body.vectors), vectors, metadata)
+    result = await memory.submit(org, op)
+    return json_response({"namespace": namespace, **result})
+
+
+@router.post("/query", response_model=QueryOut, summary="The nearest vectors to a text or a vector")
+async def query_vectors(body: QueryIn, org: Org, memory: Memory, limits: MemoryLimits) -> Response:
+    top_k = check_top_k(body.top_k, limits)
+    check_dimension(body.vector, "vector", limits)
+    raw = (await memory.embed([body.query_text]))[0] if body.query_text is not None else body.vector
+    vector = normalized(np.asarray([raw], dtype=np.float32))[0]
+    matches = await memory.submit(org, QueryVectors(org, body.namespace, vector, top_k, body.filter))
+    out = [{"id": m.id, "score": m.score, "metadata": m.metadata} for m in matches]
+    return json_response({"namespace": body.namespace, "matches": out, "count": len(out)})
+
+
+@router.post("/delete", response_model=DeleteOut, summary="Delete vectors by id")
+async def delete_vectors(body: DeleteIn, org: Org, memory: Memory, limits: MemoryLimits) -> Response:
+    namespace = check_writable_namespace(body.namespace)
+    op = DeleteVectors(org, namespace, check_delete_ids(body.ids, limits))
+    result = await memory.submit(org, op)
+    return json_response({"namespace": namespace, **result})

@@ -1,0 +1,1 @@
+"""Vector memory: FAISS indexes per (organization, namespace), their store and their durability."""

@@ -1,0 +1,271 @@
+"""DurableMemory: a MemoryStore whose every upsert and delete is in its write-ahead log before a
+batch returns, with snapshots of whole FAISS indexes.
+
+The log is the session shards' (engine.storage.wal): framed, checksummed records, group commit,
+the same fsync policies, a torn tail cut off at recovery. A record's ops carry vectors as base64
+float32, so replay rebuilds exactly the vectors that were acknowledged.
+
+A snapshot file `memory-<lsn>.snap` holds every namespace as its id/metadata header plus the
+FAISS index bytes (`faiss.serialize_index`), split over frames of at most 256 MiB. The indexes
+are serialized on the shard's thread (a memory copy); writing and fsyncing the file can run in
+another thread while the shard goes on.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from engine.clock import Clock, SystemClock
+from engine.config import DurabilityConfig
+from engine.storage.durable import LogWriteFailed
+from engine.storage.frames import CorruptFile, frame, read_frames
+from engine.storage.lock import DirectoryLock, fsync_directory
+from engine.storage.wal import WriteAheadLog, encode_record, read_log
+
+from .index import IndexParams, NamespaceIndex
+from .store import DeleteVectors, MemoryOp, MemoryStore, UpsertVectors
+
+log = logging.getLogger(__name__)
+
+MEMORY_SNAPSHOT_MAGIC = b"SEMEM01\n"
+MEMORY_FORMAT_VERSION = 1
+_PREFIX, _SUFFIX = "memory-", ".snap"
+_PART_BYTES = 256 * 1024 * 1024
+
+
+def encode_memory_op(op: MemoryOp) -> list[Any]:
+    match op:
+        case UpsertVectors(org, namespace, ids, vectors, metadata):
+            raw = np.ascontiguousarray(vectors, dtype="<f4")
+            return [
+                "upsert",
+                org,
+                namespace,
+                list(ids),
+                raw.shape[1],
+                base64.b64encode(raw.tobytes()).decode(),
+                metadata,
+            ]
+        case DeleteVectors(org, namespace, ids):
+            return ["delete", org, namespace, list(ids)]
+    raise TypeError(f"{type(op).__name__} is not a logged op")
+
+
+def decode_memory_op(encoded: list[Any]) -> MemoryOp:
+    tag, org, namespace, ids, *rest = encoded
+    if tag == "upsert":
+        dimension, data, metadata = rest
+        vectors = np.frombuffer(base64.b64decode(data), dtype="<f4").reshape(len(ids), dimension)
+        return UpsertVectors(org, namespace, tuple(ids), vectors.astype(np.float32), tuple(metadata))
+    if tag == "delete":
+        return DeleteVectors(org, namespace, tuple(ids))
+    raise ValueError(f"unknown memory op {tag!r}")
+
+
+@dataclass(slots=True, frozen=True)
+class MemoryRecovery:
+    snapshot_lsn: int
+    records_replayed: int
+    namespaces: int
+    vectors: int
+    seconds: float
+
+
+@dataclass(slots=True, frozen=True)
+class MemorySnapshotResult:
+    lsn: int
+    namespaces: int
+    bytes: int
+    seconds: float
+    pause_ms: float  # how long the shard was held up serializing
+
+
+def _snapshot_path(directory: Path, lsn: int) -> Path:
+    return directory / f"{_PREFIX}{lsn:020d}{_SUFFIX}"
+
+
+def _snapshots(directory: Path) -> list[tuple[int, Path]]:
+    return sorted(
+        (int(p.name[len(_PREFIX) : -len(_SUFFIX)]), p) for p in directory.glob(f"{_PREFIX}*{_SUFFIX}")
+    )
+
+
+class DurableMemory:
+    def __init__(
+        self,
+        directory: Path,
+        config: DurabilityConfig,
+        params: IndexParams,
+        clock: Clock | None = None,
+        lock_wait_s: float = 10.0,
+    ) -> None:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.directory = directory
+        self._config = config
+        self._clock = clock or SystemClock()
+        self._lock = DirectoryLock(directory, lock_wait_s)
+        try:
+            self.store, self.lsn, self.recovery = recover_memory(directory, params)
+            self._wal = WriteAheadLog(directory, self.lsn + 1)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._unsynced = False
+        self._snapshot_lsn = self.recovery.snapshot_lsn
+        self._last_snapshot_s = time.monotonic()
+
+    def apply_batch(self, ops: Sequence[MemoryOp]) -> list[Any]:
+        results = self.store.apply_batch(ops)
+        journal = self.store.take_journal()
+        if journal:
+            try:
+                record = encode_record(
+                    self.lsn + 1, self._clock.now_ms(), [encode_memory_op(op) for op in journal]
+                )
+                self._wal.append(record)
+                if self._config.fsync == "always":
+                    self._wal.sync()
+                else:
+                    self._unsynced = True
+            except OSError as exc:
+                raise LogWriteFailed(f"cannot write the log in {self.directory}: {exc}") from exc
+            self.lsn += 1
+        return results
+
+    def sync(self) -> None:
+        if self._unsynced:
+            try:
+                self._wal.sync()
+            except OSError as exc:
+                raise LogWriteFailed(f"cannot sync the log in {self.directory}: {exc}") from exc
+            self._unsynced = False
+
+    def snapshot_due(self) -> bool:
+        if self.lsn == self._snapshot_lsn:
+            return False
+        return (
+            time.monotonic() - self._last_snapshot_s >= self._config.snapshot_interval_s
+            or self._wal.bytes_since_rotation >= self._config.snapshot_log_bytes
+        )
+
+    def begin_snapshot(self) -> Callable[[], MemorySnapshotResult]:
+        """Serialize every namespace now (the shard must not change meanwhile); returns the blocking
+        rest, which writes the file and may run in another thread, after which `finish_snapshot`."""
+        started = time.perf_counter()
+        self.sync()
+        lsn = self.lsn
+        self._wal.rotate(lsn + 1)
+        parts = [(org, namespace, *index.to_parts()) for (org, namespace), index in self.store.namespaces()]
+        pause_ms = (time.perf_counter() - started) * 1000
+
+        def write() -> MemorySnapshotResult:
+            size = _write_snapshot(self.directory, lsn, self._clock.now_ms(), parts)
+            return MemorySnapshotResult(lsn, len(parts), size, time.perf_counter() - started, pause_ms)
+
+        return write
+
+    def finish_snapshot(self, result: MemorySnapshotResult) -> None:
+        self._snapshot_lsn = result.lsn
+        self._last_snapshot_s = time.monotonic()
+        self._wal.drop_segments_before(result.lsn + 1)
+        for older, path in _snapshots(self.directory):
+            if older < result.lsn:
+                path.unlink()
+
+    def snapshot_now(self) -> MemorySnapshotResult:
+        result = self.begin_snapshot()()
+        self.finish_snapshot(result)
+        return result
+
+    def close(self, *, snapshot: bool = True) -> None:
+        try:
+            if snapshot and self.lsn != self._snapshot_lsn:
+                self.snapshot_now()
+            self._wal.close()
+        finally:
+            self._lock.release()
+
+
+def _write_snapshot(
+    directory: Path, lsn: int, now_ms: int, parts: list[tuple[str, str, dict[str, Any], bytes]]
+) -> int:
+    path = _snapshot_path(directory, lsn)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(MEMORY_SNAPSHOT_MAGIC)
+        f.write(frame(orjson.dumps({"format": MEMORY_FORMAT_VERSION, "lsn": lsn, "ts": now_ms})))
+        for org, namespace, header, index_bytes in parts:
+            pieces = [index_bytes[i : i + _PART_BYTES] for i in range(0, len(index_bytes), _PART_BYTES)]
+            meta = {"org": org, "namespace": namespace, "parts": len(pieces), **header}
+            f.write(frame(orjson.dumps(meta)))
+            for piece in pieces:
+                f.write(frame(piece))
+        f.write(frame(orjson.dumps({"end": True, "namespaces": len(parts)})))
+        f.flush()
+        os.fsync(f.fileno())
+        size = f.tell()
+    tmp.replace(path)
+    fsync_directory(directory)
+    return size
+
+
+def _read_snapshot(path: Path, store: MemoryStore) -> int:
+    frames = read_frames(path, MEMORY_SNAPSHOT_MAGIC)
+    first = next(frames, None)
+    if first is None:
+        raise CorruptFile(path, len(MEMORY_SNAPSHOT_MAGIC), "snapshot has no header")
+    header = orjson.loads(first[1])
+    if header.get("format") != MEMORY_FORMAT_VERSION:
+        raise CorruptFile(path, first[0], f"memory snapshot format {header.get('format')} is not supported")
+    for offset, payload in frames:
+        meta = orjson.loads(payload)
+        if meta.get("end"):
+            if meta.get("namespaces") != sum(1 for _ in store.namespaces()):
+                raise CorruptFile(path, offset, "snapshot trailer does not match its contents")
+            return int(header["lsn"])
+        pieces = []
+        for _ in range(meta["parts"]):
+            piece = next(frames, None)
+            if piece is None:
+                raise CorruptFile(path, offset, "snapshot ends inside a namespace")
+            pieces.append(piece[1])
+        store.adopt(
+            meta["org"], meta["namespace"], NamespaceIndex.from_parts(meta, b"".join(pieces), store.params)
+        )
+    raise CorruptFile(path, path.stat().st_size, "snapshot ends without its trailer")
+
+
+def recover_memory(directory: Path, params: IndexParams) -> tuple[MemoryStore, int, MemoryRecovery]:
+    """Latest snapshot, then every log record after it."""
+    started = time.perf_counter()
+    for leftover in directory.glob("*.tmp"):
+        leftover.unlink()
+    store, lsn = MemoryStore(params), 0
+    found = _snapshots(directory)
+    if found:
+        lsn = _read_snapshot(found[-1][1], store)
+    snapshot_lsn, replayed = lsn, 0
+    for record in read_log(directory, after_lsn=lsn):
+        if record.lsn != lsn + 1:
+            raise CorruptFile(directory, 0, f"log resumes at record {record.lsn}, but state ends at {lsn}")
+        for result in store.apply_batch([decode_memory_op(encoded) for encoded in record.ops]):
+            if isinstance(result, Exception):
+                raise CorruptFile(directory, 0, f"record {record.lsn} does not replay: {result}")
+        lsn = record.lsn
+        replayed += 1
+    store.take_journal()
+    recovery = MemoryRecovery(
+        snapshot_lsn, replayed, sum(1 for _ in store.namespaces()), len(store), time.perf_counter() - started
+    )
+    log.info("memory shard recovered", extra={"directory": str(directory), **asdict(recovery)})
+    return store, lsn, recovery

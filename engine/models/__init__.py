@@ -1,0 +1,1 @@
+"""Local models: the embedder and the summarizer, loaded from local files only."""

@@ -1,0 +1,406 @@
+"""Ray hosting of the vector memory and the models: MemoryShard actors (sharded by organization),
+Embedder actors, and the summarizer pool (a queue actor feeding Summarizer actors).
+
+With ray_host, the only modules that import Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+
+from engine.config import EngineConfig
+from engine.errors import EngineError, Unavailable
+from engine.logs import setup_logging
+from engine.memory.durable import DurableMemory
+from engine.memory.index import IndexParams
+from engine.memory.store import SESSION_MEMORY, DeleteVectors, MemoryOp, MemoryStats, UpsertVectors
+from engine.models.summarizer import Conversation, Summary, SummaryError
+from engine.routing import memory_shard_for
+from engine.storage.durable import LogWriteFailed
+
+log = logging.getLogger(__name__)
+
+MEMORY_SHARD_NAME = "memory-shard-{index}"
+EMBEDDER_NAME = "embedder-{index}"
+SUMMARIZER_NAME = "summarizer-{index}"
+POOL_NAME = "summarizer-pool"
+RAY_ERRORS = (RayActorError, ActorUnavailableError, GetTimeoutError)
+
+
+def memory_directory(data_dir: Path, index: int) -> Path:
+    return data_dir / "memory" / f"memory-{index:04d}"
+
+
+def index_params(config: EngineConfig) -> IndexParams:
+    m = config.memory
+    return IndexParams(m.hnsw_above, m.hnsw_m, m.hnsw_ef_construction, m.hnsw_ef_search)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+class MemoryShard:
+    """Hosts one DurableMemory: batches of upserts, deletes and queries in arrival order, each
+    batch's changes logged before it answers; snapshot and log-sync timers beside them."""
+
+    def __init__(self, index: int, config: EngineConfig) -> None:
+        setup_logging(config.log_level)
+        self._index = index
+        self._config = config
+        self._durable = DurableMemory(
+            memory_directory(config.data_dir, index), config.durability, index_params(config)
+        )
+        self._snapshot_lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        self._timers = [loop.create_task(self._snapshot_forever())]
+        if config.durability.fsync == "everysec":
+            self._timers.append(loop.create_task(self._sync_forever()))
+
+    async def apply_batch(self, ops: Sequence[MemoryOp]) -> list[Any]:
+        try:
+            return self._durable.apply_batch(ops)
+        except LogWriteFailed:
+            _fail_stop("memory shard", self._index)
+            raise
+
+    async def describe(self) -> dict[str, Any]:
+        return {
+            "index": self._index,
+            "shards": self._config.memory.shards,
+            "lsn": self._durable.lsn,
+            "recovered": asdict(self._durable.recovery),
+            **self._durable.store.apply(MemoryStats()),
+        }
+
+    async def snapshot(self) -> dict[str, Any]:
+        async with self._snapshot_lock:
+            write = self._durable.begin_snapshot()
+            result = await asyncio.to_thread(write)
+            self._durable.finish_snapshot(result)
+            log.info("memory snapshot written", extra={"shard": self._index, **asdict(result)})
+            return asdict(result)
+
+    async def shutdown(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        async with self._snapshot_lock:
+            self._durable.close(snapshot=True)
+
+    async def _snapshot_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self._durable.snapshot_due():
+                try:
+                    await self.snapshot()
+                except OSError:
+                    log.exception("memory snapshot failed; the log still holds every change")
+
+    async def _sync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self._durable.sync()
+            except LogWriteFailed:
+                _fail_stop("memory shard", self._index)
+
+
+def _fail_stop(what: str, index: int) -> None:
+    log.critical("log write failed; exiting so the %s is rebuilt from disk", what, extra={"shard": index})
+    os._exit(70)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+class EmbedderActor:
+    def __init__(self, config: EngineConfig) -> None:
+        setup_logging(config.log_level)
+        from engine.models.embedder import Embedder
+
+        models = config.models
+        self._embedder = Embedder(
+            models.embedder.path,
+            device=models.device,
+            batch_size=models.embedder.batch_size,
+            threads=models.torch_threads,
+        )
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self._embedder.embed(texts)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self._embedder.name,
+            "dimension": self._embedder.dimension,
+            "device": self._embedder.device,
+        }
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+class SummarizerActor:
+    def __init__(self, config: EngineConfig, directory: str, name: str) -> None:
+        setup_logging(config.log_level)
+        from engine.models.summarizer import Summarizer
+
+        summarizer_config = config.models.summarizer.model_copy(update={"path": Path(directory)})
+        self._summarizer = Summarizer(
+            summarizer_config,
+            config.data_dir,
+            device=config.models.device,
+            threads=config.models.torch_threads,
+        )
+        self._summarizer.name = name
+
+    def summarize(self, conversations: Sequence[Conversation]) -> list[Summary | SummaryError]:
+        return self._summarizer.summarize(conversations)
+
+    def describe(self) -> dict[str, Any]:
+        s = self._summarizer
+        return {"model": s.name, "kind": "seq2seq" if s.seq2seq else "causal", "device": s.device}
+
+
+class SummaryFailed(Exception):
+    """One job's attempt failed; the message says why (the session shows it as summary_error)."""
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+class SummarizerPool:
+    """The queue in front of the Summarizer actors. A job waits here until a summarizer is free;
+    a free summarizer takes every waiting job up to `batch_size` into one generate call. Then the
+    batch's summaries are embedded in one call and upserted into each organization's
+    `session-memory` namespace before the jobs are answered."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        setup_logging(config.log_level)
+        from engine.models.files import summarizer_directory
+
+        self._config = config
+        # Once, here: the default model's GGUF conversion must not run in every summarizer at once.
+        directory, name = summarizer_directory(config.models.summarizer.path, config.data_dir)
+        self._workers = [
+            SummarizerActor.options(  # type: ignore[attr-defined]
+                name=SUMMARIZER_NAME.format(index=i), namespace=config.ray.namespace, get_if_exists=True,
+                lifetime="detached",
+            ).remote(config, str(directory), name)
+            for i in range(config.models.summarizer.workers)
+        ]  # fmt: skip
+        self._queue: asyncio.Queue[tuple[Any, asyncio.Future[Summary]]] = asyncio.Queue()
+        self._embedders = itertools.cycle(find_embedders(config))
+        self._memory = find_memory_shards(config)
+        loop = asyncio.get_running_loop()
+        self._loops = [loop.create_task(self._serve(worker)) for worker in self._workers]
+        self.batches: list[int] = []  # sizes of recent batches, for describe()
+
+    async def describe(self) -> dict[str, Any]:
+        workers = await asyncio.gather(*(w.describe.remote() for w in self._workers))
+        return {"workers": workers, "waiting": self._queue.qsize(), "recent_batches": self.batches[-20:]}
+
+    async def summarize(self, job: Any) -> Summary:
+        future: asyncio.Future[Summary] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((job, future))
+        return await future
+
+    async def shutdown(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        for worker in self._workers:
+            ray.kill(worker)
+
+    async def _serve(self, worker: Any) -> None:
+        batch_size = self._config.models.summarizer.batch_size
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            self.batches = [*self.batches[-99:], len(batch)]
+            try:
+                await self._run(worker, batch)
+            except Exception as exc:  # never let one batch stop this summarizer's loop
+                log.exception("summary batch failed")
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(SummaryFailed(f"summary batch failed: {exc}"))
+
+    async def _run(self, worker: Any, batch: list[tuple[Any, asyncio.Future[Summary]]]) -> None:
+        try:
+            results = await worker.summarize.remote([job.conversation for job, _ in batch])
+        except RAY_ERRORS as exc:
+            raise SummaryFailed(f"the summarizer actor died or restarted: {type(exc).__name__}") from None
+        done: list[tuple[Any, asyncio.Future[Summary], Summary]] = []
+        for (job, future), result in zip(batch, results, strict=True):
+            if isinstance(result, Summary):
+                done.append((job, future, result))
+            else:
+                future.set_exception(SummaryFailed(str(result)))
+        if not done:
+            return
+        vectors = await next(self._embedders).embed.remote([summary.text for _, _, summary in done])
+        by_shard: dict[int, list[int]] = {}  # memory shard -> positions in `done`
+        ops = []
+        for position, ((job, _, summary), vector) in enumerate(zip(done, vectors, strict=True)):
+            metadata = {
+                "session_id": job.session_id,
+                "name": job.name,
+                "summary": summary.text,
+                "closed_at": job.closed_at,
+                "message_count": summary.messages_total,
+            }
+            ops.append(
+                UpsertVectors(job.org, SESSION_MEMORY, (job.session_id,), vector.reshape(1, -1), (metadata,))
+            )
+            by_shard.setdefault(memory_shard_for(job.org, len(self._memory)), []).append(position)
+        errors: list[BaseException | None] = [None] * len(done)
+        shards = list(by_shard)
+        answers = await asyncio.gather(
+            *(self._memory[s].apply_batch.remote([ops[i] for i in by_shard[s]]) for s in shards),
+            return_exceptions=True,
+        )
+        for shard, answer in zip(shards, answers, strict=True):
+            for i, position in enumerate(by_shard[shard]):
+                result = answer if isinstance(answer, BaseException) else answer[i]
+                errors[position] = result if isinstance(result, BaseException) else None
+        for (_, future, summary), error in zip(done, errors, strict=True):
+            if error is not None:
+                future.set_exception(SummaryFailed(f"storing the summary's vector failed: {error}"))
+            else:
+                future.set_result(summary)
+
+
+# -- creating and finding the actors -------------------------------------------------------------
+
+
+def _named(actor_class: Any, name: str, config: EngineConfig, *args: Any) -> Any:
+    return actor_class.options(
+        name=name, namespace=config.ray.namespace, get_if_exists=True, lifetime="detached"
+    ).remote(*args)
+
+
+def ensure_memory(config: EngineConfig) -> dict[str, Any]:
+    """Create (or find) the memory shards, embedders and summarizer pool, and wait until every one
+    has loaded. Models that are missing fail here, with the setting named."""
+    memory = [
+        _named(MemoryShard, MEMORY_SHARD_NAME.format(index=i), config, i, config)
+        for i in range(config.memory.shards)
+    ]
+    embedders = [
+        _named(EmbedderActor, EMBEDDER_NAME.format(index=i), config, config)
+        for i in range(config.models.embedder.replicas)
+    ]
+    _wait_started(memory + embedders)
+    pool = _named(SummarizerPool, POOL_NAME, config, config)
+    _wait_started([pool])
+    return {"memory": memory, "embedders": embedders, "pool": pool}
+
+
+def _wait_started(handles: list[Any]) -> None:
+    from engine.runtime.ray_host import StartupError
+
+    try:
+        ray.get([h.describe.remote() for h in handles], timeout=900)
+    except RayActorError as exc:
+        cause = exc.__cause__ or exc
+        message = str(getattr(exc, "error_msg", "") or cause)
+        for line in message.splitlines():
+            if "ModelMissing" in line or "models." in line:
+                raise StartupError(line.strip()) from None
+        raise StartupError(f"an actor failed to start: {message.strip().splitlines()[-1]}") from None
+
+
+def _lookup(name: str, config: EngineConfig, timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ray.get_actor(name, namespace=config.ray.namespace)
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise Unavailable(
+                    f"actor {name!r} not found in Ray namespace {config.ray.namespace!r}"
+                ) from None
+            time.sleep(0.2)
+
+
+def find_memory_shards(config: EngineConfig, timeout_s: float = 60.0) -> list[Any]:
+    return [
+        _lookup(MEMORY_SHARD_NAME.format(index=i), config, timeout_s) for i in range(config.memory.shards)
+    ]
+
+
+def find_embedders(config: EngineConfig, timeout_s: float = 60.0) -> list[Any]:
+    return [
+        _lookup(EMBEDDER_NAME.format(index=i), config, timeout_s)
+        for i in range(config.models.embedder.replicas)
+    ]
+
+
+def find_pool(config: EngineConfig, timeout_s: float = 60.0) -> Any:
+    return _lookup(POOL_NAME, config, timeout_s)
+
+
+def stop_memory(actors: dict[str, Any]) -> None:
+    """Graceful stop: the summarizers go first, then every memory shard takes a final snapshot."""
+    try:
+        ray.get(actors["pool"].shutdown.remote(), timeout=60)
+        ray.kill(actors["pool"])
+        for embedder in actors["embedders"]:
+            ray.kill(embedder)
+        ray.get([m.shutdown.remote() for m in actors["memory"]], timeout=300)
+    except RAY_ERRORS as exc:
+        log.warning(
+            "a memory actor did not stop cleanly; its log still holds every change", extra={"error": str(exc)}
+        )
+
+
+class RayMemoryTransport:
+    """The gateway's way to the memory shards and the embedders."""
+
+    def __init__(self, config: EngineConfig, memory: list[Any], embedders: list[Any]) -> None:
+        self._config = config
+        self._memory = memory
+        self._embedders = itertools.cycle(embedders)
+
+    @property
+    def shards(self) -> int:
+        return len(self._memory)
+
+    async def call(self, shard: int, ops: Sequence[MemoryOp]) -> list[Any]:
+        try:
+            result: list[Any] = await self._memory[shard].apply_batch.remote(ops)
+        except RAY_ERRORS as exc:
+            raise Unavailable(
+                f"memory shard {shard} is unavailable",
+                {"memory_shard": shard},
+                "The memory shard is restarting; retry shortly. A write that got this answer may or may "
+                "not have been applied.",
+            ) from exc
+        return result
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        try:
+            vectors: np.ndarray = await next(self._embedders).embed.remote(list(texts))
+        except RAY_ERRORS as exc:
+            raise Unavailable("the embedder is unavailable", {}, "Retry shortly.") from exc
+        return vectors
+
+    async def ready(self) -> dict[str, Any]:
+        try:
+            embedder, pool = await asyncio.gather(
+                next(self._embedders).describe.remote(), find_pool(self._config, 0).describe.remote()
+            )
+        except RAY_ERRORS as exc:
+            raise Unavailable("a model actor is unavailable", {}, "Retry shortly.") from exc
+        return {"embedder": embedder, "summarizer": pool["workers"]}
+
+
+async def forget_session_vector(memory: list[Any], org: str, session_id: str) -> None:
+    shard = memory[memory_shard_for(org, len(memory))]
+    (result,) = await shard.apply_batch.remote([DeleteVectors(org, SESSION_MEMORY, (session_id,))])
+    if isinstance(result, EngineError):
+        raise result

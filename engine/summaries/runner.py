@@ -1,0 +1,161 @@
+"""The summary runner of one session shard: takes the shard's queued summary jobs and sees each
+through to `ready` or `failed`.
+
+A job is durable because its state is the session's: closing a session (or a summarize request)
+sets `summary_status: pending` in the shard's log, and a restarted shard resumes every job that is
+pending or was running. Each step is a logged op of the shard: StartSummary (running, attempt + 1),
+then FinishSummary (ready) or FailSummary (back to pending and retried after a backoff that
+doubles, or failed with the reason once the attempts are used up).
+
+The work itself (generate, embed, upsert into the organization's `session-memory` namespace) is
+the summarizer pool's, reached through `summarize`. If the session was deleted while its summary
+was being made, the vector that was just upserted is deleted again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from engine.config import SummarizerConfig
+from engine.errors import EngineError, SessionNotFound
+from engine.models.summarizer import Conversation, Summary, precut
+from engine.sessions.ops import FailSummary, FinishSummary, Op, StartSummary
+
+log = logging.getLogger(__name__)
+
+MAX_REASON_CHARS = 500
+
+
+@dataclass(slots=True, frozen=True)
+class SummaryJob:
+    org: str
+    session_id: str
+    name: str
+    closed_at: int | None
+    conversation: Conversation
+
+
+Apply = Callable[[Sequence[Op]], Awaitable[list[Any]]]
+Summarize = Callable[[SummaryJob], Awaitable[Summary]]
+ForgetVector = Callable[[str, str], Awaitable[None]]
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line a client can read: the original error's message, not a traceback."""
+    cause = getattr(exc, "cause", None) or exc  # Ray wraps an actor's exception; .cause is the original
+    text = str(cause).strip().splitlines()
+    line = text[0] if text else type(cause).__name__
+    return f"{type(cause).__name__}: {line}"[:MAX_REASON_CHARS]
+
+
+class SummaryRunner:
+    def __init__(
+        self,
+        apply: Apply,
+        summarize: Summarize,
+        forget_vector: ForgetVector,
+        config: SummarizerConfig,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._apply = apply
+        self._summarize = summarize
+        self._forget_vector = forget_vector
+        self._config = config
+        self._sleep = sleep
+        self._slots = asyncio.Semaphore(config.concurrent_jobs)
+        self._active: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    def submit(self, jobs: Sequence[tuple[str, str]]) -> None:
+        for key in jobs:
+            if key not in self._active:  # queued twice (closed, then asked again): one run does both
+                task = asyncio.get_running_loop().create_task(self._run(*key))
+                self._active[key] = task
+                task.add_done_callback(self._forget_task)
+
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        for key, active in list(self._active.items()):
+            if active is task:
+                del self._active[key]
+
+    async def drain(self) -> None:
+        """Wait for every job in flight (tests, benchmarks)."""
+        while self._active:
+            await asyncio.gather(*list(self._active.values()), return_exceptions=True)
+
+    def cancel(self) -> None:
+        # Cancelled jobs stay pending or running in the log, so the next start resumes them.
+        for task in list(self._active.values()):
+            task.cancel()
+
+    async def _run(self, org: str, session_id: str) -> None:
+        async with self._slots:
+            try:
+                await self._attempts(org, session_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The shard itself failed (it restarts and resumes the job); nothing to record here.
+                log.exception("summary job interrupted", extra={"org": org, "session_id": session_id})
+
+    async def _attempts(self, org: str, session_id: str) -> None:
+        config = self._config
+        for attempt in range(1, config.max_attempts + 1):
+            (started,) = await self._apply([StartSummary(org, session_id)])
+            if started is None or isinstance(started, EngineError):
+                return  # deleted, or nothing queued any more
+            name, messages, closed_at = started
+            if not messages:
+                await self._apply(
+                    [FailSummary(org, session_id, "the session has no messages to summarize", True)]
+                )
+                return
+            conversation = Conversation(
+                name,
+                precut(
+                    messages, keep_first=config.keep_first_messages, max_input_tokens=config.max_input_tokens
+                ),
+                len(messages),
+            )
+            try:
+                summary = await self._summarize(SummaryJob(org, session_id, name, closed_at, conversation))
+            except Exception as exc:  # noqa: BLE001 - whatever failed, the attempt failed; its reason is kept
+                final = attempt == config.max_attempts
+                reason = failure_reason(exc)
+                log.warning(
+                    "summary attempt failed",
+                    extra={
+                        "org": org,
+                        "session_id": session_id,
+                        "attempt": attempt,
+                        "final": final,
+                        "reason": reason,
+                    },
+                )
+                await self._apply([FailSummary(org, session_id, reason, final)])
+                if final:
+                    return
+                await self._sleep(config.retry_backoff_s * 2 ** (attempt - 1))
+                continue
+            (done,) = await self._apply(
+                [
+                    FinishSummary(
+                        org,
+                        session_id,
+                        summary.text,
+                        summary.model,
+                        summary.messages_covered,
+                        summary.messages_total,
+                    )
+                ]
+            )
+            if isinstance(done, SessionNotFound):
+                await self._forget_vector(org, session_id)  # deleted while it was being summarized
+            return
