@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 
@@ -21,7 +22,12 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`session-engine serve` in its own process group, stopped only by its own pid group."""
+    """`session-engine serve` in its own process group, stopped only by its own pid group.
+
+    `base_env` goes to every server started after it is set, under the env given per server: the
+    test suite puts its tiny summarizer there so no test server loads the default model."""
+
+    base_env: ClassVar[dict[str, str]] = {}
 
     def __init__(self, data_dir: Path, args: list[str], env: dict[str, str]) -> None:
         self.port = free_port()
@@ -29,7 +35,7 @@ class ServerProcess:
         self.log_path = data_dir.parent / f"{data_dir.name}-{self.port}.log"
         self._log = self.log_path.open("wb")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SESSION_ENGINE_")}
-        full_env |= {"SESSION_ENGINE_EXPIRY_TICK_S": "0.1", **env}
+        full_env |= {"SESSION_ENGINE_EXPIRY_TICK_S": "0.1", **ServerProcess.base_env, **env}
         self.env = env
         self.proc = subprocess.Popen(
             [

@@ -36,6 +36,26 @@ def ray_address() -> Iterator[str]:
         ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random T5 saved as a local transformers directory: a real seq2seq summarizer."""
+    from tests.support.tiny_models import build_tiny_t5
+
+    return build_tiny_t5(tmp_path_factory.mktemp("tiny-t5"))
+
+
+@pytest.fixture(scope="session")
+def servers_use_tiny_summarizer(tiny_t5: Path) -> Iterator[None]:
+    """Every server the tests start summarizes with the tiny T5, not the default SmolLM2."""
+    from benchmarks.server import ServerProcess
+
+    ServerProcess.base_env = {"SESSION_ENGINE_MODELS__SUMMARIZER__PATH": str(tiny_t5)}
+    try:
+        yield
+    finally:
+        ServerProcess.base_env = {}
+
+
 @pytest.fixture
 def tmp_data(tmp_path: Path) -> Path:
     return tmp_path / "data"

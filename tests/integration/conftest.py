@@ -14,10 +14,24 @@ from api.app import create_app
 from benchmarks.server import ServerProcess, joined_server
 from engine.config import load_config
 from engine.keys import KeyStore
-from engine.runtime.transport import LocalTransport
+from engine.memory.index import IndexParams
+from engine.runtime.transport import LocalMemoryTransport, LocalTransport
 
 ORGS = [f"org{i}" for i in range(200)]
 API_KEYS = ",".join(f"key-{org}={org}" for org in ORGS)
+
+
+@pytest.fixture(autouse=True)
+def _tiny_summarizer(servers_use_tiny_summarizer: None) -> None:
+    """Servers started here summarize with the tiny model."""
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Any:
+    """The default embedder (MiniLM from its package), loaded once for in-process apps."""
+    from engine.models.embedder import Embedder
+
+    return Embedder(None)
 
 
 @pytest.fixture(scope="session")
@@ -73,8 +87,12 @@ def http_client(request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
             yield client
     else:
         config = load_config()
+        embed = request.getfixturevalue("embedder").embed
         app = create_app(
-            config, transport=lambda c: LocalTransport(c.shards), keys=KeyStore.from_spec(API_KEYS)
+            config,
+            transport=lambda c: LocalTransport(c.shards),
+            memory=lambda c: LocalMemoryTransport(c.memory.shards, IndexParams(), embed),
+            keys=KeyStore.from_spec(API_KEYS),
         )
         with TestClient(app, raise_server_exceptions=False) as client:
             yield client

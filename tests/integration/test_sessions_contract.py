@@ -12,7 +12,8 @@ from .conftest import Api, assert_error
 
 SESSION_FIELDS = {
     "id", "name", "status", "ttl_seconds", "created_at", "updated_at", "expires_at", "ended_at",
-    "message_count", "context", "version", "summary_status", "summary",
+    "message_count", "context", "version", "summary_status", "summary", "summary_error",
+    "summary_attempts", "summary_provenance",
 }  # fmt: skip
 
 
