@@ -84,6 +84,10 @@ def precut(
     return tuple(head + tail[::-1])
 
 
+def _gap(omitted: int) -> str:
+    return f"[... {omitted} messages omitted ...]"
+
+
 class Summarizer:
     def __init__(
         self, config: SummarizerConfig, data_dir: Path, *, device: str = "cpu", threads: int = 0
@@ -149,11 +153,18 @@ class Summarizer:
         """(transcript, messages covered) under the cut rule."""
         budget = self.budget - self._count([self._render("", conversation.name)])[0]
         lines = [f"{role}: {content}" for _, role, content in conversation.messages]
-        sizes = self._count(lines)
-        cap = max(budget // 2, 1)
+        sizes = [size + 1 for size in self._count(lines)]  # each line ends in a newline
+        cap = max(budget // 2, 2)
         for i, size in enumerate(sizes):
             if size > cap:
-                lines[i], sizes[i] = self._truncate(lines[i], cap), cap
+                lines[i] = self._truncate(lines[i], cap - 1)
+                sizes[i] = self._count([lines[i]])[0] + 1
+        whole = [position for position, _, _ in conversation.messages] == list(range(conversation.total))
+        if whole and sum(sizes) <= budget:
+            return "\n".join(lines), len(lines)
+        # Something is left out: room for the gap markers (at most one after the opening messages
+        # and one at the end, where the shard's pre-cut dropped the newest), then head and tail.
+        budget -= 2 * (self._count([_gap(conversation.total)])[0] + 1)
         head: list[int] = []
         used = 0
         for i in range(min(self._config.keep_first_messages, len(lines))):
@@ -163,7 +174,7 @@ class Summarizer:
             used += sizes[i]
         tail: list[int] = []
         for i in range(len(lines) - 1, len(head) - 1, -1):
-            if used + sizes[i] + 1 > budget:  # one token of room for the gap marker
+            if used + sizes[i] > budget:
                 break
             tail.append(i)
             used += sizes[i]
@@ -173,11 +184,11 @@ class Summarizer:
         for i in kept:
             position = conversation.messages[i][0]
             if position != previous + 1:
-                out.append(f"[... {position - previous - 1} messages omitted ...]")
+                out.append(_gap(position - previous - 1))
             out.append(lines[i])
             previous = position
         if previous != conversation.total - 1 and conversation.total:
-            out.append(f"[... {conversation.total - previous - 1} messages omitted ...]")
+            out.append(_gap(conversation.total - previous - 1))
         return "\n".join(out), len(kept)
 
     def _render(self, transcript: str, name: str) -> str:

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.config import DurabilityConfig
+from engine.errors import ValidationFailed
+from engine.memory.durable import DurableMemory, _snapshots
+from engine.memory.index import IndexParams, normalized
+from engine.memory.store import DeleteVectors, MemoryStats, MemoryStore, QueryVectors, UpsertVectors
+from engine.storage.frames import CorruptFile
+from engine.storage.wal import segments
+
+DIM = 4
+PARAMS = IndexParams(hnsw_above=20, hnsw_m=8, hnsw_ef_construction=32, hnsw_ef_search=32)
+
+
+def rows(n: int, seed: int) -> np.ndarray:
+    return normalized(np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32))
+
+
+def upsert(org: str, ns: str, ids: list[str], seed: int = 0, dim: int = DIM) -> UpsertVectors:
+    vectors = normalized(np.random.default_rng(seed).standard_normal((len(ids), dim)).astype(np.float32))
+    return UpsertVectors(org, ns, tuple(ids), vectors, tuple({"id": i} for i in ids))
+
+
+def query(org: str, ns: str, k: int = 100, seed: int = 99) -> QueryVectors:
+    return QueryVectors(org, ns, rows(1, seed)[0], k)
+
+
+def everything(store: MemoryStore) -> dict[tuple[str, str], list[tuple[str, float]]]:
+    """Every namespace's full ranking for one probe: equal iff the same vectors and ids."""
+    return {
+        key: [(m.id, round(m.score, 5)) for m in index.query(rows(1, 99)[0], 1000)]
+        for key, index in store.namespaces()
+    }
+
+
+def open_memory(path: Path, config: DurabilityConfig | None = None) -> DurableMemory:
+    return DurableMemory(path, config or DurabilityConfig(), PARAMS, lock_wait_s=0.2)
+
+
+def test_organizations_with_the_same_namespace_and_ids_never_see_each_other() -> None:
+    store = MemoryStore(PARAMS)
+    store.apply(upsert("acme", "notes", ["a", "b"], seed=1))
+    store.apply(upsert("globex", "notes", ["a"], seed=2))
+    assert {m.id for m in store.apply(query("acme", "notes"))} == {"a", "b"}
+    assert [m.metadata for m in store.apply(query("globex", "notes"))] == [{"id": "a"}]
+    store.apply(DeleteVectors("globex", "notes", ("a", "b")))
+    assert len(store.apply(query("acme", "notes"))) == 2
+    assert store.apply(query("globex", "notes")) == []
+
+
+def test_a_namespace_keeps_its_dimension_until_it_is_empty() -> None:
+    store = MemoryStore(PARAMS)
+    store.apply(upsert("acme", "n", ["a"]))
+    [wrong] = store.apply_batch([upsert("acme", "n", ["b"], dim=DIM + 1)])
+    assert isinstance(wrong, ValidationFailed) and wrong.details["expected_dimension"] == DIM
+    with pytest.raises(ValidationFailed):
+        store.apply(QueryVectors("acme", "n", rows(1, 0)[0][:2], 3))
+    assert store.apply(DeleteVectors("acme", "n", ("a",))) == {"deleted": 1}
+    assert store.apply(upsert("acme", "n", ["b"], dim=DIM + 1)) == {"upserted": 1}
+    assert store.apply(MemoryStats()) == {"namespaces": 1, "vectors": 1}
+    assert len(store.take_journal()) == 3, "only the writes that succeeded are journaled"
+
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["upsert", "delete", "snapshot"]),
+        st.sampled_from(["acme", "globex"]),
+        st.sampled_from(["n1", "n2"]),
+        st.lists(st.integers(0, 30), min_size=1, max_size=12),
+        st.integers(0, 10_000),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=ops)
+def test_state_recovered_from_snapshots_and_log_equals_the_live_state(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, str, str, list[int], int]]
+) -> None:
+    path = tmp_path_factory.mktemp("memory")
+    memory = open_memory(path)
+    for kind, org, ns, numbers, seed in ops:
+        ids = [f"v{n}" for n in numbers]
+        if kind == "upsert":
+            memory.apply_batch([upsert(org, ns, ids, seed)])
+        elif kind == "delete":
+            memory.apply_batch([DeleteVectors(org, ns, tuple(ids))])
+        else:
+            memory.snapshot_now()
+    live = everything(memory.store)
+    memory.close(snapshot=False)  # as if killed: the log since the last snapshot must replay
+    again = open_memory(path)
+    assert everything(again.store) == live
+    again.close()
+    assert everything(open_memory(path).store) == live  # and from the final snapshot alone
+
+
+def test_a_snapshot_drops_the_log_and_older_snapshots_it_covers(tmp_path: Path) -> None:
+    memory = open_memory(tmp_path)
+    memory.apply_batch([upsert("acme", "n", [f"v{i}" for i in range(50)])])  # past hnsw_above
+    first = memory.snapshot_now()
+    memory.apply_batch([DeleteVectors("acme", "n", ("v1",))])
+    second = memory.snapshot_now()
+    assert [lsn for lsn, _ in _snapshots(tmp_path)] == [second.lsn] and second.lsn > first.lsn
+    assert all(first_lsn > second.lsn for first_lsn, _ in segments(tmp_path))
+    memory.close()
+    recovered = open_memory(tmp_path)
+    assert recovered.recovery.records_replayed == 0 and len(recovered.store) == 49
+    assert dict(recovered.store.namespaces())[("acme", "n")].kind == "hnsw"
+
+
+def test_a_torn_log_tail_loses_only_the_unacknowledged_record(tmp_path: Path) -> None:
+    memory = open_memory(tmp_path)
+    memory.apply_batch([upsert("acme", "n", ["a", "b"])])
+    memory.apply_batch([upsert("acme", "n", ["c"], seed=3)])
+    memory.close(snapshot=False)
+    [(_, segment)] = segments(tmp_path)
+    data = segment.read_bytes()
+    segment.write_bytes(data[:-5])  # the last record was cut mid-write: it never returned
+    recovered = open_memory(tmp_path)
+    assert {m.id for m in recovered.store.apply(query("acme", "n"))} == {"a", "b"}
+    recovered.apply_batch([upsert("acme", "n", ["d"], seed=4)])  # the log goes on after the cut
+    recovered.close(snapshot=False)
+    assert {m.id for m in open_memory(tmp_path).store.apply(query("acme", "n"))} == {"a", "b", "d"}
+
+
+def test_a_damaged_memory_snapshot_stops_recovery_with_its_name(tmp_path: Path) -> None:
+    memory = open_memory(tmp_path)
+    memory.apply_batch([upsert("acme", "n", ["a"])])
+    memory.close()
+    [(_, snap)] = _snapshots(tmp_path)
+    data = bytearray(snap.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    snap.write_bytes(bytes(data))
+    with pytest.raises(CorruptFile, match=snap.name):
+        open_memory(tmp_path)
+
+
+def test_vectors_come_back_bit_for_bit(tmp_path: Path) -> None:
+    memory = open_memory(tmp_path)
+    op = upsert("acme", "n", ["a", "b", "c"], seed=7)
+    memory.apply_batch([op])
+    memory.close(snapshot=False)
+    index: Any = dict(open_memory(tmp_path).store.namespaces())[("acme", "n")]
+    assert np.array_equal(np.vstack([index.vector(i) for i in ("a", "b", "c")]), op.vectors)

@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.errors import ValidationFailed
+from engine.memory.index import IndexParams, NamespaceIndex, normalized
+
+DIM = 8
+
+
+def unit(*values: float) -> np.ndarray:
+    row = np.zeros(DIM, dtype=np.float32)
+    row[: len(values)] = values
+    return normalized(row.reshape(1, DIM))
+
+
+def random_rows(n: int, seed: int = 0) -> np.ndarray:
+    return normalized(np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32))
+
+
+def filled(n: int, params: IndexParams | None = None, seed: int = 0) -> NamespaceIndex:
+    index = NamespaceIndex(DIM, params or IndexParams())
+    index.upsert(
+        [f"v{i}" for i in range(n)], random_rows(n, seed), [{"i": i, "even": i % 2 == 0} for i in range(n)]
+    )
+    return index
+
+
+def brute_force(rows: np.ndarray, live: list[int], query: np.ndarray, k: int) -> list[str]:
+    scores = rows[live] @ query.reshape(-1)
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [f"v{live[i]}" for i in order]
+
+
+def test_the_closest_vector_comes_first_with_its_cosine_score_and_metadata() -> None:
+    index = NamespaceIndex(DIM, IndexParams())
+    index.upsert(["a", "b"], np.vstack([unit(1, 0), unit(0, 1)]), [{"topic": "x"}, {"topic": "y"}])
+    matches = index.query(unit(1, 0.1), top_k=2)
+    assert [m.id for m in matches] == ["a", "b"]
+    assert matches[0].score == pytest.approx(1 / np.sqrt(1.01), abs=1e-5)
+    assert matches[0].metadata == {"topic": "x"}
+
+
+def test_an_upsert_replaces_an_existing_id_and_the_last_duplicate_in_a_batch_wins() -> None:
+    index = NamespaceIndex(DIM, IndexParams())
+    index.upsert(["a"], unit(1, 0), [{"n": 1}])
+    index.upsert(["a", "a"], np.vstack([unit(0, 1), unit(0, 0, 1)]), [{"n": 2}, {"n": 3}])
+    assert len(index) == 1 and index.tombstones == 0
+    [match] = index.query(unit(0, 0, 1), top_k=5)
+    assert (match.id, match.metadata) == ("a", {"n": 3})
+    assert index.query(unit(1, 0), top_k=5)[0].score < 0.01
+
+
+def test_deleted_ids_never_come_back_and_unknown_ids_count_nothing() -> None:
+    index = filled(10)
+    assert index.delete(["v1", "v2", "nope", "v1"]) == 2
+    assert len(index) == 8
+    found = {m.id for m in index.query(unit(1), top_k=100)}
+    assert found == {f"v{i}" for i in range(10)} - {"v1", "v2"}
+
+
+def test_filters_are_equality_on_every_key_and_keep_json_types_apart() -> None:
+    index = NamespaceIndex(DIM, IndexParams())
+    meta: list[dict[str, Any]] = [
+        {"k": 1},
+        {"k": True},
+        {"k": 1.5},
+        {"k": "1"},
+        {"k": None},
+        {"k": 1, "z": "a"},
+    ]
+    index.upsert([f"m{i}" for i in range(6)], random_rows(6), meta)
+    ids = lambda where: sorted(m.id for m in index.query(unit(1), 10, where))  # noqa: E731
+    assert ids({"k": 1}) == ["m0", "m5"]
+    assert ids({"k": True}) == ["m1"]
+    assert ids({"k": 1.5}) == ["m2"]
+    assert ids({"k": "1"}) == ["m3"]
+    assert ids({"k": None}) == ["m4"]
+    assert ids({"k": 1, "z": "a"}) == ["m5"]
+    assert ids({"k": 2}) == [] and ids({"missing": 1}) == []
+
+
+def test_a_filter_still_returns_top_k_when_its_matches_are_far_down_the_ranking() -> None:
+    index = filled(500)
+    rows = random_rows(500)
+    query = unit(1, 1)
+    expected = brute_force(rows, [i for i in range(500) if i % 2 == 0], query, 5)
+    assert [m.id for m in index.query(query, 5, {"even": True})] == expected
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    deletes=st.sets(st.integers(0, 59)),
+    k=st.integers(1, 70),
+    seed=st.integers(0, 1000),
+)
+def test_flat_results_equal_brute_force(n: int, deletes: set[int], k: int, seed: int) -> None:
+    index = filled(n, seed=seed)
+    index.delete([f"v{i}" for i in deletes])
+    rows = random_rows(n, seed)
+    live = [i for i in range(n) if i not in deletes]
+    query = random_rows(1, seed + 1)
+    assert [m.id for m in index.query(query, k)] == brute_force(rows, live, query, k)
+
+
+def test_a_namespace_past_the_threshold_switches_to_hnsw_and_still_finds_neighbours() -> None:
+    params = IndexParams(hnsw_above=200, hnsw_m=16, hnsw_ef_construction=64, hnsw_ef_search=64)
+    index = filled(150, params)
+    assert index.kind == "flat"
+    index.upsert(
+        [f"v{i}" for i in range(150, 400)], random_rows(400)[150:], [{"i": i} for i in range(150, 400)]
+    )
+    assert index.kind == "hnsw" and len(index) == 400
+    rows = random_rows(400)
+    hits = 0
+    for q in range(20):
+        query = random_rows(1, 100 + q)
+        hits += index.query(query, 1)[0].id == brute_force(rows, list(range(400)), query, 1)[0]
+    assert hits >= 18, "HNSW is approximate, but on 400 vectors it should almost always agree"
+
+
+def test_hnsw_deletes_are_skipped_and_rebuilt_away_past_a_quarter() -> None:
+    params = IndexParams(hnsw_above=50, hnsw_m=16, hnsw_ef_construction=64, hnsw_ef_search=64)
+    index = filled(200, params)
+    assert index.kind == "hnsw"
+    index.delete([f"v{i}" for i in range(40)])
+    assert index.tombstones == 40
+    found = index.query(unit(1), top_k=200)
+    assert len(found) == 160 and not {m.id for m in found} & {f"v{i}" for i in range(40)}
+    index.delete([f"v{i}" for i in range(40, 60)])  # 60 of 200 > a quarter
+    assert index.tombstones == 0 and len(index) == 140 and index.kind == "hnsw"
+
+
+def test_a_namespace_survives_serialization_with_its_ids_metadata_and_counter() -> None:
+    index = filled(30)
+    index.delete(["v3"])
+    header, data = index.to_parts()
+    again = NamespaceIndex.from_parts(header, data, IndexParams())
+    query = random_rows(1, 9)
+    assert [(m.id, m.metadata) for m in again.query(query, 30)] == [
+        (m.id, m.metadata) for m in index.query(query, 30)
+    ]
+    again.upsert(["new"], unit(1), [{}])
+    assert again.query(unit(1), 1)[0].id == "new"
+    assert len(again) == 30
+
+
+def test_zero_and_non_finite_vectors_are_refused() -> None:
+    with pytest.raises(ValidationFailed, match="zeros"):
+        normalized(np.zeros((1, DIM), dtype=np.float32))
+    with pytest.raises(ValidationFailed, match="finite"):
+        normalized(np.array([[np.nan] * DIM], dtype=np.float32))
+    huge = normalized(np.full((1, DIM), 3e38, dtype=np.float32))
+    assert np.linalg.norm(huge) == pytest.approx(1.0, abs=1e-5)

@@ -1,0 +1,196 @@
+"""The summary runner over a real ShardStore, with the model replaced by functions that succeed,
+fail, or delete the session mid-run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from engine.config import SummarizerConfig
+from engine.errors import SessionNotEnded
+from engine.models.summarizer import Summary
+from engine.sessions.ops import (
+    AppendMessages,
+    CreateSession,
+    DeleteSession,
+    EndSession,
+    GetSession,
+    Op,
+    RequestSummary,
+)
+from engine.sessions.session import NewMessage, SessionStatus, new_session_id
+from engine.sessions.shard import ShardStore
+from engine.storage.codec import decode_session, encode_session
+from engine.summaries.runner import SummaryJob, SummaryRunner
+
+T0 = 1_700_000_000_000
+
+
+class Harness:
+    def __init__(self, **settings: Any) -> None:
+        self.store = ShardStore()
+        self.config = SummarizerConfig.model_validate({"retry_backoff_s": 1.0, **settings})
+        self.jobs: list[SummaryJob] = []
+        self.failures_left = 0
+        self.sleeps: list[float] = []
+        self.forgotten: list[tuple[str, str]] = []
+        self.during: Any = None
+        self.runner = SummaryRunner(self.apply, self.summarize, self.forget, self.config, self.sleep)
+
+    async def apply(self, ops: Sequence[Op]) -> list[Any]:
+        return self.store.apply_batch(list(ops), T0)
+
+    async def summarize(self, job: SummaryJob) -> Summary:
+        self.jobs.append(job)
+        if self.during is not None:
+            self.during()
+        if self.failures_left:
+            self.failures_left -= 1
+            raise RuntimeError("model fell over\nTraceback (most recent call last): ...")
+        c = job.conversation
+        return Summary(f"about {c.name}", "fake-model", len(c.messages), c.total, 10, 3)
+
+    async def forget(self, org: str, session_id: str) -> None:
+        self.forgotten.append((org, session_id))
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+
+    def closed_session(self, messages: int = 3) -> str:
+        sid = new_session_id()
+        self.store.apply(CreateSession("acme", sid, "trip", 60, {}), T0)
+        if messages:
+            new = tuple(NewMessage("user", f"message {i}") for i in range(messages))
+            self.store.apply(AppendMessages("acme", sid, new), T0)
+        self.store.apply(EndSession("acme", sid, SessionStatus.CLOSED), T0)
+        return sid
+
+    async def run_queued(self) -> None:
+        self.runner.submit(self.store.take_summary_jobs())
+        await self.runner.drain()
+
+    def view(self, sid: str) -> dict[str, Any]:
+        return dict(self.store.apply(GetSession("acme", sid), T0))
+
+
+async def test_a_closed_session_gets_its_summary_and_provenance() -> None:
+    h = Harness()
+    sid = h.closed_session(messages=3)
+    assert h.view(sid)["summary_status"] == "pending"
+    await h.run_queued()
+    view = h.view(sid)
+    assert (view["summary_status"], view["summary"], view["summary_attempts"]) == ("ready", "about trip", 1)
+    assert view["summary_error"] is None
+    provenance = view["summary_provenance"]
+    assert (provenance["model"], provenance["messages_covered"], provenance["messages_total"]) == (
+        "fake-model", 3, 3,
+    )  # fmt: skip
+    assert provenance["created_at"] == T0
+    [job] = h.jobs
+    assert [content for _, _, content in job.conversation.messages] == [f"message {i}" for i in range(3)]
+    assert len(h.view(sid)["messages"]) == 3, "raw messages are never dropped"
+
+
+async def test_failed_attempts_are_retried_with_doubling_backoff() -> None:
+    h = Harness(max_attempts=3)
+    h.failures_left = 2
+    sid = h.closed_session()
+    await h.run_queued()
+    view = h.view(sid)
+    assert (view["summary_status"], view["summary_attempts"], view["summary_error"]) == ("ready", 3, None)
+    assert h.sleeps == [1.0, 2.0]
+
+
+async def test_the_last_failure_is_final_and_keeps_a_one_line_reason() -> None:
+    h = Harness(max_attempts=2)
+    h.failures_left = 5
+    sid = h.closed_session()
+    await h.run_queued()
+    view = h.view(sid)
+    assert (view["summary_status"], view["summary_attempts"]) == ("failed", 2)
+    assert view["summary_error"] == "RuntimeError: model fell over"
+    assert view["summary"] is None and h.sleeps == [1.0]
+
+
+async def test_summarize_runs_a_failed_or_finished_summary_again() -> None:
+    h = Harness(max_attempts=1)
+    h.failures_left = 1
+    sid = h.closed_session()
+    await h.run_queued()
+    assert h.view(sid)["summary_status"] == "failed"
+    h.store.apply(RequestSummary("acme", sid), T0)
+    assert (h.view(sid)["summary_status"], h.view(sid)["summary_error"]) == ("pending", None)
+    await h.run_queued()
+    assert h.view(sid)["summary_status"] == "ready"
+    h.store.apply(RequestSummary("acme", sid), T0)
+    h.store.apply(RequestSummary("acme", sid), T0)  # while one is queued, asking again adds nothing
+    assert h.store.take_summary_jobs() == [("acme", sid)]
+
+
+async def test_an_active_session_cannot_be_summarized() -> None:
+    h = Harness()
+    sid = new_session_id()
+    h.store.apply(CreateSession("acme", sid, "live", 60, {}), T0)
+    with pytest.raises(SessionNotEnded):
+        h.store.apply(RequestSummary("acme", sid), T0)
+
+
+async def test_a_session_without_messages_fails_at_once_without_the_model() -> None:
+    h = Harness()
+    sid = h.closed_session(messages=0)
+    await h.run_queued()
+    view = h.view(sid)
+    assert view["summary_status"] == "failed" and "no messages" in view["summary_error"]
+    assert h.jobs == []
+
+
+async def test_a_session_deleted_while_summarized_has_its_new_vector_removed() -> None:
+    h = Harness()
+    sid = h.closed_session()
+    h.during = lambda: h.store.apply(DeleteSession("acme", sid), T0)
+    await h.run_queued()
+    assert h.forgotten == [("acme", sid)]
+
+
+async def test_a_job_that_was_running_at_a_crash_is_resumed() -> None:
+    h = Harness()
+    sid = h.closed_session()
+    h.store.take_summary_jobs()
+    session = h.store._sessions[("acme", sid)]
+    session.start_summary()  # running when the shard died
+    restored = ShardStore()
+    restored._sessions[("acme", sid)] = decode_session(encode_session(session))
+    assert restored.unfinished_summaries() == [("acme", sid)]
+    h.store = restored
+    h.runner.submit(restored.unfinished_summaries())
+    await h.runner.drain()
+    assert (h.view(sid)["summary_status"], h.view(sid)["summary_attempts"]) == ("ready", 2)
+
+
+async def test_long_conversations_are_precut_before_they_leave_the_shard() -> None:
+    h = Harness(max_input_tokens=64, keep_first_messages=1)
+    sid = new_session_id()
+    h.store.apply(CreateSession("acme", sid, "long", 60, {}), T0)
+    new = tuple(NewMessage("user", f"{i} " + "w" * 200) for i in range(200))
+    h.store.apply(AppendMessages("acme", sid, new), T0)
+    h.store.apply(EndSession("acme", sid, SessionStatus.CLOSED), T0)
+    await h.run_queued()
+    [job] = h.jobs
+    positions = [p for p, _, _ in job.conversation.messages]
+    assert positions[0] == 0 and positions[-1] == 199 and job.conversation.total == 200
+    assert sum(len(c) for _, _, c in job.conversation.messages) <= 64 * 12
+
+
+async def test_summary_state_survives_the_log_and_snapshot_codec() -> None:
+    h = Harness(max_attempts=1)
+    ready, failed = h.closed_session(), h.closed_session()
+    h.runner.submit([("acme", ready)])
+    await h.runner.drain()
+    h.failures_left = 1
+    h.runner.submit([("acme", failed)])
+    await h.runner.drain()
+    for sid in (ready, failed):
+        session = h.store._sessions[("acme", sid)]
+        assert decode_session(encode_session(session)).view(messages=True) == session.view(messages=True)
