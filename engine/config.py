@@ -113,10 +113,11 @@ class SummarizerConfig(_Section):
     max_new_tokens: int = Field(128, ge=1, le=4096)
     min_new_tokens: int = Field(1, ge=0)
     keep_first_messages: int = Field(2, ge=0)  # the cut keeps these, then the most recent that fit
-    instruction: str = (
-        "Summarize this conversation in two or three sentences: its topic, what was asked, and what "
-        "was decided or answered. Write only the summary."
-    )
+    # A chat model gets `system` as its system message and the transcript followed by `instruction`
+    # as the user's; a causal model without a chat template gets them as plain text; seq2seq models
+    # get "summarize: <transcript>". Chosen by trying wordings on SmolLM2-135M-Instruct.
+    system: str = "You write short, factual summaries of conversations."
+    instruction: str = "Write a two-sentence summary of this conversation: its topic and what was answered."
     max_attempts: int = Field(3, ge=1, le=20)
     retry_backoff_s: float = Field(2.0, ge=0)  # doubles after each failed attempt
     concurrent_jobs: int = Field(64, ge=1)  # summary jobs a session shard has in flight at once
@@ -125,6 +126,9 @@ class SummarizerConfig(_Section):
 class ModelsConfig(_Section):
     device: str = "cpu"  # cpu, cuda, cuda:N, or auto (cuda when available)
     torch_threads: int = Field(0, ge=0)  # per model actor; 0: torch's default
+    # GPUs Ray reserves for each model actor (embedders and summarizers), e.g. 0.5 to share one GPU
+    # between two; with device cuda on a cluster, this is what places model actors on GPU nodes.
+    num_gpus: float = Field(0.0, ge=0)
     embedder: EmbedderConfig = EmbedderConfig()
     summarizer: SummarizerConfig = SummarizerConfig()
 

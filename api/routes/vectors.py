@@ -45,7 +45,7 @@ async def upsert_vectors(body: UpsertIn, org: Org, memory: Memory, limits: Memor
             "Texts are embedded to the embedder's dimension; send values of that length, or use "
             "another namespace.",
         )
-    vectors = normalized(np.asarray(rows, dtype=np.float32))
+    vectors = normalized(np.asarray(rows, dtype=np.float64))
     op = UpsertVectors(org, namespace, tuple(v.id for v in body.vectors), vectors, metadata)
     result = await memory.submit(org, op)
     return json_response({"namespace": namespace, **result})
@@ -56,7 +56,7 @@ async def query_vectors(body: QueryIn, org: Org, memory: Memory, limits: MemoryL
     top_k = check_top_k(body.top_k, limits)
     check_dimension(body.vector, "vector", limits)
     raw = (await memory.embed([body.query_text]))[0] if body.query_text is not None else body.vector
-    vector = normalized(np.asarray([raw], dtype=np.float32))[0]
+    vector = normalized(np.asarray([raw], dtype=np.float64))[0]
     matches = await memory.submit(org, QueryVectors(org, body.namespace, vector, top_k, body.filter))
     out = [{"id": m.id, "score": m.score, "metadata": m.metadata} for m in matches]
     return json_response({"namespace": body.namespace, "matches": out, "count": len(out)})

@@ -46,7 +46,8 @@ class Match:
 
 def normalized(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length, as contiguous float32. A zero or non-finite row is refused."""
-    out = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(vectors), -1).copy()
+    with np.errstate(over="ignore"):  # a value past float32's range becomes inf, refused below
+        out = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(vectors), -1).copy()
     if not np.isfinite(out).all():
         raise ValidationFailed("vector values must be finite numbers", {"field": "values"})
     norms = np.linalg.norm(out.astype(np.float64), axis=1, keepdims=True)  # no overflow for large values

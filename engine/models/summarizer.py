@@ -151,7 +151,7 @@ class Summarizer:
 
     def cut(self, conversation: Conversation) -> tuple[str, int]:
         """(transcript, messages covered) under the cut rule."""
-        budget = self.budget - self._count([self._render("", conversation.name)])[0]
+        budget = self.budget - self._count([self._render("")])[0]
         lines = [f"{role}: {content}" for _, role, content in conversation.messages]
         sizes = [size + 1 for size in self._count(lines)]  # each line ends in a newline
         cap = max(budget // 2, 2)
@@ -191,25 +191,21 @@ class Summarizer:
             out.append(_gap(conversation.total - previous - 1))
         return "\n".join(out), len(kept)
 
-    def _render(self, transcript: str, name: str) -> str:
+    def _render(self, transcript: str) -> str:
         if self.seq2seq:
             return f"summarize: {transcript}"
+        request = f"Conversation:\n{transcript}\n\n{self._config.instruction}"
         if self._chat:
-            chat = [
-                {"role": "system", "content": self._config.instruction},
-                {"role": "user", "content": f'Conversation "{name}":\n{transcript}'},
-            ]
+            chat = [{"role": "system", "content": self._config.system}, {"role": "user", "content": request}]
             return str(self._tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
-        return f'{self._config.instruction}\n\nConversation "{name}":\n{transcript}\n\nSummary:'
+        return f"{self._config.system}\n\n{request}\nSummary:"
 
     # -- generation ---------------------------------------------------------------------------------
 
     def summarize(self, conversations: Sequence[Conversation]) -> list[Summary | SummaryError]:
         """One generate call for the whole batch; a result (or its error) per conversation."""
         cut = [self.cut(c) for c in conversations]
-        prompts = [
-            self._render(transcript, c.name) for (transcript, _), c in zip(cut, conversations, strict=True)
-        ]
+        prompts = [self._render(transcript) for transcript, _ in cut]
         inputs = self._tokenizer(
             prompts,
             return_tensors="pt",

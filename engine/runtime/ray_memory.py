@@ -188,7 +188,7 @@ class SummarizerPool:
         self._workers = [
             SummarizerActor.options(  # type: ignore[attr-defined]
                 name=SUMMARIZER_NAME.format(index=i), namespace=config.ray.namespace, get_if_exists=True,
-                lifetime="detached",
+                lifetime="detached", num_gpus=config.models.num_gpus,
             ).remote(config, str(directory), name)
             for i in range(config.models.summarizer.workers)
         ]  # fmt: skip
@@ -277,9 +277,9 @@ class SummarizerPool:
 # -- creating and finding the actors -------------------------------------------------------------
 
 
-def _named(actor_class: Any, name: str, config: EngineConfig, *args: Any) -> Any:
+def _named(actor_class: Any, name: str, config: EngineConfig, *args: Any, num_gpus: float = 0) -> Any:
     return actor_class.options(
-        name=name, namespace=config.ray.namespace, get_if_exists=True, lifetime="detached"
+        name=name, namespace=config.ray.namespace, get_if_exists=True, lifetime="detached", num_gpus=num_gpus
     ).remote(*args)
 
 
@@ -291,7 +291,7 @@ def ensure_memory(config: EngineConfig) -> dict[str, Any]:
         for i in range(config.memory.shards)
     ]
     embedders = [
-        _named(EmbedderActor, EMBEDDER_NAME.format(index=i), config, config)
+        _named(EmbedderActor, EMBEDDER_NAME.format(index=i), config, config, num_gpus=config.models.num_gpus)
         for i in range(config.models.embedder.replicas)
     ]
     _wait_started(memory + embedders)

@@ -1,0 +1,227 @@
+"""Vector memory costs: summaries per second with and without batching, embedding throughput, and
+query latency at 10k and 100k vectors in one namespace.
+
+    python -m benchmarks.memory [--conversations 16] [--batch-sizes 1 4 8] [--vectors 10000 100000]
+                                [--device cpu] [--models-dir DIR]
+
+Each part runs the engine's own classes in this process (no Ray, no HTTP), so it measures the
+model or the index and nothing around it:
+- the default summarizer (SmolLM2-135M-Instruct, converted from its packaged GGUF file into
+  --models-dir once) on N four-message conversations, greedy, `max_new_tokens` 128, N / b
+  generate calls of b conversations for each batch size b (b = 1 is no batching);
+- the default embedder (all-MiniLM-L6-v2) on summary-sized texts, one text a call and 64 a call;
+- a NamespaceIndex of N unit vectors of dimension 384, exact (IndexFlatIP) and HNSW with the
+  default parameters: build time, then 500 single queries (top 10) for p50/p99, recall@10 of
+  HNSW against the exact answer, and queries with a metadata filter matching 1%. Two data sets:
+  `clustered` (2,000 centres, each vector its centre plus noise, queries likewise), closer to
+  real embeddings, which cluster by topic; and `random` (independent Gaussian directions), the
+  worst case for HNSW, where every point is nearly as far as every other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.coalescing import HERE, machine
+from engine.config import SummarizerConfig
+from engine.memory.index import IndexParams, NamespaceIndex, normalized
+
+TOPICS = [
+    ("sourdough bread", "feed the starter twice a day and bake it covered in a Dutch oven"),
+    ("a Kubernetes pod in CrashLoopBackOff", "read kubectl logs --previous and add the missing secret"),
+    ("last night's football match", "the home team won 3 to 1 and leads the league"),
+    ("a trip to Lisbon", "three days: trams, the castle, and pastries in Belem"),
+    ("a slow SQL query", "add an index on the join column and avoid SELECT *"),
+    ("learning the guitar", "practise chords for ten minutes a day and use a metronome"),
+    ("a tax return", "deduct the home office and file before the end of April"),
+    ("a birthday party", "book the hall, order the cake, and send invitations two weeks ahead"),
+]
+
+
+def conversations(n: int) -> list[Any]:
+    from engine.models.summarizer import Conversation
+
+    out = []
+    for i in range(n):
+        topic, answer = TOPICS[i % len(TOPICS)]
+        messages = [
+            ("user", f"I need help with {topic}. Where do I start?"),
+            ("assistant", f"For {topic}: {answer}."),
+            ("user", f"Thanks. Anything else about {topic} I should know? (question {i})"),
+            ("assistant", f"Keep notes as you go; most trouble with {topic} comes from skipping a step."),
+        ]
+        out.append(Conversation(topic, tuple((j, r, c) for j, (r, c) in enumerate(messages)), len(messages)))
+    return out
+
+
+def measure_summarizer(n: int, batch_sizes: list[int], device: str, models_dir: Path) -> list[dict[str, Any]]:
+    from engine.models.summarizer import Summarizer, Summary
+
+    started = time.perf_counter()
+    summarizer = Summarizer(SummarizerConfig(), models_dir, device=device)
+    load_s = time.perf_counter() - started
+    work = conversations(n)
+    summarizer.summarize(work[:1])  # warm-up
+    rows = []
+    for b in batch_sizes:
+        started = time.perf_counter()
+        tokens = 0
+        for i in range(0, n, b):
+            for result in summarizer.summarize(work[i : i + b]):
+                tokens += result.output_tokens if isinstance(result, Summary) else 0
+        seconds = time.perf_counter() - started
+        rows.append(
+            {
+                "part": "summarizer",
+                "model": summarizer.name,
+                "device": summarizer.device,
+                "load_s": round(load_s, 2),
+                "batch_size": b,
+                "conversations": n,
+                "seconds": round(seconds, 2),
+                "summaries_per_s": round(n / seconds, 3),
+                "output_tokens_per_s": round(tokens / seconds, 1),
+            }
+        )
+        print(json.dumps(rows[-1]))
+    return rows
+
+
+def measure_embedder(device: str) -> list[dict[str, Any]]:
+    from engine.models.embedder import Embedder
+
+    embedder = Embedder(None, device=device, batch_size=64)
+    texts = [
+        f"The conversation was about {t}; the assistant said to {a}. (note {i})"
+        for i, (t, a) in enumerate(TOPICS * 256)
+    ]
+    embedder.embed(texts[:64])  # warm-up
+    rows = []
+    for per_call, count in ((1, 200), (64, len(texts))):
+        started = time.perf_counter()
+        for i in range(0, count, per_call):
+            embedder.embed(texts[i : i + per_call])
+        seconds = time.perf_counter() - started
+        rows.append(
+            {
+                "part": "embedder",
+                "model": embedder.name,
+                "device": embedder.device,
+                "texts_per_call": per_call,
+                "texts": count,
+                "texts_per_s": round(count / seconds, 1),
+            }
+        )
+        print(json.dumps(rows[-1]))
+    return rows
+
+
+def _latencies(
+    index: NamespaceIndex, queries: np.ndarray, where: dict[str, Any] | None = None
+) -> list[float]:
+    out = []
+    for q in queries:
+        started = time.perf_counter()
+        index.query(q, 10, where)
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def _data(kind: str, n: int, queries: int, dimension: int, rng: np.random.Generator) -> tuple[Any, Any]:
+    if kind == "random":
+        return (
+            normalized(rng.standard_normal((n, dimension), dtype=np.float32)),
+            normalized(rng.standard_normal((queries, dimension), dtype=np.float32)),
+        )
+    centres = normalized(rng.standard_normal((2000, dimension), dtype=np.float32))
+
+    def around(count: int) -> np.ndarray:
+        noise = rng.standard_normal((count, dimension), dtype=np.float32) * 0.6 / np.sqrt(dimension)
+        return normalized(centres[rng.integers(0, len(centres), count)] + noise)
+
+    return around(n), around(queries)
+
+
+def measure_queries(
+    sizes: list[int], data: list[str], dimension: int = 384, queries: int = 500
+) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for kind_of_data, n in ((d, n) for d in data for n in sizes):
+        vectors, probes = _data(kind_of_data, n, queries, dimension, rng)
+        ids = [f"v{i}" for i in range(n)]
+        metadata = [{"bucket": i % 100} for i in range(n)]
+        exact_answers = None
+        for kind, params in (("flat", IndexParams(hnsw_above=n + 1)), ("hnsw", IndexParams(hnsw_above=0))):
+            index = NamespaceIndex(dimension, params)
+            started = time.perf_counter()
+            for i in range(0, n, 10_000):  # as upserts arrive, in chunks
+                index.upsert(ids[i : i + 10_000], vectors[i : i + 10_000], metadata[i : i + 10_000])
+            build_s = time.perf_counter() - started
+            assert index.kind == kind
+            latencies = _latencies(index, probes)
+            answers = [[m.id for m in index.query(q, 10)] for q in probes[:100]]
+            if exact_answers is None:
+                exact_answers = answers
+            recall = statistics.mean(
+                len(set(a) & set(e)) / 10 for a, e in zip(answers, exact_answers, strict=True)
+            )
+            filtered = _latencies(index, probes[:200], {"bucket": 7})
+            rows.append(
+                {
+                    "part": "query",
+                    "data": kind_of_data,
+                    "vectors": n,
+                    "dimension": dimension,
+                    "index": kind,
+                    "build_s": round(build_s, 2),
+                    "p50_ms": round(statistics.median(latencies), 3),
+                    "p99_ms": round(float(np.percentile(latencies, 99)), 3),
+                    "recall_at_10": round(recall, 3),
+                    "filter_1pct_p50_ms": round(statistics.median(filtered), 3),
+                }
+            )
+            print(json.dumps(rows[-1]))
+            del index
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--conversations", type=int, default=16)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--vectors", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--data", nargs="+", default=["clustered", "random"], choices=["clustered", "random"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--models-dir", type=Path, default=None, help="where the GGUF conversion is cached")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["summarizer", "embedder", "query"])
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "memory.json")
+    args = parser.parse_args()
+    report: dict[str, Any] = {"machine": machine(), "when": time.strftime("%Y-%m-%d"), "rows": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        models_dir = args.models_dir or Path(tmp)
+        if "summarizer" not in args.skip:
+            report["rows"] += measure_summarizer(
+                args.conversations, args.batch_sizes, args.device, models_dir
+            )
+    if "embedder" not in args.skip:
+        report["rows"] += measure_embedder(args.device)
+    if "query" not in args.skip:
+        report["rows"] += measure_queries(args.vectors, args.data)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"\nmachine: {report['machine']}")
+
+
+if __name__ == "__main__":
+    main()

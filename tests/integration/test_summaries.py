@@ -1,0 +1,159 @@
+"""Summaries on close, on the real server on Ray: the tiny T5 summarizer pool, the embedder and the
+memory shards, as a client sees them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from benchmarks.server import ServerProcess
+
+from .conftest import ORGS, Api, assert_error
+
+MEMORY_FIELDS = {"session_id", "name", "summary", "closed_at", "message_count"}
+
+
+@pytest.fixture(scope="module")
+def ray_client(ray_server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=ray_server.url, timeout=30) as client:
+        yield client
+
+
+_next_org = iter(range(len(ORGS) - 1, 0, -1))  # from the end: the contract suites count from 0
+
+
+@pytest.fixture
+def ray_api(ray_client: httpx.Client) -> Api:
+    return Api(ray_client, ORGS[next(_next_org)])
+
+
+def conversation(api: Api, name: str, *texts: str) -> str:
+    sid = api.new_session(name=name)["id"]
+    body = {
+        "messages": [
+            {"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(texts)
+        ]
+    }
+    assert api.post(f"/sessions/{sid}/messages", json=body).status_code == 201
+    return sid
+
+
+def wait_summary(api: Api, sid: str, timeout_s: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        session = dict(api.get(f"/sessions/{sid}").json())
+        if session["summary_status"] in ("ready", "failed"):
+            return session
+        time.sleep(0.1)
+    raise AssertionError(f"summary of {sid} not done in {timeout_s} s: {session}")
+
+
+def memory_ids(api: Api, **query: Any) -> list[str]:
+    body = {"namespace": "session-memory", "query_text": "a conversation", "top_k": 100, **query}
+    response = api.post("/vectors/query", json=body)
+    assert response.status_code == 200, response.text
+    return [m["id"] for m in response.json()["matches"]]
+
+
+def test_close_answers_pending_then_the_summary_is_ready_with_provenance_and_in_memory(ray_api: Api) -> None:
+    sid = conversation(
+        ray_api, "planning", "Plan a trip to Lisbon", "Sure: three days, trams, pastries.", "Thanks"
+    )
+    closed = ray_api.post(f"/sessions/{sid}/close")
+    assert closed.status_code == 200
+    assert (closed.json()["summary_status"], closed.json()["summary"]) == ("pending", None)
+    session = wait_summary(ray_api, sid)
+    assert session["summary_status"] == "ready", session
+    assert session["summary"] and session["summary_error"] is None and session["summary_attempts"] == 1
+    provenance = session["summary_provenance"]
+    assert provenance["model"].startswith("tiny-t5")
+    assert (provenance["messages_covered"], provenance["messages_total"]) == (3, 3)
+    assert provenance["created_at"] >= session["ended_at"]
+    assert session["message_count"] == 3 and len(ray_api.get(f"/sessions/{sid}").json()["messages"]) == 3
+
+    found = ray_api.post(
+        "/vectors/query", json={"namespace": "session-memory", "query_text": session["summary"], "top_k": 1}
+    ).json()
+    [match] = found["matches"]
+    assert match["id"] == sid and match["score"] == pytest.approx(1.0, abs=1e-3)
+    assert set(match["metadata"]) == MEMORY_FIELDS
+    assert match["metadata"] == {
+        "session_id": sid,
+        "name": "planning",
+        "summary": session["summary"],
+        "closed_at": session["ended_at"],
+        "message_count": 3,
+    }
+    assert memory_ids(ray_api, filter={"name": "planning"}) == [sid]
+
+
+def test_a_completed_session_gets_no_summary_and_no_vector(ray_api: Api) -> None:
+    sid = conversation(ray_api, "done", "hello")
+    assert ray_api.post(f"/sessions/{sid}/complete").json()["summary_status"] is None
+    time.sleep(0.5)
+    assert sid not in memory_ids(ray_api)
+
+
+def test_summarize_runs_it_again_and_an_active_session_is_refused(ray_api: Api) -> None:
+    sid = conversation(ray_api, "again", "first question", "first answer")
+    assert_error(ray_api.post(f"/sessions/{sid}/summarize"), 409, "CONFLICT")
+    ray_api.post(f"/sessions/{sid}/close")
+    first = wait_summary(ray_api, sid)
+    rerun = ray_api.post(f"/sessions/{sid}/summarize")
+    assert rerun.status_code == 202, rerun.text
+    assert rerun.json()["summary_status"] in ("pending", "running", "ready")
+    second = wait_summary(ray_api, sid)
+    assert (
+        second["summary_status"] == "ready" and second["summary"] == first["summary"]
+    )  # same model, same input
+    assert second["summary_provenance"]["created_at"] >= first["summary_provenance"]["created_at"]
+    assert memory_ids(ray_api).count(sid) == 1, "re-running replaces the vector"
+    assert_error(ray_api.post("/sessions/sess_" + "0" * 32 + "/summarize"), 404, "NOT_FOUND")
+
+
+def test_a_session_without_messages_fails_with_its_reason(ray_api: Api) -> None:
+    sid = ray_api.new_session(name="empty")["id"]
+    ray_api.post(f"/sessions/{sid}/close")
+    session = wait_summary(ray_api, sid)
+    assert session["summary_status"] == "failed" and "no messages" in session["summary_error"]
+    assert sid not in memory_ids(ray_api)
+
+
+def test_deleting_a_session_deletes_its_vector(ray_api: Api) -> None:
+    keep = conversation(ray_api, "keep", "alpha")
+    drop = conversation(ray_api, "drop", "beta")
+    for sid in (keep, drop):
+        ray_api.post(f"/sessions/{sid}/close")
+    for sid in (keep, drop):
+        wait_summary(ray_api, sid)
+    assert sorted(memory_ids(ray_api)) == sorted([keep, drop])
+    assert ray_api.delete(f"/sessions/{drop}").status_code == 204
+    assert memory_ids(ray_api) == [keep]
+
+
+def test_another_organization_never_finds_these_summaries(ray_api: Api, ray_client: httpx.Client) -> None:
+    sid = conversation(ray_api, "private", "my secret plan")
+    ray_api.post(f"/sessions/{sid}/close")
+    session = wait_summary(ray_api, sid)
+    other = Api(ray_client, ORGS[next(_next_org)])
+    assert memory_ids(other) == []
+    assert memory_ids(other, query_text=session["summary"], filter={"session_id": sid}) == []
+    assert_error(other.post(f"/sessions/{sid}/summarize"), 404, "NOT_FOUND")
+
+
+def test_many_sessions_closed_at_once_are_all_summarized(ray_api: Api) -> None:
+    ids = [conversation(ray_api, f"bulk-{i}", f"topic number {i}", "ok") for i in range(12)]
+    for sid in ids:
+        ray_api.post(f"/sessions/{sid}/close")
+    done = [wait_summary(ray_api, sid) for sid in ids]
+    assert [s["summary_status"] for s in done] == ["ready"] * 12
+    assert sorted(memory_ids(ray_api)) == sorted(ids)
+
+
+def test_readyz_reports_the_memory_shards_and_models(ray_client: httpx.Client) -> None:
+    body = ray_client.get("/readyz").json()
+    assert "memory" in str(body) and "tiny-t5" in str(body), body
