@@ -27,7 +27,6 @@ import orjson
 
 from engine.clock import Clock, SystemClock
 from engine.config import DurabilityConfig
-from engine.storage.durable import LogWriteFailed
 from engine.storage.frames import CorruptFile, frame, read_frames
 from engine.storage.lock import DirectoryLock, fsync_directory
 from engine.storage.wal import WriteAheadLog, encode_record, read_log
@@ -120,7 +119,6 @@ class DurableMemory:
         except BaseException:
             self._lock.release()
             raise
-        self._unsynced = False
         self._snapshot_lsn = self.recovery.snapshot_lsn
         self._last_snapshot_s = time.monotonic()
 
@@ -128,27 +126,13 @@ class DurableMemory:
         results = self.store.apply_batch(ops)
         journal = self.store.take_journal()
         if journal:
-            try:
-                record = encode_record(
-                    self.lsn + 1, self._clock.now_ms(), [encode_memory_op(op) for op in journal]
-                )
-                self._wal.append(record)
-                if self._config.fsync == "always":
-                    self._wal.sync()
-                else:
-                    self._unsynced = True
-            except OSError as exc:
-                raise LogWriteFailed(f"cannot write the log in {self.directory}: {exc}") from exc
+            encoded = [encode_memory_op(op) for op in journal]
+            self._wal.commit(encode_record(self.lsn + 1, self._clock.now_ms(), encoded), self._config.fsync)
             self.lsn += 1
         return results
 
     def sync(self) -> None:
-        if self._unsynced:
-            try:
-                self._wal.sync()
-            except OSError as exc:
-                raise LogWriteFailed(f"cannot sync the log in {self.directory}: {exc}") from exc
-            self._unsynced = False
+        self._wal.sync_pending()
 
     def snapshot_due(self) -> bool:
         if self.lsn == self._snapshot_lsn:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -20,10 +19,11 @@ from engine.config import ConfigError, EngineConfig
 from engine.errors import Unavailable
 from engine.logs import setup_logging
 from engine.models.summarizer import Summary
-from engine.runtime import ray_memory
+from engine.runtime import ray_memory, upkeep
 from engine.sessions.ops import ExpireDue, Op, Ping
-from engine.storage.durable import DurableShard, LogWriteFailed
+from engine.storage.durable import DurableShard
 from engine.storage.layout import shard_directory
+from engine.storage.wal import LogWriteFailed
 from engine.summaries.runner import SummaryJob, SummaryRunner
 
 log = logging.getLogger(__name__)
@@ -54,17 +54,19 @@ class SessionShard:
         # Replay queued the jobs of every close in the log; resume those still unfinished instead.
         self._durable.store.take_summary_jobs()
         self._runner.submit(self._durable.store.unfinished_summaries())
-        self._timers = [loop.create_task(self._expire_forever()), loop.create_task(self._snapshot_forever())]
+        self._timers = [
+            loop.create_task(self._expire_forever()),
+            loop.create_task(upkeep.snapshot_forever(self._durable, self.snapshot, "session shard", index)),
+        ]
         if config.durability.fsync == "everysec":
-            self._timers.append(loop.create_task(self._sync_forever()))
+            self._timers.append(loop.create_task(upkeep.sync_forever(self._durable, "session shard", index)))
 
     async def apply_batch(self, ops: Sequence[Op]) -> list[Any]:
         # No await inside: a batch is applied and logged whole before the next one starts.
         try:
             results = self._durable.apply_batch(ops)
         except LogWriteFailed:
-            _fail_stop(self._index)
-            raise
+            upkeep.fail_stop("session shard", self._index)
         jobs = self._durable.store.take_summary_jobs()
         if jobs:
             self._runner.submit(jobs)  # after the log write: a job starts only once it is durable
@@ -126,31 +128,6 @@ class SessionShard:
             deadline = self._durable.store.next_deadline()
             if deadline is not None and deadline <= time.time() * 1000:
                 await self.apply_batch([ExpireDue()])
-
-    async def _sync_forever(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                self._durable.sync()
-            except LogWriteFailed:
-                _fail_stop(self._index)
-
-    async def _snapshot_forever(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            if self._durable.snapshot_due():
-                try:
-                    await self.snapshot()
-                except OSError:
-                    log.exception(
-                        "snapshot failed; the log still holds every change", extra={"shard": self._index}
-                    )
-
-
-def _fail_stop(index: int) -> None:
-    # Memory now holds a change the disk may not; exit so Ray restarts the shard from its files.
-    log.critical("log write failed; exiting so the shard is rebuilt from disk", extra={"shard": index})
-    os._exit(70)
 
 
 def connect(config: EngineConfig) -> str:

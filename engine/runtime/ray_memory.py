@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -28,7 +27,9 @@ from engine.memory.index import IndexParams
 from engine.memory.store import SESSION_MEMORY, DeleteVectors, MemoryOp, MemoryStats, UpsertVectors
 from engine.models.summarizer import Conversation, Summary, SummaryError
 from engine.routing import memory_shard_for
-from engine.storage.durable import LogWriteFailed
+from engine.storage.wal import LogWriteFailed
+
+from . import upkeep
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +63,17 @@ class MemoryShard:
         )
         self._snapshot_lock = asyncio.Lock()
         loop = asyncio.get_running_loop()
-        self._timers = [loop.create_task(self._snapshot_forever())]
+        self._timers = [
+            loop.create_task(upkeep.snapshot_forever(self._durable, self.snapshot, "memory shard", index))
+        ]
         if config.durability.fsync == "everysec":
-            self._timers.append(loop.create_task(self._sync_forever()))
+            self._timers.append(loop.create_task(upkeep.sync_forever(self._durable, "memory shard", index)))
 
     async def apply_batch(self, ops: Sequence[MemoryOp]) -> list[Any]:
         try:
             return self._durable.apply_batch(ops)
         except LogWriteFailed:
-            _fail_stop("memory shard", self._index)
-            raise
+            upkeep.fail_stop("memory shard", self._index)
 
     async def describe(self) -> dict[str, Any]:
         return {
@@ -95,28 +97,6 @@ class MemoryShard:
             timer.cancel()
         async with self._snapshot_lock:
             self._durable.close(snapshot=True)
-
-    async def _snapshot_forever(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            if self._durable.snapshot_due():
-                try:
-                    await self.snapshot()
-                except OSError:
-                    log.exception("memory snapshot failed; the log still holds every change")
-
-    async def _sync_forever(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                self._durable.sync()
-            except LogWriteFailed:
-                _fail_stop("memory shard", self._index)
-
-
-def _fail_stop(what: str, index: int) -> None:
-    log.critical("log write failed; exiting so the %s is rebuilt from disk", what, extra={"shard": index})
-    os._exit(70)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)

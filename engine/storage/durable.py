@@ -31,11 +31,6 @@ from .wal import WriteAheadLog, encode_record, read_log
 log = logging.getLogger(__name__)
 
 
-class LogWriteFailed(Exception):
-    """The log could not be written or synced. The batch was not acknowledged; the shard must exit
-    and be rebuilt from disk, since its memory now holds changes the disk does not."""
-
-
 @dataclass(slots=True, frozen=True)
 class Recovery:
     snapshot_lsn: int  # 0: no snapshot
@@ -81,7 +76,6 @@ class DurableShard:
             if own_process:
                 gc.enable()
         self._settle_heap()
-        self._unsynced = False
         self._snapshot_lsn = self.recovery.snapshot_lsn
         self._last_snapshot_s = time.monotonic()
         self._cursor: SnapshotCursor | None = None
@@ -101,24 +95,14 @@ class DurableShard:
         journal = self.store.take_journal()
         if not journal:
             return
-        try:
-            self._wal.append(encode_record(self.lsn + 1, now_ms, [encode_op(op) for op in journal]))
-            if self._config.fsync == "always":
-                self._wal.sync()
-            else:
-                self._unsynced = True
-        except OSError as exc:
-            raise LogWriteFailed(f"cannot write the log in {self.directory}: {exc}") from exc
+        self._wal.commit(
+            encode_record(self.lsn + 1, now_ms, [encode_op(op) for op in journal]), self._config.fsync
+        )
         self.lsn += 1
 
     def sync(self) -> None:
         """For fsync=everysec: called about once a second."""
-        if self._unsynced:
-            try:
-                self._wal.sync()
-            except OSError as exc:
-                raise LogWriteFailed(f"cannot sync the log in {self.directory}: {exc}") from exc
-            self._unsynced = False
+        self._wal.sync_pending()
 
     # -- snapshots ----------------------------------------------------------------------------------
 

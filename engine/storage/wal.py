@@ -77,12 +77,38 @@ def read_log(directory: Path, after_lsn: int) -> Iterator[LogRecord]:
                 os.truncate(path, tail.offset)
 
 
+class LogWriteFailed(Exception):
+    """The log could not be written or synced. The batch was not acknowledged; the shard must exit
+    and be rebuilt from disk, since its memory now holds changes the disk does not."""
+
+
 class WriteAheadLog:
     def __init__(self, directory: Path, next_lsn: int) -> None:
         self._directory = directory
         self._fd = -1
+        self._unsynced = False
         self.bytes_since_rotation = 0
         self._open_segment(next_lsn)
+
+    def commit(self, payload: bytes, fsync: str) -> None:
+        """One record under an fsync policy: `always` syncs before returning; `everysec` and
+        `never` leave it to `sync_pending` (called once a second) or to the OS."""
+        try:
+            self.append(payload)
+            if fsync == "always":
+                self.sync()
+            else:
+                self._unsynced = True
+        except OSError as exc:
+            raise LogWriteFailed(f"cannot write the log in {self._directory}: {exc}") from exc
+
+    def sync_pending(self) -> None:
+        if self._unsynced:
+            try:
+                self.sync()
+            except OSError as exc:
+                raise LogWriteFailed(f"cannot sync the log in {self._directory}: {exc}") from exc
+            self._unsynced = False
 
     def _open_segment(self, first_lsn: int) -> None:
         path = segment_path(self._directory, first_lsn)

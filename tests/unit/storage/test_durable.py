@@ -23,12 +23,12 @@ from engine.sessions.ops import (
 )
 from engine.sessions.session import NewMessage, SessionStatus, new_session_id
 from engine.storage.codec import encode_session
-from engine.storage.durable import DurableShard, LogWriteFailed
+from engine.storage.durable import DurableShard
 from engine.storage.frames import CorruptFile
 from engine.storage.layout import claim_layout
 from engine.storage.lock import DirectoryLocked
 from engine.storage.snapshot import snapshots
-from engine.storage.wal import segments
+from engine.storage.wal import LogWriteFailed, segments
 
 CHUNKY = DurabilityConfig(snapshot_chunk_sessions=1)
 
