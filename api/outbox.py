@@ -76,34 +76,34 @@ def _unwrap(result: Any) -> Any:
     return result
 
 
-class ShardRouter:
-    """Finds the shard of a session and hands its ops to that shard's outbox."""
+class _Outboxes:
+    """One outbox a shard; `broadcast` sends the same op to every shard and fails if any does."""
 
     def __init__(self, transport: ShardTransport, config: OutboxConfig) -> None:
         self.shards = transport.shards
         self._outboxes = [Outbox(i, transport, config) for i in range(self.shards)]
 
-    async def submit(self, org: str, session_id: str, op: Op) -> Any:
-        return await self._outboxes[shard_for(org, session_id, self.shards)].submit(op)
-
-    async def broadcast(self, op: Op) -> list[Any]:
-        """The same op to every shard; fails if any shard does."""
+    async def broadcast(self, op: Any) -> list[Any]:
         return list(await asyncio.gather(*(outbox.submit(op) for outbox in self._outboxes)))
 
 
-class MemoryRouter:
+class ShardRouter(_Outboxes):
+    """Finds the shard of a session and hands its ops to that shard's outbox."""
+
+    async def submit(self, org: str, session_id: str, op: Op) -> Any:
+        return await self._outboxes[shard_for(org, session_id, self.shards)].submit(op)
+
+
+class MemoryRouter(_Outboxes):
     """Finds an organization's memory shard and hands its ops to that shard's outbox, so concurrent
     upserts share one log write; texts go to the embedder."""
 
     def __init__(self, transport: MemoryTransport, config: OutboxConfig) -> None:
+        super().__init__(transport, config)
         self.transport = transport
-        self._outboxes = [Outbox(i, transport, config) for i in range(transport.shards)]
 
     async def submit(self, org: str, op: Any) -> Any:
-        return await self._outboxes[memory_shard_for(org, len(self._outboxes))].submit(op)
+        return await self._outboxes[memory_shard_for(org, self.shards)].submit(op)
 
     async def embed(self, texts: list[str]) -> Any:
         return await self.transport.embed(texts)
-
-    async def broadcast(self, op: Any) -> list[Any]:
-        return list(await asyncio.gather(*(outbox.submit(op) for outbox in self._outboxes)))

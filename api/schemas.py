@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from engine.memory.index import Scalar
+
 Role = Literal["user", "assistant", "system", "tool"]
 Status = Literal["active", "closed", "completed", "expired"]
 
@@ -148,7 +150,6 @@ Namespace = Annotated[
         description="Letters, digits, and _ . : - ; default 'default'.",
     ),
 ]
-Scalar = str | int | float | bool | None
 
 
 class VectorIn(_Request):

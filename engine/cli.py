@@ -57,6 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from api.app import RESOLVED_CONFIG_ENV, create_app
     from engine.runtime import ray_host, ray_memory
+    from engine.runtime.ray_actors import StartupError
 
     address = ray_host.connect(config)
     embedded = not config.ray.address
@@ -88,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
             # so no summary job is half-way through the memory when it stops.
             ray_host.stop_shards(shards)
             ray_memory.stop_memory(memory)
-    except ray_host.StartupError as exc:
+    except StartupError as exc:
         print(f"session-engine: {exc}", file=sys.stderr)
         return 1
     finally:

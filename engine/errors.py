@@ -6,7 +6,12 @@ Errors cross Ray process boundaries by pickle, so every constructor passes its a
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class EngineError(Exception):
@@ -127,3 +132,18 @@ class Unavailable(EngineError):
 class Internal(EngineError):
     code = "INTERNAL"
     hint = "This is a bug in the engine; the request id in the response header identifies it in the logs."
+
+
+def apply_each(apply: Callable[[T], Any], ops: Sequence[T]) -> list[Any]:
+    """Apply ops in order; one op's error is its own result and never fails the others. An error
+    that is not an EngineError is a bug: logged with its traceback, answered as INTERNAL."""
+    results: list[Any] = []
+    for op in ops:
+        try:
+            results.append(apply(op))
+        except EngineError as exc:
+            results.append(exc)
+        except Exception as exc:
+            log.exception("internal error applying %s", type(op).__name__)
+            results.append(Internal(f"internal error applying {type(op).__name__}", {"error": repr(exc)}))
+    return results

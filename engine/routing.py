@@ -24,12 +24,15 @@ def jump_hash(key: int, buckets: int) -> int:
     return bucket
 
 
-def shard_for(org: str, session_id: str, shards: int) -> int:
-    digest = hashlib.blake2b(f"{org}/{session_id}".encode(), digest_size=8).digest()
+def _bucket(key: str, shards: int) -> int:
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return jump_hash(int.from_bytes(digest, "little"), shards)
+
+
+def shard_for(org: str, session_id: str, shards: int) -> int:
+    return _bucket(f"{org}/{session_id}", shards)
 
 
 def memory_shard_for(org: str, shards: int) -> int:
     """An organization's whole vector memory lives on one memory shard, so a query is one call."""
-    digest = hashlib.blake2b(f"memory/{org}".encode(), digest_size=8).digest()
-    return jump_hash(int.from_bytes(digest, "little"), shards)
+    return _bucket(f"memory/{org}", shards)

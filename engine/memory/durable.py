@@ -29,6 +29,7 @@ from engine.clock import Clock, SystemClock
 from engine.config import DurabilityConfig
 from engine.storage.frames import CorruptFile, frame, read_frames
 from engine.storage.lock import DirectoryLock, fsync_directory
+from engine.storage.snapshot import snapshot_path, snapshots
 from engine.storage.wal import WriteAheadLog, encode_record, read_log
 
 from .index import IndexParams, NamespaceIndex
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 MEMORY_SNAPSHOT_MAGIC = b"SEMEM01\n"
 MEMORY_FORMAT_VERSION = 1
-_PREFIX, _SUFFIX = "memory-", ".snap"
+SNAPSHOT_PREFIX = "memory-"
 _PART_BYTES = 256 * 1024 * 1024
 
 
@@ -87,16 +88,6 @@ class MemorySnapshotResult:
     bytes: int
     seconds: float
     pause_ms: float  # how long the shard was held up serializing
-
-
-def _snapshot_path(directory: Path, lsn: int) -> Path:
-    return directory / f"{_PREFIX}{lsn:020d}{_SUFFIX}"
-
-
-def _snapshots(directory: Path) -> list[tuple[int, Path]]:
-    return sorted(
-        (int(p.name[len(_PREFIX) : -len(_SUFFIX)]), p) for p in directory.glob(f"{_PREFIX}*{_SUFFIX}")
-    )
 
 
 class DurableMemory:
@@ -162,7 +153,7 @@ class DurableMemory:
         self._snapshot_lsn = result.lsn
         self._last_snapshot_s = time.monotonic()
         self._wal.drop_segments_before(result.lsn + 1)
-        for older, path in _snapshots(self.directory):
+        for older, path in snapshots(self.directory, SNAPSHOT_PREFIX):
             if older < result.lsn:
                 path.unlink()
 
@@ -183,7 +174,7 @@ class DurableMemory:
 def _write_snapshot(
     directory: Path, lsn: int, now_ms: int, parts: list[tuple[str, str, dict[str, Any], bytes]]
 ) -> int:
-    path = _snapshot_path(directory, lsn)
+    path = snapshot_path(directory, lsn, SNAPSHOT_PREFIX)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as f:
         f.write(MEMORY_SNAPSHOT_MAGIC)
@@ -235,7 +226,7 @@ def recover_memory(directory: Path, params: IndexParams) -> tuple[MemoryStore, i
     for leftover in directory.glob("*.tmp"):
         leftover.unlink()
     store, lsn = MemoryStore(params), 0
-    found = _snapshots(directory)
+    found = snapshots(directory, SNAPSHOT_PREFIX)
     if found:
         lsn = _read_snapshot(found[-1][1], store)
     snapshot_lsn, replayed = lsn, 0

@@ -9,18 +9,15 @@ organization does can reach another's vectors.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from engine.errors import EngineError, Internal, ValidationFailed
+from engine.errors import ValidationFailed, apply_each
 
 from .index import IndexParams, Match, NamespaceIndex, Scalar
-
-log = logging.getLogger(__name__)
 
 SESSION_MEMORY = "session-memory"  # where closed sessions' summaries go; vector id = session id
 
@@ -81,16 +78,7 @@ class MemoryStore:
 
     def apply_batch(self, ops: Sequence[MemoryOp]) -> list[Any]:
         """In order; one op's error is its own result and never fails the others."""
-        results: list[Any] = []
-        for op in ops:
-            try:
-                results.append(self.apply(op))
-            except EngineError as exc:
-                results.append(exc)
-            except Exception as exc:
-                log.exception("internal error applying %s", type(op).__name__)
-                results.append(Internal(f"internal error applying {type(op).__name__}", {"error": repr(exc)}))
-        return results
+        return apply_each(self.apply, ops)
 
     def take_journal(self) -> list[MemoryOp]:
         taken, self.journal = self.journal, []

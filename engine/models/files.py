@@ -67,17 +67,21 @@ def embedder_directory(configured: Path | None) -> tuple[Path, str]:
     return model_directory(directory, setting), DEFAULT_EMBEDDER_NAME
 
 
-def summarizer_directory(configured: Path | None, data_dir: Path) -> tuple[Path, str]:
-    """(directory, model name). For the default, converts the packaged GGUF file on first use."""
+def _default_gguf() -> Path:
     setting = "models.summarizer.path"
-    if configured is not None:
-        return model_directory(configured, setting), configured.name
     gguf = _package_dir(SUMMARIZER_PACKAGE, setting) / SUMMARIZER_GGUF
     if not gguf.is_file():
         raise ModelMissing(
             f"{setting} is not set and {gguf} is missing", {"setting": setting, "path": str(gguf)}
         )
-    return converted_gguf(gguf, data_dir / "models"), DEFAULT_SUMMARIZER_NAME
+    return gguf
+
+
+def summarizer_directory(configured: Path | None, data_dir: Path) -> tuple[Path, str]:
+    """(directory, model name). For the default, converts the packaged GGUF file on first use."""
+    if configured is not None:
+        return model_directory(configured, "models.summarizer.path"), configured.name
+    return converted_gguf(_default_gguf(), data_dir / "models"), DEFAULT_SUMMARIZER_NAME
 
 
 def converted_gguf(gguf: Path, cache_root: Path) -> Path:
@@ -124,8 +128,5 @@ def check_models(embedder: Path | None, summarizer: Path | None) -> None:
     embedder_directory(embedder)
     if summarizer is not None:
         model_directory(summarizer, "models.summarizer.path")
-    elif not (_package_dir(SUMMARIZER_PACKAGE, "models.summarizer.path") / SUMMARIZER_GGUF).exists():
-        raise ModelMissing(
-            f"models.summarizer.path is not set and the default model's {SUMMARIZER_GGUF} is missing",
-            {"setting": "models.summarizer.path"},
-        )
+    else:
+        _default_gguf()

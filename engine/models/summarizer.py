@@ -115,6 +115,7 @@ class Summarizer:
         pad, eos = self._tokenizer.pad_token_id, self._tokenizer.eos_token_id
         self._never_generate = [pad] if pad is not None and pad != eos else None
         self.budget = self._prompt_budget(model_config)
+        self._prompt_overhead = self._count([self._render("")])[0]  # the prompt around the transcript
         log.info(
             "summarizer loaded",
             extra={
@@ -151,7 +152,7 @@ class Summarizer:
 
     def cut(self, conversation: Conversation) -> tuple[str, int]:
         """(transcript, messages covered) under the cut rule."""
-        budget = self.budget - self._count([self._render("")])[0]
+        budget = self.budget - self._prompt_overhead
         lines = [f"{role}: {content}" for _, role, content in conversation.messages]
         sizes = [size + 1 for size in self._count(lines)]  # each line ends in a newline
         cap = max(budget // 2, 2)

@@ -1,6 +1,7 @@
 """Ray hosting: the SessionShard actor, starting or joining Ray, and the Ray transport.
 
-With ray_memory, the only modules that import Ray, so the rest of the engine is testable without it.
+With ray_memory and ray_actors, the only modules that import Ray, so the rest of the engine is
+testable without it.
 """
 
 from __future__ import annotations
@@ -13,13 +14,18 @@ from dataclasses import asdict
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from engine.config import ConfigError, EngineConfig
-from engine.errors import Unavailable
 from engine.logs import setup_logging
 from engine.models.summarizer import Summary
 from engine.runtime import ray_memory, upkeep
+from engine.runtime.ray_actors import (
+    RAY_ERRORS,
+    apply_remote,
+    create_named,
+    find_named,
+    wait_started,
+)
 from engine.sessions.ops import ExpireDue, Op, Ping
 from engine.storage.durable import DurableShard
 from engine.storage.layout import shard_directory
@@ -156,19 +162,10 @@ def disconnect() -> None:
 def ensure_shards(config: EngineConfig) -> list[Any]:
     """Create the named shard actors, or find them if another gateway already did."""
     handles = [
-        SessionShard.options(  # type: ignore[attr-defined]
-            name=SHARD_NAME.format(index=i),
-            namespace=config.ray.namespace,
-            get_if_exists=True,
-            lifetime="detached",
-        ).remote(i, config)
+        create_named(SessionShard, SHARD_NAME.format(index=i), config, i, config)
         for i in range(config.shards)
     ]
-    try:
-        descriptions = ray.get([h.describe.remote() for h in handles], timeout=600)
-    except RayActorError as exc:
-        raise StartupError(f"a shard failed to start: {exc}") from None
-    for description in descriptions:
+    for description in wait_started(handles, "shard", timeout_s=600):
         if description["shards"] != config.shards:
             raise ConfigError(
                 f"shards is {config.shards} but the running shard actors were created with "
@@ -179,33 +176,17 @@ def ensure_shards(config: EngineConfig) -> list[Any]:
 
 def find_shards(config: EngineConfig, timeout_s: float = 60.0) -> list[Any]:
     """Look the shard actors up by name, waiting while the process that creates them starts."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return [
-                ray.get_actor(SHARD_NAME.format(index=i), namespace=config.ray.namespace)
-                for i in range(config.shards)
-            ]
-        except ValueError:
-            if time.monotonic() > deadline:
-                raise Unavailable(
-                    f"shard actors not found in Ray namespace {config.ray.namespace!r}"
-                ) from None
-            time.sleep(0.2)
+    return find_named([SHARD_NAME.format(index=i) for i in range(config.shards)], config, timeout_s)
 
 
 def stop_shards(handles: list[Any]) -> None:
     """Graceful stop of every shard: final snapshots, logs closed, locks released."""
     try:
         ray.get([h.shutdown.remote() for h in handles], timeout=300)
-    except (RayActorError, GetTimeoutError) as exc:
+    except RAY_ERRORS as exc:
         log.warning(
             "a shard did not stop cleanly; its log still holds every change", extra={"error": str(exc)}
         )
-
-
-class StartupError(Exception):
-    """The engine cannot start; the message says why."""
 
 
 class RayTransport:
@@ -217,13 +198,4 @@ class RayTransport:
         return len(self._handles)
 
     async def call(self, shard: int, ops: Sequence[Op]) -> list[Any]:
-        try:
-            result: list[Any] = await self._handles[shard].apply_batch.remote(ops)
-        except (RayActorError, ActorUnavailableError, GetTimeoutError) as exc:
-            raise Unavailable(
-                f"shard {shard} is unavailable",
-                {"shard": shard},
-                "The shard is restarting; retry shortly. A write that got this answer may or may not have "
-                "been applied.",
-            ) from exc
-        return result
+        return await apply_remote(self._handles[shard], ops, "shard", shard)

@@ -1,15 +1,15 @@
 """Ray hosting of the vector memory and the models: MemoryShard actors (sharded by organization),
 Embedder actors, and the summarizer pool (a queue actor feeding Summarizer actors).
 
-With ray_host, the only modules that import Ray.
+With ray_host and ray_actors, the only modules that import Ray.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from engine.config import EngineConfig
 from engine.errors import EngineError, Unavailable
@@ -30,6 +29,7 @@ from engine.routing import memory_shard_for
 from engine.storage.wal import LogWriteFailed
 
 from . import upkeep
+from .ray_actors import RAY_ERRORS, apply_remote, create_named, find_named, wait_started
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,6 @@ MEMORY_SHARD_NAME = "memory-shard-{index}"
 EMBEDDER_NAME = "embedder-{index}"
 SUMMARIZER_NAME = "summarizer-{index}"
 POOL_NAME = "summarizer-pool"
-RAY_ERRORS = (RayActorError, ActorUnavailableError, GetTimeoutError)
 
 
 def memory_directory(data_dir: Path, index: int) -> Path:
@@ -166,10 +165,10 @@ class SummarizerPool:
         # Once, here: the default model's GGUF conversion must not run in every summarizer at once.
         directory, name = summarizer_directory(config.models.summarizer.path, config.data_dir)
         self._workers = [
-            SummarizerActor.options(  # type: ignore[attr-defined]
-                name=SUMMARIZER_NAME.format(index=i), namespace=config.ray.namespace, get_if_exists=True,
-                lifetime="detached", num_gpus=config.models.num_gpus,
-            ).remote(config, str(directory), name)
+            create_named(
+                SummarizerActor, SUMMARIZER_NAME.format(index=i), config, config, str(directory), name,
+                num_gpus=config.models.num_gpus,
+            )
             for i in range(config.models.summarizer.workers)
         ]  # fmt: skip
         self._queue: asyncio.Queue[tuple[Any, asyncio.Future[Summary]]] = asyncio.Queue()
@@ -177,11 +176,15 @@ class SummarizerPool:
         self._memory = find_memory_shards(config)
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._serve(worker)) for worker in self._workers]
-        self.batches: list[int] = []  # sizes of recent batches, for describe()
+        self.batches: collections.deque[int] = collections.deque(maxlen=100)  # recent batch sizes
 
     async def describe(self) -> dict[str, Any]:
         workers = await asyncio.gather(*(w.describe.remote() for w in self._workers))
-        return {"workers": workers, "waiting": self._queue.qsize(), "recent_batches": self.batches[-20:]}
+        return {
+            "workers": workers,
+            "waiting": self._queue.qsize(),
+            "recent_batches": list(self.batches)[-20:],
+        }
 
     async def summarize(self, job: Any) -> Summary:
         future: asyncio.Future[Summary] = asyncio.get_running_loop().create_future()
@@ -200,7 +203,7 @@ class SummarizerPool:
             batch = [await self._queue.get()]
             while len(batch) < batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            self.batches = [*self.batches[-99:], len(batch)]
+            self.batches.append(len(batch))
             try:
                 await self._run(worker, batch)
             except Exception as exc:  # never let one batch stop this summarizer's loop
@@ -257,71 +260,37 @@ class SummarizerPool:
 # -- creating and finding the actors -------------------------------------------------------------
 
 
-def _named(actor_class: Any, name: str, config: EngineConfig, *args: Any, num_gpus: float = 0) -> Any:
-    return actor_class.options(
-        name=name, namespace=config.ray.namespace, get_if_exists=True, lifetime="detached", num_gpus=num_gpus
-    ).remote(*args)
-
-
 def ensure_memory(config: EngineConfig) -> dict[str, Any]:
     """Create (or find) the memory shards, embedders and summarizer pool, and wait until every one
     has loaded. Models that are missing fail here, with the setting named."""
     memory = [
-        _named(MemoryShard, MEMORY_SHARD_NAME.format(index=i), config, i, config)
+        create_named(MemoryShard, MEMORY_SHARD_NAME.format(index=i), config, i, config)
         for i in range(config.memory.shards)
     ]
     embedders = [
-        _named(EmbedderActor, EMBEDDER_NAME.format(index=i), config, config, num_gpus=config.models.num_gpus)
+        create_named(
+            EmbedderActor, EMBEDDER_NAME.format(index=i), config, config, num_gpus=config.models.num_gpus
+        )
         for i in range(config.models.embedder.replicas)
     ]
-    _wait_started(memory + embedders)
-    pool = _named(SummarizerPool, POOL_NAME, config, config)
-    _wait_started([pool])
+    wait_started(memory + embedders, "memory actor", timeout_s=900)
+    pool = create_named(SummarizerPool, POOL_NAME, config, config)
+    wait_started([pool], "summarizer pool", timeout_s=900)
     return {"memory": memory, "embedders": embedders, "pool": pool}
 
 
-def _wait_started(handles: list[Any]) -> None:
-    from engine.runtime.ray_host import StartupError
-
-    try:
-        ray.get([h.describe.remote() for h in handles], timeout=900)
-    except RayActorError as exc:
-        cause = exc.__cause__ or exc
-        message = str(getattr(exc, "error_msg", "") or cause)
-        for line in message.splitlines():
-            if "ModelMissing" in line or "models." in line:
-                raise StartupError(line.strip()) from None
-        raise StartupError(f"an actor failed to start: {message.strip().splitlines()[-1]}") from None
-
-
-def _lookup(name: str, config: EngineConfig, timeout_s: float) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return ray.get_actor(name, namespace=config.ray.namespace)
-        except ValueError:
-            if time.monotonic() > deadline:
-                raise Unavailable(
-                    f"actor {name!r} not found in Ray namespace {config.ray.namespace!r}"
-                ) from None
-            time.sleep(0.2)
-
-
 def find_memory_shards(config: EngineConfig, timeout_s: float = 60.0) -> list[Any]:
-    return [
-        _lookup(MEMORY_SHARD_NAME.format(index=i), config, timeout_s) for i in range(config.memory.shards)
-    ]
+    names = [MEMORY_SHARD_NAME.format(index=i) for i in range(config.memory.shards)]
+    return find_named(names, config, timeout_s)
 
 
 def find_embedders(config: EngineConfig, timeout_s: float = 60.0) -> list[Any]:
-    return [
-        _lookup(EMBEDDER_NAME.format(index=i), config, timeout_s)
-        for i in range(config.models.embedder.replicas)
-    ]
+    names = [EMBEDDER_NAME.format(index=i) for i in range(config.models.embedder.replicas)]
+    return find_named(names, config, timeout_s)
 
 
 def find_pool(config: EngineConfig, timeout_s: float = 60.0) -> Any:
-    return _lookup(POOL_NAME, config, timeout_s)
+    return find_named([POOL_NAME], config, timeout_s)[0]
 
 
 def stop_memory(actors: dict[str, Any]) -> None:
@@ -351,16 +320,7 @@ class RayMemoryTransport:
         return len(self._memory)
 
     async def call(self, shard: int, ops: Sequence[MemoryOp]) -> list[Any]:
-        try:
-            result: list[Any] = await self._memory[shard].apply_batch.remote(ops)
-        except RAY_ERRORS as exc:
-            raise Unavailable(
-                f"memory shard {shard} is unavailable",
-                {"memory_shard": shard},
-                "The memory shard is restarting; retry shortly. A write that got this answer may or may "
-                "not have been applied.",
-            ) from exc
-        return result
+        return await apply_remote(self._memory[shard], ops, "memory shard", shard)
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         try:

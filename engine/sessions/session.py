@@ -135,24 +135,25 @@ class Session:
         if to is SessionStatus.CLOSED:
             self.summary_status = SummaryStatus.PENDING
 
+    @property
+    def summary_unfinished(self) -> bool:
+        """Queued, or running (a job that was running when the shard stopped is resumed)."""
+        return self.summary_status in (SummaryStatus.PENDING, SummaryStatus.RUNNING)
+
     def request_summary(self) -> bool:
         """Queue a (new) summary of an ended session; False if one is already queued or running."""
         if self.status is SessionStatus.ACTIVE:
             raise SessionNotEnded(self.id)
-        if self.summary_status in (SummaryStatus.PENDING, SummaryStatus.RUNNING):
+        if self.summary_unfinished:
             return False
         self.summary_status = SummaryStatus.PENDING
         self.summary_error = None
         self.summary_attempts = 0
         return True
 
-    def start_summary(self) -> bool:
-        # RUNNING too: a job that was running when the shard stopped is resumed after a restart.
-        if self.summary_status not in (SummaryStatus.PENDING, SummaryStatus.RUNNING):
-            return False
+    def start_summary(self) -> None:
         self.summary_status = SummaryStatus.RUNNING
         self.summary_attempts += 1
-        return True
 
     def finish_summary(self, text: str, model: str, covered: int, total: int, *, now_ms: int) -> None:
         self.summary_status = SummaryStatus.READY

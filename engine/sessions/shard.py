@@ -13,14 +13,13 @@ but only the timer's `ExpireDue` op moves it to `expired`.
 from __future__ import annotations
 
 import heapq
-import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
 from sortedcontainers import SortedList
 
-from engine.errors import EngineError, Internal, SessionExists, SessionNotActive, SessionNotFound
+from engine.errors import SessionExists, SessionNotActive, SessionNotFound, apply_each
 from engine.sessions.ops import (
     MUTATING_OPS,
     AppendMessages,
@@ -42,7 +41,6 @@ from engine.sessions.ops import (
 from engine.sessions.session import Message, Session, SessionStatus, SummaryStatus
 
 SortKey = tuple[int, str]
-log = logging.getLogger(__name__)
 
 
 class _OrgIndex:
@@ -109,11 +107,7 @@ class ShardStore:
 
     def unfinished_summaries(self) -> list[tuple[str, str]]:
         """Jobs a restart must resume: queued, or running when the shard stopped."""
-        return [
-            key
-            for key, session in self._sessions.items()
-            if session.summary_status in (SummaryStatus.PENDING, SummaryStatus.RUNNING)
-        ]
+        return [key for key, session in self._sessions.items() if session.summary_unfinished]
 
     def take_journal(self) -> list[Op]:
         taken, self.journal = self.journal, []
@@ -146,16 +140,7 @@ class ShardStore:
 
     def apply_batch(self, ops: Sequence[Op], now_ms: int) -> list[Any]:
         """Apply ops in order; one op's error is its own result and never fails the others."""
-        results: list[Any] = []
-        for op in ops:
-            try:
-                results.append(self.apply(op, now_ms))
-            except EngineError as exc:
-                results.append(exc)
-            except Exception as exc:
-                log.exception("internal error applying %s", type(op).__name__)
-                results.append(Internal(f"internal error applying {type(op).__name__}", {"error": repr(exc)}))
-        return results
+        return apply_each(lambda op: self.apply(op, now_ms), ops)
 
     def next_deadline(self) -> int | None:
         return self._deadlines[0][0] if self._deadlines else None
@@ -216,7 +201,7 @@ class ShardStore:
 
     def _start_summary(self, op: StartSummary, now_ms: int) -> tuple[str, list[Message], int | None] | None:
         session = self._sessions.get((op.org, op.session_id))
-        if session is None or session.summary_status not in (SummaryStatus.PENDING, SummaryStatus.RUNNING):
+        if session is None or not session.summary_unfinished:
             return None
         self._before_change(session)
         session.start_summary()

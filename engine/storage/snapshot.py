@@ -22,13 +22,14 @@ SNAPSHOT_MAGIC = b"SESNP01\n"
 _PREFIX, _SUFFIX = "snapshot-", ".snap"
 
 
-def snapshot_path(directory: Path, lsn: int) -> Path:
-    return directory / f"{_PREFIX}{lsn:020d}{_SUFFIX}"
+def snapshot_path(directory: Path, lsn: int, prefix: str = _PREFIX) -> Path:
+    return directory / f"{prefix}{lsn:020d}{_SUFFIX}"
 
 
-def snapshots(directory: Path) -> list[tuple[int, Path]]:
+def snapshots(directory: Path, prefix: str = _PREFIX) -> list[tuple[int, Path]]:
+    """(lsn, path) of every snapshot named `<prefix><lsn>.snap` in the directory, oldest first."""
     return sorted(
-        (int(p.name[len(_PREFIX) : -len(_SUFFIX)]), p) for p in directory.glob(f"{_PREFIX}*{_SUFFIX}")
+        (int(p.name[len(prefix) : -len(_SUFFIX)]), p) for p in directory.glob(f"{prefix}*{_SUFFIX}")
     )
 
 

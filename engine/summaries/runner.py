@@ -78,12 +78,6 @@ class SummaryRunner:
             if key not in self._active:  # queued twice (closed, then asked again): one run does both
                 task = asyncio.get_running_loop().create_task(self._run(*key))
                 self._active[key] = task
-                task.add_done_callback(self._forget_task)
-
-    def _forget_task(self, task: asyncio.Task[None]) -> None:
-        for key, active in list(self._active.items()):
-            if active is task:
-                del self._active[key]
 
     async def drain(self) -> None:
         """Wait for every job in flight (tests, benchmarks)."""
@@ -96,14 +90,17 @@ class SummaryRunner:
             task.cancel()
 
     async def _run(self, org: str, session_id: str) -> None:
-        async with self._slots:
-            try:
+        try:
+            async with self._slots:
                 await self._attempts(org, session_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # The shard itself failed (it restarts and resumes the job); nothing to record here.
-                log.exception("summary job interrupted", extra={"org": org, "session_id": session_id})
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The shard itself failed (it restarts and resumes the job); nothing to record here.
+            log.exception("summary job interrupted", extra={"org": org, "session_id": session_id})
+        finally:
+            # Here, with no await after it, so a job queued again as this one ends gets a new run.
+            self._active.pop((org, session_id), None)
 
     async def _attempts(self, org: str, session_id: str) -> None:
         config = self._config

@@ -77,7 +77,8 @@ class FleetWriter(threading.Thread):
         return response is not None
 
     def acknowledged_writes(self) -> int:
-        return sum(len(a.messages) + (a.context is not None) + 1 for a in self.sessions.values())
+        # list() copies in one step, so this may be called while the writer thread adds sessions.
+        return sum(len(a.messages) + (a.context is not None) + 1 for a in list(self.sessions.values()))
 
 
 def check_everything_acknowledged_survived(client: httpx.Client, writers: list[FleetWriter]) -> int:

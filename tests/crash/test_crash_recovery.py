@@ -44,7 +44,11 @@ def test_sigkill_of_the_whole_server_mid_load_loses_no_acknowledged_write(tmp_da
     try:
         for w in writers:
             w.start()
-        time.sleep(3)
+        # Kill mid-load once the load has acknowledged enough to matter (bounded: a slow machine
+        # gets up to 15 s), not after a fixed time that a busy CI machine may not fill.
+        deadline = time.monotonic() + 15
+        while sum(w.acknowledged_writes() for w in writers) < 300 and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
         kill_session_processes(server)
         server.stop()

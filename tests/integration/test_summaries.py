@@ -156,4 +156,8 @@ def test_many_sessions_closed_at_once_are_all_summarized(ray_api: Api) -> None:
 
 def test_readyz_reports_the_memory_shards_and_models(ray_client: httpx.Client) -> None:
     body = ray_client.get("/readyz").json()
-    assert "memory" in str(body) and "tiny-t5" in str(body), body
+    assert body["status"] == "ready" and body["memory_shards"] == 2 and body["vectors"] >= 0, body
+    assert body["models"]["embedder"]["model"] == "all-MiniLM-L6-v2"
+    assert body["models"]["embedder"]["dimension"] == 384
+    assert body["models"]["summarizer"][0]["model"].startswith("tiny-t5")
+    assert body["models"]["summarizer"][0]["kind"] == "seq2seq"

@@ -27,12 +27,28 @@ def _letters_only(head: Any, seed: int) -> None:
         head.weight[letters] = torch.cat([half, -half])
 
 
-def build_tiny_t5(directory: Path, seed: int = 0) -> Path:
-    """A 2-layer T5 with the byte-level ByT5 tokenizer (which needs no vocabulary file)."""
-    import torch
-    from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
+def _tokenizer() -> Any:
+    from transformers import ByT5Tokenizer
 
-    tokenizer = ByT5Tokenizer(extra_ids=0)
+    return ByT5Tokenizer(extra_ids=0)  # no vocabulary file needed
+
+
+def _save(directory: Path, model_class: Any, config: Any, seed: int) -> Path:
+    import torch
+
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    _letters_only(model.lm_head, seed)
+    model.save_pretrained(str(directory))
+    _tokenizer().save_pretrained(str(directory))
+    return directory
+
+
+def build_tiny_t5(directory: Path, seed: int = 0) -> Path:
+    """A 2-layer T5 with the byte-level ByT5 tokenizer."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tokenizer = _tokenizer()
     config = T5Config(
         vocab_size=len(tokenizer),
         d_model=32,
@@ -47,20 +63,14 @@ def build_tiny_t5(directory: Path, seed: int = 0) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,  # the rigged head must not change the input embeddings
     )
-    torch.manual_seed(seed)
-    model = T5ForConditionalGeneration(config).eval()
-    _letters_only(model.lm_head, seed)
-    model.save_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))
-    return directory
+    return _save(directory, T5ForConditionalGeneration, config, seed)
 
 
 def build_tiny_causal(directory: Path, seed: int = 0) -> Path:
     """A 2-layer Llama-shaped causal model with the same byte-level tokenizer and no chat template."""
-    import torch
-    from transformers import ByT5Tokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = ByT5Tokenizer(extra_ids=0)
+    tokenizer = _tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -74,9 +84,4 @@ def build_tiny_causal(directory: Path, seed: int = 0) -> Path:
         bos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
-    _letters_only(model.lm_head, seed)
-    model.save_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))
-    return directory
+    return _save(directory, LlamaForCausalLM, config, seed)

@@ -58,11 +58,11 @@ class Harness:
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
 
-    def closed_session(self, messages: int = 3) -> str:
+    def closed_session(self, messages: int = 3, content: str = "message {i}", name: str = "trip") -> str:
         sid = new_session_id()
-        self.store.apply(CreateSession("acme", sid, "trip", 60, {}), T0)
+        self.store.apply(CreateSession("acme", sid, name, 60, {}), T0)
         if messages:
-            new = tuple(NewMessage("user", f"message {i}") for i in range(messages))
+            new = tuple(NewMessage("user", content.format(i=i)) for i in range(messages))
             self.store.apply(AppendMessages("acme", sid, new), T0)
         self.store.apply(EndSession("acme", sid, SessionStatus.CLOSED), T0)
         return sid
@@ -171,11 +171,7 @@ async def test_a_job_that_was_running_at_a_crash_is_resumed() -> None:
 
 async def test_long_conversations_are_precut_before_they_leave_the_shard() -> None:
     h = Harness(max_input_tokens=64, keep_first_messages=1)
-    sid = new_session_id()
-    h.store.apply(CreateSession("acme", sid, "long", 60, {}), T0)
-    new = tuple(NewMessage("user", f"{i} " + "w" * 200) for i in range(200))
-    h.store.apply(AppendMessages("acme", sid, new), T0)
-    h.store.apply(EndSession("acme", sid, SessionStatus.CLOSED), T0)
+    h.closed_session(messages=200, content="{i} " + "w" * 200, name="long")
     await h.run_queued()
     [job] = h.jobs
     positions = [p for p, _, _ in job.conversation.messages]

@@ -10,10 +10,11 @@ from hypothesis import strategies as st
 
 from engine.config import DurabilityConfig
 from engine.errors import ValidationFailed
-from engine.memory.durable import DurableMemory, _snapshots
+from engine.memory.durable import SNAPSHOT_PREFIX, DurableMemory
 from engine.memory.index import IndexParams, normalized
 from engine.memory.store import DeleteVectors, MemoryStats, MemoryStore, QueryVectors, UpsertVectors
 from engine.storage.frames import CorruptFile
+from engine.storage.snapshot import snapshots
 from engine.storage.wal import segments
 
 DIM = 4
@@ -110,7 +111,7 @@ def test_a_snapshot_drops_the_log_and_older_snapshots_it_covers(tmp_path: Path) 
     first = memory.snapshot_now()
     memory.apply_batch([DeleteVectors("acme", "n", ("v1",))])
     second = memory.snapshot_now()
-    assert [lsn for lsn, _ in _snapshots(tmp_path)] == [second.lsn] and second.lsn > first.lsn
+    assert [lsn for lsn, _ in snapshots(tmp_path, SNAPSHOT_PREFIX)] == [second.lsn] and second.lsn > first.lsn
     assert all(first_lsn > second.lsn for first_lsn, _ in segments(tmp_path))
     memory.close()
     recovered = open_memory(tmp_path)
@@ -137,7 +138,7 @@ def test_a_damaged_memory_snapshot_stops_recovery_with_its_name(tmp_path: Path) 
     memory = open_memory(tmp_path)
     memory.apply_batch([upsert("acme", "n", ["a"])])
     memory.close()
-    [(_, snap)] = _snapshots(tmp_path)
+    [(_, snap)] = snapshots(tmp_path, SNAPSHOT_PREFIX)
     data = bytearray(snap.read_bytes())
     data[len(data) // 2] ^= 0xFF
     snap.write_bytes(bytes(data))
