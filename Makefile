@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test unit integration lint format clean
+.PHONY: install run test unit integration lint format bench bench-quick clean
 
 install: $(STAMP)
 
@@ -19,6 +19,13 @@ $(STAMP): pyproject.toml
 
 run: install
 	$(BIN)/session-engine serve $(ARGS)
+
+# The benchmark suite: `make bench` (full), `make bench-quick`; see `python -m benchmarks --help`.
+bench: install
+	$(BIN)/python -m benchmarks $(ARGS)
+
+bench-quick: install
+	$(BIN)/python -m benchmarks --quick $(ARGS)
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

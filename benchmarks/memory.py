@@ -30,9 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.coalescing import HERE, machine
+from benchmarks.stamp import describe, machine
 from engine.config import SummarizerConfig
 from engine.memory.index import IndexParams, NamespaceIndex, normalized
+
+HERE = Path(__file__).resolve().parent
 
 TOPICS = [
     ("sourdough bread", "feed the starter twice a day and bake it covered in a Dutch oven"),
@@ -62,11 +64,21 @@ def conversations(n: int) -> list[Any]:
     return out
 
 
-def measure_summarizer(n: int, batch_sizes: list[int], device: str, models_dir: Path) -> list[dict[str, Any]]:
+def measure_summarizer(
+    n: int,
+    batch_sizes: list[int],
+    device: str,
+    models_dir: Path,
+    *,
+    path: Path | None = None,
+    max_new_tokens: int = 128,
+) -> list[dict[str, Any]]:
+    """The summarizer at `path` (default: the default model, converted into models_dir once)."""
     from engine.models.summarizer import Summarizer, Summary
 
     started = time.perf_counter()
-    summarizer = Summarizer(SummarizerConfig(), models_dir, device=device)
+    config = SummarizerConfig(path=path, max_new_tokens=max_new_tokens)
+    summarizer = Summarizer(config, models_dir, device=device)
     load_s = time.perf_counter() - started
     work = conversations(n)
     summarizer.summarize(work[:1])  # warm-up
@@ -85,6 +97,7 @@ def measure_summarizer(n: int, batch_sizes: list[int], device: str, models_dir: 
                 "device": summarizer.device,
                 "load_s": round(load_s, 2),
                 "batch_size": b,
+                "max_new_tokens": max_new_tokens,
                 "conversations": n,
                 "seconds": round(seconds, 2),
                 "summaries_per_s": round(n / seconds, 3),
@@ -207,7 +220,7 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["summarizer", "embedder", "query"])
     parser.add_argument("--out", type=Path, default=HERE / "results" / "memory.json")
     args = parser.parse_args()
-    report: dict[str, Any] = {"machine": machine(), "when": time.strftime("%Y-%m-%d"), "rows": []}
+    report: dict[str, Any] = {"machine": describe(machine()), "when": time.strftime("%Y-%m-%d"), "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         models_dir = args.models_dir or Path(tmp)
         if "summarizer" not in args.skip:

@@ -1,0 +1,266 @@
+"""The suite's outputs: results.json, a Markdown table (results.md), and PNG plots of throughput
+and latency percentiles per scenario; plus the targets, each met or not with its measured value."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from benchmarks.stamp import describe
+
+SERVERS = ("engine", "ceiling", "naive")
+COLORS = {"engine": "tab:blue", "ceiling": "tab:gray", "naive": "tab:orange"}
+PERCENTILES = ("p50", "p90", "p99", "p999")
+GIB = 2**30
+
+
+def targets(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets against this run's numbers; a target not measured in it says so."""
+    s = document["scenarios"]
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, wanted: str, measured: float | None, met: bool | None, shown: str) -> None:
+        out.append(
+            {
+                "target": name,
+                "wanted": wanted,
+                "measured": measured,
+                "shown": shown if measured is not None else "not measured in this run",
+                "met": met if measured is not None else None,
+            }
+        )
+
+    def http(name: str, server: str = "engine") -> dict[str, Any] | None:
+        found: dict[str, Any] | None = s.get(name, {}).get("servers", {}).get(server)
+        return found
+
+    engine, ceiling = http("append"), http("append", "ceiling")
+    ratio = engine["requests_per_s"] / ceiling["requests_per_s"] if engine and ceiling else None
+    add(
+        "append, 1 message a request, 64 connections",
+        "≥ 0.8 x ceiling",
+        ratio,
+        ratio is not None and ratio >= 0.8,
+        f"{ratio:.2f} x ceiling" if ratio else "",
+    )
+    p99 = engine["p99_ms"] if engine else None
+    add("append p99, same load", "≤ 50 ms", p99, p99 is not None and p99 <= 50, f"{p99} ms")
+    batch = http("append-batch")
+    rate = batch["items_per_s"] if batch else None
+    add(
+        "append in batches of 50",
+        "≥ 20,000 messages/s",
+        rate,
+        rate is not None and rate >= 20_000,
+        f"{rate:,.0f} messages/s" if rate else "",
+    )
+    engine, ceiling = http("create"), http("create", "ceiling")
+    ratio = engine["requests_per_s"] / ceiling["requests_per_s"] if engine and ceiling else None
+    add("session creation", "≥ 0.8 x ceiling", ratio, ratio is not None and ratio >= 0.8,
+        f"{ratio:.2f} x ceiling" if ratio else "")  # fmt: skip
+
+    resident = {r["sessions"]: r for r in s.get("resident", {}).get("rows", [])}
+    million = resident.get(1_000_000)
+    held = million["engine_bytes_per_session"] * 1_000_000 / GIB if million else None
+    add(
+        "1M sessions of 10 messages resident",
+        "≤ 4 GiB more engine memory than empty",
+        held,
+        held is not None and held <= 4,
+        f"{held:.2f} GiB" if held else "",
+    )
+    recovery = million["ready_s"] - million["empty_ready_s"] if million else None
+    add("restart with 1M sessions (ready minus empty ready)", "≤ 30 s", recovery,
+        recovery is not None and recovery <= 30, f"{recovery:.1f} s" if recovery else "")  # fmt: skip
+    snaps = {r["sessions"]: r for r in s.get("snapshot", {}).get("rows", [])}
+    pause = snaps[100_000]["snapshot_longest_pause_ms"] if 100_000 in snaps else None
+    add(
+        "snapshot pause at 100k sessions",
+        "≤ 100 ms",
+        pause,
+        pause is not None and pause <= 100,
+        f"{pause} ms",
+    )
+    query = http("query@100000")
+    p99 = query["p99_ms"] if query else None
+    add("memory query p99 at 100k vectors, HTTP", "≤ 10 ms", p99, p99 is not None and p99 <= 10, f"{p99} ms")
+    rows = s.get("summarize", {}).get("rows", [])
+    best = max(rows, key=lambda r: r["vs_batch_1"]) if rows else None
+    gain = best["vs_batch_1"] if best else None
+    add("summaries/s with batching vs without", "≥ 3 x", gain, gain is not None and gain >= 3,
+        f"{gain:.2f} x (batch {best['batch_size']})" if best else "")  # fmt: skip
+    return out
+
+
+def markdown(document: dict[str, Any]) -> str:
+    m = document["machine"]
+    lines = [
+        f"# Benchmark results ({document['profile']})",
+        "",
+        f"- when: {document['when']}; command: `{document['command']}`; took {document['elapsed_s']} s",
+        f"- machine: {describe(m)}; Python {m['python']}",
+        f"- target: {document['target']}; load generator: {document['load_generator']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in document["versions"].items()),
+        f"- engine config: {_config_line(document['config'])}",
+    ]
+    lines += [f"- note: {note}" for note in document["notes"]]
+    http = {k: v for k, v in document["scenarios"].items() if v["kind"] == "http"}
+    if http:
+        lines += [
+            "",
+            "## Throughput and latency (HTTP)",
+            "",
+            "Engine ÷ ceiling is the share of what a plain FastAPI app gets on this machine; engine ÷ "
+            "naive is what coalescing and the rest of the design buy over one Ray call a request.",
+            "",
+            "| scenario | server | rate | requests/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors "
+            "| ÷ ceiling | ÷ naive | generator |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, entry in http.items():
+            servers = entry["servers"]
+            for server in SERVERS:
+                r = servers.get(server)
+                if r is None:
+                    continue
+                ratios = [
+                    f"{r['requests_per_s'] / servers[base]['requests_per_s']:.2f}"
+                    if server == "engine" and base in servers
+                    else ""
+                    for base in ("ceiling", "naive")
+                ]
+                lines.append(
+                    f"| {name} | {server} | {r['items_per_s']:,.0f} {entry['unit']} "
+                    f"| {r['requests_per_s']:,.0f} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} "
+                    f"| {r['p999_ms']} | {r['errors']} | {ratios[0]} | {ratios[1]} | {r['generator']} |"
+                )
+        lines += ["", *(f"- {name}: {entry['does']}, {entry['connections']} connections"
+                        for name, entry in http.items())]  # fmt: skip
+    scenarios = document["scenarios"]
+    if "summarize" in scenarios:
+        lines += [
+            "",
+            "## Summarization (default model unless --summarizer; engine classes, no HTTP)",
+            "",
+            "| model | device | conversations per generate call | summaries/s | output tokens/s | vs 1 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in scenarios["summarize"]["rows"]:
+            lines.append(
+                f"| {r['model']} | {r['device']} | {r['batch_size']} | {r['summaries_per_s']} "
+                f"| {r['output_tokens_per_s']} | {r['vs_batch_1']}x |"
+            )
+    if "snapshot" in scenarios:
+        lines += ["", "## Snapshots and recovery (one shard, sessions of 10 ~100-character messages)", "",
+                  "| sessions | log | recovery from log | snapshot | snapshot took | longest pause | "
+                  "recovery from snapshot |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in scenarios["snapshot"]["rows"]:
+            lines.append(
+                f"| {r['sessions']:,} | {r['log_only_bytes'] / 2**20:.0f} MiB | {r['recover_from_log_s']} s "
+                f"| {r['snapshot_bytes'] / 2**20:.0f} MiB | {r['snapshot_s']} s "
+                f"| {r['snapshot_longest_pause_ms']} ms | {r['recover_from_snapshot_s']} s |"
+            )
+    if "resident" in scenarios:
+        res = scenarios["resident"]
+        empty = res["empty"]
+        lines += [
+            "",
+            "## Memory per session and restart time (whole engine, 2 shards)",
+            "",
+            f"Empty engine: {empty['engine_mib']} MiB in all (USS, models included), shard actors "
+            f"{empty['shards_mib']} MiB, ready in {empty['ready_s']} s.",
+            "",
+            "| sessions | engine MiB | shard actors MiB | bytes a session (engine) | "
+            "bytes a session (shards) | ready s | ready s, empty |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in res["rows"]:
+            lines.append(
+                f"| {r['sessions']:,} | {r['engine_mib']} | {r['shards_mib']} "
+                f"| {r['engine_bytes_per_session']:,} | {r['shard_bytes_per_session']:,} "
+                f"| {r['ready_s']} | {r['empty_ready_s']} |"
+            )
+    lines += ["", "## Targets", "", "| target | wanted | measured | met |", "|---|---|---|---|"]
+    for t in document["targets"]:
+        met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
+        lines.append(f"| {t['target']} | {t['wanted']} | {t['shown']} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def _config_line(config: dict[str, Any]) -> str:
+    return (
+        f"workers {config.get('workers')}, shards {config.get('shards')}, "
+        f"fsync {config.get('durability', {}).get('fsync')}, "
+        f"outbox.coalesce {config.get('outbox', {}).get('coalesce')}, "
+        f"summarizer batch_size {config.get('models', {}).get('summarizer', {}).get('batch_size')}"
+    )
+
+
+def plots(document: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    http = {k: v for k, v in document["scenarios"].items() if v["kind"] == "http"}
+    if not http:
+        return []
+    names = list(http)
+    title = f"{document['profile']} run, {describe(document['machine'])}"
+    width = 0.27
+    written = []
+
+    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(names)), 4.5))
+    for i, server in enumerate(SERVERS):
+        values = [http[n]["servers"].get(server, {}).get("requests_per_s", 0) for n in names]
+        bars = ax.bar(
+            [x + (i - 1) * width for x in range(len(names))],
+            values,
+            width,
+            label=server,
+            color=COLORS[server],
+        )
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=15)
+    ax.set_ylabel("requests/s")
+    ax.set_title(f"Throughput by scenario\n{title}", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    written.append(out / "throughput.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(names), figsize=(max(7, 2.4 * len(names)), 4), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        for server in SERVERS:
+            r = http[name]["servers"].get(server)
+            if r:
+                ax.plot(
+                    PERCENTILES,
+                    [max(r[f"{p}_ms"], 0.01) for p in PERCENTILES],
+                    marker="o",
+                    label=server,
+                    color=COLORS[server],
+                )
+        ax.set_yscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("percentile")
+    axes[0][0].set_ylabel("latency, ms (log)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"Latency percentiles\n{title}", fontsize=9)
+    fig.tight_layout()
+    written.append(out / "latency.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    return written
+
+
+def write(document: dict[str, Any], out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "results.md"}
+    paths["json"].write_text(json.dumps(document, indent=2) + "\n")
+    paths["markdown"].write_text(markdown(document))
+    for path in plots(document, out):
+        paths[path.stem] = path
+    return paths

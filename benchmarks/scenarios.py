@@ -1,0 +1,252 @@
+"""The suite's scenarios.
+
+HTTP scenarios build a plan of requests (after setting up what it needs through the API) and are
+replayed by the load generator against each server: the engine, the ceiling baseline and the
+naive baseline. Engine scenarios measure one part of the engine in this process or a whole local
+engine: summarizer batching, snapshots and recovery, and memory held per session.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import psutil
+
+from benchmarks.load import HERE, Request
+
+MESSAGE = "an agent turn of about one hundred characters, the size the targets assume for each message."
+BATCH = 50
+DIMENSION = 384
+
+
+@dataclass(frozen=True, slots=True)
+class HttpScenario:
+    name: str
+    does: str
+    unit: str  # what one request carries, counted per second
+    per_request: int
+    setup: Callable[[httpx.Client, int], list[Request]]
+    servers: tuple[str, ...] = ("engine", "ceiling", "naive")
+    latency_bound: bool = False  # measured with few connections: its latency is the point
+
+
+def _sessions(client: httpx.Client, n: int, prefix: str) -> list[str]:
+    ids = []
+    for i in range(n):
+        r = client.post("/sessions", json={"name": f"{prefix}-{i}"})
+        r.raise_for_status()
+        ids.append(r.json()["id"])
+    return ids
+
+
+def _body(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def setup_append(client: httpx.Client, _: int) -> list[Request]:
+    body = _body({"role": "user", "content": MESSAGE})
+    return [Request("POST", f"/sessions/{sid}/messages", body) for sid in _sessions(client, 64, "append")]
+
+
+def setup_append_batch(client: httpx.Client, _: int) -> list[Request]:
+    body = _body({"messages": [{"role": "user", "content": MESSAGE}] * BATCH})
+    return [Request("POST", f"/sessions/{sid}/messages", body) for sid in _sessions(client, 64, "batch")]
+
+
+def setup_create(client: httpx.Client, _: int) -> list[Request]:
+    return [Request("POST", "/sessions", _body({"name": "a fleet agent's session"}))]
+
+
+def setup_list(client: httpx.Client, _: int) -> list[Request]:
+    # Completed (not closed: that would start summaries) so the status filter has two kinds to sort.
+    ids = _sessions(client, 200, "list")
+    for sid in ids[::4]:
+        client.post(f"/sessions/{sid}/complete").raise_for_status()
+    return [
+        Request("GET", "/sessions?status=active&limit=50"),
+        Request("GET", "/sessions?status=completed&limit=50"),
+    ]
+
+
+def clustered(n: int, rng: np.random.Generator, centres: int = 2000) -> np.ndarray:
+    """Unit vectors near one of `centres` directions: closer to real embeddings than uniform noise."""
+    middle = rng.standard_normal((centres, DIMENSION)).astype(np.float32)
+    out = middle[rng.integers(0, centres, n)] + 0.35 * rng.standard_normal((n, DIMENSION)).astype(np.float32)
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out
+
+
+def setup_query(size: int) -> Callable[[httpx.Client, int], list[Request]]:
+    def setup(client: httpx.Client, _: int) -> list[Request]:
+        rng = np.random.default_rng(size)
+        namespace = f"bench-{size}"
+        data = clustered(size, rng)
+        for start in range(0, size, 100):
+            chunk = data[start : start + 100]
+            body = {
+                "namespace": namespace,
+                "vectors": [
+                    {"id": f"v{start + i}", "values": v.round(5).tolist(), "metadata": {"n": start + i}}
+                    for i, v in enumerate(chunk)
+                ],
+            }
+            _post_patiently(client, "/vectors/upsert", _body(body))
+        queries = clustered(64, np.random.default_rng(size + 1))
+        return [
+            Request("POST", "/vectors/query", _body({"namespace": namespace, "vector": q.round(5).tolist()}))
+            for q in queries
+        ]
+
+    return setup
+
+
+def _post_patiently(client: httpx.Client, path: str, body: bytes, tries: int = 10) -> None:
+    """An upsert that crosses memory.hnsw_above waits for the HNSW build; retry through its 503s."""
+    for attempt in range(tries):
+        r = client.post(path, content=body, headers={"Content-Type": "application/json"}, timeout=120)
+        if r.status_code != 503 or attempt == tries - 1:
+            r.raise_for_status()
+            return
+        time.sleep(5)
+
+
+HTTP_SCENARIOS = {
+    s.name: s
+    for s in (
+        HttpScenario("append", "one message a request, to 64 sessions", "messages/s", 1, setup_append),
+        HttpScenario(
+            "append-batch",
+            f"{BATCH} messages a request, to 64 sessions",
+            "messages/s",
+            BATCH,
+            setup_append_batch,
+        ),
+        HttpScenario("create", "POST /sessions", "sessions/s", 1, setup_create),
+        HttpScenario(
+            "list",
+            "GET /sessions?status=…&limit=50 over 200 sessions, 1/4 completed",
+            "lists/s",
+            1,
+            setup_list,
+        ),
+    )
+}
+
+
+def query_scenario(size: int) -> HttpScenario:
+    return HttpScenario(
+        f"query@{size}",
+        f"POST /vectors/query, top 10 of {size:,} clustered 384-d vectors in one namespace",
+        "queries/s",
+        1,
+        setup_query(size),
+        servers=("engine", "naive"),
+        latency_bound=True,
+    )
+
+
+def run_fleet(url: str, key: str, users: int, duration_s: float, work: Path) -> dict[str, Any]:
+    """The locustfile's fleet, headless; Locust's aggregated stats and finished sessions per second."""
+    prefix = work / f"locust-{time.monotonic_ns()}"
+    command = [
+        sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless",
+        "-u", str(users), "-r", str(users), "-t", f"{max(1, round(duration_s))}s", "--host", url,
+        "--csv", str(prefix), "--only-summary", "--stop-timeout", "10", "--loglevel", "WARNING",
+    ]  # fmt: skip
+    env = {**os.environ, "BENCH_API_KEY": key}
+    subprocess.run(command, env=env, capture_output=True, timeout=duration_s + 120, check=False)
+    rows = {row["Name"]: row for row in csv.DictReader((prefix.parent / f"{prefix.name}_stats.csv").open())}
+    total = rows["Aggregated"]
+    closed = rows.get("close session", {}).get("Request Count", "0")
+    seconds = duration_s
+    return {
+        "generator": f"locust (FastHttpUser), {users} users",
+        "requests": int(total["Request Count"]),
+        "seconds": seconds,
+        "requests_per_s": round(float(total["Requests/s"]), 1),
+        "errors": int(total["Failure Count"]),
+        "sessions_finished_per_s": round(int(closed) / seconds, 2),
+        "mean_ms": round(float(total["Average Response Time"]), 2),
+        **{
+            f"p{k}_ms": _locust_ms(total[f"{v}%"])
+            for k, v in (("50", "50"), ("90", "90"), ("99", "99"), ("999", "99.9"))
+        },
+        "max_ms": _locust_ms(total["100%"]),
+        "by_request": {
+            name: {
+                "count": int(r["Request Count"]),
+                "p50_ms": _locust_ms(r["50%"]),
+                "p99_ms": _locust_ms(r["99%"]),
+            }
+            for name, r in rows.items()
+            if name != "Aggregated"
+        },
+    }
+
+
+def _locust_ms(value: str) -> float:
+    return float(value) if value not in ("", "N/A") else 0.0
+
+
+# ---- the engine's memory and restart time, from outside its processes ----
+
+
+def engine_memory(server_pid: int) -> dict[str, float]:
+    """Unique memory (USS) of every process of a running engine, and of its session shard actors."""
+    total = shards = 0.0
+    shard_count = 0
+    root = psutil.Process(server_pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            uss = proc.memory_full_info().uss
+            cmdline = " ".join(proc.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        total += uss
+        if "SessionShard" in cmdline:
+            shards += uss
+            shard_count += 1
+    return {
+        "engine_mib": round(total / 2**20, 1),
+        "shards_mib": round(shards / 2**20, 1),
+        "shard_processes": shard_count,
+    }
+
+
+def build_engine_data(data_dir: Path, org: str, sessions: int, shards: int) -> None:
+    """Write N sessions of 10 ~100-character messages into an engine data directory, each in the
+    shard the gateway would route it to, then snapshot: what a server holding them leaves behind."""
+    from engine.config import DurabilityConfig
+    from engine.routing import shard_for
+    from engine.sessions.ops import AppendMessages, CreateSession
+    from engine.sessions.session import NewMessage, new_session_id
+    from engine.storage.durable import DurableShard
+    from engine.storage.layout import claim_layout, shard_directory
+
+    claim_layout(data_dir, shards)
+    ids_by_shard: list[list[str]] = [[] for _ in range(shards)]
+    for _ in range(sessions):
+        sid = new_session_id()
+        ids_by_shard[shard_for(org, sid, shards)].append(sid)
+    messages = tuple(NewMessage("user", MESSAGE) for _ in range(10))
+    for index, ids in enumerate(ids_by_shard):
+        shard = DurableShard(shard_directory(data_dir, index), DurabilityConfig(fsync="never"))
+        for start in range(0, len(ids), 500):
+            batch: list[Any] = []
+            for n, sid in enumerate(ids[start : start + 500], start):
+                batch.append(CreateSession(org, sid, f"s{n}", 86_400, {"n": n}))
+                batch.append(AppendMessages(org, sid, messages))
+            shard.apply_batch(batch)
+        shard.close(snapshot=True)
+        del shard

@@ -1,0 +1,398 @@
+"""session-engine benchmark suite.
+
+Starts the engine on the embedded default (or targets a running deployment with --url and
+--api-key), runs the chosen scenarios, and writes results.json, results.md and PNG plots under
+benchmarks/results/<profile>/, stamped with the machine, the versions and the config.
+
+Every HTTP scenario is run the same way, with the same load generator, against the engine and two
+baselines started here: the ceiling (a plain FastAPI + uvicorn app keeping sessions in a dict, in
+one process, with the same validation and responses; see benchmarks/ceiling.py) and the naive
+design (the engine with one Ray call per request, `outbox.coalesce: false`). Results are ratios
+to them, which hold on noisy machines where absolute numbers do not.
+
+Profiles: --quick (under two minutes on a 2-core machine), the default full run, and tiny (for
+the suite's own tests). Load goes to 127.0.0.1 unless --url names a deployment.
+
+    python -m benchmarks --quick
+    python -m benchmarks --scenarios append create --duration 20
+    python -m benchmarks --url http://10.0.0.5:8080 --api-key KEY --scenarios append fleet
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from benchmarks import load, report, scenarios, stamp
+from benchmarks.server import ServerProcess, free_port
+
+HERE = Path(__file__).resolve().parent
+KEY = "bench-key"
+ORG = "bench"
+ALL_SCENARIOS = (
+    "append",
+    "append-batch",
+    "create",
+    "list",
+    "query",
+    "fleet",
+    "summarize",
+    "snapshot",
+    "resident",
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    duration_s: float  # of load per HTTP measurement (after a 1 s warm-up)
+    connections: int
+    fleet_users: int
+    fleet_s: float
+    query_sizes: tuple[int, ...]
+    snapshot_sizes: tuple[int, ...]
+    resident_sizes: tuple[int, ...]  # the first is preloaded into the engine the HTTP scenarios use
+    summaries: int
+    batch_sizes: tuple[int, ...]
+    summary_tokens: int
+
+
+PROFILES = {
+    "full": Profile(15, 64, 32, 30, (10_000, 100_000), (10_000, 100_000, 1_000_000), (100_000, 1_000_000),
+                    16, (1, 4, 8, 16), 128),
+    "quick": Profile(4, 64, 16, 8, (10_000,), (10_000,), (10_000,), 4, (1, 4), 32),
+    "tiny": Profile(1, 8, 4, 3, (300,), (300,), (300,), 2, (1, 2), 8),
+}  # fmt: skip
+
+
+@dataclass
+class Run:
+    args: argparse.Namespace
+    profile: Profile
+    work: Path
+    console: Console
+    generator: str = "wrk"
+    results: dict[str, Any] = field(default_factory=dict)
+    starts: dict[str, dict[str, Any]] = field(default_factory=dict)  # each engine start: time, memory
+    notes: list[str] = field(default_factory=list)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    profile = PROFILES[args.profile]
+    if args.duration is not None or args.connections is not None:
+        profile = Profile(
+            **{
+                **profile.__dict__,
+                "duration_s": args.duration or profile.duration_s,
+                "connections": args.connections or profile.connections,
+            }
+        )
+    out = args.out or HERE / "results" / args.profile
+    console = Console(stderr=True)
+    with tempfile.TemporaryDirectory(prefix="session-engine-bench-") as tmp:
+        run = Run(args, profile, Path(tmp), console)
+        run.generator = _choose_generator(args.generator, console)
+        started = time.monotonic()
+        _run_all(run)
+        elapsed = time.monotonic() - started
+    document = {
+        "suite": "session-engine benchmarks",
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "profile": args.profile,
+        "profile_settings": profile.__dict__,
+        "elapsed_s": round(elapsed, 1),
+        "target": args.url or "embedded engine started by the suite",
+        "machine": stamp.machine(),
+        "versions": stamp.versions(shutil.which("wrk")),
+        "config": stamp.engine_config({}) if not args.url else {"note": "the deployment's own"},
+        "load_generator": run.generator,
+        "notes": run.notes,
+        "engine_starts": run.starts,
+        "scenarios": run.results,
+    }
+    document["targets"] = report.targets(document)
+    paths = report.write(document, out)
+    print(Path(paths["markdown"]).read_text())
+    console.print(f"written: {', '.join(str(p) for p in paths.values())} in {elapsed:.0f} s")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
+        "--quick", dest="profile", action="store_const", const="quick", help="the quick profile"
+    )
+    size.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    parser.add_argument("--scenarios", nargs="+", choices=ALL_SCENARIOS, default=list(ALL_SCENARIOS))
+    parser.add_argument("--url", help="a running deployment to load instead of starting the engine here")
+    parser.add_argument("--api-key", help="an API key of that deployment (with --url)")
+    parser.add_argument("--duration", type=float, help="seconds of load per measurement (profile's default)")
+    parser.add_argument("--connections", type=int, help="connections held open by the load generator")
+    parser.add_argument(
+        "--generator", choices=["auto", "wrk", "python"], default="auto",
+        help="auto: wrk, installed from the system's packages when missing, else the Python generator",
+    )  # fmt: skip
+    parser.add_argument(
+        "--summarizer", type=Path, help="local model directory for `summarize` (default model)"
+    )
+    parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<profile>)")
+    return parser
+
+
+def _choose_generator(wanted: str, console: Console) -> str:
+    if wanted == "python":
+        return "python"
+    if load.ensure_wrk() is not None:
+        return "wrk"
+    if wanted == "wrk":
+        raise SystemExit("wrk is not installed and could not be installed (apt-get install wrk)")
+    console.print("[yellow]wrk is missing and could not be installed: using the Python generator, "
+                  "which may be the bottleneck; the results say so[/]")  # fmt: skip
+    return "python"
+
+
+def _summarizer(run: Run) -> Path:
+    """--summarizer, or the default model converted once into benchmarks/.cache (not per data dir)."""
+    if run.args.summarizer is None:
+        from engine.models.files import summarizer_directory
+
+        run.args.summarizer = summarizer_directory(None, HERE / ".cache")[0]
+    return Path(run.args.summarizer)
+
+
+def _engine_env(run: Run, **extra: str) -> dict[str, str]:
+    return {
+        "SESSION_ENGINE_API_KEYS": f"{KEY}={ORG}",
+        "SESSION_ENGINE_MODELS__SUMMARIZER__PATH": str(_summarizer(run)),
+        **extra,
+    }
+
+
+def _run_all(run: Run) -> None:
+    args = run.args
+    if args.url and not args.api_key:
+        raise SystemExit("--url needs --api-key")
+    chosen = [s for s in ALL_SCENARIOS if s in args.scenarios]
+    http = [scenarios.HTTP_SCENARIOS[s] for s in chosen if s in scenarios.HTTP_SCENARIOS]
+    if "query" in chosen:
+        http += [scenarios.query_scenario(n) for n in run.profile.query_sizes]
+    servers = ["engine", "ceiling"] + ([] if args.url else ["naive"])
+    if args.url:
+        run.notes.append("the naive baseline needs a local engine and was not run against --url")
+    steps = sum(1 for server in servers for s in http if server in s.servers)
+    steps += len(servers) * ("fleet" in chosen) + sum(
+        s in chosen for s in ("summarize", "snapshot", "resident")
+    )
+    with Progress(
+        TextColumn("{task.description:<44}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=run.console,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("starting", total=steps)
+        for server in servers:
+            wanted = [s for s in http if server in s.servers]
+            fleet = "fleet" in chosen and server != "ceiling"
+            if not wanted and not fleet:
+                continue
+            progress.update(task, description=f"{server}: starting")
+            with _serve(run, server) as (url, key):
+                for scenario in wanted:
+                    progress.update(task, description=f"{server}: {scenario.name}")
+                    _measure_http(run, scenario, server, url, key)
+                    progress.advance(task)
+                if fleet:
+                    progress.update(task, description=f"{server}: fleet")
+                    _measure_fleet(run, server, url, key)
+                    progress.advance(task)
+        for name in ("summarize", "snapshot", "resident"):
+            if name in chosen:
+                progress.update(task, description=name)
+                if args.url:
+                    run.notes.append(f"{name} measures a local engine and was not run against --url")
+                else:
+                    {"summarize": _summarize, "snapshot": _snapshot, "resident": _resident}[name](run)
+                progress.advance(task)
+
+
+@contextlib.contextmanager
+def _serve(run: Run, server: str) -> Iterator[tuple[str, str]]:
+    if server == "engine" and run.args.url:
+        yield run.args.url, run.args.api_key
+        return
+    if server == "ceiling":
+        port = free_port()
+        log = (run.work / "ceiling.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.ceiling", "--port", str(port), "--api-key", KEY],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_up(url, proc)
+            yield url, KEY
+        finally:
+            proc.terminate()
+            proc.wait(20)
+            log.close()
+        return
+    # The engine on the embedded default; it starts on a data directory holding the first
+    # `resident` size of sessions, so its restart time and memory are measured too.
+    data = run.work / server
+    preload = run.profile.resident_sizes[0] if server == "engine" and "resident" in run.args.scenarios else 0
+    if preload:
+        scenarios.build_engine_data(data, ORG, preload, 2)
+    env = _engine_env(run, **({"SESSION_ENGINE_OUTBOX__COALESCE": "false"} if server == "naive" else {}))
+    started = time.monotonic()
+    process = ServerProcess(data, [], env).wait_ready(timeout_s=600)
+    ready_s = time.monotonic() - started
+    run.starts[server] = {
+        "sessions": preload,
+        "ready_s": round(ready_s, 2),
+        **scenarios.engine_memory(process.proc.pid),
+    }
+    try:
+        yield process.url, KEY
+    finally:
+        process.stop()
+
+
+def _wait_up(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"baseline exited with {proc.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(f"{url}/sessions", timeout=2)
+            return
+        time.sleep(0.2)
+    raise RuntimeError("baseline did not start")
+
+
+def _measure_http(run: Run, scenario: scenarios.HttpScenario, server: str, url: str, key: str) -> None:
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+        plan = scenario.setup(client, run.profile.connections)
+    connections = min(8, run.profile.connections) if scenario.latency_bound else run.profile.connections
+    warm = load.Load(connections, 1)
+    measured = load.Load(connections, run.profile.duration_s)
+    load.run(run.generator, url, key, plan, warm, run.work)
+    result = load.run(run.generator, url, key, plan, measured, run.work)
+    result["items_per_s"] = round(result["requests_per_s"] * scenario.per_request, 1)
+    entry = run.results.setdefault(
+        scenario.name,
+        {
+            "kind": "http",
+            "does": scenario.does,
+            "unit": scenario.unit,
+            "connections": connections,
+            "servers": {},
+        },
+    )
+    entry["servers"][server] = result
+
+
+def _measure_fleet(run: Run, server: str, url: str, key: str) -> None:
+    result = scenarios.run_fleet(url, key, run.profile.fleet_users, run.profile.fleet_s, run.work)
+    result["items_per_s"] = result["requests_per_s"]
+    entry = run.results.setdefault(
+        "fleet",
+        {
+            "kind": "http",
+            "does": "agents: create, 24-40 appends (tool calls, context updates), read, close, query memory",
+            "unit": "requests/s",
+            "connections": run.profile.fleet_users,
+            "servers": {},
+        },
+    )
+    entry["servers"][server] = result
+
+
+def _summarize(run: Run) -> None:
+    from benchmarks.memory import measure_summarizer
+
+    profile = run.profile
+    rows = measure_summarizer(
+        profile.summaries, list(profile.batch_sizes), "cpu", HERE / ".cache",
+        path=_summarizer(run), max_new_tokens=profile.summary_tokens,
+    )  # fmt: skip
+    base = rows[0]["summaries_per_s"]
+    for row in rows:
+        row["vs_batch_1"] = round(row["summaries_per_s"] / base, 2)
+    run.results["summarize"] = {
+        "kind": "engine",
+        "does": "summaries/s by conversations per generate call",
+        "rows": rows,
+    }
+
+
+def _snapshot(run: Run) -> None:
+    from benchmarks.durability import measure_recovery
+
+    rows = [measure_recovery(n, run.work) for n in run.profile.snapshot_sizes]
+    run.results["snapshot"] = {
+        "kind": "engine",
+        "does": "one shard of N sessions (10 messages of ~100 characters): snapshot pause, recovery",
+        "rows": rows,
+    }
+
+
+def _resident(run: Run) -> None:
+    """Memory per session and restart time: the engine started on N sessions, against an empty one."""
+    starts = run.starts
+    rows = []
+    empty = starts.get("naive")
+    sizes = list(run.profile.resident_sizes)
+    if "engine" in starts:
+        rows.append(starts["engine"])
+        sizes = sizes[1:]
+    for n in sizes:
+        data = run.work / f"resident-{n}"
+        scenarios.build_engine_data(data, ORG, n, 2)
+        started = time.monotonic()
+        process = ServerProcess(data, [], _engine_env(run)).wait_ready(timeout_s=900)
+        rows.append(
+            {
+                "sessions": n,
+                "ready_s": round(time.monotonic() - started, 2),
+                **scenarios.engine_memory(process.proc.pid),
+            }
+        )
+        process.stop()
+        shutil.rmtree(data, ignore_errors=True)
+    if empty is None:
+        started = time.monotonic()
+        process = ServerProcess(run.work / "resident-empty", [], _engine_env(run)).wait_ready()
+        empty = {"sessions": 0, "ready_s": round(time.monotonic() - started, 2)}
+        empty |= scenarios.engine_memory(process.proc.pid)
+        process.stop()
+    for row in rows:
+        n = row["sessions"]
+        row["engine_bytes_per_session"] = round((row["engine_mib"] - empty["engine_mib"]) * 2**20 / n)
+        row["shard_bytes_per_session"] = round((row["shards_mib"] - empty["shards_mib"]) * 2**20 / n)
+        row["empty_ready_s"] = empty["ready_s"]
+    run.results["resident"] = {
+        "kind": "engine",
+        "does": "engine restarted on N sessions of 10 ~100-character messages: time to ready, memory (USS)",
+        "empty": empty,
+        "rows": rows,
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,98 @@
+"""The benchmark suite itself, at its tiny size: it starts what it measures, measures every scenario,
+and writes valid results. No timing is asserted: numbers from a test machine mean nothing.
+
+The suite starts its own embedded engines (each with its own Ray), as a user's run does; this is
+the one test that does, and it runs once."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import suite
+from benchmarks.server import free_port
+
+GENERATOR = "wrk" if shutil.which("wrk") else "python"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_t5: Path) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["--profile", "tiny", "--generator", GENERATOR, "--summarizer", str(tiny_t5), "--out", str(out)]
+    assert suite.main(argv) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_every_scenario_is_measured_against_its_servers(tiny_run: tuple[Path, dict[str, Any]]) -> None:
+    _, document = tiny_run
+    scenarios = document["scenarios"]
+    expected_http = {"append", "append-batch", "create", "list", "query@300", "fleet"}
+    assert expected_http | {"summarize", "snapshot", "resident"} == set(scenarios)
+    for name in expected_http:
+        servers = scenarios[name]["servers"]
+        wanted = {"engine", "naive"} if name in ("query@300", "fleet") else {"engine", "ceiling", "naive"}
+        assert set(servers) == wanted, name
+        for server, result in servers.items():
+            assert result["requests"] > 0 and result["errors"] == 0, (name, server, result)
+            assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"], (name, server, result)
+            assert result["generator"].startswith("locust" if name == "fleet" else GENERATOR)
+    # The fleet closed sessions and queried memory: every step of the locustfile ran.
+    steps = scenarios["fleet"]["servers"]["engine"]["by_request"]
+    assert {"create session", "append message", "read session", "close session", "query memory"} <= set(steps)
+
+
+def test_engine_scenarios_report_what_they_measured(tiny_run: tuple[Path, dict[str, Any]]) -> None:
+    _, document = tiny_run
+    summaries = document["scenarios"]["summarize"]["rows"]
+    assert [r["batch_size"] for r in summaries] == [1, 2] and all(r["summaries_per_s"] > 0 for r in summaries)
+    (snapshot,) = document["scenarios"]["snapshot"]["rows"]
+    assert snapshot["sessions"] == 300 and snapshot["snapshot_bytes"] > 0
+    resident = document["scenarios"]["resident"]
+    (row,) = resident["rows"]
+    assert row["sessions"] == 300 and row["shards_mib"] > 0 and resident["empty"]["shard_processes"] == 2
+
+
+def test_results_are_stamped_and_written_as_json_markdown_and_plots(
+    tiny_run: tuple[Path, dict[str, Any]],
+) -> None:
+    out, document = tiny_run
+    assert document["machine"]["cores"] >= 1 and document["machine"]["cpu"]
+    assert document["versions"]["session-engine"] and document["config"]["durability"]["fsync"] == "always"
+    assert len(document["targets"]) == 9
+    # Sizes a tiny run does not reach say so instead of passing or failing.
+    unmeasured = [t for t in document["targets"] if t["met"] is None]
+    assert all(t["shown"] == "not measured in this run" for t in unmeasured) and unmeasured
+    table = (out / "results.md").read_text()
+    assert "| append | engine |" in table and "## Targets" in table
+    for plot in ("throughput.png", "latency.png"):
+        assert (out / plot).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_a_running_deployment_is_loaded_through_url(tmp_path: Path) -> None:
+    # The ceiling app stands in for a deployment: the suite loads what --url names and starts no
+    # engine of its own; the naive baseline needs a local engine, so it is skipped with a note.
+    port = free_port()
+    deployment = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.ceiling", "--port", str(port), "--api-key", "deploy-key"],
+        start_new_session=True,
+    )
+    try:
+        suite._wait_up(f"http://127.0.0.1:{port}", deployment)
+        argv = ["--profile", "tiny", "--generator", "python", "--scenarios", "append", "create",
+                "--url", f"http://127.0.0.1:{port}", "--api-key", "deploy-key", "--out", str(tmp_path)]  # fmt: skip
+        assert suite.main(argv) == 0
+    finally:
+        deployment.terminate()
+        deployment.wait(20)
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["target"] == f"http://127.0.0.1:{port}"
+    assert set(document["scenarios"]["append"]["servers"]) == {"engine", "ceiling"}
+    assert document["scenarios"]["append"]["servers"]["engine"]["errors"] == 0
+    assert any("naive" in note for note in document["notes"])
