@@ -85,8 +85,9 @@ def test_a_running_deployment_is_loaded_through_url(tmp_path: Path) -> None:
     )
     try:
         suite._wait_up(f"http://127.0.0.1:{port}", deployment)
+        url = f"http://127.0.0.1:{port}"
         argv = ["--profile", "tiny", "--generator", "python", "--scenarios", "append", "create",
-                "--url", f"http://127.0.0.1:{port}", "--api-key", "deploy-key", "--out", str(tmp_path)]  # fmt: skip
+                "--url", url, "--api-key", "deploy-key", "--out", str(tmp_path)]  # fmt: skip
         assert suite.main(argv) == 0
     finally:
         deployment.terminate()
