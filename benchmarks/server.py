@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -75,13 +76,18 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout_s: float = 20.0) -> int:
+        """SIGTERM to the server alone, as `kill PID` sends it: the server stops its Ray processes
+        itself. (Signalling the whole group would hit Ray's processes first and make Ray's own
+        shutdown wait seconds for processes already gone.) Whatever is left of the group is killed."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout_s)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self._log.close()
         return self.proc.returncode
 

@@ -183,6 +183,8 @@ def stop_shards(handles: list[Any]) -> None:
     """Graceful stop of every shard: final snapshots, logs closed, locks released."""
     try:
         ray.get([h.shutdown.remote() for h in handles], timeout=300)
+        for handle in handles:
+            ray.kill(handle)
     except RAY_ERRORS as exc:
         log.warning(
             "a shard did not stop cleanly; its log still holds every change", extra={"error": str(exc)}

@@ -301,6 +301,8 @@ def stop_memory(actors: dict[str, Any]) -> None:
         for embedder in actors["embedders"]:
             ray.kill(embedder)
         ray.get([m.shutdown.remote() for m in actors["memory"]], timeout=300)
+        for shard in actors["memory"]:
+            ray.kill(shard)
     except RAY_ERRORS as exc:
         log.warning(
             "a memory actor did not stop cleanly; its log still holds every change", extra={"error": str(exc)}
