@@ -1,4 +1,5 @@
-"""Dependencies the routes share: the shard and memory routers, and the limits."""
+"""Dependencies the routes share: the shard and memory routers, and the limits. All async: FastAPI
+runs a plain `def` dependency in its thread pool, one thread hop per request each."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ from engine.config import LimitsConfig, MemoryConfig
 from .outbox import MemoryRouter, ShardRouter
 
 
-def _router(request: Request) -> ShardRouter:
+async def _router(request: Request) -> ShardRouter:
     router: ShardRouter = request.app.state.router
     return router
 
 
-def _limits(request: Request) -> LimitsConfig:
+async def _limits(request: Request) -> LimitsConfig:
     limits: LimitsConfig = request.app.state.config.limits
     return limits
 
@@ -25,12 +26,12 @@ Router = Annotated[ShardRouter, Depends(_router)]
 Limits = Annotated[LimitsConfig, Depends(_limits)]
 
 
-def _memory(request: Request) -> MemoryRouter:
+async def _memory(request: Request) -> MemoryRouter:
     memory: MemoryRouter = request.app.state.memory
     return memory
 
 
-def _memory_limits(request: Request) -> MemoryConfig:
+async def _memory_limits(request: Request) -> MemoryConfig:
     limits: MemoryConfig = request.app.state.config.memory
     return limits
 

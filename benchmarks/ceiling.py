@@ -38,7 +38,7 @@ class _Refused(Exception):
         self.response = response
 
 
-def _org(request: Request) -> str:
+async def _org(request: Request) -> str:
     if request.headers.get("authorization") != request.app.state.expected_authorization:
         raise _Refused(_error(401, "AUTH_INVALID", "API key not recognized"))
     return "bench"

@@ -139,7 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     size.add_argument(
         "--quick", dest="profile", action="store_const", const="quick", help="the quick profile"
     )
-    size.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    size.add_argument("--profile", choices=sorted(PROFILES))
+    parser.set_defaults(profile="full")
     parser.add_argument("--scenarios", nargs="+", choices=ALL_SCENARIOS, default=list(ALL_SCENARIOS))
     parser.add_argument("--url", help="a running deployment to load instead of starting the engine here")
     parser.add_argument("--api-key", help="an API key of that deployment (with --url)")

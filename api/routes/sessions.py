@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Path, Query
+from fastapi import Body, Header, Path, Query
 from starlette.responses import Response
 
 from engine.errors import SessionNotFound, ValidationFailed
@@ -26,10 +26,9 @@ from engine.sessions.session import SessionStatus, is_session_id, new_session_id
 from ..auth import Org
 from ..cursor import decode_cursor, encode_cursor
 from ..deps import Limits, Memory, Router
-from ..http import OrjsonRoute, json_response
+from ..http import json_response, json_router
 from ..limits import check_context, check_messages, check_name, check_ttl
 from ..schemas import (
-    ERROR_RESPONSES,
     AppendMessagesIn,
     CreateSessionIn,
     MessageBatchOut,
@@ -41,7 +40,7 @@ from ..schemas import (
     UpdateSessionIn,
 )
 
-router = APIRouter(prefix="/sessions", tags=["sessions"], route_class=OrjsonRoute, responses=ERROR_RESPONSES)
+router = json_router("/sessions", "sessions")
 
 SessionId = Annotated[str, Path(description="A session id, 'sess_' and 32 hex digits.")]
 

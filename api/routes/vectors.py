@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from fastapi import APIRouter
 from starlette.responses import Response
 
 from engine.errors import ValidationFailed
@@ -12,7 +11,7 @@ from engine.memory.store import DeleteVectors, QueryVectors, UpsertVectors
 
 from ..auth import Org
 from ..deps import Memory, MemoryLimits
-from ..http import OrjsonRoute, json_response
+from ..http import json_response, json_router
 from ..limits import (
     check_delete_ids,
     check_dimension,
@@ -21,9 +20,9 @@ from ..limits import (
     check_vector_request,
     check_writable_namespace,
 )
-from ..schemas import ERROR_RESPONSES, DeleteIn, DeleteOut, QueryIn, QueryOut, UpsertIn, UpsertOut
+from ..schemas import DeleteIn, DeleteOut, QueryIn, QueryOut, UpsertIn, UpsertOut
 
-router = APIRouter(prefix="/vectors", tags=["memory"], route_class=OrjsonRoute, responses=ERROR_RESPONSES)
+router = json_router("/vectors", "memory")
 
 
 @router.post("/upsert", response_model=UpsertOut, summary="Add or replace up to 100 vectors")
