@@ -61,7 +61,8 @@ class Outbox:
 
     async def _call(self, ops: list[Any]) -> list[Any]:
         try:
-            return await asyncio.wait_for(self._transport.call(self._shard, ops), self._config.call_timeout_s)
+            async with asyncio.timeout(self._config.call_timeout_s):  # no task of its own, unlike wait_for
+                return await self._transport.call(self._shard, ops)
         except TimeoutError:
             raise Unavailable(
                 f"shard {self._shard} did not answer within {self._config.call_timeout_s} s",

@@ -50,7 +50,12 @@ Org = Annotated[str, Depends(_org)]
 def create_ceiling_app(api_key: str, limits: LimitsConfig | None = None) -> FastAPI:
     limits = limits or LimitsConfig()
     sessions: dict[str, dict[str, Any]] = {}
-    app = FastAPI(title="ceiling baseline")
+    # FastAPI's OpenTelemetry hooks off, as in the engine: they cost a few µs a request even with
+    # no provider configured, and the ratio should not count a setting either side can change.
+    app = FastAPI(
+        title="ceiling baseline",
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+    )
     app.state.expected_authorization = f"Bearer {api_key}"
 
     @app.exception_handler(_Refused)

@@ -36,7 +36,7 @@ class ServerProcess:
         self.log_path = data_dir.parent / f"{data_dir.name}-{self.port}.log"
         self._log = self.log_path.open("wb")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SESSION_ENGINE_")}
-        full_env |= {"SESSION_ENGINE_EXPIRY_TICK_S": "0.1", **ServerProcess.base_env, **env}
+        full_env |= {**ServerProcess.base_env, **env}
         self.env = env
         self.proc = subprocess.Popen(
             [

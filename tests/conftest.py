@@ -46,10 +46,14 @@ def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def servers_use_tiny_summarizer(tiny_t5: Path) -> Iterator[None]:
-    """Every server the tests start summarizes with the tiny T5, not the default SmolLM2."""
+    """Every server the tests start summarizes with the tiny T5, not the default SmolLM2, and
+    expires due sessions every 0.1 s, so TTL tests wait less."""
     from benchmarks.server import ServerProcess
 
-    ServerProcess.base_env = {"SESSION_ENGINE_MODELS__SUMMARIZER__PATH": str(tiny_t5)}
+    ServerProcess.base_env = {
+        "SESSION_ENGINE_MODELS__SUMMARIZER__PATH": str(tiny_t5),
+        "SESSION_ENGINE_EXPIRY_TICK_S": "0.1",
+    }
     try:
         yield
     finally:

@@ -9,8 +9,7 @@ from engine.errors import ValidationFailed
 from engine.memory.index import normalized
 from engine.memory.store import DeleteVectors, QueryVectors, UpsertVectors
 
-from ..auth import Org
-from ..deps import Memory, MemoryLimits
+from ..deps import Caller
 from ..http import json_response, json_router
 from ..limits import (
     check_delete_ids,
@@ -26,14 +25,14 @@ router = json_router("/vectors", "memory")
 
 
 @router.post("/upsert", response_model=UpsertOut, summary="Add or replace up to 100 vectors")
-async def upsert_vectors(body: UpsertIn, org: Org, memory: Memory, limits: MemoryLimits) -> Response:
+async def upsert_vectors(body: UpsertIn, caller: Caller) -> Response:
     namespace = check_writable_namespace(body.namespace)
-    check_vector_request(len(body.vectors), limits)
-    metadata = tuple(check_vector_fields(v, i, limits) for i, v in enumerate(body.vectors))
+    check_vector_request(len(body.vectors), caller.memory_limits)
+    metadata = tuple(check_vector_fields(v, i, caller.memory_limits) for i, v in enumerate(body.vectors))
     texts = [(i, v.text) for i, v in enumerate(body.vectors) if v.text is not None]
     rows: list[np.ndarray | list[float] | None] = [v.values for v in body.vectors]
     if texts:
-        embedded = await memory.embed([text for _, text in texts])
+        embedded = await caller.memory.embed([text for _, text in texts])
         for (i, _), vector in zip(texts, embedded, strict=True):
             rows[i] = vector
     dimensions = {len(row) for row in rows if row is not None}
@@ -45,25 +44,27 @@ async def upsert_vectors(body: UpsertIn, org: Org, memory: Memory, limits: Memor
             "another namespace.",
         )
     vectors = normalized(np.asarray(rows, dtype=np.float64))
-    op = UpsertVectors(org, namespace, tuple(v.id for v in body.vectors), vectors, metadata)
-    result = await memory.submit(org, op)
+    op = UpsertVectors(caller.org, namespace, tuple(v.id for v in body.vectors), vectors, metadata)
+    result = await caller.memory.submit(caller.org, op)
     return json_response({"namespace": namespace, **result})
 
 
 @router.post("/query", response_model=QueryOut, summary="The nearest vectors to a text or a vector")
-async def query_vectors(body: QueryIn, org: Org, memory: Memory, limits: MemoryLimits) -> Response:
-    top_k = check_top_k(body.top_k, limits)
-    check_dimension(body.vector, "vector", limits)
-    raw = (await memory.embed([body.query_text]))[0] if body.query_text is not None else body.vector
+async def query_vectors(body: QueryIn, caller: Caller) -> Response:
+    top_k = check_top_k(body.top_k, caller.memory_limits)
+    check_dimension(body.vector, "vector", caller.memory_limits)
+    raw = (await caller.memory.embed([body.query_text]))[0] if body.query_text is not None else body.vector
     vector = normalized(np.asarray([raw], dtype=np.float64))[0]
-    matches = await memory.submit(org, QueryVectors(org, body.namespace, vector, top_k, body.filter))
+    matches = await caller.memory.submit(
+        caller.org, QueryVectors(caller.org, body.namespace, vector, top_k, body.filter)
+    )
     out = [{"id": m.id, "score": m.score, "metadata": m.metadata} for m in matches]
     return json_response({"namespace": body.namespace, "matches": out, "count": len(out)})
 
 
 @router.post("/delete", response_model=DeleteOut, summary="Delete vectors by id")
-async def delete_vectors(body: DeleteIn, org: Org, memory: Memory, limits: MemoryLimits) -> Response:
+async def delete_vectors(body: DeleteIn, caller: Caller) -> Response:
     namespace = check_writable_namespace(body.namespace)
-    op = DeleteVectors(org, namespace, check_delete_ids(body.ids, limits))
-    result = await memory.submit(org, op)
+    op = DeleteVectors(caller.org, namespace, check_delete_ids(body.ids, caller.memory_limits))
+    result = await caller.memory.submit(caller.org, op)
     return json_response({"namespace": namespace, **result})

@@ -61,7 +61,8 @@ def ask(client: httpx.Client, question: str) -> list[str]:
 def test_three_topics_are_each_recalled_first_with_the_default_models(
     tmp_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ServerProcess, "base_env", {})  # the real default summarizer, not the tiny one
+    # The real default summarizer, not the tiny one.
+    monkeypatch.setattr(ServerProcess, "base_env", {"SESSION_ENGINE_EXPIRY_TICK_S": "0.1"})
     server = ServerProcess(tmp_data, [], ENV).wait_ready(timeout_s=600)
     auth = {"Authorization": f"Bearer {KEY}"}
     try:
