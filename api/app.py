@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -38,6 +39,16 @@ def _ray_memory(config: EngineConfig) -> MemoryTransport:
     )
 
 
+def tune_gc() -> None:
+    """Collect garbage less often, and never scan what was there at startup. A gateway holds Ray's,
+    pydantic's and FastAPI's objects, hundreds of thousands of them, and the default thresholds
+    scanned them so often under load that it cost a fifth of the throughput and tripled the p99
+    (benchmarks/RESULTS.md). Requests make little cyclic garbage; what they make is still collected."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000)  # the first generation's; the older two keep theirs
+
+
 def create_app(
     config: EngineConfig,
     *,
@@ -49,6 +60,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.router = ShardRouter(transport(config), config.outbox)
         app.state.memory = MemoryRouter(memory(config), config.outbox)
+        tune_gc()
         yield
 
     app = FastAPI(

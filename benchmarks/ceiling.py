@@ -19,6 +19,7 @@ import uvicorn
 from fastapi import Depends, FastAPI, Query, Request
 from starlette.responses import Response
 
+from api.app import tune_gc
 from api.limits import check_context, check_messages, check_name, check_ttl
 from api.schemas import AppendMessagesIn, CreateSessionIn
 from engine.config import LimitsConfig
@@ -151,6 +152,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--api-key", required=True)
     args = parser.parse_args()
+    tune_gc()  # the engine's garbage-collector settings, so the ratio does not count them
     uvicorn.run(
         create_ceiling_app(args.api_key),
         host=args.host,
