@@ -64,6 +64,7 @@ class DurabilityConfig(_Section):
     snapshot_interval_s: float = Field(300.0, gt=0)
     snapshot_log_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     snapshot_chunk_sessions: int = Field(500, ge=1)  # sessions serialized per event-loop turn
+    snapshot_chunk_messages: int = Field(5000, ge=1)  # and their messages, so long sessions split it
 
 
 class RayConfig(_Section):

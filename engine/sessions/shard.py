@@ -310,10 +310,16 @@ class SnapshotCursor:
     def done(self) -> bool:
         return self._position >= len(self._keys)
 
-    def next_chunk(self, size: int) -> list[Any]:
-        """The next sessions, already encoded: encoding happens before any other op can run."""
+    def next_chunk(self, size: int, max_messages: int | None = None) -> list[Any]:
+        """The next sessions, already encoded: encoding happens before any other op can run. At
+        most `size` sessions, and no more once they hold `max_messages` messages (a session is
+        never split, so one longer than that is a chunk of its own)."""
         chunk = []
+        messages = 0
         for key in self._keys[self._position : self._position + size]:
+            if max_messages is not None and messages >= max_messages:
+                break
+            self._position += 1
             session = self.saved.pop(key, None)
             if session is None:
                 live = self._store._sessions.get(key)
@@ -321,8 +327,8 @@ class SnapshotCursor:
                     continue  # a copy was already written, or (impossible) it vanished uncopied
                 live.snap_epoch = self.epoch
                 session = live
+            messages += len(session.messages)
             chunk.append(self._encode(session))
-        self._position += size
         return chunk
 
 

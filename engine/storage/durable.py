@@ -132,7 +132,10 @@ class DurableShard:
         (it applies no ops meanwhile), so the longest one is recorded as the snapshot's pause."""
         assert self._cursor is not None and self._writer is not None
         step_started = time.perf_counter()
-        self._writer.add(self._cursor.next_chunk(self._config.snapshot_chunk_sessions))
+        chunk = self._cursor.next_chunk(
+            self._config.snapshot_chunk_sessions, self._config.snapshot_chunk_messages
+        )
+        self._writer.add(chunk)
         more = not self._cursor.done
         if not more:
             self.store.end_snapshot()  # later changes need no copies

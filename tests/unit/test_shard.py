@@ -237,3 +237,18 @@ def test_any_op_sequence_keeps_seqs_gap_free_and_lists_complete(script: list[tup
         before = page["items"][-1][0]
     assert sorted(seen) == sorted(sessions)
     assert len(seen) == len(set(seen))
+
+
+def test_a_snapshot_chunk_ends_once_its_sessions_hold_enough_messages() -> None:
+    # Long sessions make a chunk of their own, so no step holds the shard much longer than another.
+    store = ShardStore()
+    lengths = [30, 1, 1, 1, 40, 2]
+    for n in lengths:
+        sid = create(store)
+        say(store, "acme", sid, *(f"m{i}" for i in range(n)))
+    cursor = store.begin_snapshot(lambda session: len(session.messages))
+    chunks = []
+    while not cursor.done:
+        chunks.append(cursor.next_chunk(100, max_messages=30))
+    assert chunks == [[30], [1, 1, 1, 40], [2]]
+    assert sum(map(sum, chunks)) == sum(lengths), "every session is written, once"

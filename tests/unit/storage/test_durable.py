@@ -30,7 +30,7 @@ from engine.storage.lock import DirectoryLocked
 from engine.storage.snapshot import snapshots
 from engine.storage.wal import LogWriteFailed, segments
 
-CHUNKY = DurabilityConfig(snapshot_chunk_sessions=1)
+CHUNKY = DurabilityConfig(snapshot_chunk_sessions=2, snapshot_chunk_messages=3)  # steps end either way
 
 
 def state(shard: DurableShard) -> dict[tuple[str, str], list[Any]]:
