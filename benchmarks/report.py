@@ -213,10 +213,14 @@ def plots(document: dict[str, Any], out: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(names)), 4.5))
     for i, server in enumerate(SERVERS):
-        values = [http[n]["servers"].get(server, {}).get("requests_per_s", 0) for n in names]
+        # Only the scenarios this server ran: a missing bar is "not measured", never a zero.
+        ran = [(x, http[n]["servers"][server]["requests_per_s"]) for x, n in enumerate(names)
+               if server in http[n]["servers"]]  # fmt: skip
+        if not ran:
+            continue
         bars = ax.bar(
-            [x + (i - 1) * width for x in range(len(names))],
-            values,
+            [x + (i - 1) * width for x, _ in ran],
+            [value for _, value in ran],
             width,
             label=server,
             color=COLORS[server],
