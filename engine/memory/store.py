@@ -77,8 +77,22 @@ class MemoryStore:
         return result
 
     def apply_batch(self, ops: Sequence[MemoryOp]) -> list[Any]:
-        """In order; one op's error is its own result and never fails the others."""
-        return apply_each(self.apply, ops)
+        """In order; one op's error is its own result and never fails the others. Unfiltered
+        queries that follow one another are searched together, one FAISS call per namespace:
+        they only read, so answering them together is the same as one after another."""
+        results: list[Any] = []
+        start = 0
+        while start < len(ops):
+            end = start
+            while end < len(ops) and isinstance(ops[end], QueryVectors):
+                end += 1
+            if end - start > 1:
+                results += self._queries(ops[start:end])  # type: ignore[arg-type]
+                start = end
+            else:
+                results += apply_each(self.apply, ops[start : start + 1])
+                start += 1
+        return results
 
     def take_journal(self) -> list[MemoryOp]:
         taken, self.journal = self.journal, []
@@ -113,6 +127,26 @@ class MemoryStore:
         if index is not None and len(index) == 0:
             del self._namespaces[(op.org, op.namespace)]  # an empty namespace is gone; its dimension too
         return {"deleted": deleted}
+
+    def _queries(self, ops: Sequence[QueryVectors]) -> list[Any]:
+        results: list[Any] = [None] * len(ops)
+        together: dict[tuple[str, str], list[int]] = {}
+        for i, op in enumerate(ops):
+            index = self._namespaces.get((op.org, op.namespace))
+            if not op.where and index is not None and index.dimension == op.vector.shape[-1]:
+                together.setdefault((op.org, op.namespace), []).append(i)
+        for key, positions in together.items():
+            vectors = np.stack([ops[i].vector for i in positions]).astype(np.float32, copy=False)
+            try:
+                found = self._namespaces[key].query_many(vectors, [ops[i].top_k for i in positions])
+            except Exception:  # noqa: BLE001 - answered one by one below, each with its own error
+                continue
+            for i, matches in zip(positions, found, strict=True):
+                results[i] = matches
+        alone = [i for i, result in enumerate(results) if result is None]
+        for i, result in zip(alone, apply_each(self.apply, [ops[i] for i in alone]), strict=True):
+            results[i] = result
+        return results
 
     def _query(self, op: QueryVectors) -> list[Match]:
         index = self._namespaces.get((op.org, op.namespace))

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from engine.errors import ValidationFailed
 from engine.memory.index import IndexParams, NamespaceIndex, normalized
+from engine.memory.store import DeleteVectors, MemoryStore, QueryVectors, UpsertVectors
 
 DIM = 8
 
@@ -158,3 +159,45 @@ def test_zero_and_non_finite_vectors_are_refused() -> None:
         normalized(np.array([[np.nan] * DIM], dtype=np.float32))
     huge = normalized(np.full((1, DIM), 3e38, dtype=np.float32))
     assert np.linalg.norm(huge) == pytest.approx(1.0, abs=1e-5)
+
+
+def filled_store(params: IndexParams) -> MemoryStore:
+    store = MemoryStore(params)
+    ids = tuple(f"v{i}" for i in range(300))
+    metadata = tuple({"i": i % 3} for i in range(300))
+    for org in ("acme", "globex"):
+        store.apply(UpsertVectors(org, "docs", ids, random_rows(300), metadata))
+    store.apply(DeleteVectors("acme", "docs", ("v1", "v2", "v3")))
+    return store
+
+
+@pytest.mark.parametrize("hnsw_above", [10_000, 100], ids=["flat", "hnsw"])
+def test_queries_in_one_batch_answer_as_they_would_one_at_a_time(hnsw_above: int) -> None:
+    # A store searches a run of unfiltered queries on a namespace in one FAISS call; the answers,
+    # errors included, must be those of applying each query alone, in order.
+    params = IndexParams(hnsw_above=hnsw_above, hnsw_m=16, hnsw_ef_construction=64, hnsw_ef_search=64)
+    store, alone = filled_store(params), filled_store(params)
+    queries = [random_rows(1, 50 + i)[0] for i in range(6)]
+    ops = [
+        QueryVectors("acme", "docs", queries[0], 5),
+        QueryVectors("acme", "docs", queries[1], 12),
+        QueryVectors("globex", "docs", queries[2], 3),
+        QueryVectors("acme", "docs", queries[3], 4, {"i": 1}),
+        QueryVectors("acme", "nowhere", queries[4], 4),
+        QueryVectors("acme", "docs", np.ones(DIM + 1, dtype=np.float32), 4),
+        DeleteVectors("acme", "docs", ("v4",)),
+        QueryVectors("acme", "docs", queries[5], 5),
+        QueryVectors("acme", "docs", queries[0], 5),
+    ]
+    batched = store.apply_batch(ops)
+    expected = [alone.apply_batch([op])[0] for op in ops]
+    assert [type(r) for r in batched] == [type(r) for r in expected]
+    for got, want in zip(batched, expected, strict=True):
+        if isinstance(want, list):
+            assert [(m.id, round(m.score, 5), m.metadata) for m in got] == [
+                (m.id, round(m.score, 5), m.metadata) for m in want
+            ]
+        else:
+            assert str(got) == str(want)
+    assert all(m.id != "v4" for m in batched[-1]), "a query after a delete in the same batch sees it"
+    assert len(batched[1]) == 12 and len(batched[2]) == 3
