@@ -7,12 +7,13 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from engine import __version__
 from engine.config import ConfigError, EngineConfig, load_config
 from engine.errors import ModelMissing
-from engine.keys import add_key, ensure_default_key, load_key_store
+from engine.keys import add_key, ensure_default_key, list_keys, load_key_store, revoke_key
 from engine.logs import setup_logging
 from engine.models.files import check_models
 from engine.storage.layout import claim_layout
@@ -126,7 +127,34 @@ def _keys_create(args: argparse.Namespace) -> int:
     print(key)
     print(
         f"Created a key for organization {args.org!r}; its hash is in {config.resolved_keys_file}. "
-        "Restart the server to use it.",
+        "A running server takes it within a second.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    config = load_config(args.config, data_dir=args.data_dir, keys_file=args.keys_file)
+    listed = list_keys(config.resolved_keys_file)
+    for entry in listed:
+        created = entry["created_at"]
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(created / 1000)) if created else "-"
+        print(f"{entry['id']}  {entry['org']:<24}  created {when} UTC")
+    if not listed:
+        print(f"no keys in {config.resolved_keys_file}", file=sys.stderr)
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    config = load_config(args.config, data_dir=args.data_dir, keys_file=args.keys_file)
+    try:
+        revoked = revoke_key(config.resolved_keys_file, args.id)
+    except ConfigError as exc:
+        print(f"session-engine: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"Revoked key {revoked['id']} of organization {revoked['org']!r}; a running server refuses it "
+        "within a second.",
         file=sys.stderr,
     )
     return 0
@@ -156,6 +184,14 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--data-dir", type=Path)
     create.add_argument("--keys-file", type=Path)
     create.set_defaults(func=_keys_create)
+    listing = keys.add_parser("list", help="list the keys: id, organization, creation time")
+    revoke = keys.add_parser("revoke", help="remove a key; a running server refuses it within a second")
+    revoke.add_argument("id", help="the key's id from 'keys list' (its first 6 characters or more)")
+    for command, func in ((listing, _keys_list), (revoke, _keys_revoke)):
+        command.add_argument("--config", type=Path)
+        command.add_argument("--data-dir", type=Path)
+        command.add_argument("--keys-file", type=Path)
+        command.set_defaults(func=func)
     return parser
 
 

@@ -7,10 +7,12 @@ lookup by hash leaks nothing useful about the key through timing.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import secrets
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -19,6 +21,7 @@ from engine.storage.lock import write_atomically
 
 KEY_PREFIX = "sek_"
 DEFAULT_ORG = "default"
+log = logging.getLogger(__name__)
 _ORG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -37,14 +40,38 @@ def validate_org(org: str) -> str:
 
 
 class KeyStore:
-    def __init__(self, orgs_by_hash: dict[str, str]) -> None:
+    """Organizations by key hash. One read from a keys file follows that file: it is read again
+    when it changes (checked at most every `reload_s`), so keys created or revoked with
+    `session-engine keys` take effect in a running server without a restart."""
+
+    def __init__(self, orgs_by_hash: dict[str, str], path: Path | None = None, reload_s: float = 1.0) -> None:
         self._orgs_by_hash = dict(orgs_by_hash)
+        self._path = path
+        self._reload_s = reload_s
+        self._checked = time.monotonic()
+        self._version = _file_version(path) if path is not None else None
 
     def __len__(self) -> int:
         return len(self._orgs_by_hash)
 
     def organization_for(self, key: str) -> str | None:
+        if self._path is not None and time.monotonic() - self._checked >= self._reload_s:
+            self._follow_file(self._path)
         return self._orgs_by_hash.get(hash_key(key))
+
+    def _follow_file(self, path: Path) -> None:
+        self._checked = time.monotonic()
+        version = _file_version(path)
+        if version == self._version:
+            return
+        try:
+            self._orgs_by_hash = _read_entries(path)
+        except ConfigError as exc:
+            # Written atomically by this package, so this is a hand edit gone wrong: keep serving.
+            log.warning("keys file not reloaded, the keys read before stay in force: %s", exc)
+        else:
+            log.info("keys file reloaded", extra={"keys": len(self._orgs_by_hash)})
+        self._version = version
 
     @classmethod
     def from_spec(cls, spec: str) -> KeyStore:
@@ -62,13 +89,39 @@ class KeyStore:
         return cls(orgs)
 
     @classmethod
-    def from_file(cls, path: Path) -> KeyStore:
-        try:
-            data = orjson.loads(path.read_bytes())
-            entries = data["keys"]
-            return cls({e["hash"]: validate_org(e["org"]) for e in entries})
-        except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ConfigError(f"keys file {path} is unreadable or malformed: {exc}") from None
+    def from_file(cls, path: Path, reload_s: float = 1.0) -> KeyStore:
+        return cls(_read_entries(path), path, reload_s)
+
+
+def _file_version(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _entries(path: Path) -> list[dict[str, Any]]:
+    try:
+        entries = orjson.loads(path.read_bytes())["keys"]
+        if not isinstance(entries, list):
+            raise TypeError("'keys' is not a list")
+        return entries
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"keys file {path} is unreadable or malformed: {exc}") from None
+
+
+def _read_entries(path: Path) -> dict[str, str]:
+    try:
+        return {e["hash"]: validate_org(e["org"]) for e in _entries(path)}
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"keys file {path} is unreadable or malformed: {exc}") from None
+
+
+def key_id(key_hash: str) -> str:
+    """How `keys list` and `keys revoke` name a key: the start of its hash (which reveals nothing
+    of the key itself)."""
+    return key_hash.removeprefix("sha256:")[:12]
 
 
 def load_key_store(config: EngineConfig) -> KeyStore:
@@ -86,11 +139,34 @@ def load_key_store(config: EngineConfig) -> KeyStore:
 def add_key(path: Path, org: str) -> str:
     """Create a key for `org`, store its hash in the keys file, and return the key (shown once)."""
     validate_org(org)
-    entries = orjson.loads(path.read_bytes())["keys"] if path.exists() else []
+    entries = _entries(path) if path.exists() else []
     key = generate_key()
     entries.append({"hash": hash_key(key), "org": org, "created_at": int(time.time() * 1000)})
-    write_atomically(path, orjson.dumps({"version": 1, "keys": entries}, option=orjson.OPT_INDENT_2))
+    _write(path, entries)
     return key
+
+
+def list_keys(path: Path) -> list[dict[str, Any]]:
+    """Every key in the file: its id, organization and creation time, never its hash."""
+    entries = _entries(path) if path.exists() else []
+    return [{"id": key_id(e["hash"]), "org": e["org"], "created_at": e.get("created_at")} for e in entries]
+
+
+def revoke_key(path: Path, id_prefix: str) -> dict[str, Any]:
+    """Remove the one key whose id starts with `id_prefix` (at least 6 characters); returns it."""
+    if len(id_prefix) < 6:
+        raise ConfigError("give at least the first 6 characters of the key id ('keys list' shows them)")
+    entries = _entries(path) if path.exists() else []
+    matching = [e for e in entries if key_id(e["hash"]).startswith(id_prefix)]
+    if len(matching) != 1:
+        found = "no key" if not matching else f"{len(matching)} keys"
+        raise ConfigError(f"{found} in {path} with an id starting {id_prefix!r}; 'keys list' shows the ids")
+    _write(path, [e for e in entries if e is not matching[0]])
+    return {"id": key_id(matching[0]["hash"]), "org": matching[0]["org"]}
+
+
+def _write(path: Path, entries: list[dict[str, Any]]) -> None:
+    write_atomically(path, orjson.dumps({"version": 1, "keys": entries}, option=orjson.OPT_INDENT_2))
 
 
 def ensure_default_key(config: EngineConfig) -> str | None:

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -42,19 +43,36 @@ def test_first_start_prints_a_default_key_once_and_a_restart_keeps_it(
         second.stop()
 
 
-def test_keys_create_adds_a_key_for_another_organization(tmp_data: Path, ray_address: str) -> None:
-    created = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "keys", "create", "--org", "acme", "--data-dir", str(tmp_data)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    key = created.stdout.strip()
+def _keys(tmp_data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "engine.cli", "keys", *args, "--data-dir", str(tmp_data)]
+    return subprocess.run(command, capture_output=True, text=True, check=True)
+
+
+def _answer_within(url: str, key: str, status: int, timeout_s: float = 5.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = httpx.get(f"{url}/sessions", headers={"Authorization": f"Bearer {key}"}).status_code
+        if got == status or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
+
+
+def test_keys_created_and_revoked_take_effect_in_a_running_server(tmp_data: Path, ray_address: str) -> None:
+    key = _keys(tmp_data, "create", "--org", "acme").stdout.strip()
     server = joined_server(tmp_data, ray_address, {})
     try:
         assert _key_printed(server.output()) is None, "a keys file exists, so no default key is made"
         auth = {"Authorization": f"Bearer {key}"}
         assert httpx.post(f"{server.url}/sessions", json={"name": "a"}, headers=auth).status_code == 201
+
+        later = _keys(tmp_data, "create", "--org", "globex").stdout.strip()
+        assert _answer_within(server.url, later, 200) == 200, "a new key works without a restart"
+        listed = _keys(tmp_data, "list").stdout
+        assert "acme" in listed and "globex" in listed and key not in listed and later not in listed
+        acme_id = next(line.split()[0] for line in listed.splitlines() if " acme " in line)
+        _keys(tmp_data, "revoke", acme_id[:8])
+        assert _answer_within(server.url, key, 401) == 401, "a revoked key is refused without a restart"
+        assert _answer_within(server.url, later, 200) == 200
     finally:
         server.stop()
 

@@ -6,7 +6,16 @@ from pathlib import Path
 import pytest
 
 from engine.config import ConfigError, load_config
-from engine.keys import KeyStore, add_key, ensure_default_key, hash_key, load_key_store
+from engine.keys import (
+    KeyStore,
+    add_key,
+    ensure_default_key,
+    hash_key,
+    key_id,
+    list_keys,
+    load_key_store,
+    revoke_key,
+)
 
 
 def test_keys_from_the_environment_map_to_their_organizations() -> None:
@@ -50,3 +59,45 @@ def test_a_corrupt_keys_file_is_a_clear_start_up_error(tmp_path: Path) -> None:
     (tmp_path / "keys.json").write_text("{not json")
     with pytest.raises(ConfigError, match="keys file"):
         load_key_store(load_config(data_dir=tmp_path))
+
+
+def test_keys_are_listed_by_id_and_organization_never_by_hash(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    key = add_key(path, "acme")
+    add_key(path, "globex")
+    listed = list_keys(path)
+    assert [entry["org"] for entry in listed] == ["acme", "globex"]
+    assert listed[0]["id"] == key_id(hash_key(key)) and len(listed[0]["id"]) == 12
+    assert all(hash_key(key) not in str(entry) and key not in str(entry) for entry in listed)
+
+
+def test_a_revoked_key_leaves_the_file_and_a_short_or_unknown_id_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    kept, gone = add_key(path, "acme"), add_key(path, "acme")
+    with pytest.raises(ConfigError, match="at least the first 6"):
+        revoke_key(path, key_id(hash_key(gone))[:5])
+    with pytest.raises(ConfigError, match="no key"):
+        revoke_key(path, "zzzzzzzz")
+    assert revoke_key(path, key_id(hash_key(gone))[:8]) == {"id": key_id(hash_key(gone)), "org": "acme"}
+    keys = KeyStore.from_file(path)
+    assert (keys.organization_for(kept), keys.organization_for(gone)) == ("acme", None)
+
+
+def test_a_store_read_from_a_file_follows_keys_created_and_revoked_after_it(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    first = add_key(path, "acme")
+    keys = KeyStore.from_file(path, reload_s=0)  # checks the file on every lookup
+    later = add_key(path, "globex")
+    assert keys.organization_for(later) == "globex"
+    revoke_key(path, key_id(hash_key(first)))
+    assert keys.organization_for(first) is None
+    path.write_text("{broken")  # a bad hand edit: the keys read before stay in force
+    assert keys.organization_for(later) == "globex"
+
+
+def test_a_store_checks_its_file_at_most_once_a_reload_interval(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    add_key(path, "acme")
+    keys = KeyStore.from_file(path, reload_s=3600)
+    later = add_key(path, "globex")
+    assert keys.organization_for(later) is None, "not read again before the interval has passed"
