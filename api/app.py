@@ -18,6 +18,7 @@ from engine.runtime.transport import MemoryTransport, ShardTransport
 from .errors import install_error_handlers
 from .http import RequestContextMiddleware
 from .outbox import MemoryRouter, ShardRouter
+from .ratelimit import RateLimiter
 from .routes import health, sessions, vectors
 
 RESOLVED_CONFIG_ENV = "SESSION_ENGINE_RESOLVED_CONFIG"
@@ -74,6 +75,7 @@ def create_app(
     )
     app.state.config = config
     app.state.keys = keys if keys is not None else load_key_store(config)
+    app.state.limiter = RateLimiter(config.limits, config.workers)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=config.limits.max_body_bytes)
     for router in (health.router, sessions.router, vectors.router):

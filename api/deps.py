@@ -28,7 +28,9 @@ class Authorized:
 async def _caller(request: Request) -> Authorized:
     state = request.app.state
     config = state.config
-    return Authorized(organization(request), state.router, state.memory, config.limits, config.memory)
+    org = organization(request)
+    state.limiter.check(org)
+    return Authorized(org, state.router, state.memory, config.limits, config.memory)
 
 
 Caller = Annotated[Authorized, Depends(_caller)]

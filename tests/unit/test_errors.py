@@ -19,6 +19,7 @@ ALL_ERRORS = [
     errors.SessionNotEnded("sess_1"),
     errors.Forbidden("managed", {"namespace": "session-memory"}),
     errors.ModelMissing("models.summarizer.path: /x is not a model directory", {"setting": "x"}),
+    errors.RateLimited(2.5, 0.4),
     errors.Unavailable("down", {"shard": 1}, "later"),
     errors.Internal("bug"),
 ]
