@@ -64,6 +64,12 @@ class NewMessage:
     tool_name: str | None = None
 
 
+# One str object per role, shared by every message: a role decoded from the log or a snapshot is
+# otherwise a string of its own, 53 bytes a message (a tenth of a recovered session's memory).
+_ROLES = {role: role for role in ("user", "assistant", "system", "tool")}
+shared_role = _ROLES.get
+
+
 class Message(NamedTuple):
     """A stored message. Its seq is its position in the session (1-based), so it is not stored.
 
@@ -176,7 +182,9 @@ class Session:
         """All-or-nothing: the caller has validated every message before this runs."""
         self.require_active()
         first_seq = len(self.messages) + 1
-        stored = [Message(m.role, m.content, now_ms, m.tool_call_id, m.tool_name) for m in new]
+        stored = [
+            Message(shared_role(m.role, m.role), m.content, now_ms, m.tool_call_id, m.tool_name) for m in new
+        ]
         self.messages.extend(stored)
         self.updated_at = now_ms
         return [m.view(first_seq + i) for i, m in enumerate(stored)]

@@ -6,6 +6,7 @@ with `jq`. Any change to these shapes bumps FORMAT_VERSION.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,7 @@ from engine.sessions.ops import (
     StartSummary,
     UpdateSession,
 )
-from engine.sessions.session import Message, NewMessage, Session, SessionStatus, SummaryStatus
+from engine.sessions.session import Message, NewMessage, Session, SessionStatus, SummaryStatus, shared_role
 
 FORMAT_VERSION = 1
 
@@ -93,7 +94,7 @@ def decode_session(e: list[Any]) -> Session:
     # Fields added after the first release follow; older snapshots simply lack them.
     error, model, covered, total, summarized_at, attempts = e[14:] or [None, None, 0, 0, None, 0]
     return Session(
-        org=org,
+        org=sys.intern(org),  # one string per organization, not per session
         id=sid,
         name=name,
         ttl_s=ttl_s,
@@ -112,5 +113,5 @@ def decode_session(e: list[Any]) -> Session:
         summary_total=total,
         summarized_at=summarized_at,
         summary_attempts=attempts,
-        messages=[Message(*m) for m in messages],
+        messages=[Message(shared_role(m[0], m[0]), *m[1:]) for m in messages],
     )

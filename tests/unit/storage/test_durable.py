@@ -227,3 +227,25 @@ def test_the_data_directory_remembers_its_shard_count(tmp_path: Path) -> None:
     claim_layout(tmp_path, 4)
     with pytest.raises(ConfigError, match="shards=4"):
         claim_layout(tmp_path, 8)
+
+
+def test_recovered_sessions_share_one_string_per_role_and_organization(tmp_path: Path) -> None:
+    # A recovered message's role and session's org would otherwise be strings of their own,
+    # a tenth of a recovered session's memory.
+    clock = ManualClock(1_000)
+    shard = open_shard(tmp_path / "shard", clock)
+    ids = [new_session_id() for _ in range(2)]
+    for sid in ids:
+        shard.apply_batch([CreateSession("".join(["ac", "me"]), sid, "s", 60, {})])
+        shard.apply_batch([session_op("say", sid, 2)])
+    shard.snapshot_now()
+    shard.apply_batch([session_op("say", ids[0], 1)])  # one append only in the log
+    shard.close(snapshot=False)
+    recovered = open_shard(tmp_path / "shard", clock)
+    try:
+        sessions = [recovered.store._sessions[("acme", sid)] for sid in ids]
+        roles = {id(m.role) for s in sessions for m in s.messages}
+        assert len(roles) == 1 and sum(len(s.messages) for s in sessions) == 5
+        assert sessions[0].org is sessions[1].org
+    finally:
+        recovered.close(snapshot=False)
