@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from engine.errors import EngineError, RateLimited
+from engine.errors import EngineError
 from engine.logs import request_id_var
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,16 @@ def error_response(
         headers["WWW-Authenticate"] = "Bearer"
     if status == 503:
         headers["Retry-After"] = "1"
+    if status == 429:
+        assert details is not None  # RateLimited always gives them
+        wait = str(max(1, math.ceil(details["retry_after_s"])))
+        limit = f"{details['limit_per_s']:g}"
+        headers |= {
+            "Retry-After": wait,
+            "X-RateLimit-Limit": limit,
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": wait,  # seconds until a request is accepted again
+        }
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
@@ -49,18 +59,7 @@ async def _engine_error(request: Request, exc: Exception) -> Response:
     status = STATUS_BY_CODE.get(exc.code, 500)
     if status >= 500:
         log.warning("request failed: %s", exc.message, extra={"code": exc.code, "path": request.url.path})
-    response = error_response(status, exc.code, exc.message, exc.details, exc.hint)
-    if isinstance(exc, RateLimited):
-        wait = str(max(1, math.ceil(exc.retry_after_s)))
-        response.headers.update(
-            {
-                "Retry-After": wait,
-                "X-RateLimit-Limit": f"{exc.limit_per_s:g}",
-                "X-RateLimit-Remaining": "0",
-                "X-RateLimit-Reset": wait,  # seconds until a request is accepted again
-            }
-        )
-    return response
+    return error_response(status, exc.code, exc.message, exc.details, exc.hint)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

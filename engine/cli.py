@@ -121,12 +121,16 @@ def _announce_key(key: str, config: EngineConfig) -> None:
     )
 
 
+def _keys_file(args: argparse.Namespace) -> Path:
+    return load_config(args.config, data_dir=args.data_dir, keys_file=args.keys_file).resolved_keys_file
+
+
 def _keys_create(args: argparse.Namespace) -> int:
-    config = load_config(args.config, data_dir=args.data_dir, keys_file=args.keys_file)
-    key = add_key(config.resolved_keys_file, args.org)
+    path = _keys_file(args)
+    key = add_key(path, args.org)
     print(key)
     print(
-        f"Created a key for organization {args.org!r}; its hash is in {config.resolved_keys_file}. "
+        f"Created a key for organization {args.org!r}; its hash is in {path}. "
         "A running server takes it within a second.",
         file=sys.stderr,
     )
@@ -134,21 +138,20 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _keys_list(args: argparse.Namespace) -> int:
-    config = load_config(args.config, data_dir=args.data_dir, keys_file=args.keys_file)
-    listed = list_keys(config.resolved_keys_file)
+    path = _keys_file(args)
+    listed = list_keys(path)
     for entry in listed:
         created = entry["created_at"]
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(created / 1000)) if created else "-"
         print(f"{entry['id']}  {entry['org']:<24}  created {when} UTC")
     if not listed:
-        print(f"no keys in {config.resolved_keys_file}", file=sys.stderr)
+        print(f"no keys in {path}", file=sys.stderr)
     return 0
 
 
 def _keys_revoke(args: argparse.Namespace) -> int:
-    config = load_config(args.config, data_dir=args.data_dir, keys_file=args.keys_file)
     try:
-        revoked = revoke_key(config.resolved_keys_file, args.id)
+        revoked = revoke_key(_keys_file(args), args.id)
     except ConfigError as exc:
         print(f"session-engine: {exc}", file=sys.stderr)
         return 1
@@ -180,14 +183,10 @@ def _parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(required=True, metavar="ACTION")
     create = keys.add_parser("create", help="create a key for an organization and print it once")
     create.add_argument("--org", required=True, help="organization the key belongs to")
-    create.add_argument("--config", type=Path)
-    create.add_argument("--data-dir", type=Path)
-    create.add_argument("--keys-file", type=Path)
-    create.set_defaults(func=_keys_create)
     listing = keys.add_parser("list", help="list the keys: id, organization, creation time")
     revoke = keys.add_parser("revoke", help="remove a key; a running server refuses it within a second")
     revoke.add_argument("id", help="the key's id from 'keys list' (its first 6 characters or more)")
-    for command, func in ((listing, _keys_list), (revoke, _keys_revoke)):
+    for command, func in ((create, _keys_create), (listing, _keys_list), (revoke, _keys_revoke)):
         command.add_argument("--config", type=Path)
         command.add_argument("--data-dir", type=Path)
         command.add_argument("--keys-file", type=Path)

@@ -133,11 +133,8 @@ class RateLimited(EngineError):
             f"this organization is over its limit of {limit_per_s:g} requests a second",
             {"limit_per_s": limit_per_s, "retry_after_s": retry_after_s},
         )
-        # Rebuilt from the details so the error survives a pickle round trip like the others.
         self.limit_per_s, self.retry_after_s = limit_per_s, retry_after_s
-
-    def __reduce__(self) -> tuple[type, tuple[float, float]]:
-        return (RateLimited, (self.limit_per_s, self.retry_after_s))
+        self.args = (limit_per_s, retry_after_s)
 
 
 class Unavailable(EngineError):

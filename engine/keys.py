@@ -101,21 +101,23 @@ def _file_version(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
-def _entries(path: Path) -> list[dict[str, Any]]:
+def _entries(path: Path, *, missing_ok: bool = False) -> list[dict[str, Any]]:
+    """The file's entries, each with a hash and a valid organization; ConfigError if it has not."""
+    if missing_ok and not path.exists():
+        return []
     try:
         entries = orjson.loads(path.read_bytes())["keys"]
-        if not isinstance(entries, list):
-            raise TypeError("'keys' is not a list")
-        return entries
+        for entry in entries:
+            if not isinstance(entry["hash"], str):
+                raise TypeError(f"key hash {entry['hash']!r} is not a string")
+            validate_org(entry["org"])
+        return list(entries)
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise ConfigError(f"keys file {path} is unreadable or malformed: {exc}") from None
 
 
 def _read_entries(path: Path) -> dict[str, str]:
-    try:
-        return {e["hash"]: validate_org(e["org"]) for e in _entries(path)}
-    except (KeyError, TypeError) as exc:
-        raise ConfigError(f"keys file {path} is unreadable or malformed: {exc}") from None
+    return {e["hash"]: e["org"] for e in _entries(path)}
 
 
 def key_id(key_hash: str) -> str:
@@ -139,7 +141,7 @@ def load_key_store(config: EngineConfig) -> KeyStore:
 def add_key(path: Path, org: str) -> str:
     """Create a key for `org`, store its hash in the keys file, and return the key (shown once)."""
     validate_org(org)
-    entries = _entries(path) if path.exists() else []
+    entries = _entries(path, missing_ok=True)
     key = generate_key()
     entries.append({"hash": hash_key(key), "org": org, "created_at": int(time.time() * 1000)})
     _write(path, entries)
@@ -148,7 +150,7 @@ def add_key(path: Path, org: str) -> str:
 
 def list_keys(path: Path) -> list[dict[str, Any]]:
     """Every key in the file: its id, organization and creation time, never its hash."""
-    entries = _entries(path) if path.exists() else []
+    entries = _entries(path, missing_ok=True)
     return [{"id": key_id(e["hash"]), "org": e["org"], "created_at": e.get("created_at")} for e in entries]
 
 
@@ -156,7 +158,7 @@ def revoke_key(path: Path, id_prefix: str) -> dict[str, Any]:
     """Remove the one key whose id starts with `id_prefix` (at least 6 characters); returns it."""
     if len(id_prefix) < 6:
         raise ConfigError("give at least the first 6 characters of the key id ('keys list' shows them)")
-    entries = _entries(path) if path.exists() else []
+    entries = _entries(path, missing_ok=True)
     matching = [e for e in entries if key_id(e["hash"]).startswith(id_prefix)]
     if len(matching) != 1:
         found = "no key" if not matching else f"{len(matching)} keys"

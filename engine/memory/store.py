@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Any
 
 import numpy as np
@@ -81,17 +82,10 @@ class MemoryStore:
         queries that follow one another are searched together, one FAISS call per namespace:
         they only read, so answering them together is the same as one after another."""
         results: list[Any] = []
-        start = 0
-        while start < len(ops):
-            end = start
-            while end < len(ops) and isinstance(ops[end], QueryVectors):
-                end += 1
-            if end - start > 1:
-                results += self._queries(ops[start:end])  # type: ignore[arg-type]
-                start = end
-            else:
-                results += apply_each(self.apply, ops[start : start + 1])
-                start += 1
+        for queries, run in groupby(ops, key=lambda op: isinstance(op, QueryVectors)):
+            ops_run = list(run)
+            together = queries and len(ops_run) > 1
+            results += self._queries(ops_run) if together else apply_each(self.apply, ops_run)  # type: ignore[arg-type]
         return results
 
     def take_journal(self) -> list[MemoryOp]:

@@ -7,6 +7,7 @@ arrival order, so nothing here locks.
 from __future__ import annotations
 
 import secrets
+import sys
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -67,7 +68,10 @@ class NewMessage:
 # One str object per role, shared by every message: a role decoded from the log or a snapshot is
 # otherwise a string of its own, 53 bytes a message (a tenth of a recovered session's memory).
 _ROLES = {role: role for role in ("user", "assistant", "system", "tool")}
-shared_role = _ROLES.get
+
+
+def shared_role(role: str) -> str:
+    return _ROLES.get(role, role)
 
 
 class Message(NamedTuple):
@@ -119,6 +123,11 @@ class Session:
     summary_attempts: int = 0
     messages: list[Message] = field(default_factory=list)
     snap_epoch: int = 0  # the last snapshot that has (or had a copy of) this session; see ShardStore
+
+    def __post_init__(self) -> None:
+        # One string per organization however the session was made (created, replayed from the
+        # log, read from a snapshot), not a copy of the name in each session.
+        self.org = sys.intern(self.org)
 
     def copy(self) -> Session:
         """A copy that later changes to this session cannot reach (messages are immutable)."""
@@ -182,9 +191,7 @@ class Session:
         """All-or-nothing: the caller has validated every message before this runs."""
         self.require_active()
         first_seq = len(self.messages) + 1
-        stored = [
-            Message(shared_role(m.role, m.role), m.content, now_ms, m.tool_call_id, m.tool_name) for m in new
-        ]
+        stored = [Message(shared_role(m.role), m.content, now_ms, m.tool_call_id, m.tool_name) for m in new]
         self.messages.extend(stored)
         self.updated_at = now_ms
         return [m.view(first_seq + i) for i, m in enumerate(stored)]

@@ -6,7 +6,6 @@ with `jq`. Any change to these shapes bumps FORMAT_VERSION.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -94,7 +93,7 @@ def decode_session(e: list[Any]) -> Session:
     # Fields added after the first release follow; older snapshots simply lack them.
     error, model, covered, total, summarized_at, attempts = e[14:] or [None, None, 0, 0, None, 0]
     return Session(
-        org=sys.intern(org),  # one string per organization, not per session
+        org=org,
         id=sid,
         name=name,
         ttl_s=ttl_s,
@@ -113,5 +112,5 @@ def decode_session(e: list[Any]) -> Session:
         summary_total=total,
         summarized_at=summarized_at,
         summary_attempts=attempts,
-        messages=[Message(shared_role(m[0], m[0]), *m[1:]) for m in messages],
+        messages=[Message(shared_role(m[0]), *m[1:]) for m in messages],
     )
