@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 import engine
 from engine.config import EngineConfig
+from engine.idempotency import MAX_KEY_CHARS
 from engine.keys import KeyStore, load_key_store
 from engine.logs import setup_logging
 from engine.runtime.transport import MemoryTransport, ShardTransport
@@ -22,6 +23,16 @@ from .ratelimit import RateLimiter
 from .routes import health, sessions, vectors
 
 RESOLVED_CONFIG_ENV = "SESSION_ENGINE_RESOLVED_CONFIG"
+# Read by api/deps.py from the headers (no parameter of its own, which would cost each request a
+# resolution), so declared in the document here.
+IDEMPOTENCY_KEY_PARAMETER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Retries with the same key get the first answer and apply nothing again (24 h).",
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS},
+}
+BEARER = "bearer"  # the security scheme's name in the OpenAPI document
 
 
 def _ray_transport(config: EngineConfig) -> ShardTransport:
@@ -76,6 +87,7 @@ def create_app(
     app.state.config = config
     app.state.keys = keys if keys is not None else load_key_store(config)
     app.state.limiter = RateLimiter(config.limits, config.workers)
+    app.state.org_limits = {org: config.limits.for_org(org) for org in config.limits.orgs}
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=config.limits.max_body_bytes)
     for router in (health.router, sessions.router, vectors.router):
@@ -83,7 +95,25 @@ def create_app(
         # through a wrapper that re-walks its routes on every request (a tenth of the gateway's
         # time under load). The routes already carry the router's prefix, tags and responses.
         app.router.routes.extend(router.routes)
+    _declare_bearer_auth(app)
     return app
+
+
+def _declare_bearer_auth(app: FastAPI) -> None:
+    """Says in the OpenAPI document that every operation that can answer 401 (each route of
+    api/http.py's json_router) takes `Authorization: Bearer <key>`, so /docs can send a key. The
+    key is checked by api/deps.py, not by a FastAPI security dependency, which would cost a
+    dependency resolution on every request. (Builds the document now instead of on first use.)"""
+    document = app.openapi()
+    document.setdefault("components", {})["securitySchemes"] = {
+        BEARER: {"type": "http", "scheme": "bearer", "description": "An API key of your organization."}
+    }
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if "401" in operation["responses"]:
+                operation["security"] = [{BEARER: []}]
+            if method in ("post", "put", "patch", "delete") and path != "/vectors/query":
+                operation.setdefault("parameters", []).append(IDEMPOTENCY_KEY_PARAMETER)
 
 
 def app_from_env() -> FastAPI:

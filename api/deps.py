@@ -6,13 +6,15 @@ dependency in its thread pool, a thread hop per request."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from engine.config import LimitsConfig, MemoryConfig
+from engine.idempotency import Idempotent
 
 from .auth import organization
+from .idempotency import fingerprint, idempotency_key
 from .outbox import MemoryRouter, ShardRouter
 
 
@@ -21,8 +23,16 @@ class Authorized:
     org: str
     shards: ShardRouter
     memory: MemoryRouter
-    limits: LimitsConfig
+    limits: LimitsConfig  # this organization's (limits.orgs applied)
     memory_limits: MemoryConfig
+    idempotency_key: str | None
+    request: Request
+
+    async def once(self, op: Any) -> Any:
+        """The op to send for a write: as is, or under the request's Idempotency-Key."""
+        if self.idempotency_key is None:
+            return op
+        return Idempotent(self.idempotency_key, await fingerprint(self.request), op)
 
 
 async def _caller(request: Request) -> Authorized:
@@ -30,7 +40,10 @@ async def _caller(request: Request) -> Authorized:
     config = state.config
     org = organization(request)
     state.limiter.check(org)
-    return Authorized(org, state.router, state.memory, config.limits, config.memory)
+    limits = state.org_limits.get(org, config.limits)
+    return Authorized(
+        org, state.router, state.memory, limits, config.memory, idempotency_key(request), request
+    )
 
 
 Caller = Annotated[Authorized, Depends(_caller)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from typing import Any
@@ -11,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match, Route
 
 from engine.errors import EngineError
 from engine.logs import request_id_var
@@ -51,7 +53,16 @@ def error_response(
             "X-RateLimit-Remaining": "0",
             "X-RateLimit-Reset": wait,  # seconds until a request is accepted again
         }
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+    return Response(_dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        # orjson refuses integers over 64 bits, and details can echo one back from the request
+        # (an If-Match of 30 digits): the client still gets its error, not a 500.
+        return json.dumps(body, default=str).encode()
 
 
 async def _engine_error(request: Request, exc: Exception) -> Response:
@@ -118,16 +129,28 @@ async def _http_error(request: Request, exc: Exception) -> Response:
             404, "NOT_FOUND", f"no route {request.url.path}", {}, "See /docs for the routes."
         )
     if exc.status_code == 405:
-        allowed = dict(exc.headers or {}).get("Allow", "")
-        return error_response(
+        allowed = ", ".join(_allowed_methods(request))
+        response = error_response(
             405,
             "VALIDATION_ERROR",
             f"method {request.method} is not allowed on {request.url.path}",
             {"allowed": allowed},
             f"Use one of: {allowed}." if allowed else "See /docs for the routes.",
         )
+        response.headers["Allow"] = allowed  # RFC 9110 requires it on a 405
+        return response
     code = "VALIDATION_ERROR" if exc.status_code < 500 else "INTERNAL"
     return error_response(exc.status_code, code, str(exc.detail), {}, "")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at this path. Starlette's 405 names only the first route that
+    matches the path, and /sessions/{id} is three routes (GET, PATCH, DELETE)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

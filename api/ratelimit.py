@@ -21,7 +21,7 @@ class RateLimiter:
         self, limits: LimitsConfig, workers: int, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._default = limits.requests_per_second
-        self._per_org = dict(limits.org_requests_per_second)
+        self._per_org = {org: limits.for_org(org).requests_per_second for org in limits.orgs}
         self._burst_s = limits.burst_s
         self._workers = max(1, workers)
         self._clock = clock
@@ -29,7 +29,7 @@ class RateLimiter:
 
     @property
     def enabled(self) -> bool:
-        return self._default is not None or bool(self._per_org)
+        return self._default is not None or any(rate is not None for rate in self._per_org.values())
 
     def check(self, org: str) -> None:
         """Take one request from the organization's bucket, or raise RateLimited."""

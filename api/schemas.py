@@ -21,6 +21,12 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class _Response(BaseModel):
+    # Documented as `additionalProperties: false`: the gateway sends no key the document leaves out
+    # (tests/integration/test_schema_fuzz.py holds it to that).
+    model_config = ConfigDict(extra="forbid")
+
+
 def _non_blank(value: str | None) -> str | None:
     if value is not None and not value.strip():
         raise ValueError("must not be empty or only whitespace")
@@ -86,7 +92,7 @@ class UpdateSessionIn(_Request):
         return self
 
 
-class MessageOut(BaseModel):
+class MessageOut(_Response):
     seq: int = Field(description="Position in the session, from 1, gap-free.")
     role: Role
     content: str
@@ -95,14 +101,14 @@ class MessageOut(BaseModel):
     tool_name: str | None = None
 
 
-class SummaryProvenanceOut(BaseModel):
+class SummaryProvenanceOut(_Response):
     model: str
     messages_covered: int = Field(description="Messages the summary was made from (long sessions are cut).")
     messages_total: int
     created_at: int | None
 
 
-class SessionOut(BaseModel):
+class SessionOut(_Response):
     id: str = Field(examples=["sess_3f9c2a7e0b1d4c5a8e6f7a9b0c1d2e3f"])
     name: str
     status: Status
@@ -127,11 +133,11 @@ class SessionWithMessagesOut(SessionOut):
     messages: list[MessageOut]
 
 
-class MessageBatchOut(BaseModel):
+class MessageBatchOut(_Response):
     messages: list[MessageOut]
 
 
-class SessionListOut(BaseModel):
+class SessionListOut(_Response):
     sessions: list[SessionOut]
     count: int
     next_cursor: str | None = Field(
@@ -195,35 +201,73 @@ class DeleteIn(_Request):
     ids: list[str] = Field(min_length=1)
 
 
-class UpsertOut(BaseModel):
+class UpsertOut(_Response):
     namespace: str
     upserted: int
 
 
-class MatchOut(BaseModel):
+class MatchOut(_Response):
     id: str
     score: float = Field(description="Cosine similarity, -1 to 1.")
     metadata: dict[str, Any]
 
 
-class QueryOut(BaseModel):
+class QueryOut(_Response):
     namespace: str
     matches: list[MatchOut]
     count: int
 
 
-class DeleteOut(BaseModel):
+class DeleteOut(_Response):
     namespace: str
     deleted: int
 
 
-class ErrorOut(BaseModel):
-    error: str
-    code: str
-    details: dict[str, Any]
-    hint: str
+ErrorCode = Literal[
+    "AUTH_REQUIRED",
+    "AUTH_INVALID",
+    "FORBIDDEN",
+    "NOT_FOUND",
+    "CONFLICT",
+    "PRECONDITION_FAILED",
+    "PAYLOAD_TOO_LARGE",
+    "VALIDATION_ERROR",
+    "RATE_LIMITED",
+    "UNAVAILABLE",
+    "INTERNAL",
+]
+
+
+class ErrorOut(_Response):
+    error: str = Field(description="What went wrong.")
+    code: ErrorCode = Field(description="Stable, for programs; the HTTP status follows from it.")
+    details: dict[str, Any] = Field(description="The field and limit involved, when there is one.")
+    hint: str = Field(description="What to do about it.")
+
+
+_HEADERS = {
+    "WWW-Authenticate": {"description": "`Bearer`.", "schema": {"type": "string"}},
+    "Retry-After": {"description": "Seconds to wait before trying again.", "schema": {"type": "integer"}},
+}
+
+
+def _error(description: str, *headers: str) -> dict[str, Any]:
+    response: dict[str, Any] = {"model": ErrorOut, "description": description}
+    if headers:
+        response["headers"] = {name: {**_HEADERS[name], "required": True} for name in headers}
+    return response
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 412, 413, 422, 503)
+    400: _error("The body is not JSON."),
+    401: _error("No API key, or an unknown one.", "WWW-Authenticate"),
+    403: _error("Not allowed with any key, such as writing the engine's own namespace."),
+    404: _error("No such session in this organization (or a malformed id)."),
+    409: _error("The session is not active (details.status), or a quota or key conflicts."),
+    412: _error("If-Match is not the current context version (details.current_version)."),
+    413: _error("A body, context, message or vector over its configured limit."),
+    422: _error("A field is missing, unknown, of the wrong type or out of range (details.errors)."),
+    429: _error("Over the organization's rate limit.", "Retry-After"),
+    503: _error("A shard is down or did not answer in time.", "Retry-After"),
 }
+"""Every error a JSON route can answer, declared once on the router (api/http.py: json_router)."""

@@ -24,8 +24,21 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class OrgLimits(_Section):
+    """What one organization gets instead of the defaults in `limits`; unset fields keep them."""
+
+    requests_per_second: float | None = Field(None, gt=0)
+    max_active_sessions: int | None = Field(None, ge=1)
+    max_messages_per_session: int | None = Field(None, ge=1)
+    max_vectors_per_namespace: int | None = Field(None, ge=1)
+    max_message_bytes: int | None = Field(None, ge=1)
+    max_context_bytes: int | None = Field(None, ge=2)
+    retention_days: float | None = Field(None, gt=0)
+
+
 class LimitsConfig(_Section):
-    """Bounds on what one request may carry; each violation is a clear 4xx."""
+    """Bounds on what one request may carry, and quotas per organization; each violation is a
+    clear 4xx. `orgs` gives named organizations their own values."""
 
     max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
     max_context_bytes: int = Field(64 * 1024, ge=2)
@@ -36,11 +49,18 @@ class LimitsConfig(_Section):
     max_ttl_s: int = Field(30 * 24 * 3600, ge=1)
     default_list_limit: int = Field(50, ge=1)
     max_list_limit: int = Field(1000, ge=1)
-    # Requests per second each organization may make (429 RATE_LIMITED above it); None: no
-    # limit. org_requests_per_second sets it for named organizations (with or without a default).
+    # Requests per second each organization may make (429 RATE_LIMITED above it); None: no limit.
     requests_per_second: float | None = Field(None, gt=0)
-    org_requests_per_second: dict[str, float] = Field(default_factory=dict)
     burst_s: float = Field(1.0, gt=0)  # a quiet organization may then send this many seconds' worth at once
+    # Quotas (409 CONFLICT with details.quota past them); None: none.
+    max_active_sessions: int | None = Field(None, ge=1)
+    max_messages_per_session: int | None = Field(None, ge=1)
+    max_vectors_per_namespace: int | None = Field(None, ge=1)
+    # Retention: ended (closed, completed, expired) sessions and their summary vectors are purged
+    # this many days after they ended, by the shards, checked every retention_check_s; None: kept.
+    retention_days: float | None = Field(None, gt=0)
+    retention_check_s: float = Field(60.0, gt=0)
+    orgs: dict[str, OrgLimits] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _defaults_within_maxima(self) -> LimitsConfig:
@@ -48,9 +68,14 @@ class LimitsConfig(_Section):
             raise ValueError("limits.default_ttl_s must not exceed limits.max_ttl_s")
         if self.default_list_limit > self.max_list_limit:
             raise ValueError("limits.default_list_limit must not exceed limits.max_list_limit")
-        if any(rate <= 0 for rate in self.org_requests_per_second.values()):
-            raise ValueError("limits.org_requests_per_second: every rate must be above 0")
         return self
+
+    def for_org(self, org: str) -> LimitsConfig:
+        """The limits this organization gets: the defaults, with its `orgs` entry over them."""
+        override = self.orgs.get(org)
+        if override is None:
+            return self
+        return self.model_copy(update=override.model_dump(exclude_unset=True))
 
 
 class OutboxConfig(_Section):
@@ -72,6 +97,11 @@ class DurabilityConfig(_Section):
     snapshot_log_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     snapshot_chunk_sessions: int = Field(500, ge=1)  # sessions serialized per event-loop turn
     snapshot_chunk_messages: int = Field(5000, ge=1)  # and their messages, so long sessions split it
+    # Idempotency-Key records, kept by each shard with the state they protect (and in its log and
+    # snapshots): a retry within the retention gets the first answer. Beyond max_records per shard
+    # the oldest go first.
+    idempotency_retention_s: float = Field(24 * 3600.0, gt=0)
+    idempotency_max_records: int = Field(1_000_000, ge=1)
 
 
 class RayConfig(_Section):

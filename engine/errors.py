@@ -112,6 +112,36 @@ class VersionMismatch(EngineError):
         self.args = (session_id, expected, current)
 
 
+class IdempotencyConflict(EngineError):
+    code = "CONFLICT"
+
+    def __init__(self, key: str) -> None:
+        EngineError.__init__(
+            self,
+            "this Idempotency-Key was already used for a different request",
+            {"idempotency_key": key},
+            "An Idempotency-Key names one request: retry with the same method, path and body, or "
+            "use a new key for a new request.",
+        )
+        self.args = (key,)
+
+
+class QuotaExceeded(EngineError):
+    """A per-organization quota (limits.*) would be passed. 409: waiting does not help, changing
+    what the organization holds does."""
+
+    code = "CONFLICT"
+
+    def __init__(self, quota: str, limit: int, hint: str) -> None:
+        EngineError.__init__(
+            self,
+            f"quota {quota} is {limit}; this request would pass it",
+            {"quota": quota, "limit": limit},
+            hint,
+        )
+        self.args = (quota, limit, hint)
+
+
 class Forbidden(EngineError):
     code = "FORBIDDEN"
     hint = "This resource is managed by the engine; use another one."

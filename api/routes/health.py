@@ -14,6 +14,7 @@ from engine.sessions.ops import Ping
 
 from ..errors import error_response
 from ..http import json_response
+from ..schemas import ErrorOut
 
 router = APIRouter(tags=["health"])
 READY_TIMEOUT_S = 5.0
@@ -24,7 +25,11 @@ async def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
-@router.get("/readyz", summary="Every shard answers and the models are loaded")
+@router.get(
+    "/readyz",
+    summary="Every shard answers and the models are loaded",
+    responses={503: {"model": ErrorOut, "description": "A shard or a model is not ready."}},
+)
 async def readyz(request: Request) -> Response:
     async def check() -> tuple[list[Any], list[Any], dict[str, Any]]:
         memory = request.app.state.memory

@@ -9,6 +9,7 @@ from fastapi import Body, Header, Path, Query
 from starlette.responses import Response
 
 from engine.errors import SessionNotFound, ValidationFailed
+from engine.idempotency import Replayed
 from engine.memory.store import SESSION_MEMORY, DeleteVectors
 from engine.sessions.ops import (
     AppendMessages,
@@ -21,11 +22,12 @@ from engine.sessions.ops import (
     RequestSummary,
     UpdateSession,
 )
-from engine.sessions.session import SessionStatus, is_session_id, new_session_id
+from engine.sessions.session import SessionStatus, is_session_id, new_session_id, session_id_for_key
 
 from ..cursor import decode_cursor, encode_cursor
-from ..deps import Caller
+from ..deps import Authorized, Caller
 from ..http import json_response, json_router
+from ..idempotency import REPLAYED_HEADERS
 from ..limits import check_context, check_messages, check_name, check_ttl
 from ..schemas import (
     AppendMessagesIn,
@@ -51,6 +53,15 @@ def _session_id(session_id: str) -> str:
     return session_id
 
 
+async def _write(caller: Authorized, session_id: str, op: Any) -> tuple[Any, dict[str, str]]:
+    """Send a write to the session's shard (under the request's Idempotency-Key, if it has one);
+    its result, and the headers that say when it is the answer of an earlier run."""
+    result = await caller.shards.submit(caller.org, session_id, await caller.once(op))
+    if isinstance(result, Replayed):
+        return result.value, REPLAYED_HEADERS
+    return result, {}
+
+
 def _etag(view: dict[str, Any]) -> dict[str, str]:
     return {"ETag": f'"{view["version"]}"'}
 
@@ -59,7 +70,7 @@ def _parse_if_match(value: str | None) -> int | None:
     if value is None or value.strip() == "*":
         return None
     text = value.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:  # "²" is a digit to isdigit
         raise ValidationFailed(
             "If-Match must be a context version number",
             {"field": "If-Match"},
@@ -70,16 +81,23 @@ def _parse_if_match(value: str | None) -> int | None:
 
 @router.post("", status_code=201, response_model=SessionOut, summary="Create a session")
 async def create_session(body: CreateSessionIn, caller: Caller) -> Response:
-    session_id = new_session_id()
+    key = caller.idempotency_key
+    session_id = new_session_id() if key is None else session_id_for_key(caller.org, key)
     op = CreateSession(
         org=caller.org,
         session_id=session_id,
         name=check_name(body.name, caller.limits),
         ttl_s=check_ttl(body.ttl_seconds or caller.limits.default_ttl_s, caller.limits),
         context=check_context(body.context or {}, caller.limits),
+        max_active=_shard_share(caller.limits.max_active_sessions, caller.shards.shards),
     )
-    view = await caller.shards.submit(caller.org, session_id, op)
-    return json_response(view, 201, {"Location": f"/sessions/{session_id}", **_etag(view)})
+    view, headers = await _write(caller, session_id, op)
+    return json_response(view, 201, {"Location": f"/sessions/{session_id}", **_etag(view), **headers})
+
+
+def _shard_share(quota: int | None, shards: int) -> int | None:
+    # An organization's sessions are spread over the shards by id; each holds it to its share.
+    return None if quota is None else -(-quota // shards)
 
 
 @router.post(
@@ -91,8 +109,9 @@ async def create_session(body: CreateSessionIn, caller: Caller) -> Response:
 async def append_messages(session_id: SessionId, body: AppendMessagesIn, caller: Caller) -> Response:
     sid = _session_id(session_id)
     messages = check_messages(body.as_messages(), caller.limits)
-    stored = await caller.shards.submit(caller.org, sid, AppendMessages(caller.org, sid, messages))
-    return json_response({"messages": stored} if body.messages is not None else stored[0], 201)
+    op = AppendMessages(caller.org, sid, messages, caller.limits.max_messages_per_session)
+    stored, headers = await _write(caller, sid, op)
+    return json_response({"messages": stored} if body.messages is not None else stored[0], 201, headers)
 
 
 @router.get("/{session_id}", response_model=SessionWithMessagesOut, summary="Get a session and its messages")
@@ -120,8 +139,8 @@ async def replace_context(
 ) -> Response:
     sid = _session_id(session_id)
     op = ReplaceContext(caller.org, sid, check_context(context, caller.limits), _parse_if_match(if_match))
-    view = await caller.shards.submit(caller.org, sid, op)
-    return json_response(view, headers=_etag(view))
+    view, headers = await _write(caller, sid, op)
+    return json_response(view, headers={**_etag(view), **headers})
 
 
 @router.patch("/{session_id}", response_model=SessionOut, summary="Rename or extend the TTL")
@@ -133,7 +152,8 @@ async def update_session(session_id: SessionId, body: UpdateSessionIn, caller: C
         name=check_name(body.name, caller.limits) if body.name is not None else None,
         ttl_s=check_ttl(body.ttl_seconds, caller.limits) if body.ttl_seconds is not None else None,
     )
-    return json_response(await caller.shards.submit(caller.org, sid, op))
+    view, headers = await _write(caller, sid, op)
+    return json_response(view, headers=headers)
 
 
 @router.get("", response_model=SessionListOut, summary="List this organization's sessions, newest first")
@@ -176,8 +196,8 @@ async def delete_session(session_id: SessionId, caller: Caller) -> Response:
     # The vector first: if the session delete then fails, a retry finds the session and finishes.
     # A summary still being made when the session goes deletes its own vector (see SummaryRunner).
     await caller.memory.submit(caller.org, DeleteVectors(caller.org, SESSION_MEMORY, (sid,)))
-    await caller.shards.submit(caller.org, sid, DeleteSession(caller.org, sid))
-    return Response(status_code=204)
+    _, headers = await _write(caller, sid, DeleteSession(caller.org, sid))
+    return Response(status_code=204, headers=headers)
 
 
 @router.post(
@@ -188,20 +208,19 @@ async def delete_session(session_id: SessionId, caller: Caller) -> Response:
 )
 async def summarize_session(session_id: SessionId, caller: Caller) -> Response:
     sid = _session_id(session_id)
-    return json_response(await caller.shards.submit(caller.org, sid, RequestSummary(caller.org, sid)), 202)
+    view, headers = await _write(caller, sid, RequestSummary(caller.org, sid))
+    return json_response(view, 202, headers)
 
 
 @router.post("/{session_id}/close", response_model=SessionOut, summary="Close; a summary follows")
 async def close_session(session_id: SessionId, caller: Caller) -> Response:
     sid = _session_id(session_id)
-    return json_response(
-        await caller.shards.submit(caller.org, sid, EndSession(caller.org, sid, SessionStatus.CLOSED))
-    )
+    view, headers = await _write(caller, sid, EndSession(caller.org, sid, SessionStatus.CLOSED))
+    return json_response(view, headers=headers)
 
 
 @router.post("/{session_id}/complete", response_model=SessionOut, summary="Complete; no summary")
 async def complete_session(session_id: SessionId, caller: Caller) -> Response:
     sid = _session_id(session_id)
-    return json_response(
-        await caller.shards.submit(caller.org, sid, EndSession(caller.org, sid, SessionStatus.COMPLETED))
-    )
+    view, headers = await _write(caller, sid, EndSession(caller.org, sid, SessionStatus.COMPLETED))
+    return json_response(view, headers=headers)

@@ -2,8 +2,10 @@
 batch returns, with snapshots of whole FAISS indexes.
 
 The log is the session shards' (engine.storage.wal): framed, checksummed records, group commit,
-the same fsync policies, a torn tail cut off at recovery. A record's ops carry vectors as base64
-float32, so replay rebuilds exactly the vectors that were acknowledged.
+the same fsync policies, a torn tail cut off at recovery, and the same answer to a log that cannot
+be written: rebuild from the files, refuse changes and answer queries until the disk is back. A
+record's ops carry vectors as base64 float32, so replay rebuilds exactly the vectors that were
+acknowledged.
 
 A snapshot file `memory-<lsn>.snap` holds every namespace as its id/metadata header plus the
 FAISS index bytes (`faiss.serialize_index`), split over frames of at most 256 MiB. The indexes
@@ -27,24 +29,29 @@ import orjson
 
 from engine.clock import Clock, SystemClock
 from engine.config import DurabilityConfig
+from engine.errors import Unavailable
+from engine.idempotency import IdempotencyRecords, Idempotent
 from engine.storage.frames import CorruptFile, frame, read_frames
 from engine.storage.lock import DirectoryLock, fsync_directory
 from engine.storage.snapshot import snapshot_path, snapshots
-from engine.storage.wal import WriteAheadLog, encode_record, read_log
+from engine.storage.wal import LogWriteFailed, WriteAheadLog, encode_record, read_log, unwritable_log
 
 from .index import IndexParams, NamespaceIndex
-from .store import DeleteVectors, MemoryOp, MemoryStore, UpsertVectors
+from .store import DeleteVectors, MemoryOp, MemoryStats, MemoryStore, QueryVectors, UpsertVectors
 
 log = logging.getLogger(__name__)
 
 MEMORY_SNAPSHOT_MAGIC = b"SEMEM01\n"
 MEMORY_FORMAT_VERSION = 1
 SNAPSHOT_PREFIX = "memory-"
+READ_OPS = (QueryVectors, MemoryStats)  # what a read-only memory shard still answers
 _PART_BYTES = 256 * 1024 * 1024
 
 
-def encode_memory_op(op: MemoryOp) -> list[Any]:
+def encode_memory_op(op: MemoryOp | Idempotent) -> list[Any]:
     match op:
+        case Idempotent(key, fingerprint, inner):
+            return ["once", key, fingerprint, encode_memory_op(inner)]
         case UpsertVectors(org, namespace, ids, vectors, metadata):
             raw = np.ascontiguousarray(vectors, dtype="<f4")
             return [
@@ -61,7 +68,10 @@ def encode_memory_op(op: MemoryOp) -> list[Any]:
     raise TypeError(f"{type(op).__name__} is not a logged op")
 
 
-def decode_memory_op(encoded: list[Any]) -> MemoryOp:
+def decode_memory_op(encoded: list[Any]) -> MemoryOp | Idempotent:
+    if encoded[0] == "once":
+        _, key, fingerprint, inner = encoded
+        return Idempotent(key, fingerprint, decode_memory_op(inner))
     tag, org, namespace, ids, *rest = encoded
     if tag == "upsert":
         dimension, data, metadata = rest
@@ -105,25 +115,92 @@ class DurableMemory:
         self._clock = clock or SystemClock()
         self._lock = DirectoryLock(directory, lock_wait_s)
         try:
-            self.store, self.lsn, self.recovery = recover_memory(directory, params)
+            self.store, self.lsn, self.recovery = recover_memory(
+                directory, params, records=IdempotencyRecords.from_config(config)
+            )
             self._wal = WriteAheadLog(directory, self.lsn + 1)
         except BaseException:
             self._lock.release()
             raise
         self._snapshot_lsn = self.recovery.snapshot_lsn
         self._last_snapshot_s = time.monotonic()
+        self._params = params
+        self._refusal: Unavailable | None = None  # set while the log cannot be written
 
-    def apply_batch(self, ops: Sequence[MemoryOp]) -> list[Any]:
-        results = self.store.apply_batch(ops)
+    def apply_batch(self, ops: Sequence[MemoryOp | Idempotent]) -> list[Any]:
+        """One result per op; while the log cannot be written, changes are refused with Unavailable
+        and queries answered (see DurableShard.apply_batch, which this mirrors)."""
+        if self._refusal is not None:
+            return self._apply_reads(ops, self._refusal)
+        now_ms = self._clock.now_ms()
+        results = self.store.apply_batch(ops, now_ms)
         journal = self.store.take_journal()
         if journal:
             encoded = [encode_memory_op(op) for op in journal]
-            self._wal.commit(encode_record(self.lsn + 1, self._clock.now_ms(), encoded), self._config.fsync)
+            try:
+                self._wal.commit(encode_record(self.lsn + 1, now_ms, encoded), self._config.fsync)
+            except LogWriteFailed as exc:
+                return [self._go_read_only(exc)] * len(ops)
             self.lsn += 1
         return results
 
     def sync(self) -> None:
-        self._wal.sync_pending()
+        if self._refusal is not None:
+            return
+        try:
+            self._wal.sync_pending()
+        except LogWriteFailed as exc:
+            self._go_read_only(exc)
+
+    @property
+    def read_only(self) -> bool:
+        return self._refusal is not None
+
+    def resume_writes(self) -> bool:
+        """While read-only: try the disk again with an empty log record; True once it took it."""
+        if self._refusal is None:
+            return True
+        try:
+            self._wal.reopen()
+            self._wal.commit(encode_record(self.lsn + 1, self._clock.now_ms(), []), "always")
+        except (OSError, LogWriteFailed):
+            return False
+        self.lsn += 1
+        self._refusal = None
+        log.warning("the log is writable again; taking changes", extra={"directory": str(self.directory)})
+        return True
+
+    def _apply_reads(self, ops: Sequence[MemoryOp | Idempotent], refusal: Unavailable) -> list[Any]:
+        results: list[Any] = [refusal] * len(ops)
+        reads = [i for i, op in enumerate(ops) if isinstance(op, READ_OPS)]
+        if reads:
+            for i, answer in zip(reads, self.store.apply_batch([ops[i] for i in reads]), strict=True):
+                results[i] = answer
+        return results
+
+    def _go_read_only(self, failure: LogWriteFailed) -> Unavailable:
+        """Rebuild from the files up to the last acknowledged record, changing nothing on disk, and
+        refuse changes from now on."""
+        log.error(
+            "cannot write the log; rebuilding from disk and taking no changes until it can",
+            extra={"directory": str(self.directory), "error": str(failure)},
+        )
+        self._refusal = unwritable_log(self.directory, failure)
+        self.store = MemoryStore(self._params)  # let the old indexes go first
+        try:
+            self.store, lsn, _ = recover_memory(
+                self.directory, self._params, self.lsn, IdempotencyRecords.from_config(self._config)
+            )
+        except (OSError, CorruptFile) as exc:
+            raise LogWriteFailed(
+                f"cannot rebuild {self.directory} after a failed write: {exc}", str(exc)
+            ) from exc
+        if lsn != self.lsn:
+            raise LogWriteFailed(
+                f"{self.directory}: the log holds records up to {lsn} but {self.lsn} were written",
+                "lost records",
+            )
+        return self._refusal
 
     def snapshot_due(self) -> bool:
         if self.lsn == self._snapshot_lsn:
@@ -141,10 +218,11 @@ class DurableMemory:
         lsn = self.lsn
         self._wal.rotate(lsn + 1)
         parts = [(org, namespace, *index.to_parts()) for (org, namespace), index in self.store.namespaces()]
+        records = IdempotencyRecords.encode(self.store.idempotency.frozen())
         pause_ms = (time.perf_counter() - started) * 1000
 
         def write() -> MemorySnapshotResult:
-            size = _write_snapshot(self.directory, lsn, self._clock.now_ms(), parts)
+            size = _write_snapshot(self.directory, lsn, self._clock.now_ms(), parts, records)
             return MemorySnapshotResult(lsn, len(parts), size, time.perf_counter() - started, pause_ms)
 
         return write
@@ -164,7 +242,7 @@ class DurableMemory:
 
     def close(self, *, snapshot: bool = True) -> None:
         try:
-            if snapshot and self.lsn != self._snapshot_lsn:
+            if snapshot and self.lsn != self._snapshot_lsn and self._refusal is None:
                 self.snapshot_now()
             self._wal.close()
         finally:
@@ -172,7 +250,11 @@ class DurableMemory:
 
 
 def _write_snapshot(
-    directory: Path, lsn: int, now_ms: int, parts: list[tuple[str, str, dict[str, Any], bytes]]
+    directory: Path,
+    lsn: int,
+    now_ms: int,
+    parts: list[tuple[str, str, dict[str, Any], bytes]],
+    records: list[list[Any]],
 ) -> int:
     path = snapshot_path(directory, lsn, SNAPSHOT_PREFIX)
     tmp = path.with_name(path.name + ".tmp")
@@ -185,6 +267,8 @@ def _write_snapshot(
             f.write(frame(orjson.dumps(meta)))
             for piece in pieces:
                 f.write(frame(piece))
+        if records:
+            f.write(frame(orjson.dumps({"idempotency": records})))
         f.write(frame(orjson.dumps({"end": True, "namespaces": len(parts)})))
         f.flush()
         os.fsync(f.fileno())
@@ -204,6 +288,9 @@ def _read_snapshot(path: Path, store: MemoryStore) -> int:
         raise CorruptFile(path, first[0], f"memory snapshot format {header.get('format')} is not supported")
     for offset, payload in frames:
         meta = orjson.loads(payload)
+        if "idempotency" in meta:
+            store.idempotency.load(meta["idempotency"])
+            continue
         if meta.get("end"):
             if meta.get("namespaces") != sum(1 for _ in store.namespaces()):
                 raise CorruptFile(path, offset, "snapshot trailer does not match its contents")
@@ -220,24 +307,33 @@ def _read_snapshot(path: Path, store: MemoryStore) -> int:
     raise CorruptFile(path, path.stat().st_size, "snapshot ends without its trailer")
 
 
-def recover_memory(directory: Path, params: IndexParams) -> tuple[MemoryStore, int, MemoryRecovery]:
-    """Latest snapshot, then every log record after it."""
+def recover_memory(
+    directory: Path,
+    params: IndexParams,
+    until_lsn: int | None = None,
+    records: IdempotencyRecords | None = None,
+) -> tuple[MemoryStore, int, MemoryRecovery]:
+    """Latest snapshot, then every log record after it. `until_lsn`: a running shard rebuilding
+    itself after a failed log write; it reads no further and changes nothing on disk (see read_log)."""
     started = time.perf_counter()
-    for leftover in directory.glob("*.tmp"):
+    for leftover in directory.glob("*.tmp") if until_lsn is None else ():
         leftover.unlink()
-    store, lsn = MemoryStore(params), 0
+    store, lsn = MemoryStore(params, records), 0
     found = snapshots(directory, SNAPSHOT_PREFIX)
     if found:
         lsn = _read_snapshot(found[-1][1], store)
     snapshot_lsn, replayed = lsn, 0
-    for record in read_log(directory, after_lsn=lsn):
+    store.replaying = True
+    for record in read_log(directory, after_lsn=lsn, until_lsn=until_lsn):
         if record.lsn != lsn + 1:
             raise CorruptFile(directory, 0, f"log resumes at record {record.lsn}, but state ends at {lsn}")
-        for result in store.apply_batch([decode_memory_op(encoded) for encoded in record.ops]):
+        ops = [decode_memory_op(encoded) for encoded in record.ops]
+        for result in store.apply_batch(ops, record.now_ms):
             if isinstance(result, Exception):
                 raise CorruptFile(directory, 0, f"record {record.lsn} does not replay: {result}")
         lsn = record.lsn
         replayed += 1
+    store.replaying = False
     store.take_journal()
     recovery = MemoryRecovery(
         snapshot_lsn, replayed, sum(1 for _ in store.namespaces()), len(store), time.perf_counter() - started

@@ -81,6 +81,9 @@ class NamespaceIndex:
     def __len__(self) -> int:
         return len(self._records)
 
+    def has(self, external_id: str) -> bool:
+        return external_id in self._internal
+
     @property
     def kind(self) -> str:
         return "hnsw" if self._hnsw else "flat"

@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import ValidationFailed, apply_each
+from engine.clock import Clock, SystemClock
+from engine.errors import QuotaExceeded, ValidationFailed, apply_each
+from engine.idempotency import IdempotencyRecords, Idempotent, Replayed
 
 from .index import IndexParams, Match, NamespaceIndex, Scalar
 
@@ -32,6 +34,8 @@ class UpsertVectors:
     ids: tuple[str, ...]
     vectors: np.ndarray = field(compare=False)
     metadata: tuple[dict[str, Any], ...]
+    # Quota checked when the op first runs; not logged, so replay never refuses what was accepted.
+    max_vectors: int | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -59,11 +63,19 @@ MemoryOp = UpsertVectors | DeleteVectors | QueryVectors | MemoryStats
 MUTATING_MEMORY_OPS = (UpsertVectors, DeleteVectors)
 
 
+ORG_SCOPE = ""  # idempotency keys of vector writes are scoped to the organization
+
+
 class MemoryStore:
-    def __init__(self, params: IndexParams) -> None:
+    def __init__(
+        self, params: IndexParams, idempotency: IdempotencyRecords | None = None, clock: Clock | None = None
+    ) -> None:
         self.params = params
+        self.idempotency = idempotency if idempotency is not None else IdempotencyRecords()
+        self.replaying = False  # set while the log is replayed: logged ops are applied as they were
+        self._clock = clock or SystemClock()
         self._namespaces: dict[tuple[str, str], NamespaceIndex] = {}
-        self.journal: list[MemoryOp] = []
+        self.journal: list[MemoryOp | Idempotent] = []
         self._handlers: dict[type, Callable[[Any], Any]] = {
             UpsertVectors: self._upsert,
             DeleteVectors: self._delete,
@@ -71,13 +83,29 @@ class MemoryStore:
             MemoryStats: self._stats,
         }
 
-    def apply(self, op: MemoryOp) -> Any:
+    def apply(self, op: MemoryOp | Idempotent, now_ms: int | None = None) -> Any:
+        """`now_ms`: when the op runs (replay passes its record's time); None: now."""
+        if type(op) is Idempotent:
+            return self._apply_once(op, now_ms)
         result = self._handlers[type(op)](op)
         if isinstance(op, MUTATING_MEMORY_OPS):
             self.journal.append(op)
         return result
 
-    def apply_batch(self, ops: Sequence[MemoryOp]) -> list[Any]:
+    def _apply_once(self, once: Idempotent, now_ms: int | None) -> Any:
+        """A vector write under an idempotency key (see engine.idempotency); scope: its organization."""
+        op = once.op
+        now = self._clock.now_ms() if now_ms is None else now_ms
+        if not self.replaying:
+            record = self.idempotency.find(op.org, ORG_SCOPE, once.key, once.fingerprint, now)
+            if record is not None:
+                return Replayed(record.result)
+        result = self._handlers[type(op)](op)
+        self.journal.append(once)
+        self.idempotency.remember(op.org, ORG_SCOPE, once.key, once.fingerprint, now, result)
+        return result
+
+    def apply_batch(self, ops: Sequence[MemoryOp | Idempotent], now_ms: int | None = None) -> list[Any]:
         """In order; one op's error is its own result and never fails the others. Unfiltered
         queries that follow one another are searched together, one FAISS call per namespace:
         they only read, so answering them together is the same as one after another."""
@@ -85,10 +113,14 @@ class MemoryStore:
         for queries, run in groupby(ops, key=lambda op: isinstance(op, QueryVectors)):
             ops_run = list(run)
             together = queries and len(ops_run) > 1
-            results += self._queries(ops_run) if together else apply_each(self.apply, ops_run)  # type: ignore[arg-type]
+            results += (
+                self._queries(ops_run)  # type: ignore[arg-type]
+                if together
+                else apply_each(lambda op: self.apply(op, now_ms), ops_run)
+            )
         return results
 
-    def take_journal(self) -> list[MemoryOp]:
+    def take_journal(self) -> list[MemoryOp | Idempotent]:
         taken, self.journal = self.journal, []
         return taken
 
@@ -112,6 +144,17 @@ class MemoryStore:
             index = self._namespaces[key] = NamespaceIndex(dimension, self.params)
         elif index.dimension != dimension:
             raise _wrong_dimension(op.namespace, index.dimension, dimension)
+        if op.max_vectors is not None and not self.replaying:
+            added = sum(1 for i in set(op.ids) if not index.has(i))
+            if len(index) + added > op.max_vectors:
+                if not len(index):
+                    del self._namespaces[key]
+                raise QuotaExceeded(
+                    "max_vectors_per_namespace",
+                    op.max_vectors,
+                    f"The namespace holds {len(index)} vectors. Delete some, use another namespace, or "
+                    "ask the operator to raise limits.max_vectors_per_namespace.",
+                )
         index.upsert(op.ids, op.vectors, op.metadata)
         return {"upserted": len(op.ids)}
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import ray
 
-from engine.config import ConfigError, EngineConfig
+from engine.config import ConfigError, EngineConfig, LimitsConfig
 from engine.logs import setup_logging
 from engine.models.summarizer import Summary
 from engine.runtime import ray_memory, upkeep
@@ -26,7 +26,7 @@ from engine.runtime.ray_actors import (
     find_named,
     wait_started,
 )
-from engine.sessions.ops import ExpireDue, Op, Ping
+from engine.sessions.ops import ExpireDue, Op, Ping, PurgeSessions
 from engine.storage.durable import DurableShard
 from engine.storage.layout import shard_directory
 from engine.storage.wal import LogWriteFailed
@@ -35,6 +35,7 @@ from engine.summaries.runner import SummaryJob, SummaryRunner
 log = logging.getLogger(__name__)
 
 SHARD_NAME = "session-shard-{index}"
+_PURGE_BATCH = 1000  # sessions a retention run purges at most; the next run takes the rest
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
@@ -63,20 +64,31 @@ class SessionShard:
         self._timers = [
             loop.create_task(self._expire_forever()),
             loop.create_task(upkeep.snapshot_forever(self._durable, self.snapshot, "session shard", index)),
+            loop.create_task(
+                upkeep.resume_writes_forever(self._durable, self._writes_resumed, "session shard", index)
+            ),
         ]
         if config.durability.fsync == "everysec":
             self._timers.append(loop.create_task(upkeep.sync_forever(self._durable, "session shard", index)))
+        if config.limits.retention_days is not None or config.limits.orgs:
+            self._timers.append(loop.create_task(self._retain_forever()))
 
     async def apply_batch(self, ops: Sequence[Op]) -> list[Any]:
         # No await inside: a batch is applied and logged whole before the next one starts.
         try:
-            results = self._durable.apply_batch(ops)
+            results = self._durable.apply_batch(ops)  # read-only while its log cannot be written
         except LogWriteFailed:
             upkeep.fail_stop("session shard", self._index)
         jobs = self._durable.store.take_summary_jobs()
-        if jobs:
+        if jobs and not self._durable.read_only:
             self._runner.submit(jobs)  # after the log write: a job starts only once it is durable
         return results
+
+    def _writes_resumed(self) -> None:
+        # Read-only, the shard could record no job's progress, and a rebuild queued every close it
+        # replayed: resume the unfinished jobs, as a restart does.
+        self._durable.store.take_summary_jobs()
+        self._runner.submit(self._durable.store.unfinished_summaries())
 
     async def _summarize(self, job: SummaryJob) -> Summary:
         # Looked up without waiting (a wait would block this shard's loop); a miss is a failed attempt.
@@ -128,12 +140,46 @@ class SessionShard:
         async with self._snapshot_lock:
             self._durable.close(snapshot=True)
 
+    async def _retain_forever(self) -> None:
+        """Retention: purge ended sessions past their organization's retention_days, their summary
+        vectors first, so a crash in between leaves sessions the next run finds again."""
+        limits = self._config.limits
+        while True:
+            await asyncio.sleep(limits.retention_check_s)
+            cutoffs, default = retention_cutoffs(limits, int(time.time() * 1000))
+            due = self._durable.store.purgeable(cutoffs, default, limit=_PURGE_BATCH)
+            if not due:
+                continue
+            try:
+                if self._memory is None:
+                    self._memory = ray_memory.find_memory_shards(self._config, timeout_s=0)
+                await ray_memory.forget_session_vectors(self._memory, due)
+            except Exception as exc:  # noqa: BLE001 - the sessions stay until a run deletes both
+                log.warning(
+                    "retention: summary vectors not deleted", extra={"shard": self._index, "error": str(exc)}
+                )
+                continue
+            purged = await self.apply_batch([PurgeSessions(tuple(due))])
+            log.info("retention purge", extra={"shard": self._index, "sessions": len(purged[0])})
+
     async def _expire_forever(self) -> None:
         while True:
             await asyncio.sleep(self._config.expiry_tick_s)
             deadline = self._durable.store.next_deadline()
             if deadline is not None and deadline <= time.time() * 1000:
                 await self.apply_batch([ExpireDue()])
+
+
+def retention_cutoffs(limits: LimitsConfig, now_ms: int) -> tuple[dict[str, int | None], int | None]:
+    """When a session must have ended by to be purged now: per named organization, and the default
+    (None: kept)."""
+
+    def cutoff(days: float | None) -> int | None:
+        return None if days is None else int(now_ms - days * 86_400_000)
+
+    return {org: cutoff(limits.for_org(org).retention_days) for org in limits.orgs}, cutoff(
+        limits.retention_days
+    )
 
 
 def connect(config: EngineConfig) -> str:

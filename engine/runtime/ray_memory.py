@@ -63,14 +63,17 @@ class MemoryShard:
         self._snapshot_lock = asyncio.Lock()
         loop = asyncio.get_running_loop()
         self._timers = [
-            loop.create_task(upkeep.snapshot_forever(self._durable, self.snapshot, "memory shard", index))
+            loop.create_task(upkeep.snapshot_forever(self._durable, self.snapshot, "memory shard", index)),
+            loop.create_task(
+                upkeep.resume_writes_forever(self._durable, lambda: None, "memory shard", index)
+            ),
         ]
         if config.durability.fsync == "everysec":
             self._timers.append(loop.create_task(upkeep.sync_forever(self._durable, "memory shard", index)))
 
     async def apply_batch(self, ops: Sequence[MemoryOp]) -> list[Any]:
         try:
-            return self._durable.apply_batch(ops)
+            return self._durable.apply_batch(ops)  # read-only while its log cannot be written
         except LogWriteFailed:
             upkeep.fail_stop("memory shard", self._index)
 
@@ -150,6 +153,10 @@ class SummaryFailed(Exception):
     """One job's attempt failed; the message says why (the session shows it as summary_error)."""
 
 
+class _WorkerDied(SummaryFailed):
+    """The summarizer actor itself failed (died, or is restarting)."""
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class SummarizerPool:
     """The queue in front of the Summarizer actors. A job waits here until a summarizer is free;
@@ -211,12 +218,27 @@ class SummarizerPool:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(SummaryFailed(f"summary batch failed: {exc}"))
+                if isinstance(exc, _WorkerDied):
+                    await self._until_back(worker)
+
+    async def _until_back(self, worker: Any, give_up_s: float = 300.0) -> None:
+        """Ray restarts a summarizer that died; until it answers, this loop takes no jobs, so the
+        waiting ones are not failed one after another (each failure costs a job an attempt)."""
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + give_up_s, 0.1
+        while loop.time() < deadline:
+            try:
+                await worker.describe.remote()
+                return
+            except RAY_ERRORS:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _run(self, worker: Any, batch: list[tuple[Any, asyncio.Future[Summary]]]) -> None:
         try:
             results = await worker.summarize.remote([job.conversation for job, _ in batch])
         except RAY_ERRORS as exc:
-            raise SummaryFailed(f"the summarizer actor died or restarted: {type(exc).__name__}") from None
+            raise _WorkerDied(f"the summarizer actor died or restarted: {type(exc).__name__}") from None
         done: list[tuple[Any, asyncio.Future[Summary], Summary]] = []
         for (job, future), result in zip(batch, results, strict=True):
             if isinstance(result, Summary):
@@ -346,3 +368,16 @@ async def forget_session_vector(memory: list[Any], org: str, session_id: str) ->
     (result,) = await shard.apply_batch.remote([DeleteVectors(org, SESSION_MEMORY, (session_id,))])
     if isinstance(result, EngineError):
         raise result
+
+
+async def forget_session_vectors(memory: list[Any], sessions: list[tuple[str, str]]) -> None:
+    """Delete the summary vectors of these (organization, session id) pairs: one op per
+    organization, one call per memory shard."""
+    by_shard: dict[int, list[DeleteVectors]] = {}
+    for org, group in itertools.groupby(sorted(sessions), key=lambda key: key[0]):
+        op = DeleteVectors(org, SESSION_MEMORY, tuple(sid for _, sid in group))
+        by_shard.setdefault(memory_shard_for(org, len(memory)), []).append(op)
+    answers = await asyncio.gather(*(memory[i].apply_batch.remote(ops) for i, ops in by_shard.items()))
+    for result in (result for results in answers for result in results):
+        if isinstance(result, EngineError):
+            raise result

@@ -19,6 +19,8 @@ class CreateSession:
     name: str
     ttl_s: int
     context: dict[str, Any]
+    # Quota checked when the op first runs; not logged, so replay never refuses what was accepted.
+    max_active: int | None = None  # this organization's active sessions on this shard
 
 
 @dataclass(slots=True, frozen=True)
@@ -26,6 +28,7 @@ class AppendMessages:
     org: str
     session_id: str
     messages: tuple[NewMessage, ...]
+    max_messages: int | None = None  # quota on the session's messages; not logged, like max_active
 
 
 @dataclass(slots=True, frozen=True)
@@ -97,6 +100,14 @@ class FailSummary:
 
 
 @dataclass(slots=True, frozen=True)
+class PurgeSessions:
+    """Retention: delete these ended sessions (and their idempotency records). Chosen by the shard
+    from the organization's policy and logged as the list, so replay removes exactly these."""
+
+    keys: tuple[tuple[str, str], ...]  # (org, session id); one already gone is skipped
+
+
+@dataclass(slots=True, frozen=True)
 class ExpireDue:
     """Issued by the shard's timer: every active session whose deadline has passed becomes expired."""
 
@@ -131,6 +142,7 @@ MUTATING_OPS = (
     UpdateSession,
     EndSession,
     DeleteSession,
+    PurgeSessions,
     ExpireDue,
     RequestSummary,
     StartSummary,
@@ -144,6 +156,7 @@ Op = (
     | UpdateSession
     | EndSession
     | DeleteSession
+    | PurgeSessions
     | ExpireDue
     | RequestSummary
     | StartSummary

@@ -6,6 +6,7 @@ arrival order, so nothing here locks.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import sys
 from dataclasses import dataclass, field, replace
@@ -20,6 +21,13 @@ _SESSION_ID_HEX_CHARS = 32  # 128 random bits
 
 def new_session_id() -> str:
     return SESSION_ID_PREFIX + secrets.token_hex(_SESSION_ID_HEX_CHARS // 2)
+
+
+def session_id_for_key(org: str, idempotency_key: str) -> str:
+    """The id a create under an Idempotency-Key gets: the same for every retry, so each retry
+    reaches the shard that holds the first one's record."""
+    digest = hashlib.blake2b(f"{org}\0{idempotency_key}".encode(), digest_size=_SESSION_ID_HEX_CHARS // 2)
+    return SESSION_ID_PREFIX + digest.hexdigest()
 
 
 def is_session_id(value: str) -> bool:

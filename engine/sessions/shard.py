@@ -19,7 +19,8 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
-from engine.errors import SessionExists, SessionNotActive, SessionNotFound, apply_each
+from engine.errors import QuotaExceeded, SessionExists, SessionNotActive, SessionNotFound, apply_each
+from engine.idempotency import IdempotencyRecords, Idempotent, Replayed
 from engine.sessions.ops import (
     MUTATING_OPS,
     AppendMessages,
@@ -33,6 +34,7 @@ from engine.sessions.ops import (
     ListSessions,
     Op,
     Ping,
+    PurgeSessions,
     ReplaceContext,
     RequestSummary,
     StartSummary,
@@ -66,11 +68,15 @@ class _OrgIndex:
 
 
 class ShardStore:
-    def __init__(self) -> None:
+    def __init__(self, idempotency: IdempotencyRecords | None = None) -> None:
+        self.idempotency = idempotency if idempotency is not None else IdempotencyRecords()
+        self.replaying = False  # set while the log is replayed: logged ops are applied as they were
         self._sessions: dict[tuple[str, str], Session] = {}
         self._orgs: dict[str, _OrgIndex] = {}
         self._deadlines: list[tuple[int, str, str]] = []  # heap; entries go stale on TTL change or delete
-        self.journal: list[Op] = []  # mutating ops applied and not yet taken by the log, in order
+        self.journal: list[
+            Op | Idempotent
+        ] = []  # mutating ops applied and not yet taken by the log, in order
         self.summary_jobs: list[tuple[str, str]] = []  # (org, session id) queued for a summary, in order
         self._snapshot: SnapshotCursor | None = None
         self._snap_epoch = 0
@@ -81,6 +87,7 @@ class ShardStore:
             UpdateSession: self._update,
             EndSession: self._end,
             DeleteSession: self._delete,
+            PurgeSessions: self._purge,
             ExpireDue: self._expire_due,
             RequestSummary: self._request_summary,
             StartSummary: self._start_summary,
@@ -94,12 +101,35 @@ class ShardStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def apply(self, op: Op, now_ms: int) -> Any:
+    def apply(self, op: Op | Idempotent, now_ms: int) -> Any:
+        if type(op) is Idempotent:
+            return self._apply_once(op, now_ms)
         result = self._handlers[type(op)](op, now_ms)
         # Reached only if the op succeeded; a failed op changes nothing, so nothing is logged.
-        if isinstance(op, MUTATING_OPS) and (result or not isinstance(op, ExpireDue)):
+        if isinstance(op, MUTATING_OPS) and (result or not isinstance(op, ExpireDue | PurgeSessions)):
             self.journal.append(op)
         return result
+
+    def _apply_once(self, once: Idempotent, now_ms: int) -> Any:
+        """A session write under an idempotency key (see engine.idempotency); scope: its session."""
+        op = once.op
+        if not self.replaying:
+            record = self.idempotency.find(op.org, op.session_id, once.key, once.fingerprint, now_ms)
+            if record is not None:
+                return Replayed(self._expand(op, record.result))
+        result = self._handlers[type(op)](op, now_ms)
+        self.journal.append(once)  # the key is logged with its op
+        compact = [result[0]["seq"], len(result)] if isinstance(op, AppendMessages) else result
+        self.idempotency.remember(op.org, op.session_id, once.key, once.fingerprint, now_ms, compact)
+        return result
+
+    def _expand(self, op: Any, result: Any) -> Any:
+        """An append's record holds (first seq, count), not copies of messages the session keeps."""
+        if not isinstance(op, AppendMessages):
+            return result
+        first, count = result
+        messages = self._find(op.org, op.session_id).messages
+        return [messages[seq - 1].view(seq) for seq in range(first, first + count)]
 
     def take_summary_jobs(self) -> list[tuple[str, str]]:
         taken, self.summary_jobs = self.summary_jobs, []
@@ -109,7 +139,7 @@ class ShardStore:
         """Jobs a restart must resume: queued, or running when the shard stopped."""
         return [key for key, session in self._sessions.items() if session.summary_unfinished]
 
-    def take_journal(self) -> list[Op]:
+    def take_journal(self) -> list[Op | Idempotent]:
         taken, self.journal = self.journal, []
         return taken
 
@@ -126,7 +156,9 @@ class ShardStore:
         if self._snapshot is not None:
             raise RuntimeError("a snapshot is already in progress")
         self._snap_epoch += 1
-        self._snapshot = SnapshotCursor(self, self._snap_epoch, list(self._sessions), encode)
+        self._snapshot = SnapshotCursor(
+            self, self._snap_epoch, list(self._sessions), encode, self.idempotency.frozen()
+        )
         return self._snapshot
 
     def end_snapshot(self) -> None:
@@ -151,6 +183,15 @@ class ShardStore:
         key = (op.org, op.session_id)
         if key in self._sessions:
             raise SessionExists(op.session_id)
+        if op.max_active is not None and not self.replaying:
+            index = self._orgs.get(op.org)
+            if index is not None and len(index.by_status[SessionStatus.ACTIVE]) >= op.max_active:
+                raise QuotaExceeded(
+                    "max_active_sessions",
+                    op.max_active,
+                    "Close, complete or delete active sessions of this organization, or ask the "
+                    "operator to raise limits.max_active_sessions.",
+                )
         session = Session(
             org=op.org,
             id=op.session_id,
@@ -168,7 +209,19 @@ class ShardStore:
         return session.view()
 
     def _append(self, op: AppendMessages, now_ms: int) -> list[dict[str, Any]]:
-        return self._writable(op.org, op.session_id, now_ms).append(list(op.messages), now_ms=now_ms)
+        session = self._writable(op.org, op.session_id, now_ms)
+        if (
+            op.max_messages is not None
+            and not self.replaying
+            and len(session.messages) + len(op.messages) > op.max_messages
+        ):
+            raise QuotaExceeded(
+                "max_messages_per_session",
+                op.max_messages,
+                f"The session holds {len(session.messages)} messages. Close it and continue in a new "
+                "session, or ask the operator to raise limits.max_messages_per_session.",
+            )
+        return session.append(list(op.messages), now_ms=now_ms)
 
     def _replace_context(self, op: ReplaceContext, now_ms: int) -> dict[str, Any]:
         session = self._writable(op.org, op.session_id, now_ms)
@@ -220,13 +273,46 @@ class ShardStore:
         return session.view()
 
     def _delete(self, op: DeleteSession, now_ms: int) -> None:
-        session = self._find(op.org, op.session_id)
+        self._remove(self._find(op.org, op.session_id))
+
+    def _purge(self, op: PurgeSessions, now_ms: int) -> list[tuple[str, str]]:
+        purged = []
+        for key in op.keys:
+            session = self._sessions.get(key)
+            if session is not None and session.status is not SessionStatus.ACTIVE:
+                self._remove(session)
+                purged.append(key)
+        return purged
+
+    def purgeable(
+        self, cutoffs: dict[str, int | None], default: int | None, limit: int
+    ) -> list[tuple[str, str]]:
+        """Up to `limit` ended sessions that ended before their organization's cutoff (epoch ms):
+        `cutoffs` by organization, `default` for the rest (None: keep them). A read, for retention."""
+        found: list[tuple[str, str]] = []
+        for org, index in self._orgs.items():
+            cutoff = cutoffs.get(org, default)
+            if cutoff is None:
+                continue
+            for status in (SessionStatus.CLOSED, SessionStatus.COMPLETED, SessionStatus.EXPIRED):
+                # A session ends after it is made: only those made before the cutoff can qualify.
+                for _, session_id in index.by_status[status].irange(maximum=(cutoff, "")):
+                    session = self._sessions[(org, session_id)]
+                    if session.ended_at is not None and session.ended_at < cutoff:
+                        found.append((org, session_id))
+                        if len(found) >= limit:
+                            return found
+        return found
+
+    def _remove(self, session: Session) -> None:
+        """Everything of the session goes: messages, context, summary and its idempotency records."""
         self._before_change(session)
-        del self._sessions[(op.org, op.session_id)]
-        index = self._orgs[op.org]
+        del self._sessions[(session.org, session.id)]
+        index = self._orgs[session.org]
         index.remove(session)
         if not index.all:
-            del self._orgs[op.org]
+            del self._orgs[session.org]
+        self.idempotency.forget_scope(session.org, session.id)
 
     def _expire_due(self, op: ExpireDue, now_ms: int) -> list[str]:
         expired: list[str] = []
@@ -297,9 +383,15 @@ class SnapshotCursor:
     """Walks the sessions that existed when the snapshot began, a chunk at a time, each as it was then."""
 
     def __init__(
-        self, store: ShardStore, epoch: int, keys: list[tuple[str, str]], encode: Callable[[Session], Any]
+        self,
+        store: ShardStore,
+        epoch: int,
+        keys: list[tuple[str, str]],
+        encode: Callable[[Session], Any],
+        records: list[Any],
     ) -> None:
         self.epoch = epoch
+        self.records = records  # the idempotency records as of the snapshot's start
         self.saved: dict[tuple[str, str], Session] = {}  # copies of sessions changed before being reached
         self._store = store
         self._keys = keys
@@ -308,7 +400,14 @@ class SnapshotCursor:
 
     @property
     def done(self) -> bool:
+        """Every session is written (the idempotency records follow, see next_records)."""
         return self._position >= len(self._keys)
+
+    def next_records(self, size: int) -> list[list[Any]]:
+        """The next `size` idempotency records, encoded; empty once all are taken."""
+        chunk = self.records[:size]
+        del self.records[:size]
+        return IdempotencyRecords.encode(chunk)
 
     def next_chunk(self, size: int, max_messages: int | None = None) -> list[Any]:
         """The next sessions, already encoded: encoding happens before any other op can run. At

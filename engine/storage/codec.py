@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from engine.idempotency import Idempotent
 from engine.sessions.ops import (
     AppendMessages,
     CreateSession,
@@ -18,6 +19,7 @@ from engine.sessions.ops import (
     FailSummary,
     FinishSummary,
     Op,
+    PurgeSessions,
     ReplaceContext,
     RequestSummary,
     StartSummary,
@@ -28,8 +30,12 @@ from engine.sessions.session import Message, NewMessage, Session, SessionStatus,
 FORMAT_VERSION = 1
 
 
-def encode_op(op: Op) -> list[Any]:
+def encode_op(op: Op | Idempotent) -> list[Any]:
     match op:
+        case Idempotent(key, fingerprint, inner):
+            return ["once", key, fingerprint, encode_op(inner)]
+        case PurgeSessions(keys):
+            return ["purge", [list(key) for key in keys]]
         case CreateSession(org, sid, name, ttl_s, context):
             return ["create", org, sid, name, ttl_s, context]
         case AppendMessages(org, sid, messages):
@@ -55,7 +61,9 @@ def encode_op(op: Op) -> list[Any]:
     raise TypeError(f"{type(op).__name__} is not a logged op")
 
 
-_DECODERS: dict[str, Callable[..., Op]] = {
+_DECODERS: dict[str, Callable[..., Op | Idempotent]] = {
+    "once": lambda key, fingerprint, inner: Idempotent(key, fingerprint, decode_op(inner)),
+    "purge": lambda keys: PurgeSessions(tuple((org, sid) for org, sid in keys)),
     "create": lambda org, sid, name, ttl_s, context: CreateSession(org, sid, name, ttl_s, context),
     "append": lambda org, sid, messages: AppendMessages(org, sid, tuple(NewMessage(*m) for m in messages)),
     "context": lambda org, sid, context, if_match: ReplaceContext(org, sid, context, if_match),
@@ -72,7 +80,7 @@ _DECODERS: dict[str, Callable[..., Op]] = {
 }
 
 
-def decode_op(encoded: list[Any]) -> Op:
+def decode_op(encoded: list[Any]) -> Op | Idempotent:
     tag, *args = encoded
     return _DECODERS[tag](*args)
 

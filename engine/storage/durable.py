@@ -2,8 +2,12 @@
 
 Group commit: a batch of ops is applied in memory, its journal becomes one log record, and (with
 fsync=always) one fsync covers the whole batch. Only then are the results handed back, so no
-client ever sees a reply for a change that is not on disk. If the log cannot be written the shard
-must stop (see LogWriteFailed): memory would otherwise run ahead of the disk.
+client ever sees a reply for a change that is not on disk.
+
+If the log cannot be written (a full disk, a read-only one, a file size limit), memory has run
+ahead of the disk: the shard rebuilds its state from its files (the failed batch was never
+acknowledged) and turns read-only. Every change is then refused as UNAVAILABLE while reads go on,
+until `resume_writes` (tried about once a second) finds the disk takes writes again.
 """
 
 from __future__ import annotations
@@ -18,17 +22,20 @@ from typing import Any
 
 from engine.clock import Clock, SystemClock
 from engine.config import DurabilityConfig
-from engine.errors import EngineError
-from engine.sessions.ops import Op
+from engine.errors import EngineError, Unavailable
+from engine.idempotency import IdempotencyRecords
+from engine.sessions.ops import GetSession, ListSessions, Op, Ping
 from engine.sessions.shard import ShardStore, SnapshotCursor
 
 from .codec import decode_op, decode_session, encode_op, encode_session
 from .frames import CorruptFile
 from .lock import DirectoryLock
 from .snapshot import SnapshotWriter, read_snapshot, snapshots
-from .wal import WriteAheadLog, encode_record, read_log
+from .wal import LogWriteFailed, WriteAheadLog, encode_record, read_log, unwritable_log
 
 log = logging.getLogger(__name__)
+
+READ_OPS = (GetSession, ListSessions, Ping)  # what a read-only shard still answers
 
 
 @dataclass(slots=True, frozen=True)
@@ -67,7 +74,7 @@ class DurableShard:
         try:
             if own_process:
                 gc.disable()  # rebuilding allocates millions of objects; a full pass every so often is waste
-            self.store, self.lsn, self.recovery = recover(directory)
+            self.store, self.lsn, self.recovery = recover(directory, IdempotencyRecords.from_config(config))
             self._wal = WriteAheadLog(directory, self.lsn + 1)
         except BaseException:
             self._lock.release()
@@ -82,13 +89,22 @@ class DurableShard:
         self._writer: SnapshotWriter | None = None
         self._snapshot_started = self._longest_step_s = 0.0
         self._snapshot_bytes = 0
+        self._refusal: Unavailable | None = None  # set while the log cannot be written
 
     # -- writes -------------------------------------------------------------------------------------
 
     def apply_batch(self, ops: Sequence[Op]) -> list[Any]:
+        """One result per op. While the log cannot be written, every change is refused with
+        Unavailable and reads are answered; the batch whose write failed is refused whole (its reads
+        may have seen its changes). Raises LogWriteFailed only if the shard cannot rebuild itself."""
         now_ms = self._clock.now_ms()
+        if self._refusal is not None:
+            return self._apply_reads(ops, now_ms, self._refusal)
         results = self.store.apply_batch(ops, now_ms)
-        self._log(now_ms)
+        try:
+            self._log(now_ms)
+        except LogWriteFailed as exc:
+            return [self._go_read_only(exc)] * len(ops)
         return results
 
     def _log(self, now_ms: int) -> None:
@@ -102,7 +118,70 @@ class DurableShard:
 
     def sync(self) -> None:
         """For fsync=everysec: called about once a second."""
-        self._wal.sync_pending()
+        if self._refusal is not None:
+            return
+        try:
+            self._wal.sync_pending()
+        except LogWriteFailed as exc:
+            self._go_read_only(exc)
+
+    @property
+    def read_only(self) -> bool:
+        return self._refusal is not None
+
+    def resume_writes(self) -> bool:
+        """While read-only: try the disk again with an empty log record (the segment reopened and
+        cut back to its last whole record, the record written and synced); True once it took it."""
+        if self._refusal is None:
+            return True
+        try:
+            self._wal.reopen()
+            self._wal.commit(encode_record(self.lsn + 1, self._clock.now_ms(), []), "always")
+        except (OSError, LogWriteFailed):
+            return False
+        self.lsn += 1
+        self._refusal = None
+        log.warning("the log is writable again; taking changes", extra={"directory": str(self.directory)})
+        return True
+
+    def _apply_reads(self, ops: Sequence[Op], now_ms: int, refusal: Unavailable) -> list[Any]:
+        results: list[Any] = [refusal] * len(ops)
+        reads = [i for i, op in enumerate(ops) if isinstance(op, READ_OPS)]
+        if reads:
+            answers = self.store.apply_batch([ops[i] for i in reads], now_ms)
+            for i, answer in zip(reads, answers, strict=True):
+                results[i] = answer
+        return results
+
+    def _go_read_only(self, failure: LogWriteFailed) -> Unavailable:
+        """Rebuild the state from the files as they are up to the last acknowledged record, without
+        changing them (the disk may refuse that too), and refuse changes from now on."""
+        log.error(
+            "cannot write the log; rebuilding from disk and taking no changes until it can",
+            extra={"directory": str(self.directory), "error": str(failure)},
+        )
+        self._refusal = unwritable_log(self.directory, failure)
+        self.store = ShardStore()  # let the old state go first (a snapshot being written keeps its own)
+        try:
+            if self._own_process:
+                gc.disable()
+            self.store, lsn, _ = recover(
+                self.directory, IdempotencyRecords.from_config(self._config), until_lsn=self.lsn
+            )
+        except (OSError, CorruptFile) as exc:
+            raise LogWriteFailed(
+                f"cannot rebuild {self.directory} after a failed write: {exc}", str(exc)
+            ) from exc
+        finally:
+            if self._own_process:
+                gc.enable()
+        if lsn != self.lsn:
+            raise LogWriteFailed(
+                f"{self.directory}: the log holds records up to {lsn} but {self.lsn} were written",
+                "lost records",
+            )
+        self._settle_heap()
+        return self._refusal
 
     # -- snapshots ----------------------------------------------------------------------------------
 
@@ -132,13 +211,18 @@ class DurableShard:
         (it applies no ops meanwhile), so the longest one is recorded as the snapshot's pause."""
         assert self._cursor is not None and self._writer is not None
         step_started = time.perf_counter()
-        chunk = self._cursor.next_chunk(
-            self._config.snapshot_chunk_sessions, self._config.snapshot_chunk_messages
-        )
-        self._writer.add(chunk)
-        more = not self._cursor.done
-        if not more:
-            self.store.end_snapshot()  # later changes need no copies
+        if not self._cursor.done:
+            chunk = self._cursor.next_chunk(
+                self._config.snapshot_chunk_sessions, self._config.snapshot_chunk_messages
+            )
+            self._writer.add(chunk)
+            more = True
+        else:
+            self.store.end_snapshot()  # every session is written: later changes need no copies
+            # Then the idempotency records as they were when the snapshot began.
+            records = self._cursor.next_records(self._config.snapshot_chunk_messages)
+            self._writer.add_records(records)
+            more = bool(records)
         self._longest_step_s = max(self._longest_step_s, time.perf_counter() - step_started)
         return more
 
@@ -191,25 +275,29 @@ class DurableShard:
         try:
             if self._cursor is not None:
                 self.abandon_snapshot()
-            if snapshot and self.lsn != self._snapshot_lsn:
+            if snapshot and self.lsn != self._snapshot_lsn and self._refusal is None:
                 self.snapshot_now()
             self._wal.close()
         finally:
             self._lock.release()
 
 
-def recover(directory: Path) -> tuple[ShardStore, int, Recovery]:
-    """Latest snapshot, then every log record after it."""
+def recover(
+    directory: Path, records: IdempotencyRecords | None = None, until_lsn: int | None = None
+) -> tuple[ShardStore, int, Recovery]:
+    """Latest snapshot, then every log record after it. `until_lsn`: a running shard rebuilding
+    itself after a failed log write; it reads no further and changes nothing on disk (see read_log)."""
     started = time.perf_counter()
-    for leftover in directory.glob("*.tmp"):
+    for leftover in directory.glob("*.tmp") if until_lsn is None else ():
         leftover.unlink()  # a snapshot that never finished; the log still has everything in it
-    store, lsn = ShardStore(), 0
+    store, lsn = ShardStore(records), 0
     found = snapshots(directory)
     if found:
-        lsn, chunks = read_snapshot(found[-1][1])
+        lsn, chunks = read_snapshot(found[-1][1], store.idempotency.load)
         store.load(decode_session(encoded) for chunk in chunks for encoded in chunk)
     snapshot_lsn, replayed = lsn, 0
-    for record in read_log(directory, after_lsn=lsn):
+    store.replaying = True
+    for record in read_log(directory, after_lsn=lsn, until_lsn=until_lsn):
         if record.lsn != lsn + 1:
             raise CorruptFile(directory, 0, f"log resumes at record {record.lsn}, but state ends at {lsn}")
         for encoded in record.ops:
@@ -219,6 +307,7 @@ def recover(directory: Path) -> tuple[ShardStore, int, Recovery]:
                 raise CorruptFile(directory, 0, f"record {record.lsn} does not replay: {exc}") from None
         lsn = record.lsn
         replayed += 1
+    store.replaying = False
     store.take_journal()  # replayed ops are in the log already
     recovery = Recovery(snapshot_lsn, replayed, len(store), time.perf_counter() - started)
     log.info("shard recovered", extra={"directory": str(directory), **asdict(recovery)})

@@ -1,14 +1,15 @@
 """Snapshot files `snapshot-<lsn>.snap`: a shard's whole state as of log record <lsn>.
 
-Framed records: a header `{"format", "lsn", "ts"}`, chunks of encoded sessions, and a trailer
-`{"end": true, "sessions": n}`. Written to a temporary file, fsynced, renamed into place and the
-directory fsynced, so a crash never leaves a half snapshot under a snapshot's name.
+Framed records: a header `{"format", "lsn", "ts"}`, chunks of encoded sessions, chunks of
+idempotency records `{"idempotency": [...]}`, and a trailer `{"end": true, "sessions": n}`.
+Written to a temporary file, fsynced, renamed into place and the directory fsynced, so a crash
+never leaves a half snapshot under a snapshot's name.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,10 @@ class SnapshotWriter:
             self._write(encoded_sessions)
             self.sessions += len(encoded_sessions)
 
+    def add_records(self, encoded_records: list[Any]) -> None:
+        if encoded_records:
+            self._write({"idempotency": encoded_records})
+
     def finish(self) -> int:
         """Make the snapshot durable under its name; returns its size in bytes. Blocking I/O."""
         self._write({"end": True, "sessions": self.sessions})
@@ -68,8 +73,11 @@ class SnapshotWriter:
         self._tmp.unlink(missing_ok=True)
 
 
-def read_snapshot(path: Path) -> tuple[int, Iterator[list[Any]]]:
-    """(lsn, encoded sessions chunk by chunk). Any damage, or a missing trailer, raises CorruptFile."""
+def read_snapshot(
+    path: Path, on_records: Callable[[list[Any]], None] = lambda _: None
+) -> tuple[int, Iterator[list[Any]]]:
+    """(lsn, encoded sessions chunk by chunk); chunks of idempotency records go to `on_records` as
+    they are read. Any damage, or a missing trailer, raises CorruptFile."""
     frames = read_frames(path, SNAPSHOT_MAGIC)
     try:
         _, first = next(frames)
@@ -85,6 +93,9 @@ def read_snapshot(path: Path) -> tuple[int, Iterator[list[Any]]]:
         count = 0
         for offset, payload in frames:
             record = orjson.loads(payload)
+            if isinstance(record, dict) and "idempotency" in record:
+                on_records(record["idempotency"])
+                continue
             if isinstance(record, dict):
                 if record.get("end") and record.get("sessions") == count:
                     return

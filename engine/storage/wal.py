@@ -2,10 +2,17 @@
 
 A record is one applied batch: `{"lsn": n, "ts": now_ms, "ops": [...]}`; LSNs are consecutive.
 Segments rotate when a snapshot begins, so once the snapshot is durable every older segment can go.
+
+A write or sync that fails leaves the log closed and failed (see LogWriteFailed): the bytes of the
+record that failed are cut off again where the disk allows, and `reopen` (which cuts them for sure)
+is how a shard tries the disk again. A record with no ops is valid: it is how a shard proves the
+disk takes writes again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 from collections.abc import Iterator
@@ -14,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from engine.errors import Unavailable
 
 from .frames import CorruptFile, TornTail, frame, read_frames
 from .lock import fsync_directory
@@ -47,9 +56,12 @@ def encode_record(lsn: int, now_ms: int, ops: list[Any]) -> bytes:
     return orjson.dumps({"lsn": lsn, "ts": now_ms, "ops": ops})
 
 
-def read_log(directory: Path, after_lsn: int) -> Iterator[LogRecord]:
+def read_log(directory: Path, after_lsn: int, until_lsn: int | None = None) -> Iterator[LogRecord]:
     """Records with lsn > after_lsn, in order. A torn tail of the last segment is cut off (with a
-    warning); damage anywhere else, or a gap in the LSNs, raises CorruptFile."""
+    warning); damage anywhere else, or a gap in the LSNs, raises CorruptFile.
+
+    `until_lsn` is for a shard rebuilding itself after a failed write: records after it were never
+    acknowledged, so reading stops there, and nothing on disk is changed (the disk may refuse it)."""
     found = segments(directory)
     expected = None
     for i, (_, path) in enumerate(found):
@@ -63,9 +75,13 @@ def read_log(directory: Path, after_lsn: int) -> Iterator[LogRecord]:
                 raise CorruptFile(path, offset, "record is not a log entry") from None
             if expected is not None and lsn != expected:
                 raise CorruptFile(path, offset, f"log sequence jumps from {expected - 1} to {lsn}")
+            if until_lsn is not None and lsn > until_lsn:
+                return
             expected = lsn + 1
             if lsn > after_lsn:
                 yield LogRecord(lsn, record["ts"], record["ops"])
+        if until_lsn is not None:
+            continue
         for tail in torn:
             log.warning(
                 "cutting off a torn log tail",
@@ -78,8 +94,42 @@ def read_log(directory: Path, after_lsn: int) -> Iterator[LogRecord]:
 
 
 class LogWriteFailed(Exception):
-    """The log could not be written or synced. The batch was not acknowledged; the shard must exit
-    and be rebuilt from disk, since its memory now holds changes the disk does not."""
+    """The log could not be written or synced. The batch was not acknowledged; the shard's memory
+    now holds changes the disk does not, so it must be rebuilt from disk before it answers again."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message, reason)
+        self.message, self.reason = message, reason  # reason: what the disk said, e.g. "File too large"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def unwritable_log(directory: Path, failure: LogWriteFailed) -> Unavailable:
+    """What a shard that cannot write its log answers every change with, until the disk is back."""
+    return Unavailable(
+        f"{directory.name} cannot write to its disk ({failure.reason}), so it takes no changes for now; "
+        "reads still work",
+        {"shard_directory": directory.name, "reason": failure.reason, "read_only": True},
+        "This change was not applied. The disk under the data directory is full, read-only or failing: "
+        "free space there (or fix the disk); the shard retries every second and takes changes again "
+        "without a restart. Retry then.",
+    )
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    # A write cut short (the disk filled up, a file size limit) is finished or fails with the real
+    # error, so the reason names the disk's problem, not "short write".
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.EIO, "the log write made no progress")
+        view = view[written:]
 
 
 class WriteAheadLog:
@@ -87,12 +137,19 @@ class WriteAheadLog:
         self._directory = directory
         self._fd = -1
         self._unsynced = False
+        self._segment_start = next_lsn
+        self._end = 0  # where the last whole record written to the current segment ends
+        self.failed = False  # a write or sync failed; nothing more is written until `reopen`
+        self._failure = "the log is not open"  # what the disk said when it last failed
         self.bytes_since_rotation = 0
         self._open_segment(next_lsn)
 
     def commit(self, payload: bytes, fsync: str) -> None:
         """One record under an fsync policy: `always` syncs before returning; `everysec` and
         `never` leave it to `sync_pending` (called once a second) or to the OS."""
+        if self.failed or self._fd < 0:
+            raise LogWriteFailed(f"the log in {self._directory} is not open for writing", self._failure)
+        start = self._end
         try:
             self.append(payload)
             if fsync == "always":
@@ -100,41 +157,102 @@ class WriteAheadLog:
             else:
                 self._unsynced = True
         except OSError as exc:
-            raise LogWriteFailed(f"cannot write the log in {self._directory}: {exc}") from exc
+            self._fail(_reason(exc), keep=start)  # this record was never acknowledged: cut it off
+            raise LogWriteFailed(f"cannot write the log in {self._directory}: {exc}", _reason(exc)) from exc
 
     def sync_pending(self) -> None:
-        if self._unsynced:
+        if self._unsynced and not self.failed:
             try:
                 self.sync()
             except OSError as exc:
-                raise LogWriteFailed(f"cannot sync the log in {self._directory}: {exc}") from exc
+                self._fail(_reason(exc), keep=self._end)  # acknowledged (fsync everysec or never): kept
+                raise LogWriteFailed(
+                    f"cannot sync the log in {self._directory}: {exc}", _reason(exc)
+                ) from exc
             self._unsynced = False
+
+    def _fail(self, reason: str, keep: int) -> None:
+        """Close the log after a failed write. What was written after `keep` is cut off now if the
+        disk allows it, and by `reopen` before anything else is written."""
+        self.failed, self._failure = True, reason
+        self._end = keep
+        try:
+            os.ftruncate(self._fd, keep)
+            os.fsync(self._fd)
+        except OSError as exc:
+            log.warning("cannot cut off a failed log write yet", extra={"error": str(exc)})
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._fd = -1
+        self._unsynced = False
+
+    def reopen(self) -> None:
+        """After a failure: open the segment that was being written again and cut it back to its
+        last whole record; raises OSError while the disk still refuses."""
+        if not self.failed:
+            return
+        fd = os.open(segment_path(self._directory, self._segment_start), os.O_WRONLY | os.O_APPEND)
+        try:
+            size = os.fstat(fd).st_size
+            if size < self._end:
+                raise OSError(errno.EIO, f"the log segment lost data: {size} bytes, {self._end} written")
+            if size > self._end:
+                os.ftruncate(fd, self._end)
+            os.fsync(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self.failed = False
 
     def _open_segment(self, first_lsn: int) -> None:
         path = segment_path(self._directory, first_lsn)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._segment_start = first_lsn
-        if os.fstat(self._fd).st_size == 0:
-            os.write(self._fd, WAL_MAGIC)
-            os.fsync(self._fd)
-            fsync_directory(self._directory)  # the new segment's name must survive a crash too
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        size = -1
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                _write_all(fd, WAL_MAGIC)
+                os.fsync(fd)
+                fsync_directory(self._directory)  # the new segment's name must survive a crash too
+        except OSError:
+            os.close(fd)
+            if size == 0:  # empty when opened, so ours: a stray segment would read as damage later
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            raise
+        self._fd, self._segment_start = fd, first_lsn
+        self._end = size or len(WAL_MAGIC)
         self.bytes_since_rotation = 0
 
     def append(self, payload: bytes) -> None:
         data = frame(payload)
-        written = os.write(self._fd, data)
-        if written != len(data):
-            raise OSError(f"short write to the log: {written} of {len(data)} bytes")
-        self.bytes_since_rotation += written
+        _write_all(self._fd, data)
+        self._end += len(data)
+        self.bytes_since_rotation += len(data)
 
     def sync(self) -> None:
         os.fsync(self._fd)
 
     def rotate(self, next_lsn: int) -> None:
-        """Start a new segment at next_lsn; the old one is complete and synced."""
-        os.fsync(self._fd)
+        """Start a new segment at next_lsn; the old one is complete and synced. If that fails, the
+        log is failed (OSError raised) and `reopen` goes back to the old segment."""
+        if self.failed or self._fd < 0:
+            raise OSError(errno.EIO, f"the log in {self._directory} is not open for writing")
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._fail(_reason(exc), keep=self._end)
+            raise
         os.close(self._fd)
-        self._open_segment(next_lsn)
+        self._fd = -1
+        try:
+            self._open_segment(next_lsn)
+        except OSError as exc:
+            # _segment_start and _end still name the old segment, which `reopen` goes back to.
+            self.failed, self._failure = True, _reason(exc)
+            raise
+        self._unsynced = False
 
     def drop_segments_before(self, lsn: int) -> int:
         """Delete segments that hold only records below lsn (never the one being written)."""

@@ -32,12 +32,15 @@ class FleetWriter(threading.Thread):
         self.error_bodies: list[dict[str, Any]] = []
         self.stop_on_disconnect = True
         self.stopped = threading.Event()
+        self.slowest_s = 0.0  # the longest any answered request took
 
     def _send(self, method: str, path: str, body: Any) -> httpx.Response | None:
+        started = time.monotonic()
         try:
             response = self.client.request(method, path, json=body)
         except httpx.TransportError:
             return None
+        self.slowest_s = max(self.slowest_s, time.monotonic() - started)
         self.statuses.append(response.status_code)
         if response.status_code >= 400:
             self.error_bodies.append(response.json())

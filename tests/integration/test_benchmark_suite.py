@@ -97,3 +97,36 @@ def test_a_running_deployment_is_loaded_through_url(tmp_path: Path) -> None:
     assert set(document["scenarios"]["append"]["servers"]) == {"engine", "ceiling"}
     assert document["scenarios"]["append"]["servers"]["engine"]["errors"] == 0
     assert any("naive" in note for note in document["notes"])
+
+
+def test_the_misbehaving_fleet_gets_exactly_once_412s_and_429s(tmp_path: Path) -> None:
+    """benchmarks/hardening.py at a tiny size on its own server: its correctness checks hold
+    (the README quotes its numbers from a real run; none is asserted here)."""
+    from benchmarks import hardening
+
+    argv = [
+        "--seconds",
+        "2",
+        "--calm-rate",
+        "20",
+        "--flood-rate",
+        "5",
+        "--clients",
+        "3",
+        "--out",
+        str(tmp_path),
+    ]
+    assert hardening.main(argv) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert set(result["calm_alone"]["statuses"]) == set(result["calm_beside_fleet"]["statuses"]) == {"201"}
+    retry = result["retry"]
+    assert retry["writes_acknowledged"] > 0 and retry["replayed"] > 0
+    assert retry["messages_stored"] == retry["writes_acknowledged"] and retry["stored_twice"] == 0
+    assert retry["answers_disagreed"] == 0 and retry["errors"] == 0
+    race = result["race"]
+    assert race["updated"] > 0 and race["lost_updates"] == 0
+    assert race["final_version"] == race["final_counter"] + 1
+    assert set(race) <= {"updated", "precondition_failed", "final_counter", "final_version", "lost_updates"}
+    flood = result["flood"]
+    assert set(flood["statuses"]) <= {"201", "429"} and flood["statuses"].get("429", 0) > 0
+    assert (tmp_path / "results.md").read_text().startswith("# Misbehaving fleet")

@@ -16,6 +16,8 @@ ALL_ERRORS = [
     errors.SessionNotActive("sess_1", "closed"),
     errors.SessionExists("sess_1"),
     errors.VersionMismatch("sess_1", 2, 3),
+    errors.IdempotencyConflict("key-1"),
+    errors.QuotaExceeded("max_active_sessions", 10, "close some"),
     errors.SessionNotEnded("sess_1"),
     errors.Forbidden("managed", {"namespace": "session-memory"}),
     errors.ModelMissing("models.summarizer.path: /x is not a model directory", {"setting": "x"}),

@@ -47,7 +47,9 @@ def test_a_bucket_holds_a_burst_then_refills_at_the_rate() -> None:
 
 def test_organizations_have_buckets_of_their_own_and_overrides_apply_by_name() -> None:
     clock = Clock()
-    limits = LimitsConfig(requests_per_second=2, org_requests_per_second={"big": 50})
+    limits = LimitsConfig.model_validate(
+        {"requests_per_second": 2, "orgs": {"big": {"requests_per_second": 50}}}
+    )
     limiter = RateLimiter(limits, workers=1, clock=clock)
     assert admitted(limiter, "acme", 10) == 2
     assert admitted(limiter, "globex", 10) == 2, "acme's flood costs globex nothing"
@@ -63,7 +65,9 @@ def test_each_worker_takes_its_share_so_all_together_never_pass_the_rate() -> No
 
 
 def test_no_rate_configured_limits_nothing() -> None:
-    limiter = RateLimiter(LimitsConfig(org_requests_per_second={"acme": 1}), workers=1, clock=Clock())
+    limiter = RateLimiter(
+        LimitsConfig.model_validate({"orgs": {"acme": {"requests_per_second": 1}}}), workers=1, clock=Clock()
+    )
     assert admitted(limiter, "globex", 1000) == 1000
     assert not RateLimiter(LimitsConfig(), workers=1).enabled
 

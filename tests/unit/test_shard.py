@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import Internal, SessionNotActive, SessionNotFound, VersionMismatch
+from engine.idempotency import Idempotent
 from engine.sessions.ops import (
     AppendMessages,
     CreateSession,
@@ -14,6 +15,7 @@ from engine.sessions.ops import (
     GetSession,
     ListSessions,
     Ping,
+    PurgeSessions,
     ReplaceContext,
     UpdateSession,
 )
@@ -252,3 +254,30 @@ def test_a_snapshot_chunk_ends_once_its_sessions_hold_enough_messages() -> None:
         chunks.append(cursor.next_chunk(100, max_messages=30))
     assert chunks == [[30], [1, 1, 1, 40], [2]]
     assert sum(map(sum, chunks)) == sum(lengths), "every session is written, once"
+
+
+def test_retention_finds_ended_sessions_past_their_organizations_cutoff_and_purges_them_whole() -> None:
+    store = ShardStore()
+    for org in ("acme", "globex"):
+        for sid in ("old", "new", "live"):
+            store.apply(CreateSession(org, sid, "s", 3600, {}), T0)
+        store.apply(Idempotent("k1", "fp", EndSession(org, "old", SessionStatus.CLOSED)), T0 + 1000)
+        store.apply(EndSession(org, "new", SessionStatus.COMPLETED), T0 + 5000)
+    assert len(store.idempotency) == 2
+    # acme keeps ended sessions 3 s, globex forever (None), everyone else 1 s.
+    due = store.purgeable({"acme": T0 + 4000, "globex": None}, T0 + 9000, limit=10)
+    assert due == [("acme", "old")]
+    everyone = [("acme", "old"), ("acme", "new"), ("globex", "old"), ("globex", "new")]
+    assert store.purgeable({}, T0 + 9000, limit=10) == everyone
+    assert len(store.purgeable({}, T0 + 9000, limit=3)) == 3
+    assert store.apply(PurgeSessions((("acme", "old"), ("acme", "live"), ("acme", "gone"))), T0) == [
+        ("acme", "old")
+    ]
+    assert ("acme", "old") not in store._sessions and ("acme", "live") in store._sessions, (
+        "active is never purged"
+    )
+    assert len(store.idempotency) == 1, "its idempotency records went with it"
+    journal = store.take_journal()
+    assert isinstance(journal[-1], PurgeSessions)
+    store.apply(PurgeSessions((("acme", "old"),)), T0)
+    assert store.take_journal() == [], "a purge that removes nothing is not logged"

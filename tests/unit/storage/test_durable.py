@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from engine.clock import ManualClock
 from engine.config import ConfigError, DurabilityConfig
+from engine.errors import Unavailable
 from engine.sessions.ops import (
     AppendMessages,
     CreateSession,
@@ -28,7 +29,7 @@ from engine.storage.frames import CorruptFile
 from engine.storage.layout import claim_layout
 from engine.storage.lock import DirectoryLocked
 from engine.storage.snapshot import snapshots
-from engine.storage.wal import LogWriteFailed, segments
+from engine.storage.wal import segments
 
 CHUNKY = DurabilityConfig(snapshot_chunk_sessions=2, snapshot_chunk_messages=3)  # steps end either way
 
@@ -181,7 +182,7 @@ def test_fsync_always_syncs_every_batch_and_everysec_only_when_asked(
         shard.close(snapshot=False)
 
 
-def test_a_failed_log_write_is_fatal_and_the_change_is_never_acknowledged(
+def test_a_failed_log_write_makes_the_shard_read_only_and_the_change_is_never_acknowledged(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
     shard = open_shard(tmp_path, ManualClock())
@@ -191,9 +192,9 @@ def test_a_failed_log_write_is_fatal_and_the_change_is_never_acknowledged(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "write", full_disk)
-    with pytest.raises(LogWriteFailed, match="No space left"):
-        shard.apply_batch([CreateSession("acme", sid, "s", 60, {})])
-    monkeypatch.undo()
+    (refused,) = shard.apply_batch([CreateSession("acme", sid, "s", 60, {})])
+    assert isinstance(refused, Unavailable) and "No space left" in str(refused) and shard.read_only
+    monkeypatch.undo()  # more in tests/unit/storage/test_disk_faults.py
     shard.close(snapshot=False)
     assert ("acme", sid) not in open_shard(tmp_path, ManualClock()).store._sessions
 
