@@ -25,14 +25,18 @@ class Authorized:
     memory: MemoryRouter
     limits: LimitsConfig  # this organization's (limits.orgs applied)
     memory_limits: MemoryConfig
-    idempotency_key: str | None
     request: Request
+
+    def idempotency_key(self) -> str | None:
+        """The request's Idempotency-Key, checked; read only by writes, so reads ignore it."""
+        return idempotency_key(self.request)
 
     async def once(self, op: Any) -> Any:
         """The op to send for a write: as is, or under the request's Idempotency-Key."""
-        if self.idempotency_key is None:
+        key = self.idempotency_key()
+        if key is None:
             return op
-        return Idempotent(self.idempotency_key, await fingerprint(self.request), op)
+        return Idempotent(key, await fingerprint(self.request), op)
 
 
 async def _caller(request: Request) -> Authorized:
@@ -41,9 +45,7 @@ async def _caller(request: Request) -> Authorized:
     org = organization(request)
     state.limiter.check(org)
     limits = state.org_limits.get(org, config.limits)
-    return Authorized(
-        org, state.router, state.memory, limits, config.memory, idempotency_key(request), request
-    )
+    return Authorized(org, state.router, state.memory, limits, config.memory, request)
 
 
 Caller = Annotated[Authorized, Depends(_caller)]

@@ -35,6 +35,14 @@ class OrgLimits(_Section):
     max_context_bytes: int | None = Field(None, ge=2)
     retention_days: float | None = Field(None, gt=0)
 
+    @model_validator(mode="after")
+    def _sizes_are_numbers(self) -> OrgLimits:
+        # null means "no limit" for a rate, a quota or retention, but a size needs a bound.
+        for name in ("max_message_bytes", "max_context_bytes"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} must be a number, not null")
+        return self
+
 
 class LimitsConfig(_Section):
     """Bounds on what one request may carry, and quotas per organization; each violation is a

@@ -11,7 +11,9 @@ sends it to the store that holds the state: a session shard (scope: the session)
 - a record with another fingerprint: 409, the key was first used for a different request.
 
 Records lapse after `retention_ms`; beyond `max_records` per store the oldest go first. They are
-part of the store's snapshots. Replay applies a logged `Idempotent` op without looking its key up:
+part of the store's snapshots. When a session is deleted its records keep only the key and the
+fingerprint (`GONE` for the result): its content goes, and a retry is told the session is gone
+instead of making it again. Replay applies a logged `Idempotent` op without looking its key up:
 it was logged only because the lookup missed when it first ran.
 """
 
@@ -25,6 +27,7 @@ from typing import Any, NamedTuple
 from engine.config import DurabilityConfig
 from engine.errors import IdempotencyConflict
 
+GONE = "gone"  # the result of a record whose session was deleted (a session write's result is never a str)
 DEFAULT_RETENTION_MS = 24 * 3600 * 1000
 DEFAULT_MAX_RECORDS = 1_000_000
 MAX_KEY_CHARS = 255
@@ -88,11 +91,13 @@ class IdempotencyRecords:
         self._by_scope.setdefault((org, scope), set()).add(key)
         self._drop_oldest(now_ms)
 
-    def forget_scope(self, org: str, scope: str) -> int:
-        """Drop every record of one scope (a deleted session's); returns how many."""
-        keys = self._by_scope.pop((org, scope), ())
+    def forget_results(self, org: str, scope: str) -> int:
+        """Keep only key and fingerprint of every record of one scope (a deleted session's), so a
+        retry learns it is gone; returns how many."""
+        keys = self._by_scope.get((org, scope), ())
         for key in keys:
-            del self._records[(org, scope, key)]
+            record = self._records[(org, scope, key)]
+            self._records[(org, scope, key)] = record._replace(result=GONE)  # keeps its place in line
         return len(keys)
 
     def _drop_oldest(self, now_ms: int) -> None:

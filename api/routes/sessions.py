@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
+import itertools
 from typing import Annotated, Any
 
 from fastapi import Body, Header, Path, Query
 from starlette.responses import Response
 
-from engine.errors import SessionNotFound, ValidationFailed
-from engine.idempotency import Replayed
+from engine.errors import QuotaExceeded, SessionNotFound, ValidationFailed
+from engine.idempotency import Idempotent, Replayed
 from engine.memory.store import SESSION_MEMORY, DeleteVectors
 from engine.sessions.ops import (
     AppendMessages,
+    CheckKey,
     CreateSession,
     DeleteSession,
     EndSession,
@@ -81,7 +84,7 @@ def _parse_if_match(value: str | None) -> int | None:
 
 @router.post("", status_code=201, response_model=SessionOut, summary="Create a session")
 async def create_session(body: CreateSessionIn, caller: Caller) -> Response:
-    key = caller.idempotency_key
+    key = caller.idempotency_key()
     session_id = new_session_id() if key is None else session_id_for_key(caller.org, key)
     op = CreateSession(
         org=caller.org,
@@ -91,8 +94,21 @@ async def create_session(body: CreateSessionIn, caller: Caller) -> Response:
         context=check_context(body.context or {}, caller.limits),
         max_active=_shard_share(caller.limits.max_active_sessions, caller.shards.shards),
     )
-    view, headers = await _write(caller, session_id, op)
-    return json_response(view, 201, {"Location": f"/sessions/{session_id}", **_etag(view), **headers})
+    for attempt in itertools.count(1):
+        try:
+            view, headers = await _write(caller, op.session_id, op)
+            break
+        except QuotaExceeded:
+            # The id's shard holds its share; another id may land on a shard that does not. A
+            # keyed create's id is its key's, so it has one shard only.
+            if key is not None or attempt >= min(caller.shards.shards, _QUOTA_TRIES):
+                raise
+            op = dataclasses.replace(op, session_id=new_session_id())
+    location = f"/sessions/{op.session_id}"
+    return json_response(view, 201, {"Location": location, **_etag(view), **headers})
+
+
+_QUOTA_TRIES = 4  # shards a create tries before max_active_sessions refuses it
 
 
 def _shard_share(quota: int | None, shards: int) -> int | None:
@@ -193,11 +209,19 @@ async def list_sessions(
 )
 async def delete_session(session_id: SessionId, caller: Caller) -> Response:
     sid = _session_id(session_id)
+    op = DeleteSession(caller.org, sid)
+    once = await caller.once(op)
+    if isinstance(once, Idempotent):
+        # A retry is answered before anything is deleted; a key reused for another request is
+        # refused before the vector goes.
+        check = CheckKey(caller.org, sid, once.key, once.fingerprint, op)
+        if await caller.shards.submit(caller.org, sid, check) is not None:
+            return Response(status_code=204, headers=REPLAYED_HEADERS)
     # The vector first: if the session delete then fails, a retry finds the session and finishes.
     # A summary still being made when the session goes deletes its own vector (see SummaryRunner).
     await caller.memory.submit(caller.org, DeleteVectors(caller.org, SESSION_MEMORY, (sid,)))
-    _, headers = await _write(caller, sid, DeleteSession(caller.org, sid))
-    return Response(status_code=204, headers=headers)
+    result = await caller.shards.submit(caller.org, sid, once)
+    return Response(status_code=204, headers=REPLAYED_HEADERS if isinstance(result, Replayed) else None)
 
 
 @router.post(

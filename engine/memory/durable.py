@@ -46,6 +46,7 @@ MEMORY_FORMAT_VERSION = 1
 SNAPSHOT_PREFIX = "memory-"
 READ_OPS = (QueryVectors, MemoryStats)  # what a read-only memory shard still answers
 _PART_BYTES = 256 * 1024 * 1024
+_RECORDS_PER_FRAME = 10_000  # idempotency records of vector writes: small answers, far below a frame's limit
 
 
 def encode_memory_op(op: MemoryOp | Idempotent) -> list[Any]:
@@ -267,8 +268,8 @@ def _write_snapshot(
             f.write(frame(orjson.dumps(meta)))
             for piece in pieces:
                 f.write(frame(piece))
-        if records:
-            f.write(frame(orjson.dumps({"idempotency": records})))
+        for i in range(0, len(records), _RECORDS_PER_FRAME):
+            f.write(frame(orjson.dumps({"idempotency": records[i : i + _RECORDS_PER_FRAME]})))
         f.write(frame(orjson.dumps({"end": True, "namespaces": len(parts)})))
         f.flush()
         os.fsync(f.fileno())

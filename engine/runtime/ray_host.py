@@ -143,24 +143,27 @@ class SessionShard:
     async def _retain_forever(self) -> None:
         """Retention: purge ended sessions past their organization's retention_days, their summary
         vectors first, so a crash in between leaves sessions the next run finds again."""
-        limits = self._config.limits
         while True:
-            await asyncio.sleep(limits.retention_check_s)
-            cutoffs, default = retention_cutoffs(limits, int(time.time() * 1000))
-            due = self._durable.store.purgeable(cutoffs, default, limit=_PURGE_BATCH)
-            if not due:
-                continue
+            await asyncio.sleep(self._config.limits.retention_check_s)
+            if self._durable.read_only:
+                continue  # the purge could not be logged; its vectors would go and its sessions stay
             try:
-                if self._memory is None:
-                    self._memory = ray_memory.find_memory_shards(self._config, timeout_s=0)
-                await ray_memory.forget_session_vectors(self._memory, due)
-            except Exception as exc:  # noqa: BLE001 - the sessions stay until a run deletes both
-                log.warning(
-                    "retention: summary vectors not deleted", extra={"shard": self._index, "error": str(exc)}
-                )
-                continue
-            purged = await self.apply_batch([PurgeSessions(tuple(due))])
-            log.info("retention purge", extra={"shard": self._index, "sessions": len(purged[0])})
+                await self._purge_due()
+            except Exception as exc:  # noqa: BLE001 - the sessions stay until a run purges them whole
+                log.warning("retention run failed", extra={"shard": self._index, "error": str(exc)})
+
+    async def _purge_due(self) -> None:
+        cutoffs, default = retention_cutoffs(self._config.limits, int(time.time() * 1000))
+        due = self._durable.store.purgeable(cutoffs, default, limit=_PURGE_BATCH)
+        if not due:
+            return
+        if self._memory is None:
+            self._memory = ray_memory.find_memory_shards(self._config, timeout_s=0)
+        await ray_memory.forget_session_vectors(self._memory, due)
+        (purged,) = await self.apply_batch([PurgeSessions(tuple(due))])
+        if isinstance(purged, Exception):
+            raise purged
+        log.info("retention purge", extra={"shard": self._index, "sessions": len(purged)})
 
     async def _expire_forever(self) -> None:
         while True:

@@ -228,9 +228,9 @@ class SummarizerPool:
         deadline, delay = loop.time() + give_up_s, 0.1
         while loop.time() < deadline:
             try:
-                await worker.describe.remote()
+                await asyncio.wait_for(worker.describe.remote(), timeout=10)
                 return
-            except RAY_ERRORS:
+            except (*RAY_ERRORS, TimeoutError):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

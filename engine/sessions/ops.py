@@ -131,6 +131,19 @@ class ListSessions:
 
 
 @dataclass(slots=True, frozen=True)
+class CheckKey:
+    """A read: the earlier answer under this idempotency key (Replayed), or None if there is none;
+    a different request under the key raises. For a route that must know before it does anything
+    else (DELETE deletes the session's vector first)."""
+
+    org: str
+    session_id: str
+    key: str
+    fingerprint: str
+    op: Any  # the op the key would be sent with
+
+
+@dataclass(slots=True, frozen=True)
 class Ping:
     pass
 
@@ -163,6 +176,7 @@ Op = (
     | FinishSummary
     | FailSummary
     | GetSession
+    | CheckKey
     | ListSessions
     | Ping
 )

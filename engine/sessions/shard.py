@@ -20,10 +20,11 @@ from typing import Any
 from sortedcontainers import SortedList
 
 from engine.errors import QuotaExceeded, SessionExists, SessionNotActive, SessionNotFound, apply_each
-from engine.idempotency import IdempotencyRecords, Idempotent, Replayed
+from engine.idempotency import GONE, IdempotencyRecords, Idempotent, Replayed
 from engine.sessions.ops import (
     MUTATING_OPS,
     AppendMessages,
+    CheckKey,
     CreateSession,
     DeleteSession,
     EndSession,
@@ -94,6 +95,7 @@ class ShardStore:
             FinishSummary: self._finish_summary,
             FailSummary: self._fail_summary,
             GetSession: self._get_view,
+            CheckKey: self._check_key,
             ListSessions: self._list,
             Ping: self._ping,
         }
@@ -116,12 +118,21 @@ class ShardStore:
         if not self.replaying:
             record = self.idempotency.find(op.org, op.session_id, once.key, once.fingerprint, now_ms)
             if record is not None:
-                return Replayed(self._expand(op, record.result))
+                return self._replay(op, record.result)
         result = self._handlers[type(op)](op, now_ms)
         self.journal.append(once)  # the key is logged with its op
         compact = [result[0]["seq"], len(result)] if isinstance(op, AppendMessages) else result
         self.idempotency.remember(op.org, op.session_id, once.key, once.fingerprint, now_ms, compact)
         return result
+
+    def _check_key(self, op: CheckKey, now_ms: int) -> Replayed | None:
+        record = self.idempotency.find(op.org, op.session_id, op.key, op.fingerprint, now_ms)
+        return None if record is None else self._replay(op.op, record.result)
+
+    def _replay(self, op: Any, result: Any) -> Replayed:
+        if result == GONE and not isinstance(op, DeleteSession):
+            raise SessionNotFound(op.session_id)  # deleted since: its writes are not made again
+        return Replayed(self._expand(op, result))
 
     def _expand(self, op: Any, result: Any) -> Any:
         """An append's record holds (first seq, count), not copies of messages the session keeps."""
@@ -305,14 +316,15 @@ class ShardStore:
         return found
 
     def _remove(self, session: Session) -> None:
-        """Everything of the session goes: messages, context, summary and its idempotency records."""
+        """Everything of the session goes: messages, context, summary, and what its idempotency
+        records hold (their keys stay until they lapse, so a retry is not applied again)."""
         self._before_change(session)
         del self._sessions[(session.org, session.id)]
         index = self._orgs[session.org]
         index.remove(session)
         if not index.all:
             del self._orgs[session.org]
-        self.idempotency.forget_scope(session.org, session.id)
+        self.idempotency.forget_results(session.org, session.id)
 
     def _expire_due(self, op: ExpireDue, now_ms: int) -> list[str]:
         expired: list[str] = []

@@ -220,7 +220,8 @@ class DurableShard:
         else:
             self.store.end_snapshot()  # every session is written: later changes need no copies
             # Then the idempotency records as they were when the snapshot began.
-            records = self._cursor.next_records(self._config.snapshot_chunk_messages)
+            # A record may hold a session's view (its context too), so as many as sessions a step.
+            records = self._cursor.next_records(self._config.snapshot_chunk_sessions)
             self._writer.add_records(records)
             more = bool(records)
         self._longest_step_s = max(self._longest_step_s, time.perf_counter() - step_started)

@@ -111,9 +111,9 @@ def unwritable_log(directory: Path, failure: LogWriteFailed) -> Unavailable:
         f"{directory.name} cannot write to its disk ({failure.reason}), so it takes no changes for now; "
         "reads still work",
         {"shard_directory": directory.name, "reason": failure.reason, "read_only": True},
-        "This change was not applied. The disk under the data directory is full, read-only or failing: "
-        "free space there (or fix the disk); the shard retries every second and takes changes again "
-        "without a restart. Retry then.",
+        "The disk under the data directory is full, read-only or failing: free space there (or fix "
+        "the disk); the shard retries every second and takes changes again without a restart. Then "
+        "retry with the same Idempotency-Key, which applies the change exactly once.",
     )
 
 

@@ -239,7 +239,7 @@ def test_a_shard_whose_disk_refuses_writes_answers_503_serves_reads_and_resumes(
             assert response.status_code == 503, response.text
             body = response.json()
             assert body["code"] == "UNAVAILABLE" and "File too large" in body["error"], body
-            assert "not applied" in body["hint"] and response.headers["Retry-After"]
+            assert "Idempotency-Key" in body["hint"] and response.headers["Retry-After"]
             read = client.get(f"/sessions/{sid}")
             assert read.status_code == 200, "reads go on"
             assert [m["content"] for m in read.json()["messages"]] == acked[sid]

@@ -100,12 +100,24 @@ def test_close_patch_and_delete_retried(api: Api) -> None:
     assert_error(api.get(f"/sessions/{sid}"), 404, "NOT_FOUND")
 
 
-def test_deleting_a_session_forgets_its_keys(api: Api) -> None:
-    headers = key()
-    sid = api.post("/sessions", json={"name": "a"}, headers=headers).json()["id"]
+def test_a_write_retried_after_its_session_was_deleted_is_told_so_and_not_made_again(api: Api) -> None:
+    create, say = key(), key()
+    sid = api.post("/sessions", json={"name": "a"}, headers=create).json()["id"]
+    api.post(f"/sessions/{sid}/messages", json={"role": "user", "content": "secret"}, headers=say)
     assert api.delete(f"/sessions/{sid}").status_code == 204
-    again = api.post("/sessions", json={"name": "a"}, headers=headers)
-    assert again.status_code == 201 and "idempotent-replayed" not in again.headers, "nothing of it is kept"
+    assert_error(api.post("/sessions", json={"name": "a"}, headers=create), 404, "NOT_FOUND")
+    retried = api.post(f"/sessions/{sid}/messages", json={"role": "user", "content": "secret"}, headers=say)
+    assert_error(retried, 404, "NOT_FOUND")
+    assert "secret" not in retried.text
+    assert api.get("/sessions").json()["sessions"] == []
+
+
+def test_a_delete_under_a_key_used_for_another_request_deletes_nothing(api: Api) -> None:
+    headers = key()
+    sid = api.new_session()["id"]
+    api.post(f"/sessions/{sid}/messages", json={"role": "user", "content": "hi"}, headers=headers)
+    assert_error(api.delete(f"/sessions/{sid}", headers=headers), 409, "CONFLICT")
+    assert api.get(f"/sessions/{sid}").status_code == 200
 
 
 def test_keys_are_per_organization(api: Api, other_api: Api) -> None:

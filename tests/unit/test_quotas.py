@@ -132,3 +132,36 @@ def test_quotas_through_http_answer_409_and_413_for_one_organization_only() -> N
             assert client.post("/vectors/upsert", json=vectors, headers=auth).status_code == (
                 409 if tight else 200
             )
+
+
+def test_a_create_refused_by_a_full_shard_tries_another_before_the_quota_refuses_it(monkeypatch: Any) -> None:
+    from api.routes import sessions as routes
+    from engine.routing import shard_for
+    from engine.sessions.session import new_session_id
+
+    def ids_on(shard: int, n: int) -> list[str]:
+        found: list[str] = []
+        while len(found) < n:
+            sid = new_session_id()
+            if shard_for("tight", sid, 2) == shard:
+                found.append(sid)
+        return found
+
+    # Shard 0, shard 0 again (full: the second create moves on), shard 1; then both are full.
+    (a, b, c), (d, e) = ids_on(0, 3), ids_on(1, 2)
+    monkeypatch.setattr(routes, "new_session_id", iter([a, b, d, c, e]).__next__)
+    limits = LimitsConfig.model_validate({"orgs": {"tight": {"max_active_sessions": 2}}})
+    app = create_app(
+        load_config().model_copy(update={"limits": limits, "shards": 2}),
+        transport=lambda c: LocalTransport(c.shards),
+        memory=lambda c: LocalMemoryTransport(c.memory.shards, IndexParams(), lambda t: np.ones((len(t), 8))),
+        keys=KeyStore.from_spec("tight-key=tight"),
+    )
+    with TestClient(app) as client:
+        auth = {"Authorization": "Bearer tight-key"}
+        first = client.post("/sessions", json={"name": "x"}, headers=auth)
+        second = client.post("/sessions", json={"name": "x"}, headers=auth)
+        assert (first.json()["id"], second.json()["id"]) == (a, d), "the second went to shard 1"
+        assert second.headers["location"] == f"/sessions/{d}"
+        third = client.post("/sessions", json={"name": "x"}, headers=auth)
+        assert third.status_code == 409 and third.json()["details"]["quota"] == "max_active_sessions"

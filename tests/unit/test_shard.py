@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import Internal, SessionNotActive, SessionNotFound, VersionMismatch
-from engine.idempotency import Idempotent
+from engine.idempotency import GONE, Idempotent
 from engine.sessions.ops import (
     AppendMessages,
     CreateSession,
@@ -276,7 +276,11 @@ def test_retention_finds_ended_sessions_past_their_organizations_cutoff_and_purg
     assert ("acme", "old") not in store._sessions and ("acme", "live") in store._sessions, (
         "active is never purged"
     )
-    assert len(store.idempotency) == 1, "its idempotency records went with it"
+    (acme, gone), (globex, kept) = store.idempotency
+    assert (acme[0], gone.result, globex[0]) == ("acme", GONE, "globex"), "its answer went with it"
+    assert kept.result["status"] == "closed", "another organization's stays"
+    with pytest.raises(SessionNotFound):  # a retry is told it is gone, and makes nothing
+        store.apply(Idempotent("k1", "fp", EndSession("acme", "old", SessionStatus.CLOSED)), T0)
     journal = store.take_journal()
     assert isinstance(journal[-1], PurgeSessions)
     store.apply(PurgeSessions((("acme", "old"),)), T0)

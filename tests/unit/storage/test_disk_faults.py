@@ -104,7 +104,7 @@ def test_a_full_disk_turns_the_shard_read_only_and_reads_go_on(tmp_path: Path, d
     assert refused is read, "the batch whose write failed is refused whole; its read saw its change"
     assert isinstance(refused, Unavailable) and refused.code == "UNAVAILABLE"
     assert "No space left on device" in str(refused) and tmp_path.name in str(refused)
-    assert "not applied" in refused.hint and refused.details["read_only"] is True
+    assert "Idempotency-Key" in refused.hint and refused.details["read_only"] is True
     assert shard.read_only
     assert contents(shard, sid) == ["one", "two"], "rebuilt from disk: the refused change is gone"
     (listing,) = shard.apply_batch([ListSessions("acme", 10)])
