@@ -44,8 +44,9 @@ KEYS = {org: f"{org}-key" for org in ORGS}
 MESSAGE = "an agent turn of about one hundred characters, the size the targets assume for each message."
 
 
-def server_env(flood_rate: float) -> dict[str, str]:
+def server_env(flood_rate: float, fsync: str = "always") -> dict[str, str]:
     return {
+        "SESSION_ENGINE_DURABILITY__FSYNC": fsync,
         "SESSION_ENGINE_API_KEYS": ",".join(f"{key}={org}" for org, key in KEYS.items()),
         "SESSION_ENGINE_LIMITS__ORGS": orjson.dumps({"flood": {"requests_per_second": flood_rate}}).decode(),
         "RAY_ADDRESS": "",
@@ -346,11 +347,11 @@ def markdown(result: dict[str, Any], machine: dict[str, Any], command: str) -> s
 
 
 @contextlib.contextmanager
-def _server(url: str | None, flood_rate: float, work: Path) -> Iterator[str]:
+def _server(url: str | None, flood_rate: float, fsync: str, work: Path) -> Iterator[str]:
     if url is not None:
         yield url
         return
-    server = ServerProcess(work / "data", [], server_env(flood_rate)).wait_ready(timeout_s=300)
+    server = ServerProcess(work / "data", [], server_env(flood_rate, fsync)).wait_ready(timeout_s=300)
     try:
         yield server.url
     finally:
@@ -365,13 +366,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calm-rate", type=float, default=200.0, help="appends a second the calm org sends")
     parser.add_argument("--flood-rate", type=float, default=20.0, help="the flooding org's rate limit")
     parser.add_argument("--clients", type=int, default=4, help="connections of each misbehaving org")
+    parser.add_argument("--fsync", choices=("always", "everysec", "never"), default="always")
     parser.add_argument("--url", help="a running engine started with server_env()'s keys and limits")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "hardening")
     args = parser.parse_args(argv)
     command = "python -m benchmarks.hardening " + " ".join(argv if argv is not None else [])
     with (
         tempfile.TemporaryDirectory(prefix="session-engine-hardening-") as tmp,
-        _server(args.url, args.flood_rate, Path(tmp)) as url,
+        _server(args.url, args.flood_rate, args.fsync, Path(tmp)) as url,
     ):
         result = measure(url, args.seconds, args.calm_rate, args.flood_rate, args.clients)
     machine = stamp.machine()
