@@ -19,8 +19,17 @@ from engine.clock import ManualClock
 from engine.config import DurabilityConfig
 from engine.errors import EngineError, IdempotencyConflict
 from engine.idempotency import Idempotent, Replayed
-from engine.sessions.ops import AppendMessages, CreateSession, GetSession, ReplaceContext
-from engine.sessions.session import NewMessage
+from engine.sessions.ops import (
+    AppendMessages,
+    CreateSession,
+    DeleteSession,
+    EndSession,
+    GetSession,
+    PurgeSessions,
+    ReplaceContext,
+)
+from engine.sessions.session import NewMessage, SessionStatus, session_id_for_key
+from engine.storage.codec import encode_session
 from engine.storage.durable import DurableShard
 
 CONFIG = DurabilityConfig(snapshot_chunk_sessions=1, snapshot_chunk_messages=2)
@@ -129,3 +138,75 @@ def test_any_interleaving_of_retrying_clients_stores_each_write_once_in_acknowle
         (conflict,) = shard.apply_batch([other])
         assert isinstance(conflict, IdempotencyConflict)
     shard.close(snapshot=False)
+
+
+SMALL = DurabilityConfig(
+    snapshot_chunk_sessions=1,
+    snapshot_chunk_messages=2,
+    idempotency_retention_s=2.0,  # ticks below pass it, so records lapse
+    idempotency_max_records=4,  # and the oldest are pushed out
+)
+keyed_step = st.one_of(
+    st.tuples(st.just("create"), st.integers(0, 5)),
+    st.tuples(st.just("say"), st.integers(0, 5), st.integers(0, 5)),
+    st.tuples(st.just("delete"), st.integers(0, 5), st.booleans()),
+    st.tuples(st.just("purge"), st.integers(0, 5)),
+    st.tuples(st.just("snapshot-begin")),
+    st.tuples(st.just("snapshot-finish")),
+    st.tuples(st.just("crash")),
+    st.tuples(st.just("tick"), st.integers(0, 1500)),
+)
+
+
+def records(shard: DurableShard) -> list[Any]:
+    return list(shard.store.idempotency)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(script=st.lists(keyed_step, max_size=40))
+def test_restarts_rebuild_the_idempotency_records_exactly_through_deletes_lapses_and_evictions(
+    tmp_path_factory: Any, script: list[Any]
+) -> None:
+    """Keyed creates (ids from keys), appends, deletes and purges, with records that lapse and are
+    pushed out: the state and the records after a crash are the ones before it."""
+    path = tmp_path_factory.mktemp("keyed")
+    clock = ManualClock()
+    shard = DurableShard(path, SMALL, clock, lock_wait_s=0.2)
+    for action in script:
+        kind = action[0]
+        if kind in ("create", "say", "delete", "purge"):
+            shard.apply_batch(keyed_ops(action))
+        elif kind == "snapshot-begin" and not shard.snapshot_in_progress:
+            shard.begin_snapshot()
+        elif kind == "snapshot-finish" and shard.snapshot_in_progress:
+            while shard.snapshot_step():
+                pass
+            shard.finish_snapshot_io()
+            shard.complete_snapshot()
+        elif kind == "crash":
+            before = (durable_state(shard), records(shard))
+            shard.close(snapshot=False)
+            shard = DurableShard(path, SMALL, clock, lock_wait_s=0.2)
+            assert (durable_state(shard), records(shard)) == before
+        elif kind == "tick":
+            clock.advance(action[1])
+        assert len(shard.store.idempotency) <= SMALL.idempotency_max_records
+    shard.close(snapshot=False)
+
+
+def durable_state(shard: DurableShard) -> dict[Any, Any]:
+    return {key: encode_session(s) for key, s in shard.store._sessions.items()}
+
+
+def keyed_ops(action: tuple[Any, ...]) -> list[Any]:
+    """One step's batch; its errors (a second create, a gone session, a conflict) are answers."""
+    kind, n = action[0], action[1]
+    sid = session_id_for_key("acme", f"create-{n}")
+    if kind == "create":
+        return [Idempotent(f"create-{n}", "fp", CreateSession("acme", sid, "s", 60, {}))]
+    if kind == "say":
+        return [Idempotent(f"say-{action[2]}", "fp", AppendMessages("acme", sid, (NewMessage("user", "x"),)))]
+    if kind == "delete":
+        delete = DeleteSession("acme", sid)
+        return [Idempotent("del", "fp", delete) if action[2] else delete]
+    return [EndSession("acme", sid, SessionStatus.COMPLETED), PurgeSessions((("acme", sid),))]
