@@ -14,7 +14,7 @@ from engine.config import LimitsConfig, MemoryConfig
 from engine.idempotency import Idempotent
 
 from .auth import organization
-from .idempotency import fingerprint, idempotency_key
+from .idempotency import answered, fingerprint, idempotency_key
 from .outbox import MemoryRouter, ShardRouter
 
 
@@ -37,6 +37,15 @@ class Authorized:
         if key is None:
             return op
         return Idempotent(key, await fingerprint(self.request), op)
+
+    async def write(self, session_id: str, op: Any) -> tuple[Any, dict[str, str]]:
+        """Send a write to the session's shard (under the request's Idempotency-Key, if it has
+        one): its result, and the headers that say when it is an earlier run's answer."""
+        return answered(await self.shards.submit(self.org, session_id, await self.once(op)))
+
+    async def write_memory(self, op: Any) -> tuple[Any, dict[str, str]]:
+        """The same for a vector write, sent to the organization's memory shard."""
+        return answered(await self.memory.submit(self.org, await self.once(op)))
 
 
 async def _caller(request: Request) -> Authorized:

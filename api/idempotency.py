@@ -4,15 +4,23 @@ check the `Idempotency-Key` header, and fingerprint the request it came with."""
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import orjson
 from starlette.requests import Request
 
 from engine.errors import ValidationFailed
-from engine.idempotency import MAX_KEY_CHARS
+from engine.idempotency import MAX_KEY_CHARS, Replayed
 
 HEADER = "idempotency-key"
 REPLAYED_HEADERS = {"Idempotent-Replayed": "true"}
+
+
+def answered(result: Any) -> tuple[Any, dict[str, str]]:
+    """A store's result, unwrapped when it is an earlier run's answer, and the headers saying so."""
+    if isinstance(result, Replayed):
+        return result.value, REPLAYED_HEADERS
+    return result, {}
 
 
 def idempotency_key(request: Request) -> str | None:

@@ -11,7 +11,7 @@ from fastapi import Body, Header, Path, Query
 from starlette.responses import Response
 
 from engine.errors import QuotaExceeded, SessionNotFound, ValidationFailed
-from engine.idempotency import Idempotent, Replayed
+from engine.idempotency import Idempotent
 from engine.memory.store import SESSION_MEMORY, DeleteVectors
 from engine.sessions.ops import (
     AppendMessages,
@@ -28,9 +28,9 @@ from engine.sessions.ops import (
 from engine.sessions.session import SessionStatus, is_session_id, new_session_id, session_id_for_key
 
 from ..cursor import decode_cursor, encode_cursor
-from ..deps import Authorized, Caller
+from ..deps import Caller
 from ..http import json_response, json_router
-from ..idempotency import REPLAYED_HEADERS
+from ..idempotency import REPLAYED_HEADERS, answered
 from ..limits import check_context, check_messages, check_name, check_ttl
 from ..schemas import (
     AppendMessagesIn,
@@ -54,15 +54,6 @@ def _session_id(session_id: str) -> str:
     if not is_session_id(session_id):
         raise SessionNotFound(session_id[:64])
     return session_id
-
-
-async def _write(caller: Authorized, session_id: str, op: Any) -> tuple[Any, dict[str, str]]:
-    """Send a write to the session's shard (under the request's Idempotency-Key, if it has one);
-    its result, and the headers that say when it is the answer of an earlier run."""
-    result = await caller.shards.submit(caller.org, session_id, await caller.once(op))
-    if isinstance(result, Replayed):
-        return result.value, REPLAYED_HEADERS
-    return result, {}
 
 
 def _etag(view: dict[str, Any]) -> dict[str, str]:
@@ -96,7 +87,7 @@ async def create_session(body: CreateSessionIn, caller: Caller) -> Response:
     )
     for attempt in itertools.count(1):
         try:
-            view, headers = await _write(caller, op.session_id, op)
+            view, headers = await caller.write(op.session_id, op)
             break
         except QuotaExceeded:
             # The id's shard holds its share; another id may land on a shard that does not. A
@@ -126,7 +117,7 @@ async def append_messages(session_id: SessionId, body: AppendMessagesIn, caller:
     sid = _session_id(session_id)
     messages = check_messages(body.as_messages(), caller.limits)
     op = AppendMessages(caller.org, sid, messages, caller.limits.max_messages_per_session)
-    stored, headers = await _write(caller, sid, op)
+    stored, headers = await caller.write(sid, op)
     return json_response({"messages": stored} if body.messages is not None else stored[0], 201, headers)
 
 
@@ -155,7 +146,7 @@ async def replace_context(
 ) -> Response:
     sid = _session_id(session_id)
     op = ReplaceContext(caller.org, sid, check_context(context, caller.limits), _parse_if_match(if_match))
-    view, headers = await _write(caller, sid, op)
+    view, headers = await caller.write(sid, op)
     return json_response(view, headers={**_etag(view), **headers})
 
 
@@ -168,7 +159,7 @@ async def update_session(session_id: SessionId, body: UpdateSessionIn, caller: C
         name=check_name(body.name, caller.limits) if body.name is not None else None,
         ttl_s=check_ttl(body.ttl_seconds, caller.limits) if body.ttl_seconds is not None else None,
     )
-    view, headers = await _write(caller, sid, op)
+    view, headers = await caller.write(sid, op)
     return json_response(view, headers=headers)
 
 
@@ -220,8 +211,8 @@ async def delete_session(session_id: SessionId, caller: Caller) -> Response:
     # The vector first: if the session delete then fails, a retry finds the session and finishes.
     # A summary still being made when the session goes deletes its own vector (see SummaryRunner).
     await caller.memory.submit(caller.org, DeleteVectors(caller.org, SESSION_MEMORY, (sid,)))
-    result = await caller.shards.submit(caller.org, sid, once)
-    return Response(status_code=204, headers=REPLAYED_HEADERS if isinstance(result, Replayed) else None)
+    _, headers = answered(await caller.shards.submit(caller.org, sid, once))
+    return Response(status_code=204, headers=headers)
 
 
 @router.post(
@@ -232,19 +223,19 @@ async def delete_session(session_id: SessionId, caller: Caller) -> Response:
 )
 async def summarize_session(session_id: SessionId, caller: Caller) -> Response:
     sid = _session_id(session_id)
-    view, headers = await _write(caller, sid, RequestSummary(caller.org, sid))
+    view, headers = await caller.write(sid, RequestSummary(caller.org, sid))
     return json_response(view, 202, headers)
 
 
 @router.post("/{session_id}/close", response_model=SessionOut, summary="Close; a summary follows")
 async def close_session(session_id: SessionId, caller: Caller) -> Response:
     sid = _session_id(session_id)
-    view, headers = await _write(caller, sid, EndSession(caller.org, sid, SessionStatus.CLOSED))
+    view, headers = await caller.write(sid, EndSession(caller.org, sid, SessionStatus.CLOSED))
     return json_response(view, headers=headers)
 
 
 @router.post("/{session_id}/complete", response_model=SessionOut, summary="Complete; no summary")
 async def complete_session(session_id: SessionId, caller: Caller) -> Response:
     sid = _session_id(session_id)
-    view, headers = await _write(caller, sid, EndSession(caller.org, sid, SessionStatus.COMPLETED))
+    view, headers = await caller.write(sid, EndSession(caller.org, sid, SessionStatus.COMPLETED))
     return json_response(view, headers=headers)

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from starlette.responses import Response
 
 from engine.errors import ValidationFailed
-from engine.idempotency import Replayed
 from engine.memory.index import normalized
 from engine.memory.store import DeleteVectors, QueryVectors, UpsertVectors
 
-from ..deps import Authorized, Caller
+from ..deps import Caller
 from ..http import json_response, json_router
-from ..idempotency import REPLAYED_HEADERS
 from ..limits import (
     check_delete_ids,
     check_dimension,
@@ -26,14 +22,6 @@ from ..limits import (
 from ..schemas import DeleteIn, DeleteOut, QueryIn, QueryOut, UpsertIn, UpsertOut
 
 router = json_router("/vectors", "memory")
-
-
-async def _write(caller: Authorized, op: Any) -> tuple[Any, dict[str, str]]:
-    """Send a write to the organization's memory shard, under the request's Idempotency-Key if any."""
-    result = await caller.memory.submit(caller.org, await caller.once(op))
-    if isinstance(result, Replayed):
-        return result.value, REPLAYED_HEADERS
-    return result, {}
 
 
 @router.post("/upsert", response_model=UpsertOut, summary="Add or replace up to 100 vectors")
@@ -58,7 +46,7 @@ async def upsert_vectors(body: UpsertIn, caller: Caller) -> Response:
     vectors = normalized(np.asarray(rows, dtype=np.float64))
     ids = tuple(v.id for v in body.vectors)
     op = UpsertVectors(caller.org, namespace, ids, vectors, metadata, caller.limits.max_vectors_per_namespace)
-    result, headers = await _write(caller, op)
+    result, headers = await caller.write_memory(op)
     return json_response({"namespace": namespace, **result}, headers=headers)
 
 
@@ -79,5 +67,5 @@ async def query_vectors(body: QueryIn, caller: Caller) -> Response:
 async def delete_vectors(body: DeleteIn, caller: Caller) -> Response:
     namespace = check_writable_namespace(body.namespace)
     op = DeleteVectors(caller.org, namespace, check_delete_ids(body.ids, caller.memory_limits))
-    result, headers = await _write(caller, op)
+    result, headers = await caller.write_memory(op)
     return json_response({"namespace": namespace, **result}, headers=headers)

@@ -29,12 +29,12 @@ import orjson
 
 from engine.clock import Clock, SystemClock
 from engine.config import DurabilityConfig
-from engine.errors import Unavailable
 from engine.idempotency import IdempotencyRecords, Idempotent
 from engine.storage.frames import CorruptFile, frame, read_frames
 from engine.storage.lock import DirectoryLock, fsync_directory
+from engine.storage.read_only import ReadOnlyWhenLogFails
 from engine.storage.snapshot import snapshot_path, snapshots
-from engine.storage.wal import LogWriteFailed, WriteAheadLog, encode_record, read_log, unwritable_log
+from engine.storage.wal import LogWriteFailed, WriteAheadLog, encode_record, read_log
 
 from .index import IndexParams, NamespaceIndex
 from .store import DeleteVectors, MemoryOp, MemoryStats, MemoryStore, QueryVectors, UpsertVectors
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 MEMORY_SNAPSHOT_MAGIC = b"SEMEM01\n"
 MEMORY_FORMAT_VERSION = 1
 SNAPSHOT_PREFIX = "memory-"
-READ_OPS = (QueryVectors, MemoryStats)  # what a read-only memory shard still answers
 _PART_BYTES = 256 * 1024 * 1024
 _RECORDS_PER_FRAME = 10_000  # idempotency records of vector writes: small answers, far below a frame's limit
 
@@ -101,7 +100,10 @@ class MemorySnapshotResult:
     pause_ms: float  # how long the shard was held up serializing
 
 
-class DurableMemory:
+class DurableMemory(ReadOnlyWhenLogFails):
+    READ_OPS = (QueryVectors, MemoryStats)
+    store: MemoryStore
+
     def __init__(
         self,
         directory: Path,
@@ -126,14 +128,14 @@ class DurableMemory:
         self._snapshot_lsn = self.recovery.snapshot_lsn
         self._last_snapshot_s = time.monotonic()
         self._params = params
-        self._refusal: Unavailable | None = None  # set while the log cannot be written
+        self._refusal = None
 
     def apply_batch(self, ops: Sequence[MemoryOp | Idempotent]) -> list[Any]:
         """One result per op; while the log cannot be written, changes are refused with Unavailable
         and queries answered (see DurableShard.apply_batch, which this mirrors)."""
-        if self._refusal is not None:
-            return self._apply_reads(ops, self._refusal)
         now_ms = self._clock.now_ms()
+        if self._refusal is not None:
+            return self._answer_reads(ops, now_ms, self._refusal)
         results = self.store.apply_batch(ops, now_ms)
         journal = self.store.take_journal()
         if journal:
@@ -145,63 +147,12 @@ class DurableMemory:
             self.lsn += 1
         return results
 
-    def sync(self) -> None:
-        if self._refusal is not None:
-            return
-        try:
-            self._wal.sync_pending()
-        except LogWriteFailed as exc:
-            self._go_read_only(exc)
-
-    @property
-    def read_only(self) -> bool:
-        return self._refusal is not None
-
-    def resume_writes(self) -> bool:
-        """While read-only: try the disk again with an empty log record; True once it took it."""
-        if self._refusal is None:
-            return True
-        try:
-            self._wal.reopen()
-            self._wal.commit(encode_record(self.lsn + 1, self._clock.now_ms(), []), "always")
-        except (OSError, LogWriteFailed):
-            return False
-        self.lsn += 1
-        self._refusal = None
-        log.warning("the log is writable again; taking changes", extra={"directory": str(self.directory)})
-        return True
-
-    def _apply_reads(self, ops: Sequence[MemoryOp | Idempotent], refusal: Unavailable) -> list[Any]:
-        results: list[Any] = [refusal] * len(ops)
-        reads = [i for i, op in enumerate(ops) if isinstance(op, READ_OPS)]
-        if reads:
-            for i, answer in zip(reads, self.store.apply_batch([ops[i] for i in reads]), strict=True):
-                results[i] = answer
-        return results
-
-    def _go_read_only(self, failure: LogWriteFailed) -> Unavailable:
-        """Rebuild from the files up to the last acknowledged record, changing nothing on disk, and
-        refuse changes from now on."""
-        log.error(
-            "cannot write the log; rebuilding from disk and taking no changes until it can",
-            extra={"directory": str(self.directory), "error": str(failure)},
-        )
-        self._refusal = unwritable_log(self.directory, failure)
+    def _rebuild(self) -> int:
         self.store = MemoryStore(self._params)  # let the old indexes go first
-        try:
-            self.store, lsn, _ = recover_memory(
-                self.directory, self._params, self.lsn, IdempotencyRecords.from_config(self._config)
-            )
-        except (OSError, CorruptFile) as exc:
-            raise LogWriteFailed(
-                f"cannot rebuild {self.directory} after a failed write: {exc}", str(exc)
-            ) from exc
-        if lsn != self.lsn:
-            raise LogWriteFailed(
-                f"{self.directory}: the log holds records up to {lsn} but {self.lsn} were written",
-                "lost records",
-            )
-        return self._refusal
+        self.store, lsn, _ = recover_memory(
+            self.directory, self._params, self.lsn, IdempotencyRecords.from_config(self._config)
+        )
+        return lsn
 
     def snapshot_due(self) -> bool:
         if self.lsn == self._snapshot_lsn:

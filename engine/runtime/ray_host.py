@@ -100,7 +100,7 @@ class SessionShard:
     async def _forget_vector(self, org: str, session_id: str) -> None:
         if self._memory is None:
             self._memory = ray_memory.find_memory_shards(self._config, timeout_s=0)
-        await ray_memory.forget_session_vector(self._memory, org, session_id)
+        await ray_memory.forget_session_vectors(self._memory, [(org, session_id)])
 
     async def drain_summaries(self) -> int:
         """Wait until every summary job this shard has in flight is done; for tests and benchmarks."""

@@ -363,13 +363,6 @@ class RayMemoryTransport:
         return {"embedder": embedder, "summarizer": pool["workers"]}
 
 
-async def forget_session_vector(memory: list[Any], org: str, session_id: str) -> None:
-    shard = memory[memory_shard_for(org, len(memory))]
-    (result,) = await shard.apply_batch.remote([DeleteVectors(org, SESSION_MEMORY, (session_id,))])
-    if isinstance(result, EngineError):
-        raise result
-
-
 async def forget_session_vectors(memory: list[Any], sessions: list[tuple[str, str]]) -> None:
     """Delete the summary vectors of these (organization, session id) pairs: one op per
     organization, one call per memory shard."""

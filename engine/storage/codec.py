@@ -1,7 +1,8 @@
 """On-disk encoding of logged ops and of sessions in snapshots: compact JSON arrays via orjson.
 
 Explicit per-type encodings, not pickle, so files stay readable by a newer engine and by a human
-with `jq`. Any change to these shapes bumps FORMAT_VERSION.
+with `jq`. A change to an existing shape bumps FORMAT_VERSION; a new tag (such as "once" and
+"purge") is additive: this engine still reads older files, an older one cannot read the new tag.
 """
 
 from __future__ import annotations

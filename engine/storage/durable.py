@@ -22,7 +22,7 @@ from typing import Any
 
 from engine.clock import Clock, SystemClock
 from engine.config import DurabilityConfig
-from engine.errors import EngineError, Unavailable
+from engine.errors import EngineError
 from engine.idempotency import IdempotencyRecords
 from engine.sessions.ops import GetSession, ListSessions, Op, Ping
 from engine.sessions.shard import ShardStore, SnapshotCursor
@@ -30,12 +30,11 @@ from engine.sessions.shard import ShardStore, SnapshotCursor
 from .codec import decode_op, decode_session, encode_op, encode_session
 from .frames import CorruptFile
 from .lock import DirectoryLock
+from .read_only import ReadOnlyWhenLogFails
 from .snapshot import SnapshotWriter, read_snapshot, snapshots
-from .wal import LogWriteFailed, WriteAheadLog, encode_record, read_log, unwritable_log
+from .wal import LogWriteFailed, WriteAheadLog, encode_record, read_log
 
 log = logging.getLogger(__name__)
-
-READ_OPS = (GetSession, ListSessions, Ping)  # what a read-only shard still answers
 
 
 @dataclass(slots=True, frozen=True)
@@ -55,7 +54,10 @@ class SnapshotResult:
     longest_step_ms: float  # the longest the shard was held up by this snapshot
 
 
-class DurableShard:
+class DurableShard(ReadOnlyWhenLogFails):
+    READ_OPS = (GetSession, ListSessions, Ping)
+    store: ShardStore
+
     def __init__(
         self,
         directory: Path,
@@ -89,7 +91,7 @@ class DurableShard:
         self._writer: SnapshotWriter | None = None
         self._snapshot_started = self._longest_step_s = 0.0
         self._snapshot_bytes = 0
-        self._refusal: Unavailable | None = None  # set while the log cannot be written
+        self._refusal = None
 
     # -- writes -------------------------------------------------------------------------------------
 
@@ -99,7 +101,7 @@ class DurableShard:
         may have seen its changes). Raises LogWriteFailed only if the shard cannot rebuild itself."""
         now_ms = self._clock.now_ms()
         if self._refusal is not None:
-            return self._apply_reads(ops, now_ms, self._refusal)
+            return self._answer_reads(ops, now_ms, self._refusal)
         results = self.store.apply_batch(ops, now_ms)
         try:
             self._log(now_ms)
@@ -116,51 +118,7 @@ class DurableShard:
         )
         self.lsn += 1
 
-    def sync(self) -> None:
-        """For fsync=everysec: called about once a second."""
-        if self._refusal is not None:
-            return
-        try:
-            self._wal.sync_pending()
-        except LogWriteFailed as exc:
-            self._go_read_only(exc)
-
-    @property
-    def read_only(self) -> bool:
-        return self._refusal is not None
-
-    def resume_writes(self) -> bool:
-        """While read-only: try the disk again with an empty log record (the segment reopened and
-        cut back to its last whole record, the record written and synced); True once it took it."""
-        if self._refusal is None:
-            return True
-        try:
-            self._wal.reopen()
-            self._wal.commit(encode_record(self.lsn + 1, self._clock.now_ms(), []), "always")
-        except (OSError, LogWriteFailed):
-            return False
-        self.lsn += 1
-        self._refusal = None
-        log.warning("the log is writable again; taking changes", extra={"directory": str(self.directory)})
-        return True
-
-    def _apply_reads(self, ops: Sequence[Op], now_ms: int, refusal: Unavailable) -> list[Any]:
-        results: list[Any] = [refusal] * len(ops)
-        reads = [i for i, op in enumerate(ops) if isinstance(op, READ_OPS)]
-        if reads:
-            answers = self.store.apply_batch([ops[i] for i in reads], now_ms)
-            for i, answer in zip(reads, answers, strict=True):
-                results[i] = answer
-        return results
-
-    def _go_read_only(self, failure: LogWriteFailed) -> Unavailable:
-        """Rebuild the state from the files as they are up to the last acknowledged record, without
-        changing them (the disk may refuse that too), and refuse changes from now on."""
-        log.error(
-            "cannot write the log; rebuilding from disk and taking no changes until it can",
-            extra={"directory": str(self.directory), "error": str(failure)},
-        )
-        self._refusal = unwritable_log(self.directory, failure)
+    def _rebuild(self) -> int:
         self.store = ShardStore()  # let the old state go first (a snapshot being written keeps its own)
         try:
             if self._own_process:
@@ -168,20 +126,11 @@ class DurableShard:
             self.store, lsn, _ = recover(
                 self.directory, IdempotencyRecords.from_config(self._config), until_lsn=self.lsn
             )
-        except (OSError, CorruptFile) as exc:
-            raise LogWriteFailed(
-                f"cannot rebuild {self.directory} after a failed write: {exc}", str(exc)
-            ) from exc
         finally:
             if self._own_process:
                 gc.enable()
-        if lsn != self.lsn:
-            raise LogWriteFailed(
-                f"{self.directory}: the log holds records up to {lsn} but {self.lsn} were written",
-                "lost records",
-            )
         self._settle_heap()
-        return self._refusal
+        return lsn
 
     # -- snapshots ----------------------------------------------------------------------------------
 
