@@ -37,7 +37,11 @@ STATUS_BY_CODE = {
 def error_response(
     status: int, code: str, message: str, details: dict[str, Any] | None = None, hint: str = ""
 ) -> Response:
-    body = {"error": message, "code": code, "details": details or {}, "hint": hint}
+    details = details or {}
+    if status >= 500 and "request_id" not in details:
+        # Every 5xx names its request, so an operator can find it in the server log.
+        details = {**details, "request_id": request_id_var.get()}
+    body = {"error": message, "code": code, "details": details, "hint": hint}
     headers = {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
@@ -153,17 +157,6 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error", extra={"path": request.url.path})
-    return error_response(
-        500,
-        "INTERNAL",
-        "internal error",
-        {"request_id": request_id_var.get()},
-        "This is a bug in the engine; the request id identifies it in the server log.",
-    )
-
-
 PAYLOAD_HINT = "Send less per request: split batches or shrink the context. Limits are in the config."
 
 
@@ -171,4 +164,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(EngineError, _engine_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
+    # An unexpected exception is answered by api/http.py's RequestContextMiddleware, inside the
+    # request's context, so that its 500 carries the request id.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import uuid
 from collections.abc import Callable, Coroutine
@@ -15,12 +17,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from engine.errors import ValidationFailed
 from engine.logs import request_id_var
 
 from .errors import PAYLOAD_HINT, error_response
 from .schemas import ERROR_RESPONSES
 
+log = logging.getLogger(__name__)
+
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# What orjson (and so the log) keeps exactly; it reads a larger integer as a float instead.
+_INT_RANGE = (-(2**63), 2**64 - 1)
+_LONG_DIGITS = re.compile(rb"\d{19}")  # every integer outside the range has at least 19 digits
 
 
 def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -44,9 +52,36 @@ class OrjsonRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def handle(request: Request) -> Response:
-            return await handler(_OrjsonRequest(request.scope, request.receive))
+            request = _OrjsonRequest(request.scope, request.receive)
+            check_exact_integers(await request.body())  # kept by the request for the route to parse
+            return await handler(request)
 
         return handle
+
+
+def check_exact_integers(body: bytes) -> None:
+    """422 for an integer orjson cannot keep exactly (it would read it as a float, silently).
+    Only a body with a run of 19 digits can hold one; only those are parsed a second time."""
+    if not _LONG_DIGITS.search(body):
+        return
+
+    def exact(text: str) -> int:
+        value = int(text)
+        if not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+            raise ValidationFailed(
+                f"the integer {text[:40]} does not fit in 64 bits",
+                {"limit": "-2^63 to 2^64-1"},
+                "Send integers this large as strings; the engine keeps numbers as 64-bit integers "
+                "or doubles, and never rounds an integer silently.",
+            )
+        return value
+
+    try:
+        json.loads(body, parse_int=exact)
+    except (ValueError, RecursionError) as exc:
+        if isinstance(exc, ValidationFailed):
+            raise
+        # Not JSON (or deeper than Python's parser goes): the route's own parsing answers that.
 
 
 def json_router(prefix: str, tag: str) -> APIRouter:
@@ -76,10 +111,13 @@ class RequestContextMiddleware:
             return
         request_id = _client_request_id(scope) or uuid.uuid4().hex
         header = (b"x-request-id", request_id.encode())
+        started = False
 
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), header]
+                started = True
             await send(message)
 
         token = request_id_var.set(request_id)
@@ -88,9 +126,20 @@ class RequestContextMiddleware:
             if declared is not None and declared > self.max_body_bytes:
                 await self._too_large()(scope, receive, send_with_id)
                 return
+            encoding = _header(scope, b"content-encoding")
+            if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+                await _compressed(encoding)(scope, receive, send_with_id)
+                return
             # The server delivers no more than a declared Content-Length, so only a body without
             # one (chunked) needs counting as it arrives.
             await self.app(scope, receive if declared is not None else self._limited(receive), send_with_id)
+        except Exception:
+            # A bug. Answered here, inside the request's context, so the 500 carries its request id
+            # (header and body) and the connection stays usable for the client's next request.
+            log.exception("unhandled error", extra={"path": scope.get("path")})
+            if started:
+                raise  # part of the answer is out: only closing the connection can end it
+            await internal_error(request_id)(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
 
@@ -119,11 +168,38 @@ class RequestContextMiddleware:
         )
 
 
-def _content_length(scope: Scope) -> int | None:
+def internal_error(request_id: str) -> Response:
+    return error_response(
+        500,
+        "INTERNAL",
+        "internal error",
+        {"request_id": request_id},
+        "This is a bug in the engine; the request id identifies it in the server log.",
+    )
+
+
+def _compressed(encoding: bytes) -> Response:
+    # Decided: bodies are not decompressed. A gateway that inflates bodies must bound what they
+    # inflate to (a small gzip can expand a thousandfold); refusing them keeps the body limit exact.
+    return error_response(
+        415,
+        "VALIDATION_ERROR",
+        f"Content-Encoding {encoding.decode('latin-1')[:40]!r} is not accepted",
+        {"field": "Content-Encoding", "accepted": ["identity"]},
+        "Send the JSON body uncompressed (no Content-Encoding header).",
+    )
+
+
+def _header(scope: Scope, wanted: bytes) -> bytes | None:
     for name, value in scope["headers"]:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None
+        if name == wanted:
+            return bytes(value)
     return None
+
+
+def _content_length(scope: Scope) -> int | None:
+    value = _header(scope, b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
 
 
 def _client_request_id(scope: Scope) -> str | None:

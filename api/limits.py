@@ -31,7 +31,31 @@ def check_ttl(ttl_s: int, limits: LimitsConfig) -> int:
     return ttl_s
 
 
+def json_depth_over(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value nests containers deeper than `limit` ({} is 1, {"a": []} 2)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def check_json_depth(value: Any, field: str, limit: int) -> None:
+    if json_depth_over(value, limit):
+        raise ValidationFailed(
+            f"{field}: JSON nested deeper than {limit} levels",
+            {"field": field, "limit": limit},
+            "Flatten the value (limits.max_json_depth is the most nesting the engine stores; {} is 1).",
+        )
+
+
 def check_context(context: dict[str, Any], limits: LimitsConfig) -> dict[str, Any]:
+    check_json_depth(context, "context", limits.max_json_depth)
     size = len(orjson.dumps(context))
     if size > limits.max_context_bytes:
         raise PayloadTooLarge(
@@ -81,7 +105,7 @@ def check_writable_namespace(namespace: str) -> str:
     return namespace
 
 
-def check_vector_fields(v: VectorIn, i: int, limits: MemoryConfig) -> dict[str, Any]:
+def check_vector_fields(v: VectorIn, i: int, limits: MemoryConfig, max_json_depth: int) -> dict[str, Any]:
     """The vector's metadata (default {}), after checking its sizes."""
     if len(v.id) > limits.max_id_chars:
         raise ValidationFailed(
@@ -95,6 +119,7 @@ def check_vector_fields(v: VectorIn, i: int, limits: MemoryConfig) -> dict[str, 
         )
     check_dimension(v.values, f"vectors.{i}.values", limits)
     metadata = v.metadata or {}
+    check_json_depth(metadata, f"vectors.{i}.metadata", max_json_depth)
     size = len(orjson.dumps(metadata))
     if size > limits.max_metadata_bytes:
         raise PayloadTooLarge(

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.memory.index import Scalar
+from engine.memory.store import SESSION_MEMORY
 
 Role = Literal["user", "assistant", "system", "tool"]
 Status = Literal["active", "closed", "completed", "expired"]
@@ -33,6 +34,28 @@ def _non_blank(value: str | None) -> str | None:
     return value.strip() if value is not None else None
 
 
+def _no_nul(value: str | None) -> str | None:
+    # A NUL ends a string in C and in many logs and terminals: names and ids never carry one.
+    if value is not None and "\0" in value:
+        raise ValueError("must not contain the NUL character (\\u0000)")
+    return value
+
+
+# Roles whose messages may carry a tool call's id and the tool's name: the assistant's call and the
+# tool's answer. A user or system message naming a tool is a client bug, refused.
+TOOL_ROLES = frozenset({"assistant", "tool"})
+
+
+def _check_tool_fields(role: str | None, tool_call_id: str | None, tool_name: str | None) -> None:
+    if role is not None and role not in TOOL_ROLES and (tool_call_id is not None or tool_name is not None):
+        raise ValueError(
+            f"a {role} message has no tool_call_id or tool_name; only {sorted(TOOL_ROLES)} messages do"
+        )
+
+
+ToolField = Annotated[str | None, Field(None, min_length=1, max_length=256), AfterValidator(_no_nul)]
+
+
 class CreateSessionIn(_Request):
     name: str = Field(description="A label for the session; not unique.")
     ttl_seconds: int | None = Field(
@@ -41,13 +64,19 @@ class CreateSessionIn(_Request):
     context: dict[str, Any] | None = Field(None, description="Initial JSON object context (default {}).")
 
     _check_name = field_validator("name")(_non_blank)
+    _name_no_nul = field_validator("name")(_no_nul)
 
 
 class MessageIn(_Request):
     role: Role
     content: str
-    tool_call_id: str | None = Field(None, min_length=1, max_length=256)
-    tool_name: str | None = Field(None, min_length=1, max_length=256)
+    tool_call_id: ToolField = Field(None, description="Only on assistant and tool messages.")
+    tool_name: ToolField = Field(None, description="Only on assistant and tool messages.")
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> MessageIn:
+        _check_tool_fields(self.role, self.tool_call_id, self.tool_name)
+        return self
 
 
 class AppendMessagesIn(_Request):
@@ -55,8 +84,8 @@ class AppendMessagesIn(_Request):
 
     role: Role | None = None
     content: str | None = None
-    tool_call_id: str | None = Field(None, min_length=1, max_length=256)
-    tool_name: str | None = Field(None, min_length=1, max_length=256)
+    tool_call_id: ToolField = Field(None, description="Only on assistant and tool messages.")
+    tool_name: ToolField = Field(None, description="Only on assistant and tool messages.")
     messages: list[MessageIn] | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
@@ -66,6 +95,7 @@ class AppendMessagesIn(_Request):
             raise ValueError("send either one message (role, content) or a batch {messages: [...]}, not both")
         if self.messages is None and (self.role is None or self.content is None):
             raise ValueError("a message needs 'role' and 'content' (or send a batch as {messages: [...]})")
+        _check_tool_fields(self.role, self.tool_call_id, self.tool_name)
         return self
 
     def as_messages(self) -> list[MessageIn]:
@@ -84,6 +114,7 @@ class UpdateSessionIn(_Request):
     ttl_seconds: int | None = Field(None, ge=1, description="New TTL; expires_at becomes now + ttl_seconds.")
 
     _check_name = field_validator("name")(_non_blank)
+    _name_no_nul = field_validator("name")(_no_nul)
 
     @model_validator(mode="after")
     def _something(self) -> UpdateSessionIn:
@@ -147,19 +178,32 @@ class SessionListOut(_Response):
 
 # -- vectors ----------------------------------------------------------------------------------------
 
+
+def _not_reserved(namespace: str) -> str:
+    # Names a person would read as the engine's own namespace are reserved, so no vectors of a
+    # client's can pass for the engine's.
+    if namespace != SESSION_MEMORY and namespace.lower().replace("_", "-") == SESSION_MEMORY:
+        raise ValueError(f"{namespace!r} is reserved: it differs from {SESSION_MEMORY!r} only by case or _")
+    return namespace
+
+
 Namespace = Annotated[
     str,
     Field(
         min_length=1,
         max_length=64,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
-        description="Letters, digits, and _ . : - ; default 'default'.",
+        description="Letters, digits, and _ . : - ; default 'default'. Names that differ from "
+        "'session-memory' only by case or _ are reserved.",
     ),
+    AfterValidator(_not_reserved),
 ]
 
 
 class VectorIn(_Request):
-    id: str = Field(min_length=1, description="Your id; upserting an existing id replaces it.")
+    id: Annotated[str, AfterValidator(_no_nul)] = Field(
+        min_length=1, description="Your id; upserting an existing id replaces it."
+    )
     text: str | None = Field(None, description="Embedded by the server's embedder.")
     values: list[float] | None = Field(None, min_length=1, description="A vector of your own.")
     metadata: dict[str, Any] | None = Field(None, description="Returned with matches; filterable.")
@@ -198,7 +242,7 @@ class QueryIn(_Request):
 
 class DeleteIn(_Request):
     namespace: Namespace = "default"
-    ids: list[str] = Field(min_length=1)
+    ids: list[Annotated[str, AfterValidator(_no_nul)]] = Field(min_length=1)
 
 
 class UpsertOut(_Response):

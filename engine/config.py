@@ -57,6 +57,9 @@ class LimitsConfig(_Section):
     max_ttl_s: int = Field(30 * 24 * 3600, ge=1)
     default_list_limit: int = Field(50, ge=1)
     max_list_limit: int = Field(1000, ge=1)
+    # How deep JSON the engine stores (a context, vector metadata) may nest: {} is 1, {"a": {}} 2.
+    # One bound for every stored value, well inside what the log's encoder takes (about 250).
+    max_json_depth: int = Field(64, ge=1, le=200)
     # Requests per second each organization may make (429 RATE_LIMITED above it); None: no limit.
     requests_per_second: float | None = Field(None, gt=0)
     burst_s: float = Field(1.0, gt=0)  # a quiet organization may then send this many seconds' worth at once

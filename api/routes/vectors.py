@@ -28,7 +28,10 @@ router = json_router("/vectors", "memory")
 async def upsert_vectors(body: UpsertIn, caller: Caller) -> Response:
     namespace = check_writable_namespace(body.namespace)
     check_vector_request(len(body.vectors), caller.memory_limits)
-    metadata = tuple(check_vector_fields(v, i, caller.memory_limits) for i, v in enumerate(body.vectors))
+    metadata = tuple(
+        check_vector_fields(v, i, caller.memory_limits, caller.limits.max_json_depth)
+        for i, v in enumerate(body.vectors)
+    )
     texts = [(i, v.text) for i, v in enumerate(body.vectors) if v.text is not None]
     rows: list[np.ndarray | list[float] | None] = [v.values for v in body.vectors]
     if texts:

@@ -4,8 +4,8 @@ batch returns, with snapshots of whole FAISS indexes.
 The log is the session shards' (engine.storage.wal): framed, checksummed records, group commit,
 the same fsync policies, a torn tail cut off at recovery, and the same answer to a log that cannot
 be written: rebuild from the files, refuse changes and answer queries until the disk is back. A
-record's ops carry vectors as base64 float32, so replay rebuilds exactly the vectors that were
-acknowledged.
+record's ops carry vectors as base64 float32 (engine.memory.store: MEMORY_OPS), so replay rebuilds
+exactly the vectors that were acknowledged.
 
 A snapshot file `memory-<lsn>.snap` holds every namespace as its id/metadata header plus the
 FAISS index bytes (`faiss.serialize_index`), split over frames of at most 256 MiB. The indexes
@@ -15,16 +15,14 @@ another thread while the shard goes on.
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 
 from engine.clock import Clock, SystemClock
@@ -32,12 +30,19 @@ from engine.config import DurabilityConfig
 from engine.idempotency import IdempotencyRecords, Idempotent
 from engine.storage.frames import CorruptFile, frame, read_frames
 from engine.storage.lock import DirectoryLock, fsync_directory
-from engine.storage.read_only import ReadOnlyWhenLogFails
+from engine.storage.logged import LoggedStore
 from engine.storage.snapshot import snapshot_path, snapshots
-from engine.storage.wal import LogWriteFailed, WriteAheadLog, encode_record, read_log
+from engine.storage.wal import WriteAheadLog, read_log
 
 from .index import IndexParams, NamespaceIndex
-from .store import DeleteVectors, MemoryOp, MemoryStats, MemoryStore, QueryVectors, UpsertVectors
+from .store import (
+    MEMORY_OPS,
+    DeleteVectors,
+    MemoryOp,
+    MemoryStore,
+    UpsertVectors,
+    decode_vectors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,35 +53,19 @@ _PART_BYTES = 256 * 1024 * 1024
 _RECORDS_PER_FRAME = 10_000  # idempotency records of vector writes: small answers, far below a frame's limit
 
 
-def encode_memory_op(op: MemoryOp | Idempotent) -> list[Any]:
-    match op:
-        case Idempotent(key, fingerprint, inner):
-            return ["once", key, fingerprint, encode_memory_op(inner)]
-        case UpsertVectors(org, namespace, ids, vectors, metadata):
-            raw = np.ascontiguousarray(vectors, dtype="<f4")
-            return [
-                "upsert",
-                org,
-                namespace,
-                list(ids),
-                raw.shape[1],
-                base64.b64encode(raw.tobytes()).decode(),
-                metadata,
-            ]
-        case DeleteVectors(org, namespace, ids):
-            return ["delete", org, namespace, list(ids)]
-    raise TypeError(f"{type(op).__name__} is not a logged op")
-
-
-def decode_memory_op(encoded: list[Any]) -> MemoryOp | Idempotent:
+def decode_memory_op(encoded: dict[str, Any] | list[Any]) -> MemoryOp | Idempotent:
+    if isinstance(encoded, dict):
+        op: MemoryOp | Idempotent = MEMORY_OPS.decode(encoded)
+        return op
+    # Log records written before ops were encoded by field name: positional arrays.
     if encoded[0] == "once":
         _, key, fingerprint, inner = encoded
         return Idempotent(key, fingerprint, decode_memory_op(inner))
     tag, org, namespace, ids, *rest = encoded
     if tag == "upsert":
         dimension, data, metadata = rest
-        vectors = np.frombuffer(base64.b64decode(data), dtype="<f4").reshape(len(ids), dimension)
-        return UpsertVectors(org, namespace, tuple(ids), vectors.astype(np.float32), tuple(metadata))
+        vectors = decode_vectors({"dimension": dimension, "f32": data})
+        return UpsertVectors(org, namespace, tuple(ids), vectors, tuple(metadata))
     if tag == "delete":
         return DeleteVectors(org, namespace, tuple(ids))
     raise ValueError(f"unknown memory op {tag!r}")
@@ -100,8 +89,8 @@ class MemorySnapshotResult:
     pause_ms: float  # how long the shard was held up serializing
 
 
-class DurableMemory(ReadOnlyWhenLogFails):
-    READ_OPS = (QueryVectors, MemoryStats)
+class DurableMemory(LoggedStore):
+    OPS = MEMORY_OPS
     store: MemoryStore
 
     def __init__(
@@ -115,6 +104,7 @@ class DurableMemory(ReadOnlyWhenLogFails):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.directory = directory
         self._config = config
+        self._fsync = config.fsync
         self._clock = clock or SystemClock()
         self._lock = DirectoryLock(directory, lock_wait_s)
         try:
@@ -129,23 +119,6 @@ class DurableMemory(ReadOnlyWhenLogFails):
         self._last_snapshot_s = time.monotonic()
         self._params = params
         self._refusal = None
-
-    def apply_batch(self, ops: Sequence[MemoryOp | Idempotent]) -> list[Any]:
-        """One result per op; while the log cannot be written, changes are refused with Unavailable
-        and queries answered (see DurableShard.apply_batch, which this mirrors)."""
-        now_ms = self._clock.now_ms()
-        if self._refusal is not None:
-            return self._answer_reads(ops, now_ms, self._refusal)
-        results = self.store.apply_batch(ops, now_ms)
-        journal = self.store.take_journal()
-        if journal:
-            encoded = [encode_memory_op(op) for op in journal]
-            try:
-                self._wal.commit(encode_record(self.lsn + 1, now_ms, encoded), self._config.fsync)
-            except LogWriteFailed as exc:
-                return [self._go_read_only(exc)] * len(ops)
-            self.lsn += 1
-        return results
 
     def _rebuild(self) -> int:
         self.store = MemoryStore(self._params)  # let the old indexes go first

@@ -9,6 +9,7 @@ organization does can reach another's vectors.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -19,34 +20,59 @@ import numpy as np
 from engine.clock import Clock, SystemClock
 from engine.errors import QuotaExceeded, ValidationFailed, apply_each
 from engine.idempotency import IdempotencyRecords, Idempotent, Replayed
+from engine.oplog import TUPLE, FieldCodec, OpRegistry, coded, unlogged
 
 from .index import IndexParams, Match, NamespaceIndex, Scalar
 
 SESSION_MEMORY = "session-memory"  # where closed sessions' summaries go; vector id = session id
+MEMORY_OPS = OpRegistry("memory")
 
 
+def _encode_vectors(vectors: np.ndarray) -> dict[str, Any]:
+    # Little-endian float32 as base64: replay rebuilds exactly the vectors that were acknowledged.
+    raw = np.ascontiguousarray(vectors, dtype="<f4")
+    return {"dimension": int(raw.shape[1]), "f32": base64.b64encode(raw.tobytes()).decode()}
+
+
+def decode_vectors(encoded: dict[str, Any]) -> np.ndarray:
+    raw = np.frombuffer(base64.b64decode(encoded["f32"]), dtype="<f4")
+    return raw.reshape(-1, int(encoded["dimension"])).astype(np.float32)
+
+
+VECTORS = FieldCodec(_encode_vectors, decode_vectors)
+
+
+class MemoryOp:
+    """What every memory op derives from (for type checkers; MEMORY_OPS is what the shard goes by)."""
+
+    __slots__ = ()
+
+
+@MEMORY_OPS.logged("upsert", "_upsert")
 @dataclass(slots=True, frozen=True)
-class UpsertVectors:
+class UpsertVectors(MemoryOp):
     """`vectors` are normalized float32 rows, one per id."""
 
     org: str
     namespace: str
-    ids: tuple[str, ...]
-    vectors: np.ndarray = field(compare=False)
-    metadata: tuple[dict[str, Any], ...]
+    ids: tuple[str, ...] = coded(TUPLE)
+    vectors: np.ndarray = coded(VECTORS, compare=False)
+    metadata: tuple[dict[str, Any], ...] = coded(TUPLE)
     # Quota checked when the op first runs; not logged, so replay never refuses what was accepted.
-    max_vectors: int | None = None
+    max_vectors: int | None = unlogged()
 
 
+@MEMORY_OPS.logged("delete", "_delete")
 @dataclass(slots=True, frozen=True)
-class DeleteVectors:
+class DeleteVectors(MemoryOp):
     org: str
     namespace: str
-    ids: tuple[str, ...]
+    ids: tuple[str, ...] = coded(TUPLE)
 
 
+@MEMORY_OPS.read("_query")
 @dataclass(slots=True, frozen=True)
-class QueryVectors:
+class QueryVectors(MemoryOp):
     org: str
     namespace: str
     vector: np.ndarray = field(compare=False)  # normalized
@@ -54,13 +80,13 @@ class QueryVectors:
     where: dict[str, Scalar] | None = None
 
 
+@MEMORY_OPS.read("_stats")
 @dataclass(slots=True, frozen=True)
-class MemoryStats:
+class MemoryStats(MemoryOp):
     pass
 
 
-MemoryOp = UpsertVectors | DeleteVectors | QueryVectors | MemoryStats
-MUTATING_MEMORY_OPS = (UpsertVectors, DeleteVectors)
+MUTATING_MEMORY_OPS = MEMORY_OPS.logged_types
 
 
 ORG_SCOPE = ""  # idempotency keys of vector writes are scoped to the organization
@@ -76,12 +102,7 @@ class MemoryStore:
         self._clock = clock or SystemClock()
         self._namespaces: dict[tuple[str, str], NamespaceIndex] = {}
         self.journal: list[MemoryOp | Idempotent] = []
-        self._handlers: dict[type, Callable[[Any], Any]] = {
-            UpsertVectors: self._upsert,
-            DeleteVectors: self._delete,
-            QueryVectors: self._query,
-            MemoryStats: self._stats,
-        }
+        self._handlers: dict[type, Callable[[Any], Any]] = MEMORY_OPS.handlers(self)
 
     def apply(self, op: MemoryOp | Idempotent, now_ms: int | None = None) -> Any:
         """`now_ms`: when the op runs (replay passes its record's time); None: now."""

@@ -1,7 +1,9 @@
 """Operations a shard applies. Every state change is one of these, applied by `ShardStore.apply`,
 so the write-ahead log can record exactly the ops (with the time they ran at) and replay them.
 
-They are plain frozen dataclasses: cheap to pickle across Ray and safe to share.
+They are plain frozen dataclasses: cheap to pickle across Ray and safe to share. Each is declared
+once in SESSION_OPS (engine.oplog): its log tag, or that it is a read, and the ShardStore method
+that applies it. A new op needs only its class here and its handler in ShardStore.
 """
 
 from __future__ import annotations
@@ -9,69 +11,105 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from engine.oplog import FieldCodec, OpRegistry, coded, unlogged
 from engine.sessions.session import NewMessage, SessionStatus
 
+SESSION_OPS = OpRegistry("session")
 
+
+class Op:
+    """What every session op derives from (for type checkers; SESSION_OPS is what the shard goes by)."""
+
+    __slots__ = ()
+
+
+def _encode_messages(messages: tuple[NewMessage, ...]) -> list[dict[str, str]]:
+    out = []
+    for m in messages:
+        encoded = {"role": m.role, "content": m.content}
+        if m.tool_call_id is not None:
+            encoded["tool_call_id"] = m.tool_call_id
+        if m.tool_name is not None:
+            encoded["tool_name"] = m.tool_name
+        out.append(encoded)
+    return out
+
+
+MESSAGES = FieldCodec(_encode_messages, lambda encoded: tuple(NewMessage(**m) for m in encoded))
+STATUS = FieldCodec(str, SessionStatus)
+SESSION_KEYS = FieldCodec(
+    lambda keys: [list(key) for key in keys], lambda keys: tuple((org, sid) for org, sid in keys)
+)
+
+
+@SESSION_OPS.logged("create", "_create")
 @dataclass(slots=True, frozen=True)
-class CreateSession:
+class CreateSession(Op):
     org: str
     session_id: str
     name: str
     ttl_s: int
     context: dict[str, Any]
     # Quota checked when the op first runs; not logged, so replay never refuses what was accepted.
-    max_active: int | None = None  # this organization's active sessions on this shard
+    max_active: int | None = unlogged()  # this organization's active sessions on this shard
 
 
+@SESSION_OPS.logged("append", "_append")
 @dataclass(slots=True, frozen=True)
-class AppendMessages:
+class AppendMessages(Op):
     org: str
     session_id: str
-    messages: tuple[NewMessage, ...]
-    max_messages: int | None = None  # quota on the session's messages; not logged, like max_active
+    messages: tuple[NewMessage, ...] = coded(MESSAGES)
+    max_messages: int | None = unlogged()  # quota on the session's messages, like max_active
 
 
+@SESSION_OPS.logged("context", "_replace_context")
 @dataclass(slots=True, frozen=True)
-class ReplaceContext:
+class ReplaceContext(Op):
     org: str
     session_id: str
     context: dict[str, Any]
     if_match: int | None = None
 
 
+@SESSION_OPS.logged("update", "_update")
 @dataclass(slots=True, frozen=True)
-class UpdateSession:
+class UpdateSession(Op):
     org: str
     session_id: str
     name: str | None = None
     ttl_s: int | None = None
 
 
+@SESSION_OPS.logged("end", "_end")
 @dataclass(slots=True, frozen=True)
-class EndSession:
+class EndSession(Op):
     """close (summary follows) or complete (no summary)."""
 
     org: str
     session_id: str
-    status: SessionStatus
+    status: SessionStatus = coded(STATUS)
 
 
+@SESSION_OPS.logged("delete", "_delete")
 @dataclass(slots=True, frozen=True)
-class DeleteSession:
+class DeleteSession(Op):
     org: str
     session_id: str
 
 
+@SESSION_OPS.logged("summary_request", "_request_summary")
 @dataclass(slots=True, frozen=True)
-class RequestSummary:
+class RequestSummary(Op):
     """Queue a summary of an ended session (again). Closing a session queues one by itself."""
 
     org: str
     session_id: str
 
 
+@SESSION_OPS.logged("summary_start", "_start_summary")
 @dataclass(slots=True, frozen=True)
-class StartSummary:
+class StartSummary(Op):
     """The shard's summary runner takes a queued job: pending -> running. Returns the job's input,
     or None when there is nothing to do (the session is gone, or its job is not pending)."""
 
@@ -79,8 +117,9 @@ class StartSummary:
     session_id: str
 
 
+@SESSION_OPS.logged("summary_done", "_finish_summary")
 @dataclass(slots=True, frozen=True)
-class FinishSummary:
+class FinishSummary(Op):
     org: str
     session_id: str
     text: str
@@ -89,8 +128,9 @@ class FinishSummary:
     messages_total: int
 
 
+@SESSION_OPS.logged("summary_fail", "_fail_summary")
 @dataclass(slots=True, frozen=True)
-class FailSummary:
+class FailSummary(Op):
     """An attempt failed: back to pending (a retry follows) or, when `final`, failed."""
 
     org: str
@@ -99,29 +139,33 @@ class FailSummary:
     final: bool
 
 
+@SESSION_OPS.logged("purge", "_purge", log_without_result=False)
 @dataclass(slots=True, frozen=True)
-class PurgeSessions:
+class PurgeSessions(Op):
     """Retention: delete these ended sessions (and their idempotency records). Chosen by the shard
     from the organization's policy and logged as the list, so replay removes exactly these."""
 
-    keys: tuple[tuple[str, str], ...]  # (org, session id); one already gone is skipped
+    keys: tuple[tuple[str, str], ...] = coded(SESSION_KEYS)  # (org, session id); one gone is skipped
 
 
+@SESSION_OPS.logged("expire", "_expire_due", log_without_result=False)
 @dataclass(slots=True, frozen=True)
-class ExpireDue:
+class ExpireDue(Op):
     """Issued by the shard's timer: every active session whose deadline has passed becomes expired."""
 
 
+@SESSION_OPS.read("_get_view")
 @dataclass(slots=True, frozen=True)
-class GetSession:
+class GetSession(Op):
     org: str
     session_id: str
     after_seq: int = 0
     limit: int | None = None
 
 
+@SESSION_OPS.read("_list")
 @dataclass(slots=True, frozen=True)
-class ListSessions:
+class ListSessions(Op):
     """Newest first. `before` is the (created_at, id) of the last session of the previous page."""
 
     org: str
@@ -130,8 +174,9 @@ class ListSessions:
     before: tuple[int, str] | None = None
 
 
+@SESSION_OPS.read("_check_key")
 @dataclass(slots=True, frozen=True)
-class CheckKey:
+class CheckKey(Op):
     """A read: the earlier answer under this idempotency key (Replayed), or None if there is none;
     a different request under the key raises. For a route that must know before it does anything
     else (DELETE deletes the session's vector first)."""
@@ -143,40 +188,10 @@ class CheckKey:
     op: Any  # the op the key would be sent with
 
 
+@SESSION_OPS.read("_ping")
 @dataclass(slots=True, frozen=True)
-class Ping:
+class Ping(Op):
     pass
 
 
-MUTATING_OPS = (
-    CreateSession,
-    AppendMessages,
-    ReplaceContext,
-    UpdateSession,
-    EndSession,
-    DeleteSession,
-    PurgeSessions,
-    ExpireDue,
-    RequestSummary,
-    StartSummary,
-    FinishSummary,
-    FailSummary,
-)
-Op = (
-    CreateSession
-    | AppendMessages
-    | ReplaceContext
-    | UpdateSession
-    | EndSession
-    | DeleteSession
-    | PurgeSessions
-    | ExpireDue
-    | RequestSummary
-    | StartSummary
-    | FinishSummary
-    | FailSummary
-    | GetSession
-    | CheckKey
-    | ListSessions
-    | Ping
-)
+MUTATING_OPS = SESSION_OPS.logged_types

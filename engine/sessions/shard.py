@@ -22,7 +22,7 @@ from sortedcontainers import SortedList
 from engine.errors import QuotaExceeded, SessionExists, SessionNotActive, SessionNotFound, apply_each
 from engine.idempotency import GONE, IdempotencyRecords, Idempotent, Replayed
 from engine.sessions.ops import (
-    MUTATING_OPS,
+    SESSION_OPS,
     AppendMessages,
     CheckKey,
     CreateSession,
@@ -75,30 +75,13 @@ class ShardStore:
         self._sessions: dict[tuple[str, str], Session] = {}
         self._orgs: dict[str, _OrgIndex] = {}
         self._deadlines: list[tuple[int, str, str]] = []  # heap; entries go stale on TTL change or delete
-        self.journal: list[
-            Op | Idempotent
-        ] = []  # mutating ops applied and not yet taken by the log, in order
+        # Mutating ops applied and not yet taken by the log, in order.
+        self.journal: list[Op | Idempotent] = []
         self.summary_jobs: list[tuple[str, str]] = []  # (org, session id) queued for a summary, in order
         self._snapshot: SnapshotCursor | None = None
         self._snap_epoch = 0
-        self._handlers: dict[type, Callable[[Any, int], Any]] = {
-            CreateSession: self._create,
-            AppendMessages: self._append,
-            ReplaceContext: self._replace_context,
-            UpdateSession: self._update,
-            EndSession: self._end,
-            DeleteSession: self._delete,
-            PurgeSessions: self._purge,
-            ExpireDue: self._expire_due,
-            RequestSummary: self._request_summary,
-            StartSummary: self._start_summary,
-            FinishSummary: self._finish_summary,
-            FailSummary: self._fail_summary,
-            GetSession: self._get_view,
-            CheckKey: self._check_key,
-            ListSessions: self._list,
-            Ping: self._ping,
-        }
+        self._handlers: dict[type, Callable[[Any, int], Any]] = SESSION_OPS.handlers(self)
+        self._specs = {spec.cls: spec for spec in SESSION_OPS.specs}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -108,7 +91,8 @@ class ShardStore:
             return self._apply_once(op, now_ms)
         result = self._handlers[type(op)](op, now_ms)
         # Reached only if the op succeeded; a failed op changes nothing, so nothing is logged.
-        if isinstance(op, MUTATING_OPS) and (result or not isinstance(op, ExpireDue | PurgeSessions)):
+        spec = self._specs[type(op)]
+        if spec.logged and (result or spec.log_without_result):
             self.journal.append(op)
         return result
 

@@ -1,8 +1,10 @@
-"""On-disk encoding of logged ops and of sessions in snapshots: compact JSON arrays via orjson.
+"""On-disk encoding of logged ops and of sessions in snapshots, as JSON via orjson.
 
-Explicit per-type encodings, not pickle, so files stay readable by a newer engine and by a human
-with `jq`. A change to an existing shape bumps FORMAT_VERSION; a new tag (such as "once" and
-"purge") is additive: this engine still reads older files, an older one cannot read the new tag.
+Ops are JSON objects by field name, derived from their declarations (engine.sessions.ops,
+engine.oplog); log records written before that hold positional arrays, which are still read.
+Sessions in snapshots are explicit arrays. Not pickle, so files stay readable by a newer engine
+and by a human with `jq`. A change to an existing shape bumps FORMAT_VERSION; a new op tag is
+additive: this engine still reads older files, an older one cannot read the new tag.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 from engine.idempotency import Idempotent
 from engine.sessions.ops import (
+    SESSION_OPS,
     AppendMessages,
     CreateSession,
     DeleteSession,
@@ -31,38 +34,21 @@ from engine.sessions.session import Message, NewMessage, Session, SessionStatus,
 FORMAT_VERSION = 1
 
 
-def encode_op(op: Op | Idempotent) -> list[Any]:
-    match op:
-        case Idempotent(key, fingerprint, inner):
-            return ["once", key, fingerprint, encode_op(inner)]
-        case PurgeSessions(keys):
-            return ["purge", [list(key) for key in keys]]
-        case CreateSession(org, sid, name, ttl_s, context):
-            return ["create", org, sid, name, ttl_s, context]
-        case AppendMessages(org, sid, messages):
-            return ["append", org, sid, [[m.role, m.content, m.tool_call_id, m.tool_name] for m in messages]]
-        case ReplaceContext(org, sid, context, if_match):
-            return ["context", org, sid, context, if_match]
-        case UpdateSession(org, sid, name, ttl_s):
-            return ["update", org, sid, name, ttl_s]
-        case EndSession(org, sid, status):
-            return ["end", org, sid, status.value]
-        case DeleteSession(org, sid):
-            return ["delete", org, sid]
-        case ExpireDue():
-            return ["expire"]
-        case RequestSummary(org, sid):
-            return ["summary_request", org, sid]
-        case StartSummary(org, sid):
-            return ["summary_start", org, sid]
-        case FinishSummary(org, sid, text, model, covered, total):
-            return ["summary_done", org, sid, text, model, covered, total]
-        case FailSummary(org, sid, error, final):
-            return ["summary_fail", org, sid, error, final]
-    raise TypeError(f"{type(op).__name__} is not a logged op")
+def encode_op(op: Op | Idempotent) -> bytes:
+    """The op's exact log bytes; raises UnencodableOp (a VALIDATION_ERROR) if the log cannot hold it."""
+    return SESSION_OPS.encode_bytes(op)
 
 
-_DECODERS: dict[str, Callable[..., Op | Idempotent]] = {
+def decode_op(encoded: dict[str, Any] | list[Any]) -> Op | Idempotent:
+    if isinstance(encoded, dict):
+        op: Op | Idempotent = SESSION_OPS.decode(encoded)
+        return op
+    tag, *args = encoded
+    return _POSITIONAL[tag](*args)
+
+
+# Log records written before ops were encoded by field name: positional arrays.
+_POSITIONAL: dict[str, Callable[..., Op | Idempotent]] = {
     "once": lambda key, fingerprint, inner: Idempotent(key, fingerprint, decode_op(inner)),
     "purge": lambda keys: PurgeSessions(tuple((org, sid) for org, sid in keys)),
     "create": lambda org, sid, name, ttl_s, context: CreateSession(org, sid, name, ttl_s, context),
@@ -79,11 +65,6 @@ _DECODERS: dict[str, Callable[..., Op | Idempotent]] = {
     ),
     "summary_fail": lambda org, sid, error, final: FailSummary(org, sid, error, final),
 }
-
-
-def decode_op(encoded: list[Any]) -> Op | Idempotent:
-    tag, *args = encoded
-    return _DECODERS[tag](*args)
 
 
 def encode_session(s: Session) -> list[Any]:

@@ -1,13 +1,9 @@
 """DurableShard: a ShardStore whose every change is in its write-ahead log before a batch returns.
 
-Group commit: a batch of ops is applied in memory, its journal becomes one log record, and (with
-fsync=always) one fsync covers the whole batch. Only then are the results handed back, so no
-client ever sees a reply for a change that is not on disk.
-
-If the log cannot be written (a full disk, a read-only one, a file size limit), memory has run
-ahead of the disk: the shard rebuilds its state from its files (the failed batch was never
-acknowledged) and turns read-only. Every change is then refused as UNAVAILABLE while reads go on,
-until `resume_writes` (tried about once a second) finds the disk takes writes again.
+Group commit: a batch of ops is encoded, applied in memory, and its changes become one log record;
+with fsync=always one fsync covers the whole batch. Only then are the results handed back, so no
+client ever sees a reply for a change that is not on disk. The write path, and what a shard does
+when its disk refuses writes, is engine.storage.logged's, shared with the memory shards.
 """
 
 from __future__ import annotations
@@ -15,24 +11,22 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from engine.clock import Clock, SystemClock
 from engine.config import DurabilityConfig
 from engine.errors import EngineError
 from engine.idempotency import IdempotencyRecords
-from engine.sessions.ops import GetSession, ListSessions, Op, Ping
+from engine.sessions.ops import SESSION_OPS
 from engine.sessions.shard import ShardStore, SnapshotCursor
 
-from .codec import decode_op, decode_session, encode_op, encode_session
+from .codec import decode_op, decode_session, encode_session
 from .frames import CorruptFile
 from .lock import DirectoryLock
-from .read_only import ReadOnlyWhenLogFails
+from .logged import LoggedStore
 from .snapshot import SnapshotWriter, read_snapshot, snapshots
-from .wal import LogWriteFailed, WriteAheadLog, encode_record, read_log
+from .wal import WriteAheadLog, read_log
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +48,8 @@ class SnapshotResult:
     longest_step_ms: float  # the longest the shard was held up by this snapshot
 
 
-class DurableShard(ReadOnlyWhenLogFails):
-    READ_OPS = (GetSession, ListSessions, Ping)
+class DurableShard(LoggedStore):
+    OPS = SESSION_OPS
     store: ShardStore
 
     def __init__(
@@ -70,6 +64,7 @@ class DurableShard(ReadOnlyWhenLogFails):
         it may tune the process's garbage collector for a large, long-lived, acyclic heap."""
         self.directory = directory
         self._config = config
+        self._fsync = config.fsync
         self._clock = clock or SystemClock()
         self._own_process = own_process
         self._lock = DirectoryLock(directory, lock_wait_s)
@@ -92,31 +87,6 @@ class DurableShard(ReadOnlyWhenLogFails):
         self._snapshot_started = self._longest_step_s = 0.0
         self._snapshot_bytes = 0
         self._refusal = None
-
-    # -- writes -------------------------------------------------------------------------------------
-
-    def apply_batch(self, ops: Sequence[Op]) -> list[Any]:
-        """One result per op. While the log cannot be written, every change is refused with
-        Unavailable and reads are answered; the batch whose write failed is refused whole (its reads
-        may have seen its changes). Raises LogWriteFailed only if the shard cannot rebuild itself."""
-        now_ms = self._clock.now_ms()
-        if self._refusal is not None:
-            return self._answer_reads(ops, now_ms, self._refusal)
-        results = self.store.apply_batch(ops, now_ms)
-        try:
-            self._log(now_ms)
-        except LogWriteFailed as exc:
-            return [self._go_read_only(exc)] * len(ops)
-        return results
-
-    def _log(self, now_ms: int) -> None:
-        journal = self.store.take_journal()
-        if not journal:
-            return
-        self._wal.commit(
-            encode_record(self.lsn + 1, now_ms, [encode_op(op) for op in journal]), self._config.fsync
-        )
-        self.lsn += 1
 
     def _rebuild(self) -> int:
         self.store = ShardStore()  # let the old state go first (a snapshot being written keeps its own)

@@ -155,4 +155,8 @@ class SummaryRunner:
             )
             if isinstance(done, SessionNotFound):
                 await self._forget_vector(org, session_id)  # deleted while it was being summarized
+            elif isinstance(done, EngineError):
+                # The summary could not be stored (the log refused its text): a failed job, not one
+                # left running for ever.
+                await self._apply([FailSummary(org, session_id, f"the summary was refused: {done}", True)])
             return

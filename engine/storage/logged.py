@@ -1,0 +1,144 @@
+"""The write path that both kinds of durable shard (sessions, vector memory) share.
+
+A batch of ops is applied in this order, so that nothing is visible that the log does not hold
+(PostgreSQL's rule: no change before its WAL insert):
+
+1. Every op that changes state is encoded into the exact bytes its log record will hold. An op
+   that cannot be encoded (engine.oplog.UnencodableOp) fails alone, with a VALIDATION_ERROR, and
+   is never applied; the batch's other ops go on.
+2. The rest are applied in order; an op that fails (not found, conflict, quota) changes nothing.
+3. The ops that changed state, with the bytes of step 1, become one log record, written (and with
+   fsync=always synced) before any result is handed back.
+
+Only the disk can fail step 3. Then memory has run ahead of the disk, so the shard rebuilds its
+state from its files up to the last acknowledged record (nothing of the failed batch stays, its
+idempotency records neither), refuses changes as UNAVAILABLE while answering reads, and takes
+changes again once a probe write to the log succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from engine.clock import Clock
+from engine.errors import EngineError, Unavailable
+from engine.oplog import OpRegistry
+
+from .frames import CorruptFile
+from .wal import LogWriteFailed, WriteAheadLog, encode_record, unwritable_log
+
+log = logging.getLogger(__name__)
+
+
+class LoggedStore:
+    """The base of DurableShard and DurableMemory, which set these attributes and `_rebuild`; `store`
+    has `apply_batch(ops, now_ms)` and `take_journal()` (the ops that changed state, in order)."""
+
+    OPS: OpRegistry  # the store's declared ops: what is logged, and how it is encoded
+    directory: Path
+    lsn: int
+    store: Any
+    _wal: WriteAheadLog
+    _clock: Clock
+    _refusal: Unavailable | None  # set while the log cannot be written
+
+    _fsync: str
+
+    @property
+    def read_only(self) -> bool:
+        return self._refusal is not None
+
+    def apply_batch(self, ops: Sequence[Any]) -> list[Any]:
+        """One result per op (an EngineError for one that failed). While the log cannot be written,
+        every change is refused with Unavailable and reads are answered; the batch whose write
+        failed is refused whole (its reads may have seen its changes). Raises LogWriteFailed only
+        if the shard cannot rebuild itself."""
+        now_ms = self._clock.now_ms()
+        if self._refusal is not None:
+            return self._answer_reads(ops, now_ms, self._refusal)
+        encoded: dict[int, bytes] = {}
+        refused: dict[int, EngineError] = {}
+        for i, op in enumerate(ops):
+            if self.OPS.is_logged(op):
+                try:
+                    encoded[id(op)] = self.OPS.encode_bytes(op)
+                except EngineError as exc:
+                    refused[i] = exc
+        applied = [op for i, op in enumerate(ops) if i not in refused] if refused else ops
+        results: list[Any] = self.store.apply_batch(applied, now_ms)
+        journal = self.store.take_journal()
+        if journal:
+            # The journal holds the batch's own op objects, each encoded above.
+            record = encode_record(self.lsn + 1, now_ms, [encoded[id(op)] for op in journal])
+            try:
+                self._wal.commit(record, self._fsync)
+            except LogWriteFailed as exc:
+                return [self._go_read_only(exc)] * len(ops)
+            self.lsn += 1
+        if refused:
+            answers = iter(results)
+            results = [refused[i] if i in refused else next(answers) for i in range(len(ops))]
+        return results
+
+    def sync(self) -> None:
+        """For fsync=everysec: called about once a second."""
+        if self._refusal is not None:
+            return
+        try:
+            self._wal.sync_pending()
+        except LogWriteFailed as exc:
+            self._go_read_only(exc)
+
+    def resume_writes(self) -> bool:
+        """While read-only: try the disk again with an empty log record (the segment reopened and
+        cut back to its last whole record, the record written and synced); True once it took it."""
+        if self._refusal is None:
+            return True
+        try:
+            self._wal.reopen()
+            self._wal.commit(encode_record(self.lsn + 1, self._clock.now_ms(), []), "always")
+        except (OSError, LogWriteFailed):
+            return False
+        self.lsn += 1
+        self._refusal = None
+        log.warning("the log is writable again; taking changes", extra={"directory": str(self.directory)})
+        return True
+
+    def _answer_reads(self, ops: Sequence[Any], now_ms: int, refusal: Unavailable) -> list[Any]:
+        """While read-only: every change refused, the reads among `ops` answered."""
+        results: list[Any] = [refusal] * len(ops)
+        reads = [i for i, op in enumerate(ops) if isinstance(op, self.OPS.read_types)]
+        if reads:
+            answers = self.store.apply_batch([ops[i] for i in reads], now_ms)
+            for i, answer in zip(reads, answers, strict=True):
+                results[i] = answer
+        return results
+
+    def _go_read_only(self, failure: LogWriteFailed) -> Unavailable:
+        """Rebuild the state from the files as they are up to the last acknowledged record, without
+        changing them (the disk may refuse that too), and refuse changes from now on. Raises
+        LogWriteFailed if the shard cannot rebuild itself."""
+        log.error(
+            "cannot write the log; rebuilding from disk and taking no changes until it can",
+            extra={"directory": str(self.directory), "error": str(failure)},
+        )
+        self._refusal = unwritable_log(self.directory, failure)
+        try:
+            lsn = self._rebuild()
+        except (OSError, CorruptFile) as exc:
+            raise LogWriteFailed(
+                f"cannot rebuild {self.directory} after a failed write: {exc}", str(exc)
+            ) from exc
+        if lsn != self.lsn:
+            raise LogWriteFailed(
+                f"{self.directory}: the log holds records up to {lsn} but {self.lsn} were written",
+                "lost records",
+            )
+        return self._refusal
+
+    def _rebuild(self) -> int:
+        """Replace `store` with the state in the files up to record `lsn`; the last record read."""
+        raise NotImplementedError

@@ -1,0 +1,189 @@
+"""Every declared op survives encoding, decoding and replay; the encoding is by field name; log
+records written before that (positional arrays) are still read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from engine.clock import ManualClock
+from engine.config import DurabilityConfig
+from engine.errors import EngineError
+from engine.idempotency import Idempotent
+from engine.memory.durable import DurableMemory, decode_memory_op
+from engine.memory.index import IndexParams
+from engine.memory.store import MEMORY_OPS, DeleteVectors, UpsertVectors
+from engine.oplog import TAG, UnencodableOp
+from engine.sessions.ops import (
+    SESSION_OPS,
+    AppendMessages,
+    CreateSession,
+    DeleteSession,
+    EndSession,
+    ExpireDue,
+    FailSummary,
+    FinishSummary,
+    PurgeSessions,
+    ReplaceContext,
+    RequestSummary,
+    StartSummary,
+    UpdateSession,
+)
+from engine.sessions.session import NewMessage, SessionStatus
+from engine.storage.codec import decode_op, encode_op, encode_session
+from engine.storage.durable import DurableShard
+
+A, B, C, D = ("sess_" + f"{i:032x}" for i in range(4))
+
+# One run that uses every logged session op, in an order in which each one succeeds.
+SESSION_SCRIPT: list[tuple[int, Any]] = [  # (ms to advance first, op)
+    (0, CreateSession("acme", A, "a", 3600, {"plan": [1, {"deep": None}], "n": 2**63})),
+    (1, AppendMessages("acme", A, (NewMessage("user", "hi"), NewMessage("tool", "42", "call_1", "calc")))),
+    (1, Idempotent("k1", "fp1", ReplaceContext("acme", A, {"v": 2}, 1))),
+    (1, UpdateSession("acme", A, name="renamed", ttl_s=7200)),
+    (1, UpdateSession("acme", A, ttl_s=60)),
+    (1, EndSession("acme", A, SessionStatus.CLOSED)),
+    (1, StartSummary("acme", A)),
+    (1, FailSummary("acme", A, "model busy", False)),
+    (1, StartSummary("acme", A)),
+    (1, FinishSummary("acme", A, "they said hi", "tiny", 2, 2)),
+    (1, RequestSummary("acme", A)),
+    (0, CreateSession("acme", B, "b", 1, {})),
+    (2000, ExpireDue()),
+    (0, CreateSession("other", C, "c", 60, {})),
+    (0, Idempotent("k2", "fp2", DeleteSession("other", C))),
+    (0, CreateSession("acme", D, "d", 60, {})),
+    (0, EndSession("acme", D, SessionStatus.COMPLETED)),
+    (1, PurgeSessions((("acme", D),))),
+]
+
+MEMORY_SCRIPT: list[Any] = [
+    UpsertVectors("acme", "notes", ("x", "y"), np.eye(2, 3, dtype=np.float32), ({"k": [1, {}]}, {})),
+    Idempotent("k3", "fp3", DeleteVectors("acme", "notes", ("y",))),
+]
+
+
+def _inner(op: Any) -> Any:
+    return op.op if isinstance(op, Idempotent) else op
+
+
+def test_the_scripts_use_every_logged_op() -> None:
+    """A new logged op must join these scripts, and so is tested below like every other."""
+    assert {type(_inner(op)) for _, op in SESSION_SCRIPT} == set(SESSION_OPS.logged_types)
+    assert {type(_inner(op)) for op in MEMORY_SCRIPT} == set(MEMORY_OPS.logged_types)
+
+
+@pytest.mark.parametrize("op", [op for _, op in SESSION_SCRIPT], ids=lambda op: type(_inner(op)).__name__)
+def test_every_session_op_survives_encode_and_decode_by_field_name(op: Any) -> None:
+    encoded = orjson.loads(encode_op(op))
+    assert decode_op(encoded) == op
+    inner = encoded["inner"] if isinstance(op, Idempotent) else encoded
+    spec = SESSION_OPS.spec(_inner(op))
+    assert inner[TAG] == spec.tag
+    assert set(inner) - {TAG} <= {f.name for f in spec.fields}, "fields by name, never by position"
+
+
+def test_memory_ops_survive_encode_and_decode_with_exact_vectors() -> None:
+    upsert = MEMORY_SCRIPT[0]
+    decoded = decode_memory_op(orjson.loads(MEMORY_OPS.encode_bytes(upsert)))
+    assert decoded == upsert and decoded.vectors.dtype == np.float32
+    assert np.array_equal(decoded.vectors, upsert.vectors)
+    assert decode_memory_op(orjson.loads(MEMORY_OPS.encode_bytes(MEMORY_SCRIPT[1]))) == MEMORY_SCRIPT[1]
+
+
+def test_unlogged_fields_stay_out_of_the_log() -> None:
+    create = CreateSession("acme", A, "a", 60, {}, max_active=3)
+    assert "max_active" not in orjson.loads(encode_op(create))
+    assert decode_op(orjson.loads(encode_op(create))).max_active is None
+
+
+def test_every_session_op_replays_to_the_state_it_made(tmp_path: Path) -> None:
+    clock = ManualClock()
+    shard = DurableShard(tmp_path, DurabilityConfig(), clock, lock_wait_s=0.2)
+    for advance, op in SESSION_SCRIPT:
+        clock.advance(advance)
+        (result,) = shard.apply_batch([op])
+        assert not isinstance(result, EngineError), (op, result)
+    live = ({k: encode_session(s) for k, s in shard.store._sessions.items()}, list(shard.store.idempotency))
+    shard.close(snapshot=False)
+    replayed = DurableShard(tmp_path, DurabilityConfig(), clock, lock_wait_s=0.2)
+    assert replayed.recovery.records_replayed == len(SESSION_SCRIPT)
+    rebuilt = (
+        {k: encode_session(s) for k, s in replayed.store._sessions.items()},
+        list(replayed.store.idempotency),
+    )
+    assert rebuilt == live
+    replayed.close()
+
+
+def test_every_memory_op_replays(tmp_path: Path) -> None:
+    memory = DurableMemory(tmp_path, DurabilityConfig(), IndexParams(), ManualClock(), lock_wait_s=0.2)
+    assert not any(isinstance(r, EngineError) for r in memory.apply_batch(MEMORY_SCRIPT))
+    memory.close(snapshot=False)
+    again = DurableMemory(tmp_path, DurabilityConfig(), IndexParams(), ManualClock(), lock_wait_s=0.2)
+    (index,) = (index for _, index in again.store.namespaces())
+    assert len(index) == 1 and len(again.store.idempotency) == 1
+    again.close()
+
+
+# Log records of engines before field-name encoding, as they wrote them.
+POSITIONAL = [
+    (["create", "acme", A, "a", 60, {"x": 1}], CreateSession("acme", A, "a", 60, {"x": 1})),
+    (
+        ["append", "acme", A, [["user", "hi", None, None], ["tool", "4", "c1", "calc"]]],
+        AppendMessages("acme", A, (NewMessage("user", "hi"), NewMessage("tool", "4", "c1", "calc"))),
+    ),
+    (["context", "acme", A, {}, 3], ReplaceContext("acme", A, {}, 3)),
+    (["update", "acme", A, None, 5], UpdateSession("acme", A, None, 5)),
+    (["end", "acme", A, "closed"], EndSession("acme", A, SessionStatus.CLOSED)),
+    (["delete", "acme", A], DeleteSession("acme", A)),
+    (["expire"], ExpireDue()),
+    (["summary_request", "acme", A], RequestSummary("acme", A)),
+    (["summary_start", "acme", A], StartSummary("acme", A)),
+    (["summary_done", "acme", A, "t", "m", 1, 2], FinishSummary("acme", A, "t", "m", 1, 2)),
+    (["summary_fail", "acme", A, "e", True], FailSummary("acme", A, "e", True)),
+    (["purge", [["acme", A]]], PurgeSessions((("acme", A),))),
+    (["once", "k", "fp", ["delete", "acme", A]], Idempotent("k", "fp", DeleteSession("acme", A))),
+]
+
+
+@pytest.mark.parametrize(("encoded", "op"), POSITIONAL, ids=lambda v: v[0] if isinstance(v, list) else "")
+def test_positional_records_of_older_engines_are_still_read(encoded: list[Any], op: Any) -> None:
+    assert decode_op(encoded) == op
+
+
+def test_positional_memory_records_are_still_read() -> None:
+    import base64
+
+    raw = np.ones((1, 2), dtype="<f4")
+    old = ["upsert", "acme", "ns", ["x"], 2, base64.b64encode(raw.tobytes()).decode(), [{"k": 1}]]
+    decoded = decode_memory_op(old)
+    assert isinstance(decoded, UpsertVectors) and np.array_equal(decoded.vectors, raw)
+    assert decode_memory_op(["delete", "acme", "ns", ["x"]]) == DeleteVectors("acme", "ns", ("x",))
+
+
+def nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    "context", [nested(300), {"n": 2**64}, {"n": -(2**63) - 1}], ids=["too deep", "2^64", "-2^63-1"]
+)
+def test_a_change_the_log_cannot_hold_is_refused_as_a_validation_error(context: dict[str, Any]) -> None:
+    with pytest.raises(UnencodableOp) as refused:
+        encode_op(CreateSession("acme", A, "a", 60, context))
+    assert refused.value.code == "VALIDATION_ERROR" and refused.value.details["op"] == "CreateSession"
+
+
+def test_unknown_tags_and_fields_are_not_ops() -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        decode_op({TAG: "teleport", "org": "acme"})
+    with pytest.raises(ValueError, match="unknown fields"):
+        decode_op({TAG: "delete", "org": "acme", "session_id": A, "colour": "red"})
