@@ -187,3 +187,24 @@ def test_unknown_tags_and_fields_are_not_ops() -> None:
         decode_op({TAG: "teleport", "org": "acme"})
     with pytest.raises(ValueError, match="unknown fields"):
         decode_op({TAG: "delete", "org": "acme", "session_id": A, "colour": "red"})
+
+
+@pytest.mark.parametrize("depth", [64, 200], ids=["default limit", "largest limit"])
+def test_the_log_holds_everything_the_gateway_lets_through(tmp_path: Path, depth: int) -> None:
+    """limits.max_json_depth is at most 200: a context or metadata that deep, wrapped in every
+    layer the log and the snapshots add (a keyed op, a record, a snapshot chunk), is stored."""
+    context = nested(depth)
+    clock = ManualClock()
+    shard = DurableShard(tmp_path / "s", DurabilityConfig(), clock, lock_wait_s=0.2)
+    create = Idempotent("k", "fp", CreateSession("acme", A, "a", 60, context))
+    results = shard.apply_batch([create, Idempotent("k2", "fp", ReplaceContext("acme", A, context, 1))])
+    assert not any(isinstance(r, EngineError) for r in results)
+    shard.close(snapshot=True)  # the records, holding views with the context, go into the snapshot
+    again = DurableShard(tmp_path / "s", DurabilityConfig(), clock, lock_wait_s=0.2)
+    assert again.store._sessions[("acme", A)].context == context
+    again.close()
+    memory = DurableMemory(tmp_path / "m", DurabilityConfig(), IndexParams(), clock, lock_wait_s=0.2)
+    upsert = UpsertVectors("acme", "ns", ("x",), np.ones((1, 2), dtype=np.float32), (context,))
+    assert memory.apply_batch([Idempotent("k", "fp", upsert)]) == [{"upserted": 1}]
+    memory.close(snapshot=True)
+    DurableMemory(tmp_path / "m", DurabilityConfig(), IndexParams(), clock, lock_wait_s=0.2).close()
