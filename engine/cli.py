@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
+
 from engine import __version__
 from engine.config import ConfigError, EngineConfig, load_config
 from engine.errors import ModelMissing
@@ -28,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"session-engine: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # A data directory or keys file that cannot be made or written (a full or read-only disk):
+        # one line that names the file, not a traceback.
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"session-engine: cannot use the disk: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -43,8 +51,16 @@ def _serve(args: argparse.Namespace) -> int:
     setup_logging(config.log_level)
     # Shard actors run in other processes, with another working directory: hand them absolute paths.
     config = config.model_copy(update={"data_dir": config.data_dir.resolve()})
-    claim_layout(config.data_dir, config.shards, config.memory.shards)
-    new_key = ensure_default_key(config)
+    try:
+        claim_layout(config.data_dir, config.shards, config.memory.shards)
+        new_key = ensure_default_key(config)
+    except OSError as exc:
+        print(
+            f"session-engine: cannot write to the data directory {config.data_dir}: "
+            f"{exc.strerror or exc}. Free space there (or make it writable) and start again.",
+            file=sys.stderr,
+        )
+        return 2
     if new_key is not None:
         _announce_key(new_key, config)
     keys = load_key_store(config)  # fail fast on a bad keys setting, before Ray starts
@@ -96,6 +112,25 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         ray_host.disconnect()
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from engine.storage.check import CLEAN, REFUSED, check_data_dir
+
+    data_dir: Path = args.data_dir
+    if not data_dir.is_dir():
+        print(f"session-engine: {data_dir} is not a directory", file=sys.stderr)
+        return 2
+    reports = check_data_dir(data_dir)
+    if args.json:
+        print(orjson.dumps([r.as_dict() for r in reports], option=orjson.OPT_INDENT_2).decode())
+    else:
+        for report in reports:
+            print("\n".join(report.lines()))
+        if not reports:
+            print(f"{data_dir}: no shard data (a start would begin empty)")
+    verdicts = {r.verdict for r in reports}
+    return REFUSED if REFUSED in verdicts else max(verdicts, default=CLEAN)
 
 
 def _absorb_stop_signals() -> None:
@@ -179,6 +214,17 @@ def _parser() -> argparse.ArgumentParser:
         "--ray-address", help="join this Ray cluster ('auto' or host:port) instead of starting one"
     )
     serve.set_defaults(func=_serve)
+
+    check = commands.add_parser(
+        "check",
+        help="verify a data directory offline: what a start would use, cut, quarantine or refuse",
+        description="Reads every shard directory as a start would, changing nothing. Exits 0 when "
+        "all are consistent, 3 when a start would cut, quarantine or pass over something, 1 when a "
+        "start would refuse.",
+    )
+    check.add_argument("data_dir", type=Path, metavar="DATA_DIR")
+    check.add_argument("--json", action="store_true", help="print the reports as JSON")
+    check.set_defaults(func=_check)
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(required=True, metavar="ACTION")
     create = keys.add_parser("create", help="create a key for an organization and print it once")

@@ -46,13 +46,26 @@ async def readyz(request: Request) -> Response:
         return error_response(503, "UNAVAILABLE", f"not ready: {exc.message}", exc.details, "Retry shortly.")
     except TimeoutError:
         return error_response(503, "UNAVAILABLE", "not ready: a shard did not answer", {}, "Retry shortly.")
+    # A shard that is read-only (its disk refuses writes) or whose recovery passed over a damaged
+    # snapshot or cut a damaged log tail says so; the engine still serves, so this stays a 200.
+    notices = [
+        {"shard": f"{kind}-{i}", **_notice(answer)}
+        for kind, answers in (("session", pings), ("memory", memory_stats))
+        for i, answer in enumerate(answers)
+        if _notice(answer)
+    ]
     return json_response(
         {
-            "status": "ready",
+            "status": "degraded" if any("read_only" in n for n in notices) else "ready",
             "shards": len(pings),
             "sessions": sum(p["sessions"] for p in pings),
             "memory_shards": len(memory_stats),
             "vectors": sum(s["vectors"] for s in memory_stats),
             "models": models,
+            "notices": notices,
         }
     )
+
+
+def _notice(answer: dict[str, Any]) -> dict[str, Any]:
+    return {key: answer[key] for key in ("read_only", "recovery") if key in answer}

@@ -27,12 +27,14 @@ import orjson
 
 from engine.clock import Clock, SystemClock
 from engine.config import DurabilityConfig
+from engine.errors import EngineError
 from engine.idempotency import IdempotencyRecords, Idempotent
 from engine.storage.frames import CorruptFile, frame, read_frames
 from engine.storage.lock import DirectoryLock, fsync_directory
 from engine.storage.logged import LoggedStore
-from engine.storage.snapshot import snapshot_path, snapshots
-from engine.storage.wal import WriteAheadLog, read_log
+from engine.storage.recovery import drop_covered, recover_state
+from engine.storage.snapshot import snapshot_path
+from engine.storage.wal import LogRecord
 
 from .index import IndexParams, NamespaceIndex
 from .store import (
@@ -78,6 +80,7 @@ class MemoryRecovery:
     namespaces: int
     vectors: int
     seconds: float
+    notes: dict[str, Any]  # what it passed over, cut or quarantined (engine.storage.recovery)
 
 
 @dataclass(slots=True, frozen=True)
@@ -106,19 +109,21 @@ class DurableMemory(LoggedStore):
         self._config = config
         self._fsync = config.fsync
         self._clock = clock or SystemClock()
+        self._params = params
         self._lock = DirectoryLock(directory, lock_wait_s)
         try:
-            self.store, self.lsn, self.recovery = recover_memory(
-                directory, params, records=IdempotencyRecords.from_config(config)
-            )
-            self._wal = WriteAheadLog(directory, self.lsn + 1)
+            self._start()  # read-only if the disk refuses writes
         except BaseException:
             self._lock.release()
             raise
         self._snapshot_lsn = self.recovery.snapshot_lsn
         self._last_snapshot_s = time.monotonic()
-        self._params = params
-        self._refusal = None
+
+    def _recover(self, *, repair: bool) -> None:
+        self.store = MemoryStore(self._params)  # let old indexes go first
+        self.store, self.lsn, self.recovery = recover_memory(
+            self.directory, self._params, records=IdempotencyRecords.from_config(self._config), repair=repair
+        )
 
     def _rebuild(self) -> int:
         self.store = MemoryStore(self._params)  # let the old indexes go first
@@ -128,7 +133,7 @@ class DurableMemory(LoggedStore):
         return lsn
 
     def snapshot_due(self) -> bool:
-        if self.lsn == self._snapshot_lsn:
+        if self._wal is None or self.lsn == self._snapshot_lsn:
             return False
         return (
             time.monotonic() - self._last_snapshot_s >= self._config.snapshot_interval_s
@@ -141,7 +146,7 @@ class DurableMemory(LoggedStore):
         started = time.perf_counter()
         self.sync()
         lsn = self.lsn
-        self._wal.rotate(lsn + 1)
+        self.writable_log().rotate(lsn + 1)
         parts = [(org, namespace, *index.to_parts()) for (org, namespace), index in self.store.namespaces()]
         records = IdempotencyRecords.encode(self.store.idempotency.frozen())
         pause_ms = (time.perf_counter() - started) * 1000
@@ -155,10 +160,7 @@ class DurableMemory(LoggedStore):
     def finish_snapshot(self, result: MemorySnapshotResult) -> None:
         self._snapshot_lsn = result.lsn
         self._last_snapshot_s = time.monotonic()
-        self._wal.drop_segments_before(result.lsn + 1)
-        for older, path in snapshots(self.directory, SNAPSHOT_PREFIX):
-            if older < result.lsn:
-                path.unlink()
+        drop_covered(self.directory, SNAPSHOT_PREFIX, result.lsn, self.writable_log().drop_segments_before)
 
     def snapshot_now(self) -> MemorySnapshotResult:
         result = self.begin_snapshot()()
@@ -169,7 +171,8 @@ class DurableMemory(LoggedStore):
         try:
             if snapshot and self.lsn != self._snapshot_lsn and self._refusal is None:
                 self.snapshot_now()
-            self._wal.close()
+            if self._wal is not None:
+                self._wal.close()
         finally:
             self._lock.release()
 
@@ -237,31 +240,38 @@ def recover_memory(
     params: IndexParams,
     until_lsn: int | None = None,
     records: IdempotencyRecords | None = None,
+    *,
+    repair: bool = True,
 ) -> tuple[MemoryStore, int, MemoryRecovery]:
-    """Latest snapshot, then every log record after it. `until_lsn`: a running shard rebuilding
-    itself after a failed log write; it reads no further and changes nothing on disk (see read_log)."""
+    """The newest snapshot that reads whole, then every log record after it (see
+    engine.storage.recovery). `until_lsn`: a running shard rebuilding itself after a failed log
+    write; it reads no further. With it, or with `repair=False`, nothing on disk changes."""
     started = time.perf_counter()
-    for leftover in directory.glob("*.tmp") if until_lsn is None else ():
-        leftover.unlink()
-    store, lsn = MemoryStore(params, records), 0
-    found = snapshots(directory, SNAPSHOT_PREFIX)
-    if found:
-        lsn = _read_snapshot(found[-1][1], store)
-    snapshot_lsn, replayed = lsn, 0
-    store.replaying = True
-    for record in read_log(directory, after_lsn=lsn, until_lsn=until_lsn):
-        if record.lsn != lsn + 1:
-            raise CorruptFile(directory, 0, f"log resumes at record {record.lsn}, but state ends at {lsn}")
+    template = records if records is not None else IdempotencyRecords()
+
+    def fresh() -> MemoryStore:
+        store = MemoryStore(params, IdempotencyRecords(template.retention_ms, template.max_records))
+        store.replaying = True
+        return store
+
+    def apply_record(store: MemoryStore, record: LogRecord) -> None:
         ops = [decode_memory_op(encoded) for encoded in record.ops]
         for result in store.apply_batch(ops, record.now_ms):
-            if isinstance(result, Exception):
-                raise CorruptFile(directory, 0, f"record {record.lsn} does not replay: {result}")
-        lsn = record.lsn
-        replayed += 1
+            if isinstance(result, EngineError):
+                raise result
+
+    store, found = recover_state(
+        directory, SNAPSHOT_PREFIX, fresh, _read_snapshot, apply_record, until_lsn=until_lsn, repair=repair
+    )
     store.replaying = False
     store.take_journal()
     recovery = MemoryRecovery(
-        snapshot_lsn, replayed, sum(1 for _ in store.namespaces()), len(store), time.perf_counter() - started
+        found.snapshot_lsn,
+        found.records_replayed,
+        sum(1 for _ in store.namespaces()),
+        len(store),
+        time.perf_counter() - started,
+        found.notes.as_dict(),
     )
     log.info("memory shard recovered", extra={"directory": str(directory), **asdict(recovery)})
-    return store, lsn, recovery
+    return store, found.lsn, recovery

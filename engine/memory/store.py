@@ -99,6 +99,7 @@ class MemoryStore:
         self.params = params
         self.idempotency = idempotency if idempotency is not None else IdempotencyRecords()
         self.replaying = False  # set while the log is replayed: logged ops are applied as they were
+        self.condition: dict[str, Any] = {}  # set by the durability layer; stats answer it
         self._clock = clock or SystemClock()
         self._namespaces: dict[tuple[str, str], NamespaceIndex] = {}
         self.journal: list[MemoryOp | Idempotent] = []
@@ -215,7 +216,7 @@ class MemoryStore:
         return index.query(op.vector, op.top_k, op.where)
 
     def _stats(self, op: MemoryStats) -> dict[str, Any]:
-        return {"namespaces": len(self._namespaces), "vectors": len(self)}
+        return {"namespaces": len(self._namespaces), "vectors": len(self), **self.condition}
 
 
 def _wrong_dimension(namespace: str, expected: int, got: int) -> ValidationFailed:

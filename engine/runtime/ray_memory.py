@@ -26,6 +26,7 @@ from engine.memory.index import IndexParams
 from engine.memory.store import SESSION_MEMORY, DeleteVectors, MemoryOp, MemoryStats, UpsertVectors
 from engine.models.summarizer import Conversation, Summary, SummaryError
 from engine.routing import memory_shard_for
+from engine.storage.layout import memory_directory
 from engine.storage.wal import LogWriteFailed
 
 from . import upkeep
@@ -37,10 +38,6 @@ MEMORY_SHARD_NAME = "memory-shard-{index}"
 EMBEDDER_NAME = "embedder-{index}"
 SUMMARIZER_NAME = "summarizer-{index}"
 POOL_NAME = "summarizer-pool"
-
-
-def memory_directory(data_dir: Path, index: int) -> Path:
-    return data_dir / "memory" / f"memory-{index:04d}"
 
 
 def index_params(config: EngineConfig) -> IndexParams:

@@ -72,6 +72,7 @@ class ShardStore:
     def __init__(self, idempotency: IdempotencyRecords | None = None) -> None:
         self.idempotency = idempotency if idempotency is not None else IdempotencyRecords()
         self.replaying = False  # set while the log is replayed: logged ops are applied as they were
+        self.condition: dict[str, Any] = {}  # set by the durability layer; pings answer it
         self._sessions: dict[tuple[str, str], Session] = {}
         self._orgs: dict[str, _OrgIndex] = {}
         self._deadlines: list[tuple[int, str, str]] = []  # heap; entries go stale on TTL change or delete
@@ -351,8 +352,8 @@ class ShardStore:
             items.append((key, view))
         return {"items": items[: op.limit], "has_more": len(items) > op.limit}
 
-    def _ping(self, op: Ping, now_ms: int) -> dict[str, int]:
-        return {"sessions": len(self._sessions)}
+    def _ping(self, op: Ping, now_ms: int) -> dict[str, Any]:
+        return {"sessions": len(self._sessions), **self.condition}
 
     # -- internals ----------------------------------------------------------------------------------
 

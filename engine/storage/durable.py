@@ -13,20 +13,20 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.clock import Clock, SystemClock
 from engine.config import DurabilityConfig
-from engine.errors import EngineError
 from engine.idempotency import IdempotencyRecords
 from engine.sessions.ops import SESSION_OPS
 from engine.sessions.shard import ShardStore, SnapshotCursor
 
 from .codec import decode_op, decode_session, encode_session
-from .frames import CorruptFile
 from .lock import DirectoryLock
 from .logged import LoggedStore
-from .snapshot import SnapshotWriter, read_snapshot, snapshots
-from .wal import WriteAheadLog, read_log
+from .recovery import drop_covered, recover_state
+from .snapshot import SNAPSHOT_PREFIX, SnapshotWriter, read_snapshot
+from .wal import LogRecord
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class Recovery:
     records_replayed: int
     sessions: int
     seconds: float
+    notes: dict[str, Any]  # what it passed over, cut or quarantined (engine.storage.recovery)
 
 
 @dataclass(slots=True, frozen=True)
@@ -69,24 +70,29 @@ class DurableShard(LoggedStore):
         self._own_process = own_process
         self._lock = DirectoryLock(directory, lock_wait_s)
         try:
-            if own_process:
-                gc.disable()  # rebuilding allocates millions of objects; a full pass every so often is waste
-            self.store, self.lsn, self.recovery = recover(directory, IdempotencyRecords.from_config(config))
-            self._wal = WriteAheadLog(directory, self.lsn + 1)
+            self._start()  # read-only if the disk refuses writes
         except BaseException:
             self._lock.release()
             raise
-        finally:
-            if own_process:
-                gc.enable()
-        self._settle_heap()
         self._snapshot_lsn = self.recovery.snapshot_lsn
         self._last_snapshot_s = time.monotonic()
         self._cursor: SnapshotCursor | None = None
         self._writer: SnapshotWriter | None = None
         self._snapshot_started = self._longest_step_s = 0.0
         self._snapshot_bytes = 0
-        self._refusal = None
+
+    def _recover(self, *, repair: bool) -> None:
+        self.store = ShardStore()  # let an old state go first
+        try:
+            if self._own_process:
+                gc.disable()  # rebuilding allocates millions of objects; a full pass every so often is waste
+            self.store, self.lsn, self.recovery = recover(
+                self.directory, IdempotencyRecords.from_config(self._config), repair=repair
+            )
+        finally:
+            if self._own_process:
+                gc.enable()
+        self._settle_heap()
 
     def _rebuild(self) -> int:
         self.store = ShardStore()  # let the old state go first (a snapshot being written keeps its own)
@@ -109,7 +115,7 @@ class DurableShard(LoggedStore):
         return self._cursor is not None
 
     def snapshot_due(self) -> bool:
-        if self._cursor is not None or self.lsn == self._snapshot_lsn:
+        if self._wal is None or self._cursor is not None or self.lsn == self._snapshot_lsn:
             return False
         return (
             time.monotonic() - self._last_snapshot_s >= self._config.snapshot_interval_s
@@ -120,7 +126,9 @@ class DurableShard(LoggedStore):
         self._snapshot_started = time.perf_counter()
         step_started = self._snapshot_started
         self.sync()
-        self._wal.rotate(self.lsn + 1)  # every record of the snapshot's state is now in older segments
+        self.writable_log().rotate(
+            self.lsn + 1
+        )  # every record of the snapshot's state is now in older segments
         self._writer = SnapshotWriter(self.directory, self.lsn, self._clock.now_ms())
         self._cursor = self.store.begin_snapshot(encode_session)
         self._longest_step_s = time.perf_counter() - step_started
@@ -157,10 +165,7 @@ class DurableShard(LoggedStore):
         self._writer = self._cursor = None
         self._snapshot_lsn = lsn
         self._last_snapshot_s = time.monotonic()
-        self._wal.drop_segments_before(lsn + 1)
-        for older, path in snapshots(self.directory):
-            if older < lsn:
-                path.unlink()
+        drop_covered(self.directory, SNAPSHOT_PREFIX, lsn, self.writable_log().drop_segments_before)
         self._settle_heap()
         return SnapshotResult(
             lsn,
@@ -197,38 +202,50 @@ class DurableShard(LoggedStore):
                 self.abandon_snapshot()
             if snapshot and self.lsn != self._snapshot_lsn and self._refusal is None:
                 self.snapshot_now()
-            self._wal.close()
+            if self._wal is not None:
+                self._wal.close()
         finally:
             self._lock.release()
 
 
 def recover(
-    directory: Path, records: IdempotencyRecords | None = None, until_lsn: int | None = None
+    directory: Path,
+    records: IdempotencyRecords | None = None,
+    until_lsn: int | None = None,
+    *,
+    repair: bool = True,
 ) -> tuple[ShardStore, int, Recovery]:
-    """Latest snapshot, then every log record after it. `until_lsn`: a running shard rebuilding
-    itself after a failed log write; it reads no further and changes nothing on disk (see read_log)."""
+    """The newest snapshot that reads whole, then every log record after it (see
+    engine.storage.recovery). `until_lsn`: a running shard rebuilding itself after a failed log
+    write; it reads no further. With it, or with `repair=False`, nothing on disk changes."""
     started = time.perf_counter()
-    for leftover in directory.glob("*.tmp") if until_lsn is None else ():
-        leftover.unlink()  # a snapshot that never finished; the log still has everything in it
-    store, lsn = ShardStore(records), 0
-    found = snapshots(directory)
-    if found:
-        lsn, chunks = read_snapshot(found[-1][1], store.idempotency.load)
+    template = records if records is not None else IdempotencyRecords()
+
+    def fresh() -> ShardStore:
+        store = ShardStore(IdempotencyRecords(template.retention_ms, template.max_records))
+        store.replaying = True
+        return store
+
+    def load_snapshot(path: Path, store: ShardStore) -> int:
+        lsn, chunks = read_snapshot(path, store.idempotency.load)
         store.load(decode_session(encoded) for chunk in chunks for encoded in chunk)
-    snapshot_lsn, replayed = lsn, 0
-    store.replaying = True
-    for record in read_log(directory, after_lsn=lsn, until_lsn=until_lsn):
-        if record.lsn != lsn + 1:
-            raise CorruptFile(directory, 0, f"log resumes at record {record.lsn}, but state ends at {lsn}")
+        return lsn
+
+    def apply_record(store: ShardStore, record: LogRecord) -> None:
         for encoded in record.ops:
-            try:
-                store.apply(decode_op(encoded), record.now_ms)
-            except EngineError as exc:
-                raise CorruptFile(directory, 0, f"record {record.lsn} does not replay: {exc}") from None
-        lsn = record.lsn
-        replayed += 1
+            store.apply(decode_op(encoded), record.now_ms)
+
+    store, found = recover_state(
+        directory, SNAPSHOT_PREFIX, fresh, load_snapshot, apply_record, until_lsn=until_lsn, repair=repair
+    )
     store.replaying = False
     store.take_journal()  # replayed ops are in the log already
-    recovery = Recovery(snapshot_lsn, replayed, len(store), time.perf_counter() - started)
+    recovery = Recovery(
+        found.snapshot_lsn,
+        found.records_replayed,
+        len(store),
+        time.perf_counter() - started,
+        found.notes.as_dict(),
+    )
     log.info("shard recovered", extra={"directory": str(directory), **asdict(recovery)})
-    return store, lsn, recovery
+    return store, found.lsn, recovery

@@ -6,6 +6,7 @@ from corruption (a bad record with intact records after it: never skipped silent
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from collections.abc import Iterator
@@ -91,3 +92,19 @@ def _intact_record_after(path: Path, start: int, size: int) -> bool:
         ):
             return True
     return False
+
+
+def quarantine(path: Path, offset: int) -> Path | None:
+    """Copy the bytes of `path` from `offset` on to `<name>.<offset>.quarantine` beside it, synced,
+    before they are cut; None when there are none."""
+    data = path.read_bytes()[offset:]
+    if not data:
+        return None
+    target = path.with_name(f"{path.name}.{offset}.quarantine")
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return target

@@ -18,6 +18,10 @@ def shard_directory(data_dir: Path, index: int) -> Path:
     return data_dir / "shards" / f"shard-{index:04d}"
 
 
+def memory_directory(data_dir: Path, index: int) -> Path:
+    return data_dir / "memory" / f"memory-{index:04d}"
+
+
 def claim_layout(data_dir: Path, shards: int, memory_shards: int | None = None) -> None:
     """Record the shard counts on first start; refuse different ones later, since sessions and
     organizations are placed by a hash over the shard count and would not be found on another."""

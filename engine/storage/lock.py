@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -23,7 +24,13 @@ class DirectoryLock:
     def __init__(self, directory: Path, wait_s: float = 10.0) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = directory / "LOCK"
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise
+            # A read-only file system: the shard starts read-only, and flock needs no write access.
+            self._fd = os.open(self.path if self.path.exists() else directory, os.O_RDONLY)
         deadline = time.monotonic() + wait_s
         while True:
             try:
@@ -36,8 +43,11 @@ class DirectoryLock:
                     os.close(self._fd)
                     raise DirectoryLocked(directory, holder) from None
                 time.sleep(0.1)
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"pid {os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"pid {os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # the holder's pid is for people; a full or read-only disk keeps the old text
 
     def release(self) -> None:
         if self._fd >= 0:

@@ -13,11 +13,14 @@ A batch of ops is applied in this order, so that nothing is visible that the log
 Only the disk can fail step 3. Then memory has run ahead of the disk, so the shard rebuilds its
 state from its files up to the last acknowledged record (nothing of the failed batch stays, its
 idempotency records neither), refuses changes as UNAVAILABLE while answering reads, and takes
-changes again once a probe write to the log succeeds.
+changes again once a probe write to the log succeeds. A shard that starts on a disk that refuses
+writes (full, read-only) starts the same way: recovered without changing its files, read-only,
+until the disk takes writes.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +31,7 @@ from engine.errors import EngineError, Unavailable
 from engine.oplog import OpRegistry
 
 from .frames import CorruptFile
-from .wal import LogWriteFailed, WriteAheadLog, encode_record, unwritable_log
+from .wal import LogWriteFailed, WriteAheadLog, disk_reason, encode_record, unwritable_log
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +44,58 @@ class LoggedStore:
     directory: Path
     lsn: int
     store: Any
-    _wal: WriteAheadLog
+    recovery: Any  # with `notes`, what recovery found (engine.storage.recovery)
+    _wal: WriteAheadLog | None  # None: started on a disk that refused writes, not opened yet
     _clock: Clock
     _refusal: Unavailable | None  # set while the log cannot be written
 
     _fsync: str
 
+    def _recover(self, *, repair: bool) -> None:
+        """Set `store`, `lsn` and `recovery` from the files; `repair=False` changes none of them."""
+        raise NotImplementedError
+
+    def _start(self) -> None:
+        """Recover and open the log. If the disk refuses a write on the way (a torn tail to cut, a
+        new log segment), recover again without changing anything and start read-only."""
+        self._refusal = None
+        try:
+            self._recover(repair=True)
+            self._wal = WriteAheadLog(self.directory, self.lsn + 1)
+        except OSError as exc:
+            failure = LogWriteFailed(f"cannot write to {self.directory} at start: {exc}", disk_reason(exc))
+            self._recover(repair=False)
+            self._wal = None
+            self._refusal = unwritable_log(self.directory, failure)
+            log.error(
+                "the disk refuses writes; starting read-only",
+                extra={"directory": str(self.directory), "error": str(exc)},
+            )
+        self._publish_condition()
+
+    def writable_log(self) -> WriteAheadLog:
+        if self._wal is None:
+            raise OSError(errno.EROFS, f"{self.directory}: the log is not open (the disk refused writes)")
+        return self._wal
+
     @property
     def read_only(self) -> bool:
         return self._refusal is not None
+
+    def _publish_condition(self) -> None:
+        # The store answers pings (and so /readyz) with it; see ShardStore and MemoryStore.
+        self.store.condition = self.condition
+
+    @property
+    def condition(self) -> dict[str, Any]:
+        """What /readyz shows of this shard beyond its size: read-only, and what recovery found."""
+        found: dict[str, Any] = {}
+        if self._refusal is not None:
+            found["read_only"] = self._refusal.details.get("reason", True)
+        notes = self.recovery.notes
+        if notes["damaged_snapshots"] or notes["cut_tails"]:
+            found["recovery"] = notes
+        return found
 
     def apply_batch(self, ops: Sequence[Any]) -> list[Any]:
         """One result per op (an EngineError for one that failed). While the log cannot be written,
@@ -74,7 +120,7 @@ class LoggedStore:
             # The journal holds the batch's own op objects, each encoded above.
             record = encode_record(self.lsn + 1, now_ms, [encoded[id(op)] for op in journal])
             try:
-                self._wal.commit(record, self._fsync)
+                self.writable_log().commit(record, self._fsync)
             except LogWriteFailed as exc:
                 return [self._go_read_only(exc)] * len(ops)
             self.lsn += 1
@@ -85,7 +131,7 @@ class LoggedStore:
 
     def sync(self) -> None:
         """For fsync=everysec: called about once a second."""
-        if self._refusal is not None:
+        if self._refusal is not None or self._wal is None:
             return
         try:
             self._wal.sync_pending()
@@ -97,6 +143,9 @@ class LoggedStore:
         cut back to its last whole record, the record written and synced); True once it took it."""
         if self._refusal is None:
             return True
+        if self._wal is None:
+            self._start()  # a whole start, as at first: the state it recovers is the one it serves
+            return self._refusal is None
         try:
             self._wal.reopen()
             self._wal.commit(encode_record(self.lsn + 1, self._clock.now_ms(), []), "always")
@@ -104,6 +153,7 @@ class LoggedStore:
             return False
         self.lsn += 1
         self._refusal = None
+        self._publish_condition()
         log.warning("the log is writable again; taking changes", extra={"directory": str(self.directory)})
         return True
 
@@ -137,6 +187,7 @@ class LoggedStore:
                 f"{self.directory}: the log holds records up to {lsn} but {self.lsn} were written",
                 "lost records",
             )
+        self._publish_condition()
         return self._refusal
 
     def _rebuild(self) -> int:

@@ -20,14 +20,14 @@ from .frames import CorruptFile, frame, read_frames
 from .lock import fsync_directory
 
 SNAPSHOT_MAGIC = b"SESNP01\n"
-_PREFIX, _SUFFIX = "snapshot-", ".snap"
+SNAPSHOT_PREFIX, _SUFFIX = "snapshot-", ".snap"
 
 
-def snapshot_path(directory: Path, lsn: int, prefix: str = _PREFIX) -> Path:
+def snapshot_path(directory: Path, lsn: int, prefix: str = SNAPSHOT_PREFIX) -> Path:
     return directory / f"{prefix}{lsn:020d}{_SUFFIX}"
 
 
-def snapshots(directory: Path, prefix: str = _PREFIX) -> list[tuple[int, Path]]:
+def snapshots(directory: Path, prefix: str = SNAPSHOT_PREFIX) -> list[tuple[int, Path]]:
     """(lsn, path) of every snapshot named `<prefix><lsn>.snap` in the directory, oldest first."""
     return sorted(
         (int(p.name[len(prefix) : -len(_SUFFIX)]), p) for p in directory.glob(f"{prefix}*{_SUFFIX}")

@@ -24,7 +24,7 @@ import orjson
 
 from engine.errors import Unavailable
 
-from .frames import CorruptFile, TornTail, frame, read_frames
+from .frames import CorruptFile, TornTail, frame, quarantine, read_frames
 from .lock import fsync_directory
 
 log = logging.getLogger(__name__)
@@ -57,12 +57,22 @@ def encode_record(lsn: int, now_ms: int, ops: Sequence[bytes]) -> bytes:
     return b'{"lsn":%d,"ts":%d,"ops":[%b]}' % (lsn, now_ms, b",".join(ops))
 
 
-def read_log(directory: Path, after_lsn: int, until_lsn: int | None = None) -> Iterator[LogRecord]:
-    """Records with lsn > after_lsn, in order. A torn tail of the last segment is cut off (with a
-    warning); damage anywhere else, or a gap in the LSNs, raises CorruptFile.
+def read_log(
+    directory: Path,
+    after_lsn: int,
+    until_lsn: int | None = None,
+    *,
+    repair: bool = True,
+    notes: list[dict[str, Any]] | None = None,
+) -> Iterator[LogRecord]:
+    """Records with lsn > after_lsn, in order. A damaged tail of the last segment (a record cut
+    short by a crash, or a whole one with a bad checksum) is cut off, its bytes first copied to a
+    quarantine file beside the log (engine.storage.recovery), with a warning, and reported in
+    `notes`; damage anywhere else, or a gap in the LSNs, raises CorruptFile.
 
     `until_lsn` is for a shard rebuilding itself after a failed write: records after it were never
-    acknowledged, so reading stops there, and nothing on disk is changed (the disk may refuse it)."""
+    acknowledged, so reading stops there, and nothing on disk is changed (the disk may refuse it).
+    `repair=False` changes nothing on disk either, and only reports what it would cut."""
     found = segments(directory)
     expected = None
     for i, (_, path) in enumerate(found):
@@ -84,10 +94,20 @@ def read_log(directory: Path, after_lsn: int, until_lsn: int | None = None) -> I
         if until_lsn is not None:
             continue
         for tail in torn:
-            log.warning(
-                "cutting off a torn log tail",
-                extra={"file": str(path), "offset": tail.offset, "reason": tail.reason},
-            )
+            size = path.stat().st_size
+            kept = quarantine(path, tail.offset) if repair else None
+            note = {
+                "file": path.name,
+                "offset": tail.offset,
+                "bytes": size - tail.offset,
+                "reason": tail.reason,
+                "quarantine": kept.name if kept is not None else None,
+            }
+            if notes is not None:
+                notes.append(note)
+            if not repair:
+                continue
+            log.warning("cut off a damaged log tail; its bytes are in the quarantine file", extra=note)
             if tail.offset <= len(WAL_MAGIC):
                 path.unlink()  # nothing intact in it; an empty segment would read as damage later
             else:
@@ -118,7 +138,8 @@ def unwritable_log(directory: Path, failure: LogWriteFailed) -> Unavailable:
     )
 
 
-def _reason(exc: OSError) -> str:
+def disk_reason(exc: OSError) -> str:
+    """What the disk said, e.g. 'No space left on device'."""
     return exc.strerror or str(exc)
 
 
@@ -158,17 +179,19 @@ class WriteAheadLog:
             else:
                 self._unsynced = True
         except OSError as exc:
-            self._fail(_reason(exc), keep=start)  # this record was never acknowledged: cut it off
-            raise LogWriteFailed(f"cannot write the log in {self._directory}: {exc}", _reason(exc)) from exc
+            self._fail(disk_reason(exc), keep=start)  # this record was never acknowledged: cut it off
+            raise LogWriteFailed(
+                f"cannot write the log in {self._directory}: {exc}", disk_reason(exc)
+            ) from exc
 
     def sync_pending(self) -> None:
         if self._unsynced and not self.failed:
             try:
                 self.sync()
             except OSError as exc:
-                self._fail(_reason(exc), keep=self._end)  # acknowledged (fsync everysec or never): kept
+                self._fail(disk_reason(exc), keep=self._end)  # acknowledged (fsync everysec or never): kept
                 raise LogWriteFailed(
-                    f"cannot sync the log in {self._directory}: {exc}", _reason(exc)
+                    f"cannot sync the log in {self._directory}: {exc}", disk_reason(exc)
                 ) from exc
             self._unsynced = False
 
@@ -243,7 +266,7 @@ class WriteAheadLog:
         try:
             os.fsync(self._fd)
         except OSError as exc:
-            self._fail(_reason(exc), keep=self._end)
+            self._fail(disk_reason(exc), keep=self._end)
             raise
         os.close(self._fd)
         self._fd = -1
@@ -251,7 +274,7 @@ class WriteAheadLog:
             self._open_segment(next_lsn)
         except OSError as exc:
             # _segment_start and _end still name the old segment, which `reopen` goes back to.
-            self.failed, self._failure = True, _reason(exc)
+            self.failed, self._failure = True, disk_reason(exc)
             raise
         self._unsynced = False
 

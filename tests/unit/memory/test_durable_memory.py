@@ -111,11 +111,13 @@ def test_a_snapshot_drops_the_log_and_older_snapshots_it_covers(tmp_path: Path) 
     first = memory.snapshot_now()
     memory.apply_batch([DeleteVectors("acme", "n", ("v1",))])
     second = memory.snapshot_now()
-    assert [lsn for lsn, _ in snapshots(tmp_path, SNAPSHOT_PREFIX)] == [second.lsn] and second.lsn > first.lsn
-    assert all(first_lsn > second.lsn for first_lsn, _ in segments(tmp_path))
+    memory.apply_batch([DeleteVectors("acme", "n", ("v2",))])
+    third = memory.snapshot_now()  # the one before it stays, as the fallback; older ones go
+    assert [lsn for lsn, _ in snapshots(tmp_path, SNAPSHOT_PREFIX)] == [second.lsn, third.lsn]
+    assert all(first_lsn > second.lsn for first_lsn, _ in segments(tmp_path)) and first.lsn < second.lsn
     memory.close()
     recovered = open_memory(tmp_path)
-    assert recovered.recovery.records_replayed == 0 and len(recovered.store) == 49
+    assert recovered.recovery.records_replayed == 0 and len(recovered.store) == 48
     assert dict(recovered.store.namespaces())[("acme", "n")].kind == "hnsw"
 
 
@@ -134,7 +136,23 @@ def test_a_torn_log_tail_loses_only_the_unacknowledged_record(tmp_path: Path) ->
     assert {m.id for m in open_memory(tmp_path).store.apply(query("acme", "n"))} == {"a", "b", "d"}
 
 
-def test_a_damaged_memory_snapshot_stops_recovery_with_its_name(tmp_path: Path) -> None:
+def test_a_damaged_memory_snapshot_falls_back_to_the_one_before_it(tmp_path: Path) -> None:
+    memory = open_memory(tmp_path)
+    memory.apply_batch([upsert("acme", "n", ["a"])])
+    memory.snapshot_now()
+    memory.apply_batch([upsert("acme", "n", ["b"], seed=2)])
+    memory.close()
+    _, (_, newest) = snapshots(tmp_path, SNAPSHOT_PREFIX)
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    recovered = open_memory(tmp_path)
+    assert {m.id for m in recovered.store.apply(query("acme", "n"))} == {"a", "b"}
+    assert recovered.recovery.notes["damaged_snapshots"][0]["file"] == newest.name
+    recovered.close()
+
+
+def test_a_damaged_memory_snapshot_without_the_log_before_it_is_refused(tmp_path: Path) -> None:
     memory = open_memory(tmp_path)
     memory.apply_batch([upsert("acme", "n", ["a"])])
     memory.close()
@@ -142,6 +160,9 @@ def test_a_damaged_memory_snapshot_stops_recovery_with_its_name(tmp_path: Path) 
     data = bytearray(snap.read_bytes())
     data[len(data) // 2] ^= 0xFF
     snap.write_bytes(bytes(data))
+    for _, segment in segments(tmp_path):
+        if segment.stat().st_size > 8:
+            segment.unlink()  # the records the snapshot held are gone with it
     with pytest.raises(CorruptFile, match=snap.name):
         open_memory(tmp_path)
 

@@ -277,3 +277,39 @@ def test_a_memory_shard_refuses_upserts_and_answers_queries_until_its_disk_is_ba
     memory.close(snapshot=False)
     assert_log_intact(tmp_path)
     assert stored_ids(DurableMemory(tmp_path, DurabilityConfig(), PARAMS, lock_wait_s=0.2)) == {"a", "b", "d"}
+
+
+@pytest.mark.parametrize("error", [FULL, READ_ONLY], ids=["full", "read-only"])
+def test_a_shard_started_on_a_disk_that_refuses_writes_starts_read_only(
+    tmp_path: Path, disk: FaultyDisk, error: OSError
+) -> None:
+    shard, sid = started(tmp_path, "one")
+    shard.close(snapshot=False)
+    disk.errors["write"] = error  # the new log segment of a start cannot be written
+    restarted = open_shard(tmp_path)
+    assert restarted.read_only and restarted.condition["read_only"] == error.strerror
+    assert contents(restarted, sid) == ["one"], "reads are served"
+    (refused,) = restarted.apply_batch([say(sid, "two")])
+    assert isinstance(refused, Unavailable) and error.strerror in str(refused)
+    assert not restarted.resume_writes() and not restarted.snapshot_due()
+    disk.errors.clear()
+    assert restarted.resume_writes() and not restarted.read_only and "read_only" not in restarted.condition
+    restarted.apply_batch([say(sid, "two")])
+    restarted.close()
+    assert_log_intact(tmp_path)
+    assert contents(open_shard(tmp_path), sid) == ["one", "two"]
+
+
+def test_a_memory_shard_started_on_a_full_disk_answers_queries(tmp_path: Path, disk: FaultyDisk) -> None:
+    memory = DurableMemory(tmp_path, DurabilityConfig(), PARAMS, lock_wait_s=0.2)
+    memory.apply_batch([upsert(["a"], 1)])
+    memory.close(snapshot=False)
+    disk.errors["write"] = FULL
+    restarted = DurableMemory(tmp_path, DurabilityConfig(), PARAMS, lock_wait_s=0.2)
+    assert restarted.read_only and stored_ids(restarted) == {"a"}
+    assert isinstance(restarted.apply_batch([upsert(["b"], 2)])[0], Unavailable)
+    disk.errors.clear()
+    assert restarted.resume_writes()
+    restarted.apply_batch([upsert(["b"], 2)])
+    restarted.close()
+    assert stored_ids(DurableMemory(tmp_path, DurabilityConfig(), PARAMS, lock_wait_s=0.2)) == {"a", "b"}

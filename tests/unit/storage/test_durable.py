@@ -29,7 +29,7 @@ from engine.storage.frames import CorruptFile
 from engine.storage.layout import claim_layout
 from engine.storage.lock import DirectoryLocked
 from engine.storage.snapshot import snapshots
-from engine.storage.wal import segments
+from engine.storage.wal import WAL_MAGIC, segments
 
 CHUNKY = DurabilityConfig(snapshot_chunk_sessions=2, snapshot_chunk_messages=3)  # steps end either way
 
@@ -127,13 +127,21 @@ def test_a_graceful_close_leaves_one_snapshot_and_an_empty_log(tmp_path: Path) -
     assert reopened.store.apply(GetSession("acme", sid), clock.now_ms())["messages"][0]["content"] == "hi"
 
 
-def test_a_snapshot_drops_the_log_segments_it_covers(tmp_path: Path) -> None:
+def test_a_snapshot_keeps_the_one_before_it_and_drops_the_log_older_than_that(tmp_path: Path) -> None:
     shard = open_shard(tmp_path, ManualClock())
     for _ in range(3):
         shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {})])
-    shard.snapshot_now()
+    shard.snapshot_now()  # the first: the log from record 1 stays, the fallback should it break
+    assert [first for first, _ in segments(tmp_path)] == [1, 4]
     shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {})])
-    assert [first for first, _ in segments(tmp_path)] == [4]
+    shard.snapshot_now()
+    assert [lsn for lsn, _ in snapshots(tmp_path)] == [3, 4]
+    assert [first for first, _ in segments(tmp_path)] == [4, 5]
+    shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {})])
+    shard.snapshot_now()
+    assert [lsn for lsn, _ in snapshots(tmp_path)] == [4, 5]
+    assert [first for first, _ in segments(tmp_path)] == [5, 6]
+    shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {})])
     shard.close(snapshot=False)
     assert open_shard(tmp_path, ManualClock()).recovery.records_replayed == 1
 
@@ -199,16 +207,59 @@ def test_a_failed_log_write_makes_the_shard_read_only_and_the_change_is_never_ac
     assert ("acme", sid) not in open_shard(tmp_path, ManualClock()).store._sessions
 
 
-def test_a_damaged_snapshot_stops_recovery_with_its_name(tmp_path: Path) -> None:
-    shard = open_shard(tmp_path, ManualClock())
-    shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {"pad": "x" * 200})])
-    shard.close()
-    (_, path), *_ = snapshots(tmp_path)
+def damage(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(CorruptFile, match=path.name):
+
+
+def test_a_damaged_snapshot_falls_back_to_the_one_before_it_and_the_log(tmp_path: Path) -> None:
+    clock = ManualClock()
+    shard = open_shard(tmp_path, clock)
+    ids = [new_session_id() for _ in range(3)]
+    for sid in ids:
+        shard.apply_batch([CreateSession("acme", sid, "s", 60, {"pad": "x" * 200})])
+        shard.snapshot_now()
+    shard.apply_batch([AppendMessages("acme", ids[0], (NewMessage("user", "after"),))])
+    live = state(shard)
+    shard.close(snapshot=False)
+    (_, previous), (_, newest) = snapshots(tmp_path)
+    damage(newest)
+    recovered = open_shard(tmp_path, clock)
+    assert state(recovered) == live
+    assert recovered.recovery.snapshot_lsn == int(previous.name.split("-")[1].split(".")[0])
+    (note,) = recovered.recovery.notes["damaged_snapshots"]
+    assert note["file"] == newest.name and note["set_aside"] == newest.name + ".damaged"
+    assert (tmp_path / note["set_aside"]).exists() and not newest.exists()
+    assert recovered.condition["recovery"]["damaged_snapshots"] == [note]
+    recovered.close()
+
+
+def test_with_every_snapshot_damaged_the_log_from_its_start_rebuilds_the_state(tmp_path: Path) -> None:
+    shard = open_shard(tmp_path, ManualClock())
+    shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {"pad": "x" * 200})])
+    shard.snapshot_now()  # the first snapshot keeps the log from record 1
+    live = state(shard)
+    shard.close(snapshot=False)
+    (_, only), *_ = snapshots(tmp_path)
+    damage(only)
+    recovered = open_shard(tmp_path, ManualClock())
+    assert state(recovered) == live and recovered.recovery.snapshot_lsn == 0
+    recovered.close()
+
+
+def test_a_damaged_snapshot_with_no_consistent_state_behind_it_is_refused(tmp_path: Path) -> None:
+    shard = open_shard(tmp_path, ManualClock())
+    for _ in range(2):
+        shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {"pad": "x" * 200})])
+        shard.snapshot_now()
+    shard.close()
+    older, newest = snapshots(tmp_path)[-2:]
+    damage(newest[1])
+    damage(older[1])  # and the log before the older one is gone
+    with pytest.raises(CorruptFile, match=newest[1].name):
         open_shard(tmp_path, ManualClock())
+    assert newest[1].exists(), "a refused start sets nothing aside"
 
 
 def test_a_missing_stretch_of_log_is_refused(tmp_path: Path) -> None:
@@ -218,9 +269,41 @@ def test_a_missing_stretch_of_log_is_refused(tmp_path: Path) -> None:
     shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {})])
     shard.close(snapshot=False)
     for _, path in snapshots(tmp_path):
-        path.unlink()  # the log now starts at record 2 with nothing before it
+        path.unlink()
+    segments(tmp_path)[0][1].unlink()  # the log now starts at record 2 with nothing before it
     with pytest.raises(CorruptFile, match="resumes at record 2"):
         open_shard(tmp_path, ManualClock())
+
+
+def test_a_whole_record_with_a_bad_checksum_at_the_tail_is_cut_into_quarantine(tmp_path: Path) -> None:
+    shard = open_shard(tmp_path, ManualClock())
+    sid = new_session_id()
+    shard.apply_batch([CreateSession("acme", sid, "s", 60, {})])
+    shard.apply_batch([AppendMessages("acme", sid, (NewMessage("user", "lost to a bad sector"),))])
+    shard.close(snapshot=False)
+    (_, segment), *_ = segments(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[-3] ^= 0xFF  # inside the last record's payload: whole, but its checksum no longer matches
+    segment.write_bytes(bytes(data))
+    cut_at = len(WAL_MAGIC) + sum(len(frame) for frame in _frames(bytes(data))[:1])
+    recovered = open_shard(tmp_path, ManualClock())
+    (note,) = recovered.recovery.notes["cut_tails"]
+    assert (note["file"], note["offset"], note["reason"]) == (segment.name, cut_at, "checksum mismatch")
+    kept = tmp_path / note["quarantine"]
+    assert kept.read_bytes() == bytes(data[cut_at:]) and segment.stat().st_size == cut_at
+    assert recovered.store.apply(GetSession("acme", sid), 0)["message_count"] == 0
+    assert recovered.condition["recovery"]["cut_tails"] == [note]
+    recovered.close()
+
+
+def _frames(data: bytes) -> list[bytes]:
+    """The framed records of a log segment's bytes, each whole (header and payload)."""
+    frames, offset = [], len(WAL_MAGIC)
+    while offset < len(data):
+        length = int.from_bytes(data[offset : offset + 4], "little")
+        frames.append(data[offset : offset + 8 + length])
+        offset += 8 + length
+    return frames
 
 
 def test_the_data_directory_remembers_its_shard_count(tmp_path: Path) -> None:

@@ -1,0 +1,98 @@
+"""`session-engine check DATA_DIR`: what a start would use, cut, quarantine or refuse, without
+changing a byte; and `serve` on a disk it cannot write answers with one line."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from engine import cli
+from engine.clock import ManualClock
+from engine.config import DurabilityConfig
+from engine.memory.durable import DurableMemory
+from engine.memory.index import IndexParams
+from engine.memory.store import UpsertVectors
+from engine.sessions.ops import AppendMessages, CreateSession
+from engine.sessions.session import NewMessage, new_session_id
+from engine.storage.durable import DurableShard
+from engine.storage.layout import memory_directory, shard_directory
+from engine.storage.snapshot import snapshots
+from engine.storage.wal import segments
+
+
+def everything(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+    }
+
+
+def data_dir(tmp_path: Path) -> Path:
+    """Two session shards (one with a snapshot and log after it) and a memory shard."""
+    for index in range(2):
+        shard = DurableShard(
+            shard_directory(tmp_path, index), DurabilityConfig(), ManualClock(), lock_wait_s=0.2
+        )
+        sid = new_session_id()
+        shard.apply_batch([CreateSession("acme", sid, "s", 60, {"pad": "x" * 100})])
+        shard.snapshot_now()
+        shard.apply_batch([AppendMessages("acme", sid, (NewMessage("user", "hi"),))])
+        shard.close(snapshot=False)
+    memory = DurableMemory(memory_directory(tmp_path, 0), DurabilityConfig(), IndexParams(), lock_wait_s=0.2)
+    memory.apply_batch([UpsertVectors("acme", "n", ("a",), np.ones((1, 2), dtype=np.float32), ({},))])
+    memory.close(snapshot=False)
+    return tmp_path
+
+
+def test_a_consistent_data_directory_checks_clean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = data_dir(tmp_path)
+    assert cli.main(["check", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ok: ") == 3 and "1 sessions" in out and "1 namespaces, 1 vectors" in out
+
+
+def test_check_reports_what_a_start_would_pass_over_and_cut_and_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = data_dir(tmp_path)
+    shard0 = shard_directory(root, 0)
+    (_, snap), *_ = snapshots(shard0)
+    snap.write_bytes(snap.read_bytes()[:-20] + b"\xff" * 20)  # the snapshot's trailer is damaged
+    _, last = segments(shard_directory(root, 1))[-1]
+    data = bytearray(last.read_bytes())
+    data[-2] ^= 0xFF
+    last.write_bytes(bytes(data))
+    before = everything(root)
+    assert cli.main(["check", str(root)]) == 3
+    out = capsys.readouterr().out
+    assert f"would damaged snapshot {snap.name} passed over" in out
+    assert "would cut " in out and f"off {last.name}" in out and "checksum mismatch" in out
+    assert everything(root) == before, "check changes nothing"
+    assert cli.main(["check", str(root), "--json"]) == 3
+    reports = orjson.loads(capsys.readouterr().out)
+    assert [r["verdict"] for r in reports] == ["repairs", "repairs", "clean"]
+
+
+def test_check_says_when_a_start_would_refuse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = data_dir(tmp_path)
+    directory = shard_directory(root, 0)
+    for _, snap in snapshots(directory):
+        snap.write_bytes(b"garbage")
+    segments(directory)[0][1].unlink()  # and the log from its start is gone
+    assert cli.main(["check", str(root)]) == 1
+    assert "REFUSED" in capsys.readouterr().out
+
+
+def test_serve_on_a_disk_it_cannot_write_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cli, "claim_layout", full)
+    assert cli.main(["serve", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err
