@@ -16,6 +16,7 @@ from engine.keys import KeyStore, load_key_store
 from engine.logs import setup_logging
 from engine.runtime.transport import MemoryTransport, ShardTransport
 
+from . import edge
 from .errors import install_error_handlers
 from .http import RequestContextMiddleware
 from .outbox import MemoryRouter, ShardRouter
@@ -85,6 +86,7 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.config = config
+    edge.configure(config.http)  # the bounds of this process's connections, when served by `serve`
     app.state.keys = keys if keys is not None else load_key_store(config)
     app.state.limiter = RateLimiter(config.limits, config.workers)
     app.state.org_limits = {org: config.limits.for_org(org) for org in config.limits.orgs}

@@ -13,7 +13,7 @@ import orjson
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -133,6 +133,8 @@ class RequestContextMiddleware:
             # The server delivers no more than a declared Content-Length, so only a body without
             # one (chunked) needs counting as it arrives.
             await self.app(scope, receive if declared is not None else self._limited(receive), send_with_id)
+        except ClientDisconnect:
+            return  # the client went (or was dropped for sending too slowly): no one to answer
         except Exception:
             # A bug. Answered here, inside the request's context, so the 500 carries its request id
             # (header and body) and the connection stays usable for the client's next request.

@@ -73,6 +73,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import RESOLVED_CONFIG_ENV, create_app
+    from api.edge import PROTOCOL
     from engine.runtime import ray_host, ray_memory
     from engine.runtime.ray_actors import StartupError
 
@@ -92,6 +93,8 @@ def _serve(args: argparse.Namespace) -> int:
             "log_config": None,
             "access_log": False,
             "timeout_graceful_shutdown": 30,  # finish in-flight requests, then stop
+            "http": PROTOCOL,  # bounded connections, headers and read times (api/edge.py)
+            "timeout_keep_alive": config.http.keep_alive_s,
         }
         _absorb_stop_signals()
         if config.workers == 1:

@@ -89,6 +89,20 @@ class LimitsConfig(_Section):
         return self.model_copy(update=override.model_dump(exclude_unset=True))
 
 
+class HttpConfig(_Section):
+    """The gateway's HTTP edge, per gateway worker process: what one connection or request may
+    hold, and how long a client may take to send a request (api/edge.py)."""
+
+    max_connections: int = Field(1024, ge=1)  # open at once; one more is answered 503 and closed
+    max_headers: int = Field(100, ge=1)  # header fields of one request; 431 above
+    max_header_bytes: int = Field(16 * 1024, ge=1024)  # request line and headers together; 431 above
+    # A request must arrive whole (headers and body) this long after its first byte, and a new
+    # connection must start one this soon: slow or idle clients are dropped (408 when nothing of a
+    # request had arrived whole).
+    read_timeout_s: float = Field(30.0, gt=0)
+    keep_alive_s: float = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
+
+
 class OutboxConfig(_Section):
     """How the gateway sends operations to a shard."""
 
@@ -197,6 +211,7 @@ class EngineConfig(BaseSettings):
     api_keys: SecretStr | None = None  # "key1=org1,key2=org2"; else the keys file is used
     keys_file: Path | None = None  # default: <data_dir>/keys.json
     limits: LimitsConfig = LimitsConfig()
+    http: HttpConfig = HttpConfig()
     outbox: OutboxConfig = OutboxConfig()
     durability: DurabilityConfig = DurabilityConfig()
     ray: RayConfig = RayConfig()
