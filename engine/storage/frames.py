@@ -6,13 +6,14 @@ from corruption (a bad record with intact records after it: never skipped silent
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from .lock import write_atomically
 
 HEADER = struct.Struct("<II")
 MAX_FRAME_BYTES = 1 << 30
@@ -101,10 +102,5 @@ def quarantine(path: Path, offset: int) -> Path | None:
     if not data:
         return None
     target = path.with_name(f"{path.name}.{offset}.quarantine")
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomically(target, data)
     return target

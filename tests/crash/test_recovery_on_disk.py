@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -173,6 +174,13 @@ def test_a_damaged_snapshot_and_log_tail_are_passed_over_quarantined_and_reporte
             # The HTTP edge of `serve`: its settings are in force.
             many = client.get("/sessions", headers={f"x-h{i}": "v" for i in range(30)})
             assert many.status_code == 431 and many.json()["code"] == "VALIDATION_ERROR"
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=15) as slow:
+            slow.sendall(b"GET /sessions HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+            answer = b""
+            while chunk := slow.recv(65536):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
     finally:
         assert server.stop() == 0
     again = subprocess.run(

@@ -31,6 +31,7 @@ from engine.sessions.ops import (
 from engine.sessions.session import NewMessage, SessionStatus, session_id_for_key
 from engine.storage.codec import encode_session
 from engine.storage.durable import DurableShard
+from tests.support.snapshots import snapshot_action
 
 CONFIG = DurabilityConfig(snapshot_chunk_sessions=1, snapshot_chunk_messages=2)
 SESSIONS = ["sess_" + f"{i:032x}" for i in range(2)]
@@ -107,15 +108,8 @@ def test_any_interleaving_of_retrying_clients_stores_each_write_once_in_acknowle
                 versions[sid] = result["version"]
             else:
                 assert isinstance(result, EngineError) and result.code == "PRECONDITION_FAILED"
-        elif kind == "snapshot-begin" and not shard.snapshot_in_progress:
-            shard.begin_snapshot()
-        elif kind.startswith("snapshot-") and shard.snapshot_in_progress:
-            while shard.snapshot_step():
-                if kind == "snapshot-step":
-                    break
-            else:
-                shard.finish_snapshot_io()
-                shard.complete_snapshot()
+        elif kind.startswith("snapshot-"):
+            snapshot_action(shard, kind)
         elif kind == "crash":
             shard.close(snapshot=False)  # the process dies: only what is on disk remains
             shard = open_shard(path, clock)
@@ -176,13 +170,8 @@ def test_restarts_rebuild_the_idempotency_records_exactly_through_deletes_lapses
         kind = action[0]
         if kind in ("create", "say", "delete", "purge"):
             shard.apply_batch(keyed_ops(action))
-        elif kind == "snapshot-begin" and not shard.snapshot_in_progress:
-            shard.begin_snapshot()
-        elif kind == "snapshot-finish" and shard.snapshot_in_progress:
-            while shard.snapshot_step():
-                pass
-            shard.finish_snapshot_io()
-            shard.complete_snapshot()
+        elif kind.startswith("snapshot-"):
+            snapshot_action(shard, kind)
         elif kind == "crash":
             before = (durable_state(shard), records(shard))
             shard.close(snapshot=False)

@@ -30,6 +30,7 @@ from engine.storage.layout import claim_layout
 from engine.storage.lock import DirectoryLocked
 from engine.storage.snapshot import snapshots
 from engine.storage.wal import WAL_MAGIC, segments
+from tests.support.snapshots import snapshot_action
 
 CHUNKY = DurabilityConfig(snapshot_chunk_sessions=2, snapshot_chunk_messages=3)  # steps end either way
 
@@ -91,15 +92,8 @@ def test_state_rebuilt_from_snapshot_and_log_equals_the_live_state(
         elif kind == "tick":
             clock.advance(step[1])
             shard.apply_batch([ExpireDue()])
-        elif kind == "snapshot-begin" and not shard.snapshot_in_progress:
-            shard.begin_snapshot()
-        elif kind == "snapshot-step" and shard.snapshot_in_progress:
-            shard.snapshot_step()
-        elif kind == "snapshot-finish" and shard.snapshot_in_progress:
-            while shard.snapshot_step():
-                pass
-            shard.finish_snapshot_io()
-            shard.complete_snapshot()
+        elif kind.startswith("snapshot-"):
+            snapshot_action(shard, kind)
         elif kind == "restart":
             before = state(shard)
             shard.close(snapshot=False)

@@ -23,6 +23,7 @@ from engine.sessions.ops import AppendMessages, CreateSession, GetSession, Repla
 from engine.sessions.session import NewMessage, SessionStatus
 from engine.storage.codec import encode_session
 from engine.storage.durable import DurableShard, recover
+from tests.support.snapshots import snapshot_action
 
 CONFIG = DurabilityConfig(snapshot_chunk_sessions=1, snapshot_chunk_messages=2)
 ORGS = ("acme", "beta", "gamma")
@@ -117,15 +118,8 @@ def test_unencodable_ops_fail_alone_and_the_disk_always_holds_the_live_state(
                         failed_keys[op.key] = op
                 else:
                     assert not isinstance(result, EngineError), result  # others' ops never fail
-        elif kind == "snapshot-begin" and not shard.snapshot_in_progress:
-            shard.begin_snapshot()
-        elif kind.startswith("snapshot-") and shard.snapshot_in_progress:
-            while shard.snapshot_step():
-                if kind == "snapshot-step":
-                    break
-            else:
-                shard.finish_snapshot_io()
-                shard.complete_snapshot()
+        elif kind.startswith("snapshot-"):
+            snapshot_action(shard, kind)
         elif kind == "crash":
             shard.close(snapshot=False)
             shard = DurableShard(path, CONFIG, clock, lock_wait_s=0.2)
