@@ -3,7 +3,8 @@ needs, each a setting under `http` (engine.config.HttpConfig), per gateway worke
 
 - at most `max_connections` open connections; one more is answered 503 and closed;
 - at most `max_headers` header fields and `max_header_bytes` of request line and headers;
-  past either, 431 and the connection closed (the parser is not fed another byte);
+  past either, 431 and the connection closed (the parser is not fed another byte); headers that
+  have not ended once that many bytes have come are refused as they come;
 - a request must arrive whole (headers and body) within `read_timeout_s` of its first byte, and a
   new connection must start one that soon: a slow client (slowloris) or an idle one is dropped,
   with 408 when no request was under way.
@@ -41,14 +42,18 @@ class _Refused(Exception):
 
 
 class EdgeProtocol(HttpToolsProtocol):
+    """Per request this adds a few attribute updates, no timer: the read timeout is enforced by
+    one sweep a second over the process's connections (a timer per request cost about 5% of the
+    gateway's throughput, benchmarks/RESULTS.md)."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._limits = _settings
-        self._deadline: asyncio.TimerHandle | None = None
         self._refused = False
-        self._header_count = 0
-        self._header_bytes = 0
-        self._reading = False  # between a request's first byte and its last
+        self._in_headers = False  # a request's headers are arriving
+        self._header_bytes = 0  # received since its first byte, while they were
+        self._chunk = 0  # the size of the piece of data being parsed
+        self._waiting_since: float | None = None  # waiting for a request to arrive whole since then
 
     # -- connections --------------------------------------------------------------------------------
 
@@ -63,16 +68,18 @@ class EdgeProtocol(HttpToolsProtocol):
                 "Retry shortly, or reuse connections (keep-alive) instead of opening new ones.",
             )
             return
-        self._arm()  # the first request must start in time too
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
+        self._waiting_since = self.loop.time()  # the first request must start in time too
+        _sweep_on(self.loop, self.connections, self._limits.read_timeout_s)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        self._chunk = len(data)
+        if self._in_headers:
+            self._header_bytes += self._chunk  # an upper bound on the headers' size so far
         super().data_received(data)
+        if self._in_headers and self._header_bytes > self._limits.max_header_bytes and not self._refused:
+            self._too_large_headers()  # still no end of the headers past the limit
 
     def send_400_response(self, msg: str) -> None:
         if not self._refused:  # a parser stopped by a refusal is no malformed request
@@ -82,57 +89,51 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._header_count = self._header_bytes = 0
-        self._reading = True
-        self._arm()
-
-    def on_url(self, url: bytes) -> None:
-        super().on_url(url)
-        self._count_header_bytes(len(url))
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self._limits.max_headers:
-            self._too_large("too many header fields", {"limit": self._limits.max_headers})
-        self._count_header_bytes(len(name) + len(value) + 4)
-        super().on_header(name, value)
+        self._in_headers = True
+        self._header_bytes = self._chunk  # the piece being parsed, a bound on what it holds of this request
+        self._waiting_since = self.loop.time()
 
     def on_headers_complete(self) -> None:
-        if not self._refused:
-            super().on_headers_complete()
+        self._in_headers = False
+        if len(self.headers) > self._limits.max_headers:
+            self._refuse(
+                431,
+                "VALIDATION_ERROR",
+                "too many header fields",
+                {"limit": self._limits.max_headers},
+                "Send fewer headers.",
+            )
+            raise _Refused
+        limit = self._limits.max_header_bytes
+        if self._header_bytes > limit and self._header_size() > limit:  # exact only when it may matter
+            self._too_large_headers()
+            raise _Refused
+        super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._reading = False
-        self._disarm()
+        self._waiting_since = None
         super().on_message_complete()
 
-    def _count_header_bytes(self, n: int) -> None:
-        self._header_bytes += n
-        if self._header_bytes > self._limits.max_header_bytes:
-            self._too_large(
-                "request line and headers are too large", {"limit_bytes": self._limits.max_header_bytes}
-            )
+    def _header_size(self) -> int:
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
-    def _too_large(self, message: str, details: dict[str, Any]) -> None:
-        self._refuse(431, "VALIDATION_ERROR", message, details, "Send fewer or smaller headers.")
-        raise _Refused
+    def _too_large_headers(self) -> None:
+        self._refuse(
+            431,
+            "VALIDATION_ERROR",
+            "request line and headers are too large",
+            {"limit_bytes": self._limits.max_header_bytes},
+            "Send fewer or smaller headers.",
+        )
 
     # -- the read timeout ---------------------------------------------------------------------------
 
-    def _arm(self) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(self._limits.read_timeout_s, self._timed_out)
-
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def _timed_out(self) -> None:
-        self._deadline = None
-        if self.transport.is_closing():
+    def check_read_timeout(self, now: float) -> None:
+        since = self._waiting_since
+        if since is None or now - since < self._limits.read_timeout_s or self.transport.is_closing():
             return
-        if self.cycle is not None and not self.cycle.response_complete and self._reading:
+        self._waiting_since = None
+        if self.cycle is not None and not self.cycle.response_complete:
             # The app is reading a body that stopped coming: it sees the client go.
             log.warning("dropped a client whose request body stopped arriving", extra={"client": self.client})
             self._refused = True
@@ -150,7 +151,7 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, code: str, message: str, details: dict[str, Any], hint: str) -> None:
         self._refused = True
-        self._disarm()
+        self._waiting_since = None
         request_id = uuid.uuid4().hex
         if status >= 500:
             details = {**details, "request_id": request_id}
@@ -167,3 +168,22 @@ class EdgeProtocol(HttpToolsProtocol):
             head.append(b"retry-after: 1")
         self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         self.transport.close()
+
+
+_sweeps: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+
+
+def _sweep_on(loop: asyncio.AbstractEventLoop, connections: set[Any], timeout_s: float) -> None:
+    """Start this loop's sweep of its connections' read timeouts, once."""
+    task = _sweeps.get(loop)
+    if task is None or task.done():
+        _sweeps[loop] = loop.create_task(_sweep(loop, connections, min(1.0, timeout_s / 4)))
+
+
+async def _sweep(loop: asyncio.AbstractEventLoop, connections: set[Any], every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        now = loop.time()
+        for connection in list(connections):
+            if isinstance(connection, EdgeProtocol):
+                connection.check_read_timeout(now)

@@ -149,6 +149,22 @@ def test_headers_too_large_get_431(edge_server: str) -> None:
         assert body["details"] == {"limit_bytes": SMALL.max_header_bytes}
 
 
+def test_headers_that_pass_the_limit_without_ending_get_431_at_once(edge_server: str) -> None:
+    with connect(edge_server) as sock:
+        sock.sendall(REQUEST)
+        time.sleep(0.1)
+        sock.sendall(b"x-big: " + b"a" * 3000)  # no end of line, no end of headers
+        started = time.monotonic()
+        assert_refused(read_answer(sock), 431, "VALIDATION_ERROR")
+        assert time.monotonic() - started < SMALL.read_timeout_s, "refused as it came, not at the timeout"
+
+
+def test_a_body_larger_than_the_header_limit_is_no_header(edge_server: str) -> None:
+    with httpx.Client(base_url=edge_server, headers=AUTH, timeout=10) as client:
+        created = client.post("/sessions", json={"name": "big", "context": {"pad": "x" * 50_000}})
+        assert created.status_code == 201, created.text
+
+
 def test_slow_and_idle_clients_are_dropped(edge_server: str) -> None:
     """Slowloris: many connections each holding half a request; and connections that say nothing.
     Both are answered 408 and closed once the read timeout passes, not held for ever."""
