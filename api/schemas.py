@@ -310,8 +310,15 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: _error("The session is not active (details.status), or a quota or key conflicts."),
     412: _error("If-Match is not the current context version (details.current_version)."),
     413: _error("A body, context, message or vector over its configured limit."),
-    422: _error("A field is missing, unknown, of the wrong type or out of range (details.errors)."),
+    415: _error("A compressed body (a Content-Encoding other than identity)."),
+    422: _error(
+        "A field is missing, unknown, of the wrong type or out of range (details.errors), or a value "
+        "the engine cannot store: nested too deep, an integer past 64 bits (details.field, .limit)."
+    ),
     429: _error("Over the organization's rate limit.", "Retry-After"),
-    503: _error("A shard is down or did not answer in time.", "Retry-After"),
+    503: _error(
+        "A shard is down, did not answer in time, or cannot write its disk (details.read_only).",
+        "Retry-After",
+    ),
 }
 """Every error a JSON route can answer, declared once on the router (api/http.py: json_router)."""
