@@ -16,7 +16,7 @@ from engine.memory.index import IndexParams
 
 from .durable import recover
 from .frames import CorruptFile
-from .lock import DirectoryLock, DirectoryLocked
+from .lock import lock_holder
 from .recovery import RecoveryNotes, iter_notes
 from .snapshot import SNAPSHOT_PREFIX, snapshots
 from .wal import segments
@@ -77,12 +77,7 @@ def shard_directories(data_dir: Path) -> list[tuple[Path, str]]:
 
 def check_directory(directory: Path, kind: str) -> DirectoryReport:
     report = DirectoryReport(directory, kind)
-    try:
-        DirectoryLock(directory, wait_s=0).release()
-    except DirectoryLocked as exc:
-        report.in_use = exc.holder
-    except OSError:
-        pass  # a read-only directory: the lock cannot be taken, and reading is still safe
+    report.in_use = lock_holder(directory)
     try:
         if kind == "session shard":
             store, _, recovery = recover(directory, repair=False)

@@ -56,6 +56,22 @@ class DirectoryLock:
             self._fd = -1
 
 
+def lock_holder(directory: Path) -> str | None:
+    """Who holds the directory's lock ("pid N"), or None if no one does; takes it for a moment
+    and changes nothing (for `session-engine check`)."""
+    try:
+        fd = os.open(directory / "LOCK", os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown pid"
+    finally:
+        os.close(fd)  # closing releases the lock, if it was taken
+    return None
+
+
 def write_atomically(path: Path, content: bytes) -> None:
     """Replace `path` with `content` so a crash leaves the old file or the new one, never half of
     one: write a private temporary file, fsync it, rename it over, fsync the directory."""

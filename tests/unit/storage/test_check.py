@@ -4,6 +4,7 @@ changing a byte; and `serve` on a disk it cannot write answers with one line."""
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +97,17 @@ def test_serve_on_a_disk_it_cannot_write_says_so_in_one_line(
     assert cli.main(["serve", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err
+
+
+def test_check_says_a_directory_is_in_use_and_leaves_its_lock_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = data_dir(tmp_path)
+    running = DurableShard(shard_directory(root, 0), DurabilityConfig(), ManualClock(), lock_wait_s=0.2)
+    try:
+        lock = (shard_directory(root, 0) / "LOCK").read_bytes()
+        assert cli.main(["check", str(root)]) == 0
+        assert f"in use by a running engine (pid {os.getpid()})" in capsys.readouterr().out
+        assert (shard_directory(root, 0) / "LOCK").read_bytes() == lock
+    finally:
+        running.close(snapshot=False)
