@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from benchmarks.server import ServerProcess
+from engine.routing import shard_for
 from engine.storage.frames import HEADER
 from engine.storage.layout import shard_directory
 from engine.storage.snapshot import snapshots
@@ -140,7 +141,10 @@ def test_a_damaged_snapshot_and_log_tail_are_passed_over_quarantined_and_reporte
         server = ServerProcess(tmp_data, [], ENV).wait_ready()
         try:
             with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as client:
-                made |= sessions_with_messages(client, 6)
+                run = sessions_with_messages(client, 6)
+                while {shard_for("disk", sid, 2) for sid in run} != {0, 1}:  # each shard gets writes
+                    run |= sessions_with_messages(client, 1)
+                made |= run
         finally:
             assert server.stop() == 0
     shard0, shard1 = shard_directory(tmp_data, 0), shard_directory(tmp_data, 1)
