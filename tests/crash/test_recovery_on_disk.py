@@ -191,3 +191,20 @@ def test_a_damaged_snapshot_and_log_tail_are_passed_over_quarantined_and_reporte
         [sys.executable, "-m", "engine.cli", "check", str(tmp_data)], capture_output=True, check=False
     )
     assert again.returncode == 0, again.stdout
+
+
+def test_a_first_start_on_a_full_disk_says_so_in_one_line(small_disk: Path) -> None:
+    """No keys anywhere, so serve must write one first: on a full disk it cannot."""
+    fill(small_disk)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSION_ENGINE_")}
+    started = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "serve", "--data-dir", str(small_disk / "data"), "--port", "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert started.returncode == 2, started.stderr
+    assert started.stderr.count("\n") == 1 and "No space left on device" in started.stderr
+    assert "Traceback" not in started.stderr + started.stdout
