@@ -96,13 +96,7 @@ class EdgeProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_headers = False
         if len(self.headers) > self._limits.max_headers:
-            self._refuse(
-                431,
-                "VALIDATION_ERROR",
-                "too many header fields",
-                {"limit": self._limits.max_headers},
-                "Send fewer headers.",
-            )
+            self._refuse_headers("too many header fields", {"limit": self._limits.max_headers})
             raise _Refused
         limit = self._limits.max_header_bytes
         if self._header_bytes > limit and self._header_size() > limit:  # exact only when it may matter
@@ -118,13 +112,11 @@ class EdgeProtocol(HttpToolsProtocol):
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def _too_large_headers(self) -> None:
-        self._refuse(
-            431,
-            "VALIDATION_ERROR",
-            "request line and headers are too large",
-            {"limit_bytes": self._limits.max_header_bytes},
-            "Send fewer or smaller headers.",
-        )
+        limit = {"limit_bytes": self._limits.max_header_bytes}
+        self._refuse_headers("request line and headers are too large", limit)
+
+    def _refuse_headers(self, message: str, details: dict[str, Any]) -> None:
+        self._refuse(431, "VALIDATION_ERROR", message, details, "Send fewer or smaller headers.")
 
     # -- the read timeout ---------------------------------------------------------------------------
 

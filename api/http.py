@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -76,12 +77,9 @@ def check_exact_integers(body: bytes) -> None:
             )
         return value
 
-    try:
+    # Not JSON (or deeper than Python's parser goes): the route's own parsing answers that.
+    with contextlib.suppress(ValueError, RecursionError):
         json.loads(body, parse_int=exact)
-    except (ValueError, RecursionError) as exc:
-        if isinstance(exc, ValidationFailed):
-            raise
-        # Not JSON (or deeper than Python's parser goes): the route's own parsing answers that.
 
 
 def json_router(prefix: str, tag: str) -> APIRouter:
@@ -205,8 +203,8 @@ def _content_length(scope: Scope) -> int | None:
 
 
 def _client_request_id(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            text = value.decode("latin-1")
-            return text if _CLIENT_REQUEST_ID.match(text) else None
-    return None
+    value = _header(scope, b"x-request-id")
+    if value is None:
+        return None
+    text = value.decode("latin-1")
+    return text if _CLIENT_REQUEST_ID.match(text) else None

@@ -32,9 +32,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as exc:
         # A data directory or keys file that cannot be made or written (a full or read-only disk):
-        # one line that names the file, not a traceback.
+        # one line, not a traceback.
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"session-engine: cannot use the disk: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(
+            f"session-engine: cannot use the disk: {exc.strerror or exc}{where}. Free space there "
+            "(or make it writable) and start again.",
+            file=sys.stderr,
+        )
         return 2
 
 
@@ -51,16 +55,8 @@ def _serve(args: argparse.Namespace) -> int:
     setup_logging(config.log_level)
     # Shard actors run in other processes, with another working directory: hand them absolute paths.
     config = config.model_copy(update={"data_dir": config.data_dir.resolve()})
-    try:
-        claim_layout(config.data_dir, config.shards, config.memory.shards)
-        new_key = ensure_default_key(config)
-    except OSError as exc:
-        print(
-            f"session-engine: cannot write to the data directory {config.data_dir}: "
-            f"{exc.strerror or exc}. Free space there (or make it writable) and start again.",
-            file=sys.stderr,
-        )
-        return 2
+    claim_layout(config.data_dir, config.shards, config.memory.shards)
+    new_key = ensure_default_key(config)
     if new_key is not None:
         _announce_key(new_key, config)
     keys = load_key_store(config)  # fail fast on a bad keys setting, before Ray starts

@@ -72,6 +72,10 @@ class IdempotencyRecords:
     def from_config(cls, config: DurabilityConfig) -> IdempotencyRecords:
         return cls(round(config.idempotency_retention_s * 1000), config.idempotency_max_records)
 
+    def empty_like(self) -> IdempotencyRecords:
+        """No records, the same retention and bound."""
+        return IdempotencyRecords(self.retention_ms, self.max_records)
+
     def __len__(self) -> int:
         return len(self._records)
 

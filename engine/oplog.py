@@ -20,7 +20,7 @@ Used by engine.sessions (session shards) and engine.memory (memory shards); impo
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -133,10 +133,6 @@ class OpRegistry:
         return declare
 
     # -- what follows from the declarations ---------------------------------------------------------
-
-    @property
-    def specs(self) -> Iterable[OpSpec]:
-        return self._by_type.values()
 
     @property
     def logged_types(self) -> tuple[type, ...]:

@@ -49,10 +49,10 @@ async def readyz(request: Request) -> Response:
     # A shard that is read-only (its disk refuses writes) or whose recovery passed over a damaged
     # snapshot or cut a damaged log tail says so; the engine still serves, so this stays a 200.
     notices = [
-        {"shard": f"{kind}-{i}", **_notice(answer)}
+        {"shard": f"{kind}-{i}", **notice}
         for kind, answers in (("session", pings), ("memory", memory_stats))
         for i, answer in enumerate(answers)
-        if _notice(answer)
+        if (notice := _notice(answer))
     ]
     return json_response(
         {

@@ -30,7 +30,7 @@ from engine.config import DurabilityConfig
 from engine.errors import EngineError
 from engine.idempotency import IdempotencyRecords, Idempotent
 from engine.storage.frames import CorruptFile, frame, read_frames
-from engine.storage.lock import DirectoryLock, fsync_directory
+from engine.storage.lock import fsync_directory
 from engine.storage.logged import LoggedStore
 from engine.storage.recovery import drop_covered, recover_state
 from engine.storage.snapshot import snapshot_path
@@ -110,27 +110,14 @@ class DurableMemory(LoggedStore):
         self._fsync = config.fsync
         self._clock = clock or SystemClock()
         self._params = params
-        self._lock = DirectoryLock(directory, lock_wait_s)
-        try:
-            self._start()  # read-only if the disk refuses writes
-        except BaseException:
-            self._lock.release()
-            raise
+        self._open(lock_wait_s)
         self._snapshot_lsn = self.recovery.snapshot_lsn
         self._last_snapshot_s = time.monotonic()
 
-    def _recover(self, *, repair: bool) -> None:
-        self.store = MemoryStore(self._params)  # let old indexes go first
-        self.store, self.lsn, self.recovery = recover_memory(
-            self.directory, self._params, records=IdempotencyRecords.from_config(self._config), repair=repair
-        )
-
-    def _rebuild(self) -> int:
-        self.store = MemoryStore(self._params)  # let the old indexes go first
-        self.store, lsn, _ = recover_memory(
-            self.directory, self._params, self.lsn, IdempotencyRecords.from_config(self._config)
-        )
-        return lsn
+    def _read_files(self, *, repair: bool, until_lsn: int | None) -> tuple[MemoryStore, int, MemoryRecovery]:
+        self.store = MemoryStore(self._params)  # let the current indexes go first
+        records = IdempotencyRecords.from_config(self._config)
+        return recover_memory(self.directory, self._params, until_lsn, records, repair=repair)
 
     def snapshot_due(self) -> bool:
         if self._wal is None or self.lsn == self._snapshot_lsn:
@@ -171,10 +158,8 @@ class DurableMemory(LoggedStore):
         try:
             if snapshot and self.lsn != self._snapshot_lsn and self._refusal is None:
                 self.snapshot_now()
-            if self._wal is not None:
-                self._wal.close()
         finally:
-            self._lock.release()
+            self._close_files()
 
 
 def _write_snapshot(
@@ -250,9 +235,7 @@ def recover_memory(
     template = records if records is not None else IdempotencyRecords()
 
     def fresh() -> MemoryStore:
-        store = MemoryStore(params, IdempotencyRecords(template.retention_ms, template.max_records))
-        store.replaying = True
-        return store
+        return MemoryStore(params, template.empty_like())
 
     def apply_record(store: MemoryStore, record: LogRecord) -> None:
         ops = [decode_memory_op(encoded) for encoded in record.ops]
@@ -263,8 +246,6 @@ def recover_memory(
     store, found = recover_state(
         directory, SNAPSHOT_PREFIX, fresh, _read_snapshot, apply_record, until_lsn=until_lsn, repair=repair
     )
-    store.replaying = False
-    store.take_journal()
     recovery = MemoryRecovery(
         found.snapshot_lsn,
         found.records_replayed,

@@ -86,9 +86,6 @@ class MemoryStats(MemoryOp):
     pass
 
 
-MUTATING_MEMORY_OPS = MEMORY_OPS.logged_types
-
-
 ORG_SCOPE = ""  # idempotency keys of vector writes are scoped to the organization
 
 
@@ -110,7 +107,7 @@ class MemoryStore:
         if type(op) is Idempotent:
             return self._apply_once(op, now_ms)
         result = self._handlers[type(op)](op)
-        if isinstance(op, MUTATING_MEMORY_OPS):
+        if MEMORY_OPS.spec(op).logged:
             self.journal.append(op)
         return result
 

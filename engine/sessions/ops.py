@@ -192,6 +192,3 @@ class CheckKey(Op):
 @dataclass(slots=True, frozen=True)
 class Ping(Op):
     pass
-
-
-MUTATING_OPS = SESSION_OPS.logged_types

@@ -82,7 +82,6 @@ class ShardStore:
         self._snapshot: SnapshotCursor | None = None
         self._snap_epoch = 0
         self._handlers: dict[type, Callable[[Any, int], Any]] = SESSION_OPS.handlers(self)
-        self._specs = {spec.cls: spec for spec in SESSION_OPS.specs}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -92,7 +91,7 @@ class ShardStore:
             return self._apply_once(op, now_ms)
         result = self._handlers[type(op)](op, now_ms)
         # Reached only if the op succeeded; a failed op changes nothing, so nothing is logged.
-        spec = self._specs[type(op)]
+        spec = SESSION_OPS.spec(op)
         if spec.logged and (result or spec.log_without_result):
             self.journal.append(op)
         return result

@@ -22,7 +22,6 @@ from engine.sessions.ops import SESSION_OPS
 from engine.sessions.shard import ShardStore, SnapshotCursor
 
 from .codec import decode_op, decode_session, encode_session
-from .lock import DirectoryLock
 from .logged import LoggedStore
 from .recovery import drop_covered, recover_state
 from .snapshot import SNAPSHOT_PREFIX, SnapshotWriter, read_snapshot
@@ -68,12 +67,7 @@ class DurableShard(LoggedStore):
         self._fsync = config.fsync
         self._clock = clock or SystemClock()
         self._own_process = own_process
-        self._lock = DirectoryLock(directory, lock_wait_s)
-        try:
-            self._start()  # read-only if the disk refuses writes
-        except BaseException:
-            self._lock.release()
-            raise
+        self._open(lock_wait_s)
         self._snapshot_lsn = self.recovery.snapshot_lsn
         self._last_snapshot_s = time.monotonic()
         self._cursor: SnapshotCursor | None = None
@@ -81,32 +75,19 @@ class DurableShard(LoggedStore):
         self._snapshot_started = self._longest_step_s = 0.0
         self._snapshot_bytes = 0
 
-    def _recover(self, *, repair: bool) -> None:
-        self.store = ShardStore()  # let an old state go first
+    def _read_files(self, *, repair: bool, until_lsn: int | None) -> tuple[ShardStore, int, Recovery]:
+        self.store = ShardStore()  # let the current state go first (a snapshot being written keeps its own)
         try:
             if self._own_process:
                 gc.disable()  # rebuilding allocates millions of objects; a full pass every so often is waste
-            self.store, self.lsn, self.recovery = recover(
-                self.directory, IdempotencyRecords.from_config(self._config), repair=repair
+            found = recover(
+                self.directory, IdempotencyRecords.from_config(self._config), until_lsn, repair=repair
             )
         finally:
             if self._own_process:
                 gc.enable()
         self._settle_heap()
-
-    def _rebuild(self) -> int:
-        self.store = ShardStore()  # let the old state go first (a snapshot being written keeps its own)
-        try:
-            if self._own_process:
-                gc.disable()
-            self.store, lsn, _ = recover(
-                self.directory, IdempotencyRecords.from_config(self._config), until_lsn=self.lsn
-            )
-        finally:
-            if self._own_process:
-                gc.enable()
-        self._settle_heap()
-        return lsn
+        return found
 
     # -- snapshots ----------------------------------------------------------------------------------
 
@@ -126,9 +107,8 @@ class DurableShard(LoggedStore):
         self._snapshot_started = time.perf_counter()
         step_started = self._snapshot_started
         self.sync()
-        self.writable_log().rotate(
-            self.lsn + 1
-        )  # every record of the snapshot's state is now in older segments
+        # Every record of the snapshot's state is now in older segments.
+        self.writable_log().rotate(self.lsn + 1)
         self._writer = SnapshotWriter(self.directory, self.lsn, self._clock.now_ms())
         self._cursor = self.store.begin_snapshot(encode_session)
         self._longest_step_s = time.perf_counter() - step_started
@@ -202,10 +182,8 @@ class DurableShard(LoggedStore):
                 self.abandon_snapshot()
             if snapshot and self.lsn != self._snapshot_lsn and self._refusal is None:
                 self.snapshot_now()
-            if self._wal is not None:
-                self._wal.close()
         finally:
-            self._lock.release()
+            self._close_files()
 
 
 def recover(
@@ -222,9 +200,7 @@ def recover(
     template = records if records is not None else IdempotencyRecords()
 
     def fresh() -> ShardStore:
-        store = ShardStore(IdempotencyRecords(template.retention_ms, template.max_records))
-        store.replaying = True
-        return store
+        return ShardStore(template.empty_like())
 
     def load_snapshot(path: Path, store: ShardStore) -> int:
         lsn, chunks = read_snapshot(path, store.idempotency.load)
@@ -238,8 +214,6 @@ def recover(
     store, found = recover_state(
         directory, SNAPSHOT_PREFIX, fresh, load_snapshot, apply_record, until_lsn=until_lsn, repair=repair
     )
-    store.replaying = False
-    store.take_journal()  # replayed ops are in the log already
     recovery = Recovery(
         found.snapshot_lsn,
         found.records_replayed,

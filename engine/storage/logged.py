@@ -31,14 +31,15 @@ from engine.errors import EngineError, Unavailable
 from engine.oplog import OpRegistry
 
 from .frames import CorruptFile
+from .lock import DirectoryLock
 from .wal import LogWriteFailed, WriteAheadLog, disk_reason, encode_record, unwritable_log
 
 log = logging.getLogger(__name__)
 
 
 class LoggedStore:
-    """The base of DurableShard and DurableMemory, which set these attributes and `_rebuild`; `store`
-    has `apply_batch(ops, now_ms)` and `take_journal()` (the ops that changed state, in order)."""
+    """The base of DurableShard and DurableMemory, which set these attributes and `_read_files`;
+    `store` has `apply_batch(ops, now_ms)` and `take_journal()` (the ops that changed state)."""
 
     OPS: OpRegistry  # the store's declared ops: what is logged, and how it is encoded
     directory: Path
@@ -47,13 +48,40 @@ class LoggedStore:
     recovery: Any  # with `notes`, what recovery found (engine.storage.recovery)
     _wal: WriteAheadLog | None  # None: started on a disk that refused writes, not opened yet
     _clock: Clock
+    _lock: DirectoryLock
     _refusal: Unavailable | None  # set while the log cannot be written
 
     _fsync: str
 
-    def _recover(self, *, repair: bool) -> None:
-        """Set `store`, `lsn` and `recovery` from the files; `repair=False` changes none of them."""
+    def _read_files(self, *, repair: bool, until_lsn: int | None) -> tuple[Any, int, Any]:
+        """(store, last record, recovery) from the files, dropping the current state first; with
+        `repair=False` or `until_lsn` nothing on disk changes (see engine.storage.recovery)."""
         raise NotImplementedError
+
+    def _open(self, lock_wait_s: float) -> None:
+        """Take the directory, recover and open the log (read-only if the disk refuses writes)."""
+        self._lock = DirectoryLock(self.directory, lock_wait_s)
+        try:
+            self._start()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _close_files(self) -> None:
+        try:
+            if self._wal is not None:
+                self._wal.close()
+        finally:
+            self._lock.release()
+
+    def _recover(self, *, repair: bool) -> None:
+        self.store, self.lsn, self.recovery = self._read_files(repair=repair, until_lsn=None)
+
+    def _rebuild(self) -> int:
+        """The state in the files up to record `lsn` (never further: later ones were not
+        acknowledged), changing nothing on disk; returns the last record read."""
+        self.store, lsn, _ = self._read_files(repair=False, until_lsn=self.lsn)
+        return int(lsn)
 
     def _start(self) -> None:
         """Recover and open the log. If the disk refuses a write on the way (a torn tail to cut, a
@@ -189,7 +217,3 @@ class LoggedStore:
             )
         self._publish_condition()
         return self._refusal
-
-    def _rebuild(self) -> int:
-        """Replace `store` with the state in the files up to record `lsn`; the last record read."""
-        raise NotImplementedError

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -30,7 +30,18 @@ from .snapshot import snapshots
 from .wal import LogRecord, read_log
 
 log = logging.getLogger(__name__)
-S = TypeVar("S")
+
+
+class Replayable(Protocol):
+    """A store recovery can fill: it applies logged ops as they were while `replaying`, and
+    journals what it applies (which replay drops: those ops are in the log already)."""
+
+    replaying: bool
+
+    def take_journal(self) -> list[Any]: ...
+
+
+S = TypeVar("S", bound=Replayable)
 DAMAGED_SUFFIX = ".damaged"
 # What reading a damaged snapshot can raise besides CorruptFile: bad JSON, a missing key, a wrong type.
 SNAPSHOT_DAMAGE = (CorruptFile, ValueError, KeyError, TypeError, IndexError, orjson.JSONDecodeError)
@@ -79,9 +90,11 @@ def recover_state(
         for leftover in directory.glob("*.tmp"):
             leftover.unlink()  # a snapshot that never finished; the log still has everything in it
     notes = RecoveryNotes()
-    store, lsn, source = fresh(), 0, "the log from its first record"
-    for _, path in reversed(snapshots(directory, snapshot_prefix)):
+    store, lsn, source = None, 0, "the log from its first record"
+    damaged_lsn = 0  # the newest damaged snapshot's: the state must reach at least that far
+    for snapshot_lsn, path in reversed(snapshots(directory, snapshot_prefix)):
         candidate = fresh()
+        candidate.replaying = True
         try:
             lsn = load_snapshot(path, candidate)
         except SNAPSHOT_DAMAGE as exc:
@@ -90,13 +103,16 @@ def recover_state(
                 extra={"file": str(path), "reason": str(exc)},
             )
             notes.damaged_snapshots.append({"file": path.name, "reason": str(exc), "set_aside": None})
+            damaged_lsn = max(damaged_lsn, snapshot_lsn)
             continue
         store, source = candidate, f"snapshot {path.name}"
         break
+    if store is None:
+        store = fresh()
+        store.replaying = True
     snapshot_lsn, replayed = lsn, 0
-    for record in read_log(
-        directory, after_lsn=lsn, until_lsn=until_lsn, repair=changes, notes=notes.cut_tails
-    ):
+    records = read_log(directory, after_lsn=lsn, until_lsn=until_lsn, repair=changes, notes=notes.cut_tails)
+    for record in records:
         if record.lsn != lsn + 1:
             damaged = f" (newer snapshots are damaged: {_names(notes)})" if notes.damaged_snapshots else ""
             raise CorruptFile(
@@ -108,7 +124,7 @@ def recover_state(
             raise CorruptFile(directory, 0, f"record {record.lsn} does not replay: {exc}") from None
         lsn = record.lsn
         replayed += 1
-    if notes.damaged_snapshots and lsn < _newest_damaged_lsn(directory, snapshot_prefix, notes):
+    if lsn < damaged_lsn:
         raise CorruptFile(
             directory, 0, f"{_names(notes)} cannot be read and the log after {source} ends at record {lsn}"
         )
@@ -118,16 +134,13 @@ def recover_state(
             aside = path.with_name(path.name + DAMAGED_SUFFIX)
             path.replace(aside)
             note["set_aside"] = aside.name
+    store.replaying = False
+    store.take_journal()
     return store, Recovered(lsn, snapshot_lsn, replayed, notes)
 
 
 def _names(notes: RecoveryNotes) -> str:
     return ", ".join(d["file"] for d in notes.damaged_snapshots)
-
-
-def _newest_damaged_lsn(directory: Path, prefix: str, notes: RecoveryNotes) -> int:
-    damaged = {d["file"] for d in notes.damaged_snapshots}
-    return max(lsn for lsn, path in snapshots(directory, prefix) if path.name in damaged)
 
 
 def drop_covered(directory: Path, prefix: str, newest_lsn: int, drop_segments: Callable[[int], Any]) -> None:
