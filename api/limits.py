@@ -8,7 +8,8 @@ import orjson
 
 from engine.config import LimitsConfig, MemoryConfig
 from engine.errors import Forbidden, PayloadTooLarge, ValidationFailed
-from engine.memory.store import SESSION_MEMORY
+from engine.memory.index import OPERATORS
+from engine.memory.sessions import FILTER_KEYS, SESSION_MEMORY
 from engine.sessions.session import NewMessage
 
 from .schemas import MessageIn, VectorIn
@@ -145,6 +146,69 @@ def check_top_k(top_k: int | None, limits: MemoryConfig) -> int:
             f"top_k: at most {limits.max_top_k}", {"field": "top_k", "limit": limits.max_top_k}
         )
     return top_k
+
+
+MAX_IN_VALUES = 1000
+
+
+def check_query_text(text: str | None, limits: MemoryConfig) -> None:
+    if text is not None and len(text) > limits.max_text_chars:
+        raise PayloadTooLarge(
+            f"query_text: at most {limits.max_text_chars} characters",
+            {"field": "query_text", "limit": limits.max_text_chars, "length": len(text)},
+            "Query with the words that matter: a sentence or a paragraph, not a document.",
+        )
+
+
+def check_filter(where: dict[str, Any] | None, namespace: str) -> dict[str, Any] | None:
+    """A query's filter, its operators and (in session-memory) its keys checked."""
+    if not where:
+        return None
+    for key, condition in where.items():
+        field = f"filter.{key}"
+        if namespace == SESSION_MEMORY and key not in FILTER_KEYS:
+            raise ValidationFailed(
+                f"{field}: session-memory is filtered on {', '.join(sorted(FILTER_KEYS))}",
+                {"field": field, "allowed": sorted(FILTER_KEYS)},
+                "Filter prior sessions by their name, id, message count, or a time range on created_at "
+                'or closed_at, such as {"closed_at": {"$gte": 1700000000000}}.',
+            )
+        if not isinstance(condition, dict):
+            continue
+        if not condition:
+            raise ValidationFailed(f"{field}: an empty condition", {"field": field}, _OPERATOR_HINT)
+        for name, operand in condition.items():
+            if name not in OPERATORS:
+                raise ValidationFailed(
+                    f"{field}: unknown operator {name!r}",
+                    {"field": field, "operator": name, "allowed": list(OPERATORS)},
+                    _OPERATOR_HINT,
+                )
+            if (name == "$in") != isinstance(operand, list):
+                what = "a list of values" if name == "$in" else "one value"
+                raise ValidationFailed(
+                    f"{field}.{name}: takes {what}", {"field": f"{field}.{name}"}, _OPERATOR_HINT
+                )
+            if name == "$in" and len(operand) > MAX_IN_VALUES:
+                raise ValidationFailed(
+                    f"{field}.$in: at most {MAX_IN_VALUES} values",
+                    {"field": f"{field}.$in", "limit": MAX_IN_VALUES},
+                )
+            if name in ("$gt", "$gte", "$lt", "$lte") and (
+                isinstance(operand, bool) or not isinstance(operand, int | float | str)
+            ):
+                raise ValidationFailed(
+                    f"{field}.{name}: compares with a number or a string",
+                    {"field": f"{field}.{name}"},
+                    _OPERATOR_HINT,
+                )
+    return where
+
+
+_OPERATOR_HINT = (
+    'A filter value means equality; an object holds operators, e.g. {"closed_at": {"$gte": 1700000000000, '
+    '"$lt": 1800000000000}} or {"name": {"$in": ["a", "b"]}}. Operators: ' + ", ".join(OPERATORS) + "."
+)
 
 
 def check_delete_ids(ids: list[str], limits: MemoryConfig) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.memory.index import Scalar
-from engine.memory.store import SESSION_MEMORY
+from engine.memory.sessions import SESSION_MEMORY
 
 Role = Literal["user", "assistant", "system", "tool"]
 Status = Literal["active", "closed", "completed", "expired"]
@@ -222,13 +222,24 @@ class UpsertIn(_Request):
     vectors: list[VectorIn] = Field(min_length=1)
 
 
+Condition = dict[str, Scalar | list[Scalar]]  # {"$gte": 5}, {"$in": ["a", "b"]}
+
+
 class QueryIn(_Request):
     namespace: Namespace = "default"
     query_text: str | None = None
     vector: list[float] | None = Field(None, min_length=1)
     top_k: int | None = Field(None, ge=1, description="How many matches (default 10).")
-    filter: dict[str, Scalar] | None = Field(
-        None, description="Metadata equality on top-level keys; every pair must match."
+    mode: Literal["dense", "lexical", "hybrid"] | None = Field(
+        None,
+        description="dense: by meaning (cosine); lexical: by words (BM25 over the texts vectors were "
+        "upserted with); hybrid: both, fused by rank. Default: hybrid in session-memory, dense elsewhere.",
+    )
+    filter: dict[str, Scalar | Condition] | None = Field(
+        None,
+        description="On top-level metadata keys, every one must hold: a value means equality; an "
+        "object holds operators $eq, $ne, $gt, $gte, $lt, $lte, $in. In session-memory the keys are "
+        "session_id, name, created_at, closed_at and message_count.",
     )
 
     _check_text = field_validator("query_text")(_non_blank)
@@ -237,6 +248,8 @@ class QueryIn(_Request):
     def _one_query(self) -> QueryIn:
         if (self.query_text is None) == (self.vector is None):
             raise ValueError("send exactly one of 'query_text' or 'vector'")
+        if self.mode in ("lexical", "hybrid") and self.query_text is None:
+            raise ValueError(f"mode {self.mode!r} searches words: send 'query_text'")
         return self
 
 
@@ -252,7 +265,10 @@ class UpsertOut(_Response):
 
 class MatchOut(_Response):
     id: str
-    score: float = Field(description="Cosine similarity, -1 to 1.")
+    score: float = Field(
+        description="dense: cosine similarity, -1 to 1; lexical: BM25; hybrid and session-memory: the "
+        "fused rank score, 0 to 1 (1: first by every signal)."
+    )
     metadata: dict[str, Any]
 
 

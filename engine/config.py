@@ -180,7 +180,12 @@ class SummarizerConfig(_Section):
     # as the user's; a causal model without a chat template gets them as plain text; seq2seq models
     # get "summarize: <transcript>". Chosen by trying wordings on SmolLM2-135M-Instruct.
     system: str = "You write short, factual summaries of conversations."
-    instruction: str = "Write a two-sentence summary of this conversation: its topic and what was answered."
+    instruction: str = (
+        "Summarize the conversation above in two or three plain sentences. Name the people, places, "
+        "jobs, objects and dates it mentions. Do not quote or continue the dialogue."
+    )
+    repetition_penalty: float = Field(1.2, ge=1.0, le=3.0)
+    no_repeat_ngram_size: int = Field(4, ge=0)  # 0: allowed
     max_attempts: int = Field(3, ge=1, le=20)
     retry_backoff_s: float = Field(2.0, ge=0)  # doubles after each failed attempt
     concurrent_jobs: int = Field(64, ge=1)  # summary jobs a session shard has in flight at once

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from engine.errors import QuotaExceeded, SessionNotFound, ValidationFailed
 from engine.idempotency import Idempotent
-from engine.memory.store import SESSION_MEMORY, DeleteVectors
+from engine.memory.store import ForgetSessions
 from engine.sessions.ops import (
     AppendMessages,
     CheckKey,
@@ -196,7 +196,7 @@ async def list_sessions(
     "/{session_id}",
     status_code=204,
     response_class=Response,
-    summary="Delete a session and its summary vector",
+    summary="Delete a session and everything session memory holds of it",
 )
 async def delete_session(session_id: SessionId, caller: Caller) -> Response:
     sid = _session_id(session_id)
@@ -208,9 +208,9 @@ async def delete_session(session_id: SessionId, caller: Caller) -> Response:
         check = CheckKey(caller.org, sid, once.key, once.fingerprint, op)
         if await caller.shards.submit(caller.org, sid, check) is not None:
             return Response(status_code=204, headers=REPLAYED_HEADERS)
-    # The vector first: if the session delete then fails, a retry finds the session and finishes.
+    # Its memory first: if the session delete then fails, a retry finds the session and finishes.
     # A summary still being made when the session goes deletes its own vector (see SummaryRunner).
-    await caller.memory.submit(caller.org, DeleteVectors(caller.org, SESSION_MEMORY, (sid,)))
+    await caller.memory.submit(caller.org, ForgetSessions(caller.org, (sid,)))
     _, headers = answered(await caller.shards.submit(caller.org, sid, once))
     return Response(status_code=204, headers=headers)
 

@@ -7,6 +7,7 @@ from starlette.responses import Response
 
 from engine.errors import ValidationFailed
 from engine.memory.index import normalized
+from engine.memory.sessions import SESSION_MEMORY
 from engine.memory.store import DeleteVectors, QueryVectors, UpsertVectors
 
 from ..deps import Caller
@@ -14,6 +15,8 @@ from ..http import json_response, json_router
 from ..limits import (
     check_delete_ids,
     check_dimension,
+    check_filter,
+    check_query_text,
     check_top_k,
     check_vector_fields,
     check_vector_request,
@@ -48,20 +51,32 @@ async def upsert_vectors(body: UpsertIn, caller: Caller) -> Response:
         )
     vectors = normalized(np.asarray(rows, dtype=np.float64))
     ids = tuple(v.id for v in body.vectors)
-    op = UpsertVectors(caller.org, namespace, ids, vectors, metadata, caller.limits.max_vectors_per_namespace)
+    texts_of = tuple(v.text for v in body.vectors) if texts else ()
+    op = UpsertVectors(
+        caller.org, namespace, ids, vectors, metadata, caller.limits.max_vectors_per_namespace, texts_of
+    )
     result, headers = await caller.write_memory(op)
     return json_response({"namespace": namespace, **result}, headers=headers)
 
 
-@router.post("/query", response_model=QueryOut, summary="The nearest vectors to a text or a vector")
+@router.post(
+    "/query",
+    response_model=QueryOut,
+    summary="The best matches for a text or a vector: by meaning, by words, or both",
+)
 async def query_vectors(body: QueryIn, caller: Caller) -> Response:
     top_k = check_top_k(body.top_k, caller.memory_limits)
     check_dimension(body.vector, "vector", caller.memory_limits)
-    raw = (await caller.memory.embed([body.query_text]))[0] if body.query_text is not None else body.vector
-    vector = normalized(np.asarray([raw], dtype=np.float64))[0]
-    matches = await caller.memory.submit(
-        caller.org, QueryVectors(caller.org, body.namespace, vector, top_k, body.filter)
-    )
+    check_query_text(body.query_text, caller.memory_limits)
+    where = check_filter(body.filter, body.namespace)
+    sessions = body.namespace == SESSION_MEMORY
+    mode = body.mode or ("hybrid" if sessions and body.query_text is not None else "dense")
+    vector = None
+    if mode != "lexical":
+        raw = (await caller.memory.embed([body.query_text])) if body.query_text is not None else [body.vector]
+        vector = normalized(np.asarray(raw, dtype=np.float64))[0]
+    query = QueryVectors(caller.org, body.namespace, vector, top_k, where, body.query_text, mode)
+    matches = await caller.memory.submit(caller.org, query)
     out = [{"id": m.id, "score": m.score, "metadata": m.metadata} for m in matches]
     return json_response({"namespace": body.namespace, "matches": out, "count": len(out)})
 

@@ -10,6 +10,7 @@ organization does can reach another's vectors.
 from __future__ import annotations
 
 import base64
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -22,10 +23,14 @@ from engine.errors import QuotaExceeded, ValidationFailed, apply_each
 from engine.idempotency import IdempotencyRecords, Idempotent, Replayed
 from engine.oplog import TUPLE, FieldCodec, OpRegistry, coded, unlogged
 
-from .index import IndexParams, Match, NamespaceIndex, Scalar
+from . import sessions
+from .index import IndexParams, Match, Mode, NamespaceIndex, Where
+from .sessions import SESSION_MEMORY
 
-SESSION_MEMORY = "session-memory"  # where closed sessions' summaries go; vector id = session id
 MEMORY_OPS = OpRegistry("memory")
+# Open tantivy writers a store keeps (each holds a thread and ~15 MB); the least recently written
+# namespace's is closed past this, and opened again by its next write (about 20 ms).
+MAX_OPEN_WRITERS = 8
 
 
 def _encode_vectors(vectors: np.ndarray) -> dict[str, Any]:
@@ -60,6 +65,8 @@ class UpsertVectors(MemoryOp):
     metadata: tuple[dict[str, Any], ...] = coded(TUPLE)
     # Quota checked when the op first runs; not logged, so replay never refuses what was accepted.
     max_vectors: int | None = unlogged()
+    # One per id when given (None: that vector has none): kept, and indexed for lexical search.
+    texts: tuple[str | None, ...] = coded(TUPLE, default=())
 
 
 @MEMORY_OPS.logged("delete", "_delete")
@@ -70,14 +77,25 @@ class DeleteVectors(MemoryOp):
     ids: tuple[str, ...] = coded(TUPLE)
 
 
+@MEMORY_OPS.logged("forget_sessions", "_forget_sessions")
+@dataclass(slots=True, frozen=True)
+class ForgetSessions(MemoryOp):
+    """Everything session memory holds of these sessions: turns, session entry, summary."""
+
+    org: str
+    session_ids: tuple[str, ...] = coded(TUPLE)
+
+
 @MEMORY_OPS.read("_query")
 @dataclass(slots=True, frozen=True)
 class QueryVectors(MemoryOp):
     org: str
     namespace: str
-    vector: np.ndarray = field(compare=False)  # normalized
+    vector: np.ndarray | None = field(compare=False)  # normalized; None for a lexical query
     top_k: int
-    where: dict[str, Scalar] | None = None
+    where: Where | None = None
+    text: str | None = None  # the query's text, for lexical and hybrid modes
+    mode: Mode = "dense"
 
 
 @MEMORY_OPS.read("_stats")
@@ -99,6 +117,8 @@ class MemoryStore:
         self.condition: dict[str, Any] = {}  # set by the durability layer; stats answer it
         self._clock = clock or SystemClock()
         self._namespaces: dict[tuple[str, str], NamespaceIndex] = {}
+        self._unsearchable: set[tuple[str, str]] = set()  # texts written, not yet committed
+        self._writers: OrderedDict[tuple[str, str], None] = OrderedDict()  # open, least recent first
         self.journal: list[MemoryOp | Idempotent] = []
         self._handlers: dict[type, Callable[[Any], Any]] = MEMORY_OPS.handlers(self)
 
@@ -137,7 +157,29 @@ class MemoryStore:
                 if together
                 else apply_each(lambda op: self.apply(op, now_ms), ops_run)
             )
+        if not self.replaying:  # replay leaves it to the first query: a commit a record is slow
+            self._make_searchable()
         return results
+
+    def _make_searchable(self, only: tuple[str, str] | None = None) -> None:
+        """Commit the texts written so far (of one namespace, or all), then close the writers
+        past MAX_OPEN_WRITERS, least recently written first."""
+        for key in [only] if only is not None else list(self._unsearchable):
+            if key in self._unsearchable:
+                self._unsearchable.discard(key)
+                index = self._namespaces.get(key)
+                if index is not None:
+                    index.commit()
+        while len(self._writers) > MAX_OPEN_WRITERS:
+            key, _ = self._writers.popitem(last=False)
+            index = self._namespaces.get(key)
+            if index is not None and index.lexical is not None:
+                index.lexical.close_writer()
+
+    def _wrote_texts(self, key: tuple[str, str]) -> None:
+        self._unsearchable.add(key)
+        self._writers[key] = None
+        self._writers.move_to_end(key)
 
     def take_journal(self) -> list[MemoryOp | Idempotent]:
         taken, self.journal = self.journal, []
@@ -174,25 +216,53 @@ class MemoryStore:
                     f"The namespace holds {len(index)} vectors. Delete some, use another namespace, or "
                     "ask the operator to raise limits.max_vectors_per_namespace.",
                 )
-        index.upsert(op.ids, op.vectors, op.metadata)
+        had_texts = index.lexical is not None
+        index.upsert(op.ids, op.vectors, op.metadata, op.texts)
+        if index.lexical is not None and (had_texts or op.texts):
+            self._wrote_texts(key)
         return {"upserted": len(op.ids)}
 
     def _delete(self, op: DeleteVectors) -> dict[str, int]:
-        index = self._namespaces.get((op.org, op.namespace))
+        key = (op.org, op.namespace)
+        index = self._namespaces.get(key)
         deleted = index.delete(op.ids) if index is not None else 0
-        if index is not None and len(index) == 0:
-            del self._namespaces[(op.org, op.namespace)]  # an empty namespace is gone; its dimension too
-        return {"deleted": deleted}
+        return {"deleted": self._after_delete(key, deleted)}
+
+    def _forget_sessions(self, op: ForgetSessions) -> dict[str, int]:
+        key = (op.org, SESSION_MEMORY)
+        index = self._namespaces.get(key)
+        deleted = index.delete_where("session_id", op.session_ids) if index is not None else 0
+        return {"deleted": self._after_delete(key, deleted)}
+
+    def _after_delete(self, key: tuple[str, str], deleted: int) -> int:
+        index = self._namespaces.get(key)
+        if index is None or not deleted:
+            return deleted
+        if len(index) == 0:
+            del self._namespaces[key]  # an empty namespace is gone; its dimension too
+            self._unsearchable.discard(key)
+            if key in self._writers:
+                del self._writers[key]
+        elif index.lexical is not None:
+            self._wrote_texts(key)
+        return deleted
 
     def _queries(self, ops: Sequence[QueryVectors]) -> list[Any]:
         results: list[Any] = [None] * len(ops)
         together: dict[tuple[str, str], list[int]] = {}
         for i, op in enumerate(ops):
             index = self._namespaces.get((op.org, op.namespace))
-            if not op.where and index is not None and index.dimension == op.vector.shape[-1]:
+            if (
+                op.mode == "dense"
+                and op.vector is not None
+                and not op.where
+                and op.namespace != SESSION_MEMORY
+                and index is not None
+                and index.dimension == op.vector.shape[-1]
+            ):
                 together.setdefault((op.org, op.namespace), []).append(i)
         for key, positions in together.items():
-            vectors = np.stack([ops[i].vector for i in positions]).astype(np.float32, copy=False)
+            vectors = np.stack([ops[i].vector for i in positions]).astype(np.float32, copy=False)  # type: ignore[misc]
             try:
                 found = self._namespaces[key].query_many(vectors, [ops[i].top_k for i in positions])
             except Exception:  # noqa: BLE001 - answered one by one below, each with its own error
@@ -205,12 +275,16 @@ class MemoryStore:
         return results
 
     def _query(self, op: QueryVectors) -> list[Match]:
-        index = self._namespaces.get((op.org, op.namespace))
+        key = (op.org, op.namespace)
+        index = self._namespaces.get(key)
         if index is None:
             return []
-        if index.dimension != op.vector.shape[-1]:
+        if op.vector is not None and index.dimension != op.vector.shape[-1]:
             raise _wrong_dimension(op.namespace, index.dimension, int(op.vector.shape[-1]))
-        return index.query(op.vector, op.top_k, op.where)
+        self._make_searchable(key)
+        if op.namespace == SESSION_MEMORY:
+            return sessions.search(index, op.vector, op.text, op.top_k, op.where, op.mode)
+        return index.query(op.vector, op.top_k, op.where, text=op.text, mode=op.mode)
 
     def _stats(self, op: MemoryStats) -> dict[str, Any]:
         return {"namespaces": len(self._namespaces), "vectors": len(self), **self.condition}

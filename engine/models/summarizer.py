@@ -7,6 +7,11 @@ budget (its beginning is kept); the first `keep_first_messages` are kept while t
 the budget; then the most recent messages, newest first, as many as fit in the rest; a line
 `[... N messages omitted ...]` marks the gap. The budget is the smaller of `max_input_tokens` and
 the model's window less `max_new_tokens` (for a causal model, whose output shares the window).
+
+Decoding is greedy with a repetition penalty, no repeated n-grams, and stops where the model starts
+a dialogue line of its own (`user:`, `assistant:`). What comes out is checked
+(engine.summaries.quality): a degenerate text is replaced by an extractive summary of the
+conversation, and the summary says which method made it and why.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import SummarizerConfig
+from engine.summaries.quality import degeneracy, extractive
 
 from .files import go_offline, summarizer_directory
 from .torch_setup import pick_device
@@ -27,6 +33,8 @@ log = logging.getLogger(__name__)
 
 _HUGE = 1_000_000  # tokenizers report "no limit" as a huge model_max_length
 _CHARS_PER_TOKEN_BOUND = 12  # the shard's character pre-cut passes on at least this many chars a token
+# Where a chat model starts speaking for a participant instead of summarizing: generation stops.
+_STOP_STRINGS = ["\nuser:", "\nUser:", "\nassistant:", "\nAssistant:", "\n\n\n"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -47,6 +55,8 @@ class Summary:
     messages_total: int
     input_tokens: int
     output_tokens: int
+    method: str = "model"  # or "extractive": the model's text was degenerate
+    reason: str | None = None  # why the model's text was set aside (engine.summaries.quality)
 
 
 class SummaryError(Exception):
@@ -220,6 +230,10 @@ class Summarizer:
                 min_new_tokens=self._config.min_new_tokens,
                 do_sample=False,
                 num_beams=1,
+                repetition_penalty=self._config.repetition_penalty,
+                no_repeat_ngram_size=self._config.no_repeat_ngram_size,
+                stop_strings=None if self.seq2seq else _STOP_STRINGS,
+                tokenizer=self._tokenizer,
                 pad_token_id=self._tokenizer.pad_token_id,
                 suppress_tokens=self._never_generate,
             )
@@ -228,7 +242,11 @@ class Summarizer:
         for row, conversation, (_, covered), mask in zip(
             generated, conversations, cut, inputs["attention_mask"], strict=True
         ):
-            text = str(self._tokenizer.decode(row, skip_special_tokens=True)).strip()
+            text = _before_stop(str(self._tokenizer.decode(row, skip_special_tokens=True)))
+            said = [content for _, _, content in conversation.messages]
+            reason = degeneracy(text, said)
+            if reason is not None:
+                text = extractive(said)
             if not text:
                 results.append(SummaryError(f"{self.name} produced an empty summary"))
                 continue
@@ -240,6 +258,14 @@ class Summarizer:
                     messages_total=conversation.total,
                     input_tokens=int(mask.sum()),
                     output_tokens=int((row != self._tokenizer.pad_token_id).sum()),
+                    method="model" if reason is None else "extractive",
+                    reason=reason,
                 )
             )
         return results
+
+
+def _before_stop(text: str) -> str:
+    """The text up to the stop string generation ended on (generate keeps it)."""
+    cut = min((i for i in (text.find(stop) for stop in _STOP_STRINGS) if i >= 0), default=len(text))
+    return text[:cut].strip()

@@ -7,6 +7,7 @@ testable without it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -52,9 +53,9 @@ class SessionShard:
         )
         self._snapshot_lock = asyncio.Lock()
         self._pool: Any = None
-        self._memory: list[Any] | None = None
+        self._memory = ray_memory.session_indexer(config)
         self._runner = SummaryRunner(
-            self.apply_batch, self._summarize, self._forget_vector, config.models.summarizer
+            self.apply_batch, self._summarize, self._memory, config.models.summarizer
         )
         # Async actor: __init__ runs on the actor's event loop, so the timers live beside the ops.
         loop = asyncio.get_running_loop()
@@ -97,11 +98,6 @@ class SessionShard:
         summary: Summary = await self._pool.summarize.remote(job)
         return summary
 
-    async def _forget_vector(self, org: str, session_id: str) -> None:
-        if self._memory is None:
-            self._memory = ray_memory.find_memory_shards(self._config, timeout_s=0)
-        await ray_memory.forget_session_vectors(self._memory, [(org, session_id)])
-
     async def drain_summaries(self) -> int:
         """Wait until every summary job this shard has in flight is done; for tests and benchmarks."""
         await self._runner.drain()
@@ -141,8 +137,8 @@ class SessionShard:
             self._durable.close(snapshot=True)
 
     async def _retain_forever(self) -> None:
-        """Retention: purge ended sessions past their organization's retention_days, their summary
-        vectors first, so a crash in between leaves sessions the next run finds again."""
+        """Retention: purge ended sessions past their organization's retention_days, what session
+        memory holds of them first, so a crash in between leaves sessions the next run finds again."""
         while True:
             await asyncio.sleep(self._config.limits.retention_check_s)
             if self._durable.read_only:
@@ -157,9 +153,8 @@ class SessionShard:
         due = self._durable.store.purgeable(cutoffs, default, limit=_PURGE_BATCH)
         if not due:
             return
-        if self._memory is None:
-            self._memory = ray_memory.find_memory_shards(self._config, timeout_s=0)
-        await ray_memory.forget_session_vectors(self._memory, due)
+        for org, group in itertools.groupby(sorted(due), key=lambda key: key[0]):
+            await self._memory.forget(org, [session_id for _, session_id in group])
         (purged,) = await self.apply_batch([PurgeSessions(tuple(due))])
         if isinstance(purged, Exception):
             raise purged

@@ -19,11 +19,12 @@ import numpy as np
 import ray
 
 from engine.config import EngineConfig
-from engine.errors import EngineError, Unavailable
+from engine.errors import Unavailable
 from engine.logs import setup_logging
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams
-from engine.memory.store import SESSION_MEMORY, DeleteVectors, MemoryOp, MemoryStats, UpsertVectors
+from engine.memory.indexer import SessionIndexer
+from engine.memory.store import MemoryOp, MemoryStats
 from engine.models.summarizer import Conversation, Summary, SummaryError
 from engine.routing import memory_shard_for
 from engine.storage.layout import memory_directory
@@ -157,9 +158,8 @@ class _WorkerDied(SummaryFailed):
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class SummarizerPool:
     """The queue in front of the Summarizer actors. A job waits here until a summarizer is free;
-    a free summarizer takes every waiting job up to `batch_size` into one generate call. Then the
-    batch's summaries are embedded in one call and upserted into each organization's
-    `session-memory` namespace before the jobs are answered."""
+    a free summarizer takes every waiting job up to `batch_size` into one generate call. It only
+    makes text: the job's runner puts the summary into session memory (engine.summaries.runner)."""
 
     def __init__(self, config: EngineConfig) -> None:
         setup_logging(config.log_level)
@@ -176,8 +176,6 @@ class SummarizerPool:
             for i in range(config.models.summarizer.workers)
         ]  # fmt: skip
         self._queue: asyncio.Queue[tuple[Any, asyncio.Future[Summary]]] = asyncio.Queue()
-        self._embedders = itertools.cycle(find_embedders(config))
-        self._memory = find_memory_shards(config)
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._serve(worker)) for worker in self._workers]
         self.batches: collections.deque[int] = collections.deque(maxlen=100)  # recent batch sizes
@@ -236,44 +234,11 @@ class SummarizerPool:
             results = await worker.summarize.remote([job.conversation for job, _ in batch])
         except RAY_ERRORS as exc:
             raise _WorkerDied(f"the summarizer actor died or restarted: {type(exc).__name__}") from None
-        done: list[tuple[Any, asyncio.Future[Summary], Summary]] = []
-        for (job, future), result in zip(batch, results, strict=True):
+        for (_, future), result in zip(batch, results, strict=True):
             if isinstance(result, Summary):
-                done.append((job, future, result))
+                future.set_result(result)
             else:
                 future.set_exception(SummaryFailed(str(result)))
-        if not done:
-            return
-        vectors = await next(self._embedders).embed.remote([summary.text for _, _, summary in done])
-        by_shard: dict[int, list[int]] = {}  # memory shard -> positions in `done`
-        ops = []
-        for position, ((job, _, summary), vector) in enumerate(zip(done, vectors, strict=True)):
-            metadata = {
-                "session_id": job.session_id,
-                "name": job.name,
-                "summary": summary.text,
-                "closed_at": job.closed_at,
-                "message_count": summary.messages_total,
-            }
-            ops.append(
-                UpsertVectors(job.org, SESSION_MEMORY, (job.session_id,), vector.reshape(1, -1), (metadata,))
-            )
-            by_shard.setdefault(memory_shard_for(job.org, len(self._memory)), []).append(position)
-        errors: list[BaseException | None] = [None] * len(done)
-        shards = list(by_shard)
-        answers = await asyncio.gather(
-            *(self._memory[s].apply_batch.remote([ops[i] for i in by_shard[s]]) for s in shards),
-            return_exceptions=True,
-        )
-        for shard, answer in zip(shards, answers, strict=True):
-            for i, position in enumerate(by_shard[shard]):
-                result = answer if isinstance(answer, BaseException) else answer[i]
-                errors[position] = result if isinstance(result, BaseException) else None
-        for (_, future, summary), error in zip(done, errors, strict=True):
-            if error is not None:
-                future.set_exception(SummaryFailed(f"storing the summary's vector failed: {error}"))
-            else:
-                future.set_result(summary)
 
 
 # -- creating and finding the actors -------------------------------------------------------------
@@ -360,14 +325,24 @@ class RayMemoryTransport:
         return {"embedder": embedder, "summarizer": pool["workers"]}
 
 
-async def forget_session_vectors(memory: list[Any], sessions: list[tuple[str, str]]) -> None:
-    """Delete the summary vectors of these (organization, session id) pairs: one op per
-    organization, one call per memory shard."""
-    by_shard: dict[int, list[DeleteVectors]] = {}
-    for org, group in itertools.groupby(sorted(sessions), key=lambda key: key[0]):
-        op = DeleteVectors(org, SESSION_MEMORY, tuple(sid for _, sid in group))
-        by_shard.setdefault(memory_shard_for(org, len(memory)), []).append(op)
-    answers = await asyncio.gather(*(memory[i].apply_batch.remote(ops) for i, ops in by_shard.items()))
-    for result in (result for results in answers for result in results):
-        if isinstance(result, EngineError):
-            raise result
+def session_indexer(config: EngineConfig) -> SessionIndexer:
+    """What a session shard indexes its sessions through: the embedders and the memory shards,
+    looked up without waiting (a lookup that misses fails the call, and the job's attempt)."""
+    transport: RayMemoryTransport | None = None
+
+    def found() -> RayMemoryTransport:
+        nonlocal transport
+        if transport is None:
+            transport = RayMemoryTransport(
+                config, find_memory_shards(config, timeout_s=0), find_embedders(config, timeout_s=0)
+            )
+        return transport
+
+    async def embed(texts: Sequence[str]) -> np.ndarray:
+        return await found().embed(texts)
+
+    async def send(org: str, ops: Sequence[MemoryOp]) -> list[Any]:
+        memory = found()
+        return await memory.call(memory_shard_for(org, memory.shards), ops)
+
+    return SessionIndexer(embed, send)

@@ -8,6 +8,7 @@ that applies it. A new op needs only its class here and its handler in ShardStor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,11 +108,23 @@ class RequestSummary(Op):
     session_id: str
 
 
+@dataclass(slots=True, frozen=True)
+class SummaryInput:
+    """What StartSummary answers: what the job summarizes and indexes."""
+
+    name: str
+    messages: Sequence[Any]  # the session's Messages, in order (seq = position + 1)
+    created_at: int
+    ended_at: int | None
+    indexed: bool  # its messages are in session memory already (an earlier attempt put them there)
+
+
 @SESSION_OPS.logged("summary_start", "_start_summary")
 @dataclass(slots=True, frozen=True)
 class StartSummary(Op):
-    """The shard's summary runner takes a queued job: pending -> running. Returns the job's input,
-    or None when there is nothing to do (the session is gone, or its job is not pending)."""
+    """The shard's summary runner takes a queued job: pending -> running. Returns the job's input
+    (a SummaryInput), or None when there is nothing to do (the session is gone, or its job is not
+    pending)."""
 
     org: str
     session_id: str
@@ -126,6 +139,18 @@ class FinishSummary(Op):
     model: str
     messages_covered: int
     messages_total: int
+    method: str | None = None  # "model", or "extractive" when the model's text was degenerate
+    reason: str | None = None  # why the model's text was set aside
+
+
+@SESSION_OPS.logged("indexed", "_mark_indexed")
+@dataclass(slots=True, frozen=True)
+class MarkIndexed(Op):
+    """The session's messages are in its organization's session memory (searchable)."""
+
+    org: str
+    session_id: str
+    entries: int
 
 
 @SESSION_OPS.logged("summary_fail", "_fail_summary")

@@ -129,6 +129,10 @@ class Session:
     summary_total: int = 0  # messages the session had then
     summarized_at: int | None = None
     summary_attempts: int = 0
+    summary_method: str | None = None  # model | extractive
+    summary_reason: str | None = None  # why an extractive summary replaced the model's
+    indexed_at: int | None = None  # when its messages became searchable in session memory
+    indexed_entries: int = 0
     messages: list[Message] = field(default_factory=list)
     snap_epoch: int = 0  # the last snapshot that has (or had a copy of) this session; see ShardStore
 
@@ -178,7 +182,17 @@ class Session:
         self.summary_status = SummaryStatus.RUNNING
         self.summary_attempts += 1
 
-    def finish_summary(self, text: str, model: str, covered: int, total: int, *, now_ms: int) -> None:
+    def finish_summary(
+        self,
+        text: str,
+        model: str,
+        covered: int,
+        total: int,
+        *,
+        now_ms: int,
+        method: str | None = None,
+        reason: str | None = None,
+    ) -> None:
         self.summary_status = SummaryStatus.READY
         self.summary = text
         self.summary_error = None
@@ -186,6 +200,22 @@ class Session:
         self.summary_covered = covered
         self.summary_total = total
         self.summarized_at = now_ms
+        self.summary_method = method
+        self.summary_reason = reason
+
+    def mark_indexed(self, entries: int, *, now_ms: int) -> None:
+        self.indexed_at = now_ms
+        self.indexed_entries = entries
+
+    @property
+    def index_status(self) -> str | None:
+        """A session with a summary job goes into session memory: pending until its messages are
+        searchable (ready); failed when the job gave up first. None for sessions never indexed."""
+        if self.indexed_at is not None:
+            return "ready"
+        if self.summary_unfinished:
+            return "pending"
+        return "failed" if self.summary_status is SummaryStatus.FAILED else None
 
     def fail_summary(self, error: str, *, final: bool) -> None:
         self.summary_status = SummaryStatus.FAILED if final else SummaryStatus.PENDING
@@ -244,10 +274,14 @@ class Session:
                     "messages_covered": self.summary_covered,
                     "messages_total": self.summary_total,
                     "created_at": self.summarized_at,
+                    "method": self.summary_method or "model",
+                    **({"reason": self.summary_reason} if self.summary_reason else {}),
                 }
                 if self.summary_model is not None
                 else None
             ),
+            "index_status": self.index_status,
+            "indexed_at": self.indexed_at,
         }
         if messages:
             end = len(self.messages) if limit is None else min(len(self.messages), after_seq + limit)

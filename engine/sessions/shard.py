@@ -33,15 +33,17 @@ from engine.sessions.ops import (
     FinishSummary,
     GetSession,
     ListSessions,
+    MarkIndexed,
     Op,
     Ping,
     PurgeSessions,
     ReplaceContext,
     RequestSummary,
     StartSummary,
+    SummaryInput,
     UpdateSession,
 )
-from engine.sessions.session import Message, Session, SessionStatus, SummaryStatus
+from engine.sessions.session import Session, SessionStatus, SummaryStatus
 
 SortKey = tuple[int, str]
 
@@ -247,18 +249,38 @@ class ShardStore:
             self.summary_jobs.append((op.org, op.session_id))
         return session.view()
 
-    def _start_summary(self, op: StartSummary, now_ms: int) -> tuple[str, list[Message], int | None] | None:
+    def _start_summary(self, op: StartSummary, now_ms: int) -> SummaryInput | None:
         session = self._sessions.get((op.org, op.session_id))
         if session is None or not session.summary_unfinished:
             return None
         self._before_change(session)
         session.start_summary()
-        return session.name, session.messages, session.ended_at
+        return SummaryInput(
+            session.name,
+            session.messages,
+            session.created_at,
+            session.ended_at,
+            indexed=session.indexed_at is not None,
+        )
 
     def _finish_summary(self, op: FinishSummary, now_ms: int) -> dict[str, Any]:
         session = self._find(op.org, op.session_id)
         self._before_change(session)
-        session.finish_summary(op.text, op.model, op.messages_covered, op.messages_total, now_ms=now_ms)
+        session.finish_summary(
+            op.text,
+            op.model,
+            op.messages_covered,
+            op.messages_total,
+            now_ms=now_ms,
+            method=op.method,
+            reason=op.reason,
+        )
+        return session.view()
+
+    def _mark_indexed(self, op: MarkIndexed, now_ms: int) -> dict[str, Any]:
+        session = self._find(op.org, op.session_id)
+        self._before_change(session)
+        session.mark_indexed(op.entries, now_ms=now_ms)
         return session.view()
 
     def _fail_summary(self, op: FailSummary, now_ms: int) -> dict[str, Any]:

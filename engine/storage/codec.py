@@ -73,7 +73,7 @@ def encode_session(s: Session) -> list[Any]:
         s.ended_at, s.summary_status.value if s.summary_status else None, s.summary, s.context,
         [[m.role, m.content, m.created_at, m.tool_call_id, m.tool_name] for m in s.messages],
         s.summary_error, s.summary_model, s.summary_covered, s.summary_total, s.summarized_at,
-        s.summary_attempts,
+        s.summary_attempts, s.summary_method, s.summary_reason, s.indexed_at, s.indexed_entries,
     ]  # fmt: skip
 
 
@@ -81,7 +81,8 @@ def decode_session(e: list[Any]) -> Session:
     org, sid, name, ttl_s, created_at, updated_at, expires_at, status, version = e[:9]
     ended_at, summary_status, summary, context, messages = e[9:14]
     # Fields added after the first release follow; older snapshots simply lack them.
-    error, model, covered, total, summarized_at, attempts = e[14:] or [None, None, 0, 0, None, 0]
+    error, model, covered, total, summarized_at, attempts = e[14:20] or [None, None, 0, 0, None, 0]
+    method, reason, indexed_at, indexed_entries = e[20:24] or [None, None, None, 0]
     return Session(
         org=org,
         id=sid,
@@ -102,5 +103,9 @@ def decode_session(e: list[Any]) -> Session:
         summary_total=total,
         summarized_at=summarized_at,
         summary_attempts=attempts,
+        summary_method=method,
+        summary_reason=reason,
+        indexed_at=indexed_at,
+        indexed_entries=indexed_entries,
         messages=[Message(shared_role(m[0]), *m[1:]) for m in messages],
     )

@@ -7,9 +7,12 @@ pending or was running. Each step is a logged op of the shard: StartSummary (run
 then FinishSummary (ready) or FailSummary (back to pending and retried after a backoff that
 doubles, or failed with the reason once the attempts are used up).
 
-The work itself (generate, embed, upsert into the organization's `session-memory` namespace) is
-the summarizer pool's, reached through `summarize`. If the session was deleted while its summary
-was being made, the vector that was just upserted is deleted again.
+A job goes one way: first the session's messages into its organization's session memory
+(`memory.index_session`, then MarkIndexed: searchable, without waiting for the slow model), then
+the summary from the summarizer pool (`summarize`), then the summary into session memory
+(`memory.index_summary`), then FinishSummary. Each step that fails fails the attempt; a retry
+skips the indexing that is already done. If the session was deleted meanwhile, what was just
+indexed is taken out again (`memory.forget`).
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from engine.config import SummarizerConfig
 from engine.errors import EngineError, SessionNotFound
+from engine.memory.sessions import ClosedSession
 from engine.models.summarizer import Conversation, Summary, precut
-from engine.sessions.ops import FailSummary, FinishSummary, Op, StartSummary
+from engine.sessions.ops import FailSummary, FinishSummary, MarkIndexed, Op, StartSummary, SummaryInput
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,20 @@ class SummaryJob:
 
 Apply = Callable[[Sequence[Op]], Awaitable[list[Any]]]
 Summarize = Callable[[SummaryJob], Awaitable[Summary]]
-ForgetVector = Callable[[str, str], Awaitable[None]]
+
+
+class SessionMemory(Protocol):
+    """engine.memory.indexer.SessionIndexer, as the runner uses it."""
+
+    async def index_session(self, org: str, session: ClosedSession) -> int: ...
+
+    async def index_summary(self, org: str, session_id: str, text: str, method: str) -> None: ...
+
+    async def forget(self, org: str, session_ids: Sequence[str]) -> None: ...
+
+
+class _Gone(Exception):
+    """The session was deleted while its job ran."""
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -57,13 +74,13 @@ class SummaryRunner:
         self,
         apply: Apply,
         summarize: Summarize,
-        forget_vector: ForgetVector,
+        memory: SessionMemory,
         config: SummarizerConfig,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._apply = apply
         self._summarize = summarize
-        self._forget_vector = forget_vector
+        self._memory = memory
         self._config = config
         self._sleep = sleep
         self._slots = asyncio.Semaphore(config.concurrent_jobs)
@@ -108,21 +125,17 @@ class SummaryRunner:
             (started,) = await self._apply([StartSummary(org, session_id)])
             if started is None or isinstance(started, EngineError):
                 return  # deleted, or nothing queued any more
-            name, messages, closed_at = started
-            if not messages:
+            if not started.messages:
                 await self._apply(
                     [FailSummary(org, session_id, "the session has no messages to summarize", True)]
                 )
                 return
-            conversation = Conversation(
-                name,
-                precut(
-                    messages, keep_first=config.keep_first_messages, max_input_tokens=config.max_input_tokens
-                ),
-                len(messages),
-            )
             try:
-                summary = await self._summarize(SummaryJob(org, session_id, name, closed_at, conversation))
+                await self._attempt(org, session_id, started)
+                return
+            except _Gone:
+                await self._memory.forget(org, [session_id])  # deleted while the job ran
+                return
             except Exception as exc:  # noqa: BLE001 - whatever failed, the attempt failed; its reason is kept
                 final = attempt == config.max_attempts
                 reason = failure_reason(exc)
@@ -140,23 +153,45 @@ class SummaryRunner:
                 if final:
                     return
                 await self._sleep(config.retry_backoff_s * 2 ** (attempt - 1))
-                continue
-            (done,) = await self._apply(
-                [
-                    FinishSummary(
-                        org,
-                        session_id,
-                        summary.text,
-                        summary.model,
-                        summary.messages_covered,
-                        summary.messages_total,
-                    )
-                ]
+
+    async def _attempt(self, org: str, session_id: str, started: SummaryInput) -> None:
+        config = self._config
+        messages = started.messages
+        if not started.indexed:
+            closed = ClosedSession(
+                session_id, started.name, started.created_at, started.ended_at, [m[:2] for m in messages]
             )
-            if isinstance(done, SessionNotFound):
-                await self._forget_vector(org, session_id)  # deleted while it was being summarized
-            elif isinstance(done, EngineError):
-                # The summary could not be stored (the log refused its text): a failed job, not one
-                # left running for ever.
-                await self._apply([FailSummary(org, session_id, f"the summary was refused: {done}", True)])
-            return
+            entries = await self._memory.index_session(org, closed)
+            await self._step(MarkIndexed(org, session_id, entries))
+        conversation = Conversation(
+            started.name,
+            precut(messages, keep_first=config.keep_first_messages, max_input_tokens=config.max_input_tokens),
+            len(messages),
+        )
+        summary = await self._summarize(
+            SummaryJob(org, session_id, started.name, started.ended_at, conversation)
+        )
+        await self._memory.index_summary(org, session_id, summary.text, summary.method)
+        done = await self._step(
+            FinishSummary(
+                org,
+                session_id,
+                summary.text,
+                summary.model,
+                summary.messages_covered,
+                summary.messages_total,
+                method=summary.method,
+                reason=summary.reason,
+            )
+        )
+        if isinstance(done, EngineError):
+            # The summary could not be stored (the log refused its text): a failed job, not one
+            # left running for ever.
+            await self._apply([FailSummary(org, session_id, f"the summary was refused: {done}", True)])
+
+    async def _step(self, op: Op) -> Any:
+        """Apply one op of the job; raises _Gone if its session was deleted meanwhile."""
+        (result,) = await self._apply([op])
+        if isinstance(result, SessionNotFound):
+            raise _Gone
+        return result

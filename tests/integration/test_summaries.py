@@ -14,7 +14,9 @@ from benchmarks.server import ServerProcess
 
 from .conftest import ORGS, Api, assert_error
 
-MEMORY_FIELDS = {"session_id", "name", "summary", "closed_at", "message_count"}
+MEMORY_FIELDS = {
+    "session_id", "name", "summary", "summary_method", "created_at", "closed_at", "message_count", "highlights",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +83,24 @@ def test_close_answers_pending_then_the_summary_is_ready_with_provenance_and_in_
     [match] = found["matches"]
     assert match["id"] == sid and match["score"] == pytest.approx(1.0, abs=1e-3)
     assert set(match["metadata"]) == MEMORY_FIELDS
+    highlights = match["metadata"].pop("highlights")
     assert match["metadata"] == {
         "session_id": sid,
         "name": "planning",
         "summary": session["summary"],
+        "summary_method": provenance["method"],
+        "created_at": session["created_at"],
         "closed_at": session["ended_at"],
         "message_count": 3,
     }
+    assert session["index_status"] == "ready" and session["indexed_at"] >= session["ended_at"]
+    assert all(set(h) == {"seq", "role", "content"} for h in highlights)
     assert memory_ids(ray_api, filter={"name": "planning"}) == [sid]
+    lisbon = ray_api.post(
+        "/vectors/query", json={"namespace": "session-memory", "query_text": "Lisbon", "mode": "lexical"}
+    ).json()["matches"]
+    assert [m["id"] for m in lisbon] == [sid]
+    assert lisbon[0]["metadata"]["highlights"] == [{"seq": 1, "role": "user", "content": "Plan a trip to Lisbon"}]
 
 
 def test_a_completed_session_gets_no_summary_and_no_vector(ray_api: Api) -> None:
@@ -123,7 +135,7 @@ def test_a_session_without_messages_fails_with_its_reason(ray_api: Api) -> None:
     assert sid not in memory_ids(ray_api)
 
 
-def test_deleting_a_session_deletes_its_vector(ray_api: Api) -> None:
+def test_deleting_a_session_deletes_everything_memory_holds_of_it(ray_api: Api) -> None:
     keep = conversation(ray_api, "keep", "alpha")
     drop = conversation(ray_api, "drop", "beta")
     for sid in (keep, drop):
@@ -133,6 +145,7 @@ def test_deleting_a_session_deletes_its_vector(ray_api: Api) -> None:
     assert sorted(memory_ids(ray_api)) == sorted([keep, drop])
     assert ray_api.delete(f"/sessions/{drop}").status_code == 204
     assert memory_ids(ray_api) == [keep]
+    assert memory_ids(ray_api, query_text="beta", mode="lexical") == [], "its messages are gone too"
 
 
 def test_another_organization_never_finds_these_summaries(ray_api: Api, ray_client: httpx.Client) -> None:

@@ -1,15 +1,21 @@
-"""The summary runner over a real ShardStore, with the model replaced by functions that succeed,
-fail, or delete the session mid-run."""
+"""The summary runner over a real ShardStore and a real session memory (SessionIndexer over a
+MemoryStore), with the models replaced by functions that succeed, fail, or delete the session
+mid-run."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pytest
 
 from engine.config import SummarizerConfig
 from engine.errors import SessionNotEnded
+from engine.memory.index import IndexParams
+from engine.memory.indexer import SessionIndexer
+from engine.memory.sessions import SESSION_MEMORY
+from engine.memory.store import MemoryOp, MemoryStore, QueryVectors
 from engine.models.summarizer import Summary
 from engine.sessions.ops import (
     AppendMessages,
@@ -35,9 +41,11 @@ class Harness:
         self.jobs: list[SummaryJob] = []
         self.failures_left = 0
         self.sleeps: list[float] = []
-        self.forgotten: list[tuple[str, str]] = []
         self.during: Any = None
-        self.runner = SummaryRunner(self.apply, self.summarize, self.forget, self.config, self.sleep)
+        self.memory = MemoryStore(IndexParams())
+        self.embed_failures_left = 0
+        self.indexer = SessionIndexer(self.embed, self.send)
+        self.runner = SummaryRunner(self.apply, self.summarize, self.indexer, self.config, self.sleep)
 
     async def apply(self, ops: Sequence[Op]) -> list[Any]:
         return self.store.apply_batch(list(ops), T0)
@@ -52,8 +60,27 @@ class Harness:
         c = job.conversation
         return Summary(f"about {c.name}", "fake-model", len(c.messages), c.total, 10, 3)
 
-    async def forget(self, org: str, session_id: str) -> None:
-        self.forgotten.append((org, session_id))
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if self.embed_failures_left:
+            self.embed_failures_left -= 1
+            raise RuntimeError("the embedder died")
+        rows = [np.random.default_rng(abs(hash(text)) % 2**32).normal(size=8) for text in texts]
+        return np.asarray([row / np.linalg.norm(row) for row in rows], dtype=np.float32)
+
+    async def send(self, org: str, ops: Sequence[MemoryOp]) -> list[Any]:
+        results = self.memory.apply_batch(list(ops))
+        self.memory.take_journal()
+        return results
+
+    def memory_ids(self) -> set[str]:
+        index = dict(self.memory.namespaces()).get(("acme", SESSION_MEMORY))
+        return set() if index is None else set(index._internal)
+
+    def found(self, text: str) -> list[str]:
+        (matches,) = self.memory.apply_batch(
+            [QueryVectors("acme", SESSION_MEMORY, None, 5, None, text, "lexical")]
+        )
+        return [m.id for m in matches]
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
@@ -146,12 +173,52 @@ async def test_a_session_without_messages_fails_at_once_without_the_model() -> N
     assert h.jobs == []
 
 
-async def test_a_session_deleted_while_summarized_has_its_new_vector_removed() -> None:
+async def test_a_session_deleted_while_summarized_leaves_nothing_in_memory() -> None:
     h = Harness()
     sid = h.closed_session()
     h.during = lambda: h.store.apply(DeleteSession("acme", sid), T0)
     await h.run_queued()
-    assert h.forgotten == [("acme", sid)]
+    assert h.memory_ids() == set()
+
+
+async def test_a_closed_session_is_searchable_before_its_summary_is_made() -> None:
+    h = Harness()
+    sid = h.closed_session(messages=2, content="we talked about the lighthouse {i}")
+    seen: list[Any] = []
+    h.during = lambda: seen.append((h.view(sid)["index_status"], h.found("lighthouse")))
+    await h.run_queued()
+    assert seen == [("ready", [sid])], "indexed and searchable while the model still works"
+    view = h.view(sid)
+    assert view["index_status"] == "ready" and view["indexed_at"] == T0
+    assert h.memory_ids() == {f"{sid}#1", f"{sid}#2", sid, f"{sid}#summary"}
+    assert h.found("trip") == [sid], "the summary and the name are searchable too"
+
+
+async def test_an_embedder_failure_fails_the_attempt_and_the_retry_indexes_everything() -> None:
+    h = Harness(max_attempts=3)
+    h.embed_failures_left = 1
+    sid = h.closed_session(messages=3)
+    assert h.view(sid)["index_status"] == "pending"
+    await h.run_queued()
+    view = h.view(sid)
+    assert (view["summary_status"], view["summary_attempts"], view["index_status"]) == ("ready", 2, "ready")
+    assert h.memory_ids() == {f"{sid}#1", f"{sid}#2", f"{sid}#3", sid, f"{sid}#summary"}
+
+
+async def test_a_retry_after_indexing_does_not_index_again() -> None:
+    h = Harness(max_attempts=2)
+    h.failures_left = 1  # the model fails after the turns were indexed
+    sid = h.closed_session(messages=2)
+    indexed: list[int] = []
+    original = h.indexer.index_session
+
+    async def counting(org: str, session: Any) -> int:
+        indexed.append(1)
+        return await original(org, session)
+
+    h.indexer.index_session = counting  # type: ignore[method-assign]
+    await h.run_queued()
+    assert h.view(sid)["summary_status"] == "ready" and indexed == [1]
 
 
 async def test_a_job_that_was_running_at_a_crash_is_resumed() -> None:

@@ -16,7 +16,7 @@ from engine.errors import EngineError
 from engine.idempotency import Idempotent
 from engine.memory.durable import DurableMemory, decode_memory_op
 from engine.memory.index import IndexParams
-from engine.memory.store import MEMORY_OPS, DeleteVectors, UpsertVectors
+from engine.memory.store import MEMORY_OPS, DeleteVectors, ForgetSessions, UpsertVectors
 from engine.oplog import TAG, UnencodableOp
 from engine.sessions.ops import (
     SESSION_OPS,
@@ -27,6 +27,7 @@ from engine.sessions.ops import (
     ExpireDue,
     FailSummary,
     FinishSummary,
+    MarkIndexed,
     PurgeSessions,
     ReplaceContext,
     RequestSummary,
@@ -50,7 +51,8 @@ SESSION_SCRIPT: list[tuple[int, Any]] = [  # (ms to advance first, op)
     (1, StartSummary("acme", A)),
     (1, FailSummary("acme", A, "model busy", False)),
     (1, StartSummary("acme", A)),
-    (1, FinishSummary("acme", A, "they said hi", "tiny", 2, 2)),
+    (1, MarkIndexed("acme", A, 3)),
+    (1, FinishSummary("acme", A, "they said hi", "tiny", 2, 2, method="extractive", reason="echo")),
     (1, RequestSummary("acme", A)),
     (0, CreateSession("acme", B, "b", 1, {})),
     (2000, ExpireDue()),
@@ -64,6 +66,18 @@ SESSION_SCRIPT: list[tuple[int, Any]] = [  # (ms to advance first, op)
 MEMORY_SCRIPT: list[Any] = [
     UpsertVectors("acme", "notes", ("x", "y"), np.eye(2, 3, dtype=np.float32), ({"k": [1, {}]}, {})),
     Idempotent("k3", "fp3", DeleteVectors("acme", "notes", ("y",))),
+    UpsertVectors(
+        "acme",
+        "session-memory",
+        ("s1#1", "s1"),
+        np.eye(2, 3, dtype=np.float32),
+        (
+            {"session_id": "s1", "kind": "turn", "seq": 1, "role": "user"},
+            {"session_id": "s1", "kind": "session"},
+        ),
+        texts=("I moved to Lisbon", "trip\nI moved to Lisbon"),
+    ),
+    ForgetSessions("acme", ("s1",)),
 ]
 
 
