@@ -233,7 +233,8 @@ class QueryIn(_Request):
     mode: Literal["dense", "lexical", "hybrid"] | None = Field(
         None,
         description="dense: by meaning (cosine); lexical: by words (BM25 over the texts vectors were "
-        "upserted with); hybrid: both, fused by rank. Default: hybrid in session-memory, dense elsewhere.",
+        "upserted with); hybrid: both, their scores scaled and summed. Default: hybrid in "
+        "session-memory, dense elsewhere.",
     )
     filter: dict[str, Scalar | Condition] | None = Field(
         None,
@@ -267,7 +268,7 @@ class MatchOut(_Response):
     id: str
     score: float = Field(
         description="dense: cosine similarity, -1 to 1; lexical: BM25; hybrid and session-memory: the "
-        "fused rank score, 0 to 1 (1: first by every signal)."
+        "fused score, 0 to 1 (1: best by every signal)."
     )
     metadata: dict[str, Any]
 

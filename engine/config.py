@@ -184,6 +184,9 @@ class SummarizerConfig(_Section):
         "Summarize the conversation above in two or three plain sentences. Name the people, places, "
         "jobs, objects and dates it mentions. Do not quote or continue the dialogue."
     )
+    # A causal model's reply starts with these words (the summary keeps them), so that a small chat
+    # model writes about the conversation instead of continuing it. "" for none.
+    reply_prefix: str = "In this conversation, the user"
     repetition_penalty: float = Field(1.2, ge=1.0, le=3.0)
     no_repeat_ngram_size: int = Field(4, ge=0)  # 0: allowed
     max_attempts: int = Field(3, ge=1, le=20)

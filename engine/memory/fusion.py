@@ -1,10 +1,15 @@
-"""Reciprocal rank fusion: several rankings of the same things become one.
+"""Fusing several scored rankings of the same things into one: a weighted sum of min-max
+normalized scores (a convex combination).
 
-Each ranking gives an item `weight / (K + rank)` (rank 1 is the best); an item's fused score is the
-sum over the rankings it appears in. Ranks, not scores, are fused, because a cosine similarity and
-a BM25 score are on scales that do not compare (Cormack, Clarke and Büttcher, SIGIR 2009, who also
-give K = 60). Scores are divided by the most any item could get (first in every ranking), so they
-lie in (0, 1] and 1 means "first by every signal".
+Each ranking's scores are scaled to [0, 1] by its own best and worst (so a cosine similarity and
+a BM25 score, whose scales do not compare, can be added), multiplied by the ranking's weight and
+summed per item; an item a ranking does not list gets 0 from it. The sum is divided by the total
+weight, so a fused score lies in [0, 1] and 1 means "best by every signal".
+
+Chosen over reciprocal rank fusion on the recall benchmark (benchmarks/README.md, "Session
+memory recall"): ranks throw away how far ahead the best hit is, and that gap is what tells a
+query whose rare word matched one message (a name, a book title) from one whose words match
+everything a little. Bruch, Gai and Ingber (ACM TOIS 2023) found the same on public benchmarks.
 """
 
 from __future__ import annotations
@@ -12,29 +17,31 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TypeVar
 
-K = 60
 T = TypeVar("T", bound=Hashable)
 
 
 def fuse(
-    rankings: Mapping[str, Sequence[T]], weights: Mapping[str, float], k: int = K
+    rankings: Mapping[str, Sequence[tuple[T, float]]], weights: Mapping[str, float]
 ) -> list[tuple[T, float]]:
     """(item, fused score), best first; ties keep the order in which items were first seen.
-    A ranking with no weight (or weight 0) is ignored; an item listed twice in one ranking counts
-    at its best rank."""
-    scores: dict[T, float] = {}
-    best = 0.0
+    Each ranking is (item, score) best first; an item listed twice in one ranking counts once, at
+    its first (best) place. A ranking with no weight, or weight 0, is left out."""
+    total = sum(weights.get(name, 0.0) for name in rankings if weights.get(name, 0.0) > 0)
+    if total <= 0:
+        return []
+    fused: dict[T, float] = {}
     for name, ranking in rankings.items():
         weight = weights.get(name, 0.0)
-        if weight <= 0:
+        if weight <= 0 or not ranking:
             continue
-        best += weight / (k + 1)
+        scores = [score for _, score in ranking]
+        best, worst = max(scores), min(scores)
         seen: set[T] = set()
-        for rank, item in enumerate(ranking, start=1):
-            if item not in seen:
-                seen.add(item)
-                scores[item] = scores.get(item, 0.0) + weight / (k + rank)
-    if not scores:
-        return []
-    order = sorted(scores.items(), key=lambda pair: -pair[1])  # stable: first seen wins a tie
-    return [(item, score / best) for item, score in order]
+        for item, score in ranking:
+            if item in seen:
+                continue
+            seen.add(item)
+            scaled = (score - worst) / (best - worst) if best > worst else 1.0
+            fused[item] = fused.get(item, 0.0) + weight * scaled
+    order = sorted(fused.items(), key=lambda pair: -pair[1])  # stable: first seen wins a tie
+    return [(item, score / total) for item, score in order]

@@ -222,7 +222,7 @@ class NamespaceIndex:
             return self._to_matches(lexical)
         assert vector is not None
         dense = self.dense(vector, _depth(top_k), candidates)
-        fused = fuse({"dense": [i for i, _ in dense], "lexical": [i for i, _ in lexical]}, _EVEN)
+        fused = fuse({"dense": dense, "lexical": lexical}, _EVEN)
         return self._to_matches(fused[:top_k])
 
     def dense(self, vector: np.ndarray, k: int, candidates: Collection[int] | None = None) -> Hits:

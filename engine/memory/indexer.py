@@ -20,6 +20,7 @@ from engine.errors import EngineError
 
 from .sessions import (
     SESSION_MEMORY,
+    SESSIONS_OF_MEMORY,
     ClosedSession,
     Entry,
     session_entry,
@@ -50,14 +51,17 @@ class SessionIndexer:
             whole_vector = session_vector(vectors, vectors.shape[1])
         else:  # nothing said that is indexed (only tool messages, say): the name stands for it
             whole_vector = await self._vectors([session.name])
-        await self._upsert(
-            org, [*turns, whole], np.vstack([vectors, whole_vector]) if len(turns) else whole_vector
+        ops = _upserts(org, SESSION_MEMORY, turns, vectors) + _upserts(
+            org, SESSIONS_OF_MEMORY, [whole], whole_vector
         )
+        await self._checked(org, ops)  # one call: one batch of the memory shard, one log record
         return len(turns) + 1
 
     async def index_summary(self, org: str, session_id: str, text: str, method: str) -> None:
         entry = summary_entry(session_id, text, method)
-        await self._upsert(org, [entry], await self._vectors([entry.text]))
+        await self._checked(
+            org, _upserts(org, SESSIONS_OF_MEMORY, [entry], await self._vectors([entry.text]))
+        )
 
     async def forget(self, org: str, session_ids: Sequence[str]) -> None:
         await self._checked(org, [ForgetSessions(org, tuple(session_ids))])
@@ -68,21 +72,21 @@ class SessionIndexer:
         ]
         return np.vstack(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
-    async def _upsert(self, org: str, entries: Sequence[Entry], vectors: np.ndarray) -> None:
-        ops: list[MemoryOp] = [
-            UpsertVectors(
-                org,
-                SESSION_MEMORY,
-                tuple(e.id for e in entries[i : i + ENTRIES_PER_UPSERT]),
-                vectors[i : i + ENTRIES_PER_UPSERT],
-                tuple(e.metadata for e in entries[i : i + ENTRIES_PER_UPSERT]),
-                texts=tuple(e.text for e in entries[i : i + ENTRIES_PER_UPSERT]),
-            )
-            for i in range(0, len(entries), ENTRIES_PER_UPSERT)
-        ]
-        await self._checked(org, ops)
-
     async def _checked(self, org: str, ops: Sequence[MemoryOp]) -> None:
         for result in await self._send(org, ops):
             if isinstance(result, EngineError | BaseException):
                 raise result
+
+
+def _upserts(org: str, namespace: str, entries: Sequence[Entry], vectors: np.ndarray) -> list[MemoryOp]:
+    return [
+        UpsertVectors(
+            org,
+            namespace,
+            tuple(e.id for e in entries[i : i + ENTRIES_PER_UPSERT]),
+            vectors[i : i + ENTRIES_PER_UPSERT],
+            tuple(e.metadata for e in entries[i : i + ENTRIES_PER_UPSERT]),
+            texts=tuple(e.text for e in entries[i : i + ENTRIES_PER_UPSERT]),
+        )
+        for i in range(0, len(entries), ENTRIES_PER_UPSERT)
+    ]

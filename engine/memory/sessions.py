@@ -2,18 +2,24 @@
 and how a query there finds prior sessions. Pure: no Ray, no models (vectors are passed in).
 
 What is indexed, for each closed session:
-- one entry per user or assistant message (`<session id>#<seq>`, kind `turn`): its own vector and
-  its words. Tool and system messages are not indexed: tool output is mostly data, and a system
-  prompt is the same in every session of an agent, so both would only add noise.
-- one entry for the whole session (`<session id>`, kind `session`): the mean of its turns' vectors,
-  and its name and every indexed message as one text, which gives BM25 over whole transcripts;
-  its metadata is what a match shows (name, created_at, closed_at, message_count).
-- once its summary is made, one entry for the summary (`<session id>#summary`, kind `summary`).
+- in `session-memory`, one entry per user or assistant message (`<session id>#<seq>`, kind
+  `turn`): its vector and its words, each with the session's name on a first line (a message
+  such as "we adopted a beagle" says nothing of whose beagle; the session's name often does).
+  Tool and system messages are not indexed: tool output is mostly data, and a system prompt is
+  the same in every session of an agent, so both would only add noise.
+- in `session-memory/sessions` (a namespace only the engine reaches), one entry for the whole
+  session (`<session id>`, kind `session`): the mean of its turns' vectors, and its name and
+  every indexed message as one text, which gives BM25 over whole transcripts; its metadata is
+  what a match shows (name, created_at, closed_at, message_count). Once its summary is made, one
+  entry for the summary too (`<session id>#summary`, kind `summary`).
 
 A query ranks entries six ways (dense and lexical, for turns, sessions and summaries), keeps each
-session's best place in each ranking, and fuses the six rankings of sessions by reciprocal rank
-fusion with weights tuned on the recall benchmark (benchmarks/recall.py). Each match is one
-session, with its summary and its best-matching messages (`highlights`, with their `seq`).
+session's best score in each ranking, and fuses the rankings of sessions (engine.memory.fusion:
+min-max scaled scores, weighted, summed) with weights tuned on the recall benchmark
+(benchmarks/recall.py). A message said in
+several sessions (a greeting, "thanks!") is left out of the turn rankings: it cannot tell them
+apart. Each match is one session, with its summary and its best-matching messages
+(`highlights`, with their `seq`).
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ import numpy as np
 from .fusion import fuse
 from .index import Match, Mode, NamespaceIndex, Where
 
-SESSION_MEMORY = "session-memory"
+SESSION_MEMORY = "session-memory"  # the namespace users query; it holds the turns
+# Where the whole-session and summary entries go: a name the API refuses (it has a "/"), so only
+# the engine reaches it.
+SESSIONS_OF_MEMORY = "session-memory/sessions"
 INDEXED_ROLES = frozenset({"user", "assistant"})
 MAX_TURN_CHARS = 4000  # a longer message is indexed by its beginning (the embedder reads ~256 tokens)
 MAX_HIGHLIGHTS = 3
@@ -35,14 +44,16 @@ HIGHLIGHT_CHARS = 400
 # The keys a session-memory filter may name: the session entry's metadata.
 FILTER_KEYS = frozenset({"session_id", "name", "created_at", "closed_at", "message_count"})
 
-# Tuned on benchmarks/recall.py (see benchmarks/README.md, "Session memory recall").
+# Tuned on benchmarks/recall.py (benchmarks/README.md, "Session memory recall"): a grid over the
+# five weights beside turn_dense, chosen on two seeds and checked on a third. BM25 over single
+# turns adds nothing there that BM25 over whole sessions does not, so it only picks highlights.
 WEIGHTS: Mapping[str, float] = {
     "turn_dense": 1.0,
-    "turn_lexical": 1.0,
+    "turn_lexical": 0.0,
     "session_dense": 0.5,
-    "session_lexical": 1.0,
-    "summary_dense": 0.5,
-    "summary_lexical": 0.25,
+    "session_lexical": 0.5,
+    "summary_dense": 0.25,
+    "summary_lexical": 0.0,
 }
 SIGNALS_OF_MODE: Mapping[str, tuple[str, ...]] = {
     "dense": ("turn_dense", "session_dense", "summary_dense"),
@@ -70,11 +81,14 @@ class ClosedSession:
 
 
 def turn_entries(session: ClosedSession) -> list[Entry]:
-    """The session's indexed messages, in order."""
+    """The session's indexed messages, in order. Each is embedded and indexed with the session's
+    name on a first line (see `said`): a message such as "we adopted a beagle" says nothing of
+    whose beagle, and the name of the session it was said in often does."""
+    heading = " ".join(session.name.split())
     return [
         Entry(
             f"{session.session_id}#{seq}",
-            content[:MAX_TURN_CHARS],
+            f"{heading}\n{content[:MAX_TURN_CHARS]}",
             {"session_id": session.session_id, "kind": "turn", "seq": seq, "role": role},
         )
         for seq, (role, content) in enumerate(session.messages, start=1)
@@ -82,8 +96,13 @@ def turn_entries(session: ClosedSession) -> list[Entry]:
     ]
 
 
+def said(turn_text: str) -> str:
+    """The message of a turn entry's text, without the session name's line."""
+    return turn_text.partition("\n")[2]
+
+
 def session_entry(session: ClosedSession, turns: Sequence[Entry]) -> Entry:
-    text = "\n".join([session.name, *(turn.text for turn in turns)])
+    text = "\n".join([session.name, *(said(turn.text) for turn in turns)])
     metadata = {
         "session_id": session.session_id,
         "kind": "session",
@@ -112,13 +131,22 @@ def summary_entry(session_id: str, text: str, method: str) -> Entry:
 # -- finding sessions ---------------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class SessionIndexes:
+    """An organization's session memory: its turns, and its sessions' whole entries and summaries
+    (kept apart so that each ranking looks equally deep, however many turns a session has)."""
+
+    turns: NamespaceIndex | None
+    whole: NamespaceIndex | None
+
+
 def _kind(metadata: Mapping[str, Any]) -> str:
     # Engines before turns were indexed stored one entry per session, its summary (no `kind`).
     return str(metadata.get("kind", "legacy"))
 
 
 def search(
-    index: NamespaceIndex,
+    indexes: SessionIndexes,
     vector: np.ndarray | None,
     text: str | None,
     top_k: int,
@@ -127,86 +155,117 @@ def search(
     weights: Mapping[str, float] = WEIGHTS,
 ) -> list[Match]:
     """Prior sessions for a query, one match each (id = session id), best first."""
-    candidates = _candidates(index, where)
-    if candidates is not None and not candidates:
-        return []
-    depth = max(20 * top_k, 200)  # turns: many per session, so look deep enough to cover sessions
-    signals = SIGNALS_OF_MODE[mode]
-    dense = index.dense(vector, depth, candidates) if vector is not None and mode != "lexical" else []
-    lexical = index.words(text or "", depth, candidates) if text and mode != "dense" else []
-    rankings: dict[str, list[str]] = {signal: [] for signal in signals}
-    turn_hits: dict[str, dict[int, float]] = {}  # session -> {FAISS id of a turn: its fused weight}
-    summaries: dict[str, str] = {}
-    for how, hits in (("dense", dense), ("lexical", lexical)):
-        for rank, (faiss_id, _) in enumerate(hits, start=1):
-            found = index.entry(faiss_id)
-            if found is None:
-                continue
-            metadata = found[1]
-            session_id, kind = str(metadata.get("session_id")), _kind(metadata)
-            if kind == "legacy":
-                kind = "summary"
-                summaries.setdefault(session_id, str(metadata.get("summary", "")))
-            ranking = rankings.get(f"{kind}_{how}")
-            if ranking is None:
-                continue
-            ranking.append(session_id)
-            if kind == "turn":
-                turns = turn_hits.setdefault(session_id, {})
-                turns[faiss_id] = turns.get(faiss_id, 0.0) + 1.0 / (60 + rank)
+    chosen = _chosen_sessions(indexes.whole, where)
+    rankings: dict[str, list[tuple[str, float]]] = {signal: [] for signal in SIGNALS_OF_MODE[mode]}
+    turn_hits: dict[str, dict[int, float]] = {}  # session -> {FAISS id of a turn: its weight}
+    legacy: dict[str, str] = {}  # session -> summary, from entries of older engines
+    # Turns: many per session, so look deep enough to reach many sessions.
+    for index, depth in ((indexes.turns, max(20 * top_k, 200)), (indexes.whole, max(4 * top_k, 100))):
+        if index is None:
+            continue
+        candidates = None if chosen is None else index.select({"session_id": {"$in": chosen}})
+        if candidates is not None and not candidates:
+            continue
+        dense = index.dense(vector, depth, candidates) if vector is not None and mode != "lexical" else []
+        lexical = index.words(text or "", depth, candidates) if text and mode != "dense" else []
+        for how, hits in (("dense", dense), ("lexical", lexical)):
+            _rank(index, how, hits, rankings, turn_hits, legacy)
     fused = fuse(rankings, weights)[:top_k]
     return [
-        _match(index, session_id, score, turn_hits.get(session_id, {}), summaries)
+        _match(indexes, session_id, score, turn_hits.get(session_id, {}), legacy)
         for session_id, score in fused
     ]
 
 
-def _candidates(index: NamespaceIndex, where: Where | None) -> set[int] | None:
-    """A filter is on sessions (their session entries); every entry of a chosen session is a
-    candidate."""
+def _rank(
+    index: NamespaceIndex,
+    how: str,
+    hits: Sequence[tuple[int, float]],
+    rankings: dict[str, list[tuple[str, float]]],
+    turn_hits: dict[str, dict[int, float]],
+    legacy: dict[str, str],
+) -> None:
+    """Sessions in the order of their best hit, into the ranking of each hit's kind."""
+    shared = _shared_turns(index, hits)
+    rank = 0
+    for faiss_id, score in hits:
+        found = index.entry(faiss_id)
+        if found is None or faiss_id in shared:
+            continue
+        rank += 1
+        metadata = found[1]
+        session_id, kind = str(metadata.get("session_id")), _kind(metadata)
+        if kind == "legacy":
+            kind = "summary"
+            legacy.setdefault(session_id, str(metadata.get("summary", "")))
+        ranking = rankings.get(f"{kind}_{how}")
+        if ranking is None:
+            continue
+        ranking.append((session_id, score))
+        if kind == "turn":
+            turns = turn_hits.setdefault(session_id, {})
+            turns[faiss_id] = turns.get(faiss_id, 0.0) + 1.0 / (60 + rank)
+
+
+def _shared_turns(index: NamespaceIndex, hits: Sequence[tuple[int, float]]) -> set[int]:
+    """The turns among these hits whose words were said in more than one session ("Hi, it's
+    Maya again", "Thanks!"): they cannot tell sessions apart, and a greeting said in every session
+    would otherwise fill the top of the turn rankings."""
+    sessions_of: dict[str, set[str]] = {}
+    turns_of: dict[str, list[int]] = {}
+    for faiss_id, _ in hits:
+        found = index.entry(faiss_id)
+        if found is None or found[1].get("kind") != "turn":
+            continue
+        words = " ".join(said(index.text(faiss_id) or "").lower().split())
+        sessions_of.setdefault(words, set()).add(str(found[1]["session_id"]))
+        turns_of.setdefault(words, []).append(faiss_id)
+    return {faiss_id for words, ids in turns_of.items() if len(sessions_of[words]) > 1 for faiss_id in ids}
+
+
+def _chosen_sessions(whole: NamespaceIndex | None, where: Where | None) -> list[str] | None:
+    """The sessions a filter keeps (it is on their session entries); None: no filter."""
     if not where:
         return None
-    chosen = index.select({**where, "kind": "session"}) or set()
-    session_ids = set()
-    for faiss_id in chosen:
-        found = index.entry(faiss_id)
-        if found is not None:
-            session_ids.add(found[1]["session_id"])
-    return index.select({"session_id": {"$in": sorted(session_ids)}}) if session_ids else set()
+    if whole is None:
+        return []
+    kept = whole.select({**where, "kind": "session"}) or set()
+    return sorted({str(entry[1]["session_id"]) for entry in map(whole.entry, kept) if entry is not None})
 
 
 def _match(
-    index: NamespaceIndex,
+    indexes: SessionIndexes,
     session_id: str,
     score: float,
     turns: Mapping[int, float],
-    summaries: Mapping[str, str],
+    legacy: Mapping[str, str],
 ) -> Match:
-    session = _entry_of(index, session_id)
-    summary_entry_ = _entry_of(index, f"{session_id}#summary")
+    whole = indexes.whole
+    session = _entry_of(whole, session_id)
+    summary = _entry_of(whole, f"{session_id}#summary")
     metadata: dict[str, Any] = dict(session[1]) if session else {"session_id": session_id}
     metadata.pop("kind", None)
-    if summary_entry_ is not None:
-        metadata["summary"] = index.text(summary_entry_[0])
-        metadata["summary_method"] = summary_entry_[1].get("method")
+    if summary is not None and whole is not None:
+        metadata["summary"] = whole.text(summary[0])
+        metadata["summary_method"] = summary[1].get("method")
     else:
-        metadata["summary"] = summaries.get(session_id)
-    best = sorted(turns, key=lambda faiss_id: -turns[faiss_id])[:MAX_HIGHLIGHTS]
+        metadata["summary"] = legacy.get(session_id)
     highlights = []
-    for faiss_id in best:
-        found = index.entry(faiss_id)
-        if found is not None:
-            content = index.text(faiss_id) or ""
-            highlights.append(
-                {"seq": found[1]["seq"], "role": found[1]["role"], "content": content[:HIGHLIGHT_CHARS]}
-            )
+    if indexes.turns is not None:
+        for faiss_id in sorted(turns, key=lambda faiss_id: -turns[faiss_id])[:MAX_HIGHLIGHTS]:
+            found = indexes.turns.entry(faiss_id)
+            if found is not None:
+                content = said(indexes.turns.text(faiss_id) or "")
+                highlights.append(
+                    {"seq": found[1]["seq"], "role": found[1]["role"], "content": content[:HIGHLIGHT_CHARS]}
+                )
     metadata["highlights"] = highlights  # best first
     return Match(session_id, score, metadata)
 
 
-def _entry_of(index: NamespaceIndex, external: str) -> tuple[int, dict[str, Any]] | None:
-    faiss_id = index.faiss_id(external)
-    if faiss_id is None:
+def _entry_of(index: NamespaceIndex | None, external: str) -> tuple[int, dict[str, Any]] | None:
+    faiss_id = None if index is None else index.faiss_id(external)
+    if index is None or faiss_id is None:
         return None
     found = index.entry(faiss_id)
     return None if found is None else (faiss_id, found[1])

@@ -25,7 +25,7 @@ from engine.oplog import TUPLE, FieldCodec, OpRegistry, coded, unlogged
 
 from . import sessions
 from .index import IndexParams, Match, Mode, NamespaceIndex, Where
-from .sessions import SESSION_MEMORY
+from .sessions import SESSION_MEMORY, SESSIONS_OF_MEMORY, SessionIndexes
 
 MEMORY_OPS = OpRegistry("memory")
 # Open tantivy writers a store keeps (each holds a thread and ~15 MB); the least recently written
@@ -229,10 +229,12 @@ class MemoryStore:
         return {"deleted": self._after_delete(key, deleted)}
 
     def _forget_sessions(self, op: ForgetSessions) -> dict[str, int]:
-        key = (op.org, SESSION_MEMORY)
-        index = self._namespaces.get(key)
-        deleted = index.delete_where("session_id", op.session_ids) if index is not None else 0
-        return {"deleted": self._after_delete(key, deleted)}
+        deleted = 0
+        for key in ((op.org, SESSION_MEMORY), (op.org, SESSIONS_OF_MEMORY)):
+            index = self._namespaces.get(key)
+            gone = index.delete_where("session_id", op.session_ids) if index is not None else 0
+            deleted += self._after_delete(key, gone)
+        return {"deleted": deleted}
 
     def _after_delete(self, key: tuple[str, str], deleted: int) -> int:
         index = self._namespaces.get(key)
@@ -275,16 +277,26 @@ class MemoryStore:
         return results
 
     def _query(self, op: QueryVectors) -> list[Match]:
-        key = (op.org, op.namespace)
-        index = self._namespaces.get(key)
+        if op.namespace == SESSION_MEMORY:
+            indexes = SessionIndexes(
+                self._searchable(op, (op.org, SESSION_MEMORY)),
+                self._searchable(op, (op.org, SESSIONS_OF_MEMORY)),
+            )
+            return sessions.search(indexes, op.vector, op.text, op.top_k, op.where, op.mode)
+        index = self._searchable(op, (op.org, op.namespace))
         if index is None:
             return []
+        return index.query(op.vector, op.top_k, op.where, text=op.text, mode=op.mode)
+
+    def _searchable(self, op: QueryVectors, key: tuple[str, str]) -> NamespaceIndex | None:
+        """The namespace, its texts committed, after checking the query's dimension against it."""
+        index = self._namespaces.get(key)
+        if index is None:
+            return None
         if op.vector is not None and index.dimension != op.vector.shape[-1]:
             raise _wrong_dimension(op.namespace, index.dimension, int(op.vector.shape[-1]))
         self._make_searchable(key)
-        if op.namespace == SESSION_MEMORY:
-            return sessions.search(index, op.vector, op.text, op.top_k, op.where, op.mode)
-        return index.query(op.vector, op.top_k, op.where, text=op.text, mode=op.mode)
+        return index
 
     def _stats(self, op: MemoryStats) -> dict[str, Any]:
         return {"namespaces": len(self._namespaces), "vectors": len(self), **self.condition}

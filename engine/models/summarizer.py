@@ -8,6 +8,8 @@ the budget; then the most recent messages, newest first, as many as fit in the r
 `[... N messages omitted ...]` marks the gap. The budget is the smaller of `max_input_tokens` and
 the model's window less `max_new_tokens` (for a causal model, whose output shares the window).
 
+A causal model's reply starts with `reply_prefix` ("In this conversation, the user"), which keeps
+a small chat model writing prose about the conversation instead of taking a turn in it.
 Decoding is greedy with a repetition penalty, no repeated n-grams, and stops where the model starts
 a dialogue line of its own (`user:`, `assistant:`). What comes out is checked
 (engine.summaries.quality): a degenerate text is replaced by an extractive summary of the
@@ -208,8 +210,11 @@ class Summarizer:
         request = f"Conversation:\n{transcript}\n\n{self._config.instruction}"
         if self._chat:
             chat = [{"role": "system", "content": self._config.system}, {"role": "user", "content": request}]
-            return str(self._tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
-        return f"{self._config.system}\n\n{request}\nSummary:"
+            prompt = str(
+                self._tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+            )
+            return prompt + self._config.reply_prefix
+        return f"{self._config.system}\n\n{request}\nSummary: {self._config.reply_prefix}"
 
     # -- generation ---------------------------------------------------------------------------------
 
@@ -243,6 +248,8 @@ class Summarizer:
             generated, conversations, cut, inputs["attention_mask"], strict=True
         ):
             text = _before_stop(str(self._tokenizer.decode(row, skip_special_tokens=True)))
+            if text and not self.seq2seq:
+                text = f"{self._config.reply_prefix}{'' if text[0] in ' ,.;:' else ' '}{text}".strip()
             said = [content for _, _, content in conversation.messages]
             reason = degeneracy(text, said)
             if reason is not None:

@@ -14,6 +14,8 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
+import tantivy
+
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'\u2019-]*")  # with ' and the typographic apostrophe
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 _SPEAKER_LINE = re.compile(r"^\s*[\"'*]*([A-Z][\w.'-]*(?: [A-Z][\w.'-]*){0,2})\s*:\s+\S")
@@ -38,11 +40,29 @@ _STOP_WORDS = """a about above after again all also am an and any are as at be b
     while who whom why will with would yeah yes you your yours oh okay ok hey hi hello thanks thank
     great good nice sure lot things thing something going want think one"""
 _STOP = frozenset(_STOP_WORDS.split())
+# Words a summary uses about a conversation without their having been said in it.
+_REPORTING_WORDS = """user users assistant conversation conversations discuss discussed discussing
+    discussion talk talked talking asks asked asking ask question questions answer answered
+    answers advice advised
+    advises suggest suggested suggests suggesting recommend recommended recommends recommendation
+    recommendations explain explained explains mention mentioned mentions share shared shares
+    sharing tips help helped helps provide provided provides providing offer offered offers also
+    several various including include includes about topic topics summary they their them"""
+# Lower-cased Snowball stems, so plan, plans and planning are one word.
+_STEMS = (
+    tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
+    .filter(tantivy.Filter.lowercase())
+    .filter(tantivy.Filter.stemmer("english"))
+    .build()
+)
+_REPORTING = frozenset(_STEMS.analyze(_REPORTING_WORDS))
 REPEAT_NGRAM = 4
 REPEAT_TIMES = 3
 ECHO_NGRAM = 8
 ECHO_SHARE = 0.5
+GROUNDED_SHARE = 0.5  # of a summary's content words, at least this many come from the conversation
 EXTRACTIVE_WORDS = 70
+MIN_WORDS = 5  # a shorter sentence ("Hi, it's Maya again.") says too little to stand for a session
 
 
 def _words(text: str) -> list[str]:
@@ -55,7 +75,8 @@ def _ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
 
 def degeneracy(text: str, transcript: Sequence[str] = ()) -> str | None:
     """Why `text` is not a usable summary of a conversation whose messages are `transcript`, or
-    None: `empty`, `boilerplate`, `dialogue`, `repetition` or `echo`."""
+    None: `empty`, `boilerplate`, `dialogue`, `repetition`, `echo` (copies the conversation), or
+    `ungrounded` (too many of its content words were never said: a small model inventing)."""
     words = _words(text)
     if len(words) < 3:
         return "empty"
@@ -72,13 +93,20 @@ def degeneracy(text: str, transcript: Sequence[str] = ()) -> str | None:
     counts = Counter(_ngrams(words, REPEAT_NGRAM))
     if counts and counts.most_common(1)[0][1] >= REPEAT_TIMES:
         return "repetition"
+    if not transcript:
+        return None
     grams = _ngrams(words, ECHO_NGRAM)
-    if grams and transcript:
-        said = set()
+    if grams:
+        said_grams = set()
         for message in transcript:
-            said.update(_ngrams(_words(message), ECHO_NGRAM))
-        if sum(gram in said for gram in grams) / len(grams) >= ECHO_SHARE:
+            said_grams.update(_ngrams(_words(message), ECHO_NGRAM))
+        if sum(gram in said_grams for gram in grams) / len(grams) >= ECHO_SHARE:
             return "echo"
+    content = [w for w in _STEMS.analyze(text) if w not in _STOP and w not in _REPORTING and len(w) > 3]
+    if content:
+        said = {w for message in transcript for w in _STEMS.analyze(message)}
+        if sum(w in said for w in content) / len(content) < GROUNDED_SHARE:
+            return "ungrounded"
     return None
 
 
@@ -89,7 +117,7 @@ def extractive(messages: Sequence[str], max_words: int = EXTRACTIVE_WORDS) -> st
     about), plus a bonus for words a question tends to ask for: numbers, dates, and capitalized
     words that do not start the sentence (names and places). Divided by the square root of its
     length, so long sentences do not win by size alone."""
-    sentences = [s.strip() for m in messages for s in _SENTENCE_END.split(m) if len(_words(s)) >= 3]
+    sentences = [s.strip() for m in messages for s in _SENTENCE_END.split(m) if len(_words(s)) >= MIN_WORDS]
     if not sentences:
         return " ".join(" ".join(messages).split()[:max_words])
     frequency = Counter(w for s in sentences for w in _words(s) if w not in _STOP and len(w) > 2)

@@ -15,7 +15,8 @@ from benchmarks.server import ServerProcess
 from .conftest import ORGS, Api, assert_error
 
 MEMORY_FIELDS = {
-    "session_id", "name", "summary", "summary_method", "created_at", "closed_at", "message_count", "highlights",
+    "session_id", "name", "summary", "summary_method", "created_at", "closed_at", "message_count",
+    "highlights",
 }  # fmt: skip
 
 
@@ -100,7 +101,8 @@ def test_close_answers_pending_then_the_summary_is_ready_with_provenance_and_in_
         "/vectors/query", json={"namespace": "session-memory", "query_text": "Lisbon", "mode": "lexical"}
     ).json()["matches"]
     assert [m["id"] for m in lisbon] == [sid]
-    assert lisbon[0]["metadata"]["highlights"] == [{"seq": 1, "role": "user", "content": "Plan a trip to Lisbon"}]
+    first = {"seq": 1, "role": "user", "content": "Plan a trip to Lisbon"}
+    assert lisbon[0]["metadata"]["highlights"] == [first]
 
 
 def test_a_completed_session_gets_no_summary_and_no_vector(ray_api: Api) -> None:
