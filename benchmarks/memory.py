@@ -207,6 +207,75 @@ def measure_queries(
     return rows
 
 
+def measure_session_memory(
+    sizes: list[int], dimension: int = 384, queries: int = 300
+) -> list[dict[str, Any]]:
+    """Session memory of one organization on one memory shard, with `n` indexed turns in sessions
+    of 20 (plus a whole-session entry each): build time, resident memory added, and the latency
+    of hybrid, dense and lexical queries (top 10 sessions) in the shard's own code, no HTTP.
+    Texts are 12 words drawn from a 30,000-word vocabulary by a Zipf law, as words are in text;
+    vectors are the `clustered` kind above."""
+    import resource
+
+    from engine.memory.sessions import SESSION_MEMORY, SESSIONS_OF_MEMORY
+    from engine.memory.store import MemoryStore, QueryVectors, UpsertVectors
+
+    rng = np.random.default_rng(1)
+    vocabulary = np.array([f"w{i}" for i in range(30_000)])
+    rows = []
+    for n in sizes:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        store = MemoryStore(IndexParams())
+        vectors, probes = _data("clustered", n, queries, dimension, rng)
+        started = time.perf_counter()
+        for start in range(0, n, 10_000):
+            end = min(n, start + 10_000)
+            words = vocabulary[np.minimum(rng.zipf(1.3, (end - start, 12)), len(vocabulary)) - 1]
+            texts = tuple(" ".join(row) for row in words)
+            ids = tuple(f"s{i // 20}#{i % 20 + 1}" for i in range(start, end))
+            metadata = tuple({"session_id": f"s{i // 20}", "kind": "turn", "seq": i % 20 + 1, "role": "user"}
+                             for i in range(start, end))  # fmt: skip
+            store.apply_batch(
+                [UpsertVectors("org", SESSION_MEMORY, ids, vectors[start:end], metadata, texts=texts)]
+            )
+            sessions = sorted({i // 20 for i in range(start, end)})
+            whole = normalized(vectors[[min(s * 20, n - 1) for s in sessions]])
+            store.apply_batch([UpsertVectors(
+                "org", SESSIONS_OF_MEMORY, tuple(f"s{s}" for s in sessions), whole,
+                tuple({"session_id": f"s{s}", "kind": "session", "name": f"chat {s}"} for s in sessions),
+                texts=tuple(texts[(s * 20 - start) % len(texts)] for s in sessions),
+            )])  # fmt: skip
+            store.take_journal()
+        build_s = time.perf_counter() - started
+        grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        texts = [
+            " ".join(vocabulary[np.minimum(rng.zipf(1.3, 6), len(vocabulary)) - 1]) for _ in range(queries)
+        ]
+        row: dict[str, Any] = {
+            "part": "session-memory",
+            "turns": n,
+            "sessions": n // 20,
+            "index": dict(store.namespaces())[("org", SESSION_MEMORY)].kind,
+            "build_s": round(build_s, 1),
+            "max_rss_growth_mib": round(grown_mib),
+        }
+        for mode in ("hybrid", "dense", "lexical"):
+            latencies = []
+            for vector, text in zip(probes, texts, strict=True):
+                op = QueryVectors(
+                    "org", SESSION_MEMORY, None if mode == "lexical" else vector, 10, None, text, mode
+                )
+                t0 = time.perf_counter()
+                store.apply_batch([op])
+                latencies.append((time.perf_counter() - t0) * 1000)
+            row[f"{mode}_p50_ms"] = round(statistics.median(latencies), 2)
+            row[f"{mode}_p99_ms"] = round(float(np.percentile(latencies, 99)), 2)
+        rows.append(row)
+        print(json.dumps(row))
+        del store
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -217,7 +286,12 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", default=["clustered", "random"], choices=["clustered", "random"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models-dir", type=Path, default=None, help="where the GGUF conversion is cached")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["summarizer", "embedder", "query"])
+    parser.add_argument(
+        "--session-turns", type=int, nargs="+", default=[100_000], help="indexed turns in session memory"
+    )
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["summarizer", "embedder", "query", "session-memory"]
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "memory.json")
     args = parser.parse_args()
     report: dict[str, Any] = {"machine": describe(machine()), "when": time.strftime("%Y-%m-%d"), "rows": []}
@@ -231,6 +305,8 @@ def main() -> None:
         report["rows"] += measure_embedder(args.device)
     if "query" not in args.skip:
         report["rows"] += measure_queries(args.vectors, args.data)
+    if "session-memory" not in args.skip:
+        report["rows"] += measure_session_memory(args.session_turns)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"\nmachine: {report['machine']}")

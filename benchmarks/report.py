@@ -90,6 +90,14 @@ def targets(document: dict[str, Any]) -> list[dict[str, Any]]:
     gain = best["vs_batch_1"] if best else None
     add("summaries/s with batching vs without", "≥ 3 x", gain, gain is not None and gain >= 3,
         f"{gain:.2f} x (batch {best['batch_size']})" if best else "")  # fmt: skip
+    recall = s.get("recall")
+    engine_recall = recall["methods"]["engine (hybrid)"]["recall@5"] if recall else None
+    add("session memory recall@5 (benchmarks/recall.py)", "≥ 0.9", engine_recall,
+        engine_recall is not None and engine_recall >= 0.9, f"{engine_recall}")  # fmt: skip
+    margin = recall["engine_minus_best_baseline_recall@5"] if recall else None
+    add("session memory recall@5 over the best baseline", "≥ +0.05", margin,
+        margin is not None and margin >= 0.05,
+        f"{margin:+.3f} over {recall['best_baseline']}" if recall else "")  # fmt: skip
     return out
 
 
@@ -151,6 +159,25 @@ def markdown(document: dict[str, Any]) -> str:
                 f"| {r['model']} | {r['device']} | {r['batch_size']} | {r['summaries_per_s']} "
                 f"| {r['output_tokens_per_s']} | {r['vs_batch_1']}x |"
             )
+    if "recall" in scenarios:
+        r = scenarios["recall"]
+        lines += [
+            "",
+            f"## Session memory recall ({r['sessions']} sessions, {r['questions']} questions, HTTP)",
+            "",
+            "| method | recall@1 | recall@5 | recall@10 | MRR |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {name} | {m['recall@1']} | {m['recall@5']} | {m['recall@10']} | {m['mrr']} |"
+                for name, m in r["methods"].items()
+            ),
+            "",
+            f"Searchable after close: p50 {r['searchable_lag_ms']['p50']} ms, p99 "
+            f"{r['searchable_lag_ms']['p99']} ms; {r['indexing_turns_per_s']} turns indexed a second; "
+            f"hybrid query p50 {r['query_ms']['p50']} ms, p99 {r['query_ms']['p99']} ms (one connection). "
+            f"Summaries: {r['summaries']['model']} by the model, {r['summaries']['extractive']} extractive "
+            f"({r['summaries']['fallback_reasons']}).",
+        ]
     if "snapshot" in scenarios:
         lines += ["", "## Snapshots and recovery (one shard, sessions of 10 ~100-character messages)", "",
                   "| sessions | log | recovery from log | snapshot | snapshot took | longest pause | "

@@ -52,6 +52,7 @@ ALL_SCENARIOS = (
     "summarize",
     "snapshot",
     "resident",
+    "recall",
 )
 
 
@@ -67,15 +68,16 @@ class Profile:
     summaries: int
     batch_sizes: tuple[int, ...]
     summary_tokens: int
+    recall: tuple[int, int]  # personas, sessions each (benchmarks/recall.py)
     naive: tuple[str, ...] | None = None  # the scenarios the naive baseline runs; None: all it can
 
 
 PROFILES = {
     "full": Profile(15, 64, 32, 30, (10_000, 100_000), (10_000, 100_000, 1_000_000), (100_000, 1_000_000),
-                    16, (1, 4, 8, 16), 128),
-    "quick": Profile(2, 64, 16, 4, (10_000,), (10_000,), (10_000,), 4, (1, 4), 24,
+                    16, (1, 4, 8, 16), 128, (4, 24)),
+    "quick": Profile(2, 64, 16, 4, (10_000,), (10_000,), (10_000,), 4, (1, 4), 24, (2, 12),
                      naive=("append", "create")),
-    "tiny": Profile(1, 8, 4, 3, (300,), (300,), (300,), 2, (1, 2), 8),
+    "tiny": Profile(1, 8, 4, 3, (300,), (300,), (300,), 2, (1, 2), 8, (2, 3)),
 }  # fmt: skip
 
 
@@ -210,7 +212,7 @@ def _run_all(run: Run) -> None:
 
     steps = sum(1 for server in servers for s in http if runs(server, s))
     steps += len(servers) * ("fleet" in chosen) + sum(
-        s in chosen for s in ("summarize", "snapshot", "resident")
+        s in chosen for s in ("summarize", "snapshot", "resident", "recall")
     )
     with Progress(
         TextColumn("{task.description:<44}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -240,6 +242,10 @@ def _run_all(run: Run) -> None:
                 else:
                     {"summarize": _summarize, "snapshot": _snapshot, "resident": _resident}[name](run)
                 progress.advance(task)
+        if "recall" in chosen:
+            progress.update(task, description="recall")
+            _recall(run)
+            progress.advance(task)
 
 
 @contextlib.contextmanager
@@ -350,6 +356,21 @@ def _summarize(run: Run) -> None:
         "kind": "engine",
         "does": "summaries/s by conversations per generate call",
         "rows": rows,
+    }
+
+
+def _recall(run: Run) -> None:
+    from benchmarks import recall
+
+    personas, sessions = run.profile.recall
+    args = argparse.Namespace(
+        personas=personas, sessions=sessions, seed=7, summarizer=_summarizer(run), url=run.args.url,
+        api_key=run.args.api_key, timeout=3600,
+    )  # fmt: skip
+    run.results["recall"] = {
+        "kind": "engine",
+        "does": "session memory: evidence sessions found for paraphrased questions, against baselines",
+        **recall.run(args),
     }
 
 

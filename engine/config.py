@@ -171,6 +171,9 @@ class SummarizerConfig(_Section):
     # under <data_dir>/models. Otherwise a local Hugging Face model directory, causal or seq2seq.
     path: Path | None = None
     workers: int = Field(1, ge=1, le=64)  # Summarizer actors; each loads the model once
+    # Summarizer processes run at this CPU niceness: a summary can wait, the embedder indexing
+    # closed sessions and the gateway answering requests cannot. 0: the same priority as they.
+    nice: int = Field(10, ge=0, le=19)
     batch_size: int = Field(4, ge=1, le=256)  # conversations per generate call, when that many wait
     max_input_tokens: int = Field(2048, ge=64)  # cap on the prompt, below the model's own window
     max_new_tokens: int = Field(128, ge=1, le=4096)

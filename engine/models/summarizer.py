@@ -218,8 +218,12 @@ class Summarizer:
 
     # -- generation ---------------------------------------------------------------------------------
 
-    def summarize(self, conversations: Sequence[Conversation]) -> list[Summary | SummaryError]:
-        """One generate call for the whole batch; a result (or its error) per conversation."""
+    def summarize(
+        self, conversations: Sequence[Conversation], *, fallback: bool = True
+    ) -> list[Summary | SummaryError]:
+        """One generate call for the whole batch; a result (or its error) per conversation.
+        `fallback=False` keeps the model's text even when it is degenerate (its `reason` still
+        says why): for measuring the model itself (benchmarks/summaries.py)."""
         cut = [self.cut(c) for c in conversations]
         prompts = [self._render(transcript) for transcript, _ in cut]
         inputs = self._tokenizer(
@@ -252,7 +256,7 @@ class Summarizer:
                 text = f"{self._config.reply_prefix}{'' if text[0] in ' ,.;:' else ' '}{text}".strip()
             said = [content for _, _, content in conversation.messages]
             reason = degeneracy(text, said)
-            if reason is not None:
+            if reason is not None and fallback:
                 text = extractive(said)
             if not text:
                 results.append(SummaryError(f"{self.name} produced an empty summary"))
@@ -265,7 +269,7 @@ class Summarizer:
                     messages_total=conversation.total,
                     input_tokens=int(mask.sum()),
                     output_tokens=int((row != self._tokenizer.pad_token_id).sum()),
-                    method="model" if reason is None else "extractive",
+                    method="model" if reason is None or not fallback else "extractive",
                     reason=reason,
                 )
             )

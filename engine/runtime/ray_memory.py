@@ -10,6 +10,7 @@ import asyncio
 import collections
 import itertools
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -128,6 +129,7 @@ class EmbedderActor:
 class SummarizerActor:
     def __init__(self, config: EngineConfig, directory: str, name: str) -> None:
         setup_logging(config.log_level)
+        os.nice(config.models.summarizer.nice)  # this process only: after indexing and requests
         from engine.models.summarizer import Summarizer
 
         summarizer_config = config.models.summarizer.model_copy(update={"path": Path(directory)})

@@ -113,3 +113,32 @@ def test_tool_fields_belong_to_assistant_and_tool_messages_only(api: Api) -> Non
         ok = {"role": role, "content": "x", "tool_call_id": "c1", "tool_name": "search"}
         assert api.post(f"/sessions/{sid}/messages", json=ok).status_code == 201
     assert api.get(f"/sessions/{sid}").json()["message_count"] == 2
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "needle"),
+    [
+        ({"query_text": ""}, 422, "query_text"),
+        ({"query_text": "   "}, 422, "query_text"),
+        ({"query_text": "x" * 40_000}, 413, "query_text"),
+        ({"query_text": "x", "mode": "semantic"}, 422, "mode"),
+        ({"vector": [1.0, 0.0], "mode": "lexical"}, 422, "query_text"),
+        ({"vector": [1.0, 0.0], "mode": "hybrid"}, 422, "query_text"),
+        ({"query_text": "x", "filter": {"closed_at": {"$after": 5}}}, 422, "$after"),
+        ({"query_text": "x", "filter": {"closed_at": {}}}, 422, "empty"),
+        ({"query_text": "x", "filter": {"name": {"$in": "a"}}}, 422, "list"),
+        ({"query_text": "x", "filter": {"name": {"$eq": ["a"]}}}, 422, "one value"),
+        ({"query_text": "x", "filter": {"closed_at": {"$gte": True}}}, 422, "number or a string"),
+        ({"query_text": "x", "filter": {"name": {"$in": ["a"] * 1001}}}, 422, "at most"),
+        ({"query_text": "x", "filter": {"summary": "y"}}, 422, "filtered on"),
+    ],
+)
+def test_bad_memory_queries_get_a_clear_4xx(
+    api: Api, query: dict[str, Any], status: int, needle: str
+) -> None:
+    body = assert_error(
+        api.post("/vectors/query", json={"namespace": "session-memory", **query}),
+        status,
+        "PAYLOAD_TOO_LARGE" if status == 413 else "VALIDATION_ERROR",
+    )
+    assert needle in str(body), body

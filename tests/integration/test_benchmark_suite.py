@@ -34,7 +34,7 @@ def test_every_scenario_is_measured_against_its_servers(tiny_run: tuple[Path, di
     _, document = tiny_run
     scenarios = document["scenarios"]
     expected_http = {"append", "append-batch", "create", "list", "query@300", "fleet"}
-    assert expected_http | {"summarize", "snapshot", "resident"} == set(scenarios)
+    assert expected_http | {"summarize", "snapshot", "resident", "recall"} == set(scenarios)
     for name in expected_http:
         servers = scenarios[name]["servers"]
         wanted = {"engine", "naive"} if name in ("query@300", "fleet") else {"engine", "ceiling", "naive"}
@@ -57,6 +57,16 @@ def test_engine_scenarios_report_what_they_measured(tiny_run: tuple[Path, dict[s
     resident = document["scenarios"]["resident"]
     (row,) = resident["rows"]
     assert row["sessions"] == 300 and row["shards_mib"] > 0 and resident["empty"]["shard_processes"] == 2
+    recall = document["scenarios"]["recall"]
+    assert recall["sessions"] == 6 and recall["questions"] > 0
+    assert set(recall["methods"]) >= {
+        "engine (hybrid)",
+        "bm25 transcripts",
+        "dense turns",
+        "dense summary",
+        "random",
+    }
+    assert recall["summaries"]["ready"] + recall["summaries"]["failed"] == 6
 
 
 def test_results_are_stamped_and_written_as_json_markdown_and_plots(
@@ -65,7 +75,7 @@ def test_results_are_stamped_and_written_as_json_markdown_and_plots(
     out, document = tiny_run
     assert document["machine"]["cores"] >= 1 and document["machine"]["cpu"]
     assert document["versions"]["session-engine"] and document["config"]["durability"]["fsync"] == "always"
-    assert len(document["targets"]) == 9
+    assert len(document["targets"]) == 11
     # Sizes a tiny run does not reach say so instead of passing or failing.
     unmeasured = [t for t in document["targets"] if t["met"] is None]
     assert all(t["shown"] == "not measured in this run" for t in unmeasured) and unmeasured

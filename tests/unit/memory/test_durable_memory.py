@@ -174,3 +174,29 @@ def test_vectors_come_back_bit_for_bit(tmp_path: Path) -> None:
     memory.close(snapshot=False)
     index: Any = dict(open_memory(tmp_path).store.namespaces())[("acme", "n")]
     assert np.array_equal(np.vstack([index.vector(i) for i in ("a", "b", "c")]), op.vectors)
+
+
+def words(index_owner: Any, org: str, ns: str, text: str) -> list[str]:
+    (found,) = index_owner.apply_batch([QueryVectors(org, ns, None, 10, None, text, "lexical")])
+    return sorted(m.id for m in found)
+
+
+def test_texts_and_their_word_index_survive_snapshot_and_log(tmp_path: Path) -> None:
+    memory = open_memory(tmp_path)
+    texts = upsert("acme", "notes", ["a", "b", "c"], seed=1)
+    texts = UpsertVectors(texts.org, texts.namespace, texts.ids, texts.vectors, texts.metadata,
+                          texts=("lisbon trams", None, "porto wine"))  # fmt: skip
+    memory.apply_batch([texts])
+    memory.snapshot_now()
+    later = UpsertVectors("acme", "notes", ("d",), rows(1, 5), ({},), texts=("lisbon castle",))
+    memory.apply_batch([later, DeleteVectors("acme", "notes", ("a",))])
+    assert words(memory, "acme", "notes", "lisbon") == ["d"]
+    memory.close(snapshot=False)
+    again = open_memory(tmp_path)  # snapshot with texts, then the log after it
+    assert words(again, "acme", "notes", "lisbon") == ["d"] and words(again, "acme", "notes", "porto") == [
+        "c"
+    ]
+    again.close(snapshot=True)
+    third = open_memory(tmp_path)  # a snapshot alone
+    assert words(third, "acme", "notes", "lisbon wine") == ["c", "d"]
+    third.close()

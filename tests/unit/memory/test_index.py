@@ -201,3 +201,30 @@ def test_queries_in_one_batch_answer_as_they_would_one_at_a_time(hnsw_above: int
             assert str(got) == str(want)
     assert all(m.id != "v4" for m in batched[-1]), "a query after a delete in the same batch sees it"
     assert len(batched[1]) == 12 and len(batched[2]) == 3
+
+
+def test_filters_with_operators() -> None:
+    index = filled(20)
+    ids = lambda where: {m.id for m in index.query(random_rows(1, 7)[0], 50, where)}  # noqa: E731
+    assert ids({"i": {"$gte": 15}}) == {f"v{i}" for i in range(15, 20)}
+    assert ids({"i": {"$gt": 3, "$lte": 5}}) == {"v4", "v5"}
+    assert ids({"i": {"$in": [1, 2, 99]}, "even": True}) == {"v2"}
+    assert ids({"i": {"$ne": 0}, "even": {"$eq": True}}) == {f"v{i}" for i in range(2, 20, 2)}
+    assert ids({"i": {"$lt": "x"}}) == set(), "a number never compares with a string"
+    assert ids({"even": {"$gte": 0}}) == set(), "true and false are not numbers"
+    assert ids({"missing": {"$gte": 0}}) == set()
+
+
+def test_hybrid_and_lexical_queries_over_upserted_texts() -> None:
+    index = NamespaceIndex(DIM, IndexParams())
+    index.upsert(
+        ["a", "b", "c"], random_rows(3), [{}, {}, {}], ["red kayak on the lake", None, "blue bicycle"]
+    )
+    index.commit()
+    assert [m.id for m in index.query(None, 5, text="kayak", mode="lexical")] == ["a"]
+    hybrid = index.query(random_rows(1, 3)[0], 3, text="kayak", mode="hybrid")
+    assert {m.id for m in hybrid} == {"a", "b", "c"} and all(0 <= m.score <= 1 for m in hybrid)
+    assert hybrid[0].id == "a" or hybrid[0].score >= next(m.score for m in hybrid if m.id == "a")
+    index.upsert(["a"], random_rows(1, 9), [{}])  # replaced without a text: its words go
+    index.commit()
+    assert index.query(None, 5, text="kayak", mode="lexical") == []
