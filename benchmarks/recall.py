@@ -16,9 +16,10 @@ In the same run, through the same server and embedder, the baselines:
   memory did before it indexed turns);
 - `random`: sessions in a seeded random order.
 
-It also reports how fast sessions become searchable (close to index_status ready), indexing
-throughput, how summaries were made (model or extractive, and how many the degeneracy detector
-flags), and query latency p50/p99 of the engine's hybrid query at one connection.
+It also reports how fast sessions become searchable (close to index_status ready: for the
+whole corpus closed at once, and for one session closed alone afterwards), indexing throughput,
+how summaries were made (model or extractive, and how many the degeneracy detector flags), and
+query latency p50/p99 of the engine's hybrid query at one connection.
 """
 
 from __future__ import annotations
@@ -213,6 +214,7 @@ async def measure(url: str, key: str, corpus: Corpus, summary_timeout_s: float, 
     shuffler = random.Random(seed)
     every = list(ids.values())
     methods_ranked["random"] = {text: shuffler.sample(every, 10) for text in questions}
+    idle_lag_ms = await lag_when_idle(client, corpus.sessions[0])  # last: it adds a session
     await client.http.aclose()
 
     results = {name: scores(ranked, evidence) for name, ranked in methods_ranked.items()}
@@ -243,6 +245,7 @@ async def measure(url: str, key: str, corpus: Corpus, summary_timeout_s: float, 
             "p99": _pct(lags, 99),
             "max": lags[-1] if lags else None,
         },
+        "searchable_lag_idle_ms": idle_lag_ms,
         "indexing_turns_per_s": round(turns / max(span_ms / 1000, 1e-3), 1),
         "summaries": {
             "ready": len(summaries),
@@ -254,6 +257,21 @@ async def measure(url: str, key: str, corpus: Corpus, summary_timeout_s: float, 
         },
         "query_ms": {"p50": _pct(sorted(latencies), 50), "p99": _pct(sorted(latencies), 99)},
     }
+
+
+async def lag_when_idle(client: Client, session: Any, timeout_s: float = 120) -> int | None:
+    """Close to searchable for one session closed alone, with nothing else to index or summarize."""
+    sid = (await client.call("POST", "/sessions", {"name": session.name}, 201))["id"]
+    messages = [{"role": role, "content": content} for role, content in session.messages]
+    await client.call("POST", f"/sessions/{sid}/messages", {"messages": messages}, 201)
+    await client.call("POST", f"/sessions/{sid}/close")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        view = await client.call("GET", f"/sessions/{sid}?limit=1")
+        if view["indexed_at"] is not None:
+            return int(view["indexed_at"] - view["ended_at"])
+        await asyncio.sleep(0.02)
+    return None
 
 
 def _pct(values: Sequence[float], p: float) -> float | None:

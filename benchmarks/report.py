@@ -173,7 +173,9 @@ def markdown(document: dict[str, Any]) -> str:
             ),
             "",
             f"Searchable after close: p50 {r['searchable_lag_ms']['p50']} ms, p99 "
-            f"{r['searchable_lag_ms']['p99']} ms; {r['indexing_turns_per_s']} turns indexed a second; "
+            f"{r['searchable_lag_ms']['p99']} ms with every session closed at once, "
+            f"{r['searchable_lag_idle_ms']} ms for one closed alone; "
+            f"{r['indexing_turns_per_s']} turns indexed a second; "
             f"hybrid query p50 {r['query_ms']['p50']} ms, p99 {r['query_ms']['p99']} ms (one connection). "
             f"Summaries: {r['summaries']['model']} by the model, {r['summaries']['extractive']} extractive "
             f"({r['summaries']['fallback_reasons']}).",

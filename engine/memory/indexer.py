@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import EngineError
-
 from .sessions import (
     SESSION_MEMORY,
     SESSIONS_OF_MEMORY,
@@ -47,8 +45,8 @@ class SessionIndexer:
         turns = turn_entries(session)
         whole = session_entry(session, turns)
         vectors = await self._vectors([turn.text for turn in turns])
-        if len(turns):
-            whole_vector = session_vector(vectors, vectors.shape[1])
+        if turns:
+            whole_vector = session_vector(vectors)
         else:  # nothing said that is indexed (only tool messages, say): the name stands for it
             whole_vector = await self._vectors([session.name])
         ops = _upserts(org, SESSION_MEMORY, turns, vectors) + _upserts(
@@ -74,7 +72,7 @@ class SessionIndexer:
 
     async def _checked(self, org: str, ops: Sequence[MemoryOp]) -> None:
         for result in await self._send(org, ops):
-            if isinstance(result, EngineError | BaseException):
+            if isinstance(result, BaseException):  # an EngineError the shard answered for that op
                 raise result
 
 

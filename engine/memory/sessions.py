@@ -114,12 +114,11 @@ def session_entry(session: ClosedSession, turns: Sequence[Entry]) -> Entry:
     return Entry(session.session_id, text, metadata)
 
 
-def session_vector(turn_vectors: np.ndarray, dimension: int) -> np.ndarray:
-    """The session entry's vector: the normalized mean of its turns' (a session with no indexed
-    turn gets its name's vector instead: the caller embeds the session entry's text)."""
-    mean = turn_vectors.mean(axis=0) if len(turn_vectors) else np.zeros(dimension, dtype=np.float32)
+def session_vector(turn_vectors: np.ndarray) -> np.ndarray:
+    """The session entry's vector: the normalized mean of its turns' (at least one)."""
+    mean: np.ndarray = turn_vectors.mean(axis=0).astype(np.float32).reshape(1, -1)
     norm = float(np.linalg.norm(mean))
-    return (mean / norm if norm > 0 else mean).astype(np.float32).reshape(1, -1)
+    return mean / norm if norm > 0 else mean
 
 
 def summary_entry(session_id: str, text: str, method: str) -> Entry:
@@ -145,6 +144,15 @@ def _kind(metadata: Mapping[str, Any]) -> str:
     return str(metadata.get("kind", "legacy"))
 
 
+@dataclass(slots=True)
+class Signals:
+    """A query's rankings of sessions, one per signal: (session id, its best score), best first."""
+
+    rankings: dict[str, list[tuple[str, float]]]
+    turn_hits: dict[str, dict[int, float]]  # session -> {FAISS id of a matching turn: its weight}
+    legacy: dict[str, str]  # session -> summary, from entries of older engines
+
+
 def search(
     indexes: SessionIndexes,
     vector: np.ndarray | None,
@@ -155,10 +163,25 @@ def search(
     weights: Mapping[str, float] = WEIGHTS,
 ) -> list[Match]:
     """Prior sessions for a query, one match each (id = session id), best first."""
+    found = signals(indexes, vector, text, top_k, where, mode)
+    return [
+        _match(indexes, session_id, score, found.turn_hits.get(session_id, {}), found.legacy)
+        for session_id, score in fuse(found.rankings, weights)[:top_k]
+    ]
+
+
+def signals(
+    indexes: SessionIndexes,
+    vector: np.ndarray | None,
+    text: str | None,
+    top_k: int,
+    where: Where | None = None,
+    mode: Mode = "hybrid",
+) -> Signals:
+    """Each signal's ranking of sessions for a query (what `search` fuses; the tuning benchmark
+    fuses them with other weights)."""
     chosen = _chosen_sessions(indexes.whole, where)
-    rankings: dict[str, list[tuple[str, float]]] = {signal: [] for signal in SIGNALS_OF_MODE[mode]}
-    turn_hits: dict[str, dict[int, float]] = {}  # session -> {FAISS id of a turn: its weight}
-    legacy: dict[str, str] = {}  # session -> summary, from entries of older engines
+    found = Signals({signal: [] for signal in SIGNALS_OF_MODE[mode]}, {}, {})
     # Turns: many per session, so look deep enough to reach many sessions.
     for index, depth in ((indexes.turns, max(20 * top_k, 200)), (indexes.whole, max(4 * top_k, 100))):
         if index is None:
@@ -169,41 +192,32 @@ def search(
         dense = index.dense(vector, depth, candidates) if vector is not None and mode != "lexical" else []
         lexical = index.words(text or "", depth, candidates) if text and mode != "dense" else []
         for how, hits in (("dense", dense), ("lexical", lexical)):
-            _rank(index, how, hits, rankings, turn_hits, legacy)
-    fused = fuse(rankings, weights)[:top_k]
-    return [
-        _match(indexes, session_id, score, turn_hits.get(session_id, {}), legacy)
-        for session_id, score in fused
-    ]
+            _rank(index, how, hits, found)
+    return found
 
 
-def _rank(
-    index: NamespaceIndex,
-    how: str,
-    hits: Sequence[tuple[int, float]],
-    rankings: dict[str, list[tuple[str, float]]],
-    turn_hits: dict[str, dict[int, float]],
-    legacy: dict[str, str],
-) -> None:
-    """Sessions in the order of their best hit, into the ranking of each hit's kind."""
+def _rank(index: NamespaceIndex, how: str, hits: Sequence[tuple[int, float]], into: Signals) -> None:
+    """Sessions in the order of their best hit, into the ranking of each hit's kind. A matching
+    turn also counts toward its session's highlights, by its rank (a turn found by both dense and
+    lexical search comes first)."""
     shared = _shared_turns(index, hits)
     rank = 0
     for faiss_id, score in hits:
-        found = index.entry(faiss_id)
-        if found is None or faiss_id in shared:
+        entry = index.entry(faiss_id)
+        if entry is None or faiss_id in shared:
             continue
         rank += 1
-        metadata = found[1]
+        metadata = entry[1]
         session_id, kind = str(metadata.get("session_id")), _kind(metadata)
         if kind == "legacy":
             kind = "summary"
-            legacy.setdefault(session_id, str(metadata.get("summary", "")))
-        ranking = rankings.get(f"{kind}_{how}")
+            into.legacy.setdefault(session_id, str(metadata.get("summary", "")))
+        ranking = into.rankings.get(f"{kind}_{how}")
         if ranking is None:
             continue
         ranking.append((session_id, score))
         if kind == "turn":
-            turns = turn_hits.setdefault(session_id, {})
+            turns = into.turn_hits.setdefault(session_id, {})
             turns[faiss_id] = turns.get(faiss_id, 0.0) + 1.0 / (60 + rank)
 
 

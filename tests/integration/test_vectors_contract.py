@@ -60,6 +60,38 @@ def test_texts_are_embedded_and_the_closest_meaning_comes_first(api: Api) -> Non
         assert found["count"] == 3 and all(-1 <= m["score"] <= 1 for m in found["matches"])
 
 
+def test_texts_are_found_by_their_words_and_by_both_signals(api: Api) -> None:
+    upsert(
+        api,
+        [
+            {
+                "id": "err",
+                "text": "Deploy failed with error E-4471 on the payments service.",
+                "metadata": {"t": 1},
+            },
+            {
+                "id": "ok",
+                "text": "The payments service deployed cleanly after the retry.",
+                "metadata": {"t": 5},
+            },
+            {"id": "raw", "values": [0.1] * 384},  # no text: never a lexical match
+        ],
+        namespace="incidents",
+    )
+    lexical = query(api, namespace="incidents", query_text="E-4471", mode="lexical")
+    assert [m["id"] for m in lexical["matches"]] == ["err"] and lexical["matches"][0]["score"] > 0
+    hybrid = query(
+        api, namespace="incidents", query_text="what broke the payments deploy: E-4471?", mode="hybrid"
+    )
+    assert hybrid["matches"][0]["id"] == "err" and all(0 <= m["score"] <= 1 for m in hybrid["matches"])
+    dense = query(api, namespace="incidents", query_text="payments", top_k=3)  # the default: cosine
+    assert {m["id"] for m in dense["matches"]} == {"err", "ok", "raw"}
+    ranged = query(api, namespace="incidents", query_text="payments", filter={"t": {"$gte": 2}})
+    assert [m["id"] for m in ranged["matches"]] == ["ok"]
+    upsert(api, [{"id": "err", "text": "all good now"}], namespace="incidents")
+    assert query(api, namespace="incidents", query_text="E-4471", mode="lexical")["matches"] == []
+
+
 def test_an_existing_id_is_replaced_and_deleted_ids_are_gone(api: Api) -> None:
     upsert(api, [{"id": "a", "values": axis(0), "metadata": {"v": 1}}, {"id": "b", "values": axis(1)}])
     upsert(api, [{"id": "a", "values": axis(2), "metadata": {"v": 2}}])

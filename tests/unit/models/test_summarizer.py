@@ -11,6 +11,9 @@ from engine.config import SummarizerConfig
 from engine.errors import ModelMissing
 from engine.models.files import check_models, embedder_directory, summarizer_directory
 from engine.models.summarizer import Conversation, Summarizer, Summary, precut
+from engine.summaries.quality import degeneracy, extractive
+
+REASONS = {"empty", "boilerplate", "dialogue", "repetition", "echo", "ungrounded"}
 
 
 def conversation(n: int, *, name: str = "chat", size: int = 20) -> Conversation:
@@ -39,6 +42,26 @@ def test_a_batch_gets_one_summary_per_conversation_with_provenance(
         assert (result.messages_covered, result.messages_total) == (c.total, c.total)
         assert 4 <= result.output_tokens <= 8 + 1  # a seq2seq row starts with its decoder start token
         assert result.input_tokens <= s.budget
+
+
+@pytest.mark.parametrize("model", ["tiny_t5", "tiny_causal"])
+def test_degenerate_model_text_is_replaced_by_an_extract_that_says_why(
+    model: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    s = summarizer(request.getfixturevalue(model), tmp_path, min_new_tokens=4)
+    words = "Maya adopted a beagle named Biscuit on Saturday in Lisbon and paid 300 euros for him."
+    c = Conversation("pets", ((0, "user", words), (1, "assistant", "What a lovely thing to do today.")), 2)
+    [kept] = s.summarize([c])
+    said = [content for _, _, content in c.messages]
+    assert isinstance(kept, Summary)
+    if kept.method == "model":  # random weights rarely write something grounded, but may
+        assert kept.reason is None and degeneracy(kept.text, said) is None
+    else:
+        assert kept.method == "extractive" and kept.reason in REASONS and kept.text == extractive(said)
+    [raw] = s.summarize([c], fallback=False)
+    assert isinstance(raw, Summary) and raw.method == "model" and raw.reason == kept.reason
+    if model == "tiny_causal":
+        assert raw.text.startswith(SummarizerConfig().reply_prefix), "the reply starts where it was begun"
 
 
 @pytest.mark.parametrize("model", ["tiny_t5", "tiny_causal"])
