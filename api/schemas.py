@@ -134,6 +134,15 @@ class MessageOut(_Response):
 
 class SummaryProvenanceOut(_Response):
     model: str
+    method: Literal["model", "extractive"] = Field(
+        description="model: the model's text; extractive: salient sentences of the session, because "
+        "the model's text was degenerate (see reason)."
+    )
+    reason: str | None = Field(
+        None,
+        description="Why the model's text was set aside: empty, boilerplate, dialogue, repetition, echo "
+        "or ungrounded.",
+    )
     messages_covered: int = Field(description="Messages the summary was made from (long sessions are cut).")
     messages_total: int
     created_at: int | None
@@ -158,6 +167,11 @@ class SessionOut(_Response):
     summary_error: str | None = Field(description="Why the last summary attempt failed, if it did.")
     summary_attempts: int
     summary_provenance: SummaryProvenanceOut | None
+    index_status: Literal["pending", "ready", "failed"] | None = Field(
+        description="Its messages in session memory: pending, then ready (searchable), or failed; null "
+        "for a session that is not indexed (active, completed, expired)."
+    )
+    indexed_at: int | None = Field(description="When its messages became searchable in session memory.")
 
 
 class SessionWithMessagesOut(SessionOut):

@@ -385,18 +385,22 @@ def generate(personas: int = 4, sessions_per_persona: int = 24, turns: int = 22,
         own = [Session(name, i, f"{first} - chat {i + 1}") for i in range(sessions_per_persona)]
         kinds = list(FACTS)
         # Each fact in its own session(s); a changing fact's second telling comes later.
-        slots = rng.sample(range(sessions_per_persona), min(sessions_per_persona, len(kinds) + len(CHANGING)))
+        # Each fact in its own session while there are enough; a changing fact's second telling
+        # comes later (the slots are sorted, and the later tellings take the last ones).
+        needed = len(kinds) + len(CHANGING)
+        sessions_range = range(sessions_per_persona)
+        if sessions_per_persona >= needed:
+            slots = sorted(rng.sample(sessions_range, needed))
+        else:  # a small corpus: sessions hold several facts
+            slots = sorted(rng.choices(sessions_range, k=needed))
         placed: dict[int, list[str]] = {}
-        order = iter(sorted(slots))
-        first_of: dict[str, int] = {}
-        for kind in kinds:
-            first_of[kind] = next(order)
-        later = {kind: next(order, None) for kind in CHANGING}
+        first_of = dict(zip(kinds, slots, strict=False))
+        later = dict(zip(CHANGING, slots[len(kinds) :], strict=True))
         for kind in kinds:
             values, statements, asks = FACTS[kind]
             picked = rng.sample(values, 2)
             telling = [(first_of[kind], picked[0])]
-            if kind in CHANGING and later[kind] is not None and later[kind] > first_of[kind]:
+            if kind in CHANGING and later[kind] > first_of[kind]:
                 telling.append((later[kind], picked[1]))
             for session_index, value in telling:
                 args = value if isinstance(value, tuple) else (value,)

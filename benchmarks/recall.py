@@ -213,7 +213,7 @@ async def measure(url: str, key: str, corpus: Corpus, summary_timeout_s: float, 
         methods_ranked[name] = {text: sessions_of(m) for text, m in zip(questions, found, strict=True)}
     shuffler = random.Random(seed)
     every = list(ids.values())
-    methods_ranked["random"] = {text: shuffler.sample(every, 10) for text in questions}
+    methods_ranked["random"] = {text: shuffler.sample(every, min(10, len(every))) for text in questions}
     idle_lag_ms = await lag_when_idle(client, corpus.sessions[0])  # last: it adds a session
     await client.http.aclose()
 

@@ -14,7 +14,7 @@ from engine.config import SummarizerConfig
 from engine.errors import SessionNotEnded
 from engine.memory.index import IndexParams
 from engine.memory.indexer import SessionIndexer
-from engine.memory.sessions import SESSION_MEMORY
+from engine.memory.sessions import SESSION_MEMORY, SESSIONS_OF_MEMORY
 from engine.memory.store import MemoryOp, MemoryStore, QueryVectors
 from engine.models.summarizer import Summary
 from engine.sessions.ops import (
@@ -73,8 +73,10 @@ class Harness:
         return results
 
     def memory_ids(self) -> set[str]:
-        index = dict(self.memory.namespaces()).get(("acme", SESSION_MEMORY))
-        return set() if index is None else set(index._internal)
+        """Every entry session memory holds: turns, whole sessions and summaries."""
+        namespaces = dict(self.memory.namespaces())
+        held = [namespaces.get(("acme", name)) for name in (SESSION_MEMORY, SESSIONS_OF_MEMORY)]
+        return {external for index in held if index is not None for external in index._internal}
 
     def found(self, text: str) -> list[str]:
         (matches,) = self.memory.apply_batch(
