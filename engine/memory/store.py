@@ -157,14 +157,15 @@ class MemoryStore:
                 if together
                 else apply_each(lambda op: self.apply(op, now_ms), ops_run)
             )
-        if not self.replaying:  # replay leaves it to the first query: a commit a record is slow
-            self._make_searchable()
+        # Replay leaves commits to the first query (one a record would be slow), but still keeps
+        # no more writers open than a running shard does.
+        self._make_searchable(commit=not self.replaying)
         return results
 
-    def _make_searchable(self, only: tuple[str, str] | None = None) -> None:
+    def _make_searchable(self, only: tuple[str, str] | None = None, *, commit: bool = True) -> None:
         """Commit the texts written so far (of one namespace, or all), then close the writers
-        past MAX_OPEN_WRITERS, least recently written first."""
-        for key in [only] if only is not None else list(self._unsearchable):
+        past MAX_OPEN_WRITERS, least recently written first (closing one commits it)."""
+        for key in ([only] if only is not None else list(self._unsearchable)) if commit else ():
             if key in self._unsearchable:
                 self._unsearchable.discard(key)
                 index = self._namespaces.get(key)

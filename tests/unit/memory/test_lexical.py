@@ -83,3 +83,24 @@ def test_fused_scores_lie_in_0_1_and_are_ordered(scored: dict, weights: dict) ->
     assert all(-1e-9 <= v <= 1 + 1e-9 for v in values)
     assert values == sorted(values, reverse=True)
     assert len({item for item, _ in fused}) == len(fused)
+
+
+def test_a_store_keeps_only_a_few_writers_open_and_every_namespace_still_answers() -> None:
+    import numpy as np
+
+    from engine.memory.index import IndexParams
+    from engine.memory.store import MAX_OPEN_WRITERS, MemoryStore, QueryVectors, UpsertVectors
+
+    store = MemoryStore(IndexParams())
+    vector = np.ones((1, 4), dtype=np.float32) / 2
+    for replaying in (True, False):  # replay, too, closes writers past the limit
+        store.replaying = replaying
+        for i in range(MAX_OPEN_WRITERS + 4):
+            store.apply_batch(
+                [UpsertVectors("o", f"ns{i}", (f"a{replaying}",), vector, ({},), texts=("hello",))]
+            )
+        writers = [index.lexical.writer_open for _, index in store.namespaces() if index.lexical is not None]
+        assert sum(writers) == MAX_OPEN_WRITERS
+    for i in range(MAX_OPEN_WRITERS + 4):
+        (found,) = store.apply_batch([QueryVectors("o", f"ns{i}", None, 5, None, "hello", "lexical")])
+        assert sorted(m.id for m in found) == ["aFalse", "aTrue"]
