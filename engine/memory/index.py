@@ -38,7 +38,6 @@ from .lexical import LexicalIndex
 Scalar = str | int | float | bool | None
 Where = Mapping[str, Any]  # key -> a scalar (equality) or {operator: operand}; checked by the API
 Mode = Literal["dense", "lexical", "hybrid"]
-MODES: tuple[Mode, ...] = ("dense", "lexical", "hybrid")
 Hits = list[tuple[int, float]]  # (FAISS id, score), best first
 _RANGE: dict[str, Callable[[Any, Any], bool]] = {
     "$gt": operator.gt,
@@ -155,12 +154,7 @@ class NamespaceIndex:
 
     def delete_where(self, key: str, values: Collection[Scalar]) -> int:
         """Delete every entry whose metadata `key` is one of `values` (a session's turns, say)."""
-        ids = [
-            self._records[faiss_id][0]
-            for value in values
-            for faiss_id in self._postings.get(_posting_key(key, value) or ("", "", None), ())
-        ]
-        return self.delete(ids)
+        return self.delete([self._records[i][0] for value in values for i in self._posting(key, value)])
 
     def delete(self, ids: Sequence[str]) -> int:
         removed = self._forget(ids)
@@ -237,11 +231,11 @@ class NamespaceIndex:
             k = min(k, len(candidates))
             selector = faiss.IDSelectorBatch(np.fromiter(candidates, dtype=np.int64, count=len(candidates)))
         scores, found = self._raw_search(query, k, selector)
-        return [
-            (faiss_id, min(1.0, score))
-            for score, faiss_id in zip(scores[0].tolist(), found[0].tolist(), strict=True)
-            if faiss_id in self._records
-        ]
+        return self._live(scores[0].tolist(), found[0].tolist())
+
+    def _live(self, scores: list[float], ids: list[int]) -> Hits:
+        """A FAISS answer's hits on live entries (HNSW also answers deleted ones, and -1 for none)."""
+        return [(i, min(1.0, score)) for score, i in zip(scores, ids, strict=True) if i in self._records]
 
     def words(self, text: str, k: int, candidates: Collection[int] | None = None) -> Hits:
         """Up to k (FAISS id, BM25 score) of the entries that have a text; `candidates`: only these."""
@@ -322,19 +316,9 @@ class NamespaceIndex:
     def _search(self, queries: np.ndarray, k: int, selector: Any, top_ks: Sequence[int]) -> list[list[Match]]:
         scores, found = self._raw_search(queries, k, selector)
         return [
-            self._matches(row_scores, row_ids, top_k)
+            self._to_matches(self._live(row_scores, row_ids)[:top_k])
             for row_scores, row_ids, top_k in zip(scores.tolist(), found.tolist(), top_ks, strict=True)
         ]
-
-    def _matches(self, scores: list[float], ids: list[int], top_k: int) -> list[Match]:
-        matches = []
-        for score, faiss_id in zip(scores, ids, strict=True):
-            record = self._records.get(faiss_id)
-            if record is not None:
-                matches.append(Match(record[0], min(1.0, score), record[1]))
-                if len(matches) == top_k:
-                    break
-        return matches
 
     def vector(self, external: str) -> np.ndarray | None:
         faiss_id = self._internal.get(external)

@@ -160,13 +160,12 @@ def search(
     top_k: int,
     where: Where | None = None,
     mode: Mode = "hybrid",
-    weights: Mapping[str, float] = WEIGHTS,
 ) -> list[Match]:
     """Prior sessions for a query, one match each (id = session id), best first."""
     found = signals(indexes, vector, text, top_k, where, mode)
     return [
         _match(indexes, session_id, score, found.turn_hits.get(session_id, {}), found.legacy)
-        for session_id, score in fuse(found.rankings, weights)[:top_k]
+        for session_id, score in fuse(found.rankings, WEIGHTS)[:top_k]
     ]
 
 

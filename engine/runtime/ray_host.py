@@ -18,7 +18,7 @@ import ray
 
 from engine.config import ConfigError, EngineConfig, LimitsConfig
 from engine.logs import setup_logging
-from engine.models.summarizer import Summary
+from engine.models.summarizer import Conversation, Summary
 from engine.runtime import ray_memory, upkeep
 from engine.runtime.ray_actors import (
     RAY_ERRORS,
@@ -31,7 +31,7 @@ from engine.sessions.ops import ExpireDue, Op, Ping, PurgeSessions
 from engine.storage.durable import DurableShard
 from engine.storage.layout import shard_directory
 from engine.storage.wal import LogWriteFailed
-from engine.summaries.runner import SummaryJob, SummaryRunner
+from engine.summaries.runner import SummaryRunner
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +91,11 @@ class SessionShard:
         self._durable.store.take_summary_jobs()
         self._runner.submit(self._durable.store.unfinished_summaries())
 
-    async def _summarize(self, job: SummaryJob) -> Summary:
+    async def _summarize(self, conversation: Conversation) -> Summary:
         # Looked up without waiting (a wait would block this shard's loop); a miss is a failed attempt.
         if self._pool is None:
             self._pool = ray_memory.find_pool(self._config, timeout_s=0)
-        summary: Summary = await self._pool.summarize.remote(job)
+        summary: Summary = await self._pool.summarize.remote(conversation)
         return summary
 
     async def drain_summaries(self) -> int:

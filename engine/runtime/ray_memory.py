@@ -177,7 +177,7 @@ class SummarizerPool:
             )
             for i in range(config.models.summarizer.workers)
         ]  # fmt: skip
-        self._queue: asyncio.Queue[tuple[Any, asyncio.Future[Summary]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Conversation, asyncio.Future[Summary]]] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._serve(worker)) for worker in self._workers]
         self.batches: collections.deque[int] = collections.deque(maxlen=100)  # recent batch sizes
@@ -190,9 +190,9 @@ class SummarizerPool:
             "recent_batches": list(self.batches)[-20:],
         }
 
-    async def summarize(self, job: Any) -> Summary:
+    async def summarize(self, conversation: Conversation) -> Summary:
         future: asyncio.Future[Summary] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((job, future))
+        self._queue.put_nowait((conversation, future))
         return await future
 
     async def shutdown(self) -> None:
@@ -231,9 +231,9 @@ class SummarizerPool:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _run(self, worker: Any, batch: list[tuple[Any, asyncio.Future[Summary]]]) -> None:
+    async def _run(self, worker: Any, batch: list[tuple[Conversation, asyncio.Future[Summary]]]) -> None:
         try:
-            results = await worker.summarize.remote([job.conversation for job, _ in batch])
+            results = await worker.summarize.remote([conversation for conversation, _ in batch])
         except RAY_ERRORS as exc:
             raise _WorkerDied(f"the summarizer actor died or restarted: {type(exc).__name__}") from None
         for (_, future), result in zip(batch, results, strict=True):

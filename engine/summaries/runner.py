@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from engine.config import SummarizerConfig
@@ -34,17 +33,8 @@ log = logging.getLogger(__name__)
 MAX_REASON_CHARS = 500
 
 
-@dataclass(slots=True, frozen=True)
-class SummaryJob:
-    org: str
-    session_id: str
-    name: str
-    closed_at: int | None
-    conversation: Conversation
-
-
 Apply = Callable[[Sequence[Op]], Awaitable[list[Any]]]
-Summarize = Callable[[SummaryJob], Awaitable[Summary]]
+Summarize = Callable[[Conversation], Awaitable[Summary]]  # the text, from the summarizer pool
 
 
 class SessionMemory(Protocol):
@@ -168,9 +158,7 @@ class SummaryRunner:
             precut(messages, keep_first=config.keep_first_messages, max_input_tokens=config.max_input_tokens),
             len(messages),
         )
-        summary = await self._summarize(
-            SummaryJob(org, session_id, started.name, started.ended_at, conversation)
-        )
+        summary = await self._summarize(conversation)
         await self._memory.index_summary(org, session_id, summary.text, summary.method)
         done = await self._step(
             FinishSummary(

@@ -16,7 +16,7 @@ from engine.memory.index import IndexParams
 from engine.memory.indexer import SessionIndexer
 from engine.memory.sessions import SESSION_MEMORY, SESSIONS_OF_MEMORY
 from engine.memory.store import MemoryOp, MemoryStore, QueryVectors
-from engine.models.summarizer import Summary
+from engine.models.summarizer import Conversation, Summary
 from engine.sessions.ops import (
     AppendMessages,
     CreateSession,
@@ -29,7 +29,7 @@ from engine.sessions.ops import (
 from engine.sessions.session import NewMessage, SessionStatus, new_session_id
 from engine.sessions.shard import ShardStore
 from engine.storage.codec import decode_session, encode_session
-from engine.summaries.runner import SummaryJob, SummaryRunner
+from engine.summaries.runner import SummaryRunner
 
 T0 = 1_700_000_000_000
 
@@ -38,7 +38,7 @@ class Harness:
     def __init__(self, **settings: Any) -> None:
         self.store = ShardStore()
         self.config = SummarizerConfig.model_validate({"retry_backoff_s": 1.0, **settings})
-        self.jobs: list[SummaryJob] = []
+        self.jobs: list[Conversation] = []
         self.failures_left = 0
         self.sleeps: list[float] = []
         self.during: Any = None
@@ -50,14 +50,13 @@ class Harness:
     async def apply(self, ops: Sequence[Op]) -> list[Any]:
         return self.store.apply_batch(list(ops), T0)
 
-    async def summarize(self, job: SummaryJob) -> Summary:
-        self.jobs.append(job)
+    async def summarize(self, c: Conversation) -> Summary:
+        self.jobs.append(c)
         if self.during is not None:
             self.during()
         if self.failures_left:
             self.failures_left -= 1
             raise RuntimeError("model fell over\nTraceback (most recent call last): ...")
-        c = job.conversation
         return Summary(f"about {c.name}", "fake-model", len(c.messages), c.total, 10, 3)
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -118,7 +117,7 @@ async def test_a_closed_session_gets_its_summary_and_provenance() -> None:
     )  # fmt: skip
     assert provenance["created_at"] == T0
     [job] = h.jobs
-    assert [content for _, _, content in job.conversation.messages] == [f"message {i}" for i in range(3)]
+    assert [content for _, _, content in job.messages] == [f"message {i}" for i in range(3)]
     assert len(h.view(sid)["messages"]) == 3, "raw messages are never dropped"
 
 
@@ -243,9 +242,9 @@ async def test_long_conversations_are_precut_before_they_leave_the_shard() -> No
     h.closed_session(messages=200, content="{i} " + "w" * 200, name="long")
     await h.run_queued()
     [job] = h.jobs
-    positions = [p for p, _, _ in job.conversation.messages]
-    assert positions[0] == 0 and positions[-1] == 199 and job.conversation.total == 200
-    assert sum(len(c) for _, _, c in job.conversation.messages) <= 64 * 12
+    positions = [p for p, _, _ in job.messages]
+    assert positions[0] == 0 and positions[-1] == 199 and job.total == 200
+    assert sum(len(c) for _, _, c in job.messages) <= 64 * 12
 
 
 async def test_summary_state_survives_the_log_and_snapshot_codec() -> None:

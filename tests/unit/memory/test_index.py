@@ -217,14 +217,16 @@ def test_filters_with_operators() -> None:
 
 def test_hybrid_and_lexical_queries_over_upserted_texts() -> None:
     index = NamespaceIndex(DIM, IndexParams())
-    index.upsert(
-        ["a", "b", "c"], random_rows(3), [{}, {}, {}], ["red kayak on the lake", None, "blue bicycle"]
-    )
+    rows = np.vstack([unit(1), unit(0, 1), unit(0, 0, 1)])
+    index.upsert(["a", "b", "c"], rows, [{}, {}, {}], ["red kayak on the lake", None, "blue bicycle"])
     index.commit()
     assert [m.id for m in index.query(None, 5, text="kayak", mode="lexical")] == ["a"]
-    hybrid = index.query(random_rows(1, 3)[0], 3, text="kayak", mode="hybrid")
-    assert {m.id for m in hybrid} == {"a", "b", "c"} and all(0 <= m.score <= 1 for m in hybrid)
-    assert hybrid[0].id == "a" or hybrid[0].score >= next(m.score for m in hybrid if m.id == "a")
+    near_c = unit(0.2, 0, 1)[0]
+    assert [m.id for m in index.query(near_c, 3)] == ["c", "a", "b"]
+    hybrid = index.query(near_c, 3, text="kayak", mode="hybrid")
+    # dense scaled: c 1, a ~0.2, b 0; lexical: a 1. Halved: a ~0.6, c 0.5, b 0.
+    assert [m.id for m in hybrid] == ["a", "c", "b"]
+    assert [round(m.score, 2) for m in hybrid] == [0.6, 0.5, 0.0]
     index.upsert(["a"], random_rows(1, 9), [{}])  # replaced without a text: its words go
     index.commit()
     assert index.query(None, 5, text="kayak", mode="lexical") == []
