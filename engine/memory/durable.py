@@ -30,6 +30,7 @@ from engine.config import DurabilityConfig
 from engine.errors import EngineError
 from engine.idempotency import IdempotencyRecords, Idempotent
 from engine.storage.frames import CorruptFile, frame, read_frames
+from engine.storage.identity import ShardIdentity
 from engine.storage.lock import fsync_directory
 from engine.storage.logged import LoggedStore
 from engine.storage.recovery import drop_covered, recover_state
@@ -103,9 +104,10 @@ class DurableMemory(LoggedStore):
         params: IndexParams,
         clock: Clock | None = None,
         lock_wait_s: float = 10.0,
+        identity: ShardIdentity | None = None,
     ) -> None:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.directory = directory
+        self._identity = identity
         self._config = config
         self._fsync = config.fsync
         self._clock = clock or SystemClock()
@@ -145,6 +147,7 @@ class DurableMemory(LoggedStore):
         return write
 
     def finish_snapshot(self, result: MemorySnapshotResult) -> None:
+        self.check_epoch()
         self._snapshot_lsn = result.lsn
         self._last_snapshot_s = time.monotonic()
         drop_covered(self.directory, SNAPSHOT_PREFIX, result.lsn, self.writable_log().drop_segments_before)

@@ -22,6 +22,7 @@ from engine.sessions.ops import SESSION_OPS
 from engine.sessions.shard import ShardStore, SnapshotCursor
 
 from .codec import decode_op, decode_session, encode_session
+from .identity import ShardIdentity
 from .logged import LoggedStore
 from .recovery import drop_covered, recover_state
 from .snapshot import SNAPSHOT_PREFIX, SnapshotWriter, read_snapshot
@@ -58,11 +59,13 @@ class DurableShard(LoggedStore):
         config: DurabilityConfig,
         clock: Clock | None = None,
         lock_wait_s: float = 10.0,
+        identity: ShardIdentity | None = None,
         own_process: bool = False,
     ) -> None:
         """`own_process`: this shard is the only large thing in its process (a Ray shard actor), so
         it may tune the process's garbage collector for a large, long-lived, acyclic heap."""
         self.directory = directory
+        self._identity = identity
         self._config = config
         self._fsync = config.fsync
         self._clock = clock or SystemClock()
@@ -141,6 +144,7 @@ class DurableShard(LoggedStore):
 
     def complete_snapshot(self) -> SnapshotResult:
         assert self._writer is not None
+        self.check_epoch()
         lsn, sessions = self._writer.lsn, self._writer.sessions
         self._writer = self._cursor = None
         self._snapshot_lsn = lsn

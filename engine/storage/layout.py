@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from engine.config import ConfigError
 
 from .codec import FORMAT_VERSION
-from .lock import write_atomically
+from .identity import IDENTITY_FILE, ShardIdentity, write_identity
+from .lock import fsync_directory, write_atomically
+
+log = logging.getLogger(__name__)
 
 LAYOUT_FILE = "engine.json"
 
@@ -22,31 +30,93 @@ def memory_directory(data_dir: Path, index: int) -> Path:
     return data_dir / "memory" / f"memory-{index:04d}"
 
 
-def claim_layout(data_dir: Path, shards: int, memory_shards: int | None = None) -> None:
-    """Record the shard counts on first start; refuse different ones later, since sessions and
-    organizations are placed by a hash over the shard count and would not be found on another."""
+def claim_layout(
+    data_dir: Path, shards: int, memory_shards: int | None = None, settings: dict[str, Any] | None = None
+) -> str:
+    """Claim `data_dir` for a cluster starting on it; returns the cluster's id.
+
+    The first start records the shard counts and a new cluster id in engine.json, and gives every
+    shard directory its identity (engine.storage.identity), so that a shard never serves a
+    directory that is not its own. Later starts must give the same shard counts: sessions and
+    organizations are placed by a hash over them. `settings` (the cluster's effective settings)
+    are recorded for operators; a start with other ones replaces them."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = data_dir / LAYOUT_FILE
-    if path.exists():
-        recorded = orjson.loads(path.read_bytes())
-        if recorded.get("shards") != shards:
-            raise ConfigError(
-                f"shards is {shards} but {data_dir} holds data for shards={recorded.get('shards')}; "
-                "start with that value (changing the shard count of existing data is not supported)"
-            )
-        if memory_shards is not None and recorded.get("memory_shards", memory_shards) != memory_shards:
-            raise ConfigError(
-                f"memory.shards is {memory_shards} but {data_dir} holds vector memory for "
-                f"memory.shards={recorded['memory_shards']}; start with that value"
-            )
-        if memory_shards is not None and "memory_shards" not in recorded:
-            write_atomically(path, orjson.dumps({**recorded, "memory_shards": memory_shards}))
-        if recorded.get("format") != FORMAT_VERSION:
-            raise ConfigError(
-                f"{data_dir} holds data in format {recorded.get('format')}, not {FORMAT_VERSION}"
-            )
-        return
-    layout: dict[str, int] = {"format": FORMAT_VERSION, "shards": shards}
+    recorded = read_layout(data_dir)
+    if recorded is None:
+        layout: dict[str, Any] = {
+            "format": FORMAT_VERSION,
+            "cluster_id": f"cl_{uuid.uuid4().hex}",
+            "created_at": int(time.time() * 1000),
+            "shards": shards,
+        }
+        if memory_shards is not None:
+            layout["memory_shards"] = memory_shards
+        if not _create_exclusively(path, orjson.dumps({**layout, "settings": settings})):
+            recorded = read_layout(data_dir)  # another gateway claimed it first: theirs is the claim
+    if recorded is not None:
+        layout = _checked(data_dir, recorded, shards, memory_shards)
+        if layout != recorded:
+            write_atomically(path, orjson.dumps(layout))  # what an older version left incomplete
+        if settings is not None and recorded.get("settings") != settings:
+            try:
+                write_atomically(path, orjson.dumps({**layout, "settings": settings}))
+            except OSError as exc:  # for operators only: a full or read-only disk must not stop a start
+                log.warning(
+                    "cannot record the cluster's settings", extra={"path": str(path), "error": str(exc)}
+                )
+    cluster_id = str(layout["cluster_id"])
+    counts = (("session", shard_directory, shards), ("memory", memory_directory, memory_shards or 0))
+    for kind, place, count in counts:
+        for index in range(count):
+            directory = place(data_dir, index)
+            if not (directory / IDENTITY_FILE).exists():
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                write_identity(directory, ShardIdentity(cluster_id, kind, index))
+    return cluster_id
+
+
+def read_layout(data_dir: Path) -> dict[str, Any] | None:
+    try:
+        found: dict[str, Any] = orjson.loads((data_dir / LAYOUT_FILE).read_bytes())
+    except FileNotFoundError:
+        return None
+    return found
+
+
+def _checked(
+    data_dir: Path, recorded: dict[str, Any], shards: int, memory_shards: int | None
+) -> dict[str, Any]:
+    """The recorded layout, refused if this start's counts differ; what an older version wrote
+    (no memory shard count, no cluster id) is completed."""
+    if recorded.get("shards") != shards:
+        raise ConfigError(
+            f"shards is {shards} but {data_dir} holds data for shards={recorded.get('shards')}; "
+            "start with that value (changing the shard count of existing data is not supported)"
+        )
+    if memory_shards is not None and recorded.get("memory_shards", memory_shards) != memory_shards:
+        raise ConfigError(
+            f"memory.shards is {memory_shards} but {data_dir} holds vector memory for "
+            f"memory.shards={recorded['memory_shards']}; start with that value"
+        )
+    if recorded.get("format") != FORMAT_VERSION:
+        raise ConfigError(f"{data_dir} holds data in format {recorded.get('format')}, not {FORMAT_VERSION}")
+    layout = dict(recorded)
     if memory_shards is not None:
-        layout["memory_shards"] = memory_shards
-    write_atomically(path, orjson.dumps(layout))
+        layout.setdefault("memory_shards", memory_shards)
+    layout.setdefault("cluster_id", f"cl_{uuid.uuid4().hex}")  # data from before cluster ids
+    return layout
+
+
+def _create_exclusively(path: Path, content: bytes) -> bool:
+    """Write `path` whole unless it exists; False if another process created it first."""
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+    write_atomically(tmp, content)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+    fsync_directory(path.parent)
+    return True

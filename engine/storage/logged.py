@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from engine.errors import EngineError, Unavailable
 from engine.oplog import OpRegistry
 
 from .frames import CorruptFile
+from .identity import Epoch, Fenced, ShardIdentity, verify_identity
 from .lock import DirectoryLock
 from .wal import LogWriteFailed, WriteAheadLog, disk_reason, encode_record, unwritable_log
 
@@ -49,9 +52,12 @@ class LoggedStore:
     _wal: WriteAheadLog | None  # None: started on a disk that refused writes, not opened yet
     _clock: Clock
     _lock: DirectoryLock
-    _refusal: Unavailable | None  # set while the log cannot be written
-
+    _refusal: Unavailable | None  # set while the log cannot be written, or for good once fenced
     _fsync: str
+    _identity: ShardIdentity | None  # None: a store used on its own (tests, tools), not a cluster's shard
+    _epoch: Epoch | None = None  # this incarnation's claim on the directory (engine.storage.identity)
+    _fenced = False
+    _draining: Unavailable | None = None  # set by `drain`: changes refused, reads answered
 
     def _read_files(self, *, repair: bool, until_lsn: int | None) -> tuple[Any, int, Any]:
         """(store, last record, recovery) from the files, dropping the current state first; with
@@ -59,7 +65,10 @@ class LoggedStore:
         raise NotImplementedError
 
     def _open(self, lock_wait_s: float) -> None:
-        """Take the directory, recover and open the log (read-only if the disk refuses writes)."""
+        """Check the directory is this shard's (before creating anything in it), take it, recover
+        and open the log (read-only if the disk refuses writes)."""
+        if self._identity is not None:
+            verify_identity(self.directory, self._identity)  # raises NotThisShardsData
         self._lock = DirectoryLock(self.directory, lock_wait_s)
         try:
             self._start()
@@ -88,12 +97,15 @@ class LoggedStore:
         new log segment), recover again without changing anything and start read-only."""
         self._refusal = None
         try:
+            # The next epoch first: an old incarnation still running checks it before acknowledging,
+            # so no write it acknowledges can land after the log is read below.
+            self._epoch = Epoch(self.directory)
             self._recover(repair=True)
             self._wal = WriteAheadLog(self.directory, self.lsn + 1)
         except OSError as exc:
             failure = LogWriteFailed(f"cannot write to {self.directory} at start: {exc}", disk_reason(exc))
             self._recover(repair=False)
-            self._wal = None
+            self._wal, self._epoch = None, None
             self._refusal = unwritable_log(self.directory, failure)
             log.error(
                 "the disk refuses writes; starting read-only",
@@ -118,7 +130,9 @@ class LoggedStore:
     def condition(self) -> dict[str, Any]:
         """What /readyz shows of this shard beyond its size: read-only, and what recovery found."""
         found: dict[str, Any] = {}
-        if self._refusal is not None:
+        if self._fenced:
+            found["fenced"] = True
+        elif self._refusal is not None:
             found["read_only"] = self._refusal.details.get("reason", True)
         notes = self.recovery.notes
         if notes["damaged_snapshots"] or notes["cut_tails"]:
@@ -132,7 +146,11 @@ class LoggedStore:
         if the shard cannot rebuild itself."""
         now_ms = self._clock.now_ms()
         if self._refusal is not None:
+            if self._fenced:
+                return [self._refusal] * len(ops)  # its state may be behind the current incarnation's
             return self._answer_reads(ops, now_ms, self._refusal)
+        if self._draining is not None:
+            return self._answer_reads(ops, now_ms, self._draining)
         encoded: dict[int, bytes] = {}
         refused: dict[int, EngineError] = {}
         for i, op in enumerate(ops):
@@ -151,6 +169,8 @@ class LoggedStore:
                 self.writable_log().commit(record, self._fsync)
             except LogWriteFailed as exc:
                 return [self._go_read_only(exc)] * len(ops)
+            if not self.holds_epoch():
+                return [self._fence()] * len(ops)  # written, never acknowledged; recovery cuts it
             self.lsn += 1
         if refused:
             answers = iter(results)
@@ -166,11 +186,70 @@ class LoggedStore:
         except LogWriteFailed as exc:
             self._go_read_only(exc)
 
+    def drain(self, refusal: Unavailable | None) -> None:
+        """Refuse every change with `refusal` (None: take changes again); reads are still answered."""
+        self._draining = refusal
+
+    def holds_epoch(self) -> bool:
+        """Whether this incarnation may still write: no newer one has started on the directory."""
+        return self._epoch is None or self._epoch.held()
+
+    def check_epoch(self) -> None:
+        """Before a snapshot deletes what it covers: OSError (the snapshot is abandoned, the log
+        kept) if a newer incarnation has taken the directory over."""
+        if not self.holds_epoch():
+            self._fence()
+            raise OSError(errno.ESTALE, f"{self.directory}: a newer incarnation of this shard took it over")
+
+    def disk_status(self) -> dict[str, Any]:
+        """For `session-engine status`: the epoch, the log's size, and how old the newest snapshot is."""
+        log_bytes, newest = 0, None
+        for entry in os.scandir(self.directory):
+            if entry.name.startswith("wal-") and entry.name.endswith(".log"):
+                log_bytes += entry.stat().st_size
+            elif entry.name.endswith(".snap"):
+                mtime = entry.stat().st_mtime
+                newest = mtime if newest is None else max(newest, mtime)
+        return {
+            "directory": str(self.directory),
+            "epoch": self.epoch,
+            "lsn": self.lsn,
+            "log_bytes": log_bytes,
+            "snapshot_age_s": None if newest is None else round(time.time() - newest, 1),
+            "state": "fenced"
+            if self._fenced
+            else "read-only"
+            if self._refusal is not None
+            else "draining"
+            if self._draining is not None
+            else "serving",
+        }
+
+    @property
+    def epoch(self) -> int | None:
+        return self._epoch.value if self._epoch is not None else None
+
+    def _fence(self) -> Fenced:
+        self._fenced = True
+        self._refusal = Fenced(str(self.directory), self.epoch or 0)
+        self._publish_condition()
+        log.error(
+            "a newer incarnation of this shard took over its directory; answering nothing more",
+            extra={"directory": str(self.directory), "epoch": self.epoch},
+        )
+        return self._refusal
+
     def resume_writes(self) -> bool:
         """While read-only: try the disk again with an empty log record (the segment reopened and
-        cut back to its last whole record, the record written and synced); True once it took it."""
+        cut back to its last whole record, the record written and synced); True once it took it.
+        A fenced incarnation never resumes."""
+        if self._fenced:
+            return False
         if self._refusal is None:
             return True
+        if not self.holds_epoch():
+            self._fence()
+            return False
         if self._wal is None:
             self._start()  # a whole start, as at first: the state it recovers is the one it serves
             return self._refusal is None

@@ -68,7 +68,8 @@ def read_log(
     """Records with lsn > after_lsn, in order. A damaged tail of the last segment (a record cut
     short by a crash, or a whole one with a bad checksum) is cut off, its bytes first copied to a
     quarantine file beside the log (engine.storage.recovery), with a warning, and reported in
-    `notes`; damage anywhere else, or a gap in the LSNs, raises CorruptFile.
+    `notes`; damage anywhere else, or a gap in the LSNs, raises CorruptFile. Records of a segment
+    at or past the next segment's first LSN, which only a fenced incarnation writes, are cut the same way.
 
     `until_lsn` is for a shard rebuilding itself after a failed write: records after it were never
     acknowledged, so reading stops there, and nothing on disk is changed (the disk may refuse it).
@@ -78,12 +79,18 @@ def read_log(
     for i, (_, path) in enumerate(found):
         last = i == len(found) - 1
         torn: list[TornTail] = []
+        # A segment ends where the next one begins. Records past that were written by a stale
+        # incarnation after a newer one had started (engine.storage.identity), never acknowledged.
+        ends_before = None if last else found[i + 1][0]
         for offset, payload in read_frames(path, WAL_MAGIC, torn if last else None):
             try:
                 record = orjson.loads(payload)
                 lsn = record["lsn"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 raise CorruptFile(path, offset, "record is not a log entry") from None
+            if ends_before is not None and lsn >= ends_before:
+                torn.append(TornTail(offset, f"record {lsn} of a fenced (stale) incarnation"))
+                break
             if expected is not None and lsn != expected:
                 raise CorruptFile(path, offset, f"log sequence jumps from {expected - 1} to {lsn}")
             if until_lsn is not None and lsn > until_lsn:
@@ -164,7 +171,7 @@ class WriteAheadLog:
         self.failed = False  # a write or sync failed; nothing more is written until `reopen`
         self._failure = "the log is not open"  # what the disk said when it last failed
         self.bytes_since_rotation = 0
-        self._open_segment(next_lsn)
+        self._open_segment(next_lsn, at_start=True)
 
     def commit(self, payload: bytes, fsync: str) -> None:
         """One record under an fsync policy: `always` syncs before returning; `everysec` and
@@ -229,24 +236,32 @@ class WriteAheadLog:
         self._fd = fd
         self.failed = False
 
-    def _open_segment(self, first_lsn: int) -> None:
+    def _open_segment(self, first_lsn: int, *, at_start: bool = False) -> None:
+        """A new segment file, put in place whole. At a start it replaces an empty segment of the
+        same name: a stale incarnation of this shard that still holds that file open (see
+        engine.storage.identity) then writes into a file no one reads. At a rotation it never
+        replaces anything, so a stale incarnation cannot swap out the current one's segment."""
         path = segment_path(self._directory, first_lsn)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        size = -1
+        if at_start and path.exists() and path.stat().st_size > len(WAL_MAGIC):
+            raise OSError(errno.EEXIST, f"{path} already holds records; recovery should have read them")
+        fresh = path.with_name(path.name + ".new")
+        fd = os.open(fresh, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            size = os.fstat(fd).st_size
-            if size == 0:
-                _write_all(fd, WAL_MAGIC)
-                os.fsync(fd)
-                fsync_directory(self._directory)  # the new segment's name must survive a crash too
+            _write_all(fd, WAL_MAGIC)
+            os.fsync(fd)
+            if at_start:
+                fresh.replace(path)
+            else:
+                os.link(fresh, path)  # EEXIST if the segment is there already
+                fresh.unlink()
+            fsync_directory(self._directory)  # the new segment's name must survive a crash too
         except OSError:
             os.close(fd)
-            if size == 0:  # empty when opened, so ours: a stray segment would read as damage later
-                with contextlib.suppress(OSError):
-                    path.unlink()
+            with contextlib.suppress(OSError):
+                fresh.unlink()  # a stray segment would read as damage later
             raise
         self._fd, self._segment_start = fd, first_lsn
-        self._end = size or len(WAL_MAGIC)
+        self._end = len(WAL_MAGIC)
         self.bytes_since_rotation = 0
 
     def append(self, payload: bytes) -> None:
@@ -263,6 +278,8 @@ class WriteAheadLog:
         log is failed (OSError raised) and `reopen` goes back to the old segment."""
         if self.failed or self._fd < 0:
             raise OSError(errno.EIO, f"the log in {self._directory} is not open for writing")
+        if next_lsn == self._segment_start:
+            return  # the current segment holds no record yet: it already starts there
         try:
             os.fsync(self._fd)
         except OSError as exc:
