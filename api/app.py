@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -52,6 +55,12 @@ def _ray_memory(config: EngineConfig) -> MemoryTransport:
     )
 
 
+def _ray_cluster_status(config: EngineConfig) -> dict[str, Any]:
+    from engine.runtime import ray_cluster
+
+    return ray_cluster.status(config)
+
+
 def tune_gc() -> None:
     """Collect garbage less often, and never scan what was there at startup. A gateway holds Ray's,
     pydantic's and FastAPI's objects, hundreds of thousands of them, and the default thresholds
@@ -67,6 +76,7 @@ def create_app(
     *,
     transport: Callable[[EngineConfig], ShardTransport] = _ray_transport,
     memory: Callable[[EngineConfig], MemoryTransport] = _ray_memory,
+    cluster: Callable[[EngineConfig], dict[str, Any]] | None = None,
     keys: KeyStore | None = None,
 ) -> FastAPI:
     @asynccontextmanager
@@ -86,6 +96,9 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.config = config
+    if cluster is None and transport is _ray_transport:
+        cluster = _ray_cluster_status
+    app.state.cluster_status = cluster  # None: not on Ray (in-process tests and tools)
     edge.configure(config.http)  # the bounds of this process's connections, when served by `serve`
     app.state.keys = keys if keys is not None else load_key_store(config)
     app.state.limiter = RateLimiter(config.limits, config.workers)
@@ -120,6 +133,21 @@ def _declare_bearer_auth(app: FastAPI) -> None:
 
 def app_from_env() -> FastAPI:
     """Factory for gateway worker processes: `serve` hands them its resolved config."""
+    _die_with_parent()
     config = EngineConfig.model_validate_json(os.environ[RESOLVED_CONFIG_ENV])
     setup_logging(config.log_level)
     return create_app(config)
+
+
+def _die_with_parent() -> None:
+    """A worker whose `serve` process is gone (killed, or stopped after losing Ray) must not keep a
+    listening socket that accepts connections and answers nothing: Linux sends it SIGTERM then."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent died before the call above
+        os.kill(os.getpid(), signal.SIGTERM)

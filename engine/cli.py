@@ -1,30 +1,40 @@
-"""`session-engine`: serve the HTTP API (starting or joining Ray), and manage API keys."""
+"""`session-engine`: serve the HTTP API (starting or joining Ray), operate a running cluster
+(status, drain, stop, rebalance), check a data directory offline, and manage API keys."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
+import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from engine import __version__
 from engine.config import ConfigError, EngineConfig, load_config
 from engine.errors import ModelMissing
-from engine.keys import add_key, ensure_default_key, list_keys, load_key_store, revoke_key
+from engine.keys import KeyStore, add_key, ensure_default_key, list_keys, load_key_store, revoke_key
 from engine.logs import setup_logging
 from engine.models.files import check_models
 from engine.storage.layout import claim_layout
+from engine.storage.lock import write_atomically
 
 log = logging.getLogger("session_engine")
+
+RAY_ADDRESS_FILE = "ray-address"  # an embedded server's Ray, for the operator commands
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _prepare_ray_auth()
     try:
         return int(args.func(args))
     except ConfigError as exc:
@@ -55,11 +65,11 @@ def _serve(args: argparse.Namespace) -> int:
     setup_logging(config.log_level)
     # Shard actors run in other processes, with another working directory: hand them absolute paths.
     config = config.model_copy(update={"data_dir": config.data_dir.resolve()})
-    claim_layout(config.data_dir, config.shards, config.memory.shards)
-    new_key = ensure_default_key(config)
-    if new_key is not None:
-        _announce_key(new_key, config)
-    keys = load_key_store(config)  # fail fast on a bad keys setting, before Ray starts
+    embedded = not config.ray.address
+    if embedded:
+        # Fail fast on data the shard counts do not fit, and on a bad keys setting, before Ray starts.
+        claim_layout(config.data_dir, config.shards, config.memory.shards, config.cluster_settings())
+        _ensure_keys(config)
     try:
         check_models(config.models.embedder.path, config.models.summarizer.path)
     except ModelMissing as exc:
@@ -70,18 +80,31 @@ def _serve(args: argparse.Namespace) -> int:
 
     from api.app import RESOLVED_CONFIG_ENV, create_app
     from api.edge import PROTOCOL
-    from engine.runtime import ray_host, ray_memory
+    from engine.runtime import ray_cluster, ray_host, ray_memory
     from engine.runtime.ray_actors import StartupError
 
-    address = ray_host.connect(config)
-    embedded = not config.ray.address
+    address = _connect(config)
+    if address is None:
+        return 2
+    watch = None
     try:
+        # Checked against the running cluster before anything is created (ConfigError: exit 2).
+        cluster_id, created = ray_cluster.join_or_create(config)
+        keys = _ensure_keys(config)
         # Memory and models first: the session shards resume unfinished summary jobs as they start.
-        memory = ray_memory.ensure_memory(config)
-        shards = ray_host.ensure_shards(config)
+        ray_memory.ensure_memory(config, cluster_id)
+        ray_host.ensure_shards(config, cluster_id)
+        if embedded:
+            _write_ray_address(config.data_dir, address)
         log.info(
             "serving",
-            extra={"url": f"http://{config.host}:{config.port}", "shards": config.shards, "ray": address},
+            extra={
+                "url": f"http://{config.host}:{config.port}",
+                "shards": config.shards,
+                "ray": address,
+                "cluster_id": cluster_id,
+                "created_cluster": created,
+            },
         )
         common = {
             "host": config.host,
@@ -93,6 +116,7 @@ def _serve(args: argparse.Namespace) -> int:
             "timeout_keep_alive": config.http.keep_alive_s,
         }
         _absorb_stop_signals()
+        watch = ray_cluster.RayWatch(_stop_self).start()
         if config.workers == 1:
             uvicorn.run(create_app(config, keys=keys), **common)  # type: ignore[arg-type]
         else:
@@ -100,16 +124,234 @@ def _serve(args: argparse.Namespace) -> int:
             resolved = config.model_copy(update={"ray": config.ray.model_copy(update={"address": address})})
             os.environ[RESOLVED_CONFIG_ENV] = resolved.to_env_json()
             uvicorn.run("api.app:app_from_env", factory=True, workers=config.workers, **common)  # type: ignore[arg-type]
+        watch.stop()
+        if watch.lost:
+            print("session-engine: lost the Ray cluster; stopped serving", file=sys.stderr)
+            os._exit(1)  # Ray's own shutdown would wait for a control store that is gone
         if embedded:
-            # This process owns the actors: final snapshots, locks released. Session shards first,
-            # so no summary job is half-way through the memory when it stops.
-            ray_host.stop_shards(shards)
-            ray_memory.stop_memory(memory)
+            # This process owns the actors: final snapshots, locks released, actors removed.
+            ray_cluster.stop(config)
+            with contextlib.suppress(OSError):
+                (config.data_dir / RAY_ADDRESS_FILE).unlink(missing_ok=True)
     except StartupError as exc:
         print(f"session-engine: {exc}", file=sys.stderr)
         return 1
     finally:
-        ray_host.disconnect()
+        if watch is None or not watch.lost:
+            ray_host.disconnect()
+    return 0
+
+
+def _ensure_keys(config: EngineConfig) -> KeyStore:
+    new_key = ensure_default_key(config)
+    if new_key is not None:
+        _announce_key(new_key, config)
+    return load_key_store(config)
+
+
+def _prepare_ray_auth() -> None:
+    """Ray 2.60 clusters use token authentication by default, but a process that joins one by
+    address uses it only with RAY_AUTH_MODE=token, read when Ray is imported. Set it here, before
+    that, when a token is at hand (as Ray does for a cluster it finds by itself)."""
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or path.is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def _write_ray_address(data_dir: Path, address: str) -> None:
+    """For the operator commands on this machine; a disk that refuses it must not stop the start
+    (the shards serve reads read-only), so it is only a warning."""
+    try:
+        write_atomically(data_dir / RAY_ADDRESS_FILE, address.encode())
+    except OSError as exc:
+        log.warning("cannot write the Ray address for operator commands", extra={"error": str(exc)})
+
+
+def _connect(config: EngineConfig) -> str | None:
+    """Start or join Ray; a cluster that refuses this process (no token) is one line, not a traceback."""
+    from ray.exceptions import AuthenticationError
+
+    from engine.runtime import ray_host
+
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        address = ray_host.connect(config)
+    except (AuthenticationError, ConnectionError) as exc:
+        reason = (
+            str(exc).split(". Note:")[0].strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        )
+        print(
+            f"session-engine: cannot join the Ray cluster at {config.ray.address}: {reason[:200]}. "
+            "On a token-auth cluster (Ray's default), put the cluster's token in ~/.ray/auth_token "
+            "(mode 600) or RAY_AUTH_TOKEN",
+            file=sys.stderr,
+        )
+        return None
+    if token.is_file() and token.stat().st_mode & 0o077:
+        log.warning(
+            "the Ray token file can be read by other users of this machine; chmod 600 it",
+            extra={"path": str(token), "mode": oct(token.stat().st_mode & 0o777)},
+        )
+    return address
+
+
+def _stop_self() -> None:
+    """Ray is gone: stop serving (uvicorn's graceful stop, as on SIGTERM), and exit for sure soon after."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    timer = threading.Timer(45.0, os._exit, args=(1,))
+    timer.daemon = True
+    timer.start()
+
+
+# -- operator commands: they join the cluster's Ray as a driver and read or change its actors ----
+
+
+OperatorCommand = Callable[[argparse.Namespace, EngineConfig], int]
+
+
+def _operator(command: OperatorCommand) -> Callable[[argparse.Namespace], int]:
+    """An operator command: joined to the cluster's Ray, given the running cluster's config, and
+    any failure on the way (an actor that does not answer, a move that cannot be made) one line."""
+
+    def run(args: argparse.Namespace) -> int:
+        from ray.exceptions import RayError
+
+        from engine.runtime.ray_actors import StartupError
+
+        config = _operator_config(args)
+        if config is None:
+            return 2
+        try:
+            return command(args, config)
+        except (RayError, StartupError) as exc:
+            last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            print(f"session-engine {args.command}: {last}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _operator_config(args: argparse.Namespace) -> EngineConfig | None:
+    """Join the cluster's Ray (the address from --ray-address, the config, or the file an
+    embedded server writes in its data directory) and return the running cluster's config."""
+    from engine.runtime import ray_cluster
+
+    config = load_config(args.config, data_dir=args.data_dir, ray__address=args.ray_address)
+    address = config.ray.address
+    if not address:
+        path = config.data_dir / RAY_ADDRESS_FILE
+        if not path.exists():
+            print(
+                f"session-engine: no cluster address: pass --ray-address (auto on a cluster node), or "
+                f"--data-dir of a running embedded server ({path} is not there)",
+                file=sys.stderr,
+            )
+            return None
+        address = path.read_text().strip()
+    joined = config.model_copy(update={"ray": config.ray.model_copy(update={"address": address})})
+    if _connect(joined) is None:
+        return None
+    running = ray_cluster.running_config(config.ray.namespace)
+    if running is None:
+        print(f"session-engine: no cluster runs in Ray namespace {config.ray.namespace!r}", file=sys.stderr)
+        return None
+    return running
+
+
+@_operator
+def _status(args: argparse.Namespace, config: EngineConfig) -> int:
+    from engine.runtime import ray_cluster
+
+    found = ray_cluster.status(config)
+    if args.json:
+        print(orjson.dumps(found, option=orjson.OPT_INDENT_2, default=str).decode())
+    else:
+        print(_status_text(found))
+    unhealthy = [
+        a
+        for a in found["actors"]
+        if a.get("ray_state") != "ALIVE" or _shard_state(a) not in (None, "serving")
+    ]
+    return 3 if unhealthy else 0
+
+
+def _shard_state(actor: dict[str, Any]) -> str | None:
+    described = actor.get("described") or {}
+    state = described.get("state")
+    return str(state) if state is not None else ("unreachable" if "error" in described else None)
+
+
+def _status_text(found: dict[str, Any]) -> str:
+    lines = ["NODE          IP               ALIVE  RESOURCES"]
+    for node in found["nodes"]:
+        resources = ", ".join(f"{k}={v:g}" for k, v in sorted(node["resources"].items()) if "node:" not in k)
+        lines.append(f"{node['node_id'][:12]:<13} {node['ip']:<16} {node['alive']!s:<6} {resources}")
+    header = ("ACTOR", "RAY", "NODE", "RESTARTS", "STATE", "EPOCH", "HOLDS", "LOG", "SNAP AGE")
+    lines += ["", _STATUS_ROW.format(*header) + "  LOCK"]
+    for a in found["actors"]:
+        d = a.get("described") or {}
+        holds = d.get("sessions", d.get("vectors", ""))
+        log_bytes = d.get("log_bytes")
+        age = d.get("snapshot_age_s")
+        lock = f"pid {d['pid']}@{d['host']}" if "pid" in d and "epoch" in d else ""
+        row = (
+            a["name"],
+            a.get("ray_state", ""),
+            (a.get("node_id") or "")[:12],
+            a.get("restarts", ""),
+            _shard_state(a) or "",
+            d.get("epoch") or "",
+            holds,
+            "" if log_bytes is None else _size(log_bytes),
+            "" if age is None else f"{age:.0f} s",
+        )
+        lines.append(_STATUS_ROW.format(*row) + f"  {lock}")
+        if d.get("reason"):
+            lines.append(f"    refused: {d['reason']}")
+    return "\n".join(lines)
+
+
+_STATUS_ROW = "{:<20} {:<10} {:<13} {:>8} {:<10} {:>5} {:>10} {:>10} {:>9}"
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@_operator
+def _drain(args: argparse.Namespace, config: EngineConfig) -> int:
+    from engine.runtime import ray_cluster
+
+    answers = ray_cluster.drain(config, on=not args.undo)
+    states = Counter(str(a.get("state")) for a in answers)
+    print(f"{len(answers)} shards: " + ", ".join(f"{n} {state}" for state, n in sorted(states.items())))
+    return 0
+
+
+@_operator
+def _stop(args: argparse.Namespace, config: EngineConfig) -> int:
+    from engine.runtime import ray_cluster
+
+    ray_cluster.stop(config)
+    print(
+        "stopped: every shard drained, took its final snapshot and released its directory; the "
+        "cluster's actors are removed. Gateways still running answer 503 until they are stopped.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+@_operator
+def _rebalance(args: argparse.Namespace, config: EngineConfig) -> int:
+    from engine.runtime import ray_cluster
+
+    moves = ray_cluster.rebalance(config, dry_run=args.dry_run)
+    if not moves:
+        print("balanced: no node hosts two shards more than another")
     return 0
 
 
@@ -224,6 +466,33 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("data_dir", type=Path, metavar="DATA_DIR")
     check.add_argument("--json", action="store_true", help="print the reports as JSON")
     check.set_defaults(func=_check)
+
+    operator = [
+        (
+            "status",
+            _status,
+            "every shard and model actor: node, restarts, epoch, lock, counts, log and snapshot age",
+        ),
+        ("drain", _drain, "every shard stops taking changes (reads go on) and takes a snapshot"),
+        ("stop", _stop, "drain, final snapshots, locks released, the cluster's actors removed"),
+        ("rebalance", _rebalance, "move shards, one at a time, onto nodes that host fewer (e.g. new ones)"),
+    ]
+    for name, func, text in operator:
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("--config", type=Path)
+        command.add_argument(
+            "--data-dir", type=Path, help="an embedded server's data directory (default ./data)"
+        )
+        command.add_argument(
+            "--ray-address", help="the cluster's Ray: 'auto' on a cluster node, or host:port"
+        )
+        command.set_defaults(func=func, command=name)
+        if name == "status":
+            command.add_argument("--json", action="store_true", help="machine-readable")
+        if name == "drain":
+            command.add_argument("--undo", action="store_true", help="take changes again")
+        if name == "rebalance":
+            command.add_argument("--dry-run", action="store_true", help="print the moves, make none")
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(required=True, metavar="ACTION")
     create = keys.add_parser("create", help="create a key for an organization and print it once")

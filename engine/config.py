@@ -133,7 +133,25 @@ class RayConfig(_Section):
     address: str | None = None  # None: start a local Ray inside `serve`
     namespace: str = "session-engine"
     object_store_mb: int = Field(256, ge=80)
-    node_ip: str = "127.0.0.1"  # the embedded Ray listens on loopback only
+    # The address the embedded Ray's node advertises to its own processes. Ray's ports still listen
+    # on every interface (Ray has no setting to bind them): firewall them (README: Scaling out).
+    node_ip: str = "127.0.0.1"
+
+
+class PlacementConfig(_Section):
+    """What Ray reserves for each actor, and where it may put them (README: Scaling out). On one
+    machine the defaults (nothing reserved) are right; on a cluster, reserve real resources so Ray
+    never packs more shards on a node than it can run, and spread them."""
+
+    shard_cpus: float = Field(0.0, ge=0)  # each session and memory shard
+    model_cpus: float = Field(0.0, ge=0)  # each embedder and summarizer
+    # SPREAD: shards (and model actors) go to different nodes where they can; DEFAULT: Ray's packing.
+    strategy: Literal["SPREAD", "DEFAULT"] = "SPREAD"
+    # A custom Ray resource that only nodes which mount data_dir have (`ray start --resources
+    # '{"session_engine_data": 1}'`): shards then start, and restart, only on such nodes.
+    data_resource: str | None = None
+    # Likewise for model actors, e.g. a resource only GPU nodes have (models.num_gpus also places them).
+    model_resource: str | None = None
 
 
 class MemoryConfig(_Section):
@@ -226,6 +244,7 @@ class EngineConfig(BaseSettings):
     outbox: OutboxConfig = OutboxConfig()
     durability: DurabilityConfig = DurabilityConfig()
     ray: RayConfig = RayConfig()
+    placement: PlacementConfig = PlacementConfig()
     memory: MemoryConfig = MemoryConfig()
     models: ModelsConfig = ModelsConfig()
 
@@ -245,11 +264,34 @@ class EngineConfig(BaseSettings):
     def resolved_keys_file(self) -> Path:
         return self.keys_file if self.keys_file is not None else self.data_dir / "keys.json"
 
+    def cluster_settings(self) -> dict[str, Any]:
+        """The settings the cluster's actors are built with: every gateway of a cluster must give
+        the same (checked when it joins). The rest (GATEWAY_SETTINGS) each gateway sets for itself."""
+        return self.model_dump(mode="json", exclude=set(GATEWAY_SETTINGS))
+
     def to_env_json(self) -> str:
         """The whole config, secrets included, for handing to worker processes this one starts."""
         data = self.model_dump(mode="json")
         data["api_keys"] = self.api_keys.get_secret_value() if self.api_keys else None
         return orjson.dumps(data).decode()
+
+
+# Settings that may differ between the gateways of one cluster: where and how each listens and
+# batches, which keys it reads, how it logs, how it reaches Ray. (The actors log at the level of
+# the gateway that created them.)
+GATEWAY_SETTINGS = ("host", "port", "workers", "log_level", "api_keys", "keys_file", "http", "outbox", "ray")
+
+
+def settings_diff(ours: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the settings that differ, each as 'name: ours vs theirs'."""
+    found = []
+    for key in sorted(set(ours) | set(theirs)):
+        a, b = ours.get(key), theirs.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += settings_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}: {a!r} here vs {b!r} in the running cluster")
+    return found
 
 
 class ConfigError(Exception):

@@ -16,6 +16,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
         if "/tests/crash/" in path:
             item.add_marker(pytest.mark.crash)
+        if "/tests/cluster/" in path:
+            item.add_marker(pytest.mark.cluster)
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +26,7 @@ def ray_address() -> Iterator[str]:
     import ray
 
     ray.init(
+        address="local",  # a Ray of its own, whatever other Ray runs here
         num_cpus=2,
         include_dashboard=False,
         object_store_memory=128 * 1024 * 1024,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -30,7 +30,7 @@ async def healthz() -> Response:
     summary="Every shard answers and the models are loaded",
     responses={503: {"model": ErrorOut, "description": "A shard or a model is not ready."}},
 )
-async def readyz(request: Request) -> Response:
+async def readyz(request: Request, detail: Literal["cluster"] | None = None) -> Response:
     async def check() -> tuple[list[Any], list[Any], dict[str, Any]]:
         memory = request.app.state.memory
         pings, stats, models = await asyncio.gather(
@@ -54,8 +54,17 @@ async def readyz(request: Request) -> Response:
         for i, answer in enumerate(answers)
         if (notice := _notice(answer))
     ]
+    body: dict[str, Any] = {}
+    if detail == "cluster" and request.app.state.cluster_status is not None:
+        # What `session-engine status --json` prints: every actor's node, restarts, epoch, counts.
+        try:
+            state = request.app.state
+            body["cluster"] = await asyncio.to_thread(state.cluster_status, state.config)
+        except Exception as exc:  # noqa: BLE001 - readiness still answers; the detail says why it is missing
+            body["cluster"] = {"error": f"{type(exc).__name__}: {exc}"}
     return json_response(
         {
+            **body,
             "status": "degraded" if any("read_only" in n for n in notices) else "ready",
             "shards": len(pings),
             "sessions": sum(p["sessions"] for p in pings),
@@ -68,4 +77,4 @@ async def readyz(request: Request) -> Response:
 
 
 def _notice(answer: dict[str, Any]) -> dict[str, Any]:
-    return {key: answer[key] for key in ("read_only", "recovery") if key in answer}
+    return {key: answer[key] for key in ("read_only", "fenced", "recovery") if key in answer}

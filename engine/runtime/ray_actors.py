@@ -1,29 +1,71 @@
-"""What ray_host (session shards) and ray_memory (memory shards, models) both do with Ray actors:
-create them by name, wait for them to start, look them up, and call a shard's `apply_batch`."""
+"""What ray_host (session shards), ray_memory (memory shards, models) and ray_cluster (the
+controller and operator commands) do with Ray actors: create them by name where the placement
+settings say, wait for them to start, look them up, and call a shard's `apply_batch`."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import ray
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from engine.config import EngineConfig
 from engine.errors import Unavailable
 
 RAY_ERRORS = (RayActorError, ActorUnavailableError, GetTimeoutError)
+# A custom resource a placement setting names is asked for in this amount: enough to keep the
+# actor on nodes that have it, small enough that a node with 1 of it hosts every shard.
+MARKER_AMOUNT = 0.001
 
 
 class StartupError(Exception):
     """The engine cannot start; the message says why."""
 
 
-def create_named(actor_class: Any, name: str, config: EngineConfig, *args: Any, num_gpus: float = 0) -> Any:
+def placement_options(
+    config: EngineConfig, role: Literal["shard", "model", "control"], node_id: str | None = None
+) -> dict[str, Any]:
+    """Ray options for an actor of this role: the resources it reserves and where it may run.
+    `node_id` puts it on that node (soft: if the node goes, Ray restarts it elsewhere)."""
+    placement = config.placement
+    options: dict[str, Any] = {"num_cpus": 0}
+    resources: dict[str, float] = {}
+    if role == "shard":
+        options["num_cpus"] = placement.shard_cpus
+        if placement.data_resource:
+            resources[placement.data_resource] = MARKER_AMOUNT
+    elif role == "model":
+        options["num_cpus"] = placement.model_cpus
+        options["num_gpus"] = config.models.num_gpus
+        if placement.model_resource:
+            resources[placement.model_resource] = MARKER_AMOUNT
+    if resources:
+        options["resources"] = resources
+    if node_id is not None:
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=True)
+    elif role != "control" and placement.strategy == "SPREAD":
+        options["scheduling_strategy"] = "SPREAD"
+    return options
+
+
+def create_named(
+    actor_class: Any,
+    name: str,
+    config: EngineConfig,
+    *args: Any,
+    role: Literal["shard", "model", "control"] = "shard",
+    node_id: str | None = None,
+) -> Any:
     """A detached actor by name, or the running one if another gateway already created it."""
     return actor_class.options(
-        name=name, namespace=config.ray.namespace, get_if_exists=True, lifetime="detached", num_gpus=num_gpus
+        name=name,
+        namespace=config.ray.namespace,
+        get_if_exists=True,
+        lifetime="detached",
+        **placement_options(config, role, node_id),
     ).remote(*args)
 
 
@@ -32,12 +74,24 @@ def wait_started(handles: Sequence[Any], what: str, timeout_s: float) -> list[An
     model's line (which names its setting) is the message when there is one."""
     try:
         return list(ray.get([h.describe.remote() for h in handles], timeout=timeout_s))
+    except GetTimeoutError:
+        raise StartupError(
+            f"a {what} did not start within {timeout_s:.0f} s; `session-engine status` shows where it "
+            "waits (often: no node has the resources the placement settings ask for)"
+        ) from None
     except RayActorError as exc:
         message = str(getattr(exc, "error_msg", "") or exc.__cause__ or exc)
         for line in message.splitlines():
             if "ModelMissing" in line or "models." in line:
                 raise StartupError(line.strip()) from None
         raise StartupError(f"a {what} failed to start: {message.strip().splitlines()[-1]}") from None
+
+
+def lookup(name: str, config: EngineConfig) -> Any | None:
+    try:
+        return ray.get_actor(name, namespace=config.ray.namespace)
+    except ValueError:
+        return None
 
 
 def find_named(names: Sequence[str], config: EngineConfig, timeout_s: float) -> list[Any]:
@@ -54,15 +108,38 @@ def find_named(names: Sequence[str], config: EngineConfig, timeout_s: float) -> 
             time.sleep(0.2)
 
 
-async def apply_remote(handle: Any, ops: Sequence[Any], what: str, index: int) -> list[Any]:
-    """One batch to a shard actor; a shard that is down or restarting is 503 UNAVAILABLE."""
-    try:
-        result: list[Any] = await handle.apply_batch.remote(ops)
-    except RAY_ERRORS as exc:
-        raise Unavailable(
-            f"{what} {index} is unavailable",
-            {what.replace(" ", "_"): index},
-            f"The {what} is restarting; retry shortly. A write that got this answer may or may not have "
-            "been applied.",
-        ) from exc
-    return result
+class NamedActors:
+    """Handles to actors by name. An actor that was stopped and created again (moved by
+    `session-engine rebalance`, or a cluster stopped and started) is a new actor under the same
+    name: a call that finds the old one dead looks the name up again for the next call."""
+
+    def __init__(self, names: Sequence[str], config: EngineConfig, handles: Sequence[Any]) -> None:
+        self.names = list(names)
+        self._config = config
+        self._handles = list(handles)
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def __getitem__(self, index: int) -> Any:
+        return self._handles[index]
+
+    def died(self, index: int) -> None:
+        found = lookup(self.names[index], self._config)
+        if found is not None:
+            self._handles[index] = found
+
+    async def call(self, index: int, ops: Sequence[Any], what: str) -> list[Any]:
+        """One batch to a shard actor; a shard that is down, restarting or moving is 503 UNAVAILABLE."""
+        try:
+            result: list[Any] = await self._handles[index].apply_batch.remote(ops)
+        except RAY_ERRORS as exc:
+            if isinstance(exc, ActorDiedError):
+                self.died(index)
+            raise Unavailable(
+                f"{what} {index} is unavailable",
+                {what.replace(" ", "_"): index},
+                f"The {what} is restarting or moving; retry shortly. A write that got this answer may "
+                "or may not have been applied (an Idempotency-Key makes the retry safe).",
+            ) from exc
+        return result

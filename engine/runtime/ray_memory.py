@@ -1,7 +1,7 @@
 """Ray hosting of the vector memory and the models: MemoryShard actors (sharded by organization),
 Embedder actors, and the summarizer pool (a queue actor feeding Summarizer actors).
 
-With ray_host and ray_actors, the only modules that import Ray.
+With ray_host, ray_cluster, ray_actors and hosted, the only modules that import Ray.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray.exceptions import ActorDiedError
 
 from engine.config import EngineConfig
 from engine.errors import Unavailable
@@ -28,11 +29,13 @@ from engine.memory.indexer import SessionIndexer
 from engine.memory.store import MemoryOp, MemoryStats
 from engine.models.summarizer import Conversation, Summary, SummaryError
 from engine.routing import memory_shard_for
+from engine.storage.identity import ShardIdentity
 from engine.storage.layout import memory_directory
 from engine.storage.wal import LogWriteFailed
 
 from . import upkeep
-from .ray_actors import RAY_ERRORS, apply_remote, create_named, find_named, wait_started
+from .hosted import HostedShard
+from .ray_actors import RAY_ERRORS, NamedActors, StartupError, create_named, find_named, wait_started
 
 log = logging.getLogger(__name__)
 
@@ -47,60 +50,79 @@ def index_params(config: EngineConfig) -> IndexParams:
     return IndexParams(m.hnsw_above, m.hnsw_m, m.hnsw_ef_construction, m.hnsw_ef_search)
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
-class MemoryShard:
+@ray.remote(max_restarts=-1, max_task_retries=0)
+class MemoryShard(HostedShard):
     """Hosts one DurableMemory: batches of upserts, deletes and queries in arrival order, each
-    batch's changes logged before it answers; snapshot and log-sync timers beside them."""
+    batch's changes logged before it answers; snapshot and log-sync timers beside them. It serves
+    only its own directory (engine.runtime.hosted)."""
 
-    def __init__(self, index: int, config: EngineConfig) -> None:
+    KIND = "memory"
+    _durable: DurableMemory | None
+
+    def __init__(self, index: int, config: EngineConfig, cluster_id: str) -> None:
         setup_logging(config.log_level)
-        self._index = index
-        self._config = config
-        self._durable = DurableMemory(
-            memory_directory(config.data_dir, index), config.durability, index_params(config)
-        )
         self._snapshot_lock = asyncio.Lock()
+        self._host(index, config, cluster_id)
+
+    def _open_durable(self, identity: ShardIdentity) -> DurableMemory:
+        directory = memory_directory(self._config.data_dir, self._index)
+        return DurableMemory(
+            directory, self._config.durability, index_params(self._config), identity=identity
+        )
+
+    def _started(self) -> None:
+        durable = self._store()
         loop = asyncio.get_running_loop()
-        self._timers = [
-            loop.create_task(upkeep.snapshot_forever(self._durable, self.snapshot, "memory shard", index)),
+        self._timers += [
+            loop.create_task(upkeep.snapshot_forever(durable, self.snapshot, "memory shard", self._index)),
             loop.create_task(
-                upkeep.resume_writes_forever(self._durable, lambda: None, "memory shard", index)
+                upkeep.resume_writes_forever(durable, lambda: None, "memory shard", self._index)
             ),
         ]
-        if config.durability.fsync == "everysec":
-            self._timers.append(loop.create_task(upkeep.sync_forever(self._durable, "memory shard", index)))
+        if self._config.durability.fsync == "everysec":
+            self._timers.append(loop.create_task(upkeep.sync_forever(durable, "memory shard", self._index)))
+
+    def _store(self) -> DurableMemory:
+        assert self._durable is not None
+        return self._durable
 
     async def apply_batch(self, ops: Sequence[MemoryOp]) -> list[Any]:
+        if (refused := self._refused(len(ops))) is not None:
+            return refused
         try:
-            return self._durable.apply_batch(ops)  # read-only while its log cannot be written
+            return self._store().apply_batch(ops)  # read-only while its log cannot be written
         except LogWriteFailed:
             upkeep.fail_stop("memory shard", self._index)
 
-    async def describe(self) -> dict[str, Any]:
+    def _counts(self) -> dict[str, Any]:
+        durable = self._store()
         return {
-            "index": self._index,
             "shards": self._config.memory.shards,
-            "lsn": self._durable.lsn,
-            "recovered": asdict(self._durable.recovery),
-            **self._durable.store.apply(MemoryStats()),
+            "recovered": asdict(durable.recovery),
+            **durable.store.apply(MemoryStats()),
         }
 
     async def snapshot(self) -> dict[str, Any]:
+        durable = self._store()
         async with self._snapshot_lock:
-            write = self._durable.begin_snapshot()
+            write = durable.begin_snapshot()
             result = await asyncio.to_thread(write)
-            self._durable.finish_snapshot(result)
+            durable.finish_snapshot(result)
             log.info("memory snapshot written", extra={"shard": self._index, **asdict(result)})
             return asdict(result)
 
     async def shutdown(self) -> None:
         for timer in self._timers:
             timer.cancel()
+        if self._durable is None:
+            return
         async with self._snapshot_lock:
             self._durable.close(snapshot=True)
+            self._durable = None
+            self._refusal = Unavailable(f"memory shard {self._index} is stopped", {"reason": "stopped"})
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+@ray.remote(max_restarts=-1, max_task_retries=0)
 class EmbedderActor:
     def __init__(self, config: EngineConfig) -> None:
         setup_logging(config.log_level)
@@ -125,7 +147,7 @@ class EmbedderActor:
         }
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+@ray.remote(max_restarts=-1, max_task_retries=0)
 class SummarizerActor:
     def __init__(self, config: EngineConfig, directory: str, name: str) -> None:
         setup_logging(config.log_level)
@@ -157,7 +179,7 @@ class _WorkerDied(SummaryFailed):
     """The summarizer actor itself failed (died, or is restarting)."""
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+@ray.remote(max_restarts=-1, max_task_retries=0)
 class SummarizerPool:
     """The queue in front of the Summarizer actors. A job waits here until a summarizer is free;
     a free summarizer takes every waiting job up to `batch_size` into one generate call. It only
@@ -173,7 +195,7 @@ class SummarizerPool:
         self._workers = [
             create_named(
                 SummarizerActor, SUMMARIZER_NAME.format(index=i), config, config, str(directory), name,
-                num_gpus=config.models.num_gpus,
+                role="model",
             )
             for i in range(config.models.summarizer.workers)
         ]  # fmt: skip
@@ -246,33 +268,39 @@ class SummarizerPool:
 # -- creating and finding the actors -------------------------------------------------------------
 
 
-def ensure_memory(config: EngineConfig) -> dict[str, Any]:
+def memory_names(config: EngineConfig) -> list[str]:
+    return [MEMORY_SHARD_NAME.format(index=i) for i in range(config.memory.shards)]
+
+
+def ensure_memory(config: EngineConfig, cluster_id: str) -> dict[str, Any]:
     """Create (or find) the memory shards, embedders and summarizer pool, and wait until every one
     has loaded. Models that are missing fail here, with the setting named."""
     memory = [
-        create_named(MemoryShard, MEMORY_SHARD_NAME.format(index=i), config, i, config)
-        for i in range(config.memory.shards)
+        create_named(MemoryShard, name, config, i, config, cluster_id)
+        for i, name in enumerate(memory_names(config))
     ]
     embedders = [
-        create_named(
-            EmbedderActor, EMBEDDER_NAME.format(index=i), config, config, num_gpus=config.models.num_gpus
-        )
+        create_named(EmbedderActor, EMBEDDER_NAME.format(index=i), config, config, role="model")
         for i in range(config.models.embedder.replicas)
     ]
-    wait_started(memory + embedders, "memory actor", timeout_s=900)
-    pool = create_named(SummarizerPool, POOL_NAME, config, config)
+    for description in wait_started(memory + embedders, "memory actor", timeout_s=900):
+        if description.get("state") == "refused":
+            raise StartupError(
+                f"memory shard {description['index']} refuses to serve: {description['reason']}"
+            )
+    pool = create_named(SummarizerPool, POOL_NAME, config, config, role="control")
     wait_started([pool], "summarizer pool", timeout_s=900)
     return {"memory": memory, "embedders": embedders, "pool": pool}
 
 
-def find_memory_shards(config: EngineConfig, timeout_s: float = 60.0) -> list[Any]:
-    names = [MEMORY_SHARD_NAME.format(index=i) for i in range(config.memory.shards)]
-    return find_named(names, config, timeout_s)
+def find_memory_shards(config: EngineConfig, timeout_s: float = 60.0) -> NamedActors:
+    names = memory_names(config)
+    return NamedActors(names, config, find_named(names, config, timeout_s))
 
 
-def find_embedders(config: EngineConfig, timeout_s: float = 60.0) -> list[Any]:
+def find_embedders(config: EngineConfig, timeout_s: float = 60.0) -> NamedActors:
     names = [EMBEDDER_NAME.format(index=i) for i in range(config.models.embedder.replicas)]
-    return find_named(names, config, timeout_s)
+    return NamedActors(names, config, find_named(names, config, timeout_s))
 
 
 def find_pool(config: EngineConfig, timeout_s: float = 60.0) -> Any:
@@ -282,13 +310,14 @@ def find_pool(config: EngineConfig, timeout_s: float = 60.0) -> Any:
 def stop_memory(actors: dict[str, Any]) -> None:
     """Graceful stop: the summarizers go first, then every memory shard takes a final snapshot."""
     try:
-        ray.get(actors["pool"].shutdown.remote(), timeout=60)
-        ray.kill(actors["pool"])
+        if actors["pool"] is not None:
+            ray.get(actors["pool"].shutdown.remote(), timeout=60)
+            ray.kill(actors["pool"], no_restart=True)
         for embedder in actors["embedders"]:
-            ray.kill(embedder)
+            ray.kill(embedder, no_restart=True)
         ray.get([m.shutdown.remote() for m in actors["memory"]], timeout=300)
         for shard in actors["memory"]:
-            ray.kill(shard)
+            ray.kill(shard, no_restart=True)
     except RAY_ERRORS as exc:
         log.warning(
             "a memory actor did not stop cleanly; its log still holds every change", extra={"error": str(exc)}
@@ -298,31 +327,38 @@ def stop_memory(actors: dict[str, Any]) -> None:
 class RayMemoryTransport:
     """The gateway's way to the memory shards and the embedders."""
 
-    def __init__(self, config: EngineConfig, memory: list[Any], embedders: list[Any]) -> None:
+    def __init__(self, config: EngineConfig, memory: NamedActors, embedders: NamedActors) -> None:
         self._config = config
         self._memory = memory
-        self._embedders = itertools.cycle(embedders)
+        self._embedders = embedders
+        self._next = itertools.count()
 
     @property
     def shards(self) -> int:
         return len(self._memory)
 
     async def call(self, shard: int, ops: Sequence[MemoryOp]) -> list[Any]:
-        return await apply_remote(self._memory[shard], ops, "memory shard", shard)
+        return await self._memory.call(shard, ops, "memory shard")
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        which = next(self._next) % len(self._embedders)
         try:
-            vectors: np.ndarray = await next(self._embedders).embed.remote(list(texts))
+            vectors: np.ndarray = await self._embedders[which].embed.remote(list(texts))
         except RAY_ERRORS as exc:
+            if isinstance(exc, ActorDiedError):
+                self._embedders.died(which)
             raise Unavailable("the embedder is unavailable", {}, "Retry shortly.") from exc
         return vectors
 
     async def ready(self) -> dict[str, Any]:
+        which = next(self._next) % len(self._embedders)
         try:
             embedder, pool = await asyncio.gather(
-                next(self._embedders).describe.remote(), find_pool(self._config, 0).describe.remote()
+                self._embedders[which].describe.remote(), find_pool(self._config, 0).describe.remote()
             )
         except RAY_ERRORS as exc:
+            if isinstance(exc, ActorDiedError):
+                self._embedders.died(which)
             raise Unavailable("a model actor is unavailable", {}, "Retry shortly.") from exc
         return {"embedder": embedder, "summarizer": pool["workers"]}
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.config import DEFAULT_CONFIG_PATH, ConfigError, EngineConfig, load_config
+from engine.config import DEFAULT_CONFIG_PATH, ConfigError, EngineConfig, load_config, settings_diff
 
 
 def test_default_yaml_states_every_built_in_default() -> None:
@@ -65,3 +65,39 @@ def test_the_config_handed_to_workers_keeps_its_secrets(monkeypatch: pytest.Monk
     again = EngineConfig.model_validate_json(config.to_env_json())
     assert again.api_keys is not None and again.api_keys.get_secret_value() == "k=acme"
     assert again == config
+
+
+def test_gateways_may_differ_only_in_their_own_settings() -> None:
+    first = load_config(data_dir="/srv/data", shards=4)
+    own = load_config(data_dir="/srv/data", shards=4, port=9000, workers=3, http={"keep_alive_s": 2})
+    assert settings_diff(own.cluster_settings(), first.cluster_settings()) == []
+    other = load_config(data_dir="/srv/other", shards=6, durability={"fsync": "everysec"})
+    assert settings_diff(other.cluster_settings(), first.cluster_settings()) == [
+        "data_dir: '/srv/other' here vs '/srv/data' in the running cluster",
+        "durability.fsync: 'everysec' here vs 'always' in the running cluster",
+        "shards: 6 here vs 4 in the running cluster",
+    ]
+    assert "api_keys" not in first.cluster_settings()  # never compared, never stored with the cluster
+
+
+def test_placement_asks_ray_for_what_the_settings_say() -> None:
+    from engine.runtime.ray_actors import MARKER_AMOUNT, placement_options
+
+    config = load_config(
+        placement={"shard_cpus": 1, "model_cpus": 2, "data_resource": "data", "model_resource": "gpu_node"},
+        models={"num_gpus": 0.5},
+    )
+    assert placement_options(config, "shard") == {
+        "num_cpus": 1,
+        "resources": {"data": MARKER_AMOUNT},
+        "scheduling_strategy": "SPREAD",
+    }
+    assert placement_options(config, "model") == {
+        "num_cpus": 2,
+        "num_gpus": 0.5,
+        "resources": {"gpu_node": MARKER_AMOUNT},
+        "scheduling_strategy": "SPREAD",
+    }
+    assert placement_options(config, "control") == {"num_cpus": 0}
+    pinned = placement_options(config, "shard", node_id="ab" * 28)["scheduling_strategy"]
+    assert pinned.node_id == "ab" * 28 and pinned.soft  # a moved shard may still restart elsewhere
