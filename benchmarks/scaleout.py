@@ -1,5 +1,5 @@
 """Scale-out on a simulated multi-node cluster: append throughput with 1, 2 and 4 gateways and 2
-and 4 session shards, as ratios to the smallest setup measured in the same run.
+and 4 session shards, as ratios to one embedded server measured in the same run.
 
     python -m benchmarks.scaleout [--shards 2 4] [--gateways 1 2 4] [--seconds 10] [--connections 64]
 
@@ -10,7 +10,8 @@ creates the cluster's actors). After each step it runs the `append` scenario (on
 message a request, 64 sessions) against every gateway at once, the connections split evenly
 among them, and adds up the rates. Every process runs on this machine's cores, so on a small
 machine the numbers show what contends for them, not what more machines would give; see the
-README's "Scaling out".
+README's "Scaling out". The embedded server comes first: `make run`'s setup, one gateway and its
+own Ray, the same load.
 """
 
 from __future__ import annotations
@@ -37,6 +38,38 @@ KEY = "scaleout-key"
 DATA_RESOURCE = "session_engine_data"
 
 
+def measure_embedded(seconds: float, connections: int, work: Path) -> dict[str, Any]:
+    """The same load against one embedded server (its own one-node Ray): the baseline that shows
+    what the cluster machinery costs a request."""
+    env = {"SESSION_ENGINE_API_KEYS": f"{KEY}=bench", "RAY_ADDRESS": ""}
+    server = ServerProcess(work / "data-embedded", [], env).wait_ready(timeout_s=300)
+    try:
+        result = _append(server.url, [server], seconds, connections, work)
+    finally:
+        server.stop()
+    return {"setup": "embedded", "shards": 2, "gateways": 1, **result}
+
+
+def _append(
+    url: str, gateways: list[ServerProcess], seconds: float, connections: int, work: Path
+) -> dict[str, Any]:
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}) as client:
+        plan = setup_append(client, 0)
+    generator = "wrk" if load.ensure_wrk() else "python"
+    each = max(1, connections // len(gateways))
+    shape = load.Load(each, seconds)
+    with ThreadPoolExecutor(len(gateways)) as pool:
+        futures = [pool.submit(load.run, generator, g.url, KEY, plan, shape, work) for g in gateways]
+        results = [f.result() for f in futures]
+    return {
+        "connections": each * len(gateways),
+        "requests_per_s": round(sum(r["requests_per_s"] for r in results), 1),
+        "errors": sum(r["errors"] for r in results),
+        "p99_ms": max(r["p99_ms"] for r in results),
+        "generator": results[0]["generator"],
+    }
+
+
 def measure(
     shards: int, gateway_counts: list[int], seconds: float, connections: int, work: Path
 ) -> list[dict[str, Any]]:
@@ -61,32 +94,13 @@ def measure(
     data_dir = work / f"data-{shards}"
     gateways: list[ServerProcess] = []
     rows = []
-    generator = "wrk" if load.ensure_wrk() else "python"
     try:
         for count in gateway_counts:
             while len(gateways) < count:
                 server = ServerProcess(data_dir, ["--ray-address", str(cluster.address)], env)
                 gateways.append(server.wait_ready(timeout_s=300))
-            with httpx.Client(base_url=gateways[0].url, headers={"Authorization": f"Bearer {KEY}"}) as client:
-                plan = setup_append(client, 0)
-            each = max(1, connections // count)
-            shape = load.Load(each, seconds)
-            with ThreadPoolExecutor(count) as pool:
-                futures = [
-                    pool.submit(load.run, generator, g.url, KEY, plan, shape, work) for g in gateways[:count]
-                ]
-                results = [f.result() for f in futures]
-            rows.append(
-                {
-                    "shards": shards,
-                    "gateways": count,
-                    "connections": each * count,
-                    "requests_per_s": round(sum(r["requests_per_s"] for r in results), 1),
-                    "errors": sum(r["errors"] for r in results),
-                    "p99_ms": max(r["p99_ms"] for r in results),
-                    "generator": results[0]["generator"],
-                }
-            )
+            result = _append(gateways[0].url, gateways[:count], seconds, connections, work)
+            rows.append({"setup": "two-node cluster", "shards": shards, "gateways": count, **result})
             print(json.dumps(rows[-1]), flush=True)
     finally:
         for server in gateways:
@@ -110,16 +124,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="scaleout-"))
     started = time.monotonic()
     try:
-        rows = [
-            row
-            for shards in args.shards
-            for row in measure(shards, sorted(args.gateways), args.seconds, args.connections, work)
-        ]
+        rows = [measure_embedded(args.seconds, args.connections, work)]
+        print(json.dumps(rows[-1]), flush=True)
+        for shards in args.shards:
+            rows += measure(shards, sorted(args.gateways), args.seconds, args.connections, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     base = rows[0]["requests_per_s"] or 1.0
     for row in rows:
-        row["vs_smallest"] = round(row["requests_per_s"] / base, 2)
+        row["vs_embedded"] = round(row["requests_per_s"] / base, 2)
     report = {
         "machine": describe(machine()),
         "when": time.strftime("%Y-%m-%d"),
@@ -130,10 +143,11 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print("| shards | gateways | appends/s | vs 1 gateway, first shard count | p99 ms | errors |")
-    print("|---|---|---|---|---|---|")
+    print("| setup | shards | gateways | appends/s | vs embedded | p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
-        cells = (row["shards"], row["gateways"], f"{row['requests_per_s']:,.0f}", f"{row['vs_smallest']:.2f}")
+        cells = (row["setup"], row["shards"], row["gateways"], f"{row['requests_per_s']:,.0f}")
+        cells += (f"{row['vs_embedded']:.2f}",)
         print("| " + " | ".join(map(str, (*cells, row["p99_ms"], row["errors"]))) + " |")
 
 
