@@ -66,10 +66,11 @@ def _serve(args: argparse.Namespace) -> int:
     # Shard actors run in other processes, with another working directory: hand them absolute paths.
     config = config.model_copy(update={"data_dir": config.data_dir.resolve()})
     embedded = not config.ray.address
+    keys = None
     if embedded:
         # Fail fast on data the shard counts do not fit, and on a bad keys setting, before Ray starts.
         claim_layout(config.data_dir, config.shards, config.memory.shards, config.cluster_settings())
-        _ensure_keys(config)
+        keys = keys or _ensure_keys(config)  # joining: only once the cluster is known to be this one
     try:
         check_models(config.models.embedder.path, config.models.summarizer.path)
     except ModelMissing as exc:
@@ -90,7 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         # Checked against the running cluster before anything is created (ConfigError: exit 2).
         cluster_id, created = ray_cluster.join_or_create(config)
-        keys = _ensure_keys(config)
+        keys = keys or _ensure_keys(config)  # joining: only once the cluster is known to be this one
         # Memory and models first: the session shards resume unfinished summary jobs as they start.
         ray_memory.ensure_memory(config, cluster_id)
         ray_host.ensure_shards(config, cluster_id)

@@ -21,6 +21,10 @@ from engine.storage.logged import LoggedStore
 log = logging.getLogger(__name__)
 
 REFUSED_RETRY_S = 5.0  # how often a refused shard looks for its data again
+# At its first start a shard waits this long for the directory lock (a restarted shard's dead
+# predecessor may still be being reaped); a refused shard's retries do not wait, so they never
+# hold up its event loop.
+FIRST_LOCK_WAIT_S = 10.0
 
 
 class HostedShard:
@@ -37,18 +41,18 @@ class HostedShard:
         self._durable = None
         self._refusal: Unavailable | None = None
         self._timers: list[asyncio.Task[None]] = []
-        if not self._try_start():
+        if not self._try_start(FIRST_LOCK_WAIT_S):
             self._timers.append(asyncio.get_running_loop().create_task(self._start_when_found()))
 
-    def _open_durable(self, identity: ShardIdentity) -> LoggedStore:
+    def _open_durable(self, identity: ShardIdentity, lock_wait_s: float) -> LoggedStore:
         raise NotImplementedError
 
     def _started(self) -> None:
         raise NotImplementedError
 
-    def _try_start(self) -> bool:
+    def _try_start(self, lock_wait_s: float = 0.0) -> bool:
         try:
-            self._durable = self._open_durable(self._identity)
+            self._durable = self._open_durable(self._identity, lock_wait_s)
         except NotThisShardsData as exc:
             self._refuse(exc)
             return False

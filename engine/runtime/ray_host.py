@@ -64,9 +64,11 @@ class SessionShard(HostedShard):
         # Async actor: __init__ runs on the actor's event loop, so the timers live beside the ops.
         self._host(index, config, cluster_id)
 
-    def _open_durable(self, identity: ShardIdentity) -> DurableShard:
+    def _open_durable(self, identity: ShardIdentity, lock_wait_s: float) -> DurableShard:
         directory = shard_directory(self._config.data_dir, self._index)
-        return DurableShard(directory, self._config.durability, own_process=True, identity=identity)
+        return DurableShard(
+            directory, self._config.durability, lock_wait_s=lock_wait_s, own_process=True, identity=identity
+        )
 
     def _started(self) -> None:
         durable = self._store()

@@ -64,10 +64,11 @@ class MemoryShard(HostedShard):
         self._snapshot_lock = asyncio.Lock()
         self._host(index, config, cluster_id)
 
-    def _open_durable(self, identity: ShardIdentity) -> DurableMemory:
+    def _open_durable(self, identity: ShardIdentity, lock_wait_s: float) -> DurableMemory:
         directory = memory_directory(self._config.data_dir, self._index)
+        params = index_params(self._config)
         return DurableMemory(
-            directory, self._config.durability, index_params(self._config), identity=identity
+            directory, self._config.durability, params, lock_wait_s=lock_wait_s, identity=identity
         )
 
     def _started(self) -> None:
