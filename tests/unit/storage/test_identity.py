@@ -157,10 +157,13 @@ def test_a_stale_incarnation_cannot_finish_a_snapshot(tmp_path: Path, no_flock: 
     old = open_shard(tmp_path)
     old.apply_batch([CreateSession("acme", "s1", "n", 600, {})])
     old.begin_snapshot()
-    open_shard(tmp_path)
     while old.snapshot_step():
         pass
-    with pytest.raises(OSError):  # the new one's start swept its temporary file, or:
-        old.finish_snapshot_io()
-        old.complete_snapshot()  # it would drop log segments the new one may need
-    assert not old.holds_epoch() and isinstance(say(old, "s1", "late"), Fenced)
+    old.finish_snapshot_io()  # its file is in place; dropping what it covers is what remains
+    new = open_shard(tmp_path)
+    logs_before = sorted(p.name for p in tmp_path.glob("wal-*.log"))
+    with pytest.raises(OSError, match="newer incarnation"):
+        old.complete_snapshot()  # it would drop log segments and snapshots the new one may need
+    assert sorted(p.name for p in tmp_path.glob("wal-*.log")) == logs_before
+    assert old.condition == {"fenced": True} and isinstance(say(old, "s1", "late"), Fenced)
+    assert not isinstance(say(new, "s1", "current"), Exception)
