@@ -18,6 +18,9 @@ from engine.storage.identity import NotThisShardsData, ShardIdentity
 from engine.storage.lock import DirectoryLocked
 from engine.storage.logged import LoggedStore
 
+from .ray_actors import RAY_ERRORS, lookup
+from .ray_cluster import CONTROLLER_NAME
+
 log = logging.getLogger(__name__)
 
 REFUSED_RETRY_S = 5.0  # how often a refused shard looks for its data again
@@ -64,7 +67,19 @@ class HostedShard:
             log.warning("shard found its data and serves", extra={"kind": self.KIND, "shard": self._index})
         self._refusal = None
         self._started()
+        self._timers.append(asyncio.get_running_loop().create_task(self._drain_if_cluster_is()))
         return True
+
+    async def _drain_if_cluster_is(self) -> None:
+        """A shard that restarts (its node died, or Ray moved it) while the cluster is drained stays
+        drained: the drain is the controller's state, not only the old incarnation's."""
+        controller = lookup(CONTROLLER_NAME, self._config)
+        try:
+            drained = controller is not None and (await controller.describe.remote())["drained"]
+        except RAY_ERRORS:
+            return
+        if drained:
+            await self.drain(True)
 
     def _refuse(self, refusal: Unavailable) -> None:
         if self._refusal is None or self._refusal.message != refusal.message:

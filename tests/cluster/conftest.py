@@ -76,6 +76,12 @@ class RayNodes:
         found: dict[str, Any] = json.loads(result.stdout)
         return found
 
+    def described(self, name: str) -> dict[str, Any]:
+        """What the actor of this name says of itself ({} while it does not answer)."""
+        (entry,) = [a for a in self.status()["actors"] if a["name"] == name]
+        found: dict[str, Any] = entry.get("described") or {}
+        return found
+
     def shard_nodes(self) -> dict[str, str]:
         return {
             a["name"]: a["node_id"]

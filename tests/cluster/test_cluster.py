@@ -172,6 +172,19 @@ def test_drain_refuses_changes_and_stop_releases_everything(nodes: RayNodes, gat
         and refused.json()["details"]["draining"]
     )
     assert api.get(f"/sessions/{sid}").status_code == 200  # reads go on
+    name = f"session-shard-{shard_for('acme', sid, 4)}"
+    (entry,) = [a for a in nodes.status()["actors"] if a["name"] == name]
+    os.kill(entry["pid"], signal.SIGKILL)  # a shard restarted during a drain stays drained
+    before = entry["described"]["epoch"]
+
+    def drained_again() -> bool:
+        found = nodes.described(name)
+        return bool(found.get("epoch", 0) > before and found.get("state") == "draining")
+
+    wait_for(drained_again, 90, "the restarted shard, drained")
+    again = api.post(f"/sessions/{sid}/messages", json={"role": "user", "content": "no"})
+    assert again.status_code == 503
+    assert again.json()["details"]["draining"]
     assert nodes.command("drain", "--undo").returncode == 0
     assert api.post(f"/sessions/{sid}/messages", json={"role": "user", "content": "yes"}).status_code == 201
 
