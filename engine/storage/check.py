@@ -6,9 +6,12 @@ runs the shards' own recovery with `repair=False`.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from engine.memory.durable import SNAPSHOT_PREFIX as MEMORY_SNAPSHOT_PREFIX
 from engine.memory.durable import recover_memory
@@ -16,6 +19,8 @@ from engine.memory.index import IndexParams
 
 from .durable import recover
 from .frames import CorruptFile
+from .identity import IDENTITY_FILE, read_epoch
+from .layout import read_layout
 from .lock import lock_holder
 from .recovery import RecoveryNotes, iter_notes
 from .snapshot import SNAPSHOT_PREFIX, snapshots
@@ -36,6 +41,8 @@ class DirectoryReport:
     size: str = ""  # sessions, or namespaces and vectors
     notes: RecoveryNotes = field(default_factory=RecoveryNotes)
     refused: str | None = None
+    identity: dict[str, Any] | None = None  # its IDENTITY file (engine.storage.identity), if any
+    epoch: int = 0  # how many times a shard has started on it
 
     @property
     def verdict(self) -> int:
@@ -53,6 +60,8 @@ class DirectoryReport:
             return out
         source = f"snapshot at record {self.snapshot_lsn}" if self.snapshot_lsn else "no snapshot"
         out.append(f"  ok: {source}, then {self.records_replayed} log records; {self.size}")
+        whose = f"cluster {self.identity['cluster_id']}" if self.identity else "no IDENTITY file"
+        out.append(f"  {whose}, epoch {self.epoch}")
         out.extend(f"  would {line}" for line in iter_notes(self.notes))
         return out
 
@@ -67,6 +76,8 @@ class DirectoryReport:
             "size": self.size,
             "notes": self.notes.as_dict(),
             "refused": self.refused,
+            "identity": self.identity,
+            "epoch": self.epoch,
         }
 
 
@@ -75,9 +86,19 @@ def shard_directories(data_dir: Path) -> list[tuple[Path, str]]:
     return found + [(path, "memory shard") for path in sorted((data_dir / "memory").glob("memory-*"))]
 
 
-def check_directory(directory: Path, kind: str) -> DirectoryReport:
+def check_directory(directory: Path, kind: str, cluster_id: str | None = None) -> DirectoryReport:
     report = DirectoryReport(directory, kind)
     report.in_use = lock_holder(directory)
+    report.epoch = read_epoch(directory)
+    with contextlib.suppress(FileNotFoundError, orjson.JSONDecodeError):
+        report.identity = orjson.loads((directory / IDENTITY_FILE).read_bytes())
+    if (
+        report.identity is not None
+        and cluster_id is not None
+        and report.identity.get("cluster_id") != cluster_id
+    ):
+        report.refused = f"its IDENTITY names {report.identity}, not cluster {cluster_id} (engine.json)"
+        return report
     try:
         if kind == "session shard":
             store, _, recovery = recover(directory, repair=False)
@@ -97,7 +118,12 @@ def check_directory(directory: Path, kind: str) -> DirectoryReport:
 
 def check_data_dir(data_dir: Path) -> list[DirectoryReport]:
     """One report per shard directory under `data_dir`; none when it holds no shard data."""
-    return [check_directory(path, kind) for path, kind in shard_directories(data_dir) if _holds_data(path)]
+    cluster_id = (read_layout(data_dir) or {}).get("cluster_id")
+    return [
+        check_directory(path, kind, cluster_id)
+        for path, kind in shard_directories(data_dir)
+        if _holds_data(path)
+    ]
 
 
 def _holds_data(directory: Path) -> bool:

@@ -20,7 +20,8 @@ from engine.memory.store import UpsertVectors
 from engine.sessions.ops import AppendMessages, CreateSession
 from engine.sessions.session import NewMessage, new_session_id
 from engine.storage.durable import DurableShard
-from engine.storage.layout import memory_directory, shard_directory
+from engine.storage.identity import ShardIdentity, write_identity
+from engine.storage.layout import claim_layout, memory_directory, shard_directory
 from engine.storage.snapshot import snapshots
 from engine.storage.wal import segments
 
@@ -111,3 +112,16 @@ def test_check_says_a_directory_is_in_use_and_leaves_its_lock_alone(
         assert (shard_directory(root, 0) / "LOCK").read_bytes() == lock
     finally:
         running.close(snapshot=False)
+
+
+def test_check_names_each_directory_s_cluster_and_epoch_and_refuses_another_cluster_s(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = claim_layout(tmp_path, 2, 1)
+    root = data_dir(tmp_path)  # each shard started once: epoch 1
+    assert cli.main(["check", str(root)]) == 0
+    assert capsys.readouterr().out.count(f"cluster {cluster}, epoch 1") == 3
+    write_identity(shard_directory(root, 1), ShardIdentity("cl_another", "session", 1))
+    assert cli.main(["check", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "REFUSED" in out and "cl_another" in out
