@@ -36,17 +36,18 @@ def gateway(nodes: RayNodes) -> Iterator[ServerProcess]:
 
 
 def actor_exists(nodes: RayNodes, name: str) -> bool:
+    """Whether the cluster's namespace has an actor of this name (asked by a driver of its own)."""
     probe = (
         "import ray, sys\n"
         f"ray.init(address={nodes.address!r})\n"
         f"try:\n    ray.get_actor({name!r}, namespace={nodes.env['SESSION_ENGINE_RAY__NAMESPACE']!r})\n"
-        "except ValueError:\n    sys.exit(1)\n"
+        "except ValueError:\n    sys.exit(3)\n"
     )
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": ""}
-    return (
-        subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, timeout=120).returncode
-        == 0
-    )
+    command = [sys.executable, "-c", probe]
+    asked = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert asked.returncode in (0, 3), asked.stderr  # anything else: the probe failed, not an answer
+    return asked.returncode == 0
 
 
 def serve_once(nodes: RayNodes, *args: str) -> subprocess.CompletedProcess[str]:
@@ -78,6 +79,7 @@ def test_a_gateway_with_other_settings_is_refused_and_creates_nothing(
     more = serve_once(nodes, "--shards", "6")
     assert more.returncode == 2
     assert "shards: 6 here vs 4 in the running cluster" in more.stderr and "Traceback" not in more.stderr
+    assert actor_exists(nodes, "session-shard-3")  # the probe sees the cluster's own actors
     assert not actor_exists(nodes, "session-shard-4") and not actor_exists(nodes, "session-shard-5")
 
     elsewhere = nodes.data_dir.with_name("elsewhere")
