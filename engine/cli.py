@@ -150,11 +150,15 @@ def _ensure_keys(config: EngineConfig) -> KeyStore:
     return load_key_store(config)
 
 
+def _ray_token_path() -> Path:
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
 def _prepare_ray_auth() -> None:
     """Ray 2.60 clusters use token authentication by default, but a process that joins one by
     address uses it only with RAY_AUTH_MODE=token, read when Ray is imported. Set it here, before
     that, when a token is at hand (as Ray does for a cluster it finds by itself)."""
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    path = _ray_token_path()
     if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or path.is_file()):
         os.environ["RAY_AUTH_MODE"] = "token"
 
@@ -174,7 +178,7 @@ def _connect(config: EngineConfig) -> str | None:
 
     from engine.runtime import ray_host
 
-    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    token = _ray_token_path()
     try:
         address = ray_host.connect(config)
     except (AuthenticationError, ConnectionError) as exc:

@@ -70,10 +70,11 @@ def create_named(
 
 
 def wait_started(handles: Sequence[Any], what: str, timeout_s: float) -> list[Any]:
-    """Every actor's `describe()`, once each has started. A failed start is a StartupError; a missing
-    model's line (which names its setting) is the message when there is one."""
+    """Every actor's `describe()`, once each has started. A failed start, or a shard that refuses its
+    directory, is a StartupError; a missing model's line (which names its setting) is the message
+    when there is one."""
     try:
-        return list(ray.get([h.describe.remote() for h in handles], timeout=timeout_s))
+        described = list(ray.get([h.describe.remote() for h in handles], timeout=timeout_s))
     except GetTimeoutError:
         raise StartupError(
             f"a {what} did not start within {timeout_s:.0f} s; `session-engine status` shows where it "
@@ -85,6 +86,10 @@ def wait_started(handles: Sequence[Any], what: str, timeout_s: float) -> list[An
             if "ModelMissing" in line or "models." in line:
                 raise StartupError(line.strip()) from None
         raise StartupError(f"a {what} failed to start: {message.strip().splitlines()[-1]}") from None
+    for found in described:
+        if found.get("state") == "refused":  # a shard on a directory not its own (engine.runtime.hosted)
+            raise StartupError(f"{found['kind']} shard {found['index']} refuses to serve: {found['reason']}")
+    return described
 
 
 def lookup(name: str, config: EngineConfig) -> Any | None:

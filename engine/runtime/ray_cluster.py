@@ -21,7 +21,7 @@ import ray
 from engine.config import ConfigError, EngineConfig, settings_diff
 from engine.storage.layout import claim_layout, read_layout
 
-from .ray_actors import RAY_ERRORS, StartupError, create_named, lookup, placement_options, wait_started
+from .ray_actors import RAY_ERRORS, StartupError, create_named, lookup, wait_started
 
 log = logging.getLogger(__name__)
 
@@ -284,15 +284,8 @@ def _move(
         ray.get(handle.shutdown.remote(), timeout=600)  # final snapshot, lock released
         ray.kill(handle, no_restart=True)
         _wait_gone(name, config)
-    moved = actor_class.options(
-        name=name,
-        namespace=config.ray.namespace,
-        lifetime="detached",
-        **placement_options(config, "shard", node_id=node),
-    ).remote(index, config, cluster["cluster_id"])
-    (described,) = wait_started([moved], "moved shard", timeout_s=600)
-    if described.get("state") == "refused":
-        raise StartupError(f"{name} refuses to serve on node {node}: {described['reason']}")
+    moved = create_named(actor_class, name, config, index, config, cluster["cluster_id"], node_id=node)
+    wait_started([moved], "moved shard", timeout_s=600)  # a refusal there is a StartupError
 
 
 def _wait_gone(name: str, config: EngineConfig, timeout_s: float = 60.0) -> None:

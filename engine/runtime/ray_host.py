@@ -26,7 +26,6 @@ from engine.runtime.hosted import HostedShard
 from engine.runtime.ray_actors import (
     RAY_ERRORS,
     NamedActors,
-    StartupError,
     create_named,
     find_named,
     wait_started,
@@ -247,11 +246,7 @@ def ensure_shards(config: EngineConfig, cluster_id: str) -> NamedActors:
         create_named(SessionShard, name, config, i, config, cluster_id)
         for i, name in enumerate(shard_names(config))
     ]
-    for description in wait_started(handles, "shard", timeout_s=600):
-        if description.get("state") == "refused":
-            raise StartupError(
-                f"session shard {description['index']} refuses to serve: {description['reason']}"
-            )
+    wait_started(handles, "shard", timeout_s=600)
     return NamedActors(shard_names(config), config, handles)
 
 

@@ -35,7 +35,7 @@ from engine.storage.wal import LogWriteFailed
 
 from . import upkeep
 from .hosted import HostedShard
-from .ray_actors import RAY_ERRORS, NamedActors, StartupError, create_named, find_named, wait_started
+from .ray_actors import RAY_ERRORS, NamedActors, create_named, find_named, wait_started
 
 log = logging.getLogger(__name__)
 
@@ -284,11 +284,7 @@ def ensure_memory(config: EngineConfig, cluster_id: str) -> dict[str, Any]:
         create_named(EmbedderActor, EMBEDDER_NAME.format(index=i), config, config, role="model")
         for i in range(config.models.embedder.replicas)
     ]
-    for description in wait_started(memory + embedders, "memory actor", timeout_s=900):
-        if description.get("state") == "refused":
-            raise StartupError(
-                f"memory shard {description['index']} refuses to serve: {description['reason']}"
-            )
+    wait_started(memory + embedders, "memory actor", timeout_s=900)
     pool = create_named(SummarizerPool, POOL_NAME, config, config, role="control")
     wait_started([pool], "summarizer pool", timeout_s=900)
     return {"memory": memory, "embedders": embedders, "pool": pool}
