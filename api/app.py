@@ -10,21 +10,23 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from starlette.responses import PlainTextResponse, Response
 
 import engine
 from engine.config import EngineConfig
 from engine.idempotency import MAX_KEY_CHARS
 from engine.keys import KeyStore, load_key_store
 from engine.logs import setup_logging
-from engine.runtime.transport import MemoryTransport, ShardTransport
+from engine.runtime.transport import MemoryTransport, SessionTransport
 
-from . import edge
+from . import edge, metrics
 from .errors import install_error_handlers
+from .feeds import FeedHub
 from .http import RequestContextMiddleware
 from .outbox import MemoryRouter, ShardRouter
 from .ratelimit import RateLimiter
-from .routes import health, sessions, vectors
+from .routes import events, health, sessions, vectors
 
 RESOLVED_CONFIG_ENV = "SESSION_ENGINE_RESOLVED_CONFIG"
 # Read by api/deps.py from the headers (no parameter of its own, which would cost each request a
@@ -39,7 +41,7 @@ IDEMPOTENCY_KEY_PARAMETER = {
 BEARER = "bearer"  # the security scheme's name in the OpenAPI document
 
 
-def _ray_transport(config: EngineConfig) -> ShardTransport:
+def _ray_transport(config: EngineConfig) -> SessionTransport:
     from engine.runtime import ray_host
 
     ray_host.connect(config)
@@ -74,15 +76,17 @@ def tune_gc() -> None:
 def create_app(
     config: EngineConfig,
     *,
-    transport: Callable[[EngineConfig], ShardTransport] = _ray_transport,
+    transport: Callable[[EngineConfig], SessionTransport] = _ray_transport,
     memory: Callable[[EngineConfig], MemoryTransport] = _ray_memory,
     cluster: Callable[[EngineConfig], dict[str, Any]] | None = None,
     keys: KeyStore | None = None,
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.router = ShardRouter(transport(config), config.outbox)
+        sessions = transport(config)
+        app.state.router = ShardRouter(sessions, config.outbox)
         app.state.memory = MemoryRouter(memory(config), config.outbox)
+        app.state.feeds = FeedHub(sessions, config.events)
         tune_gc()
         yield
 
@@ -103,15 +107,33 @@ def create_app(
     app.state.keys = keys if keys is not None else load_key_store(config)
     app.state.limiter = RateLimiter(config.limits, config.workers)
     app.state.org_limits = {org: config.limits.for_org(org) for org in config.limits.orgs}
+    app.state.org_labels = metrics.OrgLabels(config.metrics.max_org_labels, config.limits.orgs)
     install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=config.limits.max_body_bytes)
-    for router in (health.router, sessions.router, vectors.router):
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=config.limits.max_body_bytes,
+        measure=metrics.HttpMetrics() if config.metrics.enabled else None,
+    )
+    if config.metrics.enabled:
+        app.add_api_route(
+            config.metrics.path,
+            _metrics,
+            methods=["GET"],
+            tags=["health"],
+            summary="Prometheus metrics: this gateway's and every shard's",
+            response_class=PlainTextResponse,
+        )
+    for router in (health.router, sessions.router, events.router, vectors.router):
         # The routes themselves, not include_router: FastAPI 0.16x matches an included router
         # through a wrapper that re-walks its routes on every request (a tenth of the gateway's
         # time under load). The routes already carry the router's prefix, tags and responses.
         app.router.routes.extend(router.routes)
     _declare_bearer_auth(app)
     return app
+
+
+async def _metrics(request: Request) -> Response:
+    return await metrics.scrape(request.app.state)
 
 
 def _declare_bearer_auth(app: FastAPI) -> None:

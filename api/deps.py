@@ -14,6 +14,7 @@ from engine.config import LimitsConfig, MemoryConfig
 from engine.idempotency import Idempotent
 
 from .auth import organization
+from .errors import ORG_SCOPE_KEY
 from .idempotency import answered, fingerprint, idempotency_key
 from .outbox import MemoryRouter, ShardRouter
 
@@ -52,6 +53,7 @@ async def _caller(request: Request) -> Authorized:
     state = request.app.state
     config = state.config
     org = organization(request)
+    request.scope[ORG_SCOPE_KEY] = org
     state.limiter.check(org)
     limits = state.org_limits.get(org, config.limits)
     return Authorized(org, state.router, state.memory, limits, config.memory, request)

@@ -14,10 +14,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from engine.errors import EngineError
+from engine.errors import EngineError, QuotaExceeded, RateLimited
 from engine.logs import request_id_var
 
+from . import metrics
+
 log = logging.getLogger(__name__)
+
+ORG_SCOPE_KEY = "session_engine.org"  # set by api/deps.py: the caller's organization
 
 STATUS_BY_CODE = {
     "AUTH_REQUIRED": 401,
@@ -26,6 +30,7 @@ STATUS_BY_CODE = {
     "NOT_FOUND": 404,
     "CONFLICT": 409,
     "PRECONDITION_FAILED": 412,
+    "GONE": 410,
     "PAYLOAD_TOO_LARGE": 413,
     "VALIDATION_ERROR": 422,
     "RATE_LIMITED": 429,
@@ -72,6 +77,12 @@ def _dumps(body: dict[str, Any]) -> bytes:
 async def _engine_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, EngineError)
     status = STATUS_BY_CODE.get(exc.code, 500)
+    if isinstance(exc, RateLimited | QuotaExceeded):
+        org = request.app.state.org_labels(request.scope.get(ORG_SCOPE_KEY, ""))
+        if isinstance(exc, RateLimited):
+            metrics.RATE_LIMITED.labels(org).inc()
+        else:
+            metrics.QUOTA_REFUSED.labels(org, exc.details["quota"]).inc()
     if status >= 500:
         log.warning("request failed: %s", exc.message, extra={"code": exc.code, "path": request.url.path})
     return error_response(status, exc.code, exc.message, exc.details, exc.hint)

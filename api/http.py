@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -22,6 +23,7 @@ from engine.errors import ValidationFailed
 from engine.logs import request_id_var
 
 from .errors import PAYLOAD_HINT, error_response
+from .metrics import HttpMetrics
 from .schemas import ERROR_RESPONSES
 
 log = logging.getLogger(__name__)
@@ -99,9 +101,10 @@ class RequestContextMiddleware:
     """Gives each request an id (the client's sane X-Request-ID, or a new one) that its logs and its
     response carry, and refuses bodies over the limit with 413 before the app reads them."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, measure: HttpMetrics | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.measure = measure
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,12 +113,16 @@ class RequestContextMiddleware:
         request_id = _client_request_id(scope) or uuid.uuid4().hex
         header = (b"x-request-id", request_id.encode())
         started = False
+        began = time.perf_counter()
+        measure = self.measure
 
         async def send_with_id(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), header]
                 started = True
+                if measure is not None:  # a stream (a feed) counts when it opens
+                    measure.observe(scope, message["status"], time.perf_counter() - began)
             await send(message)
 
         token = request_id_var.set(request_id)

@@ -10,40 +10,51 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from engine.config import OutboxConfig
-from engine.errors import EngineError, Internal, Unavailable
+from engine.errors import EngineError, Internal, Unavailable, unwrap
 from engine.routing import memory_shard_for, shard_for
 from engine.runtime.transport import MemoryTransport, ShardTransport
 from engine.sessions.ops import Op
+
+from . import metrics
 
 log = logging.getLogger(__name__)
 
 
 class Outbox:
-    def __init__(self, shard: int, transport: ShardTransport, config: OutboxConfig) -> None:
+    def __init__(
+        self, shard: int, transport: ShardTransport, config: OutboxConfig, kind: str = "session"
+    ) -> None:
         self._shard = shard
+        self._batch_ops = metrics.OUTBOX_BATCH.labels(kind)
+        self._queued = metrics.OUTBOX_QUEUED.labels(kind)
+        self._call_seconds = metrics.OUTBOX_CALL.labels(kind)
         self._transport = transport
         self._config = config
         self._waiting: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._reported = 0  # what the queued-ops gauge holds of this outbox
         self._sender: asyncio.Task[None] | None = None
 
     async def submit(self, op: Any) -> Any:
         if not self._config.coalesce:
             (result,) = await self._call([op])
-            return _unwrap(result)
+            return unwrap(result)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting.append((op, future))
         if self._sender is None:
             self._sender = asyncio.create_task(self._send_all())
-        return _unwrap(await future)
+        return unwrap(await future)
 
     async def _send_all(self) -> None:
         try:
             while self._waiting:
                 batch = self._waiting[: self._config.max_batch_ops]
                 del self._waiting[: len(batch)]
+                self._queued.inc(len(self._waiting) - self._reported)
+                self._reported = len(self._waiting)
                 try:
                     results = await self._call([op for op, _ in batch])
                 except EngineError as exc:
@@ -60,6 +71,8 @@ class Outbox:
             self._sender = None
 
     async def _call(self, ops: list[Any]) -> list[Any]:
+        self._batch_ops.observe(len(ops))
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._config.call_timeout_s):  # no task of its own, unlike wait_for
                 return await self._transport.call(self._shard, ops)
@@ -69,20 +82,19 @@ class Outbox:
                 {"shard": self._shard},
                 "Retry shortly. A write that got this answer may or may not have been applied.",
             ) from None
-
-
-def _unwrap(result: Any) -> Any:
-    if isinstance(result, EngineError):
-        raise result
-    return result
+        finally:
+            self._call_seconds.observe(time.perf_counter() - started)
 
 
 class _Outboxes:
     """One outbox a shard; `broadcast` sends the same op to every shard and fails if any does."""
 
+    KIND: str  # the metrics' label
+
     def __init__(self, transport: ShardTransport, config: OutboxConfig) -> None:
         self.shards = transport.shards
-        self._outboxes = [Outbox(i, transport, config) for i in range(self.shards)]
+        self.transport = transport
+        self._outboxes = [Outbox(i, transport, config, self.KIND) for i in range(self.shards)]
 
     async def broadcast(self, op: Any) -> list[Any]:
         return list(await asyncio.gather(*(outbox.submit(op) for outbox in self._outboxes)))
@@ -90,6 +102,8 @@ class _Outboxes:
 
 class ShardRouter(_Outboxes):
     """Finds the shard of a session and hands its ops to that shard's outbox."""
+
+    KIND = "session"
 
     async def submit(self, org: str, session_id: str, op: Op) -> Any:
         return await self._outboxes[shard_for(org, session_id, self.shards)].submit(op)
@@ -99,9 +113,11 @@ class MemoryRouter(_Outboxes):
     """Finds an organization's memory shard and hands its ops to that shard's outbox, so concurrent
     upserts share one log write; texts go to the embedder."""
 
+    KIND = "memory"
+    transport: MemoryTransport
+
     def __init__(self, transport: MemoryTransport, config: OutboxConfig) -> None:
         super().__init__(transport, config)
-        self.transport = transport
 
     async def submit(self, org: str, op: Any) -> Any:
         return await self._outboxes[memory_shard_for(org, self.shards)].submit(op)

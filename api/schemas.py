@@ -303,6 +303,7 @@ ErrorCode = Literal[
     "AUTH_INVALID",
     "FORBIDDEN",
     "NOT_FOUND",
+    "GONE",
     "CONFLICT",
     "PRECONDITION_FAILED",
     "PAYLOAD_TOO_LARGE",

@@ -43,10 +43,15 @@ class Load:
 
 def ensure_wrk() -> str | None:
     """wrk's path, installing Debian's package when it is missing and this user may; else None."""
-    found = shutil.which("wrk")
+    return ensure_package("wrk", "wrk")
+
+
+def ensure_package(binary: str, package: str) -> str | None:
+    """A program's path, installing its Debian package when it is missing and this user may; else None."""
+    found = shutil.which(binary)
     if found or not shutil.which("apt-get"):
         return found
-    command = ["apt-get", "install", "-y", "-q", "wrk"]
+    command = ["apt-get", "install", "-y", "-q", package]
     if os.geteuid() != 0:
         if not shutil.which("sudo"):
             return None
@@ -55,7 +60,7 @@ def ensure_wrk() -> str | None:
         subprocess.run(command, capture_output=True, timeout=300, check=True)
     except (subprocess.SubprocessError, OSError):
         return None
-    return shutil.which("wrk")
+    return shutil.which(binary)
 
 
 def run(generator: str, url: str, key: str, plan: list[Request], load: Load, work: Path) -> dict[str, Any]:

@@ -129,6 +129,28 @@ class DurabilityConfig(_Section):
     idempotency_max_records: int = Field(1_000_000, ge=1)
 
 
+class EventsConfig(_Section):
+    """The change feeds (GET /sessions/{id}/events, GET /events): what each session shard keeps for
+    consumers to resume from, and how far behind a consumer may fall."""
+
+    retention_s: float = Field(600.0, gt=0)  # a consumer may resume from a position this recent
+    max_events: int = Field(100_000, ge=1)  # and at most this many events back, per session shard
+    # Events a consumer may have waiting in its gateway; one that falls further behind is dropped,
+    # told where to resume from.
+    max_queued: int = Field(1000, ge=1)
+    heartbeat_s: float = Field(15.0, gt=0)  # a comment line this often, so idle feeds stay open
+
+
+class MetricsConfig(_Section):
+    """Prometheus metrics (GET /metrics, no auth, like the health routes)."""
+
+    enabled: bool = True
+    path: str = Field("/metrics", pattern=r"^/[A-Za-z0-9/_.-]*$")
+    # Organizations named in labels (rate limits, quotas), per gateway worker: those in limits.orgs,
+    # then the first ones seen up to this many; the rest are counted as org="other".
+    max_org_labels: int = Field(100, ge=0)
+
+
 class RayConfig(_Section):
     address: str | None = None  # None: start a local Ray inside `serve`
     namespace: str = "session-engine"
@@ -244,6 +266,8 @@ class EngineConfig(BaseSettings):
     outbox: OutboxConfig = OutboxConfig()
     durability: DurabilityConfig = DurabilityConfig()
     ray: RayConfig = RayConfig()
+    events: EventsConfig = EventsConfig()
+    metrics: MetricsConfig = MetricsConfig()
     placement: PlacementConfig = PlacementConfig()
     memory: MemoryConfig = MemoryConfig()
     models: ModelsConfig = ModelsConfig()
@@ -279,7 +303,18 @@ class EngineConfig(BaseSettings):
 # Settings that may differ between the gateways of one cluster: where and how each listens and
 # batches, which keys it reads, how it logs, how it reaches Ray. (The actors log at the level of
 # the gateway that created them.)
-GATEWAY_SETTINGS = ("host", "port", "workers", "log_level", "api_keys", "keys_file", "http", "outbox", "ray")
+GATEWAY_SETTINGS = (
+    "host",
+    "port",
+    "workers",
+    "log_level",
+    "api_keys",
+    "keys_file",
+    "http",
+    "outbox",
+    "ray",
+    "metrics",
+)
 
 
 def settings_diff(ours: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> list[str]:

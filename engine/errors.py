@@ -167,6 +167,24 @@ class RateLimited(EngineError):
         self.args = (limit_per_s, retry_after_s)
 
 
+class FeedGone(EngineError):
+    """A change feed was asked to resume from a position whose events are no longer kept."""
+
+    code = "GONE"
+    hint = (
+        "The events after that position are no longer kept (events.retention_s, events.max_events, "
+        "or the shard restarted from a snapshot). Read the current state (GET the session or the "
+        "list), then open the feed again without Last-Event-ID."
+    )
+
+    def __init__(self, position: str, oldest: str, newest: str) -> None:
+        super().__init__(
+            f"the feed cannot resume from {position}",
+            {"position": position, "oldest_resumable": oldest, "newest": newest},
+        )
+        self.args = (position, oldest, newest)
+
+
 class Unavailable(EngineError):
     code = "UNAVAILABLE"
     hint = "The engine is starting or recovering; retry after a short wait."
@@ -175,6 +193,13 @@ class Unavailable(EngineError):
 class Internal(EngineError):
     code = "INTERNAL"
     hint = "This is a bug in the engine; the request id in the response header identifies it in the logs."
+
+
+def unwrap(result: Any) -> Any:
+    """A shard answers an op's error as a value (so one op's error never fails the batch): raise it."""
+    if isinstance(result, EngineError):
+        raise result
+    return result
 
 
 def apply_each(apply: Callable[[T], Any], ops: Sequence[T]) -> list[Any]:

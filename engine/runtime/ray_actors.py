@@ -136,8 +136,13 @@ class NamedActors:
 
     async def call(self, index: int, ops: Sequence[Any], what: str) -> list[Any]:
         """One batch to a shard actor; a shard that is down, restarting or moving is 503 UNAVAILABLE."""
+        result: list[Any] = await self.invoke(index, "apply_batch", what, ops)
+        return result
+
+    async def invoke(self, index: int, method: str, what: str, *args: Any) -> Any:
+        """Call one method of a shard actor, with the same 503 as `call`."""
         try:
-            result: list[Any] = await self._handles[index].apply_batch.remote(ops)
+            return await getattr(self._handles[index], method).remote(*args)
         except RAY_ERRORS as exc:
             if isinstance(exc, ActorDiedError):
                 self.died(index)
@@ -147,4 +152,3 @@ class NamedActors:
                 f"The {what} is restarting or moving; retry shortly. A write that got this answer may "
                 "or may not have been applied (an Idempotency-Key makes the retry safe).",
             ) from exc
-        return result

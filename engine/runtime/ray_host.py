@@ -7,6 +7,7 @@ of the engine is testable without it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -18,7 +19,7 @@ import ray
 from ray.exceptions import ActorDiedError
 
 from engine.config import EngineConfig, LimitsConfig
-from engine.errors import Unavailable
+from engine.errors import EngineError, Unavailable, unwrap
 from engine.logs import setup_logging
 from engine.models.summarizer import Conversation, Summary
 from engine.runtime import ray_cluster, ray_memory, upkeep
@@ -30,6 +31,8 @@ from engine.runtime.ray_actors import (
     find_named,
     wait_started,
 )
+from engine.runtime.shard_metrics import SessionShardMetrics
+from engine.sessions.events import Interest, Page, Position
 from engine.sessions.ops import ExpireDue, Op, Ping, PurgeSessions
 from engine.storage.durable import DurableShard
 from engine.storage.identity import ShardIdentity
@@ -55,19 +58,33 @@ class SessionShard(HostedShard):
     def __init__(self, index: int, config: EngineConfig, cluster_id: str) -> None:
         setup_logging(config.log_level)
         self._snapshot_lock = asyncio.Lock()
+        self._published = asyncio.Event()  # set (and replaced) whenever a log record is written
         self._pool: Any = None
         self._memory = ray_memory.session_indexer(config)
+        self._metrics = SessionShardMetrics()
         self._runner = SummaryRunner(
-            self.apply_batch, self._summarize, self._memory, config.models.summarizer
+            self.apply_batch,
+            self._summarize,
+            self._memory,
+            config.models.summarizer,
+            outcome=self._metrics.summary_outcome,
         )
         # Async actor: __init__ runs on the actor's event loop, so the timers live beside the ops.
         self._host(index, config, cluster_id)
 
     def _open_durable(self, identity: ShardIdentity, lock_wait_s: float) -> DurableShard:
         directory = shard_directory(self._config.data_dir, self._index)
-        return DurableShard(
-            directory, self._config.durability, lock_wait_s=lock_wait_s, own_process=True, identity=identity
+        durable = DurableShard(
+            directory,
+            self._config.durability,
+            lock_wait_s=lock_wait_s,
+            own_process=True,
+            identity=identity,
+            events=self._config.events,
         )
+        durable.observe_commit = self._metrics.observe_commit
+        durable.observe_events = self._metrics.published
+        return durable
 
     def _started(self) -> None:
         durable = self._store()
@@ -95,11 +112,15 @@ class SessionShard(HostedShard):
         if (refused := self._refused(len(ops))) is not None:
             return refused
         durable = self._store()
+        lsn = durable.lsn
         # No await inside: a batch is applied and logged whole before the next one starts.
         try:
             results = durable.apply_batch(ops)  # read-only while its log cannot be written
         except LogWriteFailed:
             upkeep.fail_stop("session shard", self._index)
+        if durable.lsn != lsn:
+            self._published.set()  # wakes the feed reads waiting for events
+            self._published = asyncio.Event()
         jobs = durable.store.take_summary_jobs()
         if jobs and not durable.read_only:
             self._runner.submit(jobs)  # after the log write: a job starts only once it is durable
@@ -122,6 +143,41 @@ class SessionShard(HostedShard):
             self._pool = None  # stopped and created again: look it up afresh next time
             raise
         return summary
+
+    async def read_events(
+        self, after: Position | None, interests: frozenset[Interest], limit: int, wait_s: float
+    ) -> Page | EngineError:
+        """The change feed (engine.sessions.events): the events `interests` want after `after`,
+        waiting up to `wait_s` for some to be written; `after=None`: none, only where the feed
+        ends now. Errors are answered as values, as apply_batch answers them."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            if self._durable is None:
+                assert self._refusal is not None
+                return self._refusal
+            events = self._durable.store.events
+            try:
+                page = (
+                    events.read(after, interests, limit) if after is not None else Page([], events.end, False)
+                )
+            except EngineError as exc:
+                return exc
+            left = deadline - time.monotonic()
+            if page.events or after is None or left <= 0:
+                return page
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._published.wait(), left)
+
+    async def metrics(self) -> list[Any]:
+        """This shard's series, for a gateway's /metrics (engine.runtime.shard_metrics)."""
+        if self._durable is None:
+            return self._metrics.families(None, None)
+        durable = self._durable
+        store = durable.store
+        return [
+            *self._metrics.families(durable.disk_status(), durable.recovery.seconds),
+            *self._metrics.session_families(store.count_by_status(), self._runner.active, len(store.events)),
+        ]
 
     async def drain_summaries(self) -> int:
         """Wait until every summary job this shard has in flight is done; for tests and benchmarks."""
@@ -150,6 +206,7 @@ class SessionShard(HostedShard):
                 durable.abandon_snapshot()
                 raise
             result = asdict(durable.complete_snapshot())
+            self._metrics.snapshot_seconds.observe(result["seconds"])
             log.info("snapshot written", extra={"shard": self._index, **result})
             return result
 
@@ -278,3 +335,15 @@ class RayTransport:
 
     async def call(self, shard: int, ops: Sequence[Op]) -> list[Any]:
         return await self._actors.call(shard, ops, "shard")
+
+    async def read_events(
+        self, shard: int, after: Position | None, interests: frozenset[Interest], limit: int, wait_s: float
+    ) -> Page:
+        page: Page = unwrap(
+            await self._actors.invoke(shard, "read_events", "shard", after, interests, limit, wait_s)
+        )
+        return page
+
+    async def metrics(self, shard: int) -> list[Any]:
+        families: list[Any] = unwrap(await self._actors.invoke(shard, "metrics", "shard"))
+        return families

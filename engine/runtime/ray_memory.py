@@ -11,6 +11,7 @@ import collections
 import itertools
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -21,12 +22,12 @@ import ray
 from ray.exceptions import ActorDiedError
 
 from engine.config import EngineConfig
-from engine.errors import Unavailable
+from engine.errors import Unavailable, unwrap
 from engine.logs import setup_logging
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams
 from engine.memory.indexer import SessionIndexer
-from engine.memory.store import MemoryOp, MemoryStats
+from engine.memory.store import MemoryOp, MemoryStats, QueryVectors
 from engine.models.summarizer import Conversation, Summary, SummaryError
 from engine.routing import memory_shard_for
 from engine.storage.identity import ShardIdentity
@@ -36,6 +37,7 @@ from engine.storage.wal import LogWriteFailed
 from . import upkeep
 from .hosted import HostedShard
 from .ray_actors import RAY_ERRORS, NamedActors, create_named, find_named, wait_started
+from .shard_metrics import MemoryShardMetrics
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +64,17 @@ class MemoryShard(HostedShard):
     def __init__(self, index: int, config: EngineConfig, cluster_id: str) -> None:
         setup_logging(config.log_level)
         self._snapshot_lock = asyncio.Lock()
+        self._metrics = MemoryShardMetrics()
         self._host(index, config, cluster_id)
 
     def _open_durable(self, identity: ShardIdentity, lock_wait_s: float) -> DurableMemory:
         directory = memory_directory(self._config.data_dir, self._index)
         params = index_params(self._config)
-        return DurableMemory(
+        durable = DurableMemory(
             directory, self._config.durability, params, lock_wait_s=lock_wait_s, identity=identity
         )
+        durable.observe_commit = self._metrics.observe_commit
+        return durable
 
     def _started(self) -> None:
         durable = self._store()
@@ -90,10 +95,24 @@ class MemoryShard(HostedShard):
     async def apply_batch(self, ops: Sequence[MemoryOp]) -> list[Any]:
         if (refused := self._refused(len(ops))) is not None:
             return refused
+        started = time.perf_counter()
         try:
-            return self._store().apply_batch(ops)  # read-only while its log cannot be written
+            results = self._store().apply_batch(ops)  # read-only while its log cannot be written
         except LogWriteFailed:
             upkeep.fail_stop("memory shard", self._index)
+        self._metrics.timer(any(isinstance(op, QueryVectors) for op in ops))(time.perf_counter() - started)
+        return results
+
+    async def metrics(self) -> list[Any]:
+        """This shard's series, for a gateway's /metrics (engine.runtime.shard_metrics)."""
+        if self._durable is None:
+            return self._metrics.families(None, None)
+        durable = self._durable
+        held = [(index.kind, namespace, len(index)) for (_, namespace), index in durable.store.namespaces()]
+        return [
+            *self._metrics.families(durable.disk_status(), durable.recovery.seconds),
+            *self._metrics.memory_families(held),
+        ]
 
     def _counts(self) -> dict[str, Any]:
         durable = self._store()
@@ -109,6 +128,7 @@ class MemoryShard(HostedShard):
             write = durable.begin_snapshot()
             result = await asyncio.to_thread(write)
             durable.finish_snapshot(result)
+            self._metrics.snapshot_seconds.observe(result.seconds)
             log.info("memory snapshot written", extra={"shard": self._index, **asdict(result)})
             return asdict(result)
 
@@ -336,6 +356,10 @@ class RayMemoryTransport:
 
     async def call(self, shard: int, ops: Sequence[MemoryOp]) -> list[Any]:
         return await self._memory.call(shard, ops, "memory shard")
+
+    async def metrics(self, shard: int) -> list[Any]:
+        families: list[Any] = unwrap(await self._memory.invoke(shard, "metrics", "memory shard"))
+        return families
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         which = next(self._next) % len(self._embedders)

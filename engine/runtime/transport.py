@@ -4,6 +4,8 @@ result per op (a value, or the EngineError that op raised). Failures of the call
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -12,8 +14,11 @@ import numpy as np
 from engine.clock import Clock, SystemClock
 from engine.memory.index import IndexParams
 from engine.memory.store import MemoryStore
+from engine.sessions.events import Interest, Page, Position
 from engine.sessions.ops import ExpireDue
 from engine.sessions.shard import ShardStore
+
+from .shard_metrics import MemoryShardMetrics, SessionShardMetrics
 
 
 class ShardTransport(Protocol):
@@ -21,6 +26,18 @@ class ShardTransport(Protocol):
     def shards(self) -> int: ...
 
     async def call(self, shard: int, ops: Sequence[Any]) -> list[Any]: ...
+
+    async def metrics(self, shard: int) -> list[Any]:
+        """The shard's Prometheus families (engine.runtime.shard_metrics)."""
+        ...
+
+
+class SessionTransport(ShardTransport, Protocol):
+    """Session shards also serve their change feeds (engine.sessions.events)."""
+
+    async def read_events(
+        self, shard: int, after: Position | None, interests: frozenset[Interest], limit: int, wait_s: float
+    ) -> Page: ...
 
 
 class MemoryTransport(ShardTransport, Protocol):
@@ -37,6 +54,7 @@ class LocalTransport:
     def __init__(self, shards: int, clock: Clock | None = None) -> None:
         self.stores = [ShardStore() for _ in range(shards)]
         self.clock = clock or SystemClock()
+        self._written = asyncio.Condition()
 
     @property
     def shards(self) -> int:
@@ -44,7 +62,32 @@ class LocalTransport:
 
     async def call(self, shard: int, ops: Sequence[Any]) -> list[Any]:
         # No timer task here: due sessions are expired before each batch instead.
-        return self.stores[shard].apply_batch([ExpireDue(), *ops], self.clock.now_ms())[1:]
+        store = self.stores[shard]
+        now_ms = self.clock.now_ms()
+        results = store.apply_batch([ExpireDue(), *ops], now_ms)[1:]
+        if store.take_journal():  # "logged" as the next record: its events become readable
+            store.events.publish(store.events.lsn + 1, now_ms, store.events.take_pending())
+            async with self._written:
+                self._written.notify_all()
+        return results
+
+    async def read_events(
+        self, shard: int, after: Position | None, interests: frozenset[Interest], limit: int, wait_s: float
+    ) -> Page:
+        events = self.stores[shard].events
+        if after is None:
+            return Page([], events.end, False)
+        page = events.read(after, interests, limit)
+        if not page.events and wait_s > 0:  # (a wake-up by another shard's write reads again early)
+            async with self._written:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._written.wait(), wait_s)
+            page = events.read(after, interests, limit)
+        return page
+
+    async def metrics(self, shard: int) -> list[Any]:
+        store = self.stores[shard]
+        return SessionShardMetrics().session_families(store.count_by_status(), 0, len(store.events))
 
 
 class LocalMemoryTransport:
@@ -67,6 +110,12 @@ class LocalMemoryTransport:
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         return self._embed(texts)
+
+    async def metrics(self, shard: int) -> list[Any]:
+        held = [
+            (index.kind, namespace, len(index)) for (_, namespace), index in self.stores[shard].namespaces()
+        ]
+        return MemoryShardMetrics.memory_families(held)
 
     async def ready(self) -> dict[str, Any]:
         return {"embedder": "in-process"}

@@ -21,6 +21,7 @@ from sortedcontainers import SortedList
 
 from engine.errors import QuotaExceeded, SessionExists, SessionNotActive, SessionNotFound, apply_each
 from engine.idempotency import GONE, IdempotencyRecords, Idempotent, Replayed
+from engine.sessions.events import EventLog, events_of
 from engine.sessions.ops import (
     SESSION_OPS,
     AppendMessages,
@@ -71,8 +72,11 @@ class _OrgIndex:
 
 
 class ShardStore:
-    def __init__(self, idempotency: IdempotencyRecords | None = None) -> None:
+    def __init__(self, idempotency: IdempotencyRecords | None = None, events: EventLog | None = None) -> None:
         self.idempotency = idempotency if idempotency is not None else IdempotencyRecords()
+        # The change feed: each journaled op's events wait in `events.pending` until its log record
+        # is written (engine.storage.durable publishes them).
+        self.events = events if events is not None else EventLog()
         self.replaying = False  # set while the log is replayed: logged ops are applied as they were
         self.condition: dict[str, Any] = {}  # set by the durability layer; pings answer it
         self._sessions: dict[tuple[str, str], Session] = {}
@@ -96,6 +100,7 @@ class ShardStore:
         spec = SESSION_OPS.spec(op)
         if spec.logged and (result or spec.log_without_result):
             self.journal.append(op)
+            self.events.pending += events_of(op, result, now_ms)
         return result
 
     def _apply_once(self, once: Idempotent, now_ms: int) -> Any:
@@ -107,6 +112,7 @@ class ShardStore:
                 return self._replay(op, record.result)
         result = self._handlers[type(op)](op, now_ms)
         self.journal.append(once)  # the key is logged with its op
+        self.events.pending += events_of(op, result, now_ms)
         compact = [result[0]["seq"], len(result)] if isinstance(op, AppendMessages) else result
         self.idempotency.remember(op.org, op.session_id, once.key, once.fingerprint, now_ms, compact)
         return result
@@ -127,6 +133,14 @@ class ShardStore:
         first, count = result
         messages = self._find(op.org, op.session_id).messages
         return [messages[seq - 1].view(seq) for seq in range(first, first + count)]
+
+    def count_by_status(self) -> dict[SessionStatus, int]:
+        """Sessions by status (as stored: one past its deadline counts as active until it expires)."""
+        counts = dict.fromkeys(SessionStatus, 0)
+        for index in self._orgs.values():
+            for status, keys in index.by_status.items():
+                counts[status] += len(keys)
+        return counts
 
     def take_summary_jobs(self) -> list[tuple[str, str]]:
         taken, self.summary_jobs = self.summary_jobs, []
@@ -332,8 +346,8 @@ class ShardStore:
             del self._orgs[session.org]
         self.idempotency.forget_results(session.org, session.id)
 
-    def _expire_due(self, op: ExpireDue, now_ms: int) -> list[str]:
-        expired: list[str] = []
+    def _expire_due(self, op: ExpireDue, now_ms: int) -> list[tuple[str, str]]:
+        expired: list[tuple[str, str]] = []
         while self._deadlines and self._deadlines[0][0] <= now_ms:
             _, org, session_id = heapq.heappop(self._deadlines)
             session = self._sessions.get((org, session_id))
@@ -341,7 +355,7 @@ class ShardStore:
             if session is not None and session.is_due(now_ms):
                 self._before_change(session)
                 self._transition(session, SessionStatus.EXPIRED, now_ms)
-                expired.append(session_id)
+                expired.append((org, session_id))
         return expired
 
     # -- reads --------------------------------------------------------------------------------------

@@ -11,13 +11,15 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.clock import Clock, SystemClock
-from engine.config import DurabilityConfig
+from engine.config import DurabilityConfig, EventsConfig
 from engine.idempotency import IdempotencyRecords
+from engine.sessions.events import Event, EventLog
 from engine.sessions.ops import SESSION_OPS
 from engine.sessions.shard import ShardStore, SnapshotCursor
 
@@ -52,6 +54,7 @@ class SnapshotResult:
 class DurableShard(LoggedStore):
     OPS = SESSION_OPS
     store: ShardStore
+    observe_events: Callable[[list[Event]], None] | None = None  # told each record's events: metrics
 
     def __init__(
         self,
@@ -61,10 +64,13 @@ class DurableShard(LoggedStore):
         lock_wait_s: float = 10.0,
         identity: ShardIdentity | None = None,
         own_process: bool = False,
+        events: EventsConfig | None = None,
     ) -> None:
         """`own_process`: this shard is the only large thing in its process (a Ray shard actor), so
-        it may tune the process's garbage collector for a large, long-lived, acyclic heap."""
+        it may tune the process's garbage collector for a large, long-lived, acyclic heap.
+        `events`: how much of its change feed it keeps (engine.sessions.events)."""
         self.directory = directory
+        self._events = EventLog.from_config(events or EventsConfig())
         self._identity = identity
         self._config = config
         self._fsync = config.fsync
@@ -84,13 +90,24 @@ class DurableShard(LoggedStore):
             if self._own_process:
                 gc.disable()  # rebuilding allocates millions of objects; a full pass every so often is waste
             found = recover(
-                self.directory, IdempotencyRecords.from_config(self._config), until_lsn, repair=repair
+                self.directory,
+                IdempotencyRecords.from_config(self._config),
+                until_lsn,
+                repair=repair,
+                events=self._events,
             )
         finally:
             if self._own_process:
                 gc.enable()
         self._settle_heap()
         return found
+
+    def _logged(self, now_ms: int) -> None:
+        events = self.store.events
+        published = events.take_pending()
+        events.publish(self.lsn, now_ms, published)
+        if self.observe_events is not None:
+            self.observe_events(published)
 
     # -- snapshots ----------------------------------------------------------------------------------
 
@@ -196,24 +213,29 @@ def recover(
     until_lsn: int | None = None,
     *,
     repair: bool = True,
+    events: EventLog | None = None,
 ) -> tuple[ShardStore, int, Recovery]:
     """The newest snapshot that reads whole, then every log record after it (see
     engine.storage.recovery). `until_lsn`: a running shard rebuilding itself after a failed log
     write; it reads no further. With it, or with `repair=False`, nothing on disk changes."""
     started = time.perf_counter()
     template = records if records is not None else IdempotencyRecords()
+    feed = events if events is not None else EventLog()
 
     def fresh() -> ShardStore:
-        return ShardStore(template.empty_like())
+        return ShardStore(template.empty_like(), feed.empty_like())
 
     def load_snapshot(path: Path, store: ShardStore) -> int:
         lsn, chunks = read_snapshot(path, store.idempotency.load)
         store.load(decode_session(encoded) for chunk in chunks for encoded in chunk)
+        store.events.start_after(lsn)  # the events before a snapshot are not known again
         return lsn
 
     def apply_record(store: ShardStore, record: LogRecord) -> None:
         for encoded in record.ops:
             store.apply(decode_op(encoded), record.now_ms)
+        # The same events at the same positions as when the record was first written.
+        store.events.publish(record.lsn, record.now_ms, store.events.take_pending())
 
     store, found = recover_state(
         directory, SNAPSHOT_PREFIX, fresh, load_snapshot, apply_record, until_lsn=until_lsn, repair=repair

@@ -24,7 +24,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,8 @@ class LoggedStore:
     _epoch: Epoch | None = None  # this incarnation's claim on the directory (engine.storage.identity)
     _fenced = False
     _draining: Unavailable | None = None  # set by `drain`: changes refused, reads answered
+    # Told each log write's seconds (write, and sync under fsync=always) and bytes: the shard's metrics.
+    observe_commit: Callable[[float, int], None] | None = None
 
     def _read_files(self, *, repair: bool, until_lsn: int | None) -> tuple[Any, int, Any]:
         """(store, last record, recovery) from the files, dropping the current state first; with
@@ -165,17 +167,24 @@ class LoggedStore:
         if journal:
             # The journal holds the batch's own op objects, each encoded above.
             record = encode_record(self.lsn + 1, now_ms, [encoded[id(op)] for op in journal])
+            started = time.perf_counter()
             try:
                 self.writable_log().commit(record, self._fsync)
             except LogWriteFailed as exc:
                 return [self._go_read_only(exc)] * len(ops)
+            if self.observe_commit is not None:
+                self.observe_commit(time.perf_counter() - started, len(record))
             if not self.holds_epoch():
                 return [self._fence()] * len(ops)  # written, never acknowledged; recovery cuts it
             self.lsn += 1
+            self._logged(now_ms)
         if refused:
             answers = iter(results)
             results = [refused[i] if i in refused else next(answers) for i in range(len(ops))]
         return results
+
+    def _logged(self, now_ms: int) -> None:
+        """Record `lsn` is written: what waited for it may be seen now (a session shard's events)."""
 
     def sync(self) -> None:
         """For fsync=everysec: called about once a second."""
@@ -259,6 +268,7 @@ class LoggedStore:
         except (OSError, LogWriteFailed):
             return False
         self.lsn += 1
+        self._logged(self._clock.now_ms())
         self._refusal = None
         self._publish_condition()
         log.warning("the log is writable again; taking changes", extra={"directory": str(self.directory)})

@@ -35,6 +35,9 @@ MAX_REASON_CHARS = 500
 
 Apply = Callable[[Sequence[Op]], Awaitable[list[Any]]]
 Summarize = Callable[[Conversation], Awaitable[Summary]]  # the text, from the summarizer pool
+# Told how each attempt ended ("ready", "extractive": ready with an extract because the model's
+# text was degenerate, "retried", "failed") and, once ready, the seconds since the session ended.
+Outcome = Callable[[str, float | None], None]
 
 
 class SessionMemory(Protocol):
@@ -67,8 +70,10 @@ class SummaryRunner:
         memory: SessionMemory,
         config: SummarizerConfig,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        outcome: Outcome | None = None,
     ) -> None:
         self._apply = apply
+        self._outcome = outcome or (lambda name, lag_s: None)
         self._summarize = summarize
         self._memory = memory
         self._config = config
@@ -140,6 +145,7 @@ class SummaryRunner:
                     },
                 )
                 await self._apply([FailSummary(org, session_id, reason, final)])
+                self._outcome("failed" if final else "retried", None)
                 if final:
                     return
                 await self._sleep(config.retry_backoff_s * 2 ** (attempt - 1))
@@ -176,6 +182,14 @@ class SummaryRunner:
             # The summary could not be stored (the log refused its text): a failed job, not one
             # left running for ever.
             await self._apply([FailSummary(org, session_id, f"the summary was refused: {done}", True)])
+            self._outcome("failed", None)
+            return
+        lag_s = (
+            None
+            if started.ended_at is None
+            else max(0.0, (done["summary_provenance"]["created_at"] - started.ended_at) / 1000)
+        )
+        self._outcome("ready" if summary.method in (None, "model") else "extractive", lag_s)
 
     async def _step(self, op: Op) -> Any:
         """Apply one op of the job; raises _Gone if its session was deleted meanwhile."""

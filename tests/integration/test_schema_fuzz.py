@@ -104,6 +104,11 @@ schema = schemathesis.openapi.from_asgi(
 )
 
 
+# The change feeds answer a stream that stays open: a case would never end. Their answers to bad
+# input (404, 410, 422) are checked by tests/integration/test_feeds.py on a real server.
+schema = schema.exclude(path_regex=r"events$")
+
+
 @schema.parametrize()
 @BOUNDED
 def test_every_operation_answers_as_the_document_says(case: Case) -> None:

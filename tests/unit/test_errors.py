@@ -22,6 +22,7 @@ ALL_ERRORS = [
     errors.Forbidden("managed", {"namespace": "session-memory"}),
     errors.ModelMissing("models.summarizer.path: /x is not a model directory", {"setting": "x"}),
     errors.RateLimited(2.5, 0.4),
+    errors.FeedGone("3.0", "7.0", "42.0"),
     errors.Unavailable("down", {"shard": 1}, "later"),
     errors.Internal("bug"),
 ]

@@ -65,7 +65,7 @@ def test_the_timer_expires_due_sessions_and_only_them() -> None:
     store = ShardStore()
     short, long_ = create(store, ttl_s=1), create(store, ttl_s=10)
     assert store.apply(ExpireDue(), T0 + 999) == []
-    assert store.apply(ExpireDue(), T0 + 1_000) == [short]
+    assert store.apply(ExpireDue(), T0 + 1_000) == [("acme", short)]
     assert store.apply(GetSession("acme", short), T0 + 1_000)["status"] == "expired"
     assert store.apply(GetSession("acme", long_), T0 + 1_000)["status"] == "active"
     expired = store.apply(ListSessions("acme", 10, SessionStatus.EXPIRED), T0 + 1_000)["items"]
@@ -88,7 +88,7 @@ def test_extending_the_ttl_keeps_a_session_alive_past_its_old_deadline() -> None
     sid = create(store, ttl_s=1)
     store.apply(UpdateSession("acme", sid, ttl_s=60), T0 + 500)
     assert store.apply(ExpireDue(), T0 + 5_000) == []
-    assert store.apply(ExpireDue(), T0 + 60_500) == [sid]
+    assert store.apply(ExpireDue(), T0 + 60_500) == [("acme", sid)]
 
 
 def test_ended_and_deleted_sessions_leave_stale_deadlines_harmlessly() -> None:

@@ -1,0 +1,231 @@
+"""The change feed of a session shard: what each logged op did, as events, kept for a while.
+
+Events are derived from ops that changed state, with their results, so they are exactly what the
+log holds: an op's events are published only once its record is written (`EventLog.publish`), and
+recovery derives them again from the records it replays. An event's position is `(lsn, k)`: the
+k-th event of log record `lsn`. A position names what a consumer has seen: `(lsn, k)` means every
+event before the k-th of record `lsn`, so `Position(lsn + 1, 0)` follows the whole of record `lsn`.
+Positions survive restarts (LSNs do), and a consumer resumes from one exactly, with no gap and no
+duplicate, for as long as the shard retains the events after it.
+
+A shard retains the events of its newest records: at most `max_events`, none older than
+`retention_ms`, and none from before the snapshot it last started from. A resume from before that
+is refused (FeedGone), and the consumer starts again from the present.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from engine.config import EventsConfig
+from engine.errors import FeedGone, ValidationFailed
+from engine.idempotency import Idempotent
+from engine.sessions.session import SessionStatus
+
+# A session's feed: everything that happens to it. An organization's feed: sessions made, ended and
+# deleted, and their summaries (an end is `status.changed` in a session's feed and
+# `session.<status>` in its organization's).
+SESSION_FEED = (
+    "session.created",
+    "message.appended",
+    "context.updated",
+    "session.updated",
+    "status.changed",
+    "summary.ready",
+    "summary.failed",
+    "session.deleted",
+)
+ORG_FEED = (
+    "session.created",
+    "session.closed",
+    "session.completed",
+    "session.expired",
+    "session.deleted",
+    "summary.ready",
+    "summary.failed",
+)
+
+
+class Position(NamedTuple):
+    lsn: int
+    k: int
+
+    def __str__(self) -> str:
+        return f"{self.lsn}.{self.k}"
+
+
+_POSITION = re.compile(r"^(\d{1,18})\.(\d{1,9})$")
+
+
+def parse_position(text: str, field: str = "Last-Event-ID") -> Position:
+    match = _POSITION.match(text.strip())
+    if match is None:
+        raise ValidationFailed(
+            f"{field} is not a feed position",
+            {"field": field, "format": "<record>.<event>, e.g. 1234.0"},
+            "Send back the id of the last event you received, unchanged.",
+        )
+    return Position(int(match[1]), int(match[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: str
+    org: str
+    session_id: str
+    at: int  # epoch ms: when the op ran
+    data: dict[str, Any]
+
+    @property
+    def in_session_feed(self) -> bool:
+        return self.type in SESSION_FEED
+
+    @property
+    def in_org_feed(self) -> bool:
+        return self.type in ORG_FEED
+
+    def body(self) -> dict[str, Any]:
+        """What a consumer receives (the organization is the consumer's own, so it is left out)."""
+        return {"type": self.type, "session_id": self.session_id, "at": self.at, **self.data}
+
+
+def events_of(op: Any, result: Any, now_ms: int) -> list[Event]:
+    """The events of one op that succeeded and is logged, from the op and what it returned."""
+    if type(op) is Idempotent:
+        op = op.op
+    name = type(op).__name__
+    if name == "AppendMessages":
+        return [_event("message.appended", op, now_ms, {"message": m}) for m in result]
+    if name == "CreateSession":
+        return [_event("session.created", op, now_ms, {"session": result})]
+    if name == "ReplaceContext":
+        data = {"version": result["version"], "context": result["context"]}
+        return [_event("context.updated", op, now_ms, data)]
+    if name == "UpdateSession":
+        data = {key: result[key] for key in ("name", "ttl_seconds", "expires_at")}
+        return [_event("session.updated", op, now_ms, data)]
+    if name == "EndSession":
+        return _ended(op.org, op.session_id, result["status"], now_ms)
+    if name == "ExpireDue":
+        return [e for org, sid in result for e in _ended(org, sid, SessionStatus.EXPIRED.value, now_ms)]
+    if name == "FinishSummary":
+        data = {"summary": result["summary"], "summary_provenance": result.get("summary_provenance")}
+        return [_event("summary.ready", op, now_ms, data)]
+    if name == "FailSummary" and op.final:
+        return [_event("summary.failed", op, now_ms, {"error": op.error})]
+    if name == "DeleteSession":
+        return [_event("session.deleted", op, now_ms, {"reason": "deleted"})]
+    if name == "PurgeSessions":
+        return [Event("session.deleted", org, sid, now_ms, {"reason": "retention"}) for org, sid in result]
+    return []  # summary steps (start, indexed, request): the job's progress, not a change to watch
+
+
+def _event(type_: str, op: Any, now_ms: int, data: dict[str, Any]) -> Event:
+    return Event(type_, op.org, op.session_id, now_ms, data)
+
+
+def _ended(org: str, session_id: str, status: str, now_ms: int) -> list[Event]:
+    return [
+        Event("status.changed", org, session_id, now_ms, {"status": status}),
+        Event(f"session.{status}", org, session_id, now_ms, {"status": status}),
+    ]
+
+
+# Who a read is for: (organization, session id) for a session's feed, (organization, None) for
+# an organization's feed. A gateway reads for all of its consumers at once.
+Interest = tuple[str, str | None]
+
+
+def wanted(event: Event, interests: frozenset[Interest]) -> bool:
+    return (event.in_session_feed and (event.org, event.session_id) in interests) or (
+        event.in_org_feed and (event.org, None) in interests
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    events: list[tuple[Position, Event]]  # each with the position after it
+    position: Position  # where the next read starts
+    more: bool  # the limit cut the page short
+
+
+class EventLog:
+    def __init__(self, max_events: int = 100_000, retention_ms: int = 600_000) -> None:
+        self.max_events = max_events
+        self.retention_ms = retention_ms
+        self.pending: list[Event] = []  # of ops applied, not yet logged
+        self._lsns: list[int] = []  # of the records retained, ascending
+        self._records: list[tuple[int, Sequence[Event]]] = []  # (now_ms, events), beside _lsns
+        self._count = 0
+        self.floor = 0  # the newest record whose events are not retained
+        self.lsn = 0  # the newest record published
+
+    @classmethod
+    def from_config(cls, config: EventsConfig) -> EventLog:
+        return cls(config.max_events, round(config.retention_s * 1000))
+
+    def empty_like(self) -> EventLog:
+        return EventLog(self.max_events, self.retention_ms)
+
+    @property
+    def end(self) -> Position:
+        """The position after every event published so far: where a new consumer starts."""
+        return Position(self.lsn + 1, 0)
+
+    def take_pending(self) -> list[Event]:
+        taken, self.pending = self.pending, []
+        return taken
+
+    def publish(self, lsn: int, now_ms: int, events: Sequence[Event]) -> None:
+        """Record `lsn` is in the log: its events become readable."""
+        self.lsn = lsn
+        if events:
+            self._lsns.append(lsn)
+            self._records.append((now_ms, events))
+            self._count += len(events)
+        self._trim(now_ms)
+
+    def start_after(self, lsn: int) -> None:
+        """Recovery read a snapshot up to `lsn`: the events before it are not known."""
+        self.floor = self.lsn = lsn
+
+    def _trim(self, now_ms: int) -> None:
+        drop = 0
+        count = self._count
+        oldest_kept = now_ms - self.retention_ms
+        while drop < len(self._records) and (count > self.max_events or self._records[drop][0] < oldest_kept):
+            count -= len(self._records[drop][1])
+            drop += 1
+        if drop:
+            self.floor = self._lsns[drop - 1]
+            del self._lsns[:drop], self._records[:drop]
+            self._count = count
+
+    def read(self, after: Position, interests: Iterable[Interest], limit: int = 1000) -> Page:
+        """The wanted events after `after`, at most `limit`; FeedGone if some are no longer kept."""
+        self.check(after)
+        chosen = frozenset(interests)
+        found: list[tuple[Position, Event]] = []
+        position = self.end
+        start = bisect.bisect_left(self._lsns, after.lsn)
+        for i in range(start, len(self._lsns)):
+            lsn = self._lsns[i]
+            events = self._records[i][1]
+            first = after.k if lsn == after.lsn else 0
+            for k in range(first, len(events)):
+                if wanted(events[k], chosen):
+                    if len(found) >= limit:
+                        return Page(found, Position(lsn, k), True)
+                    found.append((Position(lsn, k + 1), events[k]))
+        return Page(found, position, False)
+
+    def check(self, after: Position) -> None:
+        if after.lsn <= self.floor or after > self.end:
+            raise FeedGone(str(after), str(Position(self.floor + 1, 0)), str(self.end))
+
+    def __len__(self) -> int:
+        return self._count

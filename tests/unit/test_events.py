@@ -1,0 +1,201 @@
+"""The change feed's core (engine.sessions.events): positions that survive restarts and resume
+exactly, isolation between organizations, and retention."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.clock import ManualClock
+from engine.config import DurabilityConfig, EventsConfig
+from engine.errors import FeedGone, ValidationFailed
+from engine.sessions.events import EventLog, Position, parse_position
+from engine.sessions.ops import (
+    AppendMessages,
+    CreateSession,
+    DeleteSession,
+    EndSession,
+    ExpireDue,
+    FailSummary,
+    ReplaceContext,
+)
+from engine.sessions.session import NewMessage, SessionStatus, new_session_id
+from engine.storage.durable import DurableShard
+
+T0 = 1_700_000_000_000
+
+
+def open_shard(path: Path, clock: ManualClock, events: EventsConfig | None = None) -> DurableShard:
+    return DurableShard(path, DurabilityConfig(), clock, lock_wait_s=0.2, events=events)
+
+
+def everything(log: EventLog, after: Position, interests: set, limit: int = 1000) -> list:
+    found = []
+    while True:
+        page = log.read(after, interests, limit)
+        found += [(pos, e.type, e.session_id, e.body()) for pos, e in page.events]
+        after = page.position
+        if not page.more:
+            return found
+
+
+def create(shard: DurableShard, org: str = "acme", ttl_s: int = 60) -> str:
+    sid = new_session_id()
+    shard.apply_batch([CreateSession(org, sid, "s", ttl_s, {})])
+    return sid
+
+
+def say(org: str, sid: str, *texts: str) -> AppendMessages:
+    return AppendMessages(org, sid, tuple(NewMessage("user", t) for t in texts))
+
+
+def test_a_session_feed_holds_what_happened_to_it_in_order(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    shard = open_shard(tmp_path, clock)
+    sid = create(shard)
+    shard.apply_batch([say("acme", sid, "a", "b"), ReplaceContext("acme", sid, {"k": 1})])
+    shard.apply_batch([EndSession("acme", sid, SessionStatus.CLOSED)])
+    shard.apply_batch([FailSummary("acme", sid, "model broke", True)])
+    feed = everything(shard.store.events, Position(1, 0), {("acme", sid)})
+    assert [kind for _, kind, _, _ in feed] == [
+        "session.created",
+        "message.appended",
+        "message.appended",
+        "context.updated",
+        "status.changed",
+        "summary.failed",
+    ]
+    assert [body["message"]["content"] for _, kind, _, body in feed if kind == "message.appended"] == [
+        "a",
+        "b",
+    ]
+    assert [str(pos) for pos, *_ in feed] == ["1.1", "2.1", "2.2", "2.3", "3.1", "4.1"]
+    org = everything(shard.store.events, Position(1, 0), {("acme", None)})
+    assert [kind for _, kind, _, _ in org] == ["session.created", "session.closed", "summary.failed"]
+
+
+def test_expiry_and_deletion_reach_the_organization_feed(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    shard = open_shard(tmp_path, clock)
+    short, gone = create(shard, ttl_s=1), create(shard)
+    clock.advance(1_000)
+    shard.apply_batch([ExpireDue(), DeleteSession("acme", gone)])
+    feed = everything(shard.store.events, Position(3, 0), {("acme", None), ("acme", short)})
+    assert [(kind, s) for _, kind, s, _ in feed] == [
+        ("status.changed", short),
+        ("session.expired", short),
+        ("session.deleted", gone),
+    ]
+
+
+def test_no_event_of_another_organization_ever(tmp_path: Path) -> None:
+    shard = open_shard(tmp_path, ManualClock(T0))
+    mine, theirs = create(shard, "acme"), create(shard, "evil")
+    shard.apply_batch([say("acme", mine, "x"), say("evil", theirs, "y")])
+    # Asking for another organization's session by its id, under one's own organization, finds nothing.
+    for interests in ({("acme", None)}, {("acme", mine)}, {("acme", theirs)}):
+        assert all(
+            b["session_id"] != theirs for *_, b in everything(shard.store.events, Position(1, 0), interests)
+        )
+    assert everything(shard.store.events, Position(1, 0), {("acme", theirs)}) == []
+
+
+def test_events_wait_for_their_log_record(tmp_path: Path) -> None:
+    shard = open_shard(tmp_path, ManualClock(T0))
+    sid = create(shard)
+    store = shard.store
+    store.apply(say("acme", sid, "not logged yet"), T0)  # applied in memory, no record written
+    assert store.events.pending and everything(store.events, Position(1, 0), {("acme", sid)})[-1][1] == (
+        "session.created"
+    )
+
+
+ACTIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("say"), st.integers(0, 3), st.integers(1, 3)),
+        st.tuples(st.just("context"), st.integers(0, 3)),
+        st.tuples(st.just("end"), st.integers(0, 3)),
+        st.tuples(st.just("restart")),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(actions=ACTIONS, limit=st.integers(1, 4), cut=st.integers(0, 100))
+def test_positions_survive_restarts_and_resume_with_no_gap_and_no_duplicate(
+    tmp_path_factory: pytest.TempPathFactory, actions: list, limit: int, cut: int
+) -> None:
+    path = tmp_path_factory.mktemp("feed")
+    clock = ManualClock(T0)
+    shard = open_shard(path, clock)
+    sessions = [create(shard, org) for org in ("acme", "acme", "evil", "acme")]
+    interests = {("acme", None), ("acme", sessions[0]), ("acme", sessions[1])}
+    for action in actions:
+        clock.advance(10)
+        if action[0] == "restart":
+            shard.close(snapshot=False)
+            shard = open_shard(path, clock)
+            continue
+        sid = sessions[action[1]]
+        org = "evil" if action[1] == 2 else "acme"
+        if action[0] == "say":
+            op = say(org, sid, *[f"m{i}" for i in range(action[2])])
+        elif action[0] == "context":
+            op = ReplaceContext(org, sid, {"at": clock.now_ms()})
+        else:
+            op = EndSession(org, sid, SessionStatus.COMPLETED)
+        shard.apply_batch([op])
+    whole = everything(shard.store.events, Position(1, 0), interests)
+    assert all(b["session_id"] != sessions[2] for *_, b in whole)
+    # Resuming from any event's position, in pages of any size, gives exactly what followed it.
+    resume_at = cut % (len(whole) + 1)
+    start = Position(1, 0) if resume_at == 0 else whole[resume_at - 1][0]
+    assert everything(shard.store.events, start, interests, limit) == whole[resume_at:]
+    # And so does the same after one more restart.
+    shard.close(snapshot=False)
+    shard = open_shard(path, clock)
+    assert everything(shard.store.events, start, interests, limit) == whole[resume_at:]
+    shard.close(snapshot=False)
+
+
+def test_a_resume_from_before_a_snapshot_or_past_retention_is_gone(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    shard = open_shard(tmp_path, clock, EventsConfig(retention_s=60, max_events=3))
+    sid = create(shard, ttl_s=3600)
+    shard.apply_batch([say("acme", sid, "a")])
+    shard.store.events.read(Position(1, 0), set())  # both records kept
+    shard.apply_batch([say("acme", sid, "b", "c")])  # four events: the first record's go
+    with pytest.raises(FeedGone) as info:
+        shard.store.events.read(Position(1, 0), set())
+    assert info.value.details["oldest_resumable"] == "2.0"
+    assert [e.type for _, e in shard.store.events.read(Position(2, 0), {("acme", sid)}).events] == [
+        "message.appended"
+    ] * 3
+    clock.advance(61_000)
+    shard.apply_batch([say("acme", sid, "d")])  # the older records have aged out
+    with pytest.raises(FeedGone):
+        shard.store.events.read(Position(3, 0), set())
+    shard.snapshot_now()
+    shard.close(snapshot=False)
+    shard = open_shard(tmp_path, clock)
+    with pytest.raises(FeedGone):
+        shard.store.events.read(Position(4, 0), set())
+    assert shard.store.events.read(shard.store.events.end, set()).events == []
+    with pytest.raises(FeedGone):  # a position this shard never reached
+        shard.store.events.read(Position(99, 0), set())
+    shard.close(snapshot=False)
+
+
+@pytest.mark.parametrize("text", ["", "1", "1.", "a.b", "1.2.3", "-1.0", "1" * 19 + ".0", " 12 .0"])
+def test_a_malformed_position_is_a_validation_error(text: str) -> None:
+    with pytest.raises(ValidationFailed):
+        parse_position(text)
+
+
+def test_a_position_reads_back_as_it_was_written() -> None:
+    assert parse_position(str(Position(1234, 5))) == Position(1234, 5)
