@@ -87,8 +87,10 @@ def create_app(
         app.state.router = ShardRouter(sessions, config.outbox)
         app.state.memory = MemoryRouter(memory(config), config.outbox)
         app.state.feeds = FeedHub(sessions, config.events)
+        metrics.worker_started()
         tune_gc()
         yield
+        metrics.worker_stopped()
 
     app = FastAPI(
         title="session-engine",

@@ -22,7 +22,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 from starlette.responses import Response
 
@@ -66,6 +66,11 @@ QUOTA_REFUSED = Counter(
 FEEDS_OPEN = Gauge(
     "session_engine_feeds_open", "Change feeds (SSE streams) open.", multiprocess_mode="livesum"
 )
+WORKERS = Gauge(
+    "session_engine_gateway_workers",
+    "1 for each live gateway worker process (its pid is a label when there are several).",
+    multiprocess_mode="liveall",
+)
 FEED_DROPPED = Counter(
     "session_engine_feed_consumers_dropped", "Feed consumers dropped for falling too far behind."
 )
@@ -108,6 +113,16 @@ class HttpMetrics:
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+
+def worker_started() -> None:
+    WORKERS.set(1)
+
+
+def worker_stopped() -> None:
+    """Its live series (open feeds, queued ops, itself) leave the sum."""
+    if os.environ.get(MULTIPROC_ENV):
+        mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
 def gateway_registry() -> CollectorRegistry:

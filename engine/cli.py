@@ -7,8 +7,10 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -81,6 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from api.app import RESOLVED_CONFIG_ENV, create_app
     from api.edge import PROTOCOL
+    from api.metrics import MULTIPROC_ENV
     from engine.runtime import ray_cluster, ray_host, ray_memory
     from engine.runtime.ray_actors import StartupError
 
@@ -124,7 +127,13 @@ def _serve(args: argparse.Namespace) -> int:
             # Worker processes join the Ray this process started and find the shards by name.
             resolved = config.model_copy(update={"ray": config.ray.model_copy(update={"address": address})})
             os.environ[RESOLVED_CONFIG_ENV] = resolved.to_env_json()
-            uvicorn.run("api.app:app_from_env", factory=True, workers=config.workers, **common)  # type: ignore[arg-type]
+            # The workers' metrics go to files here, and each /metrics sums every worker's.
+            metrics_dir = tempfile.mkdtemp(prefix="session-engine-metrics-")
+            os.environ[MULTIPROC_ENV] = metrics_dir
+            try:
+                uvicorn.run("api.app:app_from_env", factory=True, workers=config.workers, **common)  # type: ignore[arg-type]
+            finally:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
         watch.stop()
         if watch.lost:
             print("session-engine: lost the Ray cluster; stopped serving", file=sys.stderr)

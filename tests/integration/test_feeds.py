@@ -222,19 +222,30 @@ def test_feed_bad_input_gets_clear_answers(api: Api, other_api: Api) -> None:
     assert_error(httpx.get(f"{api.client.base_url}/events"), 401, "AUTH_REQUIRED")
 
 
-def test_metrics_sum_every_worker_and_show_every_shard(client: httpx.Client, api: Api) -> None:
-    sid = api.new_session()["id"]
-    for _ in range(20):
-        say(api, sid, "counted")
-    text = client.get("/metrics").text
-    appends = [
+def appends_counted(text: str) -> float:
+    return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
         if line.startswith("session_engine_http_requests_total{")
         and 'route="/sessions/{session_id}/messages"' in line
         and 'status="201"' in line
-    ]
-    assert sum(appends) >= 20  # both workers' counts, whichever answered the scrape
+    )
+
+
+def test_metrics_sum_every_worker_and_show_every_shard(gateway: dict[str, Any], api: Api) -> None:
+    url = gateway["server"].url
+    sid = api.new_session()["id"]
+    before = appends_counted(httpx.get(f"{url}/metrics").text)
+    for _ in range(20):  # a connection each: the workers take them as they come
+        response = httpx.post(
+            f"{url}/sessions/{sid}/messages", json={"role": "user", "content": "counted"}, headers=api.auth
+        )
+        assert response.status_code == 201
+    for _ in range(6):  # whichever worker answers a scrape, it counts both workers' requests
+        text = httpx.get(f"{url}/metrics").text
+        assert appends_counted(text) - before == 20
+        workers = [line for line in text.splitlines() if line.startswith("session_engine_gateway_workers{")]
+        assert len(workers) == 2, workers  # one series per live worker process (its pid)
     for shard in ("session-0", "session-1", "memory-0", "memory-1"):
         assert f'session_engine_shard_state{{shard="{shard}",state="serving"}} 1.0' in text
     assert (
