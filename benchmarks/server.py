@@ -30,8 +30,8 @@ class ServerProcess:
 
     base_env: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, data_dir: Path, args: list[str], env: dict[str, str]) -> None:
-        self.port = free_port()
+    def __init__(self, data_dir: Path, args: list[str], env: dict[str, str], port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir.parent / f"{data_dir.name}-{self.port}.log"
         self._log = self.log_path.open("wb")
@@ -92,8 +92,10 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def joined_server(data_dir: Path, ray_address: str, env: dict[str, str], *args: str) -> ServerProcess:
+def joined_server(
+    data_dir: Path, ray_address: str, env: dict[str, str], *args: str, port: int | None = None
+) -> ServerProcess:
     """A gateway joining an existing Ray. Its shards live in a namespace of its own unless env names
     one; a gateway started again with the same namespace finds the same (detached) shards."""
     env = {"SESSION_ENGINE_RAY__NAMESPACE": f"test-{uuid.uuid4().hex[:8]}", **env}
-    return ServerProcess(data_dir, ["--ray-address", ray_address, *args], env).wait_ready()
+    return ServerProcess(data_dir, ["--ray-address", ray_address, *args], env, port).wait_ready()

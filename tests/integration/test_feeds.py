@@ -22,7 +22,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def gateway(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def gateway(
+    ray_address: str, servers_use_tiny_summarizer: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
     """Two worker processes, so consecutive connections land on different workers' feed hubs."""
     data_dir = tmp_path_factory.mktemp("feeds") / "data"
     env = {

@@ -1,0 +1,217 @@
+"""The requests both clients send, each with how to read its answer, and the retry rule: written
+once, so the sync and async clients cannot drift apart."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import httpx
+
+from .models import (
+    DeleteResult,
+    Event,
+    Message,
+    NewMessage,
+    QueryResult,
+    Session,
+    SessionPage,
+    SessionWithMessages,
+    UpsertResult,
+)
+
+T = TypeVar("T")
+SESSION_MEMORY = "session-memory"
+RETRIED_STATUSES = frozenset({429, 503})
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    json: Any = None
+    params: Mapping[str, Any] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    write: bool = False  # gets an Idempotency-Key, the same on every retry
+
+    def with_key(self, key: str | None) -> Call[T]:
+        """The call as sent: a write carries `key`, or a new one made here once for all its tries."""
+        if not self.write:
+            return self
+        return Call(
+            self.method,
+            self.path,
+            self.parse,
+            self.json,
+            self.params,
+            {**self.headers, "Idempotency-Key": key or uuid.uuid4().hex},
+            self.write,
+        )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries on 429, 503 and connection failures, `attempts` tries in all. Waits what Retry-After
+    says, else a backoff that doubles from `backoff_s` up to `max_backoff_s`, with full jitter."""
+
+    attempts: int = 6
+    backoff_s: float = 0.25
+    max_backoff_s: float = 10.0
+
+    def delay(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after is not None:
+            try:
+                return min(self.max_backoff_s, max(0.0, float(retry_after))) + random.uniform(0, 0.1)
+            except ValueError:
+                pass  # an HTTP date: fall back to the backoff
+        return random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))
+
+
+def _model(cls: type[T]) -> Callable[[httpx.Response], T]:
+    return lambda response: cls.model_validate(response.json())  # type: ignore[attr-defined]
+
+
+def _none(response: httpx.Response) -> None:
+    return None
+
+
+def _messages(response: httpx.Response) -> list[Message]:
+    return [Message.model_validate(m) for m in response.json()["messages"]]
+
+
+def _matches(response: httpx.Response) -> QueryResult:
+    return QueryResult.model_validate(response.json())
+
+
+def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _message(message: NewMessage | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(message, NewMessage):
+        return message.model_dump(exclude_none=True)
+    return _drop_none(message)
+
+
+def create_session(name: str, ttl_seconds: int | None, context: Mapping[str, Any] | None) -> Call[Session]:
+    body = _drop_none({"name": name, "ttl_seconds": ttl_seconds, "context": context})
+    return Call("POST", "/sessions", _model(Session), body, write=True)
+
+
+def get_session(session_id: str, after_seq: int, limit: int | None) -> Call[SessionWithMessages]:
+    params = _drop_none({"after_seq": after_seq or None, "limit": limit})
+    return Call("GET", f"/sessions/{session_id}", _model(SessionWithMessages), params=params)
+
+
+def append_message(
+    session_id: str, role: str, content: str, tool_call_id: str | None, tool_name: str | None
+) -> Call[Message]:
+    body = _drop_none(
+        {"role": role, "content": content, "tool_call_id": tool_call_id, "tool_name": tool_name}
+    )
+    return Call("POST", f"/sessions/{session_id}/messages", _model(Message), body, write=True)
+
+
+def append_messages(
+    session_id: str, messages: Iterable[NewMessage | Mapping[str, Any]]
+) -> Call[list[Message]]:
+    body = {"messages": [_message(m) for m in messages]}
+    return Call("POST", f"/sessions/{session_id}/messages", _messages, body, write=True)
+
+
+def update_context(session_id: str, context: Mapping[str, Any], if_match: int | None) -> Call[Session]:
+    headers = {} if if_match is None else {"If-Match": str(if_match)}
+    return Call(
+        "PUT", f"/sessions/{session_id}/context", _model(Session), dict(context), headers=headers, write=True
+    )
+
+
+def update_session(session_id: str, name: str | None, ttl_seconds: int | None) -> Call[Session]:
+    body = _drop_none({"name": name, "ttl_seconds": ttl_seconds})
+    return Call("PATCH", f"/sessions/{session_id}", _model(Session), body, write=True)
+
+
+def end_session(session_id: str, how: str) -> Call[Session]:
+    """how: close (a summary follows), complete (none), summarize (make the summary again)."""
+    return Call("POST", f"/sessions/{session_id}/{how}", _model(Session), write=True)
+
+
+def delete_session(session_id: str) -> Call[None]:
+    return Call("DELETE", f"/sessions/{session_id}", _none, write=True)
+
+
+def list_sessions(status: str | None, limit: int | None, cursor: str | None) -> Call[SessionPage]:
+    params = _drop_none({"status": status, "limit": limit, "cursor": cursor})
+    return Call("GET", "/sessions", _model(SessionPage), params=params)
+
+
+def upsert_vectors(vectors: Iterable[Mapping[str, Any]], namespace: str | None) -> Call[UpsertResult]:
+    body = _drop_none({"namespace": namespace, "vectors": [_drop_none(v) for v in vectors]})
+    return Call("POST", "/vectors/upsert", _model(UpsertResult), body, write=True)
+
+
+def query_vectors(
+    namespace: str | None,
+    query_text: str | None,
+    vector: list[float] | None,
+    top_k: int | None,
+    mode: str | None,
+    filter: Mapping[str, Any] | None,
+) -> Call[QueryResult]:
+    body = _drop_none(
+        {
+            "namespace": namespace,
+            "query_text": query_text,
+            "vector": vector,
+            "top_k": top_k,
+            "mode": mode,
+            "filter": filter,
+        }
+    )
+    return Call("POST", "/vectors/query", _matches, body)
+
+
+def delete_vectors(ids: Iterable[str], namespace: str | None) -> Call[DeleteResult]:
+    body = _drop_none({"namespace": namespace, "ids": list(ids)})
+    return Call("POST", "/vectors/delete", _model(DeleteResult), body, write=True)
+
+
+def feed_path(session_id: str | None) -> str:
+    return "/events" if session_id is None else f"/sessions/{session_id}/events"
+
+
+class SseParser:
+    """Server-Sent Events, line by line: `feed(line)` returns an Event when one is complete."""
+
+    def __init__(self) -> None:
+        self._fields: dict[str, str] = {}
+
+    def feed(self, line: str) -> Event | None:
+        if line == "":
+            fields, self._fields = self._fields, {}
+            if "event" not in fields:
+                return None
+            data = json.loads(fields.get("data") or "{}")
+            return Event(
+                id=fields.get("id", ""),
+                type=fields["event"],
+                session_id=data.pop("session_id", None),
+                at=data.pop("at", None),
+                data={k: v for k, v in data.items() if k != "type"},
+            )
+        if not line.startswith(":"):
+            name, _, value = line.partition(":")
+            self._fields[name] = value.removeprefix(" ")
+        return None
+
+
+def parse_lines(parser: SseParser, lines: Iterable[str]) -> Iterator[Event]:
+    for line in lines:
+        event = parser.feed(line)
+        if event is not None:
+            yield event

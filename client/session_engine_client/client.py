@@ -1,0 +1,502 @@
+"""`Client` and `AsyncClient`: the same methods, blocking or awaitable.
+
+Every write is sent with an `Idempotency-Key` (yours, or one made for the call) and every retry of
+it reuses the key, so a write whose answer was lost (a dropped connection, a gateway restart) takes
+effect exactly once. 429, 503 and connection failures are retried (RetryPolicy), waiting what
+`Retry-After` says. Error answers raise the exception of their code (session_engine_client.errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import httpx
+
+from . import _calls as calls
+from ._calls import SESSION_MEMORY, Call, RetryPolicy, SseParser
+from .errors import ConnectionFailed, SessionEngineError, error_from
+from .models import (
+    DeleteResult,
+    Event,
+    Match,
+    Message,
+    NewMessage,
+    QueryResult,
+    Session,
+    SessionPage,
+    SessionWithMessages,
+    UpsertResult,
+)
+
+T = TypeVar("T")
+DEFAULT_URL = "http://127.0.0.1:8080"
+# What a retry may follow: no answer at all, or an answer that was cut off.
+TRANSPORT_ERRORS = (httpx.TransportError,)
+FEED_READ_TIMEOUT_S = 60.0  # the server sends a keep-alive every 15 s (events.heartbeat_s)
+
+
+def _headers(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"}
+
+
+class Client:
+    """A blocking client. Use it as a context manager, or call `close()`."""
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str = DEFAULT_URL,
+        *,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.retry = retry or RetryPolicy()
+        self._http = httpx.Client(
+            base_url=base_url, headers=_headers(api_key), timeout=timeout, transport=transport
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _do(self, call: Call[T], idempotency_key: str | None = None) -> T:
+        call = call.with_key(idempotency_key)
+        for attempt in range(1, self.retry.attempts + 1):
+            last = attempt == self.retry.attempts
+            try:
+                response = self._http.request(
+                    call.method, call.path, json=call.json, params=call.params, headers=call.headers
+                )
+            except TRANSPORT_ERRORS as exc:
+                if last:
+                    raise ConnectionFailed(f"{call.method} {call.path}: {exc}") from exc
+                time.sleep(self.retry.delay(attempt, None))
+                continue
+            if response.status_code < 400:
+                return call.parse(response)
+            if response.status_code not in calls.RETRIED_STATUSES or last:
+                raise error_from(response)
+            time.sleep(self.retry.delay(attempt, response.headers.get("retry-after")))
+        raise AssertionError("unreachable")
+
+    # -- sessions -----------------------------------------------------------------------------------
+
+    def create_session(
+        self,
+        name: str,
+        *,
+        ttl_seconds: int | None = None,
+        context: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Session:
+        return self._do(calls.create_session(name, ttl_seconds, context), idempotency_key)
+
+    def get_session(
+        self, session_id: str, *, after_seq: int = 0, limit: int | None = None
+    ) -> SessionWithMessages:
+        return self._do(calls.get_session(session_id, after_seq, limit))
+
+    def append_message(
+        self,
+        session_id: str,
+        role: str,
+        content: str,
+        *,
+        tool_call_id: str | None = None,
+        tool_name: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Message:
+        return self._do(
+            calls.append_message(session_id, role, content, tool_call_id, tool_name), idempotency_key
+        )
+
+    def append_messages(
+        self,
+        session_id: str,
+        messages: Iterable[NewMessage | Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
+    ) -> list[Message]:
+        return self._do(calls.append_messages(session_id, messages), idempotency_key)
+
+    def update_context(
+        self,
+        session_id: str,
+        context: Mapping[str, Any],
+        *,
+        if_match: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Session:
+        return self._do(calls.update_context(session_id, context, if_match), idempotency_key)
+
+    def update_session(
+        self,
+        session_id: str,
+        *,
+        name: str | None = None,
+        ttl_seconds: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Session:
+        return self._do(calls.update_session(session_id, name, ttl_seconds), idempotency_key)
+
+    def close_session(self, session_id: str, *, idempotency_key: str | None = None) -> Session:
+        return self._do(calls.end_session(session_id, "close"), idempotency_key)
+
+    def complete_session(self, session_id: str, *, idempotency_key: str | None = None) -> Session:
+        return self._do(calls.end_session(session_id, "complete"), idempotency_key)
+
+    def summarize_session(self, session_id: str, *, idempotency_key: str | None = None) -> Session:
+        return self._do(calls.end_session(session_id, "summarize"), idempotency_key)
+
+    def delete_session(self, session_id: str, *, idempotency_key: str | None = None) -> None:
+        self._do(calls.delete_session(session_id), idempotency_key)
+
+    def list_sessions(
+        self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> SessionPage:
+        return self._do(calls.list_sessions(status, limit, cursor))
+
+    def iter_sessions(self, *, status: str | None = None, page_size: int = 100) -> Iterator[Session]:
+        """Every session of the organization, newest first, a page at a time."""
+        cursor = None
+        while True:
+            page = self.list_sessions(status=status, limit=page_size, cursor=cursor)
+            yield from page.sessions
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def iter_messages(
+        self, session_id: str, *, after_seq: int = 0, page_size: int = 500
+    ) -> Iterator[Message]:
+        """A session's messages in seq order, a page at a time."""
+        while True:
+            messages = self.get_session(session_id, after_seq=after_seq, limit=page_size).messages
+            yield from messages
+            if len(messages) < page_size:
+                return
+            after_seq = messages[-1].seq
+
+    # -- memory -------------------------------------------------------------------------------------
+
+    def upsert_vectors(
+        self,
+        vectors: Iterable[Mapping[str, Any]],
+        *,
+        namespace: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> UpsertResult:
+        return self._do(calls.upsert_vectors(vectors, namespace), idempotency_key)
+
+    def query_vectors(
+        self,
+        *,
+        namespace: str | None = None,
+        query_text: str | None = None,
+        vector: list[float] | None = None,
+        top_k: int | None = None,
+        mode: str | None = None,
+        filter: Mapping[str, Any] | None = None,
+    ) -> QueryResult:
+        return self._do(calls.query_vectors(namespace, query_text, vector, top_k, mode, filter))
+
+    def delete_vectors(
+        self, ids: Iterable[str], *, namespace: str | None = None, idempotency_key: str | None = None
+    ) -> DeleteResult:
+        return self._do(calls.delete_vectors(ids, namespace), idempotency_key)
+
+    def search_memory(
+        self, query: str, *, top_k: int = 5, filter: Mapping[str, Any] | None = None
+    ) -> list[Match]:
+        """Prior (closed) sessions that talked about `query`, best first: one match per session,
+        its id the session's, with `summary` and `highlights` (the messages that matched)."""
+        found = self.query_vectors(namespace=SESSION_MEMORY, query_text=query, top_k=top_k, filter=filter)
+        return found.matches
+
+    # -- change feeds -------------------------------------------------------------------------------
+
+    def events(
+        self, session_id: str | None = None, *, last_event_id: str | None = None, ready: bool = False
+    ) -> Iterator[Event]:
+        """A session's change feed (or, without `session_id`, the organization's), for as long as
+        you iterate. Dropped connections and `feed.dropped` are resumed from the last event's id,
+        with no gap and no duplicate; a position the server no longer keeps raises Gone. Each
+        event's `id` is where to resume from later (`last_event_id`). `ready=True` also yields the
+        `feed.ready` event that starts each connection."""
+        position = last_event_id
+        failures = 0
+        while True:
+            headers = {} if position is None else {"Last-Event-ID": position}
+            try:
+                with self._http.stream(
+                    "GET",
+                    calls.feed_path(session_id),
+                    headers=headers,
+                    timeout=httpx.Timeout(self._http.timeout.connect, read=FEED_READ_TIMEOUT_S),
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        error = error_from(response)
+                        if response.status_code not in calls.RETRIED_STATUSES:
+                            raise error
+                        raise _Retry(error)
+                    parser = SseParser()
+                    for line in response.iter_lines():
+                        event = parser.feed(line)
+                        if event is None:
+                            continue
+                        failures = 0
+                        position = event.id or position
+                        if event.type == "feed.dropped":
+                            break  # fell behind: resume from its position
+                        if event.type != "feed.ready" or ready:
+                            yield event
+                        if event.type == "session.deleted" and session_id is not None:
+                            return
+            except (_Retry, *TRANSPORT_ERRORS) as exc:
+                failures += 1
+                if failures >= self.retry.attempts:
+                    raise _failure(exc) from exc
+                time.sleep(self.retry.delay(failures, None))
+
+
+class _Retry(Exception):
+    def __init__(self, error: SessionEngineError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _failure(exc: BaseException) -> SessionEngineError:
+    return exc.error if isinstance(exc, _Retry) else ConnectionFailed(f"change feed: {exc}")
+
+
+class AsyncClient:
+    """The same surface as Client, awaitable. Use it as an async context manager, or `aclose()`."""
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str = DEFAULT_URL,
+        *,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.retry = retry or RetryPolicy()
+        self._http = httpx.AsyncClient(
+            base_url=base_url, headers=_headers(api_key), timeout=timeout, transport=transport
+        )
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _do(self, call: Call[T], idempotency_key: str | None = None) -> T:
+        call = call.with_key(idempotency_key)
+        for attempt in range(1, self.retry.attempts + 1):
+            last = attempt == self.retry.attempts
+            try:
+                response = await self._http.request(
+                    call.method, call.path, json=call.json, params=call.params, headers=call.headers
+                )
+            except TRANSPORT_ERRORS as exc:
+                if last:
+                    raise ConnectionFailed(f"{call.method} {call.path}: {exc}") from exc
+                await asyncio.sleep(self.retry.delay(attempt, None))
+                continue
+            if response.status_code < 400:
+                return call.parse(response)
+            if response.status_code not in calls.RETRIED_STATUSES or last:
+                raise error_from(response)
+            await asyncio.sleep(self.retry.delay(attempt, response.headers.get("retry-after")))
+        raise AssertionError("unreachable")
+
+    # -- sessions -----------------------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        name: str,
+        *,
+        ttl_seconds: int | None = None,
+        context: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Session:
+        return await self._do(calls.create_session(name, ttl_seconds, context), idempotency_key)
+
+    async def get_session(
+        self, session_id: str, *, after_seq: int = 0, limit: int | None = None
+    ) -> SessionWithMessages:
+        return await self._do(calls.get_session(session_id, after_seq, limit))
+
+    async def append_message(
+        self,
+        session_id: str,
+        role: str,
+        content: str,
+        *,
+        tool_call_id: str | None = None,
+        tool_name: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Message:
+        call = calls.append_message(session_id, role, content, tool_call_id, tool_name)
+        return await self._do(call, idempotency_key)
+
+    async def append_messages(
+        self,
+        session_id: str,
+        messages: Iterable[NewMessage | Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
+    ) -> list[Message]:
+        return await self._do(calls.append_messages(session_id, messages), idempotency_key)
+
+    async def update_context(
+        self,
+        session_id: str,
+        context: Mapping[str, Any],
+        *,
+        if_match: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Session:
+        return await self._do(calls.update_context(session_id, context, if_match), idempotency_key)
+
+    async def update_session(
+        self,
+        session_id: str,
+        *,
+        name: str | None = None,
+        ttl_seconds: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Session:
+        return await self._do(calls.update_session(session_id, name, ttl_seconds), idempotency_key)
+
+    async def close_session(self, session_id: str, *, idempotency_key: str | None = None) -> Session:
+        return await self._do(calls.end_session(session_id, "close"), idempotency_key)
+
+    async def complete_session(self, session_id: str, *, idempotency_key: str | None = None) -> Session:
+        return await self._do(calls.end_session(session_id, "complete"), idempotency_key)
+
+    async def summarize_session(self, session_id: str, *, idempotency_key: str | None = None) -> Session:
+        return await self._do(calls.end_session(session_id, "summarize"), idempotency_key)
+
+    async def delete_session(self, session_id: str, *, idempotency_key: str | None = None) -> None:
+        await self._do(calls.delete_session(session_id), idempotency_key)
+
+    async def list_sessions(
+        self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> SessionPage:
+        return await self._do(calls.list_sessions(status, limit, cursor))
+
+    async def iter_sessions(
+        self, *, status: str | None = None, page_size: int = 100
+    ) -> AsyncIterator[Session]:
+        cursor = None
+        while True:
+            page = await self.list_sessions(status=status, limit=page_size, cursor=cursor)
+            for session in page.sessions:
+                yield session
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def iter_messages(
+        self, session_id: str, *, after_seq: int = 0, page_size: int = 500
+    ) -> AsyncIterator[Message]:
+        while True:
+            messages = (await self.get_session(session_id, after_seq=after_seq, limit=page_size)).messages
+            for message in messages:
+                yield message
+            if len(messages) < page_size:
+                return
+            after_seq = messages[-1].seq
+
+    # -- memory -------------------------------------------------------------------------------------
+
+    async def upsert_vectors(
+        self,
+        vectors: Iterable[Mapping[str, Any]],
+        *,
+        namespace: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> UpsertResult:
+        return await self._do(calls.upsert_vectors(vectors, namespace), idempotency_key)
+
+    async def query_vectors(
+        self,
+        *,
+        namespace: str | None = None,
+        query_text: str | None = None,
+        vector: list[float] | None = None,
+        top_k: int | None = None,
+        mode: str | None = None,
+        filter: Mapping[str, Any] | None = None,
+    ) -> QueryResult:
+        return await self._do(calls.query_vectors(namespace, query_text, vector, top_k, mode, filter))
+
+    async def delete_vectors(
+        self, ids: Iterable[str], *, namespace: str | None = None, idempotency_key: str | None = None
+    ) -> DeleteResult:
+        return await self._do(calls.delete_vectors(ids, namespace), idempotency_key)
+
+    async def search_memory(
+        self, query: str, *, top_k: int = 5, filter: Mapping[str, Any] | None = None
+    ) -> list[Match]:
+        found = await self.query_vectors(
+            namespace=SESSION_MEMORY, query_text=query, top_k=top_k, filter=filter
+        )
+        return found.matches
+
+    # -- change feeds -------------------------------------------------------------------------------
+
+    async def events(
+        self, session_id: str | None = None, *, last_event_id: str | None = None, ready: bool = False
+    ) -> AsyncIterator[Event]:
+        position = last_event_id
+        failures = 0
+        while True:
+            headers = {} if position is None else {"Last-Event-ID": position}
+            try:
+                async with self._http.stream(
+                    "GET",
+                    calls.feed_path(session_id),
+                    headers=headers,
+                    timeout=httpx.Timeout(self._http.timeout.connect, read=FEED_READ_TIMEOUT_S),
+                ) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        error = error_from(response)
+                        if response.status_code not in calls.RETRIED_STATUSES:
+                            raise error
+                        raise _Retry(error)
+                    parser = SseParser()
+                    async for line in response.aiter_lines():
+                        event = parser.feed(line)
+                        if event is None:
+                            continue
+                        failures = 0
+                        position = event.id or position
+                        if event.type == "feed.dropped":
+                            break
+                        if event.type != "feed.ready" or ready:
+                            yield event
+                        if event.type == "session.deleted" and session_id is not None:
+                            return
+            except (_Retry, *TRANSPORT_ERRORS) as exc:
+                failures += 1
+                if failures >= self.retry.attempts:
+                    raise _failure(exc) from exc
+                await asyncio.sleep(self.retry.delay(failures, None))

@@ -1,0 +1,134 @@
+"""What the engine answers, as typed models. Fields the server adds later are kept, not refused."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["user", "assistant", "system", "tool"]
+Status = Literal["active", "closed", "completed", "expired"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class Message(_Model):
+    seq: int
+    role: Role
+    content: str
+    created_at: int
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+
+
+class NewMessage(_Model):
+    """A message to append."""
+
+    role: Role
+    content: str
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+
+
+class SummaryProvenance(_Model):
+    model: str
+    method: str = "model"
+    reason: str | None = None
+    messages_covered: int
+    messages_total: int
+    created_at: int | None = None
+
+
+class Session(_Model):
+    id: str
+    name: str
+    status: Status
+    ttl_seconds: int
+    created_at: int
+    updated_at: int
+    expires_at: int
+    ended_at: int | None = None
+    message_count: int
+    context: dict[str, Any]
+    version: int
+    summary_status: Literal["pending", "running", "ready", "failed"] | None = None
+    summary: str | None = None
+    summary_error: str | None = None
+    summary_attempts: int = 0
+    summary_provenance: SummaryProvenance | None = None
+    index_status: Literal["pending", "ready", "failed"] | None = None
+    indexed_at: int | None = None
+
+
+class SessionWithMessages(Session):
+    messages: list[Message] = Field(default_factory=list)
+
+
+class SessionPage(_Model):
+    sessions: list[Session]
+    count: int
+    next_cursor: str | None = None
+
+
+class Highlight(_Model):
+    seq: int
+    role: str | None = None
+    content: str | None = None
+
+
+class Match(_Model):
+    """One match of a vector query. In `session-memory` the id is a prior session's, and the
+    metadata holds its summary and the messages that matched (`highlights`)."""
+
+    id: str
+    score: float
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def summary(self) -> str | None:
+        value = self.metadata.get("summary")
+        return value if isinstance(value, str) else None
+
+    @property
+    def highlights(self) -> list[Highlight]:
+        return [Highlight.model_validate(h) for h in self.metadata.get("highlights") or []]
+
+
+class QueryResult(_Model):
+    namespace: str
+    matches: list[Match]
+    count: int
+
+
+class UpsertResult(_Model):
+    namespace: str
+    upserted: int
+
+
+class DeleteResult(_Model):
+    namespace: str
+    deleted: int
+
+
+class Event(_Model):
+    """One event of a change feed. `id` is the position to resume from (Last-Event-ID)."""
+
+    id: str
+    type: str
+    session_id: str | None = None
+    at: int | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def message(self) -> Message | None:
+        raw = self.data.get("message")
+        return Message.model_validate(raw) if raw is not None else None
+
+
+class ErrorBody(_Model):
+    error: str
+    code: str
+    details: dict[str, Any] = Field(default_factory=dict)
+    hint: str = ""

@@ -1,0 +1,212 @@
+"""session_engine_client against a real gateway on a real local Ray: the typed surface, errors,
+paging, feeds, retries, and exactly-once writes across a gateway killed between a write and its
+retry."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import signal
+import threading
+from typing import Any
+
+import httpx
+import pytest
+from session_engine_client import (
+    AsyncClient,
+    AuthInvalid,
+    Client,
+    Conflict,
+    NewMessage,
+    NotFound,
+    PreconditionFailed,
+    RetryPolicy,
+    Session,
+    ValidationError,
+)
+from session_engine_client._calls import SseParser
+
+from benchmarks.server import joined_server
+
+pytestmark = pytest.mark.integration
+
+
+def public(cls: type) -> dict[str, list[str]]:
+    return {
+        name: list(inspect.signature(member).parameters)
+        for name, member in vars(cls).items()
+        if callable(member) and not name.startswith("_") and name not in ("close", "aclose")
+    }
+
+
+def test_the_sync_and_async_clients_have_the_same_surface() -> None:
+    assert public(Client) == public(AsyncClient)
+
+
+def test_a_session_through_the_client(gateway: dict[str, Any], key: str) -> None:
+    with Client(key, gateway["server"].url) as engine:
+        session = engine.create_session("support", context={"ticket": 1})
+        assert isinstance(session, Session) and session.status == "active" and session.version == 1
+        first = engine.append_message(session.id, "user", "my order never came")
+        batch = engine.append_messages(
+            session.id, [NewMessage(role="assistant", content="sorry"), {"role": "user", "content": "#1234"}]
+        )
+        assert [first.seq, *(m.seq for m in batch)] == [1, 2, 3]
+        assert [m.content for m in engine.iter_messages(session.id, page_size=2)] == [
+            "my order never came",
+            "sorry",
+            "#1234",
+        ]
+        updated = engine.update_context(session.id, {"ticket": 2}, if_match=1)
+        assert updated.version == 2
+        with pytest.raises(PreconditionFailed) as stale:
+            engine.update_context(session.id, {"ticket": 3}, if_match=1)
+        assert stale.value.details["current_version"] == 2 and stale.value.status == 412
+        others = [engine.create_session(f"s{i}").id for i in range(3)]
+        assert [s.id for s in engine.iter_sessions(page_size=2)] == [*reversed(others), session.id]
+        closed = engine.close_session(session.id)
+        assert closed.status == "closed" and closed.summary_status == "pending"
+        with pytest.raises(Conflict) as refused:
+            engine.append_message(session.id, "user", "late")
+        assert refused.value.details["status"] == "closed" and refused.value.hint
+        engine.delete_session(others[0])
+        with pytest.raises(NotFound):
+            engine.get_session(others[0])
+        with pytest.raises(ValidationError):
+            engine.append_message(others[1], "robot", "no such role")
+
+
+def test_a_bad_key_is_a_typed_error(gateway: dict[str, Any]) -> None:
+    with Client("not-a-key", gateway["server"].url) as engine, pytest.raises(AuthInvalid) as info:
+        engine.list_sessions()
+    assert info.value.code == "AUTH_INVALID" and info.value.request_id
+
+
+def test_the_async_client_and_a_feed_that_resumes(gateway: dict[str, Any], key: str) -> None:
+    async def scenario() -> None:
+        async with AsyncClient(key, gateway["server"].url) as engine:
+            session = await engine.create_session("async")
+            seen: list[Any] = []
+
+            async def follow() -> None:
+                async for event in engine.events(session.id):
+                    if event.type == "message.appended":
+                        seen.append(event)
+                    if len(seen) == 2:
+                        return
+
+            follower = asyncio.create_task(follow())
+            await asyncio.sleep(0.5)  # the feed is open (it starts at about the present)
+            await engine.append_message(session.id, "user", "one")
+            await engine.append_message(session.id, "user", "two")
+            await asyncio.wait_for(follower, 30)
+            assert [e.message.content for e in seen if e.message] == ["one", "two"]
+            await engine.append_message(session.id, "user", "three")
+            # Resumed from the second event's id: exactly what came after it.
+            async for event in engine.events(session.id, last_event_id=seen[1].id):
+                assert event.type == "message.appended" and event.message and event.message.content == "three"
+                break
+            found = [m async for m in engine.iter_messages(session.id, page_size=1)]
+            assert [m.seq for m in found] == [1, 2, 3]
+
+    asyncio.run(scenario())
+
+
+def test_retries_reuse_the_idempotency_key_and_honour_retry_after() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) == 1:
+            return httpx.Response(429, headers={"Retry-After": "0"}, json=_error("RATE_LIMITED"))
+        if len(seen) == 2:
+            return httpx.Response(503, headers={"Retry-After": "0"}, json=_error("UNAVAILABLE"))
+        if len(seen) == 3:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(201, json=_message())
+
+    policy = RetryPolicy(attempts=4, backoff_s=0.01)
+    with Client("k", "http://engine", retry=policy, transport=httpx.MockTransport(answer)) as engine:
+        assert engine.append_message("sess_x", "user", "hi").seq == 1
+    keys = {request.headers["idempotency-key"] for request in seen}
+    assert len(seen) == 4 and len(keys) == 1
+    # A read carries no key, and a 4xx other than 429 is answered at once, not retried.
+    reads: list[httpx.Request] = []
+
+    def not_found(request: httpx.Request) -> httpx.Response:
+        reads.append(request)
+        return httpx.Response(404, json=_error("NOT_FOUND"))
+
+    engine = Client("k", "http://engine", retry=policy, transport=httpx.MockTransport(not_found))
+    with engine, pytest.raises(NotFound):
+        engine.get_session("sess_x")
+    assert len(reads) == 1 and "idempotency-key" not in reads[0].headers
+    assert RetryPolicy().delay(1, "2") >= 2.0 and RetryPolicy(max_backoff_s=1).delay(1, "30") <= 1.1
+    assert 0 <= RetryPolicy(backoff_s=1, max_backoff_s=4).delay(5, None) <= 4
+
+
+def test_the_feed_parser_reads_server_sent_events() -> None:
+    parser = SseParser()
+    lines = [
+        "id: 7.1",
+        "event: message.appended",
+        'data: {"type":"message.appended","session_id":"s","at":5,'
+        '"message":{"seq":1,"role":"user","content":"x","created_at":5}}',
+        "",
+        ": keep-alive",
+        "",
+    ]
+    events = [e for e in map(parser.feed, lines) if e is not None]
+    assert [(e.id, e.type, e.session_id, e.at) for e in events] == [("7.1", "message.appended", "s", 5)]
+    assert events[0].message is not None and events[0].message.content == "x"
+
+
+def test_a_write_takes_effect_once_when_the_server_dies_before_its_answer(
+    gateway: dict[str, Any], key: str
+) -> None:
+    """The gateway applies the append, then is killed (SIGKILL) before the client reads the answer;
+    it is started again while the client retries. The retry carries the same Idempotency-Key, so
+    the session holds the message once."""
+    server = gateway["server"]
+    restarted = threading.Event()
+
+    class KilledAfterTheWrite(httpx.HTTPTransport):
+        armed = True
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            response = super().handle_request(request)
+            if not (self.armed and request.method == "POST" and request.url.path.endswith("/messages")):
+                return response
+            self.armed = False
+            response.read()
+            assert response.status_code == 201  # applied and logged on its shard
+            os.killpg(server.proc.pid, signal.SIGKILL)
+            server.proc.wait(30)
+            threading.Thread(target=restart, daemon=True).start()
+            raise httpx.RemoteProtocolError("server disconnected without a response", request=request)
+
+    def restart() -> None:
+        gateway["server"] = joined_server(
+            gateway["data_dir"], gateway["ray_address"], gateway["env"], port=server.port
+        )
+        restarted.set()
+
+    with Client(key, server.url) as setup:
+        session = setup.create_session("exactly once")
+    policy = RetryPolicy(attempts=120, backoff_s=0.25, max_backoff_s=1.0)  # rides out the restart
+    with Client(key, server.url, retry=policy, transport=KilledAfterTheWrite()) as engine:
+        message = engine.append_message(session.id, "user", "charge the card")
+    assert restarted.is_set()
+    assert message.seq == 1
+    with Client(key, server.url) as check:
+        stored = check.get_session(session.id)
+    assert stored.message_count == 1 and [m.content for m in stored.messages] == ["charge the card"]
+
+
+def _error(code: str) -> dict[str, Any]:
+    return {"error": "try later", "code": code, "details": {}, "hint": "later"}
+
+
+def _message() -> dict[str, Any]:
+    return {"seq": 1, "role": "user", "content": "hi", "created_at": 1}
