@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
@@ -20,7 +21,7 @@ from engine.keys import KeyStore, load_key_store
 from engine.logs import setup_logging
 from engine.runtime.transport import MemoryTransport, SessionTransport
 
-from . import edge, metrics
+from . import edge, mcp, metrics
 from .errors import install_error_handlers
 from .feeds import FeedHub
 from .http import RequestContextMiddleware
@@ -89,7 +90,12 @@ def create_app(
         app.state.feeds = FeedHub(sessions, config.events)
         metrics.worker_started()
         tune_gc()
-        yield
+        async with contextlib.AsyncExitStack() as stack:
+            if config.mcp.enabled:
+                # A new MCP server each time the app starts (its session manager runs once).
+                app.state.mcp_app, manager = mcp.serve(config)
+                await stack.enter_async_context(manager.run())
+            yield
         metrics.worker_stopped()
 
     app = FastAPI(
@@ -125,6 +131,8 @@ def create_app(
             summary="Prometheus metrics: this gateway's and every shard's",
             response_class=PlainTextResponse,
         )
+    if config.mcp.enabled:
+        app.mount(config.mcp.path, mcp.Authenticated(app))
     for router in (health.router, sessions.router, events.router, vectors.router):
         # The routes themselves, not include_router: FastAPI 0.16x matches an included router
         # through a wrapper that re-walks its routes on every request (a tenth of the gateway's

@@ -268,6 +268,12 @@ class QueryIn(_Request):
         return self
 
 
+class SearchMemoryIn(QueryIn):
+    """A query of session memory: QueryIn with its namespace fixed (the MCP tool search_memory)."""
+
+    namespace: Literal["session-memory"] = "session-memory"
+
+
 class DeleteIn(_Request):
     namespace: Namespace = "default"
     ids: list[Annotated[str, AfterValidator(_no_nul)]] = Field(min_length=1)

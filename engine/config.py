@@ -151,6 +151,13 @@ class MetricsConfig(_Section):
     max_org_labels: int = Field(100, ge=0)
 
 
+class McpConfig(_Section):
+    """MCP tools for agents over streamable HTTP (api/mcp.py), with the API's Bearer keys."""
+
+    enabled: bool = True
+    path: str = Field("/mcp", pattern=r"^/[A-Za-z0-9/_.-]*$")
+
+
 class RayConfig(_Section):
     address: str | None = None  # None: start a local Ray inside `serve`
     namespace: str = "session-engine"
@@ -268,6 +275,7 @@ class EngineConfig(BaseSettings):
     ray: RayConfig = RayConfig()
     events: EventsConfig = EventsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    mcp: McpConfig = McpConfig()
     placement: PlacementConfig = PlacementConfig()
     memory: MemoryConfig = MemoryConfig()
     models: ModelsConfig = ModelsConfig()
@@ -314,6 +322,7 @@ GATEWAY_SETTINGS = (
     "outbox",
     "ray",
     "metrics",
+    "mcp",
 )
 
 
