@@ -18,6 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 POLL_WAIT_S = 10.0  # how long one read waits on its shard for events
 PAGE = 1000  # events one read returns at most
 RETRY_S = 1.0  # after a read failed (the shard restarting)
+REGROUP_S = 0.05  # how long a tail gathers arriving consumers before it reads for them
 
 
 def parse_positions(text: str, shards: Sequence[int], total: int) -> dict[int, Position]:
@@ -97,6 +101,8 @@ class Tail:
         self._feeds: dict[Interest, set[Feed]] = {}
         self._grew = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # as a reader
+        self._reads = 0
 
     def add(self, feed: Feed) -> None:
         known = feed.interest in self._feeds
@@ -120,14 +126,21 @@ class Tail:
             while self._feeds:
                 self._grew.clear()
                 interests = frozenset(self._feeds)
+                self._reads += 1
+                reader = (self._name, self._reads)
                 read = asyncio.ensure_future(
-                    self._transport.read_events(self.shard, self.position, interests, PAGE, POLL_WAIT_S)
+                    self._transport.read_events(
+                        self.shard, self.position, interests, PAGE, POLL_WAIT_S, reader
+                    )
                 )
                 grew = asyncio.ensure_future(self._grew.wait())
                 await asyncio.wait({read, grew}, return_when=asyncio.FIRST_COMPLETED)
                 grew.cancel()
                 if self._grew.is_set():
                     read.cancel()  # it may have left out the new consumer's events: read them again
+                    # ...once the consumers arriving together have all arrived: a fleet that opens
+                    # hundreds of feeds at once costs the shard a few reads, not hundreds.
+                    await asyncio.sleep(REGROUP_S)
                     continue
                 try:
                     page = read.result()

@@ -146,6 +146,22 @@ def markdown(document: dict[str, Any]) -> str:
         lines += ["", *(f"- {name}: {entry['does']}, {entry['connections']} connections"
                         for name, entry in http.items())]  # fmt: skip
     scenarios = document["scenarios"]
+    if "feeds" in scenarios:
+        lines += [
+            "",
+            "## Change feeds and metrics scrapes (engine, single-message appends)",
+            "",
+            f"{scenarios['feeds']['does']}.",
+            "",
+            "| run | appends/s | vs plain | p50 ms | p99 ms | max ms | errors | scrape ms (median, max) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in scenarios["feeds"]["rows"]:
+            scrape = f"{r['scrape_ms_median']}, {r['scrape_ms_max']}" if "scrape_ms_median" in r else ""
+            lines.append(
+                f"| {r['run']} | {r['requests_per_s']:,.0f} | {r['vs_plain']:.2f} | {r['p50_ms']} "
+                f"| {r['p99_ms']} | {r['max_ms']} | {r['errors']} | {scrape} |"
+            )
     if "summarize" in scenarios:
         lines += [
             "",

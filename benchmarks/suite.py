@@ -36,7 +36,7 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from benchmarks import load, report, scenarios, stamp
+from benchmarks import feeds, load, report, scenarios, stamp
 from benchmarks.server import ServerProcess, free_port
 
 HERE = Path(__file__).resolve().parent
@@ -48,6 +48,7 @@ ALL_SCENARIOS = (
     "create",
     "list",
     "query",
+    "feeds",
     "fleet",
     "summarize",
     "snapshot",
@@ -70,14 +71,15 @@ class Profile:
     summary_tokens: int
     recall: tuple[int, int]  # personas, sessions each (benchmarks/recall.py)
     naive: tuple[str, ...] | None = None  # the scenarios the naive baseline runs; None: all it can
+    feeds: int = 500  # idle change feeds held open while appends run (benchmarks/feeds.py)
 
 
 PROFILES = {
     "full": Profile(15, 64, 32, 30, (10_000, 100_000), (10_000, 100_000, 1_000_000), (100_000, 1_000_000),
                     16, (1, 4, 8, 16), 128, (4, 24)),
     "quick": Profile(2, 64, 16, 4, (10_000,), (10_000,), (10_000,), 4, (1, 4), 24, (2, 12),
-                     naive=("append", "create")),
-    "tiny": Profile(1, 8, 4, 3, (300,), (300,), (300,), 2, (1, 2), 8, (2, 3)),
+                     naive=("append", "create"), feeds=200),
+    "tiny": Profile(1, 8, 4, 3, (300,), (300,), (300,), 2, (1, 2), 8, (2, 3), feeds=10),
 }  # fmt: skip
 
 
@@ -211,8 +213,10 @@ def _run_all(run: Run) -> None:
         return server in scenario.servers and (server != "naive" or naive is None or scenario.name in naive)
 
     steps = sum(1 for server in servers for s in http if runs(server, s))
-    steps += len(servers) * ("fleet" in chosen) + sum(
-        s in chosen for s in ("summarize", "snapshot", "resident", "recall")
+    steps += (
+        ("feeds" in chosen)
+        + len(servers) * ("fleet" in chosen)
+        + sum(s in chosen for s in ("summarize", "snapshot", "resident", "recall"))
     )
     with Progress(
         TextColumn("{task.description:<44}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -233,6 +237,10 @@ def _run_all(run: Run) -> None:
                 if fleet:
                     progress.update(task, description=f"{server}: fleet")
                     _measure_fleet(run, server, url, key)
+                    progress.advance(task)
+                if server == "engine" and "feeds" in chosen:
+                    progress.update(task, description="engine: feeds and scrapes")
+                    _measure_feeds(run, url, key)
                     progress.advance(task)
         for name in ("summarize", "snapshot", "resident"):
             if name in chosen:
@@ -339,6 +347,18 @@ def _measure_fleet(run: Run, server: str, url: str, key: str) -> None:
         },
     )
     entry["servers"][server] = result
+
+
+def _measure_feeds(run: Run, url: str, key: str) -> None:
+    shape = load.Load(run.profile.connections, run.profile.duration_s)
+    settle_s = min(feeds.SETTLE_S, run.profile.duration_s * 2)
+    rows = feeds.measure(url, key, run.profile.feeds, shape, run.generator, run.work, settle_s)
+    run.results["feeds"] = {
+        "kind": "feeds",
+        "does": f"appends with {run.profile.feeds} idle change feeds open, and with /metrics scraped "
+        "every second, against plain runs before and after",
+        "rows": rows,
+    }
 
 
 def _summarize(run: Run) -> None:

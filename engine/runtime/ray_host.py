@@ -7,7 +7,6 @@ of the engine is testable without it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -32,7 +31,7 @@ from engine.runtime.ray_actors import (
     wait_started,
 )
 from engine.runtime.shard_metrics import SessionShardMetrics
-from engine.sessions.events import Interest, Page, Position
+from engine.sessions.events import EventLog, FeedReads, Interest, Page, Position, Reader
 from engine.sessions.ops import ExpireDue, Op, Ping, PurgeSessions
 from engine.storage.durable import DurableShard
 from engine.storage.identity import ShardIdentity
@@ -58,7 +57,7 @@ class SessionShard(HostedShard):
     def __init__(self, index: int, config: EngineConfig, cluster_id: str) -> None:
         setup_logging(config.log_level)
         self._snapshot_lock = asyncio.Lock()
-        self._published = asyncio.Event()  # set (and replaced) whenever a log record is written
+        self._feed_reads = FeedReads()  # the gateways' long-polls of this shard's change feed
         self._pool: Any = None
         self._memory = ray_memory.session_indexer(config)
         self._metrics = SessionShardMetrics()
@@ -119,8 +118,7 @@ class SessionShard(HostedShard):
         except LogWriteFailed:
             upkeep.fail_stop("session shard", self._index)
         if durable.lsn != lsn:
-            self._published.set()  # wakes the feed reads waiting for events
-            self._published = asyncio.Event()
+            self._feed_reads.written()
         jobs = durable.store.take_summary_jobs()
         if jobs and not durable.read_only:
             self._runner.submit(jobs)  # after the log write: a job starts only once it is durable
@@ -145,28 +143,30 @@ class SessionShard(HostedShard):
         return summary
 
     async def read_events(
-        self, after: Position | None, interests: frozenset[Interest], limit: int, wait_s: float
+        self,
+        after: Position | None,
+        interests: frozenset[Interest],
+        limit: int,
+        wait_s: float,
+        reader: Reader | None = None,
     ) -> Page | EngineError:
         """The change feed (engine.sessions.events): the events `interests` want after `after`,
         waiting up to `wait_s` for some to be written; `after=None`: none, only where the feed
-        ends now. Errors are answered as values, as apply_batch answers them."""
-        deadline = time.monotonic() + wait_s
-        while True:
-            if self._durable is None:
-                assert self._refusal is not None
-                return self._refusal
-            events = self._durable.store.events
-            try:
-                page = (
-                    events.read(after, interests, limit) if after is not None else Page([], events.end, False)
-                )
-            except EngineError as exc:
-                return exc
-            left = deadline - time.monotonic()
-            if page.events or after is None or left <= 0:
-                return page
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._published.wait(), left)
+        ends now. Errors are answered as values, as apply_batch answers them.
+
+        `reader`: (who, read number). A gateway's tail that gives up on a read (its consumers
+        changed) reads again at once; the read it left ends here as soon as the newer one arrives,
+        instead of waking at every log write until its wait is over."""
+        try:
+            return await self._feed_reads.read(self._event_log, after, interests, limit, wait_s, reader)
+        except EngineError as exc:
+            return exc
+
+    def _event_log(self) -> EventLog:
+        if self._durable is None:
+            assert self._refusal is not None
+            raise self._refusal
+        return self._durable.store.events
 
     async def metrics(self) -> list[Any]:
         """This shard's series, for a gateway's /metrics (engine.runtime.shard_metrics)."""
@@ -337,10 +337,16 @@ class RayTransport:
         return await self._actors.call(shard, ops, "shard")
 
     async def read_events(
-        self, shard: int, after: Position | None, interests: frozenset[Interest], limit: int, wait_s: float
+        self,
+        shard: int,
+        after: Position | None,
+        interests: frozenset[Interest],
+        limit: int,
+        wait_s: float,
+        reader: Reader | None = None,
     ) -> Page:
         page: Page = unwrap(
-            await self._actors.invoke(shard, "read_events", "shard", after, interests, limit, wait_s)
+            await self._actors.invoke(shard, "read_events", "shard", after, interests, limit, wait_s, reader)
         )
         return page
 

@@ -4,8 +4,6 @@ result per op (a value, or the EngineError that op raised). Failures of the call
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -14,7 +12,7 @@ import numpy as np
 from engine.clock import Clock, SystemClock
 from engine.memory.index import IndexParams
 from engine.memory.store import MemoryStore
-from engine.sessions.events import Interest, Page, Position
+from engine.sessions.events import FeedReads, Interest, Page, Position, Reader
 from engine.sessions.ops import ExpireDue
 from engine.sessions.shard import ShardStore
 
@@ -36,7 +34,13 @@ class SessionTransport(ShardTransport, Protocol):
     """Session shards also serve their change feeds (engine.sessions.events)."""
 
     async def read_events(
-        self, shard: int, after: Position | None, interests: frozenset[Interest], limit: int, wait_s: float
+        self,
+        shard: int,
+        after: Position | None,
+        interests: frozenset[Interest],
+        limit: int,
+        wait_s: float,
+        reader: Reader | None = None,
     ) -> Page: ...
 
 
@@ -54,7 +58,7 @@ class LocalTransport:
     def __init__(self, shards: int, clock: Clock | None = None) -> None:
         self.stores = [ShardStore() for _ in range(shards)]
         self.clock = clock or SystemClock()
-        self._written = asyncio.Condition()
+        self._feed_reads = [FeedReads() for _ in range(shards)]
 
     @property
     def shards(self) -> int:
@@ -67,23 +71,22 @@ class LocalTransport:
         results = store.apply_batch([ExpireDue(), *ops], now_ms)[1:]
         if store.take_journal():  # "logged" as the next record: its events become readable
             store.events.publish(store.events.lsn + 1, now_ms, store.events.take_pending())
-            async with self._written:
-                self._written.notify_all()
+            self._feed_reads[shard].written()
         return results
 
     async def read_events(
-        self, shard: int, after: Position | None, interests: frozenset[Interest], limit: int, wait_s: float
+        self,
+        shard: int,
+        after: Position | None,
+        interests: frozenset[Interest],
+        limit: int,
+        wait_s: float,
+        reader: Reader | None = None,
     ) -> Page:
-        events = self.stores[shard].events
-        if after is None:
-            return Page([], events.end, False)
-        page = events.read(after, interests, limit)
-        if not page.events and wait_s > 0:  # (a wake-up by another shard's write reads again early)
-            async with self._written:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._written.wait(), wait_s)
-            page = events.read(after, interests, limit)
-        return page
+        store = self.stores[shard]
+        return await self._feed_reads[shard].read(
+            lambda: store.events, after, interests, limit, wait_s, reader
+        )
 
     async def metrics(self, shard: int) -> list[Any]:
         store = self.stores[shard]

@@ -15,9 +15,12 @@ is refused (FeedGone), and the consumer starts again from the present.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import contextlib
 import re
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -138,6 +141,8 @@ def _ended(org: str, session_id: str, status: str, now_ms: int) -> list[Event]:
 # Who a read is for: (organization, session id) for a session's feed, (organization, None) for
 # an organization's feed. A gateway reads for all of its consumers at once.
 Interest = tuple[str, str | None]
+# Who reads a shard's feed over and over (a gateway process's tail of it), and which read this is.
+Reader = tuple[str, int]
 
 
 def wanted(event: Event, interests: frozenset[Interest]) -> bool:
@@ -229,3 +234,50 @@ class EventLog:
 
     def __len__(self) -> int:
         return self._count
+
+
+class FeedReads:
+    """A shard's long-polls of its feed: each waits until an event it wants is written or its wait
+    is over. `written()` is called after every log write. A wait moves past what it has looked at,
+    so a write wakes it to look at that write only. `reader` names who reads (a gateway's tail) and
+    which read it is: a newer read of the same reader ends the older one at once, so a read given up
+    on does not keep waking at every write until its wait is over."""
+
+    def __init__(self) -> None:
+        self._written = asyncio.Event()
+        self._readers: dict[str, int] = {}
+
+    def written(self) -> None:
+        self._written.set()
+        self._written = asyncio.Event()
+
+    async def read(
+        self,
+        log: Callable[[], EventLog],
+        after: Position | None,
+        interests: frozenset[Interest],
+        limit: int,
+        wait_s: float,
+        reader: Reader | None = None,
+    ) -> Page:
+        """`log()` gives the shard's event log as it is now (or raises, e.g. while it cannot
+        serve); `after=None` answers at once with only where the feed ends."""
+        if after is None:
+            return Page([], log().end, False)
+        if reader is not None:
+            who, number = reader
+            if number < self._readers.get(who, -1):
+                return Page([], after, False)  # a newer read of this reader came first
+            self._readers[who] = number
+            self.written()  # ends this reader's older read, if it still waits
+        deadline = time.monotonic() + wait_s
+        while True:
+            page = log().read(after, interests, limit)
+            left = deadline - time.monotonic()
+            if page.events or left <= 0:
+                return page
+            if reader is not None and self._readers.get(reader[0]) != reader[1]:
+                return Page([], after, False)  # superseded: no one reads this any more
+            after = page.position  # nothing wanted up to here: the next look starts after it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._written.wait(), left)

@@ -34,7 +34,7 @@ def test_every_scenario_is_measured_against_its_servers(tiny_run: tuple[Path, di
     _, document = tiny_run
     scenarios = document["scenarios"]
     expected_http = {"append", "append-batch", "create", "list", "query@300", "fleet"}
-    assert expected_http | {"summarize", "snapshot", "resident", "recall"} == set(scenarios)
+    assert expected_http | {"feeds", "summarize", "snapshot", "resident", "recall"} == set(scenarios)
     for name in expected_http:
         servers = scenarios[name]["servers"]
         wanted = {"engine", "naive"} if name in ("query@300", "fleet") else {"engine", "ceiling", "naive"}
@@ -57,6 +57,10 @@ def test_engine_scenarios_report_what_they_measured(tiny_run: tuple[Path, dict[s
     resident = document["scenarios"]["resident"]
     (row,) = resident["rows"]
     assert row["sessions"] == 300 and row["shards_mib"] > 0 and resident["empty"]["shard_processes"] == 2
+    feeds = document["scenarios"]["feeds"]["rows"]
+    assert [r["run"] for r in feeds] == ["plain", "scraped every 1 s", "10 idle feeds", "plain again"]
+    assert feeds[2]["feeds_open"] == 10 and feeds[1]["scrape_bytes"] > 0
+    assert all(r["requests_per_s"] > 0 and r["errors"] == 0 for r in feeds), feeds
     recall = document["scenarios"]["recall"]
     assert recall["sessions"] == 6 and recall["questions"] > 0
     assert set(recall["methods"]) >= {

@@ -3,6 +3,7 @@ exactly, isolation between organizations, and retention."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from engine.clock import ManualClock
 from engine.config import DurabilityConfig, EventsConfig
 from engine.errors import FeedGone, ValidationFailed
-from engine.sessions.events import EventLog, Position, parse_position
+from engine.sessions.events import Event, EventLog, FeedReads, Page, Position, parse_position
 from engine.sessions.ops import (
     AppendMessages,
     CreateSession,
@@ -199,3 +200,61 @@ def test_a_malformed_position_is_a_validation_error(text: str) -> None:
 
 def test_a_position_reads_back_as_it_was_written() -> None:
     assert parse_position(str(Position(1234, 5))) == Position(1234, 5)
+
+
+class CountingLog:
+    """An EventLog that counts the events its reads look at."""
+
+    def __init__(self) -> None:
+        self.log = EventLog()
+        self.looked_at = 0
+        self.lsn = 0
+
+    def write(self, *sessions: str) -> None:
+        self.lsn += 1
+        events = [Event("message.appended", "acme", sid, T0, {}) for sid in sessions]
+        self.log.publish(self.lsn, T0, events)
+
+    def __call__(self) -> EventLog:
+        return self
+
+    def read(self, after: Position, interests: frozenset, limit: int) -> Page:
+        page = self.log.read(after, interests, limit)
+        self.looked_at += sum(
+            len(e) for lsn, (_, e) in zip(self.log._lsns, self.log._records, strict=True) if lsn >= after.lsn
+        )
+        return page
+
+    @property
+    def end(self) -> Position:
+        return self.log.end
+
+
+async def test_a_waiting_read_looks_at_each_write_once_and_answers_what_it_wants() -> None:
+    reads, log = FeedReads(), CountingLog()
+    waiting = asyncio.ensure_future(reads.read(log, log.end, frozenset({("acme", "mine")}), 100, 5.0))
+    for _ in range(50):  # writes it does not want: each is looked at once, not again at every write
+        await asyncio.sleep(0)
+        log.write("other", "other")
+        reads.written()
+    await asyncio.sleep(0)
+    log.write("mine")
+    reads.written()
+    page = await asyncio.wait_for(waiting, 5)
+    assert [e.session_id for _, e in page.events] == ["mine"]
+    assert log.looked_at <= 2 * 50 + 1 + 2  # the first look, each write once, and the answer's
+
+
+async def test_a_newer_read_of_the_same_reader_ends_the_older_at_once() -> None:
+    reads, log = FeedReads(), CountingLog()
+    interests = frozenset({("acme", "mine")})
+    older = asyncio.ensure_future(reads.read(log, log.end, interests, 100, 30.0, ("gateway-1", 1)))
+    await asyncio.sleep(0)
+    newer = asyncio.ensure_future(reads.read(log, log.end, interests, 100, 30.0, ("gateway-1", 2)))
+    page = await asyncio.wait_for(older, 1)  # not after its 30 s
+    assert page.events == [] and not newer.done()
+    late = await reads.read(log, log.end, interests, 100, 30.0, ("gateway-1", 1))  # arrived after it
+    assert late.events == []
+    log.write("mine")
+    reads.written()
+    assert [e.session_id for _, e in (await asyncio.wait_for(newer, 1)).events] == ["mine"]
