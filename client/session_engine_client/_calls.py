@@ -12,6 +12,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
+from .errors import ConnectionFailed, SessionEngineError, error_from
 from .models import (
     DeleteResult,
     Event,
@@ -70,6 +71,91 @@ class RetryPolicy:
             except ValueError:
                 pass  # an HTTP date: fall back to the backoff
         return random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))
+
+
+class Tries:
+    """One call's tries under a RetryPolicy: after each answer or failure, how long to wait before
+    the next try, or the exception to raise. Both clients run their loop through it."""
+
+    def __init__(self, policy: RetryPolicy, call: Call[Any]) -> None:
+        self._policy = policy
+        self._call = call
+        self.attempt = 0
+
+    def __iter__(self) -> Iterator[int]:
+        for attempt in range(1, self._policy.attempts + 1):
+            self.attempt = attempt
+            yield attempt
+
+    @property
+    def last(self) -> bool:
+        return self.attempt >= self._policy.attempts
+
+    def after_failure(self, exc: Exception) -> float:
+        """No answer (connection refused, reset, timed out): the wait, or ConnectionFailed."""
+        if self.last:
+            raise ConnectionFailed(f"{self._call.method} {self._call.path}: {exc}") from exc
+        return self._policy.delay(self.attempt, None)
+
+    def after_error(self, response: httpx.Response) -> float:
+        """An error answer: the wait before a retry (429, 503), or its exception."""
+        if response.status_code not in RETRIED_STATUSES or self.last:
+            raise error_from(response)
+        return self._policy.delay(self.attempt, response.headers.get("retry-after"))
+
+
+class FeedCursor:
+    """Where a change-feed consumer is, across the connections it takes: what to send to resume,
+    which events to hand on, when to reconnect and when to give up. Both clients follow feeds
+    through it."""
+
+    def __init__(
+        self, policy: RetryPolicy, session_id: str | None, position: str | None, ready: bool
+    ) -> None:
+        self._policy = policy
+        self.path = feed_path(session_id)
+        self._session_feed = session_id is not None
+        self.position = position
+        self._ready = ready
+        self._failures = 0
+        self.ended = False  # the session was deleted: its feed has nothing more
+        self.reconnect = False  # the server dropped this consumer: resume from `position`
+
+    def headers(self) -> dict[str, str]:
+        self.reconnect = False
+        return {} if self.position is None else {"Last-Event-ID": self.position}
+
+    def opened(self, response: httpx.Response) -> SessionEngineError | None:
+        """An error answer to raise now, or (returned) one to retry after a wait; None: streaming."""
+        if response.status_code < 400:
+            return None
+        error = error_from(response)
+        if response.status_code not in RETRIED_STATUSES:
+            raise error
+        return error
+
+    def handle(self, line: str, parser: SseParser) -> Event | None:
+        """The event to hand on, if this line completes one."""
+        event = parser.feed(line)
+        if event is None:
+            return None
+        self._failures = 0
+        self.position = event.id or self.position
+        if event.type == "feed.dropped":
+            self.reconnect = True  # fell behind: resume from its position
+            return None
+        if event.type == "session.deleted" and self._session_feed:
+            self.ended = True
+        return event if event.type != "feed.ready" or self._ready else None
+
+    def failed(self, error: BaseException) -> float:
+        """The wait before reconnecting, or the error once the retries are used up."""
+        self._failures += 1
+        if self._failures >= self._policy.attempts:
+            if isinstance(error, SessionEngineError):
+                raise error
+            raise ConnectionFailed(f"change feed: {error}") from error
+        return self._policy.delay(self._failures, None)
 
 
 def _model(cls: type[T]) -> Callable[[httpx.Response], T]:

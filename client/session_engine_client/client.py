@@ -16,8 +16,7 @@ from typing import Any, TypeVar
 import httpx
 
 from . import _calls as calls
-from ._calls import SESSION_MEMORY, Call, RetryPolicy, SseParser
-from .errors import ConnectionFailed, SessionEngineError, error_from
+from ._calls import SESSION_MEMORY, Call, FeedCursor, RetryPolicy, SseParser, Tries
 from .models import (
     DeleteResult,
     Event,
@@ -70,23 +69,19 @@ class Client:
 
     def _do(self, call: Call[T], idempotency_key: str | None = None) -> T:
         call = call.with_key(idempotency_key)
-        for attempt in range(1, self.retry.attempts + 1):
-            last = attempt == self.retry.attempts
+        tries = Tries(self.retry, call)
+        for _ in tries:
             try:
                 response = self._http.request(
                     call.method, call.path, json=call.json, params=call.params, headers=call.headers
                 )
             except TRANSPORT_ERRORS as exc:
-                if last:
-                    raise ConnectionFailed(f"{call.method} {call.path}: {exc}") from exc
-                time.sleep(self.retry.delay(attempt, None))
+                time.sleep(tries.after_failure(exc))
                 continue
             if response.status_code < 400:
                 return call.parse(response)
-            if response.status_code not in calls.RETRIED_STATUSES or last:
-                raise error_from(response)
-            time.sleep(self.retry.delay(attempt, response.headers.get("retry-after")))
-        raise AssertionError("unreachable")
+            time.sleep(tries.after_error(response))
+        raise AssertionError("unreachable: the last try returns or raises")
 
     # -- sessions -----------------------------------------------------------------------------------
 
@@ -232,51 +227,31 @@ class Client:
         with no gap and no duplicate; a position the server no longer keeps raises Gone. Each
         event's `id` is where to resume from later (`last_event_id`). `ready=True` also yields the
         `feed.ready` event that starts each connection."""
-        position = last_event_id
-        failures = 0
-        while True:
-            headers = {} if position is None else {"Last-Event-ID": position}
+        cursor = FeedCursor(self.retry, session_id, last_event_id, ready)
+        while not cursor.ended:
             try:
                 with self._http.stream(
-                    "GET",
-                    calls.feed_path(session_id),
-                    headers=headers,
-                    timeout=httpx.Timeout(self._http.timeout.connect, read=FEED_READ_TIMEOUT_S),
+                    "GET", cursor.path, headers=cursor.headers(), timeout=_feed_timeout(self._http)
                 ) as response:
                     if response.status_code >= 400:
                         response.read()
-                        error = error_from(response)
-                        if response.status_code not in calls.RETRIED_STATUSES:
-                            raise error
-                        raise _Retry(error)
+                    retry = cursor.opened(response)
+                    if retry is not None:
+                        time.sleep(cursor.failed(retry))
+                        continue
                     parser = SseParser()
                     for line in response.iter_lines():
-                        event = parser.feed(line)
-                        if event is None:
-                            continue
-                        failures = 0
-                        position = event.id or position
-                        if event.type == "feed.dropped":
-                            break  # fell behind: resume from its position
-                        if event.type != "feed.ready" or ready:
+                        event = cursor.handle(line, parser)
+                        if event is not None:
                             yield event
-                        if event.type == "session.deleted" and session_id is not None:
-                            return
-            except (_Retry, *TRANSPORT_ERRORS) as exc:
-                failures += 1
-                if failures >= self.retry.attempts:
-                    raise _failure(exc) from exc
-                time.sleep(self.retry.delay(failures, None))
+                        if cursor.ended or cursor.reconnect:
+                            break
+            except TRANSPORT_ERRORS as exc:
+                time.sleep(cursor.failed(exc))
 
 
-class _Retry(Exception):
-    def __init__(self, error: SessionEngineError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _failure(exc: BaseException) -> SessionEngineError:
-    return exc.error if isinstance(exc, _Retry) else ConnectionFailed(f"change feed: {exc}")
+def _feed_timeout(http: httpx.Client | httpx.AsyncClient) -> httpx.Timeout:
+    return httpx.Timeout(http.timeout.connect, read=FEED_READ_TIMEOUT_S)
 
 
 class AsyncClient:
@@ -307,23 +282,19 @@ class AsyncClient:
 
     async def _do(self, call: Call[T], idempotency_key: str | None = None) -> T:
         call = call.with_key(idempotency_key)
-        for attempt in range(1, self.retry.attempts + 1):
-            last = attempt == self.retry.attempts
+        tries = Tries(self.retry, call)
+        for _ in tries:
             try:
                 response = await self._http.request(
                     call.method, call.path, json=call.json, params=call.params, headers=call.headers
                 )
             except TRANSPORT_ERRORS as exc:
-                if last:
-                    raise ConnectionFailed(f"{call.method} {call.path}: {exc}") from exc
-                await asyncio.sleep(self.retry.delay(attempt, None))
+                await asyncio.sleep(tries.after_failure(exc))
                 continue
             if response.status_code < 400:
                 return call.parse(response)
-            if response.status_code not in calls.RETRIED_STATUSES or last:
-                raise error_from(response)
-            await asyncio.sleep(self.retry.delay(attempt, response.headers.get("retry-after")))
-        raise AssertionError("unreachable")
+            await asyncio.sleep(tries.after_error(response))
+        raise AssertionError("unreachable: the last try returns or raises")
 
     # -- sessions -----------------------------------------------------------------------------------
 
@@ -465,38 +436,24 @@ class AsyncClient:
     async def events(
         self, session_id: str | None = None, *, last_event_id: str | None = None, ready: bool = False
     ) -> AsyncIterator[Event]:
-        position = last_event_id
-        failures = 0
-        while True:
-            headers = {} if position is None else {"Last-Event-ID": position}
+        cursor = FeedCursor(self.retry, session_id, last_event_id, ready)
+        while not cursor.ended:
             try:
                 async with self._http.stream(
-                    "GET",
-                    calls.feed_path(session_id),
-                    headers=headers,
-                    timeout=httpx.Timeout(self._http.timeout.connect, read=FEED_READ_TIMEOUT_S),
+                    "GET", cursor.path, headers=cursor.headers(), timeout=_feed_timeout(self._http)
                 ) as response:
                     if response.status_code >= 400:
                         await response.aread()
-                        error = error_from(response)
-                        if response.status_code not in calls.RETRIED_STATUSES:
-                            raise error
-                        raise _Retry(error)
+                    retry = cursor.opened(response)
+                    if retry is not None:
+                        await asyncio.sleep(cursor.failed(retry))
+                        continue
                     parser = SseParser()
                     async for line in response.aiter_lines():
-                        event = parser.feed(line)
-                        if event is None:
-                            continue
-                        failures = 0
-                        position = event.id or position
-                        if event.type == "feed.dropped":
-                            break
-                        if event.type != "feed.ready" or ready:
+                        event = cursor.handle(line, parser)
+                        if event is not None:
                             yield event
-                        if event.type == "session.deleted" and session_id is not None:
-                            return
-            except (_Retry, *TRANSPORT_ERRORS) as exc:
-                failures += 1
-                if failures >= self.retry.attempts:
-                    raise _failure(exc) from exc
-                await asyncio.sleep(self.retry.delay(failures, None))
+                        if cursor.ended or cursor.reconnect:
+                            break
+            except TRANSPORT_ERRORS as exc:
+                await asyncio.sleep(cursor.failed(exc))

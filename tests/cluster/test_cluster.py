@@ -71,6 +71,11 @@ def test_shards_spread_over_the_nodes_and_status_shows_each_one(
     }
     detail = httpx.get(f"{gateway.url}/readyz", params={"detail": "cluster"}, timeout=30).json()
     assert {a["name"] for a in detail["cluster"]["actors"]} == {a["name"] for a in status["actors"]}
+    # The gateway's /metrics holds every shard's series, wherever the shard runs.
+    scraped = httpx.get(f"{gateway.url}/metrics", timeout=30).text
+    for shard in [f"session-{i}" for i in range(4)] + ["memory-0", "memory-1"]:
+        assert f'session_engine_shard_state{{shard="{shard}",state="serving"}} 1.0' in scraped, shard
+    assert "session_engine_shard_scrape_errors{" not in scraped
 
 
 def test_a_gateway_with_other_settings_is_refused_and_creates_nothing(
