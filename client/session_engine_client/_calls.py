@@ -294,10 +294,3 @@ class SseParser:
             name, _, value = line.partition(":")
             self._fields[name] = value.removeprefix(" ")
         return None
-
-
-def parse_lines(parser: SseParser, lines: Iterable[str]) -> Iterator[Event]:
-    for line in lines:
-        event = parser.feed(line)
-        if event is not None:
-            yield event

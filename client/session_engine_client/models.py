@@ -125,10 +125,3 @@ class Event(_Model):
     def message(self) -> Message | None:
         raw = self.data.get("message")
         return Message.model_validate(raw) if raw is not None else None
-
-
-class ErrorBody(_Model):
-    error: str
-    code: str
-    details: dict[str, Any] = Field(default_factory=dict)
-    hint: str = ""
