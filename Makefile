@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install system-packages run test unit integration lint format bench bench-quick clean
+.PHONY: install system-packages run check test unit integration lint format bench bench-quick clean
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python -m benchmarks --quick $(ARGS)
+
+# The fast loop: lint and the unit tests (no Ray, no server), about half a minute on two cores.
+check: lint
+	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
 
 test: lint system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

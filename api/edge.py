@@ -44,7 +44,7 @@ class _Refused(Exception):
 class EdgeProtocol(HttpToolsProtocol):
     """Per request this adds a few attribute updates and no timer: the read timeout is enforced
     by one sweep a second over the process's connections (a first version armed a timer per
-    request and counted each header; benchmarks/RESULTS.md §10)."""
+    request and counted each header; benchmarks/RESULTS.md §11)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

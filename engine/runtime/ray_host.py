@@ -255,8 +255,8 @@ class SessionShard(HostedShard):
 
 
 def retention_cutoffs(limits: LimitsConfig, now_ms: int) -> tuple[dict[str, int | None], int | None]:
-    """When a session must have ended by to be purged now: per named organization, and the default
-    (None: kept)."""
+    """The time (epoch ms) before which a session must have ended to be purged now: per named
+    organization, and for the rest (None: kept)."""
 
     def cutoff(days: float | None) -> int | None:
         return None if days is None else int(now_ms - days * 86_400_000)

@@ -11,7 +11,6 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from .lock import write_atomically
 
@@ -38,11 +37,6 @@ class TornTail:
 
 def frame(payload: bytes) -> bytes:
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-def write_magic(f: BinaryIO, magic: bytes) -> None:
-    assert len(magic) == 8
-    f.write(magic)
 
 
 def read_frames(path: Path, magic: bytes, torn: list[TornTail] | None = None) -> Iterator[tuple[int, bytes]]:
