@@ -147,6 +147,7 @@ class Tail:
                 except FeedGone:
                     self._drop_all()  # fell behind the shard's retention; each consumer resumes itself
                     self.position = None
+                    self.ready.clear()  # a consumer arriving now waits for the new position
                     continue
                 except Exception as exc:  # noqa: BLE001 - the shard restarting, moving: read again soon
                     log.warning("feed read failed", extra={"shard": self.shard, "error": str(exc)})
@@ -199,8 +200,9 @@ class FeedHub:
             tail.add(feed)
         try:
             async with asyncio.timeout(POLL_WAIT_S):
-                for tail in tails:
-                    await tail.ready.wait()
+                # Until every tail knows its position at once (one may start over while we wait).
+                while waiting := [tail for tail in tails if not tail.ready.is_set()]:
+                    await waiting[0].ready.wait()
         except TimeoutError:
             self._close(feed, tails)
             raise Unavailable("the feed's shards did not answer", {"shards": shards}) from None
