@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from engine.errors import EngineError, QuotaExceeded, RateLimited
+from engine.errors import EngineError, Internal, QuotaExceeded, RateLimited
 from engine.logs import request_id_var
 
 from . import metrics
@@ -40,8 +40,17 @@ STATUS_BY_CODE = {
 
 
 def error_response(
-    status: int, code: str, message: str, details: dict[str, Any] | None = None, hint: str = ""
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    hint: str = "",
+    *,
+    retry_after_s: float | None = None,
+    limit_per_s: float | None = None,
 ) -> Response:
+    """`retry_after_s` becomes Retry-After (a 503 says 1 s without it); a 429 also names the rate
+    limit it is over, `limit_per_s`."""
     details = details or {}
     if status >= 500 and "request_id" not in details:
         # Every 5xx names its request, so an operator can find it in the server log.
@@ -50,19 +59,40 @@ def error_response(
     headers = {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if status == 503:
-        headers["Retry-After"] = "1"
+    if status == 503 and retry_after_s is None:
+        retry_after_s = 1.0
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
     if status == 429:
-        assert details is not None  # RateLimited always gives them
-        wait = str(max(1, math.ceil(details["retry_after_s"])))
-        limit = f"{details['limit_per_s']:g}"
+        assert limit_per_s is not None and retry_after_s is not None  # RateLimited gives both
         headers |= {
-            "Retry-After": wait,
-            "X-RateLimit-Limit": limit,
+            "X-RateLimit-Limit": f"{limit_per_s:g}",
             "X-RateLimit-Remaining": "0",
-            "X-RateLimit-Reset": wait,  # seconds until a request is accepted again
+            "X-RateLimit-Reset": headers["Retry-After"],  # seconds until a request is accepted again
         }
     return Response(_dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def for_client(exc: EngineError) -> EngineError:
+    """What a client is told of `exc`: the error itself, or INTERNAL for a ServerFault (the
+    operator's business: its message may name the server's files), which is logged in full."""
+    if exc.code in STATUS_BY_CODE:
+        return exc
+    log.error("server fault: %s", exc.message, extra={"code": exc.code})
+    return Internal("the server could not answer this request", {"fault": exc.code})
+
+
+def engine_error_response(exc: EngineError) -> Response:
+    exc = for_client(exc)
+    return error_response(
+        STATUS_BY_CODE[exc.code],
+        exc.code,
+        exc.message,
+        exc.details,
+        exc.hint,
+        retry_after_s=exc.retry_after_s,
+        limit_per_s=exc.limit_per_s if isinstance(exc, RateLimited) else None,
+    )
 
 
 def _dumps(body: dict[str, Any]) -> bytes:
@@ -76,16 +106,15 @@ def _dumps(body: dict[str, Any]) -> bytes:
 
 async def _engine_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, EngineError)
-    status = STATUS_BY_CODE.get(exc.code, 500)
     if isinstance(exc, RateLimited | QuotaExceeded):
         org = request.app.state.org_labels(request.scope.get(ORG_SCOPE_KEY, ""))
         if isinstance(exc, RateLimited):
             metrics.RATE_LIMITED.labels(org).inc()
         else:
             metrics.QUOTA_REFUSED.labels(org, exc.details["quota"]).inc()
-    if status >= 500:
+    if STATUS_BY_CODE.get(exc.code, 0) >= 500:  # a ServerFault is logged by for_client
         log.warning("request failed: %s", exc.message, extra={"code": exc.code, "path": request.url.path})
-    return error_response(status, exc.code, exc.message, exc.details, exc.hint)
+    return engine_error_response(exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

@@ -25,7 +25,7 @@ from engine.errors import EngineError
 
 from .auth import organization
 from .deps import Authorized
-from .errors import ORG_SCOPE_KEY, STATUS_BY_CODE, error_response
+from .errors import ORG_SCOPE_KEY, engine_error_response, for_client
 from .routes import sessions, vectors
 from .schemas import AppendMessagesIn, CreateSessionIn, SearchMemoryIn
 
@@ -88,7 +88,8 @@ async def _run(ctx: Context, route: Callable[[Authorized], Awaitable[Response]])
     caller: Authorized = request.scope[CALLER_SCOPE_KEY]
     try:
         response = await route(caller)
-    except EngineError as exc:
+    except EngineError as error:
+        exc = for_client(error)
         body = {"error": exc.message, "code": exc.code, "details": exc.details, "hint": exc.hint}
         raise ToolError(orjson.dumps(body).decode()) from None
     answer: dict[str, Any] = orjson.loads(response.body)
@@ -124,8 +125,7 @@ class Authenticated:
             scope[ORG_SCOPE_KEY] = org
             state.limiter.check(org)
         except EngineError as exc:
-            status = STATUS_BY_CODE[exc.code]
-            await error_response(status, exc.code, exc.message, exc.details, exc.hint)(scope, receive, send)
+            await engine_error_response(exc)(scope, receive, send)
             return
         limits = state.org_limits.get(org, state.config.limits)
         # The tools' caller sees the request without an Idempotency-Key: a key would apply to the

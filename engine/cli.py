@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 
 from engine import __version__
-from engine.config import ConfigError, EngineConfig, load_config
-from engine.errors import ModelMissing
+from engine.config import EngineConfig, load_config
+from engine.errors import ConfigError, ModelMissing, StartupError
 from engine.keys import KeyStore, add_key, ensure_default_key, list_keys, load_key_store, revoke_key
 from engine.logs import setup_logging
 from engine.models.files import check_models
@@ -85,7 +85,6 @@ def _serve(args: argparse.Namespace) -> int:
     from api.edge import PROTOCOL
     from api.metrics import MULTIPROC_ENV
     from engine.runtime import ray_cluster, ray_host, ray_memory
-    from engine.runtime.ray_actors import StartupError
 
     address = _connect(config)
     if address is None:
@@ -229,8 +228,6 @@ def _operator(command: OperatorCommand) -> Callable[[argparse.Namespace], int]:
 
     def run(args: argparse.Namespace) -> int:
         from ray.exceptions import RayError
-
-        from engine.runtime.ray_actors import StartupError
 
         config = _operator_config(args)
         if config is None:

@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from engine.errors import ConfigError
+
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 ENV_PREFIX = "SESSION_ENGINE_"
 
@@ -336,10 +338,6 @@ def settings_diff(ours: dict[str, Any], theirs: dict[str, Any], prefix: str = ""
         elif a != b:
             found.append(f"{prefix}{key}: {a!r} here vs {b!r} in the running cluster")
     return found
-
-
-class ConfigError(Exception):
-    """A setting is missing or wrong; the message names it."""
 
 
 def load_config(config_file: Path | None = None, **overrides: Any) -> EngineConfig:

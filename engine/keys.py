@@ -16,7 +16,8 @@ from typing import Any
 
 import orjson
 
-from engine.config import ConfigError, EngineConfig
+from engine.config import EngineConfig
+from engine.errors import ConfigError
 from engine.storage.lock import write_atomically
 
 KEY_PREFIX = "sek_"

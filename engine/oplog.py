@@ -80,14 +80,12 @@ class UnencodableOp(ValidationFailed):
     Refused before anything of its batch is applied; the other ops of the batch go on."""
 
     def __init__(self, op_name: str, reason: str) -> None:
-        ValidationFailed.__init__(
-            self,
+        super().__init__(
             f"this change cannot be stored: {reason}",
             {"op": op_name, "reason": reason},
             "JSON values may nest at most limits.max_json_depth levels, and integers must fit in 64 bits "
             "(-2^63 to 2^64-1); send large numbers as strings.",
         )
-        self.args = (op_name, reason)
 
 
 class OpRegistry:

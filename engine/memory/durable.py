@@ -27,9 +27,9 @@ import orjson
 
 from engine.clock import Clock, SystemClock
 from engine.config import DurabilityConfig
-from engine.errors import EngineError
+from engine.errors import CorruptFile, EngineError
 from engine.idempotency import IdempotencyRecords, Idempotent
-from engine.storage.frames import CorruptFile, frame, read_frames
+from engine.storage.frames import frame, read_frames
 from engine.storage.identity import ShardIdentity
 from engine.storage.lock import fsync_directory
 from engine.storage.logged import LoggedStore

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import SummarizerConfig
+from engine.errors import SummaryFailed
 from engine.summaries.quality import degeneracy, extractive
 
 from .files import go_offline, summarizer_directory
@@ -59,10 +60,6 @@ class Summary:
     output_tokens: int
     method: str = "model"  # or "extractive": the model's text was degenerate
     reason: str | None = None  # why the model's text was set aside (engine.summaries.quality)
-
-
-class SummaryError(Exception):
-    """This conversation could not be summarized (the reason is the message)."""
 
 
 def precut(
@@ -220,7 +217,7 @@ class Summarizer:
 
     def summarize(
         self, conversations: Sequence[Conversation], *, fallback: bool = True
-    ) -> list[Summary | SummaryError]:
+    ) -> list[Summary | SummaryFailed]:
         """One generate call for the whole batch; a result (or its error) per conversation.
         `fallback=False` keeps the model's text even when it is degenerate (its `reason` still
         says why): for measuring the model itself (benchmarks/summaries.py)."""
@@ -247,7 +244,7 @@ class Summarizer:
                 suppress_tokens=self._never_generate,
             )
         generated = output if self.seq2seq else output[:, inputs["input_ids"].shape[1] :]
-        results: list[Summary | SummaryError] = []
+        results: list[Summary | SummaryFailed] = []
         for row, conversation, (_, covered), mask in zip(
             generated, conversations, cut, inputs["attention_mask"], strict=True
         ):
@@ -259,7 +256,7 @@ class Summarizer:
             if reason is not None and fallback:
                 text = extractive(said)
             if not text:
-                results.append(SummaryError(f"{self.name} produced an empty summary"))
+                results.append(SummaryFailed(f"{self.name} produced an empty summary"))
                 continue
             results.append(
                 Summary(

@@ -13,9 +13,8 @@ from typing import Any
 import ray
 
 from engine.config import EngineConfig
-from engine.errors import Unavailable
+from engine.errors import DirectoryLocked, Unavailable
 from engine.storage.identity import NotThisShardsData, ShardIdentity
-from engine.storage.lock import DirectoryLocked
 from engine.storage.logged import LoggedStore
 
 from .ray_actors import RAY_ERRORS, lookup

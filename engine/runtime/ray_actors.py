@@ -13,16 +13,12 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from engine.config import EngineConfig
-from engine.errors import Unavailable
+from engine.errors import StartupError, Unavailable
 
 RAY_ERRORS = (RayActorError, ActorUnavailableError, GetTimeoutError)
 # A custom resource a placement setting names is asked for in this amount: enough to keep the
 # actor on nodes that have it, small enough that a node with 1 of it hosts every shard.
 MARKER_AMOUNT = 0.001
-
-
-class StartupError(Exception):
-    """The engine cannot start; the message says why."""
 
 
 def placement_options(

@@ -18,10 +18,11 @@ from typing import Any
 
 import ray
 
-from engine.config import ConfigError, EngineConfig, settings_diff
+from engine.config import EngineConfig, settings_diff
+from engine.errors import ConfigError, StartupError
 from engine.storage.layout import claim_layout, read_layout
 
-from .ray_actors import RAY_ERRORS, StartupError, create_named, lookup, wait_started
+from .ray_actors import RAY_ERRORS, create_named, lookup, wait_started
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import ray
 from ray.exceptions import ActorDiedError
 
 from engine.config import EngineConfig, LimitsConfig
-from engine.errors import EngineError, Unavailable, unwrap
+from engine.errors import EngineError, LogWriteFailed, Unavailable, unwrap
 from engine.logs import setup_logging
 from engine.models.summarizer import Conversation, Summary
 from engine.runtime import ray_cluster, ray_memory, upkeep
@@ -36,7 +36,6 @@ from engine.sessions.ops import ExpireDue, Op, Ping, PurgeSessions
 from engine.storage.durable import DurableShard
 from engine.storage.identity import ShardIdentity
 from engine.storage.layout import shard_directory
-from engine.storage.wal import LogWriteFailed
 from engine.summaries.runner import SummaryRunner
 
 log = logging.getLogger(__name__)

@@ -22,17 +22,16 @@ import ray
 from ray.exceptions import ActorDiedError
 
 from engine.config import EngineConfig
-from engine.errors import Unavailable, unwrap
+from engine.errors import LogWriteFailed, SummaryFailed, Unavailable, unwrap
 from engine.logs import setup_logging
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams
 from engine.memory.indexer import SessionIndexer
 from engine.memory.store import MemoryOp, MemoryStats, QueryVectors
-from engine.models.summarizer import Conversation, Summary, SummaryError
+from engine.models.summarizer import Conversation, Summary
 from engine.routing import memory_shard_for
 from engine.storage.identity import ShardIdentity
 from engine.storage.layout import memory_directory
-from engine.storage.wal import LogWriteFailed
 
 from . import upkeep
 from .hosted import HostedShard
@@ -184,16 +183,12 @@ class SummarizerActor:
         )
         self._summarizer.name = name
 
-    def summarize(self, conversations: Sequence[Conversation]) -> list[Summary | SummaryError]:
+    def summarize(self, conversations: Sequence[Conversation]) -> list[Summary | SummaryFailed]:
         return self._summarizer.summarize(conversations)
 
     def describe(self) -> dict[str, Any]:
         s = self._summarizer
         return {"model": s.name, "kind": "seq2seq" if s.seq2seq else "causal", "device": s.device}
-
-
-class SummaryFailed(Exception):
-    """One job's attempt failed; the message says why (the session shows it as summary_error)."""
 
 
 class _WorkerDied(SummaryFailed):
@@ -283,7 +278,7 @@ class SummarizerPool:
             if isinstance(result, Summary):
                 future.set_result(result)
             else:
-                future.set_exception(SummaryFailed(str(result)))
+                future.set_exception(result)
 
 
 # -- creating and finding the actors -------------------------------------------------------------

@@ -10,7 +10,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, Protocol
 
-from engine.storage.wal import LogWriteFailed
+from engine.errors import LogWriteFailed
 
 log = logging.getLogger(__name__)
 

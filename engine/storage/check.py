@@ -13,12 +13,12 @@ from typing import Any
 
 import orjson
 
+from engine.errors import CorruptFile
 from engine.memory.durable import SNAPSHOT_PREFIX as MEMORY_SNAPSHOT_PREFIX
 from engine.memory.durable import recover_memory
 from engine.memory.index import IndexParams
 
 from .durable import recover
-from .frames import CorruptFile
 from .identity import IDENTITY_FILE, read_epoch
 from .layout import read_layout
 from .lock import lock_holder

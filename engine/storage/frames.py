@@ -12,21 +12,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.errors import CorruptFile
+
 from .lock import write_atomically
 
 HEADER = struct.Struct("<II")
 MAX_FRAME_BYTES = 1 << 30
-
-
-class CorruptFile(Exception):
-    """A record in the middle of a file is damaged; recovery must stop, naming file and offset."""
-
-    def __init__(self, path: Path, offset: int, reason: str) -> None:
-        super().__init__(path, offset, reason)
-        self.path, self.offset, self.reason = path, offset, reason
-
-    def __str__(self) -> str:
-        return f"{self.path}: damaged record at byte offset {self.offset} ({self.reason})"
 
 
 @dataclass(slots=True)

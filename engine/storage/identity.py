@@ -54,7 +54,6 @@ class NotThisShardsData(Unavailable):
             "(or restrict shards to such nodes with ray.data_resource); the shard checks again every "
             "few seconds and serves once it finds its data.",
         )
-        self.args = (directory, reason)
         self.reason = reason
 
 
@@ -68,7 +67,6 @@ class Fenced(Unavailable):
             {"shard_directory": Path(directory).name, "epoch": epoch, "fenced": True},
             "Retry: the request reaches the shard's current incarnation once Ray has moved it.",
         )
-        self.args = (directory, epoch)
 
 
 def write_identity(directory: Path, identity: ShardIdentity) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from engine.config import ConfigError
+from engine.errors import ConfigError
 
 from .codec import FORMAT_VERSION
 from .identity import IDENTITY_FILE, ShardIdentity, write_identity

@@ -8,14 +8,7 @@ import os
 import time
 from pathlib import Path
 
-
-class DirectoryLocked(Exception):
-    def __init__(self, path: Path, holder: str) -> None:
-        super().__init__(path, holder)
-        self.path, self.holder = path, holder
-
-    def __str__(self) -> str:
-        return f"{self.path} is locked by another process ({self.holder}); stop it before starting this shard"
+from engine.errors import DirectoryLocked
 
 
 class DirectoryLock:

@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from engine.clock import Clock
-from engine.errors import EngineError, Unavailable
+from engine.errors import CorruptFile, EngineError, LogWriteFailed, Unavailable
 from engine.oplog import OpRegistry
 
-from .frames import CorruptFile
 from .identity import Epoch, Fenced, ShardIdentity, verify_identity
 from .lock import DirectoryLock
-from .wal import LogWriteFailed, WriteAheadLog, disk_reason, encode_record, unwritable_log
+from .wal import WriteAheadLog, disk_reason, encode_record, unwritable_log
 
 log = logging.getLogger(__name__)
 

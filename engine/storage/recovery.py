@@ -23,9 +23,8 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 
-from engine.errors import EngineError
+from engine.errors import CorruptFile, EngineError
 
-from .frames import CorruptFile
 from .snapshot import snapshots
 from .wal import LogRecord, read_log
 

@@ -15,8 +15,10 @@ from typing import Any
 
 import orjson
 
+from engine.errors import CorruptFile
+
 from .codec import FORMAT_VERSION
-from .frames import CorruptFile, frame, read_frames
+from .frames import frame, read_frames
 from .lock import fsync_directory
 
 SNAPSHOT_MAGIC = b"SESNP01\n"

@@ -22,9 +22,9 @@ from typing import Any
 
 import orjson
 
-from engine.errors import Unavailable
+from engine.errors import CorruptFile, LogWriteFailed, Unavailable
 
-from .frames import CorruptFile, TornTail, frame, quarantine, read_frames
+from .frames import TornTail, frame, quarantine, read_frames
 from .lock import fsync_directory
 
 log = logging.getLogger(__name__)
@@ -119,18 +119,6 @@ def read_log(
                 path.unlink()  # nothing intact in it; an empty segment would read as damage later
             else:
                 os.truncate(path, tail.offset)
-
-
-class LogWriteFailed(Exception):
-    """The log could not be written or synced. The batch was not acknowledged; the shard's memory
-    now holds changes the disk does not, so it must be rebuilt from disk before it answers again."""
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message, reason)
-        self.message, self.reason = message, reason  # reason: what the disk said, e.g. "File too large"
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def unwritable_log(directory: Path, failure: LogWriteFailed) -> Unavailable:

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.config import DEFAULT_CONFIG_PATH, ConfigError, EngineConfig, load_config, settings_diff
+from engine.config import DEFAULT_CONFIG_PATH, EngineConfig, load_config, settings_diff
+from engine.errors import ConfigError
 
 
 def test_default_yaml_states_every_built_in_default() -> None:

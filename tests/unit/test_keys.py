@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import ConfigError, load_config
+from engine.config import load_config
+from engine.errors import ConfigError
 from engine.keys import (
     KeyStore,
     add_key,

@@ -9,11 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.config import DurabilityConfig
-from engine.errors import ValidationFailed
+from engine.errors import CorruptFile, ValidationFailed
 from engine.memory.durable import SNAPSHOT_PREFIX, DurableMemory
 from engine.memory.index import IndexParams, normalized
 from engine.memory.store import DeleteVectors, MemoryStats, MemoryStore, QueryVectors, UpsertVectors
-from engine.storage.frames import CorruptFile
 from engine.storage.snapshot import snapshots
 from engine.storage.wal import segments
 

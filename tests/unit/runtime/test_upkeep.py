@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from engine.errors import LogWriteFailed
 from engine.runtime import upkeep
-from engine.storage.wal import LogWriteFailed
 
 real_sleep = asyncio.sleep
 

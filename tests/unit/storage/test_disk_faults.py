@@ -14,7 +14,7 @@ import pytest
 
 from engine.clock import ManualClock
 from engine.config import DurabilityConfig
-from engine.errors import Unavailable
+from engine.errors import LogWriteFailed, Unavailable
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams, normalized
 from engine.memory.store import QueryVectors, UpsertVectors
@@ -24,7 +24,7 @@ from engine.storage import durable as durable_module
 from engine.storage import wal
 from engine.storage.durable import DurableShard
 from engine.storage.frames import read_frames
-from engine.storage.wal import WAL_MAGIC, LogWriteFailed, read_log, segments
+from engine.storage.wal import WAL_MAGIC, read_log, segments
 
 FULL = OSError(errno.ENOSPC, "No space left on device")
 TOO_LARGE = OSError(errno.EFBIG, "File too large")

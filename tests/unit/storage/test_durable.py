@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.clock import ManualClock
-from engine.config import ConfigError, DurabilityConfig
-from engine.errors import Unavailable
+from engine.config import DurabilityConfig
+from engine.errors import ConfigError, CorruptFile, DirectoryLocked, Unavailable
 from engine.sessions.ops import (
     AppendMessages,
     CreateSession,
@@ -25,9 +25,7 @@ from engine.sessions.ops import (
 from engine.sessions.session import NewMessage, SessionStatus, new_session_id
 from engine.storage.codec import encode_session
 from engine.storage.durable import DurableShard
-from engine.storage.frames import CorruptFile
 from engine.storage.layout import claim_layout
-from engine.storage.lock import DirectoryLocked
 from engine.storage.snapshot import snapshots
 from engine.storage.wal import WAL_MAGIC, segments
 from tests.support.snapshots import snapshot_action

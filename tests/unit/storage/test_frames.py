@@ -6,7 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.storage.frames import CorruptFile, TornTail, frame, read_frames
+from engine.errors import CorruptFile
+from engine.storage.frames import TornTail, frame, read_frames
 
 MAGIC = b"TESTMAG\n"
 payloads = st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=8)
