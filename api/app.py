@@ -43,18 +43,18 @@ BEARER = "bearer"  # the security scheme's name in the OpenAPI document
 
 
 def _ray_transport(config: EngineConfig) -> SessionTransport:
-    from engine.runtime import ray_host
+    from engine.runtime import ray_cluster, session_shards
 
-    ray_host.connect(config)
-    return ray_host.RayTransport(ray_host.find_shards(config))
+    ray_cluster.connect(config)
+    return session_shards.RayTransport(session_shards.find_shards(config))
 
 
 def _ray_memory(config: EngineConfig) -> MemoryTransport:
-    from engine.runtime import ray_host, ray_memory
+    from engine.runtime import memory_shards, model_actors, ray_cluster
 
-    ray_host.connect(config)
-    return ray_memory.RayMemoryTransport(
-        config, ray_memory.find_memory_shards(config), ray_memory.find_embedders(config)
+    ray_cluster.connect(config)
+    return memory_shards.RayMemoryTransport(
+        config, memory_shards.find_memory_shards(config), model_actors.find_embedders(config)
     )
 
 

@@ -42,7 +42,7 @@ class ServerProcess:
             [
                 sys.executable,
                 "-m",
-                "engine.cli",
+                "session_engine",
                 "serve",
                 "--port",
                 str(self.port),

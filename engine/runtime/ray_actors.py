@@ -1,5 +1,5 @@
-"""What ray_host (session shards), ray_memory (memory shards, models) and ray_cluster (the
-controller and operator commands) do with Ray actors: create them by name where the placement
+"""What session_shards, memory_shards, model_actors and ray_cluster (the controller and operator
+commands) do with Ray actors: create them by name where the placement
 settings say, wait for them to start, look them up, and call a shard's `apply_batch`."""
 
 from __future__ import annotations

@@ -130,8 +130,9 @@ def preflight(address: str) -> None:
 
 def actor_names(config: EngineConfig) -> list[tuple[str, str]]:
     """(role, name) of every actor of the cluster, shards first."""
-    from .ray_host import shard_names
-    from .ray_memory import EMBEDDER_NAME, POOL_NAME, SUMMARIZER_NAME, memory_names
+    from .memory_shards import memory_names
+    from .model_actors import EMBEDDER_NAME, POOL_NAME, SUMMARIZER_NAME
+    from .session_shards import shard_names
 
     return (
         [("session shard", n) for n in shard_names(config)]
@@ -214,8 +215,9 @@ def drain(config: EngineConfig, on: bool = True) -> list[dict[str, Any]]:
 def stop(config: EngineConfig) -> None:
     """Drain, then stop every actor of the cluster: final snapshots, locks released, the detached
     actors removed. Session shards stop before memory (no summary job is half-way into memory)."""
-    from .ray_host import stop_shards
-    from .ray_memory import POOL_NAME, stop_memory
+    from .memory_shards import stop_memory
+    from .model_actors import POOL_NAME
+    from .session_shards import stop_shards
 
     drain(config)
     found = {name: handle for _, name in actor_names(config) if (handle := lookup(name, config)) is not None}
@@ -246,8 +248,8 @@ def rebalance(
     503 with Retry-After; reads go on), takes its final snapshot and releases its directory, and
     is created again on the target node, where it recovers from the same files. No acknowledged
     write can be lost: every one is in the log the new incarnation reads."""
-    from .ray_host import SessionShard
-    from .ray_memory import MemoryShard
+    from .memory_shards import MemoryShard
+    from .session_shards import SessionShard
 
     cluster = _controller_state(config)
     eligible = _eligible_nodes(config)
@@ -377,3 +379,29 @@ def _probe(answered: threading.Event) -> None:
     except Exception:  # noqa: BLE001 - any failure is "no answer"
         return
     answered.set()
+
+
+def connect(config: EngineConfig) -> str:
+    """Start a local Ray (no address configured) or join the configured one; returns its address."""
+    if not ray.is_initialized():
+        if config.ray.address:
+            preflight(config.ray.address)
+            ray.init(
+                address=config.ray.address, namespace=config.ray.namespace, logging_level=logging.WARNING
+            )
+        else:
+            ray.init(
+                # "local": always a Ray of its own, never one that `ray start` left on this machine.
+                address="local",
+                namespace=config.ray.namespace,
+                include_dashboard=False,
+                object_store_memory=config.ray.object_store_mb * 1024 * 1024,
+                _node_ip_address=config.ray.node_ip,
+                logging_level=logging.WARNING,
+            )
+    return str(ray.get_runtime_context().gcs_address)
+
+
+def disconnect() -> None:
+    if ray.is_initialized():
+        ray.shutdown()

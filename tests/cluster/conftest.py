@@ -63,7 +63,7 @@ class RayNodes:
     def command(self, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
         """A `session-engine` operator command run against this cluster."""
         return subprocess.run(
-            [sys.executable, "-m", "engine.cli", *args, "--ray-address", self.address],
+            [sys.executable, "-m", "session_engine", *args, "--ray-address", self.address],
             capture_output=True,
             text=True,
             timeout=timeout_s,

@@ -52,7 +52,7 @@ def actor_exists(nodes: RayNodes, name: str) -> bool:
 
 def serve_once(nodes: RayNodes, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("SESSION_ENGINE_")}, **nodes.env}
-    command = [sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--ray-address", nodes.address]
+    command = [sys.executable, "-m", "session_engine", "serve", "--port", "0", "--ray-address", nodes.address]
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=120, env=env)
 
 

@@ -156,7 +156,7 @@ def test_a_damaged_snapshot_and_log_tail_are_passed_over_quarantined_and_reporte
         f.write(bad)
 
     check = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "check", str(tmp_data)],
+        [sys.executable, "-m", "session_engine", "check", str(tmp_data)],
         capture_output=True,
         text=True,
         check=False,
@@ -188,7 +188,7 @@ def test_a_damaged_snapshot_and_log_tail_are_passed_over_quarantined_and_reporte
     finally:
         assert server.stop() == 0
     again = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "check", str(tmp_data)], capture_output=True, check=False
+        [sys.executable, "-m", "session_engine", "check", str(tmp_data)], capture_output=True, check=False
     )
     assert again.returncode == 0, again.stdout
 
@@ -198,7 +198,16 @@ def test_a_first_start_on_a_full_disk_says_so_in_one_line(small_disk: Path) -> N
     fill(small_disk)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SESSION_ENGINE_")}
     started = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "serve", "--data-dir", str(small_disk / "data"), "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "session_engine",
+            "serve",
+            "--data-dir",
+            str(small_disk / "data"),
+            "--port",
+            "0",
+        ],
         capture_output=True,
         text=True,
         env=env,

@@ -44,7 +44,7 @@ def test_first_start_prints_a_default_key_once_and_a_restart_keeps_it(
 
 
 def _keys(tmp_data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "engine.cli", "keys", *args, "--data-dir", str(tmp_data)]
+    command = [sys.executable, "-m", "session_engine", "keys", *args, "--data-dir", str(tmp_data)]
     return subprocess.run(command, capture_output=True, text=True, check=True)
 
 
@@ -110,7 +110,7 @@ def test_serve_starts_its_own_ray_when_given_no_address_and_stops_cleanly(
 
 def test_a_bad_setting_stops_serve_with_a_message_naming_it(tmp_data: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "serve", "--data-dir", str(tmp_data), "--shards", "0"],
+        [sys.executable, "-m", "session_engine", "serve", "--data-dir", str(tmp_data), "--shards", "0"],
         capture_output=True,
         text=True,
         timeout=60,

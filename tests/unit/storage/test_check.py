@@ -11,7 +11,6 @@ import numpy as np
 import orjson
 import pytest
 
-from engine import cli
 from engine.clock import ManualClock
 from engine.config import DurabilityConfig
 from engine.memory.durable import DurableMemory
@@ -24,6 +23,7 @@ from engine.storage.identity import ShardIdentity, write_identity
 from engine.storage.layout import claim_layout, memory_directory, shard_directory
 from engine.storage.snapshot import snapshots
 from engine.storage.wal import segments
+from session_engine import cli, serve
 
 
 def everything(directory: Path) -> dict[str, bytes]:
@@ -94,7 +94,7 @@ def test_serve_on_a_disk_it_cannot_write_says_so_in_one_line(
     def full(*args: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cli, "claim_layout", full)
+    monkeypatch.setattr(serve, "claim_layout", full)
     assert cli.main(["serve", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err

@@ -1,8 +1,5 @@
-"""Ray hosting: the SessionShard actor, starting or joining Ray, and the Ray transport.
-
-With ray_memory, ray_cluster, ray_actors and hosted, the only modules that import Ray, so the rest
-of the engine is testable without it.
-"""
+"""The session shard actors: SessionShard (a ShardStore made durable, its summary runner, its
+change feed and its timers), creating, finding and stopping them, and the gateway's transport."""
 
 from __future__ import annotations
 
@@ -21,7 +18,7 @@ from engine.config import EngineConfig, LimitsConfig
 from engine.errors import EngineError, LogWriteFailed, Unavailable, unwrap
 from engine.logs import setup_logging
 from engine.models.summarizer import Conversation, Summary
-from engine.runtime import ray_cluster, ray_memory, upkeep
+from engine.runtime import memory_shards, model_actors, upkeep
 from engine.runtime.hosted import HostedShard
 from engine.runtime.ray_actors import (
     RAY_ERRORS,
@@ -58,7 +55,7 @@ class SessionShard(HostedShard):
         self._snapshot_lock = asyncio.Lock()
         self._feed_reads = FeedReads()  # the gateways' long-polls of this shard's change feed
         self._pool: Any = None
-        self._memory = ray_memory.session_indexer(config)
+        self._memory = memory_shards.session_indexer(config)
         self._metrics = SessionShardMetrics()
         self._runner = SummaryRunner(
             self.apply_batch,
@@ -133,7 +130,7 @@ class SessionShard(HostedShard):
     async def _summarize(self, conversation: Conversation) -> Summary:
         # Looked up without waiting (a wait would block this shard's loop); a miss is a failed attempt.
         if self._pool is None:
-            self._pool = ray_memory.find_pool(self._config, timeout_s=0)
+            self._pool = model_actors.find_pool(self._config, timeout_s=0)
         try:
             summary: Summary = await self._pool.summarize.remote(conversation)
         except ActorDiedError:
@@ -263,32 +260,6 @@ def retention_cutoffs(limits: LimitsConfig, now_ms: int) -> tuple[dict[str, int 
     return {org: cutoff(limits.for_org(org).retention_days) for org in limits.orgs}, cutoff(
         limits.retention_days
     )
-
-
-def connect(config: EngineConfig) -> str:
-    """Start a local Ray (no address configured) or join the configured one; returns its address."""
-    if not ray.is_initialized():
-        if config.ray.address:
-            ray_cluster.preflight(config.ray.address)
-            ray.init(
-                address=config.ray.address, namespace=config.ray.namespace, logging_level=logging.WARNING
-            )
-        else:
-            ray.init(
-                # "local": always a Ray of its own, never one that `ray start` left on this machine.
-                address="local",
-                namespace=config.ray.namespace,
-                include_dashboard=False,
-                object_store_memory=config.ray.object_store_mb * 1024 * 1024,
-                _node_ip_address=config.ray.node_ip,
-                logging_level=logging.WARNING,
-            )
-    return str(ray.get_runtime_context().gcs_address)
-
-
-def disconnect() -> None:
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 def shard_names(config: EngineConfig) -> list[str]:

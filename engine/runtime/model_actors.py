@@ -1,0 +1,176 @@
+"""The model actors: Embedder actors, and the summarizer pool (a queue actor in front of
+Summarizer actors, which run niced)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from engine.config import EngineConfig
+from engine.errors import SummaryFailed
+from engine.logs import setup_logging
+from engine.models.summarizer import Conversation, Summary
+
+from .ray_actors import RAY_ERRORS, NamedActors, create_named, find_named
+
+log = logging.getLogger(__name__)
+
+EMBEDDER_NAME = "embedder-{index}"
+SUMMARIZER_NAME = "summarizer-{index}"
+POOL_NAME = "summarizer-pool"
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0)
+class EmbedderActor:
+    def __init__(self, config: EngineConfig) -> None:
+        setup_logging(config.log_level)
+        from engine.models.embedder import Embedder
+
+        models = config.models
+        self._embedder = Embedder(
+            models.embedder.path,
+            device=models.device,
+            batch_size=models.embedder.batch_size,
+            threads=models.torch_threads,
+        )
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self._embedder.embed(texts)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self._embedder.name,
+            "dimension": self._embedder.dimension,
+            "device": self._embedder.device,
+        }
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0)
+class SummarizerActor:
+    def __init__(self, config: EngineConfig, directory: str, name: str) -> None:
+        setup_logging(config.log_level)
+        os.nice(config.models.summarizer.nice)  # this process only: after indexing and requests
+        from engine.models.summarizer import Summarizer
+
+        summarizer_config = config.models.summarizer.model_copy(update={"path": Path(directory)})
+        self._summarizer = Summarizer(
+            summarizer_config,
+            config.data_dir,
+            device=config.models.device,
+            threads=config.models.torch_threads,
+        )
+        self._summarizer.name = name
+
+    def summarize(self, conversations: Sequence[Conversation]) -> list[Summary | SummaryFailed]:
+        return self._summarizer.summarize(conversations)
+
+    def describe(self) -> dict[str, Any]:
+        s = self._summarizer
+        return {"model": s.name, "kind": "seq2seq" if s.seq2seq else "causal", "device": s.device}
+
+
+class _WorkerDied(SummaryFailed):
+    """The summarizer actor itself failed (died, or is restarting)."""
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0)
+class SummarizerPool:
+    """The queue in front of the Summarizer actors. A job waits here until a summarizer is free;
+    a free summarizer takes every waiting job up to `batch_size` into one generate call. It only
+    makes text: the job's runner puts the summary into session memory (engine.summaries.runner)."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        setup_logging(config.log_level)
+        from engine.models.files import summarizer_directory
+
+        self._config = config
+        # Once, here: the default model's GGUF conversion must not run in every summarizer at once.
+        directory, name = summarizer_directory(config.models.summarizer.path, config.data_dir)
+        self._workers = [
+            create_named(
+                SummarizerActor, SUMMARIZER_NAME.format(index=i), config, config, str(directory), name,
+                role="model",
+            )
+            for i in range(config.models.summarizer.workers)
+        ]  # fmt: skip
+        self._queue: asyncio.Queue[tuple[Conversation, asyncio.Future[Summary]]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self._loops = [loop.create_task(self._serve(worker)) for worker in self._workers]
+        self.batches: collections.deque[int] = collections.deque(maxlen=100)  # recent batch sizes
+
+    async def describe(self) -> dict[str, Any]:
+        workers = await asyncio.gather(*(w.describe.remote() for w in self._workers))
+        return {
+            "workers": workers,
+            "waiting": self._queue.qsize(),
+            "recent_batches": list(self.batches)[-20:],
+        }
+
+    async def summarize(self, conversation: Conversation) -> Summary:
+        future: asyncio.Future[Summary] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((conversation, future))
+        return await future
+
+    async def shutdown(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        for worker in self._workers:
+            ray.kill(worker)
+
+    async def _serve(self, worker: Any) -> None:
+        batch_size = self._config.models.summarizer.batch_size
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            self.batches.append(len(batch))
+            try:
+                await self._run(worker, batch)
+            except Exception as exc:  # never let one batch stop this summarizer's loop
+                log.exception("summary batch failed")
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(SummaryFailed(f"summary batch failed: {exc}"))
+                if isinstance(exc, _WorkerDied):
+                    await self._until_back(worker)
+
+    async def _until_back(self, worker: Any, give_up_s: float = 300.0) -> None:
+        """Ray restarts a summarizer that died; until it answers, this loop takes no jobs, so the
+        waiting ones are not failed one after another (each failure costs a job an attempt)."""
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + give_up_s, 0.1
+        while loop.time() < deadline:
+            try:
+                await asyncio.wait_for(worker.describe.remote(), timeout=10)
+                return
+            except (*RAY_ERRORS, TimeoutError):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _run(self, worker: Any, batch: list[tuple[Conversation, asyncio.Future[Summary]]]) -> None:
+        try:
+            results = await worker.summarize.remote([conversation for conversation, _ in batch])
+        except RAY_ERRORS as exc:
+            raise _WorkerDied(f"the summarizer actor died or restarted: {type(exc).__name__}") from None
+        for (_, future), result in zip(batch, results, strict=True):
+            if isinstance(result, Summary):
+                future.set_result(result)
+            else:
+                future.set_exception(result)
+
+
+def find_embedders(config: EngineConfig, timeout_s: float = 60.0) -> NamedActors:
+    names = [EMBEDDER_NAME.format(index=i) for i in range(config.models.embedder.replicas)]
+    return NamedActors(names, config, find_named(names, config, timeout_s))
+
+
+def find_pool(config: EngineConfig, timeout_s: float = 60.0) -> Any:
+    return find_named([POOL_NAME], config, timeout_s)[0]

@@ -1,0 +1,1 @@
+"""The `session-engine` command: the composition root over `engine/` and `api/`."""

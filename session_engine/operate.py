@@ -1,0 +1,163 @@
+"""The operator commands (`status`, `drain`, `stop`, `rebalance`): each joins the cluster's Ray as a
+driver and reads or changes its actors (engine/runtime/ray_cluster.py does the work)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from engine.config import EngineConfig, load_config
+from engine.errors import StartupError
+
+from .serve import RAY_ADDRESS_FILE, connect
+
+OperatorCommand = Callable[[argparse.Namespace, EngineConfig], int]
+
+
+def _operator(command: OperatorCommand) -> Callable[[argparse.Namespace], int]:
+    """An operator command: joined to the cluster's Ray, given the running cluster's config, and
+    any failure on the way (an actor that does not answer, a move that cannot be made) one line."""
+
+    def run(args: argparse.Namespace) -> int:
+        from ray.exceptions import RayError
+
+        config = _operator_config(args)
+        if config is None:
+            return 2
+        try:
+            return command(args, config)
+        except (RayError, StartupError) as exc:
+            last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            print(f"session-engine {args.command}: {last}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _operator_config(args: argparse.Namespace) -> EngineConfig | None:
+    """Join the cluster's Ray (the address from --ray-address, the config, or the file an
+    embedded server writes in its data directory) and return the running cluster's config."""
+    from engine.runtime import ray_cluster
+
+    config = load_config(args.config, data_dir=args.data_dir, ray__address=args.ray_address)
+    address = config.ray.address
+    if not address:
+        path = config.data_dir / RAY_ADDRESS_FILE
+        if not path.exists():
+            print(
+                f"session-engine: no cluster address: pass --ray-address (auto on a cluster node), or "
+                f"--data-dir of a running embedded server ({path} is not there)",
+                file=sys.stderr,
+            )
+            return None
+        address = path.read_text().strip()
+    joined = config.model_copy(update={"ray": config.ray.model_copy(update={"address": address})})
+    if connect(joined) is None:
+        return None
+    running = ray_cluster.running_config(config.ray.namespace)
+    if running is None:
+        print(f"session-engine: no cluster runs in Ray namespace {config.ray.namespace!r}", file=sys.stderr)
+        return None
+    return running
+
+
+@_operator
+def status(args: argparse.Namespace, config: EngineConfig) -> int:
+    from engine.runtime import ray_cluster
+
+    found = ray_cluster.status(config)
+    if args.json:
+        print(orjson.dumps(found, option=orjson.OPT_INDENT_2, default=str).decode())
+    else:
+        print(_status_text(found))
+    unhealthy = [
+        a
+        for a in found["actors"]
+        if a.get("ray_state") != "ALIVE" or _shard_state(a) not in (None, "serving")
+    ]
+    return 3 if unhealthy else 0
+
+
+def _shard_state(actor: dict[str, Any]) -> str | None:
+    described = actor.get("described") or {}
+    state = described.get("state")
+    return str(state) if state is not None else ("unreachable" if "error" in described else None)
+
+
+def _status_text(found: dict[str, Any]) -> str:
+    lines = ["NODE          IP               ALIVE  RESOURCES"]
+    for node in found["nodes"]:
+        resources = ", ".join(f"{k}={v:g}" for k, v in sorted(node["resources"].items()) if "node:" not in k)
+        lines.append(f"{node['node_id'][:12]:<13} {node['ip']:<16} {node['alive']!s:<6} {resources}")
+    header = ("ACTOR", "RAY", "NODE", "RESTARTS", "STATE", "EPOCH", "HOLDS", "LOG", "SNAP AGE")
+    lines += ["", _STATUS_ROW.format(*header) + "  LOCK"]
+    for a in found["actors"]:
+        d = a.get("described") or {}
+        holds = d.get("sessions", d.get("vectors", ""))
+        log_bytes = d.get("log_bytes")
+        age = d.get("snapshot_age_s")
+        lock = f"pid {d['pid']}@{d['host']}" if "pid" in d and "epoch" in d else ""
+        row = (
+            a["name"],
+            a.get("ray_state", ""),
+            (a.get("node_id") or "")[:12],
+            a.get("restarts", ""),
+            _shard_state(a) or "",
+            d.get("epoch") or "",
+            holds,
+            "" if log_bytes is None else _size(log_bytes),
+            "" if age is None else f"{age:.0f} s",
+        )
+        lines.append(_STATUS_ROW.format(*row) + f"  {lock}")
+        if d.get("reason"):
+            lines.append(f"    refused: {d['reason']}")
+    return "\n".join(lines)
+
+
+_STATUS_ROW = "{:<20} {:<10} {:<13} {:>8} {:<10} {:>5} {:>10} {:>10} {:>9}"
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@_operator
+def drain(args: argparse.Namespace, config: EngineConfig) -> int:
+    from engine.runtime import ray_cluster
+
+    answers = ray_cluster.drain(config, on=not args.undo)
+    states = Counter(str(a.get("state")) for a in answers)
+    print(f"{len(answers)} shards: " + ", ".join(f"{n} {state}" for state, n in sorted(states.items())))
+    return 0
+
+
+@_operator
+def stop(args: argparse.Namespace, config: EngineConfig) -> int:
+    from engine.runtime import ray_cluster
+
+    ray_cluster.stop(config)
+    print(
+        "stopped: every shard drained, took its final snapshot and released its directory; the "
+        "cluster's actors are removed. Gateways still running answer 503 until they are stopped.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+@_operator
+def rebalance(args: argparse.Namespace, config: EngineConfig) -> int:
+    from engine.runtime import ray_cluster
+
+    moves = ray_cluster.rebalance(config, dry_run=args.dry_run)
+    if not moves:
+        print("balanced: no node hosts two shards more than another")
+    return 0
