@@ -10,7 +10,7 @@ creates the cluster's actors). After each step it runs the `append` scenario (on
 message a request, 64 sessions) against every gateway at once, the connections split evenly
 among them, and adds up the rates. Every process runs on this machine's cores, so on a small
 machine the numbers show what contends for them, not what more machines would give; see the
-README's "Scaling out". The embedded server comes first: `make run`'s setup, one gateway and its
+docs/operations.md's "Scaling out". The embedded server comes first: `make run`'s setup, one gateway and its
 own Ray, the same load.
 """
 

@@ -165,12 +165,12 @@ class RayConfig(_Section):
     namespace: str = "session-engine"
     object_store_mb: int = Field(256, ge=80)
     # The address the embedded Ray's node advertises to its own processes. Ray's ports still listen
-    # on every interface (Ray has no setting to bind them): firewall them (README: Scaling out).
+    # on every interface (Ray has no setting to bind them): firewall them (docs/operations.md: Scaling out).
     node_ip: str = "127.0.0.1"
 
 
 class PlacementConfig(_Section):
-    """What Ray reserves for each actor, and where it may put them (README: Scaling out). On one
+    """What Ray reserves for each actor, and where it may put them (docs/operations.md: Scaling out). On one
     machine the defaults (nothing reserved) are right; on a cluster, reserve real resources so Ray
     never packs more shards on a node than it can run, and spread them."""
 

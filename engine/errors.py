@@ -237,7 +237,7 @@ class CorruptFile(ServerFault):
     """A record in the middle of a file is damaged; recovery must stop, naming file and offset."""
 
     code = "CORRUPT_FILE"
-    hint = "`session-engine check DATA_DIR` reports the damage; the README's Durability section says more."
+    hint = "`session-engine check DATA_DIR` reports the damage; docs/operations.md says more."
 
     def __init__(self, path: Path, offset: int, reason: str) -> None:
         super().__init__(

@@ -1,7 +1,7 @@
 """Conversation summaries with a local transformers model, causal or seq2seq (read from its
 config), several conversations per `generate` call.
 
-The cut rule for conversations longer than the model's window, stated once here and in the README:
+The cut rule for conversations longer than the model's window, stated once here and in docs/memory.md:
 every message is rendered as `role: content`; one message alone may take at most half the prompt
 budget (its beginning is kept); the first `keep_first_messages` are kept while they fit in half
 the budget; then the most recent messages, newest first, as many as fit in the rest; a line

@@ -115,7 +115,7 @@ def test_a_running_deployment_is_loaded_through_url(tmp_path: Path) -> None:
 
 def test_the_misbehaving_fleet_gets_exactly_once_412s_and_429s(tmp_path: Path) -> None:
     """benchmarks/hardening.py at a tiny size on its own server: its correctness checks hold
-    (the README quotes its numbers from a real run; none is asserted here)."""
+    (benchmarks/README.md quotes numbers from a real run; none is asserted here)."""
     from benchmarks import hardening
 
     argv = [
