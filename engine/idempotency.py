@@ -20,7 +20,7 @@ it was logged only because the lookup missed when it first ran.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -94,6 +94,30 @@ class IdempotencyRecords:
         self._records[record_key] = Record(fingerprint, now_ms + self.retention_ms, result)
         self._by_scope.setdefault((org, scope), set()).add(key)
         self._drop_oldest(now_ms)
+
+    def apply_once(
+        self,
+        once: Idempotent,
+        scope: str,
+        now_ms: int,
+        *,
+        replaying: bool,
+        run: Callable[[], Any],
+        replay: Callable[[Any], Any] = Replayed,
+        keep: Callable[[Any], Any] = lambda result: result,
+    ) -> Any:
+        """The one rule for a write under a key, for every kind of store: a live record of the same
+        request is answered (`replay` of what was kept), one of another request raises
+        IdempotencyConflict; else `run` applies the op (and journals it, with the key) and `keep`
+        of its result becomes the record. Replay of the log runs the op without a lookup."""
+        org = once.op.org
+        if not replaying:
+            record = self.find(org, scope, once.key, once.fingerprint, now_ms)
+            if record is not None:
+                return replay(record.result)
+        result = run()
+        self.remember(org, scope, once.key, once.fingerprint, now_ms, keep(result))
+        return result
 
     def forget_results(self, org: str, scope: str) -> int:
         """Keep only key and fingerprint of every record of one scope (a deleted session's), so a

@@ -20,7 +20,7 @@ import numpy as np
 
 from engine.clock import Clock, SystemClock
 from engine.errors import QuotaExceeded, ValidationFailed, apply_each
-from engine.idempotency import IdempotencyRecords, Idempotent, Replayed
+from engine.idempotency import IdempotencyRecords, Idempotent
 from engine.oplog import TUPLE, FieldCodec, OpRegistry, coded, unlogged
 
 from . import sessions
@@ -134,15 +134,14 @@ class MemoryStore:
     def _apply_once(self, once: Idempotent, now_ms: int | None) -> Any:
         """A vector write under an idempotency key (see engine.idempotency); scope: its organization."""
         op = once.op
+
+        def run() -> Any:
+            result = self._handlers[type(op)](op)
+            self.journal.append(once)
+            return result
+
         now = self._clock.now_ms() if now_ms is None else now_ms
-        if not self.replaying:
-            record = self.idempotency.find(op.org, ORG_SCOPE, once.key, once.fingerprint, now)
-            if record is not None:
-                return Replayed(record.result)
-        result = self._handlers[type(op)](op)
-        self.journal.append(once)
-        self.idempotency.remember(op.org, ORG_SCOPE, once.key, once.fingerprint, now, result)
-        return result
+        return self.idempotency.apply_once(once, ORG_SCOPE, now, replaying=self.replaying, run=run)
 
     def apply_batch(self, ops: Sequence[MemoryOp | Idempotent], now_ms: int | None = None) -> list[Any]:
         """In order; one op's error is its own result and never fails the others. Unfiltered

@@ -106,16 +106,23 @@ class ShardStore:
     def _apply_once(self, once: Idempotent, now_ms: int) -> Any:
         """A session write under an idempotency key (see engine.idempotency); scope: its session."""
         op = once.op
-        if not self.replaying:
-            record = self.idempotency.find(op.org, op.session_id, once.key, once.fingerprint, now_ms)
-            if record is not None:
-                return self._replay(op, record.result)
-        result = self._handlers[type(op)](op, now_ms)
-        self.journal.append(once)  # the key is logged with its op
-        self.events.pending += events_of(op, result, now_ms)
-        compact = [result[0]["seq"], len(result)] if isinstance(op, AppendMessages) else result
-        self.idempotency.remember(op.org, op.session_id, once.key, once.fingerprint, now_ms, compact)
-        return result
+
+        def run() -> Any:
+            result = self._handlers[type(op)](op, now_ms)
+            self.journal.append(once)  # the key is logged with its op
+            self.events.pending += events_of(op, result, now_ms)
+            return result
+
+        return self.idempotency.apply_once(
+            once,
+            op.session_id,
+            now_ms,
+            replaying=self.replaying,
+            run=run,
+            replay=lambda kept: self._replay(op, kept),
+            # An append keeps (first seq, count), not copies of messages the session keeps.
+            keep=lambda result: [result[0]["seq"], len(result)] if isinstance(op, AppendMessages) else result,
+        )
 
     def _check_key(self, op: CheckKey, now_ms: int) -> Replayed | None:
         record = self.idempotency.find(op.org, op.session_id, op.key, op.fingerprint, now_ms)
