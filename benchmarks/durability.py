@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import DurabilityConfig
+from engine.sessions.durable import DurableShard
 from engine.sessions.ops import AppendMessages, CreateSession
 from engine.sessions.session import NewMessage, new_session_id
-from engine.storage.durable import DurableShard
 
 MESSAGE = "an agent turn of about one hundred characters, the size the targets assume for each message."
 

@@ -25,9 +25,9 @@ from engine.config import DurabilityConfig, load_config
 from engine.keys import KeyStore
 from engine.memory.index import IndexParams
 from engine.runtime.transport import LocalMemoryTransport, LocalTransport
+from engine.sessions.durable import DurableShard
 from engine.sessions.ops import AppendMessages, CreateSession
 from engine.sessions.session import NewMessage, new_session_id
-from engine.storage.durable import DurableShard
 
 ROUNDS = 5
 

@@ -229,9 +229,9 @@ def build_engine_data(data_dir: Path, org: str, sessions: int, shards: int) -> N
     shard the gateway would route it to, then snapshot: what a server holding them leaves behind."""
     from engine.config import DurabilityConfig
     from engine.routing import shard_for
+    from engine.sessions.durable import DurableShard
     from engine.sessions.ops import AppendMessages, CreateSession
     from engine.sessions.session import NewMessage, new_session_id
-    from engine.storage.durable import DurableShard
     from engine.storage.layout import claim_layout, shard_directory
 
     claim_layout(data_dir, shards)

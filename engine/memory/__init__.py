@@ -1,1 +1,2 @@
-"""Vector memory: FAISS indexes per (organization, namespace), their store and their durability."""
+"""Vector memory: FAISS and word indexes per (organization, namespace), their store, codec,
+snapshots and durability, and what closed sessions become in it."""

@@ -1,5 +1,6 @@
 """DurableMemory: a MemoryStore whose every upsert and delete is in its write-ahead log before a
-batch returns, with snapshots of whole FAISS indexes.
+batch returns, with snapshots of whole FAISS indexes; the memory shard's durable wrapper, built
+like the session shard's (engine.sessions.durable).
 
 The log is the session shards' (engine.storage.wal): framed, checksummed records, group commit,
 the same fsync policies, a torn tail cut off at recovery, and the same answer to a log that cannot
@@ -7,71 +8,34 @@ be written: rebuild from the files, refuse changes and answer queries until the 
 record's ops carry vectors as base64 float32 (engine.memory.store: MEMORY_OPS), so replay rebuilds
 exactly the vectors that were acknowledged.
 
-A snapshot file `memory-<lsn>.snap` holds every namespace as its id/metadata header plus the
-FAISS index bytes (`faiss.serialize_index`), split over frames of at most 256 MiB. The indexes
-are serialized on the shard's thread (a memory copy); writing and fsyncing the file can run in
-another thread while the shard goes on.
+Snapshots (engine.memory.snapshot) are serialized on the shard's thread (a memory copy); writing
+and fsyncing the file can run in another thread while the shard goes on.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from engine.clock import Clock, SystemClock
 from engine.config import DurabilityConfig
-from engine.errors import CorruptFile, EngineError
-from engine.idempotency import IdempotencyRecords, Idempotent
-from engine.storage.frames import frame, read_frames
+from engine.errors import EngineError
+from engine.idempotency import IdempotencyRecords
 from engine.storage.identity import ShardIdentity
-from engine.storage.lock import fsync_directory
 from engine.storage.logged import LoggedStore
 from engine.storage.recovery import drop_covered, recover_state
-from engine.storage.snapshot import snapshot_path
 from engine.storage.wal import LogRecord
 
-from .index import IndexParams, NamespaceIndex
-from .store import (
-    MEMORY_OPS,
-    DeleteVectors,
-    MemoryOp,
-    MemoryStore,
-    UpsertVectors,
-    decode_vectors,
-)
+from .codec import decode_memory_op
+from .index import IndexParams
+from .snapshot import SNAPSHOT_PREFIX, read_snapshot, write_snapshot
+from .store import MEMORY_OPS, MemoryStore
 
 log = logging.getLogger(__name__)
-
-MEMORY_SNAPSHOT_MAGIC = b"SEMEM01\n"
-MEMORY_FORMAT_VERSION = 1
-SNAPSHOT_PREFIX = "memory-"
-_PART_BYTES = 256 * 1024 * 1024
-_RECORDS_PER_FRAME = 10_000  # idempotency records of vector writes: small answers, far below a frame's limit
-
-
-def decode_memory_op(encoded: dict[str, Any] | list[Any]) -> MemoryOp | Idempotent:
-    if isinstance(encoded, dict):
-        op: MemoryOp | Idempotent = MEMORY_OPS.decode(encoded)
-        return op
-    # Log records written before ops were encoded by field name: positional arrays.
-    if encoded[0] == "once":
-        _, key, fingerprint, inner = encoded
-        return Idempotent(key, fingerprint, decode_memory_op(inner))
-    tag, org, namespace, ids, *rest = encoded
-    if tag == "upsert":
-        dimension, data, metadata = rest
-        vectors = decode_vectors({"dimension": dimension, "f32": data})
-        return UpsertVectors(org, namespace, tuple(ids), vectors, tuple(metadata))
-    if tag == "delete":
-        return DeleteVectors(org, namespace, tuple(ids))
-    raise ValueError(f"unknown memory op {tag!r}")
 
 
 @dataclass(slots=True, frozen=True)
@@ -141,7 +105,7 @@ class DurableMemory(LoggedStore):
         pause_ms = (time.perf_counter() - started) * 1000
 
         def write() -> MemorySnapshotResult:
-            size = _write_snapshot(self.directory, lsn, self._clock.now_ms(), parts, records)
+            size = write_snapshot(self.directory, lsn, self._clock.now_ms(), parts, records)
             return MemorySnapshotResult(lsn, len(parts), size, time.perf_counter() - started, pause_ms)
 
         return write
@@ -163,64 +127,6 @@ class DurableMemory(LoggedStore):
                 self.snapshot_now()
         finally:
             self._close_files()
-
-
-def _write_snapshot(
-    directory: Path,
-    lsn: int,
-    now_ms: int,
-    parts: list[tuple[str, str, dict[str, Any], bytes]],
-    records: list[list[Any]],
-) -> int:
-    path = snapshot_path(directory, lsn, SNAPSHOT_PREFIX)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(MEMORY_SNAPSHOT_MAGIC)
-        f.write(frame(orjson.dumps({"format": MEMORY_FORMAT_VERSION, "lsn": lsn, "ts": now_ms})))
-        for org, namespace, header, index_bytes in parts:
-            pieces = [index_bytes[i : i + _PART_BYTES] for i in range(0, len(index_bytes), _PART_BYTES)]
-            meta = {"org": org, "namespace": namespace, "parts": len(pieces), **header}
-            f.write(frame(orjson.dumps(meta)))
-            for piece in pieces:
-                f.write(frame(piece))
-        for i in range(0, len(records), _RECORDS_PER_FRAME):
-            f.write(frame(orjson.dumps({"idempotency": records[i : i + _RECORDS_PER_FRAME]})))
-        f.write(frame(orjson.dumps({"end": True, "namespaces": len(parts)})))
-        f.flush()
-        os.fsync(f.fileno())
-        size = f.tell()
-    tmp.replace(path)
-    fsync_directory(directory)
-    return size
-
-
-def _read_snapshot(path: Path, store: MemoryStore) -> int:
-    frames = read_frames(path, MEMORY_SNAPSHOT_MAGIC)
-    first = next(frames, None)
-    if first is None:
-        raise CorruptFile(path, len(MEMORY_SNAPSHOT_MAGIC), "snapshot has no header")
-    header = orjson.loads(first[1])
-    if header.get("format") != MEMORY_FORMAT_VERSION:
-        raise CorruptFile(path, first[0], f"memory snapshot format {header.get('format')} is not supported")
-    for offset, payload in frames:
-        meta = orjson.loads(payload)
-        if "idempotency" in meta:
-            store.idempotency.load(meta["idempotency"])
-            continue
-        if meta.get("end"):
-            if meta.get("namespaces") != sum(1 for _ in store.namespaces()):
-                raise CorruptFile(path, offset, "snapshot trailer does not match its contents")
-            return int(header["lsn"])
-        pieces = []
-        for _ in range(meta["parts"]):
-            piece = next(frames, None)
-            if piece is None:
-                raise CorruptFile(path, offset, "snapshot ends inside a namespace")
-            pieces.append(piece[1])
-        store.adopt(
-            meta["org"], meta["namespace"], NamespaceIndex.from_parts(meta, b"".join(pieces), store.params)
-        )
-    raise CorruptFile(path, path.stat().st_size, "snapshot ends without its trailer")
 
 
 def recover_memory(
@@ -247,7 +153,7 @@ def recover_memory(
                 raise result
 
     store, found = recover_state(
-        directory, SNAPSHOT_PREFIX, fresh, _read_snapshot, apply_record, until_lsn=until_lsn, repair=repair
+        directory, SNAPSHOT_PREFIX, fresh, read_snapshot, apply_record, until_lsn=until_lsn, repair=repair
     )
     recovery = MemoryRecovery(
         found.snapshot_lsn,

@@ -28,9 +28,9 @@ from engine.runtime.ray_actors import (
     wait_started,
 )
 from engine.runtime.shard_metrics import SessionShardMetrics
+from engine.sessions.durable import DurableShard
 from engine.sessions.events import EventLog, FeedReads, Interest, Page, Position, Reader
 from engine.sessions.ops import ExpireDue, Op, Ping, PurgeSessions
-from engine.storage.durable import DurableShard
 from engine.storage.identity import ShardIdentity
 from engine.storage.layout import shard_directory
 from engine.summaries.runner import SummaryRunner

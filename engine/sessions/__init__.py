@@ -1,1 +1,2 @@
-"""Sessions: the per-session actor state, the operations on it, and the shard store hosting many."""
+"""Sessions: the per-session state, the operations on it, the shard store hosting many, and its
+codec, snapshots, change feed and durability."""

@@ -3,9 +3,9 @@
 Pure Python, no Ray, no I/O. `apply(op, now_ms)` is the one entry point; given the same ops at the
 same times it reaches the same state, which is what makes a write-ahead log of ops replayable.
 Every mutating op that succeeds is appended to `journal`, which the durability layer drains into
-the log. `begin_snapshot()` gives a cursor over a consistent view: a session about to change
-before the cursor has reached it is copied first (copy-on-write), so a snapshot taken a chunk at a
-time still holds exactly the state at the moment it began.
+the log. `begin_snapshot()` gives a cursor (engine.sessions.snapshot) over a consistent view: a
+session about to change before the cursor has reached it is copied first (copy-on-write), so a
+snapshot taken a chunk at a time still holds exactly the state at the moment it began.
 Reads never change state: a session past its deadline reads as expired and refuses writes at once,
 but only the timer's `ExpireDue` op moves it to `expired`.
 """
@@ -45,6 +45,7 @@ from engine.sessions.ops import (
     UpdateSession,
 )
 from engine.sessions.session import Session, SessionStatus, SummaryStatus
+from engine.sessions.snapshot import SnapshotCursor
 
 SortKey = tuple[int, str]
 
@@ -75,7 +76,7 @@ class ShardStore:
     def __init__(self, idempotency: IdempotencyRecords | None = None, events: EventLog | None = None) -> None:
         self.idempotency = idempotency if idempotency is not None else IdempotencyRecords()
         # The change feed: each journaled op's events wait in `events.pending` until its log record
-        # is written (engine.storage.durable publishes them).
+        # is written (engine.sessions.durable publishes them).
         self.events = events if events is not None else EventLog()
         self.replaying = False  # set while the log is replayed: logged ops are applied as they were
         self.condition: dict[str, Any] = {}  # set by the durability layer; pings answer it
@@ -175,7 +176,7 @@ class ShardStore:
             raise RuntimeError("a snapshot is already in progress")
         self._snap_epoch += 1
         self._snapshot = SnapshotCursor(
-            self, self._snap_epoch, list(self._sessions), encode, self.idempotency.frozen()
+            self._sessions.get, self._snap_epoch, list(self._sessions), encode, self.idempotency.frozen()
         )
         return self._snapshot
 
@@ -416,58 +417,6 @@ class ShardStore:
         old = session.status
         session.transition(to, now_ms=now_ms)
         self._orgs[session.org].move(session, old)
-
-
-class SnapshotCursor:
-    """Walks the sessions that existed when the snapshot began, a chunk at a time, each as it was then."""
-
-    def __init__(
-        self,
-        store: ShardStore,
-        epoch: int,
-        keys: list[tuple[str, str]],
-        encode: Callable[[Session], Any],
-        records: list[Any],
-    ) -> None:
-        self.epoch = epoch
-        self.records = records  # the idempotency records as of the snapshot's start
-        self.saved: dict[tuple[str, str], Session] = {}  # copies of sessions changed before being reached
-        self._store = store
-        self._keys = keys
-        self._encode = encode
-        self._position = 0
-
-    @property
-    def done(self) -> bool:
-        """Every session is written (the idempotency records follow, see next_records)."""
-        return self._position >= len(self._keys)
-
-    def next_records(self, size: int) -> list[list[Any]]:
-        """The next `size` idempotency records, encoded; empty once all are taken."""
-        chunk = self.records[:size]
-        del self.records[:size]
-        return IdempotencyRecords.encode(chunk)
-
-    def next_chunk(self, size: int, max_messages: int | None = None) -> list[Any]:
-        """The next sessions, already encoded: encoding happens before any other op can run. At
-        most `size` sessions, and no more once they hold `max_messages` messages (a session is
-        never split, so one longer than that is a chunk of its own)."""
-        chunk = []
-        messages = 0
-        for key in self._keys[self._position : self._position + size]:
-            if max_messages is not None and messages >= max_messages:
-                break
-            self._position += 1
-            session = self.saved.pop(key, None)
-            if session is None:
-                live = self._store._sessions.get(key)
-                if live is None or live.snap_epoch >= self.epoch:
-                    continue  # a copy was already written, or (impossible) it vanished uncopied
-                live.snap_epoch = self.epoch
-                session = live
-            messages += len(session.messages)
-            chunk.append(self._encode(session))
-        return chunk
 
 
 def _show_due_as_expired(session: Session, view: dict[str, Any], now_ms: int) -> None:

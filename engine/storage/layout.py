@@ -13,10 +13,11 @@ import orjson
 
 from engine.errors import ConfigError
 
-from .codec import FORMAT_VERSION
 from .identity import IDENTITY_FILE, ShardIdentity, write_identity
 from .lock import fsync_directory, write_atomically
 
+# The shape of the data directory's files (engine.json, snapshots); a change to one bumps it.
+FORMAT_VERSION = 1
 log = logging.getLogger(__name__)
 
 LAYOUT_FILE = "engine.json"

@@ -1,15 +1,16 @@
-"""Snapshot files `snapshot-<lsn>.snap`: a shard's whole state as of log record <lsn>.
+"""Snapshot files `<prefix><lsn>.snap`: a shard's whole state as of log record <lsn>, in the format
+of its kind (engine.sessions.snapshot, engine.memory.snapshot), built from the same parts here.
 
-Framed records: a header `{"format", "lsn", "ts"}`, chunks of encoded sessions, chunks of
-idempotency records `{"idempotency": [...]}`, and a trailer `{"end": true, "sessions": n}`.
-Written to a temporary file, fsynced, renamed into place and the directory fsynced, so a crash
-never leaves a half snapshot under a snapshot's name.
+A snapshot is framed records after a magic line: first a header `{"format", "lsn", "ts"}`, last a
+trailer `{"end": true, ...}` that counts what came between. It is written to a temporary file,
+fsynced, renamed into place and the directory fsynced, so a crash never leaves a half snapshot
+under a snapshot's name.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,50 +18,44 @@ import orjson
 
 from engine.errors import CorruptFile
 
-from .codec import FORMAT_VERSION
 from .frames import frame, read_frames
 from .lock import fsync_directory
 
-SNAPSHOT_MAGIC = b"SESNP01\n"
-SNAPSHOT_PREFIX, _SUFFIX = "snapshot-", ".snap"
+SUFFIX = ".snap"
 
 
-def snapshot_path(directory: Path, lsn: int, prefix: str = SNAPSHOT_PREFIX) -> Path:
-    return directory / f"{prefix}{lsn:020d}{_SUFFIX}"
+def snapshot_path(directory: Path, lsn: int, prefix: str) -> Path:
+    return directory / f"{prefix}{lsn:020d}{SUFFIX}"
 
 
-def snapshots(directory: Path, prefix: str = SNAPSHOT_PREFIX) -> list[tuple[int, Path]]:
+def snapshots(directory: Path, prefix: str) -> list[tuple[int, Path]]:
     """(lsn, path) of every snapshot named `<prefix><lsn>.snap` in the directory, oldest first."""
-    return sorted(
-        (int(p.name[len(prefix) : -len(_SUFFIX)]), p) for p in directory.glob(f"{prefix}*{_SUFFIX}")
-    )
+    return sorted((int(p.name[len(prefix) : -len(SUFFIX)]), p) for p in directory.glob(f"{prefix}*{SUFFIX}"))
 
 
-class SnapshotWriter:
-    def __init__(self, directory: Path, lsn: int, now_ms: int) -> None:
+class SnapshotFile:
+    """A snapshot being written: its header at once, then records (JSON) and raw frames (bytes)."""
+
+    def __init__(
+        self, directory: Path, prefix: str, magic: bytes, format_version: int, lsn: int, now_ms: int
+    ) -> None:
         self.lsn = lsn
-        self.path = snapshot_path(directory, lsn)
+        self.path = snapshot_path(directory, lsn, prefix)
         self._tmp = self.path.with_name(self.path.name + ".tmp")
         self._file = self._tmp.open("wb")
-        self._file.write(SNAPSHOT_MAGIC)
-        self._write({"format": FORMAT_VERSION, "lsn": lsn, "ts": now_ms})
-        self.sessions = 0
+        self._file.write(magic)
+        self.write({"format": format_version, "lsn": lsn, "ts": now_ms})
 
-    def _write(self, record: Any) -> None:
+    def write(self, record: Any) -> None:
         self._file.write(frame(orjson.dumps(record)))
 
-    def add(self, encoded_sessions: list[Any]) -> None:
-        if encoded_sessions:
-            self._write(encoded_sessions)
-            self.sessions += len(encoded_sessions)
+    def write_bytes(self, payload: bytes) -> None:
+        self._file.write(frame(payload))
 
-    def add_records(self, encoded_records: list[Any]) -> None:
-        if encoded_records:
-            self._write({"idempotency": encoded_records})
-
-    def finish(self) -> int:
-        """Make the snapshot durable under its name; returns its size in bytes. Blocking I/O."""
-        self._write({"end": True, "sessions": self.sessions})
+    def finish(self, trailer: dict[str, Any]) -> int:
+        """Write the trailer and make the snapshot durable under its name; returns its size in
+        bytes. Blocking I/O."""
+        self.write({"end": True, **trailer})
         self._file.flush()
         os.fsync(self._file.fileno())
         size = self._file.tell()
@@ -75,35 +70,14 @@ class SnapshotWriter:
         self._tmp.unlink(missing_ok=True)
 
 
-def read_snapshot(
-    path: Path, on_records: Callable[[list[Any]], None] = lambda _: None
-) -> tuple[int, Iterator[list[Any]]]:
-    """(lsn, encoded sessions chunk by chunk); chunks of idempotency records go to `on_records` as
-    they are read. Any damage, or a missing trailer, raises CorruptFile."""
-    frames = read_frames(path, SNAPSHOT_MAGIC)
-    try:
-        _, first = next(frames)
-    except StopIteration:
-        raise CorruptFile(path, len(SNAPSHOT_MAGIC), "snapshot has no header") from None
-    header = orjson.loads(first)
-    if header.get("format") != FORMAT_VERSION:
-        raise CorruptFile(
-            path, len(SNAPSHOT_MAGIC), f"snapshot format {header.get('format')} is not supported"
-        )
-
-    def chunks() -> Iterator[list[Any]]:
-        count = 0
-        for offset, payload in frames:
-            record = orjson.loads(payload)
-            if isinstance(record, dict) and "idempotency" in record:
-                on_records(record["idempotency"])
-                continue
-            if isinstance(record, dict):
-                if record.get("end") and record.get("sessions") == count:
-                    return
-                raise CorruptFile(path, offset, "snapshot trailer does not match its contents")
-            count += len(record)
-            yield record
-        raise CorruptFile(path, path.stat().st_size, "snapshot ends without its trailer")
-
-    return int(header["lsn"]), chunks()
+def open_snapshot(path: Path, magic: bytes, format_version: int) -> tuple[int, Iterator[tuple[int, bytes]]]:
+    """(lsn, the frames after the header as (offset, payload)); a missing header or another
+    format raises CorruptFile, as does any damage while the frames are read."""
+    frames = read_frames(path, magic)
+    first = next(frames, None)
+    if first is None:
+        raise CorruptFile(path, len(magic), "snapshot has no header")
+    header = orjson.loads(first[1])
+    if header.get("format") != format_version:
+        raise CorruptFile(path, first[0], f"snapshot format {header.get('format')} is not supported")
+    return int(header["lsn"]), frames

@@ -37,7 +37,7 @@ _SEGMENT_PREFIX, _SEGMENT_SUFFIX = "wal-", ".log"
 class LogRecord:
     lsn: int
     now_ms: int
-    ops: list[Any]  # encoded ops; see engine.storage.codec
+    ops: list[Any]  # encoded ops; see engine.sessions.codec
 
 
 def segment_path(directory: Path, first_lsn: int) -> Path:

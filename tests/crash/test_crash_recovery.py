@@ -12,6 +12,7 @@ import httpx
 import ray
 
 from benchmarks.server import ServerProcess, joined_server
+from engine.sessions.snapshot import SNAPSHOT_PREFIX
 from engine.storage.lock import DirectoryLock
 from engine.storage.snapshot import snapshots
 from engine.storage.wal import read_log
@@ -104,7 +105,7 @@ def test_sigterm_drains_snapshots_every_shard_and_exits_zero(tmp_data: Path) -> 
     shard_dirs = sorted((tmp_data / "shards").iterdir())
     assert len(shard_dirs) == 2
     for shard in shard_dirs:
-        (lsn, _), *older = snapshots(shard)
+        (lsn, _), *older = snapshots(shard, SNAPSHOT_PREFIX)
         assert not older, f"{shard.name}: exactly one snapshot, the final one"
         assert list(read_log(shard, after_lsn=lsn)) == [], f"{shard.name}: nothing logged after it"
         DirectoryLock(shard, wait_s=0.5).release()  # the stopped shard let go of its directory

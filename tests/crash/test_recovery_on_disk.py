@@ -18,6 +18,7 @@ import pytest
 
 from benchmarks.server import ServerProcess
 from engine.routing import shard_for
+from engine.sessions.snapshot import SNAPSHOT_PREFIX
 from engine.storage.frames import HEADER
 from engine.storage.layout import shard_directory
 from engine.storage.snapshot import snapshots
@@ -148,7 +149,7 @@ def test_a_damaged_snapshot_and_log_tail_are_passed_over_quarantined_and_reporte
         finally:
             assert server.stop() == 0
     shard0, shard1 = shard_directory(tmp_data, 0), shard_directory(tmp_data, 1)
-    _, (_, newest) = snapshots(shard0)
+    _, (_, newest) = snapshots(shard0, SNAPSHOT_PREFIX)
     newest.write_bytes(newest.read_bytes()[:-30] + b"\xee" * 30)  # its trailer is damaged
     _, last_segment = segments(shard1)[-1]
     bad = HEADER.pack(5, 0) + b"hello"  # a whole record whose checksum does not match

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.storage.durable import DurableShard
+from engine.sessions.durable import DurableShard
 
 
 def snapshot_action(shard: DurableShard, kind: str) -> None:

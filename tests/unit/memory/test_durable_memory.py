@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from engine.config import DurabilityConfig
 from engine.errors import CorruptFile, ValidationFailed
-from engine.memory.durable import SNAPSHOT_PREFIX, DurableMemory
+from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams, normalized
+from engine.memory.snapshot import SNAPSHOT_PREFIX
 from engine.memory.store import DeleteVectors, MemoryStats, MemoryStore, QueryVectors, UpsertVectors
 from engine.storage.snapshot import snapshots
 from engine.storage.wal import segments

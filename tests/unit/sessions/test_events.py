@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from engine.clock import ManualClock
 from engine.config import DurabilityConfig, EventsConfig
 from engine.errors import FeedGone, ValidationFailed
+from engine.sessions.durable import DurableShard
 from engine.sessions.events import Event, EventLog, FeedReads, Page, Position, parse_position
 from engine.sessions.ops import (
     AppendMessages,
@@ -24,7 +25,6 @@ from engine.sessions.ops import (
     ReplaceContext,
 )
 from engine.sessions.session import NewMessage, SessionStatus, new_session_id
-from engine.storage.durable import DurableShard
 
 T0 = 1_700_000_000_000
 

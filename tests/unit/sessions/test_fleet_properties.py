@@ -19,6 +19,8 @@ from engine.clock import ManualClock
 from engine.config import DurabilityConfig
 from engine.errors import EngineError, IdempotencyConflict
 from engine.idempotency import Idempotent, Replayed
+from engine.sessions.codec import encode_session
+from engine.sessions.durable import DurableShard
 from engine.sessions.ops import (
     AppendMessages,
     CreateSession,
@@ -29,8 +31,6 @@ from engine.sessions.ops import (
     ReplaceContext,
 )
 from engine.sessions.session import NewMessage, SessionStatus, session_id_for_key
-from engine.storage.codec import encode_session
-from engine.storage.durable import DurableShard
 from tests.support.snapshots import snapshot_action
 
 CONFIG = DurabilityConfig(snapshot_chunk_sessions=1, snapshot_chunk_messages=2)

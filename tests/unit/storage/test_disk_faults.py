@@ -18,11 +18,11 @@ from engine.errors import LogWriteFailed, Unavailable
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams, normalized
 from engine.memory.store import QueryVectors, UpsertVectors
+from engine.sessions import durable as durable_module
+from engine.sessions.durable import DurableShard
 from engine.sessions.ops import AppendMessages, CreateSession, GetSession, ListSessions
 from engine.sessions.session import NewMessage, new_session_id
-from engine.storage import durable as durable_module
 from engine.storage import wal
-from engine.storage.durable import DurableShard
 from engine.storage.frames import read_frames
 from engine.storage.wal import WAL_MAGIC, read_log, segments
 

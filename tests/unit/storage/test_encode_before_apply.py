@@ -19,10 +19,10 @@ from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams
 from engine.memory.store import QueryVectors, UpsertVectors
 from engine.oplog import UnencodableOp
+from engine.sessions.codec import encode_session
+from engine.sessions.durable import DurableShard, recover
 from engine.sessions.ops import AppendMessages, CreateSession, GetSession, ReplaceContext
 from engine.sessions.session import NewMessage, SessionStatus
-from engine.storage.codec import encode_session
-from engine.storage.durable import DurableShard, recover
 from tests.support.snapshots import snapshot_action
 
 CONFIG = DurabilityConfig(snapshot_chunk_sessions=1, snapshot_chunk_messages=2)

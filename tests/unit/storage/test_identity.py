@@ -13,10 +13,10 @@ from engine.clock import ManualClock
 from engine.config import DurabilityConfig
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams
+from engine.sessions.durable import DurableShard
 from engine.sessions.ops import AppendMessages, CreateSession, GetSession
 from engine.sessions.session import NewMessage
 from engine.storage import logged
-from engine.storage.durable import DurableShard
 from engine.storage.identity import (
     IDENTITY_FILE,
     Fenced,

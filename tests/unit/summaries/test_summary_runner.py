@@ -17,6 +17,7 @@ from engine.memory.indexer import SessionIndexer
 from engine.memory.sessions import SESSION_MEMORY, SESSIONS_OF_MEMORY
 from engine.memory.store import MemoryOp, MemoryStore, QueryVectors
 from engine.models.summarizer import Conversation, Summary
+from engine.sessions.codec import decode_session, encode_session
 from engine.sessions.ops import (
     AppendMessages,
     CreateSession,
@@ -28,7 +29,6 @@ from engine.sessions.ops import (
 )
 from engine.sessions.session import NewMessage, SessionStatus, new_session_id
 from engine.sessions.shard import ShardStore
-from engine.storage.codec import decode_session, encode_session
 from engine.summaries.runner import SummaryRunner
 
 T0 = 1_700_000_000_000

@@ -14,10 +14,13 @@ from engine.clock import ManualClock
 from engine.config import DurabilityConfig
 from engine.errors import EngineError
 from engine.idempotency import Idempotent
-from engine.memory.durable import DurableMemory, decode_memory_op
+from engine.memory.codec import decode_memory_op
+from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams
 from engine.memory.store import MEMORY_OPS, DeleteVectors, ForgetSessions, UpsertVectors
 from engine.oplog import TAG, UnencodableOp
+from engine.sessions.codec import decode_op, encode_op, encode_session
+from engine.sessions.durable import DurableShard
 from engine.sessions.ops import (
     SESSION_OPS,
     AppendMessages,
@@ -35,8 +38,6 @@ from engine.sessions.ops import (
     UpdateSession,
 )
 from engine.sessions.session import NewMessage, SessionStatus
-from engine.storage.codec import decode_op, encode_op, encode_session
-from engine.storage.durable import DurableShard
 
 A, B, C, D = ("sess_" + f"{i:032x}" for i in range(4))
 

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from engine.clock import ManualClock
 from engine.config import DurabilityConfig
 from engine.errors import ConfigError, CorruptFile, DirectoryLocked, Unavailable
+from engine.sessions.codec import encode_session
+from engine.sessions.durable import DurableShard
 from engine.sessions.ops import (
     AppendMessages,
     CreateSession,
@@ -23,8 +25,7 @@ from engine.sessions.ops import (
     UpdateSession,
 )
 from engine.sessions.session import NewMessage, SessionStatus, new_session_id
-from engine.storage.codec import encode_session
-from engine.storage.durable import DurableShard
+from engine.sessions.snapshot import SNAPSHOT_PREFIX
 from engine.storage.layout import claim_layout
 from engine.storage.snapshot import snapshots
 from engine.storage.wal import WAL_MAGIC, segments
@@ -113,7 +114,7 @@ def test_a_graceful_close_leaves_one_snapshot_and_an_empty_log(tmp_path: Path) -
     shard.apply_batch([CreateSession("acme", sid, "s", 60, {"k": 1})])
     shard.apply_batch([AppendMessages("acme", sid, (NewMessage("user", "hi"),))])
     shard.close()
-    assert [lsn for lsn, _ in snapshots(tmp_path)] == [2]
+    assert [lsn for lsn, _ in snapshots(tmp_path, SNAPSHOT_PREFIX)] == [2]
     reopened = open_shard(tmp_path, clock)
     assert (reopened.recovery.snapshot_lsn, reopened.recovery.records_replayed) == (2, 0)
     assert reopened.store.apply(GetSession("acme", sid), clock.now_ms())["messages"][0]["content"] == "hi"
@@ -127,11 +128,11 @@ def test_a_snapshot_keeps_the_one_before_it_and_drops_the_log_older_than_that(tm
     assert [first for first, _ in segments(tmp_path)] == [1, 4]
     shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {})])
     shard.snapshot_now()
-    assert [lsn for lsn, _ in snapshots(tmp_path)] == [3, 4]
+    assert [lsn for lsn, _ in snapshots(tmp_path, SNAPSHOT_PREFIX)] == [3, 4]
     assert [first for first, _ in segments(tmp_path)] == [4, 5]
     shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {})])
     shard.snapshot_now()
-    assert [lsn for lsn, _ in snapshots(tmp_path)] == [4, 5]
+    assert [lsn for lsn, _ in snapshots(tmp_path, SNAPSHOT_PREFIX)] == [4, 5]
     assert [first for first, _ in segments(tmp_path)] == [5, 6]
     shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {})])
     shard.close(snapshot=False)
@@ -215,7 +216,7 @@ def test_a_damaged_snapshot_falls_back_to_the_one_before_it_and_the_log(tmp_path
     shard.apply_batch([AppendMessages("acme", ids[0], (NewMessage("user", "after"),))])
     live = state(shard)
     shard.close(snapshot=False)
-    (_, previous), (_, newest) = snapshots(tmp_path)
+    (_, previous), (_, newest) = snapshots(tmp_path, SNAPSHOT_PREFIX)
     damage(newest)
     recovered = open_shard(tmp_path, clock)
     assert state(recovered) == live
@@ -233,7 +234,7 @@ def test_with_every_snapshot_damaged_the_log_from_its_start_rebuilds_the_state(t
     shard.snapshot_now()  # the first snapshot keeps the log from record 1
     live = state(shard)
     shard.close(snapshot=False)
-    (_, only), *_ = snapshots(tmp_path)
+    (_, only), *_ = snapshots(tmp_path, SNAPSHOT_PREFIX)
     damage(only)
     recovered = open_shard(tmp_path, ManualClock())
     assert state(recovered) == live and recovered.recovery.snapshot_lsn == 0
@@ -246,7 +247,7 @@ def test_a_damaged_snapshot_with_no_consistent_state_behind_it_is_refused(tmp_pa
         shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {"pad": "x" * 200})])
         shard.snapshot_now()
     shard.close()
-    older, newest = snapshots(tmp_path)[-2:]
+    older, newest = snapshots(tmp_path, SNAPSHOT_PREFIX)[-2:]
     damage(newest[1])
     damage(older[1])  # and the log before the older one is gone
     with pytest.raises(CorruptFile, match=newest[1].name):
@@ -260,7 +261,7 @@ def test_a_missing_stretch_of_log_is_refused(tmp_path: Path) -> None:
     shard.snapshot_now()
     shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {})])
     shard.close(snapshot=False)
-    for _, path in snapshots(tmp_path):
+    for _, path in snapshots(tmp_path, SNAPSHOT_PREFIX):
         path.unlink()
     segments(tmp_path)[0][1].unlink()  # the log now starts at record 2 with nothing before it
     with pytest.raises(CorruptFile, match="resumes at record 2"):

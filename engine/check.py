@@ -14,17 +14,17 @@ from typing import Any
 import orjson
 
 from engine.errors import CorruptFile
-from engine.memory.durable import SNAPSHOT_PREFIX as MEMORY_SNAPSHOT_PREFIX
 from engine.memory.durable import recover_memory
 from engine.memory.index import IndexParams
-
-from .durable import recover
-from .identity import IDENTITY_FILE, read_epoch
-from .layout import read_layout
-from .lock import lock_holder
-from .recovery import RecoveryNotes, iter_notes
-from .snapshot import SNAPSHOT_PREFIX, snapshots
-from .wal import segments
+from engine.memory.snapshot import SNAPSHOT_PREFIX as MEMORY_SNAPSHOT_PREFIX
+from engine.sessions.durable import recover
+from engine.sessions.snapshot import SNAPSHOT_PREFIX
+from engine.storage.identity import IDENTITY_FILE, read_epoch
+from engine.storage.layout import read_layout
+from engine.storage.lock import lock_holder
+from engine.storage.recovery import RecoveryNotes, iter_notes
+from engine.storage.snapshot import snapshots
+from engine.storage.wal import segments
 
 # What `check` exits with: every directory consistent; some would be refused; all would start, but
 # only after cutting, quarantining or passing over something.

@@ -3,8 +3,9 @@
 Ops are JSON objects by field name, derived from their declarations (engine.sessions.ops,
 engine.oplog); log records written before that hold positional arrays, which are still read.
 Sessions in snapshots are explicit arrays. Not pickle, so files stay readable by a newer engine
-and by a human with `jq`. A change to an existing shape bumps FORMAT_VERSION; a new op tag is
-additive: this engine still reads older files, an older one cannot read the new tag.
+and by a human with `jq`. A change to an existing shape bumps FORMAT_VERSION
+(engine.storage.layout); a new op tag is additive: this engine still reads older files, an older
+one cannot read the new tag.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ from engine.sessions.ops import (
     UpdateSession,
 )
 from engine.sessions.session import Message, NewMessage, Session, SessionStatus, SummaryStatus, shared_role
-
-FORMAT_VERSION = 1
 
 
 def encode_op(op: Op | Idempotent) -> bytes:

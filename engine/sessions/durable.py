@@ -1,4 +1,5 @@
-"""DurableShard: a ShardStore whose every change is in its write-ahead log before a batch returns.
+"""DurableShard: a ShardStore whose every change is in its write-ahead log before a batch returns;
+the session shard's durable wrapper, built like the memory shard's (engine.memory.durable).
 
 Group commit: a batch of ops is encoded, applied in memory, and its changes become one log record;
 with fsync=always one fsync covers the whole batch. Only then are the results handed back, so no
@@ -19,16 +20,16 @@ from typing import Any
 from engine.clock import Clock, SystemClock
 from engine.config import DurabilityConfig, EventsConfig
 from engine.idempotency import IdempotencyRecords
-from engine.sessions.events import Event, EventLog
-from engine.sessions.ops import SESSION_OPS
-from engine.sessions.shard import ShardStore, SnapshotCursor
+from engine.storage.identity import ShardIdentity
+from engine.storage.logged import LoggedStore
+from engine.storage.recovery import drop_covered, recover_state
+from engine.storage.wal import LogRecord
 
 from .codec import decode_op, decode_session, encode_session
-from .identity import ShardIdentity
-from .logged import LoggedStore
-from .recovery import drop_covered, recover_state
-from .snapshot import SNAPSHOT_PREFIX, SnapshotWriter, read_snapshot
-from .wal import LogRecord
+from .events import Event, EventLog
+from .ops import SESSION_OPS
+from .shard import ShardStore
+from .snapshot import SNAPSHOT_PREFIX, SnapshotCursor, SnapshotWriter, read_snapshot
 
 log = logging.getLogger(__name__)
 

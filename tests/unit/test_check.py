@@ -16,9 +16,10 @@ from engine.config import DurabilityConfig
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams
 from engine.memory.store import UpsertVectors
+from engine.sessions.durable import DurableShard
 from engine.sessions.ops import AppendMessages, CreateSession
 from engine.sessions.session import NewMessage, new_session_id
-from engine.storage.durable import DurableShard
+from engine.sessions.snapshot import SNAPSHOT_PREFIX
 from engine.storage.identity import ShardIdentity, write_identity
 from engine.storage.layout import claim_layout, memory_directory, shard_directory
 from engine.storage.snapshot import snapshots
@@ -61,7 +62,7 @@ def test_check_reports_what_a_start_would_pass_over_and_cut_and_changes_nothing(
 ) -> None:
     root = data_dir(tmp_path)
     shard0 = shard_directory(root, 0)
-    (_, snap), *_ = snapshots(shard0)
+    (_, snap), *_ = snapshots(shard0, SNAPSHOT_PREFIX)
     snap.write_bytes(snap.read_bytes()[:-20] + b"\xff" * 20)  # the snapshot's trailer is damaged
     _, last = segments(shard_directory(root, 1))[-1]
     data = bytearray(last.read_bytes())
@@ -81,7 +82,7 @@ def test_check_reports_what_a_start_would_pass_over_and_cut_and_changes_nothing(
 def test_check_says_when_a_start_would_refuse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = data_dir(tmp_path)
     directory = shard_directory(root, 0)
-    for _, snap in snapshots(directory):
+    for _, snap in snapshots(directory, SNAPSHOT_PREFIX):
         snap.write_bytes(b"garbage")
     segments(directory)[0][1].unlink()  # and the log from its start is gone
     assert cli.main(["check", str(root)]) == 1
