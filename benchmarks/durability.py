@@ -28,9 +28,9 @@ def build(path: Path, sessions: int) -> int:
         batch.append(CreateSession("bench", sid, f"s{i}", 86_400, {"i": i}))
         batch.append(AppendMessages("bench", sid, tuple(NewMessage("user", MESSAGE) for _ in range(10))))
         if len(batch) >= 500:
-            shard.apply_batch(batch)
+            shard.commit(batch)
             batch = []
-    shard.apply_batch(batch)
+    shard.commit(batch)
     shard.close(snapshot=False)
     return sum(p.stat().st_size for p in path.glob("wal-*.log"))
 

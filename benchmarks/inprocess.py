@@ -5,7 +5,7 @@ whole server on a shared machine.
     python -m benchmarks.inprocess
 
 The gateway: the ASGI app called directly with an append request, over in-process shards
-(best of 5 rounds). The shard: `DurableShard.apply_batch` of 64 single-message appends with
+(best of 5 rounds). The shard: `DurableShard.commit` of 64 single-message appends with
 fsync never (best of 5 rounds). Compare two commits by running it in each checkout, alternately.
 """
 
@@ -86,13 +86,13 @@ def shard_us(batches: int) -> float:
     with tempfile.TemporaryDirectory() as directory:
         shard = DurableShard(Path(directory), DurabilityConfig(fsync="never"), lock_wait_s=0.2)
         ids = [new_session_id() for _ in range(64)]
-        shard.apply_batch([CreateSession("bench", sid, "bench", 3600, {}) for sid in ids])
+        shard.commit([CreateSession("bench", sid, "bench", 3600, {}) for sid in ids])
         ops = [AppendMessages("bench", sid, (NewMessage("user", "hello there"),)) for sid in ids]
         best = float("inf")
         for _ in range(ROUNDS):
             started = time.perf_counter()
             for _ in range(batches):
-                shard.apply_batch(ops)
+                shard.commit(ops)
             best = min(best, (time.perf_counter() - started) / batches / len(ops) * 1e6)
         shard.close(snapshot=False)
         return best

@@ -247,6 +247,6 @@ def build_engine_data(data_dir: Path, org: str, sessions: int, shards: int) -> N
             for n, sid in enumerate(ids[start : start + 500], start):
                 batch.append(CreateSession(org, sid, f"s{n}", 86_400, {"n": n}))
                 batch.append(AppendMessages(org, sid, messages))
-            shard.apply_batch(batch)
+            shard.commit(batch)
         shard.close(snapshot=True)
         del shard

@@ -83,12 +83,12 @@ class MemoryShard(HostedShard):
         assert self._durable is not None
         return self._durable
 
-    async def apply_batch(self, ops: Sequence[MemoryOp]) -> list[Any]:
+    async def handle(self, ops: Sequence[MemoryOp]) -> list[Any]:
         if (refused := self._refused(len(ops))) is not None:
             return refused
         started = time.perf_counter()
         try:
-            results = self._store().apply_batch(ops)  # read-only while its log cannot be written
+            results = self._store().commit(ops)  # read-only while its log cannot be written
         except LogWriteFailed:
             upkeep.fail_stop("memory shard", self._index)
         self._metrics.timer(any(isinstance(op, QueryVectors) for op in ops))(time.perf_counter() - started)

@@ -1,6 +1,6 @@
 """What session_shards, memory_shards, model_actors and ray_cluster (the controller and operator
 commands) do with Ray actors: create them by name where the placement
-settings say, wait for them to start, look them up, and call a shard's `apply_batch`."""
+settings say, wait for them to start, look them up, and call a shard's `handle`."""
 
 from __future__ import annotations
 
@@ -132,7 +132,7 @@ class NamedActors:
 
     async def call(self, index: int, ops: Sequence[Any], what: str) -> list[Any]:
         """One batch to a shard actor; a shard that is down, restarting or moving is 503 UNAVAILABLE."""
-        result: list[Any] = await self.invoke(index, "apply_batch", what, ops)
+        result: list[Any] = await self.invoke(index, "handle", what, ops)
         return result
 
     async def invoke(self, index: int, method: str, what: str, *args: Any) -> Any:

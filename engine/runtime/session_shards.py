@@ -58,7 +58,7 @@ class SessionShard(HostedShard):
         self._memory = memory_shards.session_indexer(config)
         self._metrics = SessionShardMetrics()
         self._runner = SummaryRunner(
-            self.apply_batch,
+            self.handle,
             self._summarize,
             self._memory,
             config.models.summarizer,
@@ -103,14 +103,14 @@ class SessionShard(HostedShard):
         assert self._durable is not None
         return self._durable
 
-    async def apply_batch(self, ops: Sequence[Op]) -> list[Any]:
+    async def handle(self, ops: Sequence[Op]) -> list[Any]:
         if (refused := self._refused(len(ops))) is not None:
             return refused
         durable = self._store()
         lsn = durable.lsn
         # No await inside: a batch is applied and logged whole before the next one starts.
         try:
-            results = durable.apply_batch(ops)  # read-only while its log cannot be written
+            results = durable.commit(ops)  # read-only while its log cannot be written
         except LogWriteFailed:
             upkeep.fail_stop("session shard", self._index)
         if durable.lsn != lsn:
@@ -148,7 +148,7 @@ class SessionShard(HostedShard):
     ) -> Page | EngineError:
         """The change feed (engine.sessions.events): the events `interests` want after `after`,
         waiting up to `wait_s` for some to be written; `after=None`: none, only where the feed
-        ends now. Errors are answered as values, as apply_batch answers them.
+        ends now. Errors are answered as values, as handle answers them.
 
         `reader`: (who, read number). A gateway's tail that gives up on a read (its consumers
         changed) reads again at once; the read it left ends here as soon as the newer one arrives,
@@ -237,7 +237,7 @@ class SessionShard(HostedShard):
             return
         for org, group in itertools.groupby(sorted(due), key=lambda key: key[0]):
             await self._memory.forget(org, [session_id for _, session_id in group])
-        (purged,) = await self.apply_batch([PurgeSessions(tuple(due))])
+        (purged,) = await self.handle([PurgeSessions(tuple(due))])
         if isinstance(purged, Exception):
             raise purged
         log.info("retention purge", extra={"shard": self._index, "sessions": len(purged)})
@@ -247,7 +247,7 @@ class SessionShard(HostedShard):
             await asyncio.sleep(self._config.expiry_tick_s)
             deadline = self._store().store.next_deadline()
             if deadline is not None and deadline <= time.time() * 1000:
-                await self.apply_batch([ExpireDue()])
+                await self.handle([ExpireDue()])
 
 
 def retention_cutoffs(limits: LimitsConfig, now_ms: int) -> tuple[dict[str, int | None], int | None]:

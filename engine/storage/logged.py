@@ -140,7 +140,7 @@ class LoggedStore:
             found["recovery"] = notes
         return found
 
-    def apply_batch(self, ops: Sequence[Any]) -> list[Any]:
+    def commit(self, ops: Sequence[Any]) -> list[Any]:
         """One result per op (an EngineError for one that failed). While the log cannot be written,
         every change is refused with Unavailable and reads are answered; the batch whose write
         failed is refused whole (its reads may have seen its changes). Raises LogWriteFailed only

@@ -40,12 +40,12 @@ def data_dir(tmp_path: Path) -> Path:
             shard_directory(tmp_path, index), DurabilityConfig(), ManualClock(), lock_wait_s=0.2
         )
         sid = new_session_id()
-        shard.apply_batch([CreateSession("acme", sid, "s", 60, {"pad": "x" * 100})])
+        shard.commit([CreateSession("acme", sid, "s", 60, {"pad": "x" * 100})])
         shard.snapshot_now()
-        shard.apply_batch([AppendMessages("acme", sid, (NewMessage("user", "hi"),))])
+        shard.commit([AppendMessages("acme", sid, (NewMessage("user", "hi"),))])
         shard.close(snapshot=False)
     memory = DurableMemory(memory_directory(tmp_path, 0), DurabilityConfig(), IndexParams(), lock_wait_s=0.2)
-    memory.apply_batch([UpsertVectors("acme", "n", ("a",), np.ones((1, 2), dtype=np.float32), ({},))])
+    memory.commit([UpsertVectors("acme", "n", ("a",), np.ones((1, 2), dtype=np.float32), ({},))])
     memory.close(snapshot=False)
     return tmp_path
 

@@ -92,9 +92,9 @@ def test_state_recovered_from_snapshots_and_log_equals_the_live_state(
     for kind, org, ns, numbers, seed in ops:
         ids = [f"v{n}" for n in numbers]
         if kind == "upsert":
-            memory.apply_batch([upsert(org, ns, ids, seed)])
+            memory.commit([upsert(org, ns, ids, seed)])
         elif kind == "delete":
-            memory.apply_batch([DeleteVectors(org, ns, tuple(ids))])
+            memory.commit([DeleteVectors(org, ns, tuple(ids))])
         else:
             memory.snapshot_now()
     live = everything(memory.store)
@@ -107,11 +107,11 @@ def test_state_recovered_from_snapshots_and_log_equals_the_live_state(
 
 def test_a_snapshot_drops_the_log_and_older_snapshots_it_covers(tmp_path: Path) -> None:
     memory = open_memory(tmp_path)
-    memory.apply_batch([upsert("acme", "n", [f"v{i}" for i in range(50)])])  # past hnsw_above
+    memory.commit([upsert("acme", "n", [f"v{i}" for i in range(50)])])  # past hnsw_above
     first = memory.snapshot_now()
-    memory.apply_batch([DeleteVectors("acme", "n", ("v1",))])
+    memory.commit([DeleteVectors("acme", "n", ("v1",))])
     second = memory.snapshot_now()
-    memory.apply_batch([DeleteVectors("acme", "n", ("v2",))])
+    memory.commit([DeleteVectors("acme", "n", ("v2",))])
     third = memory.snapshot_now()  # the one before it stays, as the fallback; older ones go
     assert [lsn for lsn, _ in snapshots(tmp_path, SNAPSHOT_PREFIX)] == [second.lsn, third.lsn]
     assert all(first_lsn > second.lsn for first_lsn, _ in segments(tmp_path)) and first.lsn < second.lsn
@@ -123,24 +123,24 @@ def test_a_snapshot_drops_the_log_and_older_snapshots_it_covers(tmp_path: Path) 
 
 def test_a_torn_log_tail_loses_only_the_unacknowledged_record(tmp_path: Path) -> None:
     memory = open_memory(tmp_path)
-    memory.apply_batch([upsert("acme", "n", ["a", "b"])])
-    memory.apply_batch([upsert("acme", "n", ["c"], seed=3)])
+    memory.commit([upsert("acme", "n", ["a", "b"])])
+    memory.commit([upsert("acme", "n", ["c"], seed=3)])
     memory.close(snapshot=False)
     [(_, segment)] = segments(tmp_path)
     data = segment.read_bytes()
     segment.write_bytes(data[:-5])  # the last record was cut mid-write: it never returned
     recovered = open_memory(tmp_path)
     assert {m.id for m in recovered.store.apply(query("acme", "n"))} == {"a", "b"}
-    recovered.apply_batch([upsert("acme", "n", ["d"], seed=4)])  # the log goes on after the cut
+    recovered.commit([upsert("acme", "n", ["d"], seed=4)])  # the log goes on after the cut
     recovered.close(snapshot=False)
     assert {m.id for m in open_memory(tmp_path).store.apply(query("acme", "n"))} == {"a", "b", "d"}
 
 
 def test_a_damaged_memory_snapshot_falls_back_to_the_one_before_it(tmp_path: Path) -> None:
     memory = open_memory(tmp_path)
-    memory.apply_batch([upsert("acme", "n", ["a"])])
+    memory.commit([upsert("acme", "n", ["a"])])
     memory.snapshot_now()
-    memory.apply_batch([upsert("acme", "n", ["b"], seed=2)])
+    memory.commit([upsert("acme", "n", ["b"], seed=2)])
     memory.close()
     _, (_, newest) = snapshots(tmp_path, SNAPSHOT_PREFIX)
     data = bytearray(newest.read_bytes())
@@ -154,7 +154,7 @@ def test_a_damaged_memory_snapshot_falls_back_to_the_one_before_it(tmp_path: Pat
 
 def test_a_damaged_memory_snapshot_without_the_log_before_it_is_refused(tmp_path: Path) -> None:
     memory = open_memory(tmp_path)
-    memory.apply_batch([upsert("acme", "n", ["a"])])
+    memory.commit([upsert("acme", "n", ["a"])])
     memory.close()
     [(_, snap)] = snapshots(tmp_path, SNAPSHOT_PREFIX)
     data = bytearray(snap.read_bytes())
@@ -170,14 +170,14 @@ def test_a_damaged_memory_snapshot_without_the_log_before_it_is_refused(tmp_path
 def test_vectors_come_back_bit_for_bit(tmp_path: Path) -> None:
     memory = open_memory(tmp_path)
     op = upsert("acme", "n", ["a", "b", "c"], seed=7)
-    memory.apply_batch([op])
+    memory.commit([op])
     memory.close(snapshot=False)
     index: Any = dict(open_memory(tmp_path).store.namespaces())[("acme", "n")]
     assert np.array_equal(np.vstack([index.vector(i) for i in ("a", "b", "c")]), op.vectors)
 
 
 def words(index_owner: Any, org: str, ns: str, text: str) -> list[str]:
-    (found,) = index_owner.apply_batch([QueryVectors(org, ns, None, 10, None, text, "lexical")])
+    (found,) = index_owner.commit([QueryVectors(org, ns, None, 10, None, text, "lexical")])
     return sorted(m.id for m in found)
 
 
@@ -186,10 +186,10 @@ def test_texts_and_their_word_index_survive_snapshot_and_log(tmp_path: Path) -> 
     texts = upsert("acme", "notes", ["a", "b", "c"], seed=1)
     texts = UpsertVectors(texts.org, texts.namespace, texts.ids, texts.vectors, texts.metadata,
                           texts=("lisbon trams", None, "porto wine"))  # fmt: skip
-    memory.apply_batch([texts])
+    memory.commit([texts])
     memory.snapshot_now()
     later = UpsertVectors("acme", "notes", ("d",), rows(1, 5), ({},), texts=("lisbon castle",))
-    memory.apply_batch([later, DeleteVectors("acme", "notes", ("a",))])
+    memory.commit([later, DeleteVectors("acme", "notes", ("a",))])
     assert words(memory, "acme", "notes", "lisbon") == ["d"]
     memory.close(snapshot=False)
     again = open_memory(tmp_path)  # snapshot with texts, then the log after it

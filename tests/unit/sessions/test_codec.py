@@ -121,7 +121,7 @@ def test_every_session_op_replays_to_the_state_it_made(tmp_path: Path) -> None:
     shard = DurableShard(tmp_path, DurabilityConfig(), clock, lock_wait_s=0.2)
     for advance, op in SESSION_SCRIPT:
         clock.advance(advance)
-        (result,) = shard.apply_batch([op])
+        (result,) = shard.commit([op])
         assert not isinstance(result, EngineError), (op, result)
     live = ({k: encode_session(s) for k, s in shard.store._sessions.items()}, list(shard.store.idempotency))
     shard.close(snapshot=False)
@@ -137,7 +137,7 @@ def test_every_session_op_replays_to_the_state_it_made(tmp_path: Path) -> None:
 
 def test_every_memory_op_replays(tmp_path: Path) -> None:
     memory = DurableMemory(tmp_path, DurabilityConfig(), IndexParams(), ManualClock(), lock_wait_s=0.2)
-    assert not any(isinstance(r, EngineError) for r in memory.apply_batch(MEMORY_SCRIPT))
+    assert not any(isinstance(r, EngineError) for r in memory.commit(MEMORY_SCRIPT))
     memory.close(snapshot=False)
     again = DurableMemory(tmp_path, DurabilityConfig(), IndexParams(), ManualClock(), lock_wait_s=0.2)
     (index,) = (index for _, index in again.store.namespaces())
@@ -212,7 +212,7 @@ def test_the_log_holds_everything_the_gateway_lets_through(tmp_path: Path, depth
     clock = ManualClock()
     shard = DurableShard(tmp_path / "s", DurabilityConfig(), clock, lock_wait_s=0.2)
     create = Idempotent("k", "fp", CreateSession("acme", A, "a", 60, context))
-    results = shard.apply_batch([create, Idempotent("k2", "fp", ReplaceContext("acme", A, context, 1))])
+    results = shard.commit([create, Idempotent("k2", "fp", ReplaceContext("acme", A, context, 1))])
     assert not any(isinstance(r, EngineError) for r in results)
     shard.close(snapshot=True)  # the records, holding views with the context, go into the snapshot
     again = DurableShard(tmp_path / "s", DurabilityConfig(), clock, lock_wait_s=0.2)
@@ -220,6 +220,6 @@ def test_the_log_holds_everything_the_gateway_lets_through(tmp_path: Path, depth
     again.close()
     memory = DurableMemory(tmp_path / "m", DurabilityConfig(), IndexParams(), clock, lock_wait_s=0.2)
     upsert = UpsertVectors("acme", "ns", ("x",), np.ones((1, 2), dtype=np.float32), (context,))
-    assert memory.apply_batch([Idempotent("k", "fp", upsert)]) == [{"upserted": 1}]
+    assert memory.commit([Idempotent("k", "fp", upsert)]) == [{"upserted": 1}]
     memory.close(snapshot=True)
     DurableMemory(tmp_path / "m", DurabilityConfig(), IndexParams(), clock, lock_wait_s=0.2).close()

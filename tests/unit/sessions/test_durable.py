@@ -87,10 +87,10 @@ def test_state_rebuilt_from_snapshot_and_log_equals_the_live_state(
         sid = ids[step[1] % len(ids)] if ids and len(step) > 1 and kind not in ("create", "tick") else None
         if kind == "create":
             ids.append(new_session_id())
-            shard.apply_batch([CreateSession("acme", ids[-1], "s", step[1], {})])
+            shard.commit([CreateSession("acme", ids[-1], "s", step[1], {})])
         elif kind == "tick":
             clock.advance(step[1])
-            shard.apply_batch([ExpireDue()])
+            shard.commit([ExpireDue()])
         elif kind.startswith("snapshot-"):
             snapshot_action(shard, kind)
         elif kind == "restart":
@@ -101,7 +101,7 @@ def test_state_rebuilt_from_snapshot_and_log_equals_the_live_state(
         elif sid is not None:
             op = session_op(kind, sid, step[2] if len(step) > 2 else None)
             # A batch of two: the second sees the first's effect, as on the live path.
-            shard.apply_batch([op, GetSession("acme", sid)])
+            shard.commit([op, GetSession("acme", sid)])
     live = state(shard)
     shard.close(snapshot=False)
     assert state(open_shard(path, clock)) == live
@@ -111,8 +111,8 @@ def test_a_graceful_close_leaves_one_snapshot_and_an_empty_log(tmp_path: Path) -
     clock = ManualClock()
     shard = open_shard(tmp_path, clock)
     sid = new_session_id()
-    shard.apply_batch([CreateSession("acme", sid, "s", 60, {"k": 1})])
-    shard.apply_batch([AppendMessages("acme", sid, (NewMessage("user", "hi"),))])
+    shard.commit([CreateSession("acme", sid, "s", 60, {"k": 1})])
+    shard.commit([AppendMessages("acme", sid, (NewMessage("user", "hi"),))])
     shard.close()
     assert [lsn for lsn, _ in snapshots(tmp_path, SNAPSHOT_PREFIX)] == [2]
     reopened = open_shard(tmp_path, clock)
@@ -123,18 +123,18 @@ def test_a_graceful_close_leaves_one_snapshot_and_an_empty_log(tmp_path: Path) -
 def test_a_snapshot_keeps_the_one_before_it_and_drops_the_log_older_than_that(tmp_path: Path) -> None:
     shard = open_shard(tmp_path, ManualClock())
     for _ in range(3):
-        shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {})])
+        shard.commit([CreateSession("acme", new_session_id(), "s", 60, {})])
     shard.snapshot_now()  # the first: the log from record 1 stays, the fallback should it break
     assert [first for first, _ in segments(tmp_path)] == [1, 4]
-    shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {})])
+    shard.commit([CreateSession("acme", new_session_id(), "s", 60, {})])
     shard.snapshot_now()
     assert [lsn for lsn, _ in snapshots(tmp_path, SNAPSHOT_PREFIX)] == [3, 4]
     assert [first for first, _ in segments(tmp_path)] == [4, 5]
-    shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {})])
+    shard.commit([CreateSession("acme", new_session_id(), "s", 60, {})])
     shard.snapshot_now()
     assert [lsn for lsn, _ in snapshots(tmp_path, SNAPSHOT_PREFIX)] == [4, 5]
     assert [first for first, _ in segments(tmp_path)] == [5, 6]
-    shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {})])
+    shard.commit([CreateSession("acme", new_session_id(), "s", 60, {})])
     shard.close(snapshot=False)
     assert open_shard(tmp_path, ManualClock()).recovery.records_replayed == 1
 
@@ -143,12 +143,12 @@ def test_sessions_whose_deadline_passed_while_down_come_back_expired(tmp_path: P
     clock = ManualClock()
     shard = open_shard(tmp_path, clock)
     short, long_ = new_session_id(), new_session_id()
-    shard.apply_batch([CreateSession("acme", short, "s", 5, {}), CreateSession("acme", long_, "s", 500, {})])
+    shard.commit([CreateSession("acme", short, "s", 5, {}), CreateSession("acme", long_, "s", 500, {})])
     shard.close()
     clock.advance(60_000)
     shard = open_shard(tmp_path, clock)
     assert shard.store.apply(GetSession("acme", short), clock.now_ms())["status"] == "expired"
-    shard.apply_batch([ExpireDue()])  # what the shard's timer does first thing
+    shard.commit([ExpireDue()])  # what the shard's timer does first thing
     shard.close(snapshot=False)
     again = open_shard(tmp_path, clock)
     assert again.store._sessions[("acme", short)].status is SessionStatus.EXPIRED
@@ -173,9 +173,9 @@ def test_fsync_always_syncs_every_batch_and_everysec_only_when_asked(
         shard = open_shard(tmp_path / policy, ManualClock(), DurabilityConfig(fsync=policy))
         calls.clear()
         for _ in range(5):
-            shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {})])
+            shard.commit([CreateSession("acme", new_session_id(), "s", 60, {})])
         assert len(calls) == 5 * per_batch, policy
-        shard.apply_batch([GetSession("acme", new_session_id())])  # reads log nothing
+        shard.commit([GetSession("acme", new_session_id())])  # reads log nothing
         assert len(calls) == 5 * per_batch
         calls.clear()
         shard.sync()
@@ -193,7 +193,7 @@ def test_a_failed_log_write_makes_the_shard_read_only_and_the_change_is_never_ac
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "write", full_disk)
-    (refused,) = shard.apply_batch([CreateSession("acme", sid, "s", 60, {})])
+    (refused,) = shard.commit([CreateSession("acme", sid, "s", 60, {})])
     assert isinstance(refused, Unavailable) and "No space left" in str(refused) and shard.read_only
     monkeypatch.undo()  # more in tests/unit/storage/test_disk_faults.py
     shard.close(snapshot=False)
@@ -211,9 +211,9 @@ def test_a_damaged_snapshot_falls_back_to_the_one_before_it_and_the_log(tmp_path
     shard = open_shard(tmp_path, clock)
     ids = [new_session_id() for _ in range(3)]
     for sid in ids:
-        shard.apply_batch([CreateSession("acme", sid, "s", 60, {"pad": "x" * 200})])
+        shard.commit([CreateSession("acme", sid, "s", 60, {"pad": "x" * 200})])
         shard.snapshot_now()
-    shard.apply_batch([AppendMessages("acme", ids[0], (NewMessage("user", "after"),))])
+    shard.commit([AppendMessages("acme", ids[0], (NewMessage("user", "after"),))])
     live = state(shard)
     shard.close(snapshot=False)
     (_, previous), (_, newest) = snapshots(tmp_path, SNAPSHOT_PREFIX)
@@ -230,7 +230,7 @@ def test_a_damaged_snapshot_falls_back_to_the_one_before_it_and_the_log(tmp_path
 
 def test_with_every_snapshot_damaged_the_log_from_its_start_rebuilds_the_state(tmp_path: Path) -> None:
     shard = open_shard(tmp_path, ManualClock())
-    shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {"pad": "x" * 200})])
+    shard.commit([CreateSession("acme", new_session_id(), "s", 60, {"pad": "x" * 200})])
     shard.snapshot_now()  # the first snapshot keeps the log from record 1
     live = state(shard)
     shard.close(snapshot=False)
@@ -244,7 +244,7 @@ def test_with_every_snapshot_damaged_the_log_from_its_start_rebuilds_the_state(t
 def test_a_damaged_snapshot_with_no_consistent_state_behind_it_is_refused(tmp_path: Path) -> None:
     shard = open_shard(tmp_path, ManualClock())
     for _ in range(2):
-        shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {"pad": "x" * 200})])
+        shard.commit([CreateSession("acme", new_session_id(), "s", 60, {"pad": "x" * 200})])
         shard.snapshot_now()
     shard.close()
     older, newest = snapshots(tmp_path, SNAPSHOT_PREFIX)[-2:]
@@ -257,9 +257,9 @@ def test_a_damaged_snapshot_with_no_consistent_state_behind_it_is_refused(tmp_pa
 
 def test_a_missing_stretch_of_log_is_refused(tmp_path: Path) -> None:
     shard = open_shard(tmp_path, ManualClock())
-    shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {})])
+    shard.commit([CreateSession("acme", new_session_id(), "s", 60, {})])
     shard.snapshot_now()
-    shard.apply_batch([CreateSession("acme", new_session_id(), "s", 60, {})])
+    shard.commit([CreateSession("acme", new_session_id(), "s", 60, {})])
     shard.close(snapshot=False)
     for _, path in snapshots(tmp_path, SNAPSHOT_PREFIX):
         path.unlink()
@@ -271,8 +271,8 @@ def test_a_missing_stretch_of_log_is_refused(tmp_path: Path) -> None:
 def test_a_whole_record_with_a_bad_checksum_at_the_tail_is_cut_into_quarantine(tmp_path: Path) -> None:
     shard = open_shard(tmp_path, ManualClock())
     sid = new_session_id()
-    shard.apply_batch([CreateSession("acme", sid, "s", 60, {})])
-    shard.apply_batch([AppendMessages("acme", sid, (NewMessage("user", "lost to a bad sector"),))])
+    shard.commit([CreateSession("acme", sid, "s", 60, {})])
+    shard.commit([AppendMessages("acme", sid, (NewMessage("user", "lost to a bad sector"),))])
     shard.close(snapshot=False)
     (_, segment), *_ = segments(tmp_path)
     data = bytearray(segment.read_bytes())
@@ -313,10 +313,10 @@ def test_recovered_sessions_share_one_string_per_role_and_organization(tmp_path:
     shard = open_shard(tmp_path / "shard", clock)
     ids = [new_session_id() for _ in range(2)]
     for sid in ids:
-        shard.apply_batch([CreateSession("".join(["ac", "me"]), sid, "s", 60, {})])
-        shard.apply_batch([session_op("say", sid, 2)])
+        shard.commit([CreateSession("".join(["ac", "me"]), sid, "s", 60, {})])
+        shard.commit([session_op("say", sid, 2)])
     shard.snapshot_now()
-    shard.apply_batch([session_op("say", ids[0], 1)])  # one append only in the log
+    shard.commit([session_op("say", ids[0], 1)])  # one append only in the log
     shard.close(snapshot=False)
     recovered = open_shard(tmp_path / "shard", clock)
     try:

@@ -45,7 +45,7 @@ def everything(log: EventLog, after: Position, interests: set, limit: int = 1000
 
 def create(shard: DurableShard, org: str = "acme", ttl_s: int = 60) -> str:
     sid = new_session_id()
-    shard.apply_batch([CreateSession(org, sid, "s", ttl_s, {})])
+    shard.commit([CreateSession(org, sid, "s", ttl_s, {})])
     return sid
 
 
@@ -57,9 +57,9 @@ def test_a_session_feed_holds_what_happened_to_it_in_order(tmp_path: Path) -> No
     clock = ManualClock(T0)
     shard = open_shard(tmp_path, clock)
     sid = create(shard)
-    shard.apply_batch([say("acme", sid, "a", "b"), ReplaceContext("acme", sid, {"k": 1})])
-    shard.apply_batch([EndSession("acme", sid, SessionStatus.CLOSED)])
-    shard.apply_batch([FailSummary("acme", sid, "model broke", True)])
+    shard.commit([say("acme", sid, "a", "b"), ReplaceContext("acme", sid, {"k": 1})])
+    shard.commit([EndSession("acme", sid, SessionStatus.CLOSED)])
+    shard.commit([FailSummary("acme", sid, "model broke", True)])
     feed = everything(shard.store.events, Position(1, 0), {("acme", sid)})
     assert [kind for _, kind, _, _ in feed] == [
         "session.created",
@@ -83,7 +83,7 @@ def test_expiry_and_deletion_reach_the_organization_feed(tmp_path: Path) -> None
     shard = open_shard(tmp_path, clock)
     short, gone = create(shard, ttl_s=1), create(shard)
     clock.advance(1_000)
-    shard.apply_batch([ExpireDue(), DeleteSession("acme", gone)])
+    shard.commit([ExpireDue(), DeleteSession("acme", gone)])
     feed = everything(shard.store.events, Position(3, 0), {("acme", None), ("acme", short)})
     assert [(kind, s) for _, kind, s, _ in feed] == [
         ("status.changed", short),
@@ -95,7 +95,7 @@ def test_expiry_and_deletion_reach_the_organization_feed(tmp_path: Path) -> None
 def test_no_event_of_another_organization_ever(tmp_path: Path) -> None:
     shard = open_shard(tmp_path, ManualClock(T0))
     mine, theirs = create(shard, "acme"), create(shard, "evil")
-    shard.apply_batch([say("acme", mine, "x"), say("evil", theirs, "y")])
+    shard.commit([say("acme", mine, "x"), say("evil", theirs, "y")])
     # Asking for another organization's session by its id, under one's own organization, finds nothing.
     for interests in ({("acme", None)}, {("acme", mine)}, {("acme", theirs)}):
         assert all(
@@ -150,7 +150,7 @@ def test_positions_survive_restarts_and_resume_with_no_gap_and_no_duplicate(
             op = ReplaceContext(org, sid, {"at": clock.now_ms()})
         else:
             op = EndSession(org, sid, SessionStatus.COMPLETED)
-        shard.apply_batch([op])
+        shard.commit([op])
     whole = everything(shard.store.events, Position(1, 0), interests)
     assert all(b["session_id"] != sessions[2] for *_, b in whole)
     # Resuming from any event's position, in pages of any size, gives exactly what followed it.
@@ -168,9 +168,9 @@ def test_a_resume_from_before_a_snapshot_or_past_retention_is_gone(tmp_path: Pat
     clock = ManualClock(T0)
     shard = open_shard(tmp_path, clock, EventsConfig(retention_s=60, max_events=3))
     sid = create(shard, ttl_s=3600)
-    shard.apply_batch([say("acme", sid, "a")])
+    shard.commit([say("acme", sid, "a")])
     shard.store.events.read(Position(1, 0), set())  # both records kept
-    shard.apply_batch([say("acme", sid, "b", "c")])  # four events: the first record's go
+    shard.commit([say("acme", sid, "b", "c")])  # four events: the first record's go
     with pytest.raises(FeedGone) as info:
         shard.store.events.read(Position(1, 0), set())
     assert info.value.details["oldest_resumable"] == "2.0"
@@ -178,7 +178,7 @@ def test_a_resume_from_before_a_snapshot_or_past_retention_is_gone(tmp_path: Pat
         "message.appended"
     ] * 3
     clock.advance(61_000)
-    shard.apply_batch([say("acme", sid, "d")])  # the older records have aged out
+    shard.commit([say("acme", sid, "d")])  # the older records have aged out
     with pytest.raises(FeedGone):
         shard.store.events.read(Position(3, 0), set())
     shard.snapshot_now()

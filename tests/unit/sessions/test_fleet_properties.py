@@ -73,7 +73,7 @@ def test_any_interleaving_of_retrying_clients_stores_each_write_once_in_acknowle
     path = tmp_path_factory.mktemp("fleet")
     clock = ManualClock()
     shard = open_shard(path, clock)
-    shard.apply_batch([CreateSession("acme", sid, "s", 10**6, {}) for sid in SESSIONS])
+    shard.commit([CreateSession("acme", sid, "s", 10**6, {}) for sid in SESSIONS])
     sent: list[list[tuple[Idempotent, int]]] = [[] for _ in range(CLIENTS)]  # per client: (op, session)
     first_answer: dict[str, Any] = {}  # key -> what its first acknowledged run answered
     acknowledged: dict[str, list[str]] = {sid: [] for sid in SESSIONS}  # texts, in the order acked
@@ -90,7 +90,7 @@ def test_any_interleaving_of_retrying_clients_stores_each_write_once_in_acknowle
                     op = append(client, len(sent[client]), session)
                     sent[client].append((op, session))
                     ops.append(op)
-            for op, result in zip(ops, shard.apply_batch(ops), strict=True):
+            for op, result in zip(ops, shard.commit(ops), strict=True):
                 assert not isinstance(result, EngineError), result
                 value = result.value if isinstance(result, Replayed) else result
                 if op.key in first_answer:
@@ -103,7 +103,7 @@ def test_any_interleaving_of_retrying_clients_stores_each_write_once_in_acknowle
             sid = SESSIONS[action[1]]
             # A racing conditional update: applies only at the version it read.
             guess = versions[sid] - action[2] % 2
-            (result,) = shard.apply_batch([ReplaceContext("acme", sid, {"v": action[2]}, guess)])
+            (result,) = shard.commit([ReplaceContext("acme", sid, {"v": action[2]}, guess)])
             if guess == versions[sid]:
                 versions[sid] = result["version"]
             else:
@@ -125,11 +125,11 @@ def test_any_interleaving_of_retrying_clients_stores_each_write_once_in_acknowle
     shard.close(snapshot=False)
     shard = open_shard(path, clock)
     everything = [op for ops in sent for op, _ in ops if op.key in first_answer]
-    for op, result in zip(everything, shard.apply_batch(everything), strict=True):
+    for op, result in zip(everything, shard.commit(everything), strict=True):
         assert isinstance(result, Replayed) and result.value == first_answer[op.key]
     other = Idempotent(everything[0].key, "another request", everything[0].op) if everything else None
     if other is not None:
-        (conflict,) = shard.apply_batch([other])
+        (conflict,) = shard.commit([other])
         assert isinstance(conflict, IdempotencyConflict)
     shard.close(snapshot=False)
 
@@ -169,7 +169,7 @@ def test_restarts_rebuild_the_idempotency_records_exactly_through_deletes_lapses
     for action in script:
         kind = action[0]
         if kind in ("create", "say", "delete", "purge"):
-            shard.apply_batch(keyed_ops(action))
+            shard.commit(keyed_ops(action))
         elif kind.startswith("snapshot-"):
             snapshot_action(shard, kind)
         elif kind == "crash":

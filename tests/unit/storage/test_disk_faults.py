@@ -78,14 +78,14 @@ def say(sid: str, *texts: str) -> AppendMessages:
 
 
 def contents(shard: DurableShard, sid: str) -> list[str]:
-    (view,) = shard.apply_batch([GetSession("acme", sid)])
+    (view,) = shard.commit([GetSession("acme", sid)])
     assert [m["seq"] for m in view["messages"]] == list(range(1, len(view["messages"]) + 1))
     return [m["content"] for m in view["messages"]]
 
 
 def started(path: Path, *texts: str) -> tuple[DurableShard, str]:
     shard, sid = open_shard(path), new_session_id()
-    shard.apply_batch([CreateSession("acme", sid, "s", 600, {}), say(sid, *texts)])
+    shard.commit([CreateSession("acme", sid, "s", 600, {}), say(sid, *texts)])
     return shard, sid
 
 
@@ -100,19 +100,19 @@ def assert_log_intact(directory: Path) -> None:
 def test_a_full_disk_turns_the_shard_read_only_and_reads_go_on(tmp_path: Path, disk: FaultyDisk) -> None:
     shard, sid = started(tmp_path, "one", "two")
     disk.errors["write"] = FULL
-    refused, read = shard.apply_batch([say(sid, "three"), GetSession("acme", sid)])
+    refused, read = shard.commit([say(sid, "three"), GetSession("acme", sid)])
     assert refused is read, "the batch whose write failed is refused whole; its read saw its change"
     assert isinstance(refused, Unavailable) and refused.code == "UNAVAILABLE"
     assert "No space left on device" in str(refused) and tmp_path.name in str(refused)
     assert "Idempotency-Key" in refused.hint and refused.details["read_only"] is True
     assert shard.read_only
     assert contents(shard, sid) == ["one", "two"], "rebuilt from disk: the refused change is gone"
-    (listing,) = shard.apply_batch([ListSessions("acme", 10)])
+    (listing,) = shard.commit([ListSessions("acme", 10)])
     assert [view["id"] for _, view in listing["items"]] == [sid]
     other = new_session_id()
     assert all(
         isinstance(r, Unavailable)
-        for r in shard.apply_batch([CreateSession("acme", other, "s", 600, {}), say(sid, "four")])
+        for r in shard.commit([CreateSession("acme", other, "s", 600, {}), say(sid, "four")])
     )
     assert not shard.resume_writes(), "the disk still refuses"
     shard.close()  # no snapshot while read-only: the disk refuses it
@@ -123,11 +123,11 @@ def test_writes_resume_once_the_disk_takes_them_and_nothing_refused_comes_back(
 ) -> None:
     shard, sid = started(tmp_path, "one")
     disk.errors["write"] = TOO_LARGE
-    assert isinstance(shard.apply_batch([say(sid, "refused")])[0], Unavailable)
+    assert isinstance(shard.commit([say(sid, "refused")])[0], Unavailable)
     assert not shard.resume_writes()
     disk.errors.clear()
     assert shard.resume_writes() and not shard.read_only
-    (stored,) = shard.apply_batch([say(sid, "two")])
+    (stored,) = shard.commit([say(sid, "two")])
     assert [m["seq"] for m in stored] == [2]
     shard.close(snapshot=False)
     assert_log_intact(tmp_path)
@@ -142,14 +142,14 @@ def test_a_write_cut_short_on_a_disk_that_refuses_even_truncation_is_never_read_
     size = segment.stat().st_size
     disk.errors |= {"write": FULL, "ftruncate": READ_ONLY}
     disk.partial_write = 7
-    assert isinstance(shard.apply_batch([say(sid, "torn")])[0], Unavailable)
+    assert isinstance(shard.commit([say(sid, "torn")])[0], Unavailable)
     assert segment.stat().st_size == size + 7, "the torn bytes stay while the disk refuses everything"
     assert contents(shard, sid) == ["one"], "the rebuild neither reads nor needs to cut them"
     disk.errors.pop("write")
     assert not shard.resume_writes(), "not before the torn bytes can be cut"
     disk.errors.clear()
     assert shard.resume_writes()
-    shard.apply_batch([say(sid, "two")])
+    shard.commit([say(sid, "two")])
     shard.close(snapshot=False)
     assert_log_intact(tmp_path)
     assert contents(open_shard(tmp_path), sid) == ["one", "two"]
@@ -158,12 +158,12 @@ def test_a_write_cut_short_on_a_disk_that_refuses_even_truncation_is_never_read_
 def test_a_record_written_whole_whose_sync_failed_is_not_kept(tmp_path: Path, disk: FaultyDisk) -> None:
     shard, sid = started(tmp_path, "one")
     disk.errors |= {"fsync": FAILING, "ftruncate": READ_ONLY}
-    assert isinstance(shard.apply_batch([say(sid, "unsynced")])[0], Unavailable)
+    assert isinstance(shard.commit([say(sid, "unsynced")])[0], Unavailable)
     assert b"unsynced" in b"".join(p.read_bytes() for _, p in segments(tmp_path)), "in the file, whole"
     assert contents(shard, sid) == ["one"], "but never acknowledged, so not in the rebuilt state"
     disk.errors.clear()
     assert shard.resume_writes()
-    shard.apply_batch([say(sid, "two")])
+    shard.commit([say(sid, "two")])
     shard.close(snapshot=False)
     assert b"unsynced" not in b"".join(p.read_bytes() for _, p in segments(tmp_path))
     assert_log_intact(tmp_path)
@@ -174,15 +174,15 @@ def test_with_fsync_everysec_a_failed_sync_keeps_what_was_acknowledged(
     tmp_path: Path, disk: FaultyDisk
 ) -> None:
     shard, sid = open_shard(tmp_path, DurabilityConfig(fsync="everysec")), new_session_id()
-    shard.apply_batch([CreateSession("acme", sid, "s", 600, {}), say(sid, "one")])  # answered, not synced
+    shard.commit([CreateSession("acme", sid, "s", 600, {}), say(sid, "one")])  # answered, not synced
     disk.errors["fsync"] = FAILING
     shard.sync()
     assert shard.read_only
     assert contents(shard, sid) == ["one"]
-    assert isinstance(shard.apply_batch([say(sid, "refused")])[0], Unavailable)
+    assert isinstance(shard.commit([say(sid, "refused")])[0], Unavailable)
     disk.errors.clear()
     assert shard.resume_writes()
-    shard.apply_batch([say(sid, "two")])
+    shard.commit([say(sid, "two")])
     shard.close(snapshot=False)
     assert contents(open_shard(tmp_path), sid) == ["one", "two"]
 
@@ -193,18 +193,18 @@ def test_a_snapshot_under_way_when_the_log_fails_completes_with_the_acknowledged
     shard = open_shard(tmp_path, DurabilityConfig(snapshot_chunk_sessions=1))
     sids = [new_session_id() for _ in range(3)]
     for sid in sids:
-        shard.apply_batch([CreateSession("acme", sid, "s", 600, {}), say(sid, sid)])
+        shard.commit([CreateSession("acme", sid, "s", 600, {}), say(sid, sid)])
     shard.begin_snapshot()
     assert shard.snapshot_step()
     disk.errors["write"] = FULL
-    assert isinstance(shard.apply_batch([say(sids[2], "refused")])[0], Unavailable)
+    assert isinstance(shard.commit([say(sids[2], "refused")])[0], Unavailable)
     disk.errors.clear()
     while shard.snapshot_step():
         pass
     shard.finish_snapshot_io()
     shard.complete_snapshot()
     assert shard.resume_writes()
-    shard.apply_batch([say(sids[0], "after")])
+    shard.commit([say(sids[0], "after")])
     shard.close(snapshot=False)
     assert_log_intact(tmp_path)
     reopened = open_shard(tmp_path)
@@ -222,12 +222,12 @@ def test_a_failed_segment_rotation_leaves_no_stray_segment_and_the_log_goes_on(
         shard.begin_snapshot()  # a new segment cannot get its header
     assert segments(tmp_path) == before
     disk.errors.clear()
-    refused = shard.apply_batch([say(sid, "refused")])[0]  # the log is closed since: read-only now
+    refused = shard.commit([say(sid, "refused")])[0]  # the log is closed since: read-only now
     assert isinstance(refused, Unavailable) and "No space left" in str(refused)
     assert shard.resume_writes()
-    shard.apply_batch([say(sid, "two")])
+    shard.commit([say(sid, "two")])
     shard.snapshot_now()
-    shard.apply_batch([say(sid, "three")])
+    shard.commit([say(sid, "three")])
     shard.close(snapshot=False)
     assert_log_intact(tmp_path)
     assert contents(open_shard(tmp_path), sid) == ["one", "two", "three"]
@@ -244,7 +244,7 @@ def test_a_shard_that_cannot_rebuild_itself_raises_so_its_host_restarts_it(
     monkeypatch.setattr(durable_module, "recover", unreadable)
     disk.errors["write"] = FULL
     with pytest.raises(LogWriteFailed, match="cannot rebuild"):
-        shard.apply_batch([say(sid, "two")])
+        shard.commit([say(sid, "two")])
 
 
 PARAMS = IndexParams(hnsw_above=20, hnsw_m=8, hnsw_ef_construction=32, hnsw_ef_search=32)
@@ -257,7 +257,7 @@ def upsert(ids: list[str], seed: int) -> UpsertVectors:
 
 def stored_ids(memory: DurableMemory) -> set[str]:
     probe = QueryVectors("acme", "n", normalized(np.ones((1, 4), dtype=np.float32))[0], 100)
-    (matches,) = memory.apply_batch([probe])
+    (matches,) = memory.commit([probe])
     return {m.id for m in matches}
 
 
@@ -265,15 +265,15 @@ def test_a_memory_shard_refuses_upserts_and_answers_queries_until_its_disk_is_ba
     tmp_path: Path, disk: FaultyDisk
 ) -> None:
     memory = DurableMemory(tmp_path, DurabilityConfig(), PARAMS, lock_wait_s=0.2)
-    memory.apply_batch([upsert(["a", "b"], 1)])
+    memory.commit([upsert(["a", "b"], 1)])
     disk.errors["write"] = TOO_LARGE
-    (refused,) = memory.apply_batch([upsert(["c"], 2)])
+    (refused,) = memory.commit([upsert(["c"], 2)])
     assert isinstance(refused, Unavailable) and "File too large" in str(refused) and memory.read_only
     assert stored_ids(memory) == {"a", "b"}
     assert not memory.resume_writes()
     disk.errors.clear()
     assert memory.resume_writes()
-    memory.apply_batch([upsert(["d"], 3)])
+    memory.commit([upsert(["d"], 3)])
     memory.close(snapshot=False)
     assert_log_intact(tmp_path)
     assert stored_ids(DurableMemory(tmp_path, DurabilityConfig(), PARAMS, lock_wait_s=0.2)) == {"a", "b", "d"}
@@ -289,12 +289,12 @@ def test_a_shard_started_on_a_disk_that_refuses_writes_starts_read_only(
     restarted = open_shard(tmp_path)
     assert restarted.read_only and restarted.condition["read_only"] == error.strerror
     assert contents(restarted, sid) == ["one"], "reads are served"
-    (refused,) = restarted.apply_batch([say(sid, "two")])
+    (refused,) = restarted.commit([say(sid, "two")])
     assert isinstance(refused, Unavailable) and error.strerror in str(refused)
     assert not restarted.resume_writes() and not restarted.snapshot_due()
     disk.errors.clear()
     assert restarted.resume_writes() and not restarted.read_only and "read_only" not in restarted.condition
-    restarted.apply_batch([say(sid, "two")])
+    restarted.commit([say(sid, "two")])
     restarted.close()
     assert_log_intact(tmp_path)
     assert contents(open_shard(tmp_path), sid) == ["one", "two"]
@@ -302,14 +302,14 @@ def test_a_shard_started_on_a_disk_that_refuses_writes_starts_read_only(
 
 def test_a_memory_shard_started_on_a_full_disk_answers_queries(tmp_path: Path, disk: FaultyDisk) -> None:
     memory = DurableMemory(tmp_path, DurabilityConfig(), PARAMS, lock_wait_s=0.2)
-    memory.apply_batch([upsert(["a"], 1)])
+    memory.commit([upsert(["a"], 1)])
     memory.close(snapshot=False)
     disk.errors["write"] = FULL
     restarted = DurableMemory(tmp_path, DurabilityConfig(), PARAMS, lock_wait_s=0.2)
     assert restarted.read_only and stored_ids(restarted) == {"a"}
-    assert isinstance(restarted.apply_batch([upsert(["b"], 2)])[0], Unavailable)
+    assert isinstance(restarted.commit([upsert(["b"], 2)])[0], Unavailable)
     disk.errors.clear()
     assert restarted.resume_writes()
-    restarted.apply_batch([upsert(["b"], 2)])
+    restarted.commit([upsert(["b"], 2)])
     restarted.close()
     assert stored_ids(DurableMemory(tmp_path, DurabilityConfig(), PARAMS, lock_wait_s=0.2)) == {"a", "b"}

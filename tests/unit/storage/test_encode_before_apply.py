@@ -84,7 +84,7 @@ def test_unencodable_ops_fail_alone_and_the_disk_always_holds_the_live_state(
     path = tmp_path_factory.mktemp("poison")
     clock = ManualClock()
     shard = DurableShard(path, CONFIG, clock, lock_wait_s=0.2)
-    shard.apply_batch([CreateSession(org, session_of(org), org, 10**6, {}) for org in ORGS])
+    shard.commit([CreateSession(org, session_of(org), org, 10**6, {}) for org in ORGS])
     counter = 0
     failed_markers: set[str] = set()
     failed_keys: dict[str, Any] = {}
@@ -109,7 +109,7 @@ def test_unencodable_ops_fail_alone_and_the_disk_always_holds_the_live_state(
                     op = Idempotent(f"key-{marker}", "fp", op)
                 ops.append(op)
                 markers.append((marker, poison))
-            results = shard.apply_batch(ops)
+            results = shard.commit(ops)
             for op, (marker, poison), result in zip(ops, markers, results, strict=True):
                 if poison:
                     assert isinstance(result, UnencodableOp), result
@@ -134,7 +134,7 @@ def test_unencodable_ops_fail_alone_and_the_disk_always_holds_the_live_state(
 
     # A retry of a refused keyed op is refused again: no record was kept of it.
     for op in failed_keys.values():
-        (again,) = shard.apply_batch([op])
+        (again,) = shard.commit([op])
         assert isinstance(again, UnencodableOp) and not isinstance(again, Replayed)
     shard.close(snapshot=False)
 
@@ -143,14 +143,14 @@ def test_a_refused_context_leaves_the_version_for_the_next_conditional_update(tm
     """The sequence of the bug report: a deep context beside another organization's appends."""
     shard = DurableShard(tmp_path, CONFIG, ManualClock(), lock_wait_s=0.2)
     a, b = session_of("acme"), session_of("beta")
-    shard.apply_batch([CreateSession("acme", a, "a", 600, {}), CreateSession("beta", b, "b", 600, {})])
+    shard.commit([CreateSession("acme", a, "a", 600, {}), CreateSession("beta", b, "b", 600, {})])
     appends = [AppendMessages("beta", b, (NewMessage("user", f"m{i}"),)) for i in range(11)]
-    results = shard.apply_batch([*appends[:5], ReplaceContext("acme", a, nested(260, 1)), *appends[5:]])
+    results = shard.commit([*appends[:5], ReplaceContext("acme", a, nested(260, 1)), *appends[5:]])
     assert isinstance(results[5], UnencodableOp)
     assert all(isinstance(r, list) for r in results[:5] + results[6:])
     view = shard.store.apply(GetSession("acme", a), 0)
     assert view["version"] == 1 and view["context"] == {}
-    (updated,) = shard.apply_batch([ReplaceContext("acme", a, {"ok": True}, if_match=1)])
+    (updated,) = shard.commit([ReplaceContext("acme", a, {"ok": True}, if_match=1)])
     assert updated["version"] == 2
     shard.close(snapshot=True)
     again = DurableShard(tmp_path, CONFIG, ManualClock(), lock_wait_s=0.2)
@@ -165,7 +165,7 @@ def test_memory_metadata_the_log_cannot_hold_fails_alone(tmp_path: Path) -> None
     vector = np.array([[1.0, 0.0]], dtype=np.float32)
     good = UpsertVectors("beta", "ns", ("ok",), vector, ({"n": 1},))
     bad = Idempotent("k", "fp", UpsertVectors("acme", "ns", ("bad",), vector, ({"x": nested(300, 1)},)))
-    results = memory.apply_batch([bad, good, QueryVectors("acme", "ns", vector[0], 5)])
+    results = memory.commit([bad, good, QueryVectors("acme", "ns", vector[0], 5)])
     assert isinstance(results[0], UnencodableOp)
     assert results[1] == {"upserted": 1} and results[2] == []
     assert len(memory.store.idempotency) == 0

@@ -34,12 +34,12 @@ def open_shard(directory: Path, identity: ShardIdentity | None = None) -> Durabl
 
 
 def say(shard: DurableShard, sid: str, text: str) -> Any:
-    (result,) = shard.apply_batch([AppendMessages("acme", sid, (NewMessage("user", text),))])
+    (result,) = shard.commit([AppendMessages("acme", sid, (NewMessage("user", text),))])
     return result
 
 
 def messages(shard: DurableShard, sid: str) -> list[str]:
-    (session,) = shard.apply_batch([GetSession("acme", sid)])
+    (session,) = shard.commit([GetSession("acme", sid)])
     return [m["content"] for m in session["messages"]]
 
 
@@ -60,7 +60,7 @@ def test_claiming_a_data_directory_gives_every_shard_its_identity(tmp_path: Path
 
 def test_data_from_before_cluster_ids_is_claimed_in_place(tmp_path: Path) -> None:
     shard = open_shard(shard_directory(tmp_path, 0))
-    shard.apply_batch([CreateSession("acme", "s1", "old", 60, {})])
+    shard.commit([CreateSession("acme", "s1", "old", 60, {})])
     shard.close()
     (tmp_path / LAYOUT_FILE).write_bytes(orjson.dumps({"format": 1, "shards": 1}))
     cluster = claim_layout(tmp_path, 1)
@@ -121,7 +121,7 @@ def test_a_stale_incarnation_is_fenced_and_its_late_write_is_never_seen(
     tmp_path: Path, no_flock: None
 ) -> None:
     old = open_shard(tmp_path)
-    old.apply_batch([CreateSession("acme", "s1", "n", 600, {})])
+    old.commit([CreateSession("acme", "s1", "n", 600, {})])
     assert not isinstance(say(old, "s1", "acknowledged by the old one"), Exception)
     new = open_shard(tmp_path)  # Ray restarted the shard elsewhere; the old process still runs
     assert (old.epoch, new.epoch, read_epoch(tmp_path)) == (1, 2, 2)
@@ -129,7 +129,7 @@ def test_a_stale_incarnation_is_fenced_and_its_late_write_is_never_seen(
 
     late = say(old, "s1", "written by the old one after the new one started")
     assert isinstance(late, Fenced)  # never acknowledged
-    assert isinstance(old.apply_batch([GetSession("acme", "s1")])[0], Fenced)  # nor reads: it is behind
+    assert isinstance(old.commit([GetSession("acme", "s1")])[0], Fenced)  # nor reads: it is behind
     assert old.condition == {"fenced": True} and not old.resume_writes()
     assert not isinstance(say(new, "s1", "acknowledged by the new one"), Exception)
     new.close(snapshot=False)
@@ -143,7 +143,7 @@ def test_a_stale_incarnation_is_fenced_and_its_late_write_is_never_seen(
 
 def test_a_stale_incarnation_writes_into_a_segment_no_one_reads(tmp_path: Path, no_flock: None) -> None:
     old = open_shard(tmp_path)
-    old.apply_batch([CreateSession("acme", "s1", "n", 600, {})])
+    old.commit([CreateSession("acme", "s1", "n", 600, {})])
     old.snapshot_now()  # its log now writes to a new, empty segment
     new = open_shard(tmp_path)  # which the new incarnation replaces with its own
     assert isinstance(say(old, "s1", "late"), Fenced)
@@ -155,7 +155,7 @@ def test_a_stale_incarnation_writes_into_a_segment_no_one_reads(tmp_path: Path, 
 
 def test_a_stale_incarnation_cannot_finish_a_snapshot(tmp_path: Path, no_flock: None) -> None:
     old = open_shard(tmp_path)
-    old.apply_batch([CreateSession("acme", "s1", "n", 600, {})])
+    old.commit([CreateSession("acme", "s1", "n", 600, {})])
     old.begin_snapshot()
     while old.snapshot_step():
         pass
