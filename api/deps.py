@@ -20,7 +20,9 @@ from .outbox import MemoryRouter, ShardRouter
 
 
 @dataclass(frozen=True, slots=True)
-class Authorized:
+class Caller:
+    """Who is calling (the organization its API key names) and what a route reaches for it."""
+
     org: str
     shards: ShardRouter
     memory: MemoryRouter
@@ -49,14 +51,15 @@ class Authorized:
         return answered(await self.memory.submit(self.org, await self.once(op)))
 
 
-async def _caller(request: Request) -> Authorized:
+async def current_caller(request: Request) -> Caller:
     state = request.app.state
     config = state.config
     org = organization(request)
     request.scope[ORG_SCOPE_KEY] = org
     state.limiter.check(org)
     limits = state.org_limits.get(org, config.limits)
-    return Authorized(org, state.router, state.memory, limits, config.memory, request)
+    return Caller(org, state.router, state.memory, limits, config.memory, request)
 
 
-Caller = Annotated[Authorized, Depends(_caller)]
+# What a route declares (`caller: CurrentCaller`), as FastAPI names such a dependency.
+CurrentCaller = Annotated[Caller, Depends(current_caller)]

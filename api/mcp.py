@@ -24,7 +24,7 @@ from engine.config import EngineConfig
 from engine.errors import EngineError
 
 from .auth import organization
-from .deps import Authorized
+from .deps import Caller
 from .errors import ORG_SCOPE_KEY, engine_error_response, for_client
 from .routes import sessions, vectors
 from .schemas import AppendMessagesIn, CreateSessionIn, SearchMemoryIn
@@ -81,11 +81,11 @@ def build_server() -> MCPServer:
     return server
 
 
-async def _run(ctx: Context, route: Callable[[Authorized], Awaitable[Response]]) -> dict[str, Any]:
+async def _run(ctx: Context, route: Callable[[Caller], Awaitable[Response]]) -> dict[str, Any]:
     """The route's answer as the tool's result; its error as the tool's error."""
     request = ctx.request_context.request
     assert isinstance(request, Request)
-    caller: Authorized = request.scope[CALLER_SCOPE_KEY]
+    caller: Caller = request.scope[CALLER_SCOPE_KEY]
     try:
         response = await route(caller)
     except EngineError as error:
@@ -132,7 +132,7 @@ class Authenticated:
         # whole MCP message, not to one tool call.
         headers = [(name, value) for name, value in scope["headers"] if name != b"idempotency-key"]
         own = Request({**scope, "headers": headers})
-        scope[CALLER_SCOPE_KEY] = Authorized(
+        scope[CALLER_SCOPE_KEY] = Caller(
             org, state.router, state.memory, limits, state.config.memory, own
         )
         await state.mcp_app(scope, receive, send)

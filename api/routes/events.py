@@ -16,7 +16,7 @@ from starlette.responses import Response, StreamingResponse
 from engine.sessions.events import Position
 from engine.sessions.ops import GetSession
 
-from ..deps import Caller
+from ..deps import CurrentCaller
 from ..feeds import Stream, format_positions, parse_positions
 from ..http import json_router
 from .sessions import SessionId, _session_id
@@ -52,7 +52,7 @@ HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     summary="Follow a session: messages, context, status and summary as they happen",
 )
 async def session_events(
-    session_id: SessionId, caller: Caller, last_event_id: LastEventId = None, after: After = None
+    session_id: SessionId, caller: CurrentCaller, last_event_id: LastEventId = None, after: After = None
 ) -> Response:
     sid = _session_id(session_id)
     hub = caller.request.app.state.feeds
@@ -71,7 +71,7 @@ async def session_events(
     summary="Follow the organization: sessions created, ended and deleted, and their summaries",
 )
 async def organization_events(
-    caller: Caller, last_event_id: LastEventId = None, after: After = None
+    caller: CurrentCaller, last_event_id: LastEventId = None, after: After = None
 ) -> Response:
     hub = caller.request.app.state.feeds
     position = after or last_event_id

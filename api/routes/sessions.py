@@ -28,7 +28,7 @@ from engine.sessions.ops import (
 from engine.sessions.session import SessionStatus, is_session_id, new_session_id, session_id_for_key
 
 from ..cursor import decode_cursor, encode_cursor
-from ..deps import Caller
+from ..deps import CurrentCaller
 from ..http import json_response, json_router
 from ..idempotency import REPLAYED_HEADERS, answered
 from ..limits import check_context, check_messages, check_name, check_ttl
@@ -74,7 +74,7 @@ def _parse_if_match(value: str | None) -> int | None:
 
 
 @router.post("", status_code=201, response_model=SessionOut, summary="Create a session")
-async def create_session(body: CreateSessionIn, caller: Caller) -> Response:
+async def create_session(body: CreateSessionIn, caller: CurrentCaller) -> Response:
     key = caller.idempotency_key()
     session_id = new_session_id() if key is None else session_id_for_key(caller.org, key)
     op = CreateSession(
@@ -113,7 +113,7 @@ def _shard_share(quota: int | None, shards: int) -> int | None:
     response_model=MessageOut | MessageBatchOut,
     summary="Append one message, or a batch all-or-nothing",
 )
-async def append_messages(session_id: SessionId, body: AppendMessagesIn, caller: Caller) -> Response:
+async def append_messages(session_id: SessionId, body: AppendMessagesIn, caller: CurrentCaller) -> Response:
     sid = _session_id(session_id)
     messages = check_messages(body.as_messages(), caller.limits)
     op = AppendMessages(caller.org, sid, messages, caller.limits.max_messages_per_session)
@@ -124,7 +124,7 @@ async def append_messages(session_id: SessionId, body: AppendMessagesIn, caller:
 @router.get("/{session_id}", response_model=SessionWithMessagesOut, summary="Get a session and its messages")
 async def get_session(
     session_id: SessionId,
-    caller: Caller,
+    caller: CurrentCaller,
     after_seq: Annotated[int, Query(ge=0, description="Only messages with seq greater than this.")] = 0,
     limit: Annotated[
         int | None, Query(ge=1, description="At most this many messages (default: all).")
@@ -139,7 +139,7 @@ async def get_session(
 async def replace_context(
     session_id: SessionId,
     context: Annotated[dict[str, Any], Body(description="The new context: a JSON object.")],
-    caller: Caller,
+    caller: CurrentCaller,
     if_match: Annotated[
         str | None, Header(description="Apply only at this context version, else 412.")
     ] = None,
@@ -151,7 +151,7 @@ async def replace_context(
 
 
 @router.patch("/{session_id}", response_model=SessionOut, summary="Rename or extend the TTL")
-async def update_session(session_id: SessionId, body: UpdateSessionIn, caller: Caller) -> Response:
+async def update_session(session_id: SessionId, body: UpdateSessionIn, caller: CurrentCaller) -> Response:
     sid = _session_id(session_id)
     op = UpdateSession(
         caller.org,
@@ -165,7 +165,7 @@ async def update_session(session_id: SessionId, body: UpdateSessionIn, caller: C
 
 @router.get("", response_model=SessionListOut, summary="List this organization's sessions, newest first")
 async def list_sessions(
-    caller: Caller,
+    caller: CurrentCaller,
     status: Annotated[Status | None, Query(description="Only sessions in this state.")] = None,
     limit: Annotated[int | None, Query(ge=1, description="Page size (default 50).")] = None,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
@@ -198,7 +198,7 @@ async def list_sessions(
     response_class=Response,
     summary="Delete a session and everything session memory holds of it",
 )
-async def delete_session(session_id: SessionId, caller: Caller) -> Response:
+async def delete_session(session_id: SessionId, caller: CurrentCaller) -> Response:
     sid = _session_id(session_id)
     op = DeleteSession(caller.org, sid)
     once = await caller.once(op)
@@ -221,21 +221,21 @@ async def delete_session(session_id: SessionId, caller: Caller) -> Response:
     response_model=SessionOut,
     summary="Summarize an ended session again; the summary is made in the background",
 )
-async def summarize_session(session_id: SessionId, caller: Caller) -> Response:
+async def summarize_session(session_id: SessionId, caller: CurrentCaller) -> Response:
     sid = _session_id(session_id)
     view, headers = await caller.write(sid, RequestSummary(caller.org, sid))
     return json_response(view, 202, headers)
 
 
 @router.post("/{session_id}/close", response_model=SessionOut, summary="Close; a summary follows")
-async def close_session(session_id: SessionId, caller: Caller) -> Response:
+async def close_session(session_id: SessionId, caller: CurrentCaller) -> Response:
     sid = _session_id(session_id)
     view, headers = await caller.write(sid, EndSession(caller.org, sid, SessionStatus.CLOSED))
     return json_response(view, headers=headers)
 
 
 @router.post("/{session_id}/complete", response_model=SessionOut, summary="Complete; no summary")
-async def complete_session(session_id: SessionId, caller: Caller) -> Response:
+async def complete_session(session_id: SessionId, caller: CurrentCaller) -> Response:
     sid = _session_id(session_id)
     view, headers = await caller.write(sid, EndSession(caller.org, sid, SessionStatus.COMPLETED))
     return json_response(view, headers=headers)

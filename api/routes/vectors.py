@@ -10,7 +10,7 @@ from engine.memory.index import normalized
 from engine.memory.sessions import SESSION_MEMORY
 from engine.memory.store import DeleteVectors, QueryVectors, UpsertVectors
 
-from ..deps import Caller
+from ..deps import CurrentCaller
 from ..http import json_response, json_router
 from ..limits import (
     check_delete_ids,
@@ -28,7 +28,7 @@ router = json_router("/vectors", "memory")
 
 
 @router.post("/upsert", response_model=UpsertOut, summary="Add or replace up to 100 vectors")
-async def upsert_vectors(body: UpsertIn, caller: Caller) -> Response:
+async def upsert_vectors(body: UpsertIn, caller: CurrentCaller) -> Response:
     namespace = check_writable_namespace(body.namespace)
     check_vector_request(len(body.vectors), caller.memory_limits)
     metadata = tuple(
@@ -64,7 +64,7 @@ async def upsert_vectors(body: UpsertIn, caller: Caller) -> Response:
     response_model=QueryOut,
     summary="The best matches for a text or a vector: by meaning, by words, or both",
 )
-async def query_vectors(body: QueryIn, caller: Caller) -> Response:
+async def query_vectors(body: QueryIn, caller: CurrentCaller) -> Response:
     top_k = check_top_k(body.top_k, caller.memory_limits)
     check_dimension(body.vector, "vector", caller.memory_limits)
     check_query_text(body.query_text, caller.memory_limits)
@@ -82,7 +82,7 @@ async def query_vectors(body: QueryIn, caller: Caller) -> Response:
 
 
 @router.post("/delete", response_model=DeleteOut, summary="Delete vectors by id")
-async def delete_vectors(body: DeleteIn, caller: Caller) -> Response:
+async def delete_vectors(body: DeleteIn, caller: CurrentCaller) -> Response:
     namespace = check_writable_namespace(body.namespace)
     op = DeleteVectors(caller.org, namespace, check_delete_ids(body.ids, caller.memory_limits))
     result, headers = await caller.write_memory(op)
