@@ -132,7 +132,5 @@ class Authenticated:
         # whole MCP message, not to one tool call.
         headers = [(name, value) for name, value in scope["headers"] if name != b"idempotency-key"]
         own = Request({**scope, "headers": headers})
-        scope[CALLER_SCOPE_KEY] = Caller(
-            org, state.router, state.memory, limits, state.config.memory, own
-        )
+        scope[CALLER_SCOPE_KEY] = Caller(org, state.router, state.memory, limits, state.config.memory, own)
         await state.mcp_app(scope, receive, send)

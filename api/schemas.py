@@ -1,5 +1,7 @@
-"""Wire models: the OpenAPI contract at /docs. Requests are strict (no type coercion, no unknown
-fields), so a typo or a wrong type is a clear 422 instead of a silently ignored field.
+"""Wire models: the OpenAPI contract at /docs. A session and a message are shown as
+engine.sessions.views defines them, the shape the shards answer with; the rest is here. Requests
+are strict (no type coercion, no unknown fields), so a typo or a wrong type is a clear 422
+instead of a silently ignored field.
 
 Limits that come from the config (TTL maximum, batch size, byte sizes) are checked in
 `api/limits.py`, since a static schema cannot know them.
@@ -13,9 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from engine.memory.index import Scalar
 from engine.memory.sessions import SESSION_MEMORY
-
-Role = Literal["user", "assistant", "system", "tool"]
-Status = Literal["active", "closed", "completed", "expired"]
+from engine.sessions.views import MessageView, Role, SessionView
 
 
 class _Request(BaseModel):
@@ -123,67 +123,12 @@ class UpdateSessionIn(_Request):
         return self
 
 
-class MessageOut(_Response):
-    seq: int = Field(description="Position in the session, from 1, gap-free.")
-    role: Role
-    content: str
-    created_at: int = Field(description="Epoch milliseconds.")
-    tool_call_id: str | None = None
-    tool_name: str | None = None
-
-
-class SummaryProvenanceOut(_Response):
-    model: str
-    method: Literal["model", "extractive"] = Field(
-        description="model: the model's text; extractive: salient sentences of the session, because "
-        "the model's text was degenerate (see reason)."
-    )
-    reason: str | None = Field(
-        None,
-        description="Why the model's text was set aside: empty, boilerplate, dialogue, repetition, echo "
-        "or ungrounded.",
-    )
-    messages_covered: int = Field(description="Messages the summary was made from (long sessions are cut).")
-    messages_total: int
-    created_at: int | None
-
-
-class SessionOut(_Response):
-    id: str = Field(examples=["sess_3f9c2a7e0b1d4c5a8e6f7a9b0c1d2e3f"])
-    name: str
-    status: Status
-    ttl_seconds: int
-    created_at: int
-    updated_at: int
-    expires_at: int
-    ended_at: int | None = Field(description="When the session left 'active'; for expired, its deadline.")
-    message_count: int
-    context: dict[str, Any]
-    version: int = Field(description="Context version; + 1 on every PUT /context. Use with If-Match.")
-    summary_status: Literal["pending", "running", "ready", "failed"] | None = Field(
-        description="Set on close: pending -> running -> ready, or failed (see summary_error)."
-    )
-    summary: str | None
-    summary_error: str | None = Field(description="Why the last summary attempt failed, if it did.")
-    summary_attempts: int
-    summary_provenance: SummaryProvenanceOut | None
-    index_status: Literal["pending", "ready", "failed"] | None = Field(
-        description="Its messages in session memory: pending, then ready (searchable), or failed; null "
-        "for a session that is not indexed (active, completed, expired)."
-    )
-    indexed_at: int | None = Field(description="When its messages became searchable in session memory.")
-
-
-class SessionWithMessagesOut(SessionOut):
-    messages: list[MessageOut]
-
-
 class MessageBatchOut(_Response):
-    messages: list[MessageOut]
+    messages: list[MessageView]
 
 
 class SessionListOut(_Response):
-    sessions: list[SessionOut]
+    sessions: list[SessionView]
     count: int
     next_cursor: str | None = Field(
         description="Pass as ?cursor= to get the next page; null on the last page."

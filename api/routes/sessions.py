@@ -26,6 +26,7 @@ from engine.sessions.ops import (
     UpdateSession,
 )
 from engine.sessions.session import SessionStatus, is_session_id, new_session_id, session_id_for_key
+from engine.sessions.views import MessageView, SessionView, SessionWithMessages, Status
 
 from ..cursor import decode_cursor, encode_cursor
 from ..deps import CurrentCaller
@@ -36,11 +37,7 @@ from ..schemas import (
     AppendMessagesIn,
     CreateSessionIn,
     MessageBatchOut,
-    MessageOut,
     SessionListOut,
-    SessionOut,
-    SessionWithMessagesOut,
-    Status,
     UpdateSessionIn,
 )
 
@@ -73,7 +70,7 @@ def _parse_if_match(value: str | None) -> int | None:
     return int(text)
 
 
-@router.post("", status_code=201, response_model=SessionOut, summary="Create a session")
+@router.post("", status_code=201, response_model=SessionView, summary="Create a session")
 async def create_session(body: CreateSessionIn, caller: CurrentCaller) -> Response:
     key = caller.idempotency_key()
     session_id = new_session_id() if key is None else session_id_for_key(caller.org, key)
@@ -110,7 +107,7 @@ def _shard_share(quota: int | None, shards: int) -> int | None:
 @router.post(
     "/{session_id}/messages",
     status_code=201,
-    response_model=MessageOut | MessageBatchOut,
+    response_model=MessageView | MessageBatchOut,
     summary="Append one message, or a batch all-or-nothing",
 )
 async def append_messages(session_id: SessionId, body: AppendMessagesIn, caller: CurrentCaller) -> Response:
@@ -121,7 +118,7 @@ async def append_messages(session_id: SessionId, body: AppendMessagesIn, caller:
     return json_response({"messages": stored} if body.messages is not None else stored[0], 201, headers)
 
 
-@router.get("/{session_id}", response_model=SessionWithMessagesOut, summary="Get a session and its messages")
+@router.get("/{session_id}", response_model=SessionWithMessages, summary="Get a session and its messages")
 async def get_session(
     session_id: SessionId,
     caller: CurrentCaller,
@@ -135,7 +132,7 @@ async def get_session(
     return json_response(view, headers=_etag(view))
 
 
-@router.put("/{session_id}/context", response_model=SessionOut, summary="Replace the whole context")
+@router.put("/{session_id}/context", response_model=SessionView, summary="Replace the whole context")
 async def replace_context(
     session_id: SessionId,
     context: Annotated[dict[str, Any], Body(description="The new context: a JSON object.")],
@@ -150,7 +147,7 @@ async def replace_context(
     return json_response(view, headers={**_etag(view), **headers})
 
 
-@router.patch("/{session_id}", response_model=SessionOut, summary="Rename or extend the TTL")
+@router.patch("/{session_id}", response_model=SessionView, summary="Rename or extend the TTL")
 async def update_session(session_id: SessionId, body: UpdateSessionIn, caller: CurrentCaller) -> Response:
     sid = _session_id(session_id)
     op = UpdateSession(
@@ -218,7 +215,7 @@ async def delete_session(session_id: SessionId, caller: CurrentCaller) -> Respon
 @router.post(
     "/{session_id}/summarize",
     status_code=202,
-    response_model=SessionOut,
+    response_model=SessionView,
     summary="Summarize an ended session again; the summary is made in the background",
 )
 async def summarize_session(session_id: SessionId, caller: CurrentCaller) -> Response:
@@ -227,14 +224,14 @@ async def summarize_session(session_id: SessionId, caller: CurrentCaller) -> Res
     return json_response(view, 202, headers)
 
 
-@router.post("/{session_id}/close", response_model=SessionOut, summary="Close; a summary follows")
+@router.post("/{session_id}/close", response_model=SessionView, summary="Close; a summary follows")
 async def close_session(session_id: SessionId, caller: CurrentCaller) -> Response:
     sid = _session_id(session_id)
     view, headers = await caller.write(sid, EndSession(caller.org, sid, SessionStatus.CLOSED))
     return json_response(view, headers=headers)
 
 
-@router.post("/{session_id}/complete", response_model=SessionOut, summary="Complete; no summary")
+@router.post("/{session_id}/complete", response_model=SessionView, summary="Complete; no summary")
 async def complete_session(session_id: SessionId, caller: CurrentCaller) -> Response:
     sid = _session_id(session_id)
     view, headers = await caller.write(sid, EndSession(caller.org, sid, SessionStatus.COMPLETED))

@@ -11,9 +11,11 @@ import secrets
 import sys
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from engine.errors import SessionNotActive, SessionNotEnded, VersionMismatch
+
+from .views import IndexState, MessageView, Role, SessionView, SessionWithMessages, SummaryProvenance
 
 SESSION_ID_PREFIX = "sess_"
 _SESSION_ID_HEX_CHARS = 32  # 128 random bits
@@ -94,10 +96,10 @@ class Message(NamedTuple):
     tool_call_id: str | None = None
     tool_name: str | None = None
 
-    def view(self, seq: int) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def view(self, seq: int) -> MessageView:
+        out: MessageView = {
             "seq": seq,
-            "role": self.role,
+            "role": cast(Role, self.role),
             "content": self.content,
             "created_at": self.created_at,
         }
@@ -208,7 +210,7 @@ class Session:
         self.indexed_entries = entries
 
     @property
-    def index_status(self) -> str | None:
+    def index_status(self) -> IndexState | None:
         """A session with a summary job goes into session memory: pending until its messages are
         searchable (ready); failed when the job gave up first. None for sessions never indexed."""
         if self.indexed_at is not None:
@@ -225,7 +227,7 @@ class Session:
         if self.status is not SessionStatus.ACTIVE:
             raise SessionNotActive(self.id, self.status.value)
 
-    def append(self, new: list[NewMessage], *, now_ms: int) -> list[dict[str, Any]]:
+    def append(self, new: list[NewMessage], *, now_ms: int) -> list[MessageView]:
         """All-or-nothing: the caller has validated every message before this runs."""
         self.require_active()
         first_seq = len(self.messages) + 1
@@ -251,8 +253,9 @@ class Session:
             self.expires_at = now_ms + ttl_s * 1000
         self.updated_at = now_ms
 
-    def view(self, *, messages: bool = False, after_seq: int = 0, limit: int | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def view(self) -> SessionView:
+        """The session as the API shows it (engine.sessions.views), without its messages."""
+        return {
             "id": self.id,
             "name": self.name,
             "status": self.status.value,
@@ -268,22 +271,26 @@ class Session:
             "summary": self.summary,
             "summary_error": self.summary_error,
             "summary_attempts": self.summary_attempts,
-            "summary_provenance": (
-                {
-                    "model": self.summary_model,
-                    "messages_covered": self.summary_covered,
-                    "messages_total": self.summary_total,
-                    "created_at": self.summarized_at,
-                    "method": self.summary_method or "model",
-                    **({"reason": self.summary_reason} if self.summary_reason else {}),
-                }
-                if self.summary_model is not None
-                else None
-            ),
+            "summary_provenance": self._provenance(),
             "index_status": self.index_status,
             "indexed_at": self.indexed_at,
         }
-        if messages:
-            end = len(self.messages) if limit is None else min(len(self.messages), after_seq + limit)
-            out["messages"] = [self.messages[i].view(i + 1) for i in range(after_seq, end)]
-        return out
+
+    def view_with_messages(self, after_seq: int = 0, limit: int | None = None) -> SessionWithMessages:
+        """The view and the messages after `after_seq`, at most `limit` of them, in seq order."""
+        end = len(self.messages) if limit is None else min(len(self.messages), after_seq + limit)
+        return {**self.view(), "messages": [self.messages[i].view(i + 1) for i in range(after_seq, end)]}
+
+    def _provenance(self) -> SummaryProvenance | None:
+        if self.summary_model is None:
+            return None
+        provenance: SummaryProvenance = {
+            "model": self.summary_model,
+            "messages_covered": self.summary_covered,
+            "messages_total": self.summary_total,
+            "created_at": self.summarized_at,
+            "method": "extractive" if self.summary_method == "extractive" else "model",
+        }
+        if self.summary_reason:
+            provenance["reason"] = self.summary_reason
+        return provenance

@@ -46,6 +46,7 @@ from engine.sessions.ops import (
 )
 from engine.sessions.session import Session, SessionStatus, SummaryStatus
 from engine.sessions.snapshot import SnapshotCursor
+from engine.sessions.views import MessageView, SessionView, SessionWithMessages
 
 SortKey = tuple[int, str]
 
@@ -198,7 +199,7 @@ class ShardStore:
 
     # -- writes -------------------------------------------------------------------------------------
 
-    def _create(self, op: CreateSession, now_ms: int) -> dict[str, Any]:
+    def _create(self, op: CreateSession, now_ms: int) -> SessionView:
         key = (op.org, op.session_id)
         if key in self._sessions:
             raise SessionExists(op.session_id)
@@ -227,7 +228,7 @@ class ShardStore:
         heapq.heappush(self._deadlines, (session.expires_at, op.org, op.session_id))
         return session.view()
 
-    def _append(self, op: AppendMessages, now_ms: int) -> list[dict[str, Any]]:
+    def _append(self, op: AppendMessages, now_ms: int) -> list[MessageView]:
         session = self._writable(op.org, op.session_id, now_ms)
         if (
             op.max_messages is not None
@@ -242,19 +243,19 @@ class ShardStore:
             )
         return session.append(list(op.messages), now_ms=now_ms)
 
-    def _replace_context(self, op: ReplaceContext, now_ms: int) -> dict[str, Any]:
+    def _replace_context(self, op: ReplaceContext, now_ms: int) -> SessionView:
         session = self._writable(op.org, op.session_id, now_ms)
         session.replace_context(op.context, if_match=op.if_match, now_ms=now_ms)
         return session.view()
 
-    def _update(self, op: UpdateSession, now_ms: int) -> dict[str, Any]:
+    def _update(self, op: UpdateSession, now_ms: int) -> SessionView:
         session = self._writable(op.org, op.session_id, now_ms)
         session.update(name=op.name, ttl_s=op.ttl_s, now_ms=now_ms)
         if op.ttl_s is not None:
             heapq.heappush(self._deadlines, (session.expires_at, op.org, op.session_id))
         return session.view()
 
-    def _end(self, op: EndSession, now_ms: int) -> dict[str, Any]:
+    def _end(self, op: EndSession, now_ms: int) -> SessionView:
         session = self._writable(op.org, op.session_id, now_ms)
         self._transition(session, op.status, now_ms)
         if session.summary_status is SummaryStatus.PENDING:
@@ -263,7 +264,7 @@ class ShardStore:
 
     # -- summaries: queued by close or by a request, then run by the shard's summary runner ---------
 
-    def _request_summary(self, op: RequestSummary, now_ms: int) -> dict[str, Any]:
+    def _request_summary(self, op: RequestSummary, now_ms: int) -> SessionView:
         session = self._find(op.org, op.session_id)
         self._before_change(session)
         if session.request_summary():
@@ -285,7 +286,7 @@ class ShardStore:
             indexed=session.indexed_at is not None,
         )
 
-    def _finish_summary(self, op: FinishSummary, now_ms: int) -> dict[str, Any]:
+    def _finish_summary(self, op: FinishSummary, now_ms: int) -> SessionView:
         session = self._find(op.org, op.session_id)
         self._before_change(session)
         session.finish_summary(
@@ -299,13 +300,13 @@ class ShardStore:
         )
         return session.view()
 
-    def _mark_indexed(self, op: MarkIndexed, now_ms: int) -> dict[str, Any]:
+    def _mark_indexed(self, op: MarkIndexed, now_ms: int) -> SessionView:
         session = self._find(op.org, op.session_id)
         self._before_change(session)
         session.mark_indexed(op.entries, now_ms=now_ms)
         return session.view()
 
-    def _fail_summary(self, op: FailSummary, now_ms: int) -> dict[str, Any]:
+    def _fail_summary(self, op: FailSummary, now_ms: int) -> SessionView:
         session = self._find(op.org, op.session_id)
         self._before_change(session)
         session.fail_summary(op.error, final=op.final)
@@ -368,9 +369,9 @@ class ShardStore:
 
     # -- reads --------------------------------------------------------------------------------------
 
-    def _get_view(self, op: GetSession, now_ms: int) -> dict[str, Any]:
+    def _get_view(self, op: GetSession, now_ms: int) -> SessionWithMessages:
         session = self._find(op.org, op.session_id)
-        view = session.view(messages=True, after_seq=op.after_seq, limit=op.limit)
+        view = session.view_with_messages(op.after_seq, op.limit)
         _show_due_as_expired(session, view, now_ms)
         return view
 
@@ -387,7 +388,7 @@ class ShardStore:
         if op.status is SessionStatus.ACTIVE:
             # An active session past its deadline already reads as expired; leave it out of 'active'.
             newest_first = (k for k in newest_first if not self._sessions[(op.org, k[1])].is_due(now_ms))
-        items: list[tuple[SortKey, dict[str, Any]]] = []
+        items: list[tuple[SortKey, SessionView]] = []
         for key in islice(newest_first, op.limit + 1):
             session = self._sessions[(op.org, key[1])]
             view = session.view()
@@ -419,7 +420,7 @@ class ShardStore:
         self._orgs[session.org].move(session, old)
 
 
-def _show_due_as_expired(session: Session, view: dict[str, Any], now_ms: int) -> None:
+def _show_due_as_expired(session: Session, view: SessionView, now_ms: int) -> None:
     if session.is_due(now_ms):
         view["status"] = SessionStatus.EXPIRED.value
         view["ended_at"] = session.expires_at

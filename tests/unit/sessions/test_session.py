@@ -84,10 +84,10 @@ def test_appends_get_consecutive_seqs_from_one() -> None:
 def test_message_pages_follow_after_seq_and_limit() -> None:
     session = make_session()
     session.append([NewMessage("user", str(i)) for i in range(10)], now_ms=NOW)
-    page = session.view(messages=True, after_seq=3, limit=4)["messages"]
+    page = session.view_with_messages(3, 4)["messages"]
     assert [m["seq"] for m in page] == [4, 5, 6, 7]
-    assert session.view(messages=True, after_seq=10)["messages"] == []
-    assert session.view(messages=True, after_seq=50)["messages"] == []
+    assert session.view_with_messages(10)["messages"] == []
+    assert session.view_with_messages(50)["messages"] == []
 
 
 def test_context_replacement_bumps_version_and_honours_if_match() -> None:
@@ -110,4 +110,4 @@ def test_ttl_change_moves_the_deadline_from_now() -> None:
 def test_sessions_pickle_for_transport() -> None:
     session = make_session()
     session.append([NewMessage("user", "a")], now_ms=NOW)
-    assert pickle.loads(pickle.dumps(session)).view(messages=True) == session.view(messages=True)
+    assert pickle.loads(pickle.dumps(session)).view_with_messages() == session.view_with_messages()

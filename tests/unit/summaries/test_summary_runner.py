@@ -257,4 +257,4 @@ async def test_summary_state_survives_the_log_and_snapshot_codec() -> None:
     await h.runner.drain()
     for sid in (ready, failed):
         session = h.store._sessions[("acme", sid)]
-        assert decode_session(encode_session(session)).view(messages=True) == session.view(messages=True)
+        assert decode_session(encode_session(session)).view_with_messages() == session.view_with_messages()
