@@ -44,6 +44,25 @@ def test_the_sync_and_async_clients_have_the_same_surface() -> None:
     assert public(Client) == public(AsyncClient)
 
 
+def test_the_clients_models_have_the_fields_of_the_engines_views() -> None:
+    # The client installs on its own, so it cannot import the engine's views: this keeps the two
+    # copies of the shape in step.
+    from session_engine_client import models
+
+    from engine.sessions import views
+
+    pairs = [
+        (models.Session, views.SessionView),
+        (models.SessionWithMessages, views.SessionWithMessages),
+        (models.Message, views.MessageView),
+        (models.SummaryProvenance, views.SummaryProvenance),
+    ]
+    for model, view in pairs:
+        assert set(model.model_fields) == set(view.__annotations__) | set(
+            getattr(view, "__optional_keys__", ())
+        ), model.__name__
+
+
 def test_a_session_through_the_client(gateway: dict[str, Any], key: str) -> None:
     with Client(key, gateway["server"].url) as engine:
         session = engine.create_session("support", context={"ticket": 1})
