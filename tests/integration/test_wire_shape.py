@@ -103,40 +103,15 @@ def test_every_route_answers_as_the_document_says(client: httpx.Client) -> None:
     assert checked.stream_first_event("/events", "/events") == "feed.ready"
     messages = "/sessions/{session_id}/messages"
     checked.call("POST", messages, f"{one}/messages", json={"role": "user", "content": "plan the launch"})
-    checked.call(
-        "POST",
-        messages,
-        f"{one}/messages",
-        headers={"Idempotency-Key": "wire-batch"},
-        json={
-            "messages": [
-                {
-                    "role": "assistant",
-                    "content": "calling the tracker",
-                    "tool_call_id": "c1",
-                    "tool_name": "t",
-                },
-                {"role": "tool", "content": "three open bugs", "tool_call_id": "c1", "tool_name": "t"},
-            ]
-        },
-    )
-    replay = checked.call(
-        "POST",
-        messages,
-        f"{one}/messages",
-        headers={"Idempotency-Key": "wire-batch"},
-        json={
-            "messages": [
-                {
-                    "role": "assistant",
-                    "content": "calling the tracker",
-                    "tool_call_id": "c1",
-                    "tool_name": "t",
-                },
-                {"role": "tool", "content": "three open bugs", "tool_call_id": "c1", "tool_name": "t"},
-            ]
-        },
-    )
+    batch = {
+        "messages": [
+            {"role": "assistant", "content": "calling the tracker", "tool_call_id": "c1", "tool_name": "t"},
+            {"role": "tool", "content": "three open bugs", "tool_call_id": "c1", "tool_name": "t"},
+        ]
+    }
+    keyed = {"Idempotency-Key": "wire-batch"}
+    checked.call("POST", messages, f"{one}/messages", headers=keyed, json=batch)
+    replay = checked.call("POST", messages, f"{one}/messages", headers=keyed, json=batch)
     assert replay.headers["Idempotent-Replayed"] == "true"
     checked.call("PUT", "/sessions/{session_id}/context", f"{one}/context", json={"goal": "ship", "step": 2})
     checked.call("PATCH", "/sessions/{session_id}", one, json={"name": "wire, renamed"})
