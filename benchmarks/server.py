@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,9 +16,27 @@ from typing import ClassVar
 
 import httpx
 
+# Ray's own processes bind ports the kernel picks (its ephemeral range) and its workers take
+# 10002-19999, so a port taken from either can be gone by the time a server started with it binds
+# (seen in make test: a server's port taken by Ray's processes during its start). Ours come from
+# between the two.
+_OWN_PORTS = (20000, 32767)
+
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port on 127.0.0.1 that is free now, outside the ranges Ray takes its ports from."""
+    low, high = _OWN_PORTS
+    with contextlib.suppress(OSError, ValueError):
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        high = min(high, ephemeral_low - 1)
+    for port in random.sample(range(low, high + 1), min(200, max(0, high - low + 1))):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # no such range on this machine: any free port
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
