@@ -79,7 +79,12 @@ def for_client(exc: EngineError) -> EngineError:
     if exc.code in STATUS_BY_CODE:
         return exc
     log.error("server fault: %s", exc.message, extra={"code": exc.code})
-    return Internal("the server could not answer this request", {"fault": exc.code})
+    return Internal(
+        "the server could not answer this request",
+        {"fault": exc.code},
+        "The server failed under this request (details.fault says how); retry shortly, and if it "
+        "goes on, give the operator the request id.",
+    )
 
 
 def engine_error_response(exc: EngineError) -> Response:

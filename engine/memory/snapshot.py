@@ -33,14 +33,18 @@ def write_snapshot(
     """Every namespace's (org, namespace, header, index bytes) and the encoded idempotency records,
     durable under the snapshot's name; returns its size in bytes. Blocking I/O."""
     file = SnapshotFile(directory, SNAPSHOT_PREFIX, SNAPSHOT_MAGIC, FORMAT_VERSION, lsn, now_ms)
-    for org, namespace, header, index_bytes in parts:
-        pieces = [index_bytes[i : i + _PART_BYTES] for i in range(0, len(index_bytes), _PART_BYTES)]
-        file.write({"org": org, "namespace": namespace, "parts": len(pieces), **header})
-        for piece in pieces:
-            file.write_bytes(piece)
-    for i in range(0, len(records), _RECORDS_PER_FRAME):
-        file.write({"idempotency": records[i : i + _RECORDS_PER_FRAME]})
-    return file.finish({"namespaces": len(parts)})
+    try:
+        for org, namespace, header, index_bytes in parts:
+            pieces = [index_bytes[i : i + _PART_BYTES] for i in range(0, len(index_bytes), _PART_BYTES)]
+            file.write({"org": org, "namespace": namespace, "parts": len(pieces), **header})
+            for piece in pieces:
+                file.write_bytes(piece)
+        for i in range(0, len(records), _RECORDS_PER_FRAME):
+            file.write({"idempotency": records[i : i + _RECORDS_PER_FRAME]})
+        return file.finish({"namespaces": len(parts)})
+    except BaseException:
+        file.abandon()  # a disk that refused it: no temporary file left behind
+        raise
 
 
 def read_snapshot(path: Path, store: MemoryStore) -> int:

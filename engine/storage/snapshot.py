@@ -9,6 +9,7 @@ under a snapshot's name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,7 +67,8 @@ class SnapshotFile:
         return size
 
     def abandon(self) -> None:
-        self._file.close()
+        with contextlib.suppress(OSError):  # a disk that refused the writes may refuse the close too
+            self._file.close()
         self._tmp.unlink(missing_ok=True)
 
 

@@ -14,7 +14,7 @@ from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams, normalized
 from engine.memory.snapshot import SNAPSHOT_PREFIX
 from engine.memory.store import DeleteVectors, MemoryStats, MemoryStore, QueryVectors, UpsertVectors
-from engine.storage.snapshot import snapshots
+from engine.storage.snapshot import SnapshotFile, snapshots
 from engine.storage.wal import segments
 
 DIM = 4
@@ -200,3 +200,22 @@ def test_texts_and_their_word_index_survive_snapshot_and_log(tmp_path: Path) -> 
     third = open_memory(tmp_path)  # a snapshot alone
     assert words(third, "acme", "notes", "lisbon wine") == ["c", "d"]
     third.close()
+
+
+def test_a_snapshot_the_disk_refuses_leaves_no_file_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    memory = open_memory(tmp_path)
+    memory.commit([upsert("acme", "n", ["a", "b"])])
+
+    def refused(self: object, payload: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SnapshotFile, "write_bytes", refused)
+    with pytest.raises(OSError, match="No space"):
+        memory.snapshot_now()
+    assert not list(tmp_path.glob("*.tmp")) and snapshots(tmp_path, SNAPSHOT_PREFIX) == []
+    monkeypatch.undo()
+    memory.snapshot_now()  # the next one goes through
+    assert len(snapshots(tmp_path, SNAPSHOT_PREFIX)) == 1
+    memory.close(snapshot=False)
