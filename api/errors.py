@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from engine.errors import EngineError, Internal, QuotaExceeded, RateLimited
+from engine.errors import EngineError, Internal, QuotaExceeded, RateLimited, Unavailable
 from engine.logs import request_id_var
 
 from . import metrics
@@ -60,7 +60,7 @@ def error_response(
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     if status == 503 and retry_after_s is None:
-        retry_after_s = 1.0
+        retry_after_s = Unavailable.retry_after_s
     if retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
     if status == 429:

@@ -45,7 +45,7 @@ def serve(args: argparse.Namespace) -> int:
     if embedded:
         # Fail fast on data the shard counts do not fit, and on a bad keys setting, before Ray starts.
         claim_layout(config.data_dir, config.shards, config.memory.shards, config.cluster_settings())
-        keys = keys or _ensure_keys(config)  # joining: only once the cluster is known to be this one
+        keys = _ensure_keys(config)
     try:
         check_models(config.models.embedder.path, config.models.summarizer.path)
     except ModelMissing as exc:

@@ -1,6 +1,7 @@
-"""On-disk encoding of memory ops. Ops are JSON objects by field name, derived from their
-declarations (engine.memory.store: MEMORY_OPS, vectors as base64 float32); log records written
-before that hold positional arrays, which are still read. Built like engine.sessions.codec."""
+"""Decoding memory ops read from the log; LoggedStore encodes them (MEMORY_OPS.encode_bytes).
+Ops are JSON objects by field name, derived from their declarations (engine.memory.store:
+MEMORY_OPS, vectors as base64 float32); log records written before that hold positional arrays,
+which are still read. Built like engine.sessions.codec."""
 
 from __future__ import annotations
 
@@ -9,11 +10,6 @@ from typing import Any
 from engine.idempotency import Idempotent
 
 from .store import MEMORY_OPS, DeleteVectors, MemoryOp, UpsertVectors, decode_vectors
-
-
-def encode_memory_op(op: MemoryOp | Idempotent) -> bytes:
-    """The op's exact log bytes; raises UnencodableOp (a VALIDATION_ERROR) if the log cannot hold it."""
-    return MEMORY_OPS.encode_bytes(op)
 
 
 def decode_memory_op(encoded: dict[str, Any] | list[Any]) -> MemoryOp | Idempotent:

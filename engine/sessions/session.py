@@ -279,7 +279,9 @@ class Session:
     def view_with_messages(self, after_seq: int = 0, limit: int | None = None) -> SessionWithMessages:
         """The view and the messages after `after_seq`, at most `limit` of them, in seq order."""
         end = len(self.messages) if limit is None else min(len(self.messages), after_seq + limit)
-        return {**self.view(), "messages": [self.messages[i].view(i + 1) for i in range(after_seq, end)]}
+        out = cast(SessionWithMessages, self.view())  # filled in below, not copied
+        out["messages"] = [self.messages[i].view(i + 1) for i in range(after_seq, end)]
+        return out
 
     def _provenance(self) -> SummaryProvenance | None:
         if self.summary_model is None:
