@@ -35,9 +35,8 @@ _LONG_DIGITS = re.compile(rb"\d{19}")  # every integer outside the range has at 
 
 
 def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps(content), status_code=status_code, media_type="application/json", headers=headers
-    )
+    body = content if type(content) is bytes else orjson.dumps(content)  # bytes: JSON already
+    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
 
 
 class _OrjsonRequest(Request):

@@ -5,14 +5,17 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+from collections.abc import Sequence
 from typing import Annotated, Any
 
+import orjson
 from fastapi import Body, Header, Path, Query
 from starlette.responses import Response
 
 from engine.errors import QuotaExceeded, SessionNotFound, ValidationFailed
 from engine.idempotency import Idempotent
 from engine.memory.store import ForgetSessions
+from engine.sessions.answers import page_items
 from engine.sessions.ops import (
     AppendMessages,
     CheckKey,
@@ -53,8 +56,11 @@ def _session_id(session_id: str) -> str:
     return session_id
 
 
-def _etag(view: dict[str, Any]) -> dict[str, str]:
-    return {"ETag": f'"{view["version"]}"'}
+# A session's view comes as its shard encoded it (engine.sessions.answers): (version, JSON body).
+
+
+def _etag(view: Sequence[Any]) -> dict[str, str]:
+    return {"ETag": f'"{view[0]}"'}
 
 
 def _parse_if_match(value: str | None) -> int | None:
@@ -93,7 +99,7 @@ async def create_session(body: CreateSessionIn, caller: CurrentCaller) -> Respon
                 raise
             op = dataclasses.replace(op, session_id=new_session_id())
     location = f"/sessions/{op.session_id}"
-    return json_response(view, 201, {"Location": location, **_etag(view), **headers})
+    return json_response(view[1], 201, {"Location": location, **_etag(view), **headers})
 
 
 _QUOTA_TRIES = 4  # shards a create tries before max_active_sessions refuses it
@@ -114,8 +120,10 @@ async def append_messages(session_id: SessionId, body: AppendMessagesIn, caller:
     sid = _session_id(session_id)
     messages = check_messages(body.as_messages(), caller.limits)
     op = AppendMessages(caller.org, sid, messages, caller.limits.max_messages_per_session)
-    stored, headers = await caller.write(sid, op)
-    return json_response({"messages": stored} if body.messages is not None else stored[0], 201, headers)
+    stored, headers = await caller.write(sid, op)  # the stored messages, a JSON array
+    # A batch as {"messages": [...]}; one message as the array's one object.
+    answer = b'{"messages":' + stored + b"}" if body.messages is not None else stored[1:-1]
+    return Response(answer, 201, headers, media_type="application/json")
 
 
 @router.get("/{session_id}", response_model=SessionWithMessages, summary="Get a session and its messages")
@@ -129,7 +137,7 @@ async def get_session(
 ) -> Response:
     sid = _session_id(session_id)
     view = await caller.shards.submit(caller.org, sid, GetSession(caller.org, sid, after_seq, limit))
-    return json_response(view, headers=_etag(view))
+    return json_response(view[1], headers=_etag(view))
 
 
 @router.put("/{session_id}/context", response_model=SessionView, summary="Replace the whole context")
@@ -144,7 +152,7 @@ async def replace_context(
     sid = _session_id(session_id)
     op = ReplaceContext(caller.org, sid, check_context(context, caller.limits), _parse_if_match(if_match))
     view, headers = await caller.write(sid, op)
-    return json_response(view, headers={**_etag(view), **headers})
+    return json_response(view[1], headers={**_etag(view), **headers})
 
 
 @router.patch("/{session_id}", response_model=SessionView, summary="Rename or extend the TTL")
@@ -157,7 +165,7 @@ async def update_session(session_id: SessionId, body: UpdateSessionIn, caller: C
         ttl_s=check_ttl(body.ttl_seconds, caller.limits) if body.ttl_seconds is not None else None,
     )
     view, headers = await caller.write(sid, op)
-    return json_response(view, headers=headers)
+    return json_response(view[1], headers=headers)
 
 
 @router.get("", response_model=SessionListOut, summary="List this organization's sessions, newest first")
@@ -180,13 +188,16 @@ async def list_sessions(
         decode_cursor(cursor) if cursor else None,
     )
     pages = await caller.shards.broadcast(op)
-    # Each shard's page is newest first; merge them and keep the newest page_size.
-    merged = list(heapq.merge(*(p["items"] for p in pages), key=lambda item: item[0], reverse=True))
+    # Each shard's page is newest first, each session as its JSON (engine.sessions.answers); merge
+    # them and keep the newest page_size.
+    items = [page_items(p) for p in pages]
+    merged = list(heapq.merge(*items, key=lambda item: item[0], reverse=True))
     page = merged[:page_size]
     more = len(merged) > page_size or any(p["has_more"] for p in pages)
     next_cursor = encode_cursor(page[-1][0]) if more and page else None
-    sessions = [view for _, view in page]
-    return json_response({"sessions": sessions, "count": len(sessions), "next_cursor": next_cursor})
+    tail = orjson.dumps({"count": len(page), "next_cursor": next_cursor})
+    body = b'{"sessions":[' + b",".join(view for _, view in page) + b"]," + tail[1:]
+    return Response(body, media_type="application/json")
 
 
 @router.delete(
@@ -221,18 +232,18 @@ async def delete_session(session_id: SessionId, caller: CurrentCaller) -> Respon
 async def summarize_session(session_id: SessionId, caller: CurrentCaller) -> Response:
     sid = _session_id(session_id)
     view, headers = await caller.write(sid, RequestSummary(caller.org, sid))
-    return json_response(view, 202, headers)
+    return json_response(view[1], 202, headers)
 
 
 @router.post("/{session_id}/close", response_model=SessionView, summary="Close; a summary follows")
 async def close_session(session_id: SessionId, caller: CurrentCaller) -> Response:
     sid = _session_id(session_id)
     view, headers = await caller.write(sid, EndSession(caller.org, sid, SessionStatus.CLOSED))
-    return json_response(view, headers=headers)
+    return json_response(view[1], headers=headers)
 
 
 @router.post("/{session_id}/complete", response_model=SessionView, summary="Complete; no summary")
 async def complete_session(session_id: SessionId, caller: CurrentCaller) -> Response:
     sid = _session_id(session_id)
     view, headers = await caller.write(sid, EndSession(caller.org, sid, SessionStatus.COMPLETED))
-    return json_response(view, headers=headers)
+    return json_response(view[1], headers=headers)

@@ -28,6 +28,7 @@ from engine.runtime.ray_actors import (
     wait_started,
 )
 from engine.runtime.shard_metrics import SessionShardMetrics
+from engine.sessions.answers import encode_answers
 from engine.sessions.durable import DurableShard
 from engine.sessions.events import EventLog, FeedReads, Interest, Page, Position, Reader
 from engine.sessions.ops import ExpireDue, Op, Ping, PurgeSessions
@@ -119,6 +120,11 @@ class SessionShard(HostedShard):
         if jobs and not durable.read_only:
             self._runner.submit(jobs)  # after the log write: a job starts only once it is durable
         return results
+
+    async def answer(self, ops: Sequence[Op]) -> list[Any]:
+        """A gateway's batch: `handle`, with what its clients asked for encoded as JSON here
+        (engine.sessions.answers), off the gateway's core."""
+        return encode_answers(ops, await self.handle(ops))
 
     def _writes_resumed(self) -> None:
         # Read-only, the shard could record no job's progress, and a rebuild queued every close it
@@ -304,7 +310,8 @@ class RayTransport:
         return len(self._actors)
 
     async def call(self, shard: int, ops: Sequence[Op]) -> list[Any]:
-        return await self._actors.call(shard, ops, "shard")
+        answers: list[Any] = await self._actors.invoke(shard, "answer", "shard", ops)
+        return answers
 
     async def read_events(
         self,

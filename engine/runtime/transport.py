@@ -12,6 +12,7 @@ import numpy as np
 from engine.clock import Clock, SystemClock
 from engine.memory.index import IndexParams
 from engine.memory.store import MemoryStore
+from engine.sessions.answers import encode_answers
 from engine.sessions.events import FeedReads, Interest, Page, Position, Reader
 from engine.sessions.ops import ExpireDue
 from engine.sessions.shard import ShardStore
@@ -72,7 +73,7 @@ class LocalTransport:
         if store.take_journal():  # "logged" as the next record: its events become readable
             store.events.publish(store.events.lsn + 1, now_ms, store.events.take_pending())
             self._feed_reads[shard].written()
-        return results
+        return encode_answers(ops, results)
 
     async def read_events(
         self,

@@ -23,7 +23,7 @@ async def make_session(transport: LocalTransport, hub: FeedHub, org: str = "acme
 
 async def say(transport: LocalTransport, shard: int, sid: str, text: str, org: str = "acme") -> None:
     (result,) = await transport.call(shard, [AppendMessages(org, sid, (NewMessage("user", text),))])
-    assert isinstance(result, list), result
+    assert isinstance(result, bytes), result  # a transport answers an append as its JSON
 
 
 async def take(stream: Stream, count: int, timeout_s: float = 5.0) -> list[str]:

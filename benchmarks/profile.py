@@ -1,0 +1,234 @@
+"""Where the time goes: one HTTP scenario under load, with py-spy on every process that serves it.
+
+Starts the engine (or the ceiling baseline) the way the suite does, sets up the scenario, and
+while wrk replays its plan records each process with py-spy (sampling without pausing it) and
+measures the CPU each one spent. Writes, per process, the raw stacks (`*.txt`, for
+flamegraph.pl or speedscope) and a summary with the CPU spent a request and the functions that
+spent it, by own time and by time below them.
+
+    python -m benchmarks.profile append --seconds 10
+    python -m benchmarks.profile list --server ceiling
+    python -m benchmarks.profile append --env SESSION_ENGINE_SHARDS=4
+
+py-spy must be installed (`pip install py-spy`) and allowed to read other processes' memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from benchmarks import load, scenarios
+from benchmarks.server import ServerProcess, free_port
+
+HERE = Path(__file__).resolve().parent
+KEY = "bench-key"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.profile", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("scenario", choices=sorted(scenarios.HTTP_SCENARIOS))
+    parser.add_argument("--server", choices=["engine", "ceiling"], default="engine")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rate", type=int, default=250, help="py-spy samples a second; 0: measure CPU only, without py-spy's own cost")
+    parser.add_argument("--top", type=int, default=25, help="functions listed a process")
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the engine")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "profiles")
+    args = parser.parse_args(argv)
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if args.rate > 0 and not Path(py_spy).exists():
+        raise SystemExit("py-spy is not installed: pip install py-spy")
+    scenario = scenarios.HTTP_SCENARIOS[args.scenario]
+    out = args.out / f"{args.scenario}-{args.server}"
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="session-engine-profile-") as tmp:
+        work = Path(tmp)
+        server, url = _start(args.server, work, dict(e.split("=", 1) for e in args.env))
+        try:
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as c:
+                plan = scenario.setup(c, args.connections)
+            load.run("wrk", url, KEY, plan, load.Load(args.connections, 1), work)
+            targets = _targets(server.pid)
+            result = _record(py_spy, targets, args, url, plan, work, out)
+        finally:
+            _stop(server)
+    report = _report(args, result, targets, out)
+    (out / "summary.md").write_text(report)
+    print(report)
+    return 0
+
+
+def _start(kind: str, work: Path, env: dict[str, str]) -> tuple[psutil.Popen | Any, str]:
+    if kind == "ceiling":
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.ceiling", "--port", str(port), "--api-key", KEY],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"{url}/sessions", timeout=2)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        return proc, url
+    from engine.models.files import summarizer_directory
+
+    summarizer = summarizer_directory(None, HERE / ".cache")[0]  # converted once, as the suite does
+    engine_env = {
+        "SESSION_ENGINE_API_KEYS": f"{KEY}=bench",
+        "SESSION_ENGINE_MODELS__SUMMARIZER__PATH": str(summarizer),
+        **env,
+    }
+    engine = ServerProcess(work / "engine", [], engine_env).wait_ready(timeout_s=300)
+    engine.proc.engine = engine  # type: ignore[attr-defined]
+    return engine.proc, engine.url
+
+
+def _stop(proc: Any) -> None:
+    engine = getattr(proc, "engine", None)
+    if engine is not None:
+        engine.stop()
+    else:
+        proc.terminate()
+        proc.wait(20)
+
+
+def _targets(root_pid: int) -> dict[str, int]:
+    """The processes that serve requests: the gateway (or its workers) and the session shards."""
+    root = psutil.Process(root_pid)
+    found: dict[str, int] = {"gateway": root_pid}
+    workers = 0
+    for proc in root.children(recursive=True):
+        try:
+            cmdline = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if "SessionShard" in cmdline:
+            found[f"shard-{sum(k.startswith('shard') for k in found)}"] = proc.pid
+        elif "MemoryShard" in cmdline:
+            found[f"memory-{sum(k.startswith('memory') for k in found)}"] = proc.pid
+        elif "multiprocessing.spawn" in cmdline and proc.ppid() == root_pid:
+            workers += 1
+            found[f"gateway-worker-{workers}"] = proc.pid
+    return found
+
+
+def _record(
+    py_spy: str,
+    targets: dict[str, int],
+    args: argparse.Namespace,
+    url: str,
+    plan: list[load.Request],
+    work: Path,
+    out: Path,
+) -> dict[str, Any]:
+    procs = {name: psutil.Process(pid) for name, pid in targets.items()}
+    before = {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}
+    spies = [
+        subprocess.Popen(
+            [py_spy, "record", "--pid", str(pid), "--duration", str(round(args.seconds)), "--rate",
+             str(args.rate), "--nonblocking", "--format", "raw", "--output", str(out / f"{name}.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        for name, pid in targets.items()
+        if args.rate > 0
+    ]
+    answer: dict[str, Any] = {}
+    runner = threading.Thread(
+        target=lambda: answer.update(
+            load.run("wrk", url, KEY, plan, load.Load(args.connections, args.seconds), work)
+        )
+    )
+    runner.start()
+    runner.join()
+    after = {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}
+    for spy in spies:
+        spy.wait(args.seconds + 60)
+    answer["cpu_s"] = {name: round(after[name] - before[name], 2) for name in procs}
+    return answer
+
+
+def _report(args: argparse.Namespace, result: dict[str, Any], targets: dict[str, int], out: Path) -> str:
+    requests = result["requests"]
+    lines = [
+        f"# {args.scenario} on the {args.server}: {result['requests_per_s']:,.0f} requests/s "
+        f"({args.connections} connections, {args.seconds:g} s, wrk; p50 {result['p50_ms']} ms, "
+        f"p99 {result['p99_ms']} ms)",
+        "",
+        f"`python -m benchmarks.profile {' '.join(sys.argv[1:])}`",
+        "",
+        "| process | CPU s | CPU µs a request |",
+        "|---|---|---|",
+    ]
+    for name, cpu in result["cpu_s"].items():
+        lines.append(f"| {name} | {cpu} | {cpu / max(1, requests) * 1e6:,.0f} |")
+    lines.append(f"| all | {sum(result['cpu_s'].values()):.2f} | "
+                 f"{sum(result['cpu_s'].values()) / max(1, requests) * 1e6:,.0f} |")  # fmt: skip
+    for name in targets:
+        path = out / f"{name}.txt"
+        if not path.exists():
+            continue
+        own, below, total = _functions(path)
+        if not total:
+            continue
+        lines += ["", f"## {name}: {total} samples", "", "| own % | function | below % | function |",
+                  "|---|---|---|---|"]  # fmt: skip
+        by_own = own.most_common(args.top)
+        by_below = below.most_common(args.top)
+        for (f1, n1), (f2, n2) in zip(by_own, by_below, strict=False):
+            lines.append(f"| {100 * n1 / total:.1f} | `{f1}` | {100 * n2 / total:.1f} | `{f2}` |")
+    return "\n".join(lines) + "\n"
+
+
+def _functions(path: Path) -> tuple[collections.Counter[str], collections.Counter[str], int]:
+    """From py-spy's raw (collapsed) stacks: samples a function was the leaf of, samples it was
+    anywhere in, and all samples."""
+    own: collections.Counter[str] = collections.Counter()
+    below: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        frames = [_short(f) for f in stack.split(";") if f]
+        if not frames:
+            continue
+        total += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            below[frame] += n
+    return own, below, total
+
+
+def _short(frame: str) -> str:
+    # "handle (api/http.py:120)" -> "handle (api/http.py)"; site-packages paths cut to the package.
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")").rsplit(":", 1)[0]
+    if "site-packages/" in where:
+        where = where.split("site-packages/", 1)[1]
+    elif "/lib/python" in where:
+        where = "stdlib/" + where.split("/lib/python", 1)[1].split("/", 1)[-1]
+    return f"{name} ({where})"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
