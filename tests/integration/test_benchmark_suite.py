@@ -19,6 +19,7 @@ from benchmarks import suite
 from benchmarks.server import free_port
 
 GENERATOR = "wrk" if shutil.which("wrk") else "python"
+REDIS = shutil.which("redis-server") is not None and shutil.which("redis-benchmark") is not None
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -38,11 +39,14 @@ def test_every_scenario_is_measured_against_its_servers(tiny_run: tuple[Path, di
     for name in expected_http:
         servers = scenarios[name]["servers"]
         wanted = {"engine", "naive"} if name in ("query@300", "fleet") else {"engine", "ceiling", "naive"}
+        if name in ("append", "append-batch") and REDIS:
+            wanted.add("redis")  # the same appends as RPUSH to a redis-server the suite started
         assert set(servers) == wanted, name
         for server, result in servers.items():
             assert result["requests"] > 0 and result["errors"] == 0, (name, server, result)
             assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"], (name, server, result)
-            assert result["generator"].startswith("locust" if name == "fleet" else GENERATOR)
+            generator = "redis-benchmark" if server == "redis" else "locust" if name == "fleet" else GENERATOR
+            assert result["generator"].startswith(generator)
     # The fleet closed sessions and queried memory: every step of the locustfile ran.
     steps = scenarios["fleet"]["servers"]["engine"]["by_request"]
     assert {"create session", "append message", "read session", "close session", "query memory"} <= set(steps)
@@ -79,10 +83,15 @@ def test_results_are_stamped_and_written_as_json_markdown_and_plots(
     out, document = tiny_run
     assert document["machine"]["cores"] >= 1 and document["machine"]["cpu"]
     assert document["versions"]["session-engine"] and document["config"]["durability"]["fsync"] == "always"
-    assert len(document["targets"]) == 11
+    assert len(document["targets"]) == 14
     # Sizes a tiny run does not reach say so instead of passing or failing.
-    unmeasured = [t for t in document["targets"] if t["met"] is None]
-    assert all(t["shown"] == "not measured in this run" for t in unmeasured) and unmeasured
+    unmeasured = [t for t in document["targets"] if t["measured"] is None]
+    assert unmeasured and all(t["shown"] == "not measured in this run" for t in unmeasured)
+    assert all(t["met"] is None for t in unmeasured)
+    # engine ÷ Redis is reported, never passed or failed.
+    reported = [t for t in document["targets"] if t["wanted"] == "reported"]
+    assert len(reported) == 2 and all(t["met"] is None for t in reported)
+    assert all(t["measured"] is not None for t in reported) == REDIS
     table = (out / "results.md").read_text()
     assert "| append | engine |" in table and "## Targets" in table
     for plot in ("throughput.png", "latency.png"):
