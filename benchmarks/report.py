@@ -147,6 +147,9 @@ def markdown(document: dict[str, Any]) -> str:
         lines += ["", *(f"- {name}: {entry['does']}, {entry['connections']} connections"
                         for name, entry in http.items())]  # fmt: skip
     scenarios = document["scenarios"]
+    lag = scenarios.get("fleet", {}).get("servers", {}).get("engine", {}).get("summary_lag")
+    if lag:
+        lines += ["", "## Summaries under the fleet (engine)", "", _lag_line(lag, document["config"])]
     if "feeds" in scenarios:
         lines += [
             "",
@@ -232,6 +235,24 @@ def markdown(document: dict[str, Any]) -> str:
         met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
         lines.append(f"| {t['target']} | {t['wanted']} | {t['shown']} | {met} |")
     return "\n".join(lines) + "\n"
+
+
+def _lag_line(lag: dict[str, Any], config: dict[str, Any]) -> str:
+    def spread(name: str) -> str:
+        got = lag[name]
+        if not got:
+            return "none"
+        return f"p50 {got['p50'] / 1000:.1f} s, p99 {got['p99'] / 1000:.1f} s, max {got['max'] / 1000:.1f} s"
+
+    batch = config.get("models", {}).get("summarizer", {}).get("batch_size")
+    return (
+        f"The fleet closed {lag['closed']:,} sessions. Close to searchable (turns indexed): "
+        f"{spread('close_to_searchable_ms')}. Close to summary ready: {spread('close_to_summary_ms')} "
+        f"for the {lag['summaries_ready']:,} ready {lag['waited_after_fleet_s']} s after the fleet "
+        f"stopped; {lag['summaries_waiting']:,} still waiting (the oldest for "
+        f"{lag['oldest_waiting_ms'] / 1000:.0f} s), {lag['summaries_failed']} failed. Summarizer "
+        f"batch_size {batch}."
+    )
 
 
 def _config_line(config: dict[str, Any]) -> str:

@@ -195,6 +195,54 @@ def run_fleet(url: str, key: str, users: int, duration_s: float, work: Path) -> 
     }
 
 
+def summary_lag(url: str, key: str, wait_s: float) -> dict[str, Any]:
+    """How long the sessions a fleet closed waited, from their close, to be searchable (turns
+    indexed) and to have their summary; waits up to `wait_s` for summaries still being made, and
+    counts those left (with how long the oldest has waited, so an unfinished backlog shows)."""
+    headers = {"Authorization": f"Bearer {key}"}
+    started = time.monotonic()
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+        while True:
+            closed = _all_sessions(client, "closed")
+            waiting = [s for s in closed if s["summary_status"] in ("pending", "running")]
+            if not waiting or time.monotonic() - started >= wait_s:
+                break
+            time.sleep(1)
+    now_ms = int(time.time() * 1000)
+    ready = [s for s in closed if s["summary_status"] == "ready"]
+    summarized = [s["summary_provenance"]["created_at"] - s["ended_at"] for s in ready]
+    searchable = [s["indexed_at"] - s["ended_at"] for s in closed if s["indexed_at"]]
+    return {
+        "closed": len(closed),
+        "summaries_ready": len(ready),
+        "summaries_failed": sum(s["summary_status"] == "failed" for s in closed),
+        "summaries_waiting": len(waiting),
+        "waited_after_fleet_s": round(time.monotonic() - started, 1),
+        "oldest_waiting_ms": max((now_ms - s["ended_at"] for s in waiting), default=0),
+        "close_to_summary_ms": _spread(summarized),
+        "close_to_searchable_ms": _spread(searchable),
+    }
+
+
+def _all_sessions(client: httpx.Client, status: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params = {"status": status, "limit": 1000, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/sessions", params=params).raise_for_status().json()
+        found += page["sessions"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return found
+
+
+def _spread(values: list[int]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ms = np.array(values, dtype=float)
+    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), "max": float(ms.max())}
+
+
 def _locust_ms(value: str) -> float:
     return float(value) if value not in ("", "N/A") else 0.0
 

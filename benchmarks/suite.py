@@ -72,14 +72,15 @@ class Profile:
     recall: tuple[int, int]  # personas, sessions each (benchmarks/recall.py)
     naive: tuple[str, ...] | None = None  # the scenarios the naive baseline runs; None: all it can
     feeds: int = 500  # idle change feeds held open while appends run (benchmarks/feeds.py)
+    summary_wait_s: float = 60  # after the fleet, for the summaries of the sessions it closed
 
 
 PROFILES = {
     "full": Profile(15, 64, 32, 30, (10_000, 100_000), (10_000, 100_000, 1_000_000), (100_000, 1_000_000),
                     16, (1, 4, 8, 16), 128, (4, 24)),
     "quick": Profile(2, 64, 16, 4, (10_000,), (10_000,), (10_000,), 4, (1, 4), 24, (2, 12),
-                     naive=("append", "create"), feeds=200),
-    "tiny": Profile(1, 8, 4, 3, (300,), (300,), (300,), 2, (1, 2), 8, (2, 3), feeds=10),
+                     naive=("append", "create"), feeds=200, summary_wait_s=20),
+    "tiny": Profile(1, 8, 4, 3, (300,), (300,), (300,), 2, (1, 2), 8, (2, 3), feeds=10, summary_wait_s=20),
 }  # fmt: skip
 
 
@@ -356,6 +357,8 @@ def _measure_redis(run: Run, names: list[str]) -> None:
 def _measure_fleet(run: Run, server: str, url: str, key: str) -> None:
     result = scenarios.run_fleet(url, key, run.profile.fleet_users, run.profile.fleet_s, run.work)
     result["items_per_s"] = result["requests_per_s"]
+    if server == "engine":
+        result["summary_lag"] = scenarios.summary_lag(url, key, run.profile.summary_wait_s)
     entry = run.results.setdefault(
         "fleet",
         {
