@@ -11,6 +11,7 @@ benchmark suite reports the engine as a fraction of it.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Annotated, Any
 
@@ -144,6 +145,12 @@ def create_ceiling_app(api_key: str, limits: LimitsConfig | None = None) -> Fast
     return app
 
 
+def ceiling_from_env() -> FastAPI:
+    """The app for an ASGI server that imports it by name (granian): its key from CEILING_API_KEY."""
+    tune_gc()
+    return create_ceiling_app(os.environ["CEILING_API_KEY"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -151,7 +158,19 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--api-key", required=True)
+    parser.add_argument("--http-server", choices=["uvicorn", "granian"], default="uvicorn")
     args = parser.parse_args()
+    if args.http_server == "granian":
+        from granian import Granian
+        from granian.constants import HTTPModes, Interfaces
+
+        os.environ["CEILING_API_KEY"] = args.api_key
+        Granian(
+            "benchmarks.ceiling:ceiling_from_env", address=args.host, port=args.port,
+            interface=Interfaces.ASGI, factory=True, http=HTTPModes.http1, websockets=False,
+            log_level="warning",  # type: ignore[arg-type]
+        ).serve()  # fmt: skip
+        return
     tune_gc()  # the engine's garbage-collector settings, so the ratio does not count them
     uvicorn.run(
         create_ceiling_app(args.api_key),

@@ -53,17 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--top", type=int, default=25, help="functions listed a process")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the engine")
+    parser.add_argument("--http-server", choices=["uvicorn", "granian"], default="uvicorn")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "profiles")
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if args.rate > 0 and not Path(py_spy).exists():
         raise SystemExit("py-spy is not installed: pip install py-spy")
     scenario = scenarios.HTTP_SCENARIOS[args.scenario]
-    out = args.out / f"{args.scenario}-{args.server}"
+    out = args.out / f"{args.scenario}-{args.server}-{args.http_server}"
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="session-engine-profile-") as tmp:
         work = Path(tmp)
-        server, url = _start(args.server, work, dict(e.split("=", 1) for e in args.env))
+        env = {"SESSION_ENGINE_HTTP__SERVER": args.http_server, **dict(e.split("=", 1) for e in args.env)}
+        server, url = _start(args.server, work, env)
         try:
             with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as c:
                 plan = scenario.setup(c, args.connections)
@@ -82,7 +84,8 @@ def _start(kind: str, work: Path, env: dict[str, str]) -> tuple[psutil.Popen | A
     if kind == "ceiling":
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.ceiling", "--port", str(port), "--api-key", KEY],
+            [sys.executable, "-m", "benchmarks.ceiling", "--port", str(port), "--api-key", KEY,
+             "--http-server", env["SESSION_ENGINE_HTTP__SERVER"]],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
@@ -119,6 +122,7 @@ def _stop(proc: Any) -> None:
 def _targets(root_pid: int) -> dict[str, int]:
     """The processes that serve requests: the gateway (or its workers) and the session shards."""
     root = psutil.Process(root_pid)
+    root_cmdline = " ".join(root.cmdline())
     found: dict[str, int] = {"gateway": root_pid}
     workers = 0
     for proc in root.children(recursive=True):
@@ -130,7 +134,8 @@ def _targets(root_pid: int) -> dict[str, int]:
             found[f"shard-{sum(k.startswith('shard') for k in found)}"] = proc.pid
         elif "MemoryShard" in cmdline:
             found[f"memory-{sum(k.startswith('memory') for k in found)}"] = proc.pid
-        elif "multiprocessing.spawn" in cmdline and proc.ppid() == root_pid:
+        elif proc.ppid() == root_pid and ("multiprocessing.spawn" in cmdline or cmdline == root_cmdline):
+            # A worker process: spawned (uvicorn's, the engine's granian's) or forked (granian's)
             workers += 1
             found[f"gateway-worker-{workers}"] = proc.pid
     return found

@@ -166,6 +166,22 @@ def markdown(document: dict[str, Any]) -> str:
                 f"| {r['run']} | {r['requests_per_s']:,.0f} | {r['vs_plain']:.2f} | {r['p50_ms']} "
                 f"| {r['p99_ms']} | {r['max_ms']} | {r['errors']} | {scrape} |"
             )
+    if "scaling" in scenarios:
+        lines += [
+            "",
+            f"## Scaling with gateway workers and shards ({scenarios['scaling']['does']})",
+            "",
+            "Each setting is a fresh engine (`SESSION_ENGINE_WORKERS`, `SESSION_ENGINE_SHARDS`) on this "
+            "machine; what more cores give shows only on a machine that has them.",
+            "",
+            "| gateway workers | shards | appends/s | vs the first | p50 ms | p99 ms | errors |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in scenarios["scaling"]["rows"]:
+            lines.append(
+                f"| {r['workers']} | {r['shards']} | {r['requests_per_s']:,.0f} | {r['vs_first']:.2f} "
+                f"| {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |"
+            )
     if "summarize" in scenarios:
         lines += [
             "",

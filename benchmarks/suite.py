@@ -51,6 +51,7 @@ ALL_SCENARIOS = (
     "feeds",
     "fleet",
     "summarize",
+    "scaling",
     "snapshot",
     "resident",
     "recall",
@@ -73,14 +74,16 @@ class Profile:
     naive: tuple[str, ...] | None = None  # the scenarios the naive baseline runs; None: all it can
     feeds: int = 500  # idle change feeds held open while appends run (benchmarks/feeds.py)
     summary_wait_s: float = 60  # after the fleet, for the summaries of the sessions it closed
+    scaling: tuple[tuple[int, ...], tuple[int, ...]] = ((1, 2, 4), (2, 4))  # gateway workers, shards
 
 
 PROFILES = {
     "full": Profile(15, 64, 32, 30, (10_000, 100_000), (10_000, 100_000, 1_000_000), (100_000, 1_000_000),
                     16, (1, 4, 8, 16), 128, (4, 24)),
     "quick": Profile(2, 64, 16, 4, (10_000,), (10_000,), (10_000,), 4, (1, 4), 24, (2, 12),
-                     naive=("append", "create"), feeds=200, summary_wait_s=20),
-    "tiny": Profile(1, 8, 4, 3, (300,), (300,), (300,), 2, (1, 2), 8, (2, 3), feeds=10, summary_wait_s=20),
+                     naive=("append", "create"), feeds=200, summary_wait_s=20, scaling=((1, 2), (2,))),
+    "tiny": Profile(1, 8, 4, 3, (300,), (300,), (300,), 2, (1, 2), 8, (2, 3), feeds=10, summary_wait_s=20,
+                    scaling=((1, 2), (2,))),
 }  # fmt: skip
 
 
@@ -218,7 +221,7 @@ def _run_all(run: Run) -> None:
     steps += (
         ("feeds" in chosen)
         + len(servers) * ("fleet" in chosen)
-        + sum(s in chosen for s in ("summarize", "snapshot", "resident", "recall"))
+        + sum(s in chosen for s in ("scaling", "summarize", "snapshot", "resident", "recall"))
     )
     with Progress(
         TextColumn("{task.description:<44}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -248,13 +251,14 @@ def _run_all(run: Run) -> None:
             progress.update(task, description="redis: the same appends")
             _measure_redis(run, anchored)
             progress.advance(task)
-        for name in ("summarize", "snapshot", "resident"):
+        for name in ("scaling", "summarize", "snapshot", "resident"):
             if name in chosen:
                 progress.update(task, description=name)
                 if args.url:
                     run.notes.append(f"{name} measures a local engine and was not run against --url")
                 else:
-                    {"summarize": _summarize, "snapshot": _snapshot, "resident": _resident}[name](run)
+                    steps_of = {"scaling": _scaling, "summarize": _summarize, "snapshot": _snapshot}
+                    {**steps_of, "resident": _resident}[name](run)
                 progress.advance(task)
         if "recall" in chosen:
             progress.update(task, description="recall")
@@ -380,6 +384,40 @@ def _measure_feeds(run: Run, url: str, key: str) -> None:
         "kind": "feeds",
         "does": f"appends with {run.profile.feeds} idle change feeds open, and with /metrics scraped "
         "every second, against plain runs before and after",
+        "rows": rows,
+    }
+
+
+def _scaling(run: Run) -> None:
+    """Single-message appends on the engine with each number of gateway workers and shards: what
+    to set on a machine with more cores. Each setting is a fresh engine on an empty directory."""
+    workers_options, shard_options = run.profile.scaling
+    scenario = scenarios.HTTP_SCENARIOS["append"]
+    rows = []
+    for shards in shard_options:
+        for workers in workers_options:
+            env = _engine_env(run, SESSION_ENGINE_WORKERS=str(workers), SESSION_ENGINE_SHARDS=str(shards))
+            data = run.work / f"scaling-{workers}-{shards}"
+            process = ServerProcess(data, [], env).wait_ready(timeout_s=600)
+            try:
+                with httpx.Client(base_url=process.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
+                    plan = scenario.setup(c, run.profile.connections)
+                shape = load.Load(run.profile.connections, run.profile.duration_s)
+                load.run(
+                    run.generator, process.url, KEY, plan, load.Load(run.profile.connections, 1), run.work
+                )
+                result = load.run(run.generator, process.url, KEY, plan, shape, run.work)
+            finally:
+                process.stop()
+                shutil.rmtree(data, ignore_errors=True)
+            rows.append({"workers": workers, "shards": shards, **result})
+    base = rows[0]["requests_per_s"]
+    for row in rows:
+        row["vs_first"] = round(row["requests_per_s"] / base, 2)
+    run.results["scaling"] = {
+        "kind": "engine",
+        "does": "single-message appends by gateway workers and session shards, "
+        f"{run.profile.connections} connections",
         "rows": rows,
     }
 

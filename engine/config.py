@@ -103,6 +103,10 @@ class HttpConfig(_Section):
     # request had arrived whole).
     read_timeout_s: float = Field(30.0, gt=0)
     keep_alive_s: float = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
+    # The ASGI server. uvicorn enforces every bound above (api/edge.py). granian (Rust) takes
+    # read_timeout_s as its header timeout and max_connections as its bound on requests in flight,
+    # and keeps its own header limits (100 fields, 408 KiB); it answers bad requests its own way.
+    server: Literal["uvicorn", "granian"] = "uvicorn"
 
 
 class OutboxConfig(_Section):

@@ -116,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="gateway processes (default 1)")
     serve.add_argument("--shards", type=int, help="SessionShard actors (default 2)")
     serve.add_argument(
+        "--http-server", choices=["uvicorn", "granian"], help="the ASGI server (default uvicorn)"
+    )
+    serve.add_argument(
         "--ray-address", help="join this Ray cluster ('auto' or host:port) instead of starting one"
     )
     serve.set_defaults(func=serving.serve)

@@ -36,6 +36,7 @@ def serve(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         shards=args.shards,
         ray__address=args.ray_address,
+        http__server=getattr(args, "http_server", None),
     )
     setup_logging(config.log_level)
     # Shard actors run in other processes, with another working directory: hand them absolute paths.
@@ -93,7 +94,7 @@ def serve(args: argparse.Namespace) -> int:
         }
         _absorb_stop_signals()
         watch = ray_cluster.RayWatch(_stop_self).start()
-        if config.workers == 1:
+        if config.workers == 1 and config.http.server == "uvicorn":
             uvicorn.run(create_app(config, keys=keys), **common)  # type: ignore[arg-type]
         else:
             # Worker processes join the Ray this process started and find the shards by name.
@@ -103,7 +104,10 @@ def serve(args: argparse.Namespace) -> int:
             metrics_dir = tempfile.mkdtemp(prefix="session-engine-metrics-")
             os.environ[MULTIPROC_ENV] = metrics_dir
             try:
-                uvicorn.run("api.app:app_from_env", factory=True, workers=config.workers, **common)  # type: ignore[arg-type]
+                if config.http.server == "granian":
+                    _run_granian(config)
+                else:
+                    uvicorn.run("api.app:app_from_env", factory=True, workers=config.workers, **common)  # type: ignore[arg-type]
             finally:
                 shutil.rmtree(metrics_dir, ignore_errors=True)
         watch.stop()
@@ -122,6 +126,33 @@ def serve(args: argparse.Namespace) -> int:
         if watch is None or not watch.lost:
             ray_cluster.disconnect()
     return 0
+
+
+def _run_granian(config: EngineConfig) -> None:
+    """The gateway workers on granian, until a stop signal: each imports the app as uvicorn's do."""
+    import multiprocessing
+
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
+
+    # granian starts its workers with the default start method, fork on Linux; a forked copy of
+    # this process's Ray driver hangs. Spawned, each worker joins Ray afresh, as uvicorn's do.
+    multiprocessing.set_start_method("spawn", force=True)
+    Granian(
+        "api.app:app_from_env",
+        address=config.host,
+        port=config.port,
+        interface=Interfaces.ASGI,
+        factory=True,
+        workers=config.workers,
+        http=HTTPModes.http1,
+        websockets=False,
+        backpressure=config.http.max_connections,
+        http1_settings=HTTP1Settings(header_read_timeout=round(config.http.read_timeout_s * 1000)),
+        log_level="warning",  # type: ignore[arg-type]
+        workers_kill_timeout=30,  # finish in-flight requests, then stop
+    ).serve()
 
 
 def _ensure_keys(config: EngineConfig) -> KeyStore:

@@ -35,7 +35,8 @@ def test_every_scenario_is_measured_against_its_servers(tiny_run: tuple[Path, di
     _, document = tiny_run
     scenarios = document["scenarios"]
     expected_http = {"append", "append-batch", "create", "list", "query@300", "fleet"}
-    assert expected_http | {"feeds", "summarize", "snapshot", "resident", "recall"} == set(scenarios)
+    engine_only = {"feeds", "scaling", "summarize", "snapshot", "resident", "recall"}
+    assert expected_http | engine_only == set(scenarios)
     for name in expected_http:
         servers = scenarios[name]["servers"]
         wanted = {"engine", "naive"} if name in ("query@300", "fleet") else {"engine", "ceiling", "naive"}
@@ -56,6 +57,12 @@ def test_engine_scenarios_report_what_they_measured(tiny_run: tuple[Path, dict[s
     _, document = tiny_run
     summaries = document["scenarios"]["summarize"]["rows"]
     assert [r["batch_size"] for r in summaries] == [1, 2] and all(r["summaries_per_s"] > 0 for r in summaries)
+    scaling = document["scenarios"]["scaling"]["rows"]
+    assert [(r["workers"], r["shards"]) for r in scaling] == [(1, 2), (2, 2)]
+    assert all(r["requests_per_s"] > 0 and r["errors"] == 0 for r in scaling), scaling
+    lag = document["scenarios"]["fleet"]["servers"]["engine"]["summary_lag"]
+    assert lag["closed"] > 0 and lag["close_to_searchable_ms"] is not None, lag
+    assert lag["summaries_ready"] + lag["summaries_failed"] + lag["summaries_waiting"] == lag["closed"]
     (snapshot,) = document["scenarios"]["snapshot"]["rows"]
     assert snapshot["sessions"] == 300 and snapshot["snapshot_bytes"] > 0
     resident = document["scenarios"]["resident"]

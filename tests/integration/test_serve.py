@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -88,6 +89,50 @@ def test_several_gateway_workers_share_the_same_shards(tmp_data: Path, ray_addre
                     assert fresh.get(f"/sessions/{sid}").status_code == 200
     finally:
         assert server.stop() == 0
+
+
+def test_granian_serves_the_same_api_and_stops_gracefully(tmp_data: Path, ray_address: str) -> None:
+    """`serve --http-server granian`: two workers, the app's lifespan (Ray joined, shards found),
+    a stop on SIGTERM with exit 0, and every write it acknowledged there on uvicorn. Unlike
+    uvicorn, granian may drop the answer of the request in flight when it stops (seen here: applied,
+    its connection closed unanswered), as the docs say; a retry under an Idempotency-Key is safe."""
+    env = {"SESSION_ENGINE_API_KEYS": "k=acme", "SESSION_ENGINE_RAY__NAMESPACE": "granian-test"}
+    server = joined_server(tmp_data, ray_address, env, "--http-server", "granian", "--workers", "2")
+    auth = {"Authorization": "Bearer k"}
+    try:
+        with httpx.Client(base_url=server.url, headers=auth) as client:
+            sid = client.post("/sessions", json={"name": "on granian"}).json()["id"]
+            batch = {"messages": [{"role": "user", "content": f"m{i}"} for i in range(3)]}
+            assert client.post(f"/sessions/{sid}/messages", json=batch).status_code == 201
+            assert client.get("/sessions/nope").json()["code"] == "NOT_FOUND"
+            assert client.get("/readyz").json()["status"] == "ready"
+            # Appends keep coming while it stops.
+            answers: list[int] = []
+
+            def append_during_stop() -> None:
+                with httpx.Client(base_url=server.url, headers=auth, timeout=30) as slow:
+                    for i in range(20):
+                        try:
+                            body = {"role": "user", "content": f"late {i}"}
+                            answers.append(slow.post(f"/sessions/{sid}/messages", json=body).status_code)
+                        except httpx.HTTPError:
+                            return
+
+            writer = threading.Thread(target=append_during_stop)
+            writer.start()
+            time.sleep(0.05)
+            server.proc.send_signal(signal.SIGTERM)
+            writer.join(60)
+        assert server.proc.wait(60) == 0, server.output()
+    finally:
+        server.stop()
+    assert answers and set(answers) == {201}, answers  # each write it took was answered, and stored
+    again = joined_server(tmp_data, ray_address, env)
+    try:
+        view = httpx.get(f"{again.url}/sessions/{sid}", headers=auth).json()
+        assert 3 + len(answers) <= view["message_count"] <= 3 + len(answers) + 1
+    finally:
+        again.stop()
 
 
 def test_serve_starts_its_own_ray_when_given_no_address_and_stops_cleanly(
