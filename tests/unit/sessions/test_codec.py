@@ -3,12 +3,14 @@ records written before that (positional arrays) are still read."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
+from ray import cloudpickle
 
 from engine.clock import ManualClock
 from engine.config import DurabilityConfig
@@ -24,12 +26,15 @@ from engine.sessions.durable import DurableShard
 from engine.sessions.ops import (
     SESSION_OPS,
     AppendMessages,
+    CheckKey,
     CreateSession,
     DeleteSession,
     EndSession,
     ExpireDue,
     FailSummary,
     FinishSummary,
+    GetSession,
+    ListSessions,
     MarkIndexed,
     PurgeSessions,
     ReplaceContext,
@@ -100,6 +105,24 @@ def test_every_session_op_survives_encode_and_decode_by_field_name(op: Any) -> N
     spec = SESSION_OPS.spec(_inner(op))
     assert inner[TAG] == spec.tag
     assert set(inner) - {TAG} <= {f.name for f in spec.fields}, "fields by name, never by position"
+
+
+READ_OPS: list[Any] = [
+    GetSession("acme", A, 2, 10),
+    ListSessions("acme", 50, SessionStatus.ACTIVE, (1, A)),
+    CheckKey("acme", A, "k", "fp", DeleteSession("acme", A)),
+    AppendMessages("acme", A, (NewMessage("user", "hi"),), max_messages=100),  # an unlogged field set
+]
+
+
+@pytest.mark.parametrize(
+    "op", [op for _, op in SESSION_SCRIPT] + READ_OPS, ids=lambda op: type(_inner(op)).__name__
+)
+def test_every_session_op_crosses_to_a_shard_by_pickle_unchanged(op: Any) -> None:
+    """Ops reach shard actors pickled by their fields (Op.__reduce__), not by their dataclass's own
+    pickling; every field, logged or not, arrives."""
+    for copy in (pickle.loads(pickle.dumps(op)), pickle.loads(cloudpickle.dumps(op))):
+        assert copy == op and type(copy) is type(op)
 
 
 def test_memory_ops_survive_encode_and_decode_with_exact_vectors() -> None:
