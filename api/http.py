@@ -31,7 +31,14 @@ log = logging.getLogger(__name__)
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # What orjson (and so the log) keeps exactly; it reads a larger integer as a float instead.
 _INT_RANGE = (-(2**63), 2**64 - 1)
-_LONG_DIGITS = re.compile(rb"\d{19}")  # every integer outside the range has at least 19 digits
+# Every integer outside the range has at least 19 digits. A body's shape (engine: translate, then
+# find, both in C) shows its digits as 9, points and exponents as ".", the rest as spaces; an
+# integer of 19 digits or more is " 999…" not followed by a point. Floats do not count: a client's
+# embedding sends hundreds with 17 to 20 digits after the point, and the regex this replaced
+# (any 19 digits) sent those bodies to the second, Python parse: a sixth of the gateway's time on a
+# vector query. A regex that skips floats took 115 µs on such a body; the shape takes a few.
+_SHAPE = bytes(57 if chr(b).isdigit() and b < 128 else 46 if b in b".eE" else 32 for b in range(256))
+_LONG_INTEGER = b" " + b"9" * 19
 
 
 def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -63,8 +70,9 @@ class OrjsonRoute(APIRoute):
 
 def check_exact_integers(body: bytes) -> None:
     """422 for an integer orjson cannot keep exactly (it would read it as a float, silently).
-    Only a body with a run of 19 digits can hold one; only those are parsed a second time."""
-    if not _LONG_DIGITS.search(body):
+    Only a body with an integer of 19 digits or more can hold one; only those are parsed a second
+    time. (A match may be inside a string: that only costs the second parse.)"""
+    if not _has_long_integer(body):
         return
 
     def exact(text: str) -> int:
@@ -81,6 +89,19 @@ def check_exact_integers(body: bytes) -> None:
     # Not JSON (or deeper than Python's parser goes): the route's own parsing answers that.
     with contextlib.suppress(ValueError, RecursionError):
         json.loads(body, parse_int=exact)
+
+
+def _has_long_integer(body: bytes) -> bool:
+    shape = b" " + body.translate(_SHAPE)
+    start = shape.find(_LONG_INTEGER)
+    while start != -1:
+        end = start + len(_LONG_INTEGER)
+        while end < len(shape) and shape[end] == 57:  # the rest of the run
+            end += 1
+        if end == len(shape) or shape[end] != 46:  # no point or exponent follows: an integer
+            return True
+        start = shape.find(_LONG_INTEGER, end)
+    return False
 
 
 def json_router(prefix: str, tag: str) -> APIRouter:

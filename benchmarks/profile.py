@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks.profile", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.add_argument("scenario", choices=sorted(scenarios.HTTP_SCENARIOS))
+    parser.add_argument(
+        "scenario", help=f"{', '.join(sorted(scenarios.HTTP_SCENARIOS))}, or query@N (N vectors)"
+    )
     parser.add_argument("--server", choices=["engine", "ceiling"], default="engine")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=64)
@@ -59,7 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if args.rate > 0 and not Path(py_spy).exists():
         raise SystemExit("py-spy is not installed: pip install py-spy")
-    scenario = scenarios.HTTP_SCENARIOS[args.scenario]
+    if args.scenario.startswith("query@"):
+        scenario = scenarios.query_scenario(int(args.scenario.removeprefix("query@")))
+    elif args.scenario in scenarios.HTTP_SCENARIOS:
+        scenario = scenarios.HTTP_SCENARIOS[args.scenario]
+    else:
+        parser.error(f"unknown scenario {args.scenario!r}")
+    if scenario.latency_bound and args.connections == 64:
+        args.connections = 8  # as the suite loads it
     out = args.out / f"{args.scenario}-{args.server}-{args.http_server}"
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="session-engine-profile-") as tmp:
