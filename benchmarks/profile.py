@@ -161,6 +161,7 @@ def _record(
 ) -> dict[str, Any]:
     procs = {name: psutil.Process(pid) for name, pid in targets.items()}
     before = {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}
+    threads_before = {name: _thread_cpu(p) for name, p in procs.items()}
     spies = []
     for name, pid in targets.items() if args.rate > 0 else ():
         spy = [py_spy, "record", "--pid", str(pid), "--duration", str(round(args.seconds)), "--nonblocking",
@@ -175,10 +176,29 @@ def _record(
     runner.start()
     runner.join()
     after = {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}
+    answer["threads"] = {}
+    for name, p in procs.items():
+        spent = {
+            thread: round(cpu - threads_before[name].get(thread, 0.0), 2)
+            for thread, cpu in _thread_cpu(p).items()
+        }
+        answer["threads"][name] = dict(sorted(spent.items(), key=lambda kv: -kv[1])[:6])
     for spy in spies:
         spy.wait(args.seconds + 60)
     answer["cpu_s"] = {name: round(after[name] - before[name], 2) for name in procs}
     return answer
+
+
+def _thread_cpu(proc: psutil.Process) -> dict[str, float]:
+    """CPU seconds by thread name (Ray's C++ threads, the event loop, ...), from /proc."""
+    spent: dict[str, float] = {}
+    for thread in proc.threads():
+        try:
+            name = Path(f"/proc/{proc.pid}/task/{thread.id}/comm").read_text().strip()
+        except OSError:
+            continue
+        spent[name] = spent.get(name, 0.0) + thread.user_time + thread.system_time
+    return spent
 
 
 def _report(args: argparse.Namespace, result: dict[str, Any], targets: dict[str, int], out: Path) -> str:
@@ -190,13 +210,14 @@ def _report(args: argparse.Namespace, result: dict[str, Any], targets: dict[str,
         "",
         f"`python -m benchmarks.profile {' '.join(sys.argv[1:])}`",
         "",
-        "| process | CPU s | CPU µs a request |",
-        "|---|---|---|",
+        "| process | CPU s | CPU µs a request | CPU s by thread (the busiest) |",
+        "|---|---|---|---|",
     ]
     for name, cpu in result["cpu_s"].items():
-        lines.append(f"| {name} | {cpu} | {cpu / max(1, requests) * 1e6:,.0f} |")
+        threads = ", ".join(f"{t} {s}" for t, s in result["threads"][name].items() if s > 0)
+        lines.append(f"| {name} | {cpu} | {cpu / max(1, requests) * 1e6:,.0f} | {threads} |")
     lines.append(f"| all | {sum(result['cpu_s'].values()):.2f} | "
-                 f"{sum(result['cpu_s'].values()) / max(1, requests) * 1e6:,.0f} |")  # fmt: skip
+                 f"{sum(result['cpu_s'].values()) / max(1, requests) * 1e6:,.0f} | |")  # fmt: skip
     for name in targets:
         path = out / f"{name}.txt"
         if not path.exists():
