@@ -56,10 +56,8 @@ def _session_id(session_id: str) -> str:
     return session_id
 
 
-# A session's view comes as its shard encoded it (engine.sessions.answers): (version, JSON body).
-
-
 def _etag(view: Sequence[Any]) -> dict[str, str]:
+    """A session's view comes as its shard encoded it (engine.sessions.answers): (version, body)."""
     return {"ETag": f'"{view[0]}"'}
 
 
