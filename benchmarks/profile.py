@@ -17,23 +17,23 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
-from benchmarks import load, scenarios
-from benchmarks.server import ServerProcess, free_port
+from benchmarks import load, scenarios, suite
+from benchmarks.server import ServerProcess
+from benchmarks.suite import KEY
 
 HERE = Path(__file__).resolve().parent
-KEY = "bench-key"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,61 +71,36 @@ def main(argv: list[str] | None = None) -> int:
         args.connections = 8  # as the suite loads it
     out = args.out / f"{args.scenario}-{args.server}-{args.http_server}"
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="session-engine-profile-") as tmp:
-        work = Path(tmp)
-        env = {"SESSION_ENGINE_HTTP__SERVER": args.http_server, **dict(e.split("=", 1) for e in args.env)}
-        server, url = _start(args.server, work, env)
-        try:
-            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as c:
-                plan = scenario.setup(c, args.connections)
-            load.run("wrk", url, KEY, plan, load.Load(args.connections, 1), work)
-            targets = _targets(server.pid)
-            result = _record(py_spy, targets, args, url, plan, work, out)
-        finally:
-            _stop(server)
+    with (
+        tempfile.TemporaryDirectory(prefix="session-engine-profile-") as tmp,
+        _server(args, Path(tmp)) as (
+            pid,
+            url,
+        ),
+    ):
+        plan = suite.warmed_plan("wrk", url, KEY, scenario, args.connections, Path(tmp))
+        targets = _targets(pid)
+        result = _record(py_spy, targets, args, url, plan, Path(tmp), out)
     report = _report(args, result, targets, out)
     (out / "summary.md").write_text(report)
     print(report)
     return 0
 
 
-def _start(kind: str, work: Path, env: dict[str, str]) -> tuple[psutil.Popen | Any, str]:
-    if kind == "ceiling":
-        port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.ceiling", "--port", str(port), "--api-key", KEY,
-             "--http-server", env["SESSION_ENGINE_HTTP__SERVER"]],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"{url}/sessions", timeout=2)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        return proc, url
-    from engine.models.files import summarizer_directory
-
-    summarizer = summarizer_directory(None, HERE / ".cache")[0]  # converted once, as the suite does
-    engine_env = {
-        "SESSION_ENGINE_API_KEYS": f"{KEY}=bench",
-        "SESSION_ENGINE_MODELS__SUMMARIZER__PATH": str(summarizer),
-        **env,
-    }
-    engine = ServerProcess(work / "engine", [], engine_env).wait_ready(timeout_s=300)
-    engine.proc.engine = engine  # type: ignore[attr-defined]
-    return engine.proc, engine.url
-
-
-def _stop(proc: Any) -> None:
-    engine = getattr(proc, "engine", None)
-    if engine is not None:
+@contextlib.contextmanager
+def _server(args: argparse.Namespace, work: Path) -> Iterator[tuple[int, str]]:
+    """The engine (the suite's settings, `--env` over them) or the ceiling: its pid and URL."""
+    if args.server == "ceiling":
+        with suite.ceiling_server(work, args.http_server) as (proc, url):
+            yield proc.pid, url
+        return
+    extra = {"SESSION_ENGINE_HTTP__SERVER": args.http_server, **dict(e.split("=", 1) for e in args.env)}
+    engine = ServerProcess(work / "engine", [], suite.engine_env(suite.default_summarizer(), **extra))
+    try:
+        engine.wait_ready(timeout_s=300)
+        yield engine.proc.pid, engine.url
+    finally:
         engine.stop()
-    else:
-        proc.terminate()
-        proc.wait(20)
 
 
 def _targets(root_pid: int) -> dict[str, int]:

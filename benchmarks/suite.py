@@ -179,21 +179,31 @@ def _choose_generator(wanted: str, console: Console) -> str:
     return "python"
 
 
-def _summarizer(run: Run) -> Path:
-    """--summarizer, or the default model converted once into benchmarks/.cache (not per data dir)."""
-    if run.args.summarizer is None:
-        from engine.models.files import summarizer_directory
+def default_summarizer() -> Path:
+    """The default model, converted once into benchmarks/.cache (not per data directory)."""
+    from engine.models.files import summarizer_directory
 
-        run.args.summarizer = summarizer_directory(None, HERE / ".cache")[0]
+    return Path(summarizer_directory(None, HERE / ".cache")[0])
+
+
+def _summarizer(run: Run) -> Path:
+    """--summarizer, or the default model."""
+    if run.args.summarizer is None:
+        run.args.summarizer = default_summarizer()
     return Path(run.args.summarizer)
 
 
-def _engine_env(run: Run, **extra: str) -> dict[str, str]:
+def engine_env(summarizer: Path, **extra: str) -> dict[str, str]:
+    """What an engine the benchmarks start gets: the bench key, the summarizer, and `extra`."""
     return {
         "SESSION_ENGINE_API_KEYS": f"{KEY}={ORG}",
-        "SESSION_ENGINE_MODELS__SUMMARIZER__PATH": str(_summarizer(run)),
+        "SESSION_ENGINE_MODELS__SUMMARIZER__PATH": str(summarizer),
         **extra,
     }
+
+
+def _engine_env(run: Run, **extra: str) -> dict[str, str]:
+    return engine_env(_summarizer(run), **extra)
 
 
 def _run_all(run: Run) -> None:
@@ -272,20 +282,8 @@ def _serve(run: Run, server: str) -> Iterator[tuple[str, str]]:
         yield run.args.url, run.args.api_key
         return
     if server == "ceiling":
-        port = free_port()
-        log = (run.work / "ceiling.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.ceiling", "--port", str(port), "--api-key", KEY],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_up(url, proc)
+        with ceiling_server(run.work) as (_, url):
             yield url, KEY
-        finally:
-            proc.terminate()
-            proc.wait(20)
-            log.close()
         return
     # The engine on the embedded default; it starts on a data directory holding the first
     # `resident` size of sessions, so its restart time and memory are measured too.
@@ -308,6 +306,36 @@ def _serve(run: Run, server: str) -> Iterator[tuple[str, str]]:
         process.stop()
 
 
+@contextlib.contextmanager
+def ceiling_server(work: Path, http_server: str = "uvicorn") -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """The ceiling baseline (benchmarks/ceiling.py) on a free loopback port: its process and URL."""
+    port = free_port()
+    log = (work / f"ceiling-{port}.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.ceiling", "--port", str(port), "--api-key", KEY,
+         "--http-server", http_server],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_up(url, proc)
+        yield proc, url
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()
+
+
+def warmed_plan(
+    generator: str, url: str, key: str, scenario: scenarios.HttpScenario, connections: int, work: Path
+) -> list[load.Request]:
+    """The scenario set up on the server at `url`, and 1 s of its load run: its plan, ready to measure."""
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+        plan = scenario.setup(client, connections)
+    load.run(generator, url, key, plan, load.Load(connections, 1), work)
+    return plan
+
+
 def _wait_up(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -321,14 +349,9 @@ def _wait_up(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> 
 
 
 def _measure_http(run: Run, scenario: scenarios.HttpScenario, server: str, url: str, key: str) -> None:
-    headers = {"Authorization": f"Bearer {key}"}
-    with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
-        plan = scenario.setup(client, run.profile.connections)
     connections = min(8, run.profile.connections) if scenario.latency_bound else run.profile.connections
-    warm = load.Load(connections, 1)
-    measured = load.Load(connections, run.profile.duration_s)
-    load.run(run.generator, url, key, plan, warm, run.work)
-    result = load.run(run.generator, url, key, plan, measured, run.work)
+    plan = warmed_plan(run.generator, url, key, scenario, connections, run.work)
+    result = load.run(run.generator, url, key, plan, load.Load(connections, run.profile.duration_s), run.work)
     result["items_per_s"] = round(result["requests_per_s"] * scenario.per_request, 1)
     entry = run.results.setdefault(
         scenario.name,
@@ -400,12 +423,10 @@ def _scaling(run: Run) -> None:
             data = run.work / f"scaling-{workers}-{shards}"
             process = ServerProcess(data, [], env).wait_ready(timeout_s=600)
             try:
-                with httpx.Client(base_url=process.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
-                    plan = scenario.setup(c, run.profile.connections)
-                shape = load.Load(run.profile.connections, run.profile.duration_s)
-                load.run(
-                    run.generator, process.url, KEY, plan, load.Load(run.profile.connections, 1), run.work
+                plan = warmed_plan(
+                    run.generator, process.url, KEY, scenario, run.profile.connections, run.work
                 )
+                shape = load.Load(run.profile.connections, run.profile.duration_s)
                 result = load.run(run.generator, process.url, KEY, plan, shape, run.work)
             finally:
                 process.stop()

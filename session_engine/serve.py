@@ -36,7 +36,7 @@ def serve(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         shards=args.shards,
         ray__address=args.ray_address,
-        http__server=getattr(args, "http_server", None),
+        http__server=args.http_server,
     )
     setup_logging(config.log_level)
     # Shard actors run in other processes, with another working directory: hand them absolute paths.

@@ -121,7 +121,7 @@ async def append_messages(session_id: SessionId, body: AppendMessagesIn, caller:
     stored, headers = await caller.write(sid, op)  # the stored messages, a JSON array
     # A batch as {"messages": [...]}; one message as the array's one object.
     answer = b'{"messages":' + stored + b"}" if body.messages is not None else stored[1:-1]
-    return Response(answer, 201, headers, media_type="application/json")
+    return json_response(answer, 201, headers)
 
 
 @router.get("/{session_id}", response_model=SessionWithMessages, summary="Get a session and its messages")
@@ -194,8 +194,7 @@ async def list_sessions(
     more = len(merged) > page_size or any(p["has_more"] for p in pages)
     next_cursor = encode_cursor(page[-1][0]) if more and page else None
     tail = orjson.dumps({"count": len(page), "next_cursor": next_cursor})
-    body = b'{"sessions":[' + b",".join(view for _, view in page) + b"]," + tail[1:]
-    return Response(body, media_type="application/json")
+    return json_response(b'{"sessions":[' + b",".join(view for _, view in page) + b"]," + tail[1:])
 
 
 @router.delete(

@@ -2,8 +2,9 @@
 
 A view crosses from a shard actor to a gateway once per request. As a dict, Ray packs it in the
 shard and unpacks it in the gateway (about 25 µs for one session's view, 30 µs for 50 messages,
-measured with `ray.get`), and the gateway encodes it again, all on the gateway's one core, the
-engine's bottleneck. Encoded by orjson here, it crosses as one bytes object (about 1 µs).
+measured with `ray.get` on a 2-core AMD EPYC; benchmarks/RESULTS.md §13), and the gateway
+encodes it again, all on the gateway's one core, the engine's bottleneck. Encoded by orjson
+here, it crosses as one bytes object (about 1 µs).
 
 Only the answers of ops a client asked for are encoded (`encode_answers`), in shapes Ray packs
 natively (a dataclass would be pickled: 20 µs more); what the engine itself reads (a ping's

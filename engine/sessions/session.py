@@ -74,11 +74,6 @@ class NewMessage:
     tool_call_id: str | None = None
     tool_name: str | None = None
 
-    def __reduce__(self) -> tuple[type[NewMessage], tuple[str, str, str | None, str | None]]:
-        # Pickled by its fields, as ops are (engine.sessions.ops._rebuild): its dataclass pickling
-        # runs Python code for each of a batch's messages.
-        return (NewMessage, (self.role, self.content, self.tool_call_id, self.tool_name))
-
 
 # One str object per role, shared by every message: a role decoded from the log or a snapshot is
 # otherwise a string of its own, 53 bytes a message (a tenth of a recovered session's memory).
