@@ -9,11 +9,13 @@ before it creates anything, and a shard moved by `rebalance` is created again ex
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ray
@@ -384,22 +386,42 @@ def _probe(answered: threading.Event) -> None:
 def connect(config: EngineConfig) -> str:
     """Start a local Ray (no address configured) or join the configured one; returns its address."""
     if not ray.is_initialized():
-        if config.ray.address:
-            preflight(config.ray.address)
-            ray.init(
-                address=config.ray.address, namespace=config.ray.namespace, logging_level=logging.WARNING
-            )
-        else:
-            ray.init(
-                # "local": always a Ray of its own, never one that `ray start` left on this machine.
-                address="local",
-                namespace=config.ray.namespace,
-                include_dashboard=False,
-                object_store_memory=config.ray.object_store_mb * 1024 * 1024,
-                _node_ip_address=config.ray.node_ip,
-                logging_level=logging.WARNING,
-            )
+        with _stop_handler_kept():
+            _init(config)
     return str(ray.get_runtime_context().gcs_address)
+
+
+@contextlib.contextmanager
+def _stop_handler_kept() -> Iterator[None]:
+    """ray.init makes SIGTERM raise SystemExit in the main thread, wherever it is. A gateway
+    worker connects in its app's startup, after its HTTP server set the handler that stops it
+    gracefully; Ray's would cut the request in flight short (an answer of 500). The handler in
+    place before, when Python set it, stays."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
+def _init(config: EngineConfig) -> None:
+    if config.ray.address:
+        preflight(config.ray.address)
+        ray.init(address=config.ray.address, namespace=config.ray.namespace, logging_level=logging.WARNING)
+    else:
+        ray.init(
+            # "local": always a Ray of its own, never one that `ray start` left on this machine.
+            address="local",
+            namespace=config.ray.namespace,
+            include_dashboard=False,
+            object_store_memory=config.ray.object_store_mb * 1024 * 1024,
+            _node_ip_address=config.ray.node_ip,
+            logging_level=logging.WARNING,
+        )
 
 
 def disconnect() -> None:

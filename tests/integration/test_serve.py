@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from benchmarks.server import ServerProcess, joined_server
 
@@ -91,23 +92,30 @@ def test_several_gateway_workers_share_the_same_shards(tmp_data: Path, ray_addre
         assert server.stop() == 0
 
 
-def test_granian_serves_the_same_api_and_stops_gracefully(tmp_data: Path, ray_address: str) -> None:
-    """`serve --http-server granian`: two workers, the app's lifespan (Ray joined, shards found),
-    a stop on SIGTERM with exit 0, and every write it acknowledged there on uvicorn. Unlike
-    uvicorn, granian may drop the answer of the request in flight when it stops (seen here: applied,
-    its connection closed unanswered), as the docs say; a retry under an Idempotency-Key is safe."""
-    env = {"SESSION_ENGINE_API_KEYS": "k=acme", "SESSION_ENGINE_RAY__NAMESPACE": "granian-test"}
-    server = joined_server(tmp_data, ray_address, env, "--http-server", "granian", "--workers", "2")
+@pytest.mark.parametrize("http_server", ["uvicorn", "granian"])
+def test_workers_serve_the_api_and_stop_gracefully_under_writes(
+    tmp_data: Path, ray_address: str, http_server: str
+) -> None:
+    """Two gateway workers on either HTTP server: the app's lifespan (Ray joined, shards found), a
+    stop on SIGTERM with exit 0 while appends keep coming, each one answered with a 201, and every write
+    acknowledged there found again. Each worker joins Ray after its HTTP server set the handler that
+    stops it gracefully, and Ray's own (SystemExit wherever the worker is) must not replace it: it
+    cut requests in flight short with a 500. Unlike uvicorn, granian may drop the answer of the
+    request in flight when it stops (seen here: applied, its connection closed unanswered), as the
+    docs say; a retry under an Idempotency-Key is safe."""
+    env = {"SESSION_ENGINE_API_KEYS": "k=acme", "SESSION_ENGINE_RAY__NAMESPACE": f"{http_server}-test"}
+    server = joined_server(tmp_data, ray_address, env, "--http-server", http_server, "--workers", "2")
     auth = {"Authorization": "Bearer k"}
     try:
         with httpx.Client(base_url=server.url, headers=auth) as client:
-            sid = client.post("/sessions", json={"name": "on granian"}).json()["id"]
+            sid = client.post("/sessions", json={"name": f"on {http_server}"}).json()["id"]
             batch = {"messages": [{"role": "user", "content": f"m{i}"} for i in range(3)]}
             assert client.post(f"/sessions/{sid}/messages", json=batch).status_code == 201
             assert client.get("/sessions/nope").json()["code"] == "NOT_FOUND"
             assert client.get("/readyz").json()["status"] == "ready"
             # Appends keep coming while it stops.
             answers: list[int] = []
+            first_answered = threading.Event()
 
             def append_during_stop() -> None:
                 with httpx.Client(base_url=server.url, headers=auth, timeout=30) as slow:
@@ -117,10 +125,14 @@ def test_granian_serves_the_same_api_and_stops_gracefully(tmp_data: Path, ray_ad
                             answers.append(slow.post(f"/sessions/{sid}/messages", json=body).status_code)
                         except httpx.HTTPError:
                             return
+                        finally:
+                            first_answered.set()
 
             writer = threading.Thread(target=append_during_stop)
             writer.start()
-            time.sleep(0.05)
+            # The stop comes once the writer is under way: on a slow machine its first request
+            # could otherwise arrive only after the stop began, and find the port closed.
+            assert first_answered.wait(30)
             server.proc.send_signal(signal.SIGTERM)
             writer.join(60)
         assert server.proc.wait(60) == 0, server.output()
