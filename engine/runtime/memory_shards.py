@@ -200,10 +200,11 @@ class RayMemoryTransport:
         families: list[Any] = unwrap(await self._memory.invoke(shard, "metrics", "memory shard"))
         return families
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+    async def embed(self, texts: Sequence[str], *, urgent: bool = True) -> np.ndarray:
+        """Urgent: a client waits for it. Indexing is not, and goes after (engine.models.embed_queue)."""
         which = next(self._next) % len(self._embedders)
         try:
-            vectors: np.ndarray = await self._embedders[which].embed.remote(list(texts))
+            vectors: np.ndarray = await self._embedders[which].embed.remote(list(texts), urgent)
         except RAY_ERRORS as exc:
             if isinstance(exc, ActorDiedError):
                 self._embedders.died(which)
@@ -237,7 +238,7 @@ def session_indexer(config: EngineConfig) -> SessionIndexer:
         return transport
 
     async def embed(texts: Sequence[str]) -> np.ndarray:
-        return await found().embed(texts)
+        return await found().embed(texts, urgent=False)
 
     async def send(org: str, ops: Sequence[MemoryOp]) -> list[Any]:
         memory = found()

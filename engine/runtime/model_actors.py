@@ -17,6 +17,7 @@ import ray
 from engine.config import EngineConfig
 from engine.errors import SummaryFailed
 from engine.logs import setup_logging
+from engine.models.embed_queue import EmbedQueue
 from engine.models.summarizer import Conversation, Summary
 
 from .ray_actors import RAY_ERRORS, NamedActors, create_named, find_named
@@ -41,15 +42,18 @@ class EmbedderActor:
             batch_size=models.embedder.batch_size,
             threads=models.torch_threads,
         )
+        self._queue = EmbedQueue(self._embedder.embed, self._embedder.dimension, chunk=models.embedder.chunk)
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return self._embedder.embed(texts)
+    async def embed(self, texts: Sequence[str], urgent: bool = True) -> np.ndarray:
+        """A client waits on an urgent call (a query); indexing is not urgent (engine.models.embed_queue)."""
+        return await self._queue.embed(texts, urgent=urgent)
 
-    def describe(self) -> dict[str, Any]:
+    async def describe(self) -> dict[str, Any]:
         return {
             "model": self._embedder.name,
             "dimension": self._embedder.dimension,
             "device": self._embedder.device,
+            "waiting_texts": self._queue.waiting(),
         }
 
 
