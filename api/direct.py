@@ -1,18 +1,18 @@
 """The hot routes without FastAPI's dependency solving, for the requests it would accept anyway.
 
-A route whose parameters are all of plain kinds (path parameters of type str, at most one body
-model, and one async dependency that takes only the request, such as `CurrentCaller`) and that
-returns a Response is called here directly: its JSON body validated by the route's own body
-field, its dependency awaited, its path parameters passed as the router matched them. That is
-what FastAPI's handler does for such a route, less the general machinery around it, which cost
-about a third of an append's time in the gateway (RESULTS.md §14).
+A route whose one dependency is an async function of the request alone (such as `CurrentCaller`)
+and that returns a Response is called here directly: its path, query, header and cookie
+parameters read by FastAPI's own `request_params_to_args`, its JSON body validated by the route's
+own body field, its dependency awaited. That is what FastAPI's handler does for such a route,
+less the general machinery around it (solving a tree of dependencies, caches, exit stacks), which
+cost about a third of an append's time in the gateway (benchmarks/RESULTS.md §14).
 
-Only a request FastAPI would accept goes this way: one with a non-empty JSON body (or no body
-where the route has none) that the body field validates. Anything else (a body that is not JSON,
-another content type, a validation error, a dependency overridden) goes to FastAPI's handler,
-which answers it exactly as before, in its own order (the dependency first, then the body's
-errors). The body is validated before the dependency is awaited here; validation has no side
-effect, so the dependency (authentication, the rate limit) still runs once a request.
+Only a request FastAPI would accept goes this way: its parameters valid, and a non-empty JSON body
+that the body field validates where the route has a body. Anything else (a body that is not JSON,
+another content type, a validation error) goes to FastAPI's handler, which answers it exactly as
+before, in its own order (the dependency first, then the errors). Parameters and body are
+validated before the dependency is awaited here; validation has no side effect, so the dependency
+(authentication, the rate limit) still runs once a request.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import typing
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from fastapi import params
 from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import request_params_to_args
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -32,37 +33,46 @@ Direct = Callable[[Request], Awaitable[Response | None]]  # None: FastAPI's hand
 
 
 def direct_handler(route: APIRoute) -> Direct | None:
-    """A handler for the route's accepted requests, or None when the route's parameters are not
-    all of the plain kinds above."""
+    """A handler for the route's accepted requests, or None when the route is not of the kind above."""
     dependant = route.dependant
     call = dependant.call
     if call is None or not inspect.iscoroutinefunction(call) or not _returns_response(call):
         return None
-    if dependant.query_params or dependant.header_params or dependant.cookie_params:
-        return None
     if _special_params(dependant) or len(dependant.dependencies) != 1 or len(dependant.body_params) > 1:
-        return None
-    if any(field.field_info.annotation is not str for field in dependant.path_params):
         return None
     needs = dependant.dependencies[0]
     if not _takes_only_the_request(needs):
         return None
     assert needs.call is not None and needs.name is not None
     body_field = dependant.body_params[0] if dependant.body_params else None
-    if body_field is not None:
-        model = body_field.field_info.annotation
-        if (
-            route.body_field is not body_field  # embedded, or a form: FastAPI's own rules
-            or not (isinstance(model, type) and issubclass(model, BaseModel))
-            or route.strict_content_type is not False
-        ):
-            return None
-    path_names = [field.name for field in dependant.path_params]
+    if body_field is not None and (
+        route.body_field is not body_field  # embedded in an object: FastAPI's own rules
+        or isinstance(body_field.field_info, params.Form)
+        or route.strict_content_type is not False
+    ):
+        return None
+    sources = [
+        (fields, source)
+        for fields, source in (
+            (dependant.path_params, "path_params"),
+            (dependant.query_params, "query_params"),
+            (dependant.header_params, "headers"),
+            (dependant.cookie_params, "cookies"),
+        )
+        if fields
+    ]
     needs_call, needs_name = needs.call, needs.name
-    overrides = getattr(route.dependency_overrides_provider, "dependency_overrides", None)
+    provider = route.dependency_overrides_provider
 
     async def handle(request: Request) -> Response | None:
+        if provider is not None and getattr(provider, "dependency_overrides", None):
+            return None  # FastAPI applies the overrides
         arguments: dict[str, Any] = {}
+        for fields, source in sources:
+            values, errors = request_params_to_args(fields, getattr(request, source))
+            if errors:
+                return None
+            arguments.update(values)
         if body_field is not None:
             if not await request.body() or not _json_content_type(request):
                 return None
@@ -74,11 +84,6 @@ def direct_handler(route: APIRoute) -> Direct | None:
             if errors:
                 return None
             arguments[body_field.name] = validated
-        if overrides:
-            return None
-        params = request.path_params
-        for name in path_names:
-            arguments[name] = params[name]
         arguments[needs_name] = await needs_call(request)
         response: Response = await call(**arguments)
         return response

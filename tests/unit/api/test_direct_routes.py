@@ -70,7 +70,10 @@ def test_only_the_routes_of_plain_parameters_go_the_direct_way() -> None:
     }
     assert direct == {
         "POST /sessions",
+        "GET /sessions",
         "POST /sessions/{session_id}/messages",
+        "GET /sessions/{session_id}",
+        "PUT /sessions/{session_id}/context",
         "PATCH /sessions/{session_id}",
         "DELETE /sessions/{session_id}",
         "POST /sessions/{session_id}/summarize",
@@ -79,6 +82,8 @@ def test_only_the_routes_of_plain_parameters_go_the_direct_way() -> None:
         "POST /vectors/upsert",
         "POST /vectors/query",
         "POST /vectors/delete",
+        "GET /sessions/{session_id}/events",
+        "GET /events",
     }
 
 
@@ -92,10 +97,15 @@ def test_accepted_requests_skip_dependency_solving_and_others_do_not(solved: lis
         assert two.status_code == 201 and [m["seq"] for m in two.json()["messages"]] == [2, 3]
         assert client.post(f"/sessions/{sid}/close", headers=AUTH).status_code == 200
         assert solved == []
-        assert client.get(f"/sessions/{sid}", headers=AUTH).status_code == 200  # a query parameter
+        assert (
+            client.get(f"/sessions/{sid}?after_seq=1&limit=1", headers=AUTH).json()["messages"][0]["seq"] == 2
+        )
+        assert client.get("/sessions?status=closed", headers=AUTH).json()["count"] == 1
+        assert solved == []
         refused = client.post(f"/sessions/{sid}/messages", json={"role": "user"}, headers=AUTH)
         assert refused.status_code == 422
-        assert solved == [f"/sessions/{sid}", f"/sessions/{sid}/messages"]
+        assert client.get("/sessions?limit=0", headers=AUTH).status_code == 422
+        assert solved == [f"/sessions/{sid}/messages", "/sessions"]
 
 
 # (method, path, body as bytes, content type): requests FastAPI's handler answers, a path "{sid}"
@@ -118,6 +128,14 @@ ODD_REQUESTS = [
     ("POST", "/sessions/nope/messages", b'{"role": "user", "content": "x"}', None),
     ("POST", "/sessions/{sid}/messages", b'{"role": "user", "content": 12345678901234567890123}', None),
     ("PATCH", "/sessions/{sid}", b'{"ttl_seconds": "soon"}', None),
+    ("GET", "/sessions/{sid}?after_seq=-1", b"", None),
+    ("GET", "/sessions/{sid}?limit=many", b"", None),
+    ("GET", "/sessions?status=sleeping", b"", None),
+    ("GET", "/sessions?limit=0", b"", None),
+    ("GET", "/sessions?cursor=not-a-cursor", b"", None),
+    ("PUT", "/sessions/{sid}/context", b"[1, 2]", None),
+    ("PUT", "/sessions/{sid}/context", b'{"a": 1}', "text/plain"),
+    ("GET", "/sessions/{sid}/events?after=nowhere", b"", None),
     ("POST", "/vectors/query", b'{"namespace": "n", "top_k": 0}', None),
     ("POST", "/vectors/query", b'{"namespace": "n", "vector": [1, 2]', None),
 ]
