@@ -88,8 +88,10 @@ def main() -> None:
     costs = call_costs(embedder, texts, (1, 4, 16, 32, 64, 256), args.seconds)
     runs = [
         asyncio.run(query_waits(embedder, texts[: args.backlog], args.queries, 256, first=False)),
-        asyncio.run(query_waits(embedder, texts[: args.backlog], args.queries, 16, first=True)),
-        asyncio.run(query_waits(embedder, texts[: args.backlog], args.queries, 64, first=True)),
+        *(
+            asyncio.run(query_waits(embedder, texts[: args.backlog], args.queries, chunk, first=True))
+            for chunk in (16, 32, 64)
+        ),
     ]
     print(json.dumps({"call_costs": costs, "query_waits": runs}, indent=2))
 

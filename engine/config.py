@@ -219,8 +219,9 @@ class EmbedderConfig(_Section):
     replicas: int = Field(1, ge=1, le=64)  # Embedder actors; each loads the model once
     # Texts per model call. A query waits for at most the call in progress (indexing runs in calls
     # of this many texts), so fewer is a shorter wait and slower indexing: on 2 CPU cores, 16 texts
-    # took 178 ms a call at 90 texts/s, 64 took 533 ms at 120 texts/s (docs/memory.md).
-    chunk: int = Field(16, ge=1)
+    # took 73 ms a call (220 texts/s), 32 took 129 ms (249/s), 256 took 731 ms (350/s); see
+    # docs/memory.md and `python -m benchmarks.embed_queue`.
+    chunk: int = Field(32, ge=1)
 
 
 class SummarizerConfig(_Section):
