@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from benchmarks.conversations import generate
+from engine.memory.indexer import TEXTS_PER_EMBED
 from engine.models.embed_queue import EmbedQueue
 from engine.models.embedder import Embedder
 
@@ -39,13 +40,13 @@ def call_costs(
 async def query_waits(
     embedder: Embedder, backlog: Sequence[str], queries: int, chunk: int, *, first: bool
 ) -> dict[str, Any]:
-    """A backlog sent for indexing as closed sessions send it (up to 256 texts a call, as
-    engine.memory.indexer does), then one query every 50 ms; each query's wait."""
+    """A backlog sent for indexing as closed sessions send it (engine.memory.indexer's calls of
+    TEXTS_PER_EMBED texts), then one query every 50 ms; each query's wait."""
     queue = EmbedQueue(embedder.embed, embedder.dimension, chunk=chunk)
     started = time.perf_counter()
     indexing = [
-        asyncio.ensure_future(queue.embed(backlog[i : i + 256], urgent=False))
-        for i in range(0, len(backlog), 256)
+        asyncio.ensure_future(queue.embed(backlog[i : i + TEXTS_PER_EMBED], urgent=False))
+        for i in range(0, len(backlog), TEXTS_PER_EMBED)
     ]
     waits: list[float] = []
 
@@ -82,12 +83,12 @@ def main() -> None:
     args = parser.parse_args()
     embedder = Embedder(None)
     texts = [content for session in generate().sessions for _, content in session.messages]
-    while len(texts) < max(args.backlog, 256):
+    while len(texts) < max(args.backlog, TEXTS_PER_EMBED):
         texts += texts
     embedder.embed(texts[:8])  # warm
-    costs = call_costs(embedder, texts, (1, 4, 16, 32, 64, 256), args.seconds)
-    runs = [
-        asyncio.run(query_waits(embedder, texts[: args.backlog], args.queries, 256, first=False)),
+    costs = call_costs(embedder, texts, (1, 4, 16, 32, 64, TEXTS_PER_EMBED), args.seconds)
+    runs = [  # first in, first out, each indexing call whole: the embedder before its queue
+        asyncio.run(query_waits(embedder, texts[: args.backlog], args.queries, TEXTS_PER_EMBED, first=False)),
         *(
             asyncio.run(query_waits(embedder, texts[: args.backlog], args.queries, chunk, first=True))
             for chunk in (16, 32, 64)

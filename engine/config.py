@@ -218,9 +218,8 @@ class EmbedderConfig(_Section):
     batch_size: int = Field(64, ge=1)
     replicas: int = Field(1, ge=1, le=64)  # Embedder actors; each loads the model once
     # Texts per model call. A query waits for at most the call in progress (indexing runs in calls
-    # of this many texts), so fewer is a shorter wait and slower indexing: on 2 CPU cores, 16 texts
-    # took 73 ms a call (220 texts/s), 32 took 129 ms (249/s), 256 took 731 ms (350/s); see
-    # docs/memory.md and `python -m benchmarks.embed_queue`.
+    # of this many texts), so fewer is a shorter wait and slower indexing; what each size costs on
+    # 2 CPU cores is in docs/memory.md (`python -m benchmarks.embed_queue`).
     chunk: int = Field(32, ge=1)
 
 
