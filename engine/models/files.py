@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from engine.errors import ModelMissing
+from engine.storage.private import make_directory, make_private
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def converted_gguf(gguf: Path, cache_root: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting the GGUF summarizer once", extra={"gguf": str(gguf), "target": str(target)})
-    cache_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_directory(cache_root)
     building = cache_root / f".{target.name}.{os.getpid()}.tmp"
     shutil.rmtree(building, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -113,6 +114,7 @@ def converted_gguf(gguf: Path, cache_root: Path) -> Path:
         del model.config.quantization_config
     model.save_pretrained(str(building))
     tokenizer.save_pretrained(str(building))
+    make_private(building)  # saved with the umask's modes; it sits in the data directory
     try:
         building.rename(target)
     except OSError:

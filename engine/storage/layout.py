@@ -15,6 +15,7 @@ from engine.errors import ConfigError
 
 from .identity import IDENTITY_FILE, ShardIdentity, write_identity
 from .lock import fsync_directory, write_atomically
+from .private import make_directory
 
 # The shape of the data directory's files (engine.json, snapshots); a change to one bumps it.
 FORMAT_VERSION = 1
@@ -41,7 +42,7 @@ def claim_layout(
     directory that is not its own. Later starts must give the same shard counts: sessions and
     organizations are placed by a hash over them. `settings` (the cluster's effective settings)
     are recorded for operators; a start with other ones replaces them."""
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_directory(data_dir)
     path = data_dir / LAYOUT_FILE
     recorded = read_layout(data_dir)
     if recorded is None:
@@ -72,7 +73,7 @@ def claim_layout(
         for index in range(count):
             directory = place(data_dir, index)
             if not (directory / IDENTITY_FILE).exists():
-                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                make_directory(directory)  # and shards/ or memory/ above it
                 write_identity(directory, ShardIdentity(cluster_id, kind, index))
     return cluster_id
 

@@ -1,4 +1,5 @@
-"""Files that must survive crashes: the shard directory lock, atomic replacement, directory fsync."""
+"""Files that must survive crashes: the shard directory lock, atomic replacement, directory fsync.
+Each file and directory made here is private (engine.storage.private)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ from pathlib import Path
 
 from engine.errors import DirectoryLocked
 
+from .private import make_directory, open_file
+
 
 class DirectoryLock:
     """flock on `<dir>/LOCK`. The kernel drops it when the holder dies, so a crash never leaves it held."""
 
     def __init__(self, directory: Path, wait_s: float = 10.0) -> None:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_directory(directory)
         self.path = directory / "LOCK"
         try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._fd = open_file(self.path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             if exc.errno != errno.EROFS:
                 raise
@@ -68,9 +71,9 @@ def lock_holder(directory: Path) -> str | None:
 def write_atomically(path: Path, content: bytes) -> None:
     """Replace `path` with `content` so a crash leaves the old file or the new one, never half of
     one: write a private temporary file, fsync it, rename it over, fsync the directory."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_directory(path.parent)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         os.write(fd, content)
         os.fsync(fd)

@@ -21,6 +21,7 @@ from engine.errors import CorruptFile
 
 from .frames import frame, read_frames
 from .lock import fsync_directory
+from .private import open_file
 
 SUFFIX = ".snap"
 
@@ -43,7 +44,8 @@ class SnapshotFile:
         self.lsn = lsn
         self.path = snapshot_path(directory, lsn, prefix)
         self._tmp = self.path.with_name(self.path.name + ".tmp")
-        self._file = self._tmp.open("wb")
+        # Private from its first byte: the file holds every session's messages.
+        self._file = os.fdopen(open_file(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb")
         self._file.write(magic)
         self.write({"format": format_version, "lsn": lsn, "ts": now_ms})
 

@@ -26,6 +26,7 @@ from engine.errors import CorruptFile, LogWriteFailed, Unavailable
 
 from .frames import TornTail, frame, quarantine, read_frames
 from .lock import fsync_directory
+from .private import open_file
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ class WriteAheadLog:
         if at_start and path.exists() and path.stat().st_size > len(WAL_MAGIC):
             raise OSError(errno.EEXIST, f"{path} already holds records; recovery should have read them")
         fresh = path.with_name(path.name + ".new")
-        fd = os.open(fresh, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = open_file(fresh, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC)
         try:
             _write_all(fd, WAL_MAGIC)
             os.fsync(fd)
