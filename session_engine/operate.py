@@ -75,18 +75,43 @@ def status(args: argparse.Namespace, config: EngineConfig) -> int:
         print(orjson.dumps(found, option=orjson.OPT_INDENT_2, default=str).decode())
     else:
         print(_status_text(found))
-    unhealthy = [
-        a
+    return 3 if unhealthy(found) else 0
+
+
+# A shard serves; a model actor is idle or busy (a summarizer generating, texts waiting for the
+# embedder): all of them are working as they should.
+HEALTHY_STATES = (None, "serving", "idle", "busy")
+
+
+def unhealthy(found: dict[str, Any]) -> list[str]:
+    """The names of the actors that make `status` exit 3: not alive in Ray, not answering, or a
+    shard that is not serving (draining, read-only, refused, fenced)."""
+    return [
+        a["name"]
         for a in found["actors"]
-        if a.get("ray_state") != "ALIVE" or _shard_state(a) not in (None, "serving")
+        if a.get("ray_state") != "ALIVE" or actor_state(a) not in HEALTHY_STATES
     ]
-    return 3 if unhealthy else 0
 
 
-def _shard_state(actor: dict[str, Any]) -> str | None:
+def actor_state(actor: dict[str, Any]) -> str | None:
+    """What the actor says it is doing; "no answer" when it is alive but did not answer the probe
+    in time, "unreachable" when the call failed."""
     described = actor.get("described") or {}
     state = described.get("state")
-    return str(state) if state is not None else ("unreachable" if "error" in described else None)
+    if state is not None:
+        return str(state)
+    if "error" not in described:
+        return None
+    return "no answer" if described["error"] == "GetTimeoutError" else "unreachable"
+
+
+def _work(described: dict[str, Any]) -> str:
+    """What a busy model actor is doing, in words."""
+    if "busy_s" in described:  # a summarizer
+        return f"generating {described['generating']} summaries for {described['busy_s']:.0f} s"
+    if "waiting_texts" in described:  # an embedder
+        return f"{sum(described['waiting_texts'].values())} texts waiting"
+    return f"{described.get('generating', 0)} summaries being made, {described.get('waiting', 0)} waiting"
 
 
 def _status_text(found: dict[str, Any]) -> str:
@@ -107,7 +132,7 @@ def _status_text(found: dict[str, Any]) -> str:
             a.get("ray_state", ""),
             (a.get("node_id") or "")[:12],
             a.get("restarts", ""),
-            _shard_state(a) or "",
+            actor_state(a) or "",
             d.get("epoch") or "",
             holds,
             "" if log_bytes is None else _size(log_bytes),
@@ -116,6 +141,8 @@ def _status_text(found: dict[str, Any]) -> str:
         lines.append(_STATUS_ROW.format(*row) + f"  {lock}")
         if d.get("reason"):
             lines.append(f"    refused: {d['reason']}")
+        if d.get("state") == "busy":
+            lines.append(f"    busy: {_work(d)}")
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ import asyncio
 import collections
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,15 +50,20 @@ class EmbedderActor:
         return await self._queue.embed(texts, urgent=urgent)
 
     async def describe(self) -> dict[str, Any]:
+        waiting = self._queue.waiting()
         return {
             "model": self._embedder.name,
             "dimension": self._embedder.dimension,
             "device": self._embedder.device,
-            "waiting_texts": self._queue.waiting(),
+            "state": "busy" if any(waiting.values()) else "idle",
+            "waiting_texts": waiting,
         }
 
 
-@ray.remote(max_restarts=-1, max_task_retries=0)
+# `describe` runs in a thread of its own ("probe"): a generate call holds the actor's one default
+# thread for as long as it runs (a minute is ordinary), and `session-engine status` and the pool
+# must see a busy summarizer as busy, not as one that does not answer.
+@ray.remote(max_restarts=-1, max_task_retries=0, concurrency_groups={"probe": 1})  # type: ignore[call-overload]
 class SummarizerActor:
     def __init__(self, config: EngineConfig, directory: str, name: str) -> None:
         setup_logging(config.log_level)
@@ -72,13 +78,26 @@ class SummarizerActor:
             threads=config.models.torch_threads,
         )
         self._summarizer.name = name
+        # (conversations, monotonic start) of the generate call in progress; one assignment, so the
+        # probe thread reads a whole value
+        self._generating: tuple[int, float] | None = None
 
     def summarize(self, conversations: Sequence[Conversation]) -> list[Summary | SummaryFailed]:
-        return self._summarizer.summarize(conversations)
+        self._generating = (len(conversations), time.monotonic())
+        try:
+            return self._summarizer.summarize(conversations)
+        finally:
+            self._generating = None
 
+    @ray.method(concurrency_group="probe")
     def describe(self) -> dict[str, Any]:
         s = self._summarizer
-        return {"model": s.name, "kind": "seq2seq" if s.seq2seq else "causal", "device": s.device}
+        found = {"model": s.name, "kind": "seq2seq" if s.seq2seq else "causal", "device": s.device}
+        generating = self._generating
+        if generating is None:
+            return {**found, "state": "idle"}
+        count, since = generating
+        return {**found, "state": "busy", "generating": count, "busy_s": round(time.monotonic() - since, 1)}
 
 
 class _WorkerDied(SummaryFailed):
@@ -109,12 +128,16 @@ class SummarizerPool:
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._serve(worker)) for worker in self._workers]
         self.batches: collections.deque[int] = collections.deque(maxlen=100)  # recent batch sizes
+        self._generating = 0  # conversations in the summarizers' generate calls now
 
     async def describe(self) -> dict[str, Any]:
         workers = await asyncio.gather(*(w.describe.remote() for w in self._workers))
+        waiting = self._queue.qsize()
         return {
+            "state": "busy" if waiting or self._generating else "idle",
             "workers": workers,
-            "waiting": self._queue.qsize(),
+            "waiting": waiting,
+            "generating": self._generating,
             "recent_batches": list(self.batches)[-20:],
         }
 
@@ -160,10 +183,13 @@ class SummarizerPool:
                 delay = min(delay * 2, 5.0)
 
     async def _run(self, worker: Any, batch: list[tuple[Conversation, asyncio.Future[Summary]]]) -> None:
+        self._generating += len(batch)
         try:
             results = await worker.summarize.remote([conversation for conversation, _ in batch])
         except RAY_ERRORS as exc:
             raise _WorkerDied(f"the summarizer actor died or restarted: {type(exc).__name__}") from None
+        finally:
+            self._generating -= len(batch)
         for (_, future), result in zip(batch, results, strict=True):
             if isinstance(result, Summary):
                 future.set_result(result)

@@ -156,9 +156,11 @@ def running_config(namespace: str) -> EngineConfig | None:
     return config
 
 
-def status(config: EngineConfig) -> dict[str, Any]:
+def status(config: EngineConfig, probe_timeout_s: float = DESCRIBE_TIMEOUT_S) -> dict[str, Any]:
     """Every actor of the cluster: where it runs, its Ray state and restarts, and what it says of
-    itself (shards: epoch, lock holder, sessions or vectors, log size and snapshot age)."""
+    itself (shards: epoch, lock holder, sessions or vectors, log size and snapshot age; model
+    actors: idle or busy, and with what). An alive actor that does not answer within
+    `probe_timeout_s` is described as {"error": "GetTimeoutError"}."""
     from ray._private.state import state as ray_state  # the actor table, without a dashboard
 
     nodes = {n["NodeID"]: n for n in ray_nodes()}
@@ -182,7 +184,7 @@ def status(config: EngineConfig) -> dict[str, Any]:
         }
         if info["State"] == "ALIVE":
             try:
-                entry["described"] = ray.get(handle.describe.remote(), timeout=DESCRIBE_TIMEOUT_S)
+                entry["described"] = ray.get(handle.describe.remote(), timeout=probe_timeout_s)
             except RAY_ERRORS as exc:
                 entry["described"] = {"error": type(exc).__name__}
         actors.append(entry)

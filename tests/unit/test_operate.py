@@ -1,0 +1,38 @@
+"""What makes `session-engine status` exit 3, from what the actors said of themselves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from session_engine.operate import actor_state, unhealthy
+
+
+def actor(name: str, described: dict[str, Any] | None, ray_state: str = "ALIVE") -> dict[str, Any]:
+    return {"name": name, "ray_state": ray_state, "described": described}
+
+
+def test_model_actors_at_work_or_idle_keep_status_healthy() -> None:
+    found = {
+        "actors": [
+            actor("session-shard-0", {"state": "serving"}),
+            actor("summarizer-0", {"state": "busy", "generating": 4, "busy_s": 40.0}),
+            actor("summarizer-pool", {"state": "busy", "generating": 4, "waiting": 12}),
+            actor("embedder-0", {"state": "idle", "waiting_texts": {"urgent": 0, "background": 0}}),
+            actor("controller", {"cluster_id": "c"}),
+        ]
+    }
+    assert unhealthy(found) == []
+
+
+def test_actors_that_do_not_answer_or_shards_that_do_not_serve_make_status_fail() -> None:
+    found = {
+        "actors": [
+            actor("summarizer-0", {"error": "GetTimeoutError"}),
+            actor("embedder-0", {"error": "ActorUnavailableError"}),
+            actor("session-shard-0", {"state": "draining"}),
+            actor("session-shard-1", None, ray_state="RESTARTING"),
+            actor("session-shard-2", {"state": "serving"}),
+        ]
+    }
+    assert unhealthy(found) == ["summarizer-0", "embedder-0", "session-shard-0", "session-shard-1"]
+    assert [actor_state(a) for a in found["actors"][:3]] == ["no answer", "unreachable", "draining"]
