@@ -111,7 +111,8 @@ def create_app(
     if cluster is None and transport is _ray_transport:
         cluster = _ray_cluster_status
     app.state.cluster_status = cluster  # None: not on Ray (in-process tests and tools)
-    edge.configure(config.http)  # the bounds of this process's connections, when served by `serve`
+    # The bounds of this process's connections, when served by `serve`.
+    edge.configure(config.http, admin_paths=[config.metrics.path] if config.metrics.enabled else [])
     app.state.keys = keys if keys is not None else load_key_store(config)
     app.state.limiter = RateLimiter(config.limits, config.workers)
     app.state.org_limits = {org: config.limits.for_org(org) for org in config.limits.orgs}

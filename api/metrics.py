@@ -71,6 +71,17 @@ WORKERS = Gauge(
     "1 for each live gateway worker process (its pid is a label when there are several).",
     multiprocess_mode="liveall",
 )
+CONNECTIONS_REFUSED = Counter(
+    "session_engine_http_connections_refused",
+    "Connections the HTTP edge answered itself and closed, by why (api/edge.py).",
+    ["reason"],
+)
+CONNECTIONS_EVICTED = Counter(
+    "session_engine_http_connections_evicted",
+    "Connections closed to make room for a new one at http.max_connections: idle ones first, then "
+    "those whose request had not arrived whole.",
+    ["state"],
+)
 FEED_DROPPED = Counter(
     "session_engine_feed_consumers_dropped", "Feed consumers dropped for falling too far behind."
 )

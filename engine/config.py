@@ -95,16 +95,25 @@ class HttpConfig(_Section):
     """The gateway's HTTP edge, per gateway worker process: what one connection or request may
     hold, and how long a client may take to send a request (api/edge.py)."""
 
-    max_connections: int = Field(1024, ge=1)  # open at once; one more is answered 503 and closed
+    # Connections serving requests. At the cap a new connection closes the one that has waited
+    # longest with no request under way (then one whose request is still arriving); when every one
+    # is answering a request, the next `reserved_connections` serve only the health checks and
+    # /metrics, and one more is answered 503 and closed.
+    max_connections: int = Field(1024, ge=1)
+    reserved_connections: int = Field(32, ge=0)
+    # From one client address; one more is answered 429 and closed. 0: no cap (behind a proxy every
+    # client has the proxy's address).
+    max_connections_per_client: int = Field(0, ge=0)
     max_headers: int = Field(100, ge=1)  # header fields of one request; 431 above
     max_header_bytes: int = Field(16 * 1024, ge=1024)  # request line and headers together; 431 above
-    # A request must arrive whole (headers and body) this long after its first byte, and a new
-    # connection must start one this soon: slow or idle clients are dropped (408 when nothing of a
-    # request had arrived whole).
+    # A request's line and headers must arrive this soon after its first byte, and a new connection
+    # must send them this soon; the whole request (with its body) within read_timeout_s. Slow or
+    # silent clients are dropped (408 when nothing of a request had arrived whole).
+    header_timeout_s: float = Field(10.0, gt=0)
     read_timeout_s: float = Field(30.0, gt=0)
     keep_alive_s: float = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
     # The ASGI server. uvicorn enforces every bound above (api/edge.py). granian (Rust) takes
-    # read_timeout_s as its header timeout and max_connections as its bound on requests in flight,
+    # header_timeout_s as its header timeout and max_connections as its bound on requests in flight,
     # and keeps its own header limits (100 fields, 408 KiB); it answers bad requests its own way.
     server: Literal["uvicorn", "granian"] = "uvicorn"
 

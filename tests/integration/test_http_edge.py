@@ -84,7 +84,14 @@ def test_a_500_names_its_request_and_keeps_the_connection(buggy_server: str) -> 
         assert failed.extensions["network_stream"] is after.extensions["network_stream"]
 
 
-SMALL = HttpConfig(max_connections=8, max_headers=20, max_header_bytes=2048, read_timeout_s=1.0)
+SMALL = HttpConfig(
+    max_connections=8,
+    reserved_connections=2,
+    max_headers=20,
+    max_header_bytes=2048,
+    header_timeout_s=1.0,
+    read_timeout_s=1.0,
+)
 
 
 class SmallEdge(EdgeProtocol):
@@ -100,9 +107,11 @@ def edge_server() -> Iterator[str]:
     yield from serve(LocalTransport, http=SmallEdge)
 
 
-def connect(url: str) -> socket.socket:
+def connect(url: str, source: str | None = None) -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
-    return socket.create_connection((host, int(port)), timeout=10)
+    return socket.create_connection(
+        (host, int(port)), timeout=10, source_address=(source, 0) if source else None
+    )
 
 
 def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], Any]:
@@ -190,16 +199,190 @@ def test_a_body_that_stops_arriving_drops_the_connection(edge_server: str) -> No
         assert client.post("/sessions", json={"name": "after"}).status_code == 201
 
 
-def test_a_connection_past_the_cap_is_refused_with_503(edge_server: str) -> None:
-    held = [connect(edge_server) for _ in range(SMALL.max_connections)]
+def open_feed(url: str) -> socket.socket:
+    """A connection held by the app: an organization feed, read up to its first event."""
+    sock = connect(url)
+    sock.sendall(b"GET /events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer key-acme\r\n\r\n")
+    data = b""
+    while b"feed.ready" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 200"), data
+    return sock
+
+
+def is_closed(sock: socket.socket) -> bool:
+    sock.settimeout(5)
+    try:
+        return sock.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+
+
+# The same caps with timeouts long enough that only the caps can close a connection here.
+CAPPED = SMALL.model_copy(update={"header_timeout_s": 60.0, "read_timeout_s": 60.0})
+
+
+class CappedEdge(EdgeProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = CAPPED
+
+
+@pytest.fixture(scope="module")
+def capped_server() -> Iterator[str]:
+    yield from serve(LocalTransport, http=CappedEdge)
+
+
+def test_idle_connections_make_room_for_a_request(capped_server: str) -> None:
+    """Sockets that send nothing (or wait between requests) cannot keep a client with a request
+    out: at the cap the longest-idle one is closed to make room."""
+    silent = [connect(capped_server) for _ in range(SMALL.max_connections)]
     try:
         time.sleep(0.2)  # the server has taken them all
-        with connect(edge_server) as extra:
-            body = assert_refused(read_answer(extra), 503, "UNAVAILABLE")
-            assert body["details"]["limit"] == SMALL.max_connections and body["details"]["request_id"]
+        with httpx.Client(base_url=capped_server, headers=AUTH, timeout=10) as client:
+            assert client.post("/sessions", json={"name": "room"}).status_code == 201
+            assert client.get("/healthz").status_code == 200
+        assert is_closed(silent[0]), "the longest-idle connection made room"
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def test_a_request_arriving_slowly_makes_room_after_the_idle_ones(capped_server: str) -> None:
+    arriving = connect(capped_server)
+    arriving.sendall(REQUEST)  # its headers never end
+    time.sleep(0.1)
+    idle = [connect(capped_server) for _ in range(SMALL.max_connections - 1)]
+    try:
+        time.sleep(0.2)
+        newcomers = []
+        for _ in range(SMALL.max_connections):  # each starts a request, so it is no idle one
+            newcomers.append(connect(capped_server))
+            newcomers[-1].sendall(REQUEST)
+            time.sleep(0.02)
+        try:
+            # Every idle one went first, then the one whose request was under way, with a 503.
+            assert all(is_closed(sock) for sock in idle)
+            body = assert_refused(read_answer(arriving), 503, "UNAVAILABLE")
+            assert body["details"]["limit"] == SMALL.max_connections
+        finally:
+            for sock in newcomers:
+                sock.close()
+    finally:
+        for sock in [arriving, *idle]:
+            sock.close()
+
+
+def test_connections_past_the_cap_reach_only_the_health_checks_then_get_503(capped_server: str) -> None:
+    """Every connection is answering a request (feeds): the reserved ones serve /healthz and
+    /readyz but nothing else, and one past the reserve is refused."""
+    feeds = [open_feed(capped_server) for _ in range(SMALL.max_connections)]
+    try:
+        reserved = [connect(capped_server) for _ in range(SMALL.reserved_connections)]
+        try:
+            health = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+            reserved[0].sendall(health)
+            assert reserved[0].recv(65536).startswith(b"HTTP/1.1 200")
+            reserved[0].sendall(health)  # and again, on the same connection
+            assert reserved[0].recv(65536).startswith(b"HTTP/1.1 200")
+            reserved[1].sendall(REQUEST + b"Content-Length: 2\r\n\r\n{}")
+            body = assert_refused(read_answer(reserved[1]), 503, "UNAVAILABLE")
+            assert "/healthz" in body["details"]["reserved_for"]
+        finally:
+            for sock in reserved:
+                sock.close()
+    finally:
+        for sock in feeds:
+            sock.close()
+    time.sleep(0.2)
+    with httpx.Client(base_url=capped_server, headers=AUTH, timeout=10) as client:
+        assert client.post("/sessions", json={"name": "room again"}).status_code == 201
+
+
+def test_with_no_reserve_a_connection_past_the_cap_is_refused_with_503() -> None:
+    full = CAPPED.model_copy(update={"max_connections": 4, "reserved_connections": 0})
+
+    class FullEdge(EdgeProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._limits = full
+
+    for url in serve(LocalTransport, http=FullEdge):
+        feeds = [open_feed(url) for _ in range(full.max_connections)]
+        try:
+            with connect(url) as extra:
+                body = assert_refused(read_answer(extra), 503, "UNAVAILABLE")
+                assert body["details"]["limit"] == full.max_connections and body["details"]["request_id"]
+        finally:
+            for sock in feeds:
+                sock.close()
+
+
+PER_CLIENT = HttpConfig(max_connections=64, max_connections_per_client=3)
+
+
+class PerClientEdge(EdgeProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = PER_CLIENT
+
+
+@pytest.fixture(scope="module")
+def per_client_server() -> Iterator[str]:
+    yield from serve(LocalTransport, http=PerClientEdge)
+
+
+def test_one_address_past_its_cap_gets_429_and_others_are_served(per_client_server: str) -> None:
+    held = [connect(per_client_server, "127.0.0.1") for _ in range(PER_CLIENT.max_connections_per_client)]
+    try:
+        with connect(per_client_server, "127.0.0.1") as extra:
+            answer = read_answer(extra)
+            body = assert_refused(answer, 429, "RATE_LIMITED")
+            assert body["details"] == {"limit": PER_CLIENT.max_connections_per_client}
+            assert answer[1]["retry-after"] == "1"
+        with connect(per_client_server, "127.0.0.2") as other:
+            other.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert other.recv(65536).startswith(b"HTTP/1.1 200")
     finally:
         for sock in held:
             sock.close()
-    time.sleep(0.2)
-    with httpx.Client(base_url=edge_server, headers=AUTH, timeout=10) as client:
-        assert client.post("/sessions", json={"name": "room again"}).status_code == 201
+    time.sleep(0.2)  # their places are free again
+    with connect(per_client_server, "127.0.0.1") as again:
+        again.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert again.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+def test_a_request_that_is_not_http_gets_a_json_400(edge_server: str) -> None:
+    with connect(edge_server) as sock:
+        sock.sendall(b"HELLO THERE\r\n\r\n")
+        body = assert_refused(read_answer(sock), 400, "VALIDATION_ERROR")
+        assert body["error"] == "malformed HTTP request"
+
+
+def test_a_declared_oversize_body_gets_413_and_the_connection_is_closed(edge_server: str) -> None:
+    limit = load_config().limits.max_body_bytes
+    with connect(edge_server) as sock:
+        sock.sendall(REQUEST + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n{" % (limit + 1))
+        status, headers, body = read_answer(sock)  # reads until the server closes
+        assert status == 413 and body["code"] == "PAYLOAD_TOO_LARGE"
+        assert headers["connection"] == "close" and headers["x-request-id"]
+
+
+def test_a_silent_connection_is_dropped_at_the_header_timeout() -> None:
+    """header_timeout_s, shorter than read_timeout_s, bounds how long a connection may send no
+    request line and headers."""
+    quick = HttpConfig(header_timeout_s=0.5, read_timeout_s=30)
+
+    class QuickEdge(EdgeProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._limits = quick
+
+    for url in serve(LocalTransport, http=QuickEdge):
+        with connect(url) as sock:
+            started = time.monotonic()
+            body = assert_refused(read_answer(sock), 408, "VALIDATION_ERROR")
+            assert body["details"] == {"header_timeout_s": 0.5}
+            assert time.monotonic() - started < 5
