@@ -144,8 +144,11 @@ class Tail:
                     continue
                 try:
                     page = read.result()
-                except FeedGone:
-                    self._drop_all()  # fell behind the shard's retention; each consumer resumes itself
+                except (FeedGone, ValidationFailed):
+                    # Fell behind what the shard keeps for its consumers, or the shard's feed ends
+                    # before this position (it lost its newest writes: fsync everysec or never).
+                    # Each consumer resumes itself.
+                    self._drop_all()
                     self.position = None
                     self.ready.clear()  # a consumer arriving now waits for the new position
                     continue

@@ -26,7 +26,7 @@ from engine.storage.recovery import drop_covered, recover_state
 from engine.storage.wal import LogRecord
 
 from .codec import decode_op, decode_session, encode_session
-from .events import Event, EventLog
+from .events import Event, EventLog, FeedAtSnapshot, SavedFeed, decode_saved_feed
 from .ops import SESSION_OPS
 from .shard import ShardStore
 from .snapshot import SNAPSHOT_PREFIX, SnapshotCursor, SnapshotWriter, read_snapshot
@@ -82,6 +82,7 @@ class DurableShard(LoggedStore):
         self._last_snapshot_s = time.monotonic()
         self._cursor: SnapshotCursor | None = None
         self._writer: SnapshotWriter | None = None
+        self._feed: FeedAtSnapshot | None = None
         self._snapshot_started = self._longest_step_s = 0.0
         self._snapshot_bytes = 0
 
@@ -132,12 +133,13 @@ class DurableShard(LoggedStore):
         self.writable_log().rotate(self.lsn + 1)
         self._writer = SnapshotWriter(self.directory, self.lsn, self._clock.now_ms())
         self._cursor = self.store.begin_snapshot(encode_session)
+        self._feed = self.store.events.at_snapshot()
         self._longest_step_s = time.perf_counter() - step_started
 
     def snapshot_step(self) -> bool:
         """Write the next chunk; False once every session is written. Each call holds up the shard
         (it applies no ops meanwhile), so the longest one is recorded as the snapshot's pause."""
-        assert self._cursor is not None and self._writer is not None
+        assert self._cursor is not None and self._writer is not None and self._feed is not None
         step_started = time.perf_counter()
         if not self._cursor.done:
             chunk = self._cursor.next_chunk(
@@ -151,20 +153,22 @@ class DurableShard(LoggedStore):
             # A record may hold a session's view (its context too), so as many as sessions a step.
             records = self._cursor.next_records(self._config.snapshot_chunk_sessions)
             self._writer.add_records(records)
-            more = bool(records)
+            # And the feed's positions as of its start, a chunk of retained events at a time.
+            folded = self._feed.fold(self._config.snapshot_chunk_messages)
+            more = bool(records) or not folded
         self._longest_step_s = max(self._longest_step_s, time.perf_counter() - step_started)
         return more
 
     def finish_snapshot_io(self) -> None:
         """Blocking: fsync and rename. Safe to run in a thread while ops go on."""
-        assert self._writer is not None
-        self._snapshot_bytes = self._writer.finish()
+        assert self._writer is not None and self._feed is not None
+        self._snapshot_bytes = self._writer.finish(self._feed.encode())
 
     def complete_snapshot(self) -> SnapshotResult:
         assert self._writer is not None
         self.check_epoch()
         lsn, sessions = self._writer.lsn, self._writer.sessions
-        self._writer = self._cursor = None
+        self._writer = self._cursor = self._feed = None
         self._snapshot_lsn = lsn
         self._last_snapshot_s = time.monotonic()
         drop_covered(self.directory, SNAPSHOT_PREFIX, lsn, self.writable_log().drop_segments_before)
@@ -181,7 +185,7 @@ class DurableShard(LoggedStore):
         if self._writer is not None:
             self._writer.abandon()
         self.store.end_snapshot()
-        self._writer = self._cursor = None
+        self._writer = self._cursor = self._feed = None
 
     def snapshot_now(self) -> SnapshotResult:
         """A whole snapshot, blocking: for shutdown, tests and benchmarks."""
@@ -227,9 +231,12 @@ def recover(
         return ShardStore(template.empty_like(), feed.empty_like())
 
     def load_snapshot(path: Path, store: ShardStore) -> int:
-        lsn, chunks = read_snapshot(path, store.idempotency.load)
+        saved: list[SavedFeed | None] = []
+        lsn, chunks = read_snapshot(
+            path, store.idempotency.load, lambda feed: saved.append(decode_saved_feed(feed))
+        )
         store.load(decode_session(encoded) for chunk in chunks for encoded in chunk)
-        store.events.start_after(lsn)  # the events before a snapshot are not known again
+        store.events.start_after(lsn, saved[0])  # the events before a snapshot are not known again
         return lsn
 
     def apply_record(store: ShardStore, record: LogRecord) -> None:

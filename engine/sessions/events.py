@@ -6,11 +6,16 @@ recovery derives them again from the records it replays. An event's position is 
 k-th event of log record `lsn`. A position names what a consumer has seen: `(lsn, k)` means every
 event before the k-th of record `lsn`, so `Position(lsn + 1, 0)` follows the whole of record `lsn`.
 Positions survive restarts (LSNs do), and a consumer resumes from one exactly, with no gap and no
-duplicate, for as long as the shard retains the events after it.
+duplicate.
 
 A shard retains the events of its newest records: at most `max_events`, none older than
-`retention_ms`, and none from before the snapshot it last started from. A resume from before that
-is refused (FeedGone), and the consumer starts again from the present.
+`retention_ms`, and none from before the snapshot it last started from. A consumer is refused
+(FeedGone) only if an event of its own feed that it has not seen is no longer retained: so the log
+keeps, per feed (an interest), the position after its newest event that is not retained, and a
+snapshot keeps the same for the events before it (`FeedAtSnapshot`). A consumer that was caught up
+resumes after any restart, and a quiet session's consumer is not refused because other sessions'
+events were dropped. A position past the feed's end, or past the last event of a record still
+retained, is no position this feed gave: refused as a validation error.
 """
 
 from __future__ import annotations
@@ -168,6 +173,11 @@ class EventLog:
         self._count = 0
         self.floor = 0  # the newest record whose events are not retained
         self.lsn = 0  # the newest record published
+        # Per interest, the position after its newest event that is not retained; an interest with
+        # none has lost nothing after `_gone_before` (a snapshot from before these were kept, or 0.0).
+        # A deleted session's entry goes with its session.deleted event: its feed answers 404.
+        self._gone: dict[Interest, Position] = {}
+        self._gone_before = Position(0, 0)
 
     @classmethod
     def from_config(cls, config: EventsConfig) -> EventLog:
@@ -194,15 +204,22 @@ class EventLog:
             self._count += len(events)
         self._trim(now_ms)
 
-    def start_after(self, lsn: int) -> None:
-        """Recovery read a snapshot up to `lsn`: the events before it are not known."""
+    def start_after(self, lsn: int, saved: SavedFeed | None) -> None:
+        """Recovery read a snapshot up to `lsn`: the events before it are not known. `saved`: what
+        the snapshot kept of the feed (FeedAtSnapshot); None, from a snapshot written before it
+        kept that: every position before it is refused."""
         self.floor = self.lsn = lsn
+        if saved is None:
+            self._gone, self._gone_before = {}, Position(lsn + 1, 0)
+        else:
+            self._gone, self._gone_before = saved
 
     def _trim(self, now_ms: int) -> None:
         drop = 0
         count = self._count
         oldest_kept = now_ms - self.retention_ms
         while drop < len(self._records) and (count > self.max_events or self._records[drop][0] < oldest_kept):
+            forget(self._gone, self._lsns[drop], self._records[drop][1])
             count -= len(self._records[drop][1])
             drop += 1
         if drop:
@@ -210,10 +227,15 @@ class EventLog:
             del self._lsns[:drop], self._records[:drop]
             self._count = count
 
+    def at_snapshot(self) -> FeedAtSnapshot:
+        """What a snapshot of the state as of now keeps of the feed (taken when it begins)."""
+        return FeedAtSnapshot(dict(self._gone), self._gone_before, self._lsns[:], self._records[:])
+
     def read(self, after: Position, interests: Iterable[Interest], limit: int = 1000) -> Page:
-        """The wanted events after `after`, at most `limit`; FeedGone if some are no longer kept."""
-        self.check(after)
+        """The wanted events after `after`, at most `limit`; FeedGone if one of them is no longer
+        retained, ValidationFailed if `after` is no position of this feed."""
         chosen = frozenset(interests)
+        self.check(after, chosen)
         found: list[tuple[Position, Event]] = []
         position = self.end
         start = bisect.bisect_left(self._lsns, after.lsn)
@@ -228,12 +250,103 @@ class EventLog:
                     found.append((Position(lsn, k + 1), events[k]))
         return Page(found, position, False)
 
-    def check(self, after: Position) -> None:
-        if after.lsn <= self.floor or after > self.end:
-            raise FeedGone(str(after), str(Position(self.floor + 1, 0)), str(self.end))
+    def check(self, after: Position, interests: Iterable[Interest]) -> None:
+        """Whether a consumer of `interests` may resume after `after`: refused with FeedGone only if
+        an event it wants from there on is no longer retained."""
+        end = self.end
+        if after > end:
+            raise ValidationFailed(
+                f"Last-Event-ID {after} is past the end of this feed ({end})",
+                {"field": "Last-Event-ID", "position": str(after), "newest": str(end)},
+                "Send back the id of an event this feed gave you, unchanged. An id from another "
+                "deployment, or from writes the engine lost in a crash (durability.fsync everysec or "
+                "never), is no position here: open the feed again without Last-Event-ID.",
+            )
+        if after.lsn > self.floor:
+            held = self._events_in(after.lsn)
+            if after.k > held:
+                raise ValidationFailed(
+                    f"Last-Event-ID {after} names no event: record {after.lsn} holds {held}",
+                    {"field": "Last-Event-ID", "position": str(after), "events": held},
+                    "Send back the id of the last event you received, unchanged.",
+                )
+            return  # every event from there on is retained
+        gone = max((self._gone.get(i, self._gone_before) for i in interests), default=Position(0, 0))
+        if gone > after:
+            raise FeedGone(str(after), str(gone), str(end))
+
+    def _events_in(self, lsn: int) -> int:
+        """How many events retained record `lsn` holds (0: a record of none)."""
+        i = bisect.bisect_left(self._lsns, lsn)
+        return len(self._records[i][1]) if i < len(self._lsns) and self._lsns[i] == lsn else 0
 
     def __len__(self) -> int:
         return self._count
+
+
+def forget(gone: dict[Interest, Position], lsn: int, events: Sequence[Event]) -> None:
+    """Record `lsn`'s events are no longer retained: note, per interest, the position after its
+    newest one. A session.deleted ends its session's entry (the session is not there to follow)."""
+    for k, event in enumerate(events, 1):
+        if event.in_session_feed:
+            key = (event.org, event.session_id)
+            if event.type == "session.deleted":
+                gone.pop(key, None)
+            else:
+                gone[key] = Position(lsn, k)
+        if event.in_org_feed:
+            gone[(event.org, None)] = Position(lsn, k)
+
+
+# What a snapshot keeps of its shard's feed: (per interest, the position after its newest event up
+# to the snapshot; the same for interests without an entry).
+SavedFeed = tuple[dict[Interest, Position], Position]
+
+
+class FeedAtSnapshot:
+    """The feed's part of a snapshot: a restart from it knows no event up to its record, so per
+    interest, the position after its newest event up to there. Taken when the snapshot begins (a
+    copy of what is not retained, and the retained records, which never change), then worked out a
+    chunk of events at a time between ops (`fold`), and written with the snapshot's trailer."""
+
+    def __init__(
+        self,
+        gone: dict[Interest, Position],
+        gone_before: Position,
+        lsns: list[int],
+        records: list[tuple[int, Sequence[Event]]],
+    ) -> None:
+        self._gone = gone
+        self._gone_before = gone_before
+        self._lsns = lsns
+        self._records = records
+        self._next = 0
+
+    def fold(self, max_events: int) -> bool:
+        """Take the next retained records, about `max_events` events; True once all are taken."""
+        taken = 0
+        while self._next < len(self._records) and taken < max_events:
+            events = self._records[self._next][1]
+            forget(self._gone, self._lsns[self._next], events)
+            taken += len(events)
+            self._next += 1
+        return self._next >= len(self._records)
+
+    def encode(self) -> dict[str, Any]:
+        """As JSON: `before` and `gone`, a list of [org, session id or null, lsn, k]."""
+        assert self._next >= len(self._records), "fold every record first"
+        return {
+            "before": list(self._gone_before),
+            "gone": [[org, sid, at.lsn, at.k] for (org, sid), at in self._gone.items()],
+        }
+
+
+def decode_saved_feed(encoded: Any) -> SavedFeed | None:
+    """What FeedAtSnapshot.encode wrote; None for a snapshot written before it (no such part)."""
+    if encoded is None:
+        return None
+    gone = {(org, sid): Position(lsn, k) for org, sid, lsn, k in encoded["gone"]}
+    return gone, Position(*encoded["before"])
 
 
 class FeedReads:

@@ -4,7 +4,11 @@ goes on changing, and the file format (engine.storage.snapshot's parts).
 `ShardStore.begin_snapshot()` gives a SnapshotCursor: a session about to change before the cursor
 has reached it is copied first (copy-on-write), so a snapshot taken a chunk at a time between ops
 is the state as of its start. The file: chunks of encoded sessions (engine.sessions.codec), then
-chunks of idempotency records `{"idempotency": [...]}`, and a trailer `{"end": true, "sessions": n}`.
+chunks of idempotency records `{"idempotency": [...]}`, and a trailer `{"end": true, "sessions": n,
+"feed": {...}}`, whose `feed` is what a restart needs to resume change feeds exactly
+(engine.sessions.events.FeedAtSnapshot). It is in the trailer, which every version reads for its
+count and nothing else, so an engine from before it reads these snapshots too; a snapshot without it
+(written by such an engine) is read with every feed position before it refused.
 """
 
 from __future__ import annotations
@@ -93,19 +97,23 @@ class SnapshotWriter:
         if encoded_records:
             self._file.write({"idempotency": encoded_records})
 
-    def finish(self) -> int:
-        """Make the snapshot durable under its name; returns its size in bytes. Blocking I/O."""
-        return self._file.finish({"sessions": self.sessions})
+    def finish(self, feed: dict[str, Any]) -> int:
+        """Make the snapshot durable under its name, `feed` in its trailer; returns its size in
+        bytes. Blocking I/O."""
+        return self._file.finish({"sessions": self.sessions, "feed": feed})
 
     def abandon(self) -> None:
         self._file.abandon()
 
 
 def read_snapshot(
-    path: Path, on_records: Callable[[list[Any]], None] = lambda _: None
+    path: Path,
+    on_records: Callable[[list[Any]], None] = lambda _: None,
+    on_feed: Callable[[Any], None] = lambda _: None,
 ) -> tuple[int, Iterator[list[Any]]]:
     """(lsn, encoded sessions chunk by chunk); chunks of idempotency records go to `on_records` as
-    they are read. Any damage, or a missing trailer, raises CorruptFile."""
+    they are read, and the trailer's `feed` (None in a snapshot without one) to `on_feed` once the
+    sessions are read. Any damage, or a missing trailer, raises CorruptFile."""
     lsn, frames = open_snapshot(path, SNAPSHOT_MAGIC, FORMAT_VERSION)
 
     def chunks() -> Iterator[list[Any]]:
@@ -117,6 +125,7 @@ def read_snapshot(
                 continue
             if isinstance(record, dict):
                 if record.get("end") and record.get("sessions") == count:
+                    on_feed(record.get("feed"))
                     return
                 raise CorruptFile(path, offset, "snapshot trailer does not match its contents")
             count += len(record)

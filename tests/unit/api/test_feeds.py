@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from api import feeds
 from api.feeds import FeedHub, Stream
 from engine.config import EventsConfig
 from engine.runtime.transport import LocalTransport
 from engine.sessions.events import Position
 from engine.sessions.ops import AppendMessages, CreateSession
 from engine.sessions.session import NewMessage, new_session_id
+from engine.sessions.shard import ShardStore
 
 
 async def make_session(transport: LocalTransport, hub: FeedHub, org: str = "acme") -> tuple[str, int]:
@@ -105,3 +109,30 @@ async def test_an_organization_feed_sees_only_its_organization() -> None:
     assert not set(created) & {sid for sid, _ in theirs}
     assert set(org_feed.positions) == {0, 1} and all(p > Position(0, 0) for p in org_feed.positions.values())
     org_feed.close()
+
+
+async def test_consumers_are_dropped_when_their_shards_feed_ends_before_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(feeds, "POLL_WAIT_S", 0.1)  # the read in flight holds the shard's old store
+    transport = LocalTransport(1)
+    hub = FeedHub(transport, EventsConfig())
+    sid, shard = await make_session(transport, hub)
+    stream = await hub.open("acme", sid, None)
+    for i in range(3):
+        await say(transport, shard, sid, f"m{i}")
+    assert await take(stream, 3) == ["m0", "m1", "m2"]
+    # The shard comes back without its newest writes (fsync everysec or never, then a crash): the
+    # tail's position is past its feed's end, so its consumers resume themselves.
+    transport.stores[shard] = ShardStore()
+    sid, _ = await make_session(transport, hub)
+    for _ in range(200):
+        if stream.feed.dropped:
+            break
+        await asyncio.sleep(0.01)
+    assert stream.feed.dropped
+    stream.close()
+    fresh = await hub.open("acme", sid, None)
+    await say(transport, shard, sid, "after")
+    assert await take(fresh, 1) == ["after"]
+    fresh.close()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,6 +27,8 @@ from engine.sessions.ops import (
     ReplaceContext,
 )
 from engine.sessions.session import NewMessage, SessionStatus, new_session_id
+from engine.sessions.snapshot import SNAPSHOT_MAGIC
+from engine.storage.frames import frame, read_frames
 
 T0 = 1_700_000_000_000
 
@@ -164,31 +168,132 @@ def test_positions_survive_restarts_and_resume_with_no_gap_and_no_duplicate(
     shard.close(snapshot=False)
 
 
-def test_a_resume_from_before_a_snapshot_or_past_retention_is_gone(tmp_path: Path) -> None:
+def test_a_resume_is_gone_only_when_an_event_it_wants_is_no_longer_kept(tmp_path: Path) -> None:
     clock = ManualClock(T0)
     shard = open_shard(tmp_path, clock, EventsConfig(retention_s=60, max_events=3))
     sid = create(shard, ttl_s=3600)
+    mine = {("acme", sid)}
     shard.commit([say("acme", sid, "a")])
-    shard.store.events.read(Position(1, 0), set())  # both records kept
+    shard.store.events.read(Position(1, 0), mine)  # both records kept
     shard.commit([say("acme", sid, "b", "c")])  # four events: the first record's go
     with pytest.raises(FeedGone) as info:
-        shard.store.events.read(Position(1, 0), set())
-    assert info.value.details["oldest_resumable"] == "2.0"
-    assert [e.type for _, e in shard.store.events.read(Position(2, 0), {("acme", sid)}).events] == [
+        shard.store.events.read(Position(1, 0), mine)
+    assert info.value.details["oldest_resumable"] == "1.1"  # right after session.created
+    assert [e.type for _, e in shard.store.events.read(Position(1, 1), mine).events] == [
         "message.appended"
     ] * 3
     clock.advance(61_000)
-    shard.commit([say("acme", sid, "d")])  # the older records have aged out
+    quiet = create(shard, ttl_s=3600)  # the older records age out
     with pytest.raises(FeedGone):
-        shard.store.events.read(Position(3, 0), set())
+        shard.store.events.read(Position(3, 0), mine)
+    assert shard.store.events.read(Position(3, 2), mine).events == []  # it had seen them all
+    # Nothing of the quiet session was dropped, wherever its consumer left off.
+    assert [e.type for _, e in shard.store.events.read(Position(1, 0), {("acme", quiet)}).events] == [
+        "session.created"
+    ]
+    shard.snapshot_now()
+    clock.advance(1)
+    shard.commit([say("acme", sid, "d")])
+    shard.close(snapshot=False)
+    shard = open_shard(tmp_path, clock)  # from the snapshot: what came before it is not known
+    with pytest.raises(FeedGone):
+        shard.store.events.read(Position(4, 0), {("acme", quiet)})
+    assert shard.store.events.read(Position(4, 1), {("acme", quiet), ("acme", None)}).events == []
+    assert [e.type for _, e in shard.store.events.read(Position(3, 2), mine).events] == ["message.appended"]
+    shard.close(snapshot=False)
+
+
+def test_a_consumer_that_was_caught_up_resumes_after_a_graceful_restart(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    shard = open_shard(tmp_path, clock)
+    sid = create(shard)
+    shard.commit([say("acme", sid, "a", "b")])
+    last_id = everything(shard.store.events, Position(1, 0), {("acme", sid)})[-1][0]
+    org_at = shard.store.events.end  # where an organization's consumer stands after its feed.ready
+    shard.close()  # graceful: a final snapshot at the newest record
+    shard = open_shard(tmp_path, clock)
+    shard.commit([say("acme", sid, "c"), EndSession("acme", sid, SessionStatus.COMPLETED)])
+    resumed = everything(shard.store.events, last_id, {("acme", sid)})
+    assert [(kind, body.get("message", {}).get("content")) for _, kind, _, body in resumed] == [
+        ("message.appended", "c"),
+        ("status.changed", None),
+    ]
+    assert [e[1] for e in everything(shard.store.events, org_at, {("acme", None)})] == ["session.completed"]
+    shard.close()
+    shard = open_shard(tmp_path, clock)  # and again, from a snapshot that has the last one's positions
+    assert everything(shard.store.events, shard.store.events.end, {("acme", sid)}) == []
+    with pytest.raises(FeedGone):
+        shard.store.events.read(last_id, {("acme", sid)})  # "c" and the end are no longer known
+    shard.close(snapshot=False)
+
+
+def test_a_snapshot_without_feed_positions_refuses_every_position_before_it(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    shard = open_shard(tmp_path, clock)
+    sid = create(shard)
     shard.snapshot_now()
     shard.close(snapshot=False)
+    snapshot = next(tmp_path.glob("snapshot-*.snap"))
+    rewrite_trailer(snapshot, lambda trailer: {k: v for k, v in trailer.items() if k != "feed"})
+    shard = open_shard(tmp_path, clock)  # as an engine from before feed positions wrote it
+    assert len(shard.store) == 1
+    with pytest.raises(FeedGone):
+        shard.store.events.read(Position(1, 1), {("acme", sid)})
+    shard.commit([say("acme", sid, "a")])
+    assert len(shard.store.events.read(Position(2, 0), {("acme", sid)}).events) == 1
+    shard.close()  # its snapshot carries the refusal on
     shard = open_shard(tmp_path, clock)
     with pytest.raises(FeedGone):
-        shard.store.events.read(Position(4, 0), set())
-    assert shard.store.events.read(shard.store.events.end, set()).events == []
-    with pytest.raises(FeedGone):  # a position this shard never reached
-        shard.store.events.read(Position(99, 0), set())
+        shard.store.events.read(Position(1, 1), {("acme", "sess_never_seen")})
+    shard.close(snapshot=False)
+
+
+def rewrite_trailer(path: Path, change: Any) -> None:
+    """Rewrite a snapshot's last frame (its trailer) with `change` applied."""
+    frames = [payload for _, payload in read_frames(path, SNAPSHOT_MAGIC)]
+    frames[-1] = orjson.dumps(change(orjson.loads(frames[-1])))
+    path.write_bytes(SNAPSHOT_MAGIC + b"".join(frame(f) for f in frames))
+
+
+def test_a_position_past_the_feed_or_past_its_record_is_a_validation_error(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    shard = open_shard(tmp_path, clock)
+    sid = create(shard)
+    shard.commit([say("acme", sid, "a", "b")])  # record 2: two events
+    shard.commit([ExpireDue()])  # nothing due: no record
+    shard.commit([ReplaceContext("acme", sid, {"k": 1})])  # record 3
+    log, mine = shard.store.events, {("acme", sid)}
+    assert log.end == Position(4, 0)
+    for past in (Position(4, 1), Position(5, 0), Position(99, 0)):
+        with pytest.raises(ValidationFailed) as info:
+            log.read(past, mine)
+        assert info.value.details == {"field": "Last-Event-ID", "position": str(past), "newest": "4.0"}
+        assert "without Last-Event-ID" in info.value.hint
+    with pytest.raises(ValidationFailed) as info:
+        log.read(Position(2, 9), mine)
+    assert info.value.details["events"] == 2
+    assert len(log.read(Position(2, 2), mine).events) == 1  # after both: the context update
+    shard.close()
+    shard = open_shard(tmp_path, clock)
+    shard.commit([DeleteSession("acme", sid)])  # record 4, after the snapshot at 3
+    shard.commit([say("acme", create(shard), "x")])
+    with pytest.raises(ValidationFailed):
+        shard.store.events.read(Position(4, 2), mine)
+    assert shard.store.events.read(Position(2, 9), set()).events == []  # before the snapshot: not known
+    shard.close(snapshot=False)
+
+
+def test_a_deleted_sessions_entry_goes_once_its_deletion_is_no_longer_kept(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    shard = open_shard(tmp_path, clock, EventsConfig(max_events=2))
+    sid, other = create(shard), create(shard)
+    shard.commit([DeleteSession("acme", sid)])
+    log = shard.store.events
+    with pytest.raises(FeedGone):
+        log.read(Position(1, 0), {("acme", sid)})  # its session.created is dropped, its deletion kept
+    for _ in range(3):
+        shard.commit([say("acme", other, "x")])
+    assert ("acme", sid) not in log._gone and ("acme", other) in log._gone
     shard.close(snapshot=False)
 
 
