@@ -79,8 +79,10 @@ class _Connections:
 
     def move(self, connection: EdgeProtocol, state: State | None) -> None:
         """`connection` is now in `state` (None: gone), since now."""
-        for waiting in self.waiting.values():
-            waiting.pop(connection, None)
+        was = connection.state
+        if was is not None and was != "busy":
+            self.waiting[was].pop(connection, None)
+        connection.state = state
         if state is not None and state != "busy":
             self.waiting[state][connection] = None
 
@@ -120,6 +122,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._admin_paths = _admin_paths
         self._pool = _connections_of(self.loop)
         self._host: str | None = None  # the client's address, counted in the pool
+        self.state: State | None = None  # where it is in the pool (None: not in it)
         self._refused = False
         self._admin_only = False  # a reserved connection: health checks and /metrics only
         self._in_headers = False  # a request's headers are arriving
