@@ -19,7 +19,7 @@ from engine.memory.index import IndexParams
 from engine.memory.snapshot import SNAPSHOT_PREFIX as MEMORY_SNAPSHOT_PREFIX
 from engine.sessions.durable import recover
 from engine.sessions.snapshot import SNAPSHOT_PREFIX
-from engine.storage.identity import IDENTITY_FILE, read_epoch
+from engine.storage.identity import IDENTITY_FILE, ShardIdentity, read_epoch
 from engine.storage.layout import read_layout
 from engine.storage.lock import lock_holder
 from engine.storage.recovery import RecoveryNotes, iter_notes
@@ -92,13 +92,13 @@ def check_directory(directory: Path, kind: str, cluster_id: str | None = None) -
     report.epoch = read_epoch(directory)
     with contextlib.suppress(FileNotFoundError, orjson.JSONDecodeError):
         report.identity = orjson.loads((directory / IDENTITY_FILE).read_bytes())
-    if (
-        report.identity is not None
-        and cluster_id is not None
-        and report.identity.get("cluster_id") != cluster_id
-    ):
-        report.refused = f"its IDENTITY names {report.identity}, not cluster {cluster_id} (engine.json)"
-        return report
+    index = directory.name.rsplit("-", 1)[-1]
+    if report.identity is not None and cluster_id is not None and index.isdigit():
+        # A shard starts only on a directory whose identity is exactly its own (verify_identity).
+        own = ShardIdentity(cluster_id, kind.split()[0], int(index)).as_dict()
+        if report.identity != own:
+            report.refused = f"its IDENTITY names {report.identity}, not this shard ({own}, engine.json)"
+            return report
     try:
         if kind == "session shard":
             store, _, recovery = recover(directory, repair=False)

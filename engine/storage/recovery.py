@@ -6,6 +6,8 @@ after it, for both kinds of durable shard (sessions, vector memory).
   is set aside as `<name>.damaged`, so it is never chosen again.
 - A damaged record at the log's tail (a torn write, or a whole record with a bad checksum) is cut
   off, and the cut bytes are first copied to `<segment>.<offset>.quarantine` beside the log.
+- Log segments whose records are all in the snapshot recovery starts from are not read: a shard
+  keeps them only for the snapshot before it (the fallback), so damage there does not stop a start.
 - Damage anywhere else, or a log that does not continue from the state a snapshot holds, refuses
   the start (CorruptFile naming file and offset): there is no consistent state to serve.
 

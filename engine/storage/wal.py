@@ -71,6 +71,8 @@ def read_log(
     quarantine file beside the log (engine.storage.recovery), with a warning, and reported in
     `notes`; damage anywhere else, or a gap in the LSNs, raises CorruptFile. Records of a segment
     at or past the next segment's first LSN, which only a fenced incarnation writes, are cut the same way.
+    A segment whose records all come at or before `after_lsn` is not read at all: the snapshot
+    recovery started from holds what they did, so damage in it cannot change what a start serves.
 
     `until_lsn` is for a shard rebuilding itself after a failed write: records after it were never
     acknowledged, so reading stops there, and nothing on disk is changed (the disk may refuse it).
@@ -83,6 +85,8 @@ def read_log(
         # A segment ends where the next one begins. Records past that were written by a stale
         # incarnation after a newer one had started (engine.storage.identity), never acknowledged.
         ends_before = None if last else found[i + 1][0]
+        if ends_before is not None and ends_before <= after_lsn + 1:
+            continue  # every record it holds is older than the snapshot's state: kept as a fallback only
         for offset, payload in read_frames(path, WAL_MAGIC, torn if last else None):
             try:
                 record = orjson.loads(payload)
