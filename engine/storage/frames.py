@@ -1,7 +1,10 @@
 """Framed records: `length (u32 LE) | crc32 of payload (u32 LE) | payload`, after an 8-byte file magic.
 
 Reading tells a torn tail (the last record cut short by a crash: expected, cut off with a warning)
-from corruption (a bad record with intact records after it: never skipped silently).
+from corruption (a bad record with intact records after it: never skipped silently). A damaged last
+record whose bytes are all there (its checksum does not match them, or only its length is wrong) is
+cut off too, but it is told apart: it was written whole, so it may have been acknowledged before its
+bytes changed on disk, and what it held may be lost (engine.storage.wal says so when it cuts one).
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ MAX_FRAME_BYTES = 1 << 30
 
 @dataclass(slots=True)
 class TornTail:
-    offset: int  # where the valid records end; everything from here on is a partial write
+    offset: int  # where the valid records end; everything from here on is cut off
     reason: str
+    # The record is all there but does not read back (a bit flip, a bad sector): it may have been
+    # acknowledged. False: it was cut short, a write a crash interrupted before it was whole.
+    whole: bool = False
 
 
 def frame(payload: bytes) -> bytes:
@@ -43,7 +49,7 @@ def read_frames(path: Path, magic: bytes, torn: list[TornTail] | None = None) ->
             raise CorruptFile(path, 0, "not a file of this kind (bad magic)")
         offset = len(magic)
         while offset < size:
-            problem = None
+            problem, whole = None, False
             header = f.read(HEADER.size)
             if len(header) < HEADER.size:
                 problem = "record header cut short"
@@ -52,15 +58,20 @@ def read_frames(path: Path, magic: bytes, torn: list[TornTail] | None = None) ->
                 end = offset + HEADER.size + length
                 if length == 0 or length > MAX_FRAME_BYTES or end > size:
                     problem = "record runs past the end of the file"
+                    # A flipped bit in the length looks like a record cut short, unless the bytes
+                    # that are there match the checksum: then the record is whole, its length wrong.
+                    rest = f.read()
+                    if rest and zlib.crc32(rest) == crc:
+                        problem, whole = "record length damaged (its bytes match their checksum)", True
                 else:
                     payload = f.read(length)
                     if zlib.crc32(payload) != crc:
-                        problem = "checksum mismatch"
+                        problem, whole = "checksum mismatch", True
             if problem is not None:
                 # Only the last record can be torn by a crash: intact records after this one mean damage.
                 if torn is None or _intact_record_after(path, offset + 1, size):
                     raise CorruptFile(path, offset, problem)
-                torn.append(TornTail(offset, problem))
+                torn.append(TornTail(offset, problem, whole))
                 return
             yield offset, payload
             offset = end

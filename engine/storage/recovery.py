@@ -5,7 +5,9 @@ after it, for both kinds of durable shard (sessions, vector memory).
   previous snapshot and the log segments it needs); once recovery has succeeded the damaged file
   is set aside as `<name>.damaged`, so it is never chosen again.
 - A damaged record at the log's tail (a torn write, or a whole record with a bad checksum) is cut
-  off, and the cut bytes are first copied to `<segment>.<offset>.quarantine` beside the log.
+  off, and the cut bytes are first copied to `<segment>.<offset>.quarantine` beside the log. A torn
+  write was never acknowledged (under fsync always); a whole record that does not read back may have
+  been, and its note says so (`may_have_been_acknowledged`).
 - Log segments whose records are all in the snapshot recovery starts from are not read: a shard
   keeps them only for the snapshot before it (the fallback), so damage there does not stop a start.
 - Damage anywhere else, or a log that does not continue from the state a snapshot holds, refuses
@@ -162,4 +164,10 @@ def iter_notes(notes: RecoveryNotes) -> Iterator[str]:
         yield f"damaged snapshot {d['file']} passed over ({d['reason']}){aside}"
     for c in notes.cut_tails:
         kept = f", the bytes kept in {c['quarantine']}" if c.get("quarantine") else ""
-        yield f"cut {c['bytes']} bytes off {c['file']} at offset {c['offset']} ({c['reason']}){kept}"
+        lost = (
+            "; the record was whole, so it may have been acknowledged: a change a client was told is "
+            "stored may be lost (see 'What a quarantined record was' in docs/operations.md)"
+            if c.get("may_have_been_acknowledged")
+            else ""
+        )
+        yield f"cut {c['bytes']} bytes off {c['file']} at offset {c['offset']} ({c['reason']}){kept}{lost}"

@@ -68,9 +68,10 @@ def read_log(
 ) -> Iterator[LogRecord]:
     """Records with lsn > after_lsn, in order. A damaged tail of the last segment (a record cut
     short by a crash, or a whole one with a bad checksum) is cut off, its bytes first copied to a
-    quarantine file beside the log (engine.storage.recovery), with a warning, and reported in
-    `notes`; damage anywhere else, or a gap in the LSNs, raises CorruptFile. Records of a segment
-    at or past the next segment's first LSN, which only a fenced incarnation writes, are cut the same way.
+    quarantine file beside the log (engine.storage.recovery), with a warning (an error if the record
+    was whole: it may have been acknowledged), and reported in `notes`; damage anywhere else, or a
+    gap in the LSNs, raises CorruptFile. Records of a segment at or past the next segment's first
+    LSN, which only a fenced incarnation writes, are cut the same way.
     A segment whose records all come at or before `after_lsn` is not read at all: the snapshot
     recovery started from holds what they did, so damage in it cannot change what a start serves.
 
@@ -114,12 +115,27 @@ def read_log(
                 "bytes": size - tail.offset,
                 "reason": tail.reason,
                 "quarantine": kept.name if kept is not None else None,
+                # Cut short or a stale incarnation's: never acknowledged under fsync always. Whole but
+                # not reading back: written whole, then changed on disk, perhaps after its 2xx.
+                "may_have_been_acknowledged": tail.whole,
             }
             if notes is not None:
                 notes.append(note)
             if not repair:
                 continue
-            log.warning("cut off a damaged log tail; its bytes are in the quarantine file", extra=note)
+            if tail.whole:
+                log.error(
+                    "cut off a whole log record that does not read back (damage on disk?): it may have "
+                    "been acknowledged, so a change a client was told is stored may be lost; its bytes "
+                    "are in the quarantine file",
+                    extra=note,
+                )
+            else:
+                log.warning(
+                    "cut off an unfinished log tail (a write a crash cut short, or a stale "
+                    "incarnation's record); its bytes are in the quarantine file",
+                    extra=note,
+                )
             if tail.offset <= len(WAL_MAGIC):
                 path.unlink()  # nothing intact in it; an empty segment would read as damage later
             else:

@@ -298,6 +298,27 @@ def test_check_and_a_real_start_reach_the_same_verdict_on_the_same_damage(
     assert check_directory(started, kind).verdict == CLEAN
 
 
+def test_a_cut_record_that_was_whole_is_reported_as_possibly_acknowledged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record cut short by a crash was never acknowledged (fsync always); a whole record whose
+    bytes no longer match may have been, and check and the start's notes say which."""
+    for case, whole in (
+        ("a torn tail", False),
+        ("a bit flip in the last record", True),
+        ("a bit flip in the last record's length", True),
+    ):
+        directory = shard_directory(tmp_path / case.replace(" ", "-").replace("'", ""), 0)
+        session_history(directory)
+        damage_case(case, directory)
+        assert cli.main(["check", str(directory.parent.parent)]) == 3
+        out = capsys.readouterr().out
+        assert ("it may have been acknowledged" in out) == whole, out
+        _, found = start(directory, "session shard")
+        (cut,) = found["notes"]["cut_tails"]
+        assert cut["may_have_been_acknowledged"] == whole, cut
+
+
 def test_check_refuses_a_directory_that_names_another_shard_as_a_start_does(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

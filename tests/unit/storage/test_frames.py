@@ -39,6 +39,25 @@ def test_a_tail_torn_at_any_length_reads_back_as_a_prefix(
     ends = [len(MAGIC) + sum(len(frame(r)) for r in records[:i]) for i in range(len(records) + 1)]
     assert len(got) == max(i for i, end in enumerate(ends) if end <= cut)
     assert bool(torn) == (cut not in ends)
+    assert not any(t.whole for t in torn), "a record cut short is never taken for a whole one"
+
+
+@_tmp
+@given(records=payloads, data=st.data())
+def test_a_flipped_bit_anywhere_in_the_last_record_is_cut_as_a_whole_record(
+    tmp_path: Path, records: list[bytes], data: st.DataObject
+) -> None:
+    """Its length, checksum or payload: the record was written whole, so it may have been
+    acknowledged, and the torn tail says so (engine.storage.wal tells the operator)."""
+    path = tmp_path / "f"
+    full = bytearray(write(path, records))
+    last_start = len(full) - len(frame(records[-1]))
+    position = data.draw(st.integers(last_start, len(full) - 1))
+    full[position] ^= 1 << data.draw(st.integers(0, 7))
+    path.write_bytes(bytes(full))
+    got, torn = read(path)
+    assert got == records[:-1]
+    assert [(t.offset, t.whole) for t in torn] == [(last_start, True)], torn
 
 
 @_tmp
