@@ -49,8 +49,8 @@ def error_response(
     retry_after_s: float | None = None,
     limit_per_s: float | None = None,
 ) -> Response:
-    """`retry_after_s` becomes Retry-After (a 503 says 1 s without it); a 429 also names the rate
-    limit it is over, `limit_per_s`."""
+    """`retry_after_s` becomes Retry-After (a 503 says 1 s without it); a 429 of a rate limit also
+    names the rate it is over, `limit_per_s`."""
     details = details or {}
     if status >= 500 and "request_id" not in details:
         # Every 5xx names its request, so an operator can find it in the server log.
@@ -63,8 +63,8 @@ def error_response(
         retry_after_s = Unavailable.retry_after_s
     if retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
-    if status == 429:
-        assert limit_per_s is not None and retry_after_s is not None  # RateLimited gives both
+    if status == 429 and limit_per_s is not None:  # a rate limit (a cap on open feeds has none)
+        assert retry_after_s is not None  # RateLimited gives both
         headers |= {
             "X-RateLimit-Limit": f"{limit_per_s:g}",
             "X-RateLimit-Remaining": "0",

@@ -11,6 +11,10 @@ removed by position. Ordering is per shard: an organization's feed interleaves i
 
 A consumer whose queue holds `events.max_queued` events (it reads slower than events come) is
 dropped: its stream ends with a `feed.dropped` event carrying the position to resume from.
+
+Each open feed holds one of this worker's connections for as long as it is read, so an organization
+may hold at most `events.max_feeds_per_org` of them here; past it, opening one is refused
+(TooManyFeeds, 429).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from engine.config import EventsConfig
-from engine.errors import FeedGone, Unavailable, ValidationFailed
+from engine.errors import FeedGone, TooManyFeeds, Unavailable, ValidationFailed
 from engine.routing import shard_for
 from engine.runtime.transport import SessionTransport
 from engine.sessions.events import Event, Interest, Page, Position, parse_position
@@ -185,6 +189,7 @@ class FeedHub:
         self._transport = transport
         self._config = config
         self._tails = [Tail(i, transport) for i in range(transport.shards)]
+        self._open: dict[str, int] = {}  # per organization: its feeds open here, or opening
 
     @property
     def shards(self) -> int:
@@ -193,9 +198,33 @@ class FeedHub:
     def shards_of(self, org: str, session_id: str | None) -> list[int]:
         return list(range(self.shards)) if session_id is None else [shard_for(org, session_id, self.shards)]
 
+    def open_feeds(self, org: str) -> int:
+        return self._open.get(org, 0)
+
     async def open(self, org: str, session_id: str | None, after: dict[int, Position] | None) -> Stream:
         """A consumer's stream. With `after`, what it missed is read from the shards first (a
-        position no longer kept raises FeedGone, before anything is sent); without, it starts now."""
+        position no longer kept raises FeedGone, before anything is sent); without, it starts now.
+        TooManyFeeds if the organization has `events.max_feeds_per_org` open here already."""
+        limit = self._config.max_feeds_per_org
+        if self.open_feeds(org) >= limit:
+            raise TooManyFeeds(limit)
+        self._open[org] = self.open_feeds(org) + 1  # counted before the first wait: no race past it
+        try:
+            return await self._open_stream(org, session_id, after)
+        except BaseException:
+            self._release(org)
+            raise
+
+    def _release(self, org: str) -> None:
+        left = self._open[org] - 1
+        if left:
+            self._open[org] = left
+        else:
+            del self._open[org]
+
+    async def _open_stream(
+        self, org: str, session_id: str | None, after: dict[int, Position] | None
+    ) -> Stream:
         shards = self.shards_of(org, session_id)
         feed = Feed((org, session_id), {}, self._config.max_queued)
         tails = [self._tails[i] for i in shards]
@@ -240,6 +269,7 @@ class Stream:
         self._tails = tails
         self._missed: list[tuple[int, Position, Event]] = []
         self._behind: dict[int, Position] = {}  # shards whose catch-up is not finished: from where
+        self._closed = False
 
     @property
     def positions(self) -> dict[int, Position]:
@@ -282,5 +312,9 @@ class Stream:
             yield fresh or None
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._hub._close(self.feed, self._tails)
+        self._hub._release(self.feed.interest[0])
         metrics.FEEDS_OPEN.dec()

@@ -85,6 +85,12 @@ CONNECTIONS_EVICTED = Counter(
 FEED_DROPPED = Counter(
     "session_engine_feed_consumers_dropped", "Feed consumers dropped for falling too far behind."
 )
+FEEDS_REFUSED = Counter(
+    "session_engine_feeds_refused",
+    "Change feeds refused when opened (429), by why: max_feeds_per_org, an organization already "
+    "holds events.max_feeds_per_org feeds open on this worker.",
+    ["reason", "org"],
+)
 
 
 class OrgLabels:

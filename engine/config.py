@@ -154,6 +154,9 @@ class EventsConfig(_Section):
     # told where to resume from.
     max_queued: int = Field(1000, ge=1)
     heartbeat_s: float = Field(15.0, gt=0)  # a comment line this often, so idle feeds stay open
+    # Feeds one organization may have open on each gateway worker process (each holds a connection
+    # of that worker's); past it, 429. One GET /events carries all of an organization's sessions.
+    max_feeds_per_org: int = Field(100, ge=1)
 
 
 class MetricsConfig(_Section):

@@ -172,6 +172,25 @@ class RateLimited(EngineError):
         self.retry_after_s = retry_after_s
 
 
+class TooManyFeeds(EngineError):
+    """An organization already holds `events.max_feeds_per_org` change feeds open on this gateway
+    worker process; each holds one of the worker's connections."""
+
+    code = "RATE_LIMITED"
+    hint = (
+        "Close the feeds you do not read. One GET /events feed carries every session of the "
+        "organization (created, ended, deleted, summaries), so a consumer of many sessions needs "
+        "only that one; the operator sets the limit (events.max_feeds_per_org, per gateway worker)."
+    )
+    retry_after_s = 10.0
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"this organization already has {limit} change feeds open on this gateway worker",
+            {"limit": limit, "setting": "events.max_feeds_per_org"},
+        )
+
+
 class FeedGone(EngineError):
     """A change feed was asked to resume from a position whose events are no longer kept."""
 

@@ -24,6 +24,7 @@ ALL_ERRORS = [
     errors.Forbidden("managed", {"namespace": "session-memory"}),
     errors.ModelMissing("models.summarizer.path: /x is not a model directory", {"setting": "x"}),
     errors.RateLimited(2.5, 0.4),
+    errors.TooManyFeeds(100),
     errors.FeedGone("3.0", "7.0", "42.0"),
     errors.Unavailable("down", {"shard": 1}, "later"),
     errors.Internal("bug"),
@@ -87,3 +88,10 @@ def test_retry_hints_are_typed_fields_that_become_headers() -> None:
     assert status == 503 and headers["retry-after"] == "1"
     status, headers, _ = _answer(errors.SessionNotFound("sess_1"))
     assert status == 404 and "retry-after" not in headers
+
+
+def test_too_many_feeds_is_a_429_with_retry_after_and_no_rate() -> None:
+    status, headers, body = _answer(errors.TooManyFeeds(100))
+    assert status == 429 and body["code"] == "RATE_LIMITED" and "GET /events" in body["hint"]
+    assert body["details"] == {"limit": 100, "setting": "events.max_feeds_per_org"}
+    assert headers["retry-after"] == "10" and "x-ratelimit-limit" not in headers

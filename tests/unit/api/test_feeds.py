@@ -11,6 +11,7 @@ import pytest
 from api import feeds
 from api.feeds import FeedHub, Stream
 from engine.config import EventsConfig
+from engine.errors import TooManyFeeds, ValidationFailed
 from engine.runtime.transport import LocalTransport
 from engine.sessions.events import Position
 from engine.sessions.ops import AppendMessages, CreateSession
@@ -136,3 +137,30 @@ async def test_consumers_are_dropped_when_their_shards_feed_ends_before_them(
     await say(transport, shard, sid, "after")
     assert await take(fresh, 1) == ["after"]
     fresh.close()
+
+
+async def test_an_organization_may_hold_only_max_feeds_per_org_open() -> None:
+    transport = LocalTransport(2)
+    hub = FeedHub(transport, EventsConfig(max_feeds_per_org=2))
+    sid, shard = await make_session(transport, hub)
+    first, second = await hub.open("acme", sid, None), await hub.open("acme", None, None)
+    with pytest.raises(TooManyFeeds) as refused:
+        await hub.open("acme", None, None)
+    assert refused.value.details["limit"] == 2 and "GET /events" in refused.value.hint
+    other = await hub.open("evil", None, None)  # another organization has its own
+    first.close()
+    first.close()  # once is counted once
+    third = await hub.open("acme", sid, None)
+    with pytest.raises(TooManyFeeds):
+        await hub.open("acme", sid, None)
+    third.close()
+    # A feed refused on the way (a position past the feed's end) does not stay counted.
+    with pytest.raises(ValidationFailed):
+        await hub.open("acme", sid, {shard: Position(10**6, 0)})
+    assert hub.open_feeds("acme") == 1
+    fourth = await hub.open("acme", sid, None)
+    await say(transport, shard, sid, "still served")
+    assert await take(fourth, 1) == ["still served"]
+    for stream in (second, other, fourth):
+        stream.close()
+    assert hub.open_feeds("acme") == hub.open_feeds("evil") == 0
