@@ -14,10 +14,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from engine.errors import EngineError, Internal, QuotaExceeded, RateLimited, Unavailable
+from engine.errors import (
+    EngineError,
+    Internal,
+    NotJson,
+    QuotaExceeded,
+    RateLimited,
+    Unavailable,
+    ValidationFailed,
+)
 from engine.logs import request_id_var
 
 from . import metrics
+from .json_numbers import locate
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +60,7 @@ def error_response(
 ) -> Response:
     """`retry_after_s` becomes Retry-After (a 503 says 1 s without it); a 429 of a rate limit also
     names the rate it is over, `limit_per_s`."""
-    details = details or {}
-    if status >= 500 and "request_id" not in details:
-        # Every 5xx names its request, so an operator can find it in the server log.
-        details = {**details, "request_id": request_id_var.get()}
-    body = {"error": message, "code": code, "details": details, "hint": hint}
+    body = error_body(status, code, message, details, hint)
     headers = {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
@@ -70,7 +75,18 @@ def error_response(
             "X-RateLimit-Remaining": "0",
             "X-RateLimit-Reset": headers["Retry-After"],  # seconds until a request is accepted again
         }
-    return Response(_dumps(body), status_code=status, media_type="application/json", headers=headers)
+    return Response(dump_body(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def error_body(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None, hint: str = ""
+) -> dict[str, Any]:
+    """The one shape of every error: `{error, code, details, hint}`."""
+    details = details or {}
+    if status >= 500 and "request_id" not in details:
+        # Every 5xx names its request, so an operator can find it in the server log.
+        details = {**details, "request_id": request_id_var.get()}
+    return {"error": message, "code": code, "details": details, "hint": hint}
 
 
 def for_client(exc: EngineError) -> EngineError:
@@ -87,20 +103,42 @@ def for_client(exc: EngineError) -> EngineError:
     )
 
 
+def status_of(exc: EngineError) -> int:
+    return 400 if isinstance(exc, NotJson) else STATUS_BY_CODE[exc.code]
+
+
+def details_of(exc: EngineError) -> dict[str, Any]:
+    """The error's details; a VALIDATION_ERROR's always name a `field` and list `errors`, each with
+    its `field` and `message`, whichever check refused the request (the schema's or the engine's)."""
+    details = exc.details
+    if exc.code != "VALIDATION_ERROR" or "errors" in details:
+        return details
+    # The checks that name no field are about the body as a whole (a vector's dimension, a change
+    # the log cannot hold).
+    field = str(details.get("field", "body"))
+    return {"field": field, **details, "errors": [{"field": field, "message": exc.message}]}
+
+
+def engine_error_body(exc: EngineError) -> dict[str, Any]:
+    """What an MCP tool's error result holds: the body an HTTP client gets for the same error."""
+    exc = for_client(exc)
+    return error_body(status_of(exc), exc.code, exc.message, details_of(exc), exc.hint)
+
+
 def engine_error_response(exc: EngineError) -> Response:
     exc = for_client(exc)
     return error_response(
-        STATUS_BY_CODE[exc.code],
+        status_of(exc),
         exc.code,
         exc.message,
-        exc.details,
+        details_of(exc),
         exc.hint,
         retry_after_s=exc.retry_after_s,
         limit_per_s=exc.limit_per_s if isinstance(exc, RateLimited) else None,
     )
 
 
-def _dumps(body: dict[str, Any]) -> bytes:
+def dump_body(body: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(body)
     except TypeError:
@@ -124,31 +162,39 @@ async def _engine_error(request: Request, exc: Exception) -> Response:
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    problems = [_describe(err) for err in exc.errors()]
+    problems = [describe(err) for err in exc.errors()]
     if any(p["type"] == "json_invalid" for p in problems):
-        return error_response(
-            400,
-            "VALIDATION_ERROR",
-            "request body is not valid JSON",
-            {"errors": problems},
-            "Send a JSON body with 'Content-Type: application/json'.",
+        # A number the engine cannot keep (1e400), or NaN written out, is named by its field.
+        bad = locate(exc.body) if isinstance(exc.body, str | bytes) else None
+        if bad is not None:
+            return engine_error_response(bad.error())
+        return engine_error_response(
+            NotJson(
+                "request body is not valid JSON",
+                {"field": "body", "errors": problems},
+                "Send a JSON body with 'Content-Type: application/json'.",
+            )
         )
     content_type = request.headers.get("content-type", "application/json")
-    if "json" not in content_type and any(p["type"] in _NOT_AN_OBJECT for p in problems if not p["field"]):
-        return error_response(
-            422,
-            "VALIDATION_ERROR",
-            f"request body must be JSON, but Content-Type is {content_type!r}",
-            {"errors": problems},
-            "Send the header 'Content-Type: application/json' (curl -d sends form data by default).",
+    whole_body = [p for p in problems if p["in"] == p["field"] == "body"]
+    if "json" not in content_type and any(p["type"] in _NOT_AN_OBJECT for p in whole_body):
+        return engine_error_response(
+            ValidationFailed(
+                f"request body must be JSON, but Content-Type is {content_type!r}",
+                {"field": "body", "errors": problems},
+                "Send the header 'Content-Type: application/json' (curl -d sends form data by default).",
+            )
         )
+    return engine_error_response(invalid_request(problems))
+
+
+def invalid_request(problems: list[dict[str, Any]]) -> ValidationFailed:
+    """The error for what a request's schema refused (`describe`d pydantic errors): the first
+    problem's field, and all of them."""
     first = problems[0]
-    where = first["field"] or first["in"]
-    return error_response(
-        422,
-        "VALIDATION_ERROR",
-        f"{where}: {first['message']}",
-        {"errors": problems},
+    return ValidationFailed(
+        f"{first['field']}: {first['message']}",
+        {"field": first["field"], "errors": problems},
         "Fix the fields named in details and send the request again; /docs lists every field.",
     )
 
@@ -156,23 +202,23 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 _NOT_AN_OBJECT = frozenset({"model_attributes_type", "dict_type"})
 
 
-def _describe(err: Any) -> dict[str, Any]:
+def describe(err: Any) -> dict[str, Any]:
+    """A pydantic error as `{field, message, in, type}`: `in` is where in the request (body, query,
+    path, header), `field` the dotted path in it (the place itself for the whole body)."""
     loc = [str(part) for part in err.get("loc", ())]
     where = loc[0] if loc else "body"
+    kind = str(err.get("type", ""))
     message = str(err.get("msg", "")).removeprefix("Value error, ")
-    problem = {"in": where, "field": ".".join(loc[1:]), "message": message, "type": err.get("type", "")}
-    if problem["type"] == "json_invalid":
-        problem["message"] = f"JSON decode error: {err.get('ctx', {}).get('error', '')}".strip()
-    return problem
+    if kind == "json_invalid":  # its loc holds the character position, which the message has too
+        loc = [where]
+        message = f"JSON decode error: {err.get('ctx', {}).get('error', '')}".strip()
+    return {"field": ".".join(loc[1:]) or where, "message": message, "in": where, "type": kind}
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 413:
-        limit = request.app.state.config.limits.max_body_bytes
-        return error_response(
-            413, "PAYLOAD_TOO_LARGE", "request body is too large", {"limit_bytes": limit}, PAYLOAD_HINT
-        )
+        return payload_too_large(request.app.state.config.limits.max_body_bytes)
     if exc.status_code == 404:
         return error_response(
             404, "NOT_FOUND", f"no route {request.url.path}", {}, "See /docs for the routes."
@@ -203,6 +249,13 @@ def _allowed_methods(request: Request) -> list[str]:
 
 
 PAYLOAD_HINT = "Send less per request: split batches or shrink the context. Limits are in the config."
+
+
+def payload_too_large(limit_bytes: int) -> Response:
+    """A body over `limits.max_body_bytes`, declared or counted as it arrived."""
+    return error_response(
+        413, "PAYLOAD_TOO_LARGE", "request body is too large", {"limit_bytes": limit_bytes}, PAYLOAD_HINT
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

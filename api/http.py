@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import re
 import time
@@ -19,27 +17,17 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.errors import ValidationFailed
 from engine.logs import request_id_var
 
 from .direct import direct_handler
-from .errors import PAYLOAD_HINT, error_response
+from .errors import error_response, payload_too_large
+from .json_numbers import check_body
 from .metrics import HttpMetrics
 from .schemas import ERROR_RESPONSES
 
 log = logging.getLogger(__name__)
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# What orjson (and so the log) keeps exactly; it reads a larger integer as a float instead.
-_INT_RANGE = (-(2**63), 2**64 - 1)
-# Every integer outside the range has at least 19 digits. A body's shape (engine: translate, then
-# find, both in C) shows its digits as 9, points and exponents as ".", the rest as spaces; an
-# integer of 19 digits or more is " 999…" not followed by a point. Floats do not count: a client's
-# embedding sends hundreds with 17 to 20 digits after the point, and the regex this replaced
-# (any 19 digits) sent those bodies to the second, Python parse: a sixth of the gateway's time on a
-# vector query. A regex that skips floats took 115 µs on such a body; the shape takes a few.
-_SHAPE = bytes(57 if chr(b).isdigit() and b < 128 else 46 if b in b".eE" else 32 for b in range(256))
-_LONG_INTEGER = b" " + b"9" * 19
 
 
 def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -66,7 +54,7 @@ class OrjsonRoute(APIRoute):
 
         async def handle(request: Request) -> Response:
             request = _OrjsonRequest(request.scope, request.receive)
-            check_exact_integers(await request.body())  # kept by the request for the route to parse
+            check_body(await request.body())  # kept by the request for the route to parse
             if direct is not None:
                 answer = await direct(request)
                 if answer is not None:
@@ -74,42 +62,6 @@ class OrjsonRoute(APIRoute):
             return await handler(request)
 
         return handle
-
-
-def check_exact_integers(body: bytes) -> None:
-    """422 for an integer orjson cannot keep exactly (it would read it as a float, silently).
-    Only a body with an integer of 19 digits or more can hold one; only those are parsed a second
-    time. (A match may be inside a string: that only costs the second parse.)"""
-    if not _has_long_integer(body):
-        return
-
-    def exact(text: str) -> int:
-        value = int(text)
-        if not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
-            raise ValidationFailed(
-                f"the integer {text[:40]} does not fit in 64 bits",
-                {"limit": "-2^63 to 2^64-1"},
-                "Send integers this large as strings; the engine keeps numbers as 64-bit integers "
-                "or doubles, and never rounds an integer silently.",
-            )
-        return value
-
-    # Not JSON (or deeper than Python's parser goes): the route's own parsing answers that.
-    with contextlib.suppress(ValueError, RecursionError):
-        json.loads(body, parse_int=exact)
-
-
-def _has_long_integer(body: bytes) -> bool:
-    shape = b" " + body.translate(_SHAPE)
-    start = shape.find(_LONG_INTEGER)
-    while start != -1:
-        end = start + len(_LONG_INTEGER)
-        while end < len(shape) and shape[end] == 57:  # the rest of the run
-            end += 1
-        if end == len(shape) or shape[end] != 46:  # no point or exponent follows: an integer
-            return True
-        start = shape.find(_LONG_INTEGER, end)
-    return False
 
 
 def json_router(prefix: str, tag: str) -> APIRouter:
@@ -157,7 +109,7 @@ class RequestContextMiddleware:
         try:
             declared = _content_length(scope)
             if declared is not None and declared > self.max_body_bytes:
-                await self._too_large()(scope, receive, send_with_id)
+                await payload_too_large(self.max_body_bytes)(scope, receive, send_with_id)
                 return
             encoding = _header(scope, b"content-encoding")
             if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
@@ -192,15 +144,6 @@ class RequestContextMiddleware:
             return message
 
         return receive_within_limit
-
-    def _too_large(self) -> Response:
-        return error_response(
-            413,
-            "PAYLOAD_TOO_LARGE",
-            "request body is too large",
-            {"limit_bytes": self.max_body_bytes},
-            PAYLOAD_HINT,
-        )
 
 
 def internal_error(request_id: str) -> Response:

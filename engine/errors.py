@@ -51,6 +51,10 @@ class ValidationFailed(EngineError):
     hint = "Fix the fields named in details and send the request again."
 
 
+class NotJson(ValidationFailed):
+    """A request body that is not JSON: the one VALIDATION_ERROR answered 400, not 422."""
+
+
 class PayloadTooLarge(EngineError):
     code = "PAYLOAD_TOO_LARGE"
     hint = "Send less data per request; the limit is in details."

@@ -1,18 +1,40 @@
-"""Input the engine refuses with a clear 4xx (issue 15), on Ray and in-process: JSON nesting at and
-past limits.max_json_depth, integers past 64 bits, compressed bodies, NUL characters, namespaces
-that read as the engine's own, and tool fields on roles that have no tools."""
+"""Input the engine refuses with a clear 4xx, on Ray and in-process: JSON nesting at and past
+limits.max_json_depth, integers past 64 bits, numbers that are not finite, compressed bodies, NUL
+characters, namespaces that read as the engine's own, and tool fields on roles that have no tools.
+Every refusal of a request's content names its field (`details.field`) and lists its problems
+(`details.errors`), whichever check made it."""
 
 from __future__ import annotations
 
 import gzip
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
 from .conftest import Api, assert_error
 
 DEPTH = 64  # limits.max_json_depth in configs/default.yaml
+
+
+@pytest.fixture(autouse=True)
+def _every_refusal_names_its_field(api: Api, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    answers: list[httpx.Response] = []
+    send = api.request
+
+    def request(method: str, path: str, **kwargs: Any) -> httpx.Response:
+        answers.append(send(method, path, **kwargs))
+        return answers[-1]
+
+    monkeypatch.setattr(api, "request", request)
+    yield
+    refused = [r for r in answers if r.status_code in (400, 422)]
+    for response in refused:
+        details = response.json()["details"]
+        assert details["field"] and details["errors"], response.text
+        assert all(problem["field"] and problem["message"] for problem in details["errors"]), response.text
 
 
 def nested(depth: int) -> dict[str, Any]:
@@ -29,7 +51,11 @@ def test_a_context_at_the_depth_limit_is_stored_and_one_past_it_refused(api: Api
     body = assert_error(
         api.post("/sessions", json={"name": "deep", "context": nested(DEPTH + 1)}), 422, "VALIDATION_ERROR"
     )
-    assert body["details"] == {"field": "context", "limit": DEPTH}
+    assert body["details"] == {
+        "field": "context",
+        "limit": DEPTH,
+        "errors": [{"field": "context", "message": f"context: JSON nested deeper than {DEPTH} levels"}],
+    }
     put = api.put(f"/sessions/{session['id']}/context", json=nested(DEPTH + 1))
     assert_error(put, 422, "VALIDATION_ERROR")
     assert api.get(f"/sessions/{session['id']}").json()["version"] == 1
@@ -59,11 +85,27 @@ def test_vector_metadata_has_the_same_depth_limit(api: Api) -> None:
     assert body["details"]["field"] == "vectors.0.metadata"
 
 
-@pytest.mark.parametrize("number", [2**64, -(2**63) - 1, 10**30])
-def test_integers_past_64_bits_are_refused_not_rounded(api: Api, number: int) -> None:
-    raw = b'{"name": "n", "context": {"n": %d}}' % number
+@pytest.mark.parametrize("number", [str(2**64), str(-(2**63) - 1), str(10**30), "7" * 5000, "-" + "9" * 4400])
+def test_integers_past_64_bits_are_refused_not_rounded(api: Api, number: str) -> None:
+    # Valid JSON with a value the engine cannot keep: 422, however many digits (Python's int() takes
+    # at most 4,300).
+    raw = b'{"name": "n", "context": {"list": [0, {"n": %s}]}}' % number.encode()
     body = assert_error(api.post("/sessions", content=raw), 422, "VALIDATION_ERROR")
-    assert "64 bits" in body["error"]
+    assert "64 bits" in body["error"] and body["details"]["field"] == "context.list.1.n"
+
+
+@pytest.mark.parametrize(
+    ("number", "status"),
+    [("NaN", 400), ("Infinity", 400), ("-Infinity", 400), ("1e400", 422), ("-2E999", 422)],
+)
+def test_numbers_that_are_not_finite_are_refused_by_field(api: Api, number: str, status: int) -> None:
+    # NaN and Infinity are not JSON (400); 1e400 is JSON past a double's range (422). Neither is
+    # stored as null.
+    sid = api.new_session()["id"]
+    put = api.put(f"/sessions/{sid}/context", content=b'{"ok": 1.5, "x": [%s]}' % number.encode())
+    body = assert_error(put, status, "VALIDATION_ERROR")
+    assert body["details"]["field"] == "x.0" and "not finite" in body["error"]
+    assert api.get(f"/sessions/{sid}").json()["context"] == {}
 
 
 def test_integers_within_64_bits_and_long_digit_strings_are_kept_exactly(api: Api) -> None:

@@ -11,6 +11,7 @@ from engine import errors
 
 ALL_ERRORS = [
     errors.ValidationFailed("bad", {"field": "x"}),
+    errors.NotJson("not json", {"field": "body"}),
     errors.PayloadTooLarge("big"),
     errors.AuthRequired("who"),
     errors.AuthInvalid("no"),
