@@ -18,6 +18,8 @@ import pytest
 from benchmarks.server import ServerProcess
 
 DATA_RESOURCE = "session_engine_data"  # what nodes that mount the data directory have
+# The shipped config for two nodes of 2 CPUs: its shard counts and placement are the cluster's here.
+SMALL_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cluster.small.yaml"
 NODE_ARGS: dict[str, Any] = {
     "num_cpus": 2,
     "resources": {DATA_RESOURCE: 1},
@@ -32,8 +34,9 @@ def _tiny_summarizer(servers_use_tiny_summarizer: None) -> None:
 
 
 class RayNodes:
-    """The cluster, and the gateways' shared settings: one namespace per cluster, the data
-    resource in the placement settings, so shards start (and restart) only on nodes with it."""
+    """The cluster, and the gateways' shared settings: configs/cluster.small.yaml (its placement
+    keeps shards on nodes with the data resource, and fits on one node), one namespace per
+    cluster, and the gateways on loopback."""
 
     def __init__(self, data_dir: Path) -> None:
         from ray.cluster_utils import Cluster
@@ -46,10 +49,10 @@ class RayNodes:
         self.env = {
             "SESSION_ENGINE_API_KEYS": f"{KEY}=acme",
             "SESSION_ENGINE_RAY__NAMESPACE": f"cluster-{uuid.uuid4().hex[:8]}",
-            "SESSION_ENGINE_PLACEMENT__DATA_RESOURCE": DATA_RESOURCE,
-            "SESSION_ENGINE_SHARDS": "4",
+            "SESSION_ENGINE_HOST": "127.0.0.1",
             "RAY_ADDRESS": "",
         }
+        self.config_args = ["--config", str(SMALL_CONFIG)]
 
     @property
     def address(self) -> str:
@@ -57,7 +60,9 @@ class RayNodes:
 
     def gateway(self, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
         return ServerProcess(
-            self.data_dir, ["--ray-address", self.address, *args], {**self.env, **(env or {})}
+            self.data_dir,
+            [*self.config_args, "--ray-address", self.address, *args],
+            {**self.env, **(env or {})},
         )
 
     def command(self, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:

@@ -53,7 +53,9 @@ def actor_exists(nodes: RayNodes, name: str) -> bool:
 def serve_once(nodes: RayNodes, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("SESSION_ENGINE_")}, **nodes.env}
     command = [sys.executable, "-m", "session_engine", "serve", "--port", "0", "--ray-address", nodes.address]
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [*command, *nodes.config_args, *args], capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 def test_shards_spread_over_the_nodes_and_status_shows_each_one(
