@@ -17,8 +17,7 @@ from engine.errors import DirectoryLocked, Unavailable
 from engine.storage.identity import NotThisShardsData, ShardIdentity
 from engine.storage.logged import LoggedStore
 
-from .ray_actors import RAY_ERRORS, lookup
-from .ray_cluster import CONTROLLER_NAME
+from .ray_actors import CONTROLLER_NAME, RAY_ERRORS, lookup
 
 log = logging.getLogger(__name__)
 
@@ -98,22 +97,35 @@ class HostedShard:
         """The answers for a batch of `count` ops while the shard cannot serve at all, else None."""
         return None if self._durable is not None else [self._refusal] * count
 
-    async def drain(self, on: bool = True) -> dict[str, Any]:
-        """Stop taking changes (reads are still answered) and take a snapshot; `on=False` undoes it."""
+    async def drain(self, on: bool = True, moving: bool = False) -> dict[str, Any]:
+        """Stop taking changes (reads are still answered) and take a snapshot; `on=False` undoes it.
+        `moving`: drained by `rebalance` before it moves the shard, which its refusals say."""
         if self._durable is None:
             return await self.describe()
-        refusal = Unavailable(
-            f"{self.KIND} shard {self._index} is drained and takes no changes",
-            {"shard": self._index, "draining": True},
-            "An operator drained the cluster (session-engine drain or stop); retry once it is back.",
-        )
-        self._durable.drain(refusal if on else None)
+        self._durable.drain(self._drained_refusal(moving) if on else None)
         if on and not self._durable.read_only:
             try:
                 await self.snapshot()
             except OSError as exc:  # the log still holds every change; status shows the snapshot's age
                 log.warning("drain snapshot failed", extra={"shard": self._index, "error": str(exc)})
         return await self.describe()
+
+    def _drained_refusal(self, moving: bool) -> Unavailable:
+        where = {"shard": self._index, "draining": True, "state": "moving" if moving else "draining"}
+        if moving:
+            return Unavailable(
+                f"{self.KIND} shard {self._index} is moving to another node and takes no changes",
+                where,
+                "An operator is moving this shard (session-engine rebalance); it takes changes again in "
+                "seconds and reads go on meanwhile. Retry shortly: this change was not applied.",
+            )
+        return Unavailable(
+            f"{self.KIND} shard {self._index} is drained and takes no changes",
+            where,
+            "An operator drained the cluster (session-engine drain, or stop on its way to stopping it); "
+            "reads go on. Changes are taken again after `session-engine drain --undo`, or once a "
+            "stopped cluster is started again. This change was not applied.",
+        )
 
     async def snapshot(self) -> dict[str, Any]:
         raise NotImplementedError

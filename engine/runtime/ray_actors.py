@@ -4,6 +4,7 @@ settings say, wait for them to start, look them up, and call a shard's `handle`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from engine.config import EngineConfig
 from engine.errors import StartupError, Unavailable
 
 RAY_ERRORS = (RayActorError, ActorUnavailableError, GetTimeoutError)
+CONTROLLER_NAME = "controller"  # the cluster's controller actor (engine.runtime.ray_cluster)
 # A custom resource a placement setting names is asked for in this amount: enough to keep the
 # actor on nodes that have it, small enough that a node with 1 of it hosts every shard.
 MARKER_AMOUNT = 0.001
@@ -112,12 +114,13 @@ def find_named(names: Sequence[str], config: EngineConfig, timeout_s: float) -> 
 class NamedActors:
     """Handles to actors by name. An actor that was stopped and created again (moved by
     `session-engine rebalance`, or a cluster stopped and started) is a new actor under the same
-    name: a call that finds the old one dead looks the name up again for the next call."""
+    name: a call that finds the old one dead looks the name up again and goes to the new one."""
 
     def __init__(self, names: Sequence[str], config: EngineConfig, handles: Sequence[Any]) -> None:
         self.names = list(names)
         self._config = config
         self._handles = list(handles)
+        self._gone: dict[int, tuple[float, Unavailable]] = {}  # why each missing actor is missing
 
     def __len__(self) -> int:
         return len(self._handles)
@@ -131,20 +134,86 @@ class NamedActors:
             self._handles[index] = found
 
     async def call(self, index: int, ops: Sequence[Any], what: str) -> list[Any]:
-        """One batch to a shard actor; a shard that is down, restarting or moving is 503 UNAVAILABLE."""
+        """One batch to a shard actor; a shard that is stopped, moving or restarting is 503 UNAVAILABLE."""
         result: list[Any] = await self.invoke(index, "handle", what, ops)
         return result
 
     async def invoke(self, index: int, method: str, what: str, *args: Any) -> Any:
-        """Call one method of a shard actor, with the same 503 as `call`."""
+        """Call one method of a shard actor, with the same 503 as `call`. A call that finds its actor
+        dead and another one already under its name goes to that one, once and at once: an operator
+        command replaced it (rebalance, or stop and a new start), and those drain and stop an actor
+        before they remove it, so the dead one had nothing of this call to apply. The call that finds
+        it dead learns of it from Ray at once; a replacement takes seconds to exist."""
+        handle = self._handles[index]
         try:
-            return await getattr(self._handles[index], method).remote(*args)
+            return await getattr(handle, method).remote(*args)
+        except ActorDiedError as exc:
+            replacement = self._replacement(index, handle)
+            if replacement is None:
+                raise await self._missing(index, what) from exc
+            try:
+                return await getattr(replacement, method).remote(*args)
+            except RAY_ERRORS as again:
+                raise restarting(what, index) from again
         except RAY_ERRORS as exc:
-            if isinstance(exc, ActorDiedError):
-                self.died(index)
-            raise Unavailable(
-                f"{what} {index} is unavailable",
-                {what.replace(" ", "_"): index},
-                f"The {what} is restarting or moving; retry shortly. A write that got this answer may "
-                "or may not have been applied (an Idempotency-Key makes the retry safe).",
-            ) from exc
+            raise restarting(what, index) from exc
+
+    def _replacement(self, index: int, dead: Any) -> Any | None:
+        """The actor under this name now, if it is not the dead one (Ray restarts an actor that
+        failed under the same id: that one is restarting, not replaced)."""
+        if self._handles[index] is dead:  # not looked up again by a call before this one
+            self.died(index)
+        current = self._handles[index]
+        return None if current._actor_id == dead._actor_id else current
+
+    async def _missing(self, index: int, what: str) -> Unavailable:
+        """Why no actor serves this name: moved by `rebalance` (its controller says so), or stopped by
+        `session-engine stop` (no controller either). Remembered for a second, so the requests of a
+        busy gateway do not each ask."""
+        now = time.monotonic()
+        known = self._gone.get(index)
+        if known is not None and now - known[0] < 1.0:
+            return known[1]
+        controller = lookup(CONTROLLER_NAME, self._config)
+        if controller is None:
+            error = stopped(what, index)
+        else:
+            try:
+                cluster = await asyncio.wait_for(controller.describe.remote(), timeout=5)
+            except (*RAY_ERRORS, TimeoutError):
+                cluster = {}
+            moving = self.names[index] in cluster.get("moving", ())
+            error = moving_away(what, index) if moving else restarting(what, index)
+        self._gone[index] = (now, error)
+        return error
+
+
+def restarting(what: str, index: int) -> Unavailable:
+    return Unavailable(
+        f"{what} {index} is restarting",
+        {what.replace(" ", "_"): index, "state": "restarting"},
+        f"The {what}'s process failed or its node was lost; Ray is starting it again and it recovers "
+        "from its files. Retry shortly. A write that got this answer may or may not have been applied "
+        "(an Idempotency-Key makes the retry safe).",
+    )
+
+
+def moving_away(what: str, index: int) -> Unavailable:
+    return Unavailable(
+        f"{what} {index} is moving to another node",
+        {what.replace(" ", "_"): index, "state": "moving"},
+        f"An operator is moving this {what} (session-engine rebalance); it serves again from the same "
+        "files in seconds. Retry shortly: a change that got this answer was not applied.",
+    )
+
+
+def stopped(what: str, index: int) -> Unavailable:
+    error = Unavailable(
+        f"{what} {index} is stopped",
+        {what.replace(" ", "_"): index, "state": "stopped"},
+        "An operator stopped the cluster (session-engine stop): every change made before it is on "
+        "disk. It serves again once a gateway starts it (session-engine serve); this gateway then "
+        "finds it by itself. A change that got this answer was not applied.",
+    )
+    error.retry_after_s = 10.0
+    return error

@@ -24,11 +24,10 @@ from engine.config import EngineConfig, settings_diff
 from engine.errors import ConfigError, StartupError
 from engine.storage.layout import claim_layout, read_layout
 
-from .ray_actors import RAY_ERRORS, create_named, lookup, wait_started
+from .ray_actors import CONTROLLER_NAME, RAY_ERRORS, create_named, lookup, wait_started
 
 log = logging.getLogger(__name__)
 
-CONTROLLER_NAME = "controller"
 DESCRIBE_TIMEOUT_S = 10.0
 
 
@@ -39,12 +38,14 @@ class ClusterController:
         self._config = config
         self._created_at = int(time.time() * 1000)
         self._drained = False
+        self._moving: set[str] = set()  # shards that `rebalance` is moving now
 
     def describe(self) -> dict[str, Any]:
         return {
             "cluster_id": self._cluster_id,
             "created_at": self._created_at,
             "drained": self._drained,
+            "moving": sorted(self._moving),
             "settings": self._config.cluster_settings(),
             "node_id": ray.get_runtime_context().get_node_id(),
         }
@@ -54,6 +55,13 @@ class ClusterController:
 
     def set_drained(self, drained: bool) -> None:
         self._drained = drained
+
+    def set_moving(self, name: str, moving: bool) -> None:
+        """While a shard moves, a gateway that finds no actor under its name says it is moving."""
+        if moving:
+            self._moving.add(name)
+        else:
+            self._moving.discard(name)
 
 
 def join_or_create(config: EngineConfig) -> tuple[str, bool]:
@@ -285,14 +293,22 @@ def rebalance(
 def _move(
     config: EngineConfig, cluster: dict[str, Any], actor_class: Any, name: str, index: int, node: str
 ) -> None:
-    handle = lookup(name, config)
-    if handle is not None:
-        ray.get(handle.drain.remote(True), timeout=600)
-        ray.get(handle.shutdown.remote(), timeout=600)  # final snapshot, lock released
-        ray.kill(handle, no_restart=True)
-        _wait_gone(name, config)
-    moved = create_named(actor_class, name, config, index, config, cluster["cluster_id"], node_id=node)
-    wait_started([moved], "moved shard", timeout_s=600)  # a refusal there is a StartupError
+    """Drain, stop and remove the shard, and create it again on `node`. The controller holds the
+    shard as moving meanwhile, so gateways answer its callers that it is moving. A gateway's call
+    that finds the old actor dead goes to the new one (engine.runtime.ray_actors.NamedActors)."""
+    controller = _controller(config)
+    ray.get(controller.set_moving.remote(name, True), timeout=DESCRIBE_TIMEOUT_S)
+    try:
+        handle = lookup(name, config)
+        if handle is not None:
+            ray.get(handle.drain.remote(True, moving=True), timeout=600)
+            ray.get(handle.shutdown.remote(), timeout=600)  # final snapshot, lock released
+            ray.kill(handle, no_restart=True)
+            _wait_gone(name, config)
+        moved = create_named(actor_class, name, config, index, config, cluster["cluster_id"], node_id=node)
+        wait_started([moved], "moved shard", timeout_s=600)  # a refusal there is a StartupError
+    finally:
+        ray.get(controller.set_moving.remote(name, False), timeout=DESCRIBE_TIMEOUT_S)
 
 
 def _wait_gone(name: str, config: EngineConfig, timeout_s: float = 60.0) -> None:
@@ -303,11 +319,15 @@ def _wait_gone(name: str, config: EngineConfig, timeout_s: float = 60.0) -> None
         time.sleep(0.1)
 
 
-def _controller_state(config: EngineConfig) -> dict[str, Any]:
+def _controller(config: EngineConfig) -> Any:
     controller = lookup(CONTROLLER_NAME, config)
     if controller is None:
         raise StartupError(f"no cluster runs in Ray namespace {config.ray.namespace!r}")
-    described: dict[str, Any] = ray.get(controller.describe.remote(), timeout=DESCRIBE_TIMEOUT_S)
+    return controller
+
+
+def _controller_state(config: EngineConfig) -> dict[str, Any]:
+    described: dict[str, Any] = ray.get(_controller(config).describe.remote(), timeout=DESCRIBE_TIMEOUT_S)
     return described
 
 

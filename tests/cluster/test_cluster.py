@@ -170,6 +170,30 @@ def test_rebalance_moves_shards_onto_a_node_that_joined_under_load(
     assert check_everything_acknowledged_survived(client(gateway), writers) > 0
 
 
+def test_when_rebalance_says_a_shard_serves_again_the_gateway_answers_at_once(
+    nodes: RayNodes, gateway: ServerProcess
+) -> None:
+    api = client(gateway)
+    on_shard: dict[int, str] = {}
+    while len(on_shard) < 4:  # a session on every session shard
+        sid = api.post("/sessions", json={"name": "moved"}).json()["id"]
+        on_shard.setdefault(shard_for("acme", sid, 4), sid)
+    vector = {"namespace": "moved", "vectors": [{"id": "v", "values": [1.0, 0.0, 0.0]}]}
+    assert api.post("/vectors/upsert", json=vector).status_code == 200
+    nodes.workers.append(nodes.cluster.add_node(**NODE_ARGS))  # a third node: two shards move there
+    moved = nodes.command("rebalance")
+    assert moved.returncode == 0, moved.stderr
+    assert moved.stdout.count("serves again") == 2, moved.stdout
+    # No request reached the gateway during the moves, so its handles to the moved shards are
+    # those of the stopped actors: the first request to each finds the new one at once.
+    assert api.get("/sessions").status_code == 200  # every session shard
+    for sid in on_shard.values():
+        assert api.get(f"/sessions/{sid}").status_code == 200
+    query = {"namespace": "moved", "vector": [1.0, 0.0, 0.0], "top_k": 1}
+    assert api.post("/vectors/query", json=query).status_code == 200  # acme's memory shard
+    assert sorted(Counter(nodes.shard_nodes().values()).values()) == [2, 2, 2]
+
+
 def test_drain_refuses_changes_and_stop_releases_everything(nodes: RayNodes, gateway: ServerProcess) -> None:
     api = client(gateway)
     sid = api.post("/sessions", json={"name": "kept"}).json()["id"]
@@ -180,6 +204,7 @@ def test_drain_refuses_changes_and_stop_releases_everything(nodes: RayNodes, gat
         and refused.headers["Retry-After"]
         and refused.json()["details"]["draining"]
     )
+    assert refused.json()["details"]["state"] == "draining" and "drain --undo" in refused.json()["hint"]
     assert api.get(f"/sessions/{sid}").status_code == 200  # reads go on
     name = f"session-shard-{shard_for('acme', sid, 4)}"
     (entry,) = [a for a in nodes.status()["actors"] if a["name"] == name]
@@ -203,6 +228,9 @@ def test_drain_refuses_changes_and_stop_releases_everything(nodes: RayNodes, gat
     after = nodes.command("status")
     assert after.returncode == 2 and "no cluster runs" in after.stderr
     assert httpx.get(f"{gateway.url}/readyz", timeout=30).status_code == 503
+    gone = api.get(f"/sessions/{sid}")  # what a client of a gateway left running is told
+    assert gone.status_code == 503 and gone.json()["details"]["state"] == "stopped"
+    assert "session-engine stop" in gone.json()["hint"] and "moving" not in gone.json()["hint"]
     gateway.stop()
 
     again = nodes.gateway().wait_ready(timeout_s=180)  # the first gateway of a new start
