@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -57,12 +58,15 @@ class Call(Generic[T]):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retries on 429, 503 and connection failures, `attempts` tries in all. Waits what Retry-After
-    says, else a backoff that doubles from `backoff_s` up to `max_backoff_s`, with full jitter."""
+    """Retries on 429, 503 and connection failures for up to `budget_s` from the first try, and at
+    most `attempts` tries in all. Waits what Retry-After says, else a backoff that doubles from
+    `backoff_s` up to `max_backoff_s`, with full jitter. The default budget outlasts a restart of
+    the server (docs/operations.md: a restart serves sessions again within seconds)."""
 
-    attempts: int = 6
+    attempts: int = 30
     backoff_s: float = 0.25
-    max_backoff_s: float = 10.0
+    max_backoff_s: float = 5.0
+    budget_s: float = 60.0
 
     def delay(self, attempt: int, retry_after: str | None) -> float:
         if retry_after is not None:
@@ -75,11 +79,15 @@ class RetryPolicy:
 
 class Tries:
     """One call's tries under a RetryPolicy: after each answer or failure, how long to wait before
-    the next try, or the exception to raise. Both clients run their loop through it."""
+    the next try, or the exception to raise. Both clients run their loop through it. What it
+    raises for a write carries the write's Idempotency-Key (`idempotency_key`): sent again with
+    that key, the write takes effect once, whether or not a lost answer had already applied it."""
 
     def __init__(self, policy: RetryPolicy, call: Call[Any]) -> None:
         self._policy = policy
         self._call = call
+        self._clock = time.monotonic
+        self._started = self._clock()
         self.attempt = 0
 
     def __iter__(self) -> Iterator[int]:
@@ -91,17 +99,32 @@ class Tries:
     def last(self) -> bool:
         return self.attempt >= self._policy.attempts
 
+    def _over(self, delay: float) -> bool:
+        """No try left, or the next would start past the budget."""
+        return self.last or self._clock() - self._started + delay > self._policy.budget_s
+
+    def _keyed(self, error: SessionEngineError) -> SessionEngineError:
+        error.idempotency_key = self._call.headers.get("Idempotency-Key")
+        return error
+
     def after_failure(self, exc: Exception) -> float:
         """No answer (connection refused, reset, timed out): the wait, or ConnectionFailed."""
-        if self.last:
-            raise ConnectionFailed(f"{self._call.method} {self._call.path}: {exc}") from exc
-        return self._policy.delay(self.attempt, None)
+        delay = self._policy.delay(self.attempt, None)
+        if self._over(delay):
+            raise self._keyed(ConnectionFailed(f"{self._call.method} {self._call.path}: {exc}")) from exc
+        return delay
 
     def after_error(self, response: httpx.Response) -> float:
         """An error answer: the wait before a retry (429, 503), or its exception."""
-        if response.status_code not in RETRIED_STATUSES or self.last:
-            raise error_from(response)
-        return self._policy.delay(self.attempt, response.headers.get("retry-after"))
+        if response.status_code not in RETRIED_STATUSES:
+            raise self._keyed(error_from(response))
+        delay = self._policy.delay(self.attempt, response.headers.get("retry-after"))
+        if self._over(delay):
+            raise self._keyed(error_from(response))
+        return delay
+
+
+FEED_READ_TIMEOUT_S = 60.0  # the server sends a keep-alive every 15 s (events.heartbeat_s)
 
 
 class FeedCursor:

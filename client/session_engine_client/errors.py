@@ -29,6 +29,19 @@ class SessionEngineError(Exception):
         self.hint = hint
         self.request_id = request_id
 
+    @property
+    def field(self) -> str | None:
+        """What a validation error is about (`details.field`): a field of the body as a dotted path
+        (`messages.0.content`), a parameter or header (`limit`, `If-Match`), or `body`."""
+        field = self.details.get("field")
+        return field if isinstance(field, str) else None
+
+    @property
+    def problems(self) -> list[dict[str, Any]]:
+        """Each problem of a validation error, `{field, message}` (`details.errors`)."""
+        problems = self.details.get("errors")
+        return [p for p in problems if isinstance(p, dict)] if isinstance(problems, list) else []
+
     def __str__(self) -> str:
         return f"{self.code}: {self.message}" + (f" ({self.hint})" if self.hint else "")
 

@@ -90,8 +90,9 @@ def test_a_session_through_the_client(gateway: dict[str, Any], key: str) -> None
         engine.delete_session(others[0])
         with pytest.raises(NotFound):
             engine.get_session(others[0])
-        with pytest.raises(ValidationError):
+        with pytest.raises(ValidationError) as invalid:
             engine.append_message(others[1], "robot", "no such role")
+        assert invalid.value.field == "role" and invalid.value.problems[0]["field"] == "role"
 
 
 def test_a_bad_key_is_a_typed_error(gateway: dict[str, Any]) -> None:

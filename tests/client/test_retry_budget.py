@@ -1,0 +1,187 @@
+"""The client's retries outlast a restart of the server (about a minute by default, RetryPolicy's
+`budget_s`), and what they raise once they give up carries the write's Idempotency-Key, so the
+caller sends the write again with it and it takes effect once: on a clock moved by the test, and
+against a real gateway killed after a write was applied and before its answer arrived."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+from session_engine_client import AsyncClient, Client, ConnectionFailed, RetryPolicy, Unavailable
+from session_engine_client import _calls as calls
+from session_engine_client import client as client_module
+
+from benchmarks.server import joined_server
+
+pytestmark = pytest.mark.integration
+OLD_BUDGET_S = 7.75  # the most the retries waited before this budget: 6 tries, backoff up to 4 s
+
+
+class MovedClock:
+    """time.monotonic and time.sleep for the client's modules: sleeping moves the clock."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> MovedClock:
+    moved = MovedClock()
+    monkeypatch.setattr(calls, "time", moved, raising=False)  # a client without the budget has no clock here
+    monkeypatch.setattr(client_module, "time", moved)
+    return moved
+
+
+def _message() -> dict[str, Any]:
+    return {"seq": 1, "role": "user", "content": "hi", "created_at": 1}
+
+
+def test_the_default_retries_ride_out_a_server_that_is_gone_for_45_s(clock: MovedClock) -> None:
+    back_at = clock.now + 45
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        if clock.now < back_at:
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(201, json=_message())
+
+    with Client("k", "http://engine", transport=httpx.MockTransport(answer)) as engine:
+        assert engine.append_message("sess_x", "user", "hi").seq == 1
+    assert len({request.headers["idempotency-key"] for request in sent}) == 1
+
+
+def test_a_write_with_no_answer_in_the_budget_raises_connection_failed_with_its_key(
+    clock: MovedClock,
+) -> None:
+    sent: list[httpx.Request] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        raise httpx.ConnectError("connection refused", request=request)
+
+    started = clock.now
+    with Client("k", "http://engine", transport=httpx.MockTransport(refuse)) as engine:
+        with pytest.raises(ConnectionFailed) as failed:
+            engine.append_message("sess_x", "user", "hi")
+        gave_up_after = clock.now - started
+        assert RetryPolicy().budget_s - 6 <= gave_up_after <= RetryPolicy().budget_s
+        assert {request.headers["idempotency-key"] for request in sent} == {failed.value.idempotency_key}
+        with pytest.raises(ConnectionFailed) as read:  # a read has no key to give
+            engine.get_session("sess_x")
+        assert read.value.idempotency_key is None
+
+
+def test_503s_are_retried_within_the_budget_and_the_last_one_carries_the_key(clock: MovedClock) -> None:
+    def loading(request: httpx.Request) -> httpx.Response:
+        body = {"error": "not ready yet", "code": "UNAVAILABLE", "details": {}, "hint": "loading"}
+        return httpx.Response(503, headers={"Retry-After": "2"}, json=body)
+
+    policy = RetryPolicy(budget_s=20)
+    started = clock.now
+    engine = Client("k", "http://engine", retry=policy, transport=httpx.MockTransport(loading))
+    with engine, pytest.raises(Unavailable) as failed:
+        engine.upsert_vectors([{"id": "v", "values": [1.0, 0.0]}])
+    assert 16 <= clock.now - started <= 20 and failed.value.idempotency_key
+
+
+def test_the_async_client_gives_up_after_its_budget_with_the_key() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    async def write() -> ConnectionFailed:
+        policy = RetryPolicy(budget_s=0.5, backoff_s=0.01)
+        engine = AsyncClient("k", "http://engine", retry=policy, transport=httpx.MockTransport(refuse))
+        async with engine:
+            with pytest.raises(ConnectionFailed) as failed:
+                await engine.append_message("sess_x", "user", "hi", idempotency_key="mine")
+        return failed.value
+
+    started = time.monotonic()
+    assert asyncio.run(write()).idempotency_key == "mine"
+    assert time.monotonic() - started < 5
+
+
+class KilledAfterTheWrite(httpx.HTTPTransport):
+    """Kills the gateway once the first message write has been applied, before its answer is read;
+    `restart` runs on a thread of its own."""
+
+    def __init__(self, gateway: dict[str, Any], restart: Any) -> None:
+        super().__init__()
+        self.gateway = gateway
+        self.restart = restart
+        self.armed = True
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if not (self.armed and request.method == "POST" and request.url.path.endswith("/messages")):
+            return response
+        self.armed = False
+        response.read()
+        assert response.status_code == 201  # applied and logged on its shard
+        server = self.gateway["server"]
+        os.killpg(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(30)
+        threading.Thread(target=self.restart, daemon=True).start()
+        raise httpx.RemoteProtocolError("server disconnected without a response", request=request)
+
+
+def restarter(gateway: dict[str, Any], after_s: float, done: threading.Event) -> Any:
+    port = gateway["server"].port
+
+    def restart() -> None:
+        time.sleep(after_s)
+        data_dir, ray_address, env = gateway["data_dir"], gateway["ray_address"], gateway["env"]
+        gateway["server"] = joined_server(data_dir, ray_address, env, port=port)
+        done.set()
+
+    return restart
+
+
+def test_the_default_retries_outlast_a_gateway_that_is_down_longer_than_they_used_to(
+    gateway: dict[str, Any], key: str
+) -> None:
+    url = gateway["server"].url
+    with Client(key, url) as setup:
+        session = setup.create_session("outlasted")
+    restarted = threading.Event()
+    transport = KilledAfterTheWrite(gateway, restarter(gateway, OLD_BUDGET_S + 2, restarted))
+    with Client(key, url, transport=transport) as engine:  # the default RetryPolicy
+        message = engine.append_message(session.id, "user", "charge the card")
+    assert restarted.wait(120) and message.seq == 1
+    with Client(key, url) as check:
+        assert [m.content for m in check.get_session(session.id).messages] == ["charge the card"]
+
+
+def test_a_write_that_ran_out_of_retries_is_applied_once_when_sent_again_with_its_key(
+    gateway: dict[str, Any], key: str
+) -> None:
+    url = gateway["server"].url
+    with Client(key, url) as setup:
+        session = setup.create_session("sent again")
+    restarted = threading.Event()
+    transport = KilledAfterTheWrite(gateway, restarter(gateway, 0, restarted))
+    engine = Client(key, url, retry=RetryPolicy(budget_s=0.5), transport=transport)
+    with engine, pytest.raises(ConnectionFailed) as failed:
+        engine.append_message(session.id, "user", "charge the card")
+    assert failed.value.idempotency_key and restarted.wait(120)
+    with Client(key, url) as engine:
+        again = engine.append_message(
+            session.id, "user", "charge the card", idempotency_key=failed.value.idempotency_key
+        )
+        stored = engine.get_session(session.id)
+    assert again.seq == 1  # the first answer, replayed: the write was applied once, before the kill
+    assert [m.content for m in stored.messages] == ["charge the card"]
