@@ -24,6 +24,7 @@ from .errors import (
     PreconditionFailed,
     RateLimited,
     SessionEngineError,
+    TimedOut,
     Unavailable,
     ValidationError,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "SessionPage",
     "SessionWithMessages",
     "SummaryProvenance",
+    "TimedOut",
     "Unavailable",
     "UpsertResult",
     "ValidationError",

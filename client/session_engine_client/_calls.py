@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from .errors import ConnectionFailed, SessionEngineError, error_from
+from .errors import ConnectionFailed, SessionEngineError, TimedOut, error_from
 from .models import (
     DeleteResult,
     Event,
@@ -130,10 +130,23 @@ FEED_READ_TIMEOUT_S = 60.0  # the server sends a keep-alive every 15 s (events.h
 class FeedCursor:
     """Where a change-feed consumer is, across the connections it takes: what to send to resume,
     which events to hand on, when to reconnect and when to give up. Both clients follow feeds
-    through it."""
+    through it.
+
+    With a `deadline` (time.monotonic()), following gives up with TimedOut once it passes: each
+    connection's reads wait at most what is left, and a connection whose reads could wait well past
+    it (keep-alives and events keep it going) is taken again with less. `fresh_when_refused`: a
+    position the server refuses (410, 422) is dropped and the feed opened from the present, for a
+    consumer whose feed's first event (a session's state) tells it what it missed."""
 
     def __init__(
-        self, policy: RetryPolicy, session_id: str | None, position: str | None, ready: bool
+        self,
+        policy: RetryPolicy,
+        session_id: str | None,
+        position: str | None,
+        ready: bool,
+        *,
+        deadline: float | None = None,
+        fresh_when_refused: bool = False,
     ) -> None:
         self._policy = policy
         self.path = feed_path(session_id)
@@ -141,6 +154,9 @@ class FeedCursor:
         self.position = position
         self._ready = ready
         self._failures = 0
+        self._deadline = deadline
+        self._fresh_when_refused = fresh_when_refused
+        self._read_s = FEED_READ_TIMEOUT_S
         self.ended = False  # the session was deleted: its feed has nothing more
         self.reconnect = False  # the server dropped this consumer: resume from `position`
 
@@ -148,17 +164,42 @@ class FeedCursor:
         self.reconnect = False
         return {} if self.position is None else {"Last-Event-ID": self.position}
 
+    def read_timeout(self) -> float:
+        """How long one read of the next connection may wait for a line."""
+        self._read_s = (
+            FEED_READ_TIMEOUT_S if self._deadline is None else min(FEED_READ_TIMEOUT_S, self.left())
+        )
+        return self._read_s
+
+    def _slack(self) -> float:
+        """How far past the deadline a read may wait before the connection is taken again with a
+        shorter one: a quarter of its read timeout, so it is taken again a few times at most."""
+        return max(1.0, self._read_s / 4)
+
+    def left(self) -> float:
+        """Seconds until the deadline; TimedOut once it has passed."""
+        assert self._deadline is not None
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimedOut(f"change feed {self.path}: nothing it waited for came in time")
+        return left
+
     def opened(self, response: httpx.Response) -> SessionEngineError | None:
         """An error answer to raise now, or (returned) one to retry after a wait; None: streaming."""
         if response.status_code < 400:
             return None
         error = error_from(response)
+        if self._fresh_when_refused and self.position is not None and response.status_code in (410, 422):
+            self.position = None  # from the present: its first event says where things stand
+            return error
         if response.status_code not in RETRIED_STATUSES:
             raise error
         return error
 
     def handle(self, line: str, parser: SseParser) -> Event | None:
         """The event to hand on, if this line completes one."""
+        if line == "" and self._deadline is not None and self._read_s - self.left() > self._slack():
+            self.reconnect = True  # the next read could wait well past the deadline: read with less
         event = parser.feed(line)
         if event is None:
             return None
@@ -172,13 +213,26 @@ class FeedCursor:
         return event if event.type != "feed.ready" or self._ready else None
 
     def failed(self, error: BaseException) -> float:
-        """The wait before reconnecting, or the error once the retries are used up."""
+        """The wait before reconnecting, or the error once the retries (or the time) are used up."""
+        left = None if self._deadline is None else self.left()
         self._failures += 1
         if self._failures >= self._policy.attempts:
             if isinstance(error, SessionEngineError):
                 raise error
             raise ConnectionFailed(f"change feed: {error}") from error
-        return self._policy.delay(self._failures, None)
+        delay = self._policy.delay(self._failures, None)
+        return delay if left is None else min(delay, left)
+
+
+SUMMARY_DONE = ("ready", "failed")
+
+
+def summary_done(event: Event) -> bool:
+    """Whether a session feed's event says its summary is made or has failed for good: the feed's
+    first event (the session's state when the feed starts), or summary.ready or summary.failed."""
+    if event.type == "feed.ready":
+        return (event.data.get("session") or {}).get("summary_status") in SUMMARY_DONE
+    return event.type in ("summary.ready", "summary.failed")
 
 
 def _model(cls: type[T]) -> Callable[[httpx.Response], T]:
@@ -215,6 +269,15 @@ def create_session(name: str, ttl_seconds: int | None, context: Mapping[str, Any
 def get_session(session_id: str, after_seq: int, limit: int | None) -> Call[SessionWithMessages]:
     params = _drop_none({"after_seq": after_seq or None, "limit": limit})
     return Call("GET", f"/sessions/{session_id}", _model(SessionWithMessages), params=params)
+
+
+def session_state(session_id: str) -> Call[Session]:
+    """A session without its messages (the route gives at least one: it is left out)."""
+    return Call("GET", f"/sessions/{session_id}", _without_messages, params={"limit": 1})
+
+
+def _without_messages(response: httpx.Response) -> Session:
+    return Session.model_validate({k: v for k, v in response.json().items() if k != "messages"})
 
 
 def append_message(

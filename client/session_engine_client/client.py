@@ -9,14 +9,15 @@ effect exactly once. 429, 503 and connection failures are retried (RetryPolicy),
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import httpx
 
 from . import _calls as calls
-from ._calls import SESSION_MEMORY, Call, FeedCursor, RetryPolicy, SseParser, Tries
+from ._calls import SESSION_MEMORY, Call, FeedCursor, RetryPolicy, SseParser, Tries, summary_done
 from .models import (
     DeleteResult,
     Event,
@@ -34,7 +35,7 @@ T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8080"
 # What a retry may follow: no answer at all, or an answer that was cut off.
 TRANSPORT_ERRORS = (httpx.TransportError,)
-FEED_READ_TIMEOUT_S = 60.0  # the server sends a keep-alive every 15 s (events.heartbeat_s)
+SUMMARY_TIMEOUT_S = 300.0  # wait_for_summary's default: a summary takes seconds to minutes
 
 
 def _headers(api_key: str) -> dict[str, str]:
@@ -227,11 +228,35 @@ class Client:
         with no gap and no duplicate; a position the server no longer keeps raises Gone. Each
         event's `id` is where to resume from later (`last_event_id`). `ready=True` also yields the
         `feed.ready` event that starts each connection."""
-        cursor = FeedCursor(self.retry, session_id, last_event_id, ready)
+        yield from self._follow(FeedCursor(self.retry, session_id, last_event_id, ready))
+
+    def wait_for_summary(self, session_id: str, timeout: float = SUMMARY_TIMEOUT_S) -> Session:
+        """The session once its summary is made (`summary_status` "ready", with its `summary`) or
+        has failed for good ("failed", with `summary_error`: returned, not raised; check
+        `summary_status`). Follows the session's feed, whose first event says where the summary
+        stands, so a summary made before the call is found at once; a dropped feed is resumed.
+        Raises TimedOut after `timeout` seconds (a session never closed waits that long), NotFound
+        if the session is not there or is deleted meanwhile."""
+        cursor = FeedCursor(
+            self.retry,
+            session_id,
+            None,
+            True,
+            deadline=time.monotonic() + timeout,
+            fresh_when_refused=True,
+        )
+        with contextlib.closing(self._follow(cursor)) as events:  # the feed closes on the way out
+            for event in events:
+                if summary_done(event):
+                    break
+        return self._do(calls.session_state(session_id))  # NotFound once deleted
+
+    def _follow(self, cursor: FeedCursor) -> Generator[Event, None, None]:
         while not cursor.ended:
             try:
+                timeout = _feed_timeout(self._http, cursor.read_timeout())
                 with self._http.stream(
-                    "GET", cursor.path, headers=cursor.headers(), timeout=_feed_timeout(self._http)
+                    "GET", cursor.path, headers=cursor.headers(), timeout=timeout
                 ) as response:
                     if response.status_code >= 400:
                         response.read()
@@ -250,8 +275,8 @@ class Client:
                 time.sleep(cursor.failed(exc))
 
 
-def _feed_timeout(http: httpx.Client | httpx.AsyncClient) -> httpx.Timeout:
-    return httpx.Timeout(http.timeout.connect, read=FEED_READ_TIMEOUT_S)
+def _feed_timeout(http: httpx.Client | httpx.AsyncClient, read_s: float) -> httpx.Timeout:
+    return httpx.Timeout(http.timeout.connect, read=read_s)
 
 
 class AsyncClient:
@@ -436,11 +461,31 @@ class AsyncClient:
     async def events(
         self, session_id: str | None = None, *, last_event_id: str | None = None, ready: bool = False
     ) -> AsyncIterator[Event]:
-        cursor = FeedCursor(self.retry, session_id, last_event_id, ready)
+        async for event in self._follow(FeedCursor(self.retry, session_id, last_event_id, ready)):
+            yield event
+
+    async def wait_for_summary(self, session_id: str, timeout: float = SUMMARY_TIMEOUT_S) -> Session:
+        """See Client.wait_for_summary."""
+        cursor = FeedCursor(
+            self.retry,
+            session_id,
+            None,
+            True,
+            deadline=time.monotonic() + timeout,
+            fresh_when_refused=True,
+        )
+        async with contextlib.aclosing(self._follow(cursor)) as events:  # the feed closes on the way out
+            async for event in events:
+                if summary_done(event):
+                    break
+        return await self._do(calls.session_state(session_id))  # NotFound once deleted
+
+    async def _follow(self, cursor: FeedCursor) -> AsyncGenerator[Event, None]:
         while not cursor.ended:
             try:
+                timeout = _feed_timeout(self._http, cursor.read_timeout())
                 async with self._http.stream(
-                    "GET", cursor.path, headers=cursor.headers(), timeout=_feed_timeout(self._http)
+                    "GET", cursor.path, headers=cursor.headers(), timeout=timeout
                 ) as response:
                     if response.status_code >= 400:
                         await response.aread()

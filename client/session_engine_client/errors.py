@@ -106,6 +106,13 @@ class ConnectionFailed(SessionEngineError):
     code = "CONNECTION"
 
 
+class TimedOut(SessionEngineError, TimeoutError):
+    """A wait (`wait_for_summary`) ran past its timeout. Nothing was changed; wait again if you
+    like."""
+
+    code = "TIMEOUT"
+
+
 BY_CODE: dict[str, type[SessionEngineError]] = {
     cls.code: cls
     for cls in (

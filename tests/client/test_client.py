@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import signal
 import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -23,6 +26,7 @@ from session_engine_client import (
     PreconditionFailed,
     RetryPolicy,
     Session,
+    TimedOut,
     ValidationError,
 )
 from session_engine_client._calls import SseParser
@@ -129,6 +133,113 @@ def test_the_async_client_and_a_feed_that_resumes(gateway: dict[str, Any], key: 
             assert [m.seq for m in found] == [1, 2, 3]
 
     asyncio.run(scenario())
+
+
+def test_wait_for_summary_returns_the_session_whether_its_summary_came_before_or_after(
+    gateway: dict[str, Any], key: str
+) -> None:
+    with Client(key, gateway["server"].url) as engine:
+        session = engine.create_session("to summarize")
+        engine.append_message(session.id, "user", "my order #1234 never arrived")
+        engine.close_session(session.id)
+        done = engine.wait_for_summary(session.id, timeout=120)  # made while it waits (tiny model)
+        assert done.id == session.id and done.summary_status in ("ready", "failed")
+        assert (done.summary is not None) == (done.summary_status == "ready")
+        assert (done.summary_error is not None) == (done.summary_status == "failed")
+        started = time.monotonic()
+        again = engine.wait_for_summary(session.id, timeout=30)  # made before the feed opened
+        assert again.summary_status == done.summary_status and time.monotonic() - started < 10
+        waiting = engine.create_session("never closed")
+        started = time.monotonic()
+        with pytest.raises(TimedOut) as late:
+            engine.wait_for_summary(waiting.id, timeout=1.5)
+        assert isinstance(late.value, TimeoutError) and 1.5 <= time.monotonic() - started < 10
+        with pytest.raises(NotFound):
+            engine.wait_for_summary("sess_" + "0" * 32, timeout=10)
+
+    async def the_async_client() -> None:
+        async with AsyncClient(key, gateway["server"].url) as engine:
+            session = await engine.create_session("async summary")
+            await engine.append_message(session.id, "user", "the parcel came damaged")
+            await engine.close_session(session.id)
+            done = await engine.wait_for_summary(session.id, timeout=120)
+            assert done.summary_status in ("ready", "failed")
+            again = await engine.wait_for_summary(session.id, timeout=30)
+            assert again.summary_status == done.summary_status
+            with pytest.raises(TimedOut):
+                await engine.wait_for_summary((await engine.create_session("open")).id, timeout=1.5)
+
+    asyncio.run(the_async_client())
+
+
+def test_wait_for_summary_resumes_a_dropped_feed_and_starts_afresh_when_refused() -> None:
+    """A feed that drops is resumed from its last id; a resume the server refuses (410) opens the
+    feed afresh, whose first event says where the summary stands."""
+    sent: list[str | None] = []
+    feeds = iter(
+        [
+            (200, [_ready("5.0", "pending")], True),  # then the connection drops
+            (410, [], False),  # the server no longer keeps what followed 5.0
+            (200, [_ready("9.0", "running"), _sse("9.1", "summary.ready", {"summary": "s"})], False),
+        ]
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            sent.append(request.headers.get("last-event-id"))
+            status, frames, drops = next(feeds)
+            if status != 200:
+                return httpx.Response(status, json=_error("GONE"))
+            return httpx.Response(200, stream=_Stream(frames, drops), headers=EVENT_STREAM)
+        assert request.url.params["limit"] == "1"
+        return httpx.Response(200, json={**_session("ready"), "messages": [_message()]})
+
+    policy = RetryPolicy(backoff_s=0.01, max_backoff_s=0.05)
+    with Client("k", "http://engine", retry=policy, transport=httpx.MockTransport(handler)) as engine:
+        done = engine.wait_for_summary("sess_1", timeout=30)
+    assert sent == [None, "5.0", None]
+    assert done.summary_status == "ready" and done.summary == "s" and "messages" not in done.model_dump()
+
+
+EVENT_STREAM = {"content-type": "text/event-stream"}
+
+
+class _Stream(httpx.SyncByteStream):
+    def __init__(self, frames: list[bytes], drops: bool) -> None:
+        self._frames = frames
+        self._drops = drops
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._frames
+        if self._drops:
+            raise httpx.ReadError("connection reset")
+
+
+def _sse(event_id: str, kind: str, data: dict[str, Any]) -> bytes:
+    body = {"type": kind, "session_id": "sess_1", "at": 1, **data}
+    return f"id: {event_id}\nevent: {kind}\ndata: {json.dumps(body)}\n\n".encode()
+
+
+def _ready(event_id: str, summary_status: str) -> bytes:
+    state = {"status": "closed", "summary_status": summary_status, "index_status": "ready"}
+    return _sse(event_id, "feed.ready", {"position": event_id, "session": state})
+
+
+def _session(summary_status: str) -> dict[str, Any]:
+    return {
+        "id": "sess_1",
+        "name": "s",
+        "status": "closed",
+        "ttl_seconds": 60,
+        "created_at": 1,
+        "updated_at": 1,
+        "expires_at": 1,
+        "message_count": 1,
+        "context": {},
+        "version": 1,
+        "summary_status": summary_status,
+        "summary": "s",
+    }
 
 
 def test_retries_reuse_the_idempotency_key_and_honour_retry_after() -> None:
