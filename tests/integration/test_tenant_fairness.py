@@ -37,9 +37,8 @@ async def open_feed(host: str, port: int, local: str) -> tuple[int, dict[str, ob
     status = int(head.split(b" ", 2)[1])
     body: dict[str, object] = {}
     if status != 200:
-        length = next(
-            int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
-        )
+        lines = head.lower().split(b"\r\n")
+        length = next(int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length"))
         body = orjson.loads(await reader.readexactly(length))
     return status, body, writer
 
