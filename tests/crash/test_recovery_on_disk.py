@@ -1,6 +1,7 @@
-"""Recovery against real servers and a real small disk (issue 15): a restart on a full disk starts
-read-only and takes writes once there is room; a damaged snapshot and a damaged log tail are passed
-over and quarantined, `check` says so first, and /readyz shows it; the HTTP edge of `serve`."""
+"""Recovery against real servers and a real small disk: a restart on a full disk starts read-only
+and takes writes once there is room; a damaged snapshot and a damaged log tail are passed over and
+quarantined, damage in a log segment the newest snapshot covers stops nothing, `check` says so
+first, and /readyz shows it; the HTTP edge of `serve`."""
 
 from __future__ import annotations
 
@@ -137,6 +138,8 @@ def test_a_restart_on_a_disk_that_refuses_writes_serves_reads_and_takes_writes_o
 
 
 def test_a_damaged_snapshot_and_log_tail_are_passed_over_quarantined_and_reported(tmp_data: Path) -> None:
+    """And a damaged segment that only the older snapshot needs is not read: check and the start
+    both go on with the newest snapshot."""
     made: dict[str, list[str]] = {}
     for _ in range(2):  # two runs: two snapshots per shard, the newest and the one before it
         server = ServerProcess(tmp_data, [], ENV).wait_ready()
@@ -155,6 +158,13 @@ def test_a_damaged_snapshot_and_log_tail_are_passed_over_quarantined_and_reporte
     bad = HEADER.pack(5, 0) + b"hello"  # a whole record whose checksum does not match
     with last_segment.open("ab") as f:
         f.write(bad)
+    # The first run's snapshot needs this segment (the second run's records), the newest does not.
+    (_, older), (newest_lsn, _) = snapshots(shard1, SNAPSHOT_PREFIX)
+    (first, covered), (after, _) = segments(shard1)
+    assert older.name.endswith(f"{first - 1:020d}.snap") and after == newest_lsn + 1
+    data = bytearray(covered.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    covered.write_bytes(bytes(data))
 
     check = subprocess.run(
         [sys.executable, "-m", "session_engine", "check", str(tmp_data)],
@@ -165,6 +175,8 @@ def test_a_damaged_snapshot_and_log_tail_are_passed_over_quarantined_and_reporte
     assert check.returncode == 3, check.stdout + check.stderr
     assert f"damaged snapshot {newest.name} passed over" in check.stdout
     assert f"off {last_segment.name}" in check.stdout and "checksum mismatch" in check.stdout
+    assert "it may have been acknowledged" in check.stdout  # whole, so possibly a lost acknowledged write
+    assert covered.name not in check.stdout
 
     env = {**ENV, "SESSION_ENGINE_HTTP__MAX_HEADERS": "20", "SESSION_ENGINE_HTTP__READ_TIMEOUT_S": "1"}
     server = ServerProcess(tmp_data, [], env).wait_ready()
@@ -173,6 +185,7 @@ def test_a_damaged_snapshot_and_log_tail_are_passed_over_quarantined_and_reporte
         assert notices["session-0"]["damaged_snapshots"][0]["set_aside"] == newest.name + ".damaged"
         (cut,) = notices["session-1"]["cut_tails"]
         assert cut["reason"] == "checksum mismatch" and cut["bytes"] == len(bad)
+        assert cut["may_have_been_acknowledged"] is True
         assert (shard1 / cut["quarantine"]).read_bytes() == bad
         with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as client:
             assert_all_there(client, made)
