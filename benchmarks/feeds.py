@@ -175,7 +175,13 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="feeds-bench-"))
     started = time.monotonic()
-    server = ServerProcess(work / "data", [], {"SESSION_ENGINE_API_KEYS": f"{KEY}=bench", "RAY_ADDRESS": ""})
+    env = {
+        "SESSION_ENGINE_API_KEYS": f"{KEY}=bench",
+        "RAY_ADDRESS": "",
+        # All the idle feeds are one organization's: lift its cap (events.max_feeds_per_org) above them.
+        "SESSION_ENGINE_EVENTS__MAX_FEEDS_PER_ORG": str(args.feeds + 1),
+    }
+    server = ServerProcess(work / "data", [], env)
     generator = "wrk" if load.ensure_wrk() else "python"
     try:
         server.wait_ready(timeout_s=300)

@@ -193,11 +193,16 @@ def _summarizer(run: Run) -> Path:
     return Path(run.args.summarizer)
 
 
+FEEDS_PER_ORG = 10_000
+
+
 def engine_env(summarizer: Path, **extra: str) -> dict[str, str]:
     """What an engine the benchmarks start gets: the bench key, the summarizer, and `extra`."""
     return {
         "SESSION_ENGINE_API_KEYS": f"{KEY}={ORG}",
         "SESSION_ENGINE_MODELS__SUMMARIZER__PATH": str(summarizer),
+        # The feeds step holds hundreds of the bench organization's feeds open at once.
+        "SESSION_ENGINE_EVENTS__MAX_FEEDS_PER_ORG": str(FEEDS_PER_ORG),
         **extra,
     }
 
