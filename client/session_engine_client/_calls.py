@@ -63,7 +63,7 @@ class RetryPolicy:
     `backoff_s` up to `max_backoff_s`, with full jitter. The default budget outlasts a restart of
     the server (docs/operations.md: a restart serves sessions again within seconds)."""
 
-    attempts: int = 30
+    attempts: int = 60  # enough that the budget, not the count, ends the tries
     backoff_s: float = 0.25
     max_backoff_s: float = 5.0
     budget_s: float = 60.0

@@ -9,9 +9,11 @@ import httpx
 
 
 class SessionEngineError(Exception):
-    """An error answer (or, for ConnectionFailed, none at all) after any retries."""
+    """An error answer (or, for ConnectionFailed, none at all) after any retries. For a write,
+    `idempotency_key` is the key its tries were sent with: send the write again with it."""
 
     code = "INTERNAL"
+    idempotency_key: str | None = None
 
     def __init__(
         self,
@@ -101,7 +103,8 @@ class InternalError(SessionEngineError):
 
 
 class ConnectionFailed(SessionEngineError):
-    """No answer at all (refused, reset, timed out) after the retries."""
+    """No answer at all (refused, reset, timed out) after the retries. A write may or may not have
+    been applied: send it again with `idempotency_key` and it takes effect once."""
 
     code = "CONNECTION"
 
