@@ -284,18 +284,22 @@ class EventLog:
         return self._count
 
 
+_SESSION_TYPES = frozenset(SESSION_FEED)
+_ORG_TYPES = frozenset(ORG_FEED)
+
+
 def forget(gone: dict[Interest, Position], lsn: int, events: Sequence[Event]) -> None:
     """Record `lsn`'s events are no longer retained: note, per interest, the position after its
     newest one. A session.deleted ends its session's entry (the session is not there to follow)."""
     for k, event in enumerate(events, 1):
-        if event.in_session_feed:
-            key = (event.org, event.session_id)
-            if event.type == "session.deleted":
-                gone.pop(key, None)
+        kind = event.type
+        if kind in _SESSION_TYPES:
+            if kind == "session.deleted":
+                gone.pop((event.org, event.session_id), None)
             else:
-                gone[key] = Position(lsn, k)
-        if event.in_org_feed:
-            gone[(event.org, None)] = Position(lsn, k)
+                gone[event.org, event.session_id] = Position(lsn, k)
+        if kind in _ORG_TYPES:
+            gone[event.org, None] = Position(lsn, k)
 
 
 # What a snapshot keeps of its shard's feed: (per interest, the position after its newest event up
