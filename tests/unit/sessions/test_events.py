@@ -273,12 +273,19 @@ def test_a_position_past_the_feed_or_past_its_record_is_a_validation_error(tmp_p
         log.read(Position(2, 9), mine)
     assert info.value.details["events"] == 2
     assert len(log.read(Position(2, 2), mine).events) == 1  # after both: the context update
+    shard.commit([EndSession("acme", sid, SessionStatus.CLOSED)])  # record 4
+    shard.commit([FailSummary("acme", sid, "try again", False)])  # record 5: logged, no event
+    assert shard.lsn == 5 and log.end == Position(6, 0)
+    with pytest.raises(ValidationFailed) as info:
+        log.read(Position(5, 1), mine)
+    assert info.value.details["events"] == 0
+    assert log.read(Position(5, 0), mine).events == []
     shard.close()
     shard = open_shard(tmp_path, clock)
-    shard.commit([DeleteSession("acme", sid)])  # record 4, after the snapshot at 3
+    shard.commit([DeleteSession("acme", sid)])  # record 6, after the snapshot at 5
     shard.commit([say("acme", create(shard), "x")])
     with pytest.raises(ValidationFailed):
-        shard.store.events.read(Position(4, 2), mine)
+        shard.store.events.read(Position(6, 2), mine)
     assert shard.store.events.read(Position(2, 9), set()).events == []  # before the snapshot: not known
     shard.close(snapshot=False)
 
