@@ -218,6 +218,20 @@ class Unavailable(EngineError):
     retry_after_s = 1.0
 
 
+class ModelsLoading(Unavailable):
+    """A call that needs a model (a text to embed) while the models still load after a start;
+    sessions are served meanwhile."""
+
+    hint = (
+        "The models are loading after a start (GET /readyz lists what is still loading); sessions are "
+        "served meanwhile. Retry after Retry-After seconds."
+    )
+    retry_after_s = 2.0
+
+    def __init__(self, loading: Sequence[str]) -> None:
+        super().__init__(f"not ready yet: {', '.join(loading)} still loading", {"loading": list(loading)})
+
+
 class Internal(EngineError):
     code = "INTERNAL"
     hint = "This is a bug in the engine; the request id in the response header identifies it in the logs."

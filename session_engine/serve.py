@@ -59,6 +59,7 @@ def serve(args: argparse.Namespace) -> int:
     from api.edge import PROTOCOL
     from api.metrics import MULTIPROC_ENV
     from engine.runtime import memory_shards, ray_cluster, session_shards
+    from engine.runtime.ray_actors import wait_started
 
     address = connect(config)
     if address is None:
@@ -68,9 +69,13 @@ def serve(args: argparse.Namespace) -> int:
         # Checked against the running cluster before anything is created (ConfigError: exit 2).
         cluster_id, created = ray_cluster.join_or_create(config)
         keys = keys or _ensure_keys(config)  # joining: only once the cluster is known to be this one
-        # Memory and models first: the session shards resume unfinished summary jobs as they start.
+        # The session shards' processes first (Ray starts a few workers at a time), then memory and
+        # the models by name without waiting for them: a session shard that resumes a summary job
+        # finds them, and the job waits while they load. Sessions are served once the session
+        # shards have recovered; /readyz says what is still loading (docs/operations.md).
+        created_shards = session_shards.create_shards(config, cluster_id)
         memory_shards.ensure_memory(config, cluster_id)
-        session_shards.ensure_shards(config, cluster_id)
+        wait_started(created_shards, "shard", timeout_s=600)
         if embedded:
             _write_ray_address(config.data_dir, address)
         log.info(

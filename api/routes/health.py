@@ -1,8 +1,18 @@
-"""Liveness and readiness, without auth."""
+"""Liveness and readiness, without auth.
+
+/readyz is 200 once every session shard answers: sessions are served, so an orchestrator may send
+this gateway traffic. Its `status` says the rest: "starting" while memory shards or models still
+load (listed in `loading`; memory queries answer 503 ModelsLoading meanwhile), "ready" once
+everything is loaded, "degraded" while a shard is read-only or a model failed to load, "draining"
+while an operator has drained the cluster. A session shard that does not answer, or refuses, is a
+503. Nothing unauthenticated names a server path: every string a shard or model sends is cut to
+the last part of any absolute path in it (docs/operations.md, "Readiness").
+"""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -17,7 +27,14 @@ from ..http import json_response
 from ..schemas import ErrorOut
 
 router = APIRouter(tags=["health"])
-READY_TIMEOUT_S = 5.0
+READY_TIMEOUT_S = 5.0  # for the session shards: past it, 503
+# A memory shard that does not answer within this while the session shards do is still starting
+# (recovering its index); models answer their own probe (engine.runtime.memory_shards).
+LOADING_TIMEOUT_S = 2.0
+NOTICE_KEYS = ("read_only", "fenced", "draining", "recovery")
+# An absolute path: a "/" at the start or after a space, quote, bracket, "=" or ":", then
+# everything up to the next space, quote, bracket, comma, colon or semicolon.
+_ABSOLUTE_PATH = re.compile(r"(?:(?<=^)|(?<=[\s'\"(\[=:]))/[^\s'\"()\[\],:;]*")
 
 
 @router.get("/healthz", summary="The gateway process is up")
@@ -27,54 +44,95 @@ async def healthz() -> Response:
 
 @router.get(
     "/readyz",
-    summary="Every shard answers and the models are loaded",
-    responses={503: {"model": ErrorOut, "description": "A shard or a model is not ready."}},
+    summary="Sessions are served (200); the body says whether memory and the models have loaded",
+    responses={503: {"model": ErrorOut, "description": "A session shard does not answer or refuses."}},
 )
 async def readyz(request: Request, detail: Literal["cluster"] | None = None) -> Response:
-    async def check() -> tuple[list[Any], list[Any], dict[str, Any]]:
-        memory = request.app.state.memory
-        pings, stats, models = await asyncio.gather(
-            request.app.state.router.broadcast(Ping()),
-            memory.broadcast(MemoryStats()),
-            memory.transport.ready(),
-        )
-        return pings, stats, models
-
+    state = request.app.state
     try:
-        pings, memory_stats, models = await asyncio.wait_for(check(), READY_TIMEOUT_S)
+        pings = await asyncio.wait_for(state.router.broadcast(Ping()), READY_TIMEOUT_S)
+        memory, models = await asyncio.gather(_memory_shards(state.memory), state.memory.transport.ready())
     except EngineError as exc:
-        return error_response(503, "UNAVAILABLE", f"not ready: {exc.message}", exc.details, "Retry shortly.")
+        return _not_ready(f"not ready: {exc.message}", exc.details)
     except TimeoutError:
-        return error_response(503, "UNAVAILABLE", "not ready: a shard did not answer", {}, "Retry shortly.")
-    # A shard that is read-only (its disk refuses writes) or whose recovery passed over a damaged
-    # snapshot or cut a damaged log tail says so; the engine still serves, so this stays a 200.
+        return _not_ready("not ready: a session shard did not answer", {})
+    loading = [f"memory-shard-{i}" for i, answer in enumerate(memory) if answer is None]
+    loading += [name for name, found in models.items() if _model_state(found) == "loading"]
+    failed = {name: found.get("error") for name, found in models.items() if _model_state(found) == "failed"}
+    stats = [answer for answer in memory if answer is not None]
+    # A shard that is read-only (its disk refuses writes), drained, or whose recovery passed over a
+    # damaged snapshot or cut a damaged log tail says so; the engine still serves, so this stays a 200.
     notices = [
         {"shard": f"{kind}-{i}", **notice}
-        for kind, answers in (("session", pings), ("memory", memory_stats))
+        for kind, answers in (("session", pings), ("memory", memory))
         for i, answer in enumerate(answers)
-        if (notice := _notice(answer))
+        if answer is not None and (notice := {k: answer[k] for k in NOTICE_KEYS if k in answer})
     ]
+    notices += [{"model": name, "failed": reason} for name, reason in failed.items()]
     body: dict[str, Any] = {}
-    if detail == "cluster" and request.app.state.cluster_status is not None:
+    if detail == "cluster" and state.cluster_status is not None:
         # What `session-engine status --json` prints: every actor's node, restarts, epoch, counts.
         try:
-            state = request.app.state
             body["cluster"] = await asyncio.to_thread(state.cluster_status, state.config)
         except Exception as exc:  # noqa: BLE001 - readiness still answers; the detail says why it is missing
             body["cluster"] = {"error": f"{type(exc).__name__}: {exc}"}
-    return json_response(
-        {
-            **body,
-            "status": "degraded" if any("read_only" in n for n in notices) else "ready",
-            "shards": len(pings),
-            "sessions": sum(p["sessions"] for p in pings),
-            "memory_shards": len(memory_stats),
-            "vectors": sum(s["vectors"] for s in memory_stats),
-            "models": models,
-            "notices": notices,
-        }
+    body |= {
+        "status": _status(notices, loading),
+        "loading": loading,
+        "shards": len(pings),
+        "sessions": sum(p["sessions"] for p in pings),
+        "memory_shards": len(memory),
+        "vectors": sum(s["vectors"] for s in stats),
+        "models": models,
+        "notices": notices,
+    }
+    return json_response(without_paths(body))
+
+
+async def _memory_shards(memory: Any) -> list[dict[str, Any] | None]:
+    """Each memory shard's stats, or None for one still starting. One that answers an error (it
+    refuses its directory, say) raises it: a 503, as a session shard's would be."""
+
+    async def stats(shard: int) -> dict[str, Any] | None:
+        try:
+            (answer,) = await asyncio.wait_for(
+                memory.transport.call(shard, [MemoryStats()]), LOADING_TIMEOUT_S
+            )
+        except TimeoutError:
+            return None
+        if isinstance(answer, EngineError):
+            raise answer
+        return dict(answer)
+
+    return list(await asyncio.gather(*(stats(i) for i in range(memory.shards))))
+
+
+def _model_state(found: Any) -> str | None:
+    return found.get("state") if isinstance(found, dict) else None
+
+
+def _status(notices: list[dict[str, Any]], loading: list[str]) -> str:
+    if any("read_only" in n or "fenced" in n or "failed" in n for n in notices):
+        return "degraded"
+    if any("draining" in n for n in notices):
+        return "draining"
+    return "starting" if loading else "ready"
+
+
+def _not_ready(message: str, details: dict[str, Any]) -> Response:
+    return error_response(
+        503, "UNAVAILABLE", without_paths(message), without_paths(details), "Retry shortly."
     )
 
 
-def _notice(answer: dict[str, Any]) -> dict[str, Any]:
-    return {key: answer[key] for key in ("read_only", "fenced", "recovery") if key in answer}
+def without_paths(value: Any) -> Any:
+    """`value` with every absolute path in its strings cut to the path's last part
+    ("/srv/engine/data/shards/shard-0000" -> "shard-0000"): unauthenticated answers name no
+    server path. Keys are left as they are."""
+    if isinstance(value, str):
+        return _ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], value)
+    if isinstance(value, dict):
+        return {key: without_paths(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_paths(item) for item in value]
+    return value

@@ -17,7 +17,7 @@ import ray
 from ray.exceptions import ActorDiedError
 
 from engine.config import EngineConfig
-from engine.errors import LogWriteFailed, Unavailable, unwrap
+from engine.errors import LogWriteFailed, ModelsLoading, Unavailable, unwrap
 from engine.logs import setup_logging
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams
@@ -30,12 +30,15 @@ from engine.storage.layout import memory_directory
 from . import upkeep
 from .hosted import HostedShard
 from .model_actors import EMBEDDER_NAME, POOL_NAME, EmbedderActor, SummarizerPool, find_embedders, find_pool
-from .ray_actors import RAY_ERRORS, NamedActors, create_named, find_named, wait_started
+from .ray_actors import RAY_ERRORS, NamedActors, create_named, find_named
 from .shard_metrics import MemoryShardMetrics
 
 log = logging.getLogger(__name__)
 
 MEMORY_SHARD_NAME = "memory-shard-{index}"
+# How long a gateway waits for a model actor's `describe` before it counts the actor as still
+# starting (its process not up yet): a loaded model answers in milliseconds.
+LOADING_PROBE_S = 2.0
 
 
 def index_params(config: EngineConfig) -> IndexParams:
@@ -142,8 +145,10 @@ def memory_names(config: EngineConfig) -> list[str]:
 
 
 def ensure_memory(config: EngineConfig, cluster_id: str) -> dict[str, Any]:
-    """Create (or find) the memory shards, embedders and summarizer pool, and wait until every one
-    has loaded. Models that are missing fail here, with the setting named."""
+    """Create (or find) the memory shards, embedders and summarizer pool, without waiting for them:
+    the session shards serve meanwhile. Their names exist from here on, so a session shard's summary
+    job finds them, and its calls wait while they start and load (a client's memory query is
+    answered ModelsLoading instead). /readyz says what is still loading."""
     memory = [
         create_named(MemoryShard, name, config, i, config, cluster_id)
         for i, name in enumerate(memory_names(config))
@@ -152,9 +157,7 @@ def ensure_memory(config: EngineConfig, cluster_id: str) -> dict[str, Any]:
         create_named(EmbedderActor, EMBEDDER_NAME.format(index=i), config, config, role="model")
         for i in range(config.models.embedder.replicas)
     ]
-    wait_started(memory + embedders, "memory actor", timeout_s=900)
     pool = create_named(SummarizerPool, POOL_NAME, config, config, role="control")
-    wait_started([pool], "summarizer pool", timeout_s=900)
     return {"memory": memory, "embedders": embedders, "pool": pool}
 
 
@@ -188,6 +191,7 @@ class RayMemoryTransport:
         self._memory = memory
         self._embedders = embedders
         self._next = itertools.count()
+        self._loaded: set[int] = set()  # the embedders this gateway has seen loaded
 
     @property
     def shards(self) -> int:
@@ -201,27 +205,56 @@ class RayMemoryTransport:
         return families
 
     async def embed(self, texts: Sequence[str], *, urgent: bool = True) -> np.ndarray:
-        """Urgent: a client waits for it. Indexing is not, and goes after (engine.models.embed_queue)."""
+        """Urgent: a client waits for it. Indexing is not, and goes after (engine.models.embed_queue).
+        While the model loads, an urgent call raises ModelsLoading and the others wait."""
         which = next(self._next) % len(self._embedders)
+        if urgent and which not in self._loaded:
+            await self._check_loaded(which)
         try:
-            vectors: np.ndarray = await self._embedders[which].embed.remote(list(texts), urgent)
+            vectors: np.ndarray = unwrap(await self._embedders[which].embed.remote(list(texts), urgent))
         except RAY_ERRORS as exc:
             if isinstance(exc, ActorDiedError):
                 self._embedders.died(which)
             raise Unavailable("the embedder is unavailable", {}, "Retry shortly.") from exc
         return vectors
 
+    async def _check_loaded(self, which: int) -> None:
+        """Until this gateway has seen an embedder loaded, a client's call asks it first: one whose
+        process is still starting does not answer yet, and the client is told ModelsLoading at once
+        instead of waiting for it. (A loaded embedder that restarts answers ModelsLoading itself.)"""
+        try:
+            described = await asyncio.wait_for(self._embedders[which].describe.remote(), LOADING_PROBE_S)
+        except TimeoutError:
+            raise ModelsLoading(["embedder"]) from None
+        except RAY_ERRORS:
+            return  # the call itself says what is wrong
+        if described.get("state") == "loading":
+            raise ModelsLoading(["embedder"])
+        self._loaded.add(which)
+
     async def ready(self) -> dict[str, Any]:
+        """What each model says of itself (engine.runtime.model_actors): the embedder's `describe`,
+        and the summarizer pool's state with its summarizers'. A model actor that does not answer
+        within LOADING_PROBE_S is still starting: {"state": "loading"}."""
         which = next(self._next) % len(self._embedders)
         try:
             embedder, pool = await asyncio.gather(
-                self._embedders[which].describe.remote(), find_pool(self._config, 0).describe.remote()
+                self._probe(self._embedders[which]), self._probe(find_pool(self._config, 0))
             )
         except RAY_ERRORS as exc:
             if isinstance(exc, ActorDiedError):
                 self._embedders.died(which)
             raise Unavailable("a model actor is unavailable", {}, "Retry shortly.") from exc
-        return {"embedder": embedder, "summarizer": pool["workers"]}
+        summarizer = {key: pool[key] for key in ("state", "workers", "error") if key in pool}
+        return {"embedder": embedder, "summarizer": summarizer}
+
+    @staticmethod
+    async def _probe(actor: Any) -> dict[str, Any]:
+        try:
+            described: dict[str, Any] = await asyncio.wait_for(actor.describe.remote(), LOADING_PROBE_S)
+        except TimeoutError:
+            return {"state": "loading"}
+        return described
 
 
 def session_indexer(config: EngineConfig) -> SessionIndexer:

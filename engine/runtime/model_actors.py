@@ -16,7 +16,7 @@ import numpy as np
 import ray
 
 from engine.config import EngineConfig
-from engine.errors import SummaryFailed
+from engine.errors import ModelsLoading, SummaryFailed, Unavailable
 from engine.logs import setup_logging
 from engine.models.embed_queue import EmbedQueue
 from engine.models.summarizer import Conversation, Summary
@@ -32,24 +32,51 @@ POOL_NAME = "summarizer-pool"
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class EmbedderActor:
+    """Starts at once and loads its model in a thread: while it loads, `describe` says so, a
+    client's call (urgent) is answered ModelsLoading, and indexing waits for the model."""
+
     def __init__(self, config: EngineConfig) -> None:
         setup_logging(config.log_level)
-        from engine.models.embedder import Embedder
+        self._config = config
+        self._embedder: Any = None  # engine.models.embedder.Embedder, once loaded
+        self._queue: EmbedQueue | None = None
+        self._failure: str | None = None
+        # Async actor: __init__ runs on the actor's event loop.
+        self._loading = asyncio.get_running_loop().create_task(self._load())
 
-        models = config.models
-        self._embedder = Embedder(
-            models.embedder.path,
-            device=models.device,
-            batch_size=models.embedder.batch_size,
-            threads=models.torch_threads,
-        )
+    async def _load(self) -> None:
+        models = self._config.models
+        try:
+            self._embedder = await asyncio.to_thread(_load_embedder, self._config)
+        except Exception as exc:  # noqa: BLE001 - said by describe and to callers; the start goes on
+            self._failure = failure_line(exc)
+            log.error("the embedder failed to load", extra={"error": self._failure})
+            return
         self._queue = EmbedQueue(self._embedder.embed, self._embedder.dimension, chunk=models.embedder.chunk)
 
-    async def embed(self, texts: Sequence[str], urgent: bool = True) -> np.ndarray:
-        """A client waits on an urgent call (a query); indexing is not urgent (engine.models.embed_queue)."""
+    async def embed(self, texts: Sequence[str], urgent: bool = True) -> np.ndarray | Unavailable:
+        """A client waits on an urgent call (a query); indexing is not urgent (engine.models.embed_queue).
+        Before the model is loaded, an urgent call is answered ModelsLoading (as a value, as shards
+        answer errors) and the rest wait for it."""
+        if self._queue is None and not urgent:
+            await asyncio.shield(self._loading)
+        if self._queue is None:
+            return self._not_loaded()
         return await self._queue.embed(texts, urgent=urgent)
 
+    def _not_loaded(self) -> Unavailable:
+        if self._failure is None:
+            return ModelsLoading(["embedder"])
+        return Unavailable(
+            f"the embedder failed to load: {self._failure}",
+            {"model": "embedder", "failed": True},
+            "The embedder's model could not be loaded; the server's log says why. Sessions are served "
+            "meanwhile; memory queries answer again once the model is fixed and the server restarted.",
+        )
+
     async def describe(self) -> dict[str, Any]:
+        if self._queue is None:
+            return {"state": "failed", "error": self._failure} if self._failure else {"state": "loading"}
         waiting = self._queue.waiting()
         return {
             "model": self._embedder.name,
@@ -112,25 +139,47 @@ class SummarizerPool:
 
     def __init__(self, config: EngineConfig) -> None:
         setup_logging(config.log_level)
-        from engine.models.files import summarizer_directory
-
         self._config = config
-        # Once, here: the default model's GGUF conversion must not run in every summarizer at once.
-        directory, name = summarizer_directory(config.models.summarizer.path, config.data_dir)
-        self._workers = [
-            create_named(
-                SummarizerActor, SUMMARIZER_NAME.format(index=i), config, config, str(directory), name,
-                role="model",
-            )
-            for i in range(config.models.summarizer.workers)
-        ]  # fmt: skip
+        self._workers: list[Any] = []
         self._queue: asyncio.Queue[tuple[Conversation, asyncio.Future[Summary]]] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        self._loops = [loop.create_task(self._serve(worker)) for worker in self._workers]
+        self._loops: list[asyncio.Task[None]] = []
         self.batches: collections.deque[int] = collections.deque(maxlen=100)  # recent batch sizes
         self._generating = 0  # conversations in the summarizers' generate calls now
+        self._loaded = False
+        self._failure: str | None = None
+        # Started, not awaited: jobs queue here while the summarizers load (engine.summaries.runner).
+        self._loading = asyncio.get_running_loop().create_task(self._start_workers())
+
+    async def _start_workers(self) -> None:
+        """The summarizers, once the model directory is at hand, and their loops once each has loaded."""
+        from engine.models.files import summarizer_directory
+
+        config = self._config
+        try:
+            # Once, here: the default model's GGUF conversion must not run in every summarizer at once.
+            directory, name = await asyncio.to_thread(
+                summarizer_directory, config.models.summarizer.path, config.data_dir
+            )
+            self._workers = [
+                create_named(
+                    SummarizerActor, SUMMARIZER_NAME.format(index=i), config, config, str(directory), name,
+                    role="model",
+                )
+                for i in range(config.models.summarizer.workers)
+            ]  # fmt: skip
+            loop = asyncio.get_running_loop()
+            self._loops = [loop.create_task(self._serve(worker)) for worker in self._workers]
+            await asyncio.gather(*(w.describe.remote() for w in self._workers))
+        except Exception as exc:  # noqa: BLE001 - said by describe; jobs wait, and resume at the next start
+            self._failure = failure_line(exc)
+            log.error("the summarizer failed to load", extra={"error": self._failure})
+            return
+        self._loaded = True
 
     async def describe(self) -> dict[str, Any]:
+        if not self._loaded:
+            state = {"state": "failed", "error": self._failure} if self._failure else {"state": "loading"}
+            return {**state, "workers": [], "waiting": self._queue.qsize()}
         workers = await asyncio.gather(*(w.describe.remote() for w in self._workers))
         waiting = self._queue.qsize()
         return {
@@ -147,6 +196,7 @@ class SummarizerPool:
         return await future
 
     async def shutdown(self) -> None:
+        self._loading.cancel()
         for task in self._loops:
             task.cancel()
         for worker in self._workers:
@@ -195,6 +245,25 @@ class SummarizerPool:
                 future.set_result(result)
             else:
                 future.set_exception(result)
+
+
+def _load_embedder(config: EngineConfig) -> Any:
+    from engine.models.embedder import Embedder  # torch and sentence-transformers: seconds to import
+
+    models = config.models
+    return Embedder(
+        models.embedder.path,
+        device=models.device,
+        batch_size=models.embedder.batch_size,
+        threads=models.torch_threads,
+    )
+
+
+def failure_line(exc: BaseException) -> str:
+    """One line for a model that failed to load: Ray's wrapping and the traceback left out."""
+    cause = getattr(exc, "cause", None) or exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:500]
 
 
 def find_embedders(config: EngineConfig, timeout_s: float = 60.0) -> NamedActors:

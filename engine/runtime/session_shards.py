@@ -272,13 +272,18 @@ def shard_names(config: EngineConfig) -> list[str]:
     return [SHARD_NAME.format(index=i) for i in range(config.shards)]
 
 
-def ensure_shards(config: EngineConfig, cluster_id: str) -> NamedActors:
-    """Create the named shard actors, or find them if another gateway already did. A shard that
-    refuses its directory (engine.runtime.hosted) stops the start, with its reason."""
-    handles = [
+def create_shards(config: EngineConfig, cluster_id: str) -> list[Any]:
+    """Create the named shard actors, or find them if another gateway already did; no waiting."""
+    return [
         create_named(SessionShard, name, config, i, config, cluster_id)
         for i, name in enumerate(shard_names(config))
     ]
+
+
+def ensure_shards(config: EngineConfig, cluster_id: str) -> NamedActors:
+    """The shard actors, created or found, once every one has started. A shard that refuses its
+    directory (engine.runtime.hosted) stops the start, with its reason."""
+    handles = create_shards(config, cluster_id)
     wait_started(handles, "shard", timeout_s=600)
     return NamedActors(shard_names(config), config, handles)
 

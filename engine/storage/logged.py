@@ -129,12 +129,15 @@ class LoggedStore:
 
     @property
     def condition(self) -> dict[str, Any]:
-        """What /readyz shows of this shard beyond its size: read-only, and what recovery found."""
+        """What /readyz shows of this shard beyond its size: read-only, drained, and what recovery
+        found."""
         found: dict[str, Any] = {}
         if self._fenced:
             found["fenced"] = True
         elif self._refusal is not None:
             found["read_only"] = self._refusal.details.get("reason", True)
+        if self._draining is not None:
+            found["draining"] = True
         notes = self.recovery.notes
         if notes["damaged_snapshots"] or notes["cut_tails"]:
             found["recovery"] = notes
@@ -197,6 +200,7 @@ class LoggedStore:
     def drain(self, refusal: Unavailable | None) -> None:
         """Refuse every change with `refusal` (None: take changes again); reads are still answered."""
         self._draining = refusal
+        self._publish_condition()
 
     def holds_epoch(self) -> bool:
         """Whether this incarnation may still write: no newer one has started on the directory."""

@@ -28,6 +28,7 @@ ALL_ERRORS = [
     errors.TooManyFeeds(100),
     errors.FeedGone("3.0", "7.0", "42.0"),
     errors.Unavailable("down", {"shard": 1}, "later"),
+    errors.ModelsLoading(["embedder"]),
     errors.Internal("bug"),
     errors.ConfigError("shards: must be at least 1"),
     errors.StartupError("no alive node can host shards"),
