@@ -76,12 +76,15 @@ class ServerProcess:
         )
 
     def wait_ready(self, timeout_s: float = 90.0) -> ServerProcess:
+        """Until /readyz is 200 and no longer "starting": the models and memory shards have loaded
+        too, not only the session shards (which make it 200)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                ready = httpx.get(f"{self.url}/readyz", timeout=2)
+                if ready.status_code == 200 and ready.json().get("status") != "starting":
                     return self
             except httpx.HTTPError:
                 pass
