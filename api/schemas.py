@@ -268,7 +268,10 @@ ErrorCode = Literal[
 class ErrorOut(_Response):
     error: str = Field(description="What went wrong.")
     code: ErrorCode = Field(description="Stable, for programs; the HTTP status follows from it.")
-    details: dict[str, Any] = Field(description="The field and limit involved, when there is one.")
+    details: dict[str, Any] = Field(
+        description="The field and limit involved, when there is one; a VALIDATION_ERROR's always "
+        "has `field` and `errors` (each {field, message})."
+    )
     hint: str = Field(description="What to do about it.")
 
 
@@ -286,7 +289,7 @@ def _error(description: str, *headers: str) -> dict[str, Any]:
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: _error("The body is not JSON."),
+    400: _error("The body is not JSON (details.field: 'body', or where it holds NaN or Infinity)."),
     401: _error("No API key, or an unknown one.", "WWW-Authenticate"),
     403: _error("Not allowed with any key, such as writing the engine's own namespace."),
     404: _error("No such session in this organization (or a malformed id)."),
@@ -295,8 +298,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: _error("A body, context, message or vector over its configured limit."),
     415: _error("A compressed body (a Content-Encoding other than identity)."),
     422: _error(
-        "A field is missing, unknown, of the wrong type or out of range (details.errors), or a value "
-        "the engine cannot store: nested too deep, an integer past 64 bits (details.field, .limit)."
+        "A field is missing, unknown, of the wrong type or out of range, or a value the engine cannot "
+        "store: nested too deep, an integer past 64 bits, a number past a double's range. "
+        "details.field names the first problem's field, details.errors each {field, message}."
     ),
     429: _error("Over the organization's rate limit.", "Retry-After"),
     503: _error(

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -22,6 +25,7 @@ from benchmarks.server import ServerProcess
 from tests.integration.conftest import assert_error
 
 pytestmark = pytest.mark.integration
+EXAMPLE = Path(__file__).parents[2] / "docs" / "examples" / "mcp_client.py"
 T = TypeVar("T")
 TOOLS = {
     "search_memory",
@@ -361,3 +365,22 @@ def test_an_mcp_body_over_the_limit_gets_the_apis_413(ray_server: ServerProcess)
     )
     body = assert_error(response, 413, "PAYLOAD_TOO_LARGE")
     assert body["details"] == {"limit_bytes": 5 * 1024 * 1024}
+
+
+def test_the_documented_python_example_keeps_a_session(ray_server: ServerProcess) -> None:
+    # Run as a user runs it: its own process, the gateway's URL and a key on the command line.
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE), ray_server.url, "key-org195"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    assert set(printed["tools"]) == TOOLS
+    assert (printed["seqs"], printed["version"], printed["status"]) == ([1, 2], 2, "closed")
+    assert printed["refused"]["code"] == "PRECONDITION_FAILED"
+    assert printed["refused"]["details"]["current_version"] == 2
+    read = httpx.get(f"{ray_server.url}/sessions/{printed['session_id']}", headers=_auth("key-org195"))
+    assert read.json()["message_count"] == 2 and read.json()["context"] == {"step": 2}
