@@ -246,6 +246,15 @@ def markdown(document: dict[str, Any]) -> str:
                 f"| {r['engine_bytes_per_session']:,} | {r['shard_bytes_per_session']:,} "
                 f"| {r['ready_s']} | {r['empty_ready_s']} |"
             )
+    if "restart" in scenarios:
+        lines += ["", "## Restart after kill -9 (whole engine, 2 shards)", "",
+                  "| sessions | first append | ready | first memory query |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for r in scenarios["restart"]["rows"]:
+            lines.append(
+                f"| {r['sessions']:,} | {r['to_first_append_s']} s | {r['to_ready_s']} s "
+                f"| {r['to_first_memory_query_s']} s |"
+            )
     lines += ["", "## Targets", "", "| target | wanted | measured | met |", "|---|---|---|---|"]
     for t in document["targets"]:
         met = {True: "yes", False: "**no**", None: "-"}[t["met"]]

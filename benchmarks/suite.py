@@ -36,7 +36,7 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from benchmarks import feeds, load, redis_anchor, report, scenarios, stamp
+from benchmarks import feeds, load, redis_anchor, report, restart, scenarios, stamp
 from benchmarks.server import ServerProcess, free_port
 
 HERE = Path(__file__).resolve().parent
@@ -54,6 +54,7 @@ ALL_SCENARIOS = (
     "scaling",
     "snapshot",
     "resident",
+    "restart",
     "recall",
 )
 
@@ -75,15 +76,17 @@ class Profile:
     feeds: int = 500  # idle change feeds held open while appends run (benchmarks/feeds.py)
     summary_wait_s: float = 60  # after the fleet, for the summaries of the sessions it closed
     scaling: tuple[tuple[int, ...], tuple[int, ...]] = ((1, 2, 4), (2, 4))  # gateway workers, shards
+    restart_sessions: int = 10_000  # on disk when the engine is killed and started again
 
 
 PROFILES = {
     "full": Profile(15, 64, 32, 30, (10_000, 100_000), (10_000, 100_000, 1_000_000), (100_000, 1_000_000),
                     16, (1, 4, 8, 16), 128, (4, 24)),
     "quick": Profile(2, 64, 16, 4, (10_000,), (10_000,), (10_000,), 4, (1, 4), 24, (2, 12),
-                     naive=("append", "create"), feeds=200, summary_wait_s=20, scaling=((1, 2), (2,))),
+                     naive=("append", "create"), feeds=200, summary_wait_s=20, scaling=((1, 2), (2,)),
+                     restart_sessions=2_000),
     "tiny": Profile(1, 8, 4, 3, (300,), (300,), (300,), 2, (1, 2), 8, (2, 3), feeds=10, summary_wait_s=20,
-                    scaling=((1, 2), (2,))),
+                    scaling=((1, 2), (2,)), restart_sessions=300),
 }  # fmt: skip
 
 
@@ -236,7 +239,7 @@ def _run_all(run: Run) -> None:
     steps += (
         ("feeds" in chosen)
         + len(servers) * ("fleet" in chosen)
-        + sum(s in chosen for s in ("scaling", "summarize", "snapshot", "resident", "recall"))
+        + sum(s in chosen for s in ("scaling", "summarize", "snapshot", "resident", "restart", "recall"))
     )
     with Progress(
         TextColumn("{task.description:<44}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -266,14 +269,14 @@ def _run_all(run: Run) -> None:
             progress.update(task, description="redis: the same appends")
             _measure_redis(run, anchored)
             progress.advance(task)
-        for name in ("scaling", "summarize", "snapshot", "resident"):
+        for name in ("scaling", "summarize", "snapshot", "resident", "restart"):
             if name in chosen:
                 progress.update(task, description=name)
                 if args.url:
                     run.notes.append(f"{name} measures a local engine and was not run against --url")
                 else:
                     steps_of = {"scaling": _scaling, "summarize": _summarize, "snapshot": _snapshot}
-                    {**steps_of, "resident": _resident}[name](run)
+                    {**steps_of, "resident": _resident, "restart": _restart}[name](run)
                 progress.advance(task)
         if "recall" in chosen:
             progress.update(task, description="recall")
@@ -531,6 +534,19 @@ def _resident(run: Run) -> None:
         "does": "engine restarted on N sessions of 10 ~100-character messages: time to ready, memory (USS)",
         "empty": empty,
         "rows": rows,
+    }
+
+
+def _restart(run: Run) -> None:
+    """The engine on N sessions, every process of it killed with SIGKILL, and started again: the
+    seconds to the first append, to /readyz ready and to the first memory query (benchmarks/restart.py)."""
+    row = restart.measure(run.profile.restart_sessions, _summarizer(run), run.work)
+    row.pop("server_log")
+    run.results["restart"] = {
+        "kind": "engine",
+        "does": "kill -9 of the engine on N sessions, then a start: seconds to the first append, "
+        "to ready and to the first memory query",
+        "rows": [row],
     }
 
 

@@ -35,7 +35,7 @@ def test_every_scenario_is_measured_against_its_servers(tiny_run: tuple[Path, di
     _, document = tiny_run
     scenarios = document["scenarios"]
     expected_http = {"append", "append-batch", "create", "list", "query@300", "fleet"}
-    engine_only = {"feeds", "scaling", "summarize", "snapshot", "resident", "recall"}
+    engine_only = {"feeds", "scaling", "summarize", "snapshot", "resident", "restart", "recall"}
     assert expected_http | engine_only == set(scenarios)
     for name in expected_http:
         servers = scenarios[name]["servers"]
@@ -68,6 +68,10 @@ def test_engine_scenarios_report_what_they_measured(tiny_run: tuple[Path, dict[s
     resident = document["scenarios"]["resident"]
     (row,) = resident["rows"]
     assert row["sessions"] == 300 and row["shards_mib"] > 0 and resident["empty"]["shard_processes"] == 2
+    (restarted,) = document["scenarios"]["restart"]["rows"]
+    assert restarted["sessions"] == 300 and restarted["recovered_sessions"] == 301, restarted
+    assert restarted["messages_kept"] == 2  # the one written before the kill and the one after
+    assert all(restarted[f"to_{m}_s"] > 0 for m in ("first_append", "ready", "first_memory_query"))
     feeds = document["scenarios"]["feeds"]["rows"]
     assert [r["run"] for r in feeds] == ["plain", "scraped every 1 s", "10 idle feeds", "plain again"]
     assert feeds[2]["feeds_open"] == 10 and feeds[1]["scrape_bytes"] > 0
