@@ -324,7 +324,14 @@ class EngineConfig(BaseSettings):
     def cluster_settings(self) -> dict[str, Any]:
         """The settings the cluster's actors are built with: every gateway of a cluster must give
         the same (checked when it joins). The rest (GATEWAY_SETTINGS) each gateway sets for itself."""
-        return self.model_dump(mode="json", exclude=set(GATEWAY_SETTINGS))
+        exclude: dict[str, Any] = {}
+        for name in GATEWAY_SETTINGS:
+            section, _, field = name.partition(".")
+            if field:
+                exclude.setdefault(section, set()).add(field)
+            else:
+                exclude[section] = True
+        return self.model_dump(mode="json", exclude=exclude)
 
     def to_env_json(self) -> str:
         """The whole config, secrets included, for handing to worker processes this one starts."""
@@ -348,6 +355,10 @@ GATEWAY_SETTINGS = (
     "ray",
     "metrics",
     "mcp",
+    # How the feeds a gateway worker serves are bounded; what the shards keep of them is shared.
+    "events.max_queued",
+    "events.heartbeat_s",
+    "events.max_feeds_per_org",
 )
 
 

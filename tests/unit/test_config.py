@@ -81,6 +81,16 @@ def test_gateways_may_differ_only_in_their_own_settings() -> None:
     assert "api_keys" not in first.cluster_settings()  # never compared, never stored with the cluster
 
 
+def test_a_gateway_bounds_its_own_feeds_but_shares_what_the_shards_keep() -> None:
+    first = load_config()
+    own = load_config(events={"max_feeds_per_org": 5, "max_queued": 10, "heartbeat_s": 1})
+    assert settings_diff(own.cluster_settings(), first.cluster_settings()) == []
+    other = load_config(events={"retention_s": 60})
+    assert settings_diff(other.cluster_settings(), first.cluster_settings()) == [
+        "events.retention_s: 60.0 here vs 600.0 in the running cluster"
+    ]
+
+
 def test_placement_asks_ray_for_what_the_settings_say() -> None:
     from engine.runtime.ray_actors import MARKER_AMOUNT, placement_options
 
