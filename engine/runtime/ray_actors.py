@@ -68,11 +68,19 @@ def create_named(
 
 
 def wait_started(handles: Sequence[Any], what: str, timeout_s: float) -> list[Any]:
-    """Every actor's `describe()`, once each has started. A failed start, or a shard that refuses its
-    directory, is a StartupError; a missing model's line (which names its setting) is the message
-    when there is one."""
+    """Every actor's `describe()`, once each has started, and a model actor has loaded (it says
+    "loading" until then: engine.runtime.model_actors). A failed start, a model that failed to
+    load, or a shard that refuses its directory, is a StartupError; a missing model's line (which
+    names its setting) is the message when there is one."""
+    deadline = time.monotonic() + timeout_s
     try:
         described = list(ray.get([h.describe.remote() for h in handles], timeout=timeout_s))
+        while any(found.get("state") == "loading" for found in described):
+            time.sleep(0.2)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise GetTimeoutError
+            described = list(ray.get([h.describe.remote() for h in handles], timeout=left))
     except GetTimeoutError:
         raise StartupError(
             f"a {what} did not start within {timeout_s:.0f} s; `session-engine status` shows where it "
@@ -87,6 +95,8 @@ def wait_started(handles: Sequence[Any], what: str, timeout_s: float) -> list[An
     for found in described:
         if found.get("state") == "refused":  # a shard on a directory not its own (engine.runtime.hosted)
             raise StartupError(f"{found['kind']} shard {found['index']} refuses to serve: {found['reason']}")
+        if found.get("state") == "failed":  # a model that could not be loaded
+            raise StartupError(f"a {what} failed to load: {found.get('error')}")
     return described
 
 
