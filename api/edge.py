@@ -38,6 +38,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from engine.config import HttpConfig
 
+from .errors import validation_details
 from .metrics import CONNECTIONS_EVICTED, CONNECTIONS_REFUSED
 
 log = logging.getLogger(__name__)
@@ -227,7 +228,9 @@ class EdgeProtocol(HttpToolsProtocol):
         self._in_headers = False
         self._headers_since = None
         if len(self.headers) > self._limits.max_headers:
-            self._refuse_headers("too many header fields", {"limit": self._limits.max_headers})
+            self._refuse_headers(
+                "too many header fields", {"field": "headers", "limit": self._limits.max_headers}
+            )
             raise _Refused
         limit = self._limits.max_header_bytes
         if self._header_bytes > limit and self._header_size() > limit:  # exact only when it may matter
@@ -262,7 +265,7 @@ class EdgeProtocol(HttpToolsProtocol):
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def _too_large_headers(self) -> None:
-        limit = {"limit_bytes": self._limits.max_header_bytes}
+        limit = {"field": "headers", "limit_bytes": self._limits.max_header_bytes}
         self._refuse_headers("request line and headers are too large", limit, "headers_too_large")
 
     def _refuse_headers(
@@ -312,6 +315,8 @@ class EdgeProtocol(HttpToolsProtocol):
         request_id = uuid.uuid4().hex
         if status >= 500:
             details = {**details, "request_id": request_id}
+        if code == "VALIDATION_ERROR":
+            details = validation_details(message, details)
         log.warning(message, extra={"status": status, "client": self.client, "request_id": request_id})
         body = orjson.dumps({"error": message, "code": code, "details": details, "hint": hint})
         head = [

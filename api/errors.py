@@ -64,6 +64,10 @@ def error_response(
     headers = {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    if status == 413:
+        # The rest of a body too large to read would still arrive on this connection: close it
+        # rather than read and drop megabytes (uvicorn closes after a `Connection: close` answer).
+        headers["Connection"] = "close"
     if status == 503 and retry_after_s is None:
         retry_after_s = Unavailable.retry_after_s
     if retry_after_s is not None:
@@ -86,7 +90,18 @@ def error_body(
     if status >= 500 and "request_id" not in details:
         # Every 5xx names its request, so an operator can find it in the server log.
         details = {**details, "request_id": request_id_var.get()}
+    if code == "VALIDATION_ERROR":
+        details = validation_details(message, details)
     return {"error": message, "code": code, "details": details, "hint": hint}
+
+
+def validation_details(message: str, details: dict[str, Any]) -> dict[str, Any]:
+    """A VALIDATION_ERROR's details in their one shape: a `field` (the request as a whole when
+    none is named) and `errors`, each with its `field` and `message`."""
+    if "errors" in details:
+        return details
+    field = str(details.get("field", "request"))
+    return {"field": field, **details, "errors": [{"field": field, "message": message}]}
 
 
 def for_client(exc: EngineError) -> EngineError:
@@ -229,7 +244,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
             405,
             "VALIDATION_ERROR",
             f"method {request.method} is not allowed on {request.url.path}",
-            {"allowed": allowed},
+            {"field": "method", "allowed": allowed},
             f"Use one of: {allowed}." if allowed else "See /docs for the routes.",
         )
         response.headers["Allow"] = allowed  # RFC 9110 requires it on a 405

@@ -133,6 +133,9 @@ def assert_refused(answer: tuple[int, dict[str, str], Any], status: int, code: s
     assert got == status, answer
     assert set(body) == {"error", "code", "details", "hint"} and body["code"] == code
     assert headers["connection"] == "close" and headers["x-request-id"]
+    if code == "VALIDATION_ERROR":  # details in their one shape, as the app's
+        field = body["details"]["field"]
+        assert body["details"]["errors"] == [{"field": field, "message": body["error"]}]
     return dict(body)
 
 
@@ -148,14 +151,14 @@ def test_too_many_header_fields_get_431(edge_server: str) -> None:
     with connect(edge_server) as sock:
         sock.sendall(REQUEST + b"".join(b"x-h%d: v\r\n" % i for i in range(30)) + b"\r\n")
         body = assert_refused(read_answer(sock), 431, "VALIDATION_ERROR")
-        assert body["details"] == {"limit": SMALL.max_headers}
+        assert body["details"]["limit"] == SMALL.max_headers and body["details"]["field"] == "headers"
 
 
 def test_headers_too_large_get_431(edge_server: str) -> None:
     with connect(edge_server) as sock:
         sock.sendall(REQUEST + b"x-big: " + b"a" * 4096 + b"\r\n\r\n")
         body = assert_refused(read_answer(sock), 431, "VALIDATION_ERROR")
-        assert body["details"] == {"limit_bytes": SMALL.max_header_bytes}
+        assert body["details"]["limit_bytes"] == SMALL.max_header_bytes
 
 
 def test_headers_that_pass_the_limit_without_ending_get_431_at_once(edge_server: str) -> None:
@@ -384,5 +387,5 @@ def test_a_silent_connection_is_dropped_at_the_header_timeout() -> None:
         with connect(url) as sock:
             started = time.monotonic()
             body = assert_refused(read_answer(sock), 408, "VALIDATION_ERROR")
-            assert body["details"] == {"header_timeout_s": 0.5}
+            assert body["details"]["header_timeout_s"] == 0.5
             assert time.monotonic() - started < 5
