@@ -18,6 +18,9 @@ import pytest
 from benchmarks import suite
 from benchmarks.server import free_port
 
+# The suite at its tiny size starts a dozen engines (and kills and restarts one): more than the
+# project's 300 s a test.
+pytestmark = pytest.mark.timeout(900)
 GENERATOR = "wrk" if shutil.which("wrk") else "python"
 REDIS = shutil.which("redis-server") is not None and shutil.which("redis-benchmark") is not None
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
