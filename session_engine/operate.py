@@ -78,9 +78,10 @@ def status(args: argparse.Namespace, config: EngineConfig) -> int:
     return 3 if unhealthy(found) else 0
 
 
-# A shard serves; a model actor is idle or busy (a summarizer generating, texts waiting for the
-# embedder): all of them are working as they should.
-HEALTHY_STATES = (None, "serving", "idle", "busy")
+# A shard serves; a model actor is loading its model (a start), idle or busy (a summarizer
+# generating, texts waiting for the embedder): all of them are working as they should. A model
+# that failed to load is not.
+HEALTHY_STATES = (None, "serving", "loading", "idle", "busy")
 
 
 def unhealthy(found: dict[str, Any]) -> list[str]:

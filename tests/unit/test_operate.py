@@ -18,10 +18,16 @@ def test_model_actors_at_work_or_idle_keep_status_healthy() -> None:
             actor("summarizer-0", {"state": "busy", "generating": 4, "busy_s": 40.0}),
             actor("summarizer-pool", {"state": "busy", "generating": 4, "waiting": 12}),
             actor("embedder-0", {"state": "idle", "waiting_texts": {"urgent": 0, "background": 0}}),
+            actor("embedder-1", {"state": "loading"}),  # a start: sessions are served meanwhile
             actor("controller", {"cluster_id": "c"}),
         ]
     }
     assert unhealthy(found) == []
+
+
+def test_a_model_that_failed_to_load_makes_status_fail() -> None:
+    found = {"actors": [actor("embedder-0", {"state": "failed", "error": "no such file"})]}
+    assert unhealthy(found) == ["embedder-0"]
 
 
 def test_actors_that_do_not_answer_or_shards_that_do_not_serve_make_status_fail() -> None:
