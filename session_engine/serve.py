@@ -154,7 +154,7 @@ def _run_granian(config: EngineConfig) -> None:
         http=HTTPModes.http1,
         websockets=False,
         backpressure=config.http.max_connections,
-        http1_settings=HTTP1Settings(header_read_timeout=round(config.http.read_timeout_s * 1000)),
+        http1_settings=HTTP1Settings(header_read_timeout=round(config.http.header_timeout_s * 1000)),
         log_level="warning",  # type: ignore[arg-type]
         workers_kill_timeout=30,  # finish in-flight requests, then stop
     ).serve()
