@@ -14,12 +14,20 @@ names the persona, and is labelled with its evidence session: the one a good mem
 One question in three is a follow-up that names the thing itself ("What kind of animal is
 Biscuit, the pet Maya mentioned?"), as an agent asks once it knows a name. The same seed gives
 the same sessions and questions.
+
+Two ways of naming sessions (`naming`): "persona" ("Maya - chat 3", the recall benchmark's) and
+"numbered" ("chat 3"), where only what is said tells whose session it is. And questions whose
+answer is in no session (`unrelated_questions`), for calibrating a match's relevance
+(benchmarks/relevance.py): off-topic ones, ones about a persona's life that the persona never
+told, and the corpus's own kinds of question about people who are not in it. Their sentences come
+in two halves, one to tune on and one held out.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Literal
 
 PERSONAS = [
     "Maya Okafor", "Lucas Brennan", "Priya Raman", "Tomas Alvarez", "Hannah Kim", "Omar Haddad",
@@ -376,13 +384,20 @@ class Corpus:
     questions: list[Question]
 
 
-def generate(personas: int = 4, sessions_per_persona: int = 24, turns: int = 22, seed: int = 7) -> Corpus:
+def generate(
+    personas: int = 4,
+    sessions_per_persona: int = 24,
+    turns: int = 22,
+    seed: int = 7,
+    naming: Literal["persona", "numbered"] = "persona",
+) -> Corpus:
     rng = random.Random(seed)
     sessions: list[Session] = []
     questions: list[Question] = []
     for name in PERSONAS[:personas]:
         first = name.split()[0]
-        own = [Session(name, i, f"{first} - chat {i + 1}") for i in range(sessions_per_persona)]
+        prefix = f"{first} - " if naming == "persona" else ""
+        own = [Session(name, i, f"{prefix}chat {i + 1}") for i in range(sessions_per_persona)]
         kinds = list(FACTS)
         # Each fact in its own session(s); a changing fact's second telling comes later.
         # Each fact in its own session while there are enough; a changing fact's second telling
@@ -436,3 +451,45 @@ def _fill(rng: random.Random, session: Session, first: str, facts: list[str], tu
         pairs.insert(rng.randrange(1, len(pairs) + 1), (f"By the way, {opening}", reply))
     for user, assistant in pairs:
         session.messages += [("user", user), ("assistant", assistant)]
+
+
+# Questions no session answers, each kind in two halves: [0] to tune on, [1] held out.
+OFF_TOPIC = (
+    ["What is the tallest mountain in Africa?", "How many moons does Jupiter have?",
+     "Who wrote the Odyssey?", "What is the chemical symbol for tungsten?",
+     "Which river flows through Budapest?", "How do submarines stay submerged?",
+     "What year did the Berlin Wall fall?", "How does a nuclear reactor make electricity?"],
+    ["What is the population of Mongolia?", "Who invented the printing press?",
+     "How do I renew a passport?", "What are the rules of cricket?",
+     "Why is the sky blue?", "Which planet has the longest day?",
+     "How do vaccines train the immune system?", "What language is spoken in Andorra?"],
+)  # fmt: skip
+UNTOLD = (
+    ["Which football club does {first} support?", "Where did {first} go to university?",
+     "What is {first}'s blood type?", "How many children does {first} have?",
+     "What is the name of {first}'s dentist?", "Which political party does {first} vote for?"],
+    ["What is {first}'s shoe size?", "Does {first} speak any foreign languages?",
+     "What was {first}'s first phone?", "Which video games does {first} play?",
+     "What is {first}'s favourite colour?", "Who is {first}'s best friend from school?"],
+)  # fmt: skip
+STRANGERS = (["Zoe", "Viktor", "Leila"], ["Mateo", "Ingrid", "Dev"])
+UNRELATED_KINDS = ("off-topic", "untold", "stranger")
+
+
+def unrelated_questions(corpus: Corpus, seed: int, half: int) -> list[Question]:
+    """Questions no session of the corpus answers (no evidence), of each kind in UNRELATED_KINDS,
+    from their sentences' `half` (0: to tune on, 1: held out). A stranger's question names a
+    value (a pet's name, an employer) that no session mentions."""
+    rng = random.Random(seed)
+    firsts = list(dict.fromkeys(session.persona.split()[0] for session in corpus.sessions))
+    said = " ".join(content for session in corpus.sessions for _, content in session.messages)
+    questions = [Question(text, (), "off-topic") for text in OFF_TOPIC[half]]
+    questions += [Question(ask.format(first=first), (), "untold") for ask in UNTOLD[half] for first in firsts]
+    for values, _, asks in FACTS.values():
+        unsaid = [v for v in values if (v if isinstance(v, tuple) else (v,))[0] not in said]
+        for ask, _ in asks:
+            value = rng.choice(unsaid or values)
+            args = value if isinstance(value, tuple) else (value,)
+            stranger = rng.choice(STRANGERS[half])
+            questions.append(Question(ask.format(*args, first=stranger), (), "stranger"))
+    return questions

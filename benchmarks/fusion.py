@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.conversations import Question, generate
+from benchmarks.conversations import Corpus, Question, generate
 from engine.memory import sessions
 from engine.memory.fusion import fuse
 from engine.memory.index import IndexParams
@@ -39,8 +39,9 @@ OTHERS = [name for name in sessions.WEIGHTS if name != "turn_dense"]
 Rankings = dict[str, list[tuple[str, float]]]
 
 
-def rankings_of(embedder: Any, personas: int, per_persona: int, seed: int) -> list[tuple[Question, Rankings]]:
-    corpus = generate(personas, per_persona, seed=seed)
+def indexed(embedder: Any, corpus: Corpus) -> sessions.SessionIndexes:
+    """The corpus's session memory, built in this process the engine's way (SessionIndexer into a
+    MemoryStore), with extractive summaries as the summary signal."""
     store = MemoryStore(IndexParams())
 
     async def embed(texts: Sequence[str]) -> np.ndarray:
@@ -63,9 +64,14 @@ def rankings_of(embedder: Any, personas: int, per_persona: int, seed: int) -> li
     asyncio.run(load())
     namespaces = dict(store.namespaces())
     store.apply_batch([])  # commits the texts written so far
-    indexes = sessions.SessionIndexes(
+    return sessions.SessionIndexes(
         namespaces[("org", sessions.SESSION_MEMORY)], namespaces[("org", sessions.SESSIONS_OF_MEMORY)]
     )
+
+
+def rankings_of(embedder: Any, personas: int, per_persona: int, seed: int) -> list[tuple[Question, Rankings]]:
+    corpus = generate(personas, per_persona, seed=seed)
+    indexes = indexed(embedder, corpus)
     vectors = embedder.embed([q.text for q in corpus.questions])
     return [
         (q, sessions.signals(indexes, v, q.text, 10).rankings)

@@ -16,7 +16,12 @@ In the same run, through the same server and embedder, the baselines:
   memory did before it indexed turns);
 - `random`: sessions in a seeded random order.
 
-It also reports how fast sessions become searchable (close to index_status ready: for the
+It also reports each match's `relevance` (engine.memory.relevance): of the evidence session and
+of the other matches for the corpus's questions, and of the best match for questions no session
+answers (benchmarks.conversations.unrelated_questions), with what `min_relevance` at the
+recommended threshold keeps of each; and the engine's ranking of every question (sessions by
+their corpus key), so two runs can be compared for the same order. It also reports how fast
+sessions become searchable (close to index_status ready: for the
 whole corpus closed at once, and for one session closed alone afterwards), indexing throughput,
 how summaries were made (model or extractive, and how many the degeneracy detector flags), and
 query latency p50/p99 of the engine's hybrid query at one connection.
@@ -37,9 +42,10 @@ from typing import Any
 
 import httpx
 
-from benchmarks.conversations import Corpus, generate
+from benchmarks.conversations import UNRELATED_KINDS, Corpus, generate, unrelated_questions
 from benchmarks.server import ServerProcess
 from benchmarks.stamp import describe, machine
+from engine.memory.relevance import RECOMMENDED_MIN_RELEVANCE
 from engine.summaries.quality import degeneracy
 
 HERE = Path(__file__).resolve().parent
@@ -194,12 +200,17 @@ async def measure(url: str, key: str, corpus: Corpus, summary_timeout_s: float, 
     questions = {q.text: q for q in corpus.questions}
     evidence = {text: {ids[k] for k in q.evidence} for text, q in questions.items()}
     methods_ranked: dict[str, dict[str, list[str]]] = {}
+    answers: dict[str, list[dict[str, Any]]] = {}
     latencies: list[float] = []
     for text in questions:  # one connection, one query at a time: latency without queueing
         t0 = time.perf_counter()
-        engine = await query(client, "session-memory", text, "hybrid")
+        answers[text] = await query(client, "session-memory", text, "hybrid")
         latencies.append((time.perf_counter() - t0) * 1000)
-        methods_ranked.setdefault("engine (hybrid)", {})[text] = [m["id"] for m in engine]
+        methods_ranked.setdefault("engine (hybrid)", {})[text] = [m["id"] for m in answers[text]]
+    unrelated = [q for half in (0, 1) for q in unrelated_questions(corpus, seed, half)]
+    found_unrelated = await asyncio.gather(
+        *(query(client, "session-memory", q.text, "hybrid") for q in unrelated)
+    )
     plan = {
         "engine dense": ("session-memory", "dense", 10),
         "engine lexical": ("session-memory", "lexical", 10),
@@ -218,6 +229,11 @@ async def measure(url: str, key: str, corpus: Corpus, summary_timeout_s: float, 
     await client.http.aclose()
 
     results = {name: scores(ranked, evidence) for name, ranked in methods_ranked.items()}
+    key_of = {sid: key for key, sid in ids.items()}
+    engine_ranking = {
+        text: [key_of.get(sid, sid) for sid in ranked]
+        for text, ranked in methods_ranked["engine (hybrid)"].items()
+    }
     best_baseline = max(
         (name for name in results if not name.startswith("engine")), key=lambda n: results[n]["recall@5"]
     )
@@ -256,6 +272,45 @@ async def measure(url: str, key: str, corpus: Corpus, summary_timeout_s: float, 
             "degenerate_after_fallback": sum(1 for f in flagged if f),
         },
         "query_ms": {"p50": _pct(sorted(latencies), 50), "p99": _pct(sorted(latencies), 99)},
+        "relevance": relevance_report(answers, evidence, unrelated, found_unrelated),
+        "engine_ranking": engine_ranking,
+    }
+
+
+def relevance_report(
+    answers: dict[str, list[dict[str, Any]]],
+    evidence: dict[str, set[str]],
+    unrelated: Sequence[Any],
+    found_unrelated: Sequence[list[dict[str, Any]]],
+) -> dict[str, Any] | None:
+    """Each match's relevance: of the evidence session (where it is in the top 10) and of the other
+    matches of the corpus's questions, and of the best match of each kind of unrelated question;
+    with the share that the recommended min_relevance keeps. None: the engine gives none."""
+    if not any("relevance" in m for matches in answers.values() for m in matches):
+        return None
+    threshold = RECOMMENDED_MIN_RELEVANCE
+    groups: dict[str, list[float]] = {"evidence": [], "other matches": []}
+    for text, matches in answers.items():
+        for m in matches:
+            groups["evidence" if m["id"] in evidence[text] else "other matches"].append(m["relevance"])
+    for kind in UNRELATED_KINDS:
+        groups[f"best match, {kind}"] = [
+            found[0]["relevance"]
+            for q, found in zip(unrelated, found_unrelated, strict=True)
+            if q.kind == kind and found
+        ]
+    return {
+        "min_relevance": threshold,
+        **{name: _spread(values, threshold) for name, values in groups.items()},
+    }
+
+
+def _spread(values: Sequence[float], threshold: float) -> dict[str, Any]:
+    ordered = sorted(values)
+    return {
+        "n": len(ordered),
+        **{f"p{p}": _pct(ordered, p, 3) for p in (5, 25, 50, 75, 95)},
+        "kept": round(sum(v >= threshold for v in ordered) / max(len(ordered), 1), 3),
     }
 
 
@@ -274,10 +329,10 @@ async def lag_when_idle(client: Client, session: Any, timeout_s: float = 120) ->
     return None
 
 
-def _pct(values: Sequence[float], p: float) -> float | None:
+def _pct(values: Sequence[float], p: float, digits: int = 1) -> float | None:
     if not values:
         return None
-    return round(values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))], 1)
+    return round(values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))], digits)
 
 
 def _count(values: Any) -> dict[str, int]:
@@ -349,7 +404,7 @@ def _print(result: dict[str, Any]) -> None:
         table.add_row(name, *(f"{row[f'recall@{k}']:.2f}" for k in KS), f"{row['mrr']:.2f}")
     console = Console()
     console.print(table)
-    shown = {k: v for k, v in result.items() if k not in ("methods",)}
+    shown = {k: v for k, v in result.items() if k not in ("methods", "engine_ranking")}
     console.print_json(json.dumps(shown))
 
 

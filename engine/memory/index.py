@@ -63,6 +63,9 @@ class Match:
     id: str
     score: float
     metadata: dict[str, Any]
+    # How relevant the match is on a scale that does not depend on the other matches (0 to 1;
+    # engine.memory.relevance); session memory gives it, other namespaces do not.
+    relevance: float | None = None
 
 
 def normalized(vectors: np.ndarray) -> np.ndarray:
@@ -323,6 +326,13 @@ class NamespaceIndex:
     def vector(self, external: str) -> np.ndarray | None:
         faiss_id = self._internal.get(external)
         return None if faiss_id is None else self._index.reconstruct(faiss_id)
+
+    def vectors(self, faiss_ids: Sequence[int]) -> np.ndarray:
+        """The stored (normalized) vectors of these live entries, one row each."""
+        if not faiss_ids:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        rows: np.ndarray = self._index.reconstruct_batch(np.asarray(faiss_ids, dtype=np.int64))
+        return rows
 
     # -- structure ----------------------------------------------------------------------------------
 

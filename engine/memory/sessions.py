@@ -19,7 +19,10 @@ min-max scaled scores, weighted, summed) with weights tuned on the recall benchm
 (benchmarks/recall.py). A message said in
 several sessions (a greeting, "thanks!") is left out of the turn rankings: it cannot tell them
 apart. Each match is one session, with its summary and its best-matching messages
-(`highlights`, with their `seq`).
+(`highlights`, with their `seq`), and its `relevance` (engine.memory.relevance): the fused score
+only ranks the sessions found against each other, relevance says how close the query is to what
+the session said, whatever else was found. A minimum relevance drops matches below it; it never
+changes the order of the others.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 
 from .fusion import fuse
 from .index import Match, Mode, NamespaceIndex, Where
+from .relevance import relevance
 
 SESSION_MEMORY = "session-memory"  # the namespace users query; it holds the turns
 # Where the whole-session and summary entries go: a name the API refuses (it has a "/"), so only
@@ -160,13 +164,67 @@ def search(
     top_k: int,
     where: Where | None = None,
     mode: Mode = "hybrid",
+    *,
+    min_relevance: float | None = None,
 ) -> list[Match]:
-    """Prior sessions for a query, one match each (id = session id), best first."""
+    """Prior sessions for a query, one match each (id = session id), best first. Each has its
+    relevance when there is a query vector (in every mode: the relevance is by meaning); with
+    `min_relevance`, the top_k matches less relevant than it are left out."""
     found = signals(indexes, vector, text, top_k, where, mode)
-    return [
+    ranked = fuse(found.rankings, WEIGHTS)[:top_k]
+    relevant = relevance_of(indexes, vector, [session_id for session_id, _ in ranked])
+    matches = [
         _match(indexes, session_id, score, found.turn_hits.get(session_id, {}), found.legacy)
-        for session_id, score in fuse(found.rankings, WEIGHTS)[:top_k]
+        for session_id, score in ranked
     ]
+    matches = [Match(m.id, m.score, m.metadata, relevant.get(m.id)) for m in matches]
+    if min_relevance is None:
+        return matches
+    return [m for m in matches if m.relevance is not None and m.relevance >= min_relevance]
+
+
+def relevance_of(
+    indexes: SessionIndexes, vector: np.ndarray | None, session_ids: Sequence[str]
+) -> dict[str, float]:
+    """Each session's relevance to the query vector (engine.memory.relevance)."""
+    return {
+        session_id: relevance(cosine)
+        for session_id, cosine in closest_of(indexes, vector, session_ids).items()
+    }
+
+
+def closest_of(
+    indexes: SessionIndexes, vector: np.ndarray | None, session_ids: Sequence[str]
+) -> dict[str, float]:
+    """What a session's relevance is made of, from its own entries only (so it does not depend on
+    what else was found): the cosine similarity of the query to its closest indexed message. A
+    session with none (only tool messages; an older engine's summary entry) has its session
+    entry's instead (its name)."""
+    if vector is None or not session_ids:
+        return {}
+    query = np.asarray(vector, dtype=np.float32).reshape(-1)
+    chosen = {"session_id": {"$in": list(session_ids)}}
+    closest = _closest(indexes.turns, query, chosen)
+    missing = [session_id for session_id in session_ids if session_id not in closest]
+    if missing:
+        wholes = {"session_id": {"$in": missing}, "kind": "session"}
+        closest.update(_closest(indexes.whole, query, wholes))
+    return {session_id: closest[session_id] for session_id in session_ids if session_id in closest}
+
+
+def _closest(index: NamespaceIndex | None, query: np.ndarray, where: Where) -> dict[str, float]:
+    """Per session, the best cosine similarity between the query and its entries that `where`
+    keeps (their stored vectors, read back: exact, whatever the index's kind)."""
+    if index is None or index.dimension != len(query):
+        return {}
+    faiss_ids = sorted(index.select(where) or ())
+    best: dict[str, float] = {}
+    for faiss_id, cosine in zip(faiss_ids, (index.vectors(faiss_ids) @ query).tolist(), strict=True):
+        entry = index.entry(faiss_id)
+        if entry is not None:
+            session_id = str(entry[1].get("session_id"))
+            best[session_id] = max(best.get(session_id, -1.0), min(1.0, cosine))
+    return best
 
 
 def signals(
@@ -261,8 +319,9 @@ def _match(
     if summary is not None and whole is not None:
         metadata["summary"] = whole.text(summary[0])
         metadata["summary_method"] = summary[1].get("method")
-    else:
+    else:  # none yet (the job indexes turns first), or an older engine's, which had no method
         metadata["summary"] = legacy.get(session_id)
+        metadata["summary_method"] = None
     highlights = []
     if indexes.turns is not None:
         for faiss_id in sorted(turns, key=lambda faiss_id: -turns[faiss_id])[:MAX_HIGHLIGHTS]:

@@ -96,6 +96,7 @@ class QueryVectors(MemoryOp):
     where: Where | None = None
     text: str | None = None  # the query's text, for lexical and hybrid modes
     mode: Mode = "dense"
+    min_relevance: float | None = None  # session memory: drop matches less relevant than this
 
 
 @MEMORY_OPS.read("_stats")
@@ -282,7 +283,9 @@ class MemoryStore:
                 self._searchable(op, (op.org, SESSION_MEMORY)),
                 self._searchable(op, (op.org, SESSIONS_OF_MEMORY)),
             )
-            return sessions.search(indexes, op.vector, op.text, op.top_k, op.where, op.mode)
+            return sessions.search(
+                indexes, op.vector, op.text, op.top_k, op.where, op.mode, min_relevance=op.min_relevance
+            )
         index = self._searchable(op, (op.org, op.namespace))
         if index is None:
             return []

@@ -59,7 +59,14 @@ class Memory:
         mode = options.pop("mode", "hybrid")
         vector = None if mode == "lexical" else embed([text])[0]
         op = QueryVectors(
-            org, SESSION_MEMORY, vector, options.pop("top_k", 10), options.pop("where", None), text, mode
+            org,
+            SESSION_MEMORY,
+            vector,
+            options.pop("top_k", 10),
+            options.pop("where", None),
+            text,
+            mode,
+            options.pop("min_relevance", None),
         )
         (result,) = self.store.apply_batch([op])
         if isinstance(result, Exception):
@@ -110,6 +117,8 @@ def test_one_match_per_session_with_its_summary_and_highlights() -> None:
     }
     assert {"name", "created_at", "closed_at", "message_count", "session_id"} <= set(best.metadata)
     assert matches[1].metadata["summary"] is None, "no summary yet: still found by its messages"
+    assert matches[1].metadata["summary_method"] is None, "its method is there too, null"
+    assert set(matches[1].metadata) == set(best.metadata)
 
 
 def test_a_message_said_in_every_session_does_not_decide_the_ranking() -> None:
