@@ -201,6 +201,14 @@ class QueryIn(_Request):
         "object holds operators $eq, $ne, $gt, $gte, $lt, $lte, $in. In session-memory the keys are "
         "session_id, name, created_at, closed_at and message_count.",
     )
+    min_relevance: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="session-memory only: leave out the matches whose relevance is below this "
+        "(0.3 is the recommended threshold); the others keep their order. An answer may then have "
+        "fewer than top_k matches, or none: nothing in memory is that relevant.",
+    )
 
     _check_text = field_validator("query_text")(_non_blank)
 
@@ -210,6 +218,11 @@ class QueryIn(_Request):
             raise ValueError("send exactly one of 'query_text' or 'vector'")
         if self.mode in ("lexical", "hybrid") and self.query_text is None:
             raise ValueError(f"mode {self.mode!r} searches words: send 'query_text'")
+        if self.min_relevance is not None and self.namespace != SESSION_MEMORY:
+            raise ValueError(
+                f"min_relevance applies to {SESSION_MEMORY!r} only; in your own namespaces a dense "
+                "score is already the cosine similarity"
+            )
         return self
 
 
@@ -233,7 +246,15 @@ class MatchOut(_Response):
     id: str
     score: float = Field(
         description="dense: cosine similarity, -1 to 1; lexical: BM25; hybrid and session-memory: the "
-        "fused score, 0 to 1 (1: best by every signal)."
+        "fused score, 0 to 1 (1: best by every signal). It ranks the matches of one answer "
+        "against each other: the best match scores high even when nothing is relevant."
+    )
+    relevance: float | None = Field(
+        None,
+        description="session-memory: how relevant the session is, 0 to 1, from its own evidence "
+        "alone (the cosine similarity of the query to its closest message and to the whole "
+        "session), so it compares across queries; 0.3 is the recommended threshold. null in other "
+        "namespaces.",
     )
     metadata: dict[str, Any]
 

@@ -72,12 +72,14 @@ async def query_vectors(body: QueryIn, caller: CurrentCaller) -> Response:
     sessions = body.namespace == SESSION_MEMORY
     mode = body.mode or ("hybrid" if sessions and body.query_text is not None else "dense")
     vector = None
-    if mode != "lexical":
+    if mode != "lexical" or sessions:  # session memory's relevance is by meaning in every mode
         raw = (await caller.memory.embed([body.query_text])) if body.query_text is not None else [body.vector]
         vector = normalized(np.asarray(raw, dtype=np.float64))[0]
-    query = QueryVectors(caller.org, body.namespace, vector, top_k, where, body.query_text, mode)
+    query = QueryVectors(
+        caller.org, body.namespace, vector, top_k, where, body.query_text, mode, body.min_relevance
+    )
     matches = await caller.memory.submit(caller.org, query)
-    out = [{"id": m.id, "score": m.score, "metadata": m.metadata} for m in matches]
+    out = [{"id": m.id, "score": m.score, "relevance": m.relevance, "metadata": m.metadata} for m in matches]
     return json_response({"namespace": body.namespace, "matches": out, "count": len(out)})
 
 

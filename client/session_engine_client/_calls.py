@@ -334,6 +334,7 @@ def query_vectors(
     top_k: int | None,
     mode: str | None,
     filter: Mapping[str, Any] | None,
+    min_relevance: float | None = None,
 ) -> Call[QueryResult]:
     body = _drop_none(
         {
@@ -343,6 +344,7 @@ def query_vectors(
             "top_k": top_k,
             "mode": mode,
             "filter": filter,
+            "min_relevance": min_relevance,
         }
     )
     return Call("POST", "/vectors/query", _matches, body)

@@ -202,8 +202,11 @@ class Client:
         top_k: int | None = None,
         mode: str | None = None,
         filter: Mapping[str, Any] | None = None,
+        min_relevance: float | None = None,
     ) -> QueryResult:
-        return self._do(calls.query_vectors(namespace, query_text, vector, top_k, mode, filter))
+        return self._do(
+            calls.query_vectors(namespace, query_text, vector, top_k, mode, filter, min_relevance)
+        )
 
     def delete_vectors(
         self, ids: Iterable[str], *, namespace: str | None = None, idempotency_key: str | None = None
@@ -211,11 +214,24 @@ class Client:
         return self._do(calls.delete_vectors(ids, namespace), idempotency_key)
 
     def search_memory(
-        self, query: str, *, top_k: int = 5, filter: Mapping[str, Any] | None = None
+        self,
+        query: str,
+        *,
+        top_k: int = 5,
+        filter: Mapping[str, Any] | None = None,
+        min_relevance: float | None = None,
     ) -> list[Match]:
         """Prior (closed) sessions that talked about `query`, best first: one match per session,
-        its id the session's, with `summary` and `highlights` (the messages that matched)."""
-        found = self.query_vectors(namespace=SESSION_MEMORY, query_text=query, top_k=top_k, filter=filter)
+        its id the session's, with `summary`, `highlights` (the messages that matched) and
+        `relevance`; with `min_relevance` (0.3 is recommended), only those at least that relevant,
+        so an empty list means nothing in memory is."""
+        found = self.query_vectors(
+            namespace=SESSION_MEMORY,
+            query_text=query,
+            top_k=top_k,
+            filter=filter,
+            min_relevance=min_relevance,
+        )
         return found.matches
 
     # -- change feeds -------------------------------------------------------------------------------
@@ -440,8 +456,11 @@ class AsyncClient:
         top_k: int | None = None,
         mode: str | None = None,
         filter: Mapping[str, Any] | None = None,
+        min_relevance: float | None = None,
     ) -> QueryResult:
-        return await self._do(calls.query_vectors(namespace, query_text, vector, top_k, mode, filter))
+        return await self._do(
+            calls.query_vectors(namespace, query_text, vector, top_k, mode, filter, min_relevance)
+        )
 
     async def delete_vectors(
         self, ids: Iterable[str], *, namespace: str | None = None, idempotency_key: str | None = None
@@ -449,10 +468,19 @@ class AsyncClient:
         return await self._do(calls.delete_vectors(ids, namespace), idempotency_key)
 
     async def search_memory(
-        self, query: str, *, top_k: int = 5, filter: Mapping[str, Any] | None = None
+        self,
+        query: str,
+        *,
+        top_k: int = 5,
+        filter: Mapping[str, Any] | None = None,
+        min_relevance: float | None = None,
     ) -> list[Match]:
         found = await self.query_vectors(
-            namespace=SESSION_MEMORY, query_text=query, top_k=top_k, filter=filter
+            namespace=SESSION_MEMORY,
+            query_text=query,
+            top_k=top_k,
+            filter=filter,
+            min_relevance=min_relevance,
         )
         return found.matches
 

@@ -79,11 +79,13 @@ class Highlight(_Model):
 
 
 class Match(_Model):
-    """One match of a vector query. In `session-memory` the id is a prior session's, and the
-    metadata holds its summary and the messages that matched (`highlights`)."""
+    """One match of a vector query. In `session-memory` the id is a prior session's, the metadata
+    holds its summary and the messages that matched (`highlights`), and `relevance` (0 to 1) says
+    how relevant it is whatever else matched: `score` only ranks the matches of one answer."""
 
     id: str
     score: float
+    relevance: float | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @property

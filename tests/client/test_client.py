@@ -65,6 +65,15 @@ def test_the_clients_models_have_the_fields_of_the_engines_views() -> None:
         assert set(model.model_fields) == view.__required_keys__ | view.__optional_keys__, model.__name__
 
 
+def test_the_clients_query_models_have_the_fields_of_the_gateways() -> None:
+    from session_engine_client import models
+
+    from api import schemas
+
+    for model, wire in ((models.Match, schemas.MatchOut), (models.QueryResult, schemas.QueryOut)):
+        assert set(model.model_fields) == set(wire.model_fields), model.__name__
+
+
 def test_a_session_through_the_client(gateway: dict[str, Any], key: str) -> None:
     with Client(key, gateway["server"].url) as engine:
         session = engine.create_session("support", context={"ticket": 1})

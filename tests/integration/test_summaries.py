@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from benchmarks.server import ServerProcess
+from engine.memory.relevance import RECOMMENDED_MIN_RELEVANCE
 
 from .conftest import ORGS, Api, assert_error
 
@@ -103,6 +104,34 @@ def test_close_answers_pending_then_the_summary_is_ready_with_provenance_and_in_
     assert [m["id"] for m in lisbon] == [sid]
     first = {"seq": 1, "role": "user", "content": "Plan a trip to Lisbon"}
     assert lisbon[0]["metadata"]["highlights"] == [first]
+
+
+def test_a_match_says_how_relevant_it_is_and_min_relevance_leaves_out_the_rest(ray_api: Api) -> None:
+    pet = conversation(
+        ray_api, "weekend", "We adopted a beagle from the shelter and named him Biscuit", "Congratulations!"
+    )
+    door = conversation(ray_api, "chores", "The garden door squeaks every morning", "Oil its hinges.")
+    for sid in (pet, door):
+        assert ray_api.post(f"/sessions/{sid}/close").status_code == 200
+        wait_summary(ray_api, sid)
+
+    def matches(text: str, **options: Any) -> list[dict[str, Any]]:
+        body = {"namespace": "session-memory", "query_text": text, **options}
+        response = ray_api.post("/vectors/query", json=body)
+        assert response.status_code == 200, response.text
+        return list(response.json()["matches"])
+
+    asked = "What did we call the dog we took home from the animal shelter?"
+    best, other = matches(asked)
+    assert best["id"] == pet and best["relevance"] >= RECOMMENDED_MIN_RELEVANCE > other["relevance"]
+    unrelated = matches("What is the tallest mountain in Africa?")
+    assert len(unrelated) == 2 and unrelated[0]["score"] > 0.75, "the score cannot tell"
+    assert all(0 <= m["relevance"] < RECOMMENDED_MIN_RELEVANCE for m in unrelated)
+
+    assert [m["id"] for m in matches(asked, min_relevance=RECOMMENDED_MIN_RELEVANCE)] == [pet]
+    assert matches("What is the tallest mountain in Africa?", min_relevance=RECOMMENDED_MIN_RELEVANCE) == []
+    lexical = matches("beagle", mode="lexical")
+    assert lexical[0]["id"] == pet and lexical[0]["relevance"] is not None, "by meaning, in every mode"
 
 
 def test_a_completed_session_gets_no_summary_and_no_vector(ray_api: Api) -> None:

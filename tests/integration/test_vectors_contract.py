@@ -33,6 +33,7 @@ def test_values_upsert_then_query_returns_cosine_ranked_matches(api: Api) -> Non
     found = query(api, vector=[0.9, 0.1, 0, 0], top_k=2)
     assert found["count"] == 2 and [m["id"] for m in found["matches"]] == ["v0", "v1"]
     assert found["matches"][0]["metadata"] == {"i": 0}
+    assert found["matches"][0]["relevance"] is None, "relevance is session memory's"
     assert found["matches"][0]["score"] == pytest.approx(0.9 / (0.82**0.5), abs=1e-4)
     assert query(api, vector=[0, 0, 0, 5])["matches"][0]["score"] == pytest.approx(1.0, abs=1e-5)
 
@@ -157,6 +158,7 @@ def test_a_wrong_dimension_is_a_clear_validation_error(api: Api) -> None:
 
 ONE = {"id": "a", "values": [1.0]}
 UP, QUERY, DELETE = "/vectors/upsert", "/vectors/query", "/vectors/delete"
+MEMORY_QUERY = {"namespace": "session-memory", "query_text": "a"}
 
 
 @pytest.mark.parametrize(
@@ -179,6 +181,9 @@ UP, QUERY, DELETE = "/vectors/upsert", "/vectors/query", "/vectors/delete"
         (QUERY, {"vector": [1.0], "top_k": 0}, 422, "VALIDATION_ERROR"),
         (QUERY, {"vector": [1.0], "top_k": 101}, 422, "VALIDATION_ERROR"),
         (QUERY, {"vector": [1.0], "filter": {"a": {"nested": 1}}}, 422, "VALIDATION_ERROR"),
+        (QUERY, {"vector": [1.0], "min_relevance": 0.5}, 422, "VALIDATION_ERROR"),  # session-memory's
+        (QUERY, {**MEMORY_QUERY, "min_relevance": 1.5}, 422, "VALIDATION_ERROR"),
+        (QUERY, {**MEMORY_QUERY, "min_relevance": "high"}, 422, "VALIDATION_ERROR"),
         (DELETE, {"ids": []}, 422, "VALIDATION_ERROR"),
         (DELETE, {"namespace": "session-memory", "ids": ["a"]}, 403, "FORBIDDEN"),
         (DELETE, {"ids": [f"x{i}" for i in range(1001)]}, 422, "VALIDATION_ERROR"),
