@@ -174,10 +174,16 @@ def search(
     ranked = fuse(found.rankings, WEIGHTS)[:top_k]
     relevant = relevance_of(indexes, vector, [session_id for session_id, _ in ranked])
     matches = [
-        _match(indexes, session_id, score, found.turn_hits.get(session_id, {}), found.legacy)
+        _match(
+            indexes,
+            session_id,
+            score,
+            relevant.get(session_id),
+            found.turn_hits.get(session_id, {}),
+            found.legacy,
+        )
         for session_id, score in ranked
     ]
-    matches = [Match(m.id, m.score, m.metadata, relevant.get(m.id)) for m in matches]
     if min_relevance is None:
         return matches
     return [m for m in matches if m.relevance is not None and m.relevance >= min_relevance]
@@ -308,6 +314,7 @@ def _match(
     indexes: SessionIndexes,
     session_id: str,
     score: float,
+    relevance: float | None,
     turns: Mapping[int, float],
     legacy: Mapping[str, str],
 ) -> Match:
@@ -332,7 +339,7 @@ def _match(
                     {"seq": found[1]["seq"], "role": found[1]["role"], "content": content[:HIGHLIGHT_CHARS]}
                 )
     metadata["highlights"] = highlights  # best first
-    return Match(session_id, score, metadata)
+    return Match(session_id, score, metadata, relevance)
 
 
 def _entry_of(index: NamespaceIndex | None, external: str) -> tuple[int, dict[str, Any]] | None:
