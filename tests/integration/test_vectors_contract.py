@@ -100,6 +100,7 @@ def test_an_existing_id_is_replaced_and_deleted_ids_are_gone(api: Api) -> None:
     assert found["count"] == 2 and found["matches"][0] == {
         "id": "a",
         "score": pytest.approx(1.0),
+        "relevance": None,
         "metadata": {"v": 2},
     }
     deleted = api.post("/vectors/delete", json={"ids": ["a", "never-there"]})
