@@ -94,17 +94,20 @@ SMALL = HttpConfig(
 )
 
 
-class SmallEdge(EdgeProtocol):
-    """The edge with small bounds, so the tests reach them quickly."""
+def edge_with(limits: HttpConfig) -> type[EdgeProtocol]:
+    """The edge with these bounds (small ones, so the tests reach them quickly)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._limits = SMALL
+    class Bounded(EdgeProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._limits = limits
+
+    return Bounded
 
 
 @pytest.fixture(scope="module")
 def edge_server() -> Iterator[str]:
-    yield from serve(LocalTransport, http=SmallEdge)
+    yield from serve(LocalTransport, http=edge_with(SMALL))
 
 
 def connect(url: str, source: str | None = None) -> socket.socket:
@@ -227,15 +230,9 @@ def is_closed(sock: socket.socket) -> bool:
 CAPPED = SMALL.model_copy(update={"header_timeout_s": 60.0, "read_timeout_s": 60.0})
 
 
-class CappedEdge(EdgeProtocol):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._limits = CAPPED
-
-
 @pytest.fixture(scope="module")
 def capped_server() -> Iterator[str]:
-    yield from serve(LocalTransport, http=CappedEdge)
+    yield from serve(LocalTransport, http=edge_with(CAPPED))
 
 
 def test_idle_connections_make_room_for_a_request(capped_server: str) -> None:
@@ -307,12 +304,7 @@ def test_connections_past_the_cap_reach_only_the_health_checks_then_get_503(capp
 def test_with_no_reserve_a_connection_past_the_cap_is_refused_with_503() -> None:
     full = CAPPED.model_copy(update={"max_connections": 4, "reserved_connections": 0})
 
-    class FullEdge(EdgeProtocol):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._limits = full
-
-    for url in serve(LocalTransport, http=FullEdge):
+    for url in serve(LocalTransport, http=edge_with(full)):
         feeds = [open_feed(url) for _ in range(full.max_connections)]
         try:
             with connect(url) as extra:
@@ -326,15 +318,9 @@ def test_with_no_reserve_a_connection_past_the_cap_is_refused_with_503() -> None
 PER_CLIENT = HttpConfig(max_connections=64, max_connections_per_client=3)
 
 
-class PerClientEdge(EdgeProtocol):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._limits = PER_CLIENT
-
-
 @pytest.fixture(scope="module")
 def per_client_server() -> Iterator[str]:
-    yield from serve(LocalTransport, http=PerClientEdge)
+    yield from serve(LocalTransport, http=edge_with(PER_CLIENT))
 
 
 def test_one_address_past_its_cap_gets_429_and_others_are_served(per_client_server: str) -> None:
@@ -378,12 +364,7 @@ def test_a_silent_connection_is_dropped_at_the_header_timeout() -> None:
     request line and headers."""
     quick = HttpConfig(header_timeout_s=0.5, read_timeout_s=30)
 
-    class QuickEdge(EdgeProtocol):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._limits = quick
-
-    for url in serve(LocalTransport, http=QuickEdge):
+    for url in serve(LocalTransport, http=edge_with(quick)):
         with connect(url) as sock:
             started = time.monotonic()
             body = assert_refused(read_answer(sock), 408, "VALIDATION_ERROR")
