@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
@@ -23,22 +22,6 @@ KEY = "crash-key"
 ENV = {"SESSION_ENGINE_API_KEYS": f"{KEY}=crash", "RAY_ADDRESS": ""}
 
 
-def kill_session_processes(server: ServerProcess) -> None:
-    """SIGKILL every process of the server's session (it started them all: the gateway, its Ray
-    and the shard workers, which Ray puts in process groups of their own)."""
-    sid = server.proc.pid  # started with start_new_session, so its pid is the session id
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[3]) == sid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(entry.name), signal.SIGKILL)
-    server.proc.wait(30)
-
-
 def test_sigkill_of_the_whole_server_mid_load_loses_no_acknowledged_write(tmp_data: Path) -> None:
     server = ServerProcess(tmp_data, [], ENV).wait_ready()
     writers = [FleetWriter(server.url, KEY, f"w{i}", seconds=20) for i in range(4)]
@@ -51,7 +34,7 @@ def test_sigkill_of_the_whole_server_mid_load_loses_no_acknowledged_write(tmp_da
         while sum(w.acknowledged_writes() for w in writers) < 300 and time.monotonic() < deadline:
             time.sleep(0.2)
     finally:
-        kill_session_processes(server)
+        server.kill_session()
         server.stop()
     for w in writers:
         w.join(30)

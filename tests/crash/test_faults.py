@@ -24,7 +24,7 @@ from engine.storage.frames import read_frames
 from engine.storage.wal import WAL_MAGIC, segments
 
 from .fleet import FleetWriter, check_everything_acknowledged_survived
-from .test_crash_recovery import ENV, KEY, kill_session_processes
+from .test_crash_recovery import ENV, KEY
 from .test_memory_recovery import wait_for
 
 ORG = "crash"
@@ -53,7 +53,7 @@ class Running:
     def crash_and_restart(self, check_files: Callable[[], None]) -> None:
         """SIGKILL every process of the server (no final snapshot: its files stay as the faults left
         them), `check_files`, then start it again on the same data."""
-        kill_session_processes(self.server)
+        self.server.kill_session()
         self.server.stop()
         check_files()
         self.server = ServerProcess(self.data_dir, [], SERVER_ENV).wait_ready()

@@ -12,8 +12,6 @@ import orjson
 
 from benchmarks.server import ServerProcess
 
-from .test_crash_recovery import kill_session_processes
-
 ENV = {
     "SESSION_ENGINE_API_KEYS": "crash-key=crash,short-key=short",
     "RAY_ADDRESS": "",
@@ -42,7 +40,7 @@ def test_keyed_writes_are_answered_not_applied_again_after_a_sigkill(tmp_data: P
             closed = api.post(f"/sessions/{sid}/complete", headers={"Idempotency-Key": close})
             assert (first.status_code, said.status_code, closed.status_code) == (201, 201, 200)
     finally:
-        kill_session_processes(server)
+        server.kill_session()
         server.stop()
 
     restarted = ServerProcess(tmp_data, [], ENV).wait_ready()

@@ -11,7 +11,7 @@ import httpx
 
 from benchmarks.server import ServerProcess
 
-from .test_crash_recovery import ENV, KEY, kill_session_processes
+from .test_crash_recovery import ENV, KEY
 
 SLOW_SUMMARIES = {  # the tiny model writing 3000 tokens: seconds per batch, so the kill lands mid-job
     "SESSION_ENGINE_MODELS__SUMMARIZER__MIN_NEW_TOKENS": "3000",
@@ -58,7 +58,7 @@ def test_acknowledged_vectors_and_running_summary_jobs_survive_sigkill(tmp_data:
                 sessions.append(sid)
             wait_for(client, sessions[0], {"running"})
     finally:
-        kill_session_processes(server)
+        server.kill_session()
         server.stop()
 
     restarted = ServerProcess(tmp_data, [], ENV).wait_ready()

@@ -11,8 +11,6 @@ import httpx
 
 from benchmarks.server import ServerProcess
 
-from .test_crash_recovery import kill_session_processes
-
 ENV = {"SESSION_ENGINE_API_KEYS": "key-a=org-a,key-b=org-b", "SESSION_ENGINE_SHARDS": "1", "RAY_ADDRESS": ""}
 DEPTHS = [64, 65, 200, 251, 252, 253, 254, 300, 1023, 1024, 2000]
 
@@ -62,7 +60,7 @@ def test_deep_contexts_beside_another_organization_harm_nothing_and_the_server_r
     finally:
         a.close()
         b.close()
-        kill_session_processes(server)
+        server.kill_session()
         server.stop()
 
     restarted = ServerProcess(tmp_data, [], ENV).wait_ready()
