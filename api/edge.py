@@ -129,6 +129,8 @@ class EdgeProtocol(HttpToolsProtocol):
         self._in_headers = False  # a request's headers are arriving
         self._header_bytes = 0  # received since its first byte, while they were
         self._chunk = 0  # the size of the piece of data being parsed
+        self._partial = False  # a request has begun and not yet arrived whole
+        self._unanswered = 0  # requests that arrived whole and are not answered yet (pipelining: >1)
         self._headers_since: float | None = None  # waiting for a request's headers since then
         self._waiting_since: float | None = None  # waiting for a request to arrive whole since then
 
@@ -194,6 +196,15 @@ class EdgeProtocol(HttpToolsProtocol):
             None,  # counted as evicted
         )
 
+    def _should_upgrade_to_ws(self) -> bool:
+        # The API has no WebSocket routes, and an upgraded connection would leave this protocol
+        # (and its place in the pool) without connection_lost: an Upgrade header is ignored and the
+        # request served as plain HTTP.
+        return False
+
+    def _unsupported_upgrade_warning(self) -> None:
+        log.debug("ignored an Upgrade header", extra={"client": self.client})
+
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
@@ -222,7 +233,8 @@ class EdgeProtocol(HttpToolsProtocol):
         self._in_headers = True
         self._header_bytes = self._chunk  # the piece being parsed, a bound on what it holds of this request
         self._headers_since = self._waiting_since = self.loop.time()
-        self._pool.move(self, "arriving")
+        self._partial = True
+        self._pool.move(self, self._place())
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
@@ -252,14 +264,23 @@ class EdgeProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._waiting_since = None
         super().on_message_complete()
-        # Answered before it arrived whole (a refusal, say): nothing under way any more.
-        answered = self.cycle is not None and self.cycle.response_complete
-        self._pool.move(self, "idle" if answered else "busy")
+        self._partial = False
+        if self.cycle is not None and not self.cycle.response_complete:  # else answered before it was whole
+            self._unanswered += 1
+        self._pool.move(self, self._place())
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self._in_headers and self._waiting_since is None:  # no next request under way yet
-            self._pool.move(self, "idle")
+        super().on_response_complete()  # starts the next pipelined request, if one waits
+        if self._unanswered:
+            self._unanswered -= 1
+        self._pool.move(self, self._place())
+
+    def _place(self) -> State:
+        """Busy while a request that arrived whole waits for its answer (a pipelined one too);
+        else arriving while a request is under way, else idle."""
+        if self._unanswered:
+            return "busy"
+        return "arriving" if self._partial else "idle"
 
     def _header_size(self) -> int:
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)

@@ -95,6 +95,7 @@ def serve(args: argparse.Namespace) -> int:
             "access_log": False,
             "timeout_graceful_shutdown": 30,  # finish in-flight requests, then stop
             "http": PROTOCOL,  # bounded connections, headers and read times (api/edge.py)
+            "ws": "none",  # no WebSocket routes: an Upgrade header is served as plain HTTP
             "timeout_keep_alive": config.http.keep_alive_s,
         }
         _absorb_stop_signals()

@@ -275,6 +275,32 @@ def test_a_request_arriving_slowly_makes_room_after_the_idle_ones(capped_server:
             sock.close()
 
 
+def test_a_pipelined_request_being_answered_is_not_taken_for_idle(capped_server: str) -> None:
+    """Two requests in one write: once the first is answered the second (a feed) is being
+    answered, so that connection must not be closed to make room."""
+    pipelined = connect(capped_server)
+    pipelined.sendall(
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        b"GET /events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer key-acme\r\n\r\n"
+    )
+    data = b""
+    while b"feed.ready" not in data:
+        chunk = pipelined.recv(65536)
+        assert chunk, data
+        data += chunk
+    idle = [connect(capped_server) for _ in range(SMALL.max_connections - 1)]
+    try:
+        time.sleep(0.2)
+        with httpx.Client(base_url=capped_server, headers=AUTH, timeout=10) as client:
+            assert client.post("/sessions", json={"name": "room"}).status_code == 201
+        assert is_closed(idle[0]), "the longest-idle connection made room"
+        pipelined.settimeout(5)
+        assert b"event: session.created" in pipelined.recv(65536), "the feed still streams"
+    finally:
+        for sock in [pipelined, *idle]:
+            sock.close()
+
+
 def test_connections_past_the_cap_reach_only_the_health_checks_then_get_503(capped_server: str) -> None:
     """Every connection is answering a request (feeds): the reserved ones serve /healthz and
     /readyz but nothing else, and one past the reserve is refused."""
@@ -341,6 +367,23 @@ def test_one_address_past_its_cap_gets_429_and_others_are_served(per_client_serv
     with connect(per_client_server, "127.0.0.1") as again:
         again.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert again.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+def test_an_upgrade_header_is_served_as_plain_http_and_keeps_the_accounting(per_client_server: str) -> None:
+    """No WebSocket upgrade: the request is answered as HTTP, and its connection still counts
+    (and stops counting) against its address's cap."""
+    upgrade = (
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    for _ in range(PER_CLIENT.max_connections_per_client + 2):
+        with connect(per_client_server, "127.0.0.3") as sock:
+            sock.sendall(upgrade)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200"), "served as HTTP, not upgraded"
+        time.sleep(0.05)
+    with connect(per_client_server, "127.0.0.3") as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200"), "no count was left behind"
 
 
 def test_a_request_that_is_not_http_gets_a_json_400(edge_server: str) -> None:
