@@ -252,9 +252,8 @@ class MatchOut(_Response):
     relevance: float | None = Field(
         None,
         description="session-memory: how relevant the session is, 0 to 1, from its own evidence "
-        "alone (the cosine similarity of the query to its closest message and to the whole "
-        "session), so it compares across queries; 0.3 is the recommended threshold. null in other "
-        "namespaces.",
+        "alone (the cosine similarity of the query to the session's closest indexed message), so "
+        "it compares across queries; 0.3 is the recommended threshold. null in other namespaces.",
     )
     metadata: dict[str, Any]
 
