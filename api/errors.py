@@ -95,12 +95,12 @@ def error_body(
     return {"error": message, "code": code, "details": details, "hint": hint}
 
 
-def validation_details(message: str, details: dict[str, Any]) -> dict[str, Any]:
-    """A VALIDATION_ERROR's details in their one shape: a `field` (the request as a whole when
-    none is named) and `errors`, each with its `field` and `message`."""
+def validation_details(message: str, details: dict[str, Any], field: str = "request") -> dict[str, Any]:
+    """A VALIDATION_ERROR's details in their one shape: a `field` (`field` when none is named:
+    the request as a whole) and `errors`, each with its `field` and `message`."""
     if "errors" in details:
         return details
-    field = str(details.get("field", "request"))
+    field = str(details.get("field", field))
     return {"field": field, **details, "errors": [{"field": field, "message": message}]}
 
 
@@ -125,13 +125,11 @@ def status_of(exc: EngineError) -> int:
 def details_of(exc: EngineError) -> dict[str, Any]:
     """The error's details; a VALIDATION_ERROR's always name a `field` and list `errors`, each with
     its `field` and `message`, whichever check refused the request (the schema's or the engine's)."""
-    details = exc.details
-    if exc.code != "VALIDATION_ERROR" or "errors" in details:
-        return details
-    # The checks that name no field are about the body as a whole (a vector's dimension, a change
-    # the log cannot hold).
-    field = str(details.get("field", "body"))
-    return {"field": field, **details, "errors": [{"field": field, "message": exc.message}]}
+    if exc.code != "VALIDATION_ERROR":
+        return exc.details
+    # The engine's checks that name no field are about the body as a whole (a vector's
+    # dimension, a change the log cannot hold).
+    return validation_details(exc.message, exc.details, "body")
 
 
 def engine_error_body(exc: EngineError) -> dict[str, Any]:
