@@ -136,7 +136,13 @@ class FeedCursor:
     connection's reads wait at most what is left, and a connection whose reads could wait well past
     it (keep-alives and events keep it going) is taken again with less. `fresh_when_refused`: a
     position the server refuses (410, 422) is dropped and the feed opened from the present, for a
-    consumer whose feed's first event (a session's state) tells it what it missed."""
+    consumer whose feed's first event (a session's state) tells it what it missed.
+
+    Reconnecting follows the RetryPolicy as other calls do: it waits what a refusal's Retry-After
+    says (429 past the organization's feeds, 503), else the backoff, and gives up once an outage
+    (failures with no event between them) would run past `budget_s` from its first failure, or
+    after `attempts` tries. An event ends the outage: a feed followed for hours is not out of
+    budget when its connection next drops."""
 
     def __init__(
         self,
@@ -153,7 +159,9 @@ class FeedCursor:
         self._session_feed = session_id is not None
         self.position = position
         self._ready = ready
-        self._failures = 0
+        self._failures = 0  # tries that failed since the last event
+        self._failing_since: float | None = None  # when the first of them failed
+        self._retry_after: str | None = None  # what the last refusal's Retry-After said
         self._deadline = deadline
         self._fresh_when_refused = fresh_when_refused
         self._read_s = FEED_READ_TIMEOUT_S
@@ -186,6 +194,7 @@ class FeedCursor:
 
     def opened(self, response: httpx.Response) -> SessionEngineError | None:
         """An error answer to raise now, or (returned) one to retry after a wait; None: streaming."""
+        self._retry_after = None
         if response.status_code < 400:
             return None
         error = error_from(response)
@@ -194,6 +203,7 @@ class FeedCursor:
             return error
         if response.status_code not in RETRIED_STATUSES:
             raise error
+        self._retry_after = response.headers.get("retry-after")  # failed() waits what it says
         return error
 
     def handle(self, line: str, parser: SseParser) -> Event | None:
@@ -204,6 +214,7 @@ class FeedCursor:
         if event is None:
             return None
         self._failures = 0
+        self._failing_since = None
         self.position = event.id or self.position
         if event.type == "feed.dropped":
             self.reconnect = True  # fell behind: resume from its position
@@ -213,25 +224,41 @@ class FeedCursor:
         return event if event.type != "feed.ready" or self._ready else None
 
     def failed(self, error: BaseException) -> float:
-        """The wait before reconnecting, or the error once the retries (or the time) are used up."""
+        """The wait before reconnecting (Retry-After if the refusal had one), or the error once the
+        tries or the policy's budget are used up (or TimedOut, past the deadline)."""
         left = None if self._deadline is None else self.left()
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
         self._failures += 1
-        if self._failures >= self._policy.attempts:
+        delay = self._policy.delay(self._failures, self._retry_after)
+        self._retry_after = None
+        over_budget = now - self._failing_since + delay > self._policy.budget_s
+        if self._failures >= self._policy.attempts or over_budget:
             if isinstance(error, SessionEngineError):
                 raise error
             raise ConnectionFailed(f"change feed: {error}") from error
-        delay = self._policy.delay(self._failures, None)
         return delay if left is None else min(delay, left)
 
 
 SUMMARY_DONE = ("ready", "failed")
+# Ended without a summary: only closing a session makes one (summary_status "pending"); a completed
+# or expired session's summary_status is null, and stays so unless one is asked for (summarize).
+ENDED_WITHOUT_SUMMARY = ("completed", "expired")
 
 
 def summary_done(event: Event) -> bool:
-    """Whether a session feed's event says its summary is made or has failed for good: the feed's
-    first event (the session's state when the feed starts), or summary.ready or summary.failed."""
+    """Whether a session feed's event ends a wait for its summary. The feed's first event (the
+    session's state when the feed starts) says the summary is made or has failed for good, or that
+    the session ended without one pending (completed or expired, summary_status null); later,
+    summary.ready, summary.failed, or a status.changed to completed or expired (an active session
+    that ends so has no summary coming)."""
     if event.type == "feed.ready":
-        return (event.data.get("session") or {}).get("summary_status") in SUMMARY_DONE
+        state = event.data.get("session") or {}
+        summary = state.get("summary_status")
+        return summary in SUMMARY_DONE or (summary is None and state.get("status") in ENDED_WITHOUT_SUMMARY)
+    if event.type == "status.changed":
+        return event.data.get("status") in ENDED_WITHOUT_SUMMARY
     return event.type in ("summary.ready", "summary.failed")
 
 

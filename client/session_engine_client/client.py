@@ -249,10 +249,12 @@ class Client:
     def wait_for_summary(self, session_id: str, timeout: float = SUMMARY_TIMEOUT_S) -> Session:
         """The session once its summary is made (`summary_status` "ready", with its `summary`) or
         has failed for good ("failed", with `summary_error`: returned, not raised; check
-        `summary_status`). Follows the session's feed, whose first event says where the summary
-        stands, so a summary made before the call is found at once; a dropped feed is resumed.
-        Raises TimedOut after `timeout` seconds (a session never closed waits that long), NotFound
-        if the session is not there or is deleted meanwhile."""
+        `summary_status`). Only a closed session is summarized: one that is completed or expires
+        (before or during the wait) is returned at once with `summary_status` None, since no
+        summary is coming; `summarize_session` asks for one. Follows the session's feed, whose
+        first event says where the summary stands, so a summary made before the call is found at
+        once; a dropped feed is resumed. Raises TimedOut after `timeout` seconds (a session still
+        active waits that long), NotFound if the session is not there or is deleted meanwhile."""
         cursor = FeedCursor(
             self.retry,
             session_id,

@@ -229,16 +229,16 @@ def _sse(event_id: str, kind: str, data: dict[str, Any]) -> bytes:
     return f"id: {event_id}\nevent: {kind}\ndata: {json.dumps(body)}\n\n".encode()
 
 
-def _ready(event_id: str, summary_status: str) -> bytes:
-    state = {"status": "closed", "summary_status": summary_status, "index_status": "ready"}
+def _ready(event_id: str, summary_status: str | None, status: str = "closed") -> bytes:
+    state = {"status": status, "summary_status": summary_status, "index_status": "ready"}
     return _sse(event_id, "feed.ready", {"position": event_id, "session": state})
 
 
-def _session(summary_status: str) -> dict[str, Any]:
+def _session(summary_status: str | None, status: str = "closed") -> dict[str, Any]:
     return {
         "id": "sess_1",
         "name": "s",
-        "status": "closed",
+        "status": status,
         "ttl_seconds": 60,
         "created_at": 1,
         "updated_at": 1,
@@ -249,6 +249,61 @@ def _session(summary_status: str) -> dict[str, Any]:
         "summary_status": summary_status,
         "summary": "s",
     }
+
+
+def _ended(status: str) -> bytes:
+    return _sse("4.0", "status.changed", {"status": status})
+
+
+@pytest.mark.parametrize(
+    ("frames", "ended"),
+    [
+        ([_ready("3.0", None, "completed")], "completed"),
+        ([_ready("3.0", None, "expired")], "expired"),
+        ([_ready("3.0", None, "active"), _ended("expired")], "expired"),
+        ([_ready("3.0", None, "active"), _ended("completed")], "completed"),
+    ],
+    ids=["completed-before", "expired-before", "expires-meanwhile", "completed-meanwhile"],
+)
+def test_wait_for_summary_returns_at_once_when_the_session_ended_without_a_summary(
+    frames: list[bytes], ended: str
+) -> None:
+    """Only a closed session gets a summary: a completed or expired one (summary_status null),
+    whether so when the feed opens or ending while it is followed, is returned as soon as the feed
+    says so, not after the whole timeout."""
+    opened: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            # The mock's feed ends after its events; a client still waiting opens it again.
+            assert not opened, "the feed was opened again: the wait did not stop at its events"
+            opened.append(request.url.path)
+            return httpx.Response(200, content=b"".join(frames), headers=EVENT_STREAM)
+        return httpx.Response(200, json={**_session(None, ended), "messages": [_message()]})
+
+    with Client("k", "http://engine", transport=httpx.MockTransport(handler)) as engine:
+        done = engine.wait_for_summary("sess_1", timeout=30)
+    assert done.status == ended and done.summary_status is None and opened == ["/sessions/sess_1/events"]
+
+    async def the_async_client() -> None:
+        opened.clear()
+        async with AsyncClient("k", "http://engine", transport=httpx.MockTransport(handler)) as engine:
+            done = await engine.wait_for_summary("sess_1", timeout=30)
+        assert done.status == ended and done.summary_status is None and len(opened) == 1
+
+    asyncio.run(the_async_client())
+
+
+def test_wait_for_summary_keeps_waiting_for_a_summary_asked_of_a_completed_session() -> None:
+    frames = [_ready("3.0", "pending", "completed"), _sse("3.1", "summary.ready", {"summary": "s"})]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            return httpx.Response(200, content=b"".join(frames), headers=EVENT_STREAM)
+        return httpx.Response(200, json={**_session("ready", "completed"), "messages": [_message()]})
+
+    with Client("k", "http://engine", transport=httpx.MockTransport(handler)) as engine:
+        assert engine.wait_for_summary("sess_1", timeout=30).summary_status == "ready"
 
 
 def test_retries_reuse_the_idempotency_key_and_honour_retry_after() -> None:

@@ -6,10 +6,13 @@ against a real gateway killed after a write was applied and before its answer ar
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -113,6 +116,81 @@ def test_the_async_client_gives_up_after_its_budget_with_the_key() -> None:
     started = time.monotonic()
     assert asyncio.run(write()).idempotency_key == "mine"
     assert time.monotonic() - started < 5
+
+
+def _frame(event_id: str, kind: str, data: dict[str, Any]) -> bytes:
+    body = {"type": kind, "session_id": "sess_1", "at": 1, **data}
+    return f"id: {event_id}\nevent: {kind}\ndata: {json.dumps(body)}\n\n".encode()
+
+
+def _feed(*event_ids: str, drops: bool = False) -> httpx.Response:
+    """A session feed's connection: feed.ready, an event for each id, then (`drops`) a reset."""
+    frames = [_frame("0.0", "feed.ready", {"position": "0.0", "session": {"status": "active"}})]
+    frames += [_frame(i, "context.updated", {"version": 1, "context": {}}) for i in event_ids]
+
+    class Stream(httpx.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            yield from frames
+            if drops:
+                raise httpx.ReadError("connection reset")
+
+    return httpx.Response(200, stream=Stream(), headers={"content-type": "text/event-stream"})
+
+
+def test_a_refused_feed_waits_what_retry_after_says(clock: MovedClock) -> None:
+    """The server refuses a feed past the organization's limit (429 TooManyFeeds, Retry-After: 10)
+    and while loading (503): the client waits what Retry-After says (up to max_backoff_s), not
+    its own backoff."""
+    opened_at: list[float] = []
+    refusals = iter(
+        [
+            httpx.Response(429, headers={"Retry-After": "10"}, json=_error("RATE_LIMITED")),
+            httpx.Response(503, headers={"Retry-After": "3"}, json=_error("UNAVAILABLE")),
+        ]
+    )
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        opened_at.append(clock.now)
+        return next(refusals, None) or _feed("1.0")
+
+    policy = RetryPolicy(backoff_s=0.01, max_backoff_s=8)
+    with Client("k", "http://engine", retry=policy, transport=httpx.MockTransport(answer)) as engine:
+        first = next(iter(engine.events("sess_1")))
+    waits = [later - earlier for earlier, later in itertools.pairwise(opened_at)]
+    assert first.id == "1.0" and len(waits) == 2
+    assert 8 <= waits[0] <= 8.1 and 3 <= waits[1] <= 3.1  # 10 s is more than max_backoff_s
+
+
+def test_a_feed_gives_up_after_the_budget_of_an_outage_and_each_outage_has_its_own(
+    clock: MovedClock,
+) -> None:
+    """Like other calls, a feed that cannot reconnect gives up within the policy's budget_s (not
+    after `attempts` tries whatever they take); an event ends an outage, so the next one has the
+    whole budget again."""
+    policy = RetryPolicy(budget_s=20, attempts=1_000, backoff_s=1, max_backoff_s=4)
+    outages = [clock.now, clock.now + 15, clock.now + 30]  # connections that work, between outages
+    opened: list[float] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if outages and clock.now >= outages[0]:
+            outages.pop(0)
+            opened.append(clock.now)
+            return _feed(f"{len(opened)}.0", drops=True)
+        raise httpx.ConnectError("connection refused", request=request)
+
+    started = clock.now
+    with Client("k", "http://engine", retry=policy, transport=httpx.MockTransport(answer)) as engine:
+        seen: list[str] = []
+        with pytest.raises(ConnectionFailed):
+            for event in engine.events("sess_1"):
+                seen.append(event.id)
+    assert seen == ["1.0", "2.0", "3.0"]  # two outages of 15 s each: within a budget of 20 s each
+    gave_up_after = clock.now - opened[-1]  # the third outage never ends
+    assert policy.budget_s - 4 <= gave_up_after <= policy.budget_s, clock.now - started
+
+
+def _error(code: str) -> dict[str, Any]:
+    return {"error": "try later", "code": code, "details": {}, "hint": "later"}
 
 
 class KilledAfterTheWrite(httpx.HTTPTransport):
