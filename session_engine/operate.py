@@ -82,21 +82,34 @@ def status(args: argparse.Namespace, config: EngineConfig) -> int:
 # generating, texts waiting for the embedder): all of them are working as they should. A model
 # that failed to load is not.
 HEALTHY_STATES = (None, "serving", "loading", "idle", "busy")
+# The actors (roles, as engine.runtime.ray_cluster.actor_names gives them) that load a model. A
+# summarizer loads its model in its constructor, so Ray shows it PENDING_CREATION until the load
+# ends (tens of seconds at a start): that one is loading, not failing. A shard is never let off so.
+MODEL_ROLES = ("embedder", "summarizer", "summarizer pool")
 
 
 def unhealthy(found: dict[str, Any]) -> list[str]:
-    """The names of the actors that make `status` exit 3: not alive in Ray, not answering, or a
-    shard that is not serving (draining, read-only, refused, fenced)."""
+    """The names of the actors that make `status` exit 3: not alive in Ray (a model actor still
+    being created is loading, and alive enough), not answering, or a shard that is not serving
+    (draining, read-only, refused, fenced)."""
     return [
         a["name"]
         for a in found["actors"]
-        if a.get("ray_state") != "ALIVE" or actor_state(a) not in HEALTHY_STATES
+        if (a.get("ray_state") != "ALIVE" and not _model_being_created(a))
+        or actor_state(a) not in HEALTHY_STATES
     ]
 
 
+def _model_being_created(actor: dict[str, Any]) -> bool:
+    return actor.get("ray_state") == "PENDING_CREATION" and actor.get("role") in MODEL_ROLES
+
+
 def actor_state(actor: dict[str, Any]) -> str | None:
-    """What the actor says it is doing; "no answer" when it is alive but did not answer the probe
-    in time, "unreachable" when the call failed."""
+    """What the actor says it is doing; "loading" for a model actor Ray is still creating (its
+    model loads in its constructor); "no answer" when it is alive but did not answer the probe in
+    time, "unreachable" when the call failed."""
+    if _model_being_created(actor):
+        return "loading"
     described = actor.get("described") or {}
     state = described.get("state")
     if state is not None:

@@ -3,9 +3,11 @@
 /readyz is 200 once every session shard answers: sessions are served, so an orchestrator may send
 this gateway traffic. Its `status` says the rest: "starting" while memory shards or models still
 load (listed in `loading`; memory queries answer 503 ModelsLoading meanwhile), "ready" once
-everything is loaded, "degraded" while a shard is read-only or a model failed to load, "draining"
-while an operator has drained the cluster. A session shard that does not answer, or refuses, is a
-503. Nothing unauthenticated names a server path: every string a shard or model sends is cut to
+everything is loaded, "degraded" while a shard is read-only, a memory shard or a model actor
+answers an error (restarting, unreachable, refusing) or a model failed to load, "draining" while an
+operator has drained the cluster. Only a session shard that does not answer, or refuses, is a 503:
+memory and the models being down leave sessions served, so that stays a 200 whose `notices` say
+what is wrong. Nothing unauthenticated names a server path: every string a shard or model sends is cut to
 the last part of any absolute path in it (docs/operations.md, "Readiness").
 """
 
@@ -51,12 +53,14 @@ async def readyz(request: Request, detail: Literal["cluster"] | None = None) -> 
     state = request.app.state
     try:
         pings = await asyncio.wait_for(state.router.broadcast(Ping()), READY_TIMEOUT_S)
-        memory, models = await asyncio.gather(_memory_shards(state.memory), state.memory.transport.ready())
     except EngineError as exc:
         return _not_ready(f"not ready: {exc.message}", exc.details)
     except TimeoutError:
         return _not_ready("not ready: a session shard did not answer", {})
-    loading = [f"memory-shard-{i}" for i, answer in enumerate(memory) if answer is None]
+    # Sessions are served from here on: whatever memory or the models answer, this is a 200.
+    answers, models = await asyncio.gather(_memory_shards(state.memory), _models(state.memory.transport))
+    memory = [answer if isinstance(answer, dict) else None for answer in answers]
+    loading = [f"memory-shard-{i}" for i, answer in enumerate(answers) if answer is None]
     loading += [name for name, found in models.items() if _model_state(found) == "loading"]
     failed = {name: found.get("error") for name, found in models.items() if _model_state(found) == "failed"}
     stats = [answer for answer in memory if answer is not None]
@@ -68,7 +72,17 @@ async def readyz(request: Request, detail: Literal["cluster"] | None = None) -> 
         for i, answer in enumerate(answers)
         if answer is not None and (notice := {k: answer[k] for k in NOTICE_KEYS if k in answer})
     ]
+    notices += [
+        {"shard": f"memory-{i}", "unavailable": answer.message}
+        for i, answer in enumerate(answers)
+        if isinstance(answer, EngineError)
+    ]
     notices += [{"model": name, "failed": reason} for name, reason in failed.items()]
+    notices += [
+        {"model": name, "unavailable": found.get("error")}
+        for name, found in models.items()
+        if _model_state(found) == "unavailable"
+    ]
     body: dict[str, Any] = {}
     if detail == "cluster" and state.cluster_status is not None:
         # What `session-engine status --json` prints: every actor's node, restarts, epoch, counts.
@@ -89,22 +103,35 @@ async def readyz(request: Request, detail: Literal["cluster"] | None = None) -> 
     return json_response(without_paths(body))
 
 
-async def _memory_shards(memory: Any) -> list[dict[str, Any] | None]:
-    """Each memory shard's stats, or None for one still starting. One that answers an error (it
-    refuses its directory, say) raises it: a 503, as a session shard's would be."""
+async def _memory_shards(memory: Any) -> list[dict[str, Any] | EngineError | None]:
+    """Each memory shard's stats, None for one still starting, or the error of one that answers or
+    raises one (restarting, unreachable, refusing its directory): a notice, never a 503, since
+    sessions are served without memory."""
 
-    async def stats(shard: int) -> dict[str, Any] | None:
+    async def stats(shard: int) -> dict[str, Any] | EngineError | None:
         try:
             (answer,) = await asyncio.wait_for(
                 memory.transport.call(shard, [MemoryStats()]), LOADING_TIMEOUT_S
             )
         except TimeoutError:
             return None
+        except EngineError as exc:
+            return exc
         if isinstance(answer, EngineError):
-            raise answer
+            return answer
         return dict(answer)
 
     return list(await asyncio.gather(*(stats(i) for i in range(memory.shards))))
+
+
+async def _models(transport: Any) -> dict[str, Any]:
+    """What each model says of itself (engine.runtime.memory_shards); a probe that fails as a whole
+    makes both models "unavailable", a notice, never a 503."""
+    try:
+        models: dict[str, Any] = await transport.ready()
+    except EngineError as exc:
+        return {name: {"state": "unavailable", "error": exc.message} for name in ("embedder", "summarizer")}
+    return models
 
 
 def _model_state(found: Any) -> str | None:
@@ -112,7 +139,7 @@ def _model_state(found: Any) -> str | None:
 
 
 def _status(notices: list[dict[str, Any]], loading: list[str]) -> str:
-    if any("read_only" in n or "fenced" in n or "failed" in n for n in notices):
+    if any(key in n for n in notices for key in ("read_only", "fenced", "failed", "unavailable")):
         return "degraded"
     if any("draining" in n for n in notices):
         return "draining"

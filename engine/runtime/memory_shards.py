@@ -8,7 +8,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -235,25 +235,35 @@ class RayMemoryTransport:
     async def ready(self) -> dict[str, Any]:
         """What each model says of itself (engine.runtime.model_actors): the embedder's `describe`,
         and the summarizer pool's state with its summarizers'. A model actor that does not answer
-        within LOADING_PROBE_S is still starting: {"state": "loading"}."""
+        within LOADING_PROBE_S is still starting: {"state": "loading"}; one that Ray cannot reach
+        (restarting, died, not found) is {"state": "unavailable", "error": ...}. Never raises: a
+        model that is down leaves sessions served (/readyz stays a 200)."""
         which = next(self._next) % len(self._embedders)
-        try:
-            embedder, pool = await asyncio.gather(
-                self._probe(self._embedders[which]), self._probe(find_pool(self._config, 0))
-            )
-        except RAY_ERRORS as exc:
-            if isinstance(exc, ActorDiedError):
-                self._embedders.died(which)
-            raise Unavailable("a model actor is unavailable", {}, "Retry shortly.") from exc
-        summarizer = {key: pool[key] for key in ("state", "workers", "error") if key in pool}
+
+        async def pool() -> dict[str, Any]:
+            try:
+                found = find_pool(self._config, 0)
+            except Unavailable as exc:
+                return {"state": "unavailable", "error": exc.message}
+            return await self._probe(found, "the summarizer pool")
+
+        embedder, summarizers = await asyncio.gather(
+            self._probe(self._embedders[which], "the embedder", lambda: self._embedders.died(which)), pool()
+        )
+        summarizer = {key: summarizers[key] for key in ("state", "workers", "error") if key in summarizers}
         return {"embedder": embedder, "summarizer": summarizer}
 
     @staticmethod
-    async def _probe(actor: Any) -> dict[str, Any]:
+    async def _probe(actor: Any, what: str, died: Callable[[], None] | None = None) -> dict[str, Any]:
         try:
             described: dict[str, Any] = await asyncio.wait_for(actor.describe.remote(), LOADING_PROBE_S)
         except TimeoutError:
             return {"state": "loading"}
+        except RAY_ERRORS as exc:
+            if isinstance(exc, ActorDiedError) and died is not None:
+                died()  # looked up again by the next call
+            why = f"{what} is restarting or unreachable ({type(exc).__name__})"
+            return {"state": "unavailable", "error": why}
         return described
 
 

@@ -7,8 +7,10 @@ from typing import Any
 from session_engine.operate import actor_state, unhealthy
 
 
-def actor(name: str, described: dict[str, Any] | None, ray_state: str = "ALIVE") -> dict[str, Any]:
-    return {"name": name, "ray_state": ray_state, "described": described}
+def actor(
+    name: str, described: dict[str, Any] | None, ray_state: str = "ALIVE", role: str = ""
+) -> dict[str, Any]:
+    return {"name": name, "role": role, "ray_state": ray_state, "described": described}
 
 
 def test_model_actors_at_work_or_idle_keep_status_healthy() -> None:
@@ -42,3 +44,20 @@ def test_actors_that_do_not_answer_or_shards_that_do_not_serve_make_status_fail(
     }
     assert unhealthy(found) == ["summarizer-0", "embedder-0", "session-shard-0", "session-shard-1"]
     assert [actor_state(a) for a in found["actors"][:3]] == ["no answer", "unreachable", "draining"]
+
+
+def test_a_summarizer_that_ray_still_creates_is_loading_not_failing() -> None:
+    """A summarizer loads its model in its constructor: Ray shows it PENDING_CREATION (and it is
+    not asked to describe itself) until the load ends. That is a normal start; a shard that Ray
+    has not created is not."""
+    found = {
+        "actors": [
+            actor("session-shard-0", {"state": "serving"}, role="session shard"),
+            actor("summarizer-pool", {"state": "loading", "workers": []}, role="summarizer pool"),
+            actor("summarizer-0", None, ray_state="PENDING_CREATION", role="summarizer"),
+            actor("memory-shard-0", None, ray_state="PENDING_CREATION", role="memory shard"),
+            actor("summarizer-1", None, ray_state="DEAD", role="summarizer"),
+        ]
+    }
+    assert unhealthy(found) == ["memory-shard-0", "summarizer-1"]
+    assert actor_state(found["actors"][2]) == "loading"

@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from ray.exceptions import ActorDiedError, ActorUnavailableError
 
 from api.app import create_app
 from api.routes import health
 from engine.config import load_config
-from engine.errors import ModelsLoading
+from engine.errors import ModelsLoading, Unavailable
 from engine.keys import KeyStore
 from engine.memory.index import IndexParams
+from engine.runtime import memory_shards
+from engine.runtime.memory_shards import RayMemoryTransport
+from engine.runtime.ray_actors import restarting
 from engine.runtime.transport import LocalMemoryTransport, LocalTransport
 from engine.storage.identity import NotThisShardsData
 
@@ -45,16 +49,29 @@ class Sessions(LocalTransport):
 
 
 class Memory(LocalMemoryTransport):
-    """Memory shards in process; `starting` ones do not answer; the models say `models`."""
+    """Memory shards in process; `starting` ones do not answer, `restarting` ones raise what the
+    Ray transport raises for a shard whose actor Ray is restarting; the models say `models`, or
+    what a RayMemoryTransport over `ray_models` says."""
 
-    def __init__(self, shards: int, starting: set[int], models: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        shards: int,
+        starting: set[int],
+        models: dict[str, Any],
+        restarting: set[int] | None = None,
+        ray_models: RayMemoryTransport | None = None,
+    ) -> None:
         super().__init__(shards, IndexParams(), lambda texts: np.ones((len(texts), 4), np.float32) / 2)
         self.starting = starting
         self.models = models
+        self.restarting = restarting or set()
+        self.ray_models = ray_models
 
     async def call(self, shard: int, ops: Sequence[Any]) -> list[Any]:
         if shard in self.starting:
             await asyncio.Event().wait()  # recovering: answers nothing yet
+        if shard in self.restarting:
+            raise restarting("memory shard", shard)
         return await super().call(shard, ops)
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -63,7 +80,45 @@ class Memory(LocalMemoryTransport):
         return await super().embed(texts)
 
     async def ready(self) -> dict[str, Any]:
+        if self.ray_models is not None:
+            return await self.ray_models.ready()
         return self.models
+
+
+class Probe:
+    def __init__(self, actor: ModelActor) -> None:
+        self._actor = actor
+
+    async def remote(self) -> dict[str, Any]:
+        if self._actor.failure is not None:
+            raise self._actor.failure
+        return self._actor.described
+
+
+class ModelActor:
+    """A model actor's handle: `describe.remote()` answers `described`, or raises like Ray's."""
+
+    def __init__(self, described: dict[str, Any], failure: Exception | None = None) -> None:
+        self.described = described
+        self.failure = failure
+        self.describe = Probe(self)
+
+
+class Embedders:
+    """NamedActors of embedders, without Ray's name lookup."""
+
+    def __init__(self, *actors: ModelActor) -> None:
+        self.actors = list(actors)
+        self.died_calls: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def __getitem__(self, index: int) -> ModelActor:
+        return self.actors[index]
+
+    def died(self, index: int) -> None:
+        self.died_calls.append(index)
 
 
 def make_app(
@@ -71,11 +126,15 @@ def make_app(
     refusal: Exception | None = None,
     starting: frozenset[int] = frozenset(),
     models: dict[str, Any] | None = None,
+    restarting: frozenset[int] = frozenset(),
+    ray_models: RayMemoryTransport | None = None,
 ) -> FastAPI:
     return create_app(
         load_config(),
         transport=lambda c: Sessions(c.shards, condition or {}, refusal),
-        memory=lambda c: Memory(c.memory.shards, set(starting), models or LOADED),
+        memory=lambda c: Memory(
+            c.memory.shards, set(starting), models or LOADED, set(restarting), ray_models
+        ),
         keys=KeyStore.from_spec("k=acme"),
     )
 
@@ -159,6 +218,52 @@ def test_a_shard_that_refuses_its_directory_is_a_503_that_names_no_server_path()
     assert body["code"] == "UNAVAILABLE" and body["details"]["refused"] is True
     assert "shard-0001 has no IDENTITY file" in body["error"]
     assert DATA_DIR not in text and "/srv" not in text, text
+
+
+def test_a_memory_shard_that_is_restarting_leaves_sessions_served_and_the_engine_degraded() -> None:
+    """A memory shard whose actor Ray restarts raises Unavailable; sessions are still served, so
+    /readyz stays 200 and says which shard is down."""
+    app = make_app(restarting=frozenset({1}))
+    status, body, _ = readyz(app)
+    assert status == 200 and body["status"] == "degraded", body
+    assert {"shard": "memory-1", "unavailable": "memory shard 1 is restarting"} in body["notices"]
+    assert body["memory_shards"] == 2 and body["loading"] == []
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.post("/sessions", json={"name": "served"}, headers=AUTH).status_code == 201
+
+
+@pytest.mark.parametrize("failure", [ActorUnavailableError("restarting", None), ActorDiedError()])
+def test_a_model_actor_that_ray_cannot_reach_leaves_sessions_served_and_the_engine_degraded(
+    monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    """The embedder's probe raises a Ray error (its actor restarting, or dead): the model is
+    unavailable, a notice; the gateway still serves sessions, so /readyz stays 200."""
+    pool = ModelActor({"state": "idle", "workers": [], "waiting": 0})
+    monkeypatch.setattr(memory_shards, "find_pool", lambda config, timeout_s=60.0: pool)
+    embedders = Embedders(ModelActor({}, failure=failure))
+    models = RayMemoryTransport(load_config(), cast(Any, None), cast(Any, embedders))
+    status, body, _ = readyz(make_app(ray_models=models))
+    assert status == 200 and body["status"] == "degraded", body
+    assert body["models"]["embedder"]["state"] == "unavailable"
+    assert body["models"]["summarizer"] == {"state": "idle", "workers": []}
+    (notice,) = [n for n in body["notices"] if n.get("model") == "embedder"]
+    assert notice["unavailable"].startswith("the embedder is restarting or unreachable")
+    assert embedders.died_calls == ([0] if isinstance(failure, ActorDiedError) else [])
+
+
+def test_a_summarizer_pool_that_is_not_found_leaves_the_engine_degraded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def not_found(config: Any, timeout_s: float = 60.0) -> Any:
+        raise Unavailable("actors ['summarizer-pool'] not found in Ray namespace 'x'")
+
+    monkeypatch.setattr(memory_shards, "find_pool", not_found)
+    embedders = Embedders(ModelActor(LOADED["embedder"]))
+    models = RayMemoryTransport(load_config(), cast(Any, None), cast(Any, embedders))
+    status, body, _ = readyz(make_app(ray_models=models))
+    assert status == 200 and body["status"] == "degraded", body
+    assert body["models"]["embedder"] == LOADED["embedder"]
+    assert body["models"]["summarizer"]["state"] == "unavailable"
 
 
 def test_a_read_only_shard_is_degraded_and_names_no_server_path() -> None:
