@@ -36,7 +36,7 @@ LOADING_TIMEOUT_S = 2.0
 NOTICE_KEYS = ("read_only", "fenced", "draining", "recovery")
 # An absolute path: a "/" at the start or after a space, quote, bracket, "=" or ":", then
 # everything up to the next space, quote, bracket, comma, colon or semicolon.
-_ABSOLUTE_PATH = re.compile(r"(?:(?<=^)|(?<=[\s'\"(\[=:]))/[^\s'\"()\[\],:;]*")
+_ABSOLUTE_PATH = re.compile(r"(?:(?<=^)|(?<=[\s'\"(\[=:,;]))/[^\s'\"()\[\],:;]*")
 
 
 @router.get("/healthz", summary="The gateway process is up")
@@ -51,12 +51,13 @@ async def healthz() -> Response:
 )
 async def readyz(request: Request, detail: Literal["cluster"] | None = None) -> Response:
     state = request.app.state
+    known = (str(state.config.data_dir),)
     try:
         pings = await asyncio.wait_for(state.router.broadcast(Ping()), READY_TIMEOUT_S)
     except EngineError as exc:
-        return _not_ready(f"not ready: {exc.message}", exc.details)
+        return _not_ready(f"not ready: {exc.message}", exc.details, known)
     except TimeoutError:
-        return _not_ready("not ready: a session shard did not answer", {})
+        return _not_ready("not ready: a session shard did not answer", {}, known)
     # Sessions are served from here on: whatever memory or the models answer, this is a 200.
     answers, models = await asyncio.gather(_memory_shards(state.memory), _models(state.memory.transport))
     memory = [answer if isinstance(answer, dict) else None for answer in answers]
@@ -100,7 +101,7 @@ async def readyz(request: Request, detail: Literal["cluster"] | None = None) -> 
         "models": models,
         "notices": notices,
     }
-    return json_response(without_paths(body))
+    return json_response(without_paths(body, known))
 
 
 async def _memory_shards(memory: Any) -> list[dict[str, Any] | EngineError | None]:
@@ -146,20 +147,23 @@ def _status(notices: list[dict[str, Any]], loading: list[str]) -> str:
     return "starting" if loading else "ready"
 
 
-def _not_ready(message: str, details: dict[str, Any]) -> Response:
+def _not_ready(message: str, details: dict[str, Any], known: tuple[str, ...]) -> Response:
     return error_response(
-        503, "UNAVAILABLE", without_paths(message), without_paths(details), "Retry shortly."
+        503, "UNAVAILABLE", without_paths(message, known), without_paths(details, known), "Retry shortly."
     )
 
 
-def without_paths(value: Any) -> Any:
+def without_paths(value: Any, known: tuple[str, ...] = ()) -> Any:
     """`value` with every absolute path in its strings cut to the path's last part
     ("/srv/engine/data/shards/shard-0000" -> "shard-0000"): unauthenticated answers name no
-    server path. Keys are left as they are."""
+    server path. The `known` directories (the data directory) go first, by their text, so a
+    space in them does not leave a part of them behind. Keys are left as they are."""
     if isinstance(value, str):
+        for directory in known:
+            value = value.replace(directory.rstrip("/"), directory.rstrip("/").rsplit("/", 1)[-1])
         return _ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], value)
     if isinstance(value, dict):
-        return {key: without_paths(item) for key, item in value.items()}
+        return {key: without_paths(item, known) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [without_paths(item) for item in value]
+        return [without_paths(item, known) for item in value]
     return value

@@ -281,3 +281,10 @@ def test_an_absolute_path_is_cut_to_its_last_part_and_nothing_else_changes() -> 
     assert health.without_paths(
         {"a": f"cannot read {DATA_DIR}/IDENTITY: denied", "b": ["ratio 1/2", "a/b"], "c": 3, "d": "(/x/y)"}
     ) == {"a": "cannot read IDENTITY: denied", "b": ["ratio 1/2", "a/b"], "c": 3, "d": "(y)"}
+
+
+def test_paths_in_lists_and_a_data_directory_with_a_space_leave_nothing_behind() -> None:
+    assert health.without_paths("dirs /srv/a,/srv/b; /srv/c") == "dirs a,b; c"
+    known = ("/srv/my data",)
+    cut = health.without_paths({"log": "at /srv/my data/shards/x.log"}, known)
+    assert cut == {"log": "at my data/shards/x.log"} and "/srv" not in str(cut)
