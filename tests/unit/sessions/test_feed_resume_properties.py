@@ -1,7 +1,8 @@
-"""Resuming a change feed (engine.sessions.events) across snapshots, graceful stops and kill -9s,
-on a real DurableShard, against a model of what the shard keeps written here from the rule alone:
-a consumer that resumes from its last id gets exactly the events of its feed after it, and is
-refused (FeedGone) only when an event it wants and has not seen is really no longer kept."""
+"""Resuming a change feed (engine.sessions.events) across snapshots (whole, or taken a chunk at a
+time with writes between, as the shard takes them), graceful stops and kill -9s, on a real
+DurableShard, against a model of what the shard keeps written here from the rule alone: a consumer
+that resumes from its last id gets exactly the events of its feed after it, and is refused
+(FeedGone) only when an event it wants and has not seen is really no longer kept."""
 
 from __future__ import annotations
 
@@ -138,19 +139,34 @@ OPS = st.one_of(
     st.tuples(st.just("fail"), st.integers(0, 3)),
     st.tuples(st.just("delete"), st.integers(0, 3)),
 )
+LIVE = (  # what goes on while the shard runs, a snapshot in progress or not
+    st.tuples(st.just("write"), st.lists(OPS, min_size=1, max_size=3)),
+    st.tuples(st.just("wait"), st.integers(1, 400)),
+    st.tuples(st.just("expire")),
+    st.tuples(st.just("read"), st.integers(0, len(INTERESTS) - 1), st.integers(1, 4), st.booleans()),
+)
+# A snapshot taken the way the shard takes it: begun, then a chunk at a time with ops (and the
+# retention trims they cause) between its steps and before it completes; then the shard is killed,
+# stopped gracefully, goes on, or is killed before the snapshot completes.
+STEPPED = st.tuples(
+    st.just("stepped"),
+    st.lists(st.one_of(st.tuples(st.just("step"), st.integers(1, 3)), *LIVE), min_size=1, max_size=8),
+    st.booleans(),  # a write while its file is made durable (in a thread, in the shard)
+    st.sampled_from(["kill", "graceful", "run", "kill before complete"]),
+)
 ACTIONS = st.lists(
     st.one_of(
-        st.tuples(st.just("write"), st.lists(OPS, min_size=1, max_size=3)),
-        st.tuples(st.just("wait"), st.integers(1, 400)),
-        st.tuples(st.just("expire")),
+        *LIVE,
         st.tuples(st.just("snapshot")),
+        STEPPED,
         st.tuples(st.just("graceful")),
         st.tuples(st.just("kill")),
-        st.tuples(st.just("read"), st.integers(0, len(INTERESTS) - 1), st.integers(1, 4), st.booleans()),
     ),
     min_size=1,
     max_size=40,
 )
+# Chunks of one session and one event, so even these small shards' snapshots take many steps.
+DURABILITY = DurabilityConfig(snapshot_chunk_sessions=1, snapshot_chunk_messages=1)
 
 
 def op_of(action: tuple[Any, ...], now_ms: int) -> Any:
@@ -184,7 +200,7 @@ def test_a_consumer_resumes_exactly_and_is_refused_only_for_events_really_droppe
     model = Model(max_events, retention_ms)
 
     def start() -> DurableShard:
-        shard = DurableShard(path, DurabilityConfig(), clock, lock_wait_s=0.2, events=config)
+        shard = DurableShard(path, DURABILITY, clock, lock_wait_s=0.2, events=config)
         shard.observe_events = lambda events: model.written(shard.lsn, clock.now_ms(), events)
         return shard
 
@@ -216,7 +232,17 @@ def test_a_consumer_resumes_exactly_and_is_refused_only_for_events_really_droppe
         elif to_end:
             positions[interest] = log.end  # what a new connection's feed.ready names
 
-    for action in actions:
+    def restart(graceful: bool) -> None:
+        nonlocal shard
+        if graceful:
+            shard.close()  # with its final snapshot (any snapshot in progress abandoned)
+            model.snapshot_lsn = shard.lsn
+        else:
+            shard.close(snapshot=False)  # as if killed: the files as the last write left them
+        shard = start()
+        model.restarted(model.snapshot_lsn)
+
+    def live(action: tuple[Any, ...]) -> None:
         kind = action[0]
         if kind == "write":
             clock.advance(1)
@@ -226,19 +252,42 @@ def test_a_consumer_resumes_exactly_and_is_refused_only_for_events_really_droppe
         elif kind == "expire":
             clock.advance(1_000)
             shard.commit([ExpireDue()])
-        elif kind == "snapshot":
-            shard.snapshot_now()
-            model.snapshot_lsn = shard.lsn
-        elif kind in ("graceful", "kill"):
-            if kind == "graceful":
-                shard.close()  # with its final snapshot
-                model.snapshot_lsn = shard.lsn
-            else:
-                shard.close(snapshot=False)  # as if killed: the files as the last write left them
-            shard = start()
-            model.restarted(model.snapshot_lsn)
         else:
             resume(INTERESTS[action[1]], action[2], action[3])
+
+    def stepped(during: list[tuple[Any, ...]], write_during_io: bool, then: str) -> None:
+        shard.begin_snapshot()
+        snapshot_lsn = shard.lsn  # the state it writes, and the feed's up to there, are as of now
+        more = True
+        for action in during:
+            if action[0] != "step":
+                live(action)
+            for _ in range(action[1] if action[0] == "step" else 0):
+                more = more and shard.snapshot_step()
+        if then == "kill before complete":
+            restart(graceful=False)  # the snapshot it was taking is not there
+            return
+        while more:
+            more = shard.snapshot_step()
+        shard.finish_snapshot_io()
+        if write_during_io:
+            live(("write", [("say", 0, 1), ("context", 2)]))
+        shard.complete_snapshot()
+        model.snapshot_lsn = snapshot_lsn
+        if then != "run":
+            restart(graceful=then == "graceful")
+
+    for action in actions:
+        kind = action[0]
+        if kind == "snapshot":
+            shard.snapshot_now()
+            model.snapshot_lsn = shard.lsn
+        elif kind == "stepped":
+            stepped(*action[1:])
+        elif kind in ("graceful", "kill"):
+            restart(graceful=kind == "graceful")
+        else:
+            live(action)
     for interest in INTERESTS:
         resume(interest, 3, False)
     shard.close(snapshot=False)
