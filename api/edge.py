@@ -72,27 +72,34 @@ State = Literal["idle", "arriving", "busy"]
 
 
 class _Connections:
-    """One event loop's connections by state, each state's oldest first, and by client address."""
+    """One event loop's connections by state, each state's oldest first (the reserved ones apart
+    from the rest), and by client address."""
 
     def __init__(self) -> None:
-        self.waiting: dict[State, dict[EdgeProtocol, None]] = {"idle": {}, "arriving": {}}
+        # [reserved][state]: connections of each kind waiting with nothing being answered.
+        self.waiting: tuple[dict[State, dict[EdgeProtocol, None]], ...] = (
+            {"idle": {}, "arriving": {}},
+            {"idle": {}, "arriving": {}},
+        )
         self.per_client: collections.Counter[str] = collections.Counter()
 
     def move(self, connection: EdgeProtocol, state: State | None) -> None:
         """`connection` is now in `state` (None: gone), since now."""
+        waiting = self.waiting[connection.reserved]
         was = connection.state
         if was is not None and was != "busy":
-            self.waiting[was].pop(connection, None)
+            waiting[was].pop(connection, None)
         connection.state = state
         if state is not None and state != "busy":
-            self.waiting[state][connection] = None
+            waiting[state][connection] = None
 
-    def make_room(self) -> bool:
-        """Close the connection that has waited longest without a request under way, or else the
-        oldest one whose request is still arriving; False when every connection is busy."""
+    def make_room(self, reserved: bool = False) -> bool:
+        """Close the connection (of the reserve, or of the rest) that has waited longest without
+        a request under way, or else the oldest one whose request is still arriving; False when
+        every one is busy."""
         states: tuple[State, ...] = ("idle", "arriving")
         for state in states:
-            waiting = self.waiting[state]
+            waiting = self.waiting[reserved][state]
             while waiting:
                 oldest = next(iter(waiting))
                 self.move(oldest, None)
@@ -125,7 +132,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._host: str | None = None  # the client's address, counted in the pool
         self.state: State | None = None  # where it is in the pool (None: not in it)
         self._refused = False
-        self._admin_only = False  # a reserved connection: health checks and /metrics only
+        self.reserved = False  # one of the reserve: health checks and /metrics only
         self._in_headers = False  # a request's headers are arriving
         self._header_bytes = 0  # received since its first byte, while they were
         self._chunk = 0  # the size of the piece of data being parsed
@@ -154,7 +161,11 @@ class EdgeProtocol(HttpToolsProtocol):
                 )
                 return
         if len(self.connections) > limits.max_connections and not self._pool.make_room():
-            if len(self.connections) > limits.max_connections + limits.reserved_connections:
+            # Every connection is answering a request: this one joins the health checks' reserve,
+            # making room there (never among the rest) when the reserve is full too.
+            self.reserved = True
+            full = len(self.connections) > limits.max_connections + limits.reserved_connections
+            if full and not self._pool.make_room(reserved=True):
                 self._refuse(
                     503,
                     "UNAVAILABLE",
@@ -164,7 +175,6 @@ class EdgeProtocol(HttpToolsProtocol):
                     "capacity",
                 )
                 return
-            self._admin_only = True
         now = self.loop.time()
         self._headers_since = self._waiting_since = now  # the first request must start in time too
         self._pool.move(self, "idle")
@@ -248,7 +258,7 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._header_bytes > limit and self._header_size() > limit:  # exact only when it may matter
             self._too_large_headers()
             raise _Refused
-        if self._admin_only and httptools.parse_url(self.url).path.decode("latin-1") not in self._admin_paths:
+        if self.reserved and httptools.parse_url(self.url).path.decode("latin-1") not in self._admin_paths:
             self._refuse(
                 503,
                 "UNAVAILABLE",

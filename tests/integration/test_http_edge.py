@@ -303,12 +303,16 @@ def test_a_pipelined_request_being_answered_is_not_taken_for_idle(capped_server:
 
 def test_connections_past_the_cap_reach_only_the_health_checks_then_get_503(capped_server: str) -> None:
     """Every connection is answering a request (feeds): the reserved ones serve /healthz and
-    /readyz but nothing else, and one past the reserve is refused."""
+    /readyz but nothing else; a reserved connection never makes room for another while the
+    reserve has room, and past it the longest-idle reserved one does."""
     feeds = [open_feed(capped_server) for _ in range(SMALL.max_connections)]
+    health = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    reserved: list[socket.socket] = []
     try:
-        reserved = [connect(capped_server) for _ in range(SMALL.reserved_connections)]
+        for _ in range(SMALL.reserved_connections):  # both silent at first, both kept
+            reserved.append(connect(capped_server))
+            time.sleep(0.05)
         try:
-            health = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
             reserved[0].sendall(health)
             assert reserved[0].recv(65536).startswith(b"HTTP/1.1 200")
             reserved[0].sendall(health)  # and again, on the same connection
@@ -316,6 +320,15 @@ def test_connections_past_the_cap_reach_only_the_health_checks_then_get_503(capp
             reserved[1].sendall(REQUEST + b"Content-Length: 2\r\n\r\n{}")
             body = assert_refused(read_answer(reserved[1]), 503, "UNAVAILABLE")
             assert "/healthz" in body["details"]["reserved_for"]
+            time.sleep(0.05)
+            reserved.append(connect(capped_server))  # takes the refused one's place
+            time.sleep(0.05)
+            reserved.append(connect(capped_server))  # the reserve is full: the longest idle goes
+            time.sleep(0.05)
+            assert is_closed(reserved[0])
+            for sock in reserved[2:]:
+                sock.sendall(health)
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         finally:
             for sock in reserved:
                 sock.close()
