@@ -17,7 +17,10 @@ from engine.keys import KeyStore
 from engine.memory.index import IndexParams
 from engine.runtime.transport import LocalMemoryTransport, LocalTransport
 
-ORGS = [f"org{i}" for i in range(200)]
+# The contract suites take organizations counting up from the first, the summary tests counting
+# down from the last, and a few tests name their own from the middle; enough that they never meet
+# (one of them once did at 200, and a memory query found another test's session).
+ORGS = [f"org{i}" for i in range(1000)]
 API_KEYS = ",".join(f"key-{org}={org}" for org in ORGS)
 
 
