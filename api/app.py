@@ -67,8 +67,8 @@ def _ray_cluster_status(config: EngineConfig) -> dict[str, Any]:
 def tune_gc() -> None:
     """Collect garbage less often, and never scan what was there at startup. A gateway holds Ray's,
     pydantic's and FastAPI's objects, hundreds of thousands of them, and the default thresholds
-    scanned them so often under load that it cost a fifth of the throughput and tripled the p99
-    (benchmarks/RESULTS.md). Requests make little cyclic garbage; what they make is still collected."""
+    scanned them so often under load that throughput and p99 suffered (benchmarks/RESULTS.md §6).
+    Requests make little cyclic garbage; what they make is still collected."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000)  # the first generation's; the older two keep theirs
@@ -104,7 +104,8 @@ def create_app(
         description="Sessions and memory for AI agent fleets; fold.run-compatible HTTP API.",
         lifespan=lifespan,
         strict_content_type=False,  # as on every route (api/http.py: json_router)
-        # FastAPI's OpenTelemetry hooks, unused here, cost ~9 µs a request even with no provider.
+        # FastAPI's OpenTelemetry hooks, unused here, cost every request something even with no
+        # provider (benchmarks/RESULTS.md §5).
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.config = config

@@ -5,7 +5,7 @@ and that returns a Response is called here directly: its path, query, header and
 parameters read by FastAPI's own `request_params_to_args`, its JSON body validated by the route's
 own body field, its dependency awaited. That is what FastAPI's handler does for such a route,
 less the general machinery around it (solving a tree of dependencies, caches, exit stacks), which
-cost about a quarter of an append's time in the gateway (benchmarks/RESULTS.md §14).
+cost much of an append's time in the gateway (benchmarks/RESULTS.md §14).
 
 Only a request FastAPI would accept goes this way: its parameters valid, and a non-empty JSON body
 that the body field validates where the route has a body. Anything else (a body that is not JSON,

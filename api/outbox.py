@@ -2,7 +2,8 @@
 
 An outbox sends at once when no call to its shard is in flight, and gathers whatever arrives
 while one is; when the call returns, everything gathered goes in the next call. No timer, so no
-added latency at low load, and under load one Ray call (~1 ms) carries many ops. One call in
+added latency at low load, and under load one Ray call, the costly part, carries many ops
+(docs/architecture.md, "Why the gateway batches"). One call in
 flight per shard also keeps this gateway's ops to a shard in the order they arrived.
 """
 

@@ -244,8 +244,8 @@ class SummarizerConfig(_Section):
     # closed sessions and the gateway answering requests cannot. 0: the same priority as they.
     nice: int = Field(10, ge=0, le=19)
     # At most this many conversations per generate call: a free summarizer takes every job waiting,
-    # up to this many, so a lone job runs alone and a backlog runs 16 at a time (on 2 CPU cores
-    # about four times the summaries a second of one at a time; benchmarks/README.md).
+    # up to this many, so a lone job runs alone and a backlog runs 16 at a time (more summaries a
+    # second than smaller batches: benchmarks/RESULTS.md §13.5).
     batch_size: int = Field(16, ge=1, le=256)
     max_input_tokens: int = Field(2048, ge=64)  # cap on the prompt, below the model's own window
     max_new_tokens: int = Field(128, ge=1, le=4096)

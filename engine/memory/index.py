@@ -308,7 +308,7 @@ class NamespaceIndex:
             else faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
         )
         # One query on one thread: FAISS's threads would split a single search and cost more in
-        # waking and waiting (0.93 ms against 0.40 for one exact query over 10,000 vectors, 2 cores).
+        # waking and waiting (benchmarks/RESULTS.md §8).
         faiss.omp_set_num_threads(1 if len(queries) == 1 else _THREADS)
         try:
             scores, found = self._index.search(queries, k, params=params)

@@ -28,8 +28,9 @@ from .index import IndexParams, Match, Mode, NamespaceIndex, Where
 from .sessions import SESSION_MEMORY, SESSIONS_OF_MEMORY, SessionIndexes
 
 MEMORY_OPS = OpRegistry("memory")
-# Open tantivy writers a store keeps (each holds a thread and ~15 MB); the least recently written
-# namespace's is closed past this, and opened again by its next write (about 20 ms).
+# Open tantivy writers a store keeps (each holds a thread and its heap, _WRITER_HEAP_BYTES in
+# engine/memory/lexical.py); the least recently written namespace's is closed past this, and
+# opened again by its next write.
 MAX_OPEN_WRITERS = 8
 
 

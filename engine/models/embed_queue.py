@@ -2,8 +2,8 @@
 (a memory query, an upsert of texts) and background indexing of closed sessions, which may be
 thousands of texts behind.
 
-Served first in, first out, a query waited behind the whole indexing backlog (about 10 s under the
-suite's fleet, benchmarks/README.md). Here the model runs one call at a time on its own thread,
+Served first in, first out, a query waited behind the whole indexing backlog (under the suite's
+fleet: benchmarks/RESULTS.md §14.2). Here the model runs one call at a time on its own thread,
 and each call takes texts from the head of one queue, up to `chunk` of them, splitting a long job
 across calls and packing short ones together:
 - urgent texts go first, so a query waits for at most the call in progress, and concurrent queries

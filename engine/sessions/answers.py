@@ -1,10 +1,9 @@
 """Answers that leave the shard as JSON: the gateway sends their bytes as they are.
 
 A view crosses from a shard actor to a gateway once per request. As a dict, Ray packs it in the
-shard and unpacks it in the gateway (about 25 µs for one session's view, 30 µs for 50 messages,
-measured with `ray.get` on a 2-core AMD EPYC; benchmarks/RESULTS.md §13), and the gateway
-encodes it again, all on the gateway's one core, the engine's bottleneck. Encoded by orjson
-here, it crosses as one bytes object (about 1 µs).
+shard and unpacks it in the gateway, and the gateway encodes it again, all on the gateway's one
+core, the engine's bottleneck. Encoded by orjson here, it crosses as one bytes object, which Ray
+passes for a small part of that (benchmarks/RESULTS.md §13.1).
 
 Only the answers of ops a client asked for are encoded (`encode_answers`), in shapes Ray packs
 natively (a dataclass would be pickled: 20 µs more); what the engine itself reads (a ping's

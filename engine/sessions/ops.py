@@ -29,9 +29,8 @@ class Op:
 
 def _rebuild(value: Any) -> tuple[Any, tuple[Any, ...]]:
     """How an op is pickled on its way from a gateway to a shard: its class and its fields in order.
-    A slotted dataclass's own pickling runs Python code for each object; an append of 50 messages
-    took 149 µs to pickle and about 135 to unpickle (Ray's serializer), and 34 µs to pickle as
-    fields with its messages as tuples (benchmarks/RESULTS.md §13)."""
+    A slotted dataclass's own pickling runs Python code for each object; fields, with an append's
+    messages as tuples, pickle several times faster (benchmarks/RESULTS.md §13.2)."""
     return (type(value), tuple([getattr(value, name) for name in value.__slots__]))
 
 
