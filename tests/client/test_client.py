@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +29,7 @@ from session_engine_client import (
 )
 from session_engine_client._calls import SseParser
 
-from benchmarks.server import joined_server
+from tests.client.restarts import KilledAfterTheWrite, restarter
 
 pytestmark = pytest.mark.integration
 
@@ -364,31 +362,15 @@ def test_a_write_takes_effect_once_when_the_server_dies_before_its_answer(
     server = gateway["server"]
     restarted = threading.Event()
 
-    class KilledAfterTheWrite(httpx.HTTPTransport):
-        armed = True
-
-        def handle_request(self, request: httpx.Request) -> httpx.Response:
-            response = super().handle_request(request)
-            if not (self.armed and request.method == "POST" and request.url.path.endswith("/messages")):
-                return response
-            self.armed = False
-            response.read()
-            assert response.status_code == 201  # applied and logged on its shard
-            os.killpg(server.proc.pid, signal.SIGKILL)
-            server.proc.wait(30)
-            threading.Thread(target=restart, daemon=True).start()
-            raise httpx.RemoteProtocolError("server disconnected without a response", request=request)
-
-    def restart() -> None:
-        gateway["server"] = joined_server(
-            gateway["data_dir"], gateway["ray_address"], gateway["env"], port=server.port
-        )
-        restarted.set()
-
     with Client(key, server.url) as setup:
         session = setup.create_session("exactly once")
     policy = RetryPolicy(attempts=120, backoff_s=0.25, max_backoff_s=1.0)  # rides out the restart
-    with Client(key, server.url, retry=policy, transport=KilledAfterTheWrite()) as engine:
+    with Client(
+        key,
+        server.url,
+        retry=policy,
+        transport=KilledAfterTheWrite(gateway, restarter(gateway, 0, restarted)),
+    ) as engine:
         message = engine.append_message(session.id, "user", "charge the card")
     # The retry that succeeded was answered by the restarted server; the thread that started it
     # may still be polling its /readyz when that answer arrives.

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +19,7 @@ from session_engine_client import AsyncClient, Client, ConnectionFailed, RetryPo
 from session_engine_client import _calls as calls
 from session_engine_client import client as client_module
 
-from benchmarks.server import joined_server
+from tests.client.restarts import KilledAfterTheWrite, restarter
 
 pytestmark = pytest.mark.integration
 OLD_BUDGET_S = 7.75  # the most the retries waited before this budget: 6 tries, backoff up to 4 s
@@ -191,42 +189,6 @@ def test_a_feed_gives_up_after_the_budget_of_an_outage_and_each_outage_has_its_o
 
 def _error(code: str) -> dict[str, Any]:
     return {"error": "try later", "code": code, "details": {}, "hint": "later"}
-
-
-class KilledAfterTheWrite(httpx.HTTPTransport):
-    """Kills the gateway once the first message write has been applied, before its answer is read;
-    `restart` runs on a thread of its own."""
-
-    def __init__(self, gateway: dict[str, Any], restart: Any) -> None:
-        super().__init__()
-        self.gateway = gateway
-        self.restart = restart
-        self.armed = True
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response = super().handle_request(request)
-        if not (self.armed and request.method == "POST" and request.url.path.endswith("/messages")):
-            return response
-        self.armed = False
-        response.read()
-        assert response.status_code == 201  # applied and logged on its shard
-        server = self.gateway["server"]
-        os.killpg(server.proc.pid, signal.SIGKILL)
-        server.proc.wait(30)
-        threading.Thread(target=self.restart, daemon=True).start()
-        raise httpx.RemoteProtocolError("server disconnected without a response", request=request)
-
-
-def restarter(gateway: dict[str, Any], after_s: float, done: threading.Event) -> Any:
-    port = gateway["server"].port
-
-    def restart() -> None:
-        time.sleep(after_s)
-        data_dir, ray_address, env = gateway["data_dir"], gateway["ray_address"], gateway["env"]
-        gateway["server"] = joined_server(data_dir, ray_address, env, port=port)
-        done.set()
-
-    return restart
 
 
 def test_the_default_retries_outlast_a_gateway_that_is_down_longer_than_they_used_to(

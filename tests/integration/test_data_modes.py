@@ -4,27 +4,15 @@ directory 0700, though the server and its Ray ran under a umask that lets the gr
 
 from __future__ import annotations
 
-import contextlib
-import os
-import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
 from benchmarks.server import ServerProcess
-
-
-@contextlib.contextmanager
-def umask_of(mask: int) -> Iterator[None]:
-    before = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(before)
+from tests.support.modes import umask_of, wrong_modes
 
 
 def test_every_file_a_server_writes_is_0600_and_every_directory_0700(tmp_data: Path) -> None:
@@ -60,9 +48,4 @@ def test_every_file_a_server_writes_is_0600_and_every_directory_0700(tmp_data: P
     assert {"engine.json", "keys.json", "IDENTITY", "EPOCH", "LOCK", "shards", "memory"} <= names
     snapshots = {n.split("-")[0] for n in names if n.endswith(".snap")}
     assert snapshots == {"snapshot", "memory"}, "a session shard's and a memory shard's"
-    wrong = {
-        str(p.relative_to(tmp_data)): oct(stat.S_IMODE(p.lstat().st_mode))
-        for p in paths
-        if stat.S_IMODE(p.lstat().st_mode) != (0o700 if p.is_dir() else 0o600)
-    }
-    assert wrong == {}
+    assert wrong_modes(tmp_data) == {}

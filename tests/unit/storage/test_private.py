@@ -3,7 +3,6 @@ file 0600 and every directory 0700 after real shards wrote, snapshotted, recover
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from collections.abc import Iterator
@@ -28,15 +27,7 @@ from engine.sessions.snapshot import SNAPSHOT_PREFIX
 from engine.storage.layout import claim_layout, memory_directory, shard_directory
 from engine.storage.snapshot import snapshots
 from engine.storage.wal import segments
-
-
-@contextlib.contextmanager
-def umask_of(mask: int) -> Iterator[None]:
-    before = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(before)
+from tests.support.modes import umask_of, wrong_modes
 
 
 @pytest.fixture(params=[0o000, 0o277], ids=["umask-000", "umask-277"])
@@ -44,17 +35,6 @@ def umask(request: pytest.FixtureRequest) -> Iterator[int]:
     """The most permissive umask, and one that takes the owner's own bits away."""
     with umask_of(request.param):
         yield request.param
-
-
-def wrong_modes(root: Path) -> dict[str, str]:
-    """Every path under `root` (and root) whose mode is not 0600 for a file or 0700 for a directory."""
-    found = {}
-    for path in [root, *root.rglob("*")]:
-        mode = stat.S_IMODE(path.lstat().st_mode)
-        want = 0o700 if path.is_dir() else 0o600
-        if mode != want:
-            found[str(path.relative_to(root))] = oct(mode)
-    return found
 
 
 def test_every_file_a_shard_writes_is_0600_and_every_directory_0700(tmp_path: Path, umask: int) -> None:
