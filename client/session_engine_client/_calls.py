@@ -247,6 +247,14 @@ SUMMARY_DONE = ("ready", "failed")
 ENDED_WITHOUT_SUMMARY = ("completed", "expired")
 
 
+def summary_cursor(retry: RetryPolicy, session_id: str, timeout: float) -> FeedCursor:
+    """The feed a wait for a session's summary follows: from its first event (the session's state),
+    until `timeout` seconds from now, opened afresh when the server refuses its position."""
+    return FeedCursor(
+        retry, session_id, None, True, deadline=time.monotonic() + timeout, fresh_when_refused=True
+    )
+
+
 def summary_done(event: Event) -> bool:
     """Whether a session feed's event ends a wait for its summary. The feed's first event (the
     session's state when the feed starts) says the summary is made or has failed for good, or that

@@ -17,7 +17,16 @@ from typing import Any, TypeVar
 import httpx
 
 from . import _calls as calls
-from ._calls import SESSION_MEMORY, Call, FeedCursor, RetryPolicy, SseParser, Tries, summary_done
+from ._calls import (
+    SESSION_MEMORY,
+    Call,
+    FeedCursor,
+    RetryPolicy,
+    SseParser,
+    Tries,
+    summary_cursor,
+    summary_done,
+)
 from .models import (
     DeleteResult,
     Event,
@@ -255,14 +264,7 @@ class Client:
         first event says where the summary stands, so a summary made before the call is found at
         once; a dropped feed is resumed. Raises TimedOut after `timeout` seconds (a session still
         active waits that long), NotFound if the session is not there or is deleted meanwhile."""
-        cursor = FeedCursor(
-            self.retry,
-            session_id,
-            None,
-            True,
-            deadline=time.monotonic() + timeout,
-            fresh_when_refused=True,
-        )
+        cursor = summary_cursor(self.retry, session_id, timeout)
         with contextlib.closing(self._follow(cursor)) as events:  # the feed closes on the way out
             for event in events:
                 if summary_done(event):
@@ -496,14 +498,7 @@ class AsyncClient:
 
     async def wait_for_summary(self, session_id: str, timeout: float = SUMMARY_TIMEOUT_S) -> Session:
         """See Client.wait_for_summary."""
-        cursor = FeedCursor(
-            self.retry,
-            session_id,
-            None,
-            True,
-            deadline=time.monotonic() + timeout,
-            fresh_when_refused=True,
-        )
+        cursor = summary_cursor(self.retry, session_id, timeout)
         async with contextlib.aclosing(self._follow(cursor)) as events:  # the feed closes on the way out
             async for event in events:
                 if summary_done(event):
