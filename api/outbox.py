@@ -18,7 +18,7 @@ from engine.config import OutboxConfig
 from engine.errors import EngineError, Internal, Unavailable, unwrap
 from engine.routing import memory_shard_for, shard_for
 from engine.runtime.transport import MemoryTransport, ShardTransport
-from engine.sessions.ops import Op
+from engine.sessions.ops import SessionOp
 
 from . import metrics
 
@@ -106,7 +106,7 @@ class ShardRouter(_Outboxes):
 
     KIND = "session"
 
-    async def submit(self, org: str, session_id: str, op: Op) -> Any:
+    async def submit(self, org: str, session_id: str, op: SessionOp) -> Any:
         return await self._outboxes[shard_for(org, session_id, self.shards)].submit(op)
 
 

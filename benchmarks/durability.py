@@ -1,4 +1,4 @@
-"""Durability costs on one shard's DurableShard directly (no Ray, no HTTP), for the suite's
+"""Durability costs on one shard's DurableSessions directly (no Ray, no HTTP), for the suite's
 `snapshot` scenario: N sessions of 10 messages of ~100 characters written through the log, then
 the shard is opened the way a SessionShard actor opens it (recovery from the log alone),
 snapshotted (size, time, and the longest step: the pause the shard's traffic sees), and opened
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import DurabilityConfig
-from engine.sessions.durable import DurableShard
+from engine.sessions.durable import DurableSessions
 from engine.sessions.ops import AppendMessages, CreateSession
 from engine.sessions.session import NewMessage, new_session_id
 
@@ -21,7 +21,7 @@ MESSAGE = "an agent turn of about one hundred characters, the size the targets a
 
 def build(path: Path, sessions: int) -> int:
     """Write N sessions of 10 messages through the log (no snapshot); returns the log's size."""
-    shard = DurableShard(path, DurabilityConfig(fsync="never"))
+    shard = DurableSessions(path, DurabilityConfig(fsync="never"))
     batch: list[Any] = []
     for i in range(sessions):
         sid = new_session_id()
@@ -35,10 +35,10 @@ def build(path: Path, sessions: int) -> int:
     return sum(p.stat().st_size for p in path.glob("wal-*.log"))
 
 
-def open_as_actor(path: Path) -> tuple[DurableShard, float]:
+def open_as_actor(path: Path) -> tuple[DurableSessions, float]:
     """Open the shard the way a SessionShard actor does; returns it and how long recovery took."""
     started = time.perf_counter()
-    shard = DurableShard(path, DurabilityConfig(snapshot_chunk_sessions=500), own_process=True)
+    shard = DurableSessions(path, DurabilityConfig(snapshot_chunk_sessions=500), own_process=True)
     return shard, time.perf_counter() - started
 
 

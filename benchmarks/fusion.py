@@ -31,7 +31,8 @@ from engine.memory import sessions
 from engine.memory.fusion import fuse
 from engine.memory.index import IndexParams
 from engine.memory.indexer import SessionIndexer
-from engine.memory.store import MemoryOp, MemoryStore
+from engine.memory.ops import MemoryOp
+from engine.memory.store import MemoryStore
 from engine.summaries.quality import extractive
 
 GRID = (0.0, 0.25, 0.5, 1.0)

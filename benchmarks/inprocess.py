@@ -5,7 +5,7 @@ whole server on a shared machine.
     python -m benchmarks.inprocess
 
 The gateway: the ASGI app called directly with an append request, over in-process shards
-(best of 5 rounds). The shard: `DurableShard.commit` of 64 single-message appends with
+(best of 5 rounds). The shard: `DurableSessions.commit` of 64 single-message appends with
 fsync never (best of 5 rounds). Compare two commits by running it in each checkout, alternately.
 """
 
@@ -25,7 +25,7 @@ from engine.config import DurabilityConfig, load_config
 from engine.keys import KeyStore
 from engine.memory.index import IndexParams
 from engine.runtime.transport import LocalMemoryTransport, LocalTransport
-from engine.sessions.durable import DurableShard
+from engine.sessions.durable import DurableSessions
 from engine.sessions.ops import AppendMessages, CreateSession
 from engine.sessions.session import NewMessage, new_session_id
 
@@ -84,7 +84,7 @@ async def gateway_us(requests: int) -> float:
 
 def shard_us(batches: int) -> float:
     with tempfile.TemporaryDirectory() as directory:
-        shard = DurableShard(Path(directory), DurabilityConfig(fsync="never"), lock_wait_s=0.2)
+        shard = DurableSessions(Path(directory), DurabilityConfig(fsync="never"), lock_wait_s=0.2)
         ids = [new_session_id() for _ in range(64)]
         shard.commit([CreateSession("bench", sid, "bench", 3600, {}) for sid in ids])
         ops = [AppendMessages("bench", sid, (NewMessage("user", "hello there"),)) for sid in ids]

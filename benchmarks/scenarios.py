@@ -277,7 +277,7 @@ def build_engine_data(data_dir: Path, org: str, sessions: int, shards: int) -> N
     shard the gateway would route it to, then snapshot: what a server holding them leaves behind."""
     from engine.config import DurabilityConfig
     from engine.routing import shard_for
-    from engine.sessions.durable import DurableShard
+    from engine.sessions.durable import DurableSessions
     from engine.sessions.ops import AppendMessages, CreateSession
     from engine.sessions.session import NewMessage, new_session_id
     from engine.storage.layout import claim_layout, shard_directory
@@ -289,7 +289,7 @@ def build_engine_data(data_dir: Path, org: str, sessions: int, shards: int) -> N
         ids_by_shard[shard_for(org, sid, shards)].append(sid)
     messages = tuple(NewMessage("user", MESSAGE) for _ in range(10))
     for index, ids in enumerate(ids_by_shard):
-        shard = DurableShard(shard_directory(data_dir, index), DurabilityConfig(fsync="never"))
+        shard = DurableSessions(shard_directory(data_dir, index), DurabilityConfig(fsync="never"))
         for start in range(0, len(ids), 500):
             batch: list[Any] = []
             for n, sid in enumerate(ids[start : start + 500], start):

@@ -14,10 +14,10 @@ from typing import Any
 import orjson
 
 from engine.errors import CorruptFile
-from engine.memory.durable import recover_memory
+from engine.memory import durable as memory_durable
 from engine.memory.index import IndexParams
 from engine.memory.snapshot import SNAPSHOT_PREFIX as MEMORY_SNAPSHOT_PREFIX
-from engine.sessions.durable import recover
+from engine.sessions import durable as session_durable
 from engine.sessions.snapshot import SNAPSHOT_PREFIX
 from engine.storage.identity import IDENTITY_FILE, ShardIdentity, read_epoch
 from engine.storage.layout import read_layout
@@ -101,13 +101,12 @@ def check_directory(directory: Path, kind: str, cluster_id: str | None = None) -
             return report
     try:
         if kind == "session shard":
-            store, _, recovery = recover(directory, repair=False)
-            report.size = f"{len(store)} sessions"
-            lsn, replayed, notes = recovery.snapshot_lsn, recovery.records_replayed, recovery.notes
+            _, _, found = session_durable.recover(directory, repair=False)
+            report.size = f"{found.held['sessions']} sessions"
         else:
-            _, _, found = recover_memory(directory, IndexParams(), repair=False)
-            report.size = f"{found.namespaces} namespaces, {found.vectors} vectors"
-            lsn, replayed, notes = found.snapshot_lsn, found.records_replayed, found.notes
+            _, _, found = memory_durable.recover(directory, IndexParams(), repair=False)
+            report.size = f"{found.held['namespaces']} namespaces, {found.held['vectors']} vectors"
+        lsn, replayed, notes = found.snapshot_lsn, found.records_replayed, found.notes
     except (CorruptFile, OSError) as exc:
         report.refused = str(exc)
         return report

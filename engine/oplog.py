@@ -34,6 +34,18 @@ TAG = "op"  # the key of an encoded op that holds its tag
 ONCE = "once"
 
 
+class Op:
+    """What every kind's ops derive from (SessionOp, MemoryOp). An op crosses from a gateway to a
+    shard pickled as its class and its fields in order: a slotted dataclass's own pickling runs
+    Python code for each object, and this does not (benchmarks/RESULTS.md §13.2)."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        fields: tuple[str, ...] = self.__slots__  # a dataclass(slots=True)'s, in field order
+        return (type(self), tuple([getattr(self, name) for name in fields]))
+
+
 @dataclass(slots=True, frozen=True)
 class FieldCodec:
     """How one field goes to JSON and back."""

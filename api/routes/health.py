@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from engine.errors import EngineError
-from engine.memory.store import MemoryStats
+from engine.memory.ops import MemoryStats
 from engine.sessions.ops import Ping
 
 from ..errors import error_response

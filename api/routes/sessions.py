@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from engine.errors import QuotaExceeded, SessionNotFound, ValidationFailed
 from engine.idempotency import Idempotent
-from engine.memory.store import ForgetSessions
+from engine.memory.ops import ForgetSessions
 from engine.sessions.answers import page_items
 from engine.sessions.ops import (
     AppendMessages,

@@ -7,8 +7,8 @@ from starlette.responses import Response
 
 from engine.errors import ValidationFailed
 from engine.memory.index import normalized
+from engine.memory.ops import DeleteVectors, QueryVectors, UpsertVectors
 from engine.memory.sessions import SESSION_MEMORY
-from engine.memory.store import DeleteVectors, QueryVectors, UpsertVectors
 
 from ..deps import CurrentCaller
 from ..http import json_response, json_router

@@ -9,7 +9,7 @@ from typing import Any
 
 from engine.idempotency import Idempotent
 
-from .store import MEMORY_OPS, DeleteVectors, MemoryOp, UpsertVectors, decode_vectors
+from .ops import MEMORY_OPS, DeleteVectors, MemoryOp, UpsertVectors, decode_vectors
 
 
 def decode_memory_op(encoded: dict[str, Any] | list[Any]) -> MemoryOp | Idempotent:

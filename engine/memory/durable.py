@@ -17,9 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from engine.clock import Clock, SystemClock
 from engine.config import DurabilityConfig
@@ -27,34 +25,17 @@ from engine.errors import EngineError
 from engine.idempotency import IdempotencyRecords
 from engine.storage.identity import ShardIdentity
 from engine.storage.logged import LoggedStore
-from engine.storage.recovery import drop_covered, recover_state
+from engine.storage.recovery import Recovery, drop_covered, recover_state
+from engine.storage.snapshot import SnapshotResult
 from engine.storage.wal import LogRecord
 
 from .codec import decode_memory_op
 from .index import IndexParams
+from .ops import MEMORY_OPS
 from .snapshot import SNAPSHOT_PREFIX, read_snapshot, write_snapshot
-from .store import MEMORY_OPS, MemoryStore
+from .store import MemoryStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True, frozen=True)
-class MemoryRecovery:
-    snapshot_lsn: int
-    records_replayed: int
-    namespaces: int
-    vectors: int
-    seconds: float
-    notes: dict[str, Any]  # what it passed over, cut or quarantined (engine.storage.recovery)
-
-
-@dataclass(slots=True, frozen=True)
-class MemorySnapshotResult:
-    lsn: int
-    namespaces: int
-    bytes: int
-    seconds: float
-    pause_ms: float  # how long the shard was held up serializing
 
 
 class DurableMemory(LoggedStore):
@@ -80,10 +61,10 @@ class DurableMemory(LoggedStore):
         self._snapshot_lsn = self.recovery.snapshot_lsn
         self._last_snapshot_s = time.monotonic()
 
-    def _read_files(self, *, repair: bool, until_lsn: int | None) -> tuple[MemoryStore, int, MemoryRecovery]:
+    def _read_files(self, *, repair: bool, until_lsn: int | None) -> tuple[MemoryStore, int, Recovery]:
         self.store = MemoryStore(self._params)  # let the current indexes go first
         records = IdempotencyRecords.from_config(self._config)
-        return recover_memory(self.directory, self._params, until_lsn, records, repair=repair)
+        return recover(self.directory, self._params, until_lsn, records, repair=repair)
 
     def snapshot_due(self) -> bool:
         if self._wal is None or self.lsn == self._snapshot_lsn:
@@ -93,7 +74,7 @@ class DurableMemory(LoggedStore):
             or self._wal.bytes_since_rotation >= self._config.snapshot_log_bytes
         )
 
-    def begin_snapshot(self) -> Callable[[], MemorySnapshotResult]:
+    def begin_snapshot(self) -> Callable[[], SnapshotResult]:
         """Serialize every namespace now (the shard must not change meanwhile); returns the blocking
         rest, which writes the file and may run in another thread, after which `finish_snapshot`."""
         started = time.perf_counter()
@@ -104,19 +85,21 @@ class DurableMemory(LoggedStore):
         records = IdempotencyRecords.encode(self.store.idempotency.frozen())
         pause_ms = (time.perf_counter() - started) * 1000
 
-        def write() -> MemorySnapshotResult:
+        def write() -> SnapshotResult:
             size = write_snapshot(self.directory, lsn, self._clock.now_ms(), parts, records)
-            return MemorySnapshotResult(lsn, len(parts), size, time.perf_counter() - started, pause_ms)
+            return SnapshotResult(
+                lsn, size, time.perf_counter() - started, pause_ms, {"namespaces": len(parts)}
+            )
 
         return write
 
-    def finish_snapshot(self, result: MemorySnapshotResult) -> None:
+    def finish_snapshot(self, result: SnapshotResult) -> None:
         self.check_epoch()
         self._snapshot_lsn = result.lsn
         self._last_snapshot_s = time.monotonic()
         drop_covered(self.directory, SNAPSHOT_PREFIX, result.lsn, self.writable_log().drop_segments_before)
 
-    def snapshot_now(self) -> MemorySnapshotResult:
+    def snapshot_now(self) -> SnapshotResult:
         result = self.begin_snapshot()()
         self.finish_snapshot(result)
         return result
@@ -129,14 +112,14 @@ class DurableMemory(LoggedStore):
             self._close_files()
 
 
-def recover_memory(
+def recover(
     directory: Path,
     params: IndexParams,
     until_lsn: int | None = None,
     records: IdempotencyRecords | None = None,
     *,
     repair: bool = True,
-) -> tuple[MemoryStore, int, MemoryRecovery]:
+) -> tuple[MemoryStore, int, Recovery]:
     """The newest snapshot that reads whole, then every log record after it (see
     engine.storage.recovery). `until_lsn`: a running shard rebuilding itself after a failed log
     write; it reads no further. With it, or with `repair=False`, nothing on disk changes."""
@@ -155,13 +138,12 @@ def recover_memory(
     store, found = recover_state(
         directory, SNAPSHOT_PREFIX, fresh, read_snapshot, apply_record, until_lsn=until_lsn, repair=repair
     )
-    recovery = MemoryRecovery(
+    recovery = Recovery(
         found.snapshot_lsn,
         found.records_replayed,
-        sum(1 for _ in store.namespaces()),
-        len(store),
         time.perf_counter() - started,
         found.notes.as_dict(),
+        {"namespaces": sum(1 for _ in store.namespaces()), "vectors": len(store)},
     )
-    log.info("memory shard recovered", extra={"directory": str(directory), **asdict(recovery)})
+    log.info("memory shard recovered", extra={"directory": str(directory), **recovery.report()})
     return store, found.lsn, recovery

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .ops import ForgetSessions, MemoryOp, UpsertVectors
 from .sessions import (
     SESSION_MEMORY,
     SESSIONS_OF_MEMORY,
@@ -26,7 +27,6 @@ from .sessions import (
     summary_entry,
     turn_entries,
 )
-from .store import ForgetSessions, MemoryOp, UpsertVectors
 
 Embed = Callable[[Sequence[str]], Awaitable[np.ndarray]]  # normalized rows, one per text
 Send = Callable[[str, Sequence[MemoryOp]], Awaitable[list[Any]]]  # ops to an organization's shard

@@ -9,7 +9,6 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,7 @@ from engine.logs import setup_logging
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams
 from engine.memory.indexer import SessionIndexer
-from engine.memory.store import MemoryOp, MemoryStats, QueryVectors
+from engine.memory.ops import MemoryOp, MemoryStats, QueryVectors
 from engine.routing import memory_shard_for
 from engine.storage.identity import ShardIdentity
 from engine.storage.layout import memory_directory
@@ -112,7 +111,7 @@ class MemoryShard(HostedShard):
         durable = self._store()
         return {
             "shards": self._config.memory.shards,
-            "recovered": asdict(durable.recovery),
+            "recovered": durable.recovery.report(),
             **durable.store.apply(MemoryStats()),
         }
 
@@ -123,8 +122,8 @@ class MemoryShard(HostedShard):
             result = await asyncio.to_thread(write)
             durable.finish_snapshot(result)
             self._metrics.snapshot_seconds.observe(result.seconds)
-            log.info("memory snapshot written", extra={"shard": self._index, **asdict(result)})
-            return asdict(result)
+            log.info("memory snapshot written", extra={"shard": self._index, **result.report()})
+            return result.report()
 
     async def shutdown(self) -> None:
         for timer in self._timers:

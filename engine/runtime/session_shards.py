@@ -1,4 +1,4 @@
-"""The session shard actors: SessionShard (a ShardStore made durable, its summary runner, its
+"""The session shard actors: SessionShard (a SessionStore made durable, its summary runner, its
 change feed and its timers), creating, finding and stopping them, and the gateway's transport."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ import itertools
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any
 
 import ray
@@ -29,9 +28,9 @@ from engine.runtime.ray_actors import (
 )
 from engine.runtime.shard_metrics import SessionShardMetrics
 from engine.sessions.answers import encode_answers
-from engine.sessions.durable import DurableShard
+from engine.sessions.durable import DurableSessions
 from engine.sessions.events import EventLog, FeedReads, Interest, Page, Position, Reader
-from engine.sessions.ops import ExpireDue, Op, Ping, PurgeSessions
+from engine.sessions.ops import ExpireDue, Ping, PurgeSessions, SessionOp
 from engine.storage.identity import ShardIdentity
 from engine.storage.layout import shard_directory
 from engine.summaries.runner import SummaryRunner
@@ -44,12 +43,12 @@ _PURGE_BATCH = 1000  # sessions a retention run purges at most; the next run tak
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class SessionShard(HostedShard):
-    """Hosts one DurableShard: applies batches of ops in arrival order, logs them before replying,
+    """Hosts one DurableSessions: applies batches of ops in arrival order, logs them before replying,
     and runs its timers (expiry, log sync for fsync=everysec, snapshots) on the same event loop.
     It serves only its own directory (engine.runtime.hosted)."""
 
     KIND = "session"
-    _durable: DurableShard | None
+    _durable: DurableSessions | None
 
     def __init__(self, index: int, config: EngineConfig, cluster_id: str) -> None:
         setup_logging(config.log_level)
@@ -68,9 +67,9 @@ class SessionShard(HostedShard):
         # Async actor: __init__ runs on the actor's event loop, so the timers live beside the ops.
         self._host(index, config, cluster_id)
 
-    def _open_durable(self, identity: ShardIdentity, lock_wait_s: float) -> DurableShard:
+    def _open_durable(self, identity: ShardIdentity, lock_wait_s: float) -> DurableSessions:
         directory = shard_directory(self._config.data_dir, self._index)
-        durable = DurableShard(
+        durable = DurableSessions(
             directory,
             self._config.durability,
             lock_wait_s=lock_wait_s,
@@ -100,11 +99,11 @@ class SessionShard(HostedShard):
         if self._config.limits.retention_days is not None or self._config.limits.orgs:
             self._timers.append(loop.create_task(self._retain_forever()))
 
-    def _store(self) -> DurableShard:
+    def _store(self) -> DurableSessions:
         assert self._durable is not None
         return self._durable
 
-    async def handle(self, ops: Sequence[Op]) -> list[Any]:
+    async def handle(self, ops: Sequence[SessionOp]) -> list[Any]:
         if (refused := self._refused(len(ops))) is not None:
             return refused
         durable = self._store()
@@ -121,7 +120,7 @@ class SessionShard(HostedShard):
             self._runner.submit(jobs)  # after the log write: a job starts only once it is durable
         return results
 
-    async def answer(self, ops: Sequence[Op]) -> list[Any]:
+    async def answer(self, ops: Sequence[SessionOp]) -> list[Any]:
         """A gateway's batch: `handle`, with what its clients asked for encoded as JSON here
         (engine.sessions.answers), off the gateway's core."""
         return encode_answers(ops, await self.handle(ops))
@@ -190,7 +189,7 @@ class SessionShard(HostedShard):
         durable = self._store()
         return {
             "shards": self._config.shards,
-            "recovered": asdict(durable.recovery),
+            "recovered": durable.recovery.report(),
             "summary_jobs_running": self._runner.active,
             **durable.store.apply(Ping(), 0),
         }
@@ -207,7 +206,7 @@ class SessionShard(HostedShard):
             except OSError:
                 durable.abandon_snapshot()
                 raise
-            result = asdict(durable.complete_snapshot())
+            result = durable.complete_snapshot().report()
             self._metrics.snapshot_seconds.observe(result["seconds"])
             log.info("snapshot written", extra={"shard": self._index, **result})
             return result
@@ -314,7 +313,7 @@ class RayTransport:
     def shards(self) -> int:
         return len(self._actors)
 
-    async def call(self, shard: int, ops: Sequence[Op]) -> list[Any]:
+    async def call(self, shard: int, ops: Sequence[SessionOp]) -> list[Any]:
         answers: list[Any] = await self._actors.invoke(shard, "answer", "shard", ops)
         return answers
 

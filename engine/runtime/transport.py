@@ -15,7 +15,7 @@ from engine.memory.store import MemoryStore
 from engine.sessions.answers import encode_answers
 from engine.sessions.events import FeedReads, Interest, Page, Position, Reader
 from engine.sessions.ops import ExpireDue
-from engine.sessions.shard import ShardStore
+from engine.sessions.store import SessionStore
 
 from .shard_metrics import MemoryShardMetrics, SessionShardMetrics
 
@@ -57,7 +57,7 @@ class LocalTransport:
     """Shards as plain ShardStores in this process: for API tests without Ray, and for embedding."""
 
     def __init__(self, shards: int, clock: Clock | None = None) -> None:
-        self.stores = [ShardStore() for _ in range(shards)]
+        self.stores = [SessionStore() for _ in range(shards)]
         self.clock = clock or SystemClock()
         self._feed_reads = [FeedReads() for _ in range(shards)]
 

@@ -23,31 +23,31 @@ from engine.sessions.ops import (
     ExpireDue,
     FailSummary,
     FinishSummary,
-    Op,
     PurgeSessions,
     ReplaceContext,
     RequestSummary,
+    SessionOp,
     StartSummary,
     UpdateSession,
 )
 from engine.sessions.session import Message, NewMessage, Session, SessionStatus, SummaryStatus, shared_role
 
 
-def encode_op(op: Op | Idempotent) -> bytes:
+def encode_op(op: SessionOp | Idempotent) -> bytes:
     """The op's exact log bytes; raises UnencodableOp (a VALIDATION_ERROR) if the log cannot hold it."""
     return SESSION_OPS.encode_bytes(op)
 
 
-def decode_op(encoded: dict[str, Any] | list[Any]) -> Op | Idempotent:
+def decode_op(encoded: dict[str, Any] | list[Any]) -> SessionOp | Idempotent:
     if isinstance(encoded, dict):
-        op: Op | Idempotent = SESSION_OPS.decode(encoded)
+        op: SessionOp | Idempotent = SESSION_OPS.decode(encoded)
         return op
     tag, *args = encoded
     return _POSITIONAL[tag](*args)
 
 
 # Log records written before ops were encoded by field name: positional arrays.
-_POSITIONAL: dict[str, Callable[..., Op | Idempotent]] = {
+_POSITIONAL: dict[str, Callable[..., SessionOp | Idempotent]] = {
     "once": lambda key, fingerprint, inner: Idempotent(key, fingerprint, decode_op(inner)),
     "purge": lambda keys: PurgeSessions(tuple((org, sid) for org, sid in keys)),
     "create": lambda org, sid, name, ttl_s, context: CreateSession(org, sid, name, ttl_s, context),

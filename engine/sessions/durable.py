@@ -1,4 +1,4 @@
-"""DurableShard: a ShardStore whose every change is in its write-ahead log before a batch returns;
+"""DurableSessions: a SessionStore whose every change is in its write-ahead log before a batch returns;
 the session shard's durable wrapper, built like the memory shard's (engine.memory.durable).
 
 Group commit: a batch of ops is encoded, applied in memory, and its changes become one log record;
@@ -13,48 +13,29 @@ import gc
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from engine.clock import Clock, SystemClock
 from engine.config import DurabilityConfig, EventsConfig
 from engine.idempotency import IdempotencyRecords
 from engine.storage.identity import ShardIdentity
 from engine.storage.logged import LoggedStore
-from engine.storage.recovery import drop_covered, recover_state
+from engine.storage.recovery import Recovery, drop_covered, recover_state
+from engine.storage.snapshot import SnapshotResult
 from engine.storage.wal import LogRecord
 
 from .codec import decode_op, decode_session, encode_session
 from .events import Event, EventLog, FeedAtSnapshot, SavedFeed, decode_saved_feed
 from .ops import SESSION_OPS
-from .shard import ShardStore
 from .snapshot import SNAPSHOT_PREFIX, SnapshotCursor, SnapshotWriter, read_snapshot
+from .store import SessionStore
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True, frozen=True)
-class Recovery:
-    snapshot_lsn: int  # 0: no snapshot
-    records_replayed: int
-    sessions: int
-    seconds: float
-    notes: dict[str, Any]  # what it passed over, cut or quarantined (engine.storage.recovery)
-
-
-@dataclass(slots=True, frozen=True)
-class SnapshotResult:
-    lsn: int
-    sessions: int
-    bytes: int
-    seconds: float
-    longest_step_ms: float  # the longest the shard was held up by this snapshot
-
-
-class DurableShard(LoggedStore):
+class DurableSessions(LoggedStore):
     OPS = SESSION_OPS
-    store: ShardStore
+    store: SessionStore
     observe_events: Callable[[list[Event]], None] | None = None  # told each record's events: metrics
 
     def __init__(
@@ -86,8 +67,8 @@ class DurableShard(LoggedStore):
         self._snapshot_started = self._longest_step_s = 0.0
         self._snapshot_bytes = 0
 
-    def _read_files(self, *, repair: bool, until_lsn: int | None) -> tuple[ShardStore, int, Recovery]:
-        self.store = ShardStore()  # let the current state go first (a snapshot being written keeps its own)
+    def _read_files(self, *, repair: bool, until_lsn: int | None) -> tuple[SessionStore, int, Recovery]:
+        self.store = SessionStore()  # let the current state go first (a snapshot being written keeps its own)
         try:
             if self._own_process:
                 gc.disable()  # rebuilding allocates millions of objects; a full pass every so often is waste
@@ -175,10 +156,10 @@ class DurableShard(LoggedStore):
         self._settle_heap()
         return SnapshotResult(
             lsn,
-            sessions,
             self._snapshot_bytes,
             time.perf_counter() - self._snapshot_started,
             self._longest_step_s * 1000,
+            {"sessions": sessions},
         )
 
     def abandon_snapshot(self) -> None:
@@ -219,7 +200,7 @@ def recover(
     *,
     repair: bool = True,
     events: EventLog | None = None,
-) -> tuple[ShardStore, int, Recovery]:
+) -> tuple[SessionStore, int, Recovery]:
     """The newest snapshot that reads whole, then every log record after it (see
     engine.storage.recovery). `until_lsn`: a running shard rebuilding itself after a failed log
     write; it reads no further. With it, or with `repair=False`, nothing on disk changes."""
@@ -227,10 +208,10 @@ def recover(
     template = records if records is not None else IdempotencyRecords()
     feed = events if events is not None else EventLog()
 
-    def fresh() -> ShardStore:
-        return ShardStore(template.empty_like(), feed.empty_like())
+    def fresh() -> SessionStore:
+        return SessionStore(template.empty_like(), feed.empty_like())
 
-    def load_snapshot(path: Path, store: ShardStore) -> int:
+    def load_snapshot(path: Path, store: SessionStore) -> int:
         saved: list[SavedFeed | None] = []
         lsn, chunks = read_snapshot(
             path, store.idempotency.load, lambda feed: saved.append(decode_saved_feed(feed))
@@ -239,7 +220,7 @@ def recover(
         store.events.start_after(lsn, saved[0])  # the events before a snapshot are not known again
         return lsn
 
-    def apply_record(store: ShardStore, record: LogRecord) -> None:
+    def apply_record(store: SessionStore, record: LogRecord) -> None:
         for encoded in record.ops:
             store.apply(decode_op(encoded), record.now_ms)
         # The same events at the same positions as when the record was first written.
@@ -251,9 +232,9 @@ def recover(
     recovery = Recovery(
         found.snapshot_lsn,
         found.records_replayed,
-        len(store),
         time.perf_counter() - started,
         found.notes.as_dict(),
+        {"sessions": len(store)},
     )
-    log.info("shard recovered", extra={"directory": str(directory), **asdict(recovery)})
+    log.info("shard recovered", extra={"directory": str(directory), **recovery.report()})
     return store, found.lsn, recovery

@@ -1,9 +1,9 @@
-"""Operations a shard applies. Every state change is one of these, applied by `ShardStore.apply`,
+"""Operations a shard applies. Every state change is one of these, applied by `SessionStore.apply`,
 so the write-ahead log can record exactly the ops (with the time they ran at) and replay them.
 
 They are plain frozen dataclasses: cheap to pickle across Ray and safe to share. Each is declared
-once in SESSION_OPS (engine.oplog): its log tag, or that it is a read, and the ShardStore method
-that applies it. A new op needs only its class here and its handler in ShardStore.
+once in SESSION_OPS (engine.oplog): its log tag, or that it is a read, and the SessionStore method
+that applies it. A new op needs only its class here and its handler in SessionStore.
 """
 
 from __future__ import annotations
@@ -12,26 +12,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.oplog import FieldCodec, OpRegistry, coded, unlogged
+from engine.oplog import FieldCodec, Op, OpRegistry, coded, unlogged
 from engine.sessions.session import NewMessage, SessionStatus
 
 SESSION_OPS = OpRegistry("session")
 
 
-class Op:
+class SessionOp(Op):
     """What every session op derives from (for type checkers; SESSION_OPS is what the shard goes by)."""
 
     __slots__ = ()
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return _rebuild(self)
-
-
-def _rebuild(value: Any) -> tuple[Any, tuple[Any, ...]]:
-    """How an op is pickled on its way from a gateway to a shard: its class and its fields in order.
-    A slotted dataclass's own pickling runs Python code for each object; fields, with an append's
-    messages as tuples, pickle several times faster (benchmarks/RESULTS.md §13.2)."""
-    return (type(value), tuple([getattr(value, name) for name in value.__slots__]))
 
 
 def _encode_messages(messages: tuple[NewMessage, ...]) -> list[dict[str, str]]:
@@ -55,7 +45,7 @@ SESSION_KEYS = FieldCodec(
 
 @SESSION_OPS.logged("create", "_create")
 @dataclass(slots=True, frozen=True)
-class CreateSession(Op):
+class CreateSession(SessionOp):
     org: str
     session_id: str
     name: str
@@ -67,7 +57,7 @@ class CreateSession(Op):
 
 @SESSION_OPS.logged("append", "_append")
 @dataclass(slots=True, frozen=True)
-class AppendMessages(Op):
+class AppendMessages(SessionOp):
     org: str
     session_id: str
     messages: tuple[NewMessage, ...] = coded(MESSAGES)
@@ -87,7 +77,7 @@ def _append_messages(
 
 @SESSION_OPS.logged("context", "_replace_context")
 @dataclass(slots=True, frozen=True)
-class ReplaceContext(Op):
+class ReplaceContext(SessionOp):
     org: str
     session_id: str
     context: dict[str, Any]
@@ -96,7 +86,7 @@ class ReplaceContext(Op):
 
 @SESSION_OPS.logged("update", "_update")
 @dataclass(slots=True, frozen=True)
-class UpdateSession(Op):
+class UpdateSession(SessionOp):
     org: str
     session_id: str
     name: str | None = None
@@ -105,7 +95,7 @@ class UpdateSession(Op):
 
 @SESSION_OPS.logged("end", "_end")
 @dataclass(slots=True, frozen=True)
-class EndSession(Op):
+class EndSession(SessionOp):
     """close (summary follows) or complete (no summary)."""
 
     org: str
@@ -115,14 +105,14 @@ class EndSession(Op):
 
 @SESSION_OPS.logged("delete", "_delete")
 @dataclass(slots=True, frozen=True)
-class DeleteSession(Op):
+class DeleteSession(SessionOp):
     org: str
     session_id: str
 
 
 @SESSION_OPS.logged("summary_request", "_request_summary")
 @dataclass(slots=True, frozen=True)
-class RequestSummary(Op):
+class RequestSummary(SessionOp):
     """Queue a summary of an ended session (again). Closing a session queues one by itself."""
 
     org: str
@@ -142,7 +132,7 @@ class SummaryInput:
 
 @SESSION_OPS.logged("summary_start", "_start_summary")
 @dataclass(slots=True, frozen=True)
-class StartSummary(Op):
+class StartSummary(SessionOp):
     """The shard's summary runner takes a queued job: pending -> running. Returns the job's input
     (a SummaryInput), or None when there is nothing to do (the session is gone, or its job is not
     pending)."""
@@ -153,7 +143,7 @@ class StartSummary(Op):
 
 @SESSION_OPS.logged("summary_done", "_finish_summary")
 @dataclass(slots=True, frozen=True)
-class FinishSummary(Op):
+class FinishSummary(SessionOp):
     org: str
     session_id: str
     text: str
@@ -166,7 +156,7 @@ class FinishSummary(Op):
 
 @SESSION_OPS.logged("indexed", "_mark_indexed")
 @dataclass(slots=True, frozen=True)
-class MarkIndexed(Op):
+class MarkIndexed(SessionOp):
     """The session's messages are in its organization's session memory (searchable)."""
 
     org: str
@@ -176,7 +166,7 @@ class MarkIndexed(Op):
 
 @SESSION_OPS.logged("summary_fail", "_fail_summary")
 @dataclass(slots=True, frozen=True)
-class FailSummary(Op):
+class FailSummary(SessionOp):
     """An attempt failed: back to pending (a retry follows) or, when `final`, failed."""
 
     org: str
@@ -187,7 +177,7 @@ class FailSummary(Op):
 
 @SESSION_OPS.logged("purge", "_purge", log_without_result=False)
 @dataclass(slots=True, frozen=True)
-class PurgeSessions(Op):
+class PurgeSessions(SessionOp):
     """Retention: delete these ended sessions (and their idempotency records). Chosen by the shard
     from the organization's policy and logged as the list, so replay removes exactly these."""
 
@@ -196,13 +186,13 @@ class PurgeSessions(Op):
 
 @SESSION_OPS.logged("expire", "_expire_due", log_without_result=False)
 @dataclass(slots=True, frozen=True)
-class ExpireDue(Op):
+class ExpireDue(SessionOp):
     """Issued by the shard's timer: every active session whose deadline has passed becomes expired."""
 
 
 @SESSION_OPS.read("_get_view")
 @dataclass(slots=True, frozen=True)
-class GetSession(Op):
+class GetSession(SessionOp):
     org: str
     session_id: str
     after_seq: int = 0
@@ -211,7 +201,7 @@ class GetSession(Op):
 
 @SESSION_OPS.read("_list")
 @dataclass(slots=True, frozen=True)
-class ListSessions(Op):
+class ListSessions(SessionOp):
     """Newest first. `before` is the (created_at, id) of the last session of the previous page."""
 
     org: str
@@ -222,7 +212,7 @@ class ListSessions(Op):
 
 @SESSION_OPS.read("_check_key")
 @dataclass(slots=True, frozen=True)
-class CheckKey(Op):
+class CheckKey(SessionOp):
     """A read: the earlier answer under this idempotency key (Replayed), or None if there is none;
     a different request under the key raises. For a route that must know before it does anything
     else (DELETE deletes the session's vector first)."""
@@ -236,5 +226,5 @@ class CheckKey(Op):
 
 @SESSION_OPS.read("_ping")
 @dataclass(slots=True, frozen=True)
-class Ping(Op):
+class Ping(SessionOp):
     pass

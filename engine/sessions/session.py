@@ -136,7 +136,7 @@ class Session:
     indexed_at: int | None = None  # when its messages became searchable in session memory
     indexed_entries: int = 0
     messages: list[Message] = field(default_factory=list)
-    snap_epoch: int = 0  # the last snapshot that has (or had a copy of) this session; see ShardStore
+    snap_epoch: int = 0  # the last snapshot that has (or had a copy of) this session; see SessionStore
 
     def __post_init__(self) -> None:
         # One string per organization however the session was made (created, replayed from the

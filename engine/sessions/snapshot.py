@@ -1,7 +1,7 @@
 """A session shard's snapshots: the cursor that walks a consistent view of the store while it
 goes on changing, and the file format (engine.storage.snapshot's parts).
 
-`ShardStore.begin_snapshot()` gives a SnapshotCursor: a session about to change before the cursor
+`SessionStore.begin_snapshot()` gives a SnapshotCursor: a session about to change before the cursor
 has reached it is copied first (copy-on-write), so a snapshot taken a chunk at a time between ops
 is the state as of its start. The file: chunks of encoded sessions (engine.sessions.codec), then
 chunks of idempotency records `{"idempotency": [...]}`, and a trailer `{"end": true, "sessions": n,

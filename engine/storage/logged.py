@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 class LoggedStore:
-    """The base of DurableShard and DurableMemory, which set these attributes and `_read_files`;
+    """The base of DurableSessions and DurableMemory, which set these attributes and `_read_files`;
     `store` has `apply_batch(ops, now_ms)` and `take_journal()` (the ops that changed state)."""
 
     OPS: OpRegistry  # the store's declared ops: what is logged, and how it is encoded
@@ -124,7 +124,7 @@ class LoggedStore:
         return self._refusal is not None
 
     def _publish_condition(self) -> None:
-        # The store answers pings (and so /readyz) with it; see ShardStore and MemoryStore.
+        # The store answers pings (and so /readyz) with it; see SessionStore and MemoryStore.
         self.store.condition = self.condition
 
     @property

@@ -72,6 +72,27 @@ class Recovered:
     notes: RecoveryNotes
 
 
+@dataclass(slots=True, frozen=True)
+class Recovery:
+    """What a shard's start found and did, whatever its kind: for its log line and `status`."""
+
+    snapshot_lsn: int  # 0: no snapshot
+    records_replayed: int
+    seconds: float
+    notes: dict[str, Any]  # what it passed over, cut or quarantined (RecoveryNotes.as_dict)
+    held: dict[str, int]  # what the store holds afterwards, in its kind's words ("sessions"; "vectors")
+
+    def report(self) -> dict[str, Any]:
+        """One flat dict: the log line's fields and `status`'s "recovered"."""
+        return {
+            "snapshot_lsn": self.snapshot_lsn,
+            "records_replayed": self.records_replayed,
+            **self.held,
+            "seconds": self.seconds,
+            "notes": self.notes,
+        }
+
+
 def recover_state(
     directory: Path,
     snapshot_prefix: str,

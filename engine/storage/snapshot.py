@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,26 @@ def snapshot_path(directory: Path, lsn: int, prefix: str) -> Path:
 def snapshots(directory: Path, prefix: str) -> list[tuple[int, Path]]:
     """(lsn, path) of every snapshot named `<prefix><lsn>.snap` in the directory, oldest first."""
     return sorted((int(p.name[len(prefix) : -len(SUFFIX)]), p) for p in directory.glob(f"{prefix}*{SUFFIX}"))
+
+
+@dataclass(slots=True, frozen=True)
+class SnapshotResult:
+    """What a snapshot of a shard of any kind cost and holds, for its log line and the metrics."""
+
+    lsn: int
+    bytes: int
+    seconds: float
+    longest_step_ms: float  # the longest the shard's loop was held up by this snapshot
+    held: dict[str, int]  # what it holds, in its kind's words ("sessions"; "namespaces")
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "lsn": self.lsn,
+            **self.held,
+            "bytes": self.bytes,
+            "seconds": self.seconds,
+            "longest_step_ms": self.longest_step_ms,
+        }
 
 
 class SnapshotFile:

@@ -26,14 +26,14 @@ from engine.config import SummarizerConfig
 from engine.errors import EngineError, SessionNotFound
 from engine.memory.sessions import ClosedSession
 from engine.models.summarizer import Conversation, Summary, precut
-from engine.sessions.ops import FailSummary, FinishSummary, MarkIndexed, Op, StartSummary, SummaryInput
+from engine.sessions.ops import FailSummary, FinishSummary, MarkIndexed, SessionOp, StartSummary, SummaryInput
 
 log = logging.getLogger(__name__)
 
 MAX_REASON_CHARS = 500
 
 
-Apply = Callable[[Sequence[Op]], Awaitable[list[Any]]]
+Apply = Callable[[Sequence[SessionOp]], Awaitable[list[Any]]]
 Summarize = Callable[[Conversation], Awaitable[Summary]]  # the text, from the summarizer pool
 # Told how each attempt ended ("ready", "extractive": ready with an extract because the model's
 # text was degenerate, "retried", "failed") and, once ready, the seconds since the session ended.
@@ -191,7 +191,7 @@ class SummaryRunner:
         )
         self._outcome("ready" if summary.method in (None, "model") else "extractive", lag_s)
 
-    async def _step(self, op: Op) -> Any:
+    async def _step(self, op: SessionOp) -> Any:
         """Apply one op of the job; raises _Gone if its session was deleted meanwhile."""
         (result,) = await self._apply([op])
         if isinstance(result, SessionNotFound):

@@ -23,7 +23,7 @@ import pytest
 from benchmarks.server import ServerProcess
 from engine.config import DurabilityConfig
 from engine.routing import shard_for
-from engine.sessions.durable import DurableShard
+from engine.sessions.durable import DurableSessions
 from engine.sessions.ops import AppendMessages, CreateSession, EndSession
 from engine.sessions.session import NewMessage, SessionStatus, new_session_id
 from engine.sessions.snapshot import SNAPSHOT_PREFIX
@@ -49,7 +49,7 @@ def crashed_data(data: Path) -> dict[str, str]:
         ids[shard_for(ORG, sid, 2)].append(sid)
     said = tuple(NewMessage("user", f"the parcel to Lisbon is late, message {i}") for i in range(3))
     for index, shard_ids in enumerate(ids):
-        shard = DurableShard(shard_directory(data, index), DurabilityConfig(fsync="never"))
+        shard = DurableSessions(shard_directory(data, index), DurabilityConfig(fsync="never"))
         shard.commit(
             [
                 op
@@ -59,7 +59,7 @@ def crashed_data(data: Path) -> dict[str, str]:
         )
         shard.close(snapshot=True)
     closed = ids[0][0]
-    shard = DurableShard(shard_directory(data, 0), DurabilityConfig(fsync="never"))
+    shard = DurableSessions(shard_directory(data, 0), DurabilityConfig(fsync="never"))
     shard.commit([EndSession(ORG, closed, SessionStatus.CLOSED)])  # its summary job is queued in the log
     shard.close(snapshot=True)
     _, (_, newest) = snapshots(shard_directory(data, 0), SNAPSHOT_PREFIX)

@@ -1,11 +1,11 @@
-"""Driving a DurableShard's snapshot a step at a time, as property tests' scripts do."""
+"""Driving a DurableSessions's snapshot a step at a time, as property tests' scripts do."""
 
 from __future__ import annotations
 
-from engine.sessions.durable import DurableShard
+from engine.sessions.durable import DurableSessions
 
 
-def snapshot_action(shard: DurableShard, kind: str) -> None:
+def snapshot_action(shard: DurableSessions, kind: str) -> None:
     """`snapshot-begin` starts one (if none is under way), `snapshot-step` writes one more chunk
     of it, `snapshot-finish` writes the rest and completes it; others do nothing."""
     if kind == "snapshot-begin" and not shard.snapshot_in_progress:

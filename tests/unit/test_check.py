@@ -19,8 +19,8 @@ from engine.config import DurabilityConfig
 from engine.errors import CorruptFile
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams
-from engine.memory.store import UpsertVectors
-from engine.sessions.durable import DurableShard
+from engine.memory.ops import UpsertVectors
+from engine.sessions.durable import DurableSessions
 from engine.sessions.ops import AppendMessages, CreateSession
 from engine.sessions.session import NewMessage, new_session_id
 from engine.sessions.snapshot import SNAPSHOT_PREFIX
@@ -41,7 +41,7 @@ def everything(directory: Path) -> dict[str, bytes]:
 def data_dir(tmp_path: Path) -> Path:
     """Two session shards (one with a snapshot and log after it) and a memory shard."""
     for index in range(2):
-        shard = DurableShard(
+        shard = DurableSessions(
             shard_directory(tmp_path, index), DurabilityConfig(), ManualClock(), lock_wait_s=0.2
         )
         sid = new_session_id()
@@ -110,7 +110,7 @@ def test_check_says_a_directory_is_in_use_and_leaves_its_lock_alone(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = data_dir(tmp_path)
-    running = DurableShard(shard_directory(root, 0), DurabilityConfig(), ManualClock(), lock_wait_s=0.2)
+    running = DurableSessions(shard_directory(root, 0), DurabilityConfig(), ManualClock(), lock_wait_s=0.2)
     try:
         lock = (shard_directory(root, 0) / "LOCK").read_bytes()
         assert cli.main(["check", str(root)]) == 0
@@ -139,7 +139,7 @@ def test_check_names_each_directory_s_cluster_and_epoch_and_refuses_another_clus
 def session_history(directory: Path) -> None:
     """Snapshots at records 3 and 5 (the newest and the one before it) and segments wal-4 (records
     4-5: only the older snapshot needs it), wal-6 (6-7) and wal-8 (8-9, the last)."""
-    shard = DurableShard(directory, DurabilityConfig(), ManualClock(), lock_wait_s=0.2)
+    shard = DurableSessions(directory, DurabilityConfig(), ManualClock(), lock_wait_s=0.2)
     sid = new_session_id()
     shard.commit([CreateSession("acme", sid, "s", 60, {})])
     for text in ("1", "2", "snapshot", "3", "4", "snapshot", "5", "6", "rotate", "7", "8"):
@@ -236,14 +236,15 @@ AGREEMENT = [
 
 def start(directory: Path, kind: str) -> tuple[str, dict[str, Any]]:
     """What a real start does with the directory: its verdict, and what it recovered."""
-    shard: DurableShard | DurableMemory
+    shard: DurableSessions | DurableMemory
     try:
         if kind == "session shard":
-            shard = DurableShard(directory, DurabilityConfig(), ManualClock(), lock_wait_s=0.2)
+            shard = DurableSessions(directory, DurabilityConfig(), ManualClock(), lock_wait_s=0.2)
             size = f"{len(shard.store)} sessions"
         else:
             shard = DurableMemory(directory, DurabilityConfig(), IndexParams(), lock_wait_s=0.2)
-            size = f"{shard.recovery.namespaces} namespaces, {shard.recovery.vectors} vectors"
+            held = shard.recovery.held
+            size = f"{held['namespaces']} namespaces, {held['vectors']} vectors"
     except CorruptFile as exc:
         return "refused", {"refused": str(exc)}
     shard.close(snapshot=False)
@@ -331,7 +332,7 @@ def test_check_refuses_a_directory_that_names_another_shard_as_a_start_does(
     out = capsys.readouterr().out
     assert "REFUSED" in out and "'index': 0" in out
     with pytest.raises(NotThisShardsData):
-        DurableShard(
+        DurableSessions(
             shard_directory(root, 1),
             DurabilityConfig(),
             lock_wait_s=0.2,

@@ -16,7 +16,7 @@ from engine.runtime.transport import LocalTransport
 from engine.sessions.events import Position
 from engine.sessions.ops import AppendMessages, CreateSession
 from engine.sessions.session import NewMessage, new_session_id
-from engine.sessions.shard import ShardStore
+from engine.sessions.store import SessionStore
 
 
 async def make_session(transport: LocalTransport, hub: FeedHub, org: str = "acme") -> tuple[str, int]:
@@ -125,7 +125,7 @@ async def test_consumers_are_dropped_when_their_shards_feed_ends_before_them(
     assert await take(stream, 3) == ["m0", "m1", "m2"]
     # The shard comes back without its newest writes (fsync everysec or never, then a crash): the
     # tail's position is past its feed's end, so its consumers resume themselves.
-    transport.stores[shard] = ShardStore()
+    transport.stores[shard] = SessionStore()
     sid, _ = await make_session(transport, hub)
     for _ in range(200):
         if stream.feed.dropped:

@@ -9,7 +9,7 @@ import pytest
 from api.outbox import Outbox, ShardRouter
 from engine.config import OutboxConfig
 from engine.errors import SessionNotFound, Unavailable
-from engine.sessions.ops import Op, Ping
+from engine.sessions.ops import Ping, SessionOp
 
 
 class GatedTransport:
@@ -22,7 +22,7 @@ class GatedTransport:
         self.gate = asyncio.Event()
         self.fail = fail
 
-    async def call(self, shard: int, ops: Sequence[Op]) -> list[Any]:
+    async def call(self, shard: int, ops: Sequence[SessionOp]) -> list[Any]:
         self.batches.append(list(ops))
         await self.gate.wait()
         if self.fail is not None:
@@ -70,7 +70,7 @@ async def test_an_error_result_is_raised_to_its_own_caller_only() -> None:
     class Mixed:
         shards = 1
 
-        async def call(self, shard: int, ops: Sequence[Op]) -> list[Any]:
+        async def call(self, shard: int, ops: Sequence[SessionOp]) -> list[Any]:
             return [SessionNotFound("sess_x") if op == "bad" else op for op in ops]
 
     outbox = Outbox(0, Mixed(), OutboxConfig())
@@ -99,7 +99,7 @@ async def test_broadcast_reaches_every_shard() -> None:
     class Echo:
         shards = 3
 
-        async def call(self, shard: int, ops: Sequence[Op]) -> list[Any]:
+        async def call(self, shard: int, ops: Sequence[SessionOp]) -> list[Any]:
             return [shard for _ in ops]
 
     assert await ShardRouter(Echo(), OutboxConfig()).broadcast(Ping()) == [0, 1, 2]

@@ -14,17 +14,18 @@ from engine.config import LimitsConfig, load_config
 from engine.errors import QuotaExceeded
 from engine.keys import KeyStore
 from engine.memory.index import IndexParams
-from engine.memory.store import MemoryStore, UpsertVectors
+from engine.memory.ops import UpsertVectors
+from engine.memory.store import MemoryStore
 from engine.runtime.transport import LocalMemoryTransport, LocalTransport
 from engine.sessions.ops import AppendMessages, CreateSession, EndSession
 from engine.sessions.session import NewMessage, SessionStatus
-from engine.sessions.shard import ShardStore
+from engine.sessions.store import SessionStore
 
 T0 = 1_700_000_000_000
 
 
 def test_the_active_session_quota_counts_only_active_sessions() -> None:
-    store = ShardStore()
+    store = SessionStore()
     store.apply(CreateSession("acme", "s1", "a", 60, {}, max_active=2), T0)
     store.apply(CreateSession("acme", "s2", "a", 60, {}, max_active=2), T0)
     with pytest.raises(QuotaExceeded) as refused:
@@ -36,7 +37,7 @@ def test_the_active_session_quota_counts_only_active_sessions() -> None:
 
 
 def test_the_message_quota_refuses_a_whole_batch_that_would_pass_it() -> None:
-    store = ShardStore()
+    store = SessionStore()
     store.apply(CreateSession("acme", "s1", "a", 60, {}), T0)
     two = tuple(NewMessage("user", str(i)) for i in range(2))
     store.apply(AppendMessages("acme", "s1", two, max_messages=3), T0)
@@ -47,7 +48,7 @@ def test_the_message_quota_refuses_a_whole_batch_that_would_pass_it() -> None:
 
 
 def test_quotas_are_not_checked_on_replay_so_a_lowered_limit_never_loses_a_logged_write() -> None:
-    store = ShardStore()
+    store = SessionStore()
     store.replaying = True
     for i in range(3):
         store.apply(CreateSession("acme", f"s{i}", "a", 60, {}, max_active=1), T0)

@@ -12,8 +12,9 @@ from engine.config import DurabilityConfig
 from engine.errors import CorruptFile, ValidationFailed
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams, normalized
+from engine.memory.ops import DeleteVectors, MemoryStats, QueryVectors, UpsertVectors
 from engine.memory.snapshot import SNAPSHOT_PREFIX
-from engine.memory.store import DeleteVectors, MemoryStats, MemoryStore, QueryVectors, UpsertVectors
+from engine.memory.store import MemoryStore
 from engine.storage.snapshot import SnapshotFile, snapshots
 from engine.storage.wal import segments
 

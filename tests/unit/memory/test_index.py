@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from engine.errors import ValidationFailed
 from engine.memory.index import IndexParams, NamespaceIndex, normalized
-from engine.memory.store import DeleteVectors, MemoryStore, QueryVectors, UpsertVectors
+from engine.memory.ops import DeleteVectors, QueryVectors, UpsertVectors
+from engine.memory.store import MemoryStore
 
 DIM = 8
 

@@ -15,6 +15,7 @@ import pytest
 from engine.errors import ValidationFailed
 from engine.memory.index import IndexParams
 from engine.memory.indexer import SessionIndexer
+from engine.memory.ops import MemoryOp, QueryVectors, UpsertVectors
 from engine.memory.sessions import (
     SESSION_MEMORY,
     SESSIONS_OF_MEMORY,
@@ -23,7 +24,7 @@ from engine.memory.sessions import (
     session_entry,
     turn_entries,
 )
-from engine.memory.store import MemoryOp, MemoryStore, QueryVectors, UpsertVectors
+from engine.memory.store import MemoryStore
 
 DIM = 64
 

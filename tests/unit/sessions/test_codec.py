@@ -19,10 +19,10 @@ from engine.idempotency import Idempotent
 from engine.memory.codec import decode_memory_op
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams
-from engine.memory.store import MEMORY_OPS, DeleteVectors, ForgetSessions, UpsertVectors
+from engine.memory.ops import MEMORY_OPS, DeleteVectors, ForgetSessions, UpsertVectors
 from engine.oplog import TAG, UnencodableOp
 from engine.sessions.codec import decode_op, encode_op, encode_session
-from engine.sessions.durable import DurableShard
+from engine.sessions.durable import DurableSessions
 from engine.sessions.ops import (
     SESSION_OPS,
     AppendMessages,
@@ -141,14 +141,14 @@ def test_unlogged_fields_stay_out_of_the_log() -> None:
 
 def test_every_session_op_replays_to_the_state_it_made(tmp_path: Path) -> None:
     clock = ManualClock()
-    shard = DurableShard(tmp_path, DurabilityConfig(), clock, lock_wait_s=0.2)
+    shard = DurableSessions(tmp_path, DurabilityConfig(), clock, lock_wait_s=0.2)
     for advance, op in SESSION_SCRIPT:
         clock.advance(advance)
         (result,) = shard.commit([op])
         assert not isinstance(result, EngineError), (op, result)
     live = ({k: encode_session(s) for k, s in shard.store._sessions.items()}, list(shard.store.idempotency))
     shard.close(snapshot=False)
-    replayed = DurableShard(tmp_path, DurabilityConfig(), clock, lock_wait_s=0.2)
+    replayed = DurableSessions(tmp_path, DurabilityConfig(), clock, lock_wait_s=0.2)
     assert replayed.recovery.records_replayed == len(SESSION_SCRIPT)
     rebuilt = (
         {k: encode_session(s) for k, s in replayed.store._sessions.items()},
@@ -233,12 +233,12 @@ def test_the_log_holds_everything_the_gateway_lets_through(tmp_path: Path, depth
     layer the log and the snapshots add (a keyed op, a record, a snapshot chunk), is stored."""
     context = nested(depth)
     clock = ManualClock()
-    shard = DurableShard(tmp_path / "s", DurabilityConfig(), clock, lock_wait_s=0.2)
+    shard = DurableSessions(tmp_path / "s", DurabilityConfig(), clock, lock_wait_s=0.2)
     create = Idempotent("k", "fp", CreateSession("acme", A, "a", 60, context))
     results = shard.commit([create, Idempotent("k2", "fp", ReplaceContext("acme", A, context, 1))])
     assert not any(isinstance(r, EngineError) for r in results)
     shard.close(snapshot=True)  # the records, holding views with the context, go into the snapshot
-    again = DurableShard(tmp_path / "s", DurabilityConfig(), clock, lock_wait_s=0.2)
+    again = DurableSessions(tmp_path / "s", DurabilityConfig(), clock, lock_wait_s=0.2)
     assert again.store._sessions[("acme", A)].context == context
     again.close()
     memory = DurableMemory(tmp_path / "m", DurabilityConfig(), IndexParams(), clock, lock_wait_s=0.2)

@@ -13,7 +13,7 @@ from engine.clock import ManualClock
 from engine.config import DurabilityConfig
 from engine.errors import ConfigError, CorruptFile, DirectoryLocked, Unavailable
 from engine.sessions.codec import encode_session
-from engine.sessions.durable import DurableShard
+from engine.sessions.durable import DurableSessions
 from engine.sessions.ops import (
     AppendMessages,
     CreateSession,
@@ -34,12 +34,12 @@ from tests.support.snapshots import snapshot_action
 CHUNKY = DurabilityConfig(snapshot_chunk_sessions=2, snapshot_chunk_messages=3)  # steps end either way
 
 
-def state(shard: DurableShard) -> dict[tuple[str, str], list[Any]]:
+def state(shard: DurableSessions) -> dict[tuple[str, str], list[Any]]:
     return {key: encode_session(s) for key, s in shard.store._sessions.items()}
 
 
-def open_shard(path: Path, clock: ManualClock, config: DurabilityConfig = CHUNKY) -> DurableShard:
-    return DurableShard(path, config, clock, lock_wait_s=0.2)
+def open_shard(path: Path, clock: ManualClock, config: DurabilityConfig = CHUNKY) -> DurableSessions:
+    return DurableSessions(path, config, clock, lock_wait_s=0.2)
 
 
 def session_op(kind: str, sid: str, arg: Any) -> Any:

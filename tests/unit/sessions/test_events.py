@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from engine.clock import ManualClock
 from engine.config import DurabilityConfig, EventsConfig
 from engine.errors import FeedGone, ValidationFailed
-from engine.sessions.durable import DurableShard
+from engine.sessions.durable import DurableSessions
 from engine.sessions.events import Event, EventLog, FeedReads, Page, Position, parse_position
 from engine.sessions.ops import (
     AppendMessages,
@@ -33,8 +33,8 @@ from engine.storage.frames import frame, read_frames
 T0 = 1_700_000_000_000
 
 
-def open_shard(path: Path, clock: ManualClock, events: EventsConfig | None = None) -> DurableShard:
-    return DurableShard(path, DurabilityConfig(), clock, lock_wait_s=0.2, events=events)
+def open_shard(path: Path, clock: ManualClock, events: EventsConfig | None = None) -> DurableSessions:
+    return DurableSessions(path, DurabilityConfig(), clock, lock_wait_s=0.2, events=events)
 
 
 def everything(log: EventLog, after: Position, interests: set, limit: int = 1000) -> list:
@@ -47,7 +47,7 @@ def everything(log: EventLog, after: Position, interests: set, limit: int = 1000
             return found
 
 
-def create(shard: DurableShard, org: str = "acme", ttl_s: int = 60) -> str:
+def create(shard: DurableSessions, org: str = "acme", ttl_s: int = 60) -> str:
     sid = new_session_id()
     shard.commit([CreateSession(org, sid, "s", ttl_s, {})])
     return sid

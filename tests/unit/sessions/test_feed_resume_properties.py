@@ -1,6 +1,6 @@
 """Resuming a change feed (engine.sessions.events) across snapshots (whole, or taken a chunk at a
 time with writes between, as the shard takes them), graceful stops and kill -9s, on a real
-DurableShard, against a model of what the shard keeps written here from the rule alone: a consumer
+DurableSessions, against a model of what the shard keeps written here from the rule alone: a consumer
 that resumes from its last id gets exactly the events of its feed after it, and is refused
 (FeedGone) only when an event it wants and has not seen is really no longer kept."""
 
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from engine.clock import ManualClock
 from engine.config import DurabilityConfig, EventsConfig
 from engine.errors import FeedGone
-from engine.sessions.durable import DurableShard
+from engine.sessions.durable import DurableSessions
 from engine.sessions.events import Event, EventLog, Interest, Position
 from engine.sessions.ops import (
     AppendMessages,
@@ -199,8 +199,8 @@ def test_a_consumer_resumes_exactly_and_is_refused_only_for_events_really_droppe
     config = EventsConfig(max_events=max_events, retention_s=retention_ms / 1000)
     model = Model(max_events, retention_ms)
 
-    def start() -> DurableShard:
-        shard = DurableShard(path, DURABILITY, clock, lock_wait_s=0.2, events=config)
+    def start() -> DurableSessions:
+        shard = DurableSessions(path, DURABILITY, clock, lock_wait_s=0.2, events=config)
         shard.observe_events = lambda events: model.written(shard.lsn, clock.now_ms(), events)
         return shard
 

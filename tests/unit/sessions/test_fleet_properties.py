@@ -20,7 +20,7 @@ from engine.config import DurabilityConfig
 from engine.errors import EngineError, IdempotencyConflict
 from engine.idempotency import Idempotent, Replayed
 from engine.sessions.codec import encode_session
-from engine.sessions.durable import DurableShard
+from engine.sessions.durable import DurableSessions
 from engine.sessions.ops import (
     AppendMessages,
     CreateSession,
@@ -38,8 +38,8 @@ SESSIONS = ["sess_" + f"{i:032x}" for i in range(2)]
 CLIENTS = 3
 
 
-def open_shard(path: Path, clock: ManualClock) -> DurableShard:
-    return DurableShard(path, CONFIG, clock, lock_wait_s=0.2)
+def open_shard(path: Path, clock: ManualClock) -> DurableSessions:
+    return DurableSessions(path, CONFIG, clock, lock_wait_s=0.2)
 
 
 def append(client: int, n: int, session: int) -> Idempotent:
@@ -152,7 +152,7 @@ keyed_step = st.one_of(
 )
 
 
-def records(shard: DurableShard) -> list[Any]:
+def records(shard: DurableSessions) -> list[Any]:
     return list(shard.store.idempotency)
 
 
@@ -165,7 +165,7 @@ def test_restarts_rebuild_the_idempotency_records_exactly_through_deletes_lapses
     pushed out: the state and the records after a crash are the ones before it."""
     path = tmp_path_factory.mktemp("keyed")
     clock = ManualClock()
-    shard = DurableShard(path, SMALL, clock, lock_wait_s=0.2)
+    shard = DurableSessions(path, SMALL, clock, lock_wait_s=0.2)
     for action in script:
         kind = action[0]
         if kind in ("create", "say", "delete", "purge"):
@@ -175,7 +175,7 @@ def test_restarts_rebuild_the_idempotency_records_exactly_through_deletes_lapses
         elif kind == "crash":
             before = (durable_state(shard), records(shard))
             shard.close(snapshot=False)
-            shard = DurableShard(path, SMALL, clock, lock_wait_s=0.2)
+            shard = DurableSessions(path, SMALL, clock, lock_wait_s=0.2)
             assert (durable_state(shard), records(shard)) == before
         elif kind == "tick":
             clock.advance(action[1])
@@ -183,7 +183,7 @@ def test_restarts_rebuild_the_idempotency_records_exactly_through_deletes_lapses
     shard.close(snapshot=False)
 
 
-def durable_state(shard: DurableShard) -> dict[Any, Any]:
+def durable_state(shard: DurableSessions) -> dict[Any, Any]:
     return {key: encode_session(s) for key, s in shard.store._sessions.items()}
 
 

@@ -17,9 +17,9 @@ from engine.config import DurabilityConfig
 from engine.errors import LogWriteFailed, Unavailable
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams, normalized
-from engine.memory.store import QueryVectors, UpsertVectors
+from engine.memory.ops import QueryVectors, UpsertVectors
 from engine.sessions import durable as durable_module
-from engine.sessions.durable import DurableShard
+from engine.sessions.durable import DurableSessions
 from engine.sessions.ops import AppendMessages, CreateSession, GetSession, ListSessions
 from engine.sessions.session import NewMessage, new_session_id
 from engine.storage import wal
@@ -69,21 +69,21 @@ def disk(monkeypatch: pytest.MonkeyPatch) -> FaultyDisk:
     return faulty
 
 
-def open_shard(path: Path, config: DurabilityConfig | None = None) -> DurableShard:
-    return DurableShard(path, config or DurabilityConfig(), ManualClock(), lock_wait_s=0.2)
+def open_shard(path: Path, config: DurabilityConfig | None = None) -> DurableSessions:
+    return DurableSessions(path, config or DurabilityConfig(), ManualClock(), lock_wait_s=0.2)
 
 
 def say(sid: str, *texts: str) -> AppendMessages:
     return AppendMessages("acme", sid, tuple(NewMessage("user", t) for t in texts))
 
 
-def contents(shard: DurableShard, sid: str) -> list[str]:
+def contents(shard: DurableSessions, sid: str) -> list[str]:
     (view,) = shard.commit([GetSession("acme", sid)])
     assert [m["seq"] for m in view["messages"]] == list(range(1, len(view["messages"]) + 1))
     return [m["content"] for m in view["messages"]]
 
 
-def started(path: Path, *texts: str) -> tuple[DurableShard, str]:
+def started(path: Path, *texts: str) -> tuple[DurableSessions, str]:
     shard, sid = open_shard(path), new_session_id()
     shard.commit([CreateSession("acme", sid, "s", 600, {}), say(sid, *texts)])
     return shard, sid

@@ -17,10 +17,10 @@ from engine.errors import EngineError
 from engine.idempotency import Idempotent, Replayed
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams
-from engine.memory.store import QueryVectors, UpsertVectors
+from engine.memory.ops import QueryVectors, UpsertVectors
 from engine.oplog import UnencodableOp
 from engine.sessions.codec import encode_session
-from engine.sessions.durable import DurableShard, recover
+from engine.sessions.durable import DurableSessions, recover
 from engine.sessions.ops import AppendMessages, CreateSession, GetSession, ReplaceContext
 from engine.sessions.session import NewMessage, SessionStatus
 from tests.support.snapshots import snapshot_action
@@ -50,11 +50,11 @@ def poisoned(kind: str, marker: str) -> dict[str, Any]:
     return {"m": marker, "x": "\ud800"}  # a lone surrogate is not UTF-8
 
 
-def live_state(shard: DurableShard) -> tuple[Any, Any]:
+def live_state(shard: DurableSessions) -> tuple[Any, Any]:
     return {k: encode_session(s) for k, s in shard.store._sessions.items()}, list(shard.store.idempotency)
 
 
-def disk_state(shard: DurableShard) -> tuple[Any, Any]:
+def disk_state(shard: DurableSessions) -> tuple[Any, Any]:
     # Read only, changing nothing on disk (a snapshot may be half written beside the log).
     store, _, _ = recover(shard.directory, until_lsn=shard.lsn)
     return {k: encode_session(s) for k, s in store._sessions.items()}, list(store.idempotency)
@@ -83,7 +83,7 @@ def test_unencodable_ops_fail_alone_and_the_disk_always_holds_the_live_state(
 ) -> None:
     path = tmp_path_factory.mktemp("poison")
     clock = ManualClock()
-    shard = DurableShard(path, CONFIG, clock, lock_wait_s=0.2)
+    shard = DurableSessions(path, CONFIG, clock, lock_wait_s=0.2)
     shard.commit([CreateSession(org, session_of(org), org, 10**6, {}) for org in ORGS])
     counter = 0
     failed_markers: set[str] = set()
@@ -122,10 +122,10 @@ def test_unencodable_ops_fail_alone_and_the_disk_always_holds_the_live_state(
             snapshot_action(shard, kind)
         elif kind == "crash":
             shard.close(snapshot=False)
-            shard = DurableShard(path, CONFIG, clock, lock_wait_s=0.2)
+            shard = DurableSessions(path, CONFIG, clock, lock_wait_s=0.2)
         elif kind == "restart":
             shard.close(snapshot=True)
-            shard = DurableShard(path, CONFIG, clock, lock_wait_s=0.2)
+            shard = DurableSessions(path, CONFIG, clock, lock_wait_s=0.2)
 
         live = live_state(shard)
         assert disk_state(shard) == live, "nothing is visible that the log does not hold"
@@ -141,7 +141,7 @@ def test_unencodable_ops_fail_alone_and_the_disk_always_holds_the_live_state(
 
 def test_a_refused_context_leaves_the_version_for_the_next_conditional_update(tmp_path: Path) -> None:
     """The sequence of the bug report: a deep context beside another organization's appends."""
-    shard = DurableShard(tmp_path, CONFIG, ManualClock(), lock_wait_s=0.2)
+    shard = DurableSessions(tmp_path, CONFIG, ManualClock(), lock_wait_s=0.2)
     a, b = session_of("acme"), session_of("beta")
     shard.commit([CreateSession("acme", a, "a", 600, {}), CreateSession("beta", b, "b", 600, {})])
     appends = [AppendMessages("beta", b, (NewMessage("user", f"m{i}"),)) for i in range(11)]
@@ -153,7 +153,7 @@ def test_a_refused_context_leaves_the_version_for_the_next_conditional_update(tm
     (updated,) = shard.commit([ReplaceContext("acme", a, {"ok": True}, if_match=1)])
     assert updated["version"] == 2
     shard.close(snapshot=True)
-    again = DurableShard(tmp_path, CONFIG, ManualClock(), lock_wait_s=0.2)
+    again = DurableSessions(tmp_path, CONFIG, ManualClock(), lock_wait_s=0.2)
     assert again.store.apply(GetSession("acme", a), 0)["context"] == {"ok": True}
     assert again.store.apply(GetSession("beta", b), 0)["message_count"] == 11
     assert again.store.apply(GetSession("beta", b), 0)["status"] == SessionStatus.ACTIVE.value

@@ -13,7 +13,7 @@ from engine.clock import ManualClock
 from engine.config import DurabilityConfig
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams
-from engine.sessions.durable import DurableShard
+from engine.sessions.durable import DurableSessions
 from engine.sessions.ops import AppendMessages, CreateSession, GetSession
 from engine.sessions.session import NewMessage
 from engine.storage import logged
@@ -29,16 +29,16 @@ from engine.storage.layout import LAYOUT_FILE, claim_layout, memory_directory, s
 ALWAYS = DurabilityConfig(fsync="always")
 
 
-def open_shard(directory: Path, identity: ShardIdentity | None = None) -> DurableShard:
-    return DurableShard(directory, ALWAYS, ManualClock(), lock_wait_s=0.2, identity=identity)
+def open_shard(directory: Path, identity: ShardIdentity | None = None) -> DurableSessions:
+    return DurableSessions(directory, ALWAYS, ManualClock(), lock_wait_s=0.2, identity=identity)
 
 
-def say(shard: DurableShard, sid: str, text: str) -> Any:
+def say(shard: DurableSessions, sid: str, text: str) -> Any:
     (result,) = shard.commit([AppendMessages("acme", sid, (NewMessage("user", text),))])
     return result
 
 
-def messages(shard: DurableShard, sid: str) -> list[str]:
+def messages(shard: DurableSessions, sid: str) -> list[str]:
     (session,) = shard.commit([GetSession("acme", sid)])
     return [m["content"] for m in session["messages"]]
 

@@ -18,9 +18,9 @@ from engine.config import DurabilityConfig
 from engine.keys import add_key
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams
-from engine.memory.store import UpsertVectors
+from engine.memory.ops import UpsertVectors
 from engine.models import files
-from engine.sessions.durable import DurableShard
+from engine.sessions.durable import DurableSessions
 from engine.sessions.ops import AppendMessages, CreateSession
 from engine.sessions.session import NewMessage, new_session_id
 from engine.sessions.snapshot import SNAPSHOT_PREFIX
@@ -41,7 +41,7 @@ def test_every_file_a_shard_writes_is_0600_and_every_directory_0700(tmp_path: Pa
     data = tmp_path / "data"
     claim_layout(data, 1, 1)
     add_key(data / "keys.json", "acme")
-    shard = DurableShard(shard_directory(data, 0), DurabilityConfig(), ManualClock(), lock_wait_s=0.2)
+    shard = DurableSessions(shard_directory(data, 0), DurabilityConfig(), ManualClock(), lock_wait_s=0.2)
     sid = new_session_id()
     shard.commit([CreateSession("acme", sid, "s", 60, {"pad": "x" * 100})])
     shard.snapshot_now()
@@ -67,7 +67,7 @@ def test_every_file_a_shard_writes_is_0600_and_every_directory_0700(tmp_path: Pa
     newest.write_bytes(newest.read_bytes()[:-5])
     _, last = segments(directory)[-1]
     last.write_bytes(last.read_bytes()[:-3])
-    again = DurableShard(directory, DurabilityConfig(), ManualClock(), lock_wait_s=0.2)
+    again = DurableSessions(directory, DurabilityConfig(), ManualClock(), lock_wait_s=0.2)
     assert again.recovery.notes["damaged_snapshots"] and again.recovery.notes["cut_tails"]
     again.close()
 

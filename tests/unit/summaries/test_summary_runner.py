@@ -1,4 +1,4 @@
-"""The summary runner over a real ShardStore and a real session memory (SessionIndexer over a
+"""The summary runner over a real SessionStore and a real session memory (SessionIndexer over a
 MemoryStore), with the models replaced by functions that succeed, fail, or delete the session
 mid-run."""
 
@@ -14,8 +14,9 @@ from engine.config import SummarizerConfig
 from engine.errors import SessionNotEnded
 from engine.memory.index import IndexParams
 from engine.memory.indexer import SessionIndexer
+from engine.memory.ops import MemoryOp, QueryVectors
 from engine.memory.sessions import SESSION_MEMORY, SESSIONS_OF_MEMORY
-from engine.memory.store import MemoryOp, MemoryStore, QueryVectors
+from engine.memory.store import MemoryStore
 from engine.models.summarizer import Conversation, Summary
 from engine.sessions.codec import decode_session, encode_session
 from engine.sessions.ops import (
@@ -24,11 +25,11 @@ from engine.sessions.ops import (
     DeleteSession,
     EndSession,
     GetSession,
-    Op,
     RequestSummary,
+    SessionOp,
 )
 from engine.sessions.session import NewMessage, SessionStatus, new_session_id
-from engine.sessions.shard import ShardStore
+from engine.sessions.store import SessionStore
 from engine.summaries.runner import SummaryRunner
 
 T0 = 1_700_000_000_000
@@ -36,7 +37,7 @@ T0 = 1_700_000_000_000
 
 class Harness:
     def __init__(self, **settings: Any) -> None:
-        self.store = ShardStore()
+        self.store = SessionStore()
         self.config = SummarizerConfig.model_validate({"retry_backoff_s": 1.0, **settings})
         self.jobs: list[Conversation] = []
         self.failures_left = 0
@@ -47,7 +48,7 @@ class Harness:
         self.indexer = SessionIndexer(self.embed, self.send)
         self.runner = SummaryRunner(self.apply, self.summarize, self.indexer, self.config, self.sleep)
 
-    async def apply(self, ops: Sequence[Op]) -> list[Any]:
+    async def apply(self, ops: Sequence[SessionOp]) -> list[Any]:
         return self.store.apply_batch(list(ops), T0)
 
     async def summarize(self, c: Conversation) -> Summary:
@@ -228,7 +229,7 @@ async def test_a_job_that_was_running_at_a_crash_is_resumed() -> None:
     h.store.take_summary_jobs()
     session = h.store._sessions[("acme", sid)]
     session.start_summary()  # running when the shard died
-    restored = ShardStore()
+    restored = SessionStore()
     restored._sessions[("acme", sid)] = decode_session(encode_session(session))
     assert restored.unfinished_summaries() == [("acme", sid)]
     h.store = restored

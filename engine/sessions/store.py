@@ -1,4 +1,4 @@
-"""ShardStore: many sessions hosted together, their per-organization listing index and expiry heap.
+"""SessionStore: many sessions hosted together, their per-organization listing index and expiry heap.
 
 Pure Python, no Ray, no I/O. `apply(op, now_ms)` is the one entry point; given the same ops at the
 same times it reaches the same state, which is what makes a write-ahead log of ops replayable.
@@ -35,11 +35,11 @@ from engine.sessions.ops import (
     GetSession,
     ListSessions,
     MarkIndexed,
-    Op,
     Ping,
     PurgeSessions,
     ReplaceContext,
     RequestSummary,
+    SessionOp,
     StartSummary,
     SummaryInput,
     UpdateSession,
@@ -73,7 +73,7 @@ class _OrgIndex:
         self.by_status[session.status].add(session.sort_key)
 
 
-class ShardStore:
+class SessionStore:
     def __init__(self, idempotency: IdempotencyRecords | None = None, events: EventLog | None = None) -> None:
         self.idempotency = idempotency if idempotency is not None else IdempotencyRecords()
         # The change feed: each journaled op's events wait in `events.pending` until its log record
@@ -85,7 +85,7 @@ class ShardStore:
         self._orgs: dict[str, _OrgIndex] = {}
         self._deadlines: list[tuple[int, str, str]] = []  # heap; entries go stale on TTL change or delete
         # Mutating ops applied and not yet taken by the log, in order.
-        self.journal: list[Op | Idempotent] = []
+        self.journal: list[SessionOp | Idempotent] = []
         self.summary_jobs: list[tuple[str, str]] = []  # (org, session id) queued for a summary, in order
         self._snapshot: SnapshotCursor | None = None
         self._snap_epoch = 0
@@ -94,7 +94,7 @@ class ShardStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def apply(self, op: Op | Idempotent, now_ms: int) -> Any:
+    def apply(self, op: SessionOp | Idempotent, now_ms: int) -> Any:
         if type(op) is Idempotent:
             return self._apply_once(op, now_ms)
         result = self._handlers[type(op)](op, now_ms)
@@ -159,7 +159,7 @@ class ShardStore:
         """Jobs a restart must resume: queued, or running when the shard stopped."""
         return [key for key, session in self._sessions.items() if session.summary_unfinished]
 
-    def take_journal(self) -> list[Op | Idempotent]:
+    def take_journal(self) -> list[SessionOp | Idempotent]:
         taken, self.journal = self.journal, []
         return taken
 
@@ -190,7 +190,7 @@ class ShardStore:
             snapshot.saved[(session.org, session.id)] = session.copy()
             session.snap_epoch = snapshot.epoch
 
-    def apply_batch(self, ops: Sequence[Op], now_ms: int) -> list[Any]:
+    def apply_batch(self, ops: Sequence[SessionOp], now_ms: int) -> list[Any]:
         """Apply ops in order; one op's error is its own result and never fails the others."""
         return apply_each(lambda op: self.apply(op, now_ms), ops)
 

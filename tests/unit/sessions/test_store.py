@@ -20,23 +20,23 @@ from engine.sessions.ops import (
     UpdateSession,
 )
 from engine.sessions.session import NewMessage, SessionStatus, new_session_id
-from engine.sessions.shard import ShardStore
+from engine.sessions.store import SessionStore
 
 T0 = 1_700_000_000_000
 
 
-def create(store: ShardStore, org: str = "acme", ttl_s: int = 60, now_ms: int = T0, name: str = "s") -> str:
+def create(store: SessionStore, org: str = "acme", ttl_s: int = 60, now_ms: int = T0, name: str = "s") -> str:
     session_id = new_session_id()
     store.apply(CreateSession(org, session_id, name, ttl_s, {}), now_ms)
     return session_id
 
 
-def say(store: ShardStore, org: str, sid: str, *texts: str, now_ms: int = T0) -> list[dict]:
+def say(store: SessionStore, org: str, sid: str, *texts: str, now_ms: int = T0) -> list[dict]:
     return store.apply(AppendMessages(org, sid, tuple(NewMessage("user", t) for t in texts)), now_ms)
 
 
 def test_another_organization_cannot_see_a_session() -> None:
-    store = ShardStore()
+    store = SessionStore()
     sid = create(store, org="acme")
     for op in (
         GetSession("evil", sid),
@@ -53,7 +53,7 @@ def test_another_organization_cannot_see_a_session() -> None:
 
 
 def test_messages_read_back_in_arrival_order() -> None:
-    store = ShardStore()
+    store = SessionStore()
     sid = create(store)
     say(store, "acme", sid, "a", "b")
     say(store, "acme", sid, "c")
@@ -62,7 +62,7 @@ def test_messages_read_back_in_arrival_order() -> None:
 
 
 def test_the_timer_expires_due_sessions_and_only_them() -> None:
-    store = ShardStore()
+    store = SessionStore()
     short, long_ = create(store, ttl_s=1), create(store, ttl_s=10)
     assert store.apply(ExpireDue(), T0 + 999) == []
     assert store.apply(ExpireDue(), T0 + 1_000) == [("acme", short)]
@@ -73,7 +73,7 @@ def test_the_timer_expires_due_sessions_and_only_them() -> None:
 
 
 def test_a_due_session_reads_as_expired_and_refuses_writes_before_the_timer_runs() -> None:
-    store = ShardStore()
+    store = SessionStore()
     sid = create(store, ttl_s=1)
     view = store.apply(GetSession("acme", sid), T0 + 1_500)
     assert (view["status"], view["ended_at"]) == ("expired", T0 + 1_000)
@@ -84,7 +84,7 @@ def test_a_due_session_reads_as_expired_and_refuses_writes_before_the_timer_runs
 
 
 def test_extending_the_ttl_keeps_a_session_alive_past_its_old_deadline() -> None:
-    store = ShardStore()
+    store = SessionStore()
     sid = create(store, ttl_s=1)
     store.apply(UpdateSession("acme", sid, ttl_s=60), T0 + 500)
     assert store.apply(ExpireDue(), T0 + 5_000) == []
@@ -92,7 +92,7 @@ def test_extending_the_ttl_keeps_a_session_alive_past_its_old_deadline() -> None
 
 
 def test_ended_and_deleted_sessions_leave_stale_deadlines_harmlessly() -> None:
-    store = ShardStore()
+    store = SessionStore()
     closed, deleted = create(store, ttl_s=1), create(store, ttl_s=1)
     store.apply(EndSession("acme", closed, SessionStatus.CLOSED), T0)
     store.apply(DeleteSession("acme", deleted), T0)
@@ -102,7 +102,7 @@ def test_ended_and_deleted_sessions_leave_stale_deadlines_harmlessly() -> None:
 
 
 def test_ended_sessions_refuse_every_change() -> None:
-    store = ShardStore()
+    store = SessionStore()
     sid = create(store)
     store.apply(EndSession("acme", sid, SessionStatus.COMPLETED), T0)
     for op in (
@@ -116,7 +116,7 @@ def test_ended_sessions_refuse_every_change() -> None:
 
 
 def test_delete_removes_the_session_from_reads_and_lists() -> None:
-    store = ShardStore()
+    store = SessionStore()
     sid = create(store)
     store.apply(DeleteSession("acme", sid), T0)
     with pytest.raises(SessionNotFound):
@@ -126,7 +126,7 @@ def test_delete_removes_the_session_from_reads_and_lists() -> None:
 
 
 def test_a_batch_reports_each_ops_own_error() -> None:
-    store = ShardStore()
+    store = SessionStore()
     sid = create(store)
     results = store.apply_batch(
         [
@@ -144,7 +144,7 @@ def test_a_batch_reports_each_ops_own_error() -> None:
 
 
 def test_a_bug_in_one_op_is_an_internal_error_for_that_op_only() -> None:
-    store = ShardStore()
+    store = SessionStore()
 
     def broken(op: GetSession, now_ms: int) -> None:
         raise RuntimeError("a bug")
@@ -156,7 +156,7 @@ def test_a_bug_in_one_op_is_an_internal_error_for_that_op_only() -> None:
 
 
 def test_lists_are_newest_first_and_pages_continue_after_the_cursor() -> None:
-    store = ShardStore()
+    store = SessionStore()
     ids = [create(store, now_ms=T0 + i) for i in range(7)]
     first = store.apply(ListSessions("acme", 3), T0 + 10)
     assert [v["id"] for _, v in first["items"]] == ids[::-1][:3]
@@ -168,7 +168,7 @@ def test_lists_are_newest_first_and_pages_continue_after_the_cursor() -> None:
 
 
 def test_status_filters_follow_transitions() -> None:
-    store = ShardStore()
+    store = SessionStore()
     a, b, c = create(store), create(store), create(store)
     store.apply(EndSession("acme", a, SessionStatus.CLOSED), T0)
     store.apply(EndSession("acme", b, SessionStatus.COMPLETED), T0)
@@ -196,7 +196,7 @@ _ops = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(_ops)
 def test_any_op_sequence_keeps_seqs_gap_free_and_lists_complete(script: list[tuple]) -> None:
-    store, now = ShardStore(), T0
+    store, now = SessionStore(), T0
     sessions: list[str] = []
     sent: dict[str, list[str]] = {}
     for step in script:
@@ -243,7 +243,7 @@ def test_any_op_sequence_keeps_seqs_gap_free_and_lists_complete(script: list[tup
 
 def test_a_snapshot_chunk_ends_once_its_sessions_hold_enough_messages() -> None:
     # Long sessions make a chunk of their own, so no step holds the shard much longer than another.
-    store = ShardStore()
+    store = SessionStore()
     lengths = [30, 1, 1, 1, 40, 2]
     for n in lengths:
         sid = create(store)
@@ -257,7 +257,7 @@ def test_a_snapshot_chunk_ends_once_its_sessions_hold_enough_messages() -> None:
 
 
 def test_retention_finds_ended_sessions_past_their_organizations_cutoff_and_purges_them_whole() -> None:
-    store = ShardStore()
+    store = SessionStore()
     for org in ("acme", "globex"):
         for sid in ("old", "new", "live"):
             store.apply(CreateSession(org, sid, "s", 3600, {}), T0)
