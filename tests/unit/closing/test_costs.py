@@ -1,0 +1,119 @@
+"""What one close costs: the records the job writes to the session shard's log and to the memory
+shard's log, and the calls it makes outside its shard (each one Ray round trip from the session
+shard; the summarizer pool's hand-off to a summarizer worker is one more, not counted here).
+
+A real close of a real DurableSessions (its log in a temporary directory) through the summary
+runner, with the embedder, the memory shard and the summarizer replaced by counting functions,
+the memory shard by a real DurableMemory."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.clock import ManualClock
+from engine.config import DurabilityConfig, SummarizerConfig
+from engine.memory.durable import DurableMemory
+from engine.memory.index import IndexParams
+from engine.memory.indexer import SessionIndexer
+from engine.memory.ops import MemoryOp
+from engine.models.summarizer import Conversation, Summary
+from engine.sessions.durable import DurableSessions
+from engine.sessions.ops import AppendMessages, CreateSession, EndSession, SessionOp
+from engine.sessions.session import NewMessage, SessionStatus, new_session_id
+from engine.summaries.runner import SummaryRunner
+
+
+class Close:
+    def __init__(self, tmp_path: Path) -> None:
+        clock = ManualClock()
+        self.sessions = DurableSessions(tmp_path / "sessions", DurabilityConfig(), clock, lock_wait_s=0.2)
+        self.memory = DurableMemory(
+            tmp_path / "memory", DurabilityConfig(), IndexParams(), clock, lock_wait_s=0.2
+        )
+        self.calls: Counter[str] = Counter()
+        self.summaries_fail = 0
+        self.embeds_fail = 0
+        config = SummarizerConfig.model_validate({"retry_backoff_s": 0.0})
+        indexer = SessionIndexer(self.embed, self.index)
+        self.runner = SummaryRunner(self.record, self.summarize, indexer, config)
+
+    async def record(self, ops: Sequence[SessionOp]) -> list[Any]:
+        return self.sessions.commit(ops)
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls["embed"] += 1
+        if self.embeds_fail:
+            self.embeds_fail -= 1
+            raise RuntimeError("the embedder died")
+        rows = [np.random.default_rng(abs(hash(text)) % 2**32).normal(size=8) for text in texts]
+        return np.asarray([row / np.linalg.norm(row) for row in rows], dtype=np.float32)
+
+    async def index(self, org: str, ops: Sequence[MemoryOp]) -> list[Any]:
+        self.calls["index"] += 1
+        return self.memory.commit(ops)
+
+    async def summarize(self, conversation: Conversation) -> Summary:
+        self.calls["summarize"] += 1
+        if self.summaries_fail:
+            self.summaries_fail -= 1
+            raise RuntimeError("the model fell over")
+        total = conversation.total
+        return Summary(f"about {conversation.name}", "fake-model", total, total, 10, 3)
+
+    async def close(self, messages: int) -> dict[str, Any]:
+        """Close a session of `messages` messages, run its job, and count what the job cost."""
+        sid = new_session_id()
+        said = tuple(NewMessage("user", f"message {i} about the lighthouse") for i in range(messages))
+        self.sessions.commit([CreateSession("acme", sid, "trip", 60, {}), AppendMessages("acme", sid, said)])
+        self.sessions.commit([EndSession("acme", sid, SessionStatus.CLOSED)])
+        session_lsn, memory_lsn = self.sessions.lsn, self.memory.lsn
+        self.runner.submit(self.sessions.store.take_summary_jobs())
+        await self.runner.drain()
+        return {
+            "session records": self.sessions.lsn - session_lsn,
+            "memory records": self.memory.lsn - memory_lsn,
+            "calls": dict(self.calls),
+        }
+
+
+async def test_a_first_attempt_that_succeeds(tmp_path: Path) -> None:
+    cost = await Close(tmp_path).close(messages=3)
+    assert cost == {
+        "session records": 3,  # StartSummary, MarkIndexed, FinishSummary
+        "memory records": 2,  # the turns with the session entry; the summary
+        "calls": {"embed": 2, "index": 2, "summarize": 1},  # turns, summary; their upserts; the model
+    }
+
+
+async def test_a_retry_after_the_model_failed(tmp_path: Path) -> None:
+    close = Close(tmp_path)
+    close.summaries_fail = 1
+    cost = await close.close(messages=3)
+    assert cost == {
+        # StartSummary, MarkIndexed, FailSummary; StartSummary, FinishSummary
+        "session records": 5,
+        "memory records": 2,
+        "calls": {"embed": 2, "index": 2, "summarize": 2},
+    }
+
+
+async def test_a_retry_after_the_turns_failed_to_index(tmp_path: Path) -> None:
+    close = Close(tmp_path)
+    close.embeds_fail = 1
+    cost = await close.close(messages=3)
+    assert cost == {
+        # StartSummary, FailSummary; StartSummary, MarkIndexed, FinishSummary
+        "session records": 5,
+        "memory records": 2,
+        "calls": {"embed": 3, "index": 2, "summarize": 1},
+    }
+
+
+async def test_a_session_without_messages(tmp_path: Path) -> None:
+    cost = await Close(tmp_path).close(messages=0)
+    assert cost == {"session records": 2, "memory records": 0, "calls": {}}  # StartSummary, FailSummary
