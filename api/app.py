@@ -123,6 +123,7 @@ def create_app(
         RequestContextMiddleware,
         max_body_bytes=config.limits.max_body_bytes,
         measure=metrics.HttpMetrics() if config.metrics.enabled else None,
+        show_handler=config.log_level == "debug",
     )
     if config.metrics.enabled:
         app.add_api_route(

@@ -1,4 +1,9 @@
-"""HTTP plumbing: orjson in and out, body limits, and the request id every response carries."""
+"""HTTP plumbing: orjson in and out, body limits, and the request id every response carries.
+
+At debug level each response also says which handler answered it (`X-Handler`), and each request
+logs a line with it as `handler`: `fast-path` (api/fast_path.py), `fastapi` (FastAPI's own
+handler, routing or error handlers), or `middleware` (refused here before the app saw it).
+"""
 
 from __future__ import annotations
 
@@ -19,19 +24,25 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.logs import request_id_var
 
-from .direct import direct_handler
 from .errors import error_response, payload_too_large
+from .fast_path import fast_path_for
 from .json_numbers import check_body
 from .metrics import HttpMetrics
 from .schemas import ERROR_RESPONSES
 
 log = logging.getLogger(__name__)
 
+# Where the route handler notes that the fast path took a request; read only at debug level.
+HANDLER_SCOPE_KEY = "session_engine.handler"
+FAST_PATH, FASTAPI, MIDDLEWARE = "fast-path", "fastapi", "middleware"
+HANDLER_HEADER = b"x-handler"
+
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = content if type(content) is bytes else orjson.dumps(content)  # bytes: JSON already
+    """A JSON answer: `content` encoded here, or sent as it is when it is already (EncodedJSON)."""
+    body = content if type(content) is bytes else orjson.dumps(content)
     return Response(body, status_code=status_code, media_type="application/json", headers=headers)
 
 
@@ -46,19 +57,22 @@ class _OrjsonRequest(Request):
 class OrjsonRoute(APIRoute):
     """Parses request bodies with orjson: several times faster than the standard library. A route
     of plain parameters answers the requests it accepts without FastAPI's dependency solving
-    (api/direct.py)."""
+    (api/fast_path.py); any other request gets FastAPI's handler."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        direct = direct_handler(self)
+        fast = fast_path_for(self)
 
         async def handle(request: Request) -> Response:
             request = _OrjsonRequest(request.scope, request.receive)
             check_body(await request.body())  # kept by the request for the route to parse
-            if direct is not None:
-                answer = await direct(request)
-                if answer is not None:
-                    return answer
+            if fast is not None:
+                arguments = await fast.read(request)
+                if arguments is not None:
+                    # Noted before the dependency and the endpoint run, so that their errors too
+                    # are told as the fast path's; one store, read only at debug level.
+                    request.scope[HANDLER_SCOPE_KEY] = FAST_PATH
+                    return await fast.answer(request, arguments)
             return await handler(request)
 
         return handle
@@ -79,12 +93,21 @@ def json_router(prefix: str, tag: str) -> APIRouter:
 
 class RequestContextMiddleware:
     """Gives each request an id (the client's sane X-Request-ID, or a new one) that its logs and its
-    response carry, and refuses bodies over the limit with 413 before the app reads them."""
+    response carry, and refuses bodies over the limit with 413 before the app reads them. With
+    `show_handler` (the config's log level is debug), each response says which handler answered
+    it and each request logs a line that says so."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, measure: HttpMetrics | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        measure: HttpMetrics | None = None,
+        show_handler: bool = False,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.measure = measure
+        self.show_handler = show_handler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -95,6 +118,7 @@ class RequestContextMiddleware:
         started = False
         began = time.perf_counter()
         measure = self.measure
+        show_handler = self.show_handler
 
         async def send_with_id(message: Message) -> None:
             nonlocal started
@@ -103,16 +127,20 @@ class RequestContextMiddleware:
                 started = True
                 if measure is not None:  # a stream (a feed) counts when it opens
                     measure.observe(scope, message["status"], time.perf_counter() - began)
+                if show_handler:
+                    _show_handler(scope, message)
             await send(message)
 
         token = request_id_var.set(request_id)
         try:
             declared = _content_length(scope)
             if declared is not None and declared > self.max_body_bytes:
+                scope[HANDLER_SCOPE_KEY] = MIDDLEWARE
                 await payload_too_large(self.max_body_bytes)(scope, receive, send_with_id)
                 return
             encoding = _header(scope, b"content-encoding")
             if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+                scope[HANDLER_SCOPE_KEY] = MIDDLEWARE
                 await _compressed(encoding)(scope, receive, send_with_id)
                 return
             # The server delivers no more than a declared Content-Length, so only a body without
@@ -144,6 +172,22 @@ class RequestContextMiddleware:
             return message
 
         return receive_within_limit
+
+
+def _show_handler(scope: Scope, start: Message) -> None:
+    """Tell which handler answered: in the response's headers, and in a log line of the request
+    (its request id added by engine.logs). A stream (a feed) is logged when it opens."""
+    handler: str = scope.get(HANDLER_SCOPE_KEY, FASTAPI)
+    start["headers"].append((HANDLER_HEADER, handler.encode()))
+    log.debug(
+        "answered",
+        extra={
+            "method": scope.get("method"),
+            "path": scope.get("path"),
+            "status": start["status"],
+            "handler": handler,
+        },
+    )
 
 
 def internal_error(request_id: str) -> Response:
