@@ -8,14 +8,13 @@ import itertools
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-import orjson
 from fastapi import Body, Header, Path, Query
 from starlette.responses import Response
 
 from engine.errors import QuotaExceeded, SessionNotFound, ValidationFailed
 from engine.idempotency import Idempotent
 from engine.memory.ops import ForgetSessions
-from engine.sessions.answers import page_items
+from engine.sessions.answers import EncodedJSON, encoded, json_array, json_object, only_element, page_items
 from engine.sessions.ops import (
     AppendMessages,
     CheckKey,
@@ -118,9 +117,10 @@ async def append_messages(session_id: SessionId, body: AppendMessagesIn, caller:
     sid = _session_id(session_id)
     messages = check_messages(body.as_messages(), caller.limits)
     op = AppendMessages(caller.org, sid, messages, caller.limits.max_messages_per_session)
+    stored: EncodedJSON
     stored, headers = await caller.write(sid, op)  # the stored messages, a JSON array
     # A batch as {"messages": [...]}; one message as the array's one object.
-    answer = b'{"messages":' + stored + b"}" if body.messages is not None else stored[1:-1]
+    answer = json_object(messages=stored) if body.messages is not None else only_element(stored)
     return json_response(answer, 201, headers)
 
 
@@ -193,8 +193,10 @@ async def list_sessions(
     page = merged[:page_size]
     more = len(merged) > page_size or any(p["has_more"] for p in pages)
     next_cursor = encode_cursor(page[-1][0]) if more and page else None
-    tail = orjson.dumps({"count": len(page), "next_cursor": next_cursor})
-    return json_response(b'{"sessions":[' + b",".join(view for _, view in page) + b"]," + tail[1:])
+    sessions = json_array(view for _, view in page)
+    return json_response(
+        json_object(sessions=sessions, count=encoded(len(page)), next_cursor=encoded(next_cursor))
+    )
 
 
 @router.delete(
@@ -214,7 +216,7 @@ async def delete_session(session_id: SessionId, caller: CurrentCaller) -> Respon
         if await caller.shards.submit(caller.org, sid, check) is not None:
             return Response(status_code=204, headers=REPLAYED_HEADERS)
     # Its memory first: if the session delete then fails, a retry finds the session and finishes.
-    # A summary still being made when the session goes deletes its own vector (see SummaryRunner).
+    # A summary still being made when the session goes deletes its own vector (see engine.closing.job).
     await caller.memory.submit(caller.org, ForgetSessions(caller.org, (sid,)))
     _, headers = answered(await caller.shards.submit(caller.org, sid, once))
     return Response(status_code=204, headers=headers)
