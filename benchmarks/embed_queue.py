@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from benchmarks.conversations import generate
-from engine.memory.indexer import TEXTS_PER_EMBED
+from engine.closing.indexing import TEXTS_PER_EMBED
 from engine.models.embed_queue import EmbedQueue
 from engine.models.embedder import Embedder
 
@@ -40,7 +40,7 @@ def call_costs(
 async def query_waits(
     embedder: Embedder, backlog: Sequence[str], queries: int, chunk: int, *, first: bool
 ) -> dict[str, Any]:
-    """A backlog sent for indexing as closed sessions send it (engine.memory.indexer's calls of
+    """A backlog sent for indexing as closed sessions send it (engine.closing.indexing's calls of
     TEXTS_PER_EMBED texts), then one query every 50 ms; each query's wait."""
     queue = EmbedQueue(embedder.embed, embedder.dimension, chunk=chunk)
     started = time.perf_counter()

@@ -3,9 +3,10 @@
     python -m benchmarks.fusion [--personas 4] [--sessions 24] [--tune-seeds 7 11] [--check-seed 23]
 
 For each seed, the recall corpus (benchmarks/conversations.py) is indexed in this process the
-engine's way (SessionIndexer into a MemoryStore, the default embedder, extractive summaries as the
-summary signal: the default model's are set aside on this corpus, benchmarks/summaries.py), and
-each question's six rankings of sessions are taken once (engine.memory.sessions.signals). Then:
+engine's way (engine.closing.indexing into a MemoryStore, the default embedder, extractive
+summaries as the summary signal: the default model's are set aside on this corpus,
+benchmarks/summaries.py), and each question's six rankings of sessions are taken once
+(engine.memory.sessions.signals). Then:
 - every weight vector on a grid (dense turns fixed at 1; each other signal 0, 0.25, 0.5 or 1) is
   scored by recall@5 (MRR breaking ties), fused the engine's way (engine.memory.fusion: min-max
   scaled scores, weighted sum) and by reciprocal rank fusion (k = 5 and 60) for comparison;
@@ -27,13 +28,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks.conversations import Corpus, Question, generate
+from engine.closing.indexing import index_session, index_summary
+from engine.closing.quality import extractive
 from engine.memory import sessions
 from engine.memory.fusion import fuse
 from engine.memory.index import IndexParams
-from engine.memory.indexer import SessionIndexer
 from engine.memory.ops import MemoryOp
 from engine.memory.store import MemoryStore
-from engine.summaries.quality import extractive
+from engine.models.summarizer import Conversation, Summary
 
 GRID = (0.0, 0.25, 0.5, 1.0)
 OTHERS = [name for name in sessions.WEIGHTS if name != "turn_dense"]
@@ -41,26 +43,30 @@ Rankings = dict[str, list[tuple[str, float]]]
 
 
 def indexed(embedder: Any, corpus: Corpus) -> sessions.SessionIndexes:
-    """The corpus's session memory, built in this process the engine's way (SessionIndexer into a
-    MemoryStore), with extractive summaries as the summary signal."""
+    """The corpus's session memory, built in this process the engine's way (engine.closing.indexing
+    into a MemoryStore), with extractive summaries as the summary signal."""
     store = MemoryStore(IndexParams())
 
-    async def embed(texts: Sequence[str]) -> np.ndarray:
-        vectors: np.ndarray = embedder.embed(texts)
-        return vectors
+    class Ports:  # what a closing job calls (engine.closing.ports), in this process
+        async def embed(self, texts: Sequence[str]) -> np.ndarray:
+            vectors: np.ndarray = embedder.embed(texts)
+            return vectors
 
-    async def send(org: str, ops: Sequence[MemoryOp]) -> list[Any]:
-        results = store.apply_batch(list(ops))
-        store.take_journal()
-        return results
+        async def index(self, org: str, ops: Sequence[MemoryOp]) -> list[Any]:
+            results = store.apply_batch(list(ops))
+            store.take_journal()
+            return results
 
-    indexer = SessionIndexer(embed, send)
+        async def summarize(self, conversation: Conversation) -> Summary:
+            raise NotImplementedError("the summaries here are extractive")
+
+    ports = Ports()
 
     async def load() -> None:
         for s in corpus.sessions:
-            await indexer.index_session("org", sessions.ClosedSession(s.key, s.name, 0, 1, s.messages))
+            await index_session(ports, "org", sessions.ClosedSession(s.key, s.name, 0, 1, s.messages))
             summary = extractive([content for _, content in s.messages])
-            await indexer.index_summary("org", s.key, summary, "extractive")
+            await index_summary(ports, "org", s.key, summary, "extractive")
 
     asyncio.run(load())
     namespaces = dict(store.namespaces())
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--show", type=int, default=5)
     args = parser.parse_args(argv)
 
-    from engine.models.embedder import Embedder
+    from engine.models.embedder import Embedder  # torch takes seconds to import: not for --help
 
     embedder = Embedder(None)
     tuning = [rankings_of(embedder, args.personas, args.sessions, seed) for seed in args.tune_seeds]

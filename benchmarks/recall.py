@@ -45,8 +45,8 @@ import httpx
 from benchmarks.conversations import UNRELATED_KINDS, Corpus, generate, unrelated_questions
 from benchmarks.server import ServerProcess
 from benchmarks.stamp import describe, machine
+from engine.closing.quality import degeneracy
 from engine.memory.relevance import RECOMMENDED_MIN_RELEVANCE
-from engine.summaries.quality import degeneracy
 
 HERE = Path(__file__).resolve().parent
 KEY, ORG = "recall-key", "recall"

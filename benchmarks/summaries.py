@@ -35,8 +35,9 @@ import numpy as np
 
 from benchmarks.conversations import generate
 from benchmarks.stamp import describe, machine
+from engine.closing.quality import degeneracy, extractive
+from engine.closing.summary import precut
 from engine.config import SummarizerConfig
-from engine.summaries.quality import degeneracy, extractive
 
 HERE = Path(__file__).resolve().parent
 BEFORE = {
@@ -60,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "summaries.json")
     args = parser.parse_args(argv)
 
+    # torch and transformers take seconds to import: not for --help
     from engine.models.embedder import Embedder
-    from engine.models.summarizer import Conversation, Summarizer, Summary, precut
+    from engine.models.summarizer import Conversation, Summarizer
 
     corpus = generate(args.personas, args.sessions, seed=args.seed)
     conversations = [
@@ -78,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             out: list[str] = []
             for i in range(0, len(conversations), args.batch):
-                for result in summarizer.summarize(conversations[i : i + args.batch], fallback=False):
-                    out.append(result.text if isinstance(result, Summary) else "")
+                for result in summarizer.summarize(conversations[i : i + args.batch]):
+                    out.append(result.text)
             seconds[name] = (time.perf_counter() - started) / len(conversations)
             texts[name] = out
             del summarizer

@@ -11,9 +11,8 @@ the model's window less `max_new_tokens` (for a causal model, whose output share
 A causal model's reply starts with `reply_prefix` ("In this conversation, the user"), which keeps
 a small chat model writing prose about the conversation instead of taking a turn in it.
 Decoding is greedy with a repetition penalty, no repeated n-grams, and stops where the model starts
-a dialogue line of its own (`user:`, `assistant:`). What comes out is checked
-(engine.summaries.quality): a degenerate text is replaced by an extractive summary of the
-conversation, and the summary says which method made it and why.
+a dialogue line of its own (`user:`, `assistant:`). The text comes back as the model wrote it:
+whether it is worth keeping is for the caller to judge (a closing job does, engine.closing.summary).
 """
 
 from __future__ import annotations
@@ -26,8 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import SummarizerConfig
-from engine.errors import SummaryFailed
-from engine.summaries.quality import degeneracy, extractive
 
 from .files import go_offline, summarizer_directory
 from .torch_setup import pick_device
@@ -35,15 +32,14 @@ from .torch_setup import pick_device
 log = logging.getLogger(__name__)
 
 _HUGE = 1_000_000  # tokenizers report "no limit" as a huge model_max_length
-_CHARS_PER_TOKEN_BOUND = 12  # the shard's character pre-cut passes on at least this many chars a token
 # Where a chat model starts speaking for a participant instead of summarizing: generation stops.
 _STOP_STRINGS = ["\nuser:", "\nUser:", "\nassistant:", "\nAssistant:", "\n\n\n"]
 
 
 @dataclass(slots=True, frozen=True)
 class Conversation:
-    """What a summary job carries: `messages` are (position in the session, role, content), already
-    pre-cut by characters, and `total` is how many messages the session has."""
+    """What the model summarizes: `messages` are (position in the session, role, content), perhaps
+    already cut by characters, and `total` is how many messages the session has."""
 
     name: str
     messages: tuple[tuple[int, str, str], ...]
@@ -58,39 +54,6 @@ class Summary:
     messages_total: int
     input_tokens: int
     output_tokens: int
-    method: str = "model"  # or "extractive": the model's text was degenerate
-    reason: str | None = None  # why the model's text was set aside (engine.summaries.quality)
-
-
-def precut(
-    messages: Sequence[Sequence[str | Any]], *, keep_first: int, max_input_tokens: int
-) -> tuple[tuple[int, str, str], ...]:
-    """A character-level first pass of the cut rule, cheap enough to run on the session's shard so a
-    huge session never travels whole: the same shape of rule with a generous character budget that
-    the token-level cut then tightens."""
-    budget = max_input_tokens * _CHARS_PER_TOKEN_BOUND
-    per_message = budget // 2
-
-    def clip(i: int) -> tuple[int, str, str]:
-        role, content = messages[i][0], messages[i][1]  # (role, content, ...) tuples such as Message
-        return (i, role, content[:per_message])
-
-    head: list[tuple[int, str, str]] = []
-    used = 0
-    for i in range(min(keep_first, len(messages))):
-        item = clip(i)
-        if used + len(item[2]) > budget // 2:
-            break
-        head.append(item)
-        used += len(item[2])
-    tail: list[tuple[int, str, str]] = []
-    for i in range(len(messages) - 1, len(head) - 1, -1):
-        item = clip(i)
-        if used + len(item[2]) > budget:
-            break
-        tail.append(item)
-        used += len(item[2])
-    return tuple(head + tail[::-1])
 
 
 def _gap(omitted: int) -> str:
@@ -102,6 +65,7 @@ class Summarizer:
         self, config: SummarizerConfig, data_dir: Path, *, device: str = "cpu", threads: int = 0
     ) -> None:
         go_offline()
+        # torch and transformers take seconds to import: only a process that loads the model pays
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -215,12 +179,9 @@ class Summarizer:
 
     # -- generation ---------------------------------------------------------------------------------
 
-    def summarize(
-        self, conversations: Sequence[Conversation], *, fallback: bool = True
-    ) -> list[Summary | SummaryFailed]:
-        """One generate call for the whole batch; a result (or its error) per conversation.
-        `fallback=False` keeps the model's text even when it is degenerate (its `reason` still
-        says why): for measuring the model itself (benchmarks/summaries.py)."""
+    def summarize(self, conversations: Sequence[Conversation]) -> list[Summary]:
+        """One generate call for the whole batch; a summary per conversation, its text as the model
+        wrote it (empty if it wrote nothing)."""
         cut = [self.cut(c) for c in conversations]
         prompts = [self._render(transcript) for transcript, _ in cut]
         inputs = self._tokenizer(
@@ -244,20 +205,13 @@ class Summarizer:
                 suppress_tokens=self._never_generate,
             )
         generated = output if self.seq2seq else output[:, inputs["input_ids"].shape[1] :]
-        results: list[Summary | SummaryFailed] = []
+        results: list[Summary] = []
         for row, conversation, (_, covered), mask in zip(
             generated, conversations, cut, inputs["attention_mask"], strict=True
         ):
             text = _before_stop(str(self._tokenizer.decode(row, skip_special_tokens=True)))
             if text and not self.seq2seq:
                 text = f"{self._config.reply_prefix}{'' if text[0] in ' ,.;:' else ' '}{text}".strip()
-            said = [content for _, _, content in conversation.messages]
-            reason = degeneracy(text, said)
-            if reason is not None and fallback:
-                text = extractive(said)
-            if not text:
-                results.append(SummaryFailed(f"{self.name} produced an empty summary"))
-                continue
             results.append(
                 Summary(
                     text=text,
@@ -266,8 +220,6 @@ class Summarizer:
                     messages_total=conversation.total,
                     input_tokens=int(mask.sum()),
                     output_tokens=int((row != self._tokenizer.pad_token_id).sum()),
-                    method="model" if reason is None or not fallback else "extractive",
-                    reason=reason,
                 )
             )
         return results

@@ -1,6 +1,5 @@
 """The memory shard actors (vector memory, sharded by organization): creating them with the model
-actors they index through, finding and stopping them, the gateway's transport to them, and the
-session indexer a session shard uses."""
+actors they index through, finding and stopping them, and the gateway's transport to them."""
 
 from __future__ import annotations
 
@@ -20,15 +19,13 @@ from engine.errors import LogWriteFailed, ModelsLoading, Unavailable, unwrap
 from engine.logs import setup_logging
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams
-from engine.memory.indexer import SessionIndexer
 from engine.memory.ops import MemoryOp, MemoryStats, QueryVectors
-from engine.routing import memory_shard_for
 from engine.storage.identity import ShardIdentity
 from engine.storage.layout import memory_directory
 
 from . import upkeep
 from .hosted import HostedShard
-from .model_actors import EMBEDDER_NAME, POOL_NAME, EmbedderActor, SummarizerPool, find_embedders, find_pool
+from .model_actors import EMBEDDER_NAME, POOL_NAME, EmbedderActor, SummarizerPool, find_pool
 from .ray_actors import RAY_ERRORS, NamedActors, create_named, find_named
 from .shard_metrics import MemoryShardMetrics
 
@@ -264,26 +261,3 @@ class RayMemoryTransport:
             why = f"{what} is restarting or unreachable ({type(exc).__name__})"
             return {"state": "unavailable", "error": why}
         return described
-
-
-def session_indexer(config: EngineConfig) -> SessionIndexer:
-    """What a session shard indexes its sessions through: the embedders and the memory shards,
-    looked up without waiting (a lookup that misses fails the call, and the job's attempt)."""
-    transport: RayMemoryTransport | None = None
-
-    def found() -> RayMemoryTransport:
-        nonlocal transport
-        if transport is None:
-            transport = RayMemoryTransport(
-                config, find_memory_shards(config, timeout_s=0), find_embedders(config, timeout_s=0)
-            )
-        return transport
-
-    async def embed(texts: Sequence[str]) -> np.ndarray:
-        return await found().embed(texts, urgent=False)
-
-    async def send(org: str, ops: Sequence[MemoryOp]) -> list[Any]:
-        memory = found()
-        return await memory.call(memory_shard_for(org, memory.shards), ops)
-
-    return SessionIndexer(embed, send)

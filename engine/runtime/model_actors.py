@@ -109,7 +109,7 @@ class SummarizerActor:
         # probe thread reads a whole value
         self._generating: tuple[int, float] | None = None
 
-    def summarize(self, conversations: Sequence[Conversation]) -> list[Summary | SummaryFailed]:
+    def summarize(self, conversations: Sequence[Conversation]) -> list[Summary]:
         self._generating = (len(conversations), time.monotonic())
         try:
             return self._summarizer.summarize(conversations)
@@ -135,7 +135,7 @@ class _WorkerDied(SummaryFailed):
 class SummarizerPool:
     """The queue in front of the Summarizer actors. A job waits here until a summarizer is free;
     a free summarizer takes every waiting job up to `batch_size` into one generate call. It only
-    makes text: the job's runner puts the summary into session memory (engine.summaries.runner)."""
+    makes text: the closing job judges it and puts it into session memory (engine.closing.job)."""
 
     def __init__(self, config: EngineConfig) -> None:
         setup_logging(config.log_level)
@@ -147,7 +147,7 @@ class SummarizerPool:
         self._generating = 0  # conversations in the summarizers' generate calls now
         self._loaded = False
         self._failure: str | None = None
-        # Started, not awaited: jobs queue here while the summarizers load (engine.summaries.runner).
+        # Started, not awaited: jobs queue here while the summarizers load (engine.closing.job).
         self._loading = asyncio.get_running_loop().create_task(self._start_workers())
 
     async def _start_workers(self) -> None:
@@ -241,10 +241,7 @@ class SummarizerPool:
         finally:
             self._generating -= len(batch)
         for (_, future), result in zip(batch, results, strict=True):
-            if isinstance(result, Summary):
-                future.set_result(result)
-            else:
-                future.set_exception(result)
+            future.set_result(result)
 
 
 def _load_embedder(config: EngineConfig) -> Any:

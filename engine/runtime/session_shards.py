@@ -1,4 +1,4 @@
-"""The session shard actors: SessionShard (a SessionStore made durable, its summary runner, its
+"""The session shard actors: SessionShard (a SessionStore made durable, its closing jobs, its
 change feed and its timers), creating, finding and stopping them, and the gateway's transport."""
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import ray
-from ray.exceptions import ActorDiedError
 
+from engine.closing.indexing import forget_sessions
+from engine.closing.job import ClosingJobs
 from engine.config import EngineConfig, LimitsConfig
 from engine.errors import EngineError, LogWriteFailed, Unavailable, unwrap
 from engine.logs import setup_logging
-from engine.models.summarizer import Conversation, Summary
-from engine.runtime import memory_shards, model_actors, upkeep
+from engine.runtime import upkeep
+from engine.runtime.closing_ports import RayClosingPorts
 from engine.runtime.hosted import HostedShard
 from engine.runtime.ray_actors import (
     RAY_ERRORS,
@@ -33,7 +34,6 @@ from engine.sessions.events import EventLog, FeedReads, Interest, Page, Position
 from engine.sessions.ops import ExpireDue, Ping, PurgeSessions, SessionOp
 from engine.storage.identity import ShardIdentity
 from engine.storage.layout import shard_directory
-from engine.summaries.runner import SummaryRunner
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +54,10 @@ class SessionShard(HostedShard):
         setup_logging(config.log_level)
         self._snapshot_lock = asyncio.Lock()
         self._feed_reads = FeedReads()  # the gateways' long-polls of this shard's change feed
-        self._pool: Any = None
-        self._memory = memory_shards.session_indexer(config)
+        self._ports = RayClosingPorts(config)
         self._metrics = SessionShardMetrics()
-        self._runner = SummaryRunner(
-            self.handle,
-            self._summarize,
-            self._memory,
-            config.models.summarizer,
-            outcome=self._metrics.summary_outcome,
+        self._closing = ClosingJobs(
+            self.handle, self._ports, config.models.summarizer, outcome=self._metrics.summary_outcome
         )
         # Async actor: __init__ runs on the actor's event loop, so the timers live beside the ops.
         self._host(index, config, cluster_id)
@@ -86,7 +81,7 @@ class SessionShard(HostedShard):
         loop = asyncio.get_running_loop()
         # Replay queued the jobs of every close in the log; resume those still unfinished instead.
         durable.store.take_summary_jobs()
-        self._runner.submit(durable.store.unfinished_summaries())
+        self._closing.submit(durable.store.unfinished_summaries())
         self._timers += [
             loop.create_task(self._expire_forever()),
             loop.create_task(upkeep.snapshot_forever(durable, self.snapshot, "session shard", self._index)),
@@ -117,7 +112,7 @@ class SessionShard(HostedShard):
             self._feed_reads.written()
         jobs = durable.store.take_summary_jobs()
         if jobs and not durable.read_only:
-            self._runner.submit(jobs)  # after the log write: a job starts only once it is durable
+            self._closing.submit(jobs)  # after the log write: a job starts only once it is durable
         return results
 
     async def answer(self, ops: Sequence[SessionOp]) -> list[Any]:
@@ -130,18 +125,7 @@ class SessionShard(HostedShard):
         # replayed: resume the unfinished jobs, as a restart does.
         durable = self._store()
         durable.store.take_summary_jobs()
-        self._runner.submit(durable.store.unfinished_summaries())
-
-    async def _summarize(self, conversation: Conversation) -> Summary:
-        # Looked up without waiting (a wait would block this shard's loop); a miss is a failed attempt.
-        if self._pool is None:
-            self._pool = model_actors.find_pool(self._config, timeout_s=0)
-        try:
-            summary: Summary = await self._pool.summarize.remote(conversation)
-        except ActorDiedError:
-            self._pool = None  # stopped and created again: look it up afresh next time
-            raise
-        return summary
+        self._closing.submit(durable.store.unfinished_summaries())
 
     async def read_events(
         self,
@@ -177,12 +161,12 @@ class SessionShard(HostedShard):
         store = durable.store
         return [
             *self._metrics.families(durable.disk_status(), durable.recovery.seconds),
-            *self._metrics.session_families(store.count_by_status(), self._runner.active, len(store.events)),
+            *self._metrics.session_families(store.count_by_status(), self._closing.active, len(store.events)),
         ]
 
     async def drain_summaries(self) -> int:
         """Wait until every summary job this shard has in flight is done; for tests and benchmarks."""
-        await self._runner.drain()
+        await self._closing.drain()
         return len(self._store().store.unfinished_summaries()) if self._durable is not None else 0
 
     def _counts(self) -> dict[str, Any]:
@@ -190,7 +174,7 @@ class SessionShard(HostedShard):
         return {
             "shards": self._config.shards,
             "recovered": durable.recovery.report(),
-            "summary_jobs_running": self._runner.active,
+            "summary_jobs_running": self._closing.active,
             **durable.store.apply(Ping(), 0),
         }
 
@@ -215,7 +199,7 @@ class SessionShard(HostedShard):
         """Graceful stop: a final snapshot, the log closed, the directory lock released."""
         for timer in self._timers:
             timer.cancel()
-        self._runner.cancel()  # unfinished jobs stay queued in the log; the next start resumes them
+        self._closing.cancel()  # unfinished jobs stay queued in the log; the next start resumes them
         if self._durable is None:
             return
         async with self._snapshot_lock:
@@ -241,7 +225,7 @@ class SessionShard(HostedShard):
         if not due:
             return
         for org, group in itertools.groupby(sorted(due), key=lambda key: key[0]):
-            await self._memory.forget(org, [session_id for _, session_id in group])
+            await forget_sessions(self._ports, org, [session_id for _, session_id in group])
         (purged,) = await self.handle([PurgeSessions(tuple(due))])
         if isinstance(purged, Exception):
             raise purged

@@ -121,7 +121,7 @@ class RequestSummary(SessionOp):
 
 @dataclass(slots=True, frozen=True)
 class SummaryInput:
-    """What StartSummary answers: what the job summarizes and indexes."""
+    """What SummaryJob answers: what a closing job indexes and summarizes."""
 
     name: str
     messages: Sequence[Any]  # the session's Messages, in order (seq = position + 1)
@@ -130,15 +130,27 @@ class SummaryInput:
     indexed: bool  # its messages are in session memory already (an earlier attempt put them there)
 
 
-@SESSION_OPS.logged("summary_start", "_start_summary")
+@SESSION_OPS.read("_summary_job")
 @dataclass(slots=True, frozen=True)
-class StartSummary(SessionOp):
-    """The shard's summary runner takes a queued job: pending -> running. Returns the job's input
-    (a SummaryInput), or None when there is nothing to do (the session is gone, or its job is not
-    pending)."""
+class SummaryJob(SessionOp):
+    """A read: the input of a session's queued summary job (a SummaryInput), or None when there is
+    nothing to do (the session is gone, or no summary is queued or running)."""
 
     org: str
     session_id: str
+
+
+@SESSION_OPS.logged("summary_start", "_start_summary", log_without_result=False)
+@dataclass(slots=True, frozen=True)
+class StartSummary(SessionOp):
+    """A closing job starts an attempt: pending -> running, attempt + 1; with `indexed_entries`,
+    the session's messages went into session memory just before (searchable from here on).
+    Answers the session's view, or None when there is nothing to start (the session is gone, or
+    its job is not pending), and is then not logged."""
+
+    org: str
+    session_id: str
+    indexed_entries: int | None = None
 
 
 @SESSION_OPS.logged("summary_done", "_finish_summary")
@@ -154,6 +166,7 @@ class FinishSummary(SessionOp):
     reason: str | None = None  # why the model's text was set aside
 
 
+# Declared so that logs holding it still replay; a closing job marks a session indexed by StartSummary.
 @SESSION_OPS.logged("indexed", "_mark_indexed")
 @dataclass(slots=True, frozen=True)
 class MarkIndexed(SessionOp):

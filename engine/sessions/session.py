@@ -59,7 +59,8 @@ TRANSITIONS: dict[SessionStatus, frozenset[SessionStatus]] = {
 
 class SummaryStatus(StrEnum):
     """A closed session's summary: pending (queued) -> running -> ready, or failed with a reason.
-    A failed attempt that will be retried goes back to pending, keeping its error."""
+    A failed attempt that will be retried goes back to pending, keeping its error. A job indexes
+    the session's messages before it starts the summary, so it reads pending while it does."""
 
     PENDING = "pending"
     RUNNING = "running"
@@ -220,6 +221,9 @@ class Session:
         return "failed" if self.summary_status is SummaryStatus.FAILED else None
 
     def fail_summary(self, error: str, *, final: bool) -> None:
+        if self.summary_status is SummaryStatus.PENDING:
+            # The attempt failed before its StartSummary (indexing its turns): it counts all the same.
+            self.summary_attempts += 1
         self.summary_status = SummaryStatus.FAILED if final else SummaryStatus.PENDING
         self.summary_error = error
 

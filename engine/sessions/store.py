@@ -42,6 +42,7 @@ from engine.sessions.ops import (
     SessionOp,
     StartSummary,
     SummaryInput,
+    SummaryJob,
     UpdateSession,
 )
 from engine.sessions.session import Session, SessionStatus, SummaryStatus
@@ -262,7 +263,7 @@ class SessionStore:
             self.summary_jobs.append((op.org, op.session_id))
         return session.view()
 
-    # -- summaries: queued by close or by a request, then run by the shard's summary runner ---------
+    # -- summaries: queued by close or by a request, then run by the shard's closing jobs -----------
 
     def _request_summary(self, op: RequestSummary, now_ms: int) -> SessionView:
         session = self._find(op.org, op.session_id)
@@ -272,12 +273,10 @@ class SessionStore:
             self.summary_jobs.append((op.org, op.session_id))
         return session.view()
 
-    def _start_summary(self, op: StartSummary, now_ms: int) -> SummaryInput | None:
+    def _summary_job(self, op: SummaryJob, now_ms: int) -> SummaryInput | None:
         session = self._sessions.get((op.org, op.session_id))
         if session is None or not session.summary_unfinished:
             return None
-        self._before_change(session)
-        session.start_summary()
         return SummaryInput(
             session.name,
             session.messages,
@@ -285,6 +284,16 @@ class SessionStore:
             session.ended_at,
             indexed=session.indexed_at is not None,
         )
+
+    def _start_summary(self, op: StartSummary, now_ms: int) -> SessionView | None:
+        session = self._sessions.get((op.org, op.session_id))
+        if session is None or not session.summary_unfinished:
+            return None
+        self._before_change(session)
+        if op.indexed_entries is not None:
+            session.mark_indexed(op.indexed_entries, now_ms=now_ms)
+        session.start_summary()
+        return session.view()
 
     def _finish_summary(self, op: FinishSummary, now_ms: int) -> SessionView:
         session = self._find(op.org, op.session_id)

@@ -2,9 +2,9 @@
 shard's log, and the calls it makes outside its shard (each one Ray round trip from the session
 shard; the summarizer pool's hand-off to a summarizer worker is one more, not counted here).
 
-A real close of a real DurableSessions (its log in a temporary directory) through the summary
-runner, with the embedder, the memory shard and the summarizer replaced by counting functions,
-the memory shard by a real DurableMemory."""
+A real close of a real DurableSessions (its log in a temporary directory) through ClosingJobs,
+with counting ports: the embedder and the summarizer are functions, the memory shard a real
+DurableMemory. engine.closing.job says why each record and call is needed."""
 
 from __future__ import annotations
 
@@ -16,16 +16,15 @@ from typing import Any
 import numpy as np
 
 from engine.clock import ManualClock
+from engine.closing.job import ClosingJobs
 from engine.config import DurabilityConfig, SummarizerConfig
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams
-from engine.memory.indexer import SessionIndexer
 from engine.memory.ops import MemoryOp
 from engine.models.summarizer import Conversation, Summary
 from engine.sessions.durable import DurableSessions
-from engine.sessions.ops import AppendMessages, CreateSession, EndSession, SessionOp
+from engine.sessions.ops import AppendMessages, CreateSession, DeleteSession, EndSession, SessionOp
 from engine.sessions.session import NewMessage, SessionStatus, new_session_id
-from engine.summaries.runner import SummaryRunner
 
 
 class Close:
@@ -39,8 +38,7 @@ class Close:
         self.summaries_fail = 0
         self.embeds_fail = 0
         config = SummarizerConfig.model_validate({"retry_backoff_s": 0.0})
-        indexer = SessionIndexer(self.embed, self.index)
-        self.runner = SummaryRunner(self.record, self.summarize, indexer, config)
+        self.jobs = ClosingJobs(self.record, self, config)
 
     async def record(self, ops: Sequence[SessionOp]) -> list[Any]:
         return self.sessions.commit(ops)
@@ -63,7 +61,8 @@ class Close:
             self.summaries_fail -= 1
             raise RuntimeError("the model fell over")
         total = conversation.total
-        return Summary(f"about {conversation.name}", "fake-model", total, total, 10, 3)
+        text = f"They talked about {conversation.messages[0][2]}"
+        return Summary(text, "fake-model", total, total, 10, 3)
 
     async def close(self, messages: int) -> dict[str, Any]:
         """Close a session of `messages` messages, run its job, and count what the job cost."""
@@ -72,8 +71,8 @@ class Close:
         self.sessions.commit([CreateSession("acme", sid, "trip", 60, {}), AppendMessages("acme", sid, said)])
         self.sessions.commit([EndSession("acme", sid, SessionStatus.CLOSED)])
         session_lsn, memory_lsn = self.sessions.lsn, self.memory.lsn
-        self.runner.submit(self.sessions.store.take_summary_jobs())
-        await self.runner.drain()
+        self.jobs.submit(self.sessions.store.take_summary_jobs())
+        await self.jobs.drain()
         return {
             "session records": self.sessions.lsn - session_lsn,
             "memory records": self.memory.lsn - memory_lsn,
@@ -84,7 +83,7 @@ class Close:
 async def test_a_first_attempt_that_succeeds(tmp_path: Path) -> None:
     cost = await Close(tmp_path).close(messages=3)
     assert cost == {
-        "session records": 3,  # StartSummary, MarkIndexed, FinishSummary
+        "session records": 2,  # StartSummary (indexed and running), FinishSummary
         "memory records": 2,  # the turns with the session entry; the summary
         "calls": {"embed": 2, "index": 2, "summarize": 1},  # turns, summary; their upserts; the model
     }
@@ -95,8 +94,8 @@ async def test_a_retry_after_the_model_failed(tmp_path: Path) -> None:
     close.summaries_fail = 1
     cost = await close.close(messages=3)
     assert cost == {
-        # StartSummary, MarkIndexed, FailSummary; StartSummary, FinishSummary
-        "session records": 5,
+        # StartSummary, FailSummary; StartSummary, FinishSummary
+        "session records": 4,
         "memory records": 2,
         "calls": {"embed": 2, "index": 2, "summarize": 2},
     }
@@ -107,8 +106,8 @@ async def test_a_retry_after_the_turns_failed_to_index(tmp_path: Path) -> None:
     close.embeds_fail = 1
     cost = await close.close(messages=3)
     assert cost == {
-        # StartSummary, FailSummary; StartSummary, MarkIndexed, FinishSummary
-        "session records": 5,
+        # FailSummary; StartSummary, FinishSummary
+        "session records": 3,
         "memory records": 2,
         "calls": {"embed": 3, "index": 2, "summarize": 1},
     }
@@ -116,4 +115,18 @@ async def test_a_retry_after_the_turns_failed_to_index(tmp_path: Path) -> None:
 
 async def test_a_session_without_messages(tmp_path: Path) -> None:
     cost = await Close(tmp_path).close(messages=0)
-    assert cost == {"session records": 2, "memory records": 0, "calls": {}}  # StartSummary, FailSummary
+    assert cost == {"session records": 1, "memory records": 0, "calls": {}}  # FailSummary
+
+
+async def test_a_session_deleted_before_its_job_ran(tmp_path: Path) -> None:
+    close = Close(tmp_path)
+    sid = new_session_id()
+    said = (NewMessage("user", "hi there"),)
+    close.sessions.commit([CreateSession("acme", sid, "trip", 60, {}), AppendMessages("acme", sid, said)])
+    close.sessions.commit([EndSession("acme", sid, SessionStatus.CLOSED)])
+    jobs = close.sessions.store.take_summary_jobs()
+    close.sessions.commit([DeleteSession("acme", sid)])
+    lsn = close.sessions.lsn
+    close.jobs.submit(jobs)
+    await close.jobs.drain()
+    assert (close.sessions.lsn - lsn, dict(close.calls)) == (0, {}), "the job's read finds nothing to do"

@@ -1,6 +1,6 @@
 """Session memory: what a closed session becomes in its organization's memory, and how a query
-finds prior sessions (engine.memory.sessions, through SessionIndexer and a real MemoryStore, with
-a deterministic bag-of-words embedder instead of the model)."""
+finds prior sessions (engine.memory.sessions, through engine.closing.indexing and a real MemoryStore,
+with a deterministic bag-of-words embedder instead of the model)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from engine.closing.indexing import forget_sessions, index_session, index_summary
 from engine.errors import ValidationFailed
 from engine.memory.index import IndexParams
-from engine.memory.indexer import SessionIndexer
 from engine.memory.ops import MemoryOp, QueryVectors, UpsertVectors
 from engine.memory.sessions import (
     SESSION_MEMORY,
@@ -25,6 +25,7 @@ from engine.memory.sessions import (
     turn_entries,
 )
 from engine.memory.store import MemoryStore
+from engine.models.summarizer import Conversation, Summary
 
 DIM = 64
 
@@ -40,21 +41,25 @@ def embed(texts: Sequence[str]) -> np.ndarray:
 
 
 class Memory:
+    """Session memory as a closing job reaches it (engine.closing.ports), over a MemoryStore."""
+
     def __init__(self) -> None:
         self.store = MemoryStore(IndexParams())
-        self.indexer = SessionIndexer(self._embed, self._send)
 
-    async def _embed(self, texts: Sequence[str]) -> np.ndarray:
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
         return embed(texts)
 
-    async def _send(self, org: str, ops: Sequence[MemoryOp]) -> list[Any]:
+    async def index(self, org: str, ops: Sequence[MemoryOp]) -> list[Any]:
         results = self.store.apply_batch(list(ops))
         self.store.take_journal()
         return results
 
+    async def summarize(self, conversation: Conversation) -> Summary:
+        raise AssertionError("session memory never asks for a summary")
+
     def close(self, org: str, sid: str, name: str, *messages: tuple[str, str], at: int = 1000) -> None:
         session = ClosedSession(sid, name, at, at + 500, list(messages))
-        asyncio.run(self.indexer.index_session(org, session))
+        asyncio.run(index_session(self, org, session))
 
     def query(self, text: str, org: str = "acme", **options: Any) -> list[Any]:
         mode = options.pop("mode", "hybrid")
@@ -102,9 +107,7 @@ def test_one_match_per_session_with_its_summary_and_highlights() -> None:
     memory.close("acme", "sess_a", "maya chat", ("user", "Hi"), beagle, ("assistant", "Lovely"))
     door = ("user", "How do I fix a squeaky door?")
     memory.close("acme", "sess_b", "maya chat", ("user", "Hi"), door, ("assistant", "Oil the hinges"))
-    asyncio.run(
-        memory.indexer.index_summary("acme", "sess_a", "Maya adopted a beagle, Biscuit.", "extractive")
-    )
+    asyncio.run(index_summary(memory, "acme", "sess_a", "Maya adopted a beagle, Biscuit.", "extractive"))
     matches = memory.query("beagle Biscuit")
     assert [m.id for m in matches] == ["sess_a", "sess_b"]
     best = matches[0]
@@ -155,10 +158,10 @@ def test_forgetting_a_session_removes_every_entry_and_other_orgs_see_nothing() -
     memory.close("acme", "sess_a", "a", ("user", "alpha beta"), ("assistant", "gamma"))
     memory.close("acme", "sess_b", "b", ("user", "alpha delta"))
     memory.close("other", "sess_c", "c", ("user", "alpha"))
-    asyncio.run(memory.indexer.index_summary("acme", "sess_a", "alpha summary", "model"))
+    asyncio.run(index_summary(memory, "acme", "sess_a", "alpha summary", "model"))
     assert memory.ids() == {"sess_a#1", "sess_a#2", "sess_b#1"}
     assert memory.ids(SESSIONS_OF_MEMORY) == {"sess_a", "sess_a#summary", "sess_b"}
-    asyncio.run(memory.indexer.forget("acme", ["sess_a"]))
+    asyncio.run(forget_sessions(memory, "acme", ["sess_a"]))
     assert memory.ids() == {"sess_b#1"} and memory.ids(SESSIONS_OF_MEMORY) == {"sess_b"}
     assert [m.id for m in memory.query("alpha")] == ["sess_b"]
     assert [m.id for m in memory.query("alpha", org="other")] == ["sess_c"]

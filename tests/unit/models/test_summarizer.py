@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from engine.closing.quality import degeneracy, extractive
+from engine.closing.summary import judged
 from engine.config import SummarizerConfig
 from engine.errors import ModelMissing
 from engine.models.files import check_models, embedder_directory, summarizer_directory
-from engine.models.summarizer import Conversation, Summarizer, Summary, precut
-from engine.summaries.quality import degeneracy, extractive
+from engine.models.summarizer import Conversation, Summarizer, Summary
 
 REASONS = {"empty", "boilerplate", "dialogue", "repetition", "echo", "ungrounded"}
 
@@ -45,23 +46,22 @@ def test_a_batch_gets_one_summary_per_conversation_with_provenance(
 
 
 @pytest.mark.parametrize("model", ["tiny_t5", "tiny_causal"])
-def test_degenerate_model_text_is_replaced_by_an_extract_that_says_why(
+def test_the_model_text_comes_back_as_written_and_a_degenerate_one_is_replaced_when_judged(
     model: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     s = summarizer(request.getfixturevalue(model), tmp_path, min_new_tokens=4)
     words = "Maya adopted a beagle named Biscuit on Saturday in Lisbon and paid 300 euros for him."
     c = Conversation("pets", ((0, "user", words), (1, "assistant", "What a lovely thing to do today.")), 2)
-    [kept] = s.summarize([c])
-    said = [content for _, _, content in c.messages]
-    assert isinstance(kept, Summary)
-    if kept.method == "model":  # random weights rarely write something grounded, but may
-        assert kept.reason is None and degeneracy(kept.text, said) is None
-    else:
-        assert kept.method == "extractive" and kept.reason in REASONS and kept.text == extractive(said)
-    [raw] = s.summarize([c], fallback=False)
-    assert isinstance(raw, Summary) and raw.method == "model" and raw.reason == kept.reason
+    [raw] = s.summarize([c])
     if model == "tiny_causal":
         assert raw.text.startswith(SummarizerConfig().reply_prefix), "the reply starts where it was begun"
+    said = [content for _, _, content in c.messages]
+    kept = judged(raw.text, c)  # what a closing job keeps of it (engine.closing.summary)
+    if kept.method == "model":  # random weights rarely write something grounded, but may
+        assert kept.reason is None and kept.text == raw.text and degeneracy(raw.text, said) is None
+    else:
+        assert kept.method == "extractive" and kept.reason in REASONS and kept.text == extractive(said)
+        assert degeneracy(raw.text, said) == kept.reason
 
 
 @pytest.mark.parametrize("model", ["tiny_t5", "tiny_causal"])
@@ -110,16 +110,6 @@ def test_the_budget_is_the_smallest_of_setting_and_window(
     assert summarizer(tiny_t5, tmp_path, max_input_tokens=100).budget == 100
     # a causal model's output shares its window
     assert summarizer(tiny_causal, tmp_path, max_input_tokens=4096, max_new_tokens=12).budget == 500
-
-
-def test_precut_bounds_characters_with_the_same_shape_of_rule() -> None:
-    messages = [("user", f"{i}:" + "z" * 1000) for i in range(100)]
-    kept = precut(messages, keep_first=2, max_input_tokens=100)  # 1200 chars in all, 600 a message
-    positions = [position for position, _, _ in kept]
-    assert positions[:2] == [0, 99]  # the second opener no longer fit in half
-    assert all(len(content) <= 600 for _, _, content in kept)
-    assert sum(len(content) for _, _, content in kept) <= 1200
-    assert positions == sorted(positions)
 
 
 def test_a_missing_model_fails_at_start_naming_its_setting(tmp_path: Path) -> None:

@@ -1,24 +1,26 @@
-"""The summary runner over a real SessionStore and a real session memory (SessionIndexer over a
-MemoryStore), with the models replaced by functions that succeed, fail, or delete the session
-mid-run."""
+"""Closing jobs over a real SessionStore and a real session memory (a MemoryStore behind the index
+port), with the models replaced by functions that succeed, fail, or delete the session mid-run."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from engine.config import SummarizerConfig
+from engine.clock import ManualClock
+from engine.closing.job import ClosingJobs
+from engine.config import DurabilityConfig, SummarizerConfig
 from engine.errors import SessionNotEnded
 from engine.memory.index import IndexParams
-from engine.memory.indexer import SessionIndexer
-from engine.memory.ops import MemoryOp, QueryVectors
+from engine.memory.ops import MemoryOp, QueryVectors, UpsertVectors
 from engine.memory.sessions import SESSION_MEMORY, SESSIONS_OF_MEMORY
 from engine.memory.store import MemoryStore
 from engine.models.summarizer import Conversation, Summary
 from engine.sessions.codec import decode_session, encode_session
+from engine.sessions.durable import DurableSessions
 from engine.sessions.ops import (
     AppendMessages,
     CreateSession,
@@ -30,9 +32,13 @@ from engine.sessions.ops import (
 )
 from engine.sessions.session import NewMessage, SessionStatus, new_session_id
 from engine.sessions.store import SessionStore
-from engine.summaries.runner import SummaryRunner
 
 T0 = 1_700_000_000_000
+
+
+def told(c: Conversation) -> str:
+    """What the fake model writes: grounded in the conversation, so it is kept as the model's."""
+    return f"They talked about {c.messages[0][2]}"
 
 
 class Harness:
@@ -43,12 +49,21 @@ class Harness:
         self.failures_left = 0
         self.sleeps: list[float] = []
         self.during: Any = None
+        self.while_indexing: Any = None
         self.memory = MemoryStore(IndexParams())
+        self.durable: DurableSessions | None = None  # when set, ops go through its log
         self.embed_failures_left = 0
-        self.indexer = SessionIndexer(self.embed, self.send)
-        self.runner = SummaryRunner(self.apply, self.summarize, self.indexer, self.config, self.sleep)
+        self.upserts: list[str] = []  # the namespace of each upsert, in order
+        self.outcomes: list[tuple[str, float | None]] = []
+        self.text = told  # what the model writes
+        self.model = "fake-model"
+        self.closing = ClosingJobs(
+            self.record, self, self.config, sleep=self.sleep, outcome=lambda *o: self.outcomes.append(o)
+        )
 
-    async def apply(self, ops: Sequence[SessionOp]) -> list[Any]:
+    async def record(self, ops: Sequence[SessionOp]) -> list[Any]:
+        if self.durable is not None:
+            return self.durable.commit(ops)
         return self.store.apply_batch(list(ops), T0)
 
     async def summarize(self, c: Conversation) -> Summary:
@@ -58,16 +73,19 @@ class Harness:
         if self.failures_left:
             self.failures_left -= 1
             raise RuntimeError("model fell over\nTraceback (most recent call last): ...")
-        return Summary(f"about {c.name}", "fake-model", len(c.messages), c.total, 10, 3)
+        return Summary(self.text(c), self.model, len(c.messages), c.total, 10, 3)
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if self.while_indexing is not None:
+            self.while_indexing()
         if self.embed_failures_left:
             self.embed_failures_left -= 1
             raise RuntimeError("the embedder died")
         rows = [np.random.default_rng(abs(hash(text)) % 2**32).normal(size=8) for text in texts]
         return np.asarray([row / np.linalg.norm(row) for row in rows], dtype=np.float32)
 
-    async def send(self, org: str, ops: Sequence[MemoryOp]) -> list[Any]:
+    async def index(self, org: str, ops: Sequence[MemoryOp]) -> list[Any]:
+        self.upserts += [op.namespace for op in ops if isinstance(op, UpsertVectors)]
         results = self.memory.apply_batch(list(ops))
         self.memory.take_journal()
         return results
@@ -89,16 +107,23 @@ class Harness:
 
     def closed_session(self, messages: int = 3, content: str = "message {i}", name: str = "trip") -> str:
         sid = new_session_id()
-        self.store.apply(CreateSession("acme", sid, name, 60, {}), T0)
+        ops: list[SessionOp] = [CreateSession("acme", sid, name, 60, {})]
         if messages:
-            new = tuple(NewMessage("user", content.format(i=i)) for i in range(messages))
-            self.store.apply(AppendMessages("acme", sid, new), T0)
-        self.store.apply(EndSession("acme", sid, SessionStatus.CLOSED), T0)
+            ops.append(
+                AppendMessages(
+                    "acme", sid, tuple(NewMessage("user", content.format(i=i)) for i in range(messages))
+                )
+            )
+        ops.append(EndSession("acme", sid, SessionStatus.CLOSED))
+        if self.durable is not None:
+            self.durable.commit(ops)
+        else:
+            self.store.apply_batch(ops, T0)
         return sid
 
     async def run_queued(self) -> None:
-        self.runner.submit(self.store.take_summary_jobs())
-        await self.runner.drain()
+        self.closing.submit(self.store.take_summary_jobs())
+        await self.closing.drain()
 
     def view(self, sid: str) -> dict[str, Any]:
         return dict(self.store.apply(GetSession("acme", sid), T0))
@@ -110,13 +135,15 @@ async def test_a_closed_session_gets_its_summary_and_provenance() -> None:
     assert h.view(sid)["summary_status"] == "pending"
     await h.run_queued()
     view = h.view(sid)
-    assert (view["summary_status"], view["summary"], view["summary_attempts"]) == ("ready", "about trip", 1)
+    assert (view["summary_status"], view["summary"], view["summary_attempts"]) == (
+        "ready", "They talked about message 0", 1,
+    )  # fmt: skip
     assert view["summary_error"] is None
     provenance = view["summary_provenance"]
     assert (provenance["model"], provenance["messages_covered"], provenance["messages_total"]) == (
         "fake-model", 3, 3,
     )  # fmt: skip
-    assert provenance["created_at"] == T0
+    assert provenance["created_at"] == T0 and provenance["method"] == "model" and "reason" not in provenance
     [job] = h.jobs
     assert [content for _, _, content in job.messages] == [f"message {i}" for i in range(3)]
     assert len(h.view(sid)["messages"]) == 3, "raw messages are never dropped"
@@ -211,16 +238,82 @@ async def test_a_retry_after_indexing_does_not_index_again() -> None:
     h = Harness(max_attempts=2)
     h.failures_left = 1  # the model fails after the turns were indexed
     sid = h.closed_session(messages=2)
-    indexed: list[int] = []
-    original = h.indexer.index_session
-
-    async def counting(org: str, session: Any) -> int:
-        indexed.append(1)
-        return await original(org, session)
-
-    h.indexer.index_session = counting  # type: ignore[method-assign]
     await h.run_queued()
-    assert h.view(sid)["summary_status"] == "ready" and indexed == [1]
+    assert h.view(sid)["summary_status"] == "ready"
+    assert h.upserts == [SESSION_MEMORY, SESSIONS_OF_MEMORY, SESSIONS_OF_MEMORY], (
+        "turns once, then the summary"
+    )
+
+
+async def test_a_session_deleted_while_its_turns_are_indexed_leaves_nothing_in_memory() -> None:
+    h = Harness()
+    sid = h.closed_session()
+    h.while_indexing = lambda: h.store.apply(DeleteSession("acme", sid), T0)
+    await h.run_queued()
+    assert h.upserts == [SESSION_MEMORY, SESSIONS_OF_MEMORY], "indexed before the delete was seen"
+    assert h.memory_ids() == set() and h.jobs == [], "then taken out again, and no summary made"
+
+
+async def test_the_summary_reads_pending_while_the_turns_are_indexed_then_running() -> None:
+    h = Harness()
+    sid = h.closed_session()
+    seen: list[tuple[str, str]] = []
+    h.while_indexing = lambda: seen.append((h.view(sid)["summary_status"], h.view(sid)["index_status"]))
+    h.during = lambda: seen.append((h.view(sid)["summary_status"], h.view(sid)["index_status"]))
+    await h.run_queued()
+    # The first embed is the turns', the second the summary's.
+    assert seen == [("pending", "pending"), ("running", "ready"), ("running", "ready")]
+
+
+async def test_degenerate_model_text_is_stored_as_an_extract_that_says_why() -> None:
+    h = Harness()
+    h.text = lambda c: "user: hello there\nassistant: hi again"
+    sid = h.closed_session(messages=2, content="Maya adopted a beagle named Biscuit in Lisbon, day {i}.")
+    await h.run_queued()
+    view = h.view(sid)
+    assert view["summary_status"] == "ready" and view["summary"].startswith("Maya adopted a beagle")
+    provenance = view["summary_provenance"]
+    assert (provenance["method"], provenance["reason"], provenance["model"]) == (
+        "extractive", "dialogue", "fake-model",
+    )  # fmt: skip
+    assert h.outcomes == [("extractive", 0.0)]
+
+
+async def test_empty_model_text_is_replaced_and_an_empty_extract_fails_the_attempt() -> None:
+    h = Harness(max_attempts=1)
+    h.text = lambda c: ""
+    replaced, blank = h.closed_session(), h.closed_session(messages=1, content=" ")
+    await h.run_queued()
+    assert h.view(replaced)["summary_provenance"]["reason"] == "empty"
+    view = h.view(blank)
+    assert (view["summary_status"], view["summary_error"]) == (
+        "failed", "SummaryFailed: fake-model produced an empty summary",
+    )  # fmt: skip
+
+
+async def test_a_summary_the_log_refuses_fails_the_job_for_good(tmp_path: Path) -> None:
+    h = Harness()
+    h.durable = DurableSessions(tmp_path, DurabilityConfig(), ManualClock(T0), lock_wait_s=0.2)
+    h.store = h.durable.store
+    sid = h.closed_session()
+    h.model = "fake-\ud800"  # not UTF-8: the log cannot hold the summary's provenance
+    await h.run_queued()
+    view = h.view(sid)
+    assert (view["summary_status"], view["summary_attempts"]) == ("failed", 1)
+    assert view["summary_error"].startswith("the summary was refused: ")
+    assert h.outcomes == [("failed", None)]
+
+
+async def test_each_attempt_tells_how_it_ended() -> None:
+    h = Harness(max_attempts=2)
+    h.failures_left = 1
+    retried = h.closed_session()
+    await h.run_queued()
+    h.failures_left = 2
+    failed = h.closed_session()
+    await h.run_queued()
+    assert h.outcomes == [("retried", None), ("ready", 0.0), ("retried", None), ("failed", None)]
+    assert h.view(retried)["summary_status"] == "ready" and h.view(failed)["summary_status"] == "failed"
 
 
 async def test_a_job_that_was_running_at_a_crash_is_resumed() -> None:
@@ -233,8 +326,8 @@ async def test_a_job_that_was_running_at_a_crash_is_resumed() -> None:
     restored._sessions[("acme", sid)] = decode_session(encode_session(session))
     assert restored.unfinished_summaries() == [("acme", sid)]
     h.store = restored
-    h.runner.submit(restored.unfinished_summaries())
-    await h.runner.drain()
+    h.closing.submit(restored.unfinished_summaries())
+    await h.closing.drain()
     assert (h.view(sid)["summary_status"], h.view(sid)["summary_attempts"]) == ("ready", 2)
 
 
@@ -251,11 +344,11 @@ async def test_long_conversations_are_precut_before_they_leave_the_shard() -> No
 async def test_summary_state_survives_the_log_and_snapshot_codec() -> None:
     h = Harness(max_attempts=1)
     ready, failed = h.closed_session(), h.closed_session()
-    h.runner.submit([("acme", ready)])
-    await h.runner.drain()
+    h.closing.submit([("acme", ready)])
+    await h.closing.drain()
     h.failures_left = 1
-    h.runner.submit([("acme", failed)])
-    await h.runner.drain()
+    h.closing.submit([("acme", failed)])
+    await h.closing.drain()
     for sid in (ready, failed):
         session = h.store._sessions[("acme", sid)]
         assert decode_session(encode_session(session)).view_with_messages() == session.view_with_messages()

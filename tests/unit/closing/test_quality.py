@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.summaries.quality import EXTRACTIVE_WORDS, degeneracy, extractive
+from engine.closing.quality import EXTRACTIVE_WORDS, degeneracy, extractive
 
 SAID = [
     "Hi, it's Maya again.",

@@ -1,0 +1,200 @@
+"""ClosingJobs: a session shard's closing jobs, each seen through to a summary `ready` or `failed`.
+
+A job is durable because its state is the session's: closing a session (or a summarize request)
+sets `summary_status: pending` in the shard's log, and a restarted shard resumes every job that is
+pending or was running. One attempt is this sequence, top to bottom (`_attempt`):
+
+1. Read the job (SummaryJob, not logged): the session's name, times and messages, and whether its
+   turns are in session memory already. Nothing to do (the session is gone, or no summary is
+   queued) ends the job.
+2. A session without messages fails at once, for good (FailSummary, final).
+3. Its turns into its organization's session memory (embed, then one upsert), unless an earlier
+   attempt put them there. Meanwhile the session reads `summary_status: pending`,
+   `index_status: pending`.
+4. StartSummary, one record: the turns are searchable (`index_status: ready`) and the summary is
+   running, attempt + 1. Nothing to start (deleted meanwhile): what step 3 indexed is taken out.
+5. The model's text, from the summarizer pool, for the conversation cut by characters
+   (engine.closing.summary).
+6. The text judged, off the shard's event loop: a degenerate one is replaced by an extractive
+   summary, with the reason (engine.closing.quality).
+7. The summary into session memory (embed, then one upsert): its vector needs its text.
+8. FinishSummary: `ready`, with its provenance. Deleted meanwhile: its memory is taken out.
+   Refused (the log cannot hold its text): the job fails, for good.
+
+A step that raises fails the attempt: FailSummary, back to pending, and after a backoff that
+doubles the attempt runs again from step 1; once the attempts are used up the failure is final,
+with its reason. A failed attempt counts whether or not it reached step 4
+(engine.sessions.session).
+
+What it costs (tests/unit/closing/test_costs.py): a first attempt that succeeds writes two
+session-log records (StartSummary, FinishSummary) and two memory-log records (the turns with the
+session entry; the summary), and makes five calls outside the shard: embed and upsert the turns,
+the model, embed and upsert the summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from engine.config import SummarizerConfig
+from engine.errors import EngineError, SessionNotFound, SummaryFailed
+from engine.sessions.ops import FailSummary, FinishSummary, SessionOp, StartSummary, SummaryJob
+
+from .indexing import closed_session, forget_sessions, index_session, index_summary
+from .ports import ClosingPorts, Record
+from .summary import conversation_of, judged
+
+log = logging.getLogger(__name__)
+
+MAX_REASON_CHARS = 500
+NO_MESSAGES = "the session has no messages to summarize"
+
+# Told how each attempt ended ("ready", "extractive": ready with an extract because the model's
+# text was degenerate, "retried", "failed") and, once ready, the seconds since the session ended.
+Outcome = Callable[[str, float | None], None]
+
+
+class _Gone(Exception):
+    """The session was deleted while its job ran, after the job put something in its memory."""
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line a client can read: the original error's message, not a traceback."""
+    cause = getattr(exc, "cause", None) or exc  # Ray wraps an actor's exception; .cause is the original
+    text = str(cause).strip().splitlines()
+    line = text[0] if text else type(cause).__name__
+    return f"{type(cause).__name__}: {line}"[:MAX_REASON_CHARS]
+
+
+class ClosingJobs:
+    def __init__(
+        self,
+        record: Record,
+        ports: ClosingPorts,
+        config: SummarizerConfig,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        outcome: Outcome | None = None,
+    ) -> None:
+        self._record = record
+        self._ports = ports
+        self._config = config
+        self._sleep = sleep
+        self._outcome = outcome or (lambda name, lag_s: None)
+        self._slots = asyncio.Semaphore(config.concurrent_jobs)
+        self._active: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    def submit(self, jobs: Sequence[tuple[str, str]]) -> None:
+        for key in jobs:
+            if key not in self._active:  # queued twice (closed, then asked again): one run does both
+                task = asyncio.get_running_loop().create_task(self._run(*key))
+                self._active[key] = task
+
+    async def drain(self) -> None:
+        """Wait for every job in flight (tests, benchmarks)."""
+        while self._active:
+            await asyncio.gather(*list(self._active.values()), return_exceptions=True)
+
+    def cancel(self) -> None:
+        # Cancelled jobs stay pending or running in the log, so the next start resumes them.
+        for task in list(self._active.values()):
+            task.cancel()
+
+    async def _run(self, org: str, session_id: str) -> None:
+        try:
+            async with self._slots:
+                await self._attempts(org, session_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The shard itself failed (it restarts and resumes the job); nothing to record here.
+            log.exception("closing job interrupted", extra={"org": org, "session_id": session_id})
+        finally:
+            # Here, with no await after it, so a job queued again as this one ends gets a new run.
+            self._active.pop((org, session_id), None)
+
+    async def _attempts(self, org: str, session_id: str) -> None:
+        config = self._config
+        for attempt in range(1, config.max_attempts + 1):
+            try:
+                await self._attempt(org, session_id)
+                return
+            except _Gone:
+                await forget_sessions(self._ports, org, [session_id])
+                return
+            except Exception as exc:  # noqa: BLE001 - whatever failed, the attempt failed; its reason is kept
+                final = attempt == config.max_attempts
+                reason = failure_reason(exc)
+                log.warning(
+                    "summary attempt failed",
+                    extra={
+                        "org": org,
+                        "session_id": session_id,
+                        "attempt": attempt,
+                        "final": final,
+                        "reason": reason,
+                    },
+                )
+                await self._one(FailSummary(org, session_id, reason, final))
+                self._outcome("failed" if final else "retried", None)
+                if final:
+                    return
+                await self._sleep(config.retry_backoff_s * 2 ** (attempt - 1))
+
+    async def _attempt(self, org: str, session_id: str) -> None:
+        """One attempt: the numbered sequence of the module's docstring."""
+        ports = self._ports
+        job = await self._one(SummaryJob(org, session_id))  # 1
+        if job is None or isinstance(job, EngineError):
+            return
+        if not job.messages:  # 2
+            await self._one(FailSummary(org, session_id, NO_MESSAGES, True))
+            return
+        entries = None
+        if not job.indexed:  # 3
+            entries = await index_session(ports, org, closed_session(session_id, job))
+        started = await self._one(StartSummary(org, session_id, entries))  # 4
+        if started is None and entries is not None:
+            raise _Gone
+        if started is None or isinstance(started, EngineError):
+            return  # gone, or the log cannot be written now (the shard resumes the job once it can)
+        conversation = conversation_of(job, self._config)
+        summary = await ports.summarize(conversation)  # 5
+        kept = await asyncio.to_thread(judged, summary.text, conversation)  # 6
+        if not kept.text:
+            raise SummaryFailed(f"{summary.model} produced an empty summary")
+        await index_summary(ports, org, session_id, kept.text, kept.method)  # 7
+        finish = FinishSummary(
+            org,
+            session_id,
+            kept.text,
+            summary.model,
+            summary.messages_covered,
+            summary.messages_total,
+            method=kept.method,
+            reason=kept.reason,
+        )
+        done = await self._one(finish)  # 8
+        if isinstance(done, SessionNotFound):
+            raise _Gone
+        if isinstance(done, EngineError):
+            # The summary could not be stored (the log refused its text): a failed job, not one
+            # left running for ever.
+            await self._one(FailSummary(org, session_id, f"the summary was refused: {done}", True))
+            self._outcome("failed", None)
+            return
+        made_at = done["summary_provenance"]["created_at"]
+        lag_s = None if job.ended_at is None else max(0.0, (made_at - job.ended_at) / 1000)
+        self._outcome("ready" if kept.method == "model" else "extractive", lag_s)
+
+    async def _one(self, op: SessionOp) -> Any:
+        """Apply one op through the shard's log; its answer (an error the shard answered, as a value)."""
+        (result,) = await self._record([op])
+        return result

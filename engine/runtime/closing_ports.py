@@ -1,0 +1,54 @@
+"""RayClosingPorts: a session shard's closing jobs' calls outside the shard (engine.closing.ports),
+over Ray: the embedders, the organization's memory shard, the summarizer pool.
+
+Every actor is looked up without waiting, once, and kept: a wait would block the shard's event
+loop, so a lookup that misses fails the call, and with it the job's attempt (it is retried).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from ray.exceptions import ActorDiedError
+
+from engine.config import EngineConfig
+from engine.memory.ops import MemoryOp
+from engine.models.summarizer import Conversation, Summary
+from engine.routing import memory_shard_for
+
+from .memory_shards import RayMemoryTransport, find_memory_shards
+from .model_actors import find_embedders, find_pool
+
+
+class RayClosingPorts:
+    def __init__(self, config: EngineConfig) -> None:
+        self._config = config
+        self._memory: RayMemoryTransport | None = None
+        self._pool: Any = None
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return await self._found_memory().embed(texts, urgent=False)
+
+    async def index(self, org: str, ops: Sequence[MemoryOp]) -> list[Any]:
+        memory = self._found_memory()
+        return await memory.call(memory_shard_for(org, memory.shards), ops)
+
+    async def summarize(self, conversation: Conversation) -> Summary:
+        if self._pool is None:
+            self._pool = find_pool(self._config, timeout_s=0)
+        try:
+            summary: Summary = await self._pool.summarize.remote(conversation)
+        except ActorDiedError:
+            self._pool = None  # stopped and created again: look it up afresh next time
+            raise
+        return summary
+
+    def _found_memory(self) -> RayMemoryTransport:
+        if self._memory is None:
+            config = self._config
+            self._memory = RayMemoryTransport(
+                config, find_memory_shards(config, timeout_s=0), find_embedders(config, timeout_s=0)
+            )
+        return self._memory
