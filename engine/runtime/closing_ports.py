@@ -18,8 +18,9 @@ from engine.memory.ops import MemoryOp
 from engine.models.summarizer import Conversation, Summary
 from engine.routing import memory_shard_for
 
-from .memory_shards import RayMemoryTransport, find_memory_shards
+from .memory_shards import find_memory_shards
 from .model_actors import find_embedders, find_pool
+from .transports import RayMemoryTransport
 
 
 class RayClosingPorts:
