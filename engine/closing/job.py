@@ -19,7 +19,7 @@ pending or was running. One attempt is this sequence, top to bottom (`_attempt`)
    summary, with the reason (engine.closing.quality).
 7. The summary into session memory (embed, then one upsert): its vector needs its text.
 8. FinishSummary: `ready`, with its provenance. Deleted meanwhile: its memory is taken out.
-   Refused (the log cannot hold its text): the job fails, for good.
+   Refused (the log cannot hold it): the job fails, for good.
 
 A step that raises fails the attempt: FailSummary, back to pending, and after a backoff that
 doubles the attempt runs again from step 1; once the attempts are used up the failure is final,
@@ -27,9 +27,13 @@ with its reason. A failed attempt counts whether or not it reached step 4
 (engine.sessions.session).
 
 What it costs (tests/unit/closing/test_costs.py): a first attempt that succeeds writes two
-session-log records (StartSummary, FinishSummary) and two memory-log records (the turns with the
-session entry; the summary), and makes five calls outside the shard: embed and upsert the turns,
-the model, embed and upsert the summary.
+session-log records and two memory-log records, and makes five calls outside the shard, one Ray
+round trip each (the pool's hand-off to a summarizer is one more). Each is needed:
+- StartSummary: a restart must know that the turns are indexed and how many attempts were made;
+- FinishSummary: the summary itself;
+- the turns' upsert, apart from the summary's: the turns are searchable while the model works;
+- embedding the turns, then the summary: the summary's vector needs the summary;
+- the model: it runs in the summarizer pool, which batches the jobs of every shard.
 """
 
 from __future__ import annotations
