@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import os
 import signal
@@ -19,7 +20,13 @@ from engine.config import EngineConfig
 from engine.idempotency import MAX_KEY_CHARS
 from engine.keys import KeyStore, load_key_store
 from engine.logs import setup_logging
-from engine.runtime.transport import MemoryTransport, SessionTransport
+from engine.runtime import memory_shards, model_actors, operators, ray_cluster, session_shards
+from engine.runtime.transports import (
+    MemoryTransport,
+    RayMemoryTransport,
+    RaySessionTransport,
+    SessionTransport,
+)
 
 from . import edge, mcp, metrics
 from .errors import install_error_handlers
@@ -43,31 +50,22 @@ BEARER = "bearer"  # the security scheme's name in the OpenAPI document
 
 
 def _ray_transport(config: EngineConfig) -> SessionTransport:
-    from engine.runtime import ray_cluster, session_shards
-
     ray_cluster.connect(config)
-    return session_shards.RayTransport(session_shards.find_shards(config))
+    return RaySessionTransport(session_shards.find_shards(config))
 
 
 def _ray_memory(config: EngineConfig) -> MemoryTransport:
-    from engine.runtime import memory_shards, model_actors, ray_cluster
-
     ray_cluster.connect(config)
-    return memory_shards.RayMemoryTransport(
+    return RayMemoryTransport(
         config, memory_shards.find_memory_shards(config), model_actors.find_embedders(config)
     )
-
-
-def _ray_cluster_status(config: EngineConfig) -> dict[str, Any]:
-    from engine.runtime import ray_cluster
-
-    return ray_cluster.status(config)
 
 
 def tune_gc() -> None:
     """Collect garbage less often, and never scan what was there at startup. A gateway holds Ray's,
     pydantic's and FastAPI's objects, hundreds of thousands of them, and the default thresholds
-    scanned them so often under load that throughput and p99 suffered (benchmarks/RESULTS.md §6).
+    scanned them so often under load that throughput and p99 suffered
+    (benchmarks/RESULTS.md#6-garbage-collection-in-the-gateway).
     Requests make little cyclic garbage; what they make is still collected."""
     gc.collect()
     gc.freeze()
@@ -105,12 +103,12 @@ def create_app(
         lifespan=lifespan,
         strict_content_type=False,  # as on every route (api/http.py: json_router)
         # FastAPI's OpenTelemetry hooks, unused here, cost every request something even with no
-        # provider (benchmarks/RESULTS.md §5).
+        # provider (benchmarks/RESULTS.md#5-one-dependency-a-route-fastapi-telemetry-off).
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.config = config
     if cluster is None and transport is _ray_transport:
-        cluster = _ray_cluster_status
+        cluster = operators.status
     app.state.cluster_status = cluster  # None: not on Ray (in-process tests and tools)
     # The bounds of this process's connections, when served by `serve`.
     edge.configure(config.http, admin_paths=[config.metrics.path] if config.metrics.enabled else [])
@@ -179,8 +177,6 @@ def _die_with_parent() -> None:
     listening socket that accepts connections and answers nothing: Linux sends it SIGTERM then."""
     if sys.platform != "linux":
         return
-    import ctypes
-
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from engine.config import EventsConfig
 from engine.errors import FeedGone, TooManyFeeds, Unavailable, ValidationFailed
 from engine.routing import shard_for
-from engine.runtime.transport import SessionTransport
+from engine.runtime.transports import SessionTransport
 from engine.sessions.events import Event, Interest, Page, Position, parse_position
 
 from . import metrics

@@ -17,7 +17,7 @@ from typing import Any
 from engine.config import OutboxConfig
 from engine.errors import EngineError, Internal, Unavailable, unwrap
 from engine.routing import memory_shard_for, shard_for
-from engine.runtime.transport import MemoryTransport, ShardTransport
+from engine.runtime.transports import MemoryTransport, ShardTransport
 from engine.sessions.ops import SessionOp
 
 from . import metrics

@@ -24,10 +24,10 @@ from api.app import create_app
 from engine.config import DurabilityConfig, load_config
 from engine.keys import KeyStore
 from engine.memory.index import IndexParams
-from engine.runtime.transport import LocalMemoryTransport, LocalTransport
 from engine.sessions.durable import DurableSessions
 from engine.sessions.ops import AppendMessages, CreateSession
 from engine.sessions.session import NewMessage, new_session_id
+from tests.support.local_shards import LocalMemoryTransport, LocalTransport
 
 ROUNDS = 5
 

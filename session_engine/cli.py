@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from engine.check import CLEAN, REFUSED, check_data_dir
+    from engine.check import CLEAN, REFUSED, check_data_dir  # the stores and FAISS: only `check` reads them
 
     data_dir: Path = args.data_dir
     if not data_dir.is_dir():

@@ -1,5 +1,8 @@
 """The operator commands (`status`, `drain`, `stop`, `rebalance`): each joins the cluster's Ray as a
-driver and reads or changes its actors (engine/runtime/ray_cluster.py does the work)."""
+driver and reads or changes its actors (engine/runtime/operators.py does the work).
+
+Ray is imported inside the commands, never at the top: Ray reads its auth mode when it is imported,
+and `main` sets that first (serve.prepare_ray_auth); `keys` and `check` start without Ray."""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ def _operator(command: OperatorCommand) -> Callable[[argparse.Namespace], int]:
     any failure on the way (an actor that does not answer, a move that cannot be made) one line."""
 
     def run(args: argparse.Namespace) -> int:
-        from ray.exceptions import RayError
+        from ray.exceptions import RayError  # Ray only once the command runs (module docstring)
 
         config = _operator_config(args)
         if config is None:
@@ -42,7 +45,7 @@ def _operator(command: OperatorCommand) -> Callable[[argparse.Namespace], int]:
 def _operator_config(args: argparse.Namespace) -> EngineConfig | None:
     """Join the cluster's Ray (the address from --ray-address, the config, or the file an
     embedded server writes in its data directory) and return the running cluster's config."""
-    from engine.runtime import ray_cluster
+    from engine.runtime import controller  # Ray only once the command runs (module docstring)
 
     config = load_config(args.config, data_dir=args.data_dir, ray__address=args.ray_address)
     address = config.ray.address
@@ -59,7 +62,7 @@ def _operator_config(args: argparse.Namespace) -> EngineConfig | None:
     joined = config.model_copy(update={"ray": config.ray.model_copy(update={"address": address})})
     if connect(joined) is None:
         return None
-    running = ray_cluster.running_config(config.ray.namespace)
+    running = controller.running_config(config.ray.namespace)
     if running is None:
         print(f"session-engine: no cluster runs in Ray namespace {config.ray.namespace!r}", file=sys.stderr)
         return None
@@ -68,9 +71,9 @@ def _operator_config(args: argparse.Namespace) -> EngineConfig | None:
 
 @_operator
 def status(args: argparse.Namespace, config: EngineConfig) -> int:
-    from engine.runtime import ray_cluster
+    from engine.runtime import operators  # Ray only once the command runs (module docstring)
 
-    found = ray_cluster.status(config)
+    found = operators.status(config)
     if args.json:
         print(orjson.dumps(found, option=orjson.OPT_INDENT_2, default=str).decode())
     else:
@@ -82,7 +85,7 @@ def status(args: argparse.Namespace, config: EngineConfig) -> int:
 # generating, texts waiting for the embedder): all of them are working as they should. A model
 # that failed to load is not.
 HEALTHY_STATES = (None, "serving", "loading", "idle", "busy")
-# The actors (roles, as engine.runtime.ray_cluster.actor_names gives them) that load a model. A
+# The actors (roles, as engine.runtime.names.actor_names gives them) that load a model. A
 # summarizer loads its model in its constructor, so Ray shows it PENDING_CREATION until the load
 # ends (tens of seconds at a start): that one is loading, not failing. A shard is never let off so.
 MODEL_ROLES = ("embedder", "summarizer", "summarizer pool")
@@ -173,9 +176,9 @@ def _size(n: float) -> str:
 
 @_operator
 def drain(args: argparse.Namespace, config: EngineConfig) -> int:
-    from engine.runtime import ray_cluster
+    from engine.runtime import operators  # Ray only once the command runs (module docstring)
 
-    answers = ray_cluster.drain(config, on=not args.undo)
+    answers = operators.drain(config, on=not args.undo)
     states = Counter(str(a.get("state")) for a in answers)
     print(f"{len(answers)} shards: " + ", ".join(f"{n} {state}" for state, n in sorted(states.items())))
     return 0
@@ -183,9 +186,9 @@ def drain(args: argparse.Namespace, config: EngineConfig) -> int:
 
 @_operator
 def stop(args: argparse.Namespace, config: EngineConfig) -> int:
-    from engine.runtime import ray_cluster
+    from engine.runtime import operators  # Ray only once the command runs (module docstring)
 
-    ray_cluster.stop(config)
+    operators.stop(config)
     print(
         "stopped: every shard drained, took its final snapshot and released its directory; the "
         "cluster's actors are removed. Gateways still running answer 503 until they are stopped.",
@@ -196,9 +199,9 @@ def stop(args: argparse.Namespace, config: EngineConfig) -> int:
 
 @_operator
 def rebalance(args: argparse.Namespace, config: EngineConfig) -> int:
-    from engine.runtime import ray_cluster
+    from engine.runtime import operators  # Ray only once the command runs (module docstring)
 
-    moves = ray_cluster.rebalance(config, dry_run=args.dry_run)
+    moves = operators.rebalance(config, dry_run=args.dry_run)
     if not moves:
         print("balanced: no node hosts two shards more than another")
     return 0

@@ -1,11 +1,16 @@
 """`session-engine serve`: start or join Ray, create or join the cluster's actors, and run the
-gateway (uvicorn, one or several worker processes) until a stop signal or the loss of Ray."""
+gateway (uvicorn, one or several worker processes) until a stop signal or the loss of Ray.
+
+Ray and the gateway are imported inside the functions that use them, never at the top: Ray reads
+its auth mode when it is imported, and `main` sets that first (prepare_ray_auth); `keys` and
+`check`, which import this module too, start without Ray, FastAPI and uvicorn."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import logging
+import multiprocessing
 import os
 import shutil
 import signal
@@ -53,13 +58,16 @@ def serve(args: argparse.Namespace) -> int:
         print(f"session-engine: {exc.message}", file=sys.stderr)
         return 2
 
+    # The gateway and Ray only once the command runs (module docstring), and after the checks above.
     import uvicorn
 
+    # The same cause as for uvicorn above.
     from api.app import RESOLVED_CONFIG_ENV, create_app
     from api.edge import PROTOCOL
     from api.metrics import MULTIPROC_ENV
-    from engine.runtime import memory_shards, ray_cluster, session_shards
+    from engine.runtime import controller, memory_shards, operators, ray_cluster, session_shards
     from engine.runtime.ray_actors import wait_started
+    from engine.runtime.watch import RayWatch
 
     address = connect(config)
     if address is None:
@@ -67,7 +75,7 @@ def serve(args: argparse.Namespace) -> int:
     watch = None
     try:
         # Checked against the running cluster before anything is created (ConfigError: exit 2).
-        cluster_id, created = ray_cluster.join_or_create(config)
+        cluster_id, created = controller.join_or_create(config)
         keys = keys or _ensure_keys(config)  # joining: only once the cluster is known to be this one
         # The session shards' processes first (Ray starts a few workers at a time), then memory and
         # the models by name without waiting for them: a session shard that resumes a summary job
@@ -99,7 +107,7 @@ def serve(args: argparse.Namespace) -> int:
             "timeout_keep_alive": config.http.keep_alive_s,
         }
         _absorb_stop_signals()
-        watch = ray_cluster.RayWatch(_stop_self).start()
+        watch = RayWatch(_stop_self).start()
         if config.workers == 1 and config.http.server == "uvicorn":
             uvicorn.run(create_app(config, keys=keys), **common)  # type: ignore[arg-type]
         else:
@@ -122,7 +130,7 @@ def serve(args: argparse.Namespace) -> int:
             os._exit(1)  # Ray's own shutdown would wait for a control store that is gone
         if embedded:
             # This process owns the actors: final snapshots, locks released, actors removed.
-            ray_cluster.stop(config)
+            operators.stop(config)
             with contextlib.suppress(OSError):
                 (config.data_dir / RAY_ADDRESS_FILE).unlink(missing_ok=True)
     except StartupError as exc:
@@ -136,8 +144,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def _run_granian(config: EngineConfig) -> None:
     """The gateway workers on granian, until a stop signal: each imports the app as uvicorn's do."""
-    import multiprocessing
-
+    # Only for `--http-server granian`: the default server's start does not import granian.
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
@@ -192,8 +199,10 @@ def _write_ray_address(data_dir: Path, address: str) -> None:
 
 def connect(config: EngineConfig) -> str | None:
     """Start or join Ray; a cluster that refuses this process (no token) is one line, not a traceback."""
+    # Ray only once the command runs (module docstring).
     from ray.exceptions import AuthenticationError
 
+    # The same cause as for Ray's exceptions above.
     from engine.runtime import ray_cluster
 
     token = _ray_token_path()

@@ -31,7 +31,7 @@ from ..schemas import ErrorOut
 router = APIRouter(tags=["health"])
 READY_TIMEOUT_S = 5.0  # for the session shards: past it, 503
 # A memory shard that does not answer within this while the session shards do is still starting
-# (recovering its index); models answer their own probe (engine.runtime.memory_shards).
+# (recovering its index); models answer their own probe (engine.runtime.transports).
 LOADING_TIMEOUT_S = 2.0
 NOTICE_KEYS = ("read_only", "fenced", "draining", "recovery")
 # An absolute path: a "/" at the start or after a space, quote, bracket, "=" or ":", then
@@ -126,7 +126,7 @@ async def _memory_shards(memory: Any) -> list[dict[str, Any] | EngineError | Non
 
 
 async def _models(transport: Any) -> dict[str, Any]:
-    """What each model says of itself (engine.runtime.memory_shards); a probe that fails as a whole
+    """What each model says of itself (engine.runtime.transports); a probe that fails as a whole
     makes both models "unavailable", a notice, never a 503."""
     try:
         models: dict[str, Any] = await transport.ready()

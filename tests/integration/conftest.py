@@ -15,7 +15,7 @@ from benchmarks.server import ServerProcess, joined_server
 from engine.config import load_config
 from engine.keys import KeyStore
 from engine.memory.index import IndexParams
-from engine.runtime.transport import LocalMemoryTransport, LocalTransport
+from tests.support.local_shards import LocalMemoryTransport, LocalTransport
 
 # The contract suites take organizations counting up from the first, the summary tests counting
 # down from the last, and a few tests name their own from the middle; enough that they never meet

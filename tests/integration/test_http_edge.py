@@ -1,4 +1,4 @@
-"""The HTTP edge under a real uvicorn on 127.0.0.1 (issue 15): a 5xx names its request and leaves
+"""The HTTP edge under a real uvicorn on 127.0.0.1: a 5xx names its request and leaves
 the client's keep-alive connection usable; api/edge.py bounds headers, read times and connections."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from api.edge import EdgeProtocol
 from engine.config import HttpConfig, load_config
 from engine.keys import KeyStore
 from engine.memory.index import IndexParams
-from engine.runtime.transport import LocalMemoryTransport, LocalTransport
+from tests.support.local_shards import LocalMemoryTransport, LocalTransport
 
 AUTH = {"Authorization": "Bearer key-acme"}
 

@@ -15,8 +15,9 @@ import ray
 
 from engine.config import EngineConfig
 from engine.models.summarizer import Conversation
-from engine.runtime import ray_cluster
-from engine.runtime.model_actors import POOL_NAME, SUMMARIZER_NAME, SummarizerPool
+from engine.runtime import operators
+from engine.runtime.model_actors import SummarizerPool
+from engine.runtime.names import POOL_NAME, SUMMARIZER_NAME
 from engine.runtime.ray_actors import create_named, wait_started
 from session_engine.operate import actor_state, unhealthy
 
@@ -50,7 +51,7 @@ def test_a_summarizer_busy_generating_shows_as_busy_and_keeps_status_healthy(
         handle.summarize.remote(conversation)
     deadline = time.monotonic() + 60
     while True:  # the pool hands the first job to the summarizer at once
-        found = ray_cluster.status(config, probe_timeout_s=PROBE_TIMEOUT_S)
+        found = operators.status(config, probe_timeout_s=PROBE_TIMEOUT_S)
         actors = {a["name"]: a for a in found["actors"]}
         summarizer = actors[SUMMARIZER_NAME.format(index=0)]
         if actor_state(summarizer) != "idle" or time.monotonic() > deadline:

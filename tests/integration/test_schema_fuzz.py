@@ -34,7 +34,7 @@ from api.schemas import ErrorCode
 from engine.config import load_config
 from engine.keys import KeyStore
 from engine.memory.index import IndexParams
-from engine.runtime.transport import LocalMemoryTransport, LocalTransport
+from tests.support.local_shards import LocalMemoryTransport, LocalTransport
 
 KEY = "key-fuzz"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -10,7 +10,7 @@ import ray
 
 from engine.config import load_config
 from engine.errors import ConfigError
-from engine.runtime.ray_cluster import check_placement
+from engine.runtime.controller import check_placement
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -11,7 +11,7 @@ from engine.clock import ManualClock
 from engine.config import EngineConfig, load_config
 from engine.keys import KeyStore
 from engine.memory.index import IndexParams
-from engine.runtime.transport import LocalMemoryTransport, LocalTransport
+from tests.support.local_shards import LocalMemoryTransport, LocalTransport
 
 AUTH = {"Authorization": "Bearer k"}
 

@@ -12,11 +12,11 @@ from api import feeds
 from api.feeds import FeedHub, Stream
 from engine.config import EventsConfig
 from engine.errors import TooManyFeeds, ValidationFailed
-from engine.runtime.transport import LocalTransport
 from engine.sessions.events import Position
 from engine.sessions.ops import AppendMessages, CreateSession
 from engine.sessions.session import NewMessage, new_session_id
 from engine.sessions.store import SessionStore
+from tests.support.local_shards import LocalTransport
 
 
 async def make_session(transport: LocalTransport, hub: FeedHub, org: str = "acme") -> tuple[str, int]:

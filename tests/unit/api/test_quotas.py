@@ -1,4 +1,4 @@
-"""Quotas per organization (issue 6): active sessions, messages per session, bytes per message and
+"""Quotas per organization: active sessions, messages per session, bytes per message and
 per context, vectors per namespace; each a clear 4xx, each settable per organization."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from engine.keys import KeyStore
 from engine.memory.index import IndexParams
 from engine.memory.ops import UpsertVectors
 from engine.memory.store import MemoryStore
-from engine.runtime.transport import LocalMemoryTransport, LocalTransport
 from engine.sessions.ops import AppendMessages, CreateSession, EndSession
 from engine.sessions.session import NewMessage, SessionStatus
 from engine.sessions.store import SessionStore
+from tests.support.local_shards import LocalMemoryTransport, LocalTransport
 
 T0 = 1_700_000_000_000
 

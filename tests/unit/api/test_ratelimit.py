@@ -10,7 +10,7 @@ from engine.config import LimitsConfig, load_config
 from engine.errors import RateLimited
 from engine.keys import KeyStore
 from engine.memory.index import IndexParams
-from engine.runtime.transport import LocalMemoryTransport, LocalTransport
+from tests.support.local_shards import LocalMemoryTransport, LocalTransport
 
 
 class Clock:

@@ -21,11 +21,11 @@ from engine.config import load_config
 from engine.errors import ModelsLoading, Unavailable
 from engine.keys import KeyStore
 from engine.memory.index import IndexParams
-from engine.runtime import memory_shards
-from engine.runtime.memory_shards import RayMemoryTransport
+from engine.runtime import transports
 from engine.runtime.ray_actors import restarting
-from engine.runtime.transport import LocalMemoryTransport, LocalTransport
+from engine.runtime.transports import RayMemoryTransport
 from engine.storage.identity import NotThisShardsData
+from tests.support.local_shards import LocalMemoryTransport, LocalTransport
 
 DATA_DIR = "/srv/secret-place/engine-data"
 AUTH = {"Authorization": "Bearer k"}
@@ -239,7 +239,7 @@ def test_a_model_actor_that_ray_cannot_reach_leaves_sessions_served_and_the_engi
     """The embedder's probe raises a Ray error (its actor restarting, or dead): the model is
     unavailable, a notice; the gateway still serves sessions, so /readyz stays 200."""
     pool = ModelActor({"state": "idle", "workers": [], "waiting": 0})
-    monkeypatch.setattr(memory_shards, "find_pool", lambda config, timeout_s=60.0: pool)
+    monkeypatch.setattr(transports, "find_pool", lambda config, timeout_s=60.0: pool)
     embedders = Embedders(ModelActor({}, failure=failure))
     models = RayMemoryTransport(load_config(), cast(Any, None), cast(Any, embedders))
     status, body, _ = readyz(make_app(ray_models=models))
@@ -257,7 +257,7 @@ def test_a_summarizer_pool_that_is_not_found_leaves_the_engine_degraded(
     def not_found(config: Any, timeout_s: float = 60.0) -> Any:
         raise Unavailable("actors ['summarizer-pool'] not found in Ray namespace 'x'")
 
-    monkeypatch.setattr(memory_shards, "find_pool", not_found)
+    monkeypatch.setattr(transports, "find_pool", not_found)
     embedders = Embedders(ModelActor(LOADED["embedder"]))
     models = RayMemoryTransport(load_config(), cast(Any, None), cast(Any, embedders))
     status, body, _ = readyz(make_app(ray_models=models))

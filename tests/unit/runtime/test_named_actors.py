@@ -13,7 +13,8 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError
 from engine.config import EngineConfig
 from engine.errors import Unavailable
 from engine.runtime import ray_actors
-from engine.runtime.ray_actors import CONTROLLER_NAME, NamedActors
+from engine.runtime.names import CONTROLLER_NAME
+from engine.runtime.ray_actors import NamedActors
 
 _ids = itertools.count()
 

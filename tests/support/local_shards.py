@@ -1,60 +1,26 @@
-"""How a gateway reaches shards: a transport sends a batch of ops to one shard and returns one
-result per op (a value, or the EngineError that op raised). Failures of the call itself raise.
-"""
+"""Shards as plain stores in this process, behind the transports a gateway is written against
+(engine.runtime.transports): the API tests run the real app over them without Ray, and
+benchmarks/inprocess.py measures the gateway with them. Test doubles, so not in the package."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from engine.clock import Clock, SystemClock
 from engine.memory.index import IndexParams
 from engine.memory.store import MemoryStore
+from engine.runtime.shard_metrics import MemoryShardMetrics, SessionShardMetrics
 from engine.sessions.answers import encode_answers
 from engine.sessions.events import FeedReads, Interest, Page, Position, Reader
 from engine.sessions.ops import ExpireDue
 from engine.sessions.store import SessionStore
 
-from .shard_metrics import MemoryShardMetrics, SessionShardMetrics
-
-
-class ShardTransport(Protocol):
-    @property
-    def shards(self) -> int: ...
-
-    async def call(self, shard: int, ops: Sequence[Any]) -> list[Any]: ...
-
-    async def metrics(self, shard: int) -> list[Any]:
-        """The shard's Prometheus families (engine.runtime.shard_metrics)."""
-        ...
-
-
-class SessionTransport(ShardTransport, Protocol):
-    """Session shards also serve their change feeds (engine.sessions.events)."""
-
-    async def read_events(
-        self,
-        shard: int,
-        after: Position | None,
-        interests: frozenset[Interest],
-        limit: int,
-        wait_s: float,
-        reader: Reader | None = None,
-    ) -> Page: ...
-
-
-class MemoryTransport(ShardTransport, Protocol):
-    """Memory shards take memory ops; the embedder turns texts into normalized vectors."""
-
-    async def embed(self, texts: Sequence[str]) -> np.ndarray: ...
-
-    async def ready(self) -> dict[str, Any]: ...
-
 
 class LocalTransport:
-    """Shards as plain ShardStores in this process: for API tests without Ray, and for embedding."""
+    """Session shards as plain SessionStores in this process (a SessionTransport)."""
 
     def __init__(self, shards: int, clock: Clock | None = None) -> None:
         self.stores = [SessionStore() for _ in range(shards)]
@@ -95,7 +61,8 @@ class LocalTransport:
 
 
 class LocalMemoryTransport:
-    """Memory shards as plain MemoryStores in this process, with an embedding function."""
+    """Memory shards as plain MemoryStores in this process, with an embedding function (a
+    MemoryTransport)."""
 
     def __init__(
         self, shards: int, params: IndexParams, embed: Callable[[Sequence[str]], np.ndarray]
