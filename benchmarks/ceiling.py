@@ -18,6 +18,8 @@ from typing import Annotated, Any
 import orjson
 import uvicorn
 from fastapi import Depends, FastAPI, Query, Request
+from granian import Granian
+from granian.constants import HTTPModes, Interfaces
 from starlette.responses import Response
 
 from api.app import tune_gc
@@ -161,9 +163,6 @@ def main() -> None:
     parser.add_argument("--http-server", choices=["uvicorn", "granian"], default="uvicorn")
     args = parser.parse_args()
     if args.http_server == "granian":
-        from granian import Granian
-        from granian.constants import HTTPModes, Interfaces
-
         os.environ["CEILING_API_KEY"] = args.api_key
         Granian(
             "benchmarks.ceiling:ceiling_from_env", address=args.host, port=args.port,

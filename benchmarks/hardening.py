@@ -1,4 +1,4 @@
-"""The misbehaving fleet (issue 6): one organization retries every write blindly, one races
+"""The misbehaving fleet: one organization retries every write blindly, one races
 conditional context updates, one floods past its rate limit, while a calm organization sends a
 steady load. Measured three times with the same generator, in the same run: the calm organization
 alone, beside a polite fleet (the same clients sending each write once, the flooder keeping to its

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import tempfile
 import time
@@ -33,6 +34,11 @@ import numpy as np
 from benchmarks.stamp import describe, machine
 from engine.config import SummarizerConfig
 from engine.memory.index import IndexParams, NamespaceIndex, normalized
+from engine.memory.ops import QueryVectors, UpsertVectors
+from engine.memory.sessions import SESSION_MEMORY, SESSIONS_OF_MEMORY
+from engine.memory.store import MemoryStore
+from engine.models.embedder import Embedder
+from engine.models.summarizer import Conversation, Summarizer, Summary
 
 HERE = Path(__file__).resolve().parent
 
@@ -48,9 +54,7 @@ TOPICS = [
 ]
 
 
-def conversations(n: int) -> list[Any]:
-    from engine.models.summarizer import Conversation
-
+def conversations(n: int) -> list[Conversation]:
     out = []
     for i in range(n):
         topic, answer = TOPICS[i % len(TOPICS)]
@@ -74,8 +78,6 @@ def measure_summarizer(
     max_new_tokens: int = 128,
 ) -> list[dict[str, Any]]:
     """The summarizer at `path` (default: the default model, converted into models_dir once)."""
-    from engine.models.summarizer import Summarizer, Summary
-
     started = time.perf_counter()
     config = SummarizerConfig(path=path, max_new_tokens=max_new_tokens)
     summarizer = Summarizer(config, models_dir, device=device)
@@ -109,8 +111,6 @@ def measure_summarizer(
 
 
 def measure_embedder(device: str) -> list[dict[str, Any]]:
-    from engine.models.embedder import Embedder
-
     embedder = Embedder(None, device=device, batch_size=64)
     texts = [
         f"The conversation was about {t}; the assistant said to {a}. (note {i})"
@@ -215,11 +215,6 @@ def measure_session_memory(
     of hybrid, dense and lexical queries (top 10 sessions) in the shard's own code, no HTTP.
     Texts are 12 words drawn from a 30,000-word vocabulary by a Zipf law, as words are in text;
     vectors are the `clustered` kind above."""
-    import resource
-
-    from engine.memory.sessions import SESSION_MEMORY, SESSIONS_OF_MEMORY
-    from engine.memory.store import MemoryStore, QueryVectors, UpsertVectors
-
     rng = np.random.default_rng(1)
     vocabulary = np.array([f"w{i}" for i in range(30_000)])
     rows = []

@@ -30,7 +30,7 @@ from typing import Any
 import psutil
 
 from benchmarks import load, scenarios, suite
-from benchmarks.server import ServerProcess
+from benchmarks.server import ServerProcess, default_summarizer
 from benchmarks.suite import KEY
 
 HERE = Path(__file__).resolve().parent
@@ -95,7 +95,7 @@ def _server(args: argparse.Namespace, work: Path) -> Iterator[tuple[int, str]]:
             yield proc.pid, url
         return
     extra = {"SESSION_ENGINE_HTTP__SERVER": args.http_server, **dict(e.split("=", 1) for e in args.env)}
-    engine = ServerProcess(work / "engine", [], suite.engine_env(suite.default_summarizer(), **extra))
+    engine = ServerProcess(work / "engine", [], suite.engine_env(default_summarizer(), **extra))
     try:
         engine.wait_ready(timeout_s=300)
         yield engine.proc.pid, engine.url

@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from rich.console import Console
+from rich.table import Table
 
 from benchmarks.conversations import UNRELATED_KINDS, Corpus, generate, unrelated_questions
 from benchmarks.server import ServerProcess
@@ -392,9 +394,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print(result: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(
         title=f"Session memory recall: {result['sessions']} sessions, {result['questions']} questions"
     )

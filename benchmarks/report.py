@@ -16,7 +16,8 @@ GIB = 2**30
 
 
 def targets(document: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets against this run's numbers; a target not measured in it says so."""
+    """The targets (benchmarks/README.md#targets) against this run's numbers; a target not measured in
+    it says so."""
     s = document["scenarios"]
     out: list[dict[str, Any]] = []
 
@@ -39,7 +40,7 @@ def targets(document: dict[str, Any]) -> list[dict[str, Any]]:
         engine, other = http(name), http(name, base)
         return engine["items_per_s"] / other["items_per_s"] if engine and other else None
 
-    # Issue 20's targets: each scenario's throughput as a share of the ceiling's in the same run.
+    # The throughput targets: each scenario's throughput as a share of the ceiling's in the same run.
     for name, label, wanted in (
         ("append", "append, 1 message a request, 64 connections", 0.9),
         ("create", "session creation", 0.9),
@@ -290,10 +291,11 @@ def _config_line(config: dict[str, Any]) -> str:
 
 
 def plots(document: dict[str, Any], out: Path) -> list[Path]:
+    # matplotlib is slow to import and only the plots need it, not the suite's start or --help
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use(): pyplot settles on a backend when it loads
 
     http = {k: v for k, v in document["scenarios"].items() if v["kind"] == "http"}
     if not http:

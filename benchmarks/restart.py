@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from benchmarks import scenarios
-from benchmarks.server import ServerProcess
+from benchmarks.server import ServerProcess, default_summarizer
 from benchmarks.stamp import describe, machine
 
 KEY = "restart-key"
@@ -177,8 +177,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write results.json here")
     args = parser.parse_args(argv)
     if args.summarizer is None:
-        from benchmarks.suite import default_summarizer  # converts the default model once
-
         args.summarizer = default_summarizer()
     with tempfile.TemporaryDirectory(prefix="session-engine-restart-") as tmp:
         result = measure(args.sessions, args.summarizer, Path(tmp))

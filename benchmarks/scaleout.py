@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from ray.cluster_utils import Cluster
 
 from benchmarks import load
 from benchmarks.scenarios import setup_append
@@ -73,8 +74,6 @@ def _append(
 def measure(
     shards: int, gateway_counts: list[int], seconds: float, connections: int, work: Path
 ) -> list[dict[str, Any]]:
-    from ray.cluster_utils import Cluster
-
     node = {
         "num_cpus": os.cpu_count() or 2,
         "resources": {DATA_RESOURCE: 1},

@@ -24,6 +24,12 @@ import orjson
 import psutil
 
 from benchmarks.load import HERE, Request
+from engine.config import DurabilityConfig
+from engine.routing import shard_for
+from engine.sessions.durable import DurableSessions
+from engine.sessions.ops import AppendMessages, CreateSession
+from engine.sessions.session import NewMessage, new_session_id
+from engine.storage.layout import claim_layout, shard_directory
 
 MESSAGE = "an agent turn of about one hundred characters, the size the targets assume for each message."
 BATCH = 50
@@ -275,13 +281,6 @@ def engine_memory(server_pid: int) -> dict[str, float]:
 def build_engine_data(data_dir: Path, org: str, sessions: int, shards: int) -> None:
     """Write N sessions of 10 ~100-character messages into an engine data directory, each in the
     shard the gateway would route it to, then snapshot: what a server holding them leaves behind."""
-    from engine.config import DurabilityConfig
-    from engine.routing import shard_for
-    from engine.sessions.durable import DurableSessions
-    from engine.sessions.ops import AppendMessages, CreateSession
-    from engine.sessions.session import NewMessage, new_session_id
-    from engine.storage.layout import claim_layout, shard_directory
-
     claim_layout(data_dir, shards)
     ids_by_shard: list[list[str]] = [[] for _ in range(shards)]
     for _ in range(sessions):

@@ -16,6 +16,8 @@ from typing import ClassVar
 
 import httpx
 
+from engine.models.files import summarizer_directory
+
 # Ray's own processes bind ports the kernel picks (its ephemeral range) and its workers take
 # 10002-19999, so a port taken from either can be gone by the time a server started with it binds
 # (seen in make test: a server's port taken by Ray's processes during its start). Ours come from
@@ -39,6 +41,12 @@ def free_port() -> int:
     with socket.socket() as s:  # no such range on this machine: any free port
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def default_summarizer() -> Path:
+    """The summarizer a benchmark's server loads unless told otherwise: the default model,
+    converted once into benchmarks/.cache (not per data directory)."""
+    return Path(summarizer_directory(None, Path(__file__).resolve().parent / ".cache")[0])
 
 
 class ServerProcess:

@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from engine.config import load_config
+
 PACKAGES = (
     "session-engine",
     "ray",
@@ -56,8 +58,6 @@ def versions(wrk: str | None) -> dict[str, str]:
 
 def engine_config(env: dict[str, str]) -> dict[str, Any]:
     """The engine's resolved config under these environment overrides (keys are never included)."""
-    from engine.config import load_config
-
     saved = dict(os.environ)
     try:
         os.environ.update(env)

@@ -36,8 +36,10 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from benchmarks import feeds, load, redis_anchor, report, restart, scenarios, stamp
-from benchmarks.server import ServerProcess, free_port
+from benchmarks import feeds, load, recall, redis_anchor, report, restart, scenarios, stamp
+from benchmarks.durability import measure_recovery
+from benchmarks.memory import measure_summarizer
+from benchmarks.server import ServerProcess, default_summarizer, free_port
 
 HERE = Path(__file__).resolve().parent
 KEY = "bench-key"
@@ -180,13 +182,6 @@ def _choose_generator(wanted: str, console: Console) -> str:
     console.print("[yellow]wrk is missing and could not be installed: using the Python generator, "
                   "which may be the bottleneck; the results say so[/]")  # fmt: skip
     return "python"
-
-
-def default_summarizer() -> Path:
-    """The default model, converted once into benchmarks/.cache (not per data directory)."""
-    from engine.models.files import summarizer_directory
-
-    return Path(summarizer_directory(None, HERE / ".cache")[0])
 
 
 def _summarizer(run: Run) -> Path:
@@ -452,8 +447,6 @@ def _scaling(run: Run) -> None:
 
 
 def _summarize(run: Run) -> None:
-    from benchmarks.memory import measure_summarizer
-
     profile = run.profile
     rows = measure_summarizer(
         profile.summaries, list(profile.batch_sizes), "cpu", HERE / ".cache",
@@ -470,8 +463,6 @@ def _summarize(run: Run) -> None:
 
 
 def _recall(run: Run) -> None:
-    from benchmarks import recall
-
     personas, sessions = run.profile.recall
     args = argparse.Namespace(
         personas=personas, sessions=sessions, seed=7, summarizer=_summarizer(run), url=run.args.url,
@@ -485,8 +476,6 @@ def _recall(run: Run) -> None:
 
 
 def _snapshot(run: Run) -> None:
-    from benchmarks.durability import measure_recovery
-
     rows = [measure_recovery(n, run.work) for n in run.profile.snapshot_sizes]
     run.results["snapshot"] = {
         "kind": "engine",
