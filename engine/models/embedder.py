@@ -21,6 +21,8 @@ class Embedder:
         self, path: Path | None, *, device: str = "cpu", batch_size: int = 64, threads: int = 0
     ) -> None:
         go_offline()
+        # Imported after go_offline(): huggingface_hub reads its offline switch once, on first import.
+        # And it takes seconds (torch): only a process that loads the embedder pays.
         from sentence_transformers import SentenceTransformer
 
         started = time.perf_counter()

@@ -99,6 +99,7 @@ def converted_gguf(gguf: Path, cache_root: Path) -> Path:
     target = cache_root / f"{gguf.stem}-{digest}"
     if (target / "config.json").is_file():
         return target
+    # transformers takes seconds to import (torch): only a conversion pays, not `serve`'s model check
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting the GGUF summarizer once", extra={"gguf": str(gguf), "target": str(target)})
