@@ -2,7 +2,7 @@
 
 What it bypasses: FastAPI's request handler solves a tree of dependencies for every request (with
 a cache, exit stacks and overrides), which took much of an append's time in the gateway
-(benchmarks/RESULTS.md#14-around-fastapis-dependency-solving-and-queries-before-indexing-issue-20-second-session).
+(benchmarks/RESULTS.md#14-around-fastapis-dependency-solving-and-queries-before-indexing).
 A route of plain parameters needs none of it: its one dependency is an async function of the
 request alone (such as `CurrentCaller`) and it returns a Response. For such a route this does what
 FastAPI's handler does, with FastAPI's own functions: `request_params_to_args` reads the path,

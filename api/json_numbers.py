@@ -28,7 +28,8 @@ _MAX_DIGITS = len(str(INT_RANGE[1]))
 # integer of 19 digits or more is " 999…" not followed by a point. Floats do not count: a client's
 # embedding sends hundreds with 17 to 20 digits after the point, and the regex this replaced
 # (any 19 digits) sent those bodies to the second, Python parse, and a regex that skips floats
-# costs far more than the shape (benchmarks/RESULTS.md §13.3).
+# costs far more than the shape
+# (benchmarks/RESULTS.md#3-the-exact-integer-check-no-longer-parses-float-bodies-twice-6f60200).
 _SHAPE = bytes(57 if chr(b).isdigit() and b < 128 else 46 if b in b".eE" else 32 for b in range(256))
 _LONG_INTEGER = b" " + b"9" * 19
 

@@ -245,7 +245,7 @@ class SummarizerConfig(_Section):
     nice: int = Field(10, ge=0, le=19)
     # At most this many conversations per generate call: a free summarizer takes every job waiting,
     # up to this many, so a lone job runs alone and a backlog runs 16 at a time (more summaries a
-    # second than smaller batches: benchmarks/RESULTS.md §13.5).
+    # second than smaller batches: benchmarks/RESULTS.md#5-summarizer-batch-cap-4---16-f0515b4).
     batch_size: int = Field(16, ge=1, le=256)
     max_input_tokens: int = Field(2048, ge=64)  # cap on the prompt, below the model's own window
     max_new_tokens: int = Field(128, ge=1, le=4096)

@@ -37,7 +37,8 @@ ONCE = "once"
 class Op:
     """What every kind's ops derive from (SessionOp, MemoryOp). An op crosses from a gateway to a
     shard pickled as its class and its fields in order: a slotted dataclass's own pickling runs
-    Python code for each object, and this does not (benchmarks/RESULTS.md §13.2)."""
+    Python code for each object, and this does not
+    (benchmarks/RESULTS.md#2-ops-pickled-by-their-fields-690af1c)."""
 
     __slots__ = ()
 

@@ -308,7 +308,8 @@ class NamespaceIndex:
             else faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
         )
         # One query on one thread: FAISS's threads would split a single search and cost more in
-        # waking and waiting (benchmarks/RESULTS.md §8).
+        # waking and waiting
+        # (benchmarks/RESULTS.md#8-memory-queries-one-thread-for-one-query-one-faiss-call-for-several).
         faiss.omp_set_num_threads(1 if len(queries) == 1 else _THREADS)
         try:
             scores, found = self._index.search(queries, k, params=params)

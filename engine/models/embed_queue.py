@@ -3,9 +3,10 @@
 thousands of texts behind.
 
 Served first in, first out, a query waited behind the whole indexing backlog (under the suite's
-fleet: benchmarks/RESULTS.md §14.2). Here the model runs one call at a time on its own thread,
-and each call takes texts from the head of one queue, up to `chunk` of them, splitting a long job
-across calls and packing short ones together:
+fleet: benchmarks/RESULTS.md#2-a-querys-embedding-goes-before-indexing-enginemodelsembed_queuepy).
+Here the model runs one call at a time on its own thread, and each call takes texts from the head
+of one queue, up to `chunk` of them, splitting a long job across calls and packing short ones
+together:
 - urgent texts go first, so a query waits for at most the call in progress, and concurrent queries
   share one call;
 - when both queues hold texts, the calls alternate, so indexing keeps at least every other call

@@ -1,5 +1,5 @@
 """Idempotency keys across a SIGKILL of the whole server, and retention purges run by the shards,
-both on real servers (issue 6)."""
+both on real servers."""
 
 from __future__ import annotations
 

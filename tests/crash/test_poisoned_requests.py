@@ -1,4 +1,4 @@
-"""The sequence that once took a shard down for every organization on it (issue 15), against a
+"""The sequence that once took a shard down for every organization on it, against a
 real server: one organization sends contexts of every depth while another appends beside it, in
 the same coalesced shard calls; then SIGKILL and a restart."""
 

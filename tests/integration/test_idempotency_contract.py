@@ -1,4 +1,4 @@
-"""Idempotency-Key on every write (issue 6): a blind retry gets the first answer, applies nothing
+"""Idempotency-Key on every write: a blind retry gets the first answer, applies nothing
 twice, and a key reused for another request is a 409."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Property tests of the engine core under a fleet (issue 6): clients whose writes interleave in
+"""Property tests of the engine core under a fleet: clients whose writes interleave in
 any order, share group-commit batches, retry blindly with their Idempotency-Keys (before and after
 the first answer), while the shard snapshots and crashes. Whatever the interleaving:
 

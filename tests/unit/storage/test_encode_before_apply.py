@@ -1,4 +1,4 @@
-"""Encode before apply (issue 15): an op the log cannot hold fails alone, before anything of its
+"""Encode before apply: an op the log cannot hold fails alone, before anything of its
 batch is applied; the rest of the batch, other organizations' ops included, goes on; and the state
 rebuilt from disk is always the live state."""
 
