@@ -1,6 +1,7 @@
 """What both kinds of shard actor (session, memory) do around their durable store: start only on
-a directory that is really theirs, and keep trying while it is not; refuse changes while drained;
-and say where they run and what they hold, for `session-engine status`."""
+a directory that is really theirs, and keep trying while it is not; apply a batch and log it
+before answering; refuse changes while drained; take snapshots; stop gracefully; and say where
+they run and what they hold, for `session-engine status` and a gateway's /metrics."""
 
 from __future__ import annotations
 
@@ -8,16 +9,22 @@ import asyncio
 import logging
 import os
 import socket
-from typing import Any
+import time
+from collections.abc import Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 import ray
+from prometheus_client.metrics_core import Metric
 
 from engine.config import EngineConfig
-from engine.errors import DirectoryLocked, Unavailable
+from engine.errors import DirectoryLocked, LogWriteFailed, Unavailable
 from engine.storage.identity import NotThisShardsData, ShardIdentity
-from engine.storage.logged import LoggedStore
+from engine.storage.snapshot import SnapshotResult
 
-from .ray_actors import CONTROLLER_NAME, RAY_ERRORS, lookup
+from . import upkeep
+from .names import CONTROLLER_NAME
+from .ray_actors import RAY_ERRORS, lookup
+from .shard_metrics import ShardMetrics
 
 log = logging.getLogger(__name__)
 
@@ -28,28 +35,74 @@ REFUSED_RETRY_S = 5.0  # how often a refused shard looks for its data again
 FIRST_LOCK_WAIT_S = 10.0
 
 
-class HostedShard:
-    """Base of the SessionShard and MemoryShard actors. A subclass sets KIND, and implements
-    `_open_durable` (the store, from its directory and identity) and `_started` (its timers)."""
+class DurableStore(Protocol):
+    """What a shard actor needs of its durable store (DurableSessions, DurableMemory: both
+    engine.storage.logged.LoggedStore)."""
+
+    lsn: int
+    recovery: Any
+
+    @property
+    def read_only(self) -> bool: ...
+
+    def commit(self, ops: Sequence[Any]) -> list[Any]: ...
+
+    def drain(self, refusal: Unavailable | None) -> None: ...
+
+    def disk_status(self) -> dict[str, Any]: ...
+
+    def close(self, *, snapshot: bool = True) -> None: ...
+
+
+D = TypeVar("D", bound=DurableStore)
+
+
+class HostedShard(Generic[D]):
+    """Base of the SessionShard and MemoryShard actors. A subclass sets KIND and `_metrics`, calls
+    `_host` at the end of its `__init__`, and implements what differs by kind: `_open_durable` (the
+    store, from its directory and identity), `_started` (its timers), `_after_commit` (what a batch
+    sets going), `_write_snapshot`, `_counts` and `_store_families` (what it holds), and
+    `_stopping` (what it stops besides its timers)."""
 
     KIND: str
-    _durable: LoggedStore | None
+    _metrics: ShardMetrics
 
     def _host(self, index: int, config: EngineConfig, cluster_id: str) -> None:
         self._index = index
         self._config = config
         self._identity = ShardIdentity(cluster_id, self.KIND, index)
-        self._durable = None
+        self._durable: D | None = None
         self._refusal: Unavailable | None = None
         self._timers: list[asyncio.Task[None]] = []
+        self._snapshot_lock = asyncio.Lock()
         if not self._try_start(FIRST_LOCK_WAIT_S):
             self._timers.append(asyncio.get_running_loop().create_task(self._start_when_found()))
 
-    def _open_durable(self, identity: ShardIdentity, lock_wait_s: float) -> LoggedStore:
+    # -- what differs by kind
+
+    def _open_durable(self, identity: ShardIdentity, lock_wait_s: float) -> D:
         raise NotImplementedError
 
     def _started(self) -> None:
         raise NotImplementedError
+
+    def _after_commit(self, ops: Sequence[Any], logged: bool, seconds: float) -> None:
+        """After a batch's commit: `logged`, it wrote a log record; it took `seconds`."""
+        raise NotImplementedError
+
+    async def _write_snapshot(self, durable: D) -> SnapshotResult:
+        raise NotImplementedError
+
+    def _counts(self, durable: D) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _store_families(self, durable: D) -> list[Metric]:
+        raise NotImplementedError
+
+    def _stopping(self) -> None:
+        """At a graceful stop, before the final snapshot."""
+
+    # -- starting on its own directory
 
     def _try_start(self, lock_wait_s: float = 0.0) -> bool:
         try:
@@ -93,9 +146,27 @@ class HostedShard:
             if self._try_start():
                 return
 
-    def _refused(self, count: int) -> list[Any] | None:
-        """The answers for a batch of `count` ops while the shard cannot serve at all, else None."""
-        return None if self._durable is not None else [self._refusal] * count
+    def _store(self) -> D:
+        assert self._durable is not None
+        return self._durable
+
+    # -- requests
+
+    async def handle(self, ops: Sequence[Any]) -> list[Any]:
+        """One result per op, the batch applied and logged before it answers. A shard that cannot
+        serve at all (not its directory, or stopped) answers every op with why."""
+        if self._durable is None:
+            assert self._refusal is not None
+            return [self._refusal] * len(ops)
+        durable = self._durable
+        lsn, started = durable.lsn, time.perf_counter()
+        # No await inside: a batch is applied and logged whole before the next one starts.
+        try:
+            results = durable.commit(ops)  # read-only while its log cannot be written
+        except LogWriteFailed:
+            upkeep.fail_stop(f"{self.KIND} shard", self._index)
+        self._after_commit(ops, durable.lsn != lsn, time.perf_counter() - started)
+        return results
 
     async def drain(self, on: bool = True, moving: bool = False) -> dict[str, Any]:
         """Stop taking changes (reads are still answered) and take a snapshot; `on=False` undoes it.
@@ -127,8 +198,30 @@ class HostedShard:
             "stopped cluster is started again. This change was not applied.",
         )
 
+    # -- snapshots and stopping
+
     async def snapshot(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """Take a snapshot now (the timer also takes them); returns what it cost."""
+        durable = self._store()
+        async with self._snapshot_lock:
+            result = await self._write_snapshot(durable)
+            self._metrics.snapshot_seconds.observe(result.seconds)
+            log.info("snapshot written", extra={"kind": self.KIND, "shard": self._index, **result.report()})
+            return result.report()
+
+    async def shutdown(self) -> None:
+        """Graceful stop: a final snapshot, the log closed, the directory lock released."""
+        for timer in self._timers:
+            timer.cancel()
+        self._stopping()
+        if self._durable is None:
+            return
+        async with self._snapshot_lock:
+            self._durable.close(snapshot=True)
+            self._durable = None
+            self._refusal = Unavailable(f"{self.KIND} shard {self._index} is stopped", {"reason": "stopped"})
+
+    # -- what it says of itself
 
     async def describe(self) -> dict[str, Any]:
         context = ray.get_runtime_context()
@@ -147,7 +240,14 @@ class HostedShard:
                 "state": "refused",
                 "reason": self._refusal.details.get("reason", str(self._refusal)),
             }
-        return {**where, **self._durable.disk_status(), **self._counts()}
+        return {**where, **self._durable.disk_status(), **self._counts(self._durable)}
 
-    def _counts(self) -> dict[str, Any]:
-        raise NotImplementedError
+    async def metrics(self) -> list[Any]:
+        """This shard's series, for a gateway's /metrics (engine.runtime.shard_metrics)."""
+        if self._durable is None:
+            return self._metrics.families(None, None)
+        durable = self._durable
+        return [
+            *self._metrics.families(durable.disk_status(), durable.recovery.seconds),
+            *self._store_families(durable),
+        ]

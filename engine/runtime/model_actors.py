@@ -19,15 +19,13 @@ from engine.config import EngineConfig
 from engine.errors import ModelsLoading, SummaryFailed, Unavailable
 from engine.logs import setup_logging
 from engine.models.embed_queue import EmbedQueue
-from engine.models.summarizer import Conversation, Summary
+from engine.models.files import summarizer_directory
+from engine.models.summarizer import Conversation, Summarizer, Summary
 
+from .names import POOL_NAME, embedder_names, summarizer_names
 from .ray_actors import RAY_ERRORS, NamedActors, create_named, find_named
 
 log = logging.getLogger(__name__)
-
-EMBEDDER_NAME = "embedder-{index}"
-SUMMARIZER_NAME = "summarizer-{index}"
-POOL_NAME = "summarizer-pool"
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
@@ -95,8 +93,6 @@ class SummarizerActor:
     def __init__(self, config: EngineConfig, directory: str, name: str) -> None:
         setup_logging(config.log_level)
         os.nice(config.models.summarizer.nice)  # this process only: after indexing and requests
-        from engine.models.summarizer import Summarizer
-
         summarizer_config = config.models.summarizer.model_copy(update={"path": Path(directory)})
         self._summarizer = Summarizer(
             summarizer_config,
@@ -152,8 +148,6 @@ class SummarizerPool:
 
     async def _start_workers(self) -> None:
         """The summarizers, once the model directory is at hand, and their loops once each has loaded."""
-        from engine.models.files import summarizer_directory
-
         config = self._config
         try:
             # Once, here: the default model's GGUF conversion must not run in every summarizer at once.
@@ -161,12 +155,9 @@ class SummarizerPool:
                 summarizer_directory, config.models.summarizer.path, config.data_dir
             )
             self._workers = [
-                create_named(
-                    SummarizerActor, SUMMARIZER_NAME.format(index=i), config, config, str(directory), name,
-                    role="model",
-                )
-                for i in range(config.models.summarizer.workers)
-            ]  # fmt: skip
+                create_named(SummarizerActor, worker, config, config, str(directory), name, role="model")
+                for worker in summarizer_names(config)
+            ]
             loop = asyncio.get_running_loop()
             self._loops = [loop.create_task(self._serve(worker)) for worker in self._workers]
             await asyncio.gather(*(w.describe.remote() for w in self._workers))
@@ -264,7 +255,7 @@ def failure_line(exc: BaseException) -> str:
 
 
 def find_embedders(config: EngineConfig, timeout_s: float = 60.0) -> NamedActors:
-    names = [EMBEDDER_NAME.format(index=i) for i in range(config.models.embedder.replicas)]
+    names = embedder_names(config)
     return NamedActors(names, config, find_named(names, config, timeout_s))
 
 

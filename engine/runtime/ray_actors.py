@@ -1,6 +1,6 @@
-"""What session_shards, memory_shards, model_actors and ray_cluster (the controller and operator
-commands) do with Ray actors: create them by name where the placement
-settings say, wait for them to start, look them up, and call a shard's `handle`."""
+"""What the actor modules (session_shards, memory_shards, model_actors, controller) and the
+operator commands do with Ray actors: create them by name where the placement settings say, wait
+for them to start, look them up, and call a shard's `handle`."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from engine.config import EngineConfig
 from engine.errors import StartupError, Unavailable
 
+from .names import CONTROLLER_NAME
+
 RAY_ERRORS = (RayActorError, ActorUnavailableError, GetTimeoutError)
-CONTROLLER_NAME = "controller"  # the cluster's controller actor (engine.runtime.ray_cluster)
 # A custom resource a placement setting names is asked for in this amount: enough to keep the
 # actor on nodes that have it, small enough that a node with 1 of it hosts every shard.
 MARKER_AMOUNT = 0.001

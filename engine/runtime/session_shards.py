@@ -1,5 +1,6 @@
 """The session shard actors: SessionShard (a SessionStore made durable, its closing jobs, its
-change feed and its timers), creating, finding and stopping them, and the gateway's transport."""
+change feed and its timers), then creating, finding and stopping them. The gateway reaches them
+through engine.runtime.transports.RaySessionTransport."""
 
 from __future__ import annotations
 
@@ -11,48 +12,44 @@ from collections.abc import Sequence
 from typing import Any
 
 import ray
+from prometheus_client.metrics_core import Metric
 
 from engine.closing.indexing import forget_sessions
 from engine.closing.job import ClosingJobs
 from engine.config import EngineConfig, LimitsConfig
-from engine.errors import EngineError, LogWriteFailed, Unavailable, unwrap
+from engine.errors import EngineError
 from engine.logs import setup_logging
-from engine.runtime import upkeep
-from engine.runtime.closing_ports import RayClosingPorts
-from engine.runtime.hosted import HostedShard
-from engine.runtime.ray_actors import (
-    RAY_ERRORS,
-    NamedActors,
-    create_named,
-    find_named,
-    wait_started,
-)
-from engine.runtime.shard_metrics import SessionShardMetrics
 from engine.sessions.answers import encode_answers
 from engine.sessions.durable import DurableSessions
 from engine.sessions.events import EventLog, FeedReads, Interest, Page, Position, Reader
 from engine.sessions.ops import ExpireDue, Ping, PurgeSessions, SessionOp
 from engine.storage.identity import ShardIdentity
 from engine.storage.layout import shard_directory
+from engine.storage.snapshot import SnapshotResult
+
+from . import upkeep
+from .closing_ports import RayClosingPorts
+from .hosted import HostedShard
+from .names import shard_names
+from .ray_actors import RAY_ERRORS, NamedActors, create_named, find_named, wait_started
+from .shard_metrics import SessionShardMetrics
 
 log = logging.getLogger(__name__)
 
-SHARD_NAME = "session-shard-{index}"
 _PURGE_BATCH = 1000  # sessions a retention run purges at most; the next run takes the rest
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
-class SessionShard(HostedShard):
+class SessionShard(HostedShard[DurableSessions]):
     """Hosts one DurableSessions: applies batches of ops in arrival order, logs them before replying,
     and runs its timers (expiry, log sync for fsync=everysec, snapshots) on the same event loop.
     It serves only its own directory (engine.runtime.hosted)."""
 
     KIND = "session"
-    _durable: DurableSessions | None
+    _metrics: SessionShardMetrics
 
     def __init__(self, index: int, config: EngineConfig, cluster_id: str) -> None:
         setup_logging(config.log_level)
-        self._snapshot_lock = asyncio.Lock()
         self._feed_reads = FeedReads()  # the gateways' long-polls of this shard's change feed
         self._ports = RayClosingPorts(config)
         self._metrics = SessionShardMetrics()
@@ -94,26 +91,13 @@ class SessionShard(HostedShard):
         if self._config.limits.retention_days is not None or self._config.limits.orgs:
             self._timers.append(loop.create_task(self._retain_forever()))
 
-    def _store(self) -> DurableSessions:
-        assert self._durable is not None
-        return self._durable
-
-    async def handle(self, ops: Sequence[SessionOp]) -> list[Any]:
-        if (refused := self._refused(len(ops))) is not None:
-            return refused
+    def _after_commit(self, ops: Sequence[SessionOp], logged: bool, seconds: float) -> None:
         durable = self._store()
-        lsn = durable.lsn
-        # No await inside: a batch is applied and logged whole before the next one starts.
-        try:
-            results = durable.commit(ops)  # read-only while its log cannot be written
-        except LogWriteFailed:
-            upkeep.fail_stop("session shard", self._index)
-        if durable.lsn != lsn:
+        if logged:
             self._feed_reads.written()
         jobs = durable.store.take_summary_jobs()
         if jobs and not durable.read_only:
             self._closing.submit(jobs)  # after the log write: a job starts only once it is durable
-        return results
 
     async def answer(self, ops: Sequence[SessionOp]) -> list[Any]:
         """A gateway's batch: `handle`, with what its clients asked for encoded as JSON here
@@ -153,24 +137,17 @@ class SessionShard(HostedShard):
             raise self._refusal
         return self._durable.store.events
 
-    async def metrics(self) -> list[Any]:
-        """This shard's series, for a gateway's /metrics (engine.runtime.shard_metrics)."""
-        if self._durable is None:
-            return self._metrics.families(None, None)
-        durable = self._durable
+    def _store_families(self, durable: DurableSessions) -> list[Metric]:
         store = durable.store
-        return [
-            *self._metrics.families(durable.disk_status(), durable.recovery.seconds),
-            *self._metrics.session_families(store.count_by_status(), self._closing.active, len(store.events)),
-        ]
+        by_status, events = store.count_by_status(), len(store.events)
+        return self._metrics.session_families(by_status, self._closing.active, events)
 
     async def drain_summaries(self) -> int:
         """Wait until every summary job this shard has in flight is done; for tests and benchmarks."""
         await self._closing.drain()
         return len(self._store().store.unfinished_summaries()) if self._durable is not None else 0
 
-    def _counts(self) -> dict[str, Any]:
-        durable = self._store()
+    def _counts(self, durable: DurableSessions) -> dict[str, Any]:
         return {
             "shards": self._config.shards,
             "recovered": durable.recovery.report(),
@@ -178,34 +155,20 @@ class SessionShard(HostedShard):
             **durable.store.apply(Ping(), 0),
         }
 
-    async def snapshot(self) -> dict[str, Any]:
-        """Take a snapshot now (the timer also takes them); returns what it cost."""
-        durable = self._store()
-        async with self._snapshot_lock:
-            durable.begin_snapshot()
-            while durable.snapshot_step():
-                await asyncio.sleep(0)  # let waiting batches run between chunks
-            try:
-                await asyncio.to_thread(durable.finish_snapshot_io)
-            except OSError:
-                durable.abandon_snapshot()
-                raise
-            result = durable.complete_snapshot().report()
-            self._metrics.snapshot_seconds.observe(result["seconds"])
-            log.info("snapshot written", extra={"shard": self._index, **result})
-            return result
+    async def _write_snapshot(self, durable: DurableSessions) -> SnapshotResult:
+        """In chunks, with the shard's batches applied between them; the file's I/O in a thread."""
+        durable.begin_snapshot()
+        while durable.snapshot_step():
+            await asyncio.sleep(0)  # let waiting batches run between chunks
+        try:
+            await asyncio.to_thread(durable.finish_snapshot_io)
+        except OSError:
+            durable.abandon_snapshot()
+            raise
+        return durable.complete_snapshot()
 
-    async def shutdown(self) -> None:
-        """Graceful stop: a final snapshot, the log closed, the directory lock released."""
-        for timer in self._timers:
-            timer.cancel()
+    def _stopping(self) -> None:
         self._closing.cancel()  # unfinished jobs stay queued in the log; the next start resumes them
-        if self._durable is None:
-            return
-        async with self._snapshot_lock:
-            self._durable.close(snapshot=True)
-            self._durable = None
-            self._refusal = Unavailable(f"session shard {self._index} is stopped", {"reason": "stopped"})
 
     async def _retain_forever(self) -> None:
         """Retention: purge ended sessions past their organization's retention_days, what session
@@ -251,8 +214,7 @@ def retention_cutoffs(limits: LimitsConfig, now_ms: int) -> tuple[dict[str, int 
     )
 
 
-def shard_names(config: EngineConfig) -> list[str]:
-    return [SHARD_NAME.format(index=i) for i in range(config.shards)]
+# -- creating, finding and stopping the actors -----------------------------------------------------
 
 
 def create_shards(config: EngineConfig, cluster_id: str) -> list[Any]:
@@ -287,34 +249,3 @@ def stop_shards(handles: Sequence[Any]) -> None:
         log.warning(
             "a shard did not stop cleanly; its log still holds every change", extra={"error": str(exc)}
         )
-
-
-class RayTransport:
-    def __init__(self, actors: NamedActors) -> None:
-        self._actors = actors
-
-    @property
-    def shards(self) -> int:
-        return len(self._actors)
-
-    async def call(self, shard: int, ops: Sequence[SessionOp]) -> list[Any]:
-        answers: list[Any] = await self._actors.invoke(shard, "answer", "shard", ops)
-        return answers
-
-    async def read_events(
-        self,
-        shard: int,
-        after: Position | None,
-        interests: frozenset[Interest],
-        limit: int,
-        wait_s: float,
-        reader: Reader | None = None,
-    ) -> Page:
-        page: Page = unwrap(
-            await self._actors.invoke(shard, "read_events", "shard", after, interests, limit, wait_s, reader)
-        )
-        return page
-
-    async def metrics(self, shard: int) -> list[Any]:
-        families: list[Any] = unwrap(await self._actors.invoke(shard, "metrics", "shard"))
-        return families
