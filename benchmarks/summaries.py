@@ -38,6 +38,8 @@ from benchmarks.stamp import describe, machine
 from engine.closing.quality import degeneracy, extractive
 from engine.closing.summary import precut
 from engine.config import SummarizerConfig
+from engine.models.embedder import Embedder
+from engine.models.summarizer import Conversation, Summarizer
 
 HERE = Path(__file__).resolve().parent
 BEFORE = {
@@ -60,10 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-dir", type=Path, help="where the default model's conversion is cached")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "summaries.json")
     args = parser.parse_args(argv)
-
-    # torch and transformers take seconds to import: not for --help
-    from engine.models.embedder import Embedder
-    from engine.models.summarizer import Conversation, Summarizer
 
     corpus = generate(args.personas, args.sessions, seed=args.seed)
     conversations = [
