@@ -55,7 +55,7 @@ class _OrjsonRequest(Request):
 
 
 class OrjsonRoute(APIRoute):
-    """Parses request bodies with orjson: several times faster than the standard library. A route
+    """Parses request bodies with orjson, which is faster than the standard library's json. A route
     of plain parameters answers the requests it accepts without FastAPI's dependency solving
     (api/fast_path.py); any other request gets FastAPI's handler."""
 

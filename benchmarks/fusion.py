@@ -35,6 +35,7 @@ from engine.memory.fusion import fuse
 from engine.memory.index import IndexParams
 from engine.memory.ops import MemoryOp
 from engine.memory.store import MemoryStore
+from engine.models.embedder import Embedder
 from engine.models.summarizer import Conversation, Summary
 
 GRID = (0.0, 0.25, 0.5, 1.0)
@@ -121,8 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-seed", type=int, default=23)
     parser.add_argument("--show", type=int, default=5)
     args = parser.parse_args(argv)
-
-    from engine.models.embedder import Embedder  # torch takes seconds to import: not for --help
 
     embedder = Embedder(None)
     tuning = [rankings_of(embedder, args.personas, args.sessions, seed) for seed in args.tune_seeds]

@@ -41,6 +41,7 @@ from benchmarks.fusion import indexed
 from benchmarks.stamp import describe, machine
 from engine.memory import relevance as calibration
 from engine.memory import sessions
+from engine.models.embedder import Embedder
 
 HERE = Path(__file__).resolve().parent
 TOP_K = 10
@@ -147,8 +148,6 @@ def main(argv: list[str] | None = None) -> int:
         "exists (to report new constants without indexing again)",
     )
     args = parser.parse_args(argv)
-
-    from engine.models.embedder import Embedder  # loads torch: only when it is needed
 
     cached: dict[str, list[dict[str, Any]]] = (
         json.loads(args.matches.read_text()) if args.matches and args.matches.exists() else {}

@@ -6,7 +6,8 @@ pending or was running. One attempt is this sequence, top to bottom (`_attempt`)
 
 1. Read the job (SummaryJob, not logged): the session's name, times and messages, and whether its
    turns are in session memory already. Nothing to do (the session is gone, or no summary is
-   queued) ends the job.
+   queued) ends the job, and so does a shard that takes no changes now (drained or read-only):
+   the job could record nothing, and the shard resumes it once it takes changes again.
 2. A session without messages fails at once, for good (FailSummary, final).
 3. Its turns into its organization's session memory (embed, then one upsert), unless an earlier
    attempt put them there. Meanwhile the session reads `summary_status: pending`,
@@ -80,10 +81,13 @@ class ClosingJobs:
         ports: ClosingPorts,
         config: SummarizerConfig,
         *,
+        writable: Callable[[], bool] = lambda: True,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         outcome: Outcome | None = None,
     ) -> None:
+        """`writable`: whether the shard takes changes now (not drained, not read-only)."""
         self._record = record
+        self._writable = writable
         self._ports = ports
         self._config = config
         self._sleep = sleep
@@ -146,7 +150,8 @@ class ClosingJobs:
                         "reason": reason,
                     },
                 )
-                await self._one(FailSummary(org, session_id, reason, final))
+                if isinstance(await self._one(FailSummary(org, session_id, reason, final)), EngineError):
+                    return  # the shard took no changes meanwhile: nothing counted, it resumes the job
                 self._outcome("failed" if final else "retried", None)
                 if final:
                     return
@@ -156,7 +161,7 @@ class ClosingJobs:
         """One attempt: the numbered sequence of the module's docstring."""
         ports = self._ports
         job = await self._one(SummaryJob(org, session_id))  # 1
-        if job is None or isinstance(job, EngineError):
+        if job is None or isinstance(job, EngineError) or not self._writable():
             return
         if not job.messages:  # 2
             await self._one(FailSummary(org, session_id, NO_MESSAGES, True))
@@ -168,7 +173,7 @@ class ClosingJobs:
         if started is None and entries is not None:
             raise _Gone
         if started is None or isinstance(started, EngineError):
-            return  # gone, or the log cannot be written now (the shard resumes the job once it can)
+            return  # gone, or the shard took no changes meanwhile (it resumes the job once it does)
         conversation = conversation_of(job, self._config)
         summary = await ports.summarize(conversation)  # 5
         kept = await asyncio.to_thread(judged, summary.text, conversation)  # 6

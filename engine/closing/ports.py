@@ -16,7 +16,7 @@ from engine.memory.ops import MemoryOp
 from engine.models.summarizer import Conversation, Summary
 from engine.sessions.ops import SessionOp
 
-# The shard's own ops, applied and logged before it answers (SessionShard.handle): one answer per op.
+# The shard's own ops, applied and logged before it answers (HostedShard.handle): one answer per op.
 Record = Callable[[Sequence[SessionOp]], Awaitable[list[Any]]]
 
 

@@ -45,6 +45,9 @@ class DurableStore(Protocol):
     @property
     def read_only(self) -> bool: ...
 
+    @property
+    def takes_changes(self) -> bool: ...
+
     def commit(self, ops: Sequence[Any]) -> list[Any]: ...
 
     def drain(self, refusal: Unavailable | None) -> None: ...
@@ -101,6 +104,10 @@ class HostedShard(Generic[D]):
 
     def _stopping(self) -> None:
         """At a graceful stop, before the final snapshot."""
+
+    def _writes_resumed(self) -> None:
+        """The shard takes changes again: its disk took a write after refusing them, or an operator
+        undid a drain. What it put off while it could record nothing starts again here."""
 
     # -- starting on its own directory
 
@@ -174,6 +181,8 @@ class HostedShard(Generic[D]):
         if self._durable is None:
             return await self.describe()
         self._durable.drain(self._drained_refusal(moving) if on else None)
+        if not on and self._durable.takes_changes:
+            self._writes_resumed()
         if on and not self._durable.read_only:
             try:
                 await self.snapshot()

@@ -61,7 +61,7 @@ class MemoryShard(HostedShard[DurableMemory]):
         self._timers += [
             loop.create_task(upkeep.snapshot_forever(durable, self.snapshot, "memory shard", self._index)),
             loop.create_task(
-                upkeep.resume_writes_forever(durable, lambda: None, "memory shard", self._index)
+                upkeep.resume_writes_forever(durable, self._writes_resumed, "memory shard", self._index)
             ),
         ]
         if self._config.durability.fsync == "everysec":

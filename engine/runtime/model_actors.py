@@ -19,6 +19,7 @@ from engine.config import EngineConfig
 from engine.errors import ModelsLoading, SummaryFailed, Unavailable
 from engine.logs import setup_logging
 from engine.models.embed_queue import EmbedQueue
+from engine.models.embedder import Embedder
 from engine.models.files import summarizer_directory
 from engine.models.summarizer import Conversation, Summarizer, Summary
 
@@ -236,8 +237,6 @@ class SummarizerPool:
 
 
 def _load_embedder(config: EngineConfig) -> Any:
-    from engine.models.embedder import Embedder  # torch and sentence-transformers: seconds to import
-
     models = config.models
     return Embedder(
         models.embedder.path,

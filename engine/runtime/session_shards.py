@@ -54,7 +54,11 @@ class SessionShard(HostedShard[DurableSessions]):
         self._ports = RayClosingPorts(config)
         self._metrics = SessionShardMetrics()
         self._closing = ClosingJobs(
-            self.handle, self._ports, config.models.summarizer, outcome=self._metrics.summary_outcome
+            self.handle,
+            self._ports,
+            config.models.summarizer,
+            writable=lambda: self._durable is not None and self._durable.takes_changes,
+            outcome=self._metrics.summary_outcome,
         )
         # Async actor: __init__ runs on the actor's event loop, so the timers live beside the ops.
         self._host(index, config, cluster_id)
@@ -105,8 +109,8 @@ class SessionShard(HostedShard[DurableSessions]):
         return encode_answers(ops, await self.handle(ops))
 
     def _writes_resumed(self) -> None:
-        # Read-only, the shard could record no job's progress, and a rebuild queued every close it
-        # replayed: resume the unfinished jobs, as a restart does.
+        # Read-only or drained, the shard could record no job's progress (and a rebuild queued every
+        # close it replayed): resume the unfinished jobs, as a restart does.
         durable = self._store()
         durable.store.take_summary_jobs()
         self._closing.submit(durable.store.unfinished_summaries())

@@ -123,6 +123,11 @@ class LoggedStore:
     def read_only(self) -> bool:
         return self._refusal is not None
 
+    @property
+    def takes_changes(self) -> bool:
+        """Neither read-only nor drained: a change now would be logged."""
+        return self._refusal is None and self._draining is None
+
     def _publish_condition(self) -> None:
         # The store answers pings (and so /readyz) with it; see SessionStore and MemoryStore.
         self.store.condition = self.condition

@@ -13,7 +13,7 @@ import pytest
 from engine.clock import ManualClock
 from engine.closing.job import ClosingJobs
 from engine.config import DurabilityConfig, SummarizerConfig
-from engine.errors import SessionNotEnded
+from engine.errors import SessionNotEnded, Unavailable
 from engine.memory.index import IndexParams
 from engine.memory.ops import MemoryOp, QueryVectors, UpsertVectors
 from engine.memory.sessions import SESSION_MEMORY, SESSIONS_OF_MEMORY
@@ -58,7 +58,12 @@ class Harness:
         self.text = told  # what the model writes
         self.model = "fake-model"
         self.closing = ClosingJobs(
-            self.record, self, self.config, sleep=self.sleep, outcome=lambda *o: self.outcomes.append(o)
+            self.record,
+            self,
+            self.config,
+            writable=lambda: self.durable is None or self.durable.takes_changes,
+            sleep=self.sleep,
+            outcome=lambda *o: self.outcomes.append(o),
         )
 
     async def record(self, ops: Sequence[SessionOp]) -> list[Any]:
@@ -302,6 +307,69 @@ async def test_a_summary_the_log_refuses_fails_the_job_for_good(tmp_path: Path) 
     assert (view["summary_status"], view["summary_attempts"]) == ("failed", 1)
     assert view["summary_error"].startswith("the summary was refused: ")
     assert h.outcomes == [("failed", None)]
+
+
+def durable_harness(tmp_path: Path, **settings: Any) -> Harness:
+    h = Harness(**settings)
+    h.durable = DurableSessions(tmp_path, DurabilityConfig(), ManualClock(T0), lock_wait_s=0.2)
+    h.store = h.durable.store
+    return h
+
+
+async def test_a_drained_shard_puts_its_jobs_off_without_indexing_or_counting(tmp_path: Path) -> None:
+    h = durable_harness(tmp_path)
+    sid = h.closed_session()
+    assert h.durable is not None
+    h.durable.drain(Unavailable("drained", {}))
+    await h.run_queued()
+    view = h.view(sid)
+    assert (view["summary_status"], view["summary_attempts"], view["index_status"]) == (
+        "pending",
+        0,
+        "pending",
+    )
+    assert (h.upserts, h.jobs, h.outcomes, h.sleeps) == ([], [], [], [])
+    h.durable.drain(None)  # the shard hands its unfinished jobs over again (HostedShard.drain)
+    h.closing.submit(h.store.unfinished_summaries())
+    await h.closing.drain()
+    assert (h.view(sid)["summary_status"], h.view(sid)["summary_attempts"]) == ("ready", 1)
+
+
+async def test_a_shard_drained_during_an_attempt_neither_counts_it_nor_retries(tmp_path: Path) -> None:
+    h = durable_harness(tmp_path)
+    sid = h.closed_session()
+    assert h.durable is not None
+    durable = h.durable
+
+    def drained_and_embedder_gone() -> None:
+        durable.drain(Unavailable("drained", {}))
+        raise RuntimeError("the embedder died")
+
+    h.while_indexing = drained_and_embedder_gone
+    await h.run_queued()
+    assert (h.view(sid)["summary_status"], h.view(sid)["summary_attempts"]) == ("pending", 0)
+    assert (h.outcomes, h.sleeps) == ([], [])  # its FailSummary was refused: nothing counted, no backoff
+
+
+async def test_a_shard_drained_while_the_turns_are_indexed_starts_nothing(tmp_path: Path) -> None:
+    h = durable_harness(tmp_path)
+    sid = h.closed_session()
+    assert h.durable is not None
+    durable = h.durable
+    h.while_indexing = lambda: durable.drain(Unavailable("drained", {}))
+    await h.run_queued()
+    view = h.view(sid)
+    assert (view["summary_status"], view["summary_attempts"], view["index_status"]) == (
+        "pending",
+        0,
+        "pending",
+    )
+    assert (h.jobs, h.outcomes) == ([], [])
+    h.while_indexing = None
+    durable.drain(None)
+    h.closing.submit(h.store.unfinished_summaries())
+    await h.closing.drain()
+    assert (h.view(sid)["summary_status"], h.view(sid)["index_status"]) == ("ready", "ready")
 
 
 async def test_each_attempt_tells_how_it_ended() -> None:

@@ -27,6 +27,7 @@ class Store:
         self.lsn = 0
         self.recovery: Any = None
         self.read_only = False
+        self.drained = False
         self.failing = False
         self.closed: list[bool] = []
 
@@ -37,7 +38,12 @@ class Store:
             self.lsn += 1
         return [f"did {op}" for op in ops]
 
-    def drain(self, refusal: Unavailable | None) -> None: ...
+    def drain(self, refusal: Unavailable | None) -> None:
+        self.drained = refusal is not None
+
+    @property
+    def takes_changes(self) -> bool:
+        return not (self.read_only or self.drained)
 
     def disk_status(self) -> dict[str, Any]:
         return {}
@@ -53,6 +59,7 @@ class Shard(HostedShard[Store]):
         self._metrics = ShardMetrics()
         self.heard: list[tuple[list[Any], bool]] = []
         self.stopping = 0
+        self.resumed = 0
         self._host(3, EngineConfig(), "cluster")
 
     def _open_durable(self, identity: ShardIdentity, lock_wait_s: float) -> Store:
@@ -68,6 +75,9 @@ class Shard(HostedShard[Store]):
 
     def _stopping(self) -> None:
         self.stopping += 1
+
+    def _writes_resumed(self) -> None:
+        self.resumed += 1
 
 
 @pytest.fixture(autouse=True)
@@ -131,3 +141,20 @@ async def test_a_graceful_stop_ends_the_timers_and_the_kinds_work_then_closes_wi
     assert timer.cancelled() and shard.stopping == 1 and store.closed == [True]
     await shard.shutdown()  # a second stop finds nothing left to close
     assert store.closed == [True]
+
+
+async def test_undoing_a_drain_resumes_what_the_shard_put_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    shard = await started()
+
+    async def describe() -> dict[str, Any]:  # where the actor runs is Ray's to say
+        return {}
+
+    monkeypatch.setattr(shard, "describe", describe)
+    await shard.drain(True)
+    assert shard.resumed == 0
+    await shard.drain(False)
+    assert shard.resumed == 1
+    shard._store().read_only = True  # its disk still refuses writes: nothing to resume yet
+    await shard.drain(True)
+    await shard.drain(False)
+    assert shard.resumed == 1
