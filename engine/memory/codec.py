@@ -1,7 +1,6 @@
-"""Decoding memory ops read from the log; LoggedStore encodes them (MEMORY_OPS.encode_bytes).
-Ops are JSON objects by field name, derived from their declarations (engine.memory.store:
-MEMORY_OPS, vectors as base64 float32); log records written before that hold positional arrays,
-which are still read. Built like engine.sessions.codec."""
+"""Memory ops to and from the log. Ops are JSON objects by field name, derived from their
+declarations (engine.memory.ops: MEMORY_OPS, vectors as base64 float32); log records written
+before that hold positional arrays, which are still read. Built like engine.sessions.codec."""
 
 from __future__ import annotations
 
@@ -12,14 +11,19 @@ from engine.idempotency import Idempotent
 from .ops import MEMORY_OPS, DeleteVectors, MemoryOp, UpsertVectors, decode_vectors
 
 
-def decode_memory_op(encoded: dict[str, Any] | list[Any]) -> MemoryOp | Idempotent:
+def encode_op(op: MemoryOp | Idempotent) -> bytes:
+    """The op's exact log bytes; raises UnencodableOp (a VALIDATION_ERROR) if the log cannot hold it."""
+    return MEMORY_OPS.encode_bytes(op)
+
+
+def decode_op(encoded: dict[str, Any] | list[Any]) -> MemoryOp | Idempotent:
     if isinstance(encoded, dict):
         op: MemoryOp | Idempotent = MEMORY_OPS.decode(encoded)
         return op
     # Log records written before ops were encoded by field name: positional arrays.
     if encoded[0] == "once":
         _, key, fingerprint, inner = encoded
-        return Idempotent(key, fingerprint, decode_memory_op(inner))
+        return Idempotent(key, fingerprint, decode_op(inner))
     tag, org, namespace, ids, *rest = encoded
     if tag == "upsert":
         dimension, data, metadata = rest

@@ -29,7 +29,7 @@ from engine.storage.recovery import Recovery, drop_covered, recover_state
 from engine.storage.snapshot import SnapshotResult
 from engine.storage.wal import LogRecord
 
-from .codec import decode_memory_op
+from .codec import decode_op
 from .index import IndexParams
 from .ops import MEMORY_OPS
 from .snapshot import SNAPSHOT_PREFIX, read_snapshot, write_snapshot
@@ -130,7 +130,7 @@ def recover(
         return MemoryStore(params, template.empty_like())
 
     def apply_record(store: MemoryStore, record: LogRecord) -> None:
-        ops = [decode_memory_op(encoded) for encoded in record.ops]
+        ops = [decode_op(encoded) for encoded in record.ops]
         for result in store.apply_batch(ops, record.now_ms):
             if isinstance(result, EngineError):
                 raise result

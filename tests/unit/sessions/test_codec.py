@@ -16,7 +16,7 @@ from engine.clock import ManualClock
 from engine.config import DurabilityConfig
 from engine.errors import EngineError
 from engine.idempotency import Idempotent
-from engine.memory.codec import decode_memory_op
+from engine.memory import codec as memory_codec
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams
 from engine.memory.ops import MEMORY_OPS, DeleteVectors, ForgetSessions, UpsertVectors
@@ -127,10 +127,10 @@ def test_every_session_op_crosses_to_a_shard_by_pickle_unchanged(op: Any) -> Non
 
 def test_memory_ops_survive_encode_and_decode_with_exact_vectors() -> None:
     upsert = MEMORY_SCRIPT[0]
-    decoded = decode_memory_op(orjson.loads(MEMORY_OPS.encode_bytes(upsert)))
+    decoded = memory_codec.decode_op(orjson.loads(memory_codec.encode_op(upsert)))
     assert decoded == upsert and decoded.vectors.dtype == np.float32
     assert np.array_equal(decoded.vectors, upsert.vectors)
-    assert decode_memory_op(orjson.loads(MEMORY_OPS.encode_bytes(MEMORY_SCRIPT[1]))) == MEMORY_SCRIPT[1]
+    assert memory_codec.decode_op(orjson.loads(memory_codec.encode_op(MEMORY_SCRIPT[1]))) == MEMORY_SCRIPT[1]
 
 
 def test_unlogged_fields_stay_out_of_the_log() -> None:
@@ -199,9 +199,9 @@ def test_positional_memory_records_are_still_read() -> None:
 
     raw = np.ones((1, 2), dtype="<f4")
     old = ["upsert", "acme", "ns", ["x"], 2, base64.b64encode(raw.tobytes()).decode(), [{"k": 1}]]
-    decoded = decode_memory_op(old)
+    decoded = memory_codec.decode_op(old)
     assert isinstance(decoded, UpsertVectors) and np.array_equal(decoded.vectors, raw)
-    assert decode_memory_op(["delete", "acme", "ns", ["x"]]) == DeleteVectors("acme", "ns", ("x",))
+    assert memory_codec.decode_op(["delete", "acme", "ns", ["x"]]) == DeleteVectors("acme", "ns", ("x",))
 
 
 def nested(depth: int) -> dict[str, Any]:
