@@ -13,14 +13,14 @@ from typing import Any
 
 import orjson
 
-from engine.errors import CorruptFile
+from engine.errors import CorruptFile, StartupError
 from engine.memory import durable as memory_durable
 from engine.memory.index import IndexParams
 from engine.memory.snapshot import SNAPSHOT_PREFIX as MEMORY_SNAPSHOT_PREFIX
 from engine.sessions import durable as session_durable
 from engine.sessions.snapshot import SNAPSHOT_PREFIX
 from engine.storage.identity import IDENTITY_FILE, ShardIdentity, read_epoch
-from engine.storage.layout import read_layout
+from engine.storage.layout import FORMAT_VERSION, LAYOUT_FILE, newer_format, read_layout
 from engine.storage.lock import lock_holder
 from engine.storage.recovery import RecoveryNotes, iter_notes
 from engine.storage.snapshot import snapshots
@@ -34,7 +34,7 @@ CLEAN, REFUSED, REPAIRS = 0, 1, 3
 @dataclass(slots=True)
 class DirectoryReport:
     directory: Path
-    kind: str  # "session shard" or "memory shard"
+    kind: str  # "session shard", "memory shard", or "data directory" (refused whole)
     in_use: str | None = None  # a running engine holds the directory's lock
     snapshot_lsn: int = 0
     records_replayed: int = 0
@@ -107,7 +107,7 @@ def check_directory(directory: Path, kind: str, cluster_id: str | None = None) -
             _, _, found = memory_durable.recover(directory, IndexParams(), repair=False)
             report.size = f"{found.held['namespaces']} namespaces, {found.held['vectors']} vectors"
         lsn, replayed, notes = found.snapshot_lsn, found.records_replayed, found.notes
-    except (CorruptFile, OSError) as exc:
+    except (CorruptFile, StartupError, OSError) as exc:  # StartupError: a newer release's snapshot
         report.refused = str(exc)
         return report
     report.snapshot_lsn, report.records_replayed = lsn, replayed
@@ -116,8 +116,13 @@ def check_directory(directory: Path, kind: str, cluster_id: str | None = None) -
 
 
 def check_data_dir(data_dir: Path) -> list[DirectoryReport]:
-    """One report per shard directory under `data_dir`; none when it holds no shard data."""
-    cluster_id = (read_layout(data_dir) or {}).get("cluster_id")
+    """One report per shard directory under `data_dir`; none when it holds no shard data. A
+    directory a newer release wrote gets one report, its refusal: a start reads no shard of it."""
+    layout = read_layout(data_dir) or {}
+    refusal = newer_format(data_dir / LAYOUT_FILE, layout.get("format"), FORMAT_VERSION)
+    if refusal is not None:
+        return [DirectoryReport(data_dir, "data directory", refused=refusal)]
+    cluster_id = layout.get("cluster_id")
     return [
         check_directory(path, kind, cluster_id)
         for path, kind in shard_directories(data_dir)

@@ -17,7 +17,9 @@ from .identity import IDENTITY_FILE, ShardIdentity, write_identity
 from .lock import fsync_directory, write_atomically
 from .private import make_directory
 
-# The shape of the data directory's files (engine.json, snapshots); a change to one bumps it.
+# The shape of the data directory's files (engine.json, snapshots, log records); a change to one
+# bumps it. A release reads its own format and every older one (tests/fixtures/data-format-*), and
+# refuses a newer one in one line (newer_format) rather than guess at it.
 FORMAT_VERSION = 1
 log = logging.getLogger(__name__)
 
@@ -86,11 +88,25 @@ def read_layout(data_dir: Path) -> dict[str, Any] | None:
     return found
 
 
+def newer_format(path: Path, found: Any, reads: int) -> str | None:
+    """The one line that refuses a file a newer release wrote (its format above `reads`, the one
+    this release writes), or None: such a file is never read as damage or as an older format."""
+    if isinstance(found, int) and not isinstance(found, bool) and found > reads:
+        return f"{path} was written by a newer release (format {found}); this release reads format {reads}"
+    return None
+
+
 def _checked(
     data_dir: Path, recorded: dict[str, Any], shards: int, memory_shards: int | None
 ) -> dict[str, Any]:
     """The recorded layout, refused if this start's counts differ; what an older version wrote
-    (no memory shard count, no cluster id) is completed."""
+    (no memory shard count, no cluster id) is completed. The format comes first: a newer release
+    may have changed what every other fact means."""
+    found = recorded.get("format")
+    if (refusal := newer_format(data_dir / LAYOUT_FILE, found, FORMAT_VERSION)) is not None:
+        raise ConfigError(refusal)
+    if found != FORMAT_VERSION:
+        raise ConfigError(f"{data_dir} holds data in format {found}, not {FORMAT_VERSION}")
     if recorded.get("shards") != shards:
         raise ConfigError(
             f"shards is {shards} but {data_dir} holds data for shards={recorded.get('shards')}; "
@@ -101,8 +117,6 @@ def _checked(
             f"memory.shards is {memory_shards} but {data_dir} holds vector memory for "
             f"memory.shards={recorded['memory_shards']}; start with that value"
         )
-    if recorded.get("format") != FORMAT_VERSION:
-        raise ConfigError(f"{data_dir} holds data in format {recorded.get('format')}, not {FORMAT_VERSION}")
     layout = dict(recorded)
     if memory_shards is not None:
         layout.setdefault("memory_shards", memory_shards)

@@ -18,9 +18,10 @@ from typing import Any
 
 import orjson
 
-from engine.errors import CorruptFile
+from engine.errors import CorruptFile, StartupError
 
 from .frames import frame, read_frames
+from .layout import newer_format
 from .lock import fsync_directory
 from .private import open_file
 
@@ -97,12 +98,16 @@ class SnapshotFile:
 
 def open_snapshot(path: Path, magic: bytes, format_version: int) -> tuple[int, Iterator[tuple[int, bytes]]]:
     """(lsn, the frames after the header as (offset, payload)); a missing header or another
-    format raises CorruptFile, as does any damage while the frames are read."""
+    format raises CorruptFile, as does any damage while the frames are read. A newer release's
+    format raises StartupError instead: recovery must stop there, not pass the file over as
+    damaged and serve an older state."""
     frames = read_frames(path, magic)
     first = next(frames, None)
     if first is None:
         raise CorruptFile(path, len(magic), "snapshot has no header")
     header = orjson.loads(first[1])
+    if (refusal := newer_format(path, header.get("format"), format_version)) is not None:
+        raise StartupError(refusal)
     if header.get("format") != format_version:
         raise CorruptFile(path, first[0], f"snapshot format {header.get('format')} is not supported")
     return int(header["lsn"]), frames
