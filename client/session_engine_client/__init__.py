@@ -31,6 +31,7 @@ from .errors import (
 from .models import (
     DeleteResult,
     Event,
+    ForkedFrom,
     Highlight,
     Match,
     Message,
@@ -53,6 +54,7 @@ __all__ = [
     "DeleteResult",
     "Event",
     "Forbidden",
+    "ForkedFrom",
     "Gone",
     "Highlight",
     "InternalError",

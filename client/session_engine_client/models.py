@@ -41,6 +41,11 @@ class SummaryProvenance(_Model):
     created_at: int | None = None
 
 
+class ForkedFrom(_Model):
+    session_id: str
+    seq: int
+
+
 class Session(_Model):
     id: str
     name: str
@@ -60,6 +65,7 @@ class Session(_Model):
     summary_provenance: SummaryProvenance | None = None
     index_status: Literal["pending", "ready", "failed"] | None = None
     indexed_at: int | None = None
+    forked_from: ForkedFrom | None = None  # the session and seq it was forked at
 
 
 class SessionWithMessages(Session):

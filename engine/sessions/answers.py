@@ -34,6 +34,7 @@ from engine.sessions.ops import (
     AppendMessages,
     CreateSession,
     EndSession,
+    ForkSession,
     GetSession,
     ListSessions,
     ReplaceContext,
@@ -44,7 +45,7 @@ from engine.sessions.ops import (
 EncodedJSON = NewType("EncodedJSON", bytes)
 """A JSON value encoded by orjson (compact, UTF-8) for the wire: sent as it is, never parsed again."""
 
-_VIEWS = (CreateSession, GetSession, ReplaceContext, UpdateSession, EndSession, RequestSummary)
+_VIEWS = (CreateSession, ForkSession, GetSession, ReplaceContext, UpdateSession, EndSession, RequestSummary)
 
 
 def encode_answers(ops: Sequence[Any], results: list[Any]) -> list[Any]:

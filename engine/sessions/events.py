@@ -108,7 +108,7 @@ def events_of(op: Any, result: Any, now_ms: int) -> list[Event]:
     name = type(op).__name__
     if name == "AppendMessages":
         return [_event("message.appended", op, now_ms, {"message": m}) for m in result]
-    if name == "CreateSession":
+    if name in ("CreateSession", "ForkSession"):  # a fork is a new session, made as a create makes one
         return [_event("session.created", op, now_ms, {"session": result})]
     if name == "ReplaceContext":
         data = {"version": result["version"], "context": result["context"]}

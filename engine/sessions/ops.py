@@ -55,6 +55,26 @@ class CreateSession(SessionOp):
     max_active: int | None = unlogged()  # this organization's active sessions on this shard
 
 
+@SESSION_OPS.logged("fork", "_fork")
+@dataclass(slots=True, frozen=True)
+class ForkSession(SessionOp):
+    """Make session `session_id` from `source_id`'s messages 1..at_seq, on the source's shard (the
+    gateway picks such an id: engine.sessions.session.fork_session_id). The log holds this op, not
+    the messages: replay applies it to the source as it was then, and finds the same messages.
+    None for name, ttl_s or context: the source's."""
+
+    org: str
+    session_id: str  # the fork's: what an idempotency record, an event and an error name
+    source_id: str
+    at_seq: int
+    name: str | None = None
+    ttl_s: int | None = None
+    context: dict[str, Any] | None = None
+    # Quotas as create's, checked when the op first runs only.
+    max_active: int | None = unlogged()
+    max_messages: int | None = unlogged()
+
+
 @SESSION_OPS.logged("append", "_append")
 @dataclass(slots=True, frozen=True)
 class AppendMessages(SessionOp):

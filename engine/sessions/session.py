@@ -7,6 +7,7 @@ arrival order, so nothing here locks.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import secrets
 import sys
 from dataclasses import dataclass, field, replace
@@ -14,8 +15,17 @@ from enum import StrEnum
 from typing import Any, NamedTuple, cast
 
 from engine.errors import SessionNotActive, SessionNotEnded, VersionMismatch
+from engine.routing import shard_for
 
-from .views import IndexState, MessageView, Role, SessionView, SessionWithMessages, SummaryProvenance
+from .views import (
+    ForkedFrom,
+    IndexState,
+    MessageView,
+    Role,
+    SessionView,
+    SessionWithMessages,
+    SummaryProvenance,
+)
 
 SESSION_ID_PREFIX = "sess_"
 _SESSION_ID_HEX_CHARS = 32  # 128 random bits
@@ -30,6 +40,22 @@ def session_id_for_key(org: str, idempotency_key: str) -> str:
     reaches the shard that holds the first one's record."""
     digest = hashlib.blake2b(f"{org}\0{idempotency_key}".encode(), digest_size=_SESSION_ID_HEX_CHARS // 2)
     return SESSION_ID_PREFIX + digest.hexdigest()
+
+
+def fork_session_id(org: str, source_id: str, shards: int, idempotency_key: str | None = None) -> str:
+    """An id for a fork of `source_id` that lands on the source's shard, so that one op on one shard
+    makes the fork from the source's messages. Drawn until one does (as many draws as there are
+    shards, on average); under an Idempotency-Key the draws are the key's and the source's, so a
+    retry gets the same id and reaches the first one's record."""
+    home = shard_for(org, source_id, shards)
+    draws = itertools.count()
+    while True:
+        if idempotency_key is None:
+            candidate = new_session_id()
+        else:
+            candidate = session_id_for_key(org, f"{idempotency_key}\0fork\0{source_id}\0{next(draws)}")
+        if shard_for(org, candidate, shards) == home:
+            return candidate
 
 
 def is_session_id(value: str) -> bool:
@@ -137,6 +163,7 @@ class Session:
     indexed_at: int | None = None  # when its messages became searchable in session memory
     indexed_entries: int = 0
     messages: list[Message] = field(default_factory=list)
+    forked_from: tuple[str, int] | None = None  # (source session id, seq): made by a fork at that message
     snap_epoch: int = 0  # the last snapshot that has (or had a copy of) this session; see SessionStore
 
     def __post_init__(self) -> None:
@@ -278,6 +305,7 @@ class Session:
             "summary_provenance": self._provenance(),
             "index_status": self.index_status,
             "indexed_at": self.indexed_at,
+            "forked_from": self._forked_from(),
         }
 
     def view_with_messages(self, after_seq: int = 0, limit: int | None = None) -> SessionWithMessages:
@@ -286,6 +314,11 @@ class Session:
         out = cast(SessionWithMessages, self.view())  # filled in below, not copied
         out["messages"] = [self.messages[i].view(i + 1) for i in range(after_seq, end)]
         return out
+
+    def _forked_from(self) -> ForkedFrom | None:
+        if self.forked_from is None:
+            return None
+        return {"session_id": self.forked_from[0], "seq": self.forked_from[1]}
 
     def _provenance(self) -> SummaryProvenance | None:
         if self.summary_model is None:

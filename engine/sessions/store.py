@@ -19,7 +19,14 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
-from engine.errors import QuotaExceeded, SessionExists, SessionNotActive, SessionNotFound, apply_each
+from engine.errors import (
+    QuotaExceeded,
+    SessionExists,
+    SessionNotActive,
+    SessionNotFound,
+    ValidationFailed,
+    apply_each,
+)
 from engine.idempotency import GONE, IdempotencyRecords, Idempotent, Replayed
 from engine.sessions.events import EventLog, events_of
 from engine.sessions.ops import (
@@ -32,6 +39,7 @@ from engine.sessions.ops import (
     ExpireDue,
     FailSummary,
     FinishSummary,
+    ForkSession,
     GetSession,
     ListSessions,
     MarkIndexed,
@@ -201,18 +209,7 @@ class SessionStore:
     # -- writes -------------------------------------------------------------------------------------
 
     def _create(self, op: CreateSession, now_ms: int) -> SessionView:
-        key = (op.org, op.session_id)
-        if key in self._sessions:
-            raise SessionExists(op.session_id)
-        if op.max_active is not None and not self.replaying:
-            index = self._orgs.get(op.org)
-            if index is not None and len(index.by_status[SessionStatus.ACTIVE]) >= op.max_active:
-                raise QuotaExceeded(
-                    "max_active_sessions",
-                    op.max_active,
-                    "Close, complete or delete active sessions of this organization, or ask the "
-                    "operator to raise limits.max_active_sessions.",
-                )
+        self._check_new(op.org, op.session_id, op.max_active)
         session = Session(
             org=op.org,
             id=op.session_id,
@@ -224,10 +221,64 @@ class SessionStore:
             context=op.context,
             snap_epoch=self._snap_epoch,  # made after any snapshot in progress began: not part of it
         )
-        self._sessions[key] = session
-        self._orgs.setdefault(op.org, _OrgIndex()).add(session)
-        heapq.heappush(self._deadlines, (session.expires_at, op.org, op.session_id))
+        self._add(session)
         return session.view()
+
+    def _fork(self, op: ForkSession, now_ms: int) -> SessionView:
+        """A new active session with the source's messages 1..at_seq: the same Message objects (a
+        slice copies references), so a fork costs a reference per message while the shard runs. The
+        source may have ended; it does not change."""
+        source = self._find(op.org, op.source_id)
+        held = len(source.messages)
+        if not 0 <= op.at_seq <= held:
+            raise ValidationFailed(
+                f"at_seq: the session holds messages 1..{held}; {op.at_seq} is out of range",
+                {"field": "at_seq", "at_seq": op.at_seq, "message_count": held},
+                "Send a seq of one of the session's messages, or 0 for a fork with none of them.",
+            )
+        self._check_new(op.org, op.session_id, op.max_active)
+        if op.max_messages is not None and not self.replaying and op.at_seq > op.max_messages:
+            raise QuotaExceeded(
+                "max_messages_per_session",
+                op.max_messages,
+                "Fork at an earlier message, or ask the operator to raise limits.max_messages_per_session.",
+            )
+        ttl_s = source.ttl_s if op.ttl_s is None else op.ttl_s
+        session = Session(
+            org=op.org,
+            id=op.session_id,
+            name=source.name if op.name is None else op.name,
+            ttl_s=ttl_s,
+            created_at=now_ms,
+            updated_at=now_ms,
+            expires_at=now_ms + ttl_s * 1000,
+            # A context is replaced, never changed in place, so the fork may hold the source's.
+            context=source.context if op.context is None else op.context,
+            messages=source.messages[: op.at_seq],
+            forked_from=(source.id, op.at_seq),
+            snap_epoch=self._snap_epoch,
+        )
+        self._add(session)
+        return session.view()
+
+    def _check_new(self, org: str, session_id: str, max_active: int | None) -> None:
+        """A session may be made under this id, within the organization's share of active sessions."""
+        if (org, session_id) in self._sessions:
+            raise SessionExists(session_id)
+        if max_active is not None and not self.replaying:
+            index = self._orgs.get(org)
+            if index is not None and len(index.by_status[SessionStatus.ACTIVE]) >= max_active:
+                raise QuotaExceeded(
+                    "max_active_sessions",
+                    max_active,
+                    "Close, complete or delete active sessions of this organization, or ask the "
+                    "operator to raise limits.max_active_sessions.",
+                )
+
+    def _add(self, session: Session) -> None:
+        self._sessions[(session.org, session.id)] = session
+        self._orgs.setdefault(session.org, _OrgIndex()).add(session)
+        heapq.heappush(self._deadlines, (session.expires_at, session.org, session.id))
 
     def _append(self, op: AppendMessages, now_ms: int) -> list[MessageView]:
         session = self._writable(op.org, op.session_id, now_ms)

@@ -60,6 +60,12 @@ class SummaryProvenance(TypedDict):
 
 
 @with_config(_CLOSED)
+class ForkedFrom(TypedDict):
+    session_id: Annotated[str, Field(description="The session this one was forked from.")]
+    seq: Annotated[int, Field(description="The fork holds the source's messages 1..seq (0: none).")]
+
+
+@with_config(_CLOSED)
 class SessionView(TypedDict):
     id: Annotated[str, Field(examples=["sess_3f9c2a7e0b1d4c5a8e6f7a9b0c1d2e3f"])]
     name: str
@@ -93,6 +99,10 @@ class SessionView(TypedDict):
     ]
     indexed_at: Annotated[
         int | None, Field(description="When its messages became searchable in session memory.")
+    ]
+    forked_from: Annotated[
+        ForkedFrom | None,
+        Field(description="The session and message it was forked at (POST /sessions/{id}/fork), or null."),
     ]
 
 

@@ -58,6 +58,7 @@ def test_the_clients_models_have_the_fields_of_the_engines_views() -> None:
         (models.SessionWithMessages, views.SessionWithMessages),
         (models.Message, views.MessageView),
         (models.SummaryProvenance, views.SummaryProvenance),
+        (models.ForkedFrom, views.ForkedFrom),
     ]
     for model, view in pairs:
         assert set(model.model_fields) == view.__required_keys__ | view.__optional_keys__, model.__name__

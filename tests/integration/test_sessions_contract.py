@@ -13,7 +13,7 @@ from .conftest import Api, assert_error
 SESSION_FIELDS = {
     "id", "name", "status", "ttl_seconds", "created_at", "updated_at", "expires_at", "ended_at",
     "message_count", "context", "version", "summary_status", "summary", "summary_error",
-    "summary_attempts", "summary_provenance", "index_status", "indexed_at",
+    "summary_attempts", "summary_provenance", "index_status", "indexed_at", "forked_from",
 }  # fmt: skip
 
 

@@ -33,6 +33,7 @@ from engine.sessions.ops import (
     ExpireDue,
     FailSummary,
     FinishSummary,
+    ForkSession,
     GetSession,
     ListSessions,
     MarkIndexed,
@@ -44,12 +45,13 @@ from engine.sessions.ops import (
 )
 from engine.sessions.session import NewMessage, SessionStatus
 
-A, B, C, D = ("sess_" + f"{i:032x}" for i in range(4))
+A, B, C, D, E = ("sess_" + f"{i:032x}" for i in range(5))
 
 # One run that uses every logged session op, in an order in which each one succeeds.
 SESSION_SCRIPT: list[tuple[int, Any]] = [  # (ms to advance first, op)
     (0, CreateSession("acme", A, "a", 3600, {"plan": [1, {"deep": None}], "n": 2**63})),
     (1, AppendMessages("acme", A, (NewMessage("user", "hi"), NewMessage("tool", "42", "call_1", "calc")))),
+    (1, ForkSession("acme", E, A, 2, name="branch", ttl_s=60, context={"b": 1})),
     (1, Idempotent("k1", "fp1", ReplaceContext("acme", A, {"v": 2}, 1))),
     (1, UpdateSession("acme", A, name="renamed", ttl_s=7200)),
     (1, UpdateSession("acme", A, ttl_s=60)),
