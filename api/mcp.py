@@ -45,7 +45,7 @@ from .errors import (
 )
 from .json_numbers import find
 from .routes import sessions, vectors
-from .schemas import AppendMessagesIn, CreateSessionIn, SearchMemoryIn
+from .schemas import AppendMessagesIn, CreateSessionIn, ForkSessionIn, SearchMemoryIn
 
 CALLER_SCOPE_KEY = "session_engine.caller"
 INSTRUCTIONS = (
@@ -66,6 +66,7 @@ _IN_REQUEST: dict[str, tuple[str, ...]] = {
     "session": _BODY,
     "messages": _BODY,
     "context": _BODY,
+    "fork": _BODY,
 }
 
 
@@ -156,6 +157,12 @@ def build_server() -> MCPServer:
         """Replace the session's whole JSON context; with if_match, only at that version."""
         header = None if if_match is None else str(if_match)
         return await _run(ctx, lambda caller: sessions.replace_context(session_id, context, caller, header))
+
+    @server.tool()
+    async def fork_session(session_id: str, fork: ForkSessionIn, ctx: Context) -> dict[str, Any]:
+        """Branch a session: a new active session with its messages 1..at_seq (0: none) and, unless
+        given, its name, TTL and current context. The session forked from does not change."""
+        return await _run(ctx, lambda caller: sessions.fork_session(session_id, fork, caller))
 
     @server.tool()
     async def close_session(session_id: str, ctx: Context) -> dict[str, Any]:

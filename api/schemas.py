@@ -67,6 +67,24 @@ class CreateSessionIn(_Request):
     _name_no_nul = field_validator("name")(_no_nul)
 
 
+class ForkSessionIn(_Request):
+    at_seq: int = Field(
+        ge=0,
+        description="The fork holds the session's messages 1..at_seq (0: none of them); at most its "
+        "message_count.",
+    )
+    name: str | None = Field(None, description="Its name (default: the session's).")
+    ttl_seconds: int | None = Field(
+        None, ge=1, description="Seconds until it expires (default: the session's)."
+    )
+    context: dict[str, Any] | None = Field(
+        None, description="Its context (default: the session's, as it is now)."
+    )
+
+    _check_name = field_validator("name")(_non_blank)
+    _name_no_nul = field_validator("name")(_no_nul)
+
+
 class MessageIn(_Request):
     role: Role
     content: str

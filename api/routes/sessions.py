@@ -21,13 +21,20 @@ from engine.sessions.ops import (
     CreateSession,
     DeleteSession,
     EndSession,
+    ForkSession,
     GetSession,
     ListSessions,
     ReplaceContext,
     RequestSummary,
     UpdateSession,
 )
-from engine.sessions.session import SessionStatus, is_session_id, new_session_id, session_id_for_key
+from engine.sessions.session import (
+    SessionStatus,
+    fork_session_id,
+    is_session_id,
+    new_session_id,
+    session_id_for_key,
+)
 from engine.sessions.views import MessageView, SessionView, SessionWithMessages, Status
 
 from ..cursor import decode_cursor, encode_cursor
@@ -38,6 +45,7 @@ from ..limits import check_context, check_messages, check_name, check_ttl
 from ..schemas import (
     AppendMessagesIn,
     CreateSessionIn,
+    ForkSessionIn,
     MessageBatchOut,
     SessionListOut,
     UpdateSessionIn,
@@ -105,6 +113,31 @@ _QUOTA_TRIES = 4  # shards a create tries before max_active_sessions refuses it
 def _shard_share(quota: int | None, shards: int) -> int | None:
     # An organization's sessions are spread over the shards by id; each holds it to its share.
     return None if quota is None else -(-quota // shards)
+
+
+@router.post(
+    "/{session_id}/fork",
+    status_code=201,
+    response_model=SessionView,
+    summary="Fork a session: a new active session with its messages 1..at_seq",
+)
+async def fork_session(session_id: SessionId, body: ForkSessionIn, caller: CurrentCaller) -> Response:
+    sid = _session_id(session_id)
+    # The fork's id lands on the source's shard: one op there reads the source and makes the fork.
+    fork_id = fork_session_id(caller.org, sid, caller.shards.shards, caller.idempotency_key())
+    op = ForkSession(
+        caller.org,
+        fork_id,
+        sid,
+        body.at_seq,
+        name=check_name(body.name, caller.limits) if body.name is not None else None,
+        ttl_s=check_ttl(body.ttl_seconds, caller.limits) if body.ttl_seconds is not None else None,
+        context=check_context(body.context, caller.limits) if body.context is not None else None,
+        max_active=_shard_share(caller.limits.max_active_sessions, caller.shards.shards),
+        max_messages=caller.limits.max_messages_per_session,
+    )
+    view, headers = await caller.write(fork_id, op)
+    return json_response(view[1], 201, {"Location": f"/sessions/{fork_id}", **_etag(view), **headers})
 
 
 @router.post(

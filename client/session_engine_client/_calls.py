@@ -301,6 +301,17 @@ def create_session(name: str, ttl_seconds: int | None, context: Mapping[str, Any
     return Call("POST", "/sessions", _model(Session), body, write=True)
 
 
+def fork_session(
+    session_id: str,
+    at_seq: int,
+    name: str | None,
+    context: Mapping[str, Any] | None,
+    ttl_seconds: int | None,
+) -> Call[Session]:
+    body = _drop_none({"at_seq": at_seq, "name": name, "context": context, "ttl_seconds": ttl_seconds})
+    return Call("POST", f"/sessions/{session_id}/fork", _model(Session), body, write=True)
+
+
 def get_session(session_id: str, after_seq: int, limit: int | None) -> Call[SessionWithMessages]:
     params = _drop_none({"after_seq": after_seq or None, "limit": limit})
     return Call("GET", f"/sessions/{session_id}", _model(SessionWithMessages), params=params)

@@ -105,6 +105,20 @@ class Client:
     ) -> Session:
         return self._do(calls.create_session(name, ttl_seconds, context), idempotency_key)
 
+    def fork_session(
+        self,
+        session_id: str,
+        at_seq: int,
+        *,
+        name: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        ttl_seconds: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Session:
+        """A new active session with this one's messages 1..at_seq (0: none); name, context and
+        TTL are this one's unless given."""
+        return self._do(calls.fork_session(session_id, at_seq, name, context, ttl_seconds), idempotency_key)
+
     def get_session(
         self, session_id: str, *, after_seq: int = 0, limit: int | None = None
     ) -> SessionWithMessages:
@@ -352,6 +366,21 @@ class AsyncClient:
         idempotency_key: str | None = None,
     ) -> Session:
         return await self._do(calls.create_session(name, ttl_seconds, context), idempotency_key)
+
+    async def fork_session(
+        self,
+        session_id: str,
+        at_seq: int,
+        *,
+        name: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        ttl_seconds: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Session:
+        """See Client.fork_session."""
+        return await self._do(
+            calls.fork_session(session_id, at_seq, name, context, ttl_seconds), idempotency_key
+        )
 
     async def get_session(
         self, session_id: str, *, after_seq: int = 0, limit: int | None = None

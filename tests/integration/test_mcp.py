@@ -20,7 +20,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from api.schemas import AppendMessagesIn, CreateSessionIn, SearchMemoryIn
+from api.schemas import AppendMessagesIn, CreateSessionIn, ForkSessionIn, SearchMemoryIn
 from benchmarks.server import ServerProcess
 from tests.integration.conftest import assert_error
 
@@ -33,6 +33,7 @@ TOOLS = {
     "create_session",
     "append_messages",
     "update_context",
+    "fork_session",
     "close_session",
 }
 
@@ -81,6 +82,7 @@ def test_the_tools_take_the_http_apis_own_models(ray_server: ServerProcess) -> N
         ("create_session", "session", CreateSessionIn),
         ("append_messages", "messages", AppendMessagesIn),
         ("search_memory", "query", SearchMemoryIn),
+        ("fork_session", "fork", ForkSessionIn),
     ):
         definitions = schemas[tool].get("$defs", {})
         ref = schemas[tool]["properties"][argument]["$ref"].rsplit("/", 1)[1]
@@ -249,6 +251,14 @@ BAD_INPUTS = {
     ),
     "a negative after_seq": BadInput(
         "get_session", '{"session_id": SID, "after_seq": -1}', "GET", "/sessions/SID?after_seq=-1", None, 422
+    ),
+    "a negative at_seq": BadInput(
+        "fork_session",
+        '{"session_id": SID, "fork": {"at_seq": -1}}',
+        "POST",
+        "/sessions/SID/fork",
+        '{"at_seq": -1}',
+        422,
     ),
     "an If-Match that is no version": BadInput(
         "update_context",

@@ -115,6 +115,8 @@ def test_every_route_answers_as_the_document_says(client: httpx.Client) -> None:
     assert replay.headers["Idempotent-Replayed"] == "true"
     checked.call("PUT", "/sessions/{session_id}/context", f"{one}/context", json={"goal": "ship", "step": 2})
     checked.call("PATCH", "/sessions/{session_id}", one, json={"name": "wire, renamed"})
+    forked = checked.call("POST", "/sessions/{session_id}/fork", f"{one}/fork", json={"at_seq": 2}).json()
+    assert forked["forked_from"] == {"session_id": sid, "seq": 2}
     checked.call("GET", "/sessions", "/sessions", params={"limit": 1})
     checked.call("POST", "/sessions/{session_id}/close", f"{one}/close")
     ready = _wait_ready(checked, sid)

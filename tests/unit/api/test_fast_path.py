@@ -68,6 +68,7 @@ def test_only_the_routes_of_plain_parameters_take_the_fast_path() -> None:
         "POST /sessions/{session_id}/summarize",
         "POST /sessions/{session_id}/close",
         "POST /sessions/{session_id}/complete",
+        "POST /sessions/{session_id}/fork",
         "POST /vectors/upsert",
         "POST /vectors/query",
         "POST /vectors/delete",
@@ -111,6 +112,7 @@ LIST = "GET /sessions"
 SUMMARIZE = "POST /sessions/{session_id}/summarize"
 CLOSE = "POST /sessions/{session_id}/close"
 COMPLETE = "POST /sessions/{session_id}/complete"
+FORK = "POST /sessions/{session_id}/fork"
 DELETE = "DELETE /sessions/{session_id}"
 UPSERT = "POST /vectors/upsert"
 QUERY = "POST /vectors/query"
@@ -417,6 +419,18 @@ CASES = [
     Case(EVENTS, "a bad Last-Event-ID", "/events", headers={"Last-Event-ID": "é".encode()}, status=422),
     Case(EVENTS, "no key", "/events", headers=NO_KEY, status=401),
     Case(EVENTS, "no key, a bad position", "/events?after=nowhere", headers=NO_KEY, status=401),
+    # Fork: the body is a ForkSessionIn. Accepted forks carry a key, so both apps name them alike.
+    Case(FORK, "accepted", "/sessions/{live}/fork", b'{"at_seq": 1}', {"Idempotency-Key": "f1"}, 201),
+    Case(FORK, "keyed, replayed", "/sessions/{live}/fork", b'{"at_seq": 1}', {"Idempotency-Key": "f1"}, 201),
+    Case(
+        FORK, "an ended session", "/sessions/{ended}/fork", b'{"at_seq": 0}', {"Idempotency-Key": "f2"}, 201
+    ),
+    Case(FORK, "at_seq past the end", "/sessions/{live}/fork", b'{"at_seq": 1000000}'),
+    Case(FORK, "at_seq negative", "/sessions/{live}/fork", b'{"at_seq": -1}'),
+    Case(FORK, "at_seq as a string", "/sessions/{live}/fork", b'{"at_seq": "1"}'),
+    Case(FORK, "no at_seq", "/sessions/{live}/fork", b'{"name": "x"}'),
+    Case(FORK, "malformed id", "/sessions/nope/fork", b'{"at_seq": 0}', status=404),
+    Case(FORK, "no key", "/sessions/{live}/fork", b'{"at_seq": 0}', NO_KEY, 401),
     # Writes that end and delete sessions, last.
     Case(CLOSE, "accepted", "/sessions/{closing}/close", status=200),
     Case(CLOSE, "again", "/sessions/{closing}/close", status=409),
@@ -511,7 +525,7 @@ def test_every_served_route_is_in_the_table_both_ways(
     handlers = {route: {fast[case.id].handler for case in CASES if case.route == route} for route in served()}
     # The rest take only strings (a session id in the path, a feed's position), so FastAPI would
     # accept every request they get, and so does the fast path.
-    refusable = {CREATE, APPEND, GET, CONTEXT, UPDATE, LIST, UPSERT, QUERY, FORGET}
+    refusable = {CREATE, APPEND, GET, CONTEXT, UPDATE, LIST, UPSERT, QUERY, FORGET, FORK}
     assert handlers == {
         route: {FAST_PATH, FASTAPI} if route in refusable else {FAST_PATH} for route in served()
     }
