@@ -261,3 +261,44 @@ class CheckKey(SessionOp):
 @dataclass(slots=True, frozen=True)
 class Ping(SessionOp):
     pass
+
+
+@SESSION_OPS.logged("import", "_import", log_without_result=False)
+@dataclass(slots=True, frozen=True)
+class ImportSession(SessionOp):
+    """Store a session read from an export, whole (engine.sessions.export): all of it or, when the
+    organization holds a session of that id already, nothing (None: skipped, and not logged)."""
+
+    org: str
+    session_id: str
+    session: list[Any]  # the session as a snapshot encodes it (engine.sessions.codec.encode_session)
+
+
+@SESSION_OPS.read("_open_export")
+@dataclass(slots=True, frozen=True)
+class OpenExport(SessionOp):
+    """A read that opens an export cursor over the organization's sessions as they are now; answers
+    {"watermark": the log record the cut follows, "sessions": how many}. Cursors unused for
+    `idle_ms` lapse; past `max_open` open ones, Unavailable."""
+
+    org: str
+    export_id: str
+    max_open: int
+    idle_ms: int
+
+
+@SESSION_OPS.read("_export_page")
+@dataclass(slots=True, frozen=True)
+class ExportPage(SessionOp):
+    """The next lines of an open export: {"lines": [...], "done": bool}; the cursor closes when done."""
+
+    org: str
+    export_id: str
+    max_lines: int
+
+
+@SESSION_OPS.read("_close_export")
+@dataclass(slots=True, frozen=True)
+class CloseExport(SessionOp):
+    org: str
+    export_id: str

@@ -24,25 +24,32 @@ from engine.errors import (
     SessionExists,
     SessionNotActive,
     SessionNotFound,
+    Unavailable,
     ValidationFailed,
     apply_each,
 )
 from engine.idempotency import GONE, IdempotencyRecords, Idempotent, Replayed
+from engine.sessions.codec import decode_session
 from engine.sessions.events import EventLog, events_of
+from engine.sessions.export import ExportCursor
 from engine.sessions.ops import (
     SESSION_OPS,
     AppendMessages,
     CheckKey,
+    CloseExport,
     CreateSession,
     DeleteSession,
     EndSession,
     ExpireDue,
+    ExportPage,
     FailSummary,
     FinishSummary,
     ForkSession,
     GetSession,
+    ImportSession,
     ListSessions,
     MarkIndexed,
+    OpenExport,
     Ping,
     PurgeSessions,
     ReplaceContext,
@@ -98,6 +105,10 @@ class SessionStore:
         self.summary_jobs: list[tuple[str, str]] = []  # (org, session id) queued for a summary, in order
         self._snapshot: SnapshotCursor | None = None
         self._snap_epoch = 0
+        self._exports: dict[str, ExportCursor] = {}  # export cursors open, by export id
+        # The last log record written, read by an export cursor for its watermark; the durability
+        # layer sets it (a store on its own has no log).
+        self.log_position: Callable[[], int] = lambda: 0
         self._handlers: dict[type, Callable[[Any, int], Any]] = SESSION_OPS.handlers(self)
 
     def __len__(self) -> int:
@@ -198,6 +209,9 @@ class SessionStore:
         if snapshot is not None and session.snap_epoch < snapshot.epoch:
             snapshot.saved[(session.org, session.id)] = session.copy()
             session.snap_epoch = snapshot.epoch
+        for export in self._exports.values():
+            if export.org == session.org:
+                export.keep_before_change(session)
 
     def apply_batch(self, ops: Sequence[SessionOp], now_ms: int) -> list[Any]:
         """Apply ops in order; one op's error is its own result and never fails the others."""
@@ -458,6 +472,63 @@ class SessionStore:
 
     def _ping(self, op: Ping, now_ms: int) -> dict[str, Any]:
         return {"sessions": len(self._sessions), **self.condition}
+
+    # -- export and import (engine.sessions.export) ----------------------------------------------------
+
+    def _open_export(self, op: OpenExport, now_ms: int) -> dict[str, Any]:
+        # An abandoned export (its client gone, its gateway stopped) lapses, so no cursor pins the
+        # copies it keeps for ever; and only a few are open at once, each costing a copy of every
+        # session that changes before the cursor reaches it.
+        for export_id, cursor in list(self._exports.items()):
+            if now_ms - cursor.used_ms > op.idle_ms:
+                del self._exports[export_id]
+        if len(self._exports) >= op.max_open:
+            raise Unavailable(
+                f"{len(self._exports)} exports are in progress on a shard, the most it keeps open",
+                {"limit": op.max_open},
+                "Retry when an export in progress has finished.",
+            )
+        index = self._orgs.get(op.org)
+        keys = [(op.org, sid) for _, sid in index.all] if index is not None else []
+        # Ops earlier in this batch are in the journal: the log's next record will hold them.
+        watermark = self.log_position() + (1 if self.journal else 0)
+        self._exports[op.export_id] = ExportCursor(op.org, keys, watermark, now_ms)
+        return {"watermark": watermark, "sessions": len(keys)}
+
+    def _export_page(self, op: ExportPage, now_ms: int) -> dict[str, Any]:
+        cursor = self._exports.get(op.export_id)
+        if cursor is None or cursor.org != op.org:
+            raise Unavailable(
+                "the export's cursor is gone (it lapsed, or its shard restarted)",
+                {"export_id": op.export_id},
+                "Start the export again.",
+            )
+        lines, done = cursor.next_page(self._sessions, op.max_lines)
+        cursor.used_ms = now_ms
+        if done:
+            del self._exports[op.export_id]
+        return {"lines": lines, "done": done}
+
+    def _close_export(self, op: CloseExport, now_ms: int) -> None:
+        cursor = self._exports.get(op.export_id)
+        if cursor is not None and cursor.org == op.org:
+            del self._exports[op.export_id]
+
+    def _import(self, op: ImportSession, now_ms: int) -> SessionView | None:
+        session = decode_session(op.session)
+        key = (op.org, op.session_id)
+        if session.org != op.org or session.id != op.session_id:
+            raise ValidationFailed("an imported session must be the one its op names", {"field": "session"})
+        if key in self._sessions:
+            return None  # imported before (or made here): skipped, and not logged
+        session.snap_epoch = self._snap_epoch  # made after any snapshot in progress began: not in it
+        self._sessions[key] = session
+        self._orgs.setdefault(op.org, _OrgIndex()).add(session)
+        if session.status is SessionStatus.ACTIVE:
+            heapq.heappush(self._deadlines, (session.expires_at, op.org, op.session_id))
+        if session.summary_unfinished:
+            self.summary_jobs.append(key)  # indexed into session memory as a close would do
+        return session.view()
 
     # -- internals ----------------------------------------------------------------------------------
 

@@ -131,6 +131,8 @@ class LoggedStore:
     def _publish_condition(self) -> None:
         # The store answers pings (and so /readyz) with it; see SessionStore and MemoryStore.
         self.store.condition = self.condition
+        # An export's cut names the last record written (SessionStore.log_position).
+        self.store.log_position = lambda: self.lsn
 
     @property
     def condition(self) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from engine.sessions.ops import (
     FinishSummary,
     ForkSession,
     GetSession,
+    ImportSession,
     ListSessions,
     MarkIndexed,
     PurgeSessions,
@@ -45,7 +46,24 @@ from engine.sessions.ops import (
 )
 from engine.sessions.session import NewMessage, SessionStatus
 
-A, B, C, D, E = ("sess_" + f"{i:032x}" for i in range(5))
+A, B, C, D, E, F = ("sess_" + f"{i:032x}" for i in range(6))
+# A session as an export brings it in (its snapshot encoding, engine.sessions.codec.encode_session).
+IMPORTED = [
+    "acme",
+    F,
+    "imported",
+    60,
+    1,
+    2,
+    60_001,
+    "closed",
+    1,
+    5,
+    "pending",
+    None,
+    {},
+    [["user", "hi", 1, None, None]],
+]
 
 # One run that uses every logged session op, in an order in which each one succeeds.
 SESSION_SCRIPT: list[tuple[int, Any]] = [  # (ms to advance first, op)
@@ -69,6 +87,7 @@ SESSION_SCRIPT: list[tuple[int, Any]] = [  # (ms to advance first, op)
     (0, CreateSession("acme", D, "d", 60, {})),
     (0, EndSession("acme", D, SessionStatus.COMPLETED)),
     (1, PurgeSessions((("acme", D),))),
+    (0, ImportSession("acme", F, IMPORTED)),
 ]
 
 MEMORY_SCRIPT: list[Any] = [

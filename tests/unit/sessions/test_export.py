@@ -1,0 +1,208 @@
+"""The export format (engine.sessions.export): what a shard's cursor writes reads back as the same
+sessions, and a stream cut short, reordered or malformed is refused at its line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.errors import Unavailable
+from engine.sessions.codec import encode_session
+from engine.sessions.export import (
+    BadLine,
+    ImportedSession,
+    ImportedVector,
+    encode_lines,
+    end_line,
+    header_line,
+    read_stream,
+)
+from engine.sessions.ops import (
+    AppendMessages,
+    CloseExport,
+    CreateSession,
+    DeleteSession,
+    EndSession,
+    ExportPage,
+    GetSession,
+    ImportSession,
+    OpenExport,
+    ReplaceContext,
+)
+from engine.sessions.session import NewMessage, SessionStatus, new_session_id
+from engine.sessions.store import SessionStore
+
+T0 = 1_700_000_000_000
+SCHEMA = json.loads((Path(__file__).parents[3] / "docs" / "export.schema.json").read_text())
+
+texts = st.text(max_size=20)
+messages = st.lists(st.tuples(st.sampled_from(["user", "assistant", "system", "tool"]), texts), max_size=6)
+sessions = st.lists(
+    st.tuples(
+        texts, messages, st.dictionaries(st.text(max_size=5), st.integers(-(2**53), 2**53)), st.booleans()
+    ),
+    max_size=5,
+)
+
+
+def filled_store(spec: list[tuple[str, list[tuple[str, str]], dict[str, int], bool]]) -> SessionStore:
+    store = SessionStore()
+    for i, (name, said, context, close) in enumerate(spec):
+        sid = new_session_id()
+        store.apply(CreateSession("acme", sid, name, 60, context), T0 + i)
+        if said:
+            store.apply(AppendMessages("acme", sid, tuple(NewMessage(r, c) for r, c in said)), T0 + i + 1)
+        if close:
+            store.apply(EndSession("acme", sid, SessionStatus.CLOSED), T0 + i + 2)
+    return store
+
+
+def export(
+    store: SessionStore, org: str = "acme", page: int = 3, export_id: str = "x"
+) -> list[dict[str, Any]]:
+    opened = store.apply(OpenExport(org, export_id, max_open=4, idle_ms=60_000), T0)
+    lines: list[dict[str, Any]] = [header_line(org, T0, {"session-0": opened["watermark"]})]
+    done = False
+    while not done:
+        answer = store.apply(ExportPage(org, export_id, page), T0)
+        lines += answer["lines"]
+        done = answer["done"]
+    count = sum(1 for line in lines if line["kind"] == "session")
+    return [*lines, end_line(count, sum(1 for line in lines if line["kind"] == "message"), 0)]
+
+
+def stream(lines: list[dict[str, Any]]) -> list[bytes]:
+    return encode_lines(lines).splitlines(keepends=True)
+
+
+def import_all(store: SessionStore, org: str, raw: list[bytes]) -> int:
+    imported = 0
+    for item in read_stream(raw):
+        if isinstance(item, ImportedSession):
+            session = item.to_session(org)
+            if store.apply(ImportSession(org, session.id, encode_session(session)), T0) is not None:
+                imported += 1
+    return imported
+
+
+def views(store: SessionStore, org: str) -> list[dict[str, Any]]:
+    lines = export(store, org, page=1000, export_id="compare")
+    return [line for line in lines if line["kind"] in ("session", "message")]
+
+
+@settings(max_examples=40, deadline=None)
+@given(sessions, st.integers(1, 5))
+def test_an_export_imports_back_as_the_same_sessions(spec: Any, page: int) -> None:
+    source = filled_store(spec)
+    lines = export(source, page=page)
+    for line in lines:
+        jsonschema.validate(line, SCHEMA)
+    target = SessionStore()
+    assert import_all(target, "acme", stream(lines)) == len(spec)
+    before, after = views(source, "acme"), views(target, "acme")
+    for b, a in zip(before, after, strict=True):
+        if b["kind"] == "session" and b["status"] == "closed":
+            # queued for indexing here, as a close queues it
+            b, a = dict(b, summary_attempts=0), dict(a, summary_attempts=0)
+        assert a == b
+    assert import_all(target, "acme", stream(lines)) == 0  # the second time: all skipped
+
+
+@settings(max_examples=40, deadline=None)
+@given(sessions.filter(lambda s: sum(len(m) for _, m, _, _ in s) > 0), st.data())
+def test_a_stream_cut_short_is_refused(spec: Any, data: st.DataObject) -> None:
+    raw = stream(export(filled_store(spec)))
+    cut = data.draw(st.integers(0, len(raw) - 1))
+    with pytest.raises(BadLine):
+        list(read_stream(raw[:cut]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(sessions.filter(lambda s: sum(len(m) for _, m, _, _ in s) > 1), st.data())
+def test_reordered_lines_are_refused_at_their_line(spec: Any, data: st.DataObject) -> None:
+    raw = stream(export(filled_store(spec)))
+    i = data.draw(st.integers(0, len(raw) - 2))
+    j = data.draw(st.integers(i + 1, len(raw) - 1))
+    swapped = list(raw)
+    swapped[i], swapped[j] = swapped[j], swapped[i]
+    if swapped == raw:
+        return
+    with pytest.raises(BadLine) as refused:
+        list(read_stream(swapped))
+    assert refused.value.details["line"] <= j + 1
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"not json", "not JSON"),
+        (b'{"kind": "blob"}', "unknown kind"),
+        (b'{"kind": "end", "sessions": 0, "messages": 0, "vectors": 0, "extra": 1}', "unknown field"),
+        (b'{"kind": "end", "sessions": "0", "messages": 0, "vectors": 0}', "wrong type"),
+    ],
+)
+def test_a_bad_line_names_its_number_and_why(line: bytes, reason: str) -> None:
+    header = orjson.dumps(header_line("acme", T0, {})) + b"\n"
+    with pytest.raises(BadLine) as refused:
+        list(read_stream([header, line]))
+    assert refused.value.details == {"line": 2}
+    assert reason in str(refused.value)
+
+
+def test_vectors_follow_the_sessions() -> None:
+    vector = {"kind": "vector", "namespace": "n", "id": "v", "values": [0.5], "text": None, "metadata": {}}
+    jsonschema.validate(vector, SCHEMA)
+    raw = stream([header_line("acme", T0, {}), vector, end_line(0, 0, 1)])
+    read = list(read_stream(raw))
+    assert isinstance(read[1], ImportedVector)
+    assert read[1].line == 2
+
+
+def test_an_export_is_the_state_when_it_opened() -> None:
+    store = filled_store([("a", [("user", "one")], {}, False), ("b", [("user", "two")], {}, False)])
+    first, second = (line["id"] for line in export(store) if line["kind"] == "session")
+    store.apply(OpenExport("acme", "cut", max_open=4, idle_ms=60_000), T0)
+    store.apply(AppendMessages("acme", second, (NewMessage("user", "later"),)), T0 + 10)
+    store.apply(ReplaceContext("acme", second, {"later": True}), T0 + 10)
+    store.apply(DeleteSession("acme", first), T0 + 10)
+    made_later = new_session_id()
+    store.apply(CreateSession("acme", made_later, "c", 60, {}), T0 + 10)
+    lines = store.apply(ExportPage("acme", "cut", 100), T0 + 10)["lines"]
+    assert [line["id"] for line in lines if line["kind"] == "session"] == [first, second]
+    assert [line["content"] for line in lines if line["kind"] == "message"] == ["one", "two"]
+    assert lines[2]["context"] == {}
+    assert store.apply(GetSession("acme", second), T0)["message_count"] == 2
+
+
+def test_open_exports_are_bounded_and_an_abandoned_one_lapses() -> None:
+    store = filled_store([("a", [], {}, False)])
+    store.apply(OpenExport("acme", "one", max_open=1, idle_ms=1000), T0)
+    with pytest.raises(Unavailable):
+        store.apply(OpenExport("acme", "two", max_open=1, idle_ms=1000), T0 + 500)
+    store.apply(OpenExport("acme", "two", max_open=1, idle_ms=1000), T0 + 2000)
+    with pytest.raises(Unavailable):
+        store.apply(ExportPage("acme", "one", 10), T0 + 2000)
+    store.apply(CloseExport("acme", "two"), T0 + 2000)
+    store.apply(OpenExport("acme", "three", max_open=1, idle_ms=1000), T0 + 2000)
+
+
+def test_an_export_sees_only_its_organization() -> None:
+    store = filled_store([("a", [("user", "mine")], {}, False)])
+    store.apply(CreateSession("other", new_session_id(), "theirs", 60, {}), T0)
+    assert [line["name"] for line in export(store) if line["kind"] == "session"] == ["a"]
+
+
+def test_an_imported_closed_session_is_queued_for_indexing() -> None:
+    store = filled_store([("a", [("user", "hello")], {}, True)])
+    lines = export(store)
+    target = SessionStore()
+    import_all(target, "acme", stream(lines))
+    assert target.take_summary_jobs() == [("acme", lines[1]["id"])]
+    assert target.take_journal()[0].__class__ is ImportSession
