@@ -34,7 +34,7 @@ from .feeds import FeedHub
 from .http import RequestContextMiddleware
 from .outbox import MemoryRouter, ShardRouter
 from .ratelimit import RateLimiter
-from .routes import events, health, sessions, vectors
+from .routes import events, health, sessions, transfer, vectors
 
 RESOLVED_CONFIG_ENV = "SESSION_ENGINE_RESOLVED_CONFIG"
 # Read by api/deps.py from the headers (no parameter of its own, which would cost each request a
@@ -122,6 +122,7 @@ def create_app(
         max_body_bytes=config.limits.max_body_bytes,
         measure=metrics.HttpMetrics() if config.metrics.enabled else None,
         show_handler=config.log_level == "debug",
+        body_limits={transfer.IMPORT_PATH: config.limits.max_import_bytes},
     )
     if config.metrics.enabled:
         app.add_api_route(
@@ -134,7 +135,7 @@ def create_app(
         )
     if config.mcp.enabled:
         app.mount(config.mcp.path, mcp.Authenticated(app))
-    for router in (health.router, sessions.router, events.router, vectors.router):
+    for router in (health.router, sessions.router, events.router, vectors.router, transfer.router):
         # The routes themselves, not include_router: FastAPI 0.16x matches an included router
         # through a wrapper that re-walks its routes on every request (a tenth of the gateway's
         # time under load). The routes already carry the router's prefix, tags and responses.

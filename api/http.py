@@ -103,9 +103,11 @@ class RequestContextMiddleware:
         max_body_bytes: int,
         measure: HttpMetrics | None = None,
         show_handler: bool = False,
+        body_limits: dict[str, int] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_limits = body_limits or {}  # a path whose body may be larger (or smaller)
         self.measure = measure
         self.show_handler = show_handler
 
@@ -134,9 +136,10 @@ class RequestContextMiddleware:
         token = request_id_var.set(request_id)
         try:
             declared = _content_length(scope)
-            if declared is not None and declared > self.max_body_bytes:
+            limit = self.body_limits.get(scope["path"], self.max_body_bytes)
+            if declared is not None and declared > limit:
                 scope[HANDLER_SCOPE_KEY] = MIDDLEWARE
-                await payload_too_large(self.max_body_bytes)(scope, receive, send_with_id)
+                await payload_too_large(limit)(scope, receive, send_with_id)
                 return
             encoding = _header(scope, b"content-encoding")
             if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
@@ -145,7 +148,9 @@ class RequestContextMiddleware:
                 return
             # The server delivers no more than a declared Content-Length, so only a body without
             # one (chunked) needs counting as it arrives.
-            await self.app(scope, receive if declared is not None else self._limited(receive), send_with_id)
+            await self.app(
+                scope, receive if declared is not None else self._limited(receive, limit), send_with_id
+            )
         except ClientDisconnect:
             return  # the client went (or was dropped for sending too slowly): no one to answer
         except Exception:
@@ -158,7 +163,7 @@ class RequestContextMiddleware:
         finally:
             request_id_var.reset(token)
 
-    def _limited(self, receive: Receive) -> Receive:
+    def _limited(self, receive: Receive, limit: int) -> Receive:
         received = 0
 
         async def receive_within_limit() -> Message:
@@ -166,7 +171,7 @@ class RequestContextMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     # FastAPI passes HTTPExceptions from body reading through to the error handlers.
                     raise HTTPException(413)
             return message

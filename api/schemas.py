@@ -260,6 +260,24 @@ class UpsertOut(_Response):
     upserted: int
 
 
+class ImportedCounts(_Response):
+    sessions: int
+    messages: int
+    vectors: int
+
+
+class ImportLineError(_Response):
+    line: int = Field(description="The line of the import the error is about (its session line).")
+    error: str
+    session_id: str | None = None
+
+
+class ImportOut(_Response):
+    imported: ImportedCounts
+    skipped: Annotated[int, Field(description="Sessions whose id the organization already held.")]
+    errors: list[ImportLineError]
+
+
 class MatchOut(_Response):
     id: str
     score: float = Field(

@@ -51,6 +51,8 @@ class LimitsConfig(_Section):
     clear 4xx. `orgs` gives named organizations their own values."""
 
     max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    # POST /import's body, in place of max_body_bytes: it is read a line at a time, never whole.
+    max_import_bytes: int = Field(1024 * 1024 * 1024, ge=1024)
     max_context_bytes: int = Field(64 * 1024, ge=2)
     max_message_bytes: int = Field(1024 * 1024, ge=1)
     max_batch_messages: int = Field(100, ge=1)

@@ -204,39 +204,61 @@ class ImportedVector:
     record: dict[str, Any]
 
 
-def read_stream(lines: Iterable[bytes]) -> Iterator[dict[str, Any] | ImportedSession | ImportedVector]:
+Item = dict[str, Any] | ImportedSession | ImportedVector
+
+
+def read_stream(lines: Iterable[bytes]) -> Iterator[Item]:
     """Checks a stream line by line and yields, in order: the header (a dict), each session with
     its messages (ImportedSession), each vector (ImportedVector), and the end line (a dict). Raises
     BadLine at the first line that is malformed or out of place, and for a stream without its end
     line or whose end line's counts disagree with what came before."""
-    lines = iter(lines)  # the end line's check reads on from where the loop stopped
-    number = 0
-    header: dict[str, Any] | None = None
-    session: ImportedSession | None = None
-    sessions = messages = vectors = 0
-    in_vectors = False
-    for number, raw in enumerate(lines, start=1):
+    reader = StreamReader()
+    for raw in lines:
+        yield from reader.push(raw)
+    reader.finish()
+
+
+class StreamReader:
+    """read_stream a line at a time, for a reader that gets its lines as they arrive (a request
+    body): `push` each line, then `finish`."""
+
+    def __init__(self) -> None:
+        self.number = 0  # the last line's
+        self.header: dict[str, Any] | None = None
+        self.ended = False
+        self._session: ImportedSession | None = None
+        self._counts = {"sessions": 0, "messages": 0, "vectors": 0}
+        self._in_vectors = False
+
+    def push(self, raw: bytes) -> list[Item]:
+        self.number += 1
+        number = self.number
+        if self.ended:
+            if raw.strip():
+                raise BadLine(number, "a line after the end line")
+            return []
         if not raw.strip():
             raise BadLine(number, "an empty line")
         record = parse_line(number, raw)
         kind = record["kind"]
-        if header is None:
+        if self.header is None:
             if kind != "header":
                 raise BadLine(number, f"the stream starts with a {kind} line, not its header")
-            header = record
-            yield record
-            continue
+            self.header = record
+            return [record]
         if kind == "header":
             raise BadLine(number, "a second header")
+        out: list[Item] = []
+        session = self._session
         if kind != "message" and session is not None:
             _require_complete(session, number)
-            yield session
-            session = None
+            out.append(session)
+            self._session = None
         if kind == "session":
-            if in_vectors:
+            if self._in_vectors:
                 raise BadLine(number, "a session line after the vectors")
-            session = ImportedSession(number, record)
-            sessions += 1
+            self._session = ImportedSession(number, record)
+            self._counts["sessions"] += 1
         elif kind == "message":
             if session is None:
                 raise BadLine(number, "a message line that follows no session line")
@@ -244,23 +266,23 @@ def read_stream(lines: Iterable[bytes]) -> Iterator[dict[str, Any] | ImportedSes
             if record["session_id"] != session.id or record["seq"] != expected:
                 raise BadLine(number, f"expected message {expected} of session {session.id}")
             session.messages.append(record)
-            messages += 1
+            self._counts["messages"] += 1
         elif kind == "vector":
-            in_vectors = True
-            vectors += 1
-            yield ImportedVector(number, record)
+            self._in_vectors = True
+            self._counts["vectors"] += 1
+            out.append(ImportedVector(number, record))
         else:  # end
-            counts = {"sessions": sessions, "messages": messages, "vectors": vectors}
-            if {k: record[k] for k in counts} != counts:
-                raise BadLine(number, f"the end line's counts disagree with the stream's: {counts}")
-            yield record
-            for extra, rest in enumerate(lines, start=number + 1):
-                if rest.strip():
-                    raise BadLine(extra, "a line after the end line")
-            return
-    if header is None:
-        raise BadLine(number + 1, "an empty stream: no header")
-    raise BadLine(number + 1, "the stream ends without its end line (cut short?)")
+            if {k: record[k] for k in self._counts} != self._counts:
+                raise BadLine(number, f"the end line's counts disagree with the stream's: {self._counts}")
+            self.ended = True
+            out.append(record)
+        return out
+
+    def finish(self) -> None:
+        if self.header is None:
+            raise BadLine(self.number + 1, "an empty stream: no header")
+        if not self.ended:
+            raise BadLine(self.number + 1, "the stream ends without its end line (cut short?)")
 
 
 def _require_complete(session: ImportedSession, number: int) -> None:

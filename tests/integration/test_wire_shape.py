@@ -143,6 +143,9 @@ def test_every_route_answers_as_the_document_says(client: httpx.Client) -> None:
     ).json()
     assert found["matches"], "the session-memory answer is checked with a match in it"
     checked.call("POST", "/vectors/delete", "/vectors/delete", json={"namespace": "wire", "ids": ["a"]})
+    exported = checked.call("GET", "/export", "/export").content
+    ndjson = {"Content-Type": "application/x-ndjson"}
+    checked.call("POST", "/import", "/import", content=exported, headers=ndjson)
     checked.call("DELETE", "/sessions/{session_id}", f"/sessions/{completed}")
 
     missed = every - checked.done

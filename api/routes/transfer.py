@@ -1,0 +1,177 @@
+"""Export and import: an organization's sessions as NDJSON (engine.sessions.export,
+docs/export.schema.json), out through GET /export and back in through POST /import.
+
+Both stream. An export opens a cursor on every session shard at once (each cut at one log record,
+named in the header's watermarks) and pulls it a page at a time, so neither the gateway nor a shard
+holds the organization whole. An import reads its body a line at a time and sends each session, whole,
+as one ImportSession op to its shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+from fastapi import Request
+from starlette.responses import Response, StreamingResponse
+
+from engine.errors import EngineError, Forbidden, PayloadTooLarge, ValidationFailed, unwrap
+from engine.sessions.codec import encode_session
+from engine.sessions.export import (
+    ImportedSession,
+    ImportedVector,
+    StreamReader,
+    encode_lines,
+    end_line,
+    header_line,
+)
+from engine.sessions.ops import CloseExport, ExportPage, ImportSession, OpenExport
+from engine.sessions.session import is_session_id
+
+from ..deps import Caller, CurrentCaller
+from ..http import json_response, json_router
+from ..schemas import ImportOut
+
+IMPORT_PATH = "/import"
+NDJSON = "application/x-ndjson"
+PAGE_LINES = 1000  # lines a shard answers an export page with: bounds a page's memory and its time
+MAX_OPEN_EXPORTS = 8  # export cursors a shard keeps open at once
+EXPORT_IDLE_MS = 5 * 60 * 1000  # an export cursor unused this long lapses (its client went)
+
+router = json_router("", "transfer")
+
+
+async def _call(caller: Caller, shard: int, op: Any) -> Any:
+    (result,) = await caller.shards.transport.call(shard, [op])
+    return unwrap(result)
+
+
+@router.get(
+    "/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {NDJSON: {}}, "description": "NDJSON lines: docs/export.schema.json."}},
+    summary="Export this organization's sessions as NDJSON",
+)
+async def export_organization(request: Request, caller: CurrentCaller) -> Response:
+    # `request` keeps this route on FastAPI's own handler: a streamed answer is not the fast path's.
+    del request
+    export_id = uuid.uuid4().hex
+    shards = range(caller.shards.shards)
+    opened = await asyncio.gather(
+        *(
+            _call(caller, s, OpenExport(caller.org, export_id, MAX_OPEN_EXPORTS, EXPORT_IDLE_MS))
+            for s in shards
+        ),
+        return_exceptions=True,
+    )
+    failed = [result for result in opened if isinstance(result, BaseException)]
+    if failed:
+        await _close(caller, export_id)
+        raise failed[0]
+    watermarks = {
+        f"session-{s}": cast(dict[str, int], result)["watermark"] for s, result in enumerate(opened)
+    }
+    header = header_line(caller.org, int(time.time() * 1000), watermarks)
+    return StreamingResponse(_export_lines(caller, export_id, header), media_type=NDJSON)
+
+
+async def _export_lines(caller: Caller, export_id: str, header: dict[str, Any]) -> AsyncIterator[bytes]:
+    sessions = messages = 0
+    try:
+        yield encode_lines([header])
+        for shard in range(caller.shards.shards):
+            done = False
+            while not done:
+                page = await _call(caller, shard, ExportPage(caller.org, export_id, PAGE_LINES))
+                for line in page["lines"]:
+                    if line["kind"] == "session":
+                        sessions += 1
+                    else:
+                        messages += 1
+                done = page["done"]
+                yield encode_lines(page["lines"])
+        # No vector lines: the organization's vectors are not exported yet (engine.sessions.export
+        # reads them; nothing writes them).
+        yield encode_lines([end_line(sessions, messages, 0)])
+    finally:
+        # A stream cut off (its client gone) leaves no cursor behind to pin the copies it keeps.
+        await _close(caller, export_id)
+
+
+async def _close(caller: Caller, export_id: str) -> None:
+    await asyncio.gather(
+        *(_call(caller, s, CloseExport(caller.org, export_id)) for s in range(caller.shards.shards)),
+        return_exceptions=True,
+    )
+
+
+@router.post(
+    IMPORT_PATH,
+    response_model=ImportOut,
+    summary="Import sessions from an export (NDJSON); a session whose id exists is skipped",
+    openapi_extra={"requestBody": {"required": True, "content": {NDJSON: {"schema": {"type": "string"}}}}},
+)
+async def import_organization(request: Request, caller: CurrentCaller) -> Response:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != NDJSON:
+        raise ValidationFailed(
+            f"an import's body is NDJSON: Content-Type must be {NDJSON}", {"field": "Content-Type"}
+        )
+    reader = StreamReader()
+    imported = {"sessions": 0, "messages": 0, "vectors": 0}
+    skipped = 0
+    errors: list[dict[str, Any]] = []
+    async for raw in _body_lines(request, caller.limits.max_import_bytes):
+        for item in reader.push(raw):
+            if isinstance(item, ImportedSession):
+                result = await _import_session(caller, item)
+                if isinstance(result, EngineError):
+                    errors.append({"line": item.line, "session_id": item.id, "error": str(result)})
+                elif result is None:
+                    skipped += 1
+                else:
+                    imported["sessions"] += 1
+                    imported["messages"] += len(item.messages)
+            elif isinstance(item, ImportedVector):
+                errors.append({"line": item.line, "error": "vectors are not imported"})
+            elif item["kind"] == "header" and item["org"] != caller.org:
+                raise Forbidden(
+                    f"line {reader.number}: the export is of organization {item['org']!r}, not yours",
+                    {"line": reader.number},
+                    "A tenant imports into its own organization only.",
+                )
+    reader.finish()
+    return json_response({"imported": imported, "skipped": skipped, "errors": errors})
+
+
+async def _import_session(caller: Caller, item: ImportedSession) -> Any:
+    if not is_session_id(item.id):
+        return ValidationFailed(
+            f"line {item.line}: {item.id[:64]!r} is not a session id", {"line": item.line}
+        )
+    try:
+        session = item.to_session(caller.org)
+        op = ImportSession(caller.org, session.id, encode_session(session))
+        return await caller.shards.submit(caller.org, session.id, op)
+    except EngineError as refused:
+        return refused
+
+
+async def _body_lines(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The body's lines as they arrive; PayloadTooLarge past `limit` bytes (a body without a
+    Content-Length is counted here)."""
+    pending = b""
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLarge("the import is too large", {"limit_bytes": limit})
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line
+    if pending.strip():
+        yield pending
