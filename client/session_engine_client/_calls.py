@@ -17,6 +17,7 @@ from .errors import ConnectionFailed, SessionEngineError, TimedOut, error_from
 from .models import (
     DeleteResult,
     Event,
+    ImportResult,
     Message,
     NewMessage,
     QueryResult,
@@ -310,6 +311,21 @@ def fork_session(
 ) -> Call[Session]:
     body = _drop_none({"at_seq": at_seq, "name": name, "context": context, "ttl_seconds": ttl_seconds})
     return Call("POST", f"/sessions/{session_id}/fork", _model(Session), body, write=True)
+
+
+NDJSON = "application/x-ndjson"
+TRANSFER_CHUNK_BYTES = 1 << 20  # an export is written, an import sent, this much at a time
+
+
+def export_organization() -> Call[None]:
+    """GET /export: the organization as NDJSON, streamed into a file by the client, never held."""
+    return Call("GET", "/export", _none)
+
+
+def import_sessions() -> Call[ImportResult]:
+    """POST /import of an export's lines, streamed from a file. Not retried: a stream cannot be
+    sent again, and an import sent again skips what the first one stored, so call it again."""
+    return Call("POST", "/import", _model(ImportResult), headers={"Content-Type": NDJSON})
 
 
 def get_session(session_id: str, after_seq: int, limit: int | None) -> Call[SessionWithMessages]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import httpx
 
@@ -27,9 +28,11 @@ from ._calls import (
     summary_cursor,
     summary_done,
 )
+from .errors import error_from
 from .models import (
     DeleteResult,
     Event,
+    ImportResult,
     Match,
     Message,
     NewMessage,
@@ -92,6 +95,29 @@ class Client:
                 return call.parse(response)
             time.sleep(tries.after_error(response))
         raise AssertionError("unreachable: the last try returns or raises")
+
+    # -- export and import --------------------------------------------------------------------------
+
+    def export(self, dest: str | os.PathLike[str] | BinaryIO) -> int:
+        """Write the organization's export (NDJSON, docs/export.schema.json) to `dest`, a path or a
+        binary file, as it arrives; returns the bytes written. Not retried: call again to start over."""
+        call = calls.export_organization()
+        with self._http.stream(call.method, call.path, headers=call.headers) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise error_from(response)
+            with _opened(dest, "wb") as out:
+                return sum(out.write(chunk) for chunk in response.iter_bytes(calls.TRANSFER_CHUNK_BYTES))
+
+    def import_sessions(self, source: str | os.PathLike[str] | BinaryIO) -> ImportResult:
+        """Send an export (a path or a binary file) to POST /import, a chunk at a time. Not retried
+        (see _calls.import_sessions): an import called again skips what the first one stored."""
+        call = calls.import_sessions()
+        with _opened(source, "rb") as data:
+            response = self._http.request(call.method, call.path, content=_chunks(data), headers=call.headers)
+        if response.status_code >= 400:
+            raise error_from(response)
+        return call.parse(response)
 
     # -- sessions -----------------------------------------------------------------------------------
 
@@ -355,6 +381,37 @@ class AsyncClient:
             await asyncio.sleep(tries.after_error(response))
         raise AssertionError("unreachable: the last try returns or raises")
 
+    # -- export and import --------------------------------------------------------------------------
+
+    async def export(self, dest: str | os.PathLike[str] | BinaryIO) -> int:
+        """See Client.export."""
+        call = calls.export_organization()
+        async with self._http.stream(call.method, call.path, headers=call.headers) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise error_from(response)
+            written = 0
+            with _opened(dest, "wb") as out:
+                async for chunk in response.aiter_bytes(calls.TRANSFER_CHUNK_BYTES):
+                    written += out.write(chunk)
+            return written
+
+    async def import_sessions(self, source: str | os.PathLike[str] | BinaryIO) -> ImportResult:
+        """See Client.import_sessions."""
+        call = calls.import_sessions()
+
+        async def chunks(data: BinaryIO) -> AsyncIterator[bytes]:
+            for chunk in _chunks(data):
+                yield chunk
+
+        with _opened(source, "rb") as data:
+            response = await self._http.request(
+                call.method, call.path, content=chunks(data), headers=call.headers
+            )
+        if response.status_code >= 400:
+            raise error_from(response)
+        return call.parse(response)
+
     # -- sessions -----------------------------------------------------------------------------------
 
     async def create_session(
@@ -556,3 +613,18 @@ class AsyncClient:
                             break
             except TRANSPORT_ERRORS as exc:
                 await asyncio.sleep(cursor.failed(exc))
+
+
+@contextlib.contextmanager
+def _opened(target: str | os.PathLike[str] | BinaryIO, mode: str) -> Iterator[BinaryIO]:
+    """A path opened (and closed after), or a file given as it is (left open)."""
+    if isinstance(target, str | os.PathLike):
+        with open(target, mode) as file:  # noqa: PTH123 - a path or a file, either way a BinaryIO
+            yield file  # type: ignore[misc]
+    else:
+        yield target
+
+
+def _chunks(data: BinaryIO) -> Iterator[bytes]:
+    while chunk := data.read(calls.TRANSFER_CHUNK_BYTES):
+        yield chunk

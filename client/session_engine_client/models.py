@@ -115,6 +115,27 @@ class UpsertResult(_Model):
     upserted: int
 
 
+class ImportedCounts(_Model):
+    sessions: int
+    messages: int
+    vectors: int
+
+
+class ImportLineError(_Model):
+    line: int
+    error: str
+    session_id: str | None = None
+
+
+class ImportResult(_Model):
+    """What POST /import answers: what it stored, what it skipped (ids held already), and why the
+    sessions it refused were refused, by line."""
+
+    imported: ImportedCounts
+    skipped: int
+    errors: list[ImportLineError]
+
+
 class DeleteResult(_Model):
     namespace: str
     deleted: int
