@@ -17,9 +17,11 @@ from .identity import IDENTITY_FILE, ShardIdentity, write_identity
 from .lock import fsync_directory, write_atomically
 from .private import make_directory
 
-# The shape of the data directory's files (engine.json, snapshots, log records); a change to one
-# bumps it. A release reads its own format and every older one (tests/fixtures/data-format-*), and
-# refuses a newer one in one line (newer_format) rather than guess at it.
+# The shape of the data directory's files (engine.json, snapshots, log records). A change that an
+# older reader would misread bumps it; an addition that older data still decodes under (a new op,
+# a field appended with a default) does not (engine.sessions.codec). A release reads data of its
+# own format, the fixtures of which it is tested on (tests/fixtures/data-format-*), and refuses a
+# newer one in one line (newer_format) rather than guess at it.
 FORMAT_VERSION = 1
 log = logging.getLogger(__name__)
 

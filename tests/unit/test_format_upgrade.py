@@ -72,6 +72,24 @@ def test_every_session_reads_back_as_the_api_answered(session_shards: list[Durab
         assert view["messages"] == expected["messages"], expected["name"]
 
 
+def test_recovery_starts_from_the_fixtures_snapshot_and_sets_nothing_aside(
+    session_shards: list[DurableSessions], copy: Path
+) -> None:
+    """An older snapshot passed over as damaged would still leave every session readable (the log
+    holds them all): the store must start from the snapshot the older release wrote."""
+    for i, shard in enumerate(session_shards):
+        lsn, _ = snapshots(shard_directory(FIXTURE / "data", i), SNAPSHOT_PREFIX)[-1]  # the newest
+        assert shard.recovery.snapshot_lsn == lsn
+        assert shard.recovery.notes == {"damaged_snapshots": [], "cut_tails": []}
+    memory = DurableMemory(memory_directory(copy, 0), DurabilityConfig(), IndexParams(), lock_wait_s=0.2)
+    try:
+        lsn, _ = snapshots(memory_directory(FIXTURE / "data", 0), MEMORY_PREFIX)[-1]
+        assert memory.recovery.snapshot_lsn == lsn
+        assert memory.recovery.notes == {"damaged_snapshots": [], "cut_tails": []}
+    finally:
+        memory.close(snapshot=False)
+
+
 def test_the_indexed_sessions_summary_reads_back(session_shards: list[DurableSessions]) -> None:
     sid = EXPECTED["indexed"]["session_id"]
     shard = session_shards[shard_for("acme", sid, SHARDS)]
