@@ -132,8 +132,9 @@ def test_reordered_lines_are_refused_at_their_line(spec: Any, data: st.DataObjec
     j = data.draw(st.integers(i + 1, len(raw) - 1))
     swapped = list(raw)
     swapped[i], swapped[j] = swapped[j], swapped[i]
-    if swapped == raw:
-        return
+    moved = [orjson.loads(raw[k]) for k in (i, j)]
+    if swapped == raw or all(m["kind"] == "session" and m["message_count"] == 0 for m in moved):
+        return  # the same lines, or two sessions without messages: still a stream in order
     with pytest.raises(BadLine) as refused:
         list(read_stream(swapped))
     assert refused.value.details["line"] <= j + 1
