@@ -18,11 +18,13 @@ from typing import Any, cast
 from fastapi import Request
 from starlette.responses import Response, StreamingResponse
 
+from engine.config import LimitsConfig
 from engine.errors import EngineError, Forbidden, PayloadTooLarge, ValidationFailed, unwrap
 from engine.sessions.codec import encode_session
 from engine.sessions.export import (
     ImportedSession,
     ImportedVector,
+    LineSplitter,
     StreamReader,
     encode_lines,
     end_line,
@@ -40,6 +42,7 @@ NDJSON = "application/x-ndjson"
 PAGE_LINES = 1000  # lines a shard answers an export page with: bounds a page's memory and its time
 MAX_OPEN_EXPORTS = 8  # export cursors a shard keeps open at once
 EXPORT_IDLE_MS = 5 * 60 * 1000  # an export cursor unused this long lapses (its client went)
+_LINE_MARGIN = 64 * 1024  # an import line's fields besides its message or context
 
 router = json_router("", "transfer")
 
@@ -124,7 +127,7 @@ async def import_organization(request: Request, caller: CurrentCaller) -> Respon
     imported = {"sessions": 0, "messages": 0, "vectors": 0}
     skipped = 0
     errors: list[dict[str, Any]] = []
-    async for raw in _body_lines(request, caller.limits.max_import_bytes):
+    async for raw in _body_lines(request, caller.limits):
         for item in reader.push(raw):
             if isinstance(item, ImportedSession):
                 result = await _import_session(caller, item)
@@ -160,18 +163,25 @@ async def _import_session(caller: Caller, item: ImportedSession) -> Any:
         return refused
 
 
-async def _body_lines(request: Request, limit: int) -> AsyncIterator[bytes]:
-    """The body's lines as they arrive; PayloadTooLarge past `limit` bytes (a body without a
-    Content-Length is counted here)."""
-    pending = b""
+async def _body_lines(request: Request, limits: LimitsConfig) -> AsyncIterator[bytes]:
+    """The body's lines as they arrive; PayloadTooLarge past `limits.max_import_bytes` bytes (a body
+    without a Content-Length is counted here) or for a line longer than any export writes."""
+    limit = limits.max_import_bytes
+    splitter = LineSplitter(max_import_line_bytes(limits))
     received = 0
     async for chunk in request.stream():
         received += len(chunk)
         if received > limit:
             raise PayloadTooLarge("the import is too large", {"limit_bytes": limit})
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
+        for line in splitter.push(chunk):
             yield line
-    if pending.strip():
-        yield pending
+    last = splitter.finish()
+    if last is not None:
+        yield last
+
+
+def max_import_line_bytes(limits: LimitsConfig) -> int:
+    """The longest line an import takes. A line holds one message, or one session with its context;
+    each came in through a request body (max_body_bytes) or within its own limit, and the margin
+    holds the fields around them."""
+    return max(limits.max_body_bytes, limits.max_message_bytes + limits.max_context_bytes) + _LINE_MARGIN

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from engine.errors import ValidationFailed
+from engine.errors import PayloadTooLarge, ValidationFailed
 
 from .session import Message, Session, SessionStatus, SummaryStatus
 
@@ -143,6 +143,47 @@ def encode_lines(lines: Iterable[dict[str, Any]]) -> bytes:
 
 
 # -- reading --------------------------------------------------------------------------------------
+
+
+class LineSplitter:
+    """A body's lines as its chunks arrive, each at most `max_line_bytes`: PayloadTooLarge, with
+    the line's number, past it. The unfinished line grows in place and only a new chunk is searched
+    for its newline, so one long line costs its length once, not once per chunk."""
+
+    def __init__(self, max_line_bytes: int) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.number = 0  # lines yielded so far
+        self._tail = bytearray()
+
+    def push(self, chunk: bytes) -> list[bytes]:
+        lines: list[bytes] = []
+        start = 0
+        end = chunk.find(b"\n")
+        while end != -1:
+            self._grow(chunk, start, end)
+            lines.append(bytes(self._tail))
+            self._tail.clear()
+            self.number += 1
+            start = end + 1
+            end = chunk.find(b"\n", start)
+        self._grow(chunk, start, len(chunk))
+        return lines
+
+    def finish(self) -> bytes | None:
+        """The last line when the body does not end in a newline."""
+        if not self._tail.strip():
+            return None
+        self.number += 1
+        return bytes(self._tail)
+
+    def _grow(self, chunk: bytes, start: int, end: int) -> None:
+        if len(self._tail) + end - start > self.max_line_bytes:
+            line = self.number + 1
+            raise PayloadTooLarge(
+                f"line {line} is longer than {self.max_line_bytes} bytes",
+                {"line": line, "limit_bytes": self.max_line_bytes},
+            )
+        self._tail += chunk[start:end]
 
 
 @dataclass(slots=True)

@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.routes.transfer import max_import_line_bytes
 from benchmarks.server import ServerProcess
 from engine.config import load_config
 from engine.keys import KeyStore
@@ -145,3 +146,23 @@ def test_an_import_over_the_limit_is_413(embedder: Any) -> None:
         assert_error(declared, 413, "PAYLOAD_TOO_LARGE")
         streamed = api.post("/import", content=iter([b"x" * 1024] * 4), headers=NDJSON)
         assert streamed.status_code == 413
+
+
+def test_a_line_longer_than_any_export_writes_is_413_with_its_number(embedder: Any) -> None:
+    config = load_config()
+    small = {"max_body_bytes": 1024, "max_message_bytes": 1, "max_context_bytes": 2}
+    config = config.model_copy(update={"limits": config.limits.model_copy(update=small)})
+    app = create_app(
+        config,
+        transport=lambda c: LocalTransport(c.shards),
+        memory=lambda c: LocalMemoryTransport(c.memory.shards, IndexParams(), embedder.embed),
+        keys=KeyStore.from_spec(API_KEYS),
+    )
+    long_line = b"x" * (max_import_line_bytes(config.limits) + 1)
+    with TestClient(app) as client:
+        api = Api(client, ORGS[629])
+        chunks = iter(
+            [b'{"kind": "header"}\n', *(long_line[i : i + 65536] for i in range(0, len(long_line), 65536))]
+        )
+        refused = assert_error(api.post("/import", content=chunks, headers=NDJSON), 413, "PAYLOAD_TOO_LARGE")
+        assert refused["details"]["line"] == 2

@@ -13,12 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.errors import Unavailable
+from engine.errors import PayloadTooLarge, Unavailable
 from engine.sessions.codec import encode_session
 from engine.sessions.export import (
     BadLine,
     ImportedSession,
     ImportedVector,
+    LineSplitter,
     encode_lines,
     end_line,
     header_line,
@@ -207,3 +208,47 @@ def test_an_imported_closed_session_is_queued_for_indexing() -> None:
     import_all(target, "acme", stream(lines))
     assert target.take_summary_jobs() == [("acme", lines[1]["id"])]
     assert target.take_journal()[0].__class__ is ImportSession
+
+
+class _CountedChunk(bytes):
+    """A chunk that counts the bytes searched in it."""
+
+    searched = 0
+
+    def find(self, sub: Any, start: Any = 0, *args: Any) -> int:
+        found = super().find(sub, start, *args)
+        _CountedChunk.searched += (found if found != -1 else len(self)) - start + 1
+        return found
+
+
+def test_splitting_a_long_line_searches_each_byte_once() -> None:
+    _CountedChunk.searched = 0
+    chunk = 64 * 1024
+    body = b"x" * (8 * 1024 * 1024) + b"\nshort\n"
+    splitter = LineSplitter(len(body))
+    lines: list[bytes] = []
+    for i in range(0, len(body), chunk):
+        lines += splitter.push(_CountedChunk(body[i : i + chunk]))
+    assert splitter.finish() is None
+    assert lines == [b"x" * (8 * 1024 * 1024), b"short"]
+    # Each chunk is searched once (plus one per newline and one per chunk): the unfinished line is
+    # never searched again, so the work grows with the body, not with its chunks times its length.
+    assert _CountedChunk.searched <= len(body) + len(body) // chunk + 1 + 2
+
+
+def test_splitting_keeps_lines_across_chunks_and_an_unterminated_last_line() -> None:
+    splitter = LineSplitter(100)
+    assert splitter.push(b"ab") == []
+    assert splitter.push(b"c\nd\n\ne") == [b"abc", b"d", b""]
+    assert splitter.push(b"f") == []
+    assert splitter.finish() == b"ef"
+    assert splitter.number == 4
+
+
+def test_a_line_past_the_cap_is_too_large_with_its_number() -> None:
+    splitter = LineSplitter(10)
+    assert splitter.push(b"0123456789\n") == [b"0123456789"]
+    splitter.push(b"01234")
+    with pytest.raises(PayloadTooLarge) as refused:
+        splitter.push(b"567890")
+    assert refused.value.details == {"line": 2, "limit_bytes": 10}
