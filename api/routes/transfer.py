@@ -19,7 +19,14 @@ from fastapi import Request
 from starlette.responses import Response, StreamingResponse
 
 from engine.config import LimitsConfig
-from engine.errors import EngineError, Forbidden, PayloadTooLarge, ValidationFailed, unwrap
+from engine.errors import (
+    EngineError,
+    Forbidden,
+    PayloadTooLarge,
+    QuotaExceeded,
+    ValidationFailed,
+    unwrap,
+)
 from engine.sessions.codec import encode_session
 from engine.sessions.export import (
     ImportedSession,
@@ -35,6 +42,7 @@ from engine.sessions.session import is_session_id
 
 from ..deps import Caller, CurrentCaller
 from ..http import json_response, json_router
+from ..limits import check_context, check_name, check_ttl
 from ..schemas import ImportOut
 
 IMPORT_PATH = "/import"
@@ -156,11 +164,41 @@ async def _import_session(caller: Caller, item: ImportedSession) -> Any:
             f"line {item.line}: {item.id[:64]!r} is not a session id", {"line": item.line}
         )
     try:
+        _check_limits(item, caller.limits)
         session = item.to_session(caller.org)
-        op = ImportSession(caller.org, session.id, encode_session(session))
+        quota = caller.limits.max_active_sessions
+        # Each shard holds the organization to its share of active sessions, as a create does.
+        max_active = None if quota is None else -(-quota // caller.shards.shards)
+        op = ImportSession(caller.org, session.id, encode_session(session), max_active)
         return await caller.shards.submit(caller.org, session.id, op)
     except EngineError as refused:
         return refused
+
+
+def _check_limits(item: ImportedSession, limits: LimitsConfig) -> None:
+    """The caller's limits, as a create and its appends would be held to them; each refusal names
+    the session's line."""
+    r = item.record
+    try:
+        check_name(r["name"], limits)
+        check_ttl(r["ttl_seconds"], limits)
+        check_context(r["context"], limits)
+        count = len(item.messages)
+        if limits.max_messages_per_session is not None and count > limits.max_messages_per_session:
+            raise QuotaExceeded(
+                "max_messages_per_session",
+                limits.max_messages_per_session,
+                "The session has more messages than this organization's sessions may hold.",
+            )
+        for m in item.messages:
+            if len(m["content"].encode()) > limits.max_message_bytes:
+                raise PayloadTooLarge(
+                    f"message {m['seq']}'s content is over {limits.max_message_bytes} bytes",
+                    {"field": "content", "seq": m["seq"], "limit_bytes": limits.max_message_bytes},
+                )
+    except EngineError as refused:
+        refused.details["line"] = item.line
+        raise
 
 
 async def _body_lines(request: Request, limits: LimitsConfig) -> AsyncIterator[bytes]:

@@ -202,6 +202,7 @@ class ImportedSession:
         """The session to store in `org`, exactly as exported; an ended session that was (or was
         to be) indexed is queued for its closing job again, as RequestSummary queues one, since
         this deployment's session memory does not hold it yet."""
+        self.check_consistent()
         r = self.record
         provenance = r["summary_provenance"] or {}
         forked = r.get("forked_from")
@@ -237,6 +238,26 @@ class ImportedSession:
             session.summary_status = SummaryStatus.PENDING
             session.summary_attempts = 0
         return session
+
+    def check_consistent(self) -> None:
+        """ValidationFailed, naming the session's line, for fields no session of this engine holds
+        together: a ttl under a second, an ended session without ended_at (or an active one with
+        it), an active session whose deadline is not its ttl after a moment of its life."""
+        r, line = self.record, self.line
+        if r["ttl_seconds"] < 1:
+            raise _refused(line, "ttl_seconds", "ttl_seconds must be at least 1")
+        active = r["status"] == SessionStatus.ACTIVE.value
+        if active != (r["ended_at"] is None):
+            what = "an active session has no ended_at" if active else "an ended session has its ended_at"
+            raise _refused(line, "ended_at", what)
+        # The deadline is set to ttl past the create or the last TTL change, each in its life.
+        set_at = r["expires_at"] - r["ttl_seconds"] * 1000
+        if active and not r["created_at"] <= set_at <= r["updated_at"]:
+            raise _refused(line, "expires_at", "expires_at is not ttl_seconds after a moment of the session")
+
+
+def _refused(line: int, name: str, what: str) -> ValidationFailed:
+    return ValidationFailed(f"line {line}: {what}", {"line": line, "field": name})
 
 
 @dataclass(slots=True)

@@ -272,6 +272,8 @@ class ImportSession(SessionOp):
     org: str
     session_id: str
     session: list[Any]  # the session as a snapshot encodes it (engine.sessions.codec.encode_session)
+    # Quota checked when the op first runs, for an active session; not logged, as CreateSession's.
+    max_active: int | None = unlogged()  # this organization's active sessions on this shard
 
 
 @SESSION_OPS.read("_open_export")

@@ -521,6 +521,8 @@ class SessionStore:
             raise ValidationFailed("an imported session must be the one its op names", {"field": "session"})
         if key in self._sessions:
             return None  # imported before (or made here): skipped, and not logged
+        if session.status is SessionStatus.ACTIVE:
+            self._check_new(op.org, op.session_id, op.max_active)
         session.snap_epoch = self._snap_epoch  # made after any snapshot in progress began: not in it
         self._sessions[key] = session
         self._orgs.setdefault(op.org, _OrgIndex()).add(session)

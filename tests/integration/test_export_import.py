@@ -148,16 +148,21 @@ def test_an_import_over_the_limit_is_413(embedder: Any) -> None:
         assert streamed.status_code == 413
 
 
-def test_a_line_longer_than_any_export_writes_is_413_with_its_number(embedder: Any) -> None:
+def local_app(embedder: Any, **limits: Any) -> Any:
+    """The gateway on in-process shards, with these limits."""
     config = load_config()
-    small = {"max_body_bytes": 1024, "max_message_bytes": 1, "max_context_bytes": 2}
-    config = config.model_copy(update={"limits": config.limits.model_copy(update=small)})
-    app = create_app(
+    config = config.model_copy(update={"limits": config.limits.model_copy(update=limits)})
+    return create_app(
         config,
         transport=lambda c: LocalTransport(c.shards),
         memory=lambda c: LocalMemoryTransport(c.memory.shards, IndexParams(), embedder.embed),
         keys=KeyStore.from_spec(API_KEYS),
     )
+
+
+def test_a_line_longer_than_any_export_writes_is_413_with_its_number(embedder: Any) -> None:
+    app = local_app(embedder, max_body_bytes=1024, max_message_bytes=1, max_context_bytes=2)
+    config = app.state.config
     long_line = b"x" * (max_import_line_bytes(config.limits) + 1)
     with TestClient(app) as client:
         api = Api(client, ORGS[629])
@@ -166,3 +171,50 @@ def test_a_line_longer_than_any_export_writes_is_413_with_its_number(embedder: A
         )
         refused = assert_error(api.post("/import", content=chunks, headers=NDJSON), 413, "PAYLOAD_TOO_LARGE")
         assert refused["details"]["line"] == 2
+
+
+def test_an_import_is_held_to_the_importers_limits(embedder: Any) -> None:
+    with TestClient(local_app(embedder)) as source:
+        api = Api(source, ORGS[629])
+
+        def closed(said: list[str], **body: Any) -> str:
+            sid = api.new_session(**{"ttl_seconds": 60, **body})["id"]
+            if said:
+                messages = [{"role": "user", "content": text} for text in said]
+                assert api.post(f"/sessions/{sid}/messages", json={"messages": messages}).status_code == 201
+            assert api.post(f"/sessions/{sid}/complete").status_code == 200
+            return sid
+
+        refused = {
+            closed([], name="a long name"): "name: at most 5",
+            closed([], name="ttl", ttl_seconds=3600): "ttl_seconds: at most 100",
+            closed([], name="big", context={"k": "x" * 100}): "the limit is 50",
+            closed([], name="deep", context={"a": {"b": {"c": {}}}}): "nested deeper than 3",
+            closed(["y" * 30], name="long"): "content is over 20 bytes",
+            closed(["a", "b", "c"], name="many"): "max_messages_per_session is 2",
+        }
+        ok = closed(["hi"], name="ok")
+        body = export(api)
+    lines = body.splitlines()
+    numbers = {orjson.loads(line)["id"]: n for n, line in enumerate(lines, 1) if b'"kind":"session"' in line}
+    tight = local_app(
+        embedder,
+        max_name_chars=5,
+        max_ttl_s=100,
+        default_ttl_s=60,
+        max_context_bytes=50,
+        max_json_depth=3,
+        max_message_bytes=20,
+        max_messages_per_session=2,
+    )
+    with TestClient(tight) as target:
+        api = Api(target, ORGS[629])
+        answer = api.post("/import", content=body, headers=NDJSON).json()
+        assert answer["imported"] == {"sessions": 1, "messages": 1, "vectors": 0}
+        errors = {e["session_id"]: e for e in answer["errors"]}
+        assert set(errors) == set(refused)
+        for sid in refused:
+            assert errors[sid]["line"] == numbers[sid]
+            assert refused[sid] in errors[sid]["error"]
+            assert_error(api.get(f"/sessions/{sid}"), 404, "NOT_FOUND")
+        assert api.get(f"/sessions/{ok}").status_code == 200

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.errors import PayloadTooLarge, Unavailable
+from engine.errors import PayloadTooLarge, QuotaExceeded, Unavailable, ValidationFailed
 from engine.sessions.codec import encode_session
 from engine.sessions.export import (
     BadLine,
@@ -252,3 +252,43 @@ def test_a_line_past_the_cap_is_too_large_with_its_number() -> None:
     with pytest.raises(PayloadTooLarge) as refused:
         splitter.push(b"567890")
     assert refused.value.details == {"line": 2, "limit_bytes": 10}
+
+
+def exported_sessions(store: SessionStore) -> list[ImportedSession]:
+    return [item for item in read_stream(stream(export(store))) if isinstance(item, ImportedSession)]
+
+
+@pytest.mark.parametrize(
+    ("status", "change", "field"),
+    [
+        ("active", {"ttl_seconds": 0}, "ttl_seconds"),
+        ("closed", {"ended_at": None}, "ended_at"),
+        ("active", {"ended_at": T0}, "ended_at"),
+        ("active", {"expires_at": T0 + 61_000}, "expires_at"),
+        ("active", {"expires_at": T0 - 1}, "expires_at"),
+    ],
+)
+def test_an_imported_session_with_fields_no_session_holds_together_is_refused(
+    status: str, change: dict[str, Any], field: str
+) -> None:
+    (item,) = exported_sessions(filled_store([("s", [("user", "hi")], {}, status == "closed")]))
+    item.record.update(change)
+    with pytest.raises(ValidationFailed) as refused:
+        item.to_session("acme")
+    assert refused.value.details == {"line": item.line, "field": field}
+
+
+def test_an_import_is_held_to_the_active_quota_but_not_on_replay() -> None:
+    source = filled_store([("a", [], {}, False), ("b", [], {}, False), ("c", [], {}, True)])
+    first, second, ended = exported_sessions(source)
+    target = SessionStore()
+
+    def op(item: ImportedSession) -> ImportSession:
+        return ImportSession("acme", item.id, encode_session(item.to_session("acme")), max_active=1)
+
+    assert target.apply(op(first), T0) is not None
+    with pytest.raises(QuotaExceeded):
+        target.apply(op(second), T0)
+    assert target.apply(op(ended), T0) is not None  # an ended session takes no active slot
+    target.replaying = True
+    assert target.apply(op(second), T0) is not None
