@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+import anyio
 from fastapi import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -49,7 +50,9 @@ IMPORT_PATH = "/import"
 NDJSON = "application/x-ndjson"
 PAGE_LINES = 1000  # lines a shard answers an export page with: bounds a page's memory and its time
 MAX_OPEN_EXPORTS = 8  # export cursors a shard keeps open at once
+MAX_ORG_EXPORTS = 2  # of them, one organization's: one tenant never holds them all
 EXPORT_IDLE_MS = 5 * 60 * 1000  # an export cursor unused this long lapses (its client went)
+_EXPORT_BOUNDS = (MAX_OPEN_EXPORTS, EXPORT_IDLE_MS, MAX_ORG_EXPORTS)
 _LINE_MARGIN = 64 * 1024  # an import line's fields besides its message or context
 
 router = json_router("", "transfer")
@@ -73,7 +76,11 @@ async def export_organization(request: Request, caller: CurrentCaller) -> Respon
     shards = range(caller.shards.shards)
     opened = await asyncio.gather(
         *(
-            _call(caller, s, OpenExport(caller.org, export_id, MAX_OPEN_EXPORTS, EXPORT_IDLE_MS))
+            _call(
+                caller,
+                s,
+                OpenExport(caller.org, export_id, MAX_OPEN_EXPORTS, EXPORT_IDLE_MS, MAX_ORG_EXPORTS),
+            )
             for s in shards
         ),
         return_exceptions=True,
@@ -108,8 +115,10 @@ async def _export_lines(caller: Caller, export_id: str, header: dict[str, Any]) 
         # reads them; nothing writes them).
         yield encode_lines([end_line(sessions, messages, 0)])
     finally:
-        # A stream cut off (its client gone) leaves no cursor behind to pin the copies it keeps.
-        await _close(caller, export_id)
+        # A stream cut off (its client gone) leaves no cursor behind to pin the copies it keeps:
+        # shielded, since the cut cancels this task and would cancel the close with it.
+        with anyio.CancelScope(shield=True):
+            await _close(caller, export_id)
 
 
 async def _close(caller: Caller, export_id: str) -> None:

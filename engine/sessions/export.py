@@ -412,10 +412,13 @@ class ExportCursor:
     lines. `saved` holds the copy of a session changed (or deleted) before the cursor reached it;
     SessionStore makes it (see SessionStore._before_change)."""
 
-    def __init__(self, org: str, keys: list[tuple[str, str]], watermark: int, opened_ms: int) -> None:
+    def __init__(
+        self, org: str, keys: list[tuple[str, str]], watermark: int, opened_ms: int, idle_ms: int
+    ) -> None:
         self.org = org
         self.watermark = watermark
         self.used_ms = opened_ms  # the last time a page was taken: an abandoned cursor lapses
+        self.idle_ms = idle_ms  # unused this long, it has lapsed
         self.unreached: set[tuple[str, str]] = set(keys)
         self.saved: dict[tuple[str, str], Session] = {}
         self._keys = keys

@@ -281,12 +281,14 @@ class ImportSession(SessionOp):
 class OpenExport(SessionOp):
     """A read that opens an export cursor over the organization's sessions as they are now; answers
     {"watermark": the log record the cut follows, "sessions": how many}. Cursors unused for
-    `idle_ms` lapse; past `max_open` open ones, Unavailable."""
+    `idle_ms` lapse; past `max_open` open ones, or `max_per_org` of this organization's,
+    Unavailable."""
 
     org: str
     export_id: str
     max_open: int
     idle_ms: int
+    max_per_org: int
 
 
 @SESSION_OPS.read("_export_page")

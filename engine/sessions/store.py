@@ -476,26 +476,31 @@ class SessionStore:
     # -- export and import (engine.sessions.export) ----------------------------------------------------
 
     def _open_export(self, op: OpenExport, now_ms: int) -> dict[str, Any]:
-        # An abandoned export (its client gone, its gateway stopped) lapses, so no cursor pins the
-        # copies it keeps for ever; and only a few are open at once, each costing a copy of every
-        # session that changes before the cursor reaches it.
-        for export_id, cursor in list(self._exports.items()):
-            if now_ms - cursor.used_ms > op.idle_ms:
-                del self._exports[export_id]
+        # Only a few are open at once, each costing a copy of every session that changes before the
+        # cursor reaches it; and an organization holds only some of them, so one tenant's exports
+        # never keep every other tenant's out.
+        self._sweep_exports(now_ms)
         if len(self._exports) >= op.max_open:
             raise Unavailable(
                 f"{len(self._exports)} exports are in progress on a shard, the most it keeps open",
                 {"limit": op.max_open},
                 "Retry when an export in progress has finished.",
             )
+        if sum(1 for cursor in self._exports.values() if cursor.org == op.org) >= op.max_per_org:
+            raise Unavailable(
+                f"{op.max_per_org} of this organization's exports are in progress, the most it may have",
+                {"limit": op.max_per_org},
+                "Retry when one of this organization's exports has finished.",
+            )
         index = self._orgs.get(op.org)
         keys = [(op.org, sid) for _, sid in index.all] if index is not None else []
         # Ops earlier in this batch are in the journal: the log's next record will hold them.
         watermark = self.log_position() + (1 if self.journal else 0)
-        self._exports[op.export_id] = ExportCursor(op.org, keys, watermark, now_ms)
+        self._exports[op.export_id] = ExportCursor(op.org, keys, watermark, now_ms, op.idle_ms)
         return {"watermark": watermark, "sessions": len(keys)}
 
     def _export_page(self, op: ExportPage, now_ms: int) -> dict[str, Any]:
+        self._sweep_exports(now_ms)
         cursor = self._exports.get(op.export_id)
         if cursor is None or cursor.org != op.org:
             raise Unavailable(
@@ -508,6 +513,13 @@ class SessionStore:
         if done:
             del self._exports[op.export_id]
         return {"lines": lines, "done": done}
+
+    def _sweep_exports(self, now_ms: int) -> None:
+        """Drop the cursors unused past their idle time: an abandoned export (its client gone, its
+        gateway stopped) pins the copies it keeps only until then."""
+        for export_id, cursor in list(self._exports.items()):
+            if now_ms - cursor.used_ms > cursor.idle_ms:
+                del self._exports[export_id]
 
     def _close_export(self, op: CloseExport, now_ms: int) -> None:
         cursor = self._exports.get(op.export_id)

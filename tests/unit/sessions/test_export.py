@@ -68,7 +68,7 @@ def filled_store(spec: list[tuple[str, list[tuple[str, str]], dict[str, int], bo
 def export(
     store: SessionStore, org: str = "acme", page: int = 3, export_id: str = "x"
 ) -> list[dict[str, Any]]:
-    opened = store.apply(OpenExport(org, export_id, max_open=4, idle_ms=60_000), T0)
+    opened = store.apply(OpenExport(org, export_id, max_open=4, idle_ms=60_000, max_per_org=2), T0)
     lines: list[dict[str, Any]] = [header_line(org, T0, {"session-0": opened["watermark"]})]
     done = False
     while not done:
@@ -170,7 +170,7 @@ def test_vectors_follow_the_sessions() -> None:
 def test_an_export_is_the_state_when_it_opened() -> None:
     store = filled_store([("a", [("user", "one")], {}, False), ("b", [("user", "two")], {}, False)])
     first, second = (line["id"] for line in export(store) if line["kind"] == "session")
-    store.apply(OpenExport("acme", "cut", max_open=4, idle_ms=60_000), T0)
+    store.apply(OpenExport("acme", "cut", max_open=4, idle_ms=60_000, max_per_org=2), T0)
     store.apply(AppendMessages("acme", second, (NewMessage("user", "later"),)), T0 + 10)
     store.apply(ReplaceContext("acme", second, {"later": True}), T0 + 10)
     store.apply(DeleteSession("acme", first), T0 + 10)
@@ -185,14 +185,32 @@ def test_an_export_is_the_state_when_it_opened() -> None:
 
 def test_open_exports_are_bounded_and_an_abandoned_one_lapses() -> None:
     store = filled_store([("a", [], {}, False)])
-    store.apply(OpenExport("acme", "one", max_open=1, idle_ms=1000), T0)
+    store.apply(OpenExport("acme", "one", max_open=1, idle_ms=1000, max_per_org=1), T0)
     with pytest.raises(Unavailable):
-        store.apply(OpenExport("acme", "two", max_open=1, idle_ms=1000), T0 + 500)
-    store.apply(OpenExport("acme", "two", max_open=1, idle_ms=1000), T0 + 2000)
+        store.apply(OpenExport("acme", "two", max_open=1, idle_ms=1000, max_per_org=1), T0 + 500)
+    store.apply(OpenExport("acme", "two", max_open=1, idle_ms=1000, max_per_org=1), T0 + 2000)
     with pytest.raises(Unavailable):
         store.apply(ExportPage("acme", "one", 10), T0 + 2000)
     store.apply(CloseExport("acme", "two"), T0 + 2000)
-    store.apply(OpenExport("acme", "three", max_open=1, idle_ms=1000), T0 + 2000)
+    store.apply(OpenExport("acme", "three", max_open=1, idle_ms=1000, max_per_org=1), T0 + 2000)
+
+
+def test_a_page_call_sweeps_lapsed_cursors() -> None:
+    store = filled_store([("a", [], {}, False)])
+    store.apply(OpenExport("acme", "abandoned", max_open=2, idle_ms=1000, max_per_org=2), T0)
+    store.apply(OpenExport("acme", "live", max_open=2, idle_ms=60_000, max_per_org=2), T0)
+    store.apply(ExportPage("acme", "live", 0), T0 + 2000)
+    assert set(store._exports) == {"live"}
+
+
+def test_one_organization_cannot_take_every_export_slot() -> None:
+    store = filled_store([("a", [], {}, False)])
+    for i in range(2):
+        store.apply(OpenExport("acme", f"mine-{i}", max_open=3, idle_ms=60_000, max_per_org=2), T0)
+    with pytest.raises(Unavailable) as refused:
+        store.apply(OpenExport("acme", "mine-2", max_open=3, idle_ms=60_000, max_per_org=2), T0)
+    assert refused.value.details == {"limit": 2}
+    store.apply(OpenExport("other", "theirs", max_open=3, idle_ms=60_000, max_per_org=2), T0)
 
 
 def test_an_export_sees_only_its_organization() -> None:
