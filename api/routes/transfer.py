@@ -52,6 +52,7 @@ PAGE_LINES = 1000  # lines a shard answers an export page with: bounds a page's 
 MAX_OPEN_EXPORTS = 8  # export cursors a shard keeps open at once
 MAX_ORG_EXPORTS = 2  # of them, one organization's: one tenant never holds them all
 EXPORT_IDLE_MS = 5 * 60 * 1000  # an export cursor unused this long lapses (its client went)
+KEEP_ALIVE_PAGES = 20  # pages of one shard between keep-alives to the shards still waiting
 _EXPORT_BOUNDS = (MAX_OPEN_EXPORTS, EXPORT_IDLE_MS, MAX_ORG_EXPORTS)
 _LINE_MARGIN = 64 * 1024  # an import line's fields besides its message or context
 
@@ -102,7 +103,11 @@ async def _export_lines(caller: Caller, export_id: str, header: dict[str, Any]) 
         yield encode_lines([header])
         for shard in range(caller.shards.shards):
             done = False
+            pages = 0
             while not done:
+                pages += 1
+                if pages % KEEP_ALIVE_PAGES == 0:
+                    await _keep_alive(caller, export_id, range(shard + 1, caller.shards.shards))
                 page = await _call(caller, shard, ExportPage(caller.org, export_id, PAGE_LINES))
                 for line in page["lines"]:
                     if line["kind"] == "session":
@@ -119,6 +124,11 @@ async def _export_lines(caller: Caller, export_id: str, header: dict[str, Any]) 
         # shielded, since the cut cancels this task and would cancel the close with it.
         with anyio.CancelScope(shield=True):
             await _close(caller, export_id)
+
+
+async def _keep_alive(caller: Caller, export_id: str, shards: range) -> None:
+    """Touch the cursors still waiting for their turn, so none lapses while another shard pages."""
+    await asyncio.gather(*(_call(caller, s, ExportPage(caller.org, export_id, 0)) for s in shards))
 
 
 async def _close(caller: Caller, export_id: str) -> None:

@@ -294,7 +294,8 @@ class OpenExport(SessionOp):
 @SESSION_OPS.read("_export_page")
 @dataclass(slots=True, frozen=True)
 class ExportPage(SessionOp):
-    """The next lines of an open export: {"lines": [...], "done": bool}; the cursor closes when done."""
+    """The next lines of an open export: {"lines": [...], "done": bool}; the cursor closes when done.
+    `max_lines` 0 only keeps the cursor from lapsing (a shard whose turn has not come)."""
 
     org: str
     export_id: str

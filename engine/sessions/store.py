@@ -508,8 +508,10 @@ class SessionStore:
                 {"export_id": op.export_id},
                 "Start the export again.",
             )
-        lines, done = cursor.next_page(self._sessions, op.max_lines)
         cursor.used_ms = now_ms
+        if op.max_lines == 0:
+            return {"lines": [], "done": False}  # a keep-alive: the cursor waits for its turn
+        lines, done = cursor.next_page(self._sessions, op.max_lines)
         if done:
             del self._exports[op.export_id]
         return {"lines": lines, "done": done}

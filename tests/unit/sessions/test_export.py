@@ -203,6 +203,15 @@ def test_a_page_call_sweeps_lapsed_cursors() -> None:
     assert set(store._exports) == {"live"}
 
 
+def test_a_cursor_kept_alive_does_not_lapse_while_it_waits() -> None:
+    store = filled_store([("a", [("user", "hi")], {}, False)])
+    store.apply(OpenExport("acme", "waiting", max_open=2, idle_ms=1000, max_per_org=2), T0)
+    for step in range(1, 6):
+        assert store.apply(ExportPage("acme", "waiting", 0), T0 + step * 900) == {"lines": [], "done": False}
+    lines = store.apply(ExportPage("acme", "waiting", 10), T0 + 6 * 900)["lines"]
+    assert [line["kind"] for line in lines] == ["session", "message"]
+
+
 def test_one_organization_cannot_take_every_export_slot() -> None:
     store = filled_store([("a", [], {}, False)])
     for i in range(2):
