@@ -95,6 +95,10 @@ _PROVENANCE = {
     "created_at": _OPT_INT,
 }
 
+_FORKED_FROM: dict[str, tuple[type, ...]] = {"session_id": (str,), "seq": _INT}
+_METHODS = {"model", "extractive"}  # as docs/export.schema.json lists them
+_INDEX_STATES = {"pending", "ready", "failed", None}
+
 
 class BadLine(ValidationFailed):
     """A line of an import that is not in the format, or out of its place; names its line."""
@@ -396,6 +400,12 @@ def _check_values(number: int, kind: str, record: dict[str, Any]) -> None:
         if record["summary_provenance"] is not None:
             required = set(_PROVENANCE) - {"reason"}
             _check_fields(number, record["summary_provenance"], _PROVENANCE, set(_PROVENANCE) - required)
+            if record["summary_provenance"]["method"] not in _METHODS:
+                raise BadLine(number, f"unknown summary method {record['summary_provenance']['method']!r}")
+        if record["index_status"] not in _INDEX_STATES:
+            raise BadLine(number, f"unknown index_status {record['index_status']!r}")
+        if record.get("forked_from") is not None:
+            _check_fields(number, record["forked_from"], _FORKED_FROM, set())
     if kind == "message" and record["role"] not in _ROLES:
         raise BadLine(number, f"unknown role {record['role']!r}")
     if kind == "vector" and not all(

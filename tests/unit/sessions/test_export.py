@@ -319,3 +319,22 @@ def test_an_import_is_held_to_the_active_quota_but_not_on_replay() -> None:
     assert target.apply(op(ended), T0) is not None  # an ended session takes no active slot
     target.replaying = True
     assert target.apply(op(second), T0) is not None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"forked_from": {"x": 1}},
+        {"index_status": "odd"},
+        {"summary_provenance": dict.fromkeys(["method"], "odd")},
+    ],
+)
+def test_a_session_line_with_a_value_the_schema_refuses_is_a_bad_line(change: dict[str, Any]) -> None:
+    lines = export(filled_store([("a", [], {}, False)]))
+    if "summary_provenance" in change:
+        provenance = {"model": "m", "messages_covered": 0, "messages_total": 0, "created_at": None}
+        change = {"summary_provenance": {**provenance, **change["summary_provenance"]}}
+    lines[1] = {**lines[1], **change}
+    with pytest.raises(BadLine) as refused:
+        list(read_stream(stream(lines)))
+    assert refused.value.details["line"] == 2
