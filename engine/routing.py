@@ -36,3 +36,9 @@ def shard_for(org: str, session_id: str, shards: int) -> int:
 def memory_shard_for(org: str, shards: int) -> int:
     """An organization's whole vector memory lives on one memory shard, so a query is one call."""
     return _bucket(f"memory/{org}", shards)
+
+
+def shard_share(quota: int | None, shards: int) -> int | None:
+    """An organization's sessions are spread over the shards by id; each shard holds it to this
+    share of an organization-wide quota (None: no quota)."""
+    return None if quota is None else -(-quota // shards)

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from engine.errors import QuotaExceeded, SessionNotFound, ValidationFailed
 from engine.idempotency import Idempotent
 from engine.memory.ops import ForgetSessions
+from engine.routing import shard_share
 from engine.sessions.answers import EncodedJSON, encoded, json_array, json_object, only_element, page_items
 from engine.sessions.ops import (
     AppendMessages,
@@ -91,7 +92,7 @@ async def create_session(body: CreateSessionIn, caller: CurrentCaller) -> Respon
         name=check_name(body.name, caller.limits),
         ttl_s=check_ttl(body.ttl_seconds or caller.limits.default_ttl_s, caller.limits),
         context=check_context(body.context or {}, caller.limits),
-        max_active=_shard_share(caller.limits.max_active_sessions, caller.shards.shards),
+        max_active=shard_share(caller.limits.max_active_sessions, caller.shards.shards),
     )
     for attempt in itertools.count(1):
         try:
@@ -108,11 +109,6 @@ async def create_session(body: CreateSessionIn, caller: CurrentCaller) -> Respon
 
 
 _QUOTA_TRIES = 4  # shards a create tries before max_active_sessions refuses it
-
-
-def _shard_share(quota: int | None, shards: int) -> int | None:
-    # An organization's sessions are spread over the shards by id; each holds it to its share.
-    return None if quota is None else -(-quota // shards)
 
 
 @router.post(
@@ -133,7 +129,7 @@ async def fork_session(session_id: SessionId, body: ForkSessionIn, caller: Curre
         name=check_name(body.name, caller.limits) if body.name is not None else None,
         ttl_s=check_ttl(body.ttl_seconds, caller.limits) if body.ttl_seconds is not None else None,
         context=check_context(body.context, caller.limits) if body.context is not None else None,
-        max_active=_shard_share(caller.limits.max_active_sessions, caller.shards.shards),
+        max_active=shard_share(caller.limits.max_active_sessions, caller.shards.shards),
         max_messages=caller.limits.max_messages_per_session,
     )
     view, headers = await caller.write(fork_id, op)

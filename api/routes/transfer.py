@@ -28,6 +28,7 @@ from engine.errors import (
     ValidationFailed,
     unwrap,
 )
+from engine.routing import shard_share
 from engine.sessions.codec import encode_session
 from engine.sessions.export import (
     ImportedSession,
@@ -185,9 +186,7 @@ async def _import_session(caller: Caller, item: ImportedSession) -> Any:
     try:
         _check_limits(item, caller.limits)
         session = item.to_session(caller.org)
-        quota = caller.limits.max_active_sessions
-        # Each shard holds the organization to its share of active sessions, as a create does.
-        max_active = None if quota is None else -(-quota // caller.shards.shards)
+        max_active = shard_share(caller.limits.max_active_sessions, caller.shards.shards)
         op = ImportSession(caller.org, session.id, encode_session(session), max_active)
         return await caller.shards.submit(caller.org, session.id, op)
     except EngineError as refused:

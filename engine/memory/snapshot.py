@@ -11,13 +11,13 @@ from typing import Any
 import orjson
 
 from engine.errors import CorruptFile
+from engine.storage.layout import FORMAT_VERSION
 from engine.storage.snapshot import SnapshotFile, open_snapshot
 
 from .index import NamespaceIndex
 from .store import MemoryStore
 
 SNAPSHOT_MAGIC = b"SEMEM01\n"
-FORMAT_VERSION = 1
 SNAPSHOT_PREFIX = "memory-"
 _PART_BYTES = 256 * 1024 * 1024
 _RECORDS_PER_FRAME = 10_000  # idempotency records of vector writes: small answers, far below a frame's limit
