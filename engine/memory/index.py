@@ -113,6 +113,15 @@ class NamespaceIndex:
         return self._internal.get(external_id)
 
     @property
+    def next_id(self) -> int:
+        """The FAISS id the next vector gets: every id handed out is below it, and none is reused."""
+        return self._next_id
+
+    def ids_below(self, mark: int) -> list[int]:
+        """The FAISS ids of the live entries below `mark` (those there when next_id was `mark`)."""
+        return [faiss_id for faiss_id in self._records if faiss_id < mark]
+
+    @property
     def kind(self) -> str:
         return "hnsw" if self._hnsw else "flat"
 

@@ -87,3 +87,58 @@ class QueryVectors(MemoryOp):
 @dataclass(slots=True, frozen=True)
 class MemoryStats(MemoryOp):
     pass
+
+
+@MEMORY_OPS.logged("import", "_import", log_without_result=False)
+@dataclass(slots=True, frozen=True)
+class ImportVectors(MemoryOp):
+    """Vectors read from an export (engine.memory.export), stored as UpsertVectors stores them,
+    except that an id the namespace holds already is skipped, not replaced: an import sent again
+    changes nothing. Answers {"imported": n, "skipped": m}, or None (not logged) when every id was
+    held. Replay skips the same ids, since the namespace holds then what it held when the op ran."""
+
+    org: str
+    namespace: str
+    ids: tuple[str, ...] = coded(TUPLE)
+    vectors: np.ndarray = coded(VECTORS, compare=False)
+    metadata: tuple[dict[str, Any], ...] = coded(TUPLE)
+    texts: tuple[str | None, ...] = coded(TUPLE)
+    max_vectors: int | None = unlogged()  # as UpsertVectors': checked when the op first runs
+
+
+@MEMORY_OPS.read("_open_export")
+@dataclass(slots=True, frozen=True)
+class OpenVectorExport(MemoryOp):
+    """A read that opens an export cursor over the organization's own namespaces as they are now
+    (engine.memory.export.VectorCursor); answers {"watermark": the log record the cut follows,
+    "namespaces": how many}. Bounded and lapsing as the session shards' OpenExport."""
+
+    org: str
+    export_id: str
+    max_open: int
+    idle_ms: int
+    max_per_org: int
+
+
+@MEMORY_OPS.read("_export_page")
+@dataclass(slots=True, frozen=True)
+class VectorExportPage(MemoryOp):
+    """The next vector lines of an open export: {"lines": [...], "done": bool}; the cursor closes
+    when done. `max_lines` 0 only keeps the cursor from lapsing."""
+
+    org: str
+    export_id: str
+    max_lines: int
+
+
+@MEMORY_OPS.read("_close_export")
+@dataclass(slots=True, frozen=True)
+class CloseVectorExport(MemoryOp):
+    org: str
+    export_id: str
+
+
+@MEMORY_OPS.read("_open_exports")
+@dataclass(slots=True, frozen=True)
+class OpenVectorExports(MemoryOp):
+    """How many export cursors the shard holds open: {"exports": n}."""

@@ -17,12 +17,26 @@ from typing import Any
 import numpy as np
 
 from engine.clock import Clock, SystemClock
-from engine.errors import QuotaExceeded, ValidationFailed, apply_each
+from engine.errors import QuotaExceeded, Unavailable, ValidationFailed, apply_each
 from engine.idempotency import IdempotencyRecords, Idempotent
 
 from . import sessions
+from .export import VectorCursor
 from .index import IndexParams, Match, NamespaceIndex
-from .ops import MEMORY_OPS, DeleteVectors, ForgetSessions, MemoryOp, MemoryStats, QueryVectors, UpsertVectors
+from .ops import (
+    MEMORY_OPS,
+    CloseVectorExport,
+    DeleteVectors,
+    ForgetSessions,
+    ImportVectors,
+    MemoryOp,
+    MemoryStats,
+    OpenVectorExport,
+    OpenVectorExports,
+    QueryVectors,
+    UpsertVectors,
+    VectorExportPage,
+)
 from .sessions import SESSION_MEMORY, SESSIONS_OF_MEMORY, SessionIndexes
 
 # Open tantivy writers a store keeps (each holds a thread and its heap, _WRITER_HEAP_BYTES in
@@ -47,6 +61,10 @@ class MemoryStore:
         self._unsearchable: set[tuple[str, str]] = set()  # texts written, not yet committed
         self._writers: OrderedDict[tuple[str, str], None] = OrderedDict()  # open, least recent first
         self.journal: list[MemoryOp | Idempotent] = []
+        self._exports: dict[str, VectorCursor] = {}  # export cursors open, by export id
+        # The last log record written, read by an export cursor for its watermark; the durability
+        # layer sets it (a store on its own has no log).
+        self.log_position: Callable[[], int] = lambda: 0
         self._handlers: dict[type, Callable[[Any], Any]] = MEMORY_OPS.handlers(self)
 
     def apply(self, op: MemoryOp | Idempotent, now_ms: int | None = None) -> Any:
@@ -54,7 +72,8 @@ class MemoryStore:
         if type(op) is Idempotent:
             return self._apply_once(op, now_ms)
         result = self._handlers[type(op)](op)
-        if MEMORY_OPS.spec(op).logged:
+        spec = MEMORY_OPS.spec(op)
+        if spec.logged and (result is not None or spec.log_without_result):
             self.journal.append(op)
         return result
 
@@ -144,14 +163,49 @@ class MemoryStore:
                     "ask the operator to raise limits.max_vectors_per_namespace.",
                 )
         had_texts = index.lexical is not None
+        self._before_change(key, index, op.ids)
         index.upsert(op.ids, op.vectors, op.metadata, op.texts)
         if index.lexical is not None and (had_texts or op.texts):
             self._wrote_texts(key)
         return {"upserted": len(op.ids)}
 
+    def _before_change(self, key: tuple[str, str], index: NamespaceIndex, ids: Sequence[str]) -> None:
+        """Before entries are replaced or deleted: each open export of the organization copies
+        those it has not paged out yet (engine.memory.export)."""
+        cursors = [cursor for cursor in self._exports.values() if cursor.org == key[0]]
+        if not cursors:
+            return
+        held = [faiss_id for faiss_id in map(index.faiss_id, ids) if faiss_id is not None]
+        for cursor in cursors:
+            cursor.keep_before_change(key[1], index, held)
+
+    def _import(self, op: ImportVectors) -> dict[str, int] | None:
+        index = self._namespaces.get((op.org, op.namespace))
+        dimension = int(op.vectors.shape[1])
+        if index is not None and index.dimension != dimension:
+            raise _wrong_dimension(op.namespace, index.dimension, dimension)
+        last = {external: row for row, external in enumerate(op.ids)}
+        rows = sorted(row for external, row in last.items() if index is None or not index.has(external))
+        if not rows:
+            return None  # every id held: skipped, and not logged
+        self._upsert(
+            UpsertVectors(
+                op.org,
+                op.namespace,
+                tuple(op.ids[row] for row in rows),
+                op.vectors[rows],
+                tuple(op.metadata[row] for row in rows),
+                op.max_vectors,
+                tuple(op.texts[row] for row in rows) if op.texts else (),
+            )
+        )
+        return {"imported": len(rows), "skipped": len(op.ids) - len(rows)}
+
     def _delete(self, op: DeleteVectors) -> dict[str, int]:
         key = (op.org, op.namespace)
         index = self._namespaces.get(key)
+        if index is not None:
+            self._before_change(key, index, op.ids)
         deleted = index.delete(op.ids) if index is not None else 0
         return {"deleted": self._after_delete(key, deleted)}
 
@@ -229,6 +283,64 @@ class MemoryStore:
 
     def _stats(self, op: MemoryStats) -> dict[str, Any]:
         return {"namespaces": len(self._namespaces), "vectors": len(self), **self.condition}
+
+    # -- export (engine.memory.export) ---------------------------------------------------------------
+
+    def _open_export(self, op: OpenVectorExport) -> dict[str, int]:
+        # As a session shard's (SessionStore._open_export): a few at once, some per organization.
+        now_ms = self._clock.now_ms()
+        self._sweep_exports(now_ms)
+        if len(self._exports) >= op.max_open:
+            raise Unavailable(
+                f"{len(self._exports)} exports are in progress on a memory shard, the most it keeps open",
+                {"limit": op.max_open},
+                "Retry when an export in progress has finished.",
+            )
+        if sum(1 for cursor in self._exports.values() if cursor.org == op.org) >= op.max_per_org:
+            raise Unavailable(
+                f"{op.max_per_org} of this organization's exports are in progress, the most it may have",
+                {"limit": op.max_per_org},
+                "Retry when one of this organization's exports has finished.",
+            )
+        own = [(namespace, index) for (org, namespace), index in self._namespaces.items() if org == op.org]
+        # Ops earlier in this batch are in the journal: the log's next record will hold them.
+        watermark = self.log_position() + (1 if self.journal else 0)
+        cursor = VectorCursor(op.org, own, watermark, now_ms, op.idle_ms)
+        self._exports[op.export_id] = cursor
+        return {"watermark": watermark, "namespaces": len(cursor)}
+
+    def _export_page(self, op: VectorExportPage) -> dict[str, Any]:
+        now_ms = self._clock.now_ms()
+        self._sweep_exports(now_ms)
+        cursor = self._exports.get(op.export_id)
+        if cursor is None or cursor.org != op.org:
+            raise Unavailable(
+                "the export's cursor is gone (it lapsed, or its shard restarted)",
+                {"export_id": op.export_id},
+                "Start the export again.",
+            )
+        cursor.used_ms = now_ms
+        if op.max_lines == 0:
+            return {"lines": [], "done": False}  # a keep-alive: the cursor waits for its turn
+        lines, done = cursor.next_page(op.max_lines)
+        if done:
+            del self._exports[op.export_id]
+        return {"lines": lines, "done": done}
+
+    def _sweep_exports(self, now_ms: int) -> None:
+        """Drop the cursors unused past their idle time (an abandoned export pins its copies only
+        until then)."""
+        for export_id, cursor in list(self._exports.items()):
+            if now_ms - cursor.used_ms > cursor.idle_ms:
+                del self._exports[export_id]
+
+    def _close_export(self, op: CloseVectorExport) -> None:
+        cursor = self._exports.get(op.export_id)
+        if cursor is not None and cursor.org == op.org:
+            del self._exports[op.export_id]
+
+    def _open_exports(self, op: OpenVectorExports) -> dict[str, int]:
+        return {"exports": len(self._exports)}
 
 
 def _wrong_dimension(namespace: str, expected: int, got: int) -> ValidationFailed:

@@ -307,3 +307,9 @@ class ExportPage(SessionOp):
 class CloseExport(SessionOp):
     org: str
     export_id: str
+
+
+@SESSION_OPS.read("_open_exports")
+@dataclass(slots=True, frozen=True)
+class OpenExports(SessionOp):
+    """How many export cursors the shard holds open: {"exports": n}."""

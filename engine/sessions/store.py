@@ -50,6 +50,7 @@ from engine.sessions.ops import (
     ListSessions,
     MarkIndexed,
     OpenExport,
+    OpenExports,
     Ping,
     PurgeSessions,
     ReplaceContext,
@@ -527,6 +528,9 @@ class SessionStore:
         cursor = self._exports.get(op.export_id)
         if cursor is not None and cursor.org == op.org:
             del self._exports[op.export_id]
+
+    def _open_exports(self, op: OpenExports, now_ms: int) -> dict[str, int]:
+        return {"exports": len(self._exports)}
 
     def _import(self, op: ImportSession, now_ms: int) -> SessionView | None:
         session = decode_session(op.session)

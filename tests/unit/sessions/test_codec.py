@@ -19,7 +19,7 @@ from engine.idempotency import Idempotent
 from engine.memory import codec as memory_codec
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams
-from engine.memory.ops import MEMORY_OPS, DeleteVectors, ForgetSessions, UpsertVectors
+from engine.memory.ops import MEMORY_OPS, DeleteVectors, ForgetSessions, ImportVectors, UpsertVectors
 from engine.oplog import TAG, UnencodableOp
 from engine.sessions.codec import decode_op, encode_op, encode_session
 from engine.sessions.durable import DurableSessions
@@ -105,6 +105,9 @@ MEMORY_SCRIPT: list[Any] = [
         texts=("I moved to Lisbon", "trip\nI moved to Lisbon"),
     ),
     ForgetSessions("acme", ("s1",)),
+    ImportVectors(
+        "acme", "notes", ("x", "z"), np.eye(2, 3, dtype=np.float32), ({}, {"k": 1}), (None, "imported text")
+    ),
 ]
 
 
@@ -185,7 +188,11 @@ def test_every_memory_op_replays(tmp_path: Path) -> None:
     memory.close(snapshot=False)
     again = DurableMemory(tmp_path, DurabilityConfig(), IndexParams(), ManualClock(), lock_wait_s=0.2)
     (index,) = (index for _, index in again.store.namespaces())
-    assert len(index) == 1 and len(again.store.idempotency) == 1
+    assert len(index) == 2 and len(again.store.idempotency) == 1
+    # The import skipped the id the namespace held and kept the new one's text.
+    kept, added = index.faiss_id("x"), index.faiss_id("z")
+    assert kept is not None and added is not None
+    assert index.entry(kept) == ("x", {"k": [1, {}]}) and index.text(added) == "imported text"
     again.close()
 
 
