@@ -144,6 +144,10 @@ class DurabilityConfig(_Section):
     # the oldest go first.
     idempotency_retention_s: float = Field(24 * 3600.0, gt=0)
     idempotency_max_records: int = Field(1_000_000, ge=1)
+    # Where each sealed log segment is copied (and synced) before a shard may delete it, for
+    # point-in-time restore (engine.storage.archive); None: no archive. Every node that hosts a
+    # shard must see it at this path (a shared mount on a cluster).
+    archive_dir: Path | None = None
 
 
 class EventsConfig(_Section):

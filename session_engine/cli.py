@@ -1,5 +1,6 @@
 """`session-engine`: serve the HTTP API (starting or joining Ray), operate a running cluster
-(status, drain, stop, rebalance), check a data directory offline, and manage API keys.
+(status, drain, stop, rebalance, backup), check a data directory or a backup offline, restore a
+backup, and manage API keys.
 
 The command line sits above both layers it wires together, the engine (`engine/`) and the HTTP
 API (`api/`), so that `engine/` never imports FastAPI."""
@@ -7,6 +8,7 @@ API (`api/`), so that `engine/` never imports FastAPI."""
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 import time
 from pathlib import Path
@@ -14,12 +16,14 @@ from pathlib import Path
 import orjson
 
 from engine import __version__
+from engine.backup.manifest import BackupRefused, is_backup
 from engine.config import load_config
 from engine.errors import ConfigError
 from engine.keys import add_key, list_keys, revoke_key
 
 from . import operate
 from . import serve as serving
+from .transfer import add_commands as add_transfer_commands
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +53,8 @@ def _check(args: argparse.Namespace) -> int:
     if not data_dir.is_dir():
         print(f"session-engine: {data_dir} is not a directory", file=sys.stderr)
         return 2
+    if is_backup(data_dir):
+        return _check_backup(args)
     reports = check_data_dir(data_dir)
     if args.json:
         print(orjson.dumps([r.as_dict() for r in reports], option=orjson.OPT_INDENT_2).decode())
@@ -59,6 +65,67 @@ def _check(args: argparse.Namespace) -> int:
             print(f"{data_dir}: no shard data (a start would begin empty)")
     verdicts = {r.verdict for r in reports}
     return REFUSED if REFUSED in verdicts else max(verdicts, default=CLEAN)
+
+
+def _check_backup(args: argparse.Namespace) -> int:
+    from engine.backup import restore  # the backup's readers: only `check` and `restore` use them
+
+    try:
+        found = restore.verify(args.data_dir, archive=args.archive)
+    except BackupRefused as exc:
+        if args.json:
+            refused = {"backup": str(args.data_dir), "verdict": "refused", "refused": str(exc)}
+            print(orjson.dumps(refused).decode())
+        else:
+            print(f"{args.data_dir} (backup)\n  REFUSED: {exc}")
+        return 1
+    if args.json:
+        print(orjson.dumps({"backup": str(args.data_dir), "verdict": "clean", **found.as_dict()}).decode())
+        return 0
+    print(f"{args.data_dir} (backup of cluster {found.cluster_id}: {' <- '.join(found.backups[::-1])})")
+    for shard in found.shards:
+        source = f"snapshot at record {shard.snapshot_lsn}" if shard.snapshot_lsn else "no snapshot"
+        archived = f" ({shard.from_archive} from the archive)" if args.archive is not None else ""
+        print(f"  ok: {shard.directory}: {source}, then {shard.records} records{archived}, to {shard.lsn}")
+    print(f"  every checksum matches ({found.bytes_read} bytes read)")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from engine.backup import restore  # the backup's readers: only `check` and `restore` use them
+
+    until = _moment(args.until) if args.until is not None else None
+    done = restore.restore(args.backup, args.data_dir, archive=args.archive, until_ms=until)
+    if args.json:
+        print(orjson.dumps(done.as_dict()).decode())
+        return 0
+    print(f"restored {args.data_dir} from {' <- '.join(done.backups[::-1])} as cluster {done.cluster_id}")
+    for shard in done.shards:
+        when = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(shard.last_ts / 1000)) + " UTC"
+            if shard.last_ts is not None
+            else "its snapshot"
+        )
+        archived = f", {shard.from_archive} from the archive" if args.archive is not None else ""
+        replayed = f"{shard.records} records replayed{archived}"
+        print(f"  {shard.directory}: to record {shard.lsn} ({when}; {replayed})")
+    print(f"{done.bytes_read} bytes read in {done.seconds:.1f} s; start the server on {args.data_dir}")
+    return 0
+
+
+def _moment(text: str) -> int:
+    """--until: milliseconds since the epoch, or an ISO 8601 time (UTC unless it says otherwise)."""
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"--until {text!r} is neither milliseconds since the epoch nor an ISO 8601 time"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return int(moment.timestamp() * 1000)
 
 
 def _keys_file(args: argparse.Namespace) -> Path:
@@ -130,9 +197,27 @@ def _parser() -> argparse.ArgumentParser:
         "all are consistent, 3 when a start would cut, quarantine or pass over something, 1 when a "
         "start would refuse.",
     )
-    check.add_argument("data_dir", type=Path, metavar="DATA_DIR")
+    check.add_argument("data_dir", type=Path, metavar="DATA_DIR|BACKUP")
     check.add_argument("--json", action="store_true", help="print the reports as JSON")
+    check.add_argument("--archive", type=Path, help="a backup's log archive, checked with it")
     check.set_defaults(func=_check)
+
+    restore = commands.add_parser(
+        "restore",
+        help="rebuild a data directory from a backup (and its log archive, to a moment)",
+        description="Copies the backup (and the backups it is incremental from) into a new or empty "
+        "data directory, every checksum verified, and replays the log archive up to --until. Refuses, "
+        "changing nothing, a non-empty target, a damaged backup, another cluster's archive, or a gap "
+        "in the log.",
+    )
+    restore.add_argument("backup", type=Path, metavar="BACKUP")
+    restore.add_argument("--data-dir", type=Path, required=True, help="the new data directory")
+    restore.add_argument("--archive", type=Path, help="the log archive (durability.archive_dir)")
+    restore.add_argument(
+        "--until", metavar="EPOCH_MS|ISO", help="stop before the first change logged after this moment"
+    )
+    restore.add_argument("--json", action="store_true", help="machine-readable")
+    restore.set_defaults(func=_restore)
 
     operator = [
         (
@@ -160,6 +245,23 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("--undo", action="store_true", help="take changes again")
         if name == "rebalance":
             command.add_argument("--dry-run", action="store_true", help="print the moves, make none")
+    add_transfer_commands(commands)  # export and import: operator commands too
+
+    backup = commands.add_parser(
+        "backup",
+        help="copy every shard of a running cluster into DEST while it takes writes",
+        description="Each shard is cut at its last log record and copied with the checksums of its "
+        "files into DEST (new or empty), with a manifest written last. --incremental --from PREVIOUS "
+        "copies only what is new since an earlier backup.",
+    )
+    backup.add_argument("dest", type=Path, metavar="DEST")
+    backup.add_argument("--incremental", action="store_true", help="only what is new since --from")
+    backup.add_argument("--from", dest="previous", type=Path, metavar="PREVIOUS", help="the earlier backup")
+    backup.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    backup.add_argument("--config", type=Path)
+    backup.add_argument("--data-dir", type=Path, help="an embedded server's data directory (default ./data)")
+    backup.add_argument("--ray-address", help="the cluster's Ray: 'auto' on a cluster node, or host:port")
+    backup.set_defaults(func=operate.backup, command="backup")
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(required=True, metavar="ACTION")
     create = keys.add_parser("create", help="create a key for an organization and print it once")

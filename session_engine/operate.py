@@ -1,4 +1,4 @@
-"""The operator commands (`status`, `drain`, `stop`, `rebalance`): each joins the cluster's Ray as a
+"""The operator commands (`status`, `drain`, `stop`, `rebalance`, `backup`): each joins the cluster's Ray as a
 driver and reads or changes its actors (engine/runtime/operators.py does the work).
 
 Ray is imported inside the commands, never at the top: Ray reads its auth mode when it is imported,
@@ -7,6 +7,7 @@ and `main` sets that first (serve.prepare_ray_auth); `keys` and `check` start wi
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -204,4 +205,35 @@ def rebalance(args: argparse.Namespace, config: EngineConfig) -> int:
     moves = operators.rebalance(config, dry_run=args.dry_run)
     if not moves:
         print("balanced: no node hosts two shards more than another")
+    return 0
+
+
+@_operator
+def backup(args: argparse.Namespace, config: EngineConfig) -> int:
+    from engine.backup.take import take_backup  # Ray only once the command runs (module docstring)
+    from engine.runtime import backups
+
+    if args.incremental != (args.previous is not None):
+        print("session-engine backup: --incremental and --from PREVIOUS go together", file=sys.stderr)
+        return 2
+    taken = asyncio.run(
+        take_backup(
+            args.dest,
+            backups.shard_sources(config),
+            backups.layout(config),
+            previous=args.previous,
+            keys_file=config.resolved_keys_file,
+        )
+    )
+    manifest = taken.manifest
+    if args.json:
+        print(orjson.dumps({**manifest.as_dict(), "bytes": taken.bytes, "seconds": taken.seconds}).decode())
+        return 0
+    kind = f"incremental from {args.previous}" if args.previous is not None else "full"
+    print(f"backup {manifest.backup_id} ({kind}) of cluster {manifest.cluster_id} in {args.dest}")
+    for shard in manifest.shards:
+        held = f"snapshot at {shard.snapshot_lsn}, " if shard.snapshot_lsn else ""
+        print(f"  {shard.directory}: {held}log to record {shard.lsn} ({len(shard.files)} files)")
+    rate = taken.bytes / 2**20 / taken.seconds if taken.seconds > 0 else 0.0
+    print(f"{_size(taken.bytes)} in {taken.seconds:.1f} s ({rate:.1f} MiB/s)")
     return 0

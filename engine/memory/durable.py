@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 class DurableMemory(LoggedStore):
     OPS = MEMORY_OPS
+    SNAPSHOT_PREFIX = SNAPSHOT_PREFIX
     store: MemoryStore
 
     def __init__(
@@ -87,6 +88,7 @@ class DurableMemory(LoggedStore):
 
         def write() -> SnapshotResult:
             size = write_snapshot(self.directory, lsn, self._clock.now_ms(), parts, records)
+            self.archive_sealed()  # the rotation above sealed a segment
             return SnapshotResult(
                 lsn, size, time.perf_counter() - started, pause_ms, {"namespaces": len(parts)}
             )
@@ -97,7 +99,7 @@ class DurableMemory(LoggedStore):
         self.check_epoch()
         self._snapshot_lsn = result.lsn
         self._last_snapshot_s = time.monotonic()
-        drop_covered(self.directory, SNAPSHOT_PREFIX, result.lsn, self.writable_log().drop_segments_before)
+        drop_covered(self.directory, SNAPSHOT_PREFIX, result.lsn, self.drop_segments)
 
     def snapshot_now(self) -> SnapshotResult:
         result = self.begin_snapshot()()

@@ -11,6 +11,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 import ray
@@ -18,6 +19,7 @@ from prometheus_client.metrics_core import Metric
 
 from engine.config import EngineConfig
 from engine.errors import DirectoryLocked, LogWriteFailed, Unavailable
+from engine.storage.backup import ShardBackups
 from engine.storage.identity import NotThisShardsData, ShardIdentity
 from engine.storage.snapshot import SnapshotResult
 
@@ -39,8 +41,12 @@ class DurableStore(Protocol):
     """What a shard actor needs of its durable store (DurableSessions, DurableMemory: both
     engine.storage.logged.LoggedStore)."""
 
+    SNAPSHOT_PREFIX: str
+    directory: Path
     lsn: int
     recovery: Any
+
+    def backup_point(self) -> tuple[int, int, int]: ...
 
     @property
     def read_only(self) -> bool: ...
@@ -75,6 +81,7 @@ class HostedShard(Generic[D]):
         self._config = config
         self._identity = ShardIdentity(cluster_id, self.KIND, index)
         self._durable: D | None = None
+        self._backups: ShardBackups | None = None  # the backups being copied from it
         self._refusal: Unavailable | None = None
         self._timers: list[asyncio.Task[None]] = []
         self._snapshot_lock = asyncio.Lock()
@@ -124,6 +131,8 @@ class HostedShard(Generic[D]):
         if self._refusal is not None:
             log.warning("shard found its data and serves", extra={"kind": self.KIND, "shard": self._index})
         self._refusal = None
+        durable = self._durable
+        self._backups = ShardBackups(durable.directory, durable.SNAPSHOT_PREFIX)
         self._started()
         self._timers.append(asyncio.get_running_loop().create_task(self._drain_if_cluster_is()))
         return True
@@ -229,6 +238,39 @@ class HostedShard(Generic[D]):
             self._durable.close(snapshot=True)
             self._durable = None
             self._refusal = Unavailable(f"{self.KIND} shard {self._index} is stopped", {"reason": "stopped"})
+
+    # -- online backup (engine.storage.backup; engine.backup.take drives it)
+
+    async def backup_begin(self, backup_id: str, since_lsn: int | None) -> dict[str, Any]:
+        """Cut the shard at its last record and pin the files that hold it; `since_lsn`: the
+        previous backup's watermark, for an incremental one. Returns the watermark and the pieces."""
+        if self._durable is None or self._backups is None:
+            assert self._refusal is not None
+            raise self._refusal  # not serving its directory: nothing of it to copy
+        durable = self._durable
+        staged = self._backups.begin(backup_id, *durable.backup_point(), since_lsn)
+        try:
+            await asyncio.to_thread(staged.resolve)
+        except BaseException:
+            self._backups.end(backup_id)
+            raise
+        return {
+            "kind": self.KIND,
+            "index": self._index,
+            "cluster_id": self._identity.cluster_id,
+            **staged.describe(),
+        }
+
+    async def backup_read(self, backup_id: str, piece: int, offset: int, size: int) -> bytes:
+        """Bytes of one piece of a backup begun here, read in a thread."""
+        assert self._backups is not None
+        staged = self._backups.get(backup_id)
+        return await asyncio.to_thread(staged.pieces[piece].read, offset, size)
+
+    async def backup_end(self, backup_id: str) -> None:
+        """The backup has its copy: unpin the files."""
+        if self._backups is not None:
+            self._backups.end(backup_id)
 
     # -- what it says of itself
 

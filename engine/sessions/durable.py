@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 class DurableSessions(LoggedStore):
     OPS = SESSION_OPS
+    SNAPSHOT_PREFIX = SNAPSHOT_PREFIX
     store: SessionStore
     observe_events: Callable[[list[Event]], None] | None = None  # told each record's events: metrics
 
@@ -144,6 +145,7 @@ class DurableSessions(LoggedStore):
         """Blocking: fsync and rename. Safe to run in a thread while ops go on."""
         assert self._writer is not None and self._feed is not None
         self._snapshot_bytes = self._writer.finish(self._feed.encode())
+        self.archive_sealed()  # the rotation at its start sealed a segment
 
     def complete_snapshot(self) -> SnapshotResult:
         assert self._writer is not None
@@ -152,7 +154,7 @@ class DurableSessions(LoggedStore):
         self._writer = self._cursor = self._feed = None
         self._snapshot_lsn = lsn
         self._last_snapshot_s = time.monotonic()
-        drop_covered(self.directory, SNAPSHOT_PREFIX, lsn, self.writable_log().drop_segments_before)
+        drop_covered(self.directory, SNAPSHOT_PREFIX, lsn, self.drop_segments)
         self._settle_heap()
         return SnapshotResult(
             lsn,

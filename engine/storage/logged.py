@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.clock import Clock
+from engine.config import DurabilityConfig
 from engine.errors import CorruptFile, EngineError, LogWriteFailed, Unavailable
 from engine.oplog import OpRegistry
 
+from .archive import LogArchive
 from .identity import Epoch, Fenced, ShardIdentity, verify_identity
 from .lock import DirectoryLock
 from .wal import WriteAheadLog, disk_reason, encode_record, unwritable_log
@@ -44,6 +46,7 @@ class LoggedStore:
     `store` has `apply_batch(ops, now_ms)` and `take_journal()` (the ops that changed state)."""
 
     OPS: OpRegistry  # the store's declared ops: what is logged, and how it is encoded
+    SNAPSHOT_PREFIX: str  # its snapshot files' names begin with it (engine.storage.snapshot)
     directory: Path
     lsn: int
     store: Any
@@ -53,10 +56,12 @@ class LoggedStore:
     _lock: DirectoryLock
     _refusal: Unavailable | None  # set while the log cannot be written, or for good once fenced
     _fsync: str
+    _config: DurabilityConfig
     _identity: ShardIdentity | None  # None: a store used on its own (tests, tools), not a cluster's shard
     _epoch: Epoch | None = None  # this incarnation's claim on the directory (engine.storage.identity)
     _fenced = False
     _draining: Unavailable | None = None  # set by `drain`: changes refused, reads answered
+    _archive: LogArchive | None = None  # where sealed segments are copied (durability.archive_dir)
     # Told each log write's seconds (write, and sync under fsync=always) and bytes: the shard's metrics.
     observe_commit: Callable[[float, int], None] | None = None
 
@@ -70,12 +75,15 @@ class LoggedStore:
         and open the log (read-only if the disk refuses writes)."""
         if self._identity is not None:
             verify_identity(self.directory, self._identity)  # raises NotThisShardsData
+            if self._config.archive_dir is not None:
+                self._archive = LogArchive(self._config.archive_dir, self._identity)
         self._lock = DirectoryLock(self.directory, lock_wait_s)
         try:
             self._start()
         except BaseException:
             self._lock.release()
             raise
+        self.archive_sealed()  # the last segment of the incarnation before is sealed now
 
     def _close_files(self) -> None:
         try:
@@ -113,6 +121,38 @@ class LoggedStore:
                 extra={"directory": str(self.directory), "error": str(exc)},
             )
         self._publish_condition()
+
+    def archive_sealed(self) -> None:
+        """Copy the sealed log segments the archive lacks (blocking I/O: a snapshot runs it in its
+        thread, after its rotation sealed a segment). An archive that refuses them is logged, and
+        the segments stay until a later call copies them (`drop_segments` keeps them)."""
+        if self._archive is None or self._wal is None:
+            return
+        try:
+            self._archive.archive_sealed(self.directory, self._wal.segment_start)
+        except OSError as exc:
+            log.error(
+                "cannot copy sealed log segments to the archive; they stay in the data directory "
+                "and are copied at the next snapshot",
+                extra={"directory": str(self.directory), "error": str(exc)},
+            )
+
+    def backup_point(self) -> tuple[int, int, int]:
+        """Where a backup cuts this shard now: (its last record, the first record of the segment
+        being written, where that segment's last whole record ends). Unavailable while the log
+        cannot be written: what is on disk past the last acknowledged record is not known whole."""
+        if self._refusal is not None or self._wal is None:
+            raise self._refusal or unwritable_log(
+                self.directory, LogWriteFailed("the log is not open", "not open")
+            )
+        return self.lsn, self._wal.segment_start, self._wal.end
+
+    def drop_segments(self, lsn: int) -> int:
+        """Delete the segments that hold only records below `lsn`, but none the archive lacks."""
+        archive = self._archive
+        return self.writable_log().drop_segments_before(
+            lsn, None if archive is None else (lambda path: not archive.holds(path))
+        )
 
     def writable_log(self) -> WriteAheadLog:
         if self._wal is None:

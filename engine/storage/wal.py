@@ -15,7 +15,8 @@ import contextlib
 import errno
 import logging
 import os
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,18 @@ def segments(directory: Path) -> list[tuple[int, Path]]:
         for p in directory.glob(f"{_SEGMENT_PREFIX}*{_SEGMENT_SUFFIX}")
     ]
     return sorted(found)
+
+
+_RECORD_HEAD = re.compile(rb'\{"lsn":(\d+),"ts":(\d+),')
+
+
+def record_head(payload: bytes) -> tuple[int, int]:
+    """(lsn, ts) of a record's payload without decoding its ops: encode_record writes them first."""
+    found = _RECORD_HEAD.match(payload)
+    if found is not None:
+        return int(found[1]), int(found[2])
+    record = orjson.loads(payload)
+    return int(record["lsn"]), int(record["ts"])
 
 
 def encode_record(lsn: int, now_ms: int, ops: Sequence[bytes]) -> bytes:
@@ -304,14 +317,26 @@ class WriteAheadLog:
             raise
         self._unsynced = False
 
-    def drop_segments_before(self, lsn: int) -> int:
-        """Delete segments that hold only records below lsn (never the one being written)."""
+    def drop_segments_before(self, lsn: int, keep: Callable[[Path], bool] | None = None) -> int:
+        """Delete segments that hold only records below lsn (never the one being written, nor one
+        `keep` holds on to: a segment not yet archived)."""
         dropped = 0
         for first, path in segments(self._directory):
-            if first < lsn and first != self._segment_start:
+            if first < lsn and first != self._segment_start and not (keep is not None and keep(path)):
                 path.unlink()
                 dropped += 1
         return dropped
+
+    @property
+    def segment_start(self) -> int:
+        """The first LSN of the segment being written: every segment before it is sealed."""
+        return self._segment_start
+
+    @property
+    def end(self) -> int:
+        """Where the last whole record of the segment being written ends: a copy taken up to here
+        holds whole records only, however many are written after."""
+        return self._end
 
     def close(self) -> None:
         if self._fd >= 0:

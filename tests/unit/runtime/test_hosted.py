@@ -6,7 +6,9 @@ shard over a stand-in store, without Ray."""
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
@@ -23,7 +25,10 @@ from engine.storage.snapshot import SnapshotResult
 class Store:
     """Logs a record for every batch with a "write" in it; fails the log when told to."""
 
+    SNAPSHOT_PREFIX = "snapshot-"
+
     def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="hosted-"))  # where a backup would stage its links
         self.lsn = 0
         self.recovery: Any = None
         self.read_only = False
@@ -37,6 +42,9 @@ class Store:
         if "write" in ops:
             self.lsn += 1
         return [f"did {op}" for op in ops]
+
+    def backup_point(self) -> tuple[int, int, int]:
+        raise Unavailable("the stand-in store keeps no log files to back up")
 
     def drain(self, refusal: Unavailable | None) -> None:
         self.drained = refusal is not None

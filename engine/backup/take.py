@@ -1,0 +1,231 @@
+"""`session-engine backup DEST [--incremental --from PREVIOUS]`: copy a consistent state of every
+shard of a running cluster into DEST while it goes on taking writes.
+
+Each shard is cut at its last log record, its watermark, and pins the files that hold that state
+(engine.storage.backup); the backup then reads them out a piece at a time through the shard, so the
+backup's process can run on any machine that reaches the cluster, and no shard pauses beyond the
+step that pins its files. Session shards are cut before memory shards: what a session records of
+memory (its turns indexed, its summary searchable) was written to memory before the session's
+record of it, so a backup never holds a session that says it is indexed without the vectors that
+make it so (a restored memory may hold vectors a session does not know of yet; its closing job runs
+again and writes the same ones).
+
+DEST gets the shards' files under their data-directory paths, the API keys file, and the manifest
+(engine.backup.manifest), written last. A backup that fails, for any reason, removes what it wrote:
+DEST is as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from engine.storage.lock import fsync_directory, write_atomically
+from engine.storage.private import make_directory, open_file
+
+from .manifest import MANIFEST, BackupRefused, Manifest, ShardEntry, ShardFile, chain
+
+READ_BYTES = 8 * 1024 * 1024  # one read from a shard: bounds the memory a piece in flight holds
+COPIES_AT_ONCE = 4  # pieces copied at once, across shards
+
+
+class ShardSource(Protocol):
+    """One shard, as the backup reaches it (engine.runtime.backups: through Ray)."""
+
+    kind: str
+    index: int
+    directory: str  # its files' folder, relative to a data directory
+
+    async def begin(self, backup_id: str, since_lsn: int | None) -> dict[str, Any]: ...
+
+    async def read(self, backup_id: str, piece: int, offset: int, size: int) -> bytes: ...
+
+    async def end(self, backup_id: str) -> None: ...
+
+
+@dataclass(slots=True, frozen=True)
+class Taken:
+    manifest: Manifest
+    bytes: int
+    seconds: float
+
+
+async def take_backup(
+    dest: Path,
+    sources: Sequence[ShardSource],
+    layout: dict[str, int],
+    *,
+    previous: Path | None = None,
+    keys_file: Path | None = None,
+) -> Taken:
+    """Back every shard of `sources` up into `dest` (empty or new); incremental from the backup at
+    `previous`. Session shards are cut first, then memory shards (the module docstring says why).
+    BackupRefused, in one line, when it cannot be made; `dest` is then as it was."""
+    started = time.perf_counter()
+    base = chain(previous)[-1] if previous is not None else None
+    made = _prepare(dest)
+    backup_id = f"bk_{uuid.uuid4().hex}"
+    started_at = int(time.time() * 1000)
+    begun: list[tuple[ShardSource, dict[str, Any]]] = []
+    try:
+        for kind in ("session", "memory"):
+            cut = [s for s in sources if s.kind == kind]
+            answers = await asyncio.gather(
+                *(s.begin(backup_id, _since(base, s)) for s in cut), return_exceptions=True
+            )
+            begun += [(s, a) for s, a in zip(cut, answers, strict=True) if not isinstance(a, BaseException)]
+            failed = [(s, a) for s, a in zip(cut, answers, strict=True) if isinstance(a, BaseException)]
+            if failed:
+                source, exc = failed[0]
+                raise BackupRefused(f"{source.kind} shard {source.index} cannot be backed up: {_reason(exc)}")
+        cluster_id = _one_cluster(begun, base)
+        entries, copied = await _copy_all(dest, backup_id, begun)
+        keys = _copy_keys(keys_file, dest) if keys_file is not None and keys_file.is_file() else None
+        manifest = Manifest(
+            path=dest,
+            backup_id=backup_id,
+            cluster_id=cluster_id,
+            started_at=started_at,
+            finished_at=int(time.time() * 1000),
+            incremental_from=None
+            if base is None
+            else {"backup_id": base.backup_id, "path": str(base.path.resolve())},
+            layout=layout,
+            shards=tuple(entries),
+            keys_file=keys,
+        )
+        write_atomically(dest / MANIFEST, orjson.dumps(manifest.as_dict(), option=orjson.OPT_INDENT_2))
+        fsync_directory(dest)
+    except BaseException as exc:
+        _undo(dest, made)
+        if isinstance(exc, OSError):
+            raise BackupRefused(f"cannot write the backup to {dest}: {exc.strerror or exc}") from None
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*(s.end(backup_id) for s, _ in begun), return_exceptions=True)
+    return Taken(manifest, copied, time.perf_counter() - started)
+
+
+def _since(base: Manifest | None, source: ShardSource) -> int | None:
+    if base is None:
+        return None
+    entry = base.shard(source.kind, source.index)
+    if entry is None:
+        raise BackupRefused(f"{base.path} has no {source.kind} shard {source.index}: it is of another layout")
+    return entry.lsn
+
+
+def _one_cluster(begun: list[tuple[ShardSource, dict[str, Any]]], base: Manifest | None) -> str:
+    ids = {a["cluster_id"] for _, a in begun}
+    if len(ids) != 1:
+        raise BackupRefused(f"the shards belong to different clusters: {sorted(ids)}")
+    (cluster_id,) = ids
+    if base is not None and base.cluster_id != cluster_id:
+        raise BackupRefused(
+            f"{base.path} is a backup of cluster {base.cluster_id}, not of this one ({cluster_id}); "
+            "take a full backup (without --from)"
+        )
+    return str(cluster_id)
+
+
+async def _copy_all(
+    dest: Path, backup_id: str, begun: list[tuple[ShardSource, dict[str, Any]]]
+) -> tuple[list[ShardEntry], int]:
+    gate = asyncio.Semaphore(COPIES_AT_ONCE)
+    for source, _ in begun:
+        make_directory(dest / source.directory)
+
+    async def one(source: ShardSource, index: int, piece: dict[str, Any]) -> ShardFile:
+        async with gate:
+            return await _copy_piece(dest / source.directory / piece["name"], source, backup_id, index, piece)
+
+    copies = [[one(source, i, piece) for i, piece in enumerate(answer["pieces"])] for source, answer in begun]
+    done = await asyncio.gather(*(asyncio.gather(*shard) for shard in copies))
+    entries = []
+    for (source, answer), files in zip(begun, done, strict=True):
+        fsync_directory(dest / source.directory)
+        entries.append(
+            ShardEntry(
+                source.kind,
+                source.index,
+                source.directory,
+                int(answer["lsn"]),
+                answer["snapshot_lsn"],
+                int(answer["from_lsn"]),
+                tuple(files),
+            )
+        )
+    return entries, sum(f.bytes for files in done for f in files)
+
+
+async def _copy_piece(
+    target: Path, source: ShardSource, backup_id: str, index: int, piece: dict[str, Any]
+) -> ShardFile:
+    digest = hashlib.sha256()
+    size = int(piece["bytes"])
+    fd = open_file(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    with os.fdopen(fd, "wb") as out:
+        offset = 0
+        while offset < size:
+            chunk = await source.read(backup_id, index, offset, min(READ_BYTES, size - offset))
+            if not chunk:
+                raise BackupRefused(
+                    f"{source.kind} shard {source.index}: {piece['name']} ended at {offset} of {size} bytes"
+                )
+            digest.update(chunk)
+            await asyncio.to_thread(out.write, chunk)
+            offset += len(chunk)
+        out.flush()
+        await asyncio.to_thread(os.fsync, out.fileno())
+    return ShardFile(piece["name"], piece["kind"], size, digest.hexdigest())
+
+
+def _copy_keys(keys_file: Path, dest: Path) -> ShardFile:
+    content = keys_file.read_bytes()
+    write_atomically(dest / "keys.json", content)
+    return ShardFile("keys.json", "keys", len(content), hashlib.sha256(content).hexdigest())
+
+
+def _prepare(dest: Path) -> bool:
+    """Refuse a destination that holds anything, or cannot be written; True when it is made here."""
+    if dest.exists():
+        if not dest.is_dir():
+            raise BackupRefused(f"{dest} is not a folder")
+        if any(dest.iterdir()):
+            raise BackupRefused(f"{dest} is not empty: a backup goes into a new or empty folder")
+        if not os.access(dest, os.W_OK | os.X_OK):
+            raise BackupRefused(f"cannot write the backup to {dest}: permission denied")
+        return False
+    try:
+        make_directory(dest)
+    except OSError as exc:
+        raise BackupRefused(f"cannot make {dest}: {exc.strerror or exc}") from None
+    return True
+
+
+def _undo(dest: Path, made: bool) -> None:
+    if made:
+        shutil.rmtree(dest, ignore_errors=True)
+        return
+    for entry in list(dest.iterdir()) if dest.is_dir() else []:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+def _reason(exc: BaseException) -> str:
+    """An error's own message in one line (a Ray error carries its traceback before it)."""
+    cause = getattr(exc, "cause", None)
+    text = str(cause if isinstance(cause, BaseException) else exc).strip()
+    return (text.splitlines() or [type(exc).__name__])[-1]

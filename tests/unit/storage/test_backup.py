@@ -1,0 +1,341 @@
+"""Online backup, incremental backup, log archiving and point-in-time restore over real shard
+directories (DurableSessions and DurableMemory in this process), driven by the same code the CLI
+runs: engine.backup.take with each shard reached in-process instead of through Ray."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engine.backup import restore as restoring
+from engine.backup.manifest import MANIFEST, BackupRefused, read_manifest
+from engine.backup.take import take_backup
+from engine.clock import ManualClock
+from engine.config import DurabilityConfig
+from engine.memory.durable import DurableMemory
+from engine.memory.index import IndexParams, normalized
+from engine.memory.ops import QueryVectors, UpsertVectors
+from engine.sessions.codec import encode_session
+from engine.sessions.durable import DurableSessions
+from engine.sessions.ops import AppendMessages, CreateSession
+from engine.sessions.session import NewMessage, new_session_id
+from engine.storage.archive import archived_segments
+from engine.storage.backup import STAGING_PREFIX, ShardBackups
+from engine.storage.identity import ShardIdentity
+from engine.storage.layout import claim_layout, memory_directory, read_layout, shard_directory
+from engine.storage.wal import segments
+
+ORG = "acme"
+DIM = 8
+
+
+@dataclass
+class LocalShard:
+    """A shard as engine.backup.take reaches it, in this process (the runtime does it through Ray)."""
+
+    kind: str
+    index: int
+    directory: str
+    durable: Any
+    backups: ShardBackups | None = None
+    after_begin: Callable[[], None] | None = None  # runs once the shard is cut, before the copy
+
+    def __post_init__(self) -> None:
+        self.backups = ShardBackups(self.durable.directory, self.durable.SNAPSHOT_PREFIX)
+
+    async def begin(self, backup_id: str, since_lsn: int | None) -> dict[str, Any]:
+        assert self.backups is not None
+        lsn, sealed_before, end = self.durable.backup_point()
+        staged = self.backups.begin(backup_id, lsn, sealed_before, end, since_lsn)
+        staged.resolve()
+        if self.after_begin is not None:
+            self.after_begin()
+        return {
+            "kind": self.kind,
+            "index": self.index,
+            "cluster_id": self.durable._identity.cluster_id,
+            **staged.describe(),
+        }
+
+    async def read(self, backup_id: str, piece: int, offset: int, size: int) -> bytes:
+        assert self.backups is not None
+        return self.backups.get(backup_id).pieces[piece].read(offset, size)
+
+    async def end(self, backup_id: str) -> None:
+        assert self.backups is not None
+        self.backups.end(backup_id)
+
+
+class Cluster:
+    """One session shard and one memory shard on a data directory, with a clock the test moves."""
+
+    def __init__(self, data_dir: Path, config: DurabilityConfig) -> None:
+        self.data_dir = data_dir
+        self.clock = ManualClock(1_700_000_000_000)
+        cluster_id = claim_layout(data_dir, 1, 1)
+        self.cluster_id = cluster_id
+        self.sessions = DurableSessions(
+            shard_directory(data_dir, 0),
+            config,
+            self.clock,
+            lock_wait_s=0.2,
+            identity=ShardIdentity(cluster_id, "session", 0),
+        )
+        self.memory = DurableMemory(
+            memory_directory(data_dir, 0),
+            config,
+            IndexParams(),
+            self.clock,
+            lock_wait_s=0.2,
+            identity=ShardIdentity(cluster_id, "memory", 0),
+        )
+        self.shards = [
+            LocalShard("session", 0, "shards/shard-0000", self.sessions),
+            LocalShard("memory", 0, "memory/memory-0000", self.memory),
+        ]
+
+    def create(self) -> str:
+        sid = new_session_id()
+        (created,) = self.sessions.commit([CreateSession(ORG, sid, "s", 3600, {"k": sid})])
+        assert not isinstance(created, Exception), created
+        return sid
+
+    def say(self, sid: str, text: str) -> None:
+        self.clock.advance(1000)
+        (result,) = self.sessions.commit([AppendMessages(ORG, sid, (NewMessage("user", text),))])
+        assert not isinstance(result, Exception), result
+
+    def vector(self, vid: str, seed: int) -> None:
+        rows = normalized(np.random.default_rng(seed).standard_normal((1, DIM)).astype(np.float32))
+        (result,) = self.memory.commit([UpsertVectors(ORG, "notes", (vid,), rows, ({"v": vid},))])
+        assert not isinstance(result, Exception), result
+
+    def backup(self, dest: Path, previous: Path | None = None) -> Any:
+        return asyncio.run(
+            take_backup(dest, self.shards, {"shards": 1, "memory_shards": 1}, previous=previous)
+        )
+
+    def close(self) -> None:
+        self.sessions.close(snapshot=False)
+        self.memory.close(snapshot=False)
+
+
+def sessions_of(data_dir: Path, cluster_id: str | None = None) -> dict[str, Any]:
+    shard = DurableSessions(shard_directory(data_dir, 0), DurabilityConfig(), lock_wait_s=0.2)
+    try:
+        return {key[1]: encode_session(s) for key, s in shard.store._sessions.items()}
+    finally:
+        shard.close(snapshot=False)
+
+
+def vector_ids(data_dir: Path) -> list[str]:
+    memory = DurableMemory(memory_directory(data_dir, 0), DurabilityConfig(), IndexParams(), lock_wait_s=0.2)
+    try:
+        probe = normalized(np.ones((1, DIM), dtype=np.float32))[0]
+        (found,) = memory.commit([QueryVectors(ORG, "notes", probe, 100)])
+        return sorted(m.id for m in found)
+    finally:
+        memory.close(snapshot=False)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Any:
+    config = DurabilityConfig(archive_dir=tmp_path / "archive")
+    made = Cluster(tmp_path / "data", config)
+    yield made
+    made.close()
+
+
+def test_writes_and_snapshots_after_the_cut_do_not_reach_the_backup(cluster: Cluster, tmp_path: Path) -> None:
+    sid = cluster.create()
+    for i in range(5):
+        cluster.say(sid, f"before the snapshot {i}")
+    cluster.vector("v1", 1)
+    cluster.sessions.snapshot_now()
+    cluster.say(sid, "after the snapshot")
+    at_cut = sessions_of_live(cluster)
+
+    def meanwhile() -> None:
+        # Between the cut and the copy: more writes, and snapshots that delete the files it pinned.
+        cluster.say(sid, "after the cut")
+        cluster.vector("v2", 2)
+        for _ in range(2):
+            cluster.sessions.snapshot_now()
+            cluster.memory.snapshot_now()
+
+    cluster.shards[1].after_begin = meanwhile
+    taken = cluster.backup(tmp_path / "b")
+    assert not list(cluster.sessions.directory.glob(f"{STAGING_PREFIX}*"))  # unpinned at the end
+    manifest = read_manifest(tmp_path / "b")
+    assert manifest.backup_id == taken.manifest.backup_id
+    assert {s.directory for s in manifest.shards} == {"shards/shard-0000", "memory/memory-0000"}
+    assert restoring.verify(tmp_path / "b").shards
+
+    done = restoring.restore(tmp_path / "b", tmp_path / "r")
+    assert done.cluster_id != cluster.cluster_id  # a new history: never archived over the old one
+    layout = read_layout(tmp_path / "r")
+    assert layout is not None and layout["restored_from"]["backup_id"] == manifest.backup_id
+    assert sessions_of(tmp_path / "r") == at_cut
+    assert vector_ids(tmp_path / "r") == ["v1"]
+
+
+def sessions_of_live(cluster: Cluster) -> dict[str, Any]:
+    return {key[1]: encode_session(s) for key, s in cluster.sessions.store._sessions.items()}
+
+
+def test_restore_equals_the_state_the_backup_cut(cluster: Cluster, tmp_path: Path) -> None:
+    sids = [cluster.create() for _ in range(3)]
+    for i in range(20):
+        cluster.say(sids[i % 3], f"message {i}")
+        if i == 10:
+            cluster.sessions.snapshot_now()
+    cluster.vector("a", 1)
+    cluster.vector("b", 2)
+    at_backup = sessions_of_live(cluster)
+    cluster.backup(tmp_path / "b")
+    cluster.say(sids[0], "later")
+    restoring.restore(tmp_path / "b", tmp_path / "r")
+    assert sessions_of(tmp_path / "r") == at_backup
+    assert vector_ids(tmp_path / "r") == ["a", "b"]
+
+
+def test_an_incremental_backup_holds_only_what_is_new_and_restores_the_whole(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    sid = cluster.create()
+    for i in range(30):
+        cluster.say(sid, f"m{i}")
+    full = cluster.backup(tmp_path / "full")
+    for i in range(3):
+        cluster.say(sid, f"n{i}")
+    cluster.vector("late", 3)
+    at_second = sessions_of_live(cluster)
+    second = cluster.backup(tmp_path / "inc1", previous=tmp_path / "full")
+    entry = second.manifest.shard("session", 0)
+    assert entry is not None and entry.snapshot_lsn is None  # log records only
+    assert entry.from_lsn == full.manifest.shard("session", 0).lsn + 1
+    assert second.bytes < full.bytes
+    # A third, after snapshots dropped the segments the second one ended in, takes a snapshot again.
+    cluster.say(sid, "x")
+    cluster.sessions.snapshot_now()
+    cluster.say(sid, "y")
+    cluster.sessions.snapshot_now()
+    cluster.say(sid, "z")
+    at_third = sessions_of_live(cluster)
+    third = cluster.backup(tmp_path / "inc2", previous=tmp_path / "inc1")
+    assert third.manifest.shard("session", 0).snapshot_lsn is not None
+
+    restoring.restore(tmp_path / "inc1", tmp_path / "r1")
+    assert sessions_of(tmp_path / "r1") == at_second
+    assert vector_ids(tmp_path / "r1") == ["late"]
+    restoring.restore(tmp_path / "inc2", tmp_path / "r2")
+    assert sessions_of(tmp_path / "r2") == at_third
+
+
+def test_the_archive_restores_to_a_moment_between_two_writes(cluster: Cluster, tmp_path: Path) -> None:
+    sid = cluster.create()
+    cluster.say(sid, "in the backup")
+    cluster.backup(tmp_path / "b")
+    cluster.say(sid, "first")
+    moment = cluster.clock.now_ms()
+    cluster.say(sid, "second")
+    cluster.sessions.snapshot_now()  # seals the segment holding both: it is archived
+    archive = tmp_path / "archive"
+    assert archived_segments(archive, cluster.cluster_id, Path("shards/shard-0000"))
+
+    restoring.restore(tmp_path / "b", tmp_path / "pitr", archive=archive, until_ms=moment)
+    texts = _texts(tmp_path / "pitr", sid)
+    assert "first" in texts and "second" not in texts
+    restoring.restore(tmp_path / "b", tmp_path / "latest", archive=archive)
+    assert "second" in _texts(tmp_path / "latest", sid)
+
+
+def _texts(data_dir: Path, sid: str) -> list[str]:
+    shard = DurableSessions(shard_directory(data_dir, 0), DurabilityConfig(), lock_wait_s=0.2)
+    try:
+        return [m.content for m in shard.store._sessions[(ORG, sid)].messages]
+    finally:
+        shard.close(snapshot=False)
+
+
+def test_a_segment_is_not_deleted_before_it_is_archived(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    cluster = Cluster(tmp_path / "data", DurabilityConfig(archive_dir=archive))
+    try:
+        sid = cluster.create()
+        cluster.say(sid, "one")
+        blocker = archive / cluster.cluster_id / "shards"
+        blocker.parent.mkdir(parents=True)
+        blocker.write_text("not a folder")  # the archive refuses the shard's segments (even to root)
+        for _ in range(3):
+            cluster.say(sid, "more")
+            cluster.sessions.snapshot_now()
+        kept = segments(cluster.sessions.directory)
+        assert len(kept) >= 4  # nothing dropped that the archive lacks
+        blocker.unlink()
+        cluster.say(sid, "again")
+        cluster.sessions.snapshot_now()
+        cluster.sessions.snapshot_now()
+        archived = archived_segments(archive, cluster.cluster_id, Path("shards/shard-0000"))
+        assert [first for first, _ in archived][:1] == [1]
+    finally:
+        cluster.close()
+
+
+def test_refusals_change_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    sid = cluster.create()
+    cluster.say(sid, "x")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "something").write_text("mine")
+    with pytest.raises(BackupRefused, match="not empty"):
+        cluster.backup(busy)
+    assert [p.name for p in busy.iterdir()] == ["something"]
+
+    cluster.backup(tmp_path / "b")
+    with pytest.raises(BackupRefused, match="not empty"):
+        restoring.restore(tmp_path / "b", busy)
+
+    # A damaged file: verify and restore say so in one line; the target is not left behind.
+    entry = read_manifest(tmp_path / "b").shard("session", 0)
+    assert entry is not None
+    victim = tmp_path / "b" / entry.directory / entry.files[-1].name
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(BackupRefused, match="damaged"):
+        restoring.verify(tmp_path / "b")
+    with pytest.raises(BackupRefused, match="damaged"):
+        restoring.restore(tmp_path / "b", tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+    # An archive of another cluster.
+    other = tmp_path / "other-archive"
+    (other / "cl_someone_else").mkdir(parents=True)
+    cluster.backup(tmp_path / "b2")
+    with pytest.raises(BackupRefused, match="no log of cluster"):
+        restoring.restore(tmp_path / "b2", tmp_path / "r", archive=other)
+    assert not (tmp_path / "r").exists()
+    assert (tmp_path / "b2" / MANIFEST).is_file()
+
+
+def test_a_gap_in_the_archive_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    sid = cluster.create()
+    cluster.backup(tmp_path / "b")
+    for i in range(4):
+        cluster.say(sid, f"m{i}")
+        cluster.sessions.snapshot_now()
+    archive = tmp_path / "archive"
+    found = archived_segments(archive, cluster.cluster_id, Path("shards/shard-0000"))
+    assert len(found) >= 3
+    found[1][1].unlink()
+    with pytest.raises(BackupRefused, match="gap"):
+        restoring.restore(tmp_path / "b", tmp_path / "r", archive=archive)
+    assert not (tmp_path / "r").exists()
