@@ -1,69 +1,25 @@
-"""Checks of request bodies against the configured limits (the schema cannot know them)."""
+"""Checks of request bodies against the configured limits (the schema cannot know them); those an
+import's lines are held to as well live in engine.limits, and are named here too."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from engine.config import LimitsConfig, MemoryConfig
-from engine.errors import Forbidden, PayloadTooLarge, ValidationFailed
+from engine.errors import PayloadTooLarge, ValidationFailed
+from engine.limits import check_context as check_context
+from engine.limits import check_dimension as check_dimension
+from engine.limits import check_json_depth as check_json_depth
+from engine.limits import check_name as check_name
+from engine.limits import check_ttl as check_ttl
+from engine.limits import check_vector
+from engine.limits import check_writable_namespace as check_writable_namespace
+from engine.limits import json_depth_over as json_depth_over
 from engine.memory.index import OPERATORS
 from engine.memory.sessions import FILTER_KEYS, SESSION_MEMORY
 from engine.sessions.session import NewMessage
 
 from .schemas import MessageIn, VectorIn
-
-
-def check_name(name: str, limits: LimitsConfig) -> str:
-    if len(name) > limits.max_name_chars:
-        raise ValidationFailed(
-            f"name: at most {limits.max_name_chars} characters",
-            {"field": "name", "limit": limits.max_name_chars},
-        )
-    return name
-
-
-def check_ttl(ttl_s: int, limits: LimitsConfig) -> int:
-    if ttl_s > limits.max_ttl_s:
-        raise ValidationFailed(
-            f"ttl_seconds: at most {limits.max_ttl_s}", {"field": "ttl_seconds", "limit": limits.max_ttl_s}
-        )
-    return ttl_s
-
-
-def json_depth_over(value: Any, limit: int) -> bool:
-    """Whether a parsed JSON value nests containers deeper than `limit` ({} is 1, {"a": []} 2)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
-
-
-def check_json_depth(value: Any, field: str, limit: int) -> None:
-    if json_depth_over(value, limit):
-        raise ValidationFailed(
-            f"{field}: JSON nested deeper than {limit} levels",
-            {"field": field, "limit": limit},
-            "Flatten the value (limits.max_json_depth is the most nesting the engine stores; {} is 1).",
-        )
-
-
-def check_context(context: dict[str, Any], limits: LimitsConfig) -> dict[str, Any]:
-    check_json_depth(context, "context", limits.max_json_depth)
-    size = len(orjson.dumps(context))
-    if size > limits.max_context_bytes:
-        raise PayloadTooLarge(
-            f"context is {size} bytes of JSON; the limit is {limits.max_context_bytes}",
-            {"field": "context", "size_bytes": size, "limit_bytes": limits.max_context_bytes},
-        )
-    return context
 
 
 def check_messages(messages: list[MessageIn], limits: LimitsConfig) -> tuple[NewMessage, ...]:
@@ -95,47 +51,9 @@ def check_vector_request(count: int, limits: MemoryConfig) -> None:
         )
 
 
-def check_writable_namespace(namespace: str) -> str:
-    if namespace == SESSION_MEMORY:
-        raise Forbidden(
-            f"namespace {SESSION_MEMORY!r} is written by the engine only",
-            {"namespace": namespace},
-            "Closing a session writes its summary there and deleting the session removes it; "
-            "query it freely, and keep your own vectors in another namespace.",
-        )
-    return namespace
-
-
 def check_vector_fields(v: VectorIn, i: int, limits: MemoryConfig, max_json_depth: int) -> dict[str, Any]:
     """The vector's metadata (default {}), after checking its sizes."""
-    if len(v.id) > limits.max_id_chars:
-        raise ValidationFailed(
-            f"vectors.{i}.id: at most {limits.max_id_chars} characters",
-            {"field": f"vectors.{i}.id", "limit": limits.max_id_chars},
-        )
-    if v.text is not None and len(v.text) > limits.max_text_chars:
-        raise PayloadTooLarge(
-            f"vectors.{i}.text: at most {limits.max_text_chars} characters",
-            {"field": f"vectors.{i}.text", "limit": limits.max_text_chars},
-        )
-    check_dimension(v.values, f"vectors.{i}.values", limits)
-    metadata = v.metadata or {}
-    check_json_depth(metadata, f"vectors.{i}.metadata", max_json_depth)
-    size = len(orjson.dumps(metadata))
-    if size > limits.max_metadata_bytes:
-        raise PayloadTooLarge(
-            f"vectors.{i}.metadata is {size} bytes of JSON; the limit is {limits.max_metadata_bytes}",
-            {"field": f"vectors.{i}.metadata", "size_bytes": size, "limit_bytes": limits.max_metadata_bytes},
-        )
-    return metadata
-
-
-def check_dimension(values: list[float] | None, field: str, limits: MemoryConfig) -> None:
-    if values is not None and len(values) > limits.max_dimension:
-        raise ValidationFailed(
-            f"{field}: at most {limits.max_dimension} dimensions",
-            {"field": field, "limit": limits.max_dimension, "dimension": len(values)},
-        )
+    return check_vector(v.id, v.text, v.values, v.metadata, f"vectors.{i}", limits, max_json_depth)
 
 
 def check_top_k(top_k: int | None, limits: MemoryConfig) -> int:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from engine.limits import NAMESPACE_MAX_CHARS, NAMESPACE_PATTERN, reserved_namespace
 from engine.memory.index import Scalar
 from engine.memory.sessions import SESSION_MEMORY
 from engine.sessions.views import MessageView, Role, SessionView
@@ -157,9 +158,7 @@ class SessionListOut(_Response):
 
 
 def _not_reserved(namespace: str) -> str:
-    # Names a person would read as the engine's own namespace are reserved, so no vectors of a
-    # client's can pass for the engine's.
-    if namespace != SESSION_MEMORY and namespace.lower().replace("_", "-") == SESSION_MEMORY:
+    if reserved_namespace(namespace):
         raise ValueError(f"{namespace!r} is reserved: it differs from {SESSION_MEMORY!r} only by case or _")
     return namespace
 
@@ -168,8 +167,8 @@ Namespace = Annotated[
     str,
     Field(
         min_length=1,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+        max_length=NAMESPACE_MAX_CHARS,
+        pattern=NAMESPACE_PATTERN,
         description="Letters, digits, and _ . : - ; default 'default'. Names that differ from "
         "'session-memory' only by case or _ are reserved.",
     ),

@@ -14,11 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.routes.transfer import max_import_line_bytes
 from benchmarks.server import ServerProcess
 from engine.config import load_config
 from engine.keys import KeyStore
 from engine.memory.index import IndexParams
+from engine.transfer.importing import Limits, max_import_line_bytes
 from tests.support.local_shards import LocalMemoryTransport, LocalTransport
 
 from .conftest import API_KEYS, ORGS, Api, assert_error
@@ -163,7 +163,7 @@ def local_app(embedder: Any, **limits: Any) -> Any:
 def test_a_line_longer_than_any_export_writes_is_413_with_its_number(embedder: Any) -> None:
     app = local_app(embedder, max_body_bytes=1024, max_message_bytes=1, max_context_bytes=2)
     config = app.state.config
-    long_line = b"x" * (max_import_line_bytes(config.limits) + 1)
+    long_line = b"x" * (max_import_line_bytes(Limits(config.limits, config.memory)) + 1)
     with TestClient(app) as client:
         api = Api(client, ORGS[629])
         chunks = iter(
