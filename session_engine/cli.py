@@ -24,7 +24,6 @@ from engine.keys import add_key, list_keys, revoke_key
 from . import operate
 from . import serve as serving
 from .transfer import add_commands as add_transfer_commands
-from .transfer import add_commands as add_transfer_commands
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,7 +245,6 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("--undo", action="store_true", help="take changes again")
         if name == "rebalance":
             command.add_argument("--dry-run", action="store_true", help="print the moves, make none")
-    add_transfer_commands(commands)  # export and import: operator commands too
     add_transfer_commands(commands)  # export and import: operator commands too
 
     backup = commands.add_parser(
