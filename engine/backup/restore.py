@@ -184,7 +184,8 @@ class _Source:
     first: int
     path: Path
     checked: ShardFile | None  # a backup's file, with its checksum; None: the archive's
-    size: int
+    origin: str  # the backup it is in, or "archive"
+    ends_before: int | None = None  # its records from here on are a fenced incarnation's
 
 
 def _restore_shard(
@@ -220,17 +221,19 @@ def _restore_shard(
         assert e is not None
         for f in e.files:
             if f.kind == "log":
-                sources.append(_Source(_first_lsn(f.name), manifest.path / e.directory / f.name, f, f.bytes))
+                path = manifest.path / e.directory / f.name
+                sources.append(_Source(_first_lsn(f.name), path, f, manifest.backup_id))
     if archive is not None:
         for first, path in archived_segments(archive, base_manifest.cluster_id, Path(entry.directory)):
-            sources.append(_Source(first, path, None, path.stat().st_size))
-    # One source per first record: the longest (the archive's whole segment holds the records of a
-    # backup's copy of it cut at its watermark, and more).
-    by_first: dict[int, _Source] = {}
-    for s in sources:
-        if s.first not in by_first or s.size > by_first[s.first].size:
-            by_first[s.first] = s
-    ordered = sorted(by_first.values(), key=lambda s: s.first)
+            sources.append(_Source(first, path, None, "archive"))
+    # Within one backup, or the archive, a segment ends where the next begins: records past that
+    # were written by a fenced incarnation (engine.storage.wal.read_log cuts them the same way).
+    # Across them, files overlap (the archive's whole segment and a backup's copy cut at its
+    # watermark), so each record is taken from the first file in order that holds it.
+    ordered = sorted(sources, key=lambda s: s.first)
+    for i, source in enumerate(ordered):
+        later = (s.first for s in ordered[i + 1 :] if s.origin == source.origin and s.first > source.first)
+        source.ends_before = next(later, None)
     watermark = entries[-1][1].lsn  # type: ignore[union-attr]
     out: IO[bytes] | None = None
     if target is not None:
@@ -240,21 +243,17 @@ def _restore_shard(
         out.write(WAL_MAGIC)
     expected, last_ts, records, from_archive, stopped = base.snapshot_lsn + 1, None, 0, 0, False
     try:
-        for i, source in enumerate(ordered):
+        for source in ordered:
             if source.first > expected:
                 raise BackupRefused(
                     f"the log of {name} has a gap: records {expected} to {source.first - 1} are in "
                     "neither the backups nor the archive"
                 )
-            if source.checked is not None:
-                read += _check_sum(source.path, source.checked)
-            else:
-                read += source.size
-            ends_before = ordered[i + 1].first if i + 1 < len(ordered) else None
+            read += _check_sum(source.path, source.checked) if source.checked else source.path.stat().st_size
             for payload in _records(source.path):
                 lsn, ts = record_head(payload)
-                if ends_before is not None and lsn >= ends_before:
-                    break  # a fenced incarnation's record (engine.storage.wal.read_log cuts them too)
+                if source.ends_before is not None and lsn >= source.ends_before:
+                    break  # a fenced incarnation's record
                 if lsn < expected:
                     continue
                 if lsn != expected:
@@ -268,9 +267,9 @@ def _restore_shard(
                 from_archive += source.checked is None
             if stopped:
                 break
-        if archive is None and until_ms is None and expected - 1 != watermark:
+        if not stopped and expected - 1 < watermark:
             raise BackupRefused(
-                f"the backup of {name} ends at record {expected - 1}, not at its watermark {watermark}: "
+                f"the backup of {name} ends at record {expected - 1}, before its watermark {watermark}: "
                 "a log file is missing"
             )
         if out is not None:

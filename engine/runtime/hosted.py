@@ -35,6 +35,7 @@ REFUSED_RETRY_S = 5.0  # how often a refused shard looks for its data again
 # predecessor may still be being reaped); a refused shard's retries do not wait, so they never
 # hold up its event loop.
 FIRST_LOCK_WAIT_S = 10.0
+BACKUP_SWEEP_S = 60.0  # how often a shard drops the staged files of a backup no one reads any more
 
 
 class DurableStore(Protocol):
@@ -134,7 +135,9 @@ class HostedShard(Generic[D]):
         durable = self._durable
         self._backups = ShardBackups(durable.directory, durable.SNAPSHOT_PREFIX)
         self._started()
-        self._timers.append(asyncio.get_running_loop().create_task(self._drain_if_cluster_is()))
+        loop = asyncio.get_running_loop()
+        self._timers.append(loop.create_task(self._drain_if_cluster_is()))
+        self._timers.append(loop.create_task(self._sweep_backups_forever()))
         return True
 
     async def _drain_if_cluster_is(self) -> None:
@@ -260,6 +263,13 @@ class HostedShard(Generic[D]):
             "cluster_id": self._identity.cluster_id,
             **staged.describe(),
         }
+
+    async def _sweep_backups_forever(self) -> None:
+        """Unpin the files of a backup whose process went away (ShardBackups.sweep)."""
+        while True:
+            await asyncio.sleep(BACKUP_SWEEP_S)
+            if self._backups is not None:
+                self._backups.sweep()
 
     async def backup_read(self, backup_id: str, piece: int, offset: int, size: int) -> bytes:
         """Bytes of one piece of a backup begun here, read in a thread."""

@@ -339,3 +339,20 @@ def test_a_gap_in_the_archive_is_refused(cluster: Cluster, tmp_path: Path) -> No
     with pytest.raises(BackupRefused, match="gap"):
         restoring.restore(tmp_path / "b", tmp_path / "r", archive=archive)
     assert not (tmp_path / "r").exists()
+
+
+def test_an_incremental_backup_and_the_archive_overlap_without_a_gap(cluster: Cluster, tmp_path: Path) -> None:
+    # The archive's whole segment holds the records of the full backup's cut copy, the incremental's
+    # piece that begins mid-segment, and the records after it: each is taken once, in order.
+    sid = cluster.create()
+    cluster.say(sid, "a")
+    cluster.backup(tmp_path / "full")
+    cluster.say(sid, "b")
+    cluster.backup(tmp_path / "inc", previous=tmp_path / "full")
+    cluster.say(sid, "c")
+    cluster.sessions.snapshot_now()  # seals the one segment that holds a, b and c
+    cluster.say(sid, "d")
+    cluster.sessions.snapshot_now()
+    expected = [m.content for m in cluster.sessions.store._sessions[(ORG, sid)].messages]
+    restoring.restore(tmp_path / "inc", tmp_path / "r", archive=tmp_path / "archive")
+    assert _texts(tmp_path / "r", sid) == expected == ["a", "b", "c", "d"]
