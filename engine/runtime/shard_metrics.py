@@ -69,6 +69,14 @@ class ShardMetrics:
                     disk["epoch"] or 0,
                 ),
             ]
+            if disk.get("unarchived_segments") is not None:
+                out.append(
+                    gauge(
+                        "session_engine_unarchived_segments",
+                        "Sealed log segments not yet copied to durability.archive_dir (kept meanwhile).",
+                        disk["unarchived_segments"],
+                    )
+                )
             if disk["snapshot_age_s"] is not None:
                 out.append(
                     gauge(

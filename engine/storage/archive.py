@@ -55,6 +55,14 @@ class LogArchive:
         except OSError:
             return False
 
+    def missing(self, directory: Path, sealed_before: int) -> int:
+        """How many sealed segments with records are not in the archive yet."""
+        return sum(
+            1
+            for first, path in segments(directory)
+            if first < sealed_before and path.stat().st_size > len(WAL_MAGIC) and not self.holds(path)
+        )
+
     def archive_sealed(self, directory: Path, sealed_before: int) -> int:
         """Copy every segment of `directory` that starts before `sealed_before` (the segment being
         written) and is not in the archive yet; returns how many it copied. Raises OSError when the

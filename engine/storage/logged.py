@@ -147,6 +147,13 @@ class LoggedStore:
             )
         return self.lsn, self._wal.segment_start, self._wal.end
 
+    def unarchived_segments(self) -> int | None:
+        """Sealed segments the archive lacks (None: no archive): above zero for longer than a
+        snapshot interval, the archive refuses them."""
+        if self._archive is None or self._wal is None:
+            return None
+        return self._archive.missing(self.directory, self._wal.segment_start)
+
     def drop_segments(self, lsn: int) -> int:
         """Delete the segments that hold only records below `lsn`, but none the archive lacks."""
         archive = self._archive
@@ -274,6 +281,7 @@ class LoggedStore:
             "epoch": self.epoch,
             "lsn": self.lsn,
             "log_bytes": log_bytes,
+            "unarchived_segments": self.unarchived_segments(),
             "snapshot_age_s": None if newest is None else round(time.time() - newest, 1),
             "state": "fenced"
             if self._fenced

@@ -279,12 +279,14 @@ def test_a_segment_is_not_deleted_before_it_is_archived(tmp_path: Path) -> None:
             cluster.sessions.snapshot_now()
         kept = segments(cluster.sessions.directory)
         assert len(kept) >= 4  # nothing dropped that the archive lacks
+        assert cluster.sessions.disk_status()["unarchived_segments"] >= 3  # and status shows it
         blocker.unlink()
         cluster.say(sid, "again")
         cluster.sessions.snapshot_now()
         cluster.sessions.snapshot_now()
         archived = archived_segments(archive, cluster.cluster_id, Path("shards/shard-0000"))
         assert [first for first, _ in archived][:1] == [1]
+        assert cluster.sessions.disk_status()["unarchived_segments"] == 0
     finally:
         cluster.close()
 
