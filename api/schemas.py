@@ -266,14 +266,14 @@ class ImportedCounts(_Response):
 
 
 class ImportLineError(_Response):
-    line: int = Field(description="The line of the import the error is about (its session line).")
+    line: int = Field(description="The line of the import the error is about (a session's, or a vector's).")
     error: str
     session_id: str | None = None
 
 
 class ImportOut(_Response):
     imported: ImportedCounts
-    skipped: Annotated[int, Field(description="Sessions whose id the organization already held.")]
+    skipped: Annotated[int, Field(description="Sessions and vectors whose id the organization already held.")]
     errors: list[ImportLineError]
 
 

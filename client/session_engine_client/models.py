@@ -128,8 +128,8 @@ class ImportLineError(_Model):
 
 
 class ImportResult(_Model):
-    """What POST /import answers: what it stored, what it skipped (ids held already), and why the
-    sessions it refused were refused, by line."""
+    """What POST /import answers: what it stored, what it skipped (session and vector ids held
+    already), and why the sessions and vectors it refused were refused, by line."""
 
     imported: ImportedCounts
     skipped: int
