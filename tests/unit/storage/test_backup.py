@@ -343,7 +343,9 @@ def test_a_gap_in_the_archive_is_refused(cluster: Cluster, tmp_path: Path) -> No
     assert not (tmp_path / "r").exists()
 
 
-def test_an_incremental_backup_and_the_archive_overlap_without_a_gap(cluster: Cluster, tmp_path: Path) -> None:
+def test_an_incremental_backup_and_the_archive_overlap_without_a_gap(
+    cluster: Cluster, tmp_path: Path
+) -> None:
     # The archive's whole segment holds the records of the full backup's cut copy, the incremental's
     # piece that begins mid-segment, and the records after it: each is taken once, in order.
     sid = cluster.create()
