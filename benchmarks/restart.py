@@ -20,6 +20,7 @@ import json
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,18 +150,23 @@ MILESTONES = (
 )
 
 
-def timeline(log: str, wall_t0: float) -> list[tuple[float, str]]:
-    """(seconds since the start, milestone) for each milestone a process logged, in time order:
-    where a start's seconds go."""
-    found = []
+def log_entries(log: str) -> Iterator[dict[str, Any]]:
+    """Each JSON entry the server's processes logged (Ray prefixes a worker's lines)."""
     for line in log.splitlines():
         start = line.find('{"ts"')
         if start < 0:
             continue
         try:
-            entry = json.loads(line[start:])
+            yield json.loads(line[start:])
         except ValueError:
             continue
+
+
+def timeline(log: str, wall_t0: float) -> list[tuple[float, str]]:
+    """(seconds since the start, milestone) for each milestone a process logged, in time order:
+    where a start's seconds go."""
+    found = []
+    for entry in log_entries(log):
         if entry.get("msg") in MILESTONES:
             where = entry.get("directory") or ""
             what = entry["msg"] + (f" ({Path(where).name})" if where else "")

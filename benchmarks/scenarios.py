@@ -278,22 +278,33 @@ def engine_memory(server_pid: int) -> dict[str, float]:
     }
 
 
-def build_engine_data(data_dir: Path, org: str, sessions: int, shards: int) -> None:
-    """Write N sessions of 10 ~100-character messages into an engine data directory, each in the
-    shard the gateway would route it to, then snapshot: what a server holding them leaves behind."""
+def build_engine_data(
+    data_dir: Path,
+    org: str,
+    sessions: int,
+    shards: int,
+    *,
+    messages: int = 10,
+    context: dict[str, Any] | None = None,
+) -> list[str]:
+    """Write N sessions of `messages` ~100-character messages (and `context`, with the session's
+    number in it) into an engine data directory, each in the shard the gateway would route it to,
+    then snapshot: what a server holding them leaves behind. Returns the sessions' ids."""
     claim_layout(data_dir, shards)
     ids_by_shard: list[list[str]] = [[] for _ in range(shards)]
     for _ in range(sessions):
         sid = new_session_id()
         ids_by_shard[shard_for(org, sid, shards)].append(sid)
-    messages = tuple(NewMessage("user", MESSAGE) for _ in range(10))
+    turns = tuple(NewMessage("user", MESSAGE) for _ in range(messages))
+    per_commit = max(1, 5000 // max(1, messages))
     for index, ids in enumerate(ids_by_shard):
         shard = DurableSessions(shard_directory(data_dir, index), DurabilityConfig(fsync="never"))
-        for start in range(0, len(ids), 500):
+        for start in range(0, len(ids), per_commit):
             batch: list[Any] = []
-            for n, sid in enumerate(ids[start : start + 500], start):
-                batch.append(CreateSession(org, sid, f"s{n}", 86_400, {"n": n}))
-                batch.append(AppendMessages(org, sid, messages))
+            for n, sid in enumerate(ids[start : start + per_commit], start):
+                batch.append(CreateSession(org, sid, f"s{n}", 86_400, {**(context or {}), "n": n}))
+                batch.append(AppendMessages(org, sid, turns))
             shard.commit(batch)
         shard.close(snapshot=True)
         del shard
+    return [sid for ids in ids_by_shard for sid in ids]

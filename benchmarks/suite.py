@@ -36,7 +36,7 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from benchmarks import feeds, load, recall, redis_anchor, report, restart, scenarios, stamp
+from benchmarks import backup, feeds, load, recall, redis_anchor, report, restart, scenarios, stamp
 from benchmarks.durability import measure_recovery
 from benchmarks.memory import measure_summarizer
 from benchmarks.server import ServerProcess, default_summarizer, free_port
@@ -57,6 +57,7 @@ ALL_SCENARIOS = (
     "snapshot",
     "resident",
     "restart",
+    "backup",
     "recall",
 )
 
@@ -79,6 +80,8 @@ class Profile:
     summary_wait_s: float = 60  # after the fleet, for the summaries of the sessions it closed
     scaling: tuple[tuple[int, ...], tuple[int, ...]] = ((1, 2, 4), (2, 4))  # gateway workers, shards
     restart_sessions: int = 10_000  # on disk when the engine is killed and started again
+    # benchmarks/backup.py: messages backed up, restored and exported; seconds of appends a window.
+    backup: tuple[int, float] = (1_000_000, 30.0)
 
 
 PROFILES = {
@@ -86,9 +89,9 @@ PROFILES = {
                     16, (1, 4, 8, 16), 128, (4, 24)),
     "quick": Profile(2, 64, 16, 4, (10_000,), (10_000,), (10_000,), 4, (1, 4), 24, (2, 12),
                      naive=("append", "create"), feeds=200, summary_wait_s=20, scaling=((1, 2), (2,)),
-                     restart_sessions=2_000),
+                     restart_sessions=2_000, backup=(50_000, 6.0)),
     "tiny": Profile(1, 8, 4, 3, (300,), (300,), (300,), 2, (1, 2), 8, (2, 3), feeds=10, summary_wait_s=20,
-                    scaling=((1, 2), (2,)), restart_sessions=300),
+                    scaling=((1, 2), (2,)), restart_sessions=300, backup=(2_000, 2.0)),
 }  # fmt: skip
 
 
@@ -234,7 +237,10 @@ def _run_all(run: Run) -> None:
     steps += (
         ("feeds" in chosen)
         + len(servers) * ("fleet" in chosen)
-        + sum(s in chosen for s in ("scaling", "summarize", "snapshot", "resident", "restart", "recall"))
+        + sum(
+            s in chosen
+            for s in ("scaling", "summarize", "snapshot", "resident", "restart", "backup", "recall")
+        )
     )
     with Progress(
         TextColumn("{task.description:<44}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -264,14 +270,14 @@ def _run_all(run: Run) -> None:
             progress.update(task, description="redis: the same appends")
             _measure_redis(run, anchored)
             progress.advance(task)
-        for name in ("scaling", "summarize", "snapshot", "resident", "restart"):
+        for name in ("scaling", "summarize", "snapshot", "resident", "restart", "backup"):
             if name in chosen:
                 progress.update(task, description=name)
                 if args.url:
                     run.notes.append(f"{name} measures a local engine and was not run against --url")
                 else:
                     steps_of = {"scaling": _scaling, "summarize": _summarize, "snapshot": _snapshot}
-                    {**steps_of, "resident": _resident, "restart": _restart}[name](run)
+                    {**steps_of, "resident": _resident, "restart": _restart, "backup": _backup}[name](run)
                 progress.advance(task)
         if "recall" in chosen:
             progress.update(task, description="recall")
@@ -536,6 +542,30 @@ def _restart(run: Run) -> None:
         "does": "kill -9 of the engine on N sessions, then a start: seconds to the first append, "
         "to ready and to the first memory query",
         "rows": [row],
+    }
+
+
+def _backup(run: Run) -> None:
+    """N messages backed up while appends run, restored against a recovery, and exported
+    (benchmarks/backup.py), on an engine of its own."""
+    messages, window_s = run.profile.backup
+    args = argparse.Namespace(
+        messages=messages,
+        window=window_s,
+        rate=backup.RATE,
+        rounds=backup.ROUNDS,
+        summarizer=_summarizer(run),
+    )
+    work = run.work / "backup"
+    work.mkdir()
+    try:
+        result = backup.measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    run.results["backup"] = {
+        "kind": "engine",
+        "does": "appends during a backup of N messages against without, restore against recovery, export",
+        **result,
     }
 
 

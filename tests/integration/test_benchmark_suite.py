@@ -18,9 +18,9 @@ import pytest
 from benchmarks import suite
 from benchmarks.server import free_port
 
-# The suite at its tiny size starts a dozen engines (and kills and restarts one): more than the
-# project's 300 s a test.
-pytestmark = pytest.mark.timeout(900)
+# The suite at its tiny size starts a dozen engines (kills and restarts one, backs one up and
+# restores it): more than the project's 300 s a test.
+pytestmark = pytest.mark.timeout(1200)
 GENERATOR = "wrk" if shutil.which("wrk") else "python"
 REDIS = shutil.which("redis-server") is not None and shutil.which("redis-benchmark") is not None
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -38,7 +38,7 @@ def test_every_scenario_is_measured_against_its_servers(tiny_run: tuple[Path, di
     _, document = tiny_run
     scenarios = document["scenarios"]
     expected_http = {"append", "append-batch", "create", "list", "query@300", "fleet"}
-    engine_only = {"feeds", "scaling", "summarize", "snapshot", "resident", "restart", "recall"}
+    engine_only = {"feeds", "scaling", "summarize", "snapshot", "resident", "restart", "backup", "recall"}
     assert expected_http | engine_only == set(scenarios)
     for name in expected_http:
         servers = scenarios[name]["servers"]
@@ -75,6 +75,22 @@ def test_engine_scenarios_report_what_they_measured(tiny_run: tuple[Path, dict[s
     assert restarted["sessions"] == 300 and restarted["recovered_sessions"] == 301, restarted
     assert restarted["messages_kept"] == 2  # the one written before the kill and the one after
     assert all(restarted[f"to_{m}_s"] > 0 for m in ("first_append", "ready", "first_memory_query"))
+    backed_up = document["scenarios"]["backup"]
+    appends = backed_up["appends"]
+    windows = appends["windows"]
+    assert [w["backup"] for w in windows] == [False, True, False, True, False]
+    assert all(w["requests"] > 0 and w["errors"] == 0 for w in [appends["warm_up"], *windows]), windows
+    assert all(w["backups"] and all(b["bytes"] > 0 for b in w["backups"]) for w in windows if w["backup"])
+    # The export holds the data written before the server started and every acknowledged append.
+    appended = sum(w["requests"] for w in [appends["warm_up"], *windows])
+    assert backed_up["export"]["messages"] == backed_up["data"]["messages"] + appended == 2_000 + appended
+    assert backed_up["export"]["sessions"] == backed_up["data"]["sessions"]
+    assert set(backed_up["export"]["rss_mib"]) == {
+        "gateway", "SessionShard-1", "SessionShard-2", "MemoryShard-1", "MemoryShard-2",
+    }  # fmt: skip
+    # The restored directory and the original both start and take an append to a session they hold.
+    for start in (backed_up["recovery"], backed_up["restored_start"]):
+        assert start["to_first_append_s"] > 0 and start["sessions_recovered"] == backed_up["data"]["sessions"]
     feeds = document["scenarios"]["feeds"]["rows"]
     assert [r["run"] for r in feeds] == ["plain", "scraped every 1 s", "10 idle feeds", "plain again"]
     assert feeds[2]["feeds_open"] == 10 and feeds[1]["scrape_bytes"] > 0
@@ -97,7 +113,7 @@ def test_results_are_stamped_and_written_as_json_markdown_and_plots(
     out, document = tiny_run
     assert document["machine"]["cores"] >= 1 and document["machine"]["cpu"]
     assert document["versions"]["session-engine"] and document["config"]["durability"]["fsync"] == "always"
-    assert len(document["targets"]) == 14
+    assert len(document["targets"]) == 17
     # Sizes a tiny run does not reach say so instead of passing or failing.
     unmeasured = [t for t in document["targets"] if t["measured"] is None]
     assert unmeasured and all(t["shown"] == "not measured in this run" for t in unmeasured)
