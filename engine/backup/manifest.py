@@ -164,7 +164,7 @@ def chain(path: Path) -> list[Manifest]:
     while (base := found[-1].incremental_from) is not None:
         if len(found) > 10_000:
             raise BackupRefused(f"{path}: the chain of incremental backups loops")
-        previous = read_manifest(Path(base["path"]))
+        previous = read_manifest(_base_folder(found[-1].path, base))
         if previous.backup_id != base["backup_id"]:
             raise BackupRefused(
                 f"{found[-1].path} continues backup {base['backup_id']}, but {previous.path} holds "
@@ -174,3 +174,13 @@ def chain(path: Path) -> list[Manifest]:
             raise BackupRefused(f"{found[-1].path} and {previous.path} are backups of different clusters")
         found.append(previous)
     return found[::-1]
+
+
+def _base_folder(child: Path, base: dict[str, str]) -> Path:
+    """Where the backup `base` names is: the path it recorded, or, when the backups were moved
+    together, the folder of that name beside `child`."""
+    recorded = Path(base["path"])
+    if is_backup(recorded):
+        return recorded
+    beside = child.parent / recorded.name
+    return beside if is_backup(beside) else recorded

@@ -360,3 +360,14 @@ def test_an_incremental_backup_and_the_archive_overlap_without_a_gap(
     expected = [m.content for m in cluster.sessions.store._sessions[(ORG, sid)].messages]
     restoring.restore(tmp_path / "inc", tmp_path / "r", archive=tmp_path / "archive")
     assert _texts(tmp_path / "r", sid) == expected == ["a", "b", "c", "d"]
+
+
+def test_a_chain_of_backups_moved_together_still_restores(cluster: Cluster, tmp_path: Path) -> None:
+    sid = cluster.create()
+    cluster.say(sid, "a")
+    cluster.backup(tmp_path / "made" / "full")
+    cluster.say(sid, "b")
+    cluster.backup(tmp_path / "made" / "inc", previous=tmp_path / "made" / "full")
+    (tmp_path / "made").rename(tmp_path / "moved")
+    restoring.restore(tmp_path / "moved" / "inc", tmp_path / "r")
+    assert _texts(tmp_path / "r", sid) == ["a", "b"]
