@@ -8,6 +8,8 @@ A close, from the route to the index:
 - the job runs its sequence (job.py): read the job, index the turns (indexing.py), one
   StartSummary record, the model's text (summary.py cuts the conversation and judges the text,
   quality.py says what is degenerate), index the summary, one FinishSummary record;
+- an imported session whose summary is kept runs only a short branch of it: its turns and that
+  summary back into session memory, one MarkIndexed record, no model;
 - what it calls outside its shard is ClosingPorts (ports.py): the embedders, the organization's
   memory shard, the summarizer pool; engine.runtime.closing_ports implements them over Ray.
 

@@ -2,30 +2,39 @@
 
 A job is durable because its state is the session's: closing a session (or a summarize request)
 sets `summary_status: pending` in the shard's log, and a restarted shard resumes every job that is
-pending or was running. One attempt is this sequence, top to bottom (`_attempt`):
+pending or was running. An imported session whose summary is kept (`reindex`, in the session's
+log record and snapshot) has a job too, that only puts it back into session memory. One attempt
+is this sequence, top to bottom (`_attempt`):
 
 1. Read the job (SummaryJob, not logged): the session's name, times and messages, and whether its
-   turns are in session memory already. Nothing to do (the session is gone, or no summary is
-   queued) ends the job, and so does a shard that takes no changes now (drained or read-only):
-   the job could record nothing, and the shard resumes it once it takes changes again.
-2. A session without messages fails at once, for good (FailSummary, final).
-3. Its turns into its organization's session memory (embed, then one upsert), unless an earlier
+   turns are in session memory already. Nothing to do (the session is gone, or no summary or
+   re-index is queued) ends the job, and so does a shard that takes no changes now (drained or
+   read-only): the job could record nothing, and the shard resumes it once it takes changes again.
+2. Re-index only (`_reindex`): its turns, then its summary if it is ready (the same text, embedded
+   as step 8 does), into session memory, then MarkIndexed, one record: `index_status: ready`. The
+   job ends there, with no model call and no change to the summary, its status, error, attempts
+   or provenance; a summary asked for meanwhile goes on from step 3.
+3. A session without messages fails at once, for good (FailSummary, final).
+4. Its turns into its organization's session memory (embed, then one upsert), unless an earlier
    attempt put them there. Meanwhile the session reads `summary_status: pending`,
    `index_status: pending`.
-4. StartSummary, one record: the turns are searchable (`index_status: ready`) and the summary is
-   running, attempt + 1. Nothing to start (deleted meanwhile): what step 3 indexed is taken out.
-5. The model's text, from the summarizer pool, for the conversation cut by characters
+5. StartSummary, one record: the turns are searchable (`index_status: ready`) and the summary is
+   running, attempt + 1. Nothing to start (deleted meanwhile): what step 4 indexed is taken out.
+6. The model's text, from the summarizer pool, for the conversation cut by characters
    (engine.closing.summary).
-6. The text judged, off the shard's event loop: a degenerate one is replaced by an extractive
+7. The text judged, off the shard's event loop: a degenerate one is replaced by an extractive
    summary, with the reason (engine.closing.quality).
-7. The summary into session memory (embed, then one upsert): its vector needs its text.
-8. FinishSummary: `ready`, with its provenance. Deleted meanwhile: its memory is taken out.
+8. The summary into session memory (embed, then one upsert): its vector needs its text.
+9. FinishSummary: `ready`, with its provenance. Deleted meanwhile: its memory is taken out.
    Refused (the log cannot hold it): the job fails, for good.
 
 A step that raises fails the attempt: FailSummary, back to pending, and after a backoff that
 doubles the attempt runs again from step 1; once the attempts are used up the failure is final,
-with its reason. A failed attempt counts whether or not it reached step 4
-(engine.sessions.session).
+with its reason. A failed attempt counts whether or not it reached step 5
+(engine.sessions.session). A failed re-index (step 2) records nothing, since the summary is not
+its to fail: it is retried with the same backoff, and once the attempts are used up the session
+still reads `index_status: pending` (its summary as it was) until the shard's next start resumes
+it.
 
 What it costs (tests/unit/closing/test_costs.py): a first attempt that succeeds writes two
 session-log records and two memory-log records, and makes five calls outside the shard, one Ray
@@ -46,7 +55,15 @@ from typing import Any
 
 from engine.config import SummarizerConfig
 from engine.errors import EngineError, SessionNotFound, SummaryFailed
-from engine.sessions.ops import FailSummary, FinishSummary, SessionOp, StartSummary, SummaryJob
+from engine.sessions.ops import (
+    FailSummary,
+    FinishSummary,
+    MarkIndexed,
+    SessionOp,
+    StartSummary,
+    SummaryInput,
+    SummaryJob,
+)
 
 from .indexing import closed_session, forget_sessions, index_session, index_summary
 from .ports import ClosingPorts, Record
@@ -64,6 +81,14 @@ Outcome = Callable[[str, float | None], None]
 
 class _Gone(Exception):
     """The session was deleted while its job ran, after the job put something in its memory."""
+
+
+class _NotReindexed(Exception):
+    """A re-index failed (step 2); `cause` is why, as Ray's wrapped errors name it."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -140,8 +165,9 @@ class ClosingJobs:
             except Exception as exc:  # noqa: BLE001 - whatever failed, the attempt failed; its reason is kept
                 final = attempt == config.max_attempts
                 reason = failure_reason(exc)
+                reindex = isinstance(exc, _NotReindexed)
                 log.warning(
-                    "summary attempt failed",
+                    "re-index attempt failed" if reindex else "summary attempt failed",
                     extra={
                         "org": org,
                         "session_id": session_id,
@@ -150,9 +176,11 @@ class ClosingJobs:
                         "reason": reason,
                     },
                 )
-                if isinstance(await self._one(FailSummary(org, session_id, reason, final)), EngineError):
-                    return  # the shard took no changes meanwhile: nothing counted, it resumes the job
-                self._outcome("failed" if final else "retried", None)
+                if not reindex:
+                    failed = FailSummary(org, session_id, reason, final)
+                    if isinstance(await self._one(failed), EngineError):
+                        return  # the shard took no changes meanwhile: nothing counted, it resumes the job
+                    self._outcome("failed" if final else "retried", None)
                 if final:
                     return
                 await self._sleep(config.retry_backoff_s * 2 ** (attempt - 1))
@@ -163,23 +191,26 @@ class ClosingJobs:
         job = await self._one(SummaryJob(org, session_id))  # 1
         if job is None or isinstance(job, EngineError) or not self._writable():
             return
-        if not job.messages:  # 2
+        if job.reindex:  # 2
+            await self._reindex(org, session_id, job)
+            return
+        if not job.messages:  # 3
             await self._one(FailSummary(org, session_id, NO_MESSAGES, True))
             return
         entries = None
-        if not job.indexed:  # 3
+        if not job.indexed:  # 4
             entries = await index_session(ports, org, closed_session(session_id, job))
-        started = await self._one(StartSummary(org, session_id, entries))  # 4
+        started = await self._one(StartSummary(org, session_id, entries))  # 5
         if started is None and entries is not None:
             raise _Gone
         if started is None or isinstance(started, EngineError):
             return  # gone, or the shard took no changes meanwhile (it resumes the job once it does)
         conversation = conversation_of(job, self._config)
-        summary = await ports.summarize(conversation)  # 5
-        kept = await asyncio.to_thread(judged, summary.text, conversation)  # 6
+        summary = await ports.summarize(conversation)  # 6
+        kept = await asyncio.to_thread(judged, summary.text, conversation)  # 7
         if not kept.text:
             raise SummaryFailed(f"{summary.model} produced an empty summary")
-        await index_summary(ports, org, session_id, kept.text, kept.method)  # 7
+        await index_summary(ports, org, session_id, kept.text, kept.method)  # 8
         finish = FinishSummary(
             org,
             session_id,
@@ -190,7 +221,7 @@ class ClosingJobs:
             method=kept.method,
             reason=kept.reason,
         )
-        done = await self._one(finish)  # 8
+        done = await self._one(finish)  # 9
         if isinstance(done, SessionNotFound):
             raise _Gone
         if isinstance(done, EngineError):
@@ -202,6 +233,24 @@ class ClosingJobs:
         made_at = done["summary_provenance"]["created_at"]
         lag_s = None if job.ended_at is None else max(0.0, (made_at - job.ended_at) / 1000)
         self._outcome("ready" if kept.method == "model" else "extractive", lag_s)
+
+    async def _reindex(self, org: str, session_id: str, job: SummaryInput) -> None:
+        """Step 2: an imported session back into session memory as its source had it."""
+        try:
+            entries = await index_session(self._ports, org, closed_session(session_id, job))
+            if job.summary is not None:
+                await index_summary(self._ports, org, session_id, *job.summary)
+        except Exception as exc:
+            raise _NotReindexed(exc) from exc
+        done = await self._one(MarkIndexed(org, session_id, entries))
+        if isinstance(done, SessionNotFound):
+            raise _Gone
+        if isinstance(done, EngineError):
+            return  # the shard took no changes meanwhile: still queued, it resumes the job
+        if done["summary_status"] in ("pending", "running"):
+            # Asked for while the turns went in (RequestSummary found this job running, so it was
+            # not queued again): made by this run, with the turns indexed already.
+            await self._attempt(org, session_id)
 
     async def _one(self, op: SessionOp) -> Any:
         """Apply one op through the shard's log; its answer (an error the shard answered, as a value)."""

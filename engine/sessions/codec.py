@@ -73,7 +73,7 @@ def encode_session(s: Session) -> list[Any]:
         [[m.role, m.content, m.created_at, m.tool_call_id, m.tool_name] for m in s.messages],
         s.summary_error, s.summary_model, s.summary_covered, s.summary_total, s.summarized_at,
         s.summary_attempts, s.summary_method, s.summary_reason, s.indexed_at, s.indexed_entries,
-        list(s.forked_from) if s.forked_from is not None else None,
+        list(s.forked_from) if s.forked_from is not None else None, s.reindex,
     ]  # fmt: skip
 
 
@@ -84,6 +84,7 @@ def decode_session(e: list[Any]) -> Session:
     error, model, covered, total, summarized_at, attempts = e[14:20] or [None, None, 0, 0, None, 0]
     method, reason, indexed_at, indexed_entries = e[20:24] or [None, None, None, 0]
     forked_from = e[24] if len(e) > 24 else None
+    reindex = e[25] if len(e) > 25 else False
     return Session(
         org=org,
         id=sid,
@@ -110,4 +111,5 @@ def decode_session(e: list[Any]) -> Session:
         indexed_entries=indexed_entries,
         messages=[Message(shared_role(m[0]), *m[1:]) for m in messages],
         forked_from=(forked_from[0], forked_from[1]) if forked_from is not None else None,
+        reindex=reindex,
     )

@@ -203,9 +203,12 @@ class ImportedSession:
         return str(self.record["id"])
 
     def to_session(self, org: str) -> Session:
-        """The session to store in `org`, exactly as exported; an ended session that was (or was
-        to be) indexed is queued for its closing job again, as RequestSummary queues one, since
-        this deployment's session memory does not hold it yet."""
+        """The session to store in `org`, exactly as exported, queued to go back into this
+        deployment's session memory as its source had it: a summary pending or running is queued
+        again as a close queues one (pending, no attempts yet); otherwise a session whose turns were
+        indexed (or were being re-indexed) or whose summary is ready is queued for a re-index only
+        (Session.reindex), which puts back its turns and that summary without making a new one and
+        leaves every summary field as it is; any other session (never indexed) is queued for nothing."""
         self.check_consistent()
         r = self.record
         provenance = r["summary_provenance"] or {}
@@ -238,9 +241,13 @@ class ImportedSession:
             ],
             forked_from=(forked["session_id"], forked["seq"]) if forked else None,
         )
-        if session.status is SessionStatus.CLOSED and session.summary_status is not SummaryStatus.FAILED:
+        if session.summary_unfinished:
             session.summary_status = SummaryStatus.PENDING
             session.summary_attempts = 0
+        elif session.status is not SessionStatus.ACTIVE and (
+            r["index_status"] in ("ready", "pending") or session.summary_status is SummaryStatus.READY
+        ):
+            session.reindex = True
         return session
 
     def check_consistent(self) -> None:

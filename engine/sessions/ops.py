@@ -148,13 +148,17 @@ class SummaryInput:
     created_at: int
     ended_at: int | None
     indexed: bool  # its messages are in session memory already (an earlier attempt put them there)
+    # Only put back into session memory, with no new summary: an imported session (Session.reindex),
+    # and (text, method) of its ready summary to put back with its turns.
+    reindex: bool = False
+    summary: tuple[str, str] | None = None
 
 
 @SESSION_OPS.read("_summary_job")
 @dataclass(slots=True, frozen=True)
 class SummaryJob(SessionOp):
-    """A read: the input of a session's queued summary job (a SummaryInput), or None when there is
-    nothing to do (the session is gone, or no summary is queued or running)."""
+    """A read: the input of a session's queued closing job (a SummaryInput), or None when there is
+    nothing to do (the session is gone, or no summary or re-index is queued or running)."""
 
     org: str
     session_id: str
@@ -186,11 +190,13 @@ class FinishSummary(SessionOp):
     reason: str | None = None  # why the model's text was set aside
 
 
-# Declared so that logs holding it still replay; a closing job marks a session indexed by StartSummary.
+# A closing job that makes a summary marks the session indexed by StartSummary; one that only puts
+# an imported session back into session memory (Session.reindex) ends with this op.
 @SESSION_OPS.logged("indexed", "_mark_indexed")
 @dataclass(slots=True, frozen=True)
 class MarkIndexed(SessionOp):
-    """The session's messages are in its organization's session memory (searchable)."""
+    """The session's messages are in its organization's session memory (searchable); a re-index
+    it was queued for is done."""
 
     org: str
     session_id: str

@@ -162,6 +162,9 @@ class Session:
     summary_reason: str | None = None  # why an extractive summary replaced the model's
     indexed_at: int | None = None  # when its messages became searchable in session memory
     indexed_entries: int = 0
+    # Imported with its summary kept (engine.sessions.export): its closing job only puts its turns,
+    # and a ready summary, back into session memory; cleared once they are there (mark_indexed).
+    reindex: bool = False
     messages: list[Message] = field(default_factory=list)
     forked_from: tuple[str, int] | None = None  # (source session id, seq): made by a fork at that message
     snap_epoch: int = 0  # the last snapshot that has (or had a copy of) this session; see SessionStore
@@ -196,6 +199,11 @@ class Session:
     def summary_unfinished(self) -> bool:
         """Queued, or running (a job that was running when the shard stopped is resumed)."""
         return self.summary_status in (SummaryStatus.PENDING, SummaryStatus.RUNNING)
+
+    @property
+    def job_unfinished(self) -> bool:
+        """Its closing job has work left: a summary, or only putting it back into session memory."""
+        return self.summary_unfinished or self.reindex
 
     def request_summary(self) -> bool:
         """Queue a (new) summary of an ended session; False if one is already queued or running."""
@@ -236,14 +244,16 @@ class Session:
     def mark_indexed(self, entries: int, *, now_ms: int) -> None:
         self.indexed_at = now_ms
         self.indexed_entries = entries
+        self.reindex = False
 
     @property
     def index_status(self) -> IndexState | None:
-        """A session with a summary job goes into session memory: pending until its messages are
-        searchable (ready); failed when the job gave up first. None for sessions never indexed."""
+        """A session with a closing job goes into session memory: pending until its messages are
+        searchable (ready), an imported one's re-index included, however often it is retried;
+        failed when a summary job gave up first. None for sessions never indexed."""
         if self.indexed_at is not None:
             return "ready"
-        if self.summary_unfinished:
+        if self.job_unfinished:
             return "pending"
         return "failed" if self.summary_status is SummaryStatus.FAILED else None
 

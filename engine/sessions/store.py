@@ -177,8 +177,8 @@ class SessionStore:
         return taken
 
     def unfinished_summaries(self) -> list[tuple[str, str]]:
-        """Jobs a restart must resume: queued, or running when the shard stopped."""
-        return [key for key, session in self._sessions.items() if session.summary_unfinished]
+        """Jobs a restart must resume: queued, or running when the shard stopped (a re-index too)."""
+        return [key for key, session in self._sessions.items() if session.job_unfinished]
 
     def take_journal(self) -> list[SessionOp | Idempotent]:
         taken, self.journal = self.journal, []
@@ -341,14 +341,22 @@ class SessionStore:
 
     def _summary_job(self, op: SummaryJob, now_ms: int) -> SummaryInput | None:
         session = self._sessions.get((op.org, op.session_id))
-        if session is None or not session.summary_unfinished:
+        if session is None or not session.job_unfinished:
             return None
+        # A summary asked for since the import (RequestSummary) is made by the usual job, which
+        # indexes the turns on its way.
+        reindex = not session.summary_unfinished
+        kept = None
+        if reindex and session.summary is not None and session.summary_status is SummaryStatus.READY:
+            kept = (session.summary, session.summary_method or "model")
         return SummaryInput(
             session.name,
             session.messages,
             session.created_at,
             session.ended_at,
             indexed=session.indexed_at is not None,
+            reindex=reindex,
+            summary=kept,
         )
 
     def _start_summary(self, op: StartSummary, now_ms: int) -> SessionView | None:
@@ -546,8 +554,8 @@ class SessionStore:
         self._orgs.setdefault(op.org, _OrgIndex()).add(session)
         if session.status is SessionStatus.ACTIVE:
             heapq.heappush(self._deadlines, (session.expires_at, op.org, op.session_id))
-        if session.summary_unfinished:
-            self.summary_jobs.append(key)  # indexed into session memory as a close would do
+        if session.job_unfinished:
+            self.summary_jobs.append(key)  # into session memory as its source had it (ImportedSession)
         return session.view()
 
     # -- internals ----------------------------------------------------------------------------------
