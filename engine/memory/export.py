@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .index import NamespaceIndex
 from .sessions import SESSION_MEMORY, SESSIONS_OF_MEMORY
 
@@ -27,7 +29,7 @@ ENGINE_NAMESPACES = (SESSION_MEMORY, SESSIONS_OF_MEMORY)  # written by the engin
 @dataclass(slots=True)
 class _Entry:
     id: str
-    values: list[float]
+    values: np.ndarray  # float32, its own row: a list of floats only as its line is written
     text: str | None
     metadata: dict[str, Any]
 
@@ -48,11 +50,17 @@ class _Namespace:
     def keep_before_change(self, index: NamespaceIndex, faiss_ids: Iterable[int]) -> None:
         if self.index() is not index:
             return
-        for faiss_id in faiss_ids:
-            if self.reached < faiss_id < self.mark and faiss_id not in self.saved:
-                entry = _entry(index, faiss_id)
-                if entry is not None:
-                    self.saved[faiss_id] = entry
+        wanted = [
+            faiss_id
+            for faiss_id in faiss_ids
+            if self.reached < faiss_id < self.mark
+            and faiss_id not in self.saved
+            and index.entry(faiss_id) is not None
+        ]
+        for faiss_id, row in zip(wanted, index.vectors(wanted), strict=True):
+            entry = _entry(index, faiss_id, row)
+            if entry is not None:
+                self.saved[faiss_id] = entry
 
     def next_page(self, max_lines: int) -> tuple[list[dict[str, Any]], bool]:
         index = self.index()
@@ -65,20 +73,22 @@ class _Namespace:
         lines = []
         for faiss_id in ids:
             entry = self.saved.pop(faiss_id, None)
-            if entry is None and index is not None:
-                entry = _entry(index, faiss_id)
+            if entry is None and index is not None and index.entry(faiss_id) is not None:
+                entry = _entry(index, faiss_id, index.vectors([faiss_id])[0])
             self.reached = faiss_id
             if entry is not None:
                 lines.append(vector_line(self.name, entry))
         return lines, self.position >= len(self.order)
 
 
-def _entry(index: NamespaceIndex, faiss_id: int) -> _Entry | None:
+def _entry(index: NamespaceIndex, faiss_id: int, row: np.ndarray) -> _Entry | None:
+    """A live entry with its row, copied out of the batch it was read in so that a copy holds
+    its own row only."""
     found = index.entry(faiss_id)
     if found is None:
         return None
     external, metadata = found
-    return _Entry(external, index.vectors([faiss_id])[0].tolist(), index.text(faiss_id), metadata)
+    return _Entry(external, np.array(row, dtype=np.float32), index.text(faiss_id), metadata)
 
 
 def vector_line(namespace: str, entry: _Entry) -> dict[str, Any]:
@@ -86,7 +96,7 @@ def vector_line(namespace: str, entry: _Entry) -> dict[str, Any]:
         "kind": "vector",
         "namespace": namespace,
         "id": entry.id,
-        "values": entry.values,
+        "values": entry.values.tolist(),
         "text": entry.text,
         "metadata": entry.metadata,
     }

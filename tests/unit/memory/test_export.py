@@ -11,6 +11,7 @@ import pytest
 
 from engine.clock import ManualClock
 from engine.errors import QuotaExceeded, Unavailable, ValidationFailed
+from engine.memory.export import VectorCursor
 from engine.memory.index import IndexParams, normalized
 from engine.memory.ops import (
     CloseVectorExport,
@@ -139,6 +140,18 @@ def test_cursors_are_bounded_lapse_and_close() -> None:
     assert store.apply(OpenVectorExports()) == {"exports": 2}
     with pytest.raises(Unavailable, match="gone"):
         store.apply(VectorExportPage("other", "o1", 10))
+
+
+def test_a_copy_holds_its_vector_as_a_float32_row_until_its_line_is_written() -> None:
+    store, _ = store_with(upsert("a", ["x", "y"], 1))
+    index = dict(store.namespaces())[("acme", "a")]
+    cursor = VectorCursor("acme", [("a", index)], 0, 0, IDLE_MS)
+    cursor.keep_before_change("a", index, [index.faiss_id("y")])
+    (copy,) = cursor._namespaces["a"].saved.values()
+    assert copy.values.dtype == np.float32 and copy.values.nbytes == DIM * 4
+    assert copy.values.base is None  # its own row, not a view holding a batch read with it
+    lines, _ = cursor.next_page(10)
+    assert isinstance(lines[1]["values"], list) and np.allclose(lines[1]["values"], vectors(2, 1)[1])
 
 
 def test_the_watermark_names_the_record_after_the_ops_of_its_batch() -> None:
