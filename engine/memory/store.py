@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from engine.clock import Clock, SystemClock
-from engine.errors import QuotaExceeded, Unavailable, ValidationFailed, apply_each
+from engine.errors import QuotaExceeded, ValidationFailed, apply_each
 from engine.idempotency import IdempotencyRecords, Idempotent
+from engine.storage.cursors import Cursors
 
 from . import sessions
 from .export import VectorCursor
@@ -61,7 +62,7 @@ class MemoryStore:
         self._unsearchable: set[tuple[str, str]] = set()  # texts written, not yet committed
         self._writers: OrderedDict[tuple[str, str], None] = OrderedDict()  # open, least recent first
         self.journal: list[MemoryOp | Idempotent] = []
-        self._exports: dict[str, VectorCursor] = {}  # export cursors open, by export id
+        self._exports: Cursors[VectorCursor] = Cursors("a memory shard")
         # The last log record written, read by an export cursor for its watermark; the durability
         # layer sets it (a store on its own has no log).
         self.log_position: Callable[[], int] = lambda: 0
@@ -172,7 +173,7 @@ class MemoryStore:
     def _before_change(self, key: tuple[str, str], index: NamespaceIndex, ids: Sequence[str]) -> None:
         """Before entries are replaced or deleted: each open export of the organization copies
         those it has not paged out yet (engine.memory.export)."""
-        cursors = [cursor for cursor in self._exports.values() if cursor.org == key[0]]
+        cursors = self._exports.of_org(key[0], self._clock.now_ms())
         if not cursors:
             return
         held = [faiss_id for faiss_id in map(index.faiss_id, ids) if faiss_id is not None]
@@ -287,57 +288,30 @@ class MemoryStore:
     # -- export (engine.memory.export) ---------------------------------------------------------------
 
     def _open_export(self, op: OpenVectorExport) -> dict[str, int]:
-        # As a session shard's (SessionStore._open_export): a few at once, some per organization.
-        now_ms = self._clock.now_ms()
-        self._sweep_exports(now_ms)
-        if len(self._exports) >= op.max_open:
-            raise Unavailable(
-                f"{len(self._exports)} exports are in progress on a memory shard, the most it keeps open",
-                {"limit": op.max_open},
-                "Retry when an export in progress has finished.",
-            )
-        if sum(1 for cursor in self._exports.values() if cursor.org == op.org) >= op.max_per_org:
-            raise Unavailable(
-                f"{op.max_per_org} of this organization's exports are in progress, the most it may have",
-                {"limit": op.max_per_org},
-                "Retry when one of this organization's exports has finished.",
-            )
         own = [(namespace, index) for (org, namespace), index in self._namespaces.items() if org == op.org]
         # Ops earlier in this batch are in the journal: the log's next record will hold them.
         watermark = self.log_position() + (1 if self.journal else 0)
-        cursor = VectorCursor(op.org, own, watermark, now_ms, op.idle_ms)
-        self._exports[op.export_id] = cursor
+        now_ms = self._clock.now_ms()
+        cursor = self._exports.open(
+            op.export_id,
+            op.org,
+            (op.max_open, op.max_per_org),
+            now_ms,
+            lambda: VectorCursor(op.org, own, watermark, now_ms, op.idle_ms),
+        )
         return {"watermark": watermark, "namespaces": len(cursor)}
 
     def _export_page(self, op: VectorExportPage) -> dict[str, Any]:
-        now_ms = self._clock.now_ms()
-        self._sweep_exports(now_ms)
-        cursor = self._exports.get(op.export_id)
-        if cursor is None or cursor.org != op.org:
-            raise Unavailable(
-                "the export's cursor is gone (it lapsed, or its shard restarted)",
-                {"export_id": op.export_id},
-                "Start the export again.",
-            )
-        cursor.used_ms = now_ms
+        cursor = self._exports.page(op.export_id, op.org, self._clock.now_ms())
         if op.max_lines == 0:
             return {"lines": [], "done": False}  # a keep-alive: the cursor waits for its turn
         lines, done = cursor.next_page(op.max_lines)
         if done:
-            del self._exports[op.export_id]
+            self._exports.close(op.export_id, op.org)
         return {"lines": lines, "done": done}
 
-    def _sweep_exports(self, now_ms: int) -> None:
-        """Drop the cursors unused past their idle time (an abandoned export pins its copies only
-        until then)."""
-        for export_id, cursor in list(self._exports.items()):
-            if now_ms - cursor.used_ms > cursor.idle_ms:
-                del self._exports[export_id]
-
     def _close_export(self, op: CloseVectorExport) -> None:
-        cursor = self._exports.get(op.export_id)
-        if cursor is not None and cursor.org == op.org:
-            del self._exports[op.export_id]
+        self._exports.close(op.export_id, op.org)
 
     def _open_exports(self, op: OpenVectorExports) -> dict[str, int]:
         return {"exports": len(self._exports)}

@@ -24,7 +24,6 @@ from engine.errors import (
     SessionExists,
     SessionNotActive,
     SessionNotFound,
-    Unavailable,
     ValidationFailed,
     apply_each,
 )
@@ -64,6 +63,7 @@ from engine.sessions.ops import (
 from engine.sessions.session import Session, SessionStatus, SummaryStatus
 from engine.sessions.snapshot import SnapshotCursor
 from engine.sessions.views import MessageView, SessionView, SessionWithMessages
+from engine.storage.cursors import Cursors
 
 SortKey = tuple[int, str]
 
@@ -106,7 +106,8 @@ class SessionStore:
         self.summary_jobs: list[tuple[str, str]] = []  # (org, session id) queued for a summary, in order
         self._snapshot: SnapshotCursor | None = None
         self._snap_epoch = 0
-        self._exports: dict[str, ExportCursor] = {}  # export cursors open, by export id
+        self._exports: Cursors[ExportCursor] = Cursors("a shard")
+        self._now_ms = 0  # when the op being applied runs: a cursor lapsed by then is not copied into
         # The last log record written, read by an export cursor for its watermark; the durability
         # layer sets it (a store on its own has no log).
         self.log_position: Callable[[], int] = lambda: 0
@@ -116,6 +117,7 @@ class SessionStore:
         return len(self._sessions)
 
     def apply(self, op: SessionOp | Idempotent, now_ms: int) -> Any:
+        self._now_ms = now_ms
         if type(op) is Idempotent:
             return self._apply_once(op, now_ms)
         result = self._handlers[type(op)](op, now_ms)
@@ -210,9 +212,8 @@ class SessionStore:
         if snapshot is not None and session.snap_epoch < snapshot.epoch:
             snapshot.saved[(session.org, session.id)] = session.copy()
             session.snap_epoch = snapshot.epoch
-        for export in self._exports.values():
-            if export.org == session.org:
-                export.keep_before_change(session)
+        for export in self._exports.of_org(session.org, self._now_ms):
+            export.keep_before_change(session)
 
     def apply_batch(self, ops: Sequence[SessionOp], now_ms: int) -> list[Any]:
         """Apply ops in order; one op's error is its own result and never fails the others."""
@@ -485,57 +486,30 @@ class SessionStore:
     # -- export and import (engine.sessions.export) ----------------------------------------------------
 
     def _open_export(self, op: OpenExport, now_ms: int) -> dict[str, Any]:
-        # Only a few are open at once, each costing a copy of every session that changes before the
-        # cursor reaches it; and an organization holds only some of them, so one tenant's exports
-        # never keep every other tenant's out.
-        self._sweep_exports(now_ms)
-        if len(self._exports) >= op.max_open:
-            raise Unavailable(
-                f"{len(self._exports)} exports are in progress on a shard, the most it keeps open",
-                {"limit": op.max_open},
-                "Retry when an export in progress has finished.",
-            )
-        if sum(1 for cursor in self._exports.values() if cursor.org == op.org) >= op.max_per_org:
-            raise Unavailable(
-                f"{op.max_per_org} of this organization's exports are in progress, the most it may have",
-                {"limit": op.max_per_org},
-                "Retry when one of this organization's exports has finished.",
-            )
         index = self._orgs.get(op.org)
         keys = [(op.org, sid) for _, sid in index.all] if index is not None else []
         # Ops earlier in this batch are in the journal: the log's next record will hold them.
         watermark = self.log_position() + (1 if self.journal else 0)
-        self._exports[op.export_id] = ExportCursor(op.org, keys, watermark, now_ms, op.idle_ms)
+        self._exports.open(
+            op.export_id,
+            op.org,
+            (op.max_open, op.max_per_org),
+            now_ms,
+            lambda: ExportCursor(op.org, keys, watermark, now_ms, op.idle_ms),
+        )
         return {"watermark": watermark, "sessions": len(keys)}
 
     def _export_page(self, op: ExportPage, now_ms: int) -> dict[str, Any]:
-        self._sweep_exports(now_ms)
-        cursor = self._exports.get(op.export_id)
-        if cursor is None or cursor.org != op.org:
-            raise Unavailable(
-                "the export's cursor is gone (it lapsed, or its shard restarted)",
-                {"export_id": op.export_id},
-                "Start the export again.",
-            )
-        cursor.used_ms = now_ms
+        cursor = self._exports.page(op.export_id, op.org, now_ms)
         if op.max_lines == 0:
             return {"lines": [], "done": False}  # a keep-alive: the cursor waits for its turn
         lines, done = cursor.next_page(self._sessions, op.max_lines)
         if done:
-            del self._exports[op.export_id]
+            self._exports.close(op.export_id, op.org)
         return {"lines": lines, "done": done}
 
-    def _sweep_exports(self, now_ms: int) -> None:
-        """Drop the cursors unused past their idle time: an abandoned export (its client gone, its
-        gateway stopped) pins the copies it keeps only until then."""
-        for export_id, cursor in list(self._exports.items()):
-            if now_ms - cursor.used_ms > cursor.idle_ms:
-                del self._exports[export_id]
-
     def _close_export(self, op: CloseExport, now_ms: int) -> None:
-        cursor = self._exports.get(op.export_id)
-        if cursor is not None and cursor.org == op.org:
-            del self._exports[op.export_id]
+        self._exports.close(op.export_id, op.org)
 
     def _open_exports(self, op: OpenExports, now_ms: int) -> dict[str, int]:
         return {"exports": len(self._exports)}

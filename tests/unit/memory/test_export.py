@@ -154,6 +154,14 @@ def test_a_copy_holds_its_vector_as_a_float32_row_until_its_line_is_written() ->
     assert isinstance(lines[1]["values"], list) and np.allclose(lines[1]["values"], vectors(2, 1)[1])
 
 
+def test_a_lapsed_cursor_copies_nothing_and_is_dropped_by_the_next_change() -> None:
+    store, clock = store_with(upsert("a", ["x", "y"], 1))
+    open_export(store, "e1")
+    clock.advance(IDLE_MS + 1)
+    store.apply(upsert("a", ["x", "y"], 2))  # replaces every vector the cursor had not reached
+    assert store.apply(OpenVectorExports()) == {"exports": 0}
+
+
 def test_the_watermark_names_the_record_after_the_ops_of_its_batch() -> None:
     store, _ = store_with()
     store.log_position = lambda: 41

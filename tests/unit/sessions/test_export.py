@@ -35,6 +35,7 @@ from engine.sessions.ops import (
     GetSession,
     ImportSession,
     OpenExport,
+    OpenExports,
     ReplaceContext,
 )
 from engine.sessions.session import NewMessage, SessionStatus, new_session_id
@@ -200,7 +201,15 @@ def test_a_page_call_sweeps_lapsed_cursors() -> None:
     store.apply(OpenExport("acme", "abandoned", max_open=2, idle_ms=1000, max_per_org=2), T0)
     store.apply(OpenExport("acme", "live", max_open=2, idle_ms=60_000, max_per_org=2), T0)
     store.apply(ExportPage("acme", "live", 0), T0 + 2000)
-    assert set(store._exports) == {"live"}
+    assert store.apply(OpenExports(), T0 + 2000) == {"exports": 1}
+
+
+def test_a_lapsed_cursor_copies_nothing_and_is_dropped_by_the_next_change() -> None:
+    store, sid = SessionStore(), new_session_id()
+    store.apply(CreateSession("acme", sid, "a", 60, {}), T0)
+    store.apply(OpenExport("acme", "abandoned", max_open=2, idle_ms=1000, max_per_org=2), T0)
+    store.apply(AppendMessages("acme", sid, (NewMessage("user", "later"),)), T0 + 2000)
+    assert store.apply(OpenExports(), T0 + 2000) == {"exports": 0}
 
 
 def test_a_cursor_kept_alive_does_not_lapse_while_it_waits() -> None:
