@@ -145,8 +145,13 @@ def messages_of(client: httpx.Client, sid: str) -> list[dict[str, Any]]:
 
 
 def test_a_backup_taken_under_load_restores_every_write_acknowledged_before_it(tmp_path: Path) -> None:
-    data, dest = tmp_path / "data", tmp_path / "backup"
-    server = ServerProcess(data, [], ENV).wait_ready()
+    data, dest, later = tmp_path / "data", tmp_path / "backup", tmp_path / "later"
+    # Shards snapshot every two seconds, deleting the segments older snapshots cover, as the load
+    # and the backups go on.
+    server = ServerProcess(
+        data, [], {**ENV, "SESSION_ENGINE_DURABILITY__SNAPSHOT_INTERVAL_S": "2"}
+    ).wait_ready()
+    appenders: list[Appender] = []
     try:
         with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as client:
             indexed = indexed_session(client, "gardening")
@@ -177,6 +182,19 @@ def test_a_backup_taken_under_load_restores_every_write_acknowledged_before_it(t
         )
         assert acked_during > 0, "writes went on while the backup ran"
         time.sleep(0.5)  # and after it
+        # Once each session shard has deleted the segment its backed-up log began in (snapshots
+        # later), an incremental backup cannot continue that log: it copies a snapshot again.
+        backed_up = {
+            (s["directory"], f["name"]) for s in taken["shards"] if s["kind"] == "session" for f in s["files"]
+        }
+        deadline = time.monotonic() + 60
+        while any((data / d / name).exists() for d, name in backed_up if name.startswith("wal-")):
+            assert time.monotonic() < deadline, "the shards snapshot and drop old segments"
+            time.sleep(0.2)
+        more = cli(
+            "backup", str(later), "--incremental", "--from", str(dest), "--data-dir", str(data), "--json"
+        )
+        assert more.returncode == 0, more.stderr
     finally:
         for a in appenders:
             a.stop.set()
@@ -188,6 +206,11 @@ def test_a_backup_taken_under_load_restores_every_write_acknowledged_before_it(t
     assert taken["bytes"] > 3 * 24 * BULK_BYTES and ended - began > 0.2, taken
 
     assert cli("check", str(dest)).returncode == 0
+    assert cli("check", str(later)).returncode == 0
+    for shard in orjson.loads(more.stdout)["shards"]:
+        if shard["kind"] == "session":
+            base = next(s for s in taken["shards"] if (s["kind"], s["index"]) == ("session", shard["index"]))
+            assert shard["snapshot_lsn"] is not None and shard["snapshot_lsn"] > base["lsn"], shard
     shutil.rmtree(data)  # the disk is lost
     restored = cli("restore", str(dest), "--data-dir", str(data), "--json")
     assert restored.returncode == 0, restored.stderr
