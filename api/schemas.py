@@ -274,7 +274,10 @@ class ImportLineError(_Response):
 class ImportOut(_Response):
     imported: ImportedCounts
     skipped: Annotated[int, Field(description="Sessions and vectors whose id the organization already held.")]
-    errors: list[ImportLineError]
+    errors: Annotated[
+        list[ImportLineError], Field(description="The first 1,000 refused sessions and vectors, by line.")
+    ]
+    errors_omitted: Annotated[int, Field(description="Refused sessions and vectors past those in errors.")]
 
 
 class MatchOut(_Response):

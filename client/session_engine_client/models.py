@@ -129,11 +129,13 @@ class ImportLineError(_Model):
 
 class ImportResult(_Model):
     """What POST /import answers: what it stored, what it skipped (session and vector ids held
-    already), and why the sessions and vectors it refused were refused, by line."""
+    already), and why the sessions and vectors it refused were refused, by line: the first 1,000 in
+    `errors`, and how many more in `errors_omitted`."""
 
     imported: ImportedCounts
     skipped: int
     errors: list[ImportLineError]
+    errors_omitted: int = 0
 
 
 class DeleteResult(_Model):

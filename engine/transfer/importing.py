@@ -3,7 +3,9 @@ session sent whole as one ImportSession to its shard, the vectors sent in batche
 and one dimension as ImportVectors to the organization's memory shard. Every session and vector is
 held to the importer's limits as a create, an append or an upsert would be. A session or a vector
 whose id the organization holds already is skipped; one refused is in the answer's errors with its
-line, and the rest go on. A bad or misplaced line stops the import (BadLine, with its number).
+line (the first MAX_ERRORS of them, the rest counted), and the rest go on. A bad or misplaced line
+stops the import (BadLine, with its number), and so does a shard that cannot answer (Unavailable,
+Internal, a ServerFault): that is no refusal of a line, and every line after it would meet it too.
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ from typing import Any
 import numpy as np
 
 from engine.config import LimitsConfig, MemoryConfig
-from engine.errors import EngineError, Forbidden, PayloadTooLarge, QuotaExceeded, ValidationFailed
+from engine.errors import (
+    EngineError,
+    Forbidden,
+    Internal,
+    PayloadTooLarge,
+    QuotaExceeded,
+    ServerFault,
+    Unavailable,
+    ValidationFailed,
+)
 from engine.limits import check_context, check_name, check_namespace, check_ttl, check_vector
 from engine.memory.index import normalized
 from engine.memory.ops import ImportVectors
@@ -28,6 +39,7 @@ from engine.sessions.session import is_session_id
 from .routes import Routes
 
 VECTOR_BATCH = 256  # vectors an ImportVectors carries at most: one log record's worth, not a file's
+MAX_ERRORS = 1000  # refused lines an answer lists; past them it counts them (errors_omitted)
 _LINE_MARGIN = 64 * 1024  # an import line's fields besides its message, context or vector
 
 
@@ -52,10 +64,22 @@ class _Vector:
 class Answer:
     imported: dict[str, int] = field(default_factory=lambda: {"sessions": 0, "messages": 0, "vectors": 0})
     skipped: int = 0  # sessions and vectors whose id the organization held already
-    errors: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)  # the first MAX_ERRORS refused lines
+    errors_omitted: int = 0  # refused lines past them
+
+    def refused(self, error: dict[str, Any]) -> None:
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(error)
+        else:
+            self.errors_omitted += 1
 
     def as_dict(self) -> dict[str, Any]:
-        return {"imported": self.imported, "skipped": self.skipped, "errors": self.errors}
+        return {
+            "imported": self.imported,
+            "skipped": self.skipped,
+            "errors": self.errors,
+            "errors_omitted": self.errors_omitted,
+        }
 
 
 class Importer:
@@ -74,8 +98,11 @@ class Importer:
         self.answer = Answer()
         self._any_source = any_source
         self._reader = StreamReader()
-        self._namespace: str | None = None  # the namespace of the vectors waiting in _batches
-        self._batches: dict[int, list[_Vector]] = {}  # by dimension
+        # The vectors waiting to be sent, all of one namespace and one dimension: an export writes a
+        # namespace's vectors together, so a change of either sends them, and so at most one batch
+        # waits, however many dimensions a stream holds.
+        self._namespace: str | None = None
+        self._pending: list[_Vector] = []
 
     async def push(self, raw: bytes) -> None:
         for item in self._reader.push(raw):
@@ -86,7 +113,7 @@ class Importer:
             elif item["kind"] == "header":
                 self._header(item)
             else:  # the end line: nothing follows
-                await self._flush()
+                await self._send()
 
     def finish(self) -> dict[str, Any]:
         """The answer; BadLine if the stream was cut short."""
@@ -117,7 +144,10 @@ class Importer:
         return self.org
 
     def _refused(self, line: int, refused: EngineError, **about: str) -> None:
-        self.answer.errors.append({"line": line, **about, "error": str(refused)})
+        """A line refused; a shard that cannot answer is raised instead, stopping the import."""
+        if isinstance(refused, Unavailable | Internal | ServerFault):
+            raise refused
+        self.answer.refused({"line": line, **about, "error": str(refused)})
 
     # -- sessions -------------------------------------------------------------------------------------
 
@@ -155,25 +185,22 @@ class Importer:
         except EngineError as refused:
             self._refused(item.line, refused)
             return
-        if namespace != self._namespace:
-            await self._flush()  # an export writes a namespace's vectors together
+        if namespace != self._namespace or (self._pending and len(self._pending[0].row) != len(row)):
+            await self._send()
             self._namespace = namespace
-        batch = self._batches.setdefault(len(row), [])
-        batch.append(_Vector(item.line, r["id"], row, metadata, r["text"]))
-        if len(batch) >= VECTOR_BATCH:
-            await self._send(namespace, self._batches.pop(len(row)))
+        self._pending.append(_Vector(item.line, r["id"], row, metadata, r["text"]))
+        if len(self._pending) >= VECTOR_BATCH:
+            await self._send()
 
-    async def _flush(self) -> None:
-        batches, self._batches = self._batches, {}
-        for batch in batches.values():
-            await self._send(str(self._namespace), batch)
-
-    async def _send(self, namespace: str, batch: list[_Vector]) -> None:
-        """One ImportVectors; refused whole (a dimension the namespace does not hold, its quota),
-        each of its vectors is in the errors with its line."""
+    async def _send(self) -> None:
+        """The vectors waiting, as one ImportVectors; refused whole (a dimension the namespace does
+        not hold, its quota), each of its vectors is in the errors with its line."""
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
         op = ImportVectors(
             self._org,
-            namespace,
+            str(self._namespace),
             tuple(v.id for v in batch),
             np.stack([v.row for v in batch]),
             tuple(v.metadata for v in batch),

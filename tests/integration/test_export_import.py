@@ -90,6 +90,7 @@ def test_a_tenant_exports_deletes_and_imports_back_the_same_sessions(tenant: Api
         "imported": {"sessions": 3, "messages": 6, "vectors": 0},
         "skipped": 0,
         "errors": [],
+        "errors_omitted": 0,
     }
     wait_indexed(tenant, ids[0])
     after = everything(tenant, ids)
@@ -110,6 +111,7 @@ def test_a_tenant_exports_deletes_and_imports_back_the_same_sessions(tenant: Api
         "imported": {"sessions": 0, "messages": 0, "vectors": 0},
         "skipped": 3,
         "errors": [],
+        "errors_omitted": 0,
     }
 
 

@@ -13,12 +13,12 @@ import orjson
 import pytest
 
 from engine.config import EngineConfig
-from engine.errors import Forbidden, Unavailable
+from engine.errors import Forbidden, Internal, Unavailable
 from engine.memory.index import IndexParams, normalized
 from engine.memory.ops import ImportVectors, OpenVectorExports, UpsertVectors
 from engine.sessions.ops import CreateSession, OpenExports
 from engine.transfer.exporting import MAX_ORG_EXPORTS, open_export
-from engine.transfer.importing import VECTOR_BATCH, Importer, Limits
+from engine.transfer.importing import MAX_ERRORS, VECTOR_BATCH, Importer, Limits
 from engine.transfer.routes import Routes
 from tests.support.local_shards import LocalMemoryTransport, LocalTransport
 
@@ -86,7 +86,8 @@ async def test_an_export_imports_into_another_organization_in_batches_of_one_nam
     assert await open_counts(sessions, memory) == [0, 0, 0]  # done: closed
     memory.sent.clear()
     answer = await import_lines(r, lines, "beta")
-    assert answer == {"imported": {"sessions": 3, "messages": 0, "vectors": 1200}, "skipped": 0, "errors": []}
+    imported = {"sessions": 3, "messages": 0, "vectors": 1200}
+    assert answer == {"imported": imported, "skipped": 0, "errors": [], "errors_omitted": 0}
     batches = [op for op in memory.sent if isinstance(op, ImportVectors)]
     assert [(op.namespace, len(op.ids)) for op in batches] == [
         ("a", VECTOR_BATCH), ("a", VECTOR_BATCH), ("a", 600 - 2 * VECTOR_BATCH),
@@ -140,3 +141,76 @@ async def test_an_export_that_cannot_open_every_cursor_closes_those_it_opened() 
     for export in held:
         await export.close()
     assert await open_counts(sessions, memory) == [0, 0, 0]
+
+
+HEADER = orjson.dumps(
+    {
+        "kind": "header",
+        "format": "session-engine-export",
+        "version": 1,
+        "org": "acme",
+        "exported_at": 0,
+        "watermarks": {},
+    }
+)
+
+
+def vector_line(vector_id: str, values: list[float], namespace: str = "a") -> bytes:
+    line = {
+        "kind": "vector",
+        "namespace": namespace,
+        "id": id,
+        "values": values,
+        "text": None,
+        "metadata": {},
+    }
+    return orjson.dumps(line)
+
+
+async def test_at_most_one_batch_of_vectors_waits_whatever_dimensions_a_namespace_mixes() -> None:
+    r, _, memory = routes()
+    importer = Importer(r, lambda org: LIMITS, "acme", any_source=False)
+    await importer.push(HEADER)
+    pushed = 0
+    for dimension in range(1, 41):
+        for i in range(3):
+            await importer.push(vector_line(f"{dimension}-{i}", [1.0] * dimension))
+            pushed += 1
+        sent = [op for op in memory.sent if isinstance(op, ImportVectors)]
+        assert pushed - sum(len(op.ids) for op in sent) == 3  # only this dimension's vectors wait
+    assert {op.vectors.shape[1] for op in sent} == set(range(1, 40))
+
+
+def refusing_memory(error: Exception) -> RecordingMemory:
+    class Refusing(RecordingMemory):
+        async def call(self, shard: int, ops: Sequence[Any]) -> list[Any]:
+            if any(isinstance(op, ImportVectors) for op in ops):
+                return [error for _ in ops]
+            return await super().call(shard, ops)
+
+    return Refusing()
+
+
+async def test_an_answer_lists_the_first_refused_lines_and_counts_the_rest() -> None:
+    r, _, _ = routes()
+    importer = Importer(r, lambda org: LIMITS, "acme", any_source=False)
+    await importer.push(HEADER)
+    for i in range(MAX_ERRORS + 5):
+        await importer.push(vector_line(f"zero{i}", [0.0, 0.0]))
+    await importer.push(
+        orjson.dumps({"kind": "end", "sessions": 0, "messages": 0, "vectors": MAX_ERRORS + 5})
+    )
+    answer = importer.finish()
+    assert len(answer["errors"]) == MAX_ERRORS and answer["errors_omitted"] == 5
+    assert answer["errors"][0]["line"] == 2
+
+
+@pytest.mark.parametrize("error", [Unavailable("memory shard 0 is not answering"), Internal("a bug")])
+async def test_a_shard_that_cannot_answer_stops_the_import(error: Exception) -> None:
+    r = Routes.direct(LocalTransport(1), refusing_memory(error))
+    importer = Importer(r, lambda org: LIMITS, "acme", any_source=False)
+    await importer.push(HEADER)
+    await importer.push(vector_line("x", [1.0, 0.0]))
+    with pytest.raises(type(error)):
+        await importer.push(orjson.dumps({"kind": "end", "sessions": 0, "messages": 0, "vectors": 1}))
+    assert importer.answer.errors == []
