@@ -101,6 +101,12 @@ def check_vector(
             f"{field}.id: at most {limits.max_id_chars} characters",
             {"field": f"{field}.id", "limit": limits.max_id_chars},
         )
+    if text is not None and not text.strip():  # a request's schema refuses it first
+        raise ValidationFailed(
+            f"{field}.text: must not be empty or only whitespace", {"field": f"{field}.text"}
+        )
+    if values is not None and not values:  # a request's schema refuses it first
+        raise ValidationFailed(f"{field}.values: must not be empty", {"field": f"{field}.values"})
     if text is not None and len(text) > limits.max_text_chars:
         raise PayloadTooLarge(
             f"{field}.text: at most {limits.max_text_chars} characters",

@@ -159,7 +159,7 @@ def vector_line(vector_id: str, values: list[float], namespace: str = "a") -> by
     line = {
         "kind": "vector",
         "namespace": namespace,
-        "id": id,
+        "id": vector_id,
         "values": values,
         "text": None,
         "metadata": {},
@@ -214,3 +214,25 @@ async def test_a_shard_that_cannot_answer_stops_the_import(error: Exception) -> 
     with pytest.raises(type(error)):
         await importer.push(orjson.dumps({"kind": "end", "sessions": 0, "messages": 0, "vectors": 1}))
     assert importer.answer.errors == []
+
+
+async def test_an_import_refuses_a_blank_text_and_empty_values_as_an_upsert_does() -> None:
+    r, _, _ = routes()
+    importer = Importer(r, lambda org: LIMITS, "acme", any_source=False)
+    await importer.push(HEADER)
+    blank = {
+        "kind": "vector",
+        "namespace": "a",
+        "id": "blank",
+        "values": [1.0],
+        "text": "   ",
+        "metadata": {},
+    }
+    await importer.push(orjson.dumps(blank))
+    await importer.push(vector_line("empty", []))
+    await importer.push(orjson.dumps({"kind": "end", "sessions": 0, "messages": 0, "vectors": 2}))
+    errors = importer.finish()["errors"]
+    assert [e["error"] for e in errors] == [
+        "vector.text: must not be empty or only whitespace",
+        "vector.values: must not be empty",
+    ]
