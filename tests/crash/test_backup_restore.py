@@ -283,9 +283,9 @@ def say(client: httpx.Client, sid: str, content: str) -> None:
     assert answer.status_code == 201, answer.text
 
 
-def contents(server: ServerProcess, sid: str) -> list[str] | None:
+def contents(server: ServerProcess, key: str, sid: str) -> list[str] | None:
     """A session's messages on `server`, None when it has no such session."""
-    with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as client:
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
         answer = client.get(f"/sessions/{sid}")
         if answer.status_code == 404:
             return None
@@ -302,10 +302,15 @@ def held(data_dir: Path) -> dict[str, bytes]:
 def test_restore_to_a_moment_between_two_writes_and_from_an_incremental_backup(tmp_path: Path) -> None:
     data, archive = tmp_path / "data", tmp_path / "archive"
     full, incremental = tmp_path / "full", tmp_path / "incremental"
-    env = {**ENV, "SESSION_ENGINE_DURABILITY__ARCHIVE_DIR": str(archive)}
-    server = ServerProcess(data, [], env).wait_ready()
+    # The API key is in the data directory's keys file, which a backup holds and a restore puts back.
+    key = cli("keys", "create", "--org", "backup", "--data-dir", str(data)).stdout.strip()
+    keyed = {"RAY_ADDRESS": ""}
+    server = ServerProcess(
+        data, [], {**keyed, "SESSION_ENGINE_DURABILITY__ARCHIVE_DIR": str(archive)}
+    ).wait_ready()
     try:
-        with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as client:
+        auth = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=server.url, headers=auth, timeout=60) as client:
             sid = client.post("/sessions", json={"name": "pitr"}).json()["id"]
             say(client, sid, "before the backup")
             taken = cli("backup", str(full), "--data-dir", str(data), "--json")
@@ -372,10 +377,10 @@ def test_restore_to_a_moment_between_two_writes_and_from_an_incremental_backup(t
         (to_the_moment, ["before the backup", "A"], False),
         (chained, ["before the backup", "A", "B"], True),
     ):
-        again = ServerProcess(restored, [], ENV).wait_ready()
+        again = ServerProcess(restored, [], keyed).wait_ready()
         try:
-            assert contents(again, sid) == expected, restored.name
-            assert (contents(again, later) is not None) == has_later, restored.name
+            assert contents(again, key, sid) == expected, restored.name
+            assert (contents(again, key, later) is not None) == has_later, restored.name
         finally:
             again.stop()
 
