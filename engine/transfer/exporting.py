@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import anyio
@@ -38,10 +38,12 @@ class Export:
         self.export_id = export_id
         self.header = header
         self.memory_shard = memory_shard_for(org, routes.memory.shards)
+        self.counts = {"session": 0, "message": 0, "vector": 0}  # the lines streamed so far, by kind
+        self._closed = False
 
-    async def lines(self) -> AsyncIterator[bytes]:
+    async def lines(self) -> AsyncGenerator[bytes, None]:
         """The header, each session shard's sessions and messages, the vectors, the end line."""
-        counts = {"session": 0, "message": 0, "vector": 0}
+        counts = self.counts
         org, export_id, sessions = self.org, self.export_id, self.routes.sessions
         vectors: _Cursor = (self.routes.memory, self.memory_shard)
         try:
@@ -65,7 +67,10 @@ class Export:
                 await self.close()
 
     async def close(self) -> None:
-        await _close(self.routes, self.org, self.export_id, self.memory_shard)
+        """Close every cursor of the export (once: a second close sends nothing)."""
+        if not self._closed:
+            self._closed = True
+            await _close(self.routes, self.org, self.export_id, self.memory_shard)
 
 
 _Cursor = tuple[Shards, int]  # a kind's shards, and the one that holds the cursor

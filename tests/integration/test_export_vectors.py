@@ -1,8 +1,9 @@
 """An organization's vectors in its export, through HTTP on the real gateway and Ray: exported with
 its sessions, deleted, imported back and found as they were; imported again and skipped; a vector
 of the wrong dimension refused by its line; a client that goes away mid-export leaves no cursor
-open on any shard; and `session-engine export` / `import --org` move one organization's sessions
-and vectors into another's on the running cluster, with no API key."""
+open on any shard; `session-engine export` / `import --org` move one organization's sessions
+and vectors into another's on the running cluster, with no API key; and an export whose reader
+closes its standard output exits quietly with no cursor left open."""
 
 from __future__ import annotations
 
@@ -206,15 +207,18 @@ def test_a_client_that_goes_away_mid_export_leaves_no_cursor_open(
     assert not any(counts), counts
 
 
+def cli_command(ray_address: str, namespace: str, *args: str) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of an operator command on the test cluster."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSION_ENGINE_")}
+    env[NAMESPACE_ENV] = namespace
+    return [sys.executable, "-m", "session_engine", *args, "--ray-address", ray_address], env
+
+
 def cli(
     ray_address: str, namespace: str, *args: str, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSION_ENGINE_")}
-    env[NAMESPACE_ENV] = namespace
-    return subprocess.run(
-        [sys.executable, "-m", "session_engine", *args, "--ray-address", ray_address],
-        env=env, input=stdin, capture_output=True, check=False, timeout=300,
-    )  # fmt: skip
+    command, env = cli_command(ray_address, namespace, *args)
+    return subprocess.run(command, env=env, input=stdin, capture_output=True, check=False, timeout=300)
 
 
 def test_the_operator_exports_one_organization_and_imports_it_into_another(
@@ -252,3 +256,26 @@ def test_the_operator_exports_one_organization_and_imports_it_into_another(
     said = cut.stderr.decode()  # Ray's own warnings come first
     last = said.strip().splitlines()[-1]
     assert last.startswith(f"session-engine import: line {len(lines)}: ") and "Traceback" not in said
+
+
+def test_an_export_whose_reader_goes_away_exits_quietly_and_closes_its_cursors(
+    ray_client: httpx.Client, ray_server: ServerProcess, ray_address: str
+) -> None:
+    api = tenant(ray_client, 645)
+    rows = np.random.default_rng(4).standard_normal((300, 1024)).round(3).tolist()
+    for start in range(0, len(rows), 100):
+        batch = [{"id": f"big{start + i}", "values": row} for i, row in enumerate(rows[start : start + 100])]
+        assert api.post("/vectors/upsert", json={"namespace": "big", "vectors": batch}).status_code == 200
+    namespace = ray_server.env[NAMESPACE_ENV]
+    command, env = cli_command(ray_address, namespace, "export", "--org", api.org)
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as export:
+        assert export.stdout is not None and export.stderr is not None
+        assert export.stdout.read(100).startswith(b'{"kind":"header"')
+        export.stdout.close()  # as `head` does
+        said = export.stderr.read().decode()
+        assert export.wait(timeout=120) == 1
+    assert "session-engine export" not in said and "Traceback" not in said and "BrokenPipe" not in said
+    deadline = time.monotonic() + 30
+    while any(counts := open_cursors(namespace)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(counts), counts
