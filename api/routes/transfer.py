@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import time
 
+import anyio
 from fastapi import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from engine.errors import ValidationFailed
-from engine.transfer.exporting import open_export
+from engine.transfer.exporting import Export, open_export
 from engine.transfer.importing import Importer, Limits, stream_lines
 from engine.transfer.routes import Routes
 
@@ -26,6 +28,23 @@ IMPORT_PATH = "/import"
 NDJSON = "application/x-ndjson"
 
 router = json_router("", "transfer")
+
+
+class ExportResponse(StreamingResponse):
+    """An export's stream whose cursors are closed however the response ends. The stream closes
+    them when it ends or is cut off, but Starlette never starts it if the client has gone before
+    the response begins (the first send fails), so this closes them too."""
+
+    def __init__(self, export: Export) -> None:
+        super().__init__(export.lines(), media_type=NDJSON)
+        self.export = export
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):  # a disconnect cancels this task, not the close
+                await self.export.close()
 
 
 def _routes(caller: Caller) -> Routes:
@@ -44,7 +63,7 @@ async def export_organization(request: Request, caller: CurrentCaller) -> Respon
     # `request` keeps this route on FastAPI's own handler: a streamed answer is not the fast path's.
     del request
     export = await open_export(_routes(caller), caller.org, int(time.time() * 1000))
-    return StreamingResponse(export.lines(), media_type=NDJSON)
+    return ExportResponse(export)
 
 
 @router.post(
