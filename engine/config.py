@@ -148,6 +148,9 @@ class DurabilityConfig(_Section):
     # point-in-time restore (engine.storage.archive); None: no archive. Every node that hosts a
     # shard must see it at this path (a shared mount on a cluster).
     archive_dir: Path | None = None
+    # With archive_dir: how often a shard seals the segment it is writing if it holds records (or
+    # records in the archive that it holds none), so a restore's log is complete to this long ago.
+    archive_timeout_s: float = Field(60.0, gt=0)
 
 
 class EventsConfig(_Section):

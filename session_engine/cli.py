@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 
 from engine import __version__
+from engine.backup import restore
 from engine.backup.manifest import BackupRefused, is_backup
 from engine.config import load_config
 from engine.errors import ConfigError
@@ -68,8 +69,6 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _check_backup(args: argparse.Namespace) -> int:
-    from engine.backup import restore  # the backup's readers: only `check` and `restore` use them
-
     try:
         found = restore.verify(args.data_dir, archive=args.archive)
     except BackupRefused as exc:
@@ -92,14 +91,15 @@ def _check_backup(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from engine.backup import restore  # the backup's readers: only `check` and `restore` use them
-
     until = _moment(args.until) if args.until is not None else None
     done = restore.restore(args.backup, args.data_dir, archive=args.archive, until_ms=until)
     if args.json:
         print(orjson.dumps(done.as_dict()).decode())
         return 0
     print(f"restored {args.data_dir} from {' <- '.join(done.backups[::-1])} as cluster {done.cluster_id}")
+    if done.until_ms is not None:
+        moment = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(done.until_ms / 1000))
+        print(f"  every shard as of {done.until_ms} ({moment} UTC)")
     for shard in done.shards:
         when = (
             time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(shard.last_ts / 1000)) + " UTC"
@@ -202,7 +202,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--archive", type=Path, help="a backup's log archive, checked with it")
     check.set_defaults(func=_check)
 
-    restore = commands.add_parser(
+    restoring = commands.add_parser(
         "restore",
         help="rebuild a data directory from a backup (and its log archive, to a moment)",
         description="Copies the backup (and the backups it is incremental from) into a new or empty "
@@ -210,14 +210,14 @@ def _parser() -> argparse.ArgumentParser:
         "changing nothing, a non-empty target, a damaged backup, another cluster's archive, or a gap "
         "in the log.",
     )
-    restore.add_argument("backup", type=Path, metavar="BACKUP")
-    restore.add_argument("--data-dir", type=Path, required=True, help="the new data directory")
-    restore.add_argument("--archive", type=Path, help="the log archive (durability.archive_dir)")
-    restore.add_argument(
+    restoring.add_argument("backup", type=Path, metavar="BACKUP")
+    restoring.add_argument("--data-dir", type=Path, required=True, help="the new data directory")
+    restoring.add_argument("--archive", type=Path, help="the log archive (durability.archive_dir)")
+    restoring.add_argument(
         "--until", metavar="EPOCH_MS|ISO", help="stop before the first change logged after this moment"
     )
-    restore.add_argument("--json", action="store_true", help="machine-readable")
-    restore.set_defaults(func=_restore)
+    restoring.add_argument("--json", action="store_true", help="machine-readable")
+    restoring.set_defaults(func=_restore)
 
     operator = [
         (

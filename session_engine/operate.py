@@ -211,7 +211,7 @@ def rebalance(args: argparse.Namespace, config: EngineConfig) -> int:
 @_operator
 def backup(args: argparse.Namespace, config: EngineConfig) -> int:
     from engine.backup.take import take_backup  # Ray only once the command runs (module docstring)
-    from engine.runtime import backups
+    from engine.runtime import backups  # Ray only once the command runs (module docstring)
 
     if args.incremental != (args.previous is not None):
         print("session-engine backup: --incremental and --from PREVIOUS go together", file=sys.stderr)

@@ -6,13 +6,19 @@ a folder with a manifest holds a whole backup.
      "incremental_from": null | {"backup_id": "bk_...", "path": "/abs/path/of/previous"},
      "layout": {"shards": 2, "memory_shards": 1},
      "shards": [{"kind": "session", "index": 0, "directory": "shards/shard-0000",
-                 "lsn": 1234, "snapshot_lsn": 1200 | null, "from_lsn": 1201,
-                 "files": [{"name": "snapshot-...snap", "kind": "snapshot", "bytes": n, "sha256": "..."}]}],
+                 "lsn": 1234, "lsn_crc": 305419896, "cut_at": ms, "snapshot_lsn": 1200 | null,
+                 "from_lsn": 1201,
+                 "files": [{"name": "snapshot-...snap", "kind": "snapshot", "bytes": n, "sha256": "..."},
+                           {"name": "wal-...log", "kind": "log", "bytes": n, "sha256": "...",
+                            "first_lsn": 1201, "last_lsn": 1234}]}],
      "keys_file": null | {"name": "keys.json", "bytes": n, "sha256": "..."}}
 
 Each shard's files are under its `directory`, as in a data directory. `lsn` is its watermark: the
-last log record the backup holds. `snapshot_lsn` is the snapshot it holds (null: an incremental
-backup holding only records `from_lsn`..`lsn`, which continue the previous backup's).
+last log record the backup holds, `lsn_crc` that record's checksum (an incremental backup checks
+that the shard still has it), and `cut_at` when the shard was cut: every record it logged before is
+in the backup. `snapshot_lsn` is the snapshot it holds (null: an incremental backup holding only
+records `from_lsn`..`lsn`, which continue the previous backup's). A log file holds the whole
+records `first_lsn`..`last_lsn`.
 """
 
 from __future__ import annotations
@@ -41,9 +47,19 @@ class ShardFile:
     kind: str  # "snapshot", "log" or "keys"
     bytes: int
     sha256: str
+    first_lsn: int | None = None  # a log file's records
+    last_lsn: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "bytes": self.bytes, "sha256": self.sha256}
+        found: dict[str, Any] = {
+            "name": self.name,
+            "kind": self.kind,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+        }
+        if self.kind == "log":
+            found |= {"first_lsn": self.first_lsn, "last_lsn": self.last_lsn}
+        return found
 
 
 @dataclass(slots=True, frozen=True)
@@ -52,6 +68,8 @@ class ShardEntry:
     index: int
     directory: str
     lsn: int
+    lsn_crc: int | None
+    cut_at: int
     snapshot_lsn: int | None
     from_lsn: int
     files: tuple[ShardFile, ...]
@@ -62,6 +80,8 @@ class ShardEntry:
             "index": self.index,
             "directory": self.directory,
             "lsn": self.lsn,
+            "lsn_crc": self.lsn_crc,
+            "cut_at": self.cut_at,
             "snapshot_lsn": self.snapshot_lsn,
             "from_lsn": self.from_lsn,
             "files": [f.as_dict() for f in self.files],
@@ -138,6 +158,8 @@ def read_manifest(path: Path) -> Manifest:
                     index=int(s["index"]),
                     directory=str(s["directory"]),
                     lsn=int(s["lsn"]),
+                    lsn_crc=None if s["lsn_crc"] is None else int(s["lsn_crc"]),
+                    cut_at=int(s["cut_at"]),
                     snapshot_lsn=None if s["snapshot_lsn"] is None else int(s["snapshot_lsn"]),
                     from_lsn=int(s["from_lsn"]),
                     files=tuple(_file(f) for f in s["files"]),
@@ -154,7 +176,12 @@ def _file(found: dict[str, Any]) -> ShardFile:
     name = str(found["name"])
     if "/" in name or name in ("", ".", ".."):
         raise ValueError(f"file name {name!r}")
-    return ShardFile(name, str(found["kind"]), int(found["bytes"]), str(found["sha256"]))
+    kind = str(found["kind"])
+    if kind != "log":
+        return ShardFile(name, kind, int(found["bytes"]), str(found["sha256"]))
+    return ShardFile(
+        name, kind, int(found["bytes"]), str(found["sha256"]), int(found["first_lsn"]), int(found["last_lsn"])
+    )
 
 
 def chain(path: Path) -> list[Manifest]:

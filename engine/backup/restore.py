@@ -5,10 +5,18 @@ writing anything.
 
 For each shard: the newest snapshot in the chain of backups, then its log records in order, taken
 from the backups' log pieces and the archive's segments (engine.storage.archive), every file's
-checksum verified on the way. Records are written into one new log segment after the snapshot, so
-the restored directory starts as any other, by recovery, and memory comes back with its vectors: no
-re-embedding at the start. With `--until`, each shard stops before its first record logged after
-that moment (a record's `ts`, the shard's clock when it was written).
+checksum verified on the way, each record from the first file that holds it. Records are written
+into one new log segment after the snapshot, so the restored directory starts as any other, by
+recovery, and memory comes back with its vectors: no re-embedding at the start.
+
+Without the archive or `--until`, each shard comes back at its watermark in the newest backup (the
+shards were cut sessions first, so what a session says of memory is there). With them, every shard
+comes back at one moment: `--until`, or without it the latest moment up to which every shard's log
+is complete (a backup is complete to when it cut the shard; an archived segment to when it was
+sealed; the archive's heartbeat to when it found nothing more logged). Each shard stops before its
+first record logged after that moment (a record's `ts`, its shard's clock when it was written). An
+`--until` later than that moment is refused, naming the shard whose log ends first: a state that
+mixes one shard's later records with another's earlier ones is not one the cluster was ever in.
 
 The restored directory is a new cluster (a new cluster id, recorded with where it came from in
 engine.json): its log begins a new history that must never be archived over the old one's.
@@ -20,10 +28,8 @@ the backups nor the archive hold, with later ones after them).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,14 +40,15 @@ from typing import IO, Any
 import orjson
 
 from engine.errors import CorruptFile
-from engine.storage.archive import archived_segments
-from engine.storage.frames import HEADER, frame, read_frames
+from engine.storage.archive import archived_segments, heartbeat_of
+from engine.storage.frames import frame, read_frames
 from engine.storage.identity import ShardIdentity, write_identity
 from engine.storage.layout import FORMAT_VERSION, LAYOUT_FILE
 from engine.storage.lock import fsync_directory, write_atomically
 from engine.storage.private import make_directory, open_file
 from engine.storage.wal import WAL_MAGIC, record_head, segment_path
 
+from .folders import prepare_empty, undo
 from .manifest import BackupRefused, Manifest, ShardEntry, ShardFile, chain
 
 _CHUNK = 8 * 1024 * 1024
@@ -78,6 +85,7 @@ class Restored:
     cluster_id: str  # the restored directory's (new) cluster id
     source_cluster_id: str
     backups: list[str]  # the chain, oldest first
+    until_ms: int | None = None  # the moment every shard was restored to (None: their watermarks)
     shards: list[ShardRestored] = field(default_factory=list)
     seconds: float = 0.0
     bytes_read: int = 0
@@ -87,6 +95,7 @@ class Restored:
             "cluster_id": self.cluster_id,
             "source_cluster_id": self.source_cluster_id,
             "backups": self.backups,
+            "until_ms": self.until_ms,
             "shards": [s.as_dict() for s in self.shards],
             "seconds": round(self.seconds, 3),
             "bytes_read": self.bytes_read,
@@ -101,16 +110,18 @@ def restore(
     started = time.perf_counter()
     backups = chain(backup)
     newest = backups[-1]
-    archive_root = _archive_of(archive, newest.cluster_id)
-    made = _prepare_target(data_dir)
-    result = Restored(f"cl_{uuid.uuid4().hex}", newest.cluster_id, [m.backup_id for m in backups])
+    plans = _plans(backups, _archive_of(archive, newest.cluster_id))
+    moment = _moment(plans, archive is not None, until_ms)
+    made = prepare_empty(data_dir, "a restore")
+    result = Restored(f"cl_{uuid.uuid4().hex}", newest.cluster_id, [m.backup_id for m in backups], moment)
     try:
-        for entry in newest.shards:
-            target = data_dir / entry.directory
+        for plan in plans:
+            target = data_dir / plan.entry.directory
             make_directory(target)
-            restored, read = _restore_shard(backups, entry, archive_root, until_ms, target)
-            write_identity(target, ShardIdentity(result.cluster_id, entry.kind, entry.index))
+            restored, read = _replay(plan, moment, target)
+            write_identity(target, ShardIdentity(result.cluster_id, plan.entry.kind, plan.entry.index))
             fsync_directory(target)
+            fsync_directory(target.parent)
             result.shards.append(restored)
             result.bytes_read += read
         if newest.keys_file is not None:
@@ -125,14 +136,14 @@ def restore(
                 "cluster_id": newest.cluster_id,
                 "backup_id": newest.backup_id,
                 "backup": str(newest.path.resolve()),
-                "until_ms": until_ms,
+                "until_ms": moment,
                 "archive": None if archive is None else str(archive.resolve()),
             },
         }
         write_atomically(data_dir / LAYOUT_FILE, orjson.dumps(layout))
         fsync_directory(data_dir)
     except BaseException as exc:
-        _undo(data_dir, made)
+        undo(data_dir, made)
         if isinstance(exc, CorruptFile):
             raise BackupRefused(f"the backup is damaged: {exc}") from None
         if isinstance(exc, OSError):
@@ -148,11 +159,10 @@ def verify(backup: Path, archive: Path | None = None) -> Restored:
     started = time.perf_counter()
     backups = chain(backup)
     newest = backups[-1]
-    archive_root = _archive_of(archive, newest.cluster_id)
     result = Restored(newest.cluster_id, newest.cluster_id, [m.backup_id for m in backups])
     try:
-        for entry in newest.shards:
-            restored, read = _restore_shard(backups, entry, archive_root, None, None)
+        for plan in _plans(backups, _archive_of(archive, newest.cluster_id)):
+            restored, read = _replay(plan, None, None)
             result.shards.append(restored)
             result.bytes_read += read
         if newest.keys_file is not None:
@@ -182,78 +192,142 @@ def _archive_of(archive: Path | None, cluster_id: str) -> Path | None:
 @dataclass(slots=True)
 class _Source:
     first: int
+    last: int
     path: Path
     checked: ShardFile | None  # a backup's file, with its checksum; None: the archive's
-    origin: str  # the backup it is in, or "archive"
-    ends_before: int | None = None  # its records from here on are a fenced incarnation's
+    complete_to: int  # ms: every record logged before is in it or before it (0: not known)
 
 
-def _restore_shard(
-    backups: list[Manifest],
-    entry: ShardEntry,
-    archive: Path | None,
-    until_ms: int | None,
-    target: Path | None,
-) -> tuple[ShardRestored, int]:
-    """Copy one shard's snapshot and write its log after it into `target` (None: only read)."""
+@dataclass(slots=True)
+class _Plan:
+    """What a shard is restored from, worked out from manifests and .sum files alone."""
+
+    entry: ShardEntry  # the newest backup's
+    name: str
+    snapshot: Path | None
+    snapshot_file: ShardFile | None
+    snapshot_lsn: int
+    sources: list[_Source]  # in order, each starting at or before the record after the last
+    end: int  # the last record the sources hold without a gap
+    complete_to: int  # ms: every record the shard logged before is in the sources
+
+
+def _plans(backups: list[Manifest], archive: Path | None) -> list[_Plan]:
+    newest = backups[-1]
+    expected = {("session", i) for i in range(newest.layout.get("shards", 0))}
+    expected |= {("memory", i) for i in range(newest.layout.get("memory_shards", 0))}
+    held = {s.key for s in newest.shards}
+    if held != expected:
+        missing = ", ".join(f"{k} shard {i}" for k, i in sorted(expected - held)) or "none"
+        raise BackupRefused(f"{newest.path} does not hold every shard of its layout (missing: {missing})")
+    return [_plan(backups, entry, archive) for entry in newest.shards]
+
+
+def _plan(backups: list[Manifest], entry: ShardEntry, archive: Path | None) -> _Plan:
     name = f"{entry.kind} shard {entry.index}"
-    entries = [(m, m.shard(entry.kind, entry.index)) for m in backups]
-    missing = [m.path for m, e in entries if e is None]
-    if missing:
-        raise BackupRefused(f"{missing[0]} holds no {name}: its backups are of different layouts")
-    start = max(i for i, (_, e) in enumerate(entries) if e is not None and e.snapshot_lsn is not None)
-    base_manifest, base = entries[start]
-    assert base is not None and base.snapshot_lsn is not None
+    entries: list[ShardEntry] = []
+    for m in backups:
+        e = m.shard(entry.kind, entry.index)
+        if e is None:
+            raise BackupRefused(f"{m.path} holds no {name}: its backups are of different layouts")
+        entries.append(e)
+    start = max(i for i, e in enumerate(entries) if e.snapshot_lsn is not None)
+    base = backups[start].path / entries[start].directory
+    snapshot_lsn = entries[start].snapshot_lsn or 0
+    snapshot = next((f for f in entries[start].files if f.kind == "snapshot"), None)
+    sources = [
+        _Source(
+            f.first_lsn or 0,
+            f.last_lsn or 0,
+            m.path / e.directory / f.name,
+            f,
+            e.cut_at if f.last_lsn == e.lsn else 0,
+        )
+        for m, e in zip(backups[start:], entries[start:], strict=True)
+        for f in e.files
+        if f.kind == "log"
+    ]
+    relative = Path(entry.directory)
+    if archive is not None:
+        for a in archived_segments(archive, backups[-1].cluster_id, relative):
+            sources.append(_Source(a.first, a.last, a.path, None, a.sealed_at))
+    sources.sort(key=lambda s: (s.first, -s.last))
+    needed, end = [], snapshot_lsn
+    for source in sources:
+        if source.last <= end:
+            continue  # every record it holds is in the snapshot or in a source before it
+        if source.first > end + 1:
+            raise BackupRefused(
+                f"the log of {name} has a gap: records {end + 1} to {source.first - 1} are in neither "
+                "the backups nor the archive"
+            )
+        needed.append(source)
+        end = source.last
+    if end < entries[-1].lsn:
+        raise BackupRefused(
+            f"the backup of {name} ends at record {end}, before its watermark {entries[-1].lsn}: "
+            "a log file is missing"
+        )
+    complete_to = max(
+        [e.cut_at for e in entries if e.lsn <= end] + [s.complete_to for s in sources if s.last <= end]
+    )
+    beat = heartbeat_of(archive, backups[-1].cluster_id, relative) if archive is not None else None
+    if beat is not None and beat["next_lsn"] == end + 1:
+        complete_to = max(complete_to, beat["as_of"])
+    return _Plan(
+        entry,
+        name,
+        None if snapshot is None else base / snapshot.name,
+        snapshot,
+        snapshot_lsn,
+        needed,
+        end,
+        complete_to,
+    )
+
+
+def _moment(plans: list[_Plan], archived: bool, until_ms: int | None) -> int | None:
+    """The one moment every shard is restored to (None: each at its newest watermark)."""
+    if not archived and until_ms is None:
+        return None
+    first = min(plans, key=lambda p: p.complete_to)
+    if until_ms is None:
+        return first.complete_to
+    if until_ms > first.complete_to:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(first.complete_to / 1000))
+        raise BackupRefused(
+            f"the log of {first.name} is complete only up to {first.complete_to} ({when} UTC), before "
+            f"--until {until_ms}; restore --until {first.complete_to} or earlier (an archived shard "
+            "is complete to its last seal, at most durability.archive_timeout_s before the disk was lost)"
+        )
+    return until_ms
+
+
+def _replay(plan: _Plan, until_ms: int | None, target: Path | None) -> tuple[ShardRestored, int]:
+    """Copy a shard's snapshot and write its log after it into `target` (None: only read)."""
     read = 0
-    snapshot = [f for f in base.files if f.kind == "snapshot"]
-    if snapshot:
-        path = base_manifest.path / base.directory / snapshot[0].name
-        taken = _snapshot_time(path)
+    if plan.snapshot is not None and plan.snapshot_file is not None:
+        out_path = None if target is None else target / plan.snapshot_file.name
+        read += _copy_verified(plan.snapshot, plan.snapshot_file, out_path)
+        taken = _check_snapshot(plan.snapshot)
         if until_ms is not None and taken > until_ms:
             raise BackupRefused(
-                f"the backup's snapshot of {name} was taken at {taken}, after --until {until_ms}; "
+                f"the backup's snapshot of {plan.name} was taken at {taken}, after {until_ms}; "
                 "restore from a backup taken before that moment"
             )
-        read += _copy_verified(path, snapshot[0], None if target is None else target / snapshot[0].name)
-        _check_snapshot(path)
-    sources = []
-    for manifest, e in entries[start:]:
-        assert e is not None
-        for f in e.files:
-            if f.kind == "log":
-                path = manifest.path / e.directory / f.name
-                sources.append(_Source(_first_lsn(f.name), path, f, manifest.backup_id))
-    if archive is not None:
-        for first, path in archived_segments(archive, base_manifest.cluster_id, Path(entry.directory)):
-            sources.append(_Source(first, path, None, "archive"))
-    # Within one backup, or the archive, a segment ends where the next begins: records past that
-    # were written by a fenced incarnation (engine.storage.wal.read_log cuts them the same way).
-    # Across them, files overlap (the archive's whole segment and a backup's copy cut at its
-    # watermark), so each record is taken from the first file in order that holds it.
-    ordered = sorted(sources, key=lambda s: s.first)
-    for i, source in enumerate(ordered):
-        later = (s.first for s in ordered[i + 1 :] if s.origin == source.origin and s.first > source.first)
-        source.ends_before = next(later, None)
-    watermark = entries[-1][1].lsn  # type: ignore[union-attr]
     out: IO[bytes] | None = None
     if target is not None:
-        out = os.fdopen(
-            open_file(segment_path(target, base.snapshot_lsn + 1), os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb"
-        )
+        segment = segment_path(target, plan.snapshot_lsn + 1)
+        out = os.fdopen(open_file(segment, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb")
         out.write(WAL_MAGIC)
-    expected, last_ts, records, from_archive, stopped = base.snapshot_lsn + 1, None, 0, 0, False
+    expected, last_ts, records, from_archive, stopped = plan.snapshot_lsn + 1, None, 0, 0, False
     try:
-        for source in ordered:
-            if source.first > expected:
-                raise BackupRefused(
-                    f"the log of {name} has a gap: records {expected} to {source.first - 1} are in "
-                    "neither the backups nor the archive"
-                )
+        for source in plan.sources:
             read += _check_sum(source.path, source.checked) if source.checked else source.path.stat().st_size
             for payload in _records(source.path):
                 lsn, ts = record_head(payload)
-                if source.ends_before is not None and lsn >= source.ends_before:
-                    break  # a fenced incarnation's record
+                if lsn > source.last:
+                    break  # a fenced incarnation's tail, or past the backup's watermark
                 if lsn < expected:
                     continue
                 if lsn != expected:
@@ -267,38 +341,27 @@ def _restore_shard(
                 from_archive += source.checked is None
             if stopped:
                 break
-        if not stopped and expected - 1 < watermark:
-            raise BackupRefused(
-                f"the backup of {name} ends at record {expected - 1}, before its watermark {watermark}: "
-                "a log file is missing"
-            )
+            if expected <= source.last:
+                raise CorruptFile(source.path, 0, f"holds records only to {expected - 1}, not {source.last}")
         if out is not None:
             out.flush()
             os.fsync(out.fileno())
     finally:
         if out is not None:
             out.close()
-    return (
-        ShardRestored(
-            entry.kind,
-            entry.index,
-            entry.directory,
-            base.snapshot_lsn,
-            expected - 1,
-            last_ts,
-            records,
-            from_archive,
-            stopped,
-        ),
-        read,
+    entry = plan.entry
+    restored = ShardRestored(
+        entry.kind,
+        entry.index,
+        entry.directory,
+        plan.snapshot_lsn,
+        expected - 1,
+        last_ts,
+        records,
+        from_archive,
+        stopped,
     )
-
-
-def _first_lsn(name: str) -> int:
-    try:
-        return int(name.removeprefix("wal-").removesuffix(".log"))
-    except ValueError:
-        raise BackupRefused(f"{name} is not a log segment's name") from None
+    return restored, read
 
 
 def _records(path: Path) -> Iterator[bytes]:
@@ -306,25 +369,23 @@ def _records(path: Path) -> Iterator[bytes]:
         yield payload
 
 
-def _check_snapshot(path: Path) -> None:
-    """Every record of a snapshot reads back, and the last is its trailer: a snapshot damaged on its
-    shard before it was backed up has a checksum that matches, and is caught here."""
+def _check_snapshot(path: Path) -> int:
+    """When a snapshot was taken (its header's `ts`), once every record of it reads back and the
+    last is its trailer: a snapshot damaged on its shard before it was backed up has a checksum
+    that matches, and is caught here."""
     with path.open("rb") as f:
-        magic = f.read(len(WAL_MAGIC))
-    last = b""
+        magic = f.read(len(WAL_MAGIC))  # every kind's magic line is as long as the log's
+    first = last = b""
     for _, payload in read_frames(path, magic):
+        first = first or payload
         last = payload
+    try:
+        taken = int(orjson.loads(first)["ts"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise CorruptFile(path, len(magic), "the snapshot's header does not read") from None
     if not last.startswith(b'{"end":true'):
         raise CorruptFile(path, 0, "the snapshot has no trailer")
-
-
-def _snapshot_time(path: Path) -> int:
-    """When a snapshot was taken: its header's `ts` (the first record after its magic line)."""
-    with path.open("rb") as f:
-        f.seek(len(WAL_MAGIC))  # every kind's magic line is as long as the log's
-        length, _ = HEADER.unpack(f.read(HEADER.size))
-        header = orjson.loads(f.read(length))
-    return int(header["ts"])
+    return taken
 
 
 def _check_sum(path: Path, expected: ShardFile) -> int:
@@ -370,28 +431,3 @@ def _compare(path: Path, expected: ShardFile, size: int, sha256: str) -> None:
             f"the backup is damaged: {path} has {size} bytes and checksum {sha256[:12]}..., its manifest "
             f"says {expected.bytes} bytes and {expected.sha256[:12]}..."
         )
-
-
-def _prepare_target(data_dir: Path) -> bool:
-    if data_dir.exists():
-        if not data_dir.is_dir():
-            raise BackupRefused(f"{data_dir} is not a folder")
-        if any(data_dir.iterdir()):
-            raise BackupRefused(f"{data_dir} is not empty: a restore goes into a new or empty folder")
-        if not os.access(data_dir, os.W_OK | os.X_OK):
-            raise BackupRefused(f"cannot write {data_dir}: permission denied")
-        return False
-    try:
-        make_directory(data_dir)
-    except OSError as exc:
-        raise BackupRefused(f"cannot make {data_dir}: {exc.strerror or exc}") from None
-    return True
-
-
-def _undo(data_dir: Path, made: bool) -> None:
-    if made:
-        shutil.rmtree(data_dir, ignore_errors=True)
-        return
-    for entry in list(data_dir.iterdir()) if data_dir.is_dir() else []:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()

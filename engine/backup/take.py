@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Sequence
@@ -34,10 +33,12 @@ import orjson
 from engine.storage.lock import fsync_directory, write_atomically
 from engine.storage.private import make_directory, open_file
 
+from .folders import prepare_empty, undo
 from .manifest import MANIFEST, BackupRefused, Manifest, ShardEntry, ShardFile, chain
 
 READ_BYTES = 8 * 1024 * 1024  # one read from a shard: bounds the memory a piece in flight holds
 COPIES_AT_ONCE = 4  # pieces copied at once, across shards
+KEEP_ALIVE_S = 60.0  # how often every shard waiting for its turn is told the backup goes on
 
 
 class ShardSource(Protocol):
@@ -47,7 +48,7 @@ class ShardSource(Protocol):
     index: int
     directory: str  # its files' folder, relative to a data directory
 
-    async def begin(self, backup_id: str, since_lsn: int | None) -> dict[str, Any]: ...
+    async def begin(self, backup_id: str, since_lsn: int | None, since_crc: int | None) -> dict[str, Any]: ...
 
     async def read(self, backup_id: str, piece: int, offset: int, size: int) -> bytes: ...
 
@@ -74,7 +75,7 @@ async def take_backup(
     BackupRefused, in one line, when it cannot be made; `dest` is then as it was."""
     started = time.perf_counter()
     base = chain(previous)[-1] if previous is not None else None
-    made = _prepare(dest)
+    made = prepare_empty(dest, "a backup")
     backup_id = f"bk_{uuid.uuid4().hex}"
     started_at = int(time.time() * 1000)
     begun: list[tuple[ShardSource, dict[str, Any]]] = []
@@ -82,7 +83,7 @@ async def take_backup(
         for kind in ("session", "memory"):
             cut = [s for s in sources if s.kind == kind]
             answers = await asyncio.gather(
-                *(s.begin(backup_id, _since(base, s)) for s in cut), return_exceptions=True
+                *(s.begin(backup_id, *_since(base, s)) for s in cut), return_exceptions=True
             )
             begun += [(s, a) for s, a in zip(cut, answers, strict=True) if not isinstance(a, BaseException)]
             failed = [(s, a) for s, a in zip(cut, answers, strict=True) if isinstance(a, BaseException)]
@@ -90,7 +91,11 @@ async def take_backup(
                 source, exc = failed[0]
                 raise BackupRefused(f"{source.kind} shard {source.index} cannot be backed up: {_reason(exc)}")
         cluster_id = _one_cluster(begun, base)
-        entries, copied = await _copy_all(dest, backup_id, begun)
+        keeper = asyncio.create_task(_keep_alive(backup_id, begun))
+        try:
+            entries, copied = await _copy_all(dest, backup_id, begun)
+        finally:
+            keeper.cancel()
         keys = _copy_keys(keys_file, dest) if keys_file is not None and keys_file.is_file() else None
         manifest = Manifest(
             path=dest,
@@ -108,7 +113,7 @@ async def take_backup(
         write_atomically(dest / MANIFEST, orjson.dumps(manifest.as_dict(), option=orjson.OPT_INDENT_2))
         fsync_directory(dest)
     except BaseException as exc:
-        _undo(dest, made)
+        undo(dest, made)
         if isinstance(exc, OSError):
             raise BackupRefused(f"cannot write the backup to {dest}: {exc.strerror or exc}") from None
         raise
@@ -118,13 +123,14 @@ async def take_backup(
     return Taken(manifest, copied, time.perf_counter() - started)
 
 
-def _since(base: Manifest | None, source: ShardSource) -> int | None:
+def _since(base: Manifest | None, source: ShardSource) -> tuple[int | None, int | None]:
+    """The previous backup's watermark of this shard and its record's checksum."""
     if base is None:
-        return None
+        return None, None
     entry = base.shard(source.kind, source.index)
     if entry is None:
         raise BackupRefused(f"{base.path} has no {source.kind} shard {source.index}: it is of another layout")
-    return entry.lsn
+    return entry.lsn, entry.lsn_crc
 
 
 def _one_cluster(begun: list[tuple[ShardSource, dict[str, Any]]], base: Manifest | None) -> str:
@@ -162,6 +168,8 @@ async def _copy_all(
                 source.index,
                 source.directory,
                 int(answer["lsn"]),
+                answer["lsn_crc"],
+                int(answer["cut_at"]),
                 answer["snapshot_lsn"],
                 int(answer["from_lsn"]),
                 tuple(files),
@@ -189,39 +197,23 @@ async def _copy_piece(
             offset += len(chunk)
         out.flush()
         await asyncio.to_thread(os.fsync, out.fileno())
-    return ShardFile(piece["name"], piece["kind"], size, digest.hexdigest())
+    return ShardFile(
+        piece["name"], piece["kind"], size, digest.hexdigest(), piece.get("first_lsn"), piece.get("last_lsn")
+    )
+
+
+async def _keep_alive(backup_id: str, begun: list[tuple[ShardSource, dict[str, Any]]]) -> None:
+    """Every shard's staged files stay pinned while the copy works through the others: an empty
+    read touches each one (engine.storage.backup lapses a backup nobody reads)."""
+    while True:
+        await asyncio.sleep(KEEP_ALIVE_S)
+        await asyncio.gather(*(s.read(backup_id, 0, 0, 0) for s, _ in begun), return_exceptions=True)
 
 
 def _copy_keys(keys_file: Path, dest: Path) -> ShardFile:
     content = keys_file.read_bytes()
     write_atomically(dest / "keys.json", content)
     return ShardFile("keys.json", "keys", len(content), hashlib.sha256(content).hexdigest())
-
-
-def _prepare(dest: Path) -> bool:
-    """Refuse a destination that holds anything, or cannot be written; True when it is made here."""
-    if dest.exists():
-        if not dest.is_dir():
-            raise BackupRefused(f"{dest} is not a folder")
-        if any(dest.iterdir()):
-            raise BackupRefused(f"{dest} is not empty: a backup goes into a new or empty folder")
-        if not os.access(dest, os.W_OK | os.X_OK):
-            raise BackupRefused(f"cannot write the backup to {dest}: permission denied")
-        return False
-    try:
-        make_directory(dest)
-    except OSError as exc:
-        raise BackupRefused(f"cannot make {dest}: {exc.strerror or exc}") from None
-    return True
-
-
-def _undo(dest: Path, made: bool) -> None:
-    if made:
-        shutil.rmtree(dest, ignore_errors=True)
-        return
-    for entry in list(dest.iterdir()) if dest.is_dir() else []:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 def _reason(exc: BaseException) -> str:

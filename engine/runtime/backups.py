@@ -23,8 +23,8 @@ class RayShard:
     directory: str
     handle: Any
 
-    async def begin(self, backup_id: str, since_lsn: int | None) -> dict[str, Any]:
-        answer: dict[str, Any] = await self.handle.backup_begin.remote(backup_id, since_lsn)
+    async def begin(self, backup_id: str, since_lsn: int | None, since_crc: int | None) -> dict[str, Any]:
+        answer: dict[str, Any] = await self.handle.backup_begin.remote(backup_id, since_lsn, since_crc)
         return answer
 
     async def read(self, backup_id: str, piece: int, offset: int, size: int) -> bytes:

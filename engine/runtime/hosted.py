@@ -50,6 +50,15 @@ class DurableStore(Protocol):
     def backup_point(self) -> tuple[int, int, int]: ...
 
     @property
+    def archiving(self) -> bool: ...
+
+    def archive_sealed(self) -> None: ...
+
+    def seal_for_archive(self) -> tuple[int, int] | None: ...
+
+    def archive_heartbeat(self, next_lsn: int, as_of: int) -> None: ...
+
+    @property
     def read_only(self) -> bool: ...
 
     @property
@@ -138,6 +147,8 @@ class HostedShard(Generic[D]):
         loop = asyncio.get_running_loop()
         self._timers.append(loop.create_task(self._drain_if_cluster_is()))
         self._timers.append(loop.create_task(self._sweep_backups_forever()))
+        if durable.archiving:
+            self._timers.append(loop.create_task(self._archive_forever()))
         return True
 
     async def _drain_if_cluster_is(self) -> None:
@@ -235,6 +246,8 @@ class HostedShard(Generic[D]):
         for timer in self._timers:
             timer.cancel()
         self._stopping()
+        if self._backups is not None:
+            self._backups.end_all()  # a backup still copying fails: its shard is going away
         if self._durable is None:
             return
         async with self._snapshot_lock:
@@ -244,14 +257,17 @@ class HostedShard(Generic[D]):
 
     # -- online backup (engine.storage.backup; engine.backup.take drives it)
 
-    async def backup_begin(self, backup_id: str, since_lsn: int | None) -> dict[str, Any]:
-        """Cut the shard at its last record and pin the files that hold it; `since_lsn`: the
-        previous backup's watermark, for an incremental one. Returns the watermark and the pieces."""
+    async def backup_begin(
+        self, backup_id: str, since_lsn: int | None, since_crc: int | None = None
+    ) -> dict[str, Any]:
+        """Cut the shard at its last record and pin the files that hold it; `since_lsn` and
+        `since_crc`: the previous backup's watermark and its record's checksum, for an incremental
+        one. Returns the watermark and the pieces."""
         if self._durable is None or self._backups is None:
             assert self._refusal is not None
             raise self._refusal  # not serving its directory: nothing of it to copy
         durable = self._durable
-        staged = self._backups.begin(backup_id, *durable.backup_point(), since_lsn)
+        staged = self._backups.begin(backup_id, *durable.backup_point(), since_lsn, since_crc)
         try:
             await asyncio.to_thread(staged.resolve)
         except BaseException:
@@ -264,6 +280,19 @@ class HostedShard(Generic[D]):
             **staged.describe(),
         }
 
+    async def _archive_forever(self) -> None:
+        """Copy sealed segments to the archive (at once: the last segment of the incarnation
+        before is sealed now), then every durability.archive_timeout_s seal the current one if it
+        holds records, or record that it holds none (LoggedStore.seal_for_archive)."""
+        durable = self._store()
+        await asyncio.to_thread(durable.archive_sealed)
+        while True:
+            await asyncio.sleep(self._config.durability.archive_timeout_s)
+            idle = durable.seal_for_archive()
+            await asyncio.to_thread(durable.archive_sealed)
+            if idle is not None:
+                await asyncio.to_thread(durable.archive_heartbeat, *idle)
+
     async def _sweep_backups_forever(self) -> None:
         """Unpin the files of a backup whose process went away (ShardBackups.sweep)."""
         while True:
@@ -272,9 +301,14 @@ class HostedShard(Generic[D]):
                 self._backups.sweep()
 
     async def backup_read(self, backup_id: str, piece: int, offset: int, size: int) -> bytes:
-        """Bytes of one piece of a backup begun here, read in a thread."""
-        assert self._backups is not None
+        """Bytes of one piece of a backup begun here, read in a thread (size 0: only keeps the
+        backup from lapsing while it waits for its turn)."""
+        if self._backups is None:
+            assert self._refusal is not None
+            raise self._refusal
         staged = self._backups.get(backup_id)
+        if size == 0:
+            return b""
         return await asyncio.to_thread(staged.pieces[piece].read, offset, size)
 
     async def backup_end(self, backup_id: str) -> None:

@@ -3,16 +3,23 @@ watermark), pinned so that nothing the shard does meanwhile changes or deletes t
 piece at a time by the process writing the backup (engine.backup.take).
 
 Files of a shard are immutable once written, except the log segment being written, which only
-grows. So a backup cuts a shard at its last record without pausing it: the newest snapshot, every
-sealed segment after it, and the current segment up to where its last whole record ends. Each is
-hard-linked into a staging folder inside the shard's directory (the same file system, so a link is
-a metadata change) in one step of the shard's loop, and the shard goes on writing: a snapshot that
-deletes an older file after that removes its name, not the staged link. An incremental backup takes
-only the records after the previous backup's watermark, while the shard's segments still hold
-them, and otherwise the snapshot and log again (a shard keeps one previous snapshot's segments).
+grows (and a sealed segment a fenced incarnation appends to, past where the next one begins: those
+records were never acknowledged). So a backup cuts a shard at its last record without pausing it,
+in one step of the shard's loop: it notes where the current segment's last whole record ends and
+hard-links the newest snapshot and every segment into a staging folder inside the shard's
+directory (the same file system, so a link is a metadata change). The shard goes on writing: a
+snapshot that deletes an older file after that removes its name, not the staged link.
 
-A staging folder is removed when its backup ends, when it lies unused past BACKUP_IDLE_S (its
-backup process died), and at the shard's next start.
+Then, in a thread (`StagedBackup.resolve`), it chooses the pieces by reading only record headers:
+- an incremental backup (the previous backup's watermark and that record's checksum given) takes
+  the records after the watermark, when the shard still holds them and its record at the
+  watermark has the same checksum (else it is not the history that backup saw: a disk rolled
+  back, or records lost under fsync everysec), and otherwise the snapshot and log again;
+- a full one takes the newest snapshot and the log after it.
+Each log piece holds whole records from `first_lsn` to `last_lsn` and nothing past the watermark.
+
+A staging folder is removed when its backup ends, when it lies unread past BACKUP_IDLE_S (the
+process copying it went, or stopped asking), and at the shard's next start.
 """
 
 from __future__ import annotations
@@ -26,26 +33,27 @@ from typing import Any
 
 from engine.errors import ValidationFailed
 
-from .frames import HEADER
+from .frames import HEADER, frame_headers
 from .snapshot import snapshots
-from .wal import WAL_MAGIC, record_head, segment_path, segments
+from .wal import WAL_MAGIC, segment_path, segments
 
 STAGING_PREFIX = "backup-"
-BACKUP_IDLE_S = 600.0  # a staged backup unread this long is dropped: the process copying it went
+BACKUP_IDLE_S = 600.0  # a staged backup unread this long is dropped
 MAX_STAGED = 4  # backups staged on one shard at once
 
 
 @dataclass(slots=True)
 class Piece:
     """One file of the backup: bytes [start, end) of a staged file, after WAL_MAGIC when a log piece
-    begins mid-segment (an incremental's first piece: records from `from_lsn` on)."""
+    begins mid-segment. A log piece holds records first_lsn..last_lsn."""
 
     name: str
     kind: str  # "snapshot" or "log"
     staged: Path
     start: int
     end: int
-    from_lsn: int | None = None  # its first record, when it is not the staged segment's first
+    first_lsn: int | None = None
+    last_lsn: int | None = None
 
     @property
     def prefix(self) -> bytes:
@@ -68,7 +76,21 @@ class Piece:
             return head + f.read(want)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "bytes": self.size}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "bytes": self.size,
+            "first_lsn": self.first_lsn,
+            "last_lsn": self.last_lsn,
+        }
+
+
+@dataclass(slots=True)
+class _Segment:
+    first: int
+    link: Path
+    stop: int  # where its whole records end (the current segment: where the cut was taken)
+    boundary: int  # the next segment's first record: its records from there on are a fenced tail
 
 
 @dataclass(slots=True)
@@ -76,38 +98,75 @@ class StagedBackup:
     backup_id: str
     folder: Path
     lsn: int  # the watermark: the last record the pieces hold
-    snapshot_lsn: int | None  # the snapshot it holds (None: an incremental of log records only)
-    from_lsn: int  # the first record its log pieces hold that a restore needs
+    cut_at: int  # when it was cut (ms): every record logged before is at or below the watermark
+    since_lsn: int | None
+    since_crc: int | None
+    snapshot: tuple[int, Path] | None  # the newest snapshot (lsn, staged link)
+    staged: list[_Segment] = field(default_factory=list)
+    snapshot_lsn: int | None = None  # the snapshot the backup holds (None: records only)
+    from_lsn: int = 0  # the first record it holds
+    lsn_crc: int | None = None  # the watermark record's checksum (None: no record in the log)
     pieces: list[Piece] = field(default_factory=list)
     touched: float = field(default_factory=time.monotonic)
 
     def resolve(self) -> None:
-        """Blocking: find where a piece that begins mid-segment begins (its first record's offset)."""
-        for piece in self.pieces:
-            if piece.from_lsn is not None and piece.start == 0:
-                piece.start = _offset_of(piece.staged, piece.from_lsn, piece.end)
+        """Blocking: choose the pieces (the module's docstring), reading record headers only."""
+        watermark = self._locate(self.lsn)
+        self.lsn_crc = watermark[2] if watermark is not None else None
+        if self.since_lsn is not None and self.since_crc is not None and self.since_lsn <= self.lsn:
+            found = self._locate(self.since_lsn)
+            if found is not None and found[2] == self.since_crc:
+                self.snapshot_lsn, self.from_lsn = None, self.since_lsn + 1
+                self._log_from(self.since_lsn + 1)
+                return
+        snapshot_lsn = self.snapshot[0] if self.snapshot is not None else 0
+        self.snapshot_lsn, self.from_lsn = snapshot_lsn, snapshot_lsn + 1
+        if self.snapshot is not None:
+            link = self.snapshot[1]
+            self.pieces.append(Piece(link.name, "snapshot", link, 0, link.stat().st_size))
+        self._log_from(snapshot_lsn + 1)
+
+    def _log_from(self, lsn: int) -> None:
+        """Log pieces of every record from `lsn` to the watermark."""
+        for segment in self.staged:
+            last = min(self.lsn, segment.boundary - 1)
+            if last < lsn or segment.first > last:
+                continue
+            first = max(lsn, segment.first)
+            start, end = self._span(segment, first, last)
+            name = segment.link.name if first == segment.first else segment_path(Path(), first).name
+            self.pieces.append(Piece(name, "log", segment.link, start, end, first, last))
+
+    def _span(self, segment: _Segment, first: int, last: int) -> tuple[int, int]:
+        """Byte span of records first..last of a segment (start 0 when from its first record)."""
+        start = 0 if first == segment.first else None
+        for i, (offset, length, _) in enumerate(frame_headers(segment.link, len(WAL_MAGIC), segment.stop)):
+            lsn = segment.first + i
+            if lsn == first and start is None:
+                start = offset
+            if lsn == last:
+                return start or 0, offset + HEADER.size + length
+        raise ValidationFailed(f"{segment.link.name} holds no records {first} to {last}")
+
+    def _locate(self, lsn: int) -> tuple[int, int, int] | None:
+        """(offset, length, crc) of record `lsn` in the staged log, or None if it holds none."""
+        for segment in reversed(self.staged):
+            if segment.first <= lsn < segment.boundary:
+                for i, header in enumerate(frame_headers(segment.link, len(WAL_MAGIC), segment.stop)):
+                    if segment.first + i == lsn:
+                        return header
+                return None
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {
             "lsn": self.lsn,
+            "lsn_crc": self.lsn_crc,
+            "cut_at": self.cut_at,
             "snapshot_lsn": self.snapshot_lsn,
             "from_lsn": self.from_lsn,
             "pieces": [p.describe() for p in self.pieces],
         }
-
-
-def _offset_of(path: Path, lsn: int, end: int) -> int:
-    """Where record `lsn` begins in a segment, reading only whole records before `end`."""
-    with path.open("rb") as f:
-        offset = len(WAL_MAGIC)
-        f.seek(offset)
-        while offset < end:
-            length, _ = HEADER.unpack(f.read(HEADER.size))
-            payload = f.read(length)
-            if record_head(payload)[0] >= lsn:
-                return offset
-            offset += HEADER.size + length
-    raise ValidationFailed(f"{path.name} holds no record {lsn} before offset {end}")
 
 
 class ShardBackups:
@@ -121,12 +180,18 @@ class ShardBackups:
             shutil.rmtree(stale, ignore_errors=True)
 
     def begin(
-        self, backup_id: str, lsn: int, sealed_before: int, end: int, since_lsn: int | None
+        self,
+        backup_id: str,
+        lsn: int,
+        sealed_before: int,
+        end: int,
+        since_lsn: int | None,
+        since_crc: int | None = None,
+        now_ms: int | None = None,
     ) -> StagedBackup:
-        """Stage the files that hold the shard's state at record `lsn` (the segment being written,
-        which starts at `sealed_before`, up to `end`): everything after `since_lsn` when its records
-        are all still here, else the newest snapshot and the log after it. Quick, for the shard's loop;
-        `StagedBackup.resolve` does the reading, in a thread."""
+        """Pin the files that hold the shard's state at record `lsn` (the segment being written,
+        which starts at `sealed_before`, up to `end`). Quick, for the shard's loop; `resolve`, in a
+        thread, chooses the pieces."""
         self.sweep()
         if len(self._staged) >= MAX_STAGED:
             raise ValidationFailed(
@@ -143,53 +208,34 @@ class ShardBackups:
                 {"lsn": lsn, "since_lsn": since_lsn},
                 "Take a full backup (without --from).",
             )
-        found = [(first, path) for first, path in segments(self._directory) if first <= lsn]
-        staged = StagedBackup(backup_id, self._directory / f"{STAGING_PREFIX}{backup_id}", lsn, None, lsn + 1)
-        folder_made = False
+        folder = self._directory / f"{STAGING_PREFIX}{backup_id}"
+        folder.mkdir(mode=0o700)
         try:
-            if since_lsn is not None and (since_lsn == lsn or (found and found[0][0] <= since_lsn + 1)):
-                staged.from_lsn = since_lsn + 1
-                if since_lsn < lsn:
-                    start = max(i for i, (first, _) in enumerate(found) if first <= since_lsn + 1)
-                    staged.folder.mkdir(mode=0o700)
-                    folder_made = True
-                    self._stage_log(staged, found[start:], sealed_before, end, since_lsn + 1)
-            else:
-                snapshot = [(s, p) for s, p in snapshots(self._directory, self._prefix) if s <= lsn][-1:]
-                staged.snapshot_lsn = snapshot[0][0] if snapshot else 0
-                staged.from_lsn = staged.snapshot_lsn + 1
-                staged.folder.mkdir(mode=0o700)
-                folder_made = True
-                for _, path in snapshot:
-                    link = _link(path, staged.folder)
-                    staged.pieces.append(Piece(path.name, "snapshot", link, 0, link.stat().st_size))
-                needed = [
-                    (first, path)
-                    for i, (first, path) in enumerate(found)
-                    if i + 1 == len(found) or found[i + 1][0] > staged.from_lsn
-                ]
-                self._stage_log(staged, needed, sealed_before, end, None)
+            found = snapshots(self._directory, self._prefix)
+            newest = [(s, p) for s, p in found if s <= lsn][-1:]
+            snapshot = (newest[0][0], _link(newest[0][1], folder)) if newest else None
+            staged = StagedBackup(
+                backup_id,
+                folder,
+                lsn,
+                now_ms if now_ms is not None else int(time.time() * 1000),
+                since_lsn,
+                since_crc,
+                snapshot,
+            )
+            log = [(first, path) for first, path in segments(self._directory) if first <= lsn]
+            for i, (first, path) in enumerate(log):
+                boundary = log[i + 1][0] if i + 1 < len(log) else sealed_before
+                link = _link(path, folder)
+                stop = end if first == sealed_before else link.stat().st_size
+                staged.staged.append(
+                    _Segment(first, link, stop, boundary if first < sealed_before else lsn + 1)
+                )
         except BaseException:
-            if folder_made:
-                shutil.rmtree(staged.folder, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
             raise
         self._staged[backup_id] = staged
         return staged
-
-    def _stage_log(
-        self,
-        staged: StagedBackup,
-        found: list[tuple[int, Path]],
-        sealed_before: int,
-        end: int,
-        from_lsn: int | None,
-    ) -> None:
-        for i, (first, path) in enumerate(found):
-            link = _link(path, staged.folder)
-            stop = end if first == sealed_before else link.stat().st_size
-            cut = from_lsn if i == 0 and from_lsn is not None and from_lsn > first else None
-            name = segment_path(Path(), cut).name if cut is not None else path.name
-            staged.pieces.append(Piece(name, "log", link, 0, stop, cut))
 
     def get(self, backup_id: str) -> StagedBackup:
         staged = self._staged.get(backup_id)
@@ -197,7 +243,7 @@ class ShardBackups:
             raise ValidationFailed(
                 f"no backup {backup_id[:64]!r} is being copied from {self._directory.name}",
                 {"backup_id": backup_id[:64]},
-                "It ended, or lapsed unused; start the backup again.",
+                "It ended, or lapsed unread; start the backup again.",
             )
         staged.touched = time.monotonic()
         return staged
@@ -206,6 +252,10 @@ class ShardBackups:
         staged = self._staged.pop(backup_id, None)
         if staged is not None:
             shutil.rmtree(staged.folder, ignore_errors=True)
+
+    def end_all(self) -> None:
+        for backup_id in list(self._staged):
+            self.end(backup_id)
 
     def sweep(self, idle_s: float = BACKUP_IDLE_S) -> None:
         now = time.monotonic()

@@ -77,6 +77,21 @@ def read_frames(path: Path, magic: bytes, torn: list[TornTail] | None = None) ->
             offset = end
 
 
+def frame_headers(path: Path, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(offset, payload length, crc32) of each record between `start` (a record's first byte) and
+    `end`, from the headers alone: how a copy finds a record's place and checksum without reading
+    what it holds. The bytes are not checked; the copy's reader checks them."""
+    with path.open("rb") as f:
+        offset = start
+        while offset + HEADER.size <= end:
+            f.seek(offset)
+            length, crc = HEADER.unpack(f.read(HEADER.size))
+            if offset + HEADER.size + length > end:
+                return
+            yield offset, length, crc
+            offset += HEADER.size + length
+
+
 def _intact_record_after(path: Path, start: int, size: int) -> bool:
     data = path.read_bytes()
     for offset in range(start, size - HEADER.size):

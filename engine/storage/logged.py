@@ -36,7 +36,7 @@ from engine.oplog import OpRegistry
 from .archive import LogArchive
 from .identity import Epoch, Fenced, ShardIdentity, verify_identity
 from .lock import DirectoryLock
-from .wal import WriteAheadLog, disk_reason, encode_record, unwritable_log
+from .wal import WAL_MAGIC, WriteAheadLog, disk_reason, encode_record, unwritable_log
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,6 @@ class LoggedStore:
         except BaseException:
             self._lock.release()
             raise
-        self.archive_sealed()  # the last segment of the incarnation before is sealed now
 
     def _close_files(self) -> None:
         try:
@@ -110,7 +109,7 @@ class LoggedStore:
             # so no write it acknowledges can land after the log is read below.
             self._epoch = Epoch(self.directory)
             self._recover(repair=True)
-            self._wal = WriteAheadLog(self.directory, self.lsn + 1)
+            self._wal = WriteAheadLog(self.directory, self.lsn + 1, self._clock.now_ms)
         except OSError as exc:
             failure = LogWriteFailed(f"cannot write to {self.directory} at start: {exc}", disk_reason(exc))
             self._recover(repair=False)
@@ -129,7 +128,7 @@ class LoggedStore:
         if self._archive is None or self._wal is None:
             return
         try:
-            self._archive.archive_sealed(self.directory, self._wal.segment_start)
+            self._archive.archive_sealed(self.directory, self._wal.segment_start, self._wal.opened_at)
         except OSError as exc:
             log.error(
                 "cannot copy sealed log segments to the archive; they stay in the data directory "
@@ -139,13 +138,49 @@ class LoggedStore:
 
     def backup_point(self) -> tuple[int, int, int]:
         """Where a backup cuts this shard now: (its last record, the first record of the segment
-        being written, where that segment's last whole record ends). Unavailable while the log
-        cannot be written: what is on disk past the last acknowledged record is not known whole."""
+        being written, where that segment's last whole record ends), synced first. Unavailable
+        while the log cannot be written (what is on disk past the last acknowledged record is not
+        known whole), and Fenced once a newer incarnation took the directory."""
+        if self._refusal is None and not self.holds_epoch():
+            self._fence()
+        self.sync()  # under fsync everysec: the watermark must be on disk, or a crash could reuse it
         if self._refusal is not None or self._wal is None:
             raise self._refusal or unwritable_log(
                 self.directory, LogWriteFailed("the log is not open", "not open")
             )
         return self.lsn, self._wal.segment_start, self._wal.end
+
+    @property
+    def archiving(self) -> bool:
+        return self._archive is not None
+
+    def seal_for_archive(self) -> tuple[int, int] | None:
+        """On the archive's timer (durability.archive_timeout_s), on the shard's loop: seal the
+        segment being written if it holds records, so the archive is never further behind than
+        the timer; else (next_lsn, now) for `archive_heartbeat`, since nothing was logged since."""
+        wal = self._wal
+        if self._archive is None or wal is None or self._refusal is not None:
+            return None
+        if wal.end <= len(WAL_MAGIC):
+            return wal.segment_start, self._clock.now_ms()
+        self.sync()
+        try:
+            wal.rotate(self.lsn + 1, for_snapshot=False)
+        except OSError as exc:  # the log is failed now: the next change finds it so and goes read-only
+            where = {"directory": str(self.directory), "error": str(exc)}
+            log.error("cannot seal the log segment", extra=where)
+        return None
+
+    def archive_heartbeat(self, next_lsn: int, as_of: int) -> None:
+        """Blocking: record in the archive that nothing was logged after `next_lsn - 1` up to
+        `as_of` (seal_for_archive's answer)."""
+        if self._archive is None:
+            return
+        try:
+            self._archive.heartbeat(next_lsn, as_of)
+        except OSError as exc:
+            where = {"directory": str(self.directory), "error": str(exc)}
+            log.error("cannot write the archive's heartbeat", extra=where)
 
     def unarchived_segments(self) -> int | None:
         """Sealed segments the archive lacks (None: no archive): above zero for longer than a

@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,8 +185,12 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class WriteAheadLog:
-    def __init__(self, directory: Path, next_lsn: int) -> None:
+    def __init__(self, directory: Path, next_lsn: int, now_ms: Callable[[], int] | None = None) -> None:
         self._directory = directory
+        self._now_ms = now_ms or (lambda: int(time.time() * 1000))
+        # When each segment this log opened was opened (by its first LSN): the one before it was
+        # sealed then, so every record logged earlier is in it or before it (engine.storage.archive).
+        self.opened_at: dict[int, int] = {}
         self._fd = -1
         self._unsynced = False
         self._segment_start = next_lsn
@@ -283,6 +288,7 @@ class WriteAheadLog:
                 fresh.unlink()  # a stray segment would read as damage later
             raise
         self._fd, self._segment_start = fd, first_lsn
+        self.opened_at[first_lsn] = self._now_ms()
         self._end = len(WAL_MAGIC)
         self.bytes_since_rotation = 0
 
@@ -295,9 +301,10 @@ class WriteAheadLog:
     def sync(self) -> None:
         os.fsync(self._fd)
 
-    def rotate(self, next_lsn: int) -> None:
+    def rotate(self, next_lsn: int, *, for_snapshot: bool = True) -> None:
         """Start a new segment at next_lsn; the old one is complete and synced. If that fails, the
-        log is failed (OSError raised) and `reopen` goes back to the old segment."""
+        log is failed (OSError raised) and `reopen` goes back to the old segment. A rotation that is
+        not a snapshot's (the archive's timer) keeps counting the bytes since the last snapshot's."""
         if self.failed or self._fd < 0:
             raise OSError(errno.EIO, f"the log in {self._directory} is not open for writing")
         if next_lsn == self._segment_start:
@@ -309,8 +316,11 @@ class WriteAheadLog:
             raise
         os.close(self._fd)
         self._fd = -1
+        written = self.bytes_since_rotation
         try:
             self._open_segment(next_lsn)
+            if not for_snapshot:
+                self.bytes_since_rotation = written
         except OSError as exc:
             # _segment_start and _end still name the old segment, which `reopen` goes back to.
             self.failed, self._failure = True, disk_reason(exc)

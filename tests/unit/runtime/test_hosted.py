@@ -46,6 +46,15 @@ class Store:
     def backup_point(self) -> tuple[int, int, int]:
         raise Unavailable("the stand-in store keeps no log files to back up")
 
+    archiving = False
+
+    def archive_sealed(self) -> None: ...
+
+    def seal_for_archive(self) -> tuple[int, int] | None:
+        return None
+
+    def archive_heartbeat(self, next_lsn: int, as_of: int) -> None: ...
+
     def drain(self, refusal: Unavailable | None) -> None:
         self.drained = refusal is not None
 

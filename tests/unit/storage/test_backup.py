@@ -5,15 +5,20 @@ runs: engine.backup.take with each shard reached in-process instead of through R
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from engine.backup import restore as restoring
+from engine.backup import take as taking
 from engine.backup.manifest import MANIFEST, BackupRefused, read_manifest
 from engine.backup.take import take_backup
 from engine.clock import ManualClock
@@ -27,12 +32,14 @@ from engine.sessions.ops import AppendMessages, CreateSession
 from engine.sessions.session import NewMessage, new_session_id
 from engine.storage.archive import archived_segments
 from engine.storage.backup import STAGING_PREFIX, ShardBackups
+from engine.storage.frames import frame
 from engine.storage.identity import ShardIdentity
 from engine.storage.layout import claim_layout, memory_directory, read_layout, shard_directory
-from engine.storage.wal import segments
+from engine.storage.wal import encode_record, segments
 
 ORG = "acme"
 DIM = 8
+ALL_SHARDS: list[LocalShard] = []  # of the test running now (a read may sweep every shard's backups)
 
 
 @dataclass
@@ -45,14 +52,18 @@ class LocalShard:
     durable: Any
     backups: ShardBackups | None = None
     after_begin: Callable[[], None] | None = None  # runs once the shard is cut, before the copy
+    slow_s: float = 0.0  # each read of bytes takes this long
+    idle_s: float | None = None  # each read drops the backups of every shard unread this long
 
     def __post_init__(self) -> None:
         self.backups = ShardBackups(self.durable.directory, self.durable.SNAPSHOT_PREFIX)
+        ALL_SHARDS.append(self)
 
-    async def begin(self, backup_id: str, since_lsn: int | None) -> dict[str, Any]:
+    async def begin(self, backup_id: str, since_lsn: int | None, since_crc: int | None) -> dict[str, Any]:
         assert self.backups is not None
         lsn, sealed_before, end = self.durable.backup_point()
-        staged = self.backups.begin(backup_id, lsn, sealed_before, end, since_lsn)
+        now = self.durable._clock.now_ms()
+        staged = self.backups.begin(backup_id, lsn, sealed_before, end, since_lsn, since_crc, now)
         staged.resolve()
         if self.after_begin is not None:
             self.after_begin()
@@ -65,7 +76,15 @@ class LocalShard:
 
     async def read(self, backup_id: str, piece: int, offset: int, size: int) -> bytes:
         assert self.backups is not None
-        return self.backups.get(backup_id).pieces[piece].read(offset, size)
+        if self.idle_s is not None:
+            for shard in ALL_SHARDS:
+                assert shard.backups is not None
+                shard.backups.sweep(self.idle_s)
+        staged = self.backups.get(backup_id)
+        if not size:
+            return b""
+        await asyncio.sleep(self.slow_s)
+        return staged.pieces[piece].read(offset, size)
 
     async def end(self, backup_id: str) -> None:
         assert self.backups is not None
@@ -121,6 +140,15 @@ class Cluster:
             take_backup(dest, self.shards, {"shards": 1, "memory_shards": 1}, previous=previous)
         )
 
+    def archive_tick(self) -> None:
+        """What each shard's archive timer does (engine.runtime.hosted): seal a segment that holds
+        records, copy what is sealed, or record that nothing was logged since."""
+        for durable in (self.sessions, self.memory):
+            idle = durable.seal_for_archive()
+            durable.archive_sealed()
+            if idle is not None:
+                durable.archive_heartbeat(*idle)
+
     def close(self) -> None:
         self.sessions.close(snapshot=False)
         self.memory.close(snapshot=False)
@@ -142,6 +170,12 @@ def vector_ids(data_dir: Path) -> list[str]:
         return sorted(m.id for m in found)
     finally:
         memory.close(snapshot=False)
+
+
+@pytest.fixture(autouse=True)
+def _forget_shards() -> Any:
+    yield
+    ALL_SHARDS.clear()
 
 
 @pytest.fixture
@@ -245,7 +279,8 @@ def test_the_archive_restores_to_a_moment_between_two_writes(cluster: Cluster, t
     cluster.say(sid, "first")
     moment = cluster.clock.now_ms()
     cluster.say(sid, "second")
-    cluster.sessions.snapshot_now()  # seals the segment holding both: it is archived
+    cluster.clock.advance(1000)
+    cluster.archive_tick()  # seals the segment holding both (archived), and the idle memory shard's beat
     archive = tmp_path / "archive"
     assert archived_segments(archive, cluster.cluster_id, Path("shards/shard-0000"))
 
@@ -285,7 +320,7 @@ def test_a_segment_is_not_deleted_before_it_is_archived(tmp_path: Path) -> None:
         cluster.sessions.snapshot_now()
         cluster.sessions.snapshot_now()
         archived = archived_segments(archive, cluster.cluster_id, Path("shards/shard-0000"))
-        assert [first for first, _ in archived][:1] == [1]
+        assert [a.first for a in archived][:1] == [1]
         assert cluster.sessions.disk_status()["unarchived_segments"] == 0
     finally:
         cluster.close()
@@ -337,7 +372,7 @@ def test_a_gap_in_the_archive_is_refused(cluster: Cluster, tmp_path: Path) -> No
     archive = tmp_path / "archive"
     found = archived_segments(archive, cluster.cluster_id, Path("shards/shard-0000"))
     assert len(found) >= 3
-    found[1][1].unlink()
+    found[1].path.unlink()
     with pytest.raises(BackupRefused, match="gap"):
         restoring.restore(tmp_path / "b", tmp_path / "r", archive=archive)
     assert not (tmp_path / "r").exists()
@@ -357,6 +392,12 @@ def test_an_incremental_backup_and_the_archive_overlap_without_a_gap(
     cluster.sessions.snapshot_now()  # seals the one segment that holds a, b and c
     cluster.say(sid, "d")
     cluster.sessions.snapshot_now()
+    # Without the memory shard's heartbeat its log is complete only to the incremental backup's
+    # cut, so "the latest moment" is that one: every shard comes back as of one moment.
+    restoring.restore(tmp_path / "inc", tmp_path / "early", archive=tmp_path / "archive")
+    assert _texts(tmp_path / "early", sid) == ["a", "b"]
+    cluster.clock.advance(1000)
+    cluster.archive_tick()
     expected = [m.content for m in cluster.sessions.store._sessions[(ORG, sid)].messages]
     restoring.restore(tmp_path / "inc", tmp_path / "r", archive=tmp_path / "archive")
     assert _texts(tmp_path / "r", sid) == expected == ["a", "b", "c", "d"]
@@ -371,3 +412,153 @@ def test_a_chain_of_backups_moved_together_still_restores(cluster: Cluster, tmp_
     (tmp_path / "made").rename(tmp_path / "moved")
     restoring.restore(tmp_path / "moved" / "inc", tmp_path / "r")
     assert _texts(tmp_path / "r", sid) == ["a", "b"]
+
+
+def test_an_incremental_backup_of_another_history_takes_the_snapshot_again(tmp_path: Path) -> None:
+    # The data directory is put back to an older copy (same cluster), and the record at the
+    # previous backup's watermark is now a different one: the records after it are not a
+    # continuation, so the incremental backup holds a snapshot and log of its own.
+    data = tmp_path / "data"
+    cluster = Cluster(data, DurabilityConfig())
+    sid = cluster.create()
+    cluster.say(sid, "kept")
+    cluster.close()
+    shutil.copytree(data, tmp_path / "copy")
+    cluster = Cluster(data, DurabilityConfig())
+    cluster.say(sid, "lost with the disk")
+    cluster.backup(tmp_path / "full")
+    cluster.close()
+    shutil.rmtree(data)
+    (tmp_path / "copy").rename(data)
+    cluster = Cluster(data, DurabilityConfig())
+    try:
+        cluster.say(sid, "the new history")
+        inc = cluster.backup(tmp_path / "inc", previous=tmp_path / "full")
+        assert inc.manifest.shard("session", 0).snapshot_lsn is not None
+        restoring.restore(tmp_path / "inc", tmp_path / "r")
+        assert _texts(tmp_path / "r", sid) == ["kept", "the new history"]
+    finally:
+        cluster.close()
+
+
+def _append_stale_record(segment: Path, lsn: int, now_ms: int) -> None:
+    """What a fenced incarnation leaves: a record past where the next segment begins."""
+    with segment.open("ab") as f:
+        f.write(frame(encode_record(lsn, now_ms, [])))
+
+
+def test_a_fenced_incarnations_tail_reaches_neither_a_backup_nor_the_archive(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    sid = cluster.create()
+    cluster.say(sid, "one")
+    cluster.archive_tick()  # seals the segment: the current one begins after it
+    sealed, current = segments(cluster.sessions.directory)[-2:]
+    _append_stale_record(sealed[1], current[0], cluster.clock.now_ms())
+    cluster.backup(tmp_path / "b")
+    entry = read_manifest(tmp_path / "b").shard("session", 0)
+    assert entry is not None and all((f.last_lsn or 0) <= entry.lsn for f in entry.files if f.kind == "log")
+    cluster.say(sid, "two")  # record current[0]: the acknowledged one of that number
+    cluster.archive_tick()
+    archived = archived_segments(tmp_path / "archive", cluster.cluster_id, Path("shards/shard-0000"))
+    assert [a.last for a in archived if a.first == sealed[0]] == [current[0] - 1]
+    cluster.clock.advance(1000)
+    cluster.archive_tick()
+    restoring.restore(tmp_path / "b", tmp_path / "r", archive=tmp_path / "archive")
+    assert _texts(tmp_path / "r", sid) == ["one", "two"]
+
+
+def test_the_archive_never_overwrites_another_history_under_the_same_name(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    sid = cluster.create()
+    cluster.say(sid, "one")
+    cluster.archive_tick()
+    first_name = segments(cluster.sessions.directory)[0][1].name
+    archived = tmp_path / "archive" / cluster.cluster_id / "shards" / "shard-0000" / first_name
+    before = archived.read_bytes()
+    # Another history's segment of the same name: a fresh inode with other bytes.
+    local = cluster.sessions.directory / first_name
+    content = bytearray(local.read_bytes())
+    local.unlink()
+    content[-1] ^= 0xFF
+    local.write_bytes(bytes(content))
+    os.utime(local, ns=(1, 1))  # another file's times, however fast this test runs
+    cluster.sessions.archive_sealed()
+    assert archived.read_bytes() == before
+    assert cluster.sessions.disk_status()["unarchived_segments"] >= 1
+    cluster.say(sid, "two")
+    cluster.sessions.snapshot_now()
+    cluster.sessions.snapshot_now()
+    assert local.exists()  # kept: the archive does not hold it
+
+
+def test_until_past_where_a_shards_log_ends_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    sid = cluster.create()
+    cluster.backup(tmp_path / "b")
+    cluster.say(sid, "x")
+    cluster.archive_tick()
+    complete = cluster.clock.now_ms()
+    with pytest.raises(BackupRefused, match="complete only up to"):
+        restoring.restore(
+            tmp_path / "b", tmp_path / "r", archive=tmp_path / "archive", until_ms=complete + 60_000
+        )
+    assert not (tmp_path / "r").exists()
+    restoring.restore(tmp_path / "b", tmp_path / "r", archive=tmp_path / "archive", until_ms=complete)
+    assert _texts(tmp_path / "r", sid) == ["x"]
+
+
+def test_a_snapshot_damaged_before_its_backup_is_refused_in_one_line(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    sid = cluster.create()
+    cluster.say(sid, "x")
+    cluster.sessions.snapshot_now()
+    cluster.backup(tmp_path / "b")
+    manifest_path = tmp_path / "b" / MANIFEST
+    found = orjson.loads(manifest_path.read_bytes())
+    shard = next(s for s in found["shards"] if s["kind"] == "session")
+    entry = next(f for f in shard["files"] if f["kind"] == "snapshot")
+    path = tmp_path / "b" / shard["directory"] / entry["name"]
+    # A header that reads back (its checksum matches) but is not a snapshot's, and a manifest
+    # that agrees with the bytes: damage that happened on the shard, before the backup.
+    magic = path.read_bytes()[:8]
+    rest = path.read_bytes()[8:]
+    length = int.from_bytes(rest[:4], "little")
+    content = magic + frame(b'{"format":1}') + rest[8 + length :]
+    path.write_bytes(content)
+    entry["bytes"], entry["sha256"] = len(content), hashlib.sha256(content).hexdigest()
+    manifest_path.write_bytes(orjson.dumps(found))
+    with pytest.raises(BackupRefused, match="damaged"):
+        restoring.verify(tmp_path / "b")
+    with pytest.raises(BackupRefused, match="damaged"):
+        restoring.restore(tmp_path / "b", tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_backup_that_lacks_a_shard_of_its_layout_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.create()
+    cluster.backup(tmp_path / "b")
+    manifest_path = tmp_path / "b" / MANIFEST
+    found = orjson.loads(manifest_path.read_bytes())
+    found["shards"] = [s for s in found["shards"] if s["kind"] == "session"]
+    manifest_path.write_bytes(orjson.dumps(found))
+    with pytest.raises(BackupRefused, match="memory shard 0"):
+        restoring.restore(tmp_path / "b", tmp_path / "r")
+
+
+def test_shards_waiting_for_their_turn_are_kept_from_lapsing(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One piece at a time, slowly, and a shard drops a backup unread for a moment: without the
+    # keep-alive, the memory shard's staged files would lapse before its turn.
+    monkeypatch.setattr(taking, "COPIES_AT_ONCE", 1)
+    monkeypatch.setattr(taking, "KEEP_ALIVE_S", 0.02)
+    sid = cluster.create()
+    for i in range(3):
+        cluster.say(sid, f"m{i}")
+        cluster.sessions.snapshot_now()
+    for shard in cluster.shards:
+        shard.slow_s, shard.idle_s = 0.1, 0.08
+    cluster.backup(tmp_path / "b")
+    assert restoring.verify(tmp_path / "b").shards
