@@ -88,6 +88,12 @@ class LoggedStore:
         try:
             if self._wal is not None:
                 self._wal.close()
+                # A graceful stop leaves the archive complete up to now: what its final snapshot
+                # sealed, and that nothing was logged after (a stop with records in the current
+                # segment leaves it to the next start, which seals it).
+                self.archive_sealed()
+                if self._refusal is None and self._wal.end <= len(WAL_MAGIC):
+                    self.archive_heartbeat(self._wal.segment_start, self._clock.now_ms())
         finally:
             self._lock.release()
 

@@ -562,3 +562,18 @@ def test_shards_waiting_for_their_turn_are_kept_from_lapsing(
         shard.slow_s, shard.idle_s = 0.1, 0.08
     cluster.backup(tmp_path / "b")
     assert restoring.verify(tmp_path / "b").shards
+
+
+def test_a_graceful_stop_leaves_the_archive_complete_to_the_stop(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    cluster = Cluster(tmp_path / "data", DurabilityConfig(archive_dir=archive))
+    sid = cluster.create()
+    cluster.backup(tmp_path / "b")
+    cluster.say(sid, "before the stop")
+    cluster.clock.advance(1000)
+    stopped_at = cluster.clock.now_ms()
+    cluster.sessions.close(snapshot=True)
+    cluster.memory.close(snapshot=True)  # idle: its heartbeat says nothing was logged up to the stop
+    done = restoring.restore(tmp_path / "b", tmp_path / "r", archive=archive)
+    assert done.until_ms is not None and done.until_ms >= stopped_at
+    assert _texts(tmp_path / "r", sid) == ["before the stop"]
