@@ -152,6 +152,8 @@ async def _copy_all(
     gate = asyncio.Semaphore(COPIES_AT_ONCE)
     for source, _ in begun:
         make_directory(dest / source.directory)
+    for parent in {(dest / source.directory).parent for source, _ in begun}:
+        fsync_directory(parent)  # shards/ and memory/: their entries must survive a crash too
 
     async def one(source: ShardSource, index: int, piece: dict[str, Any]) -> ShardFile:
         async with gate:

@@ -166,8 +166,7 @@ class LogArchive:
             else:
                 raise ArchiveConflict(f"{target} holds other records than {path}")
         else:
-            if not self.directory.is_dir():
-                make_directory(self.directory)
+            self._make_folder()
             _copy_synced(path, target, end)
         when = sealed_at if sealed_at is not None else int(path.stat().st_mtime * 1000)
         entry = Archived(target, first, first + count - 1, end, digest, when)
@@ -175,12 +174,20 @@ class LogArchive:
         fsync_directory(self.directory)
         return True
 
+    def _make_folder(self) -> None:
+        """The shard's folder, and its parents' entries synced: a segment synced into a folder
+        whose own name a crash loses is lost with it."""
+        if self.directory.is_dir():
+            return
+        make_directory(self.directory)
+        for folder in list(self.directory.parents)[:3]:  # shards/, <cluster_id>/, the archive
+            fsync_directory(folder)
+
     def heartbeat(self, next_lsn: int, as_of: int) -> None:
         """The segment being written held no record at `as_of`: nothing was logged after
         `next_lsn - 1` up to then."""
         with self._lock:
-            if not self.directory.is_dir():
-                make_directory(self.directory)
+            self._make_folder()
             write_atomically(self.directory / HEARTBEAT, orjson.dumps({"next_lsn": next_lsn, "as_of": as_of}))
 
 

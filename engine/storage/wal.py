@@ -273,6 +273,7 @@ class WriteAheadLog:
             raise OSError(errno.EEXIST, f"{path} already holds records; recovery should have read them")
         fresh = path.with_name(path.name + ".new")
         fd = open_file(fresh, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC)
+        linked = False
         try:
             _write_all(fd, WAL_MAGIC)
             os.fsync(fd)
@@ -280,12 +281,18 @@ class WriteAheadLog:
                 fresh.replace(path)
             else:
                 os.link(fresh, path)  # EEXIST if the segment is there already
+                linked = True
                 fresh.unlink()
             fsync_directory(self._directory)  # the new segment's name must survive a crash too
         except OSError:
             os.close(fd)
             with contextlib.suppress(OSError):
                 fresh.unlink()  # a stray segment would read as damage later
+            if linked:
+                # The log goes on in the old segment (`reopen`): a new one left beside it would make
+                # recovery cut those records as a fenced incarnation's.
+                with contextlib.suppress(OSError):
+                    path.unlink()
             raise
         self._fd, self._segment_start = fd, first_lsn
         self.opened_at[first_lsn] = self._now_ms()
