@@ -323,7 +323,8 @@ def _replay(plan: _Plan, until_ms: int | None, target: Path | None) -> tuple[Sha
     expected, last_ts, records, from_archive, stopped = plan.snapshot_lsn + 1, None, 0, 0, False
     try:
         for source in plan.sources:
-            read += _check_sum(source.path, source.checked) if source.checked else source.path.stat().st_size
+            checked = source.checked
+            read += _copy_verified(source.path, checked, None) if checked else source.path.stat().st_size
             for payload in _records(source.path):
                 lsn, ts = record_head(payload)
                 if lsn > source.last:
@@ -386,16 +387,6 @@ def _check_snapshot(path: Path) -> int:
     if not last.startswith(b'{"end":true'):
         raise CorruptFile(path, 0, "the snapshot has no trailer")
     return taken
-
-
-def _check_sum(path: Path, expected: ShardFile) -> int:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    _compare(path, expected, size, digest.hexdigest())
-    return size
 
 
 def _copy_verified(path: Path, expected: ShardFile, target: Path | None) -> int:
