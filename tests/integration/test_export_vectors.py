@@ -185,14 +185,19 @@ def open_cursors(namespace: str) -> list[int]:
     return counts
 
 
+def fill_big(api: Api, n: int, seed: int) -> None:
+    """`n` vectors of 1024 numbers in namespace big: an export far longer than a pipe holds."""
+    rows = np.random.default_rng(seed).standard_normal((n, 1024)).round(3).tolist()
+    for start in range(0, n, 100):
+        batch = [{"id": f"big{start + i}", "values": row} for i, row in enumerate(rows[start : start + 100])]
+        assert api.post("/vectors/upsert", json={"namespace": "big", "vectors": batch}).status_code == 200
+
+
 def test_a_client_that_goes_away_mid_export_leaves_no_cursor_open(
     ray_client: httpx.Client, ray_server: ServerProcess
 ) -> None:
     api = tenant(ray_client, 642)
-    rows = np.random.default_rng(3).standard_normal((1500, 1024)).round(3).tolist()
-    for start in range(0, len(rows), 100):
-        batch = [{"id": f"big{start + i}", "values": row} for i, row in enumerate(rows[start : start + 100])]
-        assert api.post("/vectors/upsert", json={"namespace": "big", "vectors": batch}).status_code == 200
+    fill_big(api, 1500, seed=3)
     namespace = ray_server.env[NAMESPACE_ENV]
     with api.client.stream("GET", "/export", headers=api.auth) as response:
         assert response.status_code == 200
@@ -262,10 +267,7 @@ def test_an_export_whose_reader_goes_away_exits_quietly_and_closes_its_cursors(
     ray_client: httpx.Client, ray_server: ServerProcess, ray_address: str
 ) -> None:
     api = tenant(ray_client, 645)
-    rows = np.random.default_rng(4).standard_normal((300, 1024)).round(3).tolist()
-    for start in range(0, len(rows), 100):
-        batch = [{"id": f"big{start + i}", "values": row} for i, row in enumerate(rows[start : start + 100])]
-        assert api.post("/vectors/upsert", json={"namespace": "big", "vectors": batch}).status_code == 200
+    fill_big(api, 300, seed=4)
     namespace = ray_server.env[NAMESPACE_ENV]
     command, env = cli_command(ray_address, namespace, "export", "--org", api.org)
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as export:
