@@ -172,8 +172,8 @@ class MemoryStore:
 
     def _before_change(self, key: tuple[str, str], index: NamespaceIndex, ids: Sequence[str]) -> None:
         """Before entries are replaced or deleted: each open export of the organization copies
-        those it has not paged out yet (engine.memory.export)."""
-        cursors = self._exports.of_org(key[0], self._clock.now_ms())
+        those it has not paged out yet (engine.memory.export); a lapsed one is swept first."""
+        cursors = self._exports.of_org(key[0], self._clock.now_ms()) if self._exports else []
         if not cursors:
             return
         held = [faiss_id for faiss_id in map(index.faiss_id, ids) if faiss_id is not None]
