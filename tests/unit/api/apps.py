@@ -16,11 +16,14 @@ from tests.support.local_shards import LocalMemoryTransport, LocalTransport
 AUTH = {"Authorization": "Bearer k"}
 
 
-def app_in_process(config: EngineConfig | None = None) -> FastAPI:
+def app_in_process(
+    config: EngineConfig | None = None, memory: type[LocalMemoryTransport] = LocalMemoryTransport
+) -> FastAPI:
+    """`memory`: the memory shards' class (a test's double that fails some ops)."""
     return create_app(
         config or load_config(),
         transport=lambda c: LocalTransport(c.shards, ManualClock()),
-        memory=lambda c: LocalMemoryTransport(
+        memory=lambda c: memory(
             c.memory.shards, IndexParams(), lambda texts: np.ones((len(texts), 4), np.float32) / 2
         ),
         keys=KeyStore.from_spec("k=acme"),
