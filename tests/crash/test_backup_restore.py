@@ -305,9 +305,13 @@ def test_restore_to_a_moment_between_two_writes_and_from_an_incremental_backup(t
     # The API key is in the data directory's keys file, which a backup holds and a restore puts back.
     key = cli("keys", "create", "--org", "backup", "--data-dir", str(data)).stdout.strip()
     keyed = {"RAY_ADDRESS": ""}
-    server = ServerProcess(
-        data, [], {**keyed, "SESSION_ENGINE_DURABILITY__ARCHIVE_DIR": str(archive)}
-    ).wait_ready()
+    # Each shard seals its segment (or, holding nothing new, records that in the archive) every half
+    # second, so the archive is complete past B on every shard well before the stop.
+    archiving = {
+        "SESSION_ENGINE_DURABILITY__ARCHIVE_DIR": str(archive),
+        "SESSION_ENGINE_DURABILITY__ARCHIVE_TIMEOUT_S": "0.5",
+    }
+    server = ServerProcess(data, [], {**keyed, **archiving}).wait_ready()
     try:
         auth = {"Authorization": f"Bearer {key}"}
         with httpx.Client(base_url=server.url, headers=auth, timeout=60) as client:
@@ -324,7 +328,7 @@ def test_restore_to_a_moment_between_two_writes_and_from_an_incremental_backup(t
             later = client.post("/sessions", json={"name": "after the moment"}).json()["id"]
         more = cli("backup", str(incremental), "--incremental", "--from", str(full), "--data-dir", str(data))
         assert more.returncode == 0, more.stderr
-        # A graceful stop takes a final snapshot, which seals the segment holding A and B: archived.
+        time.sleep(1.5)  # a few of the archive's timer periods after B (and the incremental backup)
         os.kill(server.proc.pid, signal.SIGTERM)
         assert server.proc.wait(120) == 0, server.output()
     finally:
@@ -346,6 +350,12 @@ def test_restore_to_a_moment_between_two_writes_and_from_an_incremental_backup(t
         "restore", str(full), "--archive", str(other), "--until", str(moment), "--data-dir", str(nowhere)
     )
     one_line_refusal(refused, 2, f"holds no log of cluster {cluster_id}")
+    assert not nowhere.exists()
+    past = str(int(time.time() * 1000) + 3_600_000)  # after every shard's archived log ends
+    refused = cli(
+        "restore", str(full), "--archive", str(archive), "--until", past, "--data-dir", str(nowhere)
+    )
+    one_line_refusal(refused, 2, "is complete only up to")
     assert not nowhere.exists()
 
     to_the_moment = tmp_path / "to-the-moment"
@@ -387,6 +397,13 @@ def test_restore_to_a_moment_between_two_writes_and_from_an_incremental_backup(t
     manifest = orjson.loads((incremental / "backup.json").read_bytes())
     assert manifest["incremental_from"]["backup_id"] == orjson.loads(taken.stdout)["backup_id"]
     sessions = [s for s in manifest["shards"] if s["kind"] == "session"]
-    # Each shard still held every record since the full backup's watermark: only those are copied.
-    assert all(s["snapshot_lsn"] is None and s["from_lsn"] >= 1 for s in sessions), sessions
+    # Each shard still held every record since the full backup's watermark: only records are
+    # copied, and a shard that held some at the full backup continues from there (one that held
+    # none is copied from its first record, as a full backup would).
     assert {f["kind"] for s in sessions for f in s["files"]} <= {"log"}
+    base = {s["index"]: s for s in orjson.loads(taken.stdout)["shards"] if s["kind"] == "session"}
+    for shard in sessions:
+        if base[shard["index"]]["lsn"] > 0:
+            assert shard["snapshot_lsn"] is None and shard["from_lsn"] == base[shard["index"]]["lsn"] + 1, (
+                shard
+            )
