@@ -257,6 +257,9 @@ def _parser() -> argparse.ArgumentParser:
     backup.add_argument("dest", type=Path, metavar="DEST")
     backup.add_argument("--incremental", action="store_true", help="only what is new since --from")
     backup.add_argument("--from", dest="previous", type=Path, metavar="PREVIOUS", help="the earlier backup")
+    backup.add_argument(
+        "--max-rate", type=float, metavar="MIB_S", help="copy at most this many MiB a second (default: any)"
+    )
     backup.add_argument("--json", action="store_true", help="print the manifest as JSON")
     backup.add_argument("--config", type=Path)
     backup.add_argument("--data-dir", type=Path, help="an embedded server's data directory (default ./data)")

@@ -223,6 +223,7 @@ def backup(args: argparse.Namespace, config: EngineConfig) -> int:
             backups.layout(config),
             previous=args.previous,
             keys_file=config.resolved_keys_file,
+            max_bytes_s=None if args.max_rate is None else args.max_rate * 2**20,
         )
     )
     manifest = taken.manifest

@@ -36,7 +36,10 @@ from engine.storage.private import make_directory, open_file
 from .folders import prepare_empty, undo
 from .manifest import MANIFEST, BackupRefused, Manifest, ShardEntry, ShardFile, chain
 
-READ_BYTES = 8 * 1024 * 1024  # one read from a shard: bounds the memory a piece in flight holds
+# One read from a shard, written and synced before the next: it bounds the memory a piece in flight
+# holds and the dirty pages a backup leaves for the disk to write back at once, which the shards'
+# own log syncs would wait behind on the same disk (benchmarks/README.md#backup-restore-and-export).
+READ_BYTES = 4 * 1024 * 1024
 COPIES_AT_ONCE = 4  # pieces copied at once, across shards
 KEEP_ALIVE_S = 60.0  # how often every shard waiting for its turn is told the backup goes on
 
@@ -69,10 +72,12 @@ async def take_backup(
     *,
     previous: Path | None = None,
     keys_file: Path | None = None,
+    max_bytes_s: float | None = None,
 ) -> Taken:
     """Back every shard of `sources` up into `dest` (empty or new); incremental from the backup at
-    `previous`. Session shards are cut first, then memory shards (the module docstring says why).
-    BackupRefused, in one line, when it cannot be made; `dest` is then as it was."""
+    `previous`; at most `max_bytes_s` bytes a second. Session shards are cut first, then memory
+    shards (the module docstring says why). BackupRefused, in one line, when it cannot be made;
+    `dest` is then as it was."""
     started = time.perf_counter()
     base = chain(previous)[-1] if previous is not None else None
     made = prepare_empty(dest, "a backup")
@@ -93,7 +98,7 @@ async def take_backup(
         cluster_id = _one_cluster(begun, base)
         keeper = asyncio.create_task(_keep_alive(backup_id, begun))
         try:
-            entries, copied = await _copy_all(dest, backup_id, begun)
+            entries, copied = await _copy_all(dest, backup_id, begun, Pace(max_bytes_s))
         finally:
             keeper.cancel()
         keys = _copy_keys(keys_file, dest) if keys_file is not None and keys_file.is_file() else None
@@ -147,7 +152,7 @@ def _one_cluster(begun: list[tuple[ShardSource, dict[str, Any]]], base: Manifest
 
 
 async def _copy_all(
-    dest: Path, backup_id: str, begun: list[tuple[ShardSource, dict[str, Any]]]
+    dest: Path, backup_id: str, begun: list[tuple[ShardSource, dict[str, Any]]], pace: Pace
 ) -> tuple[list[ShardEntry], int]:
     gate = asyncio.Semaphore(COPIES_AT_ONCE)
     for source, _ in begun:
@@ -157,7 +162,8 @@ async def _copy_all(
 
     async def one(source: ShardSource, index: int, piece: dict[str, Any]) -> ShardFile:
         async with gate:
-            return await _copy_piece(dest / source.directory / piece["name"], source, backup_id, index, piece)
+            target = dest / source.directory / piece["name"]
+            return await _copy_piece(target, source, backup_id, index, piece, pace)
 
     copies = [[one(source, i, piece) for i, piece in enumerate(answer["pieces"])] for source, answer in begun]
     done = await asyncio.gather(*(asyncio.gather(*shard) for shard in copies))
@@ -180,13 +186,40 @@ async def _copy_all(
     return entries, sum(f.bytes for files in done for f in files)
 
 
+class Pace:
+    """At most `max_bytes_s` bytes a second across every copy of a backup (None: as fast as the
+    disks go), like pg_basebackup's --max-rate."""
+
+    def __init__(self, max_bytes_s: float | None) -> None:
+        self._rate = max_bytes_s
+        self._started = time.monotonic()
+        self._sent = 0
+
+    async def take(self, size: int) -> None:
+        self._sent += size
+        if self._rate is not None:
+            ahead = self._sent / self._rate - (time.monotonic() - self._started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+
+
+def _write_synced(fd: int, offset: int, chunk: bytes) -> None:
+    """Write a chunk, sync it, and let its pages go: a backup leaves no pile of dirty pages behind
+    it, and does not push the shards' files out of the page cache."""
+    view = memoryview(chunk)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.fdatasync(fd)
+    os.posix_fadvise(fd, offset, len(chunk), os.POSIX_FADV_DONTNEED)
+
+
 async def _copy_piece(
-    target: Path, source: ShardSource, backup_id: str, index: int, piece: dict[str, Any]
+    target: Path, source: ShardSource, backup_id: str, index: int, piece: dict[str, Any], pace: Pace
 ) -> ShardFile:
     digest = hashlib.sha256()
     size = int(piece["bytes"])
     fd = open_file(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    with os.fdopen(fd, "wb") as out:
+    try:
         offset = 0
         while offset < size:
             chunk = await source.read(backup_id, index, offset, min(READ_BYTES, size - offset))
@@ -195,10 +228,12 @@ async def _copy_piece(
                     f"{source.kind} shard {source.index}: {piece['name']} ended at {offset} of {size} bytes"
                 )
             digest.update(chunk)
-            await asyncio.to_thread(out.write, chunk)
+            await asyncio.to_thread(_write_synced, fd, offset, chunk)
             offset += len(chunk)
-        out.flush()
-        await asyncio.to_thread(os.fsync, out.fileno())
+            await pace.take(len(chunk))
+        await asyncio.to_thread(os.fsync, fd)
+    finally:
+        os.close(fd)
     return ShardFile(
         piece["name"], piece["kind"], size, digest.hexdigest(), piece.get("first_lsn"), piece.get("last_lsn")
     )
