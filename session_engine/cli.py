@@ -231,13 +231,7 @@ def _parser() -> argparse.ArgumentParser:
     ]
     for name, func, text in operator:
         command = commands.add_parser(name, help=text, description=text)
-        command.add_argument("--config", type=Path)
-        command.add_argument(
-            "--data-dir", type=Path, help="an embedded server's data directory (default ./data)"
-        )
-        command.add_argument(
-            "--ray-address", help="the cluster's Ray: 'auto' on a cluster node, or host:port"
-        )
+        operate.add_cluster_options(command)
         command.set_defaults(func=func, command=name)
         if name == "status":
             command.add_argument("--json", action="store_true", help="machine-readable")
@@ -261,9 +255,7 @@ def _parser() -> argparse.ArgumentParser:
         "--max-rate", type=float, metavar="MIB_S", help="copy at most this many MiB a second (default: any)"
     )
     backup.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    backup.add_argument("--config", type=Path)
-    backup.add_argument("--data-dir", type=Path, help="an embedded server's data directory (default ./data)")
-    backup.add_argument("--ray-address", help="the cluster's Ray: 'auto' on a cluster node, or host:port")
+    operate.add_cluster_options(backup)
     backup.set_defaults(func=operate.backup, command="backup")
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(required=True, metavar="ACTION")

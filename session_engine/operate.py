@@ -11,6 +11,7 @@ import asyncio
 import sys
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,6 +22,13 @@ from engine.errors import StartupError
 from .serve import RAY_ADDRESS_FILE, connect
 
 OperatorCommand = Callable[[argparse.Namespace, EngineConfig], int]
+
+
+def add_cluster_options(command: argparse.ArgumentParser) -> None:
+    """The options every command that joins a running cluster takes: where its config and its Ray are."""
+    command.add_argument("--config", type=Path)
+    command.add_argument("--data-dir", type=Path, help="an embedded server's data directory (default ./data)")
+    command.add_argument("--ray-address", help="the cluster's Ray: 'auto' on a cluster node, or host:port")
 
 
 def _operator(command: OperatorCommand) -> Callable[[argparse.Namespace], int]:

@@ -24,7 +24,7 @@ from engine.transfer.exporting import open_export
 from engine.transfer.importing import Importer, Limits, max_import_line_bytes, stream_lines
 from engine.transfer.routes import Routes
 
-from .operate import _operator
+from .operate import _operator, add_cluster_options
 
 CHUNK_BYTES = 1 << 20  # an import file is read this much at a time
 
@@ -61,13 +61,7 @@ def add_commands(commands: Any) -> None:
     imports.add_argument("--org", help="import into this organization (default: the export's)")
     imports.set_defaults(func=import_organization, command="import")
     for command in (export, imports):
-        command.add_argument("--config", type=Path)
-        command.add_argument(
-            "--data-dir", type=Path, help="an embedded server's data directory (default ./data)"
-        )
-        command.add_argument(
-            "--ray-address", help="the cluster's Ray: 'auto' on a cluster node, or host:port"
-        )
+        add_cluster_options(command)
 
 
 def _routes(config: EngineConfig) -> Routes:

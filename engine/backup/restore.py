@@ -28,6 +28,7 @@ the backups nor the archive hold, with later ones after them).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -315,13 +316,10 @@ def _replay(plan: _Plan, until_ms: int | None, target: Path | None) -> tuple[Sha
                 f"the backup's snapshot of {plan.name} was taken at {taken}, after {until_ms}; "
                 "restore from a backup taken before that moment"
             )
-    out: IO[bytes] | None = None
-    if target is not None:
-        segment = segment_path(target, plan.snapshot_lsn + 1)
-        out = os.fdopen(open_file(segment, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb")
-        out.write(WAL_MAGIC)
     expected, last_ts, records, from_archive, stopped = plan.snapshot_lsn + 1, None, 0, 0, False
-    try:
+    with _output(None if target is None else segment_path(target, plan.snapshot_lsn + 1)) as out:
+        if out is not None:
+            out.write(WAL_MAGIC)
         for source in plan.sources:
             checked = source.checked
             read += _copy_verified(source.path, checked, None) if checked else source.path.stat().st_size
@@ -344,12 +342,6 @@ def _replay(plan: _Plan, until_ms: int | None, target: Path | None) -> tuple[Sha
                 break
             if expected <= source.last:
                 raise CorruptFile(source.path, 0, f"holds records only to {expected - 1}, not {source.last}")
-        if out is not None:
-            out.flush()
-            os.fsync(out.fileno())
-    finally:
-        if out is not None:
-            out.close()
     entry = plan.entry
     restored = ShardRestored(
         entry.kind,
@@ -392,22 +384,26 @@ def _check_snapshot(path: Path) -> int:
 def _copy_verified(path: Path, expected: ShardFile, target: Path | None) -> int:
     """Copy `path` to `target` (None: only read it), checking its size and checksum."""
     digest, size = hashlib.sha256(), 0
-    out = None if target is None else os.fdopen(open_file(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb")
-    try:
-        with path.open("rb") as f:
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-                if out is not None:
-                    out.write(chunk)
+    with _output(target) as out, path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            if out is not None:
+                out.write(chunk)
         _compare(path, expected, size, digest.hexdigest())
-        if out is not None:
-            out.flush()
-            os.fsync(out.fileno())
-    finally:
-        if out is not None:
-            out.close()
     return size
+
+
+@contextlib.contextmanager
+def _output(path: Path | None) -> Iterator[IO[bytes] | None]:
+    """A new file at `path` (None: nowhere, for a check), synced when the block ends well."""
+    if path is None:
+        yield None
+        return
+    with os.fdopen(open_file(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as out:
+        yield out
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def _verified_bytes(path: Path, expected: ShardFile) -> bytes:
