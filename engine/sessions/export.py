@@ -25,6 +25,10 @@ from .session import Message, Session, SessionStatus, SummaryStatus
 FORMAT = "session-engine-export"
 VERSION = 1
 KINDS = ("header", "session", "message", "vector", "end")
+# An export page holds about this much (content, contexts, a line's other fields counted as
+# LINE_OVERHEAD): a page of long messages stays as bounded in bytes as one of short ones in lines.
+PAGE_BYTES = 4 * 1024 * 1024
+LINE_OVERHEAD = 200
 
 _STATUSES = {s.value for s in SessionStatus}
 _SUMMARY_STATES = {s.value for s in SummaryStatus}
@@ -130,8 +134,18 @@ def session_line(session: Session) -> dict[str, Any]:
     return {"kind": "session", **session.view()}
 
 
-def message_lines(session: Session, first_seq: int, limit: int) -> list[dict[str, Any]]:
+def message_lines(
+    session: Session, first_seq: int, limit: int, max_bytes: int | None = None
+) -> list[dict[str, Any]]:
+    """Lines of messages first_seq.. of a session: at most `limit`, and (at least one) about
+    `max_bytes` of content."""
     end = min(len(session.messages), first_seq - 1 + limit)
+    if max_bytes is not None:
+        size, stop = 0, first_seq - 1
+        while stop < end and (stop == first_seq - 1 or size < max_bytes):
+            size += len(session.messages[stop].content) + LINE_OVERHEAD
+            stop += 1
+        end = stop
     return [
         {"kind": "message", "session_id": session.id, **session.messages[i].view(i + 1)}
         for i in range(first_seq - 1, end)
@@ -448,11 +462,15 @@ class ExportCursor:
         if key in self.unreached and key not in self.saved:
             self.saved[key] = session.copy()
 
-    def next_page(self, live: dict[tuple[str, str], Session], max_lines: int) -> tuple[list[Any], bool]:
-        """Up to about `max_lines` lines, and whether the cursor is done. A long session's messages
-        span pages; the session is held (a copy of its message list) until they are all out."""
+    def next_page(
+        self, live: dict[tuple[str, str], Session], max_lines: int, max_bytes: int = PAGE_BYTES
+    ) -> tuple[list[Any], bool]:
+        """Up to `max_lines` lines of about `max_bytes` at most (a line more than that is a page
+        alone), and whether the cursor is done. A long session's messages span pages; the session
+        is held (a copy of its message list) until they are all out."""
         lines: list[Any] = []
-        while len(lines) < max_lines:
+        size = 0
+        while len(lines) < max_lines and size < max_bytes:
             if self._current is None:
                 if self._position >= len(self._keys):
                     return lines, True
@@ -465,10 +483,13 @@ class ExportCursor:
                     if found is None:
                         continue
                     session = found.copy()  # later appends must not reach the export
-                lines.append(session_line(session))
+                line = session_line(session)
+                lines.append(line)
+                size += len(orjson.dumps(line["context"])) + len(session.name) + LINE_OVERHEAD
                 self._current, self._next_seq = session, 1
                 continue
-            page = message_lines(self._current, self._next_seq, max_lines - len(lines))
+            page = message_lines(self._current, self._next_seq, max_lines - len(lines), max_bytes - size)
+            size += sum(len(m["content"]) + LINE_OVERHEAD for m in page)
             lines.extend(page)
             self._next_seq += len(page)
             if self._next_seq > len(self._current.messages):

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from engine.errors import PayloadTooLarge, QuotaExceeded, Unavailable, ValidationFailed
 from engine.sessions.codec import encode_session
 from engine.sessions.export import (
+    PAGE_BYTES,
     BadLine,
     ImportedSession,
     ImportedVector,
@@ -347,3 +348,20 @@ def test_a_session_line_with_a_value_the_schema_refuses_is_a_bad_line(change: di
     with pytest.raises(BadLine) as refused:
         list(read_stream(stream(lines)))
     assert refused.value.details["line"] == 2
+
+
+def test_a_page_of_long_messages_is_bounded_in_bytes_as_well_as_lines() -> None:
+    big = "x" * (PAGE_BYTES // 8)
+    store = filled_store([("a", [("user", big)] * 40, {}, False)])
+    store.apply(OpenExport("acme", "big", max_open=4, idle_ms=60_000, max_per_org=2), T0)
+    pages = []
+    while True:
+        answer = store.apply(ExportPage("acme", "big", 1000), T0)
+        pages.append(answer["lines"])
+        if answer["done"]:
+            break
+    messages = [line for page in pages for line in page if line["kind"] == "message"]
+    assert len(messages) == 40  # every message, in order, across pages
+    assert [m["seq"] for m in messages] == list(range(1, 41))
+    for page in pages:
+        assert sum(len(line.get("content", "")) for line in page) <= PAGE_BYTES + len(big)
