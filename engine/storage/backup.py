@@ -91,6 +91,7 @@ class _Segment:
     link: Path
     stop: int  # where its whole records end (the current segment: where the cut was taken)
     boundary: int  # the next segment's first record: its records from there on are a fenced tail
+    last_record: int | None = None  # the current segment: where its record at the cut begins
 
 
 @dataclass(slots=True)
@@ -140,6 +141,8 @@ class StagedBackup:
     def _span(self, segment: _Segment, first: int, last: int) -> tuple[int, int]:
         """Byte span of records first..last of a segment (start 0 when from its first record)."""
         start = 0 if first == segment.first else None
+        if start == 0 and segment.last_record is not None and last == segment.boundary - 1:
+            return 0, segment.stop  # the current segment whole up to the cut: nothing to walk
         for i, (offset, length, _) in enumerate(frame_headers(segment.link, len(WAL_MAGIC), segment.stop)):
             lsn = segment.first + i
             if lsn == first and start is None:
@@ -151,6 +154,8 @@ class StagedBackup:
     def _locate(self, lsn: int) -> tuple[int, int, int] | None:
         """(offset, length, crc) of record `lsn` in the staged log, or None if it holds none."""
         for segment in reversed(self.staged):
+            if segment.last_record is not None and lsn == segment.boundary - 1:
+                return _header_at(segment.link, segment.last_record)  # the record at the cut
             if segment.first <= lsn < segment.boundary:
                 for i, header in enumerate(frame_headers(segment.link, len(WAL_MAGIC), segment.stop)):
                     if segment.first + i == lsn:
@@ -185,13 +190,15 @@ class ShardBackups:
         lsn: int,
         sealed_before: int,
         end: int,
+        last_record: int | None,
         since_lsn: int | None,
         since_crc: int | None = None,
         now_ms: int | None = None,
     ) -> StagedBackup:
         """Pin the files that hold the shard's state at record `lsn` (the segment being written,
-        which starts at `sealed_before`, up to `end`). Quick, for the shard's loop; `resolve`, in a
-        thread, chooses the pieces."""
+        which starts at `sealed_before`, up to `end`, its last record at `last_record`: what
+        LoggedStore.backup_point says). Quick, for the shard's loop; `resolve`, in a thread,
+        chooses the pieces."""
         self.sweep()
         if len(self._staged) >= MAX_STAGED:
             raise ValidationFailed(
@@ -264,6 +271,13 @@ class ShardBackups:
 
     def __len__(self) -> int:
         return len(self._staged)
+
+
+def _header_at(path: Path, offset: int) -> tuple[int, int, int]:
+    with path.open("rb") as f:
+        f.seek(offset)
+        length, crc = HEADER.unpack(f.read(HEADER.size))
+    return offset, length, crc
 
 
 def _link(path: Path, folder: Path) -> Path:

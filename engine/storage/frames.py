@@ -20,6 +20,7 @@ from engine.errors import CorruptFile
 from .lock import write_atomically
 
 HEADER = struct.Struct("<II")
+_WALK_BLOCK = 1 << 20  # bytes read at once when walking record headers
 MAX_FRAME_BYTES = 1 << 30
 
 
@@ -79,13 +80,20 @@ def read_frames(path: Path, magic: bytes, torn: list[TornTail] | None = None) ->
 
 def frame_headers(path: Path, start: int, end: int) -> Iterator[tuple[int, int, int]]:
     """(offset, payload length, crc32) of each record between `start` (a record's first byte) and
-    `end`, from the headers alone: how a copy finds a record's place and checksum without reading
-    what it holds. The bytes are not checked; the copy's reader checks them."""
+    `end`, from the headers alone: how a copy finds a record's place and checksum without decoding
+    what it holds. The file is read in large blocks, not a read per record. The bytes are not
+    checked; the copy's reader checks them."""
     with path.open("rb") as f:
+        f.seek(start)
+        block, base = b"", start  # block holds the file's bytes from offset `base`
         offset = start
         while offset + HEADER.size <= end:
-            f.seek(offset)
-            length, crc = HEADER.unpack(f.read(HEADER.size))
+            if offset + HEADER.size > base + len(block):
+                f.seek(offset)
+                block, base = f.read(min(_WALK_BLOCK, end - offset)), offset
+                if len(block) < HEADER.size:
+                    return
+            length, crc = HEADER.unpack_from(block, offset - base)
             if offset + HEADER.size + length > end:
                 return
             yield offset, length, crc

@@ -142,9 +142,10 @@ class LoggedStore:
                 extra={"directory": str(self.directory), "error": str(exc)},
             )
 
-    def backup_point(self) -> tuple[int, int, int]:
+    def backup_point(self) -> tuple[int, int, int, int | None]:
         """Where a backup cuts this shard now: (its last record, the first record of the segment
-        being written, where that segment's last whole record ends), synced first. Unavailable
+        being written, where that segment's last whole record ends and where it begins: None when
+        the segment holds none), synced first. Unavailable
         while the log cannot be written (what is on disk past the last acknowledged record is not
         known whole), and Fenced once a newer incarnation took the directory."""
         if self._refusal is None and not self.holds_epoch():
@@ -154,7 +155,7 @@ class LoggedStore:
             raise self._refusal or unwritable_log(
                 self.directory, LogWriteFailed("the log is not open", "not open")
             )
-        return self.lsn, self._wal.segment_start, self._wal.end
+        return self.lsn, self._wal.segment_start, self._wal.end, self._wal.last_record
 
     @property
     def archiving(self) -> bool:

@@ -198,6 +198,7 @@ class WriteAheadLog:
         self.failed = False  # a write or sync failed; nothing more is written until `reopen`
         self._failure = "the log is not open"  # what the disk said when it last failed
         self.bytes_since_rotation = 0
+        self.last_record: int | None = None  # where the current segment's last whole record begins
         self._open_segment(next_lsn, at_start=True)
 
     def commit(self, payload: bytes, fsync: str) -> None:
@@ -217,6 +218,7 @@ class WriteAheadLog:
             raise LogWriteFailed(
                 f"cannot write the log in {self._directory}: {exc}", disk_reason(exc)
             ) from exc
+        self.last_record = start
 
     def sync_pending(self) -> None:
         if self._unsynced and not self.failed:
@@ -295,6 +297,7 @@ class WriteAheadLog:
                     path.unlink()
             raise
         self._fd, self._segment_start = fd, first_lsn
+        self.last_record = None
         self.opened_at[first_lsn] = self._now_ms()
         self._end = len(WAL_MAGIC)
         self.bytes_since_rotation = 0

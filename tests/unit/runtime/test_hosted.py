@@ -43,7 +43,7 @@ class Store:
             self.lsn += 1
         return [f"did {op}" for op in ops]
 
-    def backup_point(self) -> tuple[int, int, int]:
+    def backup_point(self) -> tuple[int, int, int, int | None]:
         raise Unavailable("the stand-in store keeps no log files to back up")
 
     archiving = False

@@ -61,9 +61,11 @@ class LocalShard:
 
     async def begin(self, backup_id: str, since_lsn: int | None, since_crc: int | None) -> dict[str, Any]:
         assert self.backups is not None
-        lsn, sealed_before, end = self.durable.backup_point()
+        lsn, sealed_before, end, last_record = self.durable.backup_point()
         now = self.durable._clock.now_ms()
-        staged = self.backups.begin(backup_id, lsn, sealed_before, end, since_lsn, since_crc, now)
+        staged = self.backups.begin(
+            backup_id, lsn, sealed_before, end, last_record, since_lsn, since_crc, now
+        )
         staged.resolve()
         if self.after_begin is not None:
             self.after_begin()
