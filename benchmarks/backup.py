@@ -131,9 +131,11 @@ class Backups(threading.Thread):
     """Full backups of the server's data one after another, each into a fresh destination, from
     DELAY_S into a window until its end; keeps only the last one on disk."""
 
-    def __init__(self, data: Path, env: dict[str, str], work: Path, window_t0: float, until: float) -> None:
+    def __init__(
+        self, data: Path, env: dict[str, str], work: Path, window_t0: float, until: float, extra: list[str]
+    ) -> None:
         super().__init__(name="backups", daemon=True)
-        self.data, self.env, self.work = data, env, work
+        self.data, self.env, self.work, self.extra = data, env, work, extra
         self.window_t0, self.until = window_t0, until
         self.taken: list[dict[str, Any]] = []
         self.last: Path | None = None
@@ -146,7 +148,7 @@ class Backups(threading.Thread):
             while not self.taken or time.monotonic() < self.until:
                 dest = self.work / f"backup-{time.monotonic_ns()}"
                 began = time.monotonic() - self.window_t0
-                answer, wall_s = cli(self.env, "backup", str(dest), "--data-dir", str(self.data))
+                answer, wall_s = cli(self.env, "backup", str(dest), "--data-dir", str(self.data), *self.extra)
                 self.taken.append(
                     {
                         "from_s": round(began, 2),
@@ -180,7 +182,8 @@ def appends_and_backups(
     for round_ in range(args.rounds):
         for backed_up in (False, True):
             t0 = time.monotonic()
-            backups = Backups(data, env, work, t0, t0 + args.window) if backed_up else None
+            extra = [] if args.backup_max_rate is None else ["--max-rate", str(args.backup_max_rate)]
+            backups = Backups(data, env, work, t0, t0 + args.window, extra) if backed_up else None
             if backups is not None:
                 backups.start()
             row = {
@@ -331,6 +334,7 @@ def measure(args: Any, work: Path) -> dict[str, Any]:
     try:
         warm_up, windows, last = appends_and_backups(server, data, env, work, ids, args)
         result["appends"] = {
+            "backup_max_rate_mib_s": args.backup_max_rate,
             "rate": args.rate,
             "threads": APPEND_THREADS,
             "window_s": args.window,
@@ -463,6 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--summarizer", type=Path, help="local summarizer directory (default: the default model)"
+    )
+    parser.add_argument(
+        "--backup-max-rate",
+        type=float,
+        metavar="MIB_S",
+        help="each backup's --max-rate (default: none, as fast as the disk goes)",
     )
     parser.add_argument("--out", type=Path, help="write results.json and results.md here")
     args = parser.parse_args(argv)

@@ -555,6 +555,7 @@ def _backup(run: Run) -> None:
         rate=backup.RATE,
         rounds=backup.ROUNDS,
         summarizer=_summarizer(run),
+        backup_max_rate=None,
     )
     work = run.work / "backup"
     work.mkdir()
