@@ -113,6 +113,17 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> float:
+    """A positive, finite number (argparse's type for --max-rate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
 def _moment(text: str) -> int:
     """--until: milliseconds since the epoch, or an ISO 8601 time (UTC unless it says otherwise)."""
     if text.isdigit():
@@ -252,7 +263,10 @@ def _parser() -> argparse.ArgumentParser:
     backup.add_argument("--incremental", action="store_true", help="only what is new since --from")
     backup.add_argument("--from", dest="previous", type=Path, metavar="PREVIOUS", help="the earlier backup")
     backup.add_argument(
-        "--max-rate", type=float, metavar="MIB_S", help="copy at most this many MiB a second (default: any)"
+        "--max-rate",
+        type=_positive,
+        metavar="MIB_S",
+        help="copy at most this many MiB a second (default: any)",
     )
     backup.add_argument("--json", action="store_true", help="print the manifest as JSON")
     operate.add_cluster_options(backup)

@@ -33,6 +33,8 @@ import hashlib
 import os
 import time
 import uuid
+import zlib
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,6 +199,7 @@ class _Source:
     path: Path
     checked: ShardFile | None  # a backup's file, with its checksum; None: the archive's
     complete_to: int  # ms: every record logged before is in it or before it (0: not known)
+    prev_crc: int | None = None  # the checksum of the record before its first, where known
 
 
 @dataclass(slots=True)
@@ -211,6 +214,7 @@ class _Plan:
     sources: list[_Source]  # in order, each starting at or before the record after the last
     end: int  # the last record the sources hold without a gap
     complete_to: int  # ms: every record the shard logged before is in the sources
+    known_crcs: dict[int, int]  # the checksums the backups recorded of their watermarks' records
 
 
 def _plans(backups: list[Manifest], archive: Path | None) -> list[_Plan]:
@@ -251,7 +255,7 @@ def _plan(backups: list[Manifest], entry: ShardEntry, archive: Path | None) -> _
     relative = Path(entry.directory)
     if archive is not None:
         for a in archived_segments(archive, backups[-1].cluster_id, relative):
-            sources.append(_Source(a.first, a.last, a.path, None, a.sealed_at))
+            sources.append(_Source(a.first, a.last, a.path, None, a.sealed_at, a.prev_crc))
     sources.sort(key=lambda s: (s.first, -s.last))
     needed, end = [], snapshot_lsn
     for source in sources:
@@ -275,6 +279,9 @@ def _plan(backups: list[Manifest], entry: ShardEntry, archive: Path | None) -> _
     beat = heartbeat_of(archive, backups[-1].cluster_id, relative) if archive is not None else None
     if beat is not None and beat["next_lsn"] == end + 1:
         complete_to = max(complete_to, beat["as_of"])
+    # A cut, a seal or a beat at millisecond T vouches for what was logged before it; a record of
+    # the same millisecond may follow it, so the log is complete to T - 1.
+    complete_to -= 1
     return _Plan(
         entry,
         name,
@@ -284,6 +291,7 @@ def _plan(backups: list[Manifest], entry: ShardEntry, archive: Path | None) -> _
         needed,
         end,
         complete_to,
+        {e.lsn: e.lsn_crc for e in entries if e.lsn_crc is not None},
     )
 
 
@@ -317,23 +325,37 @@ def _replay(plan: _Plan, until_ms: int | None, target: Path | None) -> tuple[Sha
                 "restore from a backup taken before that moment"
             )
     expected, last_ts, records, from_archive, stopped = plan.snapshot_lsn + 1, None, 0, 0, False
+    # Every record's checksum as it is written: a file that repeats a record, or continues one,
+    # must agree with it, or it is of another history of the shard (a data directory rolled back or
+    # copied, archiving beside the one it came from), which is refused, never spliced in.
+    crcs = array("I")
     with _output(None if target is None else segment_path(target, plan.snapshot_lsn + 1)) as out:
         if out is not None:
             out.write(WAL_MAGIC)
         for source in plan.sources:
             checked = source.checked
             read += _copy_verified(source.path, checked, None) if checked else source.path.stat().st_size
+            if source.first == expected and source.prev_crc is not None and crcs:
+                _same_history(plan, source, expected - 1, crcs[-1], source.prev_crc)
             for payload in _records(source.path):
                 lsn, ts = record_head(payload)
                 if lsn > source.last:
                     break  # a fenced incarnation's tail, or past the backup's watermark
                 if lsn < expected:
+                    if lsn > plan.snapshot_lsn:
+                        _same_history(
+                            plan, source, lsn, crcs[lsn - plan.snapshot_lsn - 1], zlib.crc32(payload)
+                        )
                     continue
                 if lsn != expected:
                     raise CorruptFile(source.path, 0, f"log sequence jumps from {expected - 1} to {lsn}")
                 if until_ms is not None and ts > until_ms:
                     stopped = True
                     break
+                crc = zlib.crc32(payload)
+                if lsn in plan.known_crcs:
+                    _same_history(plan, source, lsn, plan.known_crcs[lsn], crc)
+                crcs.append(crc)
                 if out is not None:
                     out.write(frame(payload))
                 expected, last_ts, records = lsn + 1, ts, records + 1
@@ -355,6 +377,16 @@ def _replay(plan: _Plan, until_ms: int | None, target: Path | None) -> tuple[Sha
         stopped,
     )
     return restored, read
+
+
+def _same_history(plan: _Plan, source: _Source, lsn: int, kept: int, found: int) -> None:
+    if kept != found:
+        raise BackupRefused(
+            f"{source.path} holds another history of {plan.name}: its record {lsn} is not the one the "
+            "backups (or the archive's earlier segments) hold; was a data directory rolled back or "
+            "copied, and archived beside the one it came from? Restore without --archive, or move "
+            "that history's segments out of the archive"
+        )
 
 
 def _records(path: Path) -> Iterator[bytes]:

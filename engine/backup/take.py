@@ -79,6 +79,7 @@ async def take_backup(
     shards (the module docstring says why). BackupRefused, in one line, when it cannot be made;
     `dest` is then as it was."""
     started = time.perf_counter()
+    pace = Pace(max_bytes_s)  # refused before any shard is cut
     base = chain(previous)[-1] if previous is not None else None
     made = prepare_empty(dest, "a backup")
     backup_id = f"bk_{uuid.uuid4().hex}"
@@ -98,7 +99,7 @@ async def take_backup(
         cluster_id = _one_cluster(begun, base)
         keeper = asyncio.create_task(_keep_alive(backup_id, begun))
         try:
-            entries, copied = await _copy_all(dest, backup_id, begun, Pace(max_bytes_s))
+            entries, copied = await _copy_all(dest, backup_id, begun, pace)
         finally:
             keeper.cancel()
         keys = _copy_keys(keys_file, dest) if keys_file is not None and keys_file.is_file() else None
@@ -191,6 +192,10 @@ class Pace:
     disks go), like pg_basebackup's --max-rate."""
 
     def __init__(self, max_bytes_s: float | None) -> None:
+        if max_bytes_s is not None and not (0 < max_bytes_s < float("inf")):
+            raise BackupRefused(
+                f"a backup's pace must be a positive number of bytes a second, not {max_bytes_s}"
+            )
         self._rate = max_bytes_s
         self._started = time.monotonic()
         self._sent = 0

@@ -81,13 +81,14 @@ class DurableMemory(LoggedStore):
         started = time.perf_counter()
         self.sync()
         lsn = self.lsn
+        taken_at = self._clock.now_ms()  # the state's moment, not the file's: a restore compares it
         self.writable_log().rotate(lsn + 1)
         parts = [(org, namespace, *index.to_parts()) for (org, namespace), index in self.store.namespaces()]
         records = IdempotencyRecords.encode(self.store.idempotency.frozen())
         pause_ms = (time.perf_counter() - started) * 1000
 
         def write() -> SnapshotResult:
-            size = write_snapshot(self.directory, lsn, self._clock.now_ms(), parts, records)
+            size = write_snapshot(self.directory, lsn, taken_at, parts, records)
             self.archive_sealed()  # the rotation above sealed a segment
             return SnapshotResult(
                 lsn, size, time.perf_counter() - started, pause_ms, {"namespaces": len(parts)}

@@ -71,6 +71,8 @@ class Archived:
     bytes: int
     sha256: str
     sealed_at: int
+    last_crc: int | None = None  # the checksum of its last record
+    prev_crc: int | None = None  # of the record before its first, in the log it was sealed from
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +81,8 @@ class Archived:
             "bytes": self.bytes,
             "sha256": self.sha256,
             "sealed_at": self.sealed_at,
+            "last_crc": self.last_crc,
+            "prev_crc": self.prev_crc,
         }
 
 
@@ -92,9 +96,9 @@ class LogArchive:
     def __init__(self, archive_dir: Path, identity: ShardIdentity) -> None:
         self.directory = archive_dir / identity.cluster_id / shard_path(identity)
         # The segments the archive holds, by name and what the file system says of the file (inode,
-        # size, times): a file replaced or changed since is checked again by its content.
-        self._held: set[tuple[str, int, int, int, int]] = set()
-        self._refused: set[tuple[str, int, int, int, int]] = set()  # conflicts already logged
+        # size, modification time): a file replaced or changed since is checked again by its content.
+        self._held: set[tuple[str, int, int, int]] = set()
+        self._refused: set[tuple[str, int, int, int]] = set()  # conflicts already logged
         self._lock = threading.Lock()  # a snapshot's thread and the timer's may archive at once
 
     def holds(self, segment: Path) -> bool:
@@ -124,6 +128,8 @@ class LogArchive:
         was sealed. Raises OSError when the archive cannot take one: it and later ones stay."""
         with self._lock:
             found = segments(directory)
+            names = {path.name for _, path in found}
+            self._held = {key for key in self._held if key[0] in names}  # of segments still here
             copied = 0
             for i, (first, path) in enumerate(found):
                 if first >= sealed_before:
@@ -132,8 +138,10 @@ class LogArchive:
                 if key in self._held or path.stat().st_size <= len(WAL_MAGIC):
                     continue
                 boundary = found[i + 1][0] if i + 1 < len(found) else sealed_before
+                before = found[i - 1] if i > 0 and found[i - 1][0] < first else None
                 try:
-                    if self._archive_one(path, first, boundary, opened_at.get(boundary)):
+                    prev_crc = _records_before(before[1], before[0], first)[1] if before is not None else None
+                    if self._archive_one(path, first, boundary, opened_at.get(boundary), prev_crc):
                         copied += 1
                 except ArchiveConflict as exc:
                     if key not in self._refused:
@@ -147,13 +155,11 @@ class LogArchive:
                 self._held.add(key)
             return copied
 
-    def _archive_one(self, path: Path, first: int, boundary: int, sealed_at: int | None) -> bool:
+    def _archive_one(
+        self, path: Path, first: int, boundary: int, sealed_at: int | None, prev_crc: int | None
+    ) -> bool:
         """Archive one sealed segment's records before `boundary`; False when the archive held them."""
-        end, count = len(WAL_MAGIC), 0
-        for offset, length, _ in frame_headers(path, len(WAL_MAGIC), path.stat().st_size):
-            if first + count >= boundary:
-                break  # a fenced incarnation's tail: never acknowledged
-            end, count = offset + HEADER.size + length, count + 1
+        end, last_crc, count = _records_before(path, first, boundary)
         digest = _sha256(path, end)
         target = self.directory / path.name
         summary = self.directory / (path.name + SUM_SUFFIX)
@@ -169,7 +175,7 @@ class LogArchive:
             self._make_folder()
             _copy_synced(path, target, end)
         when = sealed_at if sealed_at is not None else int(path.stat().st_mtime * 1000)
-        entry = Archived(target, first, first + count - 1, end, digest, when)
+        entry = Archived(target, first, first + count - 1, end, digest, when, last_crc, prev_crc)
         write_atomically(summary, orjson.dumps(entry.as_dict()))
         fsync_directory(self.directory)
         return True
@@ -191,9 +197,21 @@ class LogArchive:
             write_atomically(self.directory / HEARTBEAT, orjson.dumps({"next_lsn": next_lsn, "as_of": as_of}))
 
 
-def _key(path: Path) -> tuple[str, int, int, int, int]:
+def _key(path: Path) -> tuple[str, int, int, int]:
+    # Not the inode's change time: a backup's hard link changes it, not the file's bytes.
     found = path.stat()
-    return path.name, found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns
+    return path.name, found.st_ino, found.st_size, found.st_mtime_ns
+
+
+def _records_before(path: Path, first: int, boundary: int) -> tuple[int, int | None, int]:
+    """Where a segment's records before `boundary` end, the checksum of the last of them, and how
+    many there are (a fenced incarnation's tail past `boundary` was never acknowledged)."""
+    end, crc, count = len(WAL_MAGIC), None, 0
+    for offset, length, record_crc in frame_headers(path, len(WAL_MAGIC), path.stat().st_size):
+        if first + count >= boundary:
+            break
+        end, crc, count = offset + HEADER.size + length, record_crc, count + 1
+    return end, crc, count
 
 
 def _sha256(path: Path, end: int) -> str:
@@ -238,6 +256,8 @@ def read_sum(path: Path) -> Archived | None:
             int(found["bytes"]),
             str(found["sha256"]),
             int(found["sealed_at"]),
+            found.get("last_crc"),
+            found.get("prev_crc"),
         )
     except FileNotFoundError:
         return None

@@ -235,9 +235,10 @@ class ShardBackups:
                 boundary = log[i + 1][0] if i + 1 < len(log) else sealed_before
                 link = _link(path, folder)
                 stop = end if first == sealed_before else link.stat().st_size
-                staged.staged.append(
-                    _Segment(first, link, stop, boundary if first < sealed_before else lsn + 1)
-                )
+                if first < sealed_before:
+                    staged.staged.append(_Segment(first, link, stop, boundary))
+                else:  # the segment being written: its records end at the cut, the last at last_record
+                    staged.staged.append(_Segment(first, link, stop, lsn + 1, last_record))
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

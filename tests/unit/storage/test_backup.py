@@ -30,6 +30,7 @@ from engine.sessions.codec import encode_session
 from engine.sessions.durable import DurableSessions
 from engine.sessions.ops import AppendMessages, CreateSession
 from engine.sessions.session import NewMessage, new_session_id
+from engine.storage import backup as storage_backup
 from engine.storage.archive import archived_segments
 from engine.storage.backup import STAGING_PREFIX, ShardBackups
 from engine.storage.frames import frame
@@ -138,6 +139,7 @@ class Cluster:
         assert not isinstance(result, Exception), result
 
     def backup(self, dest: Path, previous: Path | None = None) -> Any:
+        self.clock.advance(1)  # a cut vouches for what was logged before its millisecond
         return asyncio.run(
             take_backup(dest, self.shards, {"shards": 1, "memory_shards": 1}, previous=previous)
         )
@@ -145,6 +147,7 @@ class Cluster:
     def archive_tick(self) -> None:
         """What each shard's archive timer does (engine.runtime.hosted): seal a segment that holds
         records, copy what is sealed, or record that nothing was logged since."""
+        self.clock.advance(1)  # a seal or a beat vouches for what was logged before its millisecond
         for durable in (self.sessions, self.memory):
             idle = durable.seal_for_archive()
             durable.archive_sealed()
@@ -500,7 +503,7 @@ def test_until_past_where_a_shards_log_ends_is_refused(cluster: Cluster, tmp_pat
     cluster.backup(tmp_path / "b")
     cluster.say(sid, "x")
     cluster.archive_tick()
-    complete = cluster.clock.now_ms()
+    complete = cluster.clock.now_ms() - 1
     with pytest.raises(BackupRefused, match="complete only up to"):
         restoring.restore(
             tmp_path / "b", tmp_path / "r", archive=tmp_path / "archive", until_ms=complete + 60_000
@@ -577,5 +580,76 @@ def test_a_graceful_stop_leaves_the_archive_complete_to_the_stop(tmp_path: Path)
     cluster.sessions.close(snapshot=True)
     cluster.memory.close(snapshot=True)  # idle: its heartbeat says nothing was logged up to the stop
     done = restoring.restore(tmp_path / "b", tmp_path / "r", archive=archive)
-    assert done.until_ms is not None and done.until_ms >= stopped_at
+    assert done.until_ms is not None and done.until_ms >= stopped_at - 1
     assert _texts(tmp_path / "r", sid) == ["before the stop"]
+
+
+def test_another_history_archived_beside_the_first_is_refused_not_spliced(tmp_path: Path) -> None:
+    # A copy of the data directory (same cluster) runs beside the original, both archiving: the
+    # archive ends up holding segments of two histories, and a restore refuses to mix them.
+    archive = tmp_path / "archive"
+    config = DurabilityConfig(archive_dir=archive)
+    cluster = Cluster(tmp_path / "data", config)
+    sid = cluster.create()
+    cluster.say(sid, "base")
+    cluster.backup(tmp_path / "b")
+    cluster.close()
+    shutil.copytree(tmp_path / "data", tmp_path / "copy")
+    histories = {
+        tmp_path / "data": [["A0", "A1", "A2"], ["A3", "A4"]],
+        tmp_path / "copy": [["B0"], ["B1", "B2", "B3", "B4", "B5"]],
+    }
+    for data, runs in histories.items():
+        again = Cluster(data, config)
+        again.clock = cluster.clock
+        again.sessions._clock = again.memory._clock = cluster.clock
+        again.archive_tick()
+        for run in runs:
+            for text in run:
+                again.say(sid, text)
+            again.archive_tick()
+        again.close()
+    with pytest.raises(BackupRefused, match="another history"):
+        restoring.restore(tmp_path / "b", tmp_path / "r", archive=archive)
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_cut_reads_no_record_headers_of_the_segment_being_written(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sid = cluster.create()
+    for i in range(20):
+        cluster.say(sid, f"m{i}")
+    walked: list[Path] = []
+    real = storage_backup.frame_headers
+
+    def counting(path: Path, start: int, end: int) -> Any:
+        walked.append(path)
+        return real(path, start, end)
+
+    monkeypatch.setattr(storage_backup, "frame_headers", counting)
+    taken = cluster.backup(tmp_path / "b")
+    assert walked == []
+    assert taken.manifest.shard("session", 0).lsn_crc is not None
+    restoring.restore(tmp_path / "b", tmp_path / "r")
+    assert _texts(tmp_path / "r", sid) == [f"m{i}" for i in range(20)]
+
+
+def test_a_backup_does_not_make_archived_segments_look_unarchived(cluster: Cluster, tmp_path: Path) -> None:
+    sid = cluster.create()
+    cluster.say(sid, "one")
+    cluster.archive_tick()
+    cluster.say(sid, "two")
+    cluster.archive_tick()
+    assert cluster.sessions.disk_status()["unarchived_segments"] == 0
+    cluster.backup(tmp_path / "b")  # links and unlinks each segment: its change time moves
+    assert cluster.sessions.disk_status()["unarchived_segments"] == 0
+
+
+def test_a_pace_that_is_not_a_positive_rate_is_refused_before_any_shard_is_cut(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    for rate in (0.0, -1.0, float("nan")):
+        with pytest.raises(BackupRefused, match="pace"):
+            asyncio.run(taking.take_backup(tmp_path / "b", cluster.shards, {}, max_bytes_s=rate))
+        assert not (tmp_path / "b").exists()
