@@ -140,7 +140,7 @@ class LogArchive:
                 boundary = found[i + 1][0] if i + 1 < len(found) else sealed_before
                 before = found[i - 1] if i > 0 and found[i - 1][0] < first else None
                 try:
-                    prev_crc = _records_before(before[1], before[0], first)[1] if before is not None else None
+                    prev_crc = self._last_crc(before[1], before[0], first) if before is not None else None
                     if self._archive_one(path, first, boundary, opened_at.get(boundary), prev_crc):
                         copied += 1
                 except ArchiveConflict as exc:
@@ -154,6 +154,15 @@ class LogArchive:
                     continue
                 self._held.add(key)
             return copied
+
+    def _last_crc(self, path: Path, first: int, boundary: int) -> int | None:
+        """The checksum of a segment's last record before `boundary`: from its `.sum` when the
+        archive holds the segment (checked by content), else from its record headers."""
+        if _key(path) in self._held:
+            recorded = read_sum(self.directory / (path.name + SUM_SUFFIX))
+            if recorded is not None and recorded.last == boundary - 1:
+                return recorded.last_crc
+        return _records_before(path, first, boundary)[1]
 
     def _archive_one(
         self, path: Path, first: int, boundary: int, sealed_at: int | None, prev_crc: int | None

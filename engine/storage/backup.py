@@ -270,9 +270,6 @@ class ShardBackups:
         for backup_id in [b for b, s in self._staged.items() if now - s.touched > idle_s]:
             self.end(backup_id)
 
-    def __len__(self) -> int:
-        return len(self._staged)
-
 
 def _header_at(path: Path, offset: int) -> tuple[int, int, int]:
     with path.open("rb") as f:

@@ -345,6 +345,8 @@ class WriteAheadLog:
             if first < lsn and first != self._segment_start and not (keep is not None and keep(path)):
                 path.unlink()
                 dropped += 1
+        kept = {first for first, _ in segments(self._directory)}
+        self.opened_at = {first: at for first, at in self.opened_at.items() if first in kept}
         return dropped
 
     @property

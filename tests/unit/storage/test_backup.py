@@ -563,9 +563,12 @@ def test_shards_waiting_for_their_turn_are_kept_from_lapsing(
     for i in range(3):
         cluster.say(sid, f"m{i}")
         cluster.sessions.snapshot_now()
+    cluster.vector("v", 1)  # the memory shard has pieces too, copied after the session shard's
+    cluster.memory.snapshot_now()
     for shard in cluster.shards:
         shard.slow_s, shard.idle_s = 0.1, 0.08
-    cluster.backup(tmp_path / "b")
+    taken = cluster.backup(tmp_path / "b")
+    assert taken.manifest.shard("memory", 0).files  # the memory shard's turn came, and was read
     assert restoring.verify(tmp_path / "b").shards
 
 
