@@ -376,6 +376,7 @@ class Question:
     text: str
     evidence: tuple[str, ...]  # Session.key of the sessions that hold the answer
     kind: str
+    style: str = ""  # how it is worded (benchmarks/dialogues.py STYLES); "" for this generator's
 
 
 @dataclass
