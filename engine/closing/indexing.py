@@ -35,8 +35,17 @@ TEXTS_PER_EMBED = 256
 
 
 def closed_session(session_id: str, job: SummaryInput) -> ClosedSession:
-    """What memory indexes of a session whose job read `job`: its messages as (role, content)."""
-    return ClosedSession(session_id, job.name, job.created_at, job.ended_at, [m[:2] for m in job.messages])
+    """What memory indexes of a session whose job read `job`: its messages as (role, content), each
+    one's time (what a query `as_of` a moment goes by), and its status."""
+    return ClosedSession(
+        session_id,
+        job.name,
+        job.created_at,
+        job.ended_at,
+        [m[:2] for m in job.messages],
+        times=[m.created_at for m in job.messages],
+        status=job.status.value,
+    )
 
 
 async def index_session(ports: ClosingPorts, org: str, session: ClosedSession) -> int:
@@ -55,8 +64,11 @@ async def index_session(ports: ClosingPorts, org: str, session: ClosedSession) -
     return len(turns) + 1
 
 
-async def index_summary(ports: ClosingPorts, org: str, session_id: str, text: str, method: str) -> None:
-    entry = summary_entry(session_id, text, method)
+async def index_summary(
+    ports: ClosingPorts, org: str, session_id: str, text: str, method: str, *, made_at: int | None = None
+) -> None:
+    """Upsert the session's summary; `made_at` (epoch ms, default now) is when it counts as made."""
+    entry = summary_entry(session_id, text, method, made_at=made_at)
     vectors = await _vectors(ports, [entry.text])
     await _checked(ports, org, _upserts(org, SESSIONS_OF_MEMORY, [entry], vectors))
 

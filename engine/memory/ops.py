@@ -81,6 +81,7 @@ class QueryVectors(MemoryOp):
     text: str | None = None  # the query's text, for lexical and hybrid modes
     mode: Mode = "dense"
     min_relevance: float | None = None  # session memory: drop matches less relevant than this
+    as_of: int | None = None  # session memory: search it as it stood then (epoch ms)
 
 
 @MEMORY_OPS.read("_stats")

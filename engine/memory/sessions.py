@@ -23,11 +23,16 @@ apart. Each match is one session, with its summary and its best-matching message
 only ranks the sessions found against each other, relevance says how close the query is to what
 the session said, whatever else was found. A minimum relevance drops matches below it; it never
 changes the order of the others.
+
+A query may ask for memory as it stood at a moment (`as_of`, epoch ms): then it sees only the
+entries that existed by then (`Past`): turns said by then, whole-session entries of sessions closed
+by then, summaries made by then. Without `as_of` nothing of this is computed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +51,10 @@ MAX_TURN_CHARS = 4000  # a longer message is indexed by its beginning (the embed
 MAX_HIGHLIGHTS = 3
 HIGHLIGHT_CHARS = 400
 # The keys a session-memory filter may name: the session entry's metadata.
-FILTER_KEYS = frozenset({"session_id", "name", "created_at", "closed_at", "message_count"})
+FILTER_KEYS = frozenset({"session_id", "name", "created_at", "closed_at", "message_count", "status"})
+# What a session entry indexed before entries carried a status counts as: only closing jobs of
+# closed sessions indexed them.
+UNSTATED_STATUS = "closed"
 
 # Tuned on benchmarks/recall.py (benchmarks/README.md, "Session memory recall"): a grid over the
 # five weights beside turn_dense, chosen on two seeds and checked on a third. BM25 over single
@@ -82,6 +90,8 @@ class ClosedSession:
     created_at: int
     closed_at: int | None
     messages: Sequence[tuple[str, str]]  # (role, content), seq = position + 1
+    times: Sequence[int] = ()  # each message's created_at, in the same order; () when unknown
+    status: str = UNSTATED_STATUS  # the session's status (a SessionStatus value) when indexed
 
 
 def turn_entries(session: ClosedSession) -> list[Entry]:
@@ -89,15 +99,21 @@ def turn_entries(session: ClosedSession) -> list[Entry]:
     name on a first line (see `said`): a message such as "we adopted a beagle" says nothing of
     whose beagle, and the name of the session it was said in often does."""
     heading = " ".join(session.name.split())
-    return [
-        Entry(
-            f"{session.session_id}#{seq}",
-            f"{heading}\n{content[:MAX_TURN_CHARS]}",
-            {"session_id": session.session_id, "kind": "turn", "seq": seq, "role": role},
-        )
-        for seq, (role, content) in enumerate(session.messages, start=1)
-        if role in INDEXED_ROLES and content.strip()
-    ]
+    entries = []
+    for seq, (role, content) in enumerate(session.messages, start=1):
+        if role not in INDEXED_ROLES or not content.strip():
+            continue
+        metadata: dict[str, Any] = {
+            "session_id": session.session_id,
+            "kind": "turn",
+            "seq": seq,
+            "role": role,
+        }
+        if session.times:
+            metadata["created_at"] = session.times[seq - 1]
+        text = f"{heading}\n{content[:MAX_TURN_CHARS]}"
+        entries.append(Entry(f"{session.session_id}#{seq}", text, metadata))
+    return entries
 
 
 def said(turn_text: str) -> str:
@@ -114,6 +130,7 @@ def session_entry(session: ClosedSession, turns: Sequence[Entry]) -> Entry:
         "created_at": session.created_at,
         "closed_at": session.closed_at,
         "message_count": len(session.messages),
+        "status": session.status,
     }
     return Entry(session.session_id, text, metadata)
 
@@ -125,10 +142,12 @@ def session_vector(turn_vectors: np.ndarray) -> np.ndarray:
     return mean / norm if norm > 0 else mean
 
 
-def summary_entry(session_id: str, text: str, method: str) -> Entry:
-    return Entry(
-        f"{session_id}#summary", text, {"session_id": session_id, "kind": "summary", "method": method}
-    )
+def summary_entry(session_id: str, text: str, method: str, *, made_at: int | None = None) -> Entry:
+    """The summary's entry; `made_at` (epoch ms, default now) is when it went into memory, which
+    `as_of` goes by."""
+    made_at = int(time.time() * 1000) if made_at is None else made_at
+    metadata = {"session_id": session_id, "kind": "summary", "method": method, "created_at": made_at}
+    return Entry(f"{session_id}#summary", text, metadata)
 
 
 # -- finding sessions ---------------------------------------------------------------------------------
@@ -166,13 +185,16 @@ def search(
     mode: Mode = "hybrid",
     *,
     min_relevance: float | None = None,
+    as_of: int | None = None,
 ) -> list[Match]:
     """Prior sessions for a query, one match each (id = session id), best first. Each has its
     relevance when there is a query vector (in every mode: the relevance is by meaning); with
-    `min_relevance`, the top_k matches less relevant than it are left out."""
-    found = signals(indexes, vector, text, top_k, where, mode)
+    `min_relevance`, the top_k matches less relevant than it are left out; with `as_of`, memory
+    is searched as it stood then (`Past`)."""
+    past = None if as_of is None else Past.of(indexes, as_of)
+    found = signals(indexes, vector, text, top_k, where, mode, past=past)
     ranked = fuse(found.rankings, WEIGHTS)[:top_k]
-    relevant = relevance_of(indexes, vector, [session_id for session_id, _ in ranked])
+    relevant = relevance_of(indexes, vector, [session_id for session_id, _ in ranked], past=past)
     matches = [
         _match(
             indexes,
@@ -181,6 +203,7 @@ def search(
             relevant.get(session_id),
             found.turn_hits.get(session_id, {}),
             found.legacy,
+            past,
         )
         for session_id, score in ranked
     ]
@@ -190,40 +213,52 @@ def search(
 
 
 def relevance_of(
-    indexes: SessionIndexes, vector: np.ndarray | None, session_ids: Sequence[str]
+    indexes: SessionIndexes,
+    vector: np.ndarray | None,
+    session_ids: Sequence[str],
+    *,
+    past: Past | None = None,
 ) -> dict[str, float]:
     """Each session's relevance to the query vector (engine.memory.relevance)."""
     return {
         session_id: relevance(cosine)
-        for session_id, cosine in closest_of(indexes, vector, session_ids).items()
+        for session_id, cosine in closest_of(indexes, vector, session_ids, past=past).items()
     }
 
 
 def closest_of(
-    indexes: SessionIndexes, vector: np.ndarray | None, session_ids: Sequence[str]
+    indexes: SessionIndexes,
+    vector: np.ndarray | None,
+    session_ids: Sequence[str],
+    *,
+    past: Past | None = None,
 ) -> dict[str, float]:
     """What a session's relevance is made of, from its own entries only (so it does not depend on
     what else was found): the cosine similarity of the query to its closest indexed message. A
     session with none (only tool messages; an older engine's summary entry) has its session
-    entry's instead (its name)."""
+    entry's instead (its name). With `past`, only the entries that existed then count."""
     if vector is None or not session_ids:
         return {}
     query = np.asarray(vector, dtype=np.float32).reshape(-1)
     chosen = {"session_id": {"$in": list(session_ids)}}
-    closest = _closest(indexes.turns, query, chosen)
+    closest = _closest(indexes.turns, query, chosen, None if past is None else past.turns)
     missing = [session_id for session_id in session_ids if session_id not in closest]
     if missing:
         wholes = {"session_id": {"$in": missing}, "kind": "session"}
-        closest.update(_closest(indexes.whole, query, wholes))
+        closest.update(_closest(indexes.whole, query, wholes, None if past is None else past.whole))
     return {session_id: closest[session_id] for session_id in session_ids if session_id in closest}
 
 
-def _closest(index: NamespaceIndex | None, query: np.ndarray, where: Where) -> dict[str, float]:
+def _closest(
+    index: NamespaceIndex | None, query: np.ndarray, where: Where, existing: Collection[int] | None
+) -> dict[str, float]:
     """Per session, the best cosine similarity between the query and its entries that `where`
-    keeps (their stored vectors, read back: exact, whatever the index's kind)."""
+    keeps, of the `existing` ones (None: all) (their stored vectors, read back: exact, whatever the
+    index's kind)."""
     if index is None or index.dimension != len(query):
         return {}
-    faiss_ids = sorted(index.select(where) or ())
+    selected = index.select(where) or set()
+    faiss_ids = sorted(selected if existing is None else selected.intersection(existing))
     best: dict[str, float] = {}
     for faiss_id, cosine in zip(faiss_ids, (index.vectors(faiss_ids) @ query).tolist(), strict=True):
         entry = index.entry(faiss_id)
@@ -240,16 +275,23 @@ def signals(
     top_k: int,
     where: Where | None = None,
     mode: Mode = "hybrid",
+    *,
+    past: Past | None = None,
 ) -> Signals:
     """Each signal's ranking of sessions for a query (what `search` fuses; the tuning benchmark
-    fuses them with other weights)."""
+    fuses them with other weights); with `past`, of the entries that existed then only."""
     chosen = _chosen_sessions(indexes.whole, where)
     found = Signals({signal: [] for signal in SIGNALS_OF_MODE[mode]}, {}, {})
     # Turns: many per session, so look deep enough to reach many sessions.
-    for index, depth in ((indexes.turns, max(20 * top_k, 200)), (indexes.whole, max(4 * top_k, 100))):
+    for index, depth, existing in (
+        (indexes.turns, max(20 * top_k, 200), None if past is None else past.turns),
+        (indexes.whole, max(4 * top_k, 100), None if past is None else past.whole),
+    ):
         if index is None:
             continue
         candidates = None if chosen is None else index.select({"session_id": {"$in": chosen}})
+        if existing is not None:
+            candidates = set(existing) if candidates is None else candidates & existing
         if candidates is not None and not candidates:
             continue
         dense = index.dense(vector, depth, candidates) if vector is not None and mode != "lexical" else []
@@ -301,13 +343,79 @@ def _shared_turns(index: NamespaceIndex, hits: Sequence[tuple[int, float]]) -> s
 
 
 def _chosen_sessions(whole: NamespaceIndex | None, where: Where | None) -> list[str] | None:
-    """The sessions a filter keeps (it is on their session entries); None: no filter."""
+    """The sessions a filter keeps (it is on their session entries); None: no filter. `status` is
+    checked here rather than by the index, since entries without one count as UNSTATED_STATUS."""
     if not where:
         return None
     if whole is None:
         return []
-    kept = whole.select({**where, "kind": "session"}) or set()
-    return sorted({str(entry[1]["session_id"]) for entry in map(whole.entry, kept) if entry is not None})
+    rest = {key: condition for key, condition in where.items() if key != "status"}
+    kept = whole.select({**rest, "kind": "session"}) or set()
+    entries = [entry for entry in map(whole.entry, kept) if entry is not None]
+    if "status" in where:
+        entries = [entry for entry in entries if _status_holds(entry[1], where["status"])]
+    return sorted({str(entry[1]["session_id"]) for entry in entries})
+
+
+def _status_holds(metadata: Mapping[str, Any], condition: Any) -> bool:
+    """A status condition (a value, or $eq, $ne, $in: the API takes no other) on a session entry."""
+    status = metadata.get("status", UNSTATED_STATUS)
+    if not isinstance(condition, Mapping):
+        return bool(status == condition)
+    return (
+        status == condition.get("$eq", status)
+        and status != condition.get("$ne", object())
+        and status in condition.get("$in", (status,))
+    )
+
+
+@dataclass(slots=True, frozen=True)
+class Past:
+    """The entries of each index that existed at `as_of` (their FAISS ids): a turn said by then;
+    a session entry of a session closed by then (its whole transcript existed); a summary made by
+    then. A session still open then is found by its turns said by then only. Entries indexed
+    before they carried times count as said when their session was created (a turn) and made
+    when it was closed (a summary, and an older engine's one entry per session). Checked entry by
+    entry: what a query with `as_of` costs more."""
+
+    turns: frozenset[int]
+    whole: frozenset[int]
+
+    @classmethod
+    def of(cls, indexes: SessionIndexes, as_of: int) -> Past:
+        turns, whole = _entries(indexes.turns), _entries(indexes.whole)
+        sessions = {
+            str(metadata.get("session_id")): metadata for _, metadata in whole if _kind(metadata) == "session"
+        }
+        return cls(
+            frozenset(i for i, metadata in turns if _at_or_before(_existed_at(metadata, sessions), as_of)),
+            frozenset(i for i, metadata in whole if _at_or_before(_existed_at(metadata, sessions), as_of)),
+        )
+
+
+def _entries(index: NamespaceIndex | None) -> list[tuple[int, Mapping[str, Any]]]:
+    if index is None:
+        return []
+    every = index.ids_below(index.next_id)
+    return [(faiss_id, entry[1]) for faiss_id in every if (entry := index.entry(faiss_id)) is not None]
+
+
+def _existed_at(metadata: Mapping[str, Any], sessions: Mapping[str, Mapping[str, Any]]) -> Any:
+    """When an entry's content existed: a turn's message was said, a session was closed (its whole
+    transcript), a summary was made. An older engine's one entry per session was made at close."""
+    kind = _kind(metadata)
+    if kind in ("session", "legacy"):
+        return metadata.get("closed_at")
+    if "created_at" in metadata:
+        return metadata["created_at"]
+    session = sessions.get(str(metadata.get("session_id")), {})
+    return session.get("created_at" if kind == "turn" else "closed_at")
+
+
+def _at_or_before(at: Any, as_of: int) -> bool:
+    """An entry with no time to go by (a session not closed, a turn of an unknown session) is
+    not known to have existed then."""
+    return isinstance(at, int) and not isinstance(at, bool) and at <= as_of
 
 
 def _match(
@@ -317,10 +425,13 @@ def _match(
     relevance: float | None,
     turns: Mapping[int, float],
     legacy: Mapping[str, str],
+    past: Past | None,
 ) -> Match:
     whole = indexes.whole
     session = _entry_of(whole, session_id)
     summary = _entry_of(whole, f"{session_id}#summary")
+    if summary is not None and past is not None and summary[0] not in past.whole:
+        summary = None  # made after as_of
     metadata: dict[str, Any] = dict(session[1]) if session else {"session_id": session_id}
     metadata.pop("kind", None)
     if summary is not None and whole is not None:

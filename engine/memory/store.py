@@ -265,7 +265,14 @@ class MemoryStore:
                 self._searchable(op, (op.org, SESSIONS_OF_MEMORY)),
             )
             return sessions.search(
-                indexes, op.vector, op.text, op.top_k, op.where, op.mode, min_relevance=op.min_relevance
+                indexes,
+                op.vector,
+                op.text,
+                op.top_k,
+                op.where,
+                op.mode,
+                min_relevance=op.min_relevance,
+                as_of=op.as_of,
             )
         index = self._searchable(op, (op.org, op.namespace))
         if index is None:

@@ -152,6 +152,7 @@ class SummaryInput:
     # and (text, method) of its ready summary to put back with its turns.
     reindex: bool = False
     summary: tuple[str, str] | None = None
+    status: SessionStatus = SessionStatus.CLOSED  # what session memory records of it
 
 
 @SESSION_OPS.read("_summary_job")

@@ -358,6 +358,7 @@ class SessionStore:
             indexed=session.indexed_at is not None,
             reindex=reindex,
             summary=kept,
+            status=session.status,
         )
 
     def _start_summary(self, op: StartSummary, now_ms: int) -> SessionView | None:
