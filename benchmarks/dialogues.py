@@ -289,14 +289,14 @@ EVENTS: dict[str, Event] = {
             [
                 ("sister", "Amara", "Savannah"),
                 ("brother", "Felix", "a vineyard in Napa"),
-                ("cousin", "Rosa", "Lake Como"),
+                ("cousin", "Delia", "Lake Como"),
                 ("best friend", "Jonah", "a barn in Ohio"),
             ],
             [
                 ("sister", "Ines", "a castle in Scotland"),
                 ("brother", "Theo", "Santorini"),
-                ("cousin", "Lena", "a beach in Maui"),
-                ("best friend", "Rafael", "the botanical garden"),
+                ("cousin", "Marisol", "a beach in Maui"),
+                ("best friend", "Osman", "the botanical garden"),
             ],
         ),
         (
@@ -379,7 +379,7 @@ CITIES = (
     ],
 )
 MOVE = (
-    (["I've been living in {0} for a few years now, I like it.", "Big news: we're moving to {0}! The boxes are everywhere.", "We packed up again, {y}. We're in {0} now."],
+    (["I've been living in {0} for a few years now, I like it.", "Big news: we're moving to {0}! The boxes are everywhere.", "We packed up and moved again, {y}. We're in {0} now."],
      "{0}? That's a big change, {x}! How's the neighbourhood?", "Quiet streets, and a great bakery around the corner."),
     (["These days I'm renting a place in {0}, it's home for now.", "We just relocated to {0}, the new apartment is tiny.", "Another move, {y}: the keys to our {0} place came today."],
      "Oh wow, {0}! How are you finding it, {x}?", "Still getting lost, but the people are so friendly."),
@@ -402,8 +402,8 @@ WORK = (
 )
 # (question, style, which telling: "all" | "latest" | "earlier") per half.
 MOVE_QUESTIONS = (
-    [("Which cities has {x} lived in?", "multi", "all"), ("Which city did {x} move to most recently?", "quote", "latest"),
-     ("Where did {x} live before moving to {latest}?", "quote", "earlier")],
+    [("Which cities has {x} lived in?", "multi", "all"), ("Where did {x} move after packing up again?", "quote", "latest"),
+     ("Where did {x} live before {latest}?", "paraphrase", "earlier")],
     [("In which cities has {x} had a home?", "multi", "all"), ("What is {x}'s current hometown?", "paraphrase", "latest"),
      ("Where was {x} based before {latest}?", "paraphrase", "earlier")],
 )  # fmt: skip
@@ -501,7 +501,8 @@ def _plant(
 
 
 def _which(keys: list[str], which: str) -> tuple[str, ...]:
-    return tuple(keys) if which == "all" else (keys[-1],) if which == "latest" else (keys[0],)
+    # "earlier": the value before the latest one.
+    return tuple(keys) if which == "all" else (keys[-1],) if which == "latest" else (keys[-2],)
 
 
 def _fill(
