@@ -183,14 +183,17 @@ async def scrape(state: Any) -> Response:
     """The exposition: this gateway's series, then every shard's."""
     config: EngineConfig = state.config
     started = time.perf_counter()
+    pool = getattr(state.memory.transport, "pool_metrics", None)  # the in-process doubles have none
     answers = await asyncio.gather(
         *(_shard_families(state.router.transport, i, "session") for i in range(config.shards)),
         *(_shard_families(state.memory.transport, i, "memory") for i in range(state.memory.shards)),
+        *([_pool_families(pool)] if pool is not None else []),
         return_exceptions=True,
     )
     names = [f"session-{i}" for i in range(config.shards)] + [
         f"memory-{i}" for i in range(state.memory.shards)
     ]
+    names += ["summarizer-pool"] if pool is not None else []
     shards = Metric(
         "session_engine_scrape_seconds", "Time this gateway took to gather the shards' series.", "gauge"
     )
@@ -199,6 +202,12 @@ async def scrape(state: Any) -> Response:
     relayed.register(_Relayed([*relay(list(zip(names, answers, strict=True))), shards]))
     body = generate_latest(gateway_registry()) + generate_latest(relayed)
     return Response(body, media_type=CONTENT_TYPE)
+
+
+async def _pool_families(pool_metrics: Any) -> list[Metric]:
+    async with asyncio.timeout(SCRAPE_TIMEOUT_S):
+        families: list[Metric] = await pool_metrics()
+        return families
 
 
 async def _shard_families(transport: Any, shard: int, kind: str) -> list[Metric]:

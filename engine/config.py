@@ -13,7 +13,15 @@ from typing import Any, Literal
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from engine.errors import ConfigError
@@ -249,9 +257,10 @@ class SummarizerConfig(_Section):
     # under <data_dir>/models. Otherwise a local Hugging Face model directory, causal or seq2seq.
     path: Path | None = None
     workers: int = Field(1, ge=1, le=64)  # Summarizer actors; each loads the model once
-    # Summarizer processes run at this CPU niceness: a summary can wait, the embedder indexing
-    # closed sessions and the gateway answering requests cannot. 0: the same priority as they.
-    nice: int = Field(10, ge=0, le=19)
+    # Summarizer processes run at this CPU niceness: the model's pass only upgrades a summary that is
+    # ready already, so it takes the CPU the embedder, the shards and the gateway leave idle.
+    # 0: the same priority as they.
+    nice: int = Field(19, ge=0, le=19)
     # At most this many conversations per generate call: a free summarizer takes every job waiting,
     # up to this many, so a lone job runs alone and a backlog runs 16 at a time (more summaries a
     # second than smaller batches: benchmarks/RESULTS.md#5-summarizer-batch-cap-4---16-f0515b4).
@@ -276,6 +285,21 @@ class SummarizerConfig(_Section):
     max_attempts: int = Field(3, ge=1, le=20)
     retry_backoff_s: float = Field(2.0, ge=0)  # doubles after each failed attempt
     concurrent_jobs: int = Field(64, ge=1)  # summary jobs a session shard has in flight at once
+    # The model's pass over an extractive summary (engine.closing.job): auto runs it until a whole
+    # acceptance window of its summaries held none worth keeping, then pauses it; on always runs it;
+    # off never does (the model is not loaded).
+    model_pass: Literal["auto", "on", "off"] = "auto"
+    acceptance_window: int = Field(32, ge=1, le=10_000)  # the model's last verdicts auto goes by
+    # Upgrades a session shard has waiting on the model at once, apart from its closing jobs' slots.
+    concurrent_upgrades: int = Field(16, ge=1)
+
+    @field_validator("model_pass", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        # YAML reads a bare on / off as a boolean: `model_pass: on` means the word.
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
 
 
 class ModelsConfig(_Section):

@@ -169,7 +169,24 @@ def _status_text(found: dict[str, Any]) -> str:
             lines.append(f"    refused: {d['reason']}")
         if d.get("state") == "busy":
             lines.append(f"    busy: {_work(d)}")
+        if isinstance(d.get("model_pass"), dict):
+            lines += _model_pass_lines(d["model_pass"])
     return "\n".join(lines)
+
+
+def _model_pass_lines(found: dict[str, Any]) -> list[str]:
+    """The summarizer pool's model pass (engine.closing.model_pass): its state, and why it is paused."""
+    rate = found.get("acceptance")
+    accepted = "no verdicts yet" if rate is None else f"acceptance {rate:.0%}"
+    lines = [
+        f"    model pass: {found.get('state')} (model_pass: {found.get('mode')}), "
+        f"{found.get('kept')}/{found.get('judged')} kept of the last {found.get('window')} judged, {accepted}"
+    ]
+    if found.get("why"):
+        lines.append(f"    paused: {found['why']}")
+    if found.get("resume"):
+        lines.append(f"    to resume: {found['resume']}")
+    return lines
 
 
 _STATUS_ROW = "{:<20} {:<10} {:<13} {:>8} {:<10} {:>5} {:>10} {:>10} {:>9}"

@@ -79,6 +79,7 @@ async def readyz(request: Request, detail: Literal["cluster"] | None = None) -> 
         if isinstance(answer, EngineError)
     ]
     notices += [{"model": name, "failed": reason} for name, reason in failed.items()]
+    notices += _model_pass_notice(models)
     notices += [
         {"model": name, "unavailable": found.get("error")}
         for name, found in models.items()
@@ -133,6 +134,19 @@ async def _models(transport: Any) -> dict[str, Any]:
     except EngineError as exc:
         return {name: {"state": "unavailable", "error": exc.message} for name in ("embedder", "summarizer")}
     return models
+
+
+def _model_pass_notice(models: dict[str, Any]) -> list[dict[str, Any]]:
+    """A paused (or off) model pass, with why and how to turn it back on: summaries are still made
+    (extractive), so this is said, never a degraded status (engine.closing.model_pass)."""
+    summarizer = models.get("summarizer")
+    found = summarizer.get("model_pass") if isinstance(summarizer, dict) else None
+    if not isinstance(found, dict) or found.get("state") in (None, "active"):
+        return []
+    notice = {"model": "summarizer", "model_pass": found["state"], "why": found.get("why")}
+    if "resume" in found:
+        notice["resume"] = found["resume"]
+    return [notice]
 
 
 def _model_state(found: Any) -> str | None:

@@ -1,32 +1,33 @@
-"""ClosingJobs: a session shard's closing jobs, each seen through to a summary `ready` or `failed`.
+"""ClosingJobs: a session shard's closing jobs, each seen through to a summary `ready` or `failed`,
+and the model's upgrades of the summaries they made.
 
 A job is durable because its state is the session's: closing a session (or a summarize request)
 sets `summary_status: pending` in the shard's log, and a restarted shard resumes every job that is
 pending or was running. An imported session whose summary is kept (`reindex`, in the session's
 log record and snapshot) has a job too, that only puts it back into session memory. One attempt
-is this sequence, top to bottom (`_attempt`):
+is this sequence, top to bottom (`_attempt`); no model runs in it, so a summary is ready as soon
+as the turns and the extract are in session memory:
 
 1. Read the job (SummaryJob, not logged): the session's name, times and messages, and whether its
    turns are in session memory already. Nothing to do (the session is gone, or no summary or
    re-index is queued) ends the job, and so does a shard that takes no changes now (drained or
    read-only): the job could record nothing, and the shard resumes it once it takes changes again.
 2. Re-index only (`_reindex`): its turns, then its summary if it is ready (the same text, embedded
-   as step 8 does), into session memory, then MarkIndexed, one record: `index_status: ready`. The
-   job ends there, with no model call and no change to the summary, its status, error, attempts
-   or provenance; a summary asked for meanwhile goes on from step 3.
+   as step 7 does), into session memory, then MarkIndexed, one record: `index_status: ready`. The
+   job ends there, with no change to the summary, its status, error, attempts or provenance; a
+   summary asked for meanwhile goes on from step 3.
 3. A session without messages fails at once, for good (FailSummary, final).
 4. Its turns into its organization's session memory (embed, then one upsert), unless an earlier
    attempt put them there. Meanwhile the session reads `summary_status: pending`,
    `index_status: pending`.
 5. StartSummary, one record: the turns are searchable (`index_status: ready`) and the summary is
    running, attempt + 1. Nothing to start (deleted meanwhile): what step 4 indexed is taken out.
-6. The model's text, from the summarizer pool, for the conversation cut by characters
-   (engine.closing.summary).
-7. The text judged, off the shard's event loop: a degenerate one is replaced by an extractive
-   summary, with the reason (engine.closing.quality).
-8. The summary into session memory (embed, then one upsert): its vector needs its text.
-9. FinishSummary: `ready`, with its provenance. Deleted meanwhile: its memory is taken out.
-   Refused (the log cannot hold it): the job fails, for good.
+6. The extract of the conversation cut by characters (engine.closing.summary), off the shard's
+   event loop.
+7. The summary into session memory (embed, then one upsert): its vector needs its text.
+8. FinishSummary: `ready`, method extractive, reason "first pass", and the model's upgrade marked
+   queued while the model's pass runs (the shard's last answer from the pool said so). Deleted
+   meanwhile: its memory is taken out. Refused (the log cannot hold it): the job fails, for good.
 
 A step that raises fails the attempt: FailSummary, back to pending, and after a backoff that
 doubles the attempt runs again from step 1; once the attempts are used up the failure is final,
@@ -36,14 +37,29 @@ its to fail: it is retried with the same backoff, and once the attempts are used
 still reads `index_status: pending` (its summary as it was) until the shard's next start resumes
 it.
 
+An upgrade (`_upgrade`) runs after step 8, in slots of its own (`concurrent_upgrades`), so it never
+holds up a later close: read it (SummaryUpgradeJob), the pool's verdict on the model's text
+(engine.closing.model_pass), a kept text into session memory (the `#summary` entry replaced), then
+UpgradeSummary, one record that ends the upgrade: the model's text and provenance, or the
+extract kept with the model's rejection reason, or nothing changed (skipped: the pass is paused).
+The mark is in the session's log record and snapshot, so a restarted shard resumes the upgrades
+it had queued. A summary asked for again while its upgrade runs cancels the upgrade (the new
+summary queues its own, and indexes its own text after whatever the upgrade put there); a session
+deleted meanwhile has its memory taken out. An upgrade that fails is tried again with the job's
+backoff, then left queued for the shard's next start.
+
 What it costs (tests/unit/closing/test_costs.py): a first attempt that succeeds writes two
-session-log records and two memory-log records, and makes five calls outside the shard, one Ray
-round trip each (the pool's hand-off to a summarizer is one more). Each is needed:
+session-log records and two memory-log records, and makes four calls outside the shard, one Ray
+round trip each; its upgrade one more session record, and one call (the pool; its hand-off to a
+summarizer is one more), plus an embed and a memory record when the model's text is kept. Each is
+needed:
 - StartSummary: a restart must know that the turns are indexed and how many attempts were made;
-- FinishSummary: the summary itself;
-- the turns' upsert, apart from the summary's: the turns are searchable while the model works;
+- FinishSummary: the summary itself, and that an upgrade is queued;
+- the turns' upsert, apart from the summary's: the turns are searchable before the summary is;
 - embedding the turns, then the summary: the summary's vector needs the summary;
-- the model: it runs in the summarizer pool, which batches the jobs of every shard.
+- UpgradeSummary: the verdict, and the end of the queued upgrade;
+- the model: it runs in the summarizer pool, which batches the upgrades of every shard and judges
+  every verdict of the cluster.
 """
 
 from __future__ import annotations
@@ -63,19 +79,24 @@ from engine.sessions.ops import (
     StartSummary,
     SummaryInput,
     SummaryJob,
+    SummaryUpgradeJob,
+    UpgradeSummary,
 )
 
 from .indexing import closed_session, forget_sessions, index_session, index_summary
 from .ports import ClosingPorts, Record
-from .summary import conversation_of, judged
+from .summary import conversation_of, extract_of
 
 log = logging.getLogger(__name__)
 
 MAX_REASON_CHARS = 500
 NO_MESSAGES = "the session has no messages to summarize"
+FIRST_PASS = "first pass"  # the reason a closing job's summary is extractive: the model comes after
+EXTRACT_MODEL = "extractive"  # the provenance's `model` of a summary no model has made
 
-# Told how each attempt ended ("ready", "extractive": ready with an extract because the model's
-# text was degenerate, "retried", "failed") and, once ready, the seconds since the session ended.
+# Told how each attempt ended ("ready", "retried", "failed") and, once ready, the seconds since
+# the session ended; and how each upgrade ended ("upgrade_kept", "upgrade_rejected",
+# "upgrade_skipped", "upgrade_failed"), with no seconds.
 Outcome = Callable[[str, float | None], None]
 
 
@@ -119,25 +140,47 @@ class ClosingJobs:
         self._outcome = outcome or (lambda name, lag_s: None)
         self._slots = asyncio.Semaphore(config.concurrent_jobs)
         self._active: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # Upgrades wait on the model in slots of their own: a close's summary never waits for them.
+        self._upgrade_slots = asyncio.Semaphore(config.concurrent_upgrades)
+        self._upgrading: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # Whether a new summary queues an upgrade: off never does; otherwise as the pool last
+        # answered (a skipped verdict: the pass is paused, so no more are queued until a restart).
+        self.model_pass = config.model_pass != "off"
 
     @property
     def active(self) -> int:
         return len(self._active)
 
+    @property
+    def upgrading(self) -> int:
+        return len(self._upgrading)
+
     def submit(self, jobs: Sequence[tuple[str, str]]) -> None:
         for key in jobs:
+            upgrade = self._upgrading.get(key)
+            if upgrade is not None:
+                upgrade.cancel()  # asked for again: the new summary queues its own upgrade
             if key not in self._active:  # queued twice (closed, then asked again): one run does both
                 task = asyncio.get_running_loop().create_task(self._run(*key))
                 self._active[key] = task
 
-    async def drain(self) -> None:
-        """Wait for every job in flight (tests, benchmarks)."""
-        while self._active:
-            await asyncio.gather(*list(self._active.values()), return_exceptions=True)
+    def submit_upgrades(self, keys: Sequence[tuple[str, str]]) -> None:
+        """The model's pass over these sessions' ready extracts (a restart resumes those queued)."""
+        for key in keys:
+            if key not in self._upgrading and key not in self._active:
+                task = asyncio.get_running_loop().create_task(self._run_upgrade(*key))
+                self._upgrading[key] = task
+
+    async def drain(self, *, upgrades: bool = True) -> None:
+        """Wait for every job in flight, and with `upgrades` every upgrade too (tests, benchmarks)."""
+        while self._active or (upgrades and self._upgrading):
+            waiting = [*self._active.values(), *(self._upgrading.values() if upgrades else ())]
+            await asyncio.gather(*waiting, return_exceptions=True)
 
     def cancel(self) -> None:
-        # Cancelled jobs stay pending or running in the log, so the next start resumes them.
-        for task in list(self._active.values()):
+        # Cancelled jobs stay pending or running in the log, and cancelled upgrades queued, so the
+        # next start resumes them.
+        for task in [*self._active.values(), *self._upgrading.values()]:
             task.cancel()
 
     async def _run(self, org: str, session_id: str) -> None:
@@ -206,22 +249,23 @@ class ClosingJobs:
         if started is None or isinstance(started, EngineError):
             return  # gone, or the shard took no changes meanwhile (it resumes the job once it does)
         conversation = conversation_of(job, self._config)
-        summary = await ports.summarize(conversation)  # 6
-        kept = await asyncio.to_thread(judged, summary.text, conversation)  # 7
-        if not kept.text:
-            raise SummaryFailed(f"{summary.model} produced an empty summary")
-        await index_summary(ports, org, session_id, kept.text, kept.method)  # 8
+        text = await asyncio.to_thread(extract_of, conversation)  # 6
+        if not text:
+            raise SummaryFailed("the conversation has no text to summarize")
+        await index_summary(ports, org, session_id, text, "extractive")  # 7
+        upgrade = self.model_pass
         finish = FinishSummary(
             org,
             session_id,
-            kept.text,
-            summary.model,
-            summary.messages_covered,
-            summary.messages_total,
-            method=kept.method,
-            reason=kept.reason,
+            text,
+            EXTRACT_MODEL,
+            len(conversation.messages),
+            conversation.total,
+            method="extractive",
+            reason=FIRST_PASS,
+            upgrade=upgrade,
         )
-        done = await self._one(finish)  # 9
+        done = await self._one(finish)  # 8
         if isinstance(done, SessionNotFound):
             raise _Gone
         if isinstance(done, EngineError):
@@ -232,7 +276,72 @@ class ClosingJobs:
             return
         made_at = done["summary_provenance"]["created_at"]
         lag_s = None if job.ended_at is None else max(0.0, (made_at - job.ended_at) / 1000)
-        self._outcome("ready" if kept.method == "model" else "extractive", lag_s)
+        self._outcome("ready", lag_s)
+        if upgrade:
+            # Queued once this job is done with the session (its task ends without another await).
+            asyncio.get_running_loop().call_soon(self.submit_upgrades, [(org, session_id)])
+
+    async def _run_upgrade(self, org: str, session_id: str) -> None:
+        try:
+            async with self._upgrade_slots:
+                await self._upgrades(org, session_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("summary upgrade interrupted", extra={"org": org, "session_id": session_id})
+        finally:
+            self._upgrading.pop((org, session_id), None)
+
+    async def _upgrades(self, org: str, session_id: str) -> None:
+        config = self._config
+        for attempt in range(1, config.max_attempts + 1):
+            try:
+                await self._upgrade(org, session_id)
+                return
+            except _Gone:
+                await forget_sessions(self._ports, org, [session_id])
+                return
+            except Exception as exc:  # noqa: BLE001 - the extract stays; the upgrade stays queued
+                log.warning(
+                    "summary upgrade failed",
+                    extra={
+                        "org": org,
+                        "session_id": session_id,
+                        "attempt": attempt,
+                        "reason": failure_reason(exc),
+                    },
+                )
+                self._outcome("upgrade_failed", None)
+                if attempt == config.max_attempts:
+                    return  # still queued in the session: the shard's next start tries again
+                await self._sleep(config.retry_backoff_s * 2 ** (attempt - 1))
+
+    async def _upgrade(self, org: str, session_id: str) -> None:
+        """One upgrade: the module docstring's last paragraph but one."""
+        job = await self._one(SummaryUpgradeJob(org, session_id))
+        if job is None or isinstance(job, EngineError) or not self._writable():
+            return
+        verdict = await self._ports.upgrade(conversation_of(job, self._config))
+        self.model_pass = verdict.outcome != "skipped"
+        if verdict.outcome == "kept" and verdict.text:
+            await index_summary(self._ports, org, session_id, verdict.text, "model")
+        done = await self._one(
+            UpgradeSummary(
+                org,
+                session_id,
+                verdict.outcome,
+                verdict.model,
+                verdict.text,
+                verdict.reason,
+                verdict.messages_covered,
+                verdict.messages_total,
+            )
+        )
+        if isinstance(done, SessionNotFound):
+            raise _Gone
+        if isinstance(done, EngineError):
+            return  # the shard took no changes meanwhile, or refused the text: still queued
+        self._outcome(f"upgrade_{verdict.outcome}", None)
 
     async def _reindex(self, org: str, session_id: str, job: SummaryInput) -> None:
         """Step 2: an imported session back into session memory as its source had it."""

@@ -13,8 +13,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from engine.memory.ops import MemoryOp
-from engine.models.summarizer import Conversation, Summary
+from engine.models.summarizer import Conversation
 from engine.sessions.ops import SessionOp
+
+from .model_pass import Verdict
 
 # The shard's own ops, applied and logged before it answers (HostedShard.handle): one answer per op.
 Record = Callable[[Sequence[SessionOp]], Awaitable[list[Any]]]
@@ -30,6 +32,8 @@ class ClosingPorts(Protocol):
         the shard refused that op with, as a value)."""
         ...
 
-    async def summarize(self, conversation: Conversation) -> Summary:
-        """The model's text for a conversation, from the summarizer pool."""
+    async def upgrade(self, conversation: Conversation) -> Verdict:
+        """The model pass's verdict on a conversation, from the summarizer pool, which makes and
+        judges the model's text (engine.closing.model_pass); skipped at once while the pass is
+        paused or off."""
         ...

@@ -2,9 +2,9 @@
 
 Before: the session's messages cut on the shard by characters (`precut`), so a huge session never
 travels whole; the summarizer then cuts by tokens with the same shape of rule (engine.models.summarizer
-states it). After: the model's text is checked (engine.closing.quality); a degenerate one is
-replaced by an extractive summary of the conversation, and the summary says which method made it
-and why.
+states it). The closing job's first summary is the conversation's extract (`extract_of`); the
+model's text, made later as an upgrade (engine.closing.model_pass), is checked (`judged`,
+engine.closing.quality) and kept only when it is a usable summary.
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ class Kept:
     text: str
     method: str  # "model", or "extractive" when the model's text was degenerate
     reason: str | None  # why the model's text was set aside (engine.closing.quality)
+
+
+def extract_of(conversation: Conversation) -> str:
+    """The extractive summary of a (cut) conversation: its most salient sentences."""
+    return extractive([content for _, _, content in conversation.messages])
 
 
 def conversation_of(job: SummaryInput, config: SummarizerConfig) -> Conversation:

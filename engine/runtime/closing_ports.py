@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 from ray.exceptions import ActorDiedError
 
+from engine.closing.model_pass import Verdict
 from engine.config import EngineConfig
 from engine.memory.ops import MemoryOp
-from engine.models.summarizer import Conversation, Summary
+from engine.models.summarizer import Conversation
 from engine.routing import memory_shard_for
 
 from .memory_shards import find_memory_shards
@@ -36,15 +37,15 @@ class RayClosingPorts:
         memory = self._found_memory()
         return await memory.call(memory_shard_for(org, memory.shards), ops)
 
-    async def summarize(self, conversation: Conversation) -> Summary:
+    async def upgrade(self, conversation: Conversation) -> Verdict:
         if self._pool is None:
             self._pool = find_pool(self._config, timeout_s=0)
         try:
-            summary: Summary = await self._pool.summarize.remote(conversation)
+            verdict: Verdict = await self._pool.upgrade.remote(conversation)
         except ActorDiedError:
             self._pool = None  # stopped and created again: look it up afresh next time
             raise
-        return summary
+        return verdict
 
     def _found_memory(self) -> RayMemoryTransport:
         if self._memory is None:

@@ -1,5 +1,6 @@
 """The model actors: Embedder actors, and the summarizer pool (a queue actor in front of
-Summarizer actors, which run niced)."""
+Summarizer actors, which run at the lowest CPU priority), where the model's pass over extractive
+summaries is judged and paused (engine.closing.model_pass)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from engine.closing.model_pass import ACCEPTANCE_FILE, Acceptance, ModelPass, Verdict
 from engine.config import EngineConfig
 from engine.errors import ModelsLoading, SummaryFailed, Unavailable
 from engine.logs import setup_logging
@@ -25,6 +27,7 @@ from engine.models.summarizer import Conversation, Summarizer, Summary
 
 from .names import POOL_NAME, embedder_names, summarizer_names
 from .ray_actors import RAY_ERRORS, NamedActors, create_named, find_named
+from .shard_metrics import ModelPassMetrics
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +96,9 @@ class EmbedderActor:
 class SummarizerActor:
     def __init__(self, config: EngineConfig, directory: str, name: str) -> None:
         setup_logging(config.log_level)
-        os.nice(config.models.summarizer.nice)  # this process only: after indexing and requests
+        # This process only, the lowest priority by default: a summary is ready before the model
+        # runs (its pass is an upgrade), so appends, queries and embedding always go first.
+        os.nice(config.models.summarizer.nice)
         summarizer_config = config.models.summarizer.model_copy(update={"path": Path(directory)})
         self._summarizer = Summarizer(
             summarizer_config,
@@ -130,21 +135,36 @@ class _WorkerDied(SummaryFailed):
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class SummarizerPool:
-    """The queue in front of the Summarizer actors. A job waits here until a summarizer is free;
-    a free summarizer takes every waiting job up to `batch_size` into one generate call. It only
-    makes text: the closing job judges it and puts it into session memory (engine.closing.job)."""
+    """The queue in front of the Summarizer actors. An upgrade waits here until a summarizer is
+    free; a free summarizer takes every waiting one up to `batch_size` into one generate call. The
+    pool judges each text (ModelPass), so it sees every verdict of the cluster and pauses the pass
+    when the model keeps none (engine.closing.model_pass); the shard's job puts a kept text into
+    session memory (engine.closing.job)."""
 
     def __init__(self, config: EngineConfig) -> None:
         setup_logging(config.log_level)
         self._config = config
         self._workers: list[Any] = []
-        self._queue: asyncio.Queue[tuple[Conversation, asyncio.Future[Summary]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Conversation, asyncio.Future[Summary | None]]] = asyncio.Queue()
         self._loops: list[asyncio.Task[None]] = []
         self.batches: collections.deque[int] = collections.deque(maxlen=100)  # recent batch sizes
         self._generating = 0  # conversations in the summarizers' generate calls now
         self._loaded = False
         self._failure: str | None = None
-        # Started, not awaited: jobs queue here while the summarizers load (engine.closing.job).
+        summarizer = config.models.summarizer
+        acceptance = Acceptance(
+            summarizer.model_pass,
+            summarizer.acceptance_window,
+            str(summarizer.path) if summarizer.path is not None else "default",
+            config.data_dir / "models" / ACCEPTANCE_FILE,
+        )
+        self._metrics = ModelPassMetrics()
+        self._pass = ModelPass(acceptance, self._generate, self._judged)
+        if not acceptance.active:
+            # Off, or paused by the window a previous run saved: no model is loaded for nothing.
+            self._loading: asyncio.Task[None] | None = None
+            return
+        # Started, not awaited: upgrades queue here while the summarizers load.
         self._loading = asyncio.get_running_loop().create_task(self._start_workers())
 
     async def _start_workers(self) -> None:
@@ -169,9 +189,12 @@ class SummarizerPool:
         self._loaded = True
 
     async def describe(self) -> dict[str, Any]:
+        model_pass = self._pass.acceptance.describe()
+        if self._loading is None:
+            return {"state": "idle", "workers": [], "waiting": 0, "model_pass": model_pass}
         if not self._loaded:
             state = {"state": "failed", "error": self._failure} if self._failure else {"state": "loading"}
-            return {**state, "workers": [], "waiting": self._queue.qsize()}
+            return {**state, "workers": [], "waiting": self._queue.qsize(), "model_pass": model_pass}
         workers = await asyncio.gather(*(w.describe.remote() for w in self._workers))
         waiting = self._queue.qsize()
         return {
@@ -180,15 +203,29 @@ class SummarizerPool:
             "waiting": waiting,
             "generating": self._generating,
             "recent_batches": list(self.batches)[-20:],
+            "model_pass": model_pass,
         }
 
-    async def summarize(self, conversation: Conversation) -> Summary:
-        future: asyncio.Future[Summary] = asyncio.get_running_loop().create_future()
+    async def upgrade(self, conversation: Conversation) -> Verdict:
+        """The model pass's verdict on `conversation` (engine.closing.model_pass): skipped at once
+        while the pass is paused or off."""
+        return await self._pass.upgrade(conversation)
+
+    async def metrics(self) -> list[Any]:
+        """The model pass's series, for a gateway's /metrics (engine.runtime.shard_metrics)."""
+        return self._metrics.families(self._pass.acceptance.active)
+
+    async def _generate(self, conversation: Conversation) -> Summary | None:
+        future: asyncio.Future[Summary | None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((conversation, future))
         return await future
 
+    def _judged(self, verdict: Verdict) -> None:
+        self._metrics.verdicts.labels(verdict.outcome).inc()
+
     async def shutdown(self) -> None:
-        self._loading.cancel()
+        if self._loading is not None:
+            self._loading.cancel()
         for task in self._loops:
             task.cancel()
         for worker in self._workers:
@@ -200,6 +237,12 @@ class SummarizerPool:
             batch = [await self._queue.get()]
             while len(batch) < batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            if not self._pass.acceptance.active:
+                # Paused while these waited: they are dropped unmade (skipped), not generated.
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+                continue
             self.batches.append(len(batch))
             try:
                 await self._run(worker, batch)
@@ -224,7 +267,9 @@ class SummarizerPool:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _run(self, worker: Any, batch: list[tuple[Conversation, asyncio.Future[Summary]]]) -> None:
+    async def _run(
+        self, worker: Any, batch: list[tuple[Conversation, asyncio.Future[Summary | None]]]
+    ) -> None:
         self._generating += len(batch)
         try:
             results = await worker.summarize.remote([conversation for conversation, _ in batch])
@@ -233,7 +278,8 @@ class SummarizerPool:
         finally:
             self._generating -= len(batch)
         for (_, future), result in zip(batch, results, strict=True):
-            future.set_result(result)
+            if not future.done():  # its caller may have gone (a cancelled upgrade)
+                future.set_result(result)
 
 
 def _load_embedder(config: EngineConfig) -> Any:

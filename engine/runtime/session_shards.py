@@ -83,6 +83,7 @@ class SessionShard(HostedShard[DurableSessions]):
         # Replay queued the jobs of every close in the log; resume those still unfinished instead.
         durable.store.take_summary_jobs()
         self._closing.submit(durable.store.unfinished_summaries())
+        self._closing.submit_upgrades(durable.store.pending_upgrades())
         self._timers += [
             loop.create_task(self._expire_forever()),
             loop.create_task(upkeep.snapshot_forever(durable, self.snapshot, "session shard", self._index)),
@@ -114,6 +115,7 @@ class SessionShard(HostedShard[DurableSessions]):
         durable = self._store()
         durable.store.take_summary_jobs()
         self._closing.submit(durable.store.unfinished_summaries())
+        self._closing.submit_upgrades(durable.store.pending_upgrades())
 
     async def read_events(
         self,
@@ -146,16 +148,21 @@ class SessionShard(HostedShard[DurableSessions]):
         by_status, events = store.count_by_status(), len(store.events)
         return self._metrics.session_families(by_status, self._closing.active, events)
 
-    async def drain_summaries(self) -> int:
-        """Wait until every summary job this shard has in flight is done; for tests and benchmarks."""
-        await self._closing.drain()
-        return len(self._store().store.unfinished_summaries()) if self._durable is not None else 0
+    async def drain_summaries(self, upgrades: bool = False) -> int:
+        """Wait until every summary job this shard has in flight is done, and with `upgrades` every
+        model upgrade too; for tests and benchmarks. The jobs (and upgrades) left unfinished."""
+        await self._closing.drain(upgrades=upgrades)
+        if self._durable is None:
+            return 0
+        store = self._store().store
+        return len(store.unfinished_summaries()) + (len(store.pending_upgrades()) if upgrades else 0)
 
     def _counts(self, durable: DurableSessions) -> dict[str, Any]:
         return {
             "shards": self._config.shards,
             "recovered": durable.recovery.report(),
             "summary_jobs_running": self._closing.active,
+            "summary_upgrades_running": self._closing.upgrading,
             **durable.store.apply(Ping(), 0),
         }
 

@@ -114,14 +114,14 @@ class SessionShardMetrics(ShardMetrics):
         )
         self.summary_jobs = Counter(
             "session_engine_summary_attempts",
-            "Summary attempts by how they ended: ready, extractive (the model's text was degenerate "
-            "and an extract replaced it), retried, failed.",
+            "Summary attempts by how they ended (ready, retried, failed), and the model's upgrades of "
+            "ready summaries (upgrade_kept, upgrade_rejected, upgrade_skipped, upgrade_failed).",
             ["outcome"],
             registry=self.registry,
         )
         self.summary_lag = Histogram(
             "session_engine_summary_lag_seconds",
-            "From a session's end to its summary being ready.",
+            "From a session's end to its (extractive) summary being ready.",
             buckets=_LAG,
             registry=self.registry,
         )
@@ -186,3 +186,27 @@ class MemoryShardMetrics(ShardMetrics):
             vectors.add_metric([kind], sum(held))
             count.add_metric([kind], len(held))
         return [vectors, count]
+
+
+class ModelPassMetrics:
+    """The summarizer pool's series (engine.closing.model_pass): every verdict of the cluster is
+    made there, so its count is the cluster's; relayed by a gateway as a shard's are."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.verdicts = Counter(
+            "session_engine_summary_verdicts",
+            "The model pass's verdicts on its summaries: kept (it replaced the extract), rejected.",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+    def families(self, active: bool) -> list[Metric]:
+        return [
+            *self.registry.collect(),
+            gauge(
+                "session_engine_summary_model_pass_active",
+                "1 while the model's pass over extractive summaries runs; 0 paused or off.",
+                1.0 if active else 0.0,
+            ),
+        ]

@@ -118,6 +118,11 @@ class RayMemoryTransport:
         families: list[Any] = unwrap(await self._memory.invoke(shard, "metrics", "memory shard"))
         return families
 
+    async def pool_metrics(self) -> list[Any]:
+        """The summarizer pool's series: the model pass's verdicts and state (engine.closing.model_pass)."""
+        families: list[Any] = await find_pool(self._config, 0).metrics.remote()
+        return families
+
     async def embed(self, texts: Sequence[str], *, urgent: bool = True) -> np.ndarray:
         """Urgent: a client waits for it. Indexing is not, and goes after (engine.models.embed_queue).
         While the model loads, an urgent call raises ModelsLoading and the others wait."""
@@ -164,7 +169,9 @@ class RayMemoryTransport:
         embedder, summarizers = await asyncio.gather(
             self._probe(self._embedders[which], "the embedder", lambda: self._embedders.died(which)), pool()
         )
-        summarizer = {key: summarizers[key] for key in ("state", "workers", "error") if key in summarizers}
+        summarizer = {
+            key: summarizers[key] for key in ("state", "workers", "error", "model_pass") if key in summarizers
+        }
         return {"embedder": embedder, "summarizer": summarizer}
 
     @staticmethod

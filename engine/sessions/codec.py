@@ -74,6 +74,7 @@ def encode_session(s: Session) -> list[Any]:
         s.summary_error, s.summary_model, s.summary_covered, s.summary_total, s.summarized_at,
         s.summary_attempts, s.summary_method, s.summary_reason, s.indexed_at, s.indexed_entries,
         list(s.forked_from) if s.forked_from is not None else None, s.reindex,
+        s.summary_upgrade, s.summary_rejected,
     ]  # fmt: skip
 
 
@@ -85,6 +86,7 @@ def decode_session(e: list[Any]) -> Session:
     method, reason, indexed_at, indexed_entries = e[20:24] or [None, None, None, 0]
     forked_from = e[24] if len(e) > 24 else None
     reindex = e[25] if len(e) > 25 else False
+    upgrade, rejected = e[26:28] or [False, None]
     return Session(
         org=org,
         id=sid,
@@ -112,4 +114,6 @@ def decode_session(e: list[Any]) -> Session:
         messages=[Message(shared_role(m[0]), *m[1:]) for m in messages],
         forked_from=(forked_from[0], forked_from[1]) if forked_from is not None else None,
         reindex=reindex,
+        summary_upgrade=upgrade,
+        summary_rejected=rejected,
     )

@@ -120,7 +120,8 @@ def events_of(op: Any, result: Any, now_ms: int) -> list[Event]:
         return _ended(op.org, op.session_id, result["status"], now_ms)
     if name == "ExpireDue":
         return [e for org, sid in result for e in _ended(org, sid, SessionStatus.EXPIRED.value, now_ms)]
-    if name == "FinishSummary":
+    # A kept upgrade is the summary ready again, with the model's text (engine.closing.model_pass).
+    if name == "FinishSummary" or (name == "UpgradeSummary" and op.outcome == "kept"):
         data = {"summary": result["summary"], "summary_provenance": result.get("summary_provenance")}
         return [_event("summary.ready", op, now_ms, data)]
     if name == "FailSummary" and op.final:

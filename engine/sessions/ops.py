@@ -187,8 +187,37 @@ class FinishSummary(SessionOp):
     model: str
     messages_covered: int
     messages_total: int
-    method: str | None = None  # "model", or "extractive" when the model's text was degenerate
-    reason: str | None = None  # why the model's text was set aside
+    method: str | None = None  # "extractive" (a closing job's), or "model" (logged before upgrades)
+    reason: str | None = None  # why the summary is extractive
+    upgrade: bool = False  # the model's pass over it is queued (UpgradeSummary ends it)
+
+
+@SESSION_OPS.read("_summary_upgrade_job")
+@dataclass(slots=True, frozen=True)
+class SummaryUpgradeJob(SessionOp):
+    """A read: the input of a session's queued upgrade (a SummaryInput), or None when there is none
+    (the session is gone, its summary is not ready, or no upgrade is queued)."""
+
+    org: str
+    session_id: str
+
+
+@SESSION_OPS.logged("summary_upgrade", "_upgrade_summary", log_without_result=False)
+@dataclass(slots=True, frozen=True)
+class UpgradeSummary(SessionOp):
+    """The model pass's verdict on a session's ready extract (engine.closing.model_pass): `outcome`
+    kept (`text` replaces the summary), rejected (`reason` says why; the extract stays) or skipped.
+    Answers the session's view, or None (not logged) when the upgrade is no longer the session's:
+    its summary was asked for again meanwhile. A deleted session raises SessionNotFound."""
+
+    org: str
+    session_id: str
+    outcome: str
+    model: str = ""
+    text: str | None = None
+    reason: str | None = None
+    messages_covered: int = 0
+    messages_total: int = 0
 
 
 # A closing job that makes a summary marks the session indexed by StartSummary; one that only puts

@@ -159,7 +159,10 @@ class Session:
     summarized_at: int | None = None
     summary_attempts: int = 0
     summary_method: str | None = None  # model | extractive
-    summary_reason: str | None = None  # why an extractive summary replaced the model's
+    summary_reason: str | None = None  # why it is extractive: "first pass", or the model's text set aside
+    # The model's pass over the ready extract is queued (engine.closing.model_pass); cleared by its verdict.
+    summary_upgrade: bool = False
+    summary_rejected: str | None = None  # why the model's pass did not replace the extract
     indexed_at: int | None = None  # when its messages became searchable in session memory
     indexed_entries: int = 0
     # Imported with its summary kept (engine.sessions.export): its closing job only puts its turns,
@@ -214,6 +217,7 @@ class Session:
         self.summary_status = SummaryStatus.PENDING
         self.summary_error = None
         self.summary_attempts = 0
+        self.summary_upgrade = False  # the new summary queues its own upgrade
         return True
 
     def start_summary(self) -> None:
@@ -230,6 +234,7 @@ class Session:
         now_ms: int,
         method: str | None = None,
         reason: str | None = None,
+        upgrade: bool = False,
     ) -> None:
         self.summary_status = SummaryStatus.READY
         self.summary = text
@@ -240,6 +245,33 @@ class Session:
         self.summarized_at = now_ms
         self.summary_method = method
         self.summary_reason = reason
+        self.summary_upgrade = upgrade
+        self.summary_rejected = None
+
+    @property
+    def upgrade_due(self) -> bool:
+        """The model's pass over its ready summary is queued and not done yet."""
+        return self.summary_upgrade and self.summary_status is SummaryStatus.READY
+
+    def upgrade_summary(
+        self,
+        outcome: str,
+        *,
+        model: str,
+        text: str | None,
+        reason: str | None,
+        covered: int,
+        total: int,
+        now_ms: int,
+    ) -> None:
+        """The model pass's verdict on the ready extract: kept (its text replaces the extract),
+        rejected (the extract stays; `reason` says why), or skipped (the pass is paused or off)."""
+        self.summary_upgrade = False
+        if outcome == "kept" and text is not None:
+            self.finish_summary(text, model, covered, total, now_ms=now_ms, method="model")
+        elif outcome == "rejected":
+            self.summary_model = model  # the model that was asked
+            self.summary_rejected = reason or "rejected"
 
     def mark_indexed(self, entries: int, *, now_ms: int) -> None:
         self.indexed_at = now_ms
@@ -342,4 +374,8 @@ class Session:
         }
         if self.summary_reason:
             provenance["reason"] = self.summary_reason
+        if self.summary_rejected:
+            provenance["model_rejected"] = self.summary_rejected
+        if self.summary_upgrade:
+            provenance["upgrade"] = "pending"
         return provenance

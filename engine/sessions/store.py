@@ -58,7 +58,9 @@ from engine.sessions.ops import (
     StartSummary,
     SummaryInput,
     SummaryJob,
+    SummaryUpgradeJob,
     UpdateSession,
+    UpgradeSummary,
 )
 from engine.sessions.session import Session, SessionStatus, SummaryStatus
 from engine.sessions.snapshot import SnapshotCursor
@@ -181,6 +183,10 @@ class SessionStore:
     def unfinished_summaries(self) -> list[tuple[str, str]]:
         """Jobs a restart must resume: queued, or running when the shard stopped (a re-index too)."""
         return [key for key, session in self._sessions.items() if session.job_unfinished]
+
+    def pending_upgrades(self) -> list[tuple[str, str]]:
+        """Upgrades a restart must resume: the model's pass over a ready extract, queued and not done."""
+        return [key for key, session in self._sessions.items() if session.upgrade_due]
 
     def take_journal(self) -> list[SessionOp | Idempotent]:
         taken, self.journal = self.journal, []
@@ -382,6 +388,31 @@ class SessionStore:
             now_ms=now_ms,
             method=op.method,
             reason=op.reason,
+            upgrade=op.upgrade,
+        )
+        return session.view()
+
+    def _summary_upgrade_job(self, op: SummaryUpgradeJob, now_ms: int) -> SummaryInput | None:
+        session = self._sessions.get((op.org, op.session_id))
+        if session is None or not session.upgrade_due:
+            return None
+        return SummaryInput(
+            session.name, session.messages, session.created_at, session.ended_at, indexed=True
+        )
+
+    def _upgrade_summary(self, op: UpgradeSummary, now_ms: int) -> SessionView | None:
+        session = self._find(op.org, op.session_id)
+        if not session.upgrade_due:
+            return None  # asked for again since: the new summary queues its own upgrade
+        self._before_change(session)
+        session.upgrade_summary(
+            op.outcome,
+            model=op.model,
+            text=op.text,
+            reason=op.reason,
+            covered=op.messages_covered,
+            total=op.messages_total,
+            now_ms=now_ms,
         )
         return session.view()
 

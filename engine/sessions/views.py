@@ -39,17 +39,32 @@ class SummaryProvenance(TypedDict):
     method: Annotated[
         Literal["model", "extractive"],
         Field(
-            description="model: the model's text; extractive: salient sentences of the session, "
-            "because the model's text was degenerate (see reason)."
+            description="extractive: salient sentences of the session, made at close (reason: first "
+            "pass); model: the summarizer's text, which replaced the extract once it was judged usable."
         ),
     ]
     reason: NotRequired[
         Annotated[
             str,
             Field(
-                description="Why the model's text was set aside: empty, boilerplate, dialogue, "
-                "repetition, echo or ungrounded."
+                description="Why the summary is extractive: first pass (made at close; the model's "
+                "pass may replace it), or why the model's text was set aside."
             ),
+        ]
+    ]
+    model_rejected: NotRequired[
+        Annotated[
+            str,
+            Field(
+                description="The model's pass ran and its text was not kept: empty, boilerplate, "
+                "dialogue, repetition, echo or ungrounded. The extract stays."
+            ),
+        ]
+    ]
+    upgrade: NotRequired[
+        Annotated[
+            Literal["pending"],
+            Field(description="The model's pass over this extract is queued."),
         ]
     ]
     messages_covered: Annotated[

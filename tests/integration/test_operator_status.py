@@ -48,7 +48,7 @@ def test_a_summarizer_busy_generating_shows_as_busy_and_keeps_status_healthy(
     config, handle = pool
     conversation = Conversation("long", ((0, "user", "tell me everything"), (1, "assistant", "ok")), 2)
     for _ in range(3):  # the pool's shutdown, after the test, drops them
-        handle.summarize.remote(conversation)
+        handle.upgrade.remote(conversation)
     deadline = time.monotonic() + 60
     while True:  # the pool hands the first job to the summarizer at once
         found = operators.status(config, probe_timeout_s=PROBE_TIMEOUT_S)
@@ -62,6 +62,9 @@ def test_a_summarizer_busy_generating_shows_as_busy_and_keeps_status_healthy(
     described_pool = actors[POOL_NAME]["described"]
     assert described_pool["state"] == "busy" and described_pool["generating"] >= 1
     assert described_pool["workers"][0]["state"] == "busy"
+    assert (
+        described_pool["model_pass"]["state"] == "active" and described_pool["model_pass"]["mode"] == "auto"
+    )
     # The cluster's shards and the embedder are not in this namespace (missing); the model actors
     # at work are not among what makes status exit 3.
     bad = unhealthy(found)

@@ -1,10 +1,12 @@
-"""What one close costs: the records the job writes to the session shard's log and to the memory
-shard's log, and the calls it makes outside its shard (each one Ray round trip from the session
-shard; the summarizer pool's hand-off to a summarizer worker is one more, not counted here).
+"""What one close costs: the records the job and its upgrade write to the session shard's log and
+to the memory shard's log, and the calls they make outside the shard (each one Ray round trip from
+the session shard; the summarizer pool's hand-off to a summarizer worker is one more, not counted
+here).
 
 A real close of a real DurableSessions (its log in a temporary directory) through ClosingJobs,
-with counting ports: the embedder and the summarizer are functions, the memory shard a real
-DurableMemory. engine.closing.job says why each record and call is needed."""
+with counting ports: the embedder is a function, the pool a real ModelPass around a function
+that writes the model's text, the memory shard a real DurableMemory. engine.closing.job says why
+each record and call is needed."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 
 from engine.clock import ManualClock
 from engine.closing.job import ClosingJobs
+from engine.closing.model_pass import Acceptance, ModelPass, Verdict
 from engine.config import DurabilityConfig, SummarizerConfig
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams
@@ -28,7 +31,7 @@ from engine.sessions.session import NewMessage, SessionStatus, new_session_id
 
 
 class Close:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, **settings: Any) -> None:
         clock = ManualClock()
         self.sessions = DurableSessions(tmp_path / "sessions", DurabilityConfig(), clock, lock_wait_s=0.2)
         self.memory = DurableMemory(
@@ -37,7 +40,11 @@ class Close:
         self.calls: Counter[str] = Counter()
         self.summaries_fail = 0
         self.embeds_fail = 0
-        config = SummarizerConfig.model_validate({"retry_backoff_s": 0.0})
+        self.degenerate = False  # the model continues the dialogue instead of summarizing it
+        config = SummarizerConfig.model_validate({"retry_backoff_s": 0.0, **settings})
+        self.model_pass = ModelPass(
+            Acceptance(config.model_pass, config.acceptance_window, "fake"), self.generate
+        )
         self.jobs = ClosingJobs(self.record, self, config)
 
     async def record(self, ops: Sequence[SessionOp]) -> list[Any]:
@@ -55,13 +62,18 @@ class Close:
         self.calls["index"] += 1
         return self.memory.commit(ops)
 
-    async def summarize(self, conversation: Conversation) -> Summary:
-        self.calls["summarize"] += 1
+    async def upgrade(self, conversation: Conversation) -> Verdict:
+        self.calls["upgrade"] += 1
+        return await self.model_pass.upgrade(conversation)
+
+    async def generate(self, conversation: Conversation) -> Summary:
         if self.summaries_fail:
             self.summaries_fail -= 1
             raise RuntimeError("the model fell over")
         total = conversation.total
         text = f"They talked about {conversation.messages[0][2]}"
+        if self.degenerate:
+            text = "user: hello\nassistant: hi"
         return Summary(text, "fake-model", total, total, 10, 3)
 
     async def close(self, messages: int) -> dict[str, Any]:
@@ -80,36 +92,60 @@ class Close:
         }
 
 
-async def test_a_first_attempt_that_succeeds(tmp_path: Path) -> None:
+async def test_a_first_attempt_that_succeeds_and_the_model_is_kept(tmp_path: Path) -> None:
     cost = await Close(tmp_path).close(messages=3)
     assert cost == {
-        "session records": 2,  # StartSummary (indexed and running), FinishSummary
-        "memory records": 2,  # the turns with the session entry; the summary
-        "calls": {"embed": 2, "index": 2, "summarize": 1},  # turns, summary; their upserts; the model
+        # StartSummary (indexed and running), FinishSummary (the extract; upgrade queued),
+        # UpgradeSummary (the model's text)
+        "session records": 3,
+        "memory records": 3,  # the turns with the session entry; the extract; the model's text
+        # turns, extract, model's text; their upserts; the pool (which makes and judges the text)
+        "calls": {"embed": 3, "index": 3, "upgrade": 1},
     }
 
 
-async def test_a_retry_after_the_model_failed(tmp_path: Path) -> None:
+async def test_a_first_attempt_whose_model_text_is_rejected(tmp_path: Path) -> None:
     close = Close(tmp_path)
+    close.degenerate = True
+    cost = await close.close(messages=3)
+    assert cost == {
+        "session records": 3,  # StartSummary, FinishSummary, UpgradeSummary (the rejection)
+        "memory records": 2,  # the turns; the extract, which stays
+        "calls": {"embed": 2, "index": 2, "upgrade": 1},
+    }
+
+
+async def test_a_first_attempt_with_the_model_pass_off(tmp_path: Path) -> None:
+    cost = await Close(tmp_path, model_pass="off").close(messages=3)
+    assert cost == {
+        "session records": 2,  # StartSummary, FinishSummary: ready with the extract, no upgrade queued
+        "memory records": 2,
+        "calls": {"embed": 2, "index": 2},
+    }
+
+
+async def test_a_failed_model_costs_no_summary_attempt(tmp_path: Path) -> None:
+    close = Close(tmp_path, max_attempts=2)
     close.summaries_fail = 1
     cost = await close.close(messages=3)
     assert cost == {
-        # StartSummary, FailSummary; StartSummary, FinishSummary
-        "session records": 4,
-        "memory records": 2,
-        "calls": {"embed": 2, "index": 2, "summarize": 2},
+        # StartSummary, FinishSummary; the upgrade's first try fails (nothing written), its second
+        # writes UpgradeSummary
+        "session records": 3,
+        "memory records": 3,
+        "calls": {"embed": 3, "index": 3, "upgrade": 2},
     }
 
 
 async def test_a_retry_after_the_turns_failed_to_index(tmp_path: Path) -> None:
-    close = Close(tmp_path)
+    close = Close(tmp_path, model_pass="off")
     close.embeds_fail = 1
     cost = await close.close(messages=3)
     assert cost == {
         # FailSummary; StartSummary, FinishSummary
         "session records": 3,
         "memory records": 2,
-        "calls": {"embed": 3, "index": 2, "summarize": 1},
+        "calls": {"embed": 3, "index": 2},
     }
 
 

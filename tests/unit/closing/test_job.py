@@ -1,5 +1,7 @@
 """Closing jobs over a real SessionStore and a real session memory (a MemoryStore behind the index
-port), with the models replaced by functions that succeed, fail, or delete the session mid-run."""
+port), with the models replaced by functions that succeed, fail, or delete the session mid-run. The
+model's upgrades go through a real ModelPass (the pool's judge and acceptance window) around a fake
+generate."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import numpy as np
 import pytest
 
 from engine.clock import ManualClock
+from engine.closing import job as job_module
 from engine.closing.job import ClosingJobs
+from engine.closing.model_pass import Acceptance, ModelPass, Verdict
 from engine.config import DurabilityConfig, SummarizerConfig
 from engine.errors import SessionNotEnded, Unavailable
 from engine.memory.index import IndexParams
@@ -29,6 +33,7 @@ from engine.sessions.ops import (
     GetSession,
     RequestSummary,
     SessionOp,
+    UpgradeSummary,
 )
 from engine.sessions.session import NewMessage, SessionStatus, new_session_id
 from engine.sessions.store import SessionStore
@@ -46,17 +51,21 @@ class Harness:
         self.store = SessionStore()
         self.config = SummarizerConfig.model_validate({"retry_backoff_s": 1.0, **settings})
         self.jobs: list[Conversation] = []
-        self.failures_left = 0
+        self.failures_left = 0  # of the model
         self.sleeps: list[float] = []
         self.during: Any = None
         self.while_indexing: Any = None
         self.memory = MemoryStore(IndexParams())
         self.durable: DurableSessions | None = None  # when set, ops go through its log
         self.embed_failures_left = 0
+        self.embeds = 0
+        self.embed_fails_at: set[int] = set()  # the embed calls (1-based, in order) that fail
         self.upserts: list[str] = []  # the namespace of each upsert, in order
         self.outcomes: list[tuple[str, float | None]] = []
         self.text = told  # what the model writes
         self.model = "fake-model"
+        self.acceptance = Acceptance(self.config.model_pass, self.config.acceptance_window, "fake")
+        self.model_pass = ModelPass(self.acceptance, self.generate)
         self.closing = ClosingJobs(
             self.record,
             self,
@@ -71,7 +80,10 @@ class Harness:
             return self.durable.commit(ops)
         return self.store.apply_batch(list(ops), T0)
 
-    async def summarize(self, c: Conversation) -> Summary:
+    async def upgrade(self, c: Conversation) -> Verdict:
+        return await self.model_pass.upgrade(c)
+
+    async def generate(self, c: Conversation) -> Summary:
         self.jobs.append(c)
         if self.during is not None:
             self.during()
@@ -83,8 +95,9 @@ class Harness:
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         if self.while_indexing is not None:
             self.while_indexing()
-        if self.embed_failures_left:
-            self.embed_failures_left -= 1
+        self.embeds += 1
+        if self.embed_failures_left or self.embeds in self.embed_fails_at:
+            self.embed_failures_left = max(0, self.embed_failures_left - 1)
             raise RuntimeError("the embedder died")
         rows = [np.random.default_rng(abs(hash(text)) % 2**32).normal(size=8) for text in texts]
         return np.asarray([row / np.linalg.norm(row) for row in rows], dtype=np.float32)
@@ -134,29 +147,145 @@ class Harness:
         return dict(self.store.apply(GetSession("acme", sid), T0))
 
 
-async def test_a_closed_session_gets_its_summary_and_provenance() -> None:
+async def test_a_closed_session_is_ready_with_its_extract_before_any_model_call() -> None:
+    h = Harness()
+    sid = h.closed_session(messages=3, content="Maya adopted a beagle named Biscuit in Lisbon, day {i}.")
+    assert h.view(sid)["summary_status"] == "pending"
+    at_model: list[dict[str, Any]] = []
+    h.during = lambda: at_model.append(h.view(sid))
+    await h.run_queued()
+    [first] = at_model  # the session as the model is called: ready already
+    assert (first["summary_status"], first["summary_attempts"], first["summary_error"]) == ("ready", 1, None)
+    assert first["summary"].startswith("Maya adopted a beagle named Biscuit")
+    assert first["summary_provenance"] == {
+        "model": "extractive",
+        "method": "extractive",
+        "reason": "first pass",
+        "messages_covered": 3,
+        "messages_total": 3,
+        "created_at": T0,
+        "upgrade": "pending",
+    }
+    assert h.outcomes[0] == ("ready", 0.0)
+    assert len(h.view(sid)["messages"]) == 3, "raw messages are never dropped"
+
+
+async def test_with_the_model_pass_off_the_extract_stays_and_no_model_runs() -> None:
+    h = Harness(model_pass="off")
+    sid = h.closed_session(messages=3)
+    await h.run_queued()
+    view = h.view(sid)
+    assert (view["summary_status"], view["summary_provenance"]["method"]) == ("ready", "extractive")
+    assert "upgrade" not in view["summary_provenance"] and h.jobs == []
+    assert h.store.pending_upgrades() == []
+
+
+async def test_a_kept_upgrade_replaces_the_extract_and_its_memory_entry() -> None:
     h = Harness()
     sid = h.closed_session(messages=3)
-    assert h.view(sid)["summary_status"] == "pending"
     await h.run_queued()
     view = h.view(sid)
     assert (view["summary_status"], view["summary"], view["summary_attempts"]) == (
         "ready", "They talked about message 0", 1,
     )  # fmt: skip
-    assert view["summary_error"] is None
     provenance = view["summary_provenance"]
-    assert (provenance["model"], provenance["messages_covered"], provenance["messages_total"]) == (
-        "fake-model", 3, 3,
-    )  # fmt: skip
-    assert provenance["created_at"] == T0 and provenance["method"] == "model" and "reason" not in provenance
+    assert provenance == {
+        "model": "fake-model",
+        "method": "model",
+        "messages_covered": 3,
+        "messages_total": 3,
+        "created_at": T0,
+    }
     [job] = h.jobs
     assert [content for _, _, content in job.messages] == [f"message {i}" for i in range(3)]
-    assert len(h.view(sid)["messages"]) == 3, "raw messages are never dropped"
+    assert h.memory_ids() == {f"{sid}#1", f"{sid}#2", f"{sid}#3", sid, f"{sid}#summary"}, "one summary entry"
+    (matches,) = h.memory.apply_batch(
+        [QueryVectors("acme", SESSIONS_OF_MEMORY, None, 5, None, "talked", "lexical")]
+    )
+    assert [m.id for m in matches] == [f"{sid}#summary"], "the entry holds the model's text now"
+    assert h.outcomes == [("ready", 0.0), ("upgrade_kept", None)]
+    assert h.store.pending_upgrades() == []
+
+
+async def test_a_rejected_upgrade_keeps_the_extract_and_says_why() -> None:
+    h = Harness()
+    h.text = lambda c: "user: hello there\nassistant: hi again"
+    sid = h.closed_session(messages=2, content="Maya adopted a beagle named Biscuit in Lisbon, day {i}.")
+    await h.run_queued()
+    view = h.view(sid)
+    assert view["summary_status"] == "ready" and view["summary"].startswith("Maya adopted a beagle")
+    provenance = view["summary_provenance"]
+    assert provenance["model_rejected"] == "dialogue" and provenance["model"] == "fake-model"
+    assert (provenance["method"], provenance["reason"]) == ("extractive", "first pass")
+    assert "upgrade" not in provenance
+    assert h.outcomes == [("ready", 0.0), ("upgrade_rejected", None)]
+
+
+async def test_a_summary_asked_for_again_during_its_upgrade_supersedes_it() -> None:
+    h = Harness()
+    sid = h.closed_session(messages=2)
+    seen: list[str] = []
+
+    def asked_again() -> None:
+        h.during = None
+        h.store.apply(RequestSummary("acme", sid), T0)
+        seen.append(h.view(sid)["summary_status"])
+        h.closing.submit(h.store.take_summary_jobs())  # as the shard does after the request's commit
+
+    h.during = asked_again
+    await h.run_queued()
+    assert seen == ["pending"]
+    view = h.view(sid)
+    assert (view["summary_status"], view["summary_provenance"]["method"]) == ("ready", "model")
+    assert len(h.jobs) == 2, "the first upgrade was cancelled; the new summary's own ran"
+    assert [o for o, _ in h.outcomes] == ["ready", "ready", "upgrade_kept"]
+
+
+async def test_an_upgrade_that_is_no_longer_the_sessions_changes_nothing() -> None:
+    h = Harness(model_pass="off")
+    sid = h.closed_session()
+    await h.run_queued()
+    h.store.apply(RequestSummary("acme", sid), T0)
+    stale = UpgradeSummary("acme", sid, "kept", "fake-model", "They talked", None, 1, 1)
+    assert h.store.apply(stale, T0) is None
+    assert h.view(sid)["summary_status"] == "pending"
+    assert h.store.take_journal()[-1] == RequestSummary("acme", sid), "the stale verdict is not logged"
+
+
+async def test_the_model_pass_pauses_after_a_window_with_nothing_kept() -> None:
+    h = Harness(acceptance_window=2)
+    h.text = lambda c: "user: hello there\nassistant: hi again"
+    for _ in range(4):
+        h.closed_session()
+        await h.run_queued()
+    assert len(h.jobs) == 2, "two rejections fill the window; no model call after"
+    upgrades = [o for o, _ in h.outcomes if o.startswith("upgrade")]
+    # The third close's upgrade was queued before the shard heard of the pause; the fourth's was not.
+    assert upgrades == ["upgrade_rejected", "upgrade_rejected", "upgrade_skipped"]
+    assert not h.acceptance.active and h.acceptance.describe()["state"] == "paused"
+    assert h.store.pending_upgrades() == []
+
+
+async def test_a_restart_resumes_a_pending_upgrade(tmp_path: Path) -> None:
+    h = durable_harness(tmp_path, max_attempts=1)
+    h.failures_left = 1  # the model fails: the upgrade stays queued in the session
+    sid = h.closed_session(messages=2)
+    await h.run_queued()
+    assert h.view(sid)["summary_provenance"]["upgrade"] == "pending"
+    assert h.durable is not None
+    h.durable.close(snapshot=False)  # the log alone must bring the mark back
+    again = durable_harness(tmp_path)
+    assert again.store.pending_upgrades() == [("acme", sid)]
+    again.closing.submit_upgrades(again.store.pending_upgrades())
+    await again.closing.drain()
+    view = again.view(sid)
+    assert (view["summary_provenance"]["method"], view["summary"]) == ("model", "They talked about message 0")
+    assert again.store.pending_upgrades() == []
 
 
 async def test_failed_attempts_are_retried_with_doubling_backoff() -> None:
-    h = Harness(max_attempts=3)
-    h.failures_left = 2
+    h = Harness(max_attempts=3, model_pass="off")
+    h.embed_failures_left = 2
     sid = h.closed_session()
     await h.run_queued()
     view = h.view(sid)
@@ -166,18 +295,18 @@ async def test_failed_attempts_are_retried_with_doubling_backoff() -> None:
 
 async def test_the_last_failure_is_final_and_keeps_a_one_line_reason() -> None:
     h = Harness(max_attempts=2)
-    h.failures_left = 5
+    h.embed_failures_left = 5
     sid = h.closed_session()
     await h.run_queued()
     view = h.view(sid)
     assert (view["summary_status"], view["summary_attempts"]) == ("failed", 2)
-    assert view["summary_error"] == "RuntimeError: model fell over"
+    assert view["summary_error"] == "RuntimeError: the embedder died"
     assert view["summary"] is None and h.sleeps == [1.0]
 
 
 async def test_summarize_runs_a_failed_or_finished_summary_again() -> None:
     h = Harness(max_attempts=1)
-    h.failures_left = 1
+    h.embed_failures_left = 1
     sid = h.closed_session()
     await h.run_queued()
     assert h.view(sid)["summary_status"] == "failed"
@@ -207,7 +336,7 @@ async def test_a_session_without_messages_fails_at_once_without_the_model() -> N
     assert h.jobs == []
 
 
-async def test_a_session_deleted_while_summarized_leaves_nothing_in_memory() -> None:
+async def test_a_session_deleted_during_its_upgrade_leaves_nothing_in_memory() -> None:
     h = Harness()
     sid = h.closed_session()
     h.during = lambda: h.store.apply(DeleteSession("acme", sid), T0)
@@ -240,11 +369,11 @@ async def test_an_embedder_failure_fails_the_attempt_and_the_retry_indexes_every
 
 
 async def test_a_retry_after_indexing_does_not_index_again() -> None:
-    h = Harness(max_attempts=2)
-    h.failures_left = 1  # the model fails after the turns were indexed
+    h = Harness(max_attempts=2, model_pass="off")
+    h.embed_fails_at = {2}  # the summary's embed fails after the turns were indexed
     sid = h.closed_session(messages=2)
     await h.run_queued()
-    assert h.view(sid)["summary_status"] == "ready"
+    assert (h.view(sid)["summary_status"], h.view(sid)["summary_attempts"]) == ("ready", 2)
     assert h.upserts == [SESSION_MEMORY, SESSIONS_OF_MEMORY, SESSIONS_OF_MEMORY], (
         "turns once, then the summary"
     )
@@ -266,47 +395,52 @@ async def test_the_summary_reads_pending_while_the_turns_are_indexed_then_runnin
     h.while_indexing = lambda: seen.append((h.view(sid)["summary_status"], h.view(sid)["index_status"]))
     h.during = lambda: seen.append((h.view(sid)["summary_status"], h.view(sid)["index_status"]))
     await h.run_queued()
-    # The first embed is the turns', the second the summary's.
-    assert seen == [("pending", "pending"), ("running", "ready"), ("running", "ready")]
+    # The turns' embed, the extract's; then the model's call and its text's embed (the upgrade).
+    assert seen == [("pending", "pending"), ("running", "ready"), ("ready", "ready"), ("ready", "ready")]
 
 
-async def test_degenerate_model_text_is_stored_as_an_extract_that_says_why() -> None:
-    h = Harness()
-    h.text = lambda c: "user: hello there\nassistant: hi again"
-    sid = h.closed_session(messages=2, content="Maya adopted a beagle named Biscuit in Lisbon, day {i}.")
-    await h.run_queued()
-    view = h.view(sid)
-    assert view["summary_status"] == "ready" and view["summary"].startswith("Maya adopted a beagle")
-    provenance = view["summary_provenance"]
-    assert (provenance["method"], provenance["reason"], provenance["model"]) == (
-        "extractive", "dialogue", "fake-model",
-    )  # fmt: skip
-    assert h.outcomes == [("extractive", 0.0)]
-
-
-async def test_empty_model_text_is_replaced_and_an_empty_extract_fails_the_attempt() -> None:
+async def test_empty_model_text_is_rejected_and_an_empty_extract_fails_the_attempt() -> None:
     h = Harness(max_attempts=1)
     h.text = lambda c: ""
     replaced, blank = h.closed_session(), h.closed_session(messages=1, content=" ")
     await h.run_queued()
-    assert h.view(replaced)["summary_provenance"]["reason"] == "empty"
+    assert h.view(replaced)["summary_provenance"]["model_rejected"] == "empty"
     view = h.view(blank)
     assert (view["summary_status"], view["summary_error"]) == (
-        "failed", "SummaryFailed: fake-model produced an empty summary",
+        "failed", "SummaryFailed: the conversation has no text to summarize",
     )  # fmt: skip
 
 
-async def test_a_summary_the_log_refuses_fails_the_job_for_good(tmp_path: Path) -> None:
+async def test_a_summary_the_log_refuses_fails_the_job_for_good(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     h = Harness()
     h.durable = DurableSessions(tmp_path, DurabilityConfig(), ManualClock(T0), lock_wait_s=0.2)
     h.store = h.durable.store
     sid = h.closed_session()
-    h.model = "fake-\ud800"  # not UTF-8: the log cannot hold the summary's provenance
+    # Not UTF-8: the log cannot hold it. An extract is made of what the log held, so only a fault
+    # could make one so; the job must end all the same.
+    monkeypatch.setattr(job_module, "extract_of", lambda c: "broken \ud800")
+
+    async def into_memory(*args: Any) -> None:
+        """Session memory takes it (it is the log under test here)."""
+
+    monkeypatch.setattr(job_module, "index_summary", into_memory)
     await h.run_queued()
     view = h.view(sid)
     assert (view["summary_status"], view["summary_attempts"]) == ("failed", 1)
     assert view["summary_error"].startswith("the summary was refused: ")
     assert h.outcomes == [("failed", None)]
+
+
+async def test_an_upgrade_the_log_refuses_leaves_the_extract_and_the_upgrade_queued(tmp_path: Path) -> None:
+    h = durable_harness(tmp_path, max_attempts=1)
+    sid = h.closed_session()
+    h.model = "fake-\ud800"  # not UTF-8: the log cannot hold the upgrade's provenance
+    await h.run_queued()
+    view = h.view(sid)
+    assert (view["summary_status"], view["summary_provenance"]["method"]) == ("ready", "extractive")
+    assert h.store.pending_upgrades() == [("acme", sid)], "the next start tries again"
 
 
 def durable_harness(tmp_path: Path, **settings: Any) -> Harness:
@@ -373,11 +507,11 @@ async def test_a_shard_drained_while_the_turns_are_indexed_starts_nothing(tmp_pa
 
 
 async def test_each_attempt_tells_how_it_ended() -> None:
-    h = Harness(max_attempts=2)
-    h.failures_left = 1
+    h = Harness(max_attempts=2, model_pass="off")
+    h.embed_failures_left = 1
     retried = h.closed_session()
     await h.run_queued()
-    h.failures_left = 2
+    h.embed_failures_left = 2
     failed = h.closed_session()
     await h.run_queued()
     assert h.outcomes == [("retried", None), ("ready", 0.0), ("retried", None), ("failed", None)]
@@ -414,7 +548,7 @@ async def test_summary_state_survives_the_log_and_snapshot_codec() -> None:
     ready, failed = h.closed_session(), h.closed_session()
     h.closing.submit([("acme", ready)])
     await h.closing.drain()
-    h.failures_left = 1
+    h.embed_failures_left = 1
     h.closing.submit([("acme", failed)])
     await h.closing.drain()
     for sid in (ready, failed):

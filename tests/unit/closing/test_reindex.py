@@ -115,7 +115,7 @@ async def test_an_imported_session_whose_summary_was_pending_is_summarized() -> 
 
 async def test_a_failed_summary_is_kept_and_its_indexed_turns_put_back() -> None:
     source = Harness(max_attempts=1)
-    source.failures_left = 1  # the model fails after the turns were indexed
+    source.embed_fails_at = {2}  # the summary's embed fails after the turns were indexed
     sid = source.closed_session(messages=2)
     await source.run_queued()
     assert (source.view(sid)["summary_status"], source.view(sid)["index_status"]) == ("failed", "ready")

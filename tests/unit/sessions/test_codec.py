@@ -43,6 +43,7 @@ from engine.sessions.ops import (
     RequestSummary,
     StartSummary,
     UpdateSession,
+    UpgradeSummary,
 )
 from engine.sessions.session import NewMessage, SessionStatus
 
@@ -78,7 +79,8 @@ SESSION_SCRIPT: list[tuple[int, Any]] = [  # (ms to advance first, op)
     (1, FailSummary("acme", A, "model busy", False)),
     (1, StartSummary("acme", A)),
     (1, MarkIndexed("acme", A, 3)),
-    (1, FinishSummary("acme", A, "they said hi", "tiny", 2, 2, method="extractive", reason="echo")),
+    (1, FinishSummary("acme", A, "they said hi", "extractive", 2, 2, method="extractive", upgrade=True)),
+    (1, UpgradeSummary("acme", A, "rejected", "tiny", None, "dialogue", 2, 2)),
     (1, RequestSummary("acme", A)),
     (0, CreateSession("acme", B, "b", 1, {})),
     (2000, ExpireDue()),
