@@ -17,7 +17,7 @@ from .conftest import ORGS, Api, assert_error
 
 MEMORY_FIELDS = {
     "session_id", "name", "summary", "summary_method", "created_at", "closed_at", "message_count",
-    "highlights",
+    "status", "highlights",
 }  # fmt: skip
 
 
@@ -56,6 +56,19 @@ def wait_summary(api: Api, sid: str, timeout_s: float = 60) -> dict[str, Any]:
     raise AssertionError(f"summary of {sid} not done in {timeout_s} s: {session}")
 
 
+def wait_upgraded(api: Api, sid: str, timeout_s: float = 60) -> dict[str, Any]:
+    """The session once its summary is ready and the model's pass over it is done (kept, rejected
+    or skipped: engine.closing.model_pass)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        session = dict(api.get(f"/sessions/{sid}").json())
+        provenance = session["summary_provenance"] or {}
+        if session["summary_status"] == "ready" and "upgrade" not in provenance:
+            return session
+        time.sleep(0.1)
+    raise AssertionError(f"the upgrade of {sid} not done in {timeout_s} s: {session}")
+
+
 def memory_ids(api: Api, **query: Any) -> list[str]:
     body = {"namespace": "session-memory", "query_text": "a conversation", "top_k": 100, **query}
     response = api.post("/vectors/query", json=body)
@@ -73,9 +86,14 @@ def test_close_answers_pending_then_the_summary_is_ready_with_provenance_and_in_
     session = wait_summary(ray_api, sid)
     assert session["summary_status"] == "ready", session
     assert session["summary"] and session["summary_error"] is None and session["summary_attempts"] == 1
+    first = session["summary_provenance"]
+    if first["method"] == "extractive":  # else the model's upgrade was kept before this read
+        assert (first["model"], first["reason"]) == ("extractive", "first pass"), first
+    assert (first["messages_covered"], first["messages_total"]) == (3, 3)
+    session = wait_upgraded(ray_api, sid)
     provenance = session["summary_provenance"]
-    assert provenance["model"].startswith("tiny-t5")
-    assert (provenance["messages_covered"], provenance["messages_total"]) == (3, 3)
+    if provenance["method"] == "model" or "model_rejected" in provenance:
+        assert provenance["model"].startswith("tiny-t5"), provenance  # the model that was asked
     assert provenance["created_at"] >= session["ended_at"]
     assert session["message_count"] == 3 and len(ray_api.get(f"/sessions/{sid}").json()["messages"]) == 3
 
@@ -94,6 +112,7 @@ def test_close_answers_pending_then_the_summary_is_ready_with_provenance_and_in_
         "created_at": session["created_at"],
         "closed_at": session["ended_at"],
         "message_count": 3,
+        "status": "closed",
     }
     assert session["index_status"] == "ready" and session["indexed_at"] >= session["ended_at"]
     assert all(set(h) == {"seq", "role", "content"} for h in highlights)
@@ -145,14 +164,14 @@ def test_summarize_runs_it_again_and_an_active_session_is_refused(ray_api: Api) 
     sid = conversation(ray_api, "again", "first question", "first answer")
     assert_error(ray_api.post(f"/sessions/{sid}/summarize"), 409, "CONFLICT")
     ray_api.post(f"/sessions/{sid}/close")
-    first = wait_summary(ray_api, sid)
+    first = wait_upgraded(ray_api, sid)
     rerun = ray_api.post(f"/sessions/{sid}/summarize")
     assert rerun.status_code == 202, rerun.text
     assert rerun.json()["summary_status"] in ("pending", "running", "ready")
-    second = wait_summary(ray_api, sid)
+    second = wait_upgraded(ray_api, sid)
     assert (
         second["summary_status"] == "ready" and second["summary"] == first["summary"]
-    )  # same model, same input
+    )  # the same extract, then the same model's verdict on the same input
     assert second["summary_provenance"]["created_at"] >= first["summary_provenance"]["created_at"]
     assert memory_ids(ray_api).count(sid) == 1, "re-running replaces the vector"
     assert_error(ray_api.post("/sessions/sess_" + "0" * 32 + "/summarize"), 404, "NOT_FOUND")
@@ -196,6 +215,29 @@ def test_many_sessions_closed_at_once_are_all_summarized(ray_api: Api) -> None:
     done = [wait_summary(ray_api, sid) for sid in ids]
     assert [s["summary_status"] for s in done] == ["ready"] * 12
     assert sorted(memory_ids(ray_api)) == sorted(ids)
+
+
+def test_a_summary_is_ready_with_its_extract_soon_after_close(ray_api: Api) -> None:
+    sid = conversation(ray_api, "quick", "We moved the launch to March 3 in Porto.", "Noted: March 3.")
+    closed_at = time.monotonic()
+    ray_api.post(f"/sessions/{sid}/close")
+    session = wait_summary(ray_api, sid, timeout_s=30)
+    waited_s = time.monotonic() - closed_at
+    assert session["summary_status"] == "ready" and "March 3" in session["summary"], session
+    # No model call stands between a close and its summary; the bound is loose for a shared machine
+    # (the target under load is measured by benchmarks.scenarios fleet, not asserted here).
+    assert waited_s < 20, waited_s
+
+
+def test_readyz_and_metrics_show_the_model_pass(ray_client: httpx.Client) -> None:
+    body = ray_client.get("/readyz").json()
+    model_pass = body["models"]["summarizer"]["model_pass"]
+    assert model_pass["mode"] == "auto" and model_pass["state"] in ("active", "paused"), model_pass
+    assert model_pass["window"] == 32 and 0 <= model_pass["kept"] <= model_pass["judged"] <= 32
+    paused = [n for n in body["notices"] if "model_pass" in n]
+    assert bool(paused) == (model_pass["state"] == "paused"), body["notices"]
+    assert all("model_pass: on" in n["resume"] for n in paused)
+    assert "session_engine_summary_model_pass_active" in ray_client.get("/metrics").text
 
 
 def test_readyz_reports_the_memory_shards_and_models(ray_client: httpx.Client) -> None:
