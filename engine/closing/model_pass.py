@@ -168,7 +168,11 @@ class ModelPass:
             )
         was_active = self.acceptance.active
         self.acceptance.record(verdict.outcome == "kept")
-        await asyncio.to_thread(self.acceptance.save)
+        try:
+            await asyncio.to_thread(self.acceptance.save)
+        except OSError as exc:
+            # Not kept, the window is only learnt again after a restart; the verdict stands.
+            log.warning("the summarizer's acceptance window was not saved", extra={"error": str(exc)})
         if was_active and not self.acceptance.active:
             log.warning(
                 "the summarizer's pass is paused",

@@ -108,3 +108,11 @@ async def test_a_conversation_dropped_unmade_is_skipped(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("switch", "mode"), [(True, "on"), (False, "off"), ("auto", "auto")])
 def test_yaml_on_and_off_mean_the_words(switch: object, mode: str) -> None:
     assert SummarizerConfig.model_validate({"model_pass": switch}).model_pass == mode
+
+
+async def test_a_window_that_cannot_be_saved_still_gives_the_verdict(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    acceptance = Acceptance("auto", 3, "tiny", blocked / ACCEPTANCE_FILE)  # under a file: never written
+    verdict = await ModelPass(acceptance, FakeModel(GOOD)).upgrade(CONVERSATION)
+    assert verdict.outcome == "kept" and acceptance.describe()["kept"] == 1
