@@ -204,7 +204,12 @@ def run_fleet(url: str, key: str, users: int, duration_s: float, work: Path) -> 
 def summary_lag(url: str, key: str, wait_s: float) -> dict[str, Any]:
     """How long the sessions a fleet closed waited, from their close, to be searchable (turns
     indexed) and to have their summary; waits up to `wait_s` for summaries still being made, and
-    counts those left (with how long the oldest has waited, so an unfinished backlog shows)."""
+    counts those left (with how long the oldest has waited, so an unfinished backlog shows).
+
+    A summary is ready with its extract (engine.closing.job); `close_to_ready_ms` is that lag,
+    over the summaries still extractive (a kept model upgrade moves its `created_at` to the
+    upgrade, and is counted in `upgraded` instead). `model_pass` is the summarizer pool's state
+    and acceptance rate as /readyz says it, read once the wait is over."""
     headers = {"Authorization": f"Bearer {key}"}
     started = time.monotonic()
     with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
@@ -214,11 +219,19 @@ def summary_lag(url: str, key: str, wait_s: float) -> dict[str, Any]:
             if not waiting or time.monotonic() - started >= wait_s:
                 break
             time.sleep(1)
+        models = client.get("/readyz").json().get("models", {})
     now_ms = int(time.time() * 1000)
     ready = [s for s in closed if s["summary_status"] == "ready"]
     summarized = [s["summary_provenance"]["created_at"] - s["ended_at"] for s in ready]
+    extracts = [s for s in ready if s["summary_provenance"]["method"] == "extractive"]
+    extracted = [s["summary_provenance"]["created_at"] - s["ended_at"] for s in extracts]
     searchable = [s["indexed_at"] - s["ended_at"] for s in closed if s["indexed_at"]]
     return {
+        "close_to_ready_ms": _spread(extracted),
+        "upgraded": len(ready) - len(extracts),
+        "model_rejected": sum("model_rejected" in s["summary_provenance"] for s in extracts),
+        "upgrades_pending": sum("upgrade" in s["summary_provenance"] for s in extracts),
+        "model_pass": (models.get("summarizer") or {}).get("model_pass"),
         "closed": len(closed),
         "summaries_ready": len(ready),
         "summaries_failed": sum(s["summary_status"] == "failed" for s in closed),
