@@ -17,7 +17,7 @@ from engine.limits import check_writable_namespace as check_writable_namespace
 from engine.limits import json_depth_over as json_depth_over
 from engine.memory.index import OPERATORS
 from engine.memory.sessions import FILTER_KEYS, SESSION_MEMORY
-from engine.sessions.session import NewMessage
+from engine.sessions.session import NewMessage, SessionStatus
 
 from .schemas import MessageIn, VectorIn
 
@@ -78,6 +78,34 @@ def check_query_text(text: str | None, limits: MemoryConfig) -> None:
         )
 
 
+AS_OF_SKEW_MS = 60_000  # how far past the gateway's clock an as_of may be: clocks of callers drift
+
+
+def check_as_of(as_of: int | None, now_ms: int) -> int | None:
+    """A session-memory query's moment (epoch ms): not before 1970, not in the future."""
+    if as_of is None:
+        return None
+    if as_of < 0:
+        raise ValidationFailed(
+            f"as_of: epoch milliseconds, not negative; got {as_of}",
+            {"field": "as_of", "as_of": as_of},
+            _AS_OF_HINT,
+        )
+    if as_of > now_ms + AS_OF_SKEW_MS:
+        raise ValidationFailed(
+            f"as_of: {as_of} is in the future (now is {now_ms})",
+            {"field": "as_of", "as_of": as_of, "now": now_ms, "allowed_skew_ms": AS_OF_SKEW_MS},
+            _AS_OF_HINT + " Leave it out to search memory as it is now.",
+        )
+    return as_of
+
+
+_AS_OF_HINT = (
+    "as_of is a moment in epoch milliseconds, such as 1767225600000 (2026-01-01T00:00:00Z), at "
+    f"most {AS_OF_SKEW_MS // 1000} seconds past the server's clock."
+)
+
+
 def check_filter(where: dict[str, Any] | None, namespace: str) -> dict[str, Any] | None:
     """A query's filter, its operators and (in session-memory) its keys checked."""
     if not where:
@@ -88,9 +116,11 @@ def check_filter(where: dict[str, Any] | None, namespace: str) -> dict[str, Any]
             raise ValidationFailed(
                 f"{field}: session-memory is filtered on {', '.join(sorted(FILTER_KEYS))}",
                 {"field": field, "allowed": sorted(FILTER_KEYS)},
-                "Filter prior sessions by their name, id, message count, or a time range on created_at "
-                'or closed_at, such as {"closed_at": {"$gte": 1700000000000}}.',
+                "Filter prior sessions by their name, id, message count, status, or a time range on "
+                'created_at or closed_at, such as {"closed_at": {"$gte": 1700000000000}}.',
             )
+        if namespace == SESSION_MEMORY and key == "status":
+            _check_status(condition)
         if not isinstance(condition, dict):
             continue
         if not condition:
@@ -121,6 +151,34 @@ def check_filter(where: dict[str, Any] | None, namespace: str) -> dict[str, Any]
                     _OPERATOR_HINT,
                 )
     return where
+
+
+STATUSES = tuple(status.value for status in SessionStatus)
+_STATUS_OPERATORS = ("$eq", "$ne", "$in")
+
+
+def _check_status(condition: Any) -> None:
+    """A session-memory status filter: a value or $eq, $ne, $in of SessionStatus values."""
+    hint = (
+        f"A session's status is one of {', '.join(STATUSES)}; filter with a value or "
+        f'{", ".join(_STATUS_OPERATORS)}, such as {{"status": "closed"}} or '
+        '{"status": {"$in": ["active", "closed"]}}.'
+    )
+    conditions = condition if isinstance(condition, dict) else {"$eq": condition}
+    for name, operand in conditions.items():
+        if name not in _STATUS_OPERATORS:
+            raise ValidationFailed(
+                f"filter.status: takes {', '.join(_STATUS_OPERATORS)}, not {name!r}",
+                {"field": "filter.status", "operator": name, "allowed": list(_STATUS_OPERATORS)},
+                hint,
+            )
+        unknown = [v for v in (operand if isinstance(operand, list) else [operand]) if v not in STATUSES]
+        if unknown:
+            raise ValidationFailed(
+                f"filter.status: unknown status {unknown[0]!r}",
+                {"field": "filter.status", "value": unknown[0], "allowed": list(STATUSES)},
+                hint,
+            )
 
 
 _OPERATOR_HINT = (

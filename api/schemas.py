@@ -216,7 +216,8 @@ class QueryIn(_Request):
         None,
         description="On top-level metadata keys, every one must hold: a value means equality; an "
         "object holds operators $eq, $ne, $gt, $gte, $lt, $lte, $in. In session-memory the keys are "
-        "session_id, name, created_at, closed_at and message_count.",
+        "session_id, name, created_at, closed_at, message_count and status (active, closed, "
+        "completed, expired; $eq, $ne or $in; default: every status).",
     )
     min_relevance: float | None = Field(
         None,
@@ -226,8 +227,21 @@ class QueryIn(_Request):
         "(0.3 is the recommended threshold); the others keep their order. An answer may then have "
         "fewer than top_k matches, or none: nothing in memory is that relevant.",
     )
+    as_of: int | None = Field(
+        None,
+        description="session-memory only: epoch milliseconds, at most a minute past now; answer as "
+        "memory stood then: only messages said by then, whole sessions closed by then, summaries "
+        "made by then. A match's metadata (name, closed_at, message_count) is the session's now.",
+    )
 
     _check_text = field_validator("query_text")(_non_blank)
+
+    @field_validator("as_of", mode="before")
+    @classmethod
+    def _whole_milliseconds(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"epoch milliseconds as an integer, such as 1767225600000; got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _one_query(self) -> QueryIn:
@@ -240,6 +254,8 @@ class QueryIn(_Request):
                 f"min_relevance applies to {SESSION_MEMORY!r} only; in your own namespaces a dense "
                 "score is already the cosine similarity"
             )
+        if self.as_of is not None and self.namespace != SESSION_MEMORY:
+            raise ValueError(f"as_of applies to {SESSION_MEMORY!r} only: your own namespaces keep no history")
         return self
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from starlette.responses import Response
 
@@ -13,6 +15,7 @@ from engine.memory.sessions import SESSION_MEMORY
 from ..deps import CurrentCaller
 from ..http import json_response, json_router
 from ..limits import (
+    check_as_of,
     check_delete_ids,
     check_dimension,
     check_filter,
@@ -69,6 +72,7 @@ async def query_vectors(body: QueryIn, caller: CurrentCaller) -> Response:
     check_dimension(body.vector, "vector", caller.memory_limits)
     check_query_text(body.query_text, caller.memory_limits)
     where = check_filter(body.filter, body.namespace)
+    as_of = check_as_of(body.as_of, int(time.time() * 1000))
     sessions = body.namespace == SESSION_MEMORY
     mode = body.mode or ("hybrid" if sessions and body.query_text is not None else "dense")
     vector = None
@@ -76,7 +80,7 @@ async def query_vectors(body: QueryIn, caller: CurrentCaller) -> Response:
         raw = (await caller.memory.embed([body.query_text])) if body.query_text is not None else [body.vector]
         vector = normalized(np.asarray(raw, dtype=np.float64))[0]
     query = QueryVectors(
-        caller.org, body.namespace, vector, top_k, where, body.query_text, mode, body.min_relevance
+        caller.org, body.namespace, vector, top_k, where, body.query_text, mode, body.min_relevance, as_of
     )
     matches = await caller.memory.submit(caller.org, query)
     out = [{"id": m.id, "score": m.score, "relevance": m.relevance, "metadata": m.metadata} for m in matches]

@@ -397,6 +397,7 @@ def query_vectors(
     mode: str | None,
     filter: Mapping[str, Any] | None,
     min_relevance: float | None = None,
+    as_of: int | None = None,
 ) -> Call[QueryResult]:
     body = _drop_none(
         {
@@ -407,6 +408,7 @@ def query_vectors(
             "mode": mode,
             "filter": filter,
             "min_relevance": min_relevance,
+            "as_of": as_of,
         }
     )
     return Call("POST", "/vectors/query", _matches, body)

@@ -252,9 +252,10 @@ class Client:
         mode: str | None = None,
         filter: Mapping[str, Any] | None = None,
         min_relevance: float | None = None,
+        as_of: int | None = None,
     ) -> QueryResult:
         return self._do(
-            calls.query_vectors(namespace, query_text, vector, top_k, mode, filter, min_relevance)
+            calls.query_vectors(namespace, query_text, vector, top_k, mode, filter, min_relevance, as_of)
         )
 
     def delete_vectors(
@@ -269,17 +270,20 @@ class Client:
         top_k: int = 5,
         filter: Mapping[str, Any] | None = None,
         min_relevance: float | None = None,
+        as_of: int | None = None,
     ) -> list[Match]:
         """Prior (closed) sessions that talked about `query`, best first: one match per session,
         its id the session's, with `summary`, `highlights` (the messages that matched) and
         `relevance`; with `min_relevance` (0.3 is recommended), only those at least that relevant,
-        so an empty list means nothing in memory is."""
+        so an empty list means nothing in memory is. With `as_of` (epoch ms), memory as it stood
+        then: messages said, sessions closed and summaries made by then."""
         found = self.query_vectors(
             namespace=SESSION_MEMORY,
             query_text=query,
             top_k=top_k,
             filter=filter,
             min_relevance=min_relevance,
+            as_of=as_of,
         )
         return found.matches
 
@@ -547,9 +551,10 @@ class AsyncClient:
         mode: str | None = None,
         filter: Mapping[str, Any] | None = None,
         min_relevance: float | None = None,
+        as_of: int | None = None,
     ) -> QueryResult:
         return await self._do(
-            calls.query_vectors(namespace, query_text, vector, top_k, mode, filter, min_relevance)
+            calls.query_vectors(namespace, query_text, vector, top_k, mode, filter, min_relevance, as_of)
         )
 
     async def delete_vectors(
@@ -564,6 +569,7 @@ class AsyncClient:
         top_k: int = 5,
         filter: Mapping[str, Any] | None = None,
         min_relevance: float | None = None,
+        as_of: int | None = None,
     ) -> list[Match]:
         found = await self.query_vectors(
             namespace=SESSION_MEMORY,
@@ -571,6 +577,7 @@ class AsyncClient:
             top_k=top_k,
             filter=filter,
             min_relevance=min_relevance,
+            as_of=as_of,
         )
         return found.matches
 

@@ -434,6 +434,8 @@ def _match(
         summary = None  # made after as_of
     metadata: dict[str, Any] = dict(session[1]) if session else {"session_id": session_id}
     metadata.pop("kind", None)
+    if session is not None:
+        metadata.setdefault("status", UNSTATED_STATUS)  # what a status filter takes it for
     if summary is not None and whole is not None:
         metadata["summary"] = whole.text(summary[0])
         metadata["summary_method"] = summary[1].get("method")

@@ -185,6 +185,15 @@ MEMORY_QUERY = {"namespace": "session-memory", "query_text": "a"}
         (QUERY, {"vector": [1.0], "min_relevance": 0.5}, 422, "VALIDATION_ERROR"),  # session-memory's
         (QUERY, {**MEMORY_QUERY, "min_relevance": 1.5}, 422, "VALIDATION_ERROR"),
         (QUERY, {**MEMORY_QUERY, "min_relevance": "high"}, 422, "VALIDATION_ERROR"),
+        (QUERY, {**MEMORY_QUERY, "as_of": 1.5}, 422, "VALIDATION_ERROR"),
+        (QUERY, {**MEMORY_QUERY, "as_of": "1767225600000"}, 422, "VALIDATION_ERROR"),
+        (QUERY, {**MEMORY_QUERY, "as_of": True}, 422, "VALIDATION_ERROR"),
+        (QUERY, {**MEMORY_QUERY, "as_of": -1}, 422, "VALIDATION_ERROR"),
+        (QUERY, {**MEMORY_QUERY, "as_of": 10**15}, 422, "VALIDATION_ERROR"),  # the future
+        (QUERY, {"vector": [1.0], "as_of": 1}, 422, "VALIDATION_ERROR"),  # session-memory's
+        (QUERY, {**MEMORY_QUERY, "filter": {"status": "archived"}}, 422, "VALIDATION_ERROR"),
+        (QUERY, {**MEMORY_QUERY, "filter": {"status": {"$in": ["closed", "gone"]}}}, 422, "VALIDATION_ERROR"),
+        (QUERY, {**MEMORY_QUERY, "filter": {"status": {"$gt": "a"}}}, 422, "VALIDATION_ERROR"),
         (DELETE, {"ids": []}, 422, "VALIDATION_ERROR"),
         (DELETE, {"namespace": "session-memory", "ids": ["a"]}, 403, "FORBIDDEN"),
         (DELETE, {"ids": [f"x{i}" for i in range(1001)]}, 422, "VALIDATION_ERROR"),

@@ -189,6 +189,13 @@ def test_status_filter_keeps_sessions_of_those_statuses_and_unstated_counts_as_c
     both = memory.found(question, where={"status": {"$in": ["active", "completed"]}, "name": "maya chat"})
     assert set(both) == {"sess_cat"}
     assert memory.found(question, where={"status": "expired"}) == {}
+    shown = {sid: match.metadata["status"] for sid, match in memory.found(question).items()}
+    assert shown == {
+        "sess_lisbon": "closed",
+        "sess_osaka": "closed",
+        "sess_cat": "completed",
+        "sess_old": "closed",
+    }
 
 
 def test_closing_jobs_index_each_messages_time_and_the_sessions_status() -> None:
