@@ -442,8 +442,11 @@ def generate(
             Session(pair, i, f"{pair}, {d.day} {MONTHS[d.month - 1]} {d.year}") for i, d in enumerate(dates)
         ]
         told: dict[int, list[list[tuple[str, str]]]] = {}  # session -> blocks of (speaker, line)
+        # The friends' events never share a value: the engine indexes who said a line only as its
+        # role, so "Who teaches Joanna ceramics?" would have no answer if Nate took ceramics too.
+        taken: set[tuple[str, ...]] = set()
         for who, their, friend in ((a, a_their, b), (b, b_their, a)):
-            questions += _plant(rng, half, pair, who, their, friend, sessions_per_pair, told)
+            questions += _plant(rng, half, pair, (who, their, friend), sessions_per_pair, told, taken)
         for session in own:
             _fill(rng, half, session, a, b, told.get(session.index, []), rng.randint(*turns))
         sessions += own
@@ -454,13 +457,14 @@ def _plant(
     rng: random.Random,
     half: int,
     pair: str,
-    x: str,
-    their: str,
-    y: str,
+    speakers: tuple[str, str, str],
     count: int,
     told: dict[int, list[list[tuple[str, str]]]],
+    taken: set[tuple[str, ...]],
 ) -> list[Question]:
-    """One speaker's life events and changing facts, placed in sessions; their questions."""
+    """One speaker's (x, their pronoun, their friend y) life events and changing facts, placed in
+    sessions, with values not in `taken` (which gains them); their questions."""
+    x, their, y = speakers
     out: list[Question] = []
     slot = {"x": x, "y": y, "their": their}
 
@@ -470,7 +474,8 @@ def _plant(
 
     for kind in rng.sample(sorted(EVENTS), 5):
         event = EVENTS[kind]
-        value = rng.choice(event.values[half])
+        value = rng.choice([v for v in event.values[half] if v not in taken])
+        taken.add(value)
         say = (event.told[half], event.reaction[half], event.detail[half])
         lines = [t.format(*value, **slot) for t in say]
         key = place(rng.randrange(count), [(x, lines[0]), (y, lines[1]), (x, lines[2])])
@@ -478,7 +483,8 @@ def _plant(
             text = getattr(event, style)[half].format(*value, **slot)
             out.append(Question(text, (key,), kind, style))
     # Changing facts: tellings in increasing sessions.
-    cities = rng.sample(CITIES[half], 3)
+    cities = rng.sample([c for c in CITIES[half] if (c,) not in taken], 3)
+    taken.update((c,) for c in cities)
     lines, reaction, detail = MOVE[half]
     keys = [
         place(i, [(x, lines[n].format(city, **slot)), (y, reaction.format(city, **slot)), (x, detail)])
@@ -487,7 +493,8 @@ def _plant(
     for ask, style, which in MOVE_QUESTIONS[half]:
         text = ask.format(latest=cities[-1], **slot)
         out.append(Question(text, _which(keys, which), "city", style))
-    jobs = rng.sample(JOBS[half], 2)
+    jobs = rng.sample([j for j in JOBS[half] if j not in taken], 2)
+    taken.update(jobs)
     told_at = sorted(rng.sample(range(count), 2))
     line, reaction, detail = WORK[half]
     keys = [

@@ -104,3 +104,12 @@ def test_the_halves_share_no_sentences_names_or_values() -> None:
     assert not values(0) & values(1)
     speakers = [{s.persona for s in generate(seed=5, half=h).sessions} for h in (0, 1)]
     assert not speakers[0] & speakers[1]
+
+
+def test_the_two_friends_of_a_pair_never_tell_the_same_event_value() -> None:
+    corpus = generate(seed=5, half=0)
+    for pair in {s.persona for s in corpus.sessions}:
+        texts = [" ".join(c for _, c in s.messages) for s in corpus.sessions if s.persona == pair]
+        for event in dialogues.EVENTS.values():
+            for value in event.values[0]:
+                assert sum(all(part in text for part in value) for text in texts) <= 1, value
