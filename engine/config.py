@@ -284,7 +284,11 @@ class SummarizerConfig(_Section):
     no_repeat_ngram_size: int = Field(4, ge=0)  # 0: allowed
     max_attempts: int = Field(3, ge=1, le=20)
     retry_backoff_s: float = Field(2.0, ge=0)  # doubles after each failed attempt
-    concurrent_jobs: int = Field(64, ge=1)  # summary jobs a session shard has in flight at once
+    # Summary jobs a session shard has in flight at once. A job waits on the embedder, not the model,
+    # and the embedder takes texts in order: few jobs at a time let each one's summary follow its own
+    # turns instead of queueing behind every other closed session's (benchmarks/README.md,
+    # "Summaries that keep up").
+    concurrent_jobs: int = Field(4, ge=1)
     # The model's pass over an extractive summary (engine.closing.job): auto runs it until a whole
     # acceptance window of its summaries held none worth keeping, then pauses it; on always runs it;
     # off never does (the model is not loaded).
