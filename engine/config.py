@@ -218,14 +218,27 @@ class PlacementConfig(_Section):
     model_resource: str | None = None
 
 
+class MemoryIndexConfig(_Section):
+    """A namespace's FAISS index and BM25 search (engine.memory.vectors, engine.memory.lexical)."""
+
+    # Past this many vectors a namespace is rebuilt, in the background, as an inverted file over
+    # 8-bit codes (approximate); up to it, search is exact.
+    approximate_above: int = Field(50_000, ge=1)
+    ivf_nprobe: int = Field(16, ge=1)  # lists a search scans: more is slower and finds more
+    ivf_lists: int = Field(0, ge=0)  # 0: twice the square root of the vectors at build time
+    rebuild_growth: float = Field(4.0, gt=1)  # trained again once it holds this many times its training rows
+    exact_candidates: int = Field(2048, ge=0)  # a filter keeping at most this many is searched exactly
+    build_threads: int = Field(1, ge=1)  # FAISS threads of a background build
+    lexical_prune_above: int = Field(50_000, ge=1)  # texts past which a query's commonest words are left out
+    lexical_prune_share: float = Field(0.5, gt=0, le=1)  # ... those in more than this share of the texts
+    hnsw_ef_search: int = Field(128, ge=8)  # HNSW indexes of older snapshots, until rebuilt
+
+
 class MemoryConfig(_Section):
     """The vector memory: MemoryShard actors, one FAISS index per (organization, namespace)."""
 
     shards: int = Field(2, ge=1, le=1024)  # organizations are placed by jump hash
-    hnsw_above: int = Field(50_000, ge=1)  # a namespace past this many vectors switches to HNSW
-    hnsw_m: int = Field(32, ge=4, le=256)
-    hnsw_ef_construction: int = Field(200, ge=8)
-    hnsw_ef_search: int = Field(128, ge=8)
+    index: MemoryIndexConfig = MemoryIndexConfig()
     max_vectors_per_request: int = Field(100, ge=1)
     default_top_k: int = Field(10, ge=1)
     max_top_k: int = Field(100, ge=1)

@@ -4,10 +4,9 @@ Vectors are L2-normalized before they go in, and the index measures inner produc
 the cosine similarity. External ids are strings; FAISS holds int64 ids, handed out from a counter
 and never reused, so a replaced or deleted vector's old id can never come back in a result.
 
-Small namespaces use an exact index (`IndexIDMap2` over `IndexFlatIP`). Past `hnsw_above` vectors
-a namespace is rebuilt as HNSW, which answers in roughly logarithmic time but approximately and
-cannot remove vectors: deletes there leave tombstones that searches skip, and the graph is rebuilt
-once tombstones pass a quarter of it.
+Small namespaces use an exact index; past `approximate_above` vectors a namespace is rebuilt as an
+inverted file over 8-bit codes (engine.memory.vectors), in a thread while the exact index keeps
+answering. The entries' external ids, metadata and texts are kept compactly (engine.memory.entries).
 
 An entry upserted with a text also has its text kept and indexed for BM25 (engine.memory.lexical),
 under the same FAISS id, so a query can rank by meaning (`dense`), by words (`lexical`), or by both
@@ -23,7 +22,7 @@ then look only at the candidates (a FAISS ID selector, a tantivy key set).
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,8 +31,10 @@ import numpy as np
 
 from engine.errors import ValidationFailed
 
+from .entries import Entries
 from .fusion import fuse
 from .lexical import LexicalIndex
+from .vectors import IndexParams, Vectors
 
 Scalar = str | int | float | bool | None
 Where = Mapping[str, Any]  # key -> a scalar (equality) or {operator: operand}; checked by the API
@@ -46,16 +47,7 @@ _RANGE: dict[str, Callable[[Any, Any], bool]] = {
     "$lte": operator.le,
 }
 OPERATORS = ("$eq", "$ne", "$in", *_RANGE)
-_TOMBSTONE_REBUILD_FRACTION = 0.25
-_THREADS = faiss.omp_get_max_threads()
-
-
-@dataclass(slots=True, frozen=True)
-class IndexParams:
-    hnsw_above: int = 50_000
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 200
-    hnsw_ef_search: int = 128
+__all__ = ["IndexParams", "Match", "NamespaceIndex", "normalized"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -94,23 +86,19 @@ class NamespaceIndex:
     def __init__(self, dimension: int, params: IndexParams) -> None:
         self.dimension = dimension
         self._params = params
-        self._index = self._flat()
-        self._hnsw = False
-        self._internal: dict[str, int] = {}  # external id -> FAISS id of its live vector
-        self._records: dict[int, tuple[str, dict[str, Any]]] = {}  # FAISS id -> (external id, metadata)
-        self._postings: dict[tuple[str, str, Any], set[int]] = {}
-        self._texts: dict[int, str] = {}  # FAISS id -> the text it was upserted with, if any
+        self._vectors = Vectors(dimension, params)
+        self._entries = Entries()
         self.lexical: LexicalIndex | None = None  # made with the first text
         self._next_id = 0
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._entries)
 
     def has(self, external_id: str) -> bool:
-        return external_id in self._internal
+        return self._entries.faiss_id(external_id) is not None
 
     def faiss_id(self, external_id: str) -> int | None:
-        return self._internal.get(external_id)
+        return self._entries.faiss_id(external_id)
 
     @property
     def next_id(self) -> int:
@@ -119,15 +107,21 @@ class NamespaceIndex:
 
     def ids_below(self, mark: int) -> list[int]:
         """The FAISS ids of the live entries below `mark` (those there when next_id was `mark`)."""
-        return [faiss_id for faiss_id in self._records if faiss_id < mark]
+        return [faiss_id for faiss_id in self._entries if faiss_id < mark]
 
     @property
     def kind(self) -> str:
-        return "hnsw" if self._hnsw else "flat"
+        """flat, ivf, or hnsw (an older snapshot's, until its rebuild): engine.memory.vectors."""
+        return self._vectors.kind
+
+    @property
+    def building(self) -> bool:
+        """A new FAISS index is being built in the background (engine.memory.vectors)."""
+        return self._vectors.building
 
     @property
     def tombstones(self) -> int:
-        return int(self._index.ntotal) - len(self._records)
+        return self._vectors.ntotal - len(self._entries)
 
     # -- writes -------------------------------------------------------------------------------------
 
@@ -141,65 +135,76 @@ class NamespaceIndex:
         """`vectors` are already normalized rows of this namespace's dimension; `texts`, when
         given, one per id (None: that one has none). An id given twice keeps its last vector; an
         existing id is replaced."""
+        self._vectors.adopt_build()
         last = {external: row for row, external in enumerate(ids)}
         rows = sorted(last.values())
         self._forget([ids[row] for row in rows])
         faiss_ids = np.arange(self._next_id, self._next_id + len(rows), dtype=np.int64)
         self._next_id += len(rows)
-        self._index.add_with_ids(vectors[rows], faiss_ids)
+        self._vectors.add(np.ascontiguousarray(vectors[rows]), faiss_ids)
+        with_text = []
         for faiss_id, row in zip(faiss_ids.tolist(), rows, strict=True):
-            self._remember(faiss_id, ids[row], metadata[row])
-        if texts:
-            self._add_texts(
-                [(faiss_id, texts[row]) for faiss_id, row in zip(faiss_ids.tolist(), rows, strict=True)]
-            )
-        self._maybe_switch_to_hnsw()
+            text = texts[row] if texts else None
+            self._entries.add(faiss_id, ids[row], metadata[row], text)
+            if text:
+                with_text.append((faiss_id, text))
+        self._add_texts(with_text)
+        self._maybe_rebuild()
 
-    def _add_texts(self, pairs: Sequence[tuple[int, str | None]]) -> None:
-        with_text = [(faiss_id, text) for faiss_id, text in pairs if text]
-        if not with_text:
+    def _add_texts(self, pairs: Sequence[tuple[int, str]]) -> None:
+        if not pairs:
             return
         if self.lexical is None:
-            self.lexical = LexicalIndex()
-        self._texts.update(with_text)
-        self.lexical.add(with_text)
+            self.lexical = LexicalIndex(self._params.lexical_prune_above, self._params.lexical_prune_share)
+        self.lexical.add(pairs)
 
     def delete_where(self, key: str, values: Collection[Scalar]) -> int:
         """Delete every entry whose metadata `key` is one of `values` (a session's turns, say)."""
-        return self.delete([self._records[i][0] for value in values for i in self._posting(key, value)])
+        held = {faiss_id for value in values for faiss_id in self._entries.posting(key, value)}
+        return self.delete(
+            [entry[0] for entry in map(self._entries.entry, sorted(held)) if entry is not None]
+        )
 
     def delete(self, ids: Sequence[str]) -> int:
+        self._vectors.adopt_build()
         removed = self._forget(ids)
-        if self._hnsw and self.tombstones > _TOMBSTONE_REBUILD_FRACTION * max(self._index.ntotal, 1):
-            self._rebuild(hnsw=len(self._records) > self._params.hnsw_above)
+        if removed:
+            self._maybe_rebuild()  # an older hnsw is converted; a namespace shrunk far is exact again
         return removed
 
     def _forget(self, ids: Sequence[str]) -> int:
-        gone = [self._internal.pop(external) for external in ids if external in self._internal]
-        for faiss_id in gone:
-            _, metadata = self._records.pop(faiss_id)
-            for key, value in metadata.items():
-                posting = _posting_key(key, value)
-                if posting is not None:
-                    holders = self._postings[posting]
-                    holders.discard(faiss_id)
-                    if not holders:
-                        del self._postings[posting]
-        if gone and not self._hnsw:
-            self._index.remove_ids(np.asarray(gone, dtype=np.int64))
-        if self._texts:
-            with_text = [faiss_id for faiss_id in gone if self._texts.pop(faiss_id, None) is not None]
-            if with_text and self.lexical is not None:
-                self.lexical.remove(with_text)
+        gone, with_text = [], []
+        for external in ids:
+            removed = self._entries.remove(external)
+            if removed is not None:
+                gone.append(removed[0])
+                if removed[1]:
+                    with_text.append(removed[0])
+        if gone:
+            self._vectors.remove(np.asarray(gone, dtype=np.int64))
+        if with_text and self.lexical is not None:
+            self.lexical.remove(with_text)
         return len(gone)
 
-    def _remember(self, faiss_id: int, external: str, metadata: dict[str, Any]) -> None:
-        self._internal[external] = faiss_id
-        self._records[faiss_id] = (external, metadata)
-        for key, value in metadata.items():
-            posting = _posting_key(key, value)
-            if posting is not None:
-                self._postings.setdefault(posting, set()).add(faiss_id)
+    # -- the FAISS index: background builds ---------------------------------------------------------
+
+    def _maybe_rebuild(self) -> None:
+        kind = self._vectors.due(len(self._entries))
+        if kind is not None:
+            live = np.fromiter(self._entries, dtype=np.int64, count=len(self._entries))
+            self._vectors.start_build(kind, live, background=self._params.background)
+
+    def wait_for_build(self) -> bool:
+        """Wait for a build in progress and swap it in; True if one was (tests, benchmarks)."""
+        return self._vectors.adopt_build(wait=True)
+
+    def rebuild(self, *, background: bool = True) -> None:
+        """Build the index of this namespace's kind anew over its live rows (a benchmark's rebuild;
+        engine code rebuilds by itself as the namespace grows)."""
+        self._vectors.adopt_build(wait=True)
+        kind = "ivf" if len(self._entries) > self._params.approximate_above else "flat"
+        live = np.fromiter(self._entries, dtype=np.int64, count=len(self._entries))
+        self._vectors.start_build(kind, live, background=background)
 
     # -- reads --------------------------------------------------------------------------------------
 
@@ -232,22 +237,35 @@ class NamespaceIndex:
         return self._to_matches(fused[:top_k])
 
     def dense(self, vector: np.ndarray, k: int, candidates: Collection[int] | None = None) -> Hits:
-        """Up to k (FAISS id, cosine similarity), nearest first; `candidates`: only these."""
-        if not self._records or k <= 0:
+        """Up to k (FAISS id, cosine similarity), nearest first; `candidates`: only these. A few
+        candidates in an approximate index are compared with the query one by one, exactly on
+        their stored rows: the index's lists would hold too few of them."""
+        self._vectors.adopt_build()
+        if not len(self._entries) or k <= 0:
             return []
         query = vector.reshape(1, self.dimension).astype(np.float32, copy=False)
         if candidates is None:
-            k = min(k + self.tombstones, int(self._index.ntotal))  # HNSW still holds deleted vectors
-            selector = None
-        else:
-            k = min(k, len(candidates))
-            selector = faiss.IDSelectorBatch(np.fromiter(candidates, dtype=np.int64, count=len(candidates)))
-        scores, found = self._raw_search(query, k, selector)
+            k = min(k + self.tombstones, self._vectors.ntotal)  # HNSW still holds deleted vectors
+            scores, found = self._vectors.search(query, k)
+            return self._live(scores[0].tolist(), found[0].tolist())
+        if self.kind != "flat" and len(candidates) <= self._params.exact_candidates:
+            return self._exact(query[0], k, candidates)
+        k = min(k, len(candidates))
+        selector = faiss.IDSelectorBatch(np.fromiter(candidates, dtype=np.int64, count=len(candidates)))
+        scores, found = self._vectors.search(query, k, selector, len(candidates) / max(len(self._entries), 1))
         return self._live(scores[0].tolist(), found[0].tolist())
+
+    def _exact(self, query: np.ndarray, k: int, candidates: Collection[int]) -> Hits:
+        ids = [faiss_id for faiss_id in candidates if faiss_id in self._entries]
+        if not ids:
+            return []
+        cosines = self.vectors(ids) @ query
+        best = np.argsort(-cosines, kind="stable")[:k]
+        return [(ids[i], min(1.0, float(cosines[i]))) for i in best.tolist()]
 
     def _live(self, scores: list[float], ids: list[int]) -> Hits:
         """A FAISS answer's hits on live entries (HNSW also answers deleted ones, and -1 for none)."""
-        return [(i, min(1.0, score)) for score, i in zip(scores, ids, strict=True) if i in self._records]
+        return [(i, min(1.0, score)) for score, i in zip(scores, ids, strict=True) if i in self._entries]
 
     def words(self, text: str, k: int, candidates: Collection[int] | None = None) -> Hits:
         """Up to k (FAISS id, BM25 score) of the entries that have a text; `candidates`: only these."""
@@ -265,11 +283,13 @@ class NamespaceIndex:
         indexed: list[set[int]] = []
         for key, condition in conditions.items():
             if "$eq" in condition:
-                indexed.append(self._posting(key, condition["$eq"]))
+                indexed.append(self._entries.posting(key, condition["$eq"]))
             if "$in" in condition:
-                indexed.append(set().union(*(self._posting(key, value) for value in condition["$in"])))
+                indexed.append(
+                    set().union(*(self._entries.posting(key, value) for value in condition["$in"]))
+                )
         indexed.sort(key=len)
-        pool: Collection[int] = set(indexed[0]).intersection(*indexed[1:]) if indexed else self._records
+        pool: Iterable[int] = set(indexed[0]).intersection(*indexed[1:]) if indexed else self._entries
         checks = [
             (key, name, operand)
             for key, condition in conditions.items()
@@ -278,18 +298,14 @@ class NamespaceIndex:
         ]
         if not checks:
             return set(pool)
-        return {faiss_id for faiss_id in pool if _satisfies(self._records[faiss_id][1], checks)}
-
-    def _posting(self, key: str, value: Any) -> set[int]:
-        posting = _posting_key(key, value)
-        return self._postings.get(posting, set()) if posting is not None else set()
+        return {faiss_id for faiss_id in pool if _satisfies(self._entries.metadata(faiss_id), checks)}
 
     def entry(self, faiss_id: int) -> tuple[str, dict[str, Any]] | None:
-        """(external id, metadata) of a live entry."""
-        return self._records.get(faiss_id)
+        """(external id, metadata) of a live entry (the metadata is a new dict each time)."""
+        return self._entries.entry(faiss_id)
 
     def text(self, faiss_id: int) -> str | None:
-        return self._texts.get(faiss_id)
+        return self._entries.text(faiss_id)
 
     def commit(self) -> None:
         """Make texts written so far searchable by words (the store calls it once per batch)."""
@@ -297,102 +313,72 @@ class NamespaceIndex:
             self.lexical.commit()
 
     def _to_matches(self, hits: Sequence[tuple[int, float]]) -> list[Match]:
-        return [
-            Match(self._records[i][0], score, self._records[i][1]) for i, score in hits if i in self._records
-        ]
+        matches = []
+        for faiss_id, score in hits:
+            entry = self._entries.entry(faiss_id)
+            if entry is not None:
+                matches.append(Match(entry[0], score, entry[1]))
+        return matches
 
     def query_many(self, vectors: np.ndarray, top_ks: Sequence[int]) -> list[list[Match]]:
         """Unfiltered queries (one row each) in one FAISS search: several queries cost little more
         than one, since FAISS spreads them over its threads."""
-        if not self._records:
+        self._vectors.adopt_build()
+        if not len(self._entries):
             return [[] for _ in top_ks]
         # HNSW still holds deleted vectors; ask for enough to fill top_k after skipping them.
-        k = min(max(top_ks) + self.tombstones, int(self._index.ntotal))
-        return self._search(vectors, k, None, top_ks)
-
-    def _raw_search(self, queries: np.ndarray, k: int, selector: Any) -> tuple[np.ndarray, np.ndarray]:
-        params = (
-            faiss.SearchParametersHNSW(sel=selector, efSearch=max(self._params.hnsw_ef_search, k))  # type: ignore[attr-defined]
-            if self._hnsw
-            else faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
-        )
-        # One query on one thread: FAISS's threads would split a single search and cost more in
-        # waking and waiting
-        # (benchmarks/RESULTS.md#8-memory-queries-one-thread-for-one-query-one-faiss-call-for-several).
-        faiss.omp_set_num_threads(1 if len(queries) == 1 else _THREADS)
-        try:
-            scores, found = self._index.search(queries, k, params=params)
-        finally:
-            faiss.omp_set_num_threads(_THREADS)  # builds and batches use them all
-        return scores, found
-
-    def _search(self, queries: np.ndarray, k: int, selector: Any, top_ks: Sequence[int]) -> list[list[Match]]:
-        scores, found = self._raw_search(queries, k, selector)
+        k = min(max(top_ks) + self.tombstones, self._vectors.ntotal)
+        scores, found = self._vectors.search(vectors, k)
         return [
             self._to_matches(self._live(row_scores, row_ids)[:top_k])
             for row_scores, row_ids, top_k in zip(scores.tolist(), found.tolist(), top_ks, strict=True)
         ]
 
     def vector(self, external: str) -> np.ndarray | None:
-        faiss_id = self._internal.get(external)
-        return None if faiss_id is None else self._index.reconstruct(faiss_id)
+        faiss_id = self._entries.faiss_id(external)
+        return None if faiss_id is None else self.vectors([faiss_id])[0]
 
     def vectors(self, faiss_ids: Sequence[int]) -> np.ndarray:
-        """The stored (normalized) vectors of these live entries, one row each."""
+        """The stored (normalized) vectors of these live entries, one row each; an ivf index's are
+        read back from 8 bits (engine.memory.vectors)."""
         if not faiss_ids:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        rows: np.ndarray = self._index.reconstruct_batch(np.asarray(faiss_ids, dtype=np.int64))
-        return rows
-
-    # -- structure ----------------------------------------------------------------------------------
-
-    def _flat(self) -> Any:
-        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dimension))
-
-    def _hnsw_index(self) -> Any:
-        inner = faiss.IndexHNSWFlat(self.dimension, self._params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        inner.hnsw.efConstruction = self._params.hnsw_ef_construction
-        inner.hnsw.efSearch = self._params.hnsw_ef_search
-        return faiss.IndexIDMap2(inner)
-
-    def _maybe_switch_to_hnsw(self) -> None:
-        if not self._hnsw and len(self._records) > self._params.hnsw_above:
-            self._rebuild(hnsw=True)
-
-    def _rebuild(self, *, hnsw: bool) -> None:
-        """A new index over the live vectors only (this drops tombstones)."""
-        live = np.fromiter(self._records, dtype=np.int64, count=len(self._records))
-        vectors = self._index.reconstruct_batch(live) if len(live) else None
-        self._index = self._hnsw_index() if hnsw else self._flat()
-        self._hnsw = hnsw
-        if vectors is not None:
-            self._index.add_with_ids(vectors, live)
+        return self._vectors.reconstruct(np.asarray(faiss_ids, dtype=np.int64))
 
     # -- persistence --------------------------------------------------------------------------------
 
     def to_parts(self) -> tuple[dict[str, Any], bytes]:
-        """(JSON-able header, the FAISS index as bytes)."""
+        """(JSON-able header, the FAISS index as bytes). A build in progress is not in them: the
+        index read back builds again when it is due."""
+        records = []
+        for faiss_id in self._entries:
+            entry = self._entries.entry(faiss_id)
+            assert entry is not None
+            text = self._entries.text(faiss_id)
+            records.append([faiss_id, entry[0], entry[1], *([text] if text is not None else [])])
         header = {
             "dimension": self.dimension,
             "kind": self.kind,
+            "trained_rows": self._vectors.trained_rows,
             "next_id": self._next_id,
-            "records": [
-                [faiss_id, external, meta, *([self._texts[faiss_id]] if faiss_id in self._texts else [])]
-                for faiss_id, (external, meta) in self._records.items()
-            ],
+            "records": records,
         }
-        return header, faiss.serialize_index(self._index).tobytes()
+        return header, self._vectors.to_bytes()
 
     @classmethod
     def from_parts(cls, header: dict[str, Any], index_bytes: bytes, params: IndexParams) -> NamespaceIndex:
-        index = cls(int(header["dimension"]), params)
-        index._index = faiss.deserialize_index(np.frombuffer(index_bytes, dtype=np.uint8))
-        index._hnsw = header["kind"] == "hnsw"
+        """Also reads the headers of earlier engines (kind `hnsw`, no `trained_rows`); a kind
+        other than this engine's builds is rebuilt in the background when next written to."""
+        dimension = int(header["dimension"])
+        index = cls(dimension, params)
+        index._vectors = Vectors.from_bytes(
+            dimension, params, str(header["kind"]), index_bytes, int(header.get("trained_rows", 0))
+        )
         index._next_id = int(header["next_id"])
         texts = []
         for faiss_id, external, meta, *text in header["records"]:  # a text is there if it had one
-            index._remember(int(faiss_id), external, meta)
-            if text:
+            index._entries.add(int(faiss_id), external, meta, text[0] if text else None)
+            if text and text[0]:
                 texts.append((int(faiss_id), text[0]))
         index._add_texts(texts)
         index.commit()

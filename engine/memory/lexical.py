@@ -10,6 +10,13 @@ the store keeps only a few open (`close_writer` releases one; the next write ope
 
 Query text never reaches tantivy's query language: it is cut into words first, so quotes, colons,
 minus signs and words such as AND or NOT in a user's text are words, not syntax.
+
+A hit's key is read from a fast field (a column), not from a stored document, which would mean
+decompressing a block of documents for each hit. In an index of more than `prune_above` texts, a
+query leaves out its words found in more than `prune_share` of them (at least its rarest word
+stays): such a word's BM25 weight is small (its inverse document frequency is below ln 2 at half
+the texts), yet scoring it visits most of the index. Below that size every word counts, so small
+namespaces rank exactly as BM25 does.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ _DEEPER = 8
 
 def _schema() -> Any:
     builder = tantivy.SchemaBuilder()
-    builder.add_unsigned_field(_KEY, stored=True, indexed=True, fast=True)
+    builder.add_unsigned_field(_KEY, stored=False, indexed=True, fast=True)
     # Stemmed English words, with term frequencies (BM25 needs them) but no positions: no phrases.
     builder.add_text_field(_TEXT, stored=False, tokenizer_name="en_stem", index_option="freq")
     return builder.build()
@@ -41,6 +48,16 @@ def _schema() -> Any:
 
 _SCHEMA = _schema()
 _MUST = tantivy.Occur.Must
+_SHOULD = tantivy.Occur.Should
+# The terms tantivy's `en_stem` tokenizer makes of a text (its documented pipeline), so that a
+# query word's document frequency can be looked up before it is searched.
+_TERMS = (
+    tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
+    .filter(tantivy.Filter.remove_long(40))
+    .filter(tantivy.Filter.lowercase())
+    .filter(tantivy.Filter.stemmer("english"))
+    .build()
+)
 
 
 def query_words(text: str) -> list[str]:
@@ -49,7 +66,9 @@ def query_words(text: str) -> list[str]:
 
 
 class LexicalIndex:
-    def __init__(self) -> None:
+    def __init__(self, prune_above: int | None = None, prune_share: float = 0.5) -> None:
+        self._prune_above = prune_above  # None: never leave words out
+        self._prune_share = prune_share
         self._index = tantivy.Index(_SCHEMA)
         self._writer: Any = None
         self._dirty = False
@@ -104,14 +123,32 @@ class LexicalIndex:
         words = query_words(text)
         if not words or k <= 0 or not self._docs or (among is not None and not among):
             return []
-        query, _ = self._index.parse_query_lenient(" ".join(words), [_TEXT])
+        searcher = self._index.searcher()
+        query = self._query(words, searcher)
         if among is None or len(among) > _TERM_SET_LIMIT:
-            found = self._hits(query, k if among is None else k * _DEEPER)
+            found = self._hits(searcher, query, k if among is None else k * _DEEPER)
             return found[:k] if among is None else [hit for hit in found if hit[0] in among][:k]
         only = tantivy.Query.const_score_query(tantivy.Query.term_set_query(_SCHEMA, _KEY, list(among)), 0.0)
-        return self._hits(tantivy.Query.boolean_query([(_MUST, query), (_MUST, only)]), k)
+        return self._hits(searcher, tantivy.Query.boolean_query([(_MUST, query), (_MUST, only)]), k)
 
-    def _hits(self, query: Any, k: int) -> list[tuple[int, float]]:
-        searcher = self._index.searcher()
+    def _query(self, words: list[str], searcher: Any) -> Any:
+        docs = searcher.num_docs
+        if self._prune_above is None or docs <= self._prune_above:
+            query, _ = self._index.parse_query_lenient(" ".join(words), [_TEXT])
+            return query
+        terms = [term for word in words for term in _TERMS.analyze(word)]
+        if not terms:
+            return tantivy.Query.empty_query()
+        frequency = {term: searcher.doc_freq(_TEXT, term) for term in set(terms)}
+        kept = [term for term in terms if frequency[term] <= self._prune_share * docs]
+        if not kept:
+            rarest = min(frequency.values())
+            kept = [term for term in terms if frequency[term] == rarest]
+        return tantivy.Query.boolean_query(
+            [(_SHOULD, tantivy.Query.term_query(_SCHEMA, _TEXT, term)) for term in kept]
+        )
+
+    def _hits(self, searcher: Any, query: Any, k: int) -> list[tuple[int, float]]:
         hits = searcher.search(query, k, count=False).hits
-        return [(int(searcher.doc(address)[_KEY][0]), float(score)) for score, address in hits]
+        keys = searcher.fast_field_values(_KEY, [address for _, address in hits]) if hits else []
+        return [(int(key), float(score)) for (score, _), key in zip(hits, keys, strict=True)]

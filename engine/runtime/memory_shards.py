@@ -91,8 +91,7 @@ class MemoryShard(HostedShard[DurableMemory]):
 
 
 def index_params(config: EngineConfig) -> IndexParams:
-    m = config.memory
-    return IndexParams(m.hnsw_above, m.hnsw_m, m.hnsw_ef_construction, m.hnsw_ef_search)
+    return IndexParams(**config.memory.index.model_dump())
 
 
 # -- creating, finding and stopping the actors -----------------------------------------------------

@@ -19,7 +19,7 @@ from engine.storage.snapshot import SnapshotFile, snapshots
 from engine.storage.wal import segments
 
 DIM = 4
-PARAMS = IndexParams(hnsw_above=20, hnsw_m=8, hnsw_ef_construction=32, hnsw_ef_search=32)
+PARAMS = IndexParams(approximate_above=20, background=False)
 
 
 def rows(n: int, seed: int) -> np.ndarray:
@@ -108,7 +108,7 @@ def test_state_recovered_from_snapshots_and_log_equals_the_live_state(
 
 def test_a_snapshot_drops_the_log_and_older_snapshots_it_covers(tmp_path: Path) -> None:
     memory = open_memory(tmp_path)
-    memory.commit([upsert("acme", "n", [f"v{i}" for i in range(50)])])  # past hnsw_above
+    memory.commit([upsert("acme", "n", [f"v{i}" for i in range(50)])])  # past approximate_above
     first = memory.snapshot_now()
     memory.commit([DeleteVectors("acme", "n", ("v1",))])
     second = memory.snapshot_now()
@@ -119,7 +119,7 @@ def test_a_snapshot_drops_the_log_and_older_snapshots_it_covers(tmp_path: Path) 
     memory.close()
     recovered = open_memory(tmp_path)
     assert recovered.recovery.records_replayed == 0 and len(recovered.store) == 48
-    assert dict(recovered.store.namespaces())[("acme", "n")].kind == "hnsw"
+    assert dict(recovered.store.namespaces())[("acme", "n")].kind == "ivf"
 
 
 def test_a_torn_log_tail_loses_only_the_unacknowledged_record(tmp_path: Path) -> None:

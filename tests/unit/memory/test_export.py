@@ -26,7 +26,7 @@ from engine.memory.sessions import SESSION_MEMORY
 from engine.memory.store import MemoryStore
 
 DIM = 3
-PARAMS = IndexParams(hnsw_above=20, hnsw_m=8, hnsw_ef_construction=32, hnsw_ef_search=32)
+PARAMS = IndexParams(approximate_above=20, background=False)
 IDLE_MS = 1000
 
 
@@ -110,15 +110,16 @@ def test_a_delete_after_the_open_does_not_remove_a_vector_from_the_export() -> N
     assert np.allclose(lines[("b", "only")]["values"], vectors(1, 2)[0])
 
 
-def test_the_cut_holds_in_an_hnsw_namespace() -> None:
-    ids = [f"v{i}" for i in range(30)]  # past hnsw_above
+def test_the_cut_holds_in_an_approximate_namespace() -> None:
+    ids = [f"v{i}" for i in range(30)]  # past approximate_above
     store, _ = store_with(upsert("big", ids, 1))
     open_export(store)
-    store.apply(DeleteVectors("acme", "big", tuple(ids[:10])))  # tombstones past a quarter: rebuilt
+    store.apply(DeleteVectors("acme", "big", tuple(ids[:10])))
     store.apply(upsert("big", ["v29", "extra"], 2))
     lines = drain(store, page=7)
     assert [line["id"] for line in lines] == ids
-    assert np.allclose([line["values"] for line in lines], vectors(30, 1), atol=1e-6)
+    # An ivf index keeps 8-bit codes: what is exported is read back from them, near what went in.
+    assert np.allclose([line["values"] for line in lines], vectors(30, 1), atol=0.02)
 
 
 def test_cursors_are_bounded_lapse_and_close() -> None:

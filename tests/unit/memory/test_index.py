@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+import faiss
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import ValidationFailed
+from engine.memory import vectors as vectors_module
 from engine.memory.index import IndexParams, NamespaceIndex, normalized
 from engine.memory.ops import DeleteVectors, QueryVectors, UpsertVectors
 from engine.memory.store import MemoryStore
@@ -111,32 +114,109 @@ def test_flat_results_equal_brute_force(n: int, deletes: set[int], k: int, seed:
     assert [m.id for m in index.query(query, k)] == brute_force(rows, live, query, k)
 
 
-def test_a_namespace_past_the_threshold_switches_to_hnsw_and_still_finds_neighbours() -> None:
-    params = IndexParams(hnsw_above=200, hnsw_m=16, hnsw_ef_construction=64, hnsw_ef_search=64)
+def test_a_namespace_past_the_threshold_becomes_ivf_and_still_finds_neighbours() -> None:
+    params = IndexParams(approximate_above=200, background=False)
     index = filled(150, params)
     assert index.kind == "flat"
     index.upsert(
         [f"v{i}" for i in range(150, 400)], random_rows(400)[150:], [{"i": i} for i in range(150, 400)]
     )
-    assert index.kind == "hnsw" and len(index) == 400
+    assert index.kind == "ivf" and len(index) == 400
     rows = random_rows(400)
     hits = 0
     for q in range(20):
         query = random_rows(1, 100 + q)
         hits += index.query(query, 1)[0].id == brute_force(rows, list(range(400)), query, 1)[0]
-    assert hits >= 18, "HNSW is approximate, but on 400 vectors it should almost always agree"
+    assert hits >= 18, "8-bit codes are approximate, but on 400 vectors they should almost always agree"
+    read_back = index.vectors([index.faiss_id("v7")])[0]  # type: ignore[list-item]
+    assert float(read_back @ rows[7]) > 0.99  # read back from 8 bits a dimension
 
 
-def test_hnsw_deletes_are_skipped_and_rebuilt_away_past_a_quarter() -> None:
-    params = IndexParams(hnsw_above=50, hnsw_m=16, hnsw_ef_construction=64, hnsw_ef_search=64)
-    index = filled(200, params)
-    assert index.kind == "hnsw"
+def test_ivf_deletes_are_real_and_a_filter_on_few_entries_is_searched_exactly() -> None:
+    index = filled(400, IndexParams(approximate_above=200, background=False))
     index.delete([f"v{i}" for i in range(40)])
-    assert index.tombstones == 40
-    found = index.query(unit(1), top_k=200)
-    assert len(found) == 160 and not {m.id for m in found} & {f"v{i}" for i in range(40)}
-    index.delete([f"v{i}" for i in range(40, 60)])  # 60 of 200 > a quarter
-    assert index.tombstones == 0 and len(index) == 140 and index.kind == "hnsw"
+    assert index.kind == "ivf" and index.tombstones == 0 and len(index) == 360
+    found = index.query(unit(1), top_k=400)
+    assert not {m.id for m in found} & {f"v{i}" for i in range(40)}
+    rows = random_rows(400)
+    query = random_rows(1, 7)
+    live_odd = [i for i in range(40, 400) if i % 2]
+    expected = brute_force(rows, live_odd, query, 5)
+    assert [m.id for m in index.query(query, 5, {"even": False})] == expected  # 180: exact
+
+
+def test_a_namespace_shrunk_far_below_the_threshold_is_exact_again() -> None:
+    index = filled(400, IndexParams(approximate_above=200, background=False))
+    index.delete([f"v{i}" for i in range(310)])
+    assert index.kind == "flat" and len(index) == 90
+
+
+class HeldBuild:
+    """Holds every background build until released, so a test can write while one runs."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, fail: bool = False) -> None:
+        self.release = threading.Event()
+        make = vectors_module._make
+
+        def held(*args: Any) -> Any:
+            self.release.wait(10)
+            if fail:
+                raise RuntimeError("the build failed")
+            return make(*args)
+
+        monkeypatch.setattr(vectors_module, "_make", held)
+
+
+def test_writes_during_a_background_build_are_replayed_onto_the_new_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    held = HeldBuild(monkeypatch)
+    rows = random_rows(500)
+    index = filled(250, IndexParams(approximate_above=200))
+    assert index.building and index.kind == "flat"
+    index.upsert([f"v{i}" for i in range(250, 500)], rows[250:], [{"i": i} for i in range(250, 500)])
+    index.delete([f"v{i}" for i in range(0, 500, 10)])
+    index.upsert(["v1"], unit(1), [{"moved": True}])
+    assert index.query(rows[3], 1)[0].id == "v3"  # answered by the flat index meanwhile
+    held.release.set()
+    assert index.wait_for_build() and index.kind == "ivf" and not index.building
+    assert len(index) == 450 and index.tombstones == 0
+    for i in (3, 261, 499):
+        assert index.query(rows[i], 1)[0].id == f"v{i}"
+    assert index.query(unit(1), 1)[0].id == "v1"
+    assert not {m.id for m in index.query(rows[10], 20)} & {"v10", "v20"}
+    assert "v1" not in {m.id for m in index.query(rows[1], 3)}  # its old vector is gone
+
+
+def test_a_failed_build_leaves_the_old_index_answering(monkeypatch: pytest.MonkeyPatch) -> None:
+    held = HeldBuild(monkeypatch, fail=True)
+    index = filled(250, IndexParams(approximate_above=200))
+    held.release.set()
+    assert not index.wait_for_build()
+    assert index.kind == "flat" and len(index) == 250
+    assert index.query(random_rows(250)[5], 1)[0].id == "v5"
+
+
+def legacy_hnsw_parts(n: int) -> tuple[dict[str, Any], bytes]:
+    """A namespace as an earlier engine wrote it past its threshold: HNSW, and v0 deleted (a tombstone)."""
+    inner = faiss.IndexHNSWFlat(DIM, 16, faiss.METRIC_INNER_PRODUCT)
+    hnsw = faiss.IndexIDMap2(inner)
+    hnsw.add_with_ids(random_rows(n), np.arange(n, dtype=np.int64))
+    records = [[i, f"v{i}", {"i": i}] for i in range(1, n)]
+    header = {"dimension": DIM, "kind": "hnsw", "next_id": n, "records": records}
+    return header, faiss.serialize_index(hnsw).tobytes()
+
+
+def test_an_older_snapshots_hnsw_index_loads_and_is_converted_on_its_first_write() -> None:
+    header, data = legacy_hnsw_parts(300)
+    index = NamespaceIndex.from_parts(header, data, IndexParams(approximate_above=200, background=False))
+    assert index.kind == "hnsw" and index.tombstones == 1 and len(index) == 299
+    rows = random_rows(300)
+    assert index.query(rows[0], 3)[0].id != "v0"
+    assert index.query(rows[5], 1)[0].id == "v5"
+    index.delete(["v9"])
+    assert index.kind == "ivf" and index.tombstones == 0 and len(index) == 298
+    assert index.query(rows[5], 1)[0].id == "v5"
 
 
 def test_a_namespace_survives_serialization_with_its_ids_metadata_and_counter() -> None:
@@ -172,11 +252,11 @@ def filled_store(params: IndexParams) -> MemoryStore:
     return store
 
 
-@pytest.mark.parametrize("hnsw_above", [10_000, 100], ids=["flat", "hnsw"])
-def test_queries_in_one_batch_answer_as_they_would_one_at_a_time(hnsw_above: int) -> None:
+@pytest.mark.parametrize("approximate_above", [10_000, 100], ids=["flat", "ivf"])
+def test_queries_in_one_batch_answer_as_they_would_one_at_a_time(approximate_above: int) -> None:
     # A store searches a run of unfiltered queries on a namespace in one FAISS call; the answers,
     # errors included, must be those of applying each query alone, in order.
-    params = IndexParams(hnsw_above=hnsw_above, hnsw_m=16, hnsw_ef_construction=64, hnsw_ef_search=64)
+    params = IndexParams(approximate_above=approximate_above, background=False)
     store, alone = filled_store(params), filled_store(params)
     queries = [random_rows(1, 50 + i)[0] for i in range(6)]
     ops = [

@@ -58,6 +58,21 @@ def test_search_among_keys_small_and_large_sets() -> None:
     assert index.search("gardens", 10, among=set()) == []
 
 
+def test_a_large_index_leaves_out_the_words_most_texts_hold_and_keeps_the_rarest() -> None:
+    texts = [f"the cat number{i}" for i in range(8)] + ["the cat beagle", "the dog beagle"]
+    pruned, whole = LexicalIndex(prune_above=5, prune_share=0.5), LexicalIndex()
+    for index in (pruned, whole):
+        index.add(enumerate(texts))
+        index.commit()
+    # "the" and "cat" are in more than half the texts: only "beagle" is searched.
+    assert {key for key, _ in pruned.search("the cat beagle", 10)} == {8, 9}
+    assert [key for key, _ in whole.search("the cat beagle", 10)][0] == 8
+    assert len(whole.search("the cat beagle", 10)) == 10  # every word counts below the size
+    # Every word common: the rarest of them still searches.
+    assert {key for key, _ in pruned.search("The cats", 10)} == set(range(9))
+    assert {key for key, _ in pruned.search("dog", 10)} == {9}
+
+
 def test_fusion_scales_each_ranking_and_weights_them() -> None:
     fused = dict(fuse({"a": [("x", 0.9), ("y", 0.5)], "b": [("y", 12.0), ("z", 3.0)]}, {"a": 1.0, "b": 1.0}))
     assert fused["y"] == 0.5, "worst by a (0) and best by b (1), over a total weight of 2"

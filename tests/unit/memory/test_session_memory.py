@@ -81,7 +81,7 @@ class Memory:
 
     def ids(self, namespace: str = SESSION_MEMORY, org: str = "acme") -> set[str]:
         index = dict(self.store.namespaces()).get((org, namespace))
-        return set() if index is None else {index.entry(i)[0] for i in index._records}  # type: ignore[index]
+        return set() if index is None else {index.entry(i)[0] for i in index.ids_below(index.next_id)}  # type: ignore[index]
 
 
 def test_turns_are_the_user_and_assistant_messages_under_the_session_name() -> None:

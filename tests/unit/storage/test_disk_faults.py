@@ -247,7 +247,7 @@ def test_a_shard_that_cannot_rebuild_itself_raises_so_its_host_restarts_it(
         shard.commit([say(sid, "two")])
 
 
-PARAMS = IndexParams(hnsw_above=20, hnsw_m=8, hnsw_ef_construction=32, hnsw_ef_search=32)
+PARAMS = IndexParams(approximate_above=20, background=False)
 
 
 def upsert(ids: list[str], seed: int) -> UpsertVectors:

@@ -1,0 +1,135 @@
+"""A namespace's entries, kept compact: for each FAISS id, its external id, metadata and text, and
+the inverted index of scalar metadata values that filters pick candidates from.
+
+Session memory holds a million turns in a shard, so a Python object per field per entry would
+weigh more than the vectors. Each live entry is one tuple in a list indexed by FAISS id:
+`(external id, text as UTF-8 bytes or None, the metadata's keys, *its values)`. The key tuples and
+string values are interned (a session's turns share their session id and keys); `metadata`
+rebuilds the dict on each read, so callers may keep or change what they get. A postings list
+holding one entry is that FAISS id itself, not a set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+Row = tuple[Any, ...]  # (external id, text bytes | None, keys, *values)
+_Posting = int | set[int]
+
+
+def _posting_value(value: Any) -> Any:
+    """The key of a value in its postings: the type is part of it so that true, 1 and 1.0 are
+    different values, as in JSON (strings and ints stand for themselves: they never equal each
+    other or a tuple). None for a value that has no postings (a list, an object)."""
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if value is None or isinstance(value, bool | float):
+        return (type(value).__name__, value)
+    return None
+
+
+class Entries:
+    def __init__(self) -> None:
+        self._rows: list[Row | None] = []  # by FAISS id; None: gone (ids are never reused)
+        self._internal: dict[str, int] = {}  # external id -> FAISS id
+        self._postings: dict[str, dict[Any, _Posting]] = {}  # key -> posting value -> FAISS ids
+        self._interned: dict[Any, Any] = {}  # key tuples and string values, one object each
+        self.texts = 0  # live entries with a text
+
+    def __len__(self) -> int:
+        return len(self._internal)
+
+    def __contains__(self, faiss_id: int) -> bool:
+        return 0 <= faiss_id < len(self._rows) and self._rows[faiss_id] is not None
+
+    def __iter__(self) -> Iterator[int]:
+        """The live FAISS ids, in increasing order."""
+        return (faiss_id for faiss_id, row in enumerate(self._rows) if row is not None)
+
+    def faiss_id(self, external: str) -> int | None:
+        return self._internal.get(external)
+
+    # -- writes -------------------------------------------------------------------------------------
+
+    def add(self, faiss_id: int, external: str, metadata: dict[str, Any], text: str | None) -> None:
+        if faiss_id >= len(self._rows):
+            self._rows.extend([None] * (faiss_id + 1 - len(self._rows)))
+        keys = self._intern(tuple(metadata))
+        values = [self._intern(v) if isinstance(v, str) else v for v in metadata.values()]
+        encoded = text.encode() if text else None
+        self._rows[faiss_id] = (external, encoded, keys, *values)
+        self._internal[external] = faiss_id
+        self.texts += encoded is not None
+        for key, value in zip(keys, values, strict=True):
+            posting = _posting_value(value)
+            if posting is None:
+                continue
+            of_key = self._postings.setdefault(key, {})
+            held = of_key.get(posting)
+            if held is None:
+                of_key[posting] = faiss_id
+            elif isinstance(held, set):
+                held.add(faiss_id)
+            else:
+                of_key[posting] = {held, faiss_id}
+
+    def remove(self, external: str) -> tuple[int, bool] | None:
+        """Forget an entry; (its FAISS id, whether it had a text), or None if it is not here."""
+        faiss_id = self._internal.pop(external, None)
+        if faiss_id is None:
+            return None
+        row = self._rows[faiss_id]
+        assert row is not None
+        self._rows[faiss_id] = None
+        had_text = row[1] is not None
+        self.texts -= had_text
+        for key, value in zip(row[2], row[3:], strict=True):
+            posting = _posting_value(value)
+            if posting is None:
+                continue
+            of_key = self._postings[key]
+            held = of_key[posting]
+            if isinstance(held, set):
+                held.discard(faiss_id)
+                if len(held) == 1:
+                    of_key[posting] = next(iter(held))
+            else:
+                del of_key[posting]
+                if not of_key:
+                    del self._postings[key]
+        return faiss_id, had_text
+
+    def _intern(self, value: Any) -> Any:
+        return self._interned.setdefault(value, value)
+
+    # -- reads --------------------------------------------------------------------------------------
+
+    def entry(self, faiss_id: int) -> tuple[str, dict[str, Any]] | None:
+        """(external id, metadata) of a live entry."""
+        row = self._rows[faiss_id] if 0 <= faiss_id < len(self._rows) else None
+        if row is None:
+            return None
+        return row[0], dict(zip(row[2], row[3:], strict=True))
+
+    def text(self, faiss_id: int) -> str | None:
+        row = self._rows[faiss_id] if 0 <= faiss_id < len(self._rows) else None
+        return None if row is None or row[1] is None else str(row[1].decode())
+
+    def metadata(self, faiss_id: int) -> dict[str, Any]:
+        row = self._rows[faiss_id]
+        assert row is not None
+        return dict(zip(row[2], row[3:], strict=True))
+
+    def posting(self, key: str, value: Any) -> set[int]:
+        """The FAISS ids whose metadata `key` equals `value`: the postings' own set, not to change."""
+        posting = _posting_value(value)
+        held = self._postings.get(key, {}).get(posting) if posting is not None else None
+        if held is None:
+            return set()
+        return held if isinstance(held, set) else {held}
+
+    def with_text(self) -> Iterator[tuple[int, str]]:
+        for faiss_id, row in enumerate(self._rows):
+            if row is not None and row[1] is not None:
+                yield faiss_id, str(row[1].decode())
