@@ -175,13 +175,13 @@ class MemoryShardMetrics(ShardMetrics):
         """(index kind, namespace kind, vectors) per namespace, summed: organizations are not labels."""
         vectors = GaugeMetricFamily(
             "session_engine_memory_vectors",
-            "Vectors held, by index kind (flat, hnsw).",
+            "Vectors held, by index kind (flat, ivf; hnsw from older snapshots until rebuilt).",
             labels=["index"],
         )
         count = GaugeMetricFamily(
             "session_engine_memory_namespaces", "Namespaces held, by index kind.", labels=["index"]
         )
-        for kind in ("flat", "hnsw"):
+        for kind in ("flat", "ivf", "hnsw"):
             held = [n for k, _, n in namespaces if k == kind]
             vectors.add_metric([kind], sum(held))
             count.add_metric([kind], len(held))
