@@ -1,12 +1,19 @@
 """Does session memory find the right prior conversation? Recall, end to end over HTTP.
 
-    python -m benchmarks.recall [--personas 4] [--sessions 24] [--seed 7] [--summarizer DIR]
+    python -m benchmarks.recall [--corpus assistant|dialogues] [--half 0|1] [--personas 4]
+                                [--sessions 24] [--seed 7] [--summarizer DIR]
                                 [--url URL --api-key KEY] [--out FILE]
 
 A real server (started here on the default models, or --url) gets every session of a generated
-corpus (benchmarks/conversations.py: personas, planted facts, paraphrased questions with their
-evidence session): created, filled and closed through the API. Then each question is a query
-on `session-memory`, and a hit is an evidence session among the top k.
+corpus: created, filled and closed through the API. Then each question is a query on
+`session-memory`, and a hit is an evidence session among the top k. Two corpora:
+- `assistant` (the default; benchmarks/conversations.py): personas talking to an assistant,
+  planted facts, paraphrased questions with their evidence session;
+- `dialogues` (benchmarks/dialogues.py): pairs of friends chatting over dated sessions, life
+  events, questions in styles (quote, paraphrase, when, multi), from the sentence banks' `--half`
+  (0 tuned on, 1 held out); `--personas` is the number of pairs.
+Every method is also scored per question style (`by_style`; the assistant corpus's questions are
+all paraphrases).
 
 In the same run, through the same server and embedder, the baselines:
 - `bm25 transcripts`: one entry per session with the whole transcript, lexical mode (BM25);
@@ -44,6 +51,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks import dialogues
 from benchmarks.conversations import UNRELATED_KINDS, Corpus, generate, unrelated_questions
 from benchmarks.server import ServerProcess
 from benchmarks.stamp import describe, machine
@@ -247,6 +255,13 @@ async def measure(url: str, key: str, corpus: Corpus, summary_timeout_s: float, 
             for name, ranked in methods_ranked.items()
             if name in ("engine (hybrid)", best_baseline)
         }
+    by_style: dict[str, dict[str, dict[str, float]]] = {}
+    for style in sorted({q.style or "paraphrase" for q in corpus.questions}):
+        subset = {t for t, q in questions.items() if (q.style or "paraphrase") == style}
+        by_style[style] = {
+            name: scores({t: r for t, r in ranked.items() if t in subset}, evidence)
+            for name, ranked in methods_ranked.items()
+        }
     return {
         "sessions": count,
         "questions": len(questions),
@@ -258,6 +273,7 @@ async def measure(url: str, key: str, corpus: Corpus, summary_timeout_s: float, 
             results["engine (hybrid)"]["recall@5"] - results[best_baseline]["recall@5"], 3
         ),
         "recall@5_by_kind": per_kind,
+        "by_style": by_style,
         "searchable_lag_ms": {
             "p50": _pct(lags, 50),
             "p99": _pct(lags, 99),
@@ -346,7 +362,10 @@ def _count(values: Any) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    corpus = generate(args.personas, args.sessions, seed=args.seed)
+    if args.corpus == "dialogues":
+        corpus = dialogues.generate(args.personas, args.sessions, seed=args.seed, half=args.half)
+    else:
+        corpus = generate(args.personas, args.sessions, seed=args.seed)
     if args.url:
         result = asyncio.run(measure(args.url, args.api_key, corpus, args.timeout, args.seed))
     else:
@@ -360,10 +379,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 server.stop()
     result["machine"] = describe(machine())
-    result["command"] = "python -m benchmarks.recall " + " ".join(
-        f"--{k} {v}"
-        for k, v in (("personas", args.personas), ("sessions", args.sessions), ("seed", args.seed))
-    )
+    chosen = [("corpus", args.corpus), ("half", args.half), ("personas", args.personas)]
+    chosen += [("sessions", args.sessions), ("seed", args.seed)]
+    result["command"] = "python -m benchmarks.recall " + " ".join(f"--{k} {v}" for k, v in chosen)
     return result
 
 
@@ -371,7 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--personas", type=int, default=4)
+    parser.add_argument("--corpus", choices=("assistant", "dialogues"), default="assistant")
+    parser.add_argument(
+        "--half", type=int, choices=(0, 1), default=0, help="dialogues: the sentence banks' half"
+    )
+    parser.add_argument("--personas", type=int, default=4, help="personas, or pairs of friends")
     parser.add_argument("--sessions", type=int, default=24, help="sessions per persona")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
@@ -382,10 +404,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=3600, help="seconds to wait for indexing and summaries"
     )
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "recall.json")
+    parser.add_argument("--out", type=Path, help="default: results/recall.json (recall-dialogues.json)")
     args = parser.parse_args(argv)
     if args.url and not args.api_key:
         parser.error("--url needs --api-key")
+    if args.out is None:
+        args.out = (
+            HERE / "results" / ("recall.json" if args.corpus == "assistant" else "recall-dialogues.json")
+        )
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
@@ -403,7 +429,15 @@ def _print(result: dict[str, Any]) -> None:
         table.add_row(name, *(f"{row[f'recall@{k}']:.2f}" for k in KS), f"{row['mrr']:.2f}")
     console = Console()
     console.print(table)
-    shown = {k: v for k, v in result.items() if k not in ("methods", "engine_ranking")}
+    for style, methods in result["by_style"].items():
+        per_style = Table(title=f"{style} questions")
+        for column in ("method", *(f"recall@{k}" for k in KS), "MRR"):
+            per_style.add_column(column)
+        for name, row in methods.items():
+            per_style.add_row(name, *(f"{row[f'recall@{k}']:.2f}" for k in KS), f"{row['mrr']:.2f}")
+        console.print(per_style)
+    hidden = ("methods", "engine_ranking", "by_style")
+    shown = {k: v for k, v in result.items() if k not in hidden}
     console.print_json(json.dumps(shown))
 
 
