@@ -112,7 +112,13 @@ class Harness:
         """Every entry session memory holds: turns, whole sessions and summaries."""
         namespaces = dict(self.memory.namespaces())
         held = [namespaces.get(("acme", name)) for name in (SESSION_MEMORY, SESSIONS_OF_MEMORY)]
-        return {external for index in held if index is not None for external in index._internal}
+        return {
+            found[0]
+            for index in held
+            if index is not None
+            for faiss_id in index.ids_below(index.next_id)
+            if (found := index.entry(faiss_id)) is not None
+        }
 
     def found(self, text: str) -> list[str]:
         (matches,) = self.memory.apply_batch(
