@@ -36,14 +36,16 @@ TEXTS_PER_EMBED = 256
 
 def closed_session(session_id: str, job: SummaryInput) -> ClosedSession:
     """What memory indexes of a session whose job read `job`: its messages as (role, content), each
-    one's time (what a query `as_of` a moment goes by), and its status."""
+    one's time (what a query `as_of` a moment goes by), and its status. A message's time is never
+    before the session's creation: a fork or an import copies messages with the times they were
+    first said, and a query as of a moment before the copy must not find them in this session."""
     return ClosedSession(
         session_id,
         job.name,
         job.created_at,
         job.ended_at,
         [m[:2] for m in job.messages],
-        times=[m.created_at for m in job.messages],
+        times=[max(m.created_at, job.created_at) for m in job.messages],
         status=job.status.value,
     )
 

@@ -34,12 +34,12 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
 from .fusion import fuse
-from .index import Match, Mode, NamespaceIndex, Where
+from .index import Hits, Match, Mode, NamespaceIndex, Where
 from .relevance import relevance
 
 SESSION_MEMORY = "session-memory"  # the namespace users query; it holds the turns
@@ -55,6 +55,11 @@ FILTER_KEYS = frozenset({"session_id", "name", "created_at", "closed_at", "messa
 # What a session entry indexed before entries carried a status counts as: only closing jobs of
 # closed sessions indexed them.
 UNSTATED_STATUS = "closed"
+# Up to this many candidates the lexical index restricts its search to them, so what it answers is
+# all there is; past it, it filters a deeper search of the whole index (engine.memory.lexical), and
+# `_words` goes deeper again, from this many times the depth, when that came back short.
+EXACT_LEXICAL_KEYS = 4096
+DEEPER_LEXICAL = 16
 
 # Tuned on benchmarks/recall.py (benchmarks/README.md, "Session memory recall"): a grid over the
 # five weights beside turn_dense, chosen on two seeds and checked on a third. BM25 over single
@@ -191,8 +196,9 @@ def search(
     relevance when there is a query vector (in every mode: the relevance is by meaning); with
     `min_relevance`, the top_k matches less relevant than it are left out; with `as_of`, memory
     is searched as it stood then (`Past`)."""
-    past = None if as_of is None else Past.of(indexes, as_of)
-    found = signals(indexes, vector, text, top_k, where, mode, past=past)
+    chosen = _chosen_sessions(indexes.whole, where)
+    past = None if as_of is None else Past.of(indexes, as_of, chosen)
+    found = _signals(indexes, vector, text, top_k, chosen, mode, past)
     ranked = fuse(found.rankings, WEIGHTS)[:top_k]
     relevant = relevance_of(indexes, vector, [session_id for session_id, _ in ranked], past=past)
     matches = [
@@ -280,7 +286,18 @@ def signals(
 ) -> Signals:
     """Each signal's ranking of sessions for a query (what `search` fuses; the tuning benchmark
     fuses them with other weights); with `past`, of the entries that existed then only."""
-    chosen = _chosen_sessions(indexes.whole, where)
+    return _signals(indexes, vector, text, top_k, _chosen_sessions(indexes.whole, where), mode, past)
+
+
+def _signals(
+    indexes: SessionIndexes,
+    vector: np.ndarray | None,
+    text: str | None,
+    top_k: int,
+    chosen: Sequence[str] | None,
+    mode: Mode,
+    past: Past | None,
+) -> Signals:
     found = Signals({signal: [] for signal in SIGNALS_OF_MODE[mode]}, {}, {})
     # Turns: many per session, so look deep enough to reach many sessions.
     for index, depth, existing in (
@@ -294,11 +311,31 @@ def signals(
             candidates = set(existing) if candidates is None else candidates & existing
         if candidates is not None and not candidates:
             continue
+        # A few candidates in an approximate index are compared with the query one by one (its
+        # filtered search would come back short): engine.memory.index, NamespaceIndex.dense.
         dense = index.dense(vector, depth, candidates) if vector is not None and mode != "lexical" else []
-        lexical = index.words(text or "", depth, candidates) if text and mode != "dense" else []
+        lexical = _words(index, text or "", depth, candidates) if text and mode != "dense" else []
         for how, hits in (("dense", dense), ("lexical", lexical)):
             _rank(index, how, hits, found)
     return found
+
+
+def _words(index: NamespaceIndex, text: str, depth: int, candidates: set[int] | None) -> Hits:
+    """The entries that best match the query's words, of the candidates (None: all). For many
+    candidates the lexical index searches the whole index a little past the depth and drops the
+    others (engine.memory.lexical), so when the others match better (later turns, under `as_of`)
+    it can answer short or empty: then search the whole index deeper, doubling, and keep the
+    candidates, until enough are found or every matching entry was seen."""
+    hits = index.words(text, depth, candidates)
+    if candidates is None or len(candidates) <= EXACT_LEXICAL_KEYS or len(hits) >= depth:
+        return hits
+    k = DEEPER_LEXICAL * depth
+    while True:
+        found = index.words(text, k)
+        hits = [hit for hit in found if hit[0] in candidates][:depth]
+        if len(hits) >= depth or len(found) < k or k >= len(index):
+            return hits
+        k *= 2
 
 
 def _rank(index: NamespaceIndex, how: str, hits: Sequence[tuple[int, float]], into: Signals) -> None:
@@ -358,14 +395,17 @@ def _chosen_sessions(whole: NamespaceIndex | None, where: Where | None) -> list[
 
 
 def _status_holds(metadata: Mapping[str, Any], condition: Any) -> bool:
-    """A status condition (a value, or $eq, $ne, $in: the API takes no other) on a session entry."""
+    """A status condition (a value, or $eq, $ne, $in of a list: the API takes no other) on a
+    session entry."""
     status = metadata.get("status", UNSTATED_STATUS)
     if not isinstance(condition, Mapping):
         return bool(status == condition)
+    among = condition.get("$in", [status])
     return (
-        status == condition.get("$eq", status)
+        isinstance(among, list | tuple)
+        and status in among
+        and status == condition.get("$eq", status)
         and status != condition.get("$ne", object())
-        and status in condition.get("$in", (status,))
     )
 
 
@@ -373,17 +413,24 @@ def _status_holds(metadata: Mapping[str, Any], condition: Any) -> bool:
 class Past:
     """The entries of each index that existed at `as_of` (their FAISS ids): a turn said by then;
     a session entry of a session closed by then (its whole transcript existed); a summary made by
-    then. A session still open then is found by its turns said by then only. Entries indexed
-    before they carried times count as said when their session was created (a turn) and made
-    when it was closed (a summary, and an older engine's one entry per session). Checked entry by
-    entry: what a query with `as_of` costs more."""
+    then. A session still open then is found by its turns said by then only. A turn counts from
+    its message's time or its session's creation, whichever is later: a fork or an import copies
+    messages with the times they were first said, but they were not in this session before it
+    existed. Entries indexed before they carried times count as said when their session was
+    created (a turn) and made when it was closed (a summary, and an older engine's one entry per
+    session).
+
+    Checked entry by entry, in Python, on the memory shard: a query with `as_of` costs a walk of
+    every entry of the sessions its filter keeps (of every session without one), which grows with
+    the organization's memory; a query without `as_of` builds none."""
 
     turns: frozenset[int]
     whole: frozenset[int]
 
     @classmethod
-    def of(cls, indexes: SessionIndexes, as_of: int) -> Past:
-        turns, whole = _entries(indexes.turns), _entries(indexes.whole)
+    def of(cls, indexes: SessionIndexes, as_of: int, chosen: Sequence[str] | None = None) -> Past:
+        """`chosen`: the sessions a filter keeps (None: all); only their entries are walked."""
+        turns, whole = _entries(indexes.turns, chosen), _entries(indexes.whole, chosen)
         sessions = {
             str(metadata.get("session_id")): metadata for _, metadata in whole if _kind(metadata) == "session"
         }
@@ -393,29 +440,43 @@ class Past:
         )
 
 
-def _entries(index: NamespaceIndex | None) -> list[tuple[int, Mapping[str, Any]]]:
-    if index is None:
+def _entries(
+    index: NamespaceIndex | None, chosen: Sequence[str] | None
+) -> list[tuple[int, Mapping[str, Any]]]:
+    """The entries of these sessions (None: every entry)."""
+    if index is None or (chosen is not None and not chosen):
         return []
-    every = index.ids_below(index.next_id)
-    return [(faiss_id, entry[1]) for faiss_id in every if (entry := index.entry(faiss_id)) is not None]
+    if chosen is None:
+        ids: Collection[int] = index.ids_below(index.next_id)
+    else:
+        ids = index.select({"session_id": {"$in": list(chosen)}}) or set()
+    return [(faiss_id, entry[1]) for faiss_id in ids if (entry := index.entry(faiss_id)) is not None]
 
 
 def _existed_at(metadata: Mapping[str, Any], sessions: Mapping[str, Mapping[str, Any]]) -> Any:
-    """When an entry's content existed: a turn's message was said, a session was closed (its whole
+    """When an entry's content existed: a turn's message was said in its session (not before the
+    session was created: a fork's or an import's copies), a session was closed (its whole
     transcript), a summary was made. An older engine's one entry per session was made at close."""
     kind = _kind(metadata)
     if kind in ("session", "legacy"):
         return metadata.get("closed_at")
-    if "created_at" in metadata:
-        return metadata["created_at"]
     session = sessions.get(str(metadata.get("session_id")), {})
-    return session.get("created_at" if kind == "turn" else "closed_at")
+    if kind == "summary":
+        return metadata.get("created_at", session.get("closed_at"))
+    said_at, created_at = metadata.get("created_at"), session.get("created_at")
+    if _is_time(said_at) and _is_time(created_at):
+        return max(said_at, created_at)
+    return said_at if "created_at" in metadata else created_at
+
+
+def _is_time(at: Any) -> TypeGuard[int]:
+    return isinstance(at, int) and not isinstance(at, bool)
 
 
 def _at_or_before(at: Any, as_of: int) -> bool:
     """An entry with no time to go by (a session not closed, a turn of an unknown session) is
     not known to have existed then."""
-    return isinstance(at, int) and not isinstance(at, bool) and at <= as_of
+    return _is_time(at) and at <= as_of
 
 
 def _match(

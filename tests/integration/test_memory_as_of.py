@@ -99,6 +99,22 @@ def test_the_status_filter_picks_sessions_by_their_status(ray_api: Api) -> None:
     assert found(ray_api, asked, filter={"status": "completed"})[0]["metadata"]["status"] == "completed"
 
 
+def test_a_forks_copied_messages_count_from_the_fork(ray_api: Api) -> None:
+    source = closed(ray_api, "bikes", "My bike is a red Brompton.")
+    between = now_ms()
+    fork = ray_api.post(f"/sessions/{source}/fork", json={"at_seq": 1})
+    assert fork.status_code == 201, fork.text
+    fork_id = fork.json()["id"]
+    say(ray_api, fork_id, "I might sell it and buy a cargo bike.")
+    assert ray_api.post(f"/sessions/{fork_id}/close").status_code == 200
+    wait_summary(ray_api, fork_id)
+    asked = "red Brompton bike"
+    assert {m["id"] for m in found(ray_api, asked)} == {source, fork_id}
+    [then] = found(ray_api, asked, as_of=between)
+    assert then["id"] == source
+    assert [h["seq"] for h in then["metadata"]["highlights"]] == [1], "said in one session then"
+
+
 def test_bad_as_of_and_unknown_statuses_are_refused_with_a_hint(ray_api: Api) -> None:
     query = {"namespace": "session-memory", "query_text": "anything"}
     future = int(time.time() * 1000) + 10 * 60_000
@@ -112,4 +128,11 @@ def test_bad_as_of_and_unknown_statuses_are_refused_with_a_hint(ray_api: Api) ->
     body = assert_error(ray_api.post("/vectors/query", json=unknown), 422, "VALIDATION_ERROR")
     assert body["details"]["allowed"] == ["active", "closed", "completed", "expired"]
     assert "active, closed, completed, expired" in body["hint"]
+    several = {**query, "filter": {"status": ["closed", "completed"]}}  # the schema refuses a list
+    body = assert_error(ray_api.post("/vectors/query", json=several), 422, "VALIDATION_ERROR")
+    assert body["details"]["field"].startswith("filter.status")
+    for status in ({"$eq": ["closed", "completed"]}, {"$in": "closed"}):
+        listed = {**query, "filter": {"status": status}}
+        body = assert_error(ray_api.post("/vectors/query", json=listed), 422, "VALIDATION_ERROR")
+        assert body["details"]["field"].startswith("filter.status.$") and '"$in"' in body["hint"]
     assert found(ray_api, "anything", as_of=int(time.time() * 1000) + 1_000) == [], "a little skew is fine"

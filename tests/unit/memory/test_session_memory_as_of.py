@@ -7,12 +7,21 @@ import asyncio
 import time
 from typing import Any
 
+import numpy as np
 import pytest
 
 from engine.closing.indexing import closed_session, index_session, index_summary
 from engine.memory import sessions
+from engine.memory.index import IndexParams, NamespaceIndex
 from engine.memory.ops import QueryVectors, UpsertVectors
-from engine.memory.sessions import SESSION_MEMORY, SESSIONS_OF_MEMORY, ClosedSession, summary_entry
+from engine.memory.sessions import (
+    SESSION_MEMORY,
+    SESSIONS_OF_MEMORY,
+    ClosedSession,
+    Past,
+    SessionIndexes,
+    summary_entry,
+)
 from engine.sessions.ops import SummaryInput
 from engine.sessions.session import Message, SessionStatus
 from tests.unit.memory.test_session_memory import Memory, embed
@@ -209,3 +218,131 @@ def test_closing_jobs_index_each_messages_time_and_the_sessions_status() -> None
     before = int(time.time() * 1000)
     assert summary_entry("sess_a", "s", "model").metadata["created_at"] >= before
     assert summary_entry("sess_a", "s", "model", made_at=7).metadata["created_at"] == 7
+
+
+def test_a_fork_or_an_import_counts_its_copied_turns_from_its_own_creation() -> None:
+    memory = facts()
+    lisbon = "I live in Lisbon now"
+    before = memory.found(lisbon, as_of=3_000)["sess_lisbon"].metadata["highlights"]
+    # Forked from sess_lisbon at 9_000: its messages keep the times they were first said.
+    memory.session(
+        "sess_fork",
+        ("user", lisbon, 1_100),
+        ("assistant", "Noted, Lisbon it is", 1_200),
+        ("user", "and I work from a cafe", 9_100),
+        created_at=9_000,
+        closed_at=9_500,
+    )
+    then = memory.found(lisbon, as_of=3_000)
+    assert "sess_fork" not in then
+    assert then["sess_lisbon"].metadata["highlights"] == before, (
+        "the copies did not exist then, so they do not make the source's turns said twice"
+    )
+    assert [
+        h["seq"] for h in memory.found("work from a cafe", as_of=9_200)["sess_fork"].metadata["highlights"]
+    ] == [3]
+    # Imported, its source not in this memory: found from its creation only.
+    memory.session(
+        "sess_import", ("user", "my bike is a red Brompton", 1_100), created_at=9_000, closed_at=9_500
+    )
+    assert "sess_import" not in memory.found("red Brompton bike", as_of=3_000)
+    assert "sess_import" in memory.found("red Brompton bike", as_of=9_000)
+
+
+def test_closing_jobs_time_a_forks_copied_messages_from_its_creation() -> None:
+    messages = [
+        Message("user", "hello", 1_100),
+        Message("assistant", "hi", 1_200),
+        Message("user", "new", 9_100),
+    ]
+    job = SummaryInput("fork", messages, 9_000, 9_500, indexed=False, status=SessionStatus.CLOSED)
+    assert closed_session("sess_fork", job).times == [9_000, 9_000, 9_100]
+
+
+def test_a_filter_and_as_of_together_keep_the_sessions_both_allow() -> None:
+    memory = facts()
+    asked = "Maya"
+    assert set(memory.found(asked, as_of=3_000)) == {"sess_lisbon", "sess_cat"}
+    [cat] = memory.found(asked, as_of=3_000, where={"status": "completed"}).values()
+    assert cat.id == "sess_cat" and [h["seq"] for h in cat.metadata["highlights"]] == [1]
+    assert set(memory.found(asked, as_of=3_000, where={"closed_at": {"$lte": 6_000}})) == {"sess_lisbon"}
+    assert memory.found(asked, as_of=3_000, where={"session_id": "sess_osaka"}) == {}, "not created yet"
+    assert memory.found(asked, as_of=3_000, where={"status": "expired"}) == {}
+
+
+def test_as_of_with_a_filter_walks_only_the_entries_of_the_sessions_it_keeps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    memory = facts()
+    indexes = dict(memory.store.namespaces())
+    both = SessionIndexes(indexes[("acme", SESSION_MEMORY)], indexes[("acme", SESSIONS_OF_MEMORY)])
+    past = Past.of(both, 10**13, ["sess_cat"])
+    for index, ids in ((both.turns, past.turns), (both.whole, past.whole)):
+        assert index is not None and ids
+        assert {index.entry(faiss_id)[1]["session_id"] for faiss_id in ids} == {"sess_cat"}  # type: ignore[index]
+
+    def every(*_: Any) -> None:
+        raise AssertionError("walked every entry of the organization")
+
+    monkeypatch.setattr(NamespaceIndex, "ids_below", every)
+    assert set(memory.found("Maya", as_of=3_000, where={"status": "completed"})) == {"sess_cat"}
+
+
+def test_a_greeting_said_again_only_later_still_tells_its_session_apart_as_of_before() -> None:
+    memory = Timed()
+    greeting = "Hi, it's Maya again"
+    memory.session("sess_a", ("user", greeting, 1_100), created_at=1_000, closed_at=1_500)
+    memory.session("sess_b", ("user", greeting, 5_100), created_at=5_000, closed_at=5_500)
+    now = memory.found(greeting)
+    assert all(not match.metadata["highlights"] for match in now.values()), "said in both: no highlight"
+    then = memory.found(greeting, as_of=3_000)
+    assert set(then) == {"sess_a"} and [h["seq"] for h in then["sess_a"].metadata["highlights"]] == [1]
+
+
+def turns_index(params: IndexParams, said: list[tuple[str, np.ndarray, int]]) -> NamespaceIndex:
+    """A turns index of one-message sessions `s<i>`: (text, vector, created_at) each."""
+    index = NamespaceIndex(len(said[0][1]), params)
+    index.upsert(
+        [f"s{i}#1" for i in range(len(said))],
+        np.stack([vector for _, vector, _ in said]),
+        [
+            {"session_id": f"s{i}", "kind": "turn", "seq": 1, "role": "user", "created_at": at}
+            for i, (_, _, at) in enumerate(said)
+        ],
+        [f"s{i}\n{text}" for i, (text, _, _) in enumerate(said)],
+    )
+    index.commit()
+    return index
+
+
+def test_as_of_finds_earlier_turns_by_their_words_when_many_later_ones_match_better() -> None:
+    # More earlier turns than the lexical index restricts a search to exactly, and more later ones
+    # than it looks past the depth, each matching the query's word more often.
+    early = sessions.EXACT_LEXICAL_KEYS + 100
+    vector = np.ones(4, dtype=np.float32) / 2
+    said = [(f"we moved to Lisbon in spring {i}", vector, 1_000) for i in range(early)]
+    said += [(f"Lisbon, Lisbon, Lisbon again {i}", vector, 5_000) for i in range(2_000)]
+    indexes = SessionIndexes(turns_index(IndexParams(), said), None)
+    found = sessions.signals(indexes, None, "Lisbon", 10, mode="lexical", past=Past.of(indexes, 3_000))
+    ranked = found.rankings["turn_lexical"]
+    assert len(ranked) == 200, "a ranking as deep as without as_of"
+    assert all(int(session_id[1:]) < early for session_id, _ in ranked)
+
+
+def test_as_of_finds_the_few_earlier_turns_by_meaning_in_an_approximate_index() -> None:
+    rng = np.random.default_rng(7)
+    query = np.zeros(16, dtype=np.float32)
+    query[0] = 1.0
+    near = rng.normal(size=(1_000, 16)).astype(np.float32) * 0.1 + query  # later, close to the query
+    far = rng.normal(size=(50, 16)).astype(np.float32)  # earlier, anywhere
+    rows = np.vstack([far, near])
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    said = [(f"turn {i}", row, 1_000 if i < len(far) else 5_000) for i, row in enumerate(rows)]
+    index = turns_index(IndexParams(approximate_above=100, background=False), said)
+    assert index.kind != "flat"
+    indexes = SessionIndexes(index, None)
+    found = sessions.signals(indexes, query, None, 10, mode="dense", past=Past.of(indexes, 3_000))
+    ranked = found.rankings["turn_dense"]
+    assert {session_id for session_id, _ in ranked} == {f"s{i}" for i in range(len(far))}
+    cosines = sorted((rows[: len(far)] @ query).tolist(), reverse=True)
+    assert [score for _, score in ranked] == pytest.approx(cosines, abs=0.01), "rows kept in 8 bits"
