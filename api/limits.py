@@ -164,6 +164,10 @@ def _check_status(condition: Any) -> None:
         f'{", ".join(_STATUS_OPERATORS)}, such as {{"status": "closed"}} or '
         '{"status": {"$in": ["active", "closed"]}}.'
     )
+    if isinstance(condition, list):  # equality with a list would hold for no session
+        raise ValidationFailed(
+            'filter.status: one status; several go in {"$in": [...]}', {"field": "filter.status"}, hint
+        )
     conditions = condition if isinstance(condition, dict) else {"$eq": condition}
     for name, operand in conditions.items():
         if name not in _STATUS_OPERATORS:
@@ -171,6 +175,11 @@ def _check_status(condition: Any) -> None:
                 f"filter.status: takes {', '.join(_STATUS_OPERATORS)}, not {name!r}",
                 {"field": "filter.status", "operator": name, "allowed": list(_STATUS_OPERATORS)},
                 hint,
+            )
+        if (name == "$in") != isinstance(operand, list):
+            what = "a list of statuses" if name == "$in" else 'one status (several go in {"$in": [...]})'
+            raise ValidationFailed(
+                f"filter.status.{name}: takes {what}", {"field": f"filter.status.{name}"}, hint
             )
         unknown = [v for v in (operand if isinstance(operand, list) else [operand]) if v not in STATUSES]
         if unknown:

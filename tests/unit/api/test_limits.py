@@ -122,3 +122,26 @@ def test_session_memory_is_filtered_on_its_own_keys_only() -> None:
     assert "allowed" in info.value.details
     assert check_filter({"color": "red"}, "notes") == {"color": "red"}
     assert check_filter({}, "notes") is None
+
+
+@pytest.mark.parametrize(
+    ("status", "field"),
+    [
+        (["closed", "completed"], "filter.status"),
+        ({"$eq": ["closed"]}, "filter.status.$eq"),
+        ({"$ne": ["closed"]}, "filter.status.$ne"),
+        ({"$in": "closed"}, "filter.status.$in"),
+        ({"$in": ["closed", "archived"]}, "filter.status"),
+        ({"$gt": "closed"}, "filter.status"),
+    ],
+)
+def test_a_status_filter_that_would_match_nothing_is_refused_with_a_hint(status: Any, field: str) -> None:
+    with pytest.raises(ValidationFailed) as info:
+        check_filter({"status": status}, "session-memory")
+    assert info.value.details["field"] == field
+    assert info.value.hint is not None and '{"status": {"$in": ["active", "closed"]}}' in info.value.hint
+
+
+def test_a_status_filter_takes_one_status_or_a_list_in_in() -> None:
+    for status in ("closed", {"$eq": "closed"}, {"$ne": "active"}, {"$in": ["closed", "expired"]}):
+        assert check_filter({"status": status}, "session-memory") == {"status": status}
