@@ -4,9 +4,10 @@ the inverted index of scalar metadata values that filters pick candidates from.
 Session memory holds a million turns in a shard, so a Python object per field per entry would
 weigh more than the vectors. Each live entry is one tuple in a list indexed by FAISS id:
 `(external id, text as UTF-8 bytes or None, the metadata's keys, *its values)`. The key tuples and
-string values are interned (a session's turns share their session id and keys); `metadata`
-rebuilds the dict on each read, so callers may keep or change what they get. A postings list
-holding one entry is that FAISS id itself, not a set.
+string values are interned (a session's turns share their session id and keys). A read builds
+the metadata's dict and keeps the latest few thousand it built, since a query reads the same hits
+several times: a dict read is shared, never to be changed. A postings list holding one entry is
+that FAISS id itself, not a set.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 Row = tuple[Any, ...]  # (external id, text bytes | None, keys, *values)
 _Posting = int | set[int]
+_CACHED = 8192  # metadata dicts kept from reads; all are dropped when it is full
 
 
 def _posting_value(value: Any) -> Any:
@@ -36,6 +38,10 @@ class Entries:
         self._postings: dict[str, dict[Any, _Posting]] = {}  # key -> posting value -> FAISS ids
         self._interned: dict[Any, Any] = {}  # key tuples and string values, one object each
         self.texts = 0  # live entries with a text
+        # FAISS id -> the metadata of an entry read lately. Dicts of plain values only, which the
+        # garbage collector does not track: a cache that held tuples would hand it a long-lived
+        # object at every read, and so full collections, which visit every entry, while queries run.
+        self._read: dict[int, dict[str, Any]] = {}
 
     def __len__(self) -> int:
         return len(self._internal)
@@ -82,6 +88,7 @@ class Entries:
         row = self._rows[faiss_id]
         assert row is not None
         self._rows[faiss_id] = None
+        self._read.pop(faiss_id, None)
         had_text = row[1] is not None
         self.texts -= had_text
         for key, value in zip(row[2], row[3:], strict=True):
@@ -106,17 +113,26 @@ class Entries:
     # -- reads --------------------------------------------------------------------------------------
 
     def entry(self, faiss_id: int) -> tuple[str, dict[str, Any]] | None:
-        """(external id, metadata) of a live entry."""
+        """(external id, metadata) of a live entry; the metadata is shared: not to be changed."""
         row = self._rows[faiss_id] if 0 <= faiss_id < len(self._rows) else None
         if row is None:
             return None
-        return row[0], dict(zip(row[2], row[3:], strict=True))
+        read = self._read.get(faiss_id)
+        if read is None:
+            if len(self._read) >= _CACHED:
+                self._read.clear()
+            read = self._read[faiss_id] = dict(zip(row[2], row[3:], strict=True))
+        return row[0], read
 
     def text(self, faiss_id: int) -> str | None:
         row = self._rows[faiss_id] if 0 <= faiss_id < len(self._rows) else None
         return None if row is None or row[1] is None else str(row[1].decode())
 
     def metadata(self, faiss_id: int) -> dict[str, Any]:
+        """A live entry's metadata, not kept (a filter's scan reads many once)."""
+        read = self._read.get(faiss_id)
+        if read is not None:
+            return read
         row = self._rows[faiss_id]
         assert row is not None
         return dict(zip(row[2], row[3:], strict=True))

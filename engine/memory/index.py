@@ -301,7 +301,7 @@ class NamespaceIndex:
         return {faiss_id for faiss_id in pool if _satisfies(self._entries.metadata(faiss_id), checks)}
 
     def entry(self, faiss_id: int) -> tuple[str, dict[str, Any]] | None:
-        """(external id, metadata) of a live entry (the metadata is a new dict each time)."""
+        """(external id, metadata) of a live entry (the metadata is shared: not to be changed)."""
         return self._entries.entry(faiss_id)
 
     def text(self, faiss_id: int) -> str | None:
