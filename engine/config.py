@@ -223,7 +223,7 @@ class MemoryIndexConfig(_Section):
 
     # Past this many vectors a namespace is rebuilt, in the background, as an inverted file over
     # 8-bit codes (approximate); up to it, search is exact.
-    approximate_above: int = Field(50_000, ge=1)
+    approximate_above: int = Field(20_000, ge=1)
     ivf_nprobe: int = Field(16, ge=1)  # lists a search scans: more is slower and finds more
     ivf_lists: int = Field(0, ge=0)  # 0: twice the square root of the vectors at build time
     rebuild_growth: float = Field(4.0, gt=1)  # trained again once it holds this many times its training rows
@@ -234,11 +234,23 @@ class MemoryIndexConfig(_Section):
     hnsw_ef_search: int = Field(128, ge=8)  # HNSW indexes of older snapshots, until rebuilt
 
 
+class LiveMemoryConfig(_Section):
+    """Live memory (engine.closing.live): an open session's turns go into session memory as they
+    are appended, in the background, batched per session shard."""
+
+    enabled: bool = True
+    # A tick takes every turn that arrived since the last: one embed and one memory-shard batch per
+    # organization, one session-log record (benchmarks/README.md, "Live memory").
+    interval_s: float = Field(0.5, gt=0)
+    max_turns: int = Field(256, ge=1)  # messages a tick takes at most; the rest wait for the next
+
+
 class MemoryConfig(_Section):
     """The vector memory: MemoryShard actors, one FAISS index per (organization, namespace)."""
 
     shards: int = Field(2, ge=1, le=1024)  # organizations are placed by jump hash
     index: MemoryIndexConfig = MemoryIndexConfig()
+    live: LiveMemoryConfig = LiveMemoryConfig()
     max_vectors_per_request: int = Field(100, ge=1)
     default_top_k: int = Field(10, ge=1)
     max_top_k: int = Field(100, ge=1)

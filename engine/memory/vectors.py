@@ -4,7 +4,8 @@ thread while the old one keeps answering.
 Kinds:
 - `flat`: exact inner product over float32 rows (`IndexIDMap2` over `IndexFlatIP`), for
   namespaces up to `approximate_above` vectors, so small namespaces (and every benchmark of
-  ranking quality) are searched exactly.
+  ranking quality) are searched exactly. Past it a flat search scans more than an ivf search
+  costs (benchmarks/README.md, "Session memory at scale").
 - `ivf`: past that, an inverted file over 8-bit scalar-quantized rows (`IndexIVFScalarQuantizer`,
   not by residual, with a hash-table direct map so that single rows can be read back and removed).
   A row costs a quarter of its float32 size; a search scans the `nprobe` lists nearest the query.
@@ -22,7 +23,9 @@ read and write). A build that fails leaves the old index as it was.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,13 +36,14 @@ import numpy as np
 _THREADS = faiss.omp_get_max_threads()
 _KMEANS_ITERATIONS = 10  # FAISS's default is 25; the lists only steer the search, scanning is exact on codes
 _TRAIN_PER_LIST = 40  # rows sampled per list to train on (FAISS warns below 39)
+_BUILD_NICENESS = 10  # a background build's, above the shard's own
 _RANGE_MARGIN = 0.2
 _CHUNK = 65_536  # rows decoded and added at a time by a build, so it never holds all of them as float32
 
 
 @dataclass(slots=True, frozen=True)
 class IndexParams:
-    approximate_above: int = 50_000  # past this many vectors a namespace is rebuilt as ivf
+    approximate_above: int = 20_000  # past this many vectors a namespace is rebuilt as ivf
     ivf_nprobe: int = 16  # lists scanned by a search
     ivf_lists: int = 0  # 0: twice the square root of the rows at build time
     rebuild_growth: float = 4.0  # an ivf is trained again once it holds this many times its training rows
@@ -152,6 +156,8 @@ class Vectors:
 
         def run() -> None:
             faiss.omp_set_num_threads(self.params.build_threads)  # this thread's own setting
+            if background:
+                _yield_to_queries()
             try:
                 build.index = _make(kind, self.dimension, self.params, source)
             except BaseException as e:  # noqa: BLE001 - kept, and the old index stays
@@ -256,6 +262,13 @@ class _Source:
         assert self.codes is not None
         sampled: np.ndarray = self.quantizer.decode(np.ascontiguousarray(self.codes[picked]))
         return sampled
+
+
+def _yield_to_queries() -> None:
+    """Lower this thread's CPU priority, so that the shard's queries go first while a build runs.
+    Linux gives each thread its own niceness; where that is refused, the build keeps the shard's."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _BUILD_NICENESS)
 
 
 def _flat(dimension: int) -> Any:
