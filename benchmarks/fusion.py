@@ -1,9 +1,10 @@
 """How session memory's fusion was chosen, reproducibly: signals, normalisation and weights tuned
 on one part of the data and reported on another, per question style, beside BM25 over transcripts.
 
-    python -m benchmarks.fusion [--tune dialogues:0:7,11 assistant:0:7,11]
-                                [--check dialogues:1:23,29 assistant:0:23] [--norm minmax ...]
-                                [--signals engine|all|NAME ...] [--search ascent|grid]
+    python -m benchmarks.fusion [--tune dialogues:0:7,11,13 assistant:0:7,11,13]
+                                [--check dialogues:1:23,29,31,37 assistant:0:23,29]
+                                [--norm minmax/z ...] [--signals all|engine|NAME ...]
+                                [--search ascent|grid] [--weights JSON] [--cases FILE] [--out FILE]
 
 A data set is `corpus:half:seeds`: the corpus (`dialogues`, benchmarks/dialogues.py: friends
 chatting over many sessions, questions in styles; `assistant`, benchmarks/conversations.py: a
@@ -17,21 +18,25 @@ and candidate new ones computed here from the same entries (see `EXTRA`):
 - `bm25_transcripts`: BM25 over one text per session, "role: content" lines, no name: recall.py's
   baseline (an in-process engine.memory.lexical.LexicalIndex, as its namespace holds one);
 - `window_lexical` / `window_dense`: each indexed turn with its neighbours (WINDOW on each side),
-  under the session's name: BM25 over the window's words, cosine to the mean of its turns'
-  vectors (the engine's own turn vectors); a session by its best window;
+  under the session's name: BM25 over the window's words, cosine to the normalised mean of its
+  turns' vectors (the engine's own turn vectors); a session by its best window;
 - `*_q`: the engine's lexical signals for the query without question and stop words (STOP);
 - `dense_turns`: one vector per raw turn, no name, sessions by their best turn (recall.py's
   `dense turns` baseline).
-Then every candidate ranking of sessions is scored (recall@1/5/10, MRR; a hit at k is any
-evidence session in the top k) per question style: the engine's weights (WEIGHTS), BM25 over
-transcripts and dense turns alone, and the weights the search finds on the tuning sets
-(coordinate ascent from the engine's weights over GRID for each signal, or a full grid), fused
-with each normalisation (`minmax`: the engine's, engine.memory.fusion; `max`: score / best;
-`z`: z-score over the listed; `rrf`: 1 / (60 + rank)). An unlisted session scores as the worst
-listed. The objective is the mean over tuning sets and styles of (R@1 + R@5 + MRR) / 3, minus a
-penalty for each dialogues style where BM25 over transcripts does better on any of the three.
+Then rankings of sessions are scored (recall@1/5/10, MRR; a hit at k is any evidence session in
+the top k) per question style: the engine's weights as the engine fuses them (min-max), RECIPE,
+BM25 over transcripts and dense turns alone (each in its own order), and the weights the search
+finds on the tuning sets: coordinate ascent from the engine's weights over GRID for each signal,
+or every weighting in SPACE (`--search grid`), fused with each normalisation (`minmax`: the
+engine's, engine.memory.fusion; `max`: score / best; `z`: z-score over the listed; `rrf`:
+1 / (60 + rank); or "dense/lexical", one for each kind of signal). An unlisted session scores
+as the worst listed. The objective is the mean over tuning sets and styles of
+(R@1 + R@5 + MRR) / 3, less a penalty wherever BM25 over transcripts does better on a style of
+the dialogues corpus, or the weighting falls more than TOLERANCE below the engine's weights on
+the assistant corpus.
 
-Embeddings are cached in --cache (a pickle keyed by text), so a second run only fuses.
+Embeddings are cached in --cache (a pickle keyed by text) and every question's rankings in
+--cases, so a second run only fuses (delete the --cases file when a generator changes).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import json
 import pickle
 import re
 import statistics
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +83,20 @@ STOP = frozenset(_STOP_WORDS.split())
 EXTRA = ("bm25_transcripts", "window_lexical", "window_dense", "turn_lexical_q", "session_lexical_q",
          "summary_lexical_q", "dense_turns")  # fmt: skip
 Rankings = dict[str, list[tuple[str, float]]]
+# The recipe chosen here (benchmarks/README.md, "Session memory on conversations between friends"):
+# the engine's dense signals and weights, min-max scaled as today, plus turn windows (dense) and
+# the lexical signals z-scored, so BM25 counts where one session stands out from the rest and
+# hardly at all where its scores are flat (a question that only shares a name with every session).
+RECIPE_NORM = "minmax/z"
+# `python -m benchmarks.fusion --search grid --norm minmax/z` chose these weights on the tuning sets.
+RECIPE: Mapping[str, float] = {
+    "turn_dense": 1.0,
+    "session_dense": 0.5,
+    "summary_dense": 0.5,
+    "window_dense": 0.5,
+    "session_lexical": 0.3,
+    "summary_lexical": 0.1,
+}
 
 
 @dataclass
@@ -332,6 +352,7 @@ class Pooled:
     m: Matrix
     baseline: Matrix
     engine: Matrix
+    recipe: Matrix
 
 
 def objective(sets: Sequence[Pooled], weights: np.ndarray) -> float:
@@ -373,11 +394,25 @@ def ascent(sets: Sequence[Pooled], start: np.ndarray, sweeps: int = 6) -> np.nda
     return best
 
 
-def grid(sets: Sequence[Pooled], size: int) -> np.ndarray:
-    """Every weight vector over GRID[:4] with the first signal at 1."""
-    best, value = np.zeros(size), -np.inf
-    for combo in itertools.product(GRID[:4], repeat=size - 1):
-        trial = np.array([1.0, *combo])
+# The grid searched with --search grid: the engine's dense weights and a little around them, the
+# candidate signals, and small weights for the lexical ones (z-scored, they reach several units).
+SPACE: Mapping[str, tuple[float, ...]] = {
+    "turn_dense": (1.0,),
+    "session_dense": (0.5, 1.0),
+    "summary_dense": (0.25, 0.5),
+    "window_dense": (0.0, 0.25, 0.5),
+    "session_lexical": (0.0, 0.1, 0.2, 0.3, 0.5),
+    "turn_lexical": (0.0, 0.05, 0.1),
+    "summary_lexical": (0.0, 0.1),
+    "window_lexical": (0.0, 0.1),
+}
+
+
+def grid(sets: Sequence[Pooled], names: Sequence[str]) -> np.ndarray:
+    """The best weighting of SPACE's product by the objective (the first found of equals)."""
+    best, value = np.zeros(len(names)), -np.inf
+    for combo in itertools.product(*SPACE.values()):
+        trial = vector(names, dict(zip(SPACE, combo, strict=True)))
         v = objective(sets, trial)
         if v > value:
             best, value = trial, v
@@ -433,9 +468,14 @@ def pooled(
         # in every session gives them all one score, and a tie must not count against it.
         baselines = ["bm25_transcripts", "dense_turns", *sessions.WEIGHTS]
         engine = matrix_of(cases, keys, list(sessions.WEIGHTS), "minmax")
+        recipe = matrix_of(cases, keys, list(RECIPE), RECIPE_NORM)
         out.append(
             Pooled(
-                corpus, matrix_of(cases, keys, names, norm), matrix_of(cases, keys, baselines, "rrf"), engine
+                corpus,
+                matrix_of(cases, keys, names, norm),
+                matrix_of(cases, keys, baselines, "rrf"),
+                engine,
+                recipe,
             )
         )
     return out
@@ -445,6 +485,7 @@ def report(sets: Sequence[Pooled], label: Mapping[str, np.ndarray], tables: dict
     for data in sets:
         corpus, m, baseline, engine = data.corpus, data.m, data.baseline, data.engine
         rows = {"engine today (WEIGHTS)": by_style(engine, vector(engine.names, sessions.WEIGHTS))}
+        rows["recipe (RECIPE)"] = by_style(data.recipe, vector(data.recipe.names, RECIPE))
         rows |= {name: by_style(m, w) for name, w in label.items()}
         for mode in ("lexical", "dense"):  # the engine's weights on the mode's signals, as search() fuses
             mine = {n: sessions.WEIGHTS[n] for n in sessions.SIGNALS_OF_MODE[mode]}
@@ -469,9 +510,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tune", type=parse_set, nargs="+",
-                        default=[("dialogues", 0, [7, 11]), ("assistant", 0, [7, 11])])  # fmt: skip
+                        default=[("dialogues", 0, [7, 11, 13]), ("assistant", 0, [7, 11, 13])])  # fmt: skip
     parser.add_argument("--check", type=parse_set, nargs="+",
-                        default=[("dialogues", 1, [23, 29]), ("assistant", 0, [23])])  # fmt: skip
+                        default=[("dialogues", 1, [23, 29, 31, 37]), ("assistant", 0, [23, 29])])  # fmt: skip
     parser.add_argument(
         "--norm", nargs="+", default=list(NORMS), help=f"of {NORMS}, or dense/lexical: minmax/z"
     )
@@ -489,22 +530,27 @@ def main(argv: list[str] | None = None) -> int:
     kept = pickle.loads(args.cases.read_bytes()) if args.cases and args.cases.exists() else {}
     if not set(wanted) <= set(kept):  # what the cached rankings lack is computed
         embedder = CachedEmbedder(args.cache)
-        kept |= {
-            key: ([(c.question, c.rankings) for c in cases], keys)
-            for key in wanted
-            if key not in kept
-            for cases, keys in [cases_of(embedder, *key[:2], key[2])]
-        }
+        for name, half, seed in wanted:
+            if (name, half, seed) not in kept:
+                cases, keys = cases_of(embedder, name, seed, half)
+                kept[(name, half, seed)] = ([(c.question, c.rankings) for c in cases], keys)
         embedder.save()
         if args.cases:
             args.cases.write_bytes(pickle.dumps(kept))
     data = {key: ([Case(q, r) for q, r in kept[key][0]], kept[key][1]) for key in wanted}
     names = signal_names(args.signals)
-    result: dict[str, Any] = {"signals": names, "tune": args.tune, "check": args.check, "norms": {}}
+    result: dict[str, Any] = {
+        "command": " ".join(["python -m benchmarks.fusion", *(argv if argv is not None else sys.argv[1:])]),
+        "signals": names,
+        "tune": args.tune,
+        "check": args.check,
+        "recipe": {"norm": RECIPE_NORM, "weights": dict(RECIPE)},
+        "norms": {},
+    }
     for norm in args.norm:
         tuning = pooled(data, args.tune, names, norm)
         today = vector(names, sessions.WEIGHTS)
-        found = ascent(tuning, today) if args.search == "ascent" else grid(tuning, len(names))
+        found = ascent(tuning, today) if args.search == "ascent" else grid(tuning, names)
         chosen = {n: float(w) for n, w in zip(names, found, strict=True) if w}
         label = {"engine's weights, this norm": today, "found": found}
         if args.weights:
