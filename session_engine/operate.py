@@ -94,6 +94,9 @@ def status(args: argparse.Namespace, config: EngineConfig) -> int:
 # generating, texts waiting for the embedder): all of them are working as they should. A model
 # that failed to load is not.
 HEALTHY_STATES = (None, "serving", "loading", "idle", "busy")
+# A summarizer the pool never created, since the model pass is off or was paused at the start
+# (engine.runtime.operators.said_unstarted): as it should be, though Ray has no such actor.
+NOT_STARTED_STATES = ("off", "paused")
 # The actors (roles, as engine.runtime.names.actor_names gives them) that load a model. A
 # summarizer loads its model in its constructor, so Ray shows it PENDING_CREATION until the load
 # ends (tens of seconds at a start): that one is loading, not failing. A shard is never let off so.
@@ -103,12 +106,16 @@ MODEL_ROLES = ("embedder", "summarizer", "summarizer pool")
 def unhealthy(found: dict[str, Any]) -> list[str]:
     """The names of the actors that make `status` exit 3: not alive in Ray (a model actor still
     being created is loading, and alive enough), not answering, or a shard that is not serving
-    (draining, read-only, refused, fenced)."""
+    (draining, read-only, refused, fenced). A summarizer left off (the model pass is off or
+    paused) is healthy."""
     return [
         a["name"]
         for a in found["actors"]
-        if (a.get("ray_state") != "ALIVE" and not _model_being_created(a))
-        or actor_state(a) not in HEALTHY_STATES
+        if actor_state(a) not in NOT_STARTED_STATES
+        and (
+            (a.get("ray_state") != "ALIVE" and not _model_being_created(a))
+            or actor_state(a) not in HEALTHY_STATES
+        )
     ]
 
 

@@ -98,7 +98,9 @@ def check_placement(config: EngineConfig) -> None:
     """Refuse, before creating anything, placement settings the cluster cannot satisfy at all."""
     resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
     shards = config.shards + config.memory.shards
-    models = config.models.embedder.replicas + config.models.summarizer.workers
+    summarizer = config.models.summarizer
+    # Under model_pass: off the pool creates no summarizer, so none is reserved for.
+    models = config.models.embedder.replicas + (summarizer.workers if summarizer.model_pass != "off" else 0)
     wanted = {
         "CPU": shards * config.placement.shard_cpus + models * config.placement.model_cpus,
         "GPU": models * config.models.num_gpus,

@@ -55,6 +55,7 @@ def status(config: EngineConfig, probe_timeout_s: float = DESCRIBE_TIMEOUT_S) ->
             except RAY_ERRORS as exc:
                 entry["described"] = {"error": type(exc).__name__}
         actors.append(entry)
+    said_unstarted(actors)
     return {
         "nodes": [
             {
@@ -67,6 +68,21 @@ def status(config: EngineConfig, probe_timeout_s: float = DESCRIBE_TIMEOUT_S) ->
         ],
         "actors": actors,
     }
+
+
+def said_unstarted(actors: list[dict[str, Any]]) -> None:
+    """Summarizers the pool never created, because its model pass is off or was paused at the
+    start (engine.closing.model_pass), are described as that state, not as MISSING: nothing is
+    wrong with them, and `session-engine status` stays healthy."""
+    pool = next((a for a in actors if a["role"] == "summarizer pool"), None)
+    described = (pool or {}).get("described") or {}
+    state = (described.get("model_pass") or {}).get("state")
+    if state not in ("off", "paused") or described.get("workers"):
+        return
+    for entry in actors:
+        if entry["role"] == "summarizer" and entry.get("ray_state") == "MISSING":
+            entry["ray_state"] = "NOT_CREATED"
+            entry["described"] = {"state": state}
 
 
 def ray_nodes() -> list[dict[str, Any]]:

@@ -41,3 +41,20 @@ def test_the_example_config_needs_bigger_nodes(monkeypatch: pytest.MonkeyPatch) 
     cluster_of(monkeypatch, node(2), node(2))
     with pytest.raises(ConfigError, match="placement settings reserve 24 CPU"):
         check_placement(config)
+
+
+def test_summarizers_reserve_nothing_under_model_pass_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(CONFIGS / "cluster.example.yaml")
+    models = config.models
+    off = config.model_copy(
+        update={
+            "models": models.model_copy(
+                update={"summarizer": models.summarizer.model_copy(update={"model_pass": "off"})}
+            )
+        }
+    )
+    workers = models.summarizer.workers * config.placement.model_cpus
+    cluster_of(monkeypatch, node(24 - workers))  # all but what the summarizers would hold
+    check_placement(off)
+    with pytest.raises(ConfigError, match="placement settings reserve 24 CPU"):
+        check_placement(config)

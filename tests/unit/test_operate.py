@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.runtime.operators import said_unstarted
 from session_engine.operate import actor_state, unhealthy
 
 
@@ -61,3 +62,30 @@ def test_a_summarizer_that_ray_still_creates_is_loading_not_failing() -> None:
     }
     assert unhealthy(found) == ["memory-shard-0", "summarizer-1"]
     assert actor_state(found["actors"][2]) == "loading"
+
+
+def test_summarizers_never_created_under_a_paused_or_off_model_pass_are_healthy() -> None:
+    for state in ("off", "paused"):
+        pool = {"state": "idle", "workers": [], "waiting": 0, "model_pass": {"state": state}}
+        found = {
+            "actors": [
+                actor("summarizer-pool", pool, role="summarizer pool"),
+                actor("summarizer-0", None, ray_state="MISSING", role="summarizer"),
+                actor("summarizer-1", None, ray_state="MISSING", role="summarizer"),
+            ]
+        }
+        said_unstarted(found["actors"])
+        assert unhealthy(found) == []
+        assert [actor_state(a) for a in found["actors"][1:]] == [state, state]
+
+
+def test_summarizers_missing_while_the_model_pass_is_active_make_status_fail() -> None:
+    pool = {"state": "failed", "error": "no model", "workers": [], "model_pass": {"state": "active"}}
+    found = {
+        "actors": [
+            actor("summarizer-pool", pool, role="summarizer pool"),
+            actor("summarizer-0", None, ray_state="MISSING", role="summarizer"),
+        ]
+    }
+    said_unstarted(found["actors"])
+    assert unhealthy(found) == ["summarizer-pool", "summarizer-0"]
