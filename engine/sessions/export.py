@@ -97,7 +97,12 @@ _PROVENANCE = {
     "messages_covered": _INT,
     "messages_total": _INT,
     "created_at": _OPT_INT,
+    # The model's pass over an extract (engine.closing.model_pass): why it was set aside, and an
+    # upgrade still queued, which an import does not resume (ImportedSession.to_session).
+    "model_rejected": (str,),
+    "upgrade": (str,),
 }
+_UPGRADE_STATES = {"pending"}  # as docs/export.schema.json lists them
 
 _FORKED_FROM: dict[str, tuple[type, ...]] = {"session_id": (str,), "seq": _INT}
 _METHODS = {"model", "extractive"}  # as docs/export.schema.json lists them
@@ -222,7 +227,10 @@ class ImportedSession:
         again as a close queues one (pending, no attempts yet); otherwise a session whose turns were
         indexed (or were being re-indexed) or whose summary is ready is queued for a re-index only
         (Session.reindex), which puts back its turns and that summary without making a new one and
-        leaves every summary field as it is; any other session (never indexed) is queued for nothing."""
+        leaves every summary field as it is; any other session (never indexed) is queued for nothing.
+        A summary is imported as its source had it, the model's rejection included; a model upgrade
+        the source still had queued is not resumed here (the extract stays: the model pass runs on
+        closes, not on copies)."""
         self.check_consistent()
         r = self.record
         provenance = r["summary_provenance"] or {}
@@ -249,6 +257,7 @@ class ImportedSession:
             summary_attempts=r["summary_attempts"],
             summary_method=provenance.get("method"),
             summary_reason=provenance.get("reason"),
+            summary_rejected=provenance.get("model_rejected"),
             messages=[
                 Message(m["role"], m["content"], m["created_at"], m.get("tool_call_id"), m.get("tool_name"))
                 for m in self.messages
@@ -419,10 +428,12 @@ def _check_values(number: int, kind: str, record: dict[str, Any]) -> None:
         if record["summary_status"] is not None and record["summary_status"] not in _SUMMARY_STATES:
             raise BadLine(number, f"unknown summary_status {record['summary_status']!r}")
         if record["summary_provenance"] is not None:
-            required = set(_PROVENANCE) - {"reason"}
-            _check_fields(number, record["summary_provenance"], _PROVENANCE, set(_PROVENANCE) - required)
-            if record["summary_provenance"]["method"] not in _METHODS:
-                raise BadLine(number, f"unknown summary method {record['summary_provenance']['method']!r}")
+            provenance = record["summary_provenance"]
+            _check_fields(number, provenance, _PROVENANCE, {"reason", "model_rejected", "upgrade"})
+            if provenance["method"] not in _METHODS:
+                raise BadLine(number, f"unknown summary method {provenance['method']!r}")
+            if provenance.get("upgrade", "pending") not in _UPGRADE_STATES:
+                raise BadLine(number, f"unknown summary upgrade {provenance['upgrade']!r}")
         if record["index_status"] not in _INDEX_STATES:
             raise BadLine(number, f"unknown index_status {record['index_status']!r}")
         if record.get("forked_from") is not None:

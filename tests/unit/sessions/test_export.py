@@ -33,11 +33,14 @@ from engine.sessions.ops import (
     DeleteSession,
     EndSession,
     ExportPage,
+    FinishSummary,
     GetSession,
     ImportSession,
     OpenExport,
     OpenExports,
     ReplaceContext,
+    StartSummary,
+    UpgradeSummary,
 )
 from engine.sessions.session import NewMessage, SessionStatus, new_session_id
 from engine.sessions.store import SessionStore
@@ -365,3 +368,36 @@ def test_a_page_of_long_messages_is_bounded_in_bytes_as_well_as_lines() -> None:
     assert [m["seq"] for m in messages] == list(range(1, 41))
     for page in pages:
         assert sum(len(line.get("content", "")) for line in page) <= PAGE_BYTES + len(big)
+
+
+def summarized_store(upgrade: str | None) -> tuple[SessionStore, str]:
+    """A closed session whose extract is ready with its model upgrade queued, then judged
+    (`upgrade`: kept, rejected or skipped; None leaves it queued)."""
+    store = filled_store([("a", [("user", "Maya adopted a beagle")], {}, True)])
+    ((org, sid),) = store.take_summary_jobs()
+    store.apply(StartSummary(org, sid), T0)
+    text = "Maya adopted a beagle"
+    store.apply(FinishSummary(org, sid, text, "extractive", 1, 1, "extractive", "first pass", True), T0)
+    if upgrade is not None:
+        text = "Maya has a beagle" if upgrade == "kept" else None
+        reason = "dialogue" if upgrade == "rejected" else None
+        store.apply(UpgradeSummary(org, sid, upgrade, "fake-model", text, reason, 1, 1), T0 + 5)
+    return store, sid
+
+
+@pytest.mark.parametrize("upgrade", [None, "kept", "rejected", "skipped"])
+def test_a_summary_imports_back_whatever_its_model_upgrade_came_to(upgrade: str | None) -> None:
+    source, sid = summarized_store(upgrade)
+    lines = export(source)
+    for line in lines:
+        jsonschema.validate(line, SCHEMA)
+    target = SessionStore()
+    assert import_all(target, "acme", stream(lines)) == 1
+    before = source.apply(GetSession("acme", sid), T0)["summary_provenance"]
+    after = target.apply(GetSession("acme", sid), T0)["summary_provenance"]
+    if upgrade is None:
+        # Queued at the source; an import keeps the extract and does not resume the upgrade.
+        assert before.pop("upgrade") == "pending"
+    assert after == before
+    assert (upgrade != "rejected") or after["model_rejected"] == "dialogue"
+    assert target.pending_upgrades() == []
