@@ -8,6 +8,8 @@ A close, from the route to the index:
 - the job runs its sequence (job.py): read the job, index the turns (indexing.py), one
   StartSummary record, the model's text (summary.py cuts the conversation and judges the text,
   quality.py says what is degenerate), index the summary, one FinishSummary record;
+- while a session is open, live memory (live.py) puts its turns into session memory as they are
+  appended, a tick at a time, so the job adds only the turns left and the whole-session entry;
 - an imported session whose summary is kept runs only a short branch of it: its turns and that
   summary back into session memory, one MarkIndexed record, no model;
 - what it calls outside its shard is ClosingPorts (ports.py): the embedders, the organization's

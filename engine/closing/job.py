@@ -8,17 +8,21 @@ log record and snapshot) has a job too, that only puts it back into session memo
 is this sequence, top to bottom (`_attempt`); no model runs in it, so a summary is ready as soon
 as the turns and the extract are in session memory:
 
-1. Read the job (SummaryJob, not logged): the session's name, times and messages, and whether its
-   turns are in session memory already. Nothing to do (the session is gone, or no summary or
-   re-index is queued) ends the job, and so does a shard that takes no changes now (drained or
-   read-only): the job could record nothing, and the shard resumes it once it takes changes again.
+1. Read the job (SummaryJob, not logged), once live memory has nothing of the session in flight
+   (engine.closing.live): the session's name, times and messages, whether its turns are in
+   session memory already, and through which seq live memory put them there while it was open.
+   Nothing to do (the session is gone, or no summary or re-index is queued) ends the job, and so
+   does a shard that takes no changes now (drained or read-only): the job could record nothing,
+   and the shard resumes it once it takes changes again.
 2. Re-index only (`_reindex`): its turns, then its summary if it is ready (the same text, embedded
    as step 7 does), into session memory, then MarkIndexed, one record: `index_status: ready`. The
    job ends there, with no change to the summary, its status, error, attempts or provenance; a
    summary asked for meanwhile goes on from step 3.
 3. A session without messages fails at once, for good (FailSummary, final).
-4. Its turns into its organization's session memory (embed, then one upsert), unless an earlier
-   attempt put them there. Meanwhile the session reads `summary_status: pending`,
+4. Its turns into its organization's session memory, unless an earlier attempt put them there:
+   those live memory put in while it was open are read back (their vectors), the rest embedded,
+   then one upsert of the rest and of the whole-session entry (the mean of every turn's vector),
+   which replaces live memory's stand-in. Meanwhile the session reads `summary_status: pending`,
    `index_status: pending`.
 5. StartSummary, one record: the turns are searchable (`index_status: ready`) and the summary is
    running, attempt + 1. Nothing to start (deleted meanwhile): what step 4 indexed is taken out.
@@ -51,12 +55,15 @@ backoff, then left queued for the shard's next start.
 What it costs (tests/unit/closing/test_costs.py): a first attempt that succeeds writes two
 session-log records and two memory-log records, and makes four calls outside the shard, one Ray
 round trip each; its upgrade one more session record, and one call (the pool; its hand-off to a
-summarizer is one more), plus an embed and a memory record when the model's text is kept. Each is
-needed:
+summarizer is one more), plus an embed and a memory record when the model's text is kept. After
+live memory took the session's turns, step 4 makes one more call (reading their vectors back) and
+embeds only the turns it had not taken (none: no embed). Each is needed:
 - StartSummary: a restart must know that the turns are indexed and how many attempts were made;
 - FinishSummary: the summary itself, and that an upgrade is queued;
 - the turns' upsert, apart from the summary's: the turns are searchable before the summary is;
 - embedding the turns, then the summary: the summary's vector needs the summary;
+- reading live memory's turn vectors back: the session entry's vector is the mean of all of them,
+  and embedding them again would cost what live memory saved;
 - UpgradeSummary: the verdict, and the end of the queued upgrade;
 - the model: it runs in the summarizer pool, which batches the upgrades of every shard and judges
   every verdict of the cluster.
@@ -74,6 +81,7 @@ from engine.errors import EngineError, SessionNotFound, SummaryFailed
 from engine.sessions.ops import (
     FailSummary,
     FinishSummary,
+    GetSession,
     MarkIndexed,
     SessionOp,
     StartSummary,
@@ -130,9 +138,13 @@ class ClosingJobs:
         writable: Callable[[], bool] = lambda: True,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         outcome: Outcome | None = None,
+        settled: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
-        """`writable`: whether the shard takes changes now (not drained, not read-only)."""
+        """`writable`: whether the shard takes changes now (not drained, not read-only).
+        `settled(org, session_id)`: returns once live memory (engine.closing.live) has nothing of
+        the session in flight, so that the job reads how far it got and writes after it."""
         self._record = record
+        self._settled = settled
         self._writable = writable
         self._ports = ports
         self._config = config
@@ -143,6 +155,10 @@ class ClosingJobs:
         # Upgrades wait on the model in slots of their own: a close's summary never waits for them.
         self._upgrade_slots = asyncio.Semaphore(config.concurrent_upgrades)
         self._upgrading: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # Sessions whose `#summary` entry may hold a text that is not their summary: a kept text
+        # indexed and not logged (refused, drained, a failure in between), or an upgrade queued
+        # before this run, whose earlier run may have done so before a crash.
+        self._unsure: set[tuple[str, str]] = set()
         # Whether a new summary queues an upgrade: off never does; otherwise as the pool last
         # answered (a skipped verdict: the pass is paused, so no more are queued until a restart).
         self.model_pass = config.model_pass != "off"
@@ -164,9 +180,15 @@ class ClosingJobs:
                 task = asyncio.get_running_loop().create_task(self._run(*key))
                 self._active[key] = task
 
-    def submit_upgrades(self, keys: Sequence[tuple[str, str]]) -> None:
-        """The model's pass over these sessions' ready extracts (a restart resumes those queued)."""
+    def submit_upgrades(self, keys: Sequence[tuple[str, str]], *, resumed: bool = True) -> None:
+        """The model's pass over these sessions' ready extracts (a restart resumes those queued).
+        `resumed`: queued before this run (a start, writes taken again), not by a job that has just
+        put the extract into session memory."""
         for key in keys:
+            if resumed:
+                self._unsure.add(key)
+            else:
+                self._unsure.discard(key)
             if key not in self._upgrading and key not in self._active:
                 task = asyncio.get_running_loop().create_task(self._run_upgrade(*key))
                 self._upgrading[key] = task
@@ -231,6 +253,8 @@ class ClosingJobs:
     async def _attempt(self, org: str, session_id: str) -> None:
         """One attempt: the numbered sequence of the module's docstring."""
         ports = self._ports
+        if self._settled is not None:
+            await self._settled(org, session_id)
         job = await self._one(SummaryJob(org, session_id))  # 1
         if job is None or isinstance(job, EngineError) or not self._writable():
             return
@@ -242,7 +266,7 @@ class ClosingJobs:
             return
         entries = None
         if not job.indexed:  # 4
-            entries = await index_session(ports, org, closed_session(session_id, job))
+            entries = await index_session(ports, org, closed_session(session_id, job), job.live_through)
         started = await self._one(StartSummary(org, session_id, entries))  # 5
         if started is None and entries is not None:
             raise _Gone
@@ -279,12 +303,16 @@ class ClosingJobs:
         self._outcome("ready", lag_s)
         if upgrade:
             # Queued once this job is done with the session (its task ends without another await).
-            asyncio.get_running_loop().call_soon(self.submit_upgrades, [(org, session_id)])
+            asyncio.get_running_loop().call_soon(
+                lambda: self.submit_upgrades([(org, session_id)], resumed=False)
+            )
 
     async def _run_upgrade(self, org: str, session_id: str) -> None:
         try:
             async with self._upgrade_slots:
                 await self._upgrades(org, session_id)
+                if (org, session_id) in self._unsure:
+                    await self._index_current(org, session_id)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -324,6 +352,7 @@ class ClosingJobs:
         verdict = await self._ports.upgrade(conversation_of(job, self._config))
         self.model_pass = verdict.outcome != "skipped"
         if verdict.outcome == "kept" and verdict.text:
+            self._unsure.add((org, session_id))  # until UpgradeSummary is logged
             await index_summary(self._ports, org, session_id, verdict.text, "model")
         done = await self._one(
             UpgradeSummary(
@@ -341,7 +370,26 @@ class ClosingJobs:
             raise _Gone
         if isinstance(done, EngineError):
             return  # the shard took no changes meanwhile, or refused the text: still queued
+        if done is not None and verdict.outcome == "kept":
+            self._unsure.discard((org, session_id))  # the entry holds the summary the log holds
         self._outcome(f"upgrade_{verdict.outcome}", None)
+
+    async def _index_current(self, org: str, session_id: str) -> None:
+        """An upgrade that ended in anything but a logged kept text, where session memory may hold
+        the model's text (`_unsure`): the session's summary, as the session has it, into session
+        memory again (one embed), so memory never says what the session does not. A summary asked
+        for again meanwhile indexes its own text, and a session gone has its memory taken out."""
+        key = (org, session_id)
+        view = await self._one(GetSession(org, session_id, limit=0))
+        if isinstance(view, SessionNotFound):
+            await forget_sessions(self._ports, org, [session_id])
+        elif isinstance(view, EngineError):
+            return  # unreadable now (a refused shard): still unsure, for the next run
+        elif view["summary_status"] == "ready":
+            provenance = view["summary_provenance"]
+            method, made_at = provenance["method"], provenance["created_at"]
+            await index_summary(self._ports, org, session_id, view["summary"], method, made_at=made_at)
+        self._unsure.discard(key)
 
     async def _reindex(self, org: str, session_id: str, job: SummaryInput) -> None:
         """Step 2: an imported session back into session memory as its source had it."""

@@ -29,7 +29,8 @@ class ClosingPorts(Protocol):
 
     async def index(self, org: str, ops: Sequence[MemoryOp]) -> list[Any]:
         """Memory ops to the organization's memory shard, one batch; an answer per op (an error
-        the shard refused that op with, as a value)."""
+        the shard refused that op with, as a value). Reads go this way too (a closing job reads
+        back the turn vectors live memory wrote: SessionTurnVectors)."""
         ...
 
     async def upgrade(self, conversation: Conversation) -> Verdict:

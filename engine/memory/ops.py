@@ -84,6 +84,17 @@ class QueryVectors(MemoryOp):
     as_of: int | None = None  # session memory: search it as it stood then (epoch ms)
 
 
+@MEMORY_OPS.read("_session_turn_vectors")
+@dataclass(slots=True, frozen=True)
+class SessionTurnVectors(MemoryOp):
+    """A read: the turns session memory holds of a session, as {"seqs": [...], "vectors": rows in
+    the same order}, by seq (a closing job makes the session's vector from the turns live memory
+    indexed while it was open)."""
+
+    org: str
+    session_id: str
+
+
 @MEMORY_OPS.read("_stats")
 @dataclass(slots=True, frozen=True)
 class MemoryStats(MemoryOp):

@@ -97,6 +97,7 @@ class ClosedSession:
     messages: Sequence[tuple[str, str]]  # (role, content), seq = position + 1
     times: Sequence[int] = ()  # each message's created_at, in the same order; () when unknown
     status: str = UNSTATED_STATUS  # the session's status (a SessionStatus value) when indexed
+    first_seq: int = 1  # the seq of messages[0]: live memory indexes an open session's newer part
 
 
 def turn_entries(session: ClosedSession) -> list[Entry]:
@@ -105,7 +106,7 @@ def turn_entries(session: ClosedSession) -> list[Entry]:
     whose beagle, and the name of the session it was said in often does."""
     heading = " ".join(session.name.split())
     entries = []
-    for seq, (role, content) in enumerate(session.messages, start=1):
+    for seq, (role, content) in enumerate(session.messages, start=session.first_seq):
         if role not in INDEXED_ROLES or not content.strip():
             continue
         metadata: dict[str, Any] = {
@@ -115,7 +116,7 @@ def turn_entries(session: ClosedSession) -> list[Entry]:
             "role": role,
         }
         if session.times:
-            metadata["created_at"] = session.times[seq - 1]
+            metadata["created_at"] = session.times[seq - session.first_seq]
         text = f"{heading}\n{content[:MAX_TURN_CHARS]}"
         entries.append(Entry(f"{session.session_id}#{seq}", text, metadata))
     return entries
@@ -138,6 +139,23 @@ def session_entry(session: ClosedSession, turns: Sequence[Entry]) -> Entry:
         "status": session.status,
     }
     return Entry(session.session_id, text, metadata)
+
+
+def live_session_entry(session: ClosedSession, message_count: int) -> Entry:
+    """What stands for an open (or completed, or expired) session in live memory until a close
+    indexes it whole: its name, and the metadata filters and matches read. `live` keeps it out of
+    the whole-session rankings (its text and vector are not its transcript's): its turns rank."""
+    metadata = {
+        "session_id": session.session_id,
+        "kind": "session",
+        "name": session.name,
+        "created_at": session.created_at,
+        "closed_at": None,
+        "message_count": message_count,
+        "status": session.status,
+        "live": True,
+    }
+    return Entry(session.session_id, session.name, metadata)
 
 
 def session_vector(turn_vectors: np.ndarray) -> np.ndarray:
@@ -348,8 +366,10 @@ def _rank(index: NamespaceIndex, how: str, hits: Sequence[tuple[int, float]], in
         entry = index.entry(faiss_id)
         if entry is None or faiss_id in shared:
             continue
-        rank += 1
         metadata = entry[1]
+        if metadata.get("live"):
+            continue  # an open session's stand-in (live_session_entry): for filters and matches only
+        rank += 1
         session_id, kind = str(metadata.get("session_id")), _kind(metadata)
         if kind == "legacy":
             kind = "summary"
@@ -495,6 +515,7 @@ def _match(
         summary = None  # made after as_of
     metadata: dict[str, Any] = dict(session[1]) if session else {"session_id": session_id}
     metadata.pop("kind", None)
+    metadata.pop("live", None)
     if session is not None:
         metadata.setdefault("status", UNSTATED_STATUS)  # what a status filter takes it for
     if summary is not None and whole is not None:

@@ -35,6 +35,7 @@ from .ops import (
     OpenVectorExport,
     OpenVectorExports,
     QueryVectors,
+    SessionTurnVectors,
     UpsertVectors,
     VectorExportPage,
 )
@@ -288,6 +289,19 @@ class MemoryStore:
             raise _wrong_dimension(op.namespace, index.dimension, int(op.vector.shape[-1]))
         self._make_searchable(key)
         return index
+
+    def _session_turn_vectors(self, op: SessionTurnVectors) -> dict[str, Any]:
+        index = self._namespaces.get((op.org, SESSION_MEMORY))
+        if index is None:
+            return {"seqs": [], "vectors": None}
+        selected = index.select({"session_id": op.session_id}) or set()
+        turns = sorted(  # (seq, FAISS id)
+            (int(entry[1]["seq"]), faiss_id)
+            for faiss_id in selected
+            if (entry := index.entry(faiss_id)) is not None
+        )
+        vectors = index.vectors([faiss_id for _, faiss_id in turns]) if turns else None
+        return {"seqs": [seq for seq, _ in turns], "vectors": vectors}
 
     def _stats(self, op: MemoryStats) -> dict[str, Any]:
         return {"namespaces": len(self._namespaces), "vectors": len(self), **self.condition}

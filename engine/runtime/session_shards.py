@@ -16,6 +16,7 @@ from prometheus_client.metrics_core import Metric
 
 from engine.closing.indexing import forget_sessions
 from engine.closing.job import ClosingJobs
+from engine.closing.live import LiveIndexer
 from engine.config import EngineConfig, LimitsConfig
 from engine.errors import EngineError
 from engine.logs import setup_logging
@@ -51,17 +52,30 @@ class SessionShard(HostedShard[DurableSessions]):
     def __init__(self, index: int, config: EngineConfig, cluster_id: str) -> None:
         setup_logging(config.log_level)
         self._feed_reads = FeedReads()  # the gateways' long-polls of this shard's change feed
+        self._forgetting: set[asyncio.Task[None]] = set()
         self._ports = RayClosingPorts(config)
         self._metrics = SessionShardMetrics()
+        self._live = LiveIndexer(
+            self.handle,
+            self._ports,
+            config.memory.live,
+            take=lambda: self._store().store.take_live(),
+            writable=self._takes_changes,
+            lag=self._metrics.live_lag.observe,
+        )
         self._closing = ClosingJobs(
             self.handle,
             self._ports,
             config.models.summarizer,
-            writable=lambda: self._durable is not None and self._durable.takes_changes,
+            writable=self._takes_changes,
             outcome=self._metrics.summary_outcome,
+            settled=self._live.settled,
         )
         # Async actor: __init__ runs on the actor's event loop, so the timers live beside the ops.
         self._host(index, config, cluster_id)
+
+    def _takes_changes(self) -> bool:
+        return self._durable is not None and self._durable.takes_changes
 
     def _open_durable(self, identity: ShardIdentity, lock_wait_s: float) -> DurableSessions:
         directory = shard_directory(self._config.data_dir, self._index)
@@ -84,6 +98,13 @@ class SessionShard(HostedShard[DurableSessions]):
         durable.store.take_summary_jobs()
         self._closing.submit(durable.store.unfinished_summaries())
         self._closing.submit_upgrades(durable.store.pending_upgrades())
+        if self._config.memory.live.enabled:
+            # Replay marked what it applied; a start indexes every session live memory is behind on.
+            durable.store.take_live()
+            durable.store.take_live_deleted()
+            self._live.add(durable.store.live_backlog())
+            self._live.wake()
+            self._timers.append(loop.create_task(self._live.run()))
         self._timers += [
             loop.create_task(self._expire_forever()),
             loop.create_task(upkeep.snapshot_forever(durable, self.snapshot, "session shard", self._index)),
@@ -103,6 +124,30 @@ class SessionShard(HostedShard[DurableSessions]):
         jobs = durable.store.take_summary_jobs()
         if jobs and not durable.read_only:
             self._closing.submit(jobs)  # after the log write: a job starts only once it is durable
+        self._after_commit_live(durable)
+
+    def _after_commit_live(self, durable: DurableSessions) -> None:
+        store = durable.store
+        if not self._config.memory.live.enabled:
+            store.live_dirty.clear()  # nothing takes them: kept, they would only grow
+            store.live_deleted.clear()
+            return
+        if store.live_dirty:
+            self._live.wake()
+        deleted = store.take_live_deleted()
+        if deleted and not durable.read_only:
+            # After the log write, as retention's purge: why a delete ends with nothing of the
+            # session in memory, however it meets a tick, is in engine.closing.live.
+            task = asyncio.get_running_loop().create_task(self._forget_deleted(deleted))
+            self._forgetting.add(task)  # held until done: the loop keeps only a weak reference
+            task.add_done_callback(self._forgetting.discard)
+
+    async def _forget_deleted(self, deleted: list[tuple[str, str]]) -> None:
+        for org, group in itertools.groupby(sorted(deleted), key=lambda key: key[0]):
+            try:
+                await forget_sessions(self._ports, org, [session_id for _, session_id in group])
+            except Exception as exc:  # noqa: BLE001 - the gateway forgot them before the delete
+                log.warning("forgetting deleted sessions failed", extra={"org": org, "error": str(exc)})
 
     async def answer(self, ops: Sequence[SessionOp]) -> list[Any]:
         """A gateway's batch: `handle`, with what its clients asked for encoded as JSON here
@@ -116,6 +161,7 @@ class SessionShard(HostedShard[DurableSessions]):
         durable.store.take_summary_jobs()
         self._closing.submit(durable.store.unfinished_summaries())
         self._closing.submit_upgrades(durable.store.pending_upgrades())
+        self._live.wake()  # what it could not mark meanwhile waits for a tick
 
     async def read_events(
         self,
@@ -163,6 +209,9 @@ class SessionShard(HostedShard[DurableSessions]):
             "recovered": durable.recovery.report(),
             "summary_jobs_running": self._closing.active,
             "summary_upgrades_running": self._closing.upgrading,
+            "live_turns_waiting": durable.store.live_waiting(
+                [*self._live.waiting, *durable.store.live_dirty]
+            ),
             **durable.store.apply(Ping(), 0),
         }
 

@@ -126,6 +126,13 @@ class SessionShardMetrics(ShardMetrics):
             registry=self.registry,
         )
 
+        self.live_lag = Histogram(
+            "session_engine_live_index_lag_seconds",
+            "From a message's append to its turn being in session memory (live memory's MarkLive).",
+            buckets=_LAG,
+            registry=self.registry,
+        )
+
     def published(self, events: list[Event]) -> None:
         for event in events:
             self.events.labels(event.type).inc()

@@ -74,7 +74,7 @@ def encode_session(s: Session) -> list[Any]:
         s.summary_error, s.summary_model, s.summary_covered, s.summary_total, s.summarized_at,
         s.summary_attempts, s.summary_method, s.summary_reason, s.indexed_at, s.indexed_entries,
         list(s.forked_from) if s.forked_from is not None else None, s.reindex,
-        s.summary_upgrade, s.summary_rejected,
+        s.summary_upgrade, s.summary_rejected, s.live_through, s.live_ended,
     ]  # fmt: skip
 
 
@@ -87,6 +87,7 @@ def decode_session(e: list[Any]) -> Session:
     forked_from = e[24] if len(e) > 24 else None
     reindex = e[25] if len(e) > 25 else False
     upgrade, rejected = e[26:28] or [False, None]
+    live_through, live_ended = e[28:30] or [0, False]
     return Session(
         org=org,
         id=sid,
@@ -116,4 +117,6 @@ def decode_session(e: list[Any]) -> Session:
         reindex=reindex,
         summary_upgrade=upgrade,
         summary_rejected=rejected,
+        live_through=live_through,
+        live_ended=live_ended,
     )

@@ -41,6 +41,10 @@ STATUS = FieldCodec(str, SessionStatus)
 SESSION_KEYS = FieldCodec(
     lambda keys: [list(key) for key in keys], lambda keys: tuple((org, sid) for org, sid in keys)
 )
+LIVE_MARKS = FieldCodec(
+    lambda marks: [list(mark) for mark in marks],
+    lambda marks: tuple((sid, after, through, ended) for sid, after, through, ended in marks),
+)
 
 
 @SESSION_OPS.logged("create", "_create")
@@ -153,6 +157,8 @@ class SummaryInput:
     reindex: bool = False
     summary: tuple[str, str] | None = None
     status: SessionStatus = SessionStatus.CLOSED  # what session memory records of it
+    # Its messages through this seq went into session memory while it was open (engine.closing.live).
+    live_through: int = 0
 
 
 @SESSION_OPS.read("_summary_job")
@@ -231,6 +237,46 @@ class MarkIndexed(SessionOp):
     org: str
     session_id: str
     entries: int
+
+
+@dataclass(slots=True, frozen=True)
+class LiveInput:
+    """What LiveTurns answers: what live memory indexes of an open session."""
+
+    name: str
+    created_at: int
+    status: SessionStatus
+    live_through: int
+    message_count: int
+    messages: Sequence[Any]  # its Messages after live_through (seq = live_through + position + 1)
+    owned: bool  # a closing job puts it into session memory (closed, or a summary asked for): not live
+    ended_written: bool  # the entry standing for it in memory carries its final status already
+
+
+@SESSION_OPS.read("_live_turns")
+@dataclass(slots=True, frozen=True)
+class LiveTurns(SessionOp):
+    """A read: what live memory indexes next of a session (a LiveInput), at most `limit` of its
+    messages after live_through; None when the session is gone."""
+
+    org: str
+    session_id: str
+    limit: int
+
+
+@SESSION_OPS.logged("live", "_mark_live")
+@dataclass(slots=True, frozen=True)
+class MarkLive(SessionOp):
+    """Live memory indexed these sessions' messages: (session id, after, through, ended), the
+    messages after seq `after` (the live_through it read) through seq `through`; ended when the
+    entry standing for the session carries a status other than active (it need not be written
+    again). A mark whose `after` is not the session's live_through any more (renamed meanwhile:
+    every turn goes in again) is not applied. One record per tick of a shard's indexer (one op per
+    organization, in one batch). Answers the ids of the sessions that are gone (deleted since they
+    were read): what went into memory of them must be taken out."""
+
+    org: str
+    marks: tuple[tuple[str, int, int, bool], ...] = coded(LIVE_MARKS)
 
 
 @SESSION_OPS.logged("summary_fail", "_fail_summary")

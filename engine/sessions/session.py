@@ -168,6 +168,10 @@ class Session:
     # Imported with its summary kept (engine.sessions.export): its closing job only puts its turns,
     # and a ready summary, back into session memory; cleared once they are there (mark_indexed).
     reindex: bool = False
+    # Live memory (engine.closing.live): the seq through which its messages are in session memory
+    # while it is open, and whether the entry standing for it there carries its final status.
+    live_through: int = 0
+    live_ended: bool = False
     messages: list[Message] = field(default_factory=list)
     forked_from: tuple[str, int] | None = None  # (source session id, seq): made by a fork at that message
     snap_epoch: int = 0  # the last snapshot that has (or had a copy of) this session; see SessionStore
@@ -277,6 +281,23 @@ class Session:
         self.indexed_at = now_ms
         self.indexed_entries = entries
         self.reindex = False
+
+    @property
+    def live_owned(self) -> bool:
+        """A closing job puts it into session memory (closed, a summary asked for, an import's
+        re-index): live memory leaves it alone."""
+        return self.summary_status is not None or self.reindex
+
+    @property
+    def live_behind(self) -> bool:
+        """Live memory has work on it: messages past live_through, or an entry that still says
+        active although it ended."""
+        if self.live_owned:
+            return False
+        ended = self.status is not SessionStatus.ACTIVE
+        return len(self.messages) > self.live_through or (
+            self.live_through > 0 and ended and not self.live_ended
+        )
 
     @property
     def index_status(self) -> IndexState | None:

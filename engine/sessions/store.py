@@ -47,7 +47,10 @@ from engine.sessions.ops import (
     GetSession,
     ImportSession,
     ListSessions,
+    LiveInput,
+    LiveTurns,
     MarkIndexed,
+    MarkLive,
     OpenExport,
     OpenExports,
     Ping,
@@ -106,6 +109,11 @@ class SessionStore:
         # Mutating ops applied and not yet taken by the log, in order.
         self.journal: list[SessionOp | Idempotent] = []
         self.summary_jobs: list[tuple[str, str]] = []  # (org, session id) queued for a summary, in order
+        # Live memory (engine.closing.live): sessions that got messages or changed status since the
+        # indexer last took them (a dict as an ordered set: one assignment in the append path), and
+        # sessions deleted since, whose memory the shard takes out once the delete is logged.
+        self.live_dirty: dict[tuple[str, str], None] = {}
+        self.live_deleted: list[tuple[str, str]] = []
         self._snapshot: SnapshotCursor | None = None
         self._snap_epoch = 0
         self._exports: Cursors[ExportCursor] = Cursors("a shard")
@@ -179,6 +187,24 @@ class SessionStore:
     def take_summary_jobs(self) -> list[tuple[str, str]]:
         taken, self.summary_jobs = self.summary_jobs, []
         return taken
+
+    def take_live(self) -> list[tuple[str, str]]:
+        taken, self.live_dirty = list(self.live_dirty), {}
+        return taken
+
+    def take_live_deleted(self) -> list[tuple[str, str]]:
+        taken, self.live_deleted = self.live_deleted, []
+        return taken
+
+    def live_backlog(self) -> list[tuple[str, str]]:
+        """What a start hands live memory: sessions no closing job owns with messages past
+        live_through, and live-indexed ones that ended since their entry was last written."""
+        return [key for key, session in self._sessions.items() if session.live_behind]
+
+    def live_waiting(self, keys: Iterable[tuple[str, str]]) -> int:
+        """Messages of these sessions not yet in live memory (for status)."""
+        sessions = (self._sessions.get(key) for key in keys)
+        return sum(len(s.messages) - s.live_through for s in sessions if s is not None and not s.live_owned)
 
     def unfinished_summaries(self) -> list[tuple[str, str]]:
         """Jobs a restart must resume: queued, or running when the shard stopped (a re-index too)."""
@@ -281,6 +307,8 @@ class SessionStore:
             snap_epoch=self._snap_epoch,
         )
         self._add(session)
+        if session.messages:
+            self.live_dirty[(op.org, op.session_id)] = None
         return session.view()
 
     def _check_new(self, org: str, session_id: str, max_active: int | None) -> None:
@@ -315,7 +343,9 @@ class SessionStore:
                 f"The session holds {len(session.messages)} messages. Close it and continue in a new "
                 "session, or ask the operator to raise limits.max_messages_per_session.",
             )
-        return session.append(list(op.messages), now_ms=now_ms)
+        appended = session.append(list(op.messages), now_ms=now_ms)
+        self.live_dirty[(op.org, op.session_id)] = None
+        return appended
 
     def _replace_context(self, op: ReplaceContext, now_ms: int) -> SessionView:
         session = self._writable(op.org, op.session_id, now_ms)
@@ -324,7 +354,12 @@ class SessionStore:
 
     def _update(self, op: UpdateSession, now_ms: int) -> SessionView:
         session = self._writable(op.org, op.session_id, now_ms)
+        renamed = op.name is not None and op.name != session.name
         session.update(name=op.name, ttl_s=op.ttl_s, now_ms=now_ms)
+        if renamed and session.live_through:
+            # Every turn is indexed with its session's name: all of them go in again, replaced.
+            session.live_through = 0
+            self.live_dirty[(op.org, op.session_id)] = None
         if op.ttl_s is not None:
             heapq.heappush(self._deadlines, (session.expires_at, op.org, op.session_id))
         return session.view()
@@ -365,6 +400,7 @@ class SessionStore:
             reindex=reindex,
             summary=kept,
             status=session.status,
+            live_through=session.live_through,
         )
 
     def _start_summary(self, op: StartSummary, now_ms: int) -> SessionView | None:
@@ -422,6 +458,39 @@ class SessionStore:
         session.mark_indexed(op.entries, now_ms=now_ms)
         return session.view()
 
+    # -- live memory (engine.closing.live) ---------------------------------------------------------
+
+    def _live_turns(self, op: LiveTurns, now_ms: int) -> LiveInput | None:
+        session = self._sessions.get((op.org, op.session_id))
+        if session is None:
+            return None
+        start = session.live_through
+        return LiveInput(
+            session.name,
+            session.created_at,
+            session.status,
+            start,
+            len(session.messages),
+            session.messages[start : start + op.limit],
+            session.live_owned,
+            session.live_ended,
+        )
+
+    def _mark_live(self, op: MarkLive, now_ms: int) -> tuple[str, ...]:
+        gone = []
+        for session_id, after, through, ended in op.marks:
+            session = self._sessions.get((op.org, session_id))
+            if session is None:
+                gone.append(session_id)
+                continue
+            if session.live_through == after:
+                self._before_change(session)
+                session.live_through = max(after, through)
+                session.live_ended = ended
+            if session.live_behind:  # more came, or it ended, while the indexer read and wrote
+                self.live_dirty[(op.org, session_id)] = None
+        return tuple(gone)
+
     def _fail_summary(self, op: FailSummary, now_ms: int) -> SessionView:
         session = self._find(op.org, op.session_id)
         self._before_change(session)
@@ -430,6 +499,8 @@ class SessionStore:
 
     def _delete(self, op: DeleteSession, now_ms: int) -> None:
         self._remove(self._find(op.org, op.session_id))
+        self.live_deleted.append((op.org, op.session_id))
+        self.live_dirty.pop((op.org, op.session_id), None)
 
     def _purge(self, op: PurgeSessions, now_ms: int) -> list[tuple[str, str]]:
         purged = []
@@ -556,12 +627,15 @@ class SessionStore:
         if session.status is SessionStatus.ACTIVE:
             self._check_new(op.org, op.session_id, op.max_active)
         session.snap_epoch = self._snap_epoch  # made after any snapshot in progress began: not in it
+        session.live_through, session.live_ended = 0, False  # this memory holds none of it yet
         self._sessions[key] = session
         self._orgs.setdefault(op.org, _OrgIndex()).add(session)
         if session.status is SessionStatus.ACTIVE:
             heapq.heappush(self._deadlines, (session.expires_at, op.org, op.session_id))
         if session.job_unfinished:
             self.summary_jobs.append(key)  # into session memory as its source had it (ImportedSession)
+        elif session.live_behind:
+            self.live_dirty[key] = None
         return session.view()
 
     # -- internals ----------------------------------------------------------------------------------
@@ -583,6 +657,8 @@ class SessionStore:
         old = session.status
         session.transition(to, now_ms=now_ms)
         self._orgs[session.org].move(session, old)
+        if session.live_through:
+            self.live_dirty[(session.org, session.id)] = None  # its entry in memory says active
 
 
 def _show_due_as_expired(session: Session, view: SessionView, now_ms: int) -> None:

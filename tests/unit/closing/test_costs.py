@@ -1,7 +1,7 @@
 """What one close costs: the records the job and its upgrade write to the session shard's log and
 to the memory shard's log, and the calls they make outside the shard (each one Ray round trip from
 the session shard; the summarizer pool's hand-off to a summarizer worker is one more, not counted
-here).
+here). And what live memory's tick costs, and a close after it.
 
 A real close of a real DurableSessions (its log in a temporary directory) through ClosingJobs,
 with counting ports: the embedder is a function, the pool a real ModelPass around a function
@@ -19,8 +19,9 @@ import numpy as np
 
 from engine.clock import ManualClock
 from engine.closing.job import ClosingJobs
+from engine.closing.live import LiveIndexer
 from engine.closing.model_pass import Acceptance, ModelPass, Verdict
-from engine.config import DurabilityConfig, SummarizerConfig
+from engine.config import DurabilityConfig, LiveMemoryConfig, SummarizerConfig
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams
 from engine.memory.ops import MemoryOp
@@ -76,15 +77,34 @@ class Close:
             text = "user: hello\nassistant: hi"
         return Summary(text, "fake-model", total, total, 10, 3)
 
-    async def close(self, messages: int) -> dict[str, Any]:
-        """Close a session of `messages` messages, run its job, and count what the job cost."""
+    async def close(self, messages: int, *, live: int = 0) -> dict[str, Any]:
+        """Close a session of `messages` messages, run its job, and count what the job cost. With
+        `live`, that many of them went into memory by a live tick first (not counted)."""
         sid = new_session_id()
         said = tuple(NewMessage("user", f"message {i} about the lighthouse") for i in range(messages))
-        self.sessions.commit([CreateSession("acme", sid, "trip", 60, {}), AppendMessages("acme", sid, said)])
+        self.sessions.commit(
+            [CreateSession("acme", sid, "trip", 60, {}), AppendMessages("acme", sid, said[:live])]
+        )
+        if live:
+            await self.tick()
+            self.calls.clear()
+        if said[live:]:
+            self.sessions.commit([AppendMessages("acme", sid, said[live:])])
         self.sessions.commit([EndSession("acme", sid, SessionStatus.CLOSED)])
         session_lsn, memory_lsn = self.sessions.lsn, self.memory.lsn
         self.jobs.submit(self.sessions.store.take_summary_jobs())
         await self.jobs.drain()
+        return {
+            "session records": self.sessions.lsn - session_lsn,
+            "memory records": self.memory.lsn - memory_lsn,
+            "calls": dict(self.calls),
+        }
+
+    async def tick(self) -> dict[str, Any]:
+        """One tick of live memory over what was appended, and what it cost."""
+        live = LiveIndexer(self.record, self, LiveMemoryConfig(), take=self.sessions.store.take_live)
+        session_lsn, memory_lsn = self.sessions.lsn, self.memory.lsn
+        await live.tick()
         return {
             "session records": self.sessions.lsn - session_lsn,
             "memory records": self.memory.lsn - memory_lsn,
@@ -166,3 +186,37 @@ async def test_a_session_deleted_before_its_job_ran(tmp_path: Path) -> None:
     close.jobs.submit(jobs)
     await close.jobs.drain()
     assert (close.sessions.lsn - lsn, dict(close.calls)) == (0, {}), "the job's read finds nothing to do"
+
+
+async def test_a_live_tick_over_several_sessions(tmp_path: Path) -> None:
+    close = Close(tmp_path)
+    for _ in range(3):
+        sid = new_session_id()
+        said = tuple(NewMessage("user", f"message {i}") for i in range(4))
+        close.sessions.commit([CreateSession("acme", sid, "trip", 60, {}), AppendMessages("acme", sid, said)])
+    cost = await close.tick()
+    assert cost == {
+        "session records": 1,  # MarkLive: every session's live_through
+        "memory records": 1,  # the organization's turns and stand-ins, one batch
+        "calls": {"embed": 1, "index": 1},
+    }
+
+
+async def test_a_close_after_live_memory_took_every_turn(tmp_path: Path) -> None:
+    cost = await Close(tmp_path, model_pass="off").close(messages=3, live=3)
+    assert cost == {
+        "session records": 2,  # StartSummary, FinishSummary
+        "memory records": 2,  # the session entry (no turn left to add); the extract
+        # the extract only: the session entry's vector is the mean of the turns read back; reading
+        # them, the upsert, the extract's upsert
+        "calls": {"embed": 1, "index": 3},
+    }
+
+
+async def test_a_close_after_live_memory_took_some_turns(tmp_path: Path) -> None:
+    cost = await Close(tmp_path, model_pass="off").close(messages=3, live=2)
+    assert cost == {
+        "session records": 2,
+        "memory records": 2,  # the last turn with the session entry; the extract
+        "calls": {"embed": 2, "index": 3},  # the last turn, the extract; a read and two upserts
+    }

@@ -38,6 +38,7 @@ from engine.sessions.ops import (
     ImportSession,
     ListSessions,
     MarkIndexed,
+    MarkLive,
     PurgeSessions,
     ReplaceContext,
     RequestSummary,
@@ -70,6 +71,7 @@ IMPORTED = [
 SESSION_SCRIPT: list[tuple[int, Any]] = [  # (ms to advance first, op)
     (0, CreateSession("acme", A, "a", 3600, {"plan": [1, {"deep": None}], "n": 2**63})),
     (1, AppendMessages("acme", A, (NewMessage("user", "hi"), NewMessage("tool", "42", "call_1", "calc")))),
+    (1, MarkLive("acme", ((A, 0, 2, False), ("sess_gone", 0, 1, True)))),
     (1, ForkSession("acme", E, A, 2, name="branch", ttl_s=60, context={"b": 1})),
     (1, Idempotent("k1", "fp1", ReplaceContext("acme", A, {"v": 2}, 1))),
     (1, UpdateSession("acme", A, name="renamed", ttl_s=7200)),

@@ -1,0 +1,234 @@
+"""LiveIndexer: live memory. A session shard's open sessions' turns go into their organizations'
+session memory as they are appended, in the background, so a turn is found before its session
+closes; the closing job then adds only what is left (engine.closing.job, step 4).
+
+The append path only marks the session (SessionStore.live_dirty, one dict assignment); it never
+waits for memory. The shard wakes the indexer after each batch it applies, and each tick takes
+what arrived meanwhile, then rests `memory.live.interval_s`, so a burst of appends is one tick:
+
+1. Take the marked sessions (the shard's `take`) into the waiting ones, in order.
+2. Read them (LiveTurns, not logged), up to `memory.live.max_turns` messages in all; a session
+   with more keeps waiting for the next tick. Skipped: gone, or owned by a closing job (closed,
+   or a summary asked for: the job indexes it whole, and its session entry must not be replaced).
+3. Their new turns and a stand-in entry per session (engine.memory.sessions, live_session_entry:
+   the filters' and matches' metadata, in no ranking) into memory: one embed (not urgent), then
+   one upsert per organization (engine.closing.indexing.index_live). Turn entries are named by
+   session and seq, so a tick done again replaces them: nothing doubles.
+4. MarkLive, one record for the tick (an op per organization, one batch): each session's
+   live_through moves to what went in. A session it finds gone was deleted while the tick ran:
+   what went into memory of it is taken out (ForgetSessions).
+
+A tick that fails (the embedder or the memory shard down) puts its sessions back and the indexer
+tries again after a backoff that doubles, up to MAX_BACKOFF_S; appends go on meanwhile. A crash
+before step 4 leaves live_through where it was, so the shard's next start (SessionStore.
+live_backlog) indexes those turns again, replacing what went in.
+
+Deletes (what makes memory end with nothing of a deleted session, however it interleaves with a
+tick): the gateway forgets the session's memory before it deletes the session; the shard forgets
+it again once its DeleteSession is logged; and MarkLive, written only after the tick's upsert was
+answered, says which sessions were gone, which the tick then forgets. A tick's upsert that lands
+after the shard's forget was sent after its own read found the session, so the delete came after
+that read and before the tick's MarkLive: MarkLive finds it gone and the tick forgets it. A delete
+after MarkLive has the shard's forget, sent after the upsert was answered.
+
+A closing job reads its session only once the indexer has nothing of it in flight (`settled`), so
+it sees the session's live_through and its upsert comes after the tick's.
+
+Imports engine.sessions (its ops), engine.memory (through engine.closing.indexing), never Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from engine.config import LiveMemoryConfig
+from engine.errors import EngineError
+from engine.memory.sessions import ClosedSession
+from engine.sessions.ops import LiveInput, LiveTurns, MarkLive
+from engine.sessions.session import SessionStatus
+
+from .indexing import forget_sessions, index_live, live_session
+from .ports import ClosingPorts, Record
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (organization, session id)
+MAX_BACKOFF_S = 30.0
+READS_PER_CALL = 64  # sessions read in one batch of the shard: a restart may hand over thousands
+
+
+@dataclass(slots=True)
+class _Taken:
+    """What a tick takes of one session: its new messages (as memory indexes them) and its mark."""
+
+    org: str
+    session_id: str
+    session: ClosedSession
+    message_count: int
+    after: int
+    through: int
+    ended: bool
+    said_at: Sequence[int]  # each new message's time, for the lag
+
+
+class LiveIndexer:
+    def __init__(
+        self,
+        record: Record,
+        ports: ClosingPorts,
+        config: LiveMemoryConfig,
+        *,
+        take: Callable[[], Iterable[Key]],
+        writable: Callable[[], bool] = lambda: True,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        lag: Callable[[float], None] | None = None,
+        now_ms: Callable[[], float] = lambda: time.time() * 1000,
+    ) -> None:
+        """`take`: the sessions the shard marked since the last call. `lag`: told the seconds from
+        each indexed message's append to its MarkLive (`now_ms`: the shard's clock)."""
+        self._record = record
+        self._ports = ports
+        self._config = config
+        self._take = take
+        self._writable = writable
+        self._sleep = sleep
+        self._lag = lag or (lambda seconds: None)
+        self._now_ms = now_ms
+        self._waiting: dict[Key, None] = {}  # an ordered set
+        self._in_flight: set[Key] = set()
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+        self._wake = asyncio.Event()
+        self.failures = 0  # ticks failed in a row
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def add(self, keys: Iterable[Key]) -> None:
+        """Sessions to index besides those `take` gives (a start's backlog)."""
+        self._waiting.update(dict.fromkeys(keys))
+
+    @property
+    def waiting(self) -> list[Key]:
+        """The sessions waiting or in flight."""
+        return [*self._waiting, *(key for key in self._in_flight if key not in self._waiting)]
+
+    async def settled(self, org: str, session_id: str) -> None:
+        """Returns once no tick has the session in flight."""
+        while (org, session_id) in self._in_flight:
+            await self._quiet.wait()
+
+    async def run(self) -> None:
+        """Forever: a tick each time the shard wakes it, at most one a `interval_s`."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                more = await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever failed, the sessions wait for the next try
+                self.failures += 1
+                backoff = min(MAX_BACKOFF_S, self._config.interval_s * 2**self.failures)
+                log.warning("live indexing failed", extra={"error": str(exc), "retry_in_s": backoff})
+                await self._sleep(backoff)
+                self._wake.set()
+                continue
+            self.failures = 0
+            await self._sleep(self._config.interval_s)  # what arrives meanwhile is the next tick's
+            if more:
+                self._wake.set()
+
+    async def tick(self) -> bool:
+        """One tick (the module's steps); whether sessions are left waiting."""
+        self._waiting.update(dict.fromkeys(self._take()))  # 1
+        if not self._waiting or not self._writable():
+            return False  # a shard that takes no changes could not record the marks; woken again later
+        taken = await self._read()  # 2
+        if not taken:
+            return bool(self._waiting)
+        self._in_flight = {(t.org, t.session_id) for t in taken}
+        self._quiet.clear()
+        try:
+            by_org: dict[str, list[_Taken]] = {}
+            for t in taken:
+                by_org.setdefault(t.org, []).append(t)
+            await index_live(  # 3
+                self._ports, {org: [(t.session, t.message_count) for t in ts] for org, ts in by_org.items()}
+            )
+            await self._mark(by_org)  # 4
+        except BaseException:
+            # Tried again from where live_through is: first in line, as they were.
+            self._waiting = {**dict.fromkeys(self._in_flight), **self._waiting}
+            raise
+        finally:
+            self._in_flight = set()
+            self._quiet.set()
+        return bool(self._waiting)
+
+    async def _read(self) -> list[_Taken]:
+        budget = self._config.max_turns
+        taken: list[_Taken] = []
+        keys = list(self._waiting)
+        for start in range(0, len(keys), READS_PER_CALL):
+            if budget <= 0:
+                break
+            chunk = keys[start : start + READS_PER_CALL]
+            answers = await self._record([LiveTurns(org, sid, budget) for org, sid in chunk])
+            for (org, sid), live in zip(chunk, answers, strict=True):
+                if isinstance(live, EngineError):
+                    return taken  # the shard takes no reads: left waiting
+                if budget <= 0:
+                    break
+                if live is None or live.owned:
+                    self._waiting.pop((org, sid), None)  # gone, or its closing job's
+                    continue
+                found = self._taken(org, sid, live, budget)
+                if found is None or found.through >= live.message_count:
+                    self._waiting.pop((org, sid), None)
+                if found is not None:
+                    budget -= found.through - found.after
+                    taken.append(found)
+        return taken
+
+    @staticmethod
+    def _taken(org: str, session_id: str, live: LiveInput, budget: int) -> _Taken | None:
+        """What to index of a session now: None when nothing (no new message, and its entry in
+        memory says what its status is)."""
+        new = list(live.messages[:budget])
+        ended = live.status is not SessionStatus.ACTIVE
+        if not new and (live.live_through == 0 or not ended or live.ended_written):
+            return None
+        through = live.live_through + len(new)
+        session = live_session(session_id, live, new)
+        return _Taken(
+            org,
+            session_id,
+            session,
+            live.message_count,
+            live.live_through,
+            through,
+            ended and through >= live.message_count,
+            session.times,
+        )
+
+    async def _mark(self, by_org: dict[str, list[_Taken]]) -> None:
+        marks = [
+            MarkLive(org, tuple((t.session_id, t.after, t.through, t.ended) for t in ts))
+            for org, ts in by_org.items()
+        ]
+        answers = await self._record(marks)
+        now_ms = self._now_ms()
+        for mark, gone in zip(marks, answers, strict=True):
+            if isinstance(gone, EngineError):
+                raise gone  # not recorded: the sessions are indexed again from where they were
+            if gone:
+                await forget_sessions(self._ports, mark.org, list(gone))
+        for ts in by_org.values():
+            for t in ts:
+                for said_at in t.said_at:
+                    self._lag(max(0.0, (now_ms - said_at) / 1000))
