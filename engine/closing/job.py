@@ -50,7 +50,11 @@ The mark is in the session's log record and snapshot, so a restarted shard resum
 it had queued. A summary asked for again while its upgrade runs cancels the upgrade (the new
 summary queues its own, and indexes its own text after whatever the upgrade put there); a session
 deleted meanwhile has its memory taken out. An upgrade that fails is tried again with the job's
-backoff, then left queued for the shard's next start.
+backoff, then left queued for the shard's next start. One that ends in anything but a logged kept
+text after the model's text went into session memory (the log refused it, the shard was drained,
+a failure in between), and any upgrade resumed at a start (an earlier run may have put the text in
+before a crash), puts the session's summary as the session has it into session memory again
+(one more embed), so that memory never holds a summary the session does not.
 
 What it costs (tests/unit/closing/test_costs.py): a first attempt that succeeds writes two
 session-log records and two memory-log records, and makes four calls outside the shard, one Ray
@@ -311,8 +315,6 @@ class ClosingJobs:
         try:
             async with self._upgrade_slots:
                 await self._upgrades(org, session_id)
-                if (org, session_id) in self._unsure:
-                    await self._index_current(org, session_id)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -325,8 +327,11 @@ class ClosingJobs:
         for attempt in range(1, config.max_attempts + 1):
             try:
                 await self._upgrade(org, session_id)
+                if (org, session_id) in self._unsure:
+                    await self._index_current(org, session_id)
                 return
             except _Gone:
+                self._unsure.discard((org, session_id))
                 await forget_sessions(self._ports, org, [session_id])
                 return
             except Exception as exc:  # noqa: BLE001 - the extract stays; the upgrade stays queued

@@ -120,6 +120,15 @@ class Harness:
             if (found := index.entry(faiss_id)) is not None
         }
 
+    def summary_entry(self, sid: str) -> tuple[str | None, str | None]:
+        """(text, method) of the session's `#summary` entry in session memory."""
+        index = dict(self.memory.namespaces())[("acme", SESSIONS_OF_MEMORY)]
+        for faiss_id in index.ids_below(index.next_id):
+            found = index.entry(faiss_id)
+            if found is not None and found[0] == f"{sid}#summary":
+                return index.text(faiss_id), found[1].get("method")
+        return None, None
+
     def found(self, text: str) -> list[str]:
         (matches,) = self.memory.apply_batch(
             [QueryVectors("acme", SESSION_MEMORY, None, 5, None, text, "lexical")]
@@ -447,6 +456,54 @@ async def test_an_upgrade_the_log_refuses_leaves_the_extract_and_the_upgrade_que
     view = h.view(sid)
     assert (view["summary_status"], view["summary_provenance"]["method"]) == ("ready", "extractive")
     assert h.store.pending_upgrades() == [("acme", sid)], "the next start tries again"
+    assert h.summary_entry(sid) == (view["summary"], "extractive"), "memory says what the session does"
+
+
+async def test_an_upgrade_kept_while_the_shard_is_drained_leaves_memory_with_the_extract(
+    tmp_path: Path,
+) -> None:
+    h = durable_harness(tmp_path, max_attempts=1)
+    sid = h.closed_session()
+    assert h.durable is not None
+    durable = h.durable
+    h.during = lambda: durable.drain(Unavailable("drained", {}))  # while the model writes
+    await h.run_queued()
+    view = h.view(sid)
+    assert view["summary_provenance"]["method"] == "extractive"
+    assert h.summary_entry(sid) == (view["summary"], "extractive")
+    assert h.store.pending_upgrades() == [("acme", sid)]
+
+
+async def test_a_resumed_upgrade_that_is_rejected_puts_the_extract_back_into_memory(tmp_path: Path) -> None:
+    h = durable_harness(tmp_path)
+    sid = h.closed_session()
+    assert h.durable is not None
+    durable = h.durable
+    refuse = durable.commit
+
+    def crashed_before_the_verdict_was_logged(ops: Any) -> list[Any]:
+        if isinstance(ops[0], UpgradeSummary):
+            raise RuntimeError("the shard died")
+        return refuse(ops)
+
+    h.durable = None  # the harness records through the patched commit below
+    h.record = lambda ops: _async(crashed_before_the_verdict_was_logged(ops))  # type: ignore[method-assign]
+    h.closing = ClosingJobs(h.record, h, h.config, sleep=h.sleep)
+    await h.run_queued()
+    assert h.summary_entry(sid)[1] == "model", "the kept text went in; its record did not"
+    durable.close(snapshot=False)
+    again = durable_harness(tmp_path)
+    again.memory = h.memory  # session memory outlives the session shard
+    again.text = lambda c: "user: hello there\nassistant: hi again"  # rejected this time
+    again.closing.submit_upgrades(again.store.pending_upgrades())
+    await again.closing.drain()
+    view = again.view(sid)
+    assert view["summary_provenance"]["model_rejected"] == "dialogue"
+    assert again.summary_entry(sid) == (view["summary"], "extractive")
+
+
+async def _async(value: Any) -> Any:
+    return value
 
 
 def durable_harness(tmp_path: Path, **settings: Any) -> Harness:
