@@ -4,11 +4,13 @@
 this gateway traffic. Its `status` says the rest: "starting" while memory shards or models still
 load (listed in `loading`; memory queries answer 503 ModelsLoading meanwhile), "ready" once
 everything is loaded, "degraded" while a shard is read-only, a memory shard or a model actor
-answers an error (restarting, unreachable, refusing) or a model failed to load, "draining" while an
-operator has drained the cluster. Only a session shard that does not answer, or refuses, is a 503:
-memory and the models being down leave sessions served, so that stays a 200 whose `notices` say
-what is wrong. Nothing unauthenticated names a server path: every string a shard or model sends is cut to
-the last part of any absolute path in it (docs/operations.md, "Readiness").
+answers an error (restarting, unreachable, refusing) or the embedder failed to load, "draining"
+while an operator has drained the cluster. A summarizer that failed to load is a notice only: a
+summary is ready at close without it (the model's text is an upgrade). Only a session shard that
+does not answer, or refuses, is a 503: memory and the models being down leave sessions served, so
+that stays a 200 whose `notices` say what is wrong. Nothing unauthenticated names a server path:
+every string a shard or model sends is cut to the last part of any absolute path in it
+(docs/operations.md, "Readiness").
 """
 
 from __future__ import annotations
@@ -154,7 +156,9 @@ def _model_state(found: Any) -> str | None:
 
 
 def _status(notices: list[dict[str, Any]], loading: list[str]) -> str:
-    if any(key in n for n in notices for key in ("read_only", "fenced", "failed", "unavailable")):
+    # A summarizer that failed to load degrades nothing: summaries are made without it.
+    serving = [n for n in notices if not (n.get("model") == "summarizer" and "failed" in n)]
+    if any(key in n for n in serving for key in ("read_only", "fenced", "failed", "unavailable")):
         return "degraded"
     if any("draining" in n for n in notices):
         return "draining"

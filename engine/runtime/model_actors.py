@@ -182,9 +182,15 @@ class SummarizerPool:
             loop = asyncio.get_running_loop()
             self._loops = [loop.create_task(self._serve(worker)) for worker in self._workers]
             await asyncio.gather(*(w.describe.remote() for w in self._workers))
-        except Exception as exc:  # noqa: BLE001 - said by describe; jobs wait, and resume at the next start
+        except Exception as exc:  # noqa: BLE001 - said by describe; upgrades fail, and resume at the next start
             self._failure = failure_line(exc)
             log.error("the summarizer failed to load", extra={"error": self._failure})
+            # No loop will ever serve them: each fails, so its shard's job backs off and leaves the
+            # upgrade queued in the session for the next start, instead of holding a slot for ever.
+            while not self._queue.empty():
+                _, future = self._queue.get_nowait()
+                if not future.done():
+                    future.set_exception(self._not_loaded())
             return
         self._loaded = True
 
@@ -216,9 +222,14 @@ class SummarizerPool:
         return self._metrics.families(self._pass.acceptance.active)
 
     async def _generate(self, conversation: Conversation) -> Summary | None:
+        if self._failure is not None:
+            raise self._not_loaded()
         future: asyncio.Future[Summary | None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((conversation, future))
         return await future
+
+    def _not_loaded(self) -> SummaryFailed:
+        return SummaryFailed(f"the summarizer failed to load: {self._failure}")
 
     def _judged(self, verdict: Verdict) -> None:
         self._metrics.verdicts.labels(verdict.outcome).inc()

@@ -183,6 +183,14 @@ def test_a_model_that_failed_to_load_makes_the_engine_degraded() -> None:
     assert DATA_DIR not in text
 
 
+def test_a_summarizer_that_failed_to_load_is_a_notice_and_the_engine_stays_ready() -> None:
+    """Summaries are ready at close with an extract; the model's text is only an upgrade."""
+    models = {**LOADED, "summarizer": {"state": "failed", "error": "OSError: no model", "workers": []}}
+    status, body, _ = readyz(make_app(models=models))
+    assert status == 200 and body["status"] == "ready", body
+    assert {"model": "summarizer", "failed": "OSError: no model"} in body["notices"]
+
+
 def test_a_drained_engine_says_draining() -> None:
     status, body, _ = readyz(make_app(condition={"draining": True}))
     assert status == 200 and body["status"] == "draining", body
