@@ -12,6 +12,10 @@ pass until a full window holds no kept summary, then pauses it: a small model th
 usable summary of this data spends CPU for nothing kept. `on` always runs it, `off` never. The
 window is saved per model in a small JSON file in the data directory, so a restart does not spend
 another window of generations to learn the same thing, and a different model starts afresh.
+Once `auto` has paused the pass, it stays paused until a restart: verdicts of generations that
+were under way at the pause are not counted, since each session shard stops queueing upgrades at
+the first skipped verdict it hears, and a pass that came back meanwhile would be active with
+nothing sent to it.
 Pure Python: no Ray, no model.
 """
 
@@ -20,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,18 +93,36 @@ class Acceptance:
         return len(self._verdicts) == self.window and not any(self._verdicts)
 
     def record(self, kept: bool) -> None:
+        if self.mode == "auto" and self._spent:
+            return  # paused until a restart (module docstring)
         self._verdicts.append(kept)
 
     def save(self) -> None:
-        """Write the window (blocking I/O: call it off the event loop). Written whole to a temporary
-        file and renamed, so a crash leaves the old window or the new one, never half of one."""
+        """Write the window (blocking I/O: call it off the event loop)."""
+        self.write(self.encoded())
+
+    def encoded(self) -> bytes:
+        """Every model's window as the file holds it, this one's as it is now (taken on the event
+        loop, where verdicts are recorded, so no verdict changes it half-way)."""
+        self._saved[self.model] = {"verdicts": [int(v) for v in self._verdicts]}
+        return orjson.dumps(self._saved)
+
+    def write(self, data: bytes) -> None:
+        """`data` into the file (blocking I/O). Written whole to a temporary file of its own, fsynced
+        and renamed, so a crash leaves the old window or the new one, never half of one."""
         if self._file is None:
             return
-        self._saved[self.model] = {"verdicts": [int(v) for v in self._verdicts]}
         self._file.parent.mkdir(parents=True, exist_ok=True)
-        part = self._file.with_suffix(".part")
-        part.write_bytes(orjson.dumps(self._saved))
-        part.replace(self._file)
+        fd, part = tempfile.mkstemp(dir=self._file.parent, prefix=f"{self._file.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            Path(part).replace(self._file)
+        except BaseException:
+            Path(part).unlink(missing_ok=True)
+            raise
 
     def describe(self) -> dict[str, Any]:
         judged_n, kept_n = len(self._verdicts), sum(self._verdicts)
@@ -150,6 +174,8 @@ class ModelPass:
         self.acceptance = acceptance
         self._generate = generate
         self._judged_by = judged_by  # told each verdict that was made (metrics)
+        # One save at a time: upgrades are judged many at once, and each would write the file.
+        self._saving = asyncio.Lock()
 
     async def upgrade(self, conversation: Conversation) -> Verdict:
         if not self.acceptance.active:
@@ -169,7 +195,9 @@ class ModelPass:
         was_active = self.acceptance.active
         self.acceptance.record(verdict.outcome == "kept")
         try:
-            await asyncio.to_thread(self.acceptance.save)
+            async with self._saving:
+                data = self.acceptance.encoded()  # the window as it is once this save's turn comes
+                await asyncio.to_thread(self.acceptance.write, data)
         except OSError as exc:
             # Not kept, the window is only learnt again after a restart; the verdict stands.
             log.warning("the summarizer's acceptance window was not saved", extra={"error": str(exc)})

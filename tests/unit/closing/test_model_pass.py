@@ -3,6 +3,8 @@ it, kept per model in a file so a restart remembers; with a fake generate in pla
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,43 @@ async def test_a_window_that_cannot_be_saved_still_gives_the_verdict(tmp_path: P
     acceptance = Acceptance("auto", 3, "tiny", blocked / ACCEPTANCE_FILE)  # under a file: never written
     verdict = await ModelPass(acceptance, FakeModel(GOOD)).upgrade(CONVERSATION)
     assert verdict.outcome == "kept" and acceptance.describe()["kept"] == 1
+
+
+async def test_once_auto_pauses_late_verdicts_do_not_bring_the_pass_back(tmp_path: Path) -> None:
+    """Each session shard stops queueing upgrades at its first skipped verdict: a pass that came
+    back with the verdicts of generations under way at the pause would be active with nothing sent."""
+    acceptance = window(tmp_path, size=2)
+    for _ in range(2):
+        acceptance.record(False)
+    assert not acceptance.active
+    acceptance.record(True)  # a generation that was under way at the pause
+    assert not acceptance.active and acceptance.describe()["kept"] == 0
+    on = window(tmp_path, mode="on", size=2)
+    for kept in (False, False, True):
+        on.record(kept)
+    assert on.describe()["kept"] == 1, "on counts every verdict"
+
+
+async def test_verdicts_judged_at_once_are_saved_one_at_a_time_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    acceptance = window(tmp_path, size=50)
+    writing = 0
+    most = 0
+    write = acceptance.write
+
+    def counted(data: bytes) -> None:
+        nonlocal writing, most
+        writing += 1
+        most = max(most, writing)
+        time.sleep(0.005)
+        write(data)
+        writing -= 1
+
+    monkeypatch.setattr(acceptance, "write", counted)
+    model_pass = ModelPass(acceptance, FakeModel(GOOD))
+    verdicts = await asyncio.gather(*(model_pass.upgrade(CONVERSATION) for _ in range(16)))
+    assert [v.outcome for v in verdicts] == ["kept"] * 16
+    assert most == 1, "one writer at a time"
+    assert window(tmp_path, size=50).describe()["judged"] == 16
+    assert [p.name for p in tmp_path.iterdir()] == [ACCEPTANCE_FILE], "no temporary file left"
