@@ -207,9 +207,11 @@ def summary_lag(url: str, key: str, wait_s: float) -> dict[str, Any]:
     counts those left (with how long the oldest has waited, so an unfinished backlog shows).
 
     A summary is ready with its extract (engine.closing.job); `close_to_ready_ms` is that lag,
-    over the summaries still extractive (a kept model upgrade moves its `created_at` to the
-    upgrade, and is counted in `upgraded` instead). `model_pass` is the summarizer pool's state
-    and acceptance rate as /readyz says it, read once the wait is over."""
+    over the summaries still extractive. A kept model upgrade moves its `created_at` to the
+    upgrade and keeps no time of its extract: those summaries are counted in
+    `close_to_upgrade_ms`, their lag to the model's text, which bounds their first ready time from
+    above, so no summary drops out of the lags. `model_pass` is the summarizer pool's state and
+    acceptance rate as /readyz says it, read once the wait is over."""
     headers = {"Authorization": f"Bearer {key}"}
     started = time.monotonic()
     with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
@@ -225,9 +227,15 @@ def summary_lag(url: str, key: str, wait_s: float) -> dict[str, Any]:
     summarized = [s["summary_provenance"]["created_at"] - s["ended_at"] for s in ready]
     extracts = [s for s in ready if s["summary_provenance"]["method"] == "extractive"]
     extracted = [s["summary_provenance"]["created_at"] - s["ended_at"] for s in extracts]
+    upgraded = [
+        s["summary_provenance"]["created_at"] - s["ended_at"]
+        for s in ready
+        if s["summary_provenance"]["method"] != "extractive"
+    ]
     searchable = [s["indexed_at"] - s["ended_at"] for s in closed if s["indexed_at"]]
     return {
         "close_to_ready_ms": _spread(extracted),
+        "close_to_upgrade_ms": _spread(upgraded),
         "upgraded": len(ready) - len(extracts),
         "model_rejected": sum("model_rejected" in s["summary_provenance"] for s in extracts),
         "upgrades_pending": sum("upgrade" in s["summary_provenance"] for s in extracts),
