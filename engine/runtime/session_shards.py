@@ -134,7 +134,7 @@ class SessionShard(HostedShard[DurableSessions]):
             return
         if store.live_dirty:
             self._live.wake()
-        deleted = store.take_live_deleted()
+        deleted = store.take_live_deleted() if store.live_deleted else None
         if deleted and not durable.read_only:
             # After the log write, as retention's purge: why a delete ends with nothing of the
             # session in memory, however it meets a tick, is in engine.closing.live.
