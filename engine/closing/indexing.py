@@ -116,7 +116,7 @@ async def index_live(
     turns = [turn_entries(session) for _, session, _ in flat]
     texts = [turn.text for said in turns for turn in said]
     names = [session.name for (_, session, _), said in zip(flat, turns, strict=True) if not said]
-    vectors = await _vectors(ports, texts + names)
+    vectors = await _distinct_vectors(ports, texts + names)
     name_rows = iter(vectors[len(texts) :])
     ops: dict[str, list[MemoryOp]] = {}
     at = 0
@@ -143,6 +143,16 @@ async def index_summary(
 
 async def forget_sessions(ports: ClosingPorts, org: str, session_ids: Sequence[str]) -> None:
     await _checked(ports, org, [ForgetSessions(org, tuple(session_ids))])
+
+
+async def _distinct_vectors(ports: ClosingPorts, texts: Sequence[str]) -> np.ndarray:
+    """`_vectors`, each distinct text embedded once (an agent says the same thing in many turns)."""
+    distinct = list(dict.fromkeys(texts))
+    if len(distinct) == len(texts):
+        return await _vectors(ports, texts)
+    rows = await _vectors(ports, distinct)
+    at = {text: i for i, text in enumerate(distinct)}
+    return rows[[at[text] for text in texts]]
 
 
 async def _vectors(ports: ClosingPorts, texts: Sequence[str]) -> np.ndarray:

@@ -4,7 +4,8 @@ closes; the closing job then adds only what is left (engine.closing.job, step 4)
 
 The append path only marks the session (SessionStore.live_dirty, one dict assignment); it never
 waits for memory. The shard wakes the indexer after each batch it applies, and each tick takes
-what arrived meanwhile, then rests `memory.live.interval_s`, so a burst of appends is one tick:
+what arrived meanwhile, then rests `memory.live.interval_s` (or as long as the tick took, if
+longer), so a burst of appends is one tick:
 
 1. Take the marked sessions (the shard's `take`) into the waiting ones, in order.
 2. Read them (LiveTurns, not logged), up to `memory.live.max_turns` messages in all; a session
@@ -127,6 +128,7 @@ class LiveIndexer:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            started = time.monotonic()
             try:
                 more = await self.tick()
             except asyncio.CancelledError:
@@ -139,7 +141,10 @@ class LiveIndexer:
                 self._wake.set()
                 continue
             self.failures = 0
-            await self._sleep(self._config.interval_s)  # what arrives meanwhile is the next tick's
+            # What arrives meanwhile is the next tick's. Resting at least as long as the tick took
+            # leaves the embedder and the memory shard to appends and queries half the time or more
+            # when the turns come faster than they are indexed: the lag grows, appends do not slow.
+            await self._sleep(max(self._config.interval_s, time.monotonic() - started))
             if more:
                 self._wake.set()
 
