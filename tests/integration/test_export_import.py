@@ -98,6 +98,9 @@ def test_a_tenant_exports_deletes_and_imports_back_the_same_sessions(tenant: Api
         b, a = dict(before[sid]), dict(after[sid])
         if sid == ids[0]:  # its turns and summary indexed here, no new summary made
             assert a.pop("indexed_at") >= b.pop("indexed_at")
+        if b["summary_provenance"] is not None:
+            # A model upgrade still queued at export is not resumed by an import: the extract stays.
+            b["summary_provenance"] = {k: v for k, v in b["summary_provenance"].items() if k != "upgrade"}
         assert a == b, "summary, provenance, status, attempts and index_status as exported"
     query = {"namespace": "session-memory", "query_text": "Lisbon trams", "top_k": 10}
     found = tenant.post("/vectors/query", json=query).json()["matches"]
