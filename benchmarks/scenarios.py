@@ -12,7 +12,9 @@ import csv
 import os
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,9 @@ import numpy as np
 import orjson
 import psutil
 
+from benchmarks import load
 from benchmarks.load import HERE, Request
+from benchmarks.server import ServerProcess
 from engine.config import DurabilityConfig
 from engine.routing import shard_for
 from engine.sessions.durable import DurableSessions
@@ -171,7 +175,13 @@ def run_fleet(url: str, key: str, users: int, duration_s: float, work: Path) -> 
         "--csv", str(prefix), "--only-summary", "--stop-timeout", "10", "--loglevel", "WARNING",
     ]  # fmt: skip
     env = {**os.environ, "BENCH_API_KEY": key}
-    subprocess.run(command, env=env, capture_output=True, timeout=duration_s + 120, check=False)
+    probe = LiveProbe(url, key)
+    probe.start()
+    try:
+        subprocess.run(command, env=env, capture_output=True, timeout=duration_s + 120, check=False)
+    finally:
+        probe.stop.set()
+        probe.join(LIVE_PROBE_WAIT_S + 30)
     rows = {row["Name"]: row for row in csv.DictReader((prefix.parent / f"{prefix.name}_stats.csv").open())}
     total = rows["Aggregated"]
     closed = rows.get("close session", {}).get("Request Count", "0")
@@ -189,6 +199,7 @@ def run_fleet(url: str, key: str, users: int, duration_s: float, work: Path) -> 
             for k, v in (("50", "50"), ("90", "90"), ("99", "99"), ("999", "99.9"))
         },
         "max_ms": _locust_ms(total["100%"]),
+        "live_lag": probe.result(),
         "by_request": {
             name: {
                 "count": int(r["Request Count"]),
@@ -199,6 +210,85 @@ def run_fleet(url: str, key: str, users: int, duration_s: float, work: Path) -> 
             if name != "Aggregated"
         },
     }
+
+
+LIVE_PROBES = 60  # a fleet run's probes of live memory, at most
+LIVE_PROBE_WAIT_S = 15.0  # a probe whose word is not found by then counts as missed
+
+
+class LiveProbe(threading.Thread):
+    """Live memory's lag under the fleet, end to end: a session of the probe's own gets a message
+    with a word said nowhere else, then a session-memory query for the word, filtered to that
+    session, is sent every 50 ms until one of the match's highlights shows it; the lag runs from
+    the append's answer. One probe at a time, up to LIVE_PROBES, while the fleet runs. (Hybrid,
+    the default mode: a lexical query ranks sessions by their whole-session entries, which an
+    open session has none of yet; its turn's words show in the highlights.)"""
+
+    def __init__(self, url: str, key: str) -> None:
+        super().__init__(daemon=True)
+        self._url, self._key = url, key
+        self.stop = threading.Event()
+        self.lags_ms: list[int] = []
+        self.missed = 0
+
+    def run(self) -> None:
+        with httpx.Client(
+            base_url=self._url, headers={"Authorization": f"Bearer {self._key}"}, timeout=30
+        ) as client:
+            sid = client.post("/sessions", json={"name": "live probe"}).raise_for_status().json()["id"]
+            while not self.stop.is_set() and len(self.lags_ms) + self.missed < LIVE_PROBES:
+                self._probe(client, sid, f"zq{uuid.uuid4().hex[:12]}")
+
+    def _probe(self, client: httpx.Client, sid: str, word: str) -> None:
+        body = {"role": "user", "content": f"the probe's word is {word}"}
+        client.post(f"/sessions/{sid}/messages", json=body).raise_for_status()
+        said = time.monotonic()
+        query = {"namespace": "session-memory", "query_text": word, "filter": {"session_id": sid}}
+        while time.monotonic() - said < LIVE_PROBE_WAIT_S:
+            matches = client.post("/vectors/query", json=query).raise_for_status().json()["matches"]
+            if any(word in h["content"] for m in matches for h in m["metadata"]["highlights"]):
+                self.lags_ms.append(round((time.monotonic() - said) * 1000))
+                return
+            time.sleep(0.05)
+        self.missed += 1
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "probes": len(self.lags_ms) + self.missed,
+            "missed": self.missed,
+            "lag_ms": _spread(self.lags_ms),
+        }
+
+
+def append_live_on_off(
+    generator: str,
+    env: dict[str, str],
+    key: str,
+    work: Path,
+    connections: int,
+    duration_s: float,
+    rounds: int = 2,
+) -> dict[str, Any]:
+    """The `append` scenario on a fresh engine with live memory on, then off, `rounds` times in
+    turn (so drift on a shared machine falls on both): requests a second of each, and on ÷ off.
+    `env`: the engine's (its API key `key` among it), as the suite starts it."""
+    scenario = HTTP_SCENARIOS["append"]
+    runs: dict[str, list[float]] = {"on": [], "off": []}
+    for round_ in range(rounds):
+        for live in ("on", "off"):
+            data = work / f"append-live-{live}-{round_}"
+            switch = {"SESSION_ENGINE_MEMORY__LIVE__ENABLED": "true" if live == "on" else "false"}
+            process = ServerProcess(data, [], {**env, **switch}).wait_ready(timeout_s=600)
+            try:
+                with httpx.Client(base_url=process.url, headers={"Authorization": f"Bearer {key}"}) as client:
+                    plan = scenario.setup(client, connections)
+                load.run(generator, process.url, key, plan, load.Load(connections, 1), work)
+                result = load.run(generator, process.url, key, plan, load.Load(connections, duration_s), work)
+            finally:
+                process.stop()
+            runs[live].append(float(result["requests_per_s"]))
+    on, off = float(np.mean(runs["on"])), float(np.mean(runs["off"]))
+    return {"requests_per_s": runs, "on_vs_off": round(on / off, 3)}
 
 
 def summary_lag(url: str, key: str, wait_s: float) -> dict[str, Any]:
