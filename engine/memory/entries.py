@@ -145,7 +145,34 @@ class Entries:
             return set()
         return held if isinstance(held, set) else {held}
 
+    def frozen(self) -> Records:
+        """The live entries as they are now, for a snapshot: a shallow copy of the rows (they are
+        immutable tuples), turned into records later, off the shard's thread."""
+        return Records(list(self._rows))
+
     def with_text(self) -> Iterator[tuple[int, str]]:
         for faiss_id, row in enumerate(self._rows):
             if row is not None and row[1] is not None:
                 yield faiss_id, str(row[1].decode())
+
+
+class Records:
+    """Entries frozen for a snapshot. `to_list` makes the header's records, `[FAISS id, external
+    id, metadata, text]` as JSON (no text: three items), the format every engine has written."""
+
+    def __init__(self, rows: list[Row | None]) -> None:
+        self._rows = rows
+
+    def to_list(self) -> list[tuple[Any, ...]]:
+        """Tuples, not lists: the garbage collector stops tracking a tuple of plain values, so a
+        million of them do not make its full collections longer while the snapshot is written."""
+        out: list[tuple[Any, ...]] = []
+        for faiss_id, row in enumerate(self._rows):
+            if row is None:
+                continue
+            metadata = dict(zip(row[2], row[3:], strict=True))
+            if row[1] is None:
+                out.append((faiss_id, row[0], metadata))
+            else:
+                out.append((faiss_id, row[0], metadata, row[1].decode()))
+        return out

@@ -31,7 +31,7 @@ import numpy as np
 
 from engine.errors import ValidationFailed
 
-from .entries import Entries
+from .entries import Entries, Records
 from .fusion import fuse
 from .lexical import LexicalIndex
 from .vectors import IndexParams, Vectors
@@ -348,20 +348,16 @@ class NamespaceIndex:
     # -- persistence --------------------------------------------------------------------------------
 
     def to_parts(self) -> tuple[dict[str, Any], bytes]:
-        """(JSON-able header, the FAISS index as bytes). A build in progress is not in them: the
-        index read back builds again when it is due."""
-        records = []
-        for faiss_id in self._entries:
-            entry = self._entries.entry(faiss_id)
-            assert entry is not None
-            text = self._entries.text(faiss_id)
-            records.append([faiss_id, entry[0], entry[1], *([text] if text is not None else [])])
+        """(JSON-able header, the FAISS index as bytes), taken at once; the header's `records` is
+        a `Records` that the snapshot's writer turns into a list off the shard's thread
+        (`records_of`). A build in progress is not in them: the index read back builds again when
+        it is due."""
         header = {
             "dimension": self.dimension,
             "kind": self.kind,
             "trained_rows": self._vectors.trained_rows,
             "next_id": self._next_id,
-            "records": records,
+            "records": self._entries.frozen(),
         }
         return header, self._vectors.to_bytes()
 
@@ -376,13 +372,19 @@ class NamespaceIndex:
         )
         index._next_id = int(header["next_id"])
         texts = []
-        for faiss_id, external, meta, *text in header["records"]:  # a text is there if it had one
+        for faiss_id, external, meta, *text in records_of(header):  # a text is there if it had one
             index._entries.add(int(faiss_id), external, meta, text[0] if text else None)
             if text and text[0]:
                 texts.append((int(faiss_id), text[0]))
         index._add_texts(texts)
         index.commit()
         return index
+
+
+def records_of(header: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
+    """A header's records as a list: as read from a file, or frozen by `to_parts`."""
+    records = header["records"]
+    return records.to_list() if isinstance(records, Records) else list(records)
 
 
 def _depth(top_k: int) -> int:

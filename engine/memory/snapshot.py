@@ -1,7 +1,11 @@
 """A memory shard's snapshot files `memory-<lsn>.snap` (engine.storage.snapshot's parts): every
 namespace as its id/metadata header plus the FAISS index bytes (`faiss.serialize_index`), split
 over frames of at most 256 MiB, then the idempotency records, and a trailer
-`{"end": true, "namespaces": n}`. Built like engine.sessions.snapshot."""
+`{"end": true, "namespaces": n}`. Built like engine.sessions.snapshot.
+
+A header's `kind` says which FAISS index follows (engine.memory.vectors: flat, ivf, or an earlier
+engine's hnsw); a header without `trained_rows` is an earlier engine's. Its records are frozen on
+the shard's thread and listed here, in the writer's thread (engine.memory.index.records_of)."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from engine.errors import CorruptFile
 from engine.storage.layout import FORMAT_VERSION
 from engine.storage.snapshot import SnapshotFile, open_snapshot
 
-from .index import NamespaceIndex
+from .index import NamespaceIndex, records_of
 from .store import MemoryStore
 
 SNAPSHOT_MAGIC = b"SEMEM01\n"
@@ -36,7 +40,8 @@ def write_snapshot(
     try:
         for org, namespace, header, index_bytes in parts:
             pieces = [index_bytes[i : i + _PART_BYTES] for i in range(0, len(index_bytes), _PART_BYTES)]
-            file.write({"org": org, "namespace": namespace, "parts": len(pieces), **header})
+            listed = {**header, "records": records_of(header)}
+            file.write({"org": org, "namespace": namespace, "parts": len(pieces), **listed})
             for piece in pieces:
                 file.write_bytes(piece)
         for i in range(0, len(records), _RECORDS_PER_FRAME):
