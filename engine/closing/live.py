@@ -153,12 +153,11 @@ class LiveIndexer:
         self._waiting.update(dict.fromkeys(self._take()))  # 1
         if not self._waiting or not self._writable():
             return False  # a shard that takes no changes could not record the marks; woken again later
-        taken = await self._read()  # 2
-        if not taken:
-            return bool(self._waiting)
-        self._in_flight = {(t.org, t.session_id) for t in taken}
         self._quiet.clear()
         try:
+            taken = await self._read()  # 2
+            if not taken:
+                return bool(self._waiting)
             by_org: dict[str, list[_Taken]] = {}
             for t in taken:
                 by_org.setdefault(t.org, []).append(t)
@@ -183,6 +182,7 @@ class LiveIndexer:
             if budget <= 0:
                 break
             chunk = keys[start : start + READS_PER_CALL]
+            self._in_flight.update(chunk)  # from their read on: a closing job waits (`settled`)
             answers = await self._record([LiveTurns(org, sid, budget) for org, sid in chunk])
             for (org, sid), live in zip(chunk, answers, strict=True):
                 if isinstance(live, EngineError):
