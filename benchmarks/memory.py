@@ -21,6 +21,9 @@ model or the index and nothing around it:
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import gc
 import json
 import resource
 import statistics
@@ -33,7 +36,7 @@ import numpy as np
 
 from benchmarks.stamp import describe, machine
 from engine.config import SummarizerConfig
-from engine.memory.index import IndexParams, NamespaceIndex, normalized
+from engine.memory.index import IndexParams, NamespaceIndex, normalized, records_of
 from engine.memory.ops import QueryVectors, UpsertVectors
 from engine.memory.sessions import SESSION_MEMORY, SESSIONS_OF_MEMORY
 from engine.memory.store import MemoryStore
@@ -173,7 +176,8 @@ def measure_queries(
         ids = [f"v{i}" for i in range(n)]
         metadata = [{"bucket": i % 100} for i in range(n)]
         exact_answers = None
-        for kind, params in (("flat", IndexParams(hnsw_above=n + 1)), ("hnsw", IndexParams(hnsw_above=0))):
+        approximate = IndexParams(approximate_above=min(n - 1, 50_000), background=False)
+        for kind, params in (("flat", IndexParams(approximate_above=n + 1)), ("ivf", approximate)):
             index = NamespaceIndex(dimension, params)
             started = time.perf_counter()
             for i in range(0, n, 10_000):  # as upserts arrive, in chunks
@@ -207,67 +211,137 @@ def measure_queries(
     return rows
 
 
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+_T0 = 1_700_000_000_000  # the first turn's created_at (epoch ms); one turn a second after it
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory now (ru_maxrss is only its peak)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+
+
+def _percentiles(latencies: list[float], prefix: str) -> dict[str, float]:
+    return {
+        f"{prefix}_p50_ms": round(statistics.median(latencies), 2),
+        f"{prefix}_p99_ms": round(float(np.percentile(latencies, 99)), 2),
+    }
+
+
+def _hybrid(store: MemoryStore, vector: np.ndarray, text: str, mode: str = "hybrid") -> float:
+    op = QueryVectors("org", SESSION_MEMORY, None if mode == "lexical" else vector, 10, None, text, mode)  # type: ignore[arg-type]
+    started = time.perf_counter()
+    store.apply_batch([op])
+    return (time.perf_counter() - started) * 1000
+
+
+def _queries(
+    store: MemoryStore,
+    turns: NamespaceIndex,
+    vectors: np.ndarray,
+    probes: np.ndarray,
+    texts: list[str],
+    prefix: str,
+) -> dict[str, Any]:
+    """Query latency by mode, and recall@10 of the turns' dense search against exact search."""
+    row: dict[str, Any] = {f"{prefix}lists": getattr(turns._vectors.index, "nlist", 0)}
+    for mode in ("hybrid", "dense", "lexical"):
+        latencies = [_hybrid(store, v, t, mode) for v, t in zip(probes, texts, strict=True)]
+        row |= _percentiles(latencies, prefix + mode)
+    found = [{turns.entry(i)[0] for i, _ in turns.dense(v, 10)} for v in probes[:100]]  # type: ignore[index]
+    exact = [{f"s{j // 20}#{j % 20 + 1}" for j in np.argsort(-(vectors @ v))[:10]} for v in probes[:100]]
+    recall = statistics.mean(len(f & e) / 10 for f, e in zip(found, exact, strict=True))
+    return row | {f"{prefix}dense_recall_at_10": round(recall, 3)}
+
+
 def measure_session_memory(
     sizes: list[int], dimension: int = 384, queries: int = 300
 ) -> list[dict[str, Any]]:
     """Session memory of one organization on one memory shard, with `n` indexed turns in sessions
-    of 20 (plus a whole-session entry each): build time, resident memory added, and the latency
-    of hybrid, dense and lexical queries (top 10 sessions) in the shard's own code, no HTTP.
+    of 20 (plus a whole-session entry each): build time (until the background builds are done),
+    resident memory the engine's structures add (measured after the benchmark's own arrays are
+    made), the latency of hybrid, dense and lexical queries (top 10 sessions) in the shard's own
+    code, no HTTP; recall@10 of the turns' dense search against exact search on the same vectors;
+    then a rebuild of the turns' index at full size, with hybrid queries answered while it runs.
     Texts are 12 words drawn from a 30,000-word vocabulary by a Zipf law, as words are in text;
-    vectors are the `clustered` kind above."""
+    vectors are the `clustered` kind above; metadata as the closing job writes it."""
     rng = np.random.default_rng(1)
     vocabulary = np.array([f"w{i}" for i in range(30_000)])
     rows = []
     for n in sizes:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        store = MemoryStore(IndexParams())
         vectors, probes = _data("clustered", n, queries, dimension, rng)
+        texts = [
+            " ".join(vocabulary[np.minimum(rng.zipf(1.3, 6), len(vocabulary)) - 1]) for _ in range(queries)
+        ]
+        gc.collect()
+        _LIBC.malloc_trim(0)
+        resident = _resident_bytes()
+        store = MemoryStore(IndexParams())
         started = time.perf_counter()
         for start in range(0, n, 10_000):
             end = min(n, start + 10_000)
             words = vocabulary[np.minimum(rng.zipf(1.3, (end - start, 12)), len(vocabulary)) - 1]
-            texts = tuple(" ".join(row) for row in words)
+            chunk = tuple(" ".join(row) for row in words)
             ids = tuple(f"s{i // 20}#{i % 20 + 1}" for i in range(start, end))
-            metadata = tuple({"session_id": f"s{i // 20}", "kind": "turn", "seq": i % 20 + 1, "role": "user"}
-                             for i in range(start, end))  # fmt: skip
+            metadata = tuple({"session_id": f"s{i // 20}", "kind": "turn", "seq": i % 20 + 1, "role": "user",
+                              "created_at": _T0 + i * 1000} for i in range(start, end))  # fmt: skip
             store.apply_batch(
-                [UpsertVectors("org", SESSION_MEMORY, ids, vectors[start:end], metadata, texts=texts)]
+                [UpsertVectors("org", SESSION_MEMORY, ids, vectors[start:end], metadata, texts=chunk)]
             )
             sessions = sorted({i // 20 for i in range(start, end)})
             whole = normalized(vectors[[min(s * 20, n - 1) for s in sessions]])
             store.apply_batch([UpsertVectors(
                 "org", SESSIONS_OF_MEMORY, tuple(f"s{s}" for s in sessions), whole,
-                tuple({"session_id": f"s{s}", "kind": "session", "name": f"chat {s}"} for s in sessions),
-                texts=tuple(texts[(s * 20 - start) % len(texts)] for s in sessions),
+                tuple({"session_id": f"s{s}", "kind": "session", "name": f"chat {s}",
+                       "created_at": _T0 + s * 20_000, "closed_at": _T0 + s * 20_000 + 19_000,
+                       "message_count": 20, "status": "closed"} for s in sessions),
+                texts=tuple(chunk[(s * 20 - start) % len(chunk)] for s in sessions),
             )])  # fmt: skip
             store.take_journal()
+        written_s = time.perf_counter() - started
+        turns = dict(store.namespaces())[("org", SESSION_MEMORY)]
+        for _, index in store.namespaces():
+            index.wait_for_build()
         build_s = time.perf_counter() - started
+        gc.collect()
+        _LIBC.malloc_trim(0)  # give back what the build freed, so what stays resident is what is held
+        engine_bytes = _resident_bytes() - resident
         grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-        texts = [
-            " ".join(vocabulary[np.minimum(rng.zipf(1.3, 6), len(vocabulary)) - 1]) for _ in range(queries)
-        ]
         row: dict[str, Any] = {
             "part": "session-memory",
             "turns": n,
             "sessions": n // 20,
-            "index": dict(store.namespaces())[("org", SESSION_MEMORY)].kind,
+            "index": turns.kind,
+            "written_s": round(written_s, 1),
             "build_s": round(build_s, 1),
             "max_rss_growth_mib": round(grown_mib),
+            "engine_mib": round(engine_bytes / 2**20),
+            "engine_bytes_per_turn": round(engine_bytes / n),
+            "faiss_bytes_per_turn": round(len(turns.to_parts()[1]) / n),
         }
-        for mode in ("hybrid", "dense", "lexical"):
-            latencies = []
-            for vector, text in zip(probes, texts, strict=True):
-                op = QueryVectors(
-                    "org", SESSION_MEMORY, None if mode == "lexical" else vector, 10, None, text, mode
-                )
-                t0 = time.perf_counter()
-                store.apply_batch([op])
-                latencies.append((time.perf_counter() - t0) * 1000)
-            row[f"{mode}_p50_ms"] = round(statistics.median(latencies), 2)
-            row[f"{mode}_p99_ms"] = round(float(np.percentile(latencies, 99)), 2)
+        row |= _queries(store, turns, vectors, probes, texts, "")
+        started = time.perf_counter()
+        parts = [index.to_parts() for _, index in store.namespaces()]  # what a snapshot's pause does
+        row["snapshot_pause_s"] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()
+        for header, _ in parts:  # what the snapshot's writer does before it writes, off the shard's thread
+            records_of(header)
+        row["snapshot_records_s"] = round(time.perf_counter() - started, 2)
+        del parts
+        started = time.perf_counter()
+        turns.rebuild(background=True)
+        during: list[float] = []
+        while turns.building:
+            v, t = probes[len(during) % queries], texts[len(during) % queries]
+            during.append(_hybrid(store, v, t))
+        row["rebuild_s"] = round(time.perf_counter() - started, 1)
+        row["queries_during_rebuild"] = len(during)
+        if during:
+            row |= _percentiles(during, "hybrid_during_rebuild")
+        row |= _queries(store, turns, vectors, probes, texts, "rebuilt_")
         rows.append(row)
         print(json.dumps(row))
-        del store
+        del store, turns
     return rows
 
 
