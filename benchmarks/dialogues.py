@@ -8,7 +8,8 @@ a few pairs of friends each talk over many sessions, weeks apart. Speaker A's li
 both speakers and the date live in the name. Every session opens with greetings that name the
 other speaker, and most of it is chit-chat (weather, weekends, food, shows, family, work in
 general, encouragement), shared in kind by every pair and full of the words that life events use
-too ("work", "dog", "trip"). Into some sessions a speaker drops a life event told with specific
+too ("work", "dog", "trip"); its lines vary in how they open and close, as people rarely say a
+line twice word for word. Into some sessions a speaker drops a life event told with specific
 words (a company, a pet's name, a place), the friend reacts repeating some of them and asks, and
 the teller adds a detail. Two facts change over time: where a speaker lives (three tellings) and
 where they work (two).
@@ -108,6 +109,12 @@ FILLERS = (
      "activity": ["played board games", "painted the fence", "went for a long bike ride", "reorganized the garage", "helped a neighbour move"],
      "weather": ["sunny", "stormy", "humid", "chilly", "snowy"]},
 )  # fmt: skip
+# How a chit-chat line may open and close, per half: people rarely say the same line twice word
+# for word, and a line said verbatim in many sessions is one the engine sets aside as a greeting.
+OPENINGS = (["", "", "Haha, ", "Honestly, ", "Oh, ", "So, ", "Ugh, ", "Well, "],
+            ["", "", "Lol, ", "Okay so ", "Hmm, ", "Ah, ", "Man, ", "Yeah, "])  # fmt: skip
+CLOSINGS = (["", "", " :)", " haha", " to be honest.", " you know?"],
+            ["", "", " lol", " :D", " for real.", " right?"])  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -523,26 +530,36 @@ def _fill(
 ) -> None:
     """Greetings, chit-chat with the session's events among it, goodbyes; A is `user`, B `assistant`."""
 
-    def exchange(opener: str, first: str, answer: str) -> list[tuple[str, str]]:
+    def exchange(opener: str, first: str, answer: str, vary: bool = False) -> list[tuple[str, str]]:
         # Both lines take the opener's slots: {x} is the opener, {y} the friend they address.
         other = _other(opener, a, b)
         fill = {name: rng.choice(choices) for name, choices in FILLERS[half].items()}
-        return [
-            (opener, first.format(x=opener, y=other, **fill)),
-            (other, answer.format(x=opener, y=other, **fill)),
-        ]
+        said = [first.format(x=opener, y=other, **fill), answer.format(x=opener, y=other, **fill)]
+        if vary:
+            said = [_varied(rng, half, line) for line in said]
+        return [(opener, said[0]), (other, said[1])]
 
     lines = exchange(rng.choice([a, b]), *rng.choice(GREETINGS[half]))
     middle: list[list[tuple[str, str]]] = [list(block) for block in blocks]
     budget = turns - 4 - sum(len(block) for block in blocks)
     chat = rng.sample(CHITCHAT[half], len(CHITCHAT[half]))
     while budget > 0 and chat:
-        middle.insert(rng.randrange(len(middle) + 1), exchange(rng.choice([a, b]), *chat.pop()))
+        middle.insert(rng.randrange(len(middle) + 1), exchange(rng.choice([a, b]), *chat.pop(), vary=True))
         budget -= 2
     for block in middle:
         lines += block
     lines += exchange(rng.choice([a, b]), *rng.choice(GOODBYES[half]))
     session.messages += [("user" if speaker == a else "assistant", text) for speaker, text in lines]
+
+
+def _varied(rng: random.Random, half: int, line: str) -> str:
+    """The line with one of OPENINGS before it and one of CLOSINGS in place of its final stop."""
+    opening, closing = rng.choice(OPENINGS[half]), rng.choice(CLOSINGS[half])
+    if opening:
+        line = opening + (line if line.startswith(("I ", "I'")) else line[0].lower() + line[1:])
+    if closing and line.endswith((".", "!")):  # a question keeps its question mark
+        line = line[:-1] + closing
+    return line
 
 
 def _other(speaker: str, a: str, b: str) -> str:

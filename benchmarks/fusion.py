@@ -91,10 +91,11 @@ RECIPE_NORM = "minmax/z"
 # `python -m benchmarks.fusion --search grid --norm minmax/z` chose these weights on the tuning sets.
 RECIPE: Mapping[str, float] = {
     "turn_dense": 1.0,
-    "session_dense": 0.5,
+    "session_dense": 1.0,
     "summary_dense": 0.5,
     "window_dense": 0.5,
-    "session_lexical": 0.3,
+    "turn_lexical": 0.1,
+    "session_lexical": 0.2,
     "summary_lexical": 0.1,
 }
 

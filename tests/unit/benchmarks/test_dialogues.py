@@ -97,6 +97,7 @@ def test_the_halves_share_no_sentences_names_or_values() -> None:
         for event in dialogues.EVENTS.values():
             out |= {part for value in event.values[half] for part in value} - _CATEGORIES
             out |= {getattr(event, part)[half] for part in ("told", "quote", "paraphrase", "when")}
+        out |= {part for part in dialogues.OPENINGS[half] + dialogues.CLOSINGS[half] if part}
         for choices in dialogues.FILLERS[half].values():
             out |= set(choices)
         return out
