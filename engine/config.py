@@ -8,6 +8,7 @@ Built once by `load_config()` in `main` and passed down; never read at import ti
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +26,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from engine.errors import ConfigError
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 ENV_PREFIX = "SESSION_ENGINE_"
@@ -245,6 +248,41 @@ class LiveMemoryConfig(_Section):
     max_turns: int = Field(256, ge=1)  # messages a tick takes at most; the rest wait for the next
 
 
+# Keys of engines that built HNSW past a size, and what each is now (None: nothing).
+_OLDER_INDEX_KEYS: dict[str, str | None] = {
+    "hnsw_above": "approximate_above",
+    "hnsw_ef_search": "hnsw_ef_search",
+    "hnsw_m": None,
+    "hnsw_ef_construction": None,
+}
+
+
+def _moved_index_keys(memory: Any) -> Any:
+    """A memory section written for engines that built HNSW past a size, as this engine reads it:
+    `hnsw_above` is now `index.approximate_above`, `hnsw_ef_search` `index.hnsw_ef_search` (older
+    snapshots' HNSW indexes), and the build-time HNSW keys mean nothing now. Each is named in a
+    warning, so the operator can move it; the new key, where the same section sets it, wins."""
+    if not isinstance(memory, dict) or not any(key in memory for key in _OLDER_INDEX_KEYS):
+        return memory
+    memory = dict(memory)
+    index = dict(memory.get("index") or {})
+    for old, new in _OLDER_INDEX_KEYS.items():
+        if old not in memory:
+            continue
+        value = memory.pop(old)
+        if new is None:
+            _log.warning(
+                "memory.%s is no longer used (namespaces past a size are IVF, not HNSW); remove it", old
+            )
+        elif new in index:
+            _log.warning("memory.%s is left out: memory.index.%s is set", old, new)
+        else:
+            index[new] = value
+            _log.warning("memory.%s is now memory.index.%s; it was read as that", old, new)
+    memory["index"] = index
+    return memory
+
+
 class MemoryConfig(_Section):
     """The vector memory: MemoryShard actors, one FAISS index per (organization, namespace)."""
 
@@ -259,6 +297,11 @@ class MemoryConfig(_Section):
     max_text_chars: int = Field(32_768, ge=1)
     max_metadata_bytes: int = Field(16_384, ge=2)
     max_dimension: int = Field(4096, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_index_keys(cls, data: Any) -> Any:
+        return _moved_index_keys(data)
 
     @model_validator(mode="after")
     def _default_within_max(self) -> MemoryConfig:
@@ -444,6 +487,8 @@ def load_config(config_file: Path | None = None, **overrides: Any) -> EngineConf
     layers.append(_nest({k: v for k, v in overrides.items() if v is not None}))
     merged: dict[str, Any] = {}
     for layer in layers:
+        if "memory" in layer:  # each layer's older keys moved first, so a later layer still wins
+            layer = {**layer, "memory": _moved_index_keys(layer["memory"])}
         merged = _deep_merge(merged, layer)
     try:
         return EngineConfig(**merged)

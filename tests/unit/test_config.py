@@ -46,6 +46,26 @@ def test_an_unknown_key_in_a_file_is_refused(tmp_path: Path) -> None:
         load_config(chosen)
 
 
+def test_an_older_engines_index_keys_still_start_and_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    chosen = tmp_path / "c.yaml"
+    chosen.write_text("memory:\n  hnsw_above: 1234\n  hnsw_m: 16\n  hnsw_ef_construction: 100\n")
+    with caplog.at_level("WARNING", logger="engine.config"):
+        config = load_config(chosen)
+    assert config.memory.index.approximate_above == 1234
+    said = caplog.text
+    assert "memory.hnsw_above is now memory.index.approximate_above" in said
+    assert "memory.hnsw_m is no longer used" in said and "memory.hnsw_ef_construction" in said
+    # The new key wins over the old one, from any source.
+    monkeypatch.setenv("SESSION_ENGINE_MEMORY__INDEX__APPROXIMATE_ABOVE", "99")
+    assert load_config(chosen).memory.index.approximate_above == 99
+    # Unknown keys are still refused.
+    chosen.write_text("memory:\n  hnsw_below: 1\n")
+    with pytest.raises(ConfigError, match="hnsw_below"):
+        load_config(chosen)
+
+
 def test_a_missing_or_malformed_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
