@@ -96,7 +96,7 @@ def live_session(session_id: str, live: LiveInput, messages: Sequence[Any]) -> C
         session_id,
         live.name,
         live.created_at,
-        None,
+        live.ended_at,
         [m[:2] for m in messages],
         times=[max(m.created_at, live.created_at) for m in messages],
         status=live.status.value,

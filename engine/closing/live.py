@@ -9,15 +9,20 @@ longer), so a burst of appends is one tick:
 
 1. Take the marked sessions (the shard's `take`) into the waiting ones, in order.
 2. Read them (LiveTurns, not logged), up to `memory.live.max_turns` messages in all; a session
-   with more keeps waiting for the next tick. Skipped: gone, or owned by a closing job (closed,
-   or a summary asked for: the job indexes it whole, and its session entry must not be replaced).
+   with more keeps waiting for the next tick. Skipped: gone, or owned by a closing job (its job
+   unfinished, or indexed whole by one: its session entry must not be replaced); a skipped
+   session leaves the tick at once, so a close need not wait for the tick to end.
 3. Their new turns and a stand-in entry per session (engine.memory.sessions, live_session_entry:
    the filters' and matches' metadata, in no ranking) into memory: one embed (not urgent), then
    one upsert per organization (engine.closing.indexing.index_live). Turn entries are named by
    session and seq, so a tick done again replaces them: nothing doubles.
 4. MarkLive, one record for the tick (an op per organization, one batch): each session's
-   live_through moves to what went in. A session it finds gone was deleted while the tick ran:
-   what went into memory of it is taken out (ForgetSessions).
+   live_through moves to what went in, unless it was renamed since the read (the mark names the
+   name it read: the turns go in again under the new one). A session it finds gone was deleted
+   or purged while the tick ran: what went into memory of it is taken out (ForgetSessions); a
+   forget that fails is tried again every tick until one succeeds, and a start forgets again the
+   sessions its replay saw deleted or purged (forgets are idempotent), so a crash between a tick's
+   upsert and its forget leaks nothing either.
 
 A tick that fails (the embedder or the memory shard down) puts its sessions back and the indexer
 tries again after a backoff that doubles, up to MAX_BACKOFF_S; appends go on meanwhile. A crash
@@ -73,6 +78,7 @@ class _Taken:
     after: int
     through: int
     ended: bool
+    name: str  # the session's name as read: a mark under another name is not applied
     said_at: Sequence[int]  # each new message's time, for the lag
 
 
@@ -101,9 +107,14 @@ class LiveIndexer:
         self._now_ms = now_ms
         self._waiting: dict[Key, None] = {}  # an ordered set
         self._in_flight: set[Key] = set()
-        self._quiet = asyncio.Event()
-        self._quiet.set()
+        self._settled = asyncio.Condition()  # notified as sessions leave _in_flight
         self._wake = asyncio.Event()
+        # Sessions gone whose memory a forget has not yet taken out (it failed): tried every tick.
+        self._forgets: dict[str, set[str]] = {}
+        # Per session, the highest seq whose lag was observed: a re-index (a rename's, a restart's
+        # backlog) is not lag since the message was said. Dropped when the session leaves.
+        self._lagged: dict[Key, int] = {}
+        self._started_ms = now_ms()
         self.failures = 0  # ticks failed in a row
 
     def wake(self) -> None:
@@ -113,6 +124,15 @@ class LiveIndexer:
         """Sessions to index besides those `take` gives (a start's backlog)."""
         self._waiting.update(dict.fromkeys(keys))
 
+    def forget(self, keys: Iterable[Key]) -> None:
+        """Sessions gone whose memory must be taken out: at the next tick, and every tick after
+        until a forget succeeds (forgets are idempotent). A start hands over the sessions replay
+        saw deleted or purged, in case a crash came between a tick's upsert and its forget."""
+        for org, session_id in keys:
+            self._forgets.setdefault(org, set()).add(session_id)
+        if self._forgets:
+            self._wake.set()
+
     @property
     def waiting(self) -> list[Key]:
         """The sessions waiting or in flight."""
@@ -120,8 +140,14 @@ class LiveIndexer:
 
     async def settled(self, org: str, session_id: str) -> None:
         """Returns once no tick has the session in flight."""
-        while (org, session_id) in self._in_flight:
-            await self._quiet.wait()
+        async with self._settled:
+            await self._settled.wait_for(lambda: (org, session_id) not in self._in_flight)
+
+    async def _leave(self, keys: Iterable[Key]) -> None:
+        """These sessions are no longer in flight: a closing job waiting on one goes on."""
+        self._in_flight.difference_update(keys)
+        async with self._settled:
+            self._settled.notify_all()
 
     async def run(self) -> None:
         """Forever: a tick each time the shard wakes it, at most one a `interval_s`."""
@@ -151,9 +177,10 @@ class LiveIndexer:
     async def tick(self) -> bool:
         """One tick (the module's steps); whether sessions are left waiting."""
         self._waiting.update(dict.fromkeys(self._take()))  # 1
+        if self._forgets:
+            await self._forget_gone()
         if not self._waiting or not self._writable():
             return False  # a shard that takes no changes could not record the marks; woken again later
-        self._quiet.clear()
         try:
             taken = await self._read()  # 2
             if not taken:
@@ -170,8 +197,7 @@ class LiveIndexer:
             self._waiting = {**dict.fromkeys(self._in_flight), **self._waiting}
             raise
         finally:
-            self._in_flight = set()
-            self._quiet.set()
+            await self._leave(list(self._in_flight))
         return bool(self._waiting)
 
     async def _read(self) -> list[_Taken]:
@@ -184,13 +210,18 @@ class LiveIndexer:
             chunk = keys[start : start + READS_PER_CALL]
             self._in_flight.update(chunk)  # from their read on: a closing job waits (`settled`)
             answers = await self._record([LiveTurns(org, sid, budget) for org, sid in chunk])
+            skipped: list[Key] = []
             for (org, sid), live in zip(chunk, answers, strict=True):
                 if isinstance(live, EngineError):
+                    await self._leave(skipped)
                     return taken  # the shard takes no reads: left waiting
                 if budget <= 0:
-                    break
+                    skipped.append((org, sid))  # not taken this tick: still waiting
+                    continue
                 if live is None or live.owned:
                     self._waiting.pop((org, sid), None)  # gone, or its closing job's
+                    self._lagged.pop((org, sid), None)
+                    skipped.append((org, sid))
                     continue
                 found = self._taken(org, sid, live, budget)
                 if found is None or found.through >= live.message_count:
@@ -198,6 +229,9 @@ class LiveIndexer:
                 if found is not None:
                     budget -= found.through - found.after
                     taken.append(found)
+                else:
+                    skipped.append((org, sid))
+            await self._leave(skipped)  # nothing of them goes in: a close need not wait for the tick
         return taken
 
     @staticmethod
@@ -218,12 +252,13 @@ class LiveIndexer:
             live.live_through,
             through,
             ended and through >= live.message_count,
+            live.name,
             session.times,
         )
 
     async def _mark(self, by_org: dict[str, list[_Taken]]) -> None:
         marks = [
-            MarkLive(org, tuple((t.session_id, t.after, t.through, t.ended) for t in ts))
+            MarkLive(org, tuple((t.session_id, t.after, t.through, t.ended, t.name) for t in ts))
             for org, ts in by_org.items()
         ]
         answers = await self._record(marks)
@@ -232,8 +267,35 @@ class LiveIndexer:
             if isinstance(gone, EngineError):
                 raise gone  # not recorded: the sessions are indexed again from where they were
             if gone:
-                await forget_sessions(self._ports, mark.org, list(gone))
-        for ts in by_org.values():
+                self.forget((mark.org, session_id) for session_id in gone)
+                for session_id in gone:
+                    self._lagged.pop((mark.org, session_id), None)
+        if self._forgets:
+            try:
+                await self._forget_gone()
+            except Exception as exc:  # noqa: BLE001 - recorded: kept, and tried again at the next tick
+                log.warning("forgetting gone sessions failed", extra={"error": str(exc)})
+        for org, ts in by_org.items():
             for t in ts:
-                for said_at in t.said_at:
-                    self._lag(max(0.0, (now_ms - said_at) / 1000))
+                self._observe_lag((org, t.session_id), t, now_ms)
+
+    def _observe_lag(self, key: Key, t: _Taken, now_ms: float) -> None:
+        """The lag of the messages indexed for the first time (seq past what was observed)."""
+        seen = self._lagged.get(key, t.after)
+        for seq, said_at in enumerate(t.said_at, start=t.after + 1):
+            if seq > seen and said_at >= self._started_ms:  # before this start: a restart's backlog
+                self._lag(max(0.0, (now_ms - said_at) / 1000))
+        if t.ended:
+            self._lagged.pop(key, None)
+        else:
+            self._lagged[key] = max(seen, t.through)
+
+    async def _forget_gone(self) -> None:
+        """Forget the sessions that are gone. One that fails fails the tick (memory is down, so
+        nothing else could go in either): kept, it is tried again after the backoff."""
+        for org, session_ids in list(self._forgets.items()):
+            sent = set(session_ids)
+            await forget_sessions(self._ports, org, sorted(sent))
+            session_ids -= sent  # more may have come while it ran
+            if not session_ids:
+                self._forgets.pop(org, None)

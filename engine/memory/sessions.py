@@ -150,7 +150,7 @@ def live_session_entry(session: ClosedSession, message_count: int) -> Entry:
         "kind": "session",
         "name": session.name,
         "created_at": session.created_at,
-        "closed_at": None,
+        "closed_at": session.closed_at,  # when it ended (completed or expired), else None
         "message_count": message_count,
         "status": session.status,
         "live": True,
@@ -325,6 +325,15 @@ def _signals(
         if index is None:
             continue
         candidates = None if chosen is None else index.select({"session_id": {"$in": chosen}})
+        if index is indexes.whole:
+            # Open sessions' stand-ins rank nowhere (`_rank` skips them): kept out of the search
+            # itself, or many would crowd the sessions that rank out of its depth. Without any, as
+            # cheap as before (one equality's posting list).
+            stand_ins = index.select({"live": True}) or set()
+            if stand_ins and candidates is None:
+                depth += len(stand_ins)
+            elif stand_ins and candidates is not None:
+                candidates = candidates - stand_ins
         if existing is not None:
             candidates = set(existing) if candidates is None else candidates & existing
         if candidates is not None and not candidates:

@@ -101,7 +101,9 @@ class SessionShard(HostedShard[DurableSessions]):
         if self._config.memory.live.enabled:
             # Replay marked what it applied; a start indexes every session live memory is behind on.
             durable.store.take_live()
-            durable.store.take_live_deleted()
+            # Forgets are idempotent: the sessions replay saw deleted or purged are forgotten again,
+            # in case the last run crashed between a tick's upsert and its forget.
+            self._live.forget(durable.store.take_live_deleted())
             self._live.add(durable.store.live_backlog())
             self._live.wake()
             self._timers.append(loop.create_task(self._live.run()))
@@ -146,8 +148,9 @@ class SessionShard(HostedShard[DurableSessions]):
         for org, group in itertools.groupby(sorted(deleted), key=lambda key: key[0]):
             try:
                 await forget_sessions(self._ports, org, [session_id for _, session_id in group])
-            except Exception as exc:  # noqa: BLE001 - the gateway forgot them before the delete
+            except Exception as exc:  # noqa: BLE001 - the live indexer tries again until one succeeds
                 log.warning("forgetting deleted sessions failed", extra={"org": org, "error": str(exc)})
+                self._live.forget(key for key in deleted if key[0] == org)
 
     async def answer(self, ops: Sequence[SessionOp]) -> list[Any]:
         """A gateway's batch: `handle`, with what its clients asked for encoded as JSON here
@@ -209,7 +212,7 @@ class SessionShard(HostedShard[DurableSessions]):
             "recovered": durable.recovery.report(),
             "summary_jobs_running": self._closing.active,
             "summary_upgrades_running": self._closing.upgrading,
-            "live_turns_waiting": durable.store.live_waiting(
+            "live_turns_waiting": durable.store.live_waiting(  # each session once (live_waiting)
                 [*self._live.waiting, *durable.store.live_dirty]
             ),
             **durable.store.apply(Ping(), 0),

@@ -87,7 +87,14 @@ def decode_session(e: list[Any]) -> Session:
     forked_from = e[24] if len(e) > 24 else None
     reindex = e[25] if len(e) > 25 else False
     upgrade, rejected = e[26:28] or [False, None]
-    live_through, live_ended = e[28:30] or [0, False]
+    if len(e) > 28:
+        live_through, live_ended = e[28:30]
+    elif status != SessionStatus.ACTIVE.value:
+        # Ended before live memory existed: marked done, so an upgrade does not index every old
+        # session (closed ones were indexed at close, as before; completed and expired ones are not).
+        live_through, live_ended = len(messages), True
+    else:
+        live_through, live_ended = 0, False
     return Session(
         org=org,
         id=sid,

@@ -43,7 +43,8 @@ SESSION_KEYS = FieldCodec(
 )
 LIVE_MARKS = FieldCodec(
     lambda marks: [list(mark) for mark in marks],
-    lambda marks: tuple((sid, after, through, ended) for sid, after, through, ended in marks),
+    # A mark logged before marks named the session's name has none: applied as it was then.
+    lambda marks: tuple((*mark[:4], mark[4] if len(mark) > 4 else None) for mark in marks),
 )
 
 
@@ -251,6 +252,7 @@ class LiveInput:
     messages: Sequence[Any]  # its Messages after live_through (seq = live_through + position + 1)
     owned: bool  # a closing job puts it into session memory (closed, or a summary asked for): not live
     ended_written: bool  # the entry standing for it in memory carries its final status already
+    ended_at: int | None = None  # when it ended, for its stand-in's closed_at
 
 
 @SESSION_OPS.read("_live_turns")
@@ -267,16 +269,17 @@ class LiveTurns(SessionOp):
 @SESSION_OPS.logged("live", "_mark_live")
 @dataclass(slots=True, frozen=True)
 class MarkLive(SessionOp):
-    """Live memory indexed these sessions' messages: (session id, after, through, ended), the
-    messages after seq `after` (the live_through it read) through seq `through`; ended when the
-    entry standing for the session carries a status other than active (it need not be written
-    again). A mark whose `after` is not the session's live_through any more (renamed meanwhile:
-    every turn goes in again) is not applied. One record per tick of a shard's indexer (one op per
+    """Live memory indexed these sessions' messages: (session id, after, through, ended, name),
+    the messages after seq `after` (the live_through it read) through seq `through`, under the
+    session's `name` as it read it; ended when the entry standing for the session carries a status
+    other than active (it need not be written again). A mark whose `after` is not the session's
+    live_through any more, or whose name is not the session's (renamed meanwhile: every turn goes in
+    again under the new name), is not applied. One record per tick of a shard's indexer (one op per
     organization, in one batch). Answers the ids of the sessions that are gone (deleted since they
     were read): what went into memory of them must be taken out."""
 
     org: str
-    marks: tuple[tuple[str, int, int, bool], ...] = coded(LIVE_MARKS)
+    marks: tuple[tuple[str, int, int, bool, str | None], ...] = coded(LIVE_MARKS)
 
 
 @SESSION_OPS.logged("summary_fail", "_fail_summary")

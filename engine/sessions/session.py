@@ -284,9 +284,11 @@ class Session:
 
     @property
     def live_owned(self) -> bool:
-        """A closing job puts it into session memory (closed, a summary asked for, an import's
-        re-index): live memory leaves it alone."""
-        return self.summary_status is not None or self.reindex
+        """A closing job puts it into session memory (its job unfinished: closed, a summary asked
+        for, an import's re-index), or did (indexed whole): live memory leaves it alone. A closed
+        session whose job failed for good before indexing it is live memory's again, so its
+        stand-in comes to say its status."""
+        return self.job_unfinished or self.indexed_at is not None
 
     @property
     def live_behind(self) -> bool:

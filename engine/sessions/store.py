@@ -202,8 +202,9 @@ class SessionStore:
         return [key for key, session in self._sessions.items() if session.live_behind]
 
     def live_waiting(self, keys: Iterable[tuple[str, str]]) -> int:
-        """Messages of these sessions not yet in live memory (for status)."""
-        sessions = (self._sessions.get(key) for key in keys)
+        """Messages of these sessions not yet in live memory (for status); each session counted once
+        however often `keys` names it."""
+        sessions = (self._sessions.get(key) for key in dict.fromkeys(keys))
         return sum(len(s.messages) - s.live_through for s in sessions if s is not None and not s.live_owned)
 
     def unfinished_summaries(self) -> list[tuple[str, str]]:
@@ -356,9 +357,11 @@ class SessionStore:
         session = self._writable(op.org, op.session_id, now_ms)
         renamed = op.name is not None and op.name != session.name
         session.update(name=op.name, ttl_s=op.ttl_s, now_ms=now_ms)
-        if renamed and session.live_through:
-            # Every turn is indexed with its session's name: all of them go in again, replaced.
-            session.live_through = 0
+        if renamed:
+            # Every turn is indexed with its session's name: all of them go in again, replaced. Dirty
+            # even when none was marked yet: a tick reading the old name may be under way, and its
+            # mark (which names the name it read) is then not applied.
+            session.live_through, session.live_ended = 0, False
             self.live_dirty[(op.org, op.session_id)] = None
         if op.ttl_s is not None:
             heapq.heappush(self._deadlines, (session.expires_at, op.org, op.session_id))
@@ -474,16 +477,17 @@ class SessionStore:
             session.messages[start : start + op.limit],
             session.live_owned,
             session.live_ended,
+            session.ended_at,
         )
 
     def _mark_live(self, op: MarkLive, now_ms: int) -> tuple[str, ...]:
         gone = []
-        for session_id, after, through, ended in op.marks:
+        for session_id, after, through, ended, name in op.marks:
             session = self._sessions.get((op.org, session_id))
             if session is None:
                 gone.append(session_id)
                 continue
-            if session.live_through == after:
+            if session.live_through == after and (name is None or name == session.name):
                 self._before_change(session)
                 session.live_through = max(after, through)
                 session.live_ended = ended
@@ -495,6 +499,8 @@ class SessionStore:
         session = self._find(op.org, op.session_id)
         self._before_change(session)
         session.fail_summary(op.error, final=op.final)
+        if session.live_behind:  # failed for good before indexing it: its stand-in says its status
+            self.live_dirty[(op.org, op.session_id)] = None
         return session.view()
 
     def _delete(self, op: DeleteSession, now_ms: int) -> None:
@@ -509,6 +515,10 @@ class SessionStore:
             if session is not None and session.status is not SessionStatus.ACTIVE:
                 self._remove(session)
                 purged.append(key)
+                # As a delete: a tick that read it before the purge forgets it at its MarkLive, and
+                # the shard forgets it once the purge is logged (retention forgot it before, too).
+                self.live_deleted.append(key)
+                self.live_dirty.pop(key, None)
         return purged
 
     def purgeable(

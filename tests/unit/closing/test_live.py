@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,8 +29,10 @@ from engine.sessions.ops import (
     DeleteSession,
     EndSession,
     ExpireDue,
+    FailSummary,
     LiveTurns,
     MarkLive,
+    PurgeSessions,
     SessionOp,
     UpdateSession,
 )
@@ -53,6 +55,7 @@ class Harness:
         self.embed_fails = 0
         self.before_upsert: Callable[[], None] | None = None  # runs as an upsert reaches memory
         self.before_mark: Callable[[], None] | None = None  # runs as MarkLive reaches the shard
+        self.before_read: Callable[[], Awaitable[None]] | None = None  # awaited as LiveTurns is sent
         self.marks_refused = False
         self.lags: list[float] = []
         self.live = LiveIndexer(
@@ -69,6 +72,8 @@ class Harness:
     # -- the ports and the shard's log --------------------------------------------------------------
 
     async def record(self, ops: Sequence[SessionOp]) -> list[Any]:
+        if self.before_read is not None and any(isinstance(op, LiveTurns) for op in ops):
+            await self.before_read()
         if any(isinstance(op, MarkLive) for op in ops):
             if self.before_mark is not None:
                 self.before_mark()
@@ -351,6 +356,204 @@ async def test_a_close_waits_for_the_tick_in_flight_and_its_entry_is_not_replace
     h.closing.submit(h.store.take_summary_jobs())
     await asyncio.sleep(0)
     release.set()
+    await tick
+    await h.closing.drain()
+    assert "live" not in h.entry(SESSIONS_OF_MEMORY, sid)
+    assert h.entry(SESSIONS_OF_MEMORY, sid)["status"] == "closed"
+
+
+async def test_a_rename_during_a_sessions_first_tick_puts_its_turns_in_under_the_new_name() -> None:
+    h = Harness()
+    sid = h.open_session("we moved to Porto", name="old")
+
+    def rename() -> None:
+        h.before_upsert = None
+        h.apply(UpdateSession("acme", sid, name="new"))
+
+    h.before_upsert = rename
+    await h.live.tick()  # read under "old": its mark, naming "old", is not applied
+    assert h.live_through(sid) == 0
+    while await h.live.tick():
+        pass
+    index = h.index_of(SESSION_MEMORY)
+    assert index.text(index.faiss_id(f"{sid}#1")) == "new\nwe moved to Porto"
+    assert h.entry(SESSIONS_OF_MEMORY, sid)["name"] == "new"
+    assert h.lags == [0.0], "indexed again under the new name: not lag a second time"
+    h.embedded.clear()
+    await h.close(sid)
+    turns = [text for text in h.embedded if "\n" in text]  # a turn's text: its session's name first
+    assert turns == [], "the turns in memory are the new name's: read back, not embedded again"
+
+
+async def test_a_close_after_a_rename_the_ticks_missed_indexes_every_turn_under_the_new_name() -> None:
+    h = Harness()
+    sid = h.open_session("we moved to Porto", name="old")
+    await h.live.tick()
+    h.apply(UpdateSession("acme", sid, name="new"))
+    await h.close(sid)
+    index = h.index_of(SESSION_MEMORY)
+    assert index.text(index.faiss_id(f"{sid}#1")) == "new\nwe moved to Porto"
+
+
+async def test_a_purge_that_meets_a_tick_leaves_nothing_of_the_session() -> None:
+    h = Harness()
+    sid = h.open_session("a secret to purge", ttl_s=1)
+    await h.live.tick()
+    h.now += 2000
+    h.apply(ExpireDue())
+
+    def retention_forgets() -> None:  # retention forgets first; the tick's upsert lands after
+        h.before_upsert = None
+        h.memory.apply_batch([ForgetSessions("acme", (sid,))])
+
+    h.before_upsert = retention_forgets
+    await h.live.tick()
+    h.apply(PurgeSessions((("acme", sid),)))
+    assert set(h.ids(SESSION_MEMORY)) | set(h.ids(SESSIONS_OF_MEMORY)) == set()
+    assert await h.live.tick() is False
+
+
+async def test_a_closed_session_whose_job_failed_before_indexing_it_has_a_stand_in_saying_closed() -> None:
+    h = Harness()
+    sid = h.open_session("the ferry to Tangier")
+    await h.live.tick()
+    h.apply(EndSession("acme", sid, SessionStatus.CLOSED))
+    assert await h.live.tick() is False, "its job's while it is unfinished"
+    h.apply(FailSummary("acme", sid, "embedder down", final=True))
+    await h.live.tick()
+    stand_in = h.entry(SESSIONS_OF_MEMORY, sid)
+    assert stand_in["status"] == "closed"
+    assert stand_in["closed_at"] == h.now
+    assert h.store.live_backlog() == []
+
+
+async def test_an_ended_sessions_stand_in_says_when_it_ended() -> None:
+    h = Harness()
+    sid = h.open_session("the ferry to Tarifa")
+    await h.live.tick()
+    h.now += 5
+    h.apply(EndSession("acme", sid, SessionStatus.COMPLETED))
+    await h.live.tick()
+    assert h.entry(SESSIONS_OF_MEMORY, sid)["closed_at"] == h.now
+
+
+async def test_stand_ins_do_not_crowd_closed_sessions_out_of_the_whole_session_rankings() -> None:
+    h = Harness()
+    closed = h.open_session("the harbour ferry schedule", name="trip")
+    await h.close(closed)
+    for _ in range(120):
+        h.open_session("the harbour ferry", name="trip")  # each stand-in's vector: the same turn's
+    while await h.live.tick():
+        pass
+    indexes = SessionIndexes(h.index_of(SESSION_MEMORY), h.index_of(SESSIONS_OF_MEMORY))
+    query = (await h.embed(["trip\nthe harbour ferry"]))[0]
+    found = signals(indexes, query, None, 5, mode="dense")
+    assert [sid for sid, _ in found.rankings["session_dense"]] == [closed]
+    chosen = signals(indexes, query, None, 5, {"name": "trip"}, mode="dense")
+    assert [sid for sid, _ in chosen.rankings["session_dense"]] == [closed]
+
+
+async def test_the_turns_waiting_count_each_session_once() -> None:
+    h = Harness(max_turns=1)
+    sid = h.open_session("one", "two", "three")
+    await h.live.tick()  # takes one, leaves the session waiting
+    h.say(sid, "four")  # marked again
+    assert h.store.live_waiting([*h.live.waiting, *h.store.live_dirty]) == 3
+
+
+async def test_a_forget_that_fails_after_the_marks_is_tried_again_until_it_succeeds() -> None:
+    h = Harness()
+    sid = h.open_session("a secret to forget")
+
+    def delete_now() -> None:  # the route's and the shard's forgets land before the tick's upsert
+        h.before_upsert = None
+        h.delete(sid)
+
+    h.before_upsert = delete_now
+    forgets_fail = 2
+    index = h.index
+
+    async def failing_forgets(org: str, ops: Sequence[MemoryOp]) -> list[Any]:
+        nonlocal forgets_fail
+        if forgets_fail and any(isinstance(op, ForgetSessions) for op in ops):
+            forgets_fail -= 1
+            raise RuntimeError("the memory shard died")
+        return await index(org, ops)
+
+    h.index = failing_forgets  # type: ignore[method-assign]
+    await h.live.tick()  # MarkLive finds it gone; the tick's forget fails
+    assert set(h.ids(SESSION_MEMORY)) == {f"{sid}#1"}
+    with contextlib.suppress(RuntimeError):
+        await h.live.tick()  # fails again: kept
+    await h.live.tick()
+    assert set(h.ids(SESSION_MEMORY)) | set(h.ids(SESSIONS_OF_MEMORY)) == set()
+
+
+async def test_a_start_forgets_again_the_sessions_replay_saw_deleted() -> None:
+    h = Harness()
+    sid = h.open_session("a secret to forget")
+    await h.live.tick()
+    h.apply(DeleteSession("acme", sid))  # as if the run crashed before its forget
+    h.memory.apply_batch(
+        [
+            UpsertVectors(
+                "acme",
+                SESSION_MEMORY,
+                (f"{sid}#9",),
+                np.ones((1, 8), np.float32) / 8**0.5,
+                ({"session_id": sid},),
+            )
+        ]
+    )
+    h.live.forget([("acme", sid)])
+    await h.live.tick()
+    assert set(h.ids(SESSION_MEMORY)) | set(h.ids(SESSIONS_OF_MEMORY)) == set()
+
+
+async def test_a_session_skipped_at_its_read_is_settled_before_the_tick_ends() -> None:
+    h = Harness()
+    owned = h.open_session("the tram to Belem")
+    other = h.open_session("the bus to Sintra")
+    h.apply(EndSession("acme", owned, SessionStatus.CLOSED))
+    h.store.take_summary_jobs()
+    ticking, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_embed(texts: Sequence[str]) -> np.ndarray:
+        ticking.set()
+        await release.wait()
+        return await Harness.embed(h, texts)
+
+    h.embed = slow_embed  # type: ignore[method-assign]
+    tick = asyncio.create_task(h.live.tick())
+    await ticking.wait()
+    await asyncio.wait_for(h.live.settled("acme", owned), 1)  # not held until the tick ends
+    settled_other = asyncio.create_task(h.live.settled("acme", other))
+    await asyncio.sleep(0)
+    assert not settled_other.done()
+    release.set()
+    await tick
+    await asyncio.wait_for(settled_other, 1)
+
+
+async def test_a_close_waits_for_a_tick_whose_read_has_not_been_answered_yet() -> None:
+    """The shard answers the tick's read after a close got in: the close's job waits for the tick
+    (the session counts as in flight from the moment its read is sent), so its entry stays."""
+    h = Harness()
+    sid = h.open_session("the tram to Belem")
+    reading, answer = asyncio.Event(), asyncio.Event()
+
+    async def slow_read() -> None:
+        h.before_read = None
+        reading.set()
+        await answer.wait()
+
+    h.before_read = slow_read
+    tick = asyncio.create_task(h.live.tick())
+    await reading.wait()
+    h.apply(EndSession("acme", sid, SessionStatus.CLOSED))
+    h.closing.submit(h.store.take_summary_jobs())
+    await asyncio.sleep(0)
+    answer.set()
     await tick
     await h.closing.drain()
     assert "live" not in h.entry(SESSIONS_OF_MEMORY, sid)

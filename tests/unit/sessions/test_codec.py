@@ -21,7 +21,7 @@ from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams
 from engine.memory.ops import MEMORY_OPS, DeleteVectors, ForgetSessions, ImportVectors, UpsertVectors
 from engine.oplog import TAG, UnencodableOp
-from engine.sessions.codec import decode_op, encode_op, encode_session
+from engine.sessions.codec import decode_op, decode_session, encode_op, encode_session
 from engine.sessions.durable import DurableSessions
 from engine.sessions.ops import (
     SESSION_OPS,
@@ -71,7 +71,7 @@ IMPORTED = [
 SESSION_SCRIPT: list[tuple[int, Any]] = [  # (ms to advance first, op)
     (0, CreateSession("acme", A, "a", 3600, {"plan": [1, {"deep": None}], "n": 2**63})),
     (1, AppendMessages("acme", A, (NewMessage("user", "hi"), NewMessage("tool", "42", "call_1", "calc")))),
-    (1, MarkLive("acme", ((A, 0, 2, False), ("sess_gone", 0, 1, True)))),
+    (1, MarkLive("acme", ((A, 0, 2, False, "a"), ("sess_gone", 0, 1, True, None)))),
     (1, ForkSession("acme", E, A, 2, name="branch", ttl_s=60, context={"b": 1})),
     (1, Idempotent("k1", "fp1", ReplaceContext("acme", A, {"v": 2}, 1))),
     (1, UpdateSession("acme", A, name="renamed", ttl_s=7200)),
@@ -278,3 +278,20 @@ def test_the_log_holds_everything_the_gateway_lets_through(tmp_path: Path, depth
     assert memory.commit([Idempotent("k", "fp", upsert)]) == [{"upserted": 1}]
     memory.close(snapshot=True)
     DurableMemory(tmp_path / "m", DurabilityConfig(), IndexParams(), clock, lock_wait_s=0.2).close()
+
+
+def test_a_live_mark_logged_before_marks_named_the_session_is_read_with_no_name() -> None:
+    encoded = orjson.loads(encode_op(MarkLive("acme", ((A, 0, 2, False, "a"),))))
+    older = orjson.loads(orjson.dumps(encoded).replace(b',"a"]', b"]"))
+    assert decode_op(older) == MarkLive("acme", ((A, 0, 2, False, None),))
+
+
+def test_a_session_that_ended_before_live_memory_existed_is_read_as_done_for_it() -> None:
+    """Snapshots of older engines lack live_through: an ended session is not live-indexed at the
+    upgrade (a closed one was indexed at close); an open one is, from its first message."""
+    ended = decode_session(IMPORTED)
+    assert (ended.live_through, ended.live_ended) == (len(ended.messages), True)
+    assert not ended.live_behind
+    active = decode_session([*IMPORTED[:7], "active", *IMPORTED[8:9], None, None, None, {}, IMPORTED[13]])
+    assert (active.live_through, active.live_ended) == (0, False)
+    assert active.live_behind
