@@ -16,7 +16,8 @@ decompressing a block of documents for each hit. In an index of more than `prune
 query leaves out its words found in more than `prune_share` of them (at least its rarest word
 stays): such a word's BM25 weight is small (its inverse document frequency is below ln 2 at half
 the texts), yet scoring it visits most of the index. Below that size every word counts, so small
-namespaces rank exactly as BM25 does.
+namespaces rank exactly as BM25 does. A query pruned so finds fewer than k hits is asked again in
+full, and a query within a few keys (a filter's) is never pruned: the keys bound its cost.
 """
 
 from __future__ import annotations
@@ -124,23 +125,42 @@ class LexicalIndex:
         if not words or k <= 0 or not self._docs or (among is not None and not among):
             return []
         searcher = self._index.searcher()
-        query = self._query(words, searcher)
-        if among is None or len(among) > _TERM_SET_LIMIT:
-            found = self._hits(searcher, query, k if among is None else k * _DEEPER)
-            return found[:k] if among is None else [hit for hit in found if hit[0] in among][:k]
-        only = tantivy.Query.const_score_query(tantivy.Query.term_set_query(_SCHEMA, _KEY, list(among)), 0.0)
-        return self._hits(searcher, tantivy.Query.boolean_query([(_MUST, query), (_MUST, only)]), k)
+        if among is not None and len(among) <= _TERM_SET_LIMIT:
+            # Every word counts: the key set bounds what scoring visits, and which words are common
+            # is decided over the namespace, not over the keys (the only words among them may be those).
+            only = tantivy.Query.const_score_query(
+                tantivy.Query.term_set_query(_SCHEMA, _KEY, list(among)), 0.0
+            )
+            query = tantivy.Query.boolean_query([(_MUST, self._full_query(words)), (_MUST, only)])
+            return self._hits(searcher, query, k)
+        pruned = self._pruned_query(words, searcher)
+        found = self._within(searcher, self._full_query(words) if pruned is None else pruned, k, among)
+        if pruned is not None and len(found) < k:
+            found = self._within(searcher, self._full_query(words), k, among)  # the common words found more
+        return found
 
-    def _query(self, words: list[str], searcher: Any) -> Any:
+    def _within(
+        self, searcher: Any, query: Any, k: int, among: Collection[int] | None
+    ) -> list[tuple[int, float]]:
+        found = self._hits(searcher, query, k if among is None else k * _DEEPER)
+        return found[:k] if among is None else [hit for hit in found if hit[0] in among][:k]
+
+    def _full_query(self, words: list[str]) -> Any:
+        query, _ = self._index.parse_query_lenient(" ".join(words), [_TEXT])
+        return query
+
+    def _pruned_query(self, words: list[str], searcher: Any) -> Any:
+        """The query without the words too common to matter, or None when every word counts."""
         docs = searcher.num_docs
         if self._prune_above is None or docs <= self._prune_above:
-            query, _ = self._index.parse_query_lenient(" ".join(words), [_TEXT])
-            return query
+            return None
         terms = [term for word in words for term in _TERMS.analyze(word)]
         if not terms:
-            return tantivy.Query.empty_query()
+            return None
         frequency = {term: searcher.doc_freq(_TEXT, term) for term in set(terms)}
         kept = [term for term in terms if frequency[term] <= self._prune_share * docs]
+        if len(kept) == len(terms):
+            return None
         if not kept:
             rarest = min(frequency.values())
             kept = [term for term in terms if frequency[term] == rarest]

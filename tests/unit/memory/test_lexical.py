@@ -64,13 +64,33 @@ def test_a_large_index_leaves_out_the_words_most_texts_hold_and_keeps_the_rarest
     for index in (pruned, whole):
         index.add(enumerate(texts))
         index.commit()
-    # "the" and "cat" are in more than half the texts: only "beagle" is searched.
-    assert {key for key, _ in pruned.search("the cat beagle", 10)} == {8, 9}
+    # "the" and "cat" are in more than half the texts: only "beagle" is searched (k hits found).
+    assert {key for key, _ in pruned.search("the cat beagle", 2)} == {8, 9}
     assert whole.search("the cat beagle", 10)[0][0] == 8
     assert len(whole.search("the cat beagle", 10)) == 10  # every word counts below the size
     # Every word common: the rarest of them still searches.
-    assert {key for key, _ in pruned.search("The cats", 10)} == set(range(9))
+    assert {key for key, _ in pruned.search("The cats", 9)} == set(range(9))
     assert {key for key, _ in pruned.search("dog", 10)} == {9}
+
+
+def test_a_pruned_query_finding_fewer_than_k_is_asked_in_full() -> None:
+    texts = [f"the cat number{i}" for i in range(8)] + ["the cat beagle", "the dog beagle"]
+    pruned = LexicalIndex(prune_above=5, prune_share=0.5)
+    pruned.add(enumerate(texts))
+    pruned.commit()
+    found = pruned.search("the cat beagle", 10)
+    assert len(found) == 10 and found[0][0] == 8
+
+
+def test_a_query_among_a_filters_keys_is_not_pruned() -> None:
+    texts = [f"the meeting notes {i}" for i in range(20)] + ["zebra crossing"]
+    pruned, whole = LexicalIndex(prune_above=10, prune_share=0.5), LexicalIndex()
+    for index in (pruned, whole):
+        index.add(enumerate(texts))
+        index.commit()
+    among = {0, 1}  # "meeting" is common in the namespace, yet the only word these two hold
+    assert {key for key, _ in whole.search("meeting zebra", 10, among=among)} == {0, 1}
+    assert {key for key, _ in pruned.search("meeting zebra", 10, among=among)} == {0, 1}
 
 
 def test_fusion_scales_each_ranking_and_weights_them() -> None:
