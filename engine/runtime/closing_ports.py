@@ -1,5 +1,6 @@
 """RayClosingPorts: a session shard's closing jobs' calls outside the shard (engine.closing.ports),
-over Ray: the embedders, the organization's memory shard, the summarizer pool.
+over Ray: indexing's embedders (at the lowest CPU priority, engine.runtime.model_actors), the
+organization's memory shard, the summarizer pool.
 
 Every actor is looked up without waiting, once, and kept: a wait would block the shard's event
 loop, so a lookup that misses fails the call, and with it the job's attempt (it is retried).
@@ -20,7 +21,7 @@ from engine.models.summarizer import Conversation
 from engine.routing import memory_shard_for
 
 from .memory_shards import find_memory_shards
-from .model_actors import find_embedders, find_pool
+from .model_actors import find_indexing_embedders, find_pool
 from .transports import RayMemoryTransport
 
 
@@ -51,6 +52,6 @@ class RayClosingPorts:
         if self._memory is None:
             config = self._config
             self._memory = RayMemoryTransport(
-                config, find_memory_shards(config, timeout_s=0), find_embedders(config, timeout_s=0)
+                config, find_memory_shards(config, timeout_s=0), find_indexing_embedders(config, timeout_s=0)
             )
         return self._memory

@@ -100,7 +100,8 @@ def check_placement(config: EngineConfig) -> None:
     shards = config.shards + config.memory.shards
     summarizer = config.models.summarizer
     # Under model_pass: off the pool creates no summarizer, so none is reserved for.
-    models = config.models.embedder.replicas + (summarizer.workers if summarizer.model_pass != "off" else 0)
+    embedders = config.models.embedder.replicas + config.models.embedder.background_replicas
+    models = embedders + (summarizer.workers if summarizer.model_pass != "off" else 0)
     wanted = {
         "CPU": shards * config.placement.shard_cpus + models * config.placement.model_cpus,
         "GPU": models * config.models.num_gpus,

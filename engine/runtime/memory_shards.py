@@ -24,8 +24,8 @@ from engine.storage.snapshot import SnapshotResult
 
 from . import upkeep
 from .hosted import HostedShard
-from .model_actors import EmbedderActor, SummarizerPool
-from .names import POOL_NAME, embedder_names, memory_names
+from .model_actors import BACKGROUND_NICE, EmbedderActor, SummarizerPool
+from .names import POOL_NAME, background_embedder_names, embedder_names, memory_names
 from .ray_actors import RAY_ERRORS, NamedActors, create_named, find_named
 from .shard_metrics import MemoryShardMetrics
 
@@ -108,6 +108,9 @@ def ensure_memory(config: EngineConfig, cluster_id: str) -> dict[str, Any]:
     ]
     embedders = [
         create_named(EmbedderActor, name, config, config, role="model") for name in embedder_names(config)
+    ] + [  # indexing's own, at the lowest CPU priority (engine.runtime.model_actors)
+        create_named(EmbedderActor, name, config, config, BACKGROUND_NICE, role="model")
+        for name in background_embedder_names(config)
     ]
     pool = create_named(SummarizerPool, POOL_NAME, config, config, role="control")
     return {"memory": memory, "embedders": embedders, "pool": pool}

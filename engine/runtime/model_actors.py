@@ -25,20 +25,29 @@ from engine.models.embedder import Embedder
 from engine.models.files import summarizer_directory
 from engine.models.summarizer import Conversation, Summarizer, Summary
 
-from .names import POOL_NAME, embedder_names, summarizer_names
+from .names import POOL_NAME, background_embedder_names, embedder_names, summarizer_names
 from .ray_actors import RAY_ERRORS, NamedActors, create_named, find_named
 from .shard_metrics import ModelPassMetrics
 
 log = logging.getLogger(__name__)
 
+BACKGROUND_NICE = 19  # indexing's embedders: the lowest CPU priority
+
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class EmbedderActor:
     """Starts at once and loads its model in a thread: while it loads, `describe` says so, a
-    client's call (urgent) is answered ModelsLoading, and indexing waits for the model."""
+    client's call (urgent) is answered ModelsLoading, and indexing waits for the model.
 
-    def __init__(self, config: EngineConfig) -> None:
+    `nice`: the process's CPU niceness. Indexing's own embedders (models.embedder.
+    background_replicas) run at the lowest priority, as the summarizers: the embedder's threads
+    take every core, so beside appends at the same priority they slow the appends down; at the
+    lowest they take only what appends and queries leave idle (benchmarks/README.md, Live memory)."""
+
+    def __init__(self, config: EngineConfig, nice: int = 0) -> None:
         setup_logging(config.log_level)
+        if nice:
+            os.nice(nice)
         self._config = config
         self._embedder: Any = None  # engine.models.embedder.Embedder, once loaded
         self._queue: EmbedQueue | None = None
@@ -312,6 +321,13 @@ def failure_line(exc: BaseException) -> str:
 
 def find_embedders(config: EngineConfig, timeout_s: float = 60.0) -> NamedActors:
     names = embedder_names(config)
+    return NamedActors(names, config, find_named(names, config, timeout_s))
+
+
+def find_indexing_embedders(config: EngineConfig, timeout_s: float = 60.0) -> NamedActors:
+    """The embedders indexing uses: its own at the lowest CPU priority, or the query embedders
+    where models.embedder.background_replicas is 0."""
+    names = background_embedder_names(config) or embedder_names(config)
     return NamedActors(names, config, find_named(names, config, timeout_s))
 
 

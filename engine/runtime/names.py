@@ -10,6 +10,7 @@ CONTROLLER_NAME = "controller"  # the cluster's controller actor (engine.runtime
 SHARD_NAME = "session-shard-{index}"
 MEMORY_SHARD_NAME = "memory-shard-{index}"
 EMBEDDER_NAME = "embedder-{index}"
+BACKGROUND_EMBEDDER_NAME = "embedder-background-{index}"  # indexing's (models.embedder.background_replicas)
 POOL_NAME = "summarizer-pool"
 SUMMARIZER_NAME = "summarizer-{index}"
 
@@ -26,6 +27,12 @@ def embedder_names(config: EngineConfig) -> list[str]:
     return [EMBEDDER_NAME.format(index=i) for i in range(config.models.embedder.replicas)]
 
 
+def background_embedder_names(config: EngineConfig) -> list[str]:
+    return [
+        BACKGROUND_EMBEDDER_NAME.format(index=i) for i in range(config.models.embedder.background_replicas)
+    ]
+
+
 def summarizer_names(config: EngineConfig) -> list[str]:
     return [SUMMARIZER_NAME.format(index=i) for i in range(config.models.summarizer.workers)]
 
@@ -36,6 +43,7 @@ def actor_names(config: EngineConfig) -> list[tuple[str, str]]:
         [("session shard", name) for name in shard_names(config)]
         + [("memory shard", name) for name in memory_names(config)]
         + [("embedder", name) for name in embedder_names(config)]
+        + [("embedder", name) for name in background_embedder_names(config)]
         + [("summarizer pool", POOL_NAME)]
         + [("summarizer", name) for name in summarizer_names(config)]
         + [("controller", CONTROLLER_NAME)]

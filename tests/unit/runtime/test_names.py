@@ -17,6 +17,7 @@ def test_every_actor_is_named_shards_first_and_the_controller_last() -> None:
         ("memory shard", "memory-shard-0"),
         ("embedder", "embedder-0"),
         ("embedder", "embedder-1"),
+        ("embedder", "embedder-background-0"),  # indexing's own (models.embedder.background_replicas)
         ("summarizer pool", "summarizer-pool"),
         ("summarizer", "summarizer-0"),
         ("controller", "controller"),
