@@ -21,6 +21,7 @@ then look only at the candidates (a FAISS ID selector, a tantivy key set).
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -107,7 +108,7 @@ class NamespaceIndex:
 
     def ids_below(self, mark: int) -> list[int]:
         """The FAISS ids of the live entries below `mark` (those there when next_id was `mark`)."""
-        return [faiss_id for faiss_id in self._entries if faiss_id < mark]
+        return list(itertools.takewhile(lambda faiss_id: faiss_id < mark, self._entries))  # ascending
 
     @property
     def kind(self) -> str:
@@ -138,16 +139,19 @@ class NamespaceIndex:
         self._vectors.adopt_build()
         last = {external: row for row, external in enumerate(ids)}
         rows = sorted(last.values())
+        # Everything that can fail is done before FAISS or the entries change, so a refused upsert
+        # leaves the two in step.
+        encoded = [_encoded(texts[row]) if texts else None for row in rows]
+        added = np.ascontiguousarray(vectors[rows])
         self._forget([ids[row] for row in rows])
         faiss_ids = np.arange(self._next_id, self._next_id + len(rows), dtype=np.int64)
         self._next_id += len(rows)
-        self._vectors.add(np.ascontiguousarray(vectors[rows]), faiss_ids)
+        self._vectors.add(added, faiss_ids)
         with_text = []
-        for faiss_id, row in zip(faiss_ids.tolist(), rows, strict=True):
-            text = texts[row] if texts else None
+        for faiss_id, row, text in zip(faiss_ids.tolist(), rows, encoded, strict=True):
             self._entries.add(faiss_id, ids[row], metadata[row], text)
-            if text:
-                with_text.append((faiss_id, text))
+            if text is not None:
+                with_text.append((faiss_id, str(texts[row])))
         self._add_texts(with_text)
         self._maybe_rebuild()
 
@@ -372,8 +376,10 @@ class NamespaceIndex:
         )
         index._next_id = int(header["next_id"])
         texts = []
-        for faiss_id, external, meta, *text in records_of(header):  # a text is there if it had one
-            index._entries.add(int(faiss_id), external, meta, text[0] if text else None)
+        # In increasing FAISS id, the order the entries keep (every engine has written them so).
+        records = sorted(records_of(header), key=lambda record: int(record[0]))
+        for faiss_id, external, meta, *text in records:  # a text is there if it had one
+            index._entries.add(int(faiss_id), external, meta, _encoded(text[0]) if text else None)
             if text and text[0]:
                 texts.append((int(faiss_id), text[0]))
         index._add_texts(texts)
@@ -385,6 +391,19 @@ def records_of(header: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
     """A header's records as a list: as read from a file, or frozen by `to_parts`."""
     records = header["records"]
     return records.to_list() if isinstance(records, Records) else list(records)
+
+
+def _encoded(text: str | None) -> bytes | None:
+    """A text as the entries keep it (UTF-8); None for none or an empty one. A text that is not
+    valid Unicode (a lone surrogate) is refused."""
+    if not text:
+        return None
+    try:
+        return text.encode()
+    except UnicodeEncodeError as e:
+        raise ValidationFailed(
+            "text must be valid Unicode (it holds a lone surrogate)", {"field": "text"}
+        ) from e
 
 
 def _depth(top_k: int) -> int:
