@@ -18,15 +18,19 @@ caller's thread (a memory copy; an ivf's codes, not decoded), then trains and fi
 a thread of its own: FAISS releases the GIL there, so the shard goes on answering from the old
 index. Every change made meanwhile is applied to the old index at once and kept in a list, which
 is replayed onto the new index before it takes the old one's place (`adopt_build`, called by every
-read and write). A build that fails leaves the old index as it was.
+read and write). A build that fails leaves the old index as it was; it is logged and counted
+(`build_failures`), and the next one waits until the namespace has grown by `_RETRY_GROWTH` or
+`_RETRY_S` have passed, so a build that cannot succeed does not copy every row at every write.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,9 +40,15 @@ import numpy as np
 _THREADS = faiss.omp_get_max_threads()
 _KMEANS_ITERATIONS = 10  # FAISS's default is 25; the lists only steer the search, scanning is exact on codes
 _TRAIN_PER_LIST = 40  # rows sampled per list to train on (FAISS warns below 39)
-_BUILD_NICENESS = 10  # a background build's, above the shard's own
+_BUILD_NICENESS = 10  # added to the shard's own for a background build (19 at most)
+_RETRY_GROWTH = 0.25  # after a failed build, the next waits for this much growth ...
+_RETRY_S = 600.0  # ... or this long
 _RANGE_MARGIN = 0.2
 _CHUNK = 65_536  # rows decoded and added at a time by a build, so it never holds all of them as float32
+
+log = logging.getLogger(__name__)
+# Failed builds in this process (a memory shard is a process of its own): its metrics expose it.
+build_failures = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -79,6 +89,7 @@ class Vectors:
         self.kind = "flat"
         self.trained_rows = 0  # rows an ivf was trained with (its lists were sized for)
         self._build: _Build | None = None
+        self._failed: tuple[int, float] | None = None  # the last failed build's (rows, monotonic time)
 
     @property
     def ntotal(self) -> int:
@@ -137,7 +148,7 @@ class Vectors:
     def due(self, live: int) -> str | None:
         """The kind a build should make now, if one is due: flat past the threshold, an ivf grown
         `rebuild_growth` times past its training, an hnsw from an older snapshot; else None."""
-        if self._build is not None:
+        if self._build is not None or self._backing_off(live):
             return None
         if self.kind == "flat":
             return "ivf" if live > self.params.approximate_above else None
@@ -146,6 +157,15 @@ class Vectors:
         if live <= self.params.approximate_above // 2:
             return "flat"  # shrunk far below the threshold: exact again
         return "ivf" if live > self.params.rebuild_growth * max(self.trained_rows, 1) else None
+
+    def _backing_off(self, live: int) -> bool:
+        if self._failed is None:
+            return False
+        rows, at = self._failed
+        if live < rows * (1 + _RETRY_GROWTH) and time.monotonic() - at < _RETRY_S:
+            return True
+        self._failed = None
+        return False
 
     def start_build(self, kind: str, live_ids: np.ndarray, *, background: bool = True) -> None:
         """Build a `kind` index over the rows of `live_ids` (every live row), in a thread unless
@@ -183,7 +203,8 @@ class Vectors:
                 return False
         self._build = None
         if build.error is not None or build.index is None:
-            return False  # the old index answers still; the next write tries again
+            self._build_failed(build)  # the old index answers still
+            return False
         for ids, rows in build.changes:
             if rows is None:
                 build.index.remove_ids(ids)
@@ -193,6 +214,22 @@ class Vectors:
         self.kind = build.kind
         self.trained_rows = build.rows if build.kind == "ivf" else 0
         return True
+
+    def _build_failed(self, build: _Build) -> None:
+        global build_failures  # the process's count, read by the shard's metrics
+        build_failures += 1
+        self._failed = (build.rows, time.monotonic())
+        log.warning(
+            "memory index build failed; the current index keeps answering",
+            extra={
+                "from_kind": self.kind,
+                "to_kind": build.kind,
+                "rows": build.rows,
+                "retry_at_rows": math.ceil(build.rows * (1 + _RETRY_GROWTH)),
+                "retry_after_s": _RETRY_S,
+            },
+            exc_info=build.error,
+        )
 
     def _copy_rows(self, live_ids: np.ndarray) -> _Source:
         """What a build reads, copied now so the thread never touches the index being changed: an
@@ -266,9 +303,12 @@ class _Source:
 
 def _yield_to_queries() -> None:
     """Lower this thread's CPU priority, so that the shard's queries go first while a build runs.
-    Linux gives each thread its own niceness; where that is refused, the build keeps the shard's."""
+        Linux gives each thread its own niceness, which starts as the shard's: the build's is that
+    plus `_BUILD_NICENESS`. Where that is refused, the build keeps the shard's."""
     with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _BUILD_NICENESS)
+        thread = threading.get_native_id()
+        niceness = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, niceness + _BUILD_NICENESS))
 
 
 def _flat(dimension: int) -> Any:

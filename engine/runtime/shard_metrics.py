@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from engine.memory import vectors as memory_vectors
 from engine.sessions.events import Event
 from engine.sessions.session import SessionStatus
 
@@ -192,7 +193,12 @@ class MemoryShardMetrics(ShardMetrics):
             held = [n for k, _, n in namespaces if k == kind]
             vectors.add_metric([kind], sum(held))
             count.add_metric([kind], len(held))
-        return [vectors, count]
+        failures = CounterMetricFamily(
+            "session_engine_memory_index_build_failures",
+            "Background index builds that failed (the index before kept answering; retried later).",
+            value=memory_vectors.build_failures,
+        )
+        return [vectors, count, failures]
 
 
 class ModelPassMetrics:

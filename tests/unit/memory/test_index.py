@@ -197,6 +197,54 @@ def test_a_failed_build_leaves_the_old_index_answering(monkeypatch: pytest.Monke
     assert index.query(random_rows(250)[5], 1)[0].id == "v5"
 
 
+def test_a_failed_build_is_logged_counted_and_not_retried_until_the_namespace_grows(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    builds: list[int] = []
+
+    def failing(*args: Any) -> Any:
+        builds.append(len(args[3].ids))
+        raise RuntimeError("the build failed")
+
+    monkeypatch.setattr(vectors_module, "_make", failing)
+    failures = vectors_module.build_failures
+    index = filled(250, IndexParams(approximate_above=200, background=False))
+    rows = random_rows(400, seed=1)
+    for i in range(62):  # each write would have copied every row for a new try
+        index.upsert([f"w{i}"], rows[i : i + 1], [{}])
+    assert builds == [250] and vectors_module.build_failures == failures + 1
+    assert [r.message for r in caplog.records].count(
+        "memory index build failed; the current index keeps answering"
+    ) == 1
+    assert index.kind == "flat" and index.query(rows[3], 1)[0].id == "w3"
+    index.upsert(["x"], rows[100:101], [{}])  # 313 rows: grown by a quarter since the failure
+    assert builds == [250, 313]
+
+
+def test_a_background_build_adds_its_niceness_to_the_shards_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_to: list[int] = []
+    monkeypatch.setattr(vectors_module.os, "getpriority", lambda which, who: 5)
+    monkeypatch.setattr(vectors_module.os, "setpriority", lambda which, who, value: set_to.append(value))
+    vectors_module._yield_to_queries()
+    monkeypatch.setattr(vectors_module.os, "getpriority", lambda which, who: 12)
+    vectors_module._yield_to_queries()
+    assert set_to == [15, 19]
+
+
+def test_an_upsert_refused_midway_changes_neither_faiss_nor_the_entries() -> None:
+    index = NamespaceIndex(DIM, IndexParams())
+    rows = random_rows(3)
+    index.upsert(["a"], rows[:1], [{"n": 1}], ["first"])
+    with pytest.raises(ValidationFailed):
+        index.upsert(["a", "b"], rows[1:], [{"n": 2}, {"n": 3}], ["fine", "lone \ud800 surrogate"])
+    assert len(index) == 1 and index.tombstones == 0 and index.next_id == 1
+    assert index.text(0) == "first" and index.entry(0) == ("a", {"n": 1})
+    assert [m.id for m in index.query(rows[0], 5)] == ["a"]
+    assert [m.id for m in index.query(None, 5, text="first", mode="lexical")] == []  # not committed yet
+    index.commit()
+    assert [m.id for m in index.query(None, 5, text="first", mode="lexical")] == ["a"]
+
+
 def legacy_hnsw_parts(n: int) -> tuple[dict[str, Any], bytes]:
     """A namespace as an earlier engine wrote it past its threshold: HNSW, and v0 deleted (a tombstone)."""
     inner = faiss.IndexHNSWFlat(DIM, 16, faiss.METRIC_INNER_PRODUCT)
