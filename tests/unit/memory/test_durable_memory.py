@@ -4,18 +4,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.config import DurabilityConfig
 from engine.errors import CorruptFile, ValidationFailed
+from engine.memory import snapshot as memory_snapshot
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams, normalized
 from engine.memory.ops import DeleteVectors, MemoryStats, QueryVectors, UpsertVectors
 from engine.memory.snapshot import SNAPSHOT_PREFIX
 from engine.memory.store import MemoryStore
-from engine.storage.snapshot import SnapshotFile, snapshots
+from engine.storage.layout import FORMAT_VERSION
+from engine.storage.snapshot import SnapshotFile, open_snapshot, snapshots
 from engine.storage.wal import segments
 
 DIM = 4
@@ -220,3 +223,38 @@ def test_a_snapshot_the_disk_refuses_leaves_no_file_behind(
     memory.snapshot_now()  # the next one goes through
     assert len(snapshots(tmp_path, SNAPSHOT_PREFIX)) == 1
     memory.close(snapshot=False)
+
+
+def test_a_namespaces_records_past_a_frames_share_are_split_over_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [f"turn-{i}" for i in range(40)]
+    texts = tuple(f"words of turn {i} " * (1 + i % 5) for i in range(40))
+    written = upsert("acme", "big", ids, seed=3)
+    written = UpsertVectors("acme", "big", written.ids, written.vectors, written.metadata, texts=texts)
+    small = upsert("acme", "small", ["a", "b"], seed=4)
+    memory = open_memory(tmp_path)
+    memory.commit([written, small, DeleteVectors("acme", "big", ("turn-7",))])
+    before = everything(memory.store)
+    monkeypatch.setattr(memory_snapshot, "_RECORDS_PER_CHUNK", 3)
+    monkeypatch.setattr(memory_snapshot, "_RECORD_BYTES", 600)
+    memory.snapshot_now()
+    memory.close(snapshot=False)
+    [(_, path)] = snapshots(tmp_path, SNAPSHOT_PREFIX)
+    _, frames = open_snapshot(path, memory_snapshot.SNAPSHOT_MAGIC, FORMAT_VERSION)
+    headers = [orjson.loads(payload) for _, payload in frames if payload.startswith(b'{"org"')]
+    split = {header["namespace"]: header.get("record_frames", 0) for header in headers}
+    assert split["big"] > 1 and split["small"] == 0
+    assert all(len(orjson.dumps(header["records"])) <= 600 for header in headers)
+    again = open_memory(tmp_path)
+    assert everything(again.store) == before
+    assert words(again, "acme", "big", "39") == ["turn-39"] and words(again, "acme", "big", "7") == []
+    index = dict(again.store.namespaces())[("acme", "big")]
+    assert index.text(index.faiss_id("turn-39") or 0) == texts[39] and len(index) == 39
+    again.close()
+
+
+def test_records_in_one_frame_are_written_as_every_engine_has() -> None:
+    records = [(i, f"id{i}", {"k": "v" * (i % 7)}, "text " * i) for i in range(50)]
+    assert memory_snapshot._record_arrays(records) == [orjson.dumps(records)]
+    assert memory_snapshot._record_arrays([]) == [b"[]"]
