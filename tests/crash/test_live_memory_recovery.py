@@ -46,6 +46,13 @@ def held(tmp_data: Path) -> tuple[Counter[str], Counter[str]]:
     return turns, wholes
 
 
+def said(client: httpx.Client, sid: str, word: str) -> bool:
+    """Whether a session-memory query shows `word` in a highlight of the session's match."""
+    body = {"namespace": "session-memory", "query_text": word, "filter": {"session_id": sid}}
+    matches = client.post("/vectors/query", json=body).json()["matches"]
+    return any(word in h["content"] for m in matches for h in m["metadata"]["highlights"])
+
+
 def test_turns_behind_at_a_sigkill_are_indexed_once_after_restart(tmp_data: Path) -> None:
     auth = {"Authorization": f"Bearer {KEY}"}
     server = ServerProcess(tmp_data, [], {**ENV, **BEHIND}).wait_ready()
@@ -59,6 +66,10 @@ def test_turns_behind_at_a_sigkill_are_indexed_once_after_restart(tmp_data: Path
                 for s, sid in enumerate(sessions):
                     body = {"role": "user", "content": f"step {m} of agent {s}: word{s}x{m}"}
                     assert client.post(f"/sessions/{sid}/messages", json=body).status_code == 201
+            # Work was pending at the kill (so only the restart's backlog can index it): some
+            # session's last turn is not found yet.
+            last = [f"word{s}x{MESSAGES - 1}" for s in range(SESSIONS)]
+            assert not all(said(client, sid, word) for sid, word in zip(sessions, last, strict=True))
     finally:
         server.kill_session()
         server.stop()
@@ -69,12 +80,7 @@ def test_turns_behind_at_a_sigkill_are_indexed_once_after_restart(tmp_data: Path
             deadline = time.monotonic() + 120
             for s, sid in enumerate(sessions):
                 word = f"word{s}x{MESSAGES - 1}"
-                while True:
-                    body = {"namespace": "session-memory", "query_text": word, "filter": {"session_id": sid}}
-                    matches = client.post("/vectors/query", json=body).json()["matches"]
-                    highlights = [h["content"] for m in matches for h in m["metadata"]["highlights"]]
-                    if any(word in h for h in highlights):
-                        break
+                while not said(client, sid, word):
                     assert time.monotonic() < deadline, f"{sid}'s last turn never indexed"
                     time.sleep(0.2)
     finally:

@@ -104,5 +104,8 @@ def test_a_close_after_live_indexing_is_found_once_as_closed(ray_api: Api) -> No
         assert time.monotonic() < deadline, "the closed session's last turn is not found"
         time.sleep(0.1)
     assert match["metadata"]["closed_at"] is not None
-    matches = [m for m in found(ray_api, "Vantongeren") if m["id"] == sid]
-    assert len(matches) == 1
+    assert "live" not in match["metadata"], "the closing job's session entry replaced the stand-in"
+    (earlier,) = [m for m in found(ray_api, "Vantongeren") if m["id"] == sid]
+    said = [h["content"] for h in earlier["metadata"]["highlights"] if "Vantongeren" in h["content"]]
+    assert said == ["I am reading The Glass Orchard by Imre Vantongeren."], "the live turn, once"
+    assert earlier["metadata"]["message_count"] == 2

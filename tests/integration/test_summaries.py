@@ -153,11 +153,28 @@ def test_a_match_says_how_relevant_it_is_and_min_relevance_leaves_out_the_rest(r
     assert lexical[0]["id"] == pet and lexical[0]["relevance"] is not None, "by meaning, in every mode"
 
 
-def test_a_completed_session_gets_no_summary_and_no_vector(ray_api: Api) -> None:
-    sid = conversation(ray_api, "done", "hello")
-    assert ray_api.post(f"/sessions/{sid}/complete").json()["summary_status"] is None
-    time.sleep(0.5)
-    assert sid not in memory_ids(ray_api)
+def test_a_completed_session_gets_no_summary_and_its_turns_are_found_as_completed(ray_api: Api) -> None:
+    """No closing job: live memory's turns and stand-in stand for it (docs/memory.md, What is
+    indexed, and when), so it is found by meaning, as completed, with no summary and no whole-session
+    entry of its own."""
+    sid = conversation(ray_api, "done", "The Brindlewick lantern hangs by the blue door.")
+    completed = ray_api.post(f"/sessions/{sid}/complete").json()
+    assert (completed["summary_status"], completed["index_status"]) == (None, None)
+    body = {"namespace": "session-memory", "query_text": "the Brindlewick lantern", "mode": "hybrid"}
+    deadline = time.monotonic() + 20  # bounded: within a tick or two
+    while True:
+        response = ray_api.post("/vectors/query", json=body)
+        assert response.status_code == 200, response.text
+        match = next((m for m in response.json()["matches"] if m["id"] == sid), None)
+        if match is not None and match["metadata"]["status"] == "completed":
+            break
+        assert time.monotonic() < deadline, f"the completed session is not found as completed: {match}"
+        time.sleep(0.1)
+    assert match["metadata"].get("summary") is None
+    assert match["metadata"]["closed_at"] is not None
+    assert sid not in memory_ids(ray_api, query_text="Brindlewick", mode="lexical"), (
+        "a lexical query ranks whole-session entries, and it has none (its stand-in ranks nowhere)"
+    )
 
 
 def test_summarize_runs_it_again_and_an_active_session_is_refused(ray_api: Api) -> None:
