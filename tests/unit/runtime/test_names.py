@@ -22,3 +22,8 @@ def test_every_actor_is_named_shards_first_and_the_controller_last() -> None:
         ("summarizer", "summarizer-0"),
         ("controller", "controller"),
     ]
+
+
+def test_indexing_shares_the_query_embedders_without_background_replicas() -> None:
+    config = EngineConfig(models={"embedder": {"replicas": 1, "background_replicas": 0}})
+    assert [name for role, name in actor_names(config) if role == "embedder"] == ["embedder-0"]
