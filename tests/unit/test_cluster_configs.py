@@ -39,7 +39,7 @@ def test_the_small_config_runs_on_one_of_its_two_nodes_of_2_cpus(monkeypatch: py
 def test_the_example_config_needs_bigger_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
     config = load_config(CONFIGS / "cluster.example.yaml")
     cluster_of(monkeypatch, node(2), node(2))
-    with pytest.raises(ConfigError, match="placement settings reserve 24 CPU"):
+    with pytest.raises(ConfigError, match="placement settings reserve 26 CPU"):
         check_placement(config)
 
 
@@ -54,7 +54,7 @@ def test_summarizers_reserve_nothing_under_model_pass_off(monkeypatch: pytest.Mo
         }
     )
     workers = models.summarizer.workers * config.placement.model_cpus
-    cluster_of(monkeypatch, node(24 - workers))  # all but what the summarizers would hold
+    cluster_of(monkeypatch, node(26 - workers))  # all but what the summarizers would hold
     check_placement(off)
-    with pytest.raises(ConfigError, match="placement settings reserve 24 CPU"):
+    with pytest.raises(ConfigError, match="placement settings reserve 26 CPU"):
         check_placement(config)
