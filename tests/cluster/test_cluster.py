@@ -67,7 +67,8 @@ def test_shards_spread_over_the_nodes_and_status_shows_each_one(
     assert all(a["described"]["epoch"] == 1 and a["restarts"] == 0 for a in shards)
     assert len({a["node_id"] for a in shards}) == 2, "SPREAD puts shards on both nodes"
     roles = Counter(a["role"] for a in status["actors"])
-    assert roles == {"session shard": 4, "memory shard": 2, "embedder": 1, "summarizer pool": 1} | {
+    # Two embedders: the query embedder and indexing's own (models.embedder.background_replicas).
+    assert roles == {"session shard": 4, "memory shard": 2, "embedder": 2, "summarizer pool": 1} | {
         "summarizer": 1,
         "controller": 1,
     }

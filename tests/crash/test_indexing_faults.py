@@ -1,4 +1,4 @@
-"""Session memory while its embedder dies: appends never wait for indexing, and sessions whose
+"""Session memory while indexing's embedder dies: appends never wait for indexing, and sessions whose
 indexing was cut off by the kill are indexed whole once the embedder is back (Ray restarts it and
 the job's next attempt indexes the session again, entry ids by seq, so nothing doubles)."""
 
@@ -12,6 +12,8 @@ import httpx
 import ray
 
 from benchmarks.server import joined_server
+from engine.config import EngineConfig
+from engine.runtime.names import background_embedder_names
 
 KEY = "index-key"
 ENV = {
@@ -48,9 +50,14 @@ def test_an_embedder_killed_mid_index_loses_nothing(tmp_data: Path, ray_address:
                 ids.append(sid)
             for sid in ids:
                 assert client.post(f"/sessions/{sid}/close").status_code == 200
-            for _ in range(3):  # while jobs are indexing: kill the embedder, Ray restarts it
+            # Closing jobs embed on indexing's own embedders (models.embedder.background_replicas):
+            # while they are indexing, kill those, Ray restarts them.
+            indexing = background_embedder_names(EngineConfig())
+            assert indexing, "the default config gives indexing an embedder of its own"
+            for _ in range(3):
                 time.sleep(0.3)
-                ray.kill(ray.get_actor("embedder-0", namespace=namespace), no_restart=False)
+                for name in indexing:
+                    ray.kill(ray.get_actor(name, namespace=namespace), no_restart=False)
                 appended = client.post(
                     f"/sessions/{live}/messages", json={"role": "user", "content": "still here"}
                 )
