@@ -111,7 +111,8 @@ def check_placement(config: EngineConfig) -> None:
             raise ConfigError(
                 f"the placement settings reserve {amount:g} {name} in all, but the Ray cluster has "
                 f"{resources.get(name, 0.0):g}; lower placement.shard_cpus / placement.model_cpus / "
-                "models.num_gpus, or add nodes"
+                "models.num_gpus / models.embedder.background_replicas (indexing's embedders: 0 "
+                "indexes on the query embedders), or add nodes"
             )
     for setting in ("data_resource", "model_resource"):
         name = getattr(config.placement, setting)
