@@ -130,6 +130,7 @@ class LiveIndexer:
         saw deleted or purged, in case a crash came between a tick's upsert and its forget."""
         for org, session_id in keys:
             self._forgets.setdefault(org, set()).add(session_id)
+            self._lagged.pop((org, session_id), None)  # gone: its lag is never observed again
         if self._forgets:
             self._wake.set()
 
@@ -268,13 +269,8 @@ class LiveIndexer:
                 raise gone  # not recorded: the sessions are indexed again from where they were
             if gone:
                 self.forget((mark.org, session_id) for session_id in gone)
-                for session_id in gone:
-                    self._lagged.pop((mark.org, session_id), None)
         if self._forgets:
-            try:
-                await self._forget_gone()
-            except Exception as exc:  # noqa: BLE001 - recorded: kept, and tried again at the next tick
-                log.warning("forgetting gone sessions failed", extra={"error": str(exc)})
+            await self._forget_gone()
         for org, ts in by_org.items():
             for t in ts:
                 self._observe_lag((org, t.session_id), t, now_ms)
@@ -291,11 +287,16 @@ class LiveIndexer:
             self._lagged[key] = max(seen, t.through)
 
     async def _forget_gone(self) -> None:
-        """Forget the sessions that are gone. One that fails fails the tick (memory is down, so
-        nothing else could go in either): kept, it is tried again after the backoff."""
+        """Forget the sessions that are gone, organization by organization. One that fails is
+        logged and kept for the next tick, and never fails the tick: its memory shard may be down
+        while other organizations' are not, and their indexing goes on."""
         for org, session_ids in list(self._forgets.items()):
             sent = set(session_ids)
-            await forget_sessions(self._ports, org, sorted(sent))
+            try:
+                await forget_sessions(self._ports, org, sorted(sent))
+            except Exception as exc:  # noqa: BLE001 - kept, and tried again at the next tick
+                log.warning("forgetting gone sessions failed", extra={"org": org, "error": str(exc)})
+                continue
             session_ids -= sent  # more may have come while it ran
             if not session_ids:
                 self._forgets.pop(org, None)

@@ -483,10 +483,28 @@ async def test_a_forget_that_fails_after_the_marks_is_tried_again_until_it_succe
     h.index = failing_forgets  # type: ignore[method-assign]
     await h.live.tick()  # MarkLive finds it gone; the tick's forget fails
     assert set(h.ids(SESSION_MEMORY)) == {f"{sid}#1"}
-    with contextlib.suppress(RuntimeError):
-        await h.live.tick()  # fails again: kept
+    assert h.live.failures == 0, "a failed forget is kept, it does not fail the tick"
+    await h.live.tick()  # fails again: kept
+    assert forgets_fail == 0 and set(h.ids(SESSION_MEMORY)) == {f"{sid}#1"}
     await h.live.tick()
     assert set(h.ids(SESSION_MEMORY)) | set(h.ids(SESSIONS_OF_MEMORY)) == set()
+
+
+async def test_one_organizations_failed_forget_blocks_neither_the_others_nor_indexing() -> None:
+    h = Harness()
+    sid = h.open_session("the ferry to Cacilhas")
+    index = h.index
+
+    async def down_for_globex(org: str, ops: Sequence[MemoryOp]) -> list[Any]:
+        if org == "globex":
+            raise RuntimeError("globex's memory shard died")
+        return await index(org, ops)
+
+    h.index = down_for_globex  # type: ignore[method-assign]
+    h.live.forget([("globex", "gone-1"), ("acme", "gone-2")])
+    assert await h.live.tick() is False  # the forgets ran and acme's session went in
+    assert set(h.ids(SESSION_MEMORY)) == {f"{sid}#1"}
+    assert h.live._forgets == {"globex": {"gone-1"}}  # kept for the next tick; acme's done
 
 
 async def test_a_start_forgets_again_the_sessions_replay_saw_deleted() -> None:
@@ -662,3 +680,13 @@ def test_memory_ends_with_exactly_the_turns_of_the_sessions_that_exist(
         assert {entry.partition("#")[0] for entry in h.ids(SESSIONS_OF_MEMORY)} <= set(existing)
 
     asyncio.run(run())
+
+
+async def test_a_forgotten_session_leaves_no_lag_behind() -> None:
+    h = Harness()
+    sid = h.open_session("the lift to Chiado")
+    await h.live.tick()
+    assert ("acme", sid) in h.live._lagged  # open: its lag is watched for the next turns
+    h.apply(DeleteSession("acme", sid))  # between ticks: the shard hands it to forget
+    h.live.forget([("acme", sid)])
+    assert ("acme", sid) not in h.live._lagged
