@@ -25,7 +25,7 @@ from engine.models.embedder import Embedder
 from engine.models.files import summarizer_directory
 from engine.models.summarizer import Conversation, Summarizer, Summary
 
-from .names import POOL_NAME, background_embedder_names, embedder_names, summarizer_names
+from .names import POOL_NAME, embedder_names, summarizer_names
 from .ray_actors import RAY_ERRORS, NamedActors, create_named, find_named
 from .shard_metrics import ModelPassMetrics
 
@@ -321,13 +321,6 @@ def failure_line(exc: BaseException) -> str:
 
 def find_embedders(config: EngineConfig, timeout_s: float = 60.0) -> NamedActors:
     names = embedder_names(config)
-    return NamedActors(names, config, find_named(names, config, timeout_s))
-
-
-def find_indexing_embedders(config: EngineConfig, timeout_s: float = 60.0) -> NamedActors:
-    """The embedders indexing uses: its own at the lowest CPU priority, or the query embedders
-    where models.embedder.background_replicas is 0."""
-    names = background_embedder_names(config) or embedder_names(config)
     return NamedActors(names, config, find_named(names, config, timeout_s))
 
 
