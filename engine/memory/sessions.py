@@ -325,17 +325,21 @@ def _signals(
         if index is None:
             continue
         candidates = None if chosen is None else index.select({"session_id": {"$in": chosen}})
+        if existing is not None:
+            candidates = set(existing) if candidates is None else candidates & existing
         if index is indexes.whole:
             # Open sessions' stand-ins rank nowhere (`_rank` skips them): kept out of the search
             # itself, or many would crowd the sessions that rank out of its depth. Without any, as
-            # cheap as before (one equality's posting list).
+            # cheap as before (one equality's posting list). Unfiltered, a few are outrun by a
+            # deeper search; more than its depth, by every other entry as the candidates, so the
+            # search never walks more than twice its depth for them.
             stand_ins = index.select({"live": True}) or set()
-            if stand_ins and candidates is None:
+            if stand_ins and candidates is None and len(stand_ins) <= depth:
                 depth += len(stand_ins)
+            elif stand_ins and candidates is None:
+                candidates = set(index.ids_below(index.next_id)) - stand_ins
             elif stand_ins and candidates is not None:
                 candidates = candidates - stand_ins
-        if existing is not None:
-            candidates = set(existing) if candidates is None else candidates & existing
         if candidates is not None and not candidates:
             continue
         # A few candidates in an approximate index are compared with the query one by one (its

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -437,11 +438,14 @@ async def test_an_ended_sessions_stand_in_says_when_it_ended() -> None:
     assert h.entry(SESSIONS_OF_MEMORY, sid)["closed_at"] == h.now
 
 
-async def test_stand_ins_do_not_crowd_closed_sessions_out_of_the_whole_session_rankings() -> None:
+@pytest.mark.parametrize("open_sessions", [5, 120])  # fewer and more than the search's depth
+async def test_stand_ins_do_not_crowd_closed_sessions_out_of_the_whole_session_rankings(
+    open_sessions: int,
+) -> None:
     h = Harness()
     closed = h.open_session("the harbour ferry schedule", name="trip")
     await h.close(closed)
-    for _ in range(120):
+    for _ in range(open_sessions):
         h.open_session("the harbour ferry", name="trip")  # each stand-in's vector: the same turn's
     while await h.live.tick():
         pass
