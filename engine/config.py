@@ -330,7 +330,8 @@ class SummarizerConfig(_Section):
     path: Path | None = None
     workers: int = Field(1, ge=1, le=64)  # Summarizer actors; each loads the model once
     # Summarizer processes run at this CPU niceness: the model's pass only upgrades a summary that is
-    # ready already, so it takes the CPU the embedder, the shards and the gateway leave idle.
+    # ready already, so it takes the CPU the query embedders, the shards and the gateway leave idle.
+    # At 19 it shares the lowest priority with indexing's embedders (no niceness is lower).
     # 0: the same priority as they.
     nice: int = Field(19, ge=0, le=19)
     # At most this many conversations per generate call: a free summarizer takes every job waiting,

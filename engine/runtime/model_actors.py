@@ -106,7 +106,8 @@ class SummarizerActor:
     def __init__(self, config: EngineConfig, directory: str, name: str) -> None:
         setup_logging(config.log_level)
         # This process only, the lowest priority by default: a summary is ready before the model
-        # runs (its pass is an upgrade), so appends, queries and embedding always go first.
+        # runs (its pass is an upgrade), so appends, queries and query embedding always go first;
+        # at 19 it shares the lowest priority with indexing's embedders (none is lower).
         os.nice(config.models.summarizer.nice)
         summarizer_config = config.models.summarizer.model_copy(update={"path": Path(directory)})
         self._summarizer = Summarizer(
