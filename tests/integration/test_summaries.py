@@ -157,7 +157,7 @@ def test_a_completed_session_gets_no_summary_and_its_turns_are_found_as_complete
     """No closing job: live memory's turns and stand-in stand for it (docs/memory.md, What is
     indexed, and when), so it is found by meaning, as completed, with no summary and no whole-session
     entry of its own."""
-    sid = conversation(ray_api, "done", "The Brindlewick lantern hangs by the blue door.")
+    sid = conversation(ray_api, "Quillmarsh", "The Brindlewick lantern hangs by the blue door.")
     completed = ray_api.post(f"/sessions/{sid}/complete").json()
     assert (completed["summary_status"], completed["index_status"]) == (None, None)
     body = {"namespace": "session-memory", "query_text": "the Brindlewick lantern", "mode": "hybrid"}
@@ -172,7 +172,9 @@ def test_a_completed_session_gets_no_summary_and_its_turns_are_found_as_complete
         time.sleep(0.1)
     assert match["metadata"].get("summary") is None
     assert match["metadata"]["closed_at"] is not None
-    assert sid not in memory_ids(ray_api, query_text="Brindlewick", mode="lexical"), (
+    # The stand-in's text is the session's name: a lexical query for it would find the stand-in
+    # if stand-ins ranked.
+    assert sid not in memory_ids(ray_api, query_text="Quillmarsh", mode="lexical"), (
         "a lexical query ranks whole-session entries, and it has none (its stand-in ranks nowhere)"
     )
 
