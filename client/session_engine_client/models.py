@@ -36,6 +36,10 @@ class SummaryProvenance(_Model):
     model: str
     method: str = "model"
     reason: str | None = None
+    # Set when the model's text was judged and not kept (the extract stays), and while the model's
+    # pass over the extract is still queued ("pending").
+    model_rejected: str | None = None
+    upgrade: str | None = None
     messages_covered: int
     messages_total: int
     created_at: int | None = None
