@@ -1,4 +1,4 @@
-"""Session memory while indexing's embedder dies: appends never wait for indexing, and sessions whose
+"""Session memory while the embedders die mid-index: appends never wait for indexing, and sessions whose
 indexing was cut off by the kill are indexed whole once the embedder is back (Ray restarts it and
 the job's next attempt indexes the session again, entry ids by seq, so nothing doubles)."""
 
@@ -13,7 +13,7 @@ import ray
 
 from benchmarks.server import joined_server
 from engine.config import EngineConfig
-from engine.runtime.names import background_embedder_names
+from engine.runtime.names import background_embedder_names, embedder_names
 
 KEY = "index-key"
 ENV = {
@@ -21,6 +21,10 @@ ENV = {
     # Attempts enough to outlast the kills and the embedder's restarts.
     "SESSION_ENGINE_MODELS__SUMMARIZER__MAX_ATTEMPTS": "8",
     "SESSION_ENGINE_MODELS__SUMMARIZER__RETRY_BACKOFF_S": "0.5",
+    # Every turn is embedded by the closing jobs at close, so the kills below cut them off mid-way:
+    # with live memory on, most turns would be in before the close (its own crash test is
+    # tests/crash/test_live_memory_recovery.py).
+    "SESSION_ENGINE_MEMORY__LIVE__ENABLED": "false",
 }
 SESSIONS = 24
 MESSAGES = 80
@@ -50,10 +54,14 @@ def test_an_embedder_killed_mid_index_loses_nothing(tmp_data: Path, ray_address:
                 ids.append(sid)
             for sid in ids:
                 assert client.post(f"/sessions/{sid}/close").status_code == 200
-            # Closing jobs embed on indexing's own embedders (models.embedder.background_replicas):
-            # while they are indexing, kill those, Ray restarts them.
-            indexing = background_embedder_names(EngineConfig())
-            assert indexing, "the default config gives indexing an embedder of its own"
+            # Closing jobs embed on indexing's own embedders (models.embedder.background_replicas),
+            # and on the query embedders while those are down: while they are indexing, kill them
+            # all, Ray restarts them.
+            config = EngineConfig()
+            assert background_embedder_names(config), (
+                "the default config gives indexing an embedder of its own"
+            )
+            indexing = [*background_embedder_names(config), *embedder_names(config)]
             for _ in range(3):
                 time.sleep(0.3)
                 for name in indexing:
