@@ -472,7 +472,7 @@ def _recall(run: Run) -> None:
     personas, sessions = run.profile.recall
     args = argparse.Namespace(
         personas=personas, sessions=sessions, seed=7, summarizer=_summarizer(run), url=run.args.url,
-        api_key=run.args.api_key, timeout=3600,
+        api_key=run.args.api_key, timeout=3600, corpus="assistant", half=0,
     )  # fmt: skip
     run.results["recall"] = {
         "kind": "engine",
