@@ -35,7 +35,7 @@ _WRITER_HEAP_BYTES = 15_000_000  # tantivy's floor for one thread; more only mea
 _MAX_QUERY_WORDS = 64
 # A key set this large costs tantivy more to build than searching past it: above it, search deeper
 # and drop hits outside the set.
-_TERM_SET_LIMIT = 4096
+TERM_SET_LIMIT = 4096
 _DEEPER = 8
 
 
@@ -125,7 +125,7 @@ class LexicalIndex:
         if not words or k <= 0 or not self._docs or (among is not None and not among):
             return []
         searcher = self._index.searcher()
-        if among is not None and len(among) <= _TERM_SET_LIMIT:
+        if among is not None and len(among) <= TERM_SET_LIMIT:
             # Every word counts: the key set bounds what scoring visits, and which words are common
             # is decided over the namespace, not over the keys (the only words among them may be those).
             only = tantivy.Query.const_score_query(

@@ -40,6 +40,7 @@ import numpy as np
 
 from .fusion import fuse
 from .index import Hits, Match, Mode, NamespaceIndex, Where
+from .lexical import TERM_SET_LIMIT
 from .relevance import relevance
 
 SESSION_MEMORY = "session-memory"  # the namespace users query; it holds the turns
@@ -58,7 +59,7 @@ UNSTATED_STATUS = "closed"
 # Up to this many candidates the lexical index restricts its search to them, so what it answers is
 # all there is; past it, it filters a deeper search of the whole index (engine.memory.lexical), and
 # `_words` goes deeper again, from this many times the depth, when that came back short.
-EXACT_LEXICAL_KEYS = 4096
+EXACT_LEXICAL_KEYS = TERM_SET_LIMIT  # the lexical index's own limit, not a copy
 DEEPER_LEXICAL = 16
 
 # Tuned on benchmarks/recall.py (benchmarks/README.md, "Session memory recall"): a grid over the
