@@ -56,6 +56,7 @@ class ServerProcess:
     test suite puts its tiny summarizer there so no test server loads the default model."""
 
     base_env: ClassVar[dict[str, str]] = {}
+    started: ClassVar[list[ServerProcess]] = []  # every server this process started, for retired_namespaces
 
     def __init__(self, data_dir: Path, args: list[str], env: dict[str, str], port: int | None = None) -> None:
         self.port = port or free_port()
@@ -65,6 +66,7 @@ class ServerProcess:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SESSION_ENGINE_")}
         full_env |= {**ServerProcess.base_env, **env}
         self.env = env
+        self.joined = "--ray-address" in args  # a Ray it did not start: its actors outlive it
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -82,6 +84,7 @@ class ServerProcess:
             env=full_env,
             start_new_session=True,
         )
+        ServerProcess.started.append(self)
 
     def wait_ready(self, timeout_s: float = 90.0) -> ServerProcess:
         """Until /readyz is 200 and no longer "starting": the models and memory shards have loaded
@@ -141,6 +144,17 @@ class ServerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self._log.close()
         return self.proc.returncode
+
+
+def retired_namespaces() -> set[str]:
+    """The Ray namespaces of joined servers that have all stopped. A joined gateway leaves its
+    (detached) actors running for the next gateway, so whoever started it removes them once done."""
+    used: dict[str, bool] = {}
+    for server in ServerProcess.started:
+        namespace = server.env.get("SESSION_ENGINE_RAY__NAMESPACE")
+        if namespace and server.joined:
+            used[namespace] = used.get(namespace, False) or server.proc.poll() is None
+    return {namespace for namespace, running in used.items() if not running}
 
 
 def joined_server(

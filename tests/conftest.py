@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +39,29 @@ def ray_address() -> Iterator[str]:
         yield str(ray.get_runtime_context().gcs_address)
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _retire_joined_actors() -> Iterator[None]:
+    """After each test, the actors of joined gateways that have all stopped are removed from the
+    run's Ray: a joined gateway leaves them for the next one, and a run that kept every test's
+    shards and models piled up workers until Ray killed some for memory on a 24 GiB machine."""
+    yield
+    ray = sys.modules.get("ray")  # never imported here: tests without Ray do not load it
+    if ray is None or not ray.is_initialized():
+        return
+    from benchmarks.server import ServerProcess, retired_namespaces  # same cause as above
+
+    retired = retired_namespaces()
+    if not retired:
+        return
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] in retired:
+            with contextlib.suppress(ValueError):  # gone meanwhile
+                ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
+    ServerProcess.started[:] = [
+        s for s in ServerProcess.started if s.env.get("SESSION_ENGINE_RAY__NAMESPACE") not in retired
+    ]
 
 
 @pytest.fixture(scope="session")
