@@ -1,71 +1,87 @@
-"""ClosingJobs: a session shard's closing jobs, each seen through to a summary `ready` or `failed`,
-and the model's upgrades of the summaries they made.
+"""ClosingJobs: a session shard's closing jobs, each seen through to a summary `ready` or `failed`
+and the session in session memory, and the model's upgrades of the summaries they made.
 
 A job is durable because its state is the session's: closing a session (or a summarize request)
-sets `summary_status: pending` in the shard's log, and a restarted shard resumes every job that is
-pending or was running. An imported session whose summary is kept (`reindex`, in the session's
-log record and snapshot) has a job too, that only puts it back into session memory. One attempt
-is this sequence, top to bottom (`_attempt`); no model runs in it, so a summary is ready as soon
-as the turns and the extract are in session memory:
+sets `summary_status: pending` in the shard's log, a summary made sets `reindex` (the session still
+has to go into session memory, `index_status: pending`) until MarkIndexed, and a restarted shard
+resumes every job that is pending, was running, or has its index pending. An imported session whose
+summary is kept (`reindex`, in the session's log record and snapshot) has a job too, that only puts
+it back into session memory. A job is two parts, top to bottom: its summary (steps 1-5, `_attempt`),
+then its index (step 6, `_index`). No model and no embedding run before the summary is recorded,
+so a summary is `ready` as soon as its extract is made, whatever the embedder's backlog:
 
-1. Read the job (SummaryJob, not logged), once live memory has nothing of the session in flight
-   (engine.closing.live): the session's name, times and messages, whether its turns are in
-   session memory already, and through which seq live memory put them there while it was open.
-   Nothing to do (the session is gone, or no summary or re-index is queued) ends the job, and so
-   does a shard that takes no changes now (drained or read-only): the job could record nothing,
-   and the shard resumes it once it takes changes again.
-2. Re-index only (`_reindex`): its turns, then its summary if it is ready (the same text, embedded
-   as step 7 does), into session memory, then MarkIndexed, one record: `index_status: ready`. The
-   job ends there, with no change to the summary, its status, error, attempts or provenance; a
-   summary asked for meanwhile goes on from step 3.
+1. Read the job (SummaryJob, not logged): the session's name, times and messages, whether its
+   turns are in session memory already, and through which seq live memory put them there while
+   it was open. Nothing to do (the session is gone, or no summary or index is queued) ends the job,
+   and so does a shard that takes no changes now (drained or read-only): the job could record
+   nothing, and the shard resumes it once it takes changes again.
+2. Index only (a summary made before a crash, or an import's re-index): straight to step 6.
 3. A session without messages fails at once, for good (FailSummary, final).
-4. Its turns into its organization's session memory, unless an earlier attempt put them there:
-   those live memory put in while it was open are read back (their vectors), the rest embedded,
-   then one upsert of the rest and of the whole-session entry (the mean of every turn's vector),
-   which replaces live memory's stand-in. Meanwhile the session reads `summary_status: pending`,
-   `index_status: pending`.
-5. StartSummary, one record: the turns are searchable (`index_status: ready`) and the summary is
-   running, attempt + 1. Nothing to start (deleted meanwhile): what step 4 indexed is taken out.
-6. The extract of the conversation cut by characters (engine.closing.summary), off the shard's
-   event loop.
-7. The summary into session memory (embed, then one upsert): its vector needs its text.
-8. FinishSummary: `ready`, method extractive, reason "first pass", and the model's upgrade marked
-   queued while the model's pass runs (the shard's last answer from the pool said so). Deleted
-   meanwhile: its memory is taken out. Refused (the log cannot hold it): the job fails, for good.
+4. StartSummary, one record: the summary is running, attempt + 1. Nothing to start (deleted
+   meanwhile) ends the job.
+5. The extract of the conversation cut by characters (engine.closing.summary), off the shard's
+   event loop; then FinishSummary: `ready`, method extractive, reason "first pass", the model's
+   upgrade marked queued while the model's pass runs (the shard's last answer from the pool said
+   so), and its index queued (`reindex`: `index_status: pending`). Deleted meanwhile: nothing of
+   the job is in memory, so there is nothing to take out. Refused (the log cannot hold it): the
+   job fails, for good.
+6. The index, once live memory has nothing of the session in flight (engine.closing.live), so that
+   it reads how far live memory got and writes after it: the job is read again; its turns not yet
+   in session memory (those live memory put in are read back, the rest embedded) with the
+   whole-session entry (the mean of every turn's vector, replacing live memory's stand-in) in one
+   upsert, then the summary's entry (embed, one upsert; made at the summary's time), then
+   MarkIndexed, one record: `index_status: ready`. Turns already there (a summary asked for
+   again) are not indexed again: only the summary goes in. Deleted meanwhile: what went in is
+   taken out. A summary asked for meanwhile goes back to step 1, and its index follows. Once
+   indexed, the summary's upgrade is queued, if it is.
 
-A step that raises fails the attempt: FailSummary, back to pending, and after a backoff that
+The summary is made outside the `concurrent_jobs` slots and only step 6 takes one: the extract is
+cheap, and a close must not wait behind other sessions' indexing (which waits on the embedder, and
+on live memory's tick) to get its summary. How many summaries are made at once is bounded by the
+closes themselves and the default executor's threads.
+
+A step of 1-5 that raises fails the attempt: FailSummary, back to pending, and after a backoff that
 doubles the attempt runs again from step 1; once the attempts are used up the failure is final,
-with its reason. A failed attempt counts whether or not it reached step 5
-(engine.sessions.session). A failed re-index (step 2) records nothing, since the summary is not
-its to fail: it is retried with the same backoff, and once the attempts are used up the session
-still reads `index_status: pending` (its summary as it was) until the shard's next start resumes
-it.
+with its reason (the session is then left to live memory, `index_status: failed`, unless an
+import's re-index was queued before). A failed attempt counts whether or not it reached step 4
+(engine.sessions.session). A failed index (step 6) records nothing, since the summary is not its
+to fail: the summary stays `ready`, the index is retried with the same backoff, and once the
+attempts are used up the session still reads `index_status: pending` until the shard's next start
+resumes it. A crash anywhere resumes from the log: before FinishSummary the summary is made again;
+after it, only the index runs. Every upsert names its entries by session and seq, so an index done
+twice replaces what went in: nothing doubles.
 
-An upgrade (`_upgrade`) runs after step 8, in slots of its own (`concurrent_upgrades`), so it never
-holds up a later close: read it (SummaryUpgradeJob), the pool's verdict on the model's text
-(engine.closing.model_pass), a kept text into session memory (the `#summary` entry replaced), then
-UpgradeSummary, one record that ends the upgrade: the model's text and provenance, or the
-extract kept with the model's rejection reason, or nothing changed (skipped: the pass is paused).
-The mark is in the session's log record and snapshot, so a restarted shard resumes the upgrades
-it had queued. A summary asked for again while its upgrade runs cancels the upgrade (the new
-summary queues its own, and indexes its own text after whatever the upgrade put there); a session
-deleted meanwhile has its memory taken out. An upgrade that fails is tried again with the job's
-backoff, then left queued for the shard's next start. One that ends in anything but a logged kept
-text after the model's text went into session memory (the log refused it, the shard was drained,
-a failure in between), and any upgrade resumed at a start (an earlier run may have put the text in
-before a crash), puts the session's summary as the session has it into session memory again
-(one more embed), so that memory never holds a summary the session does not.
+An upgrade (`_upgrade`) runs after step 6, in slots of its own (`concurrent_upgrades`), so it never
+holds up a later close. It never starts before the summary's entry is in session memory, since it
+replaces that entry: the job queues it after MarkIndexed, and the session holds it back while its
+index is pending (Session.upgrade_due), so a restart resumes the index first. Read it
+(SummaryUpgradeJob), the pool's verdict on the model's text (engine.closing.model_pass), a kept
+text into session memory (the `#summary` entry replaced), then UpgradeSummary, one record that
+ends the upgrade: the model's text and provenance, or the extract kept with the model's rejection
+reason, or nothing changed (skipped: the pass is paused). The mark is in the session's log record
+and snapshot, so a restarted shard resumes the upgrades it had queued. A summary asked for again
+while its upgrade runs cancels the upgrade (the new summary queues its own, and indexes its own text
+after whatever the upgrade put there); a session deleted meanwhile has its memory taken out. An
+upgrade that fails is tried again with the job's backoff, then left queued for the shard's next
+start. One that ends in anything but a logged kept text after the model's text went into session
+memory (the log refused it, the shard was drained, a failure in between), and any upgrade resumed
+at a start (an earlier run may have put the text in before a crash), puts the session's summary as
+the session has it into session memory again (one more embed), so that memory never holds a
+summary the session does not.
 
-What it costs (tests/unit/closing/test_costs.py): a first attempt that succeeds writes two
+What it costs (tests/unit/closing/test_costs.py): a first attempt that succeeds writes three
 session-log records and two memory-log records, and makes four calls outside the shard, one Ray
-round trip each; its upgrade one more session record, and one call (the pool; its hand-off to a
-summarizer is one more), plus an embed and a memory record when the model's text is kept. After
-live memory took the session's turns, step 4 makes one more call (reading their vectors back) and
-embeds only the turns it had not taken (none: no embed). Each is needed:
-- StartSummary: a restart must know that the turns are indexed and how many attempts were made;
-- FinishSummary: the summary itself, and that an upgrade is queued;
-- the turns' upsert, apart from the summary's: the turns are searchable before the summary is;
-- embedding the turns, then the summary: the summary's vector needs the summary;
+round trip each, none of them before the summary is ready; its upgrade one more session record,
+and one call (the pool; its hand-off to a summarizer is one more), plus an embed and a memory
+record when the model's text is kept. After live memory took the session's turns, step 6 makes one
+more call (reading their vectors back) and embeds only the turns it had not taken (none: no
+embed). Each is needed:
+- StartSummary: a restart must know how many attempts were made;
+- FinishSummary: the summary itself, that an upgrade is queued, and that its index is due;
+- MarkIndexed: that the session is searchable (the summary was ready before it was);
+- the turns' upsert, apart from the summary's: `index_session` and `index_summary` are each one
+  batch of the memory shard (engine.closing.indexing);
+- embedding the turns, then the summary: the same two batches;
 - reading live memory's turn vectors back: the session entry's vector is the mean of all of them,
   and embedding them again would cost what live memory saved;
 - UpgradeSummary: the verdict, and the end of the queued upgrade;
@@ -89,7 +105,6 @@ from engine.sessions.ops import (
     MarkIndexed,
     SessionOp,
     StartSummary,
-    SummaryInput,
     SummaryJob,
     SummaryUpgradeJob,
     UpgradeSummary,
@@ -114,14 +129,6 @@ Outcome = Callable[[str, float | None], None]
 
 class _Gone(Exception):
     """The session was deleted while its job ran, after the job put something in its memory."""
-
-
-class _NotReindexed(Exception):
-    """A re-index failed (step 2); `cause` is why, as Ray's wrapped errors name it."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -210,9 +217,15 @@ class ClosingJobs:
             task.cancel()
 
     async def _run(self, org: str, session_id: str) -> None:
+        # The summary is made outside the slots: it needs no model and no embedding, so a close
+        # never waits behind other sessions' indexing for it. Only the indexing, which waits on the
+        # embedder, takes one of the `concurrent_jobs` slots.
         try:
-            async with self._slots:
-                await self._attempts(org, session_id)
+            while await self._summaries(org, session_id):
+                async with self._slots:
+                    again = await self._indexes(org, session_id)
+                if not again:
+                    return
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -222,21 +235,18 @@ class ClosingJobs:
             # Here, with no await after it, so a job queued again as this one ends gets a new run.
             self._active.pop((org, session_id), None)
 
-    async def _attempts(self, org: str, session_id: str) -> None:
+    async def _summaries(self, org: str, session_id: str) -> bool:
+        """Steps 1-5, retried; whether the job goes on to index (nothing to do, or a shard that took
+        no change, does not)."""
         config = self._config
         for attempt in range(1, config.max_attempts + 1):
             try:
-                await self._attempt(org, session_id)
-                return
-            except _Gone:
-                await forget_sessions(self._ports, org, [session_id])
-                return
+                return await self._attempt(org, session_id)
             except Exception as exc:  # noqa: BLE001 - whatever failed, the attempt failed; its reason is kept
                 final = attempt == config.max_attempts
                 reason = failure_reason(exc)
-                reindex = isinstance(exc, _NotReindexed)
                 log.warning(
-                    "re-index attempt failed" if reindex else "summary attempt failed",
+                    "summary attempt failed",
                     extra={
                         "org": org,
                         "session_id": session_id,
@@ -245,43 +255,31 @@ class ClosingJobs:
                         "reason": reason,
                     },
                 )
-                if not reindex:
-                    failed = FailSummary(org, session_id, reason, final)
-                    if isinstance(await self._one(failed), EngineError):
-                        return  # the shard took no changes meanwhile: nothing counted, it resumes the job
-                    self._outcome("failed" if final else "retried", None)
+                if isinstance(await self._one(FailSummary(org, session_id, reason, final)), EngineError):
+                    return False  # the shard took no changes meanwhile: nothing counted, it resumes the job
+                self._outcome("failed" if final else "retried", None)
                 if final:
-                    return
+                    return True  # a re-index it was queued for before (an import's) still runs
                 await self._sleep(config.retry_backoff_s * 2 ** (attempt - 1))
+        return False
 
-    async def _attempt(self, org: str, session_id: str) -> None:
-        """One attempt: the numbered sequence of the module's docstring."""
-        ports = self._ports
-        if self._settled is not None:
-            await self._settled(org, session_id)
+    async def _attempt(self, org: str, session_id: str) -> bool:
+        """One attempt at the summary: steps 1-5 of the module's docstring."""
         job = await self._one(SummaryJob(org, session_id))  # 1
         if job is None or isinstance(job, EngineError) or not self._writable():
-            return
+            return False
         if job.reindex:  # 2
-            await self._reindex(org, session_id, job)
-            return
+            return True
         if not job.messages:  # 3
             await self._one(FailSummary(org, session_id, NO_MESSAGES, True))
-            return
-        entries = None
-        if not job.indexed:  # 4
-            entries = await index_session(ports, org, closed_session(session_id, job), job.live_through)
-        started = await self._one(StartSummary(org, session_id, entries))  # 5
-        if started is None and entries is not None:
-            raise _Gone
+            return False
+        started = await self._one(StartSummary(org, session_id))  # 4
         if started is None or isinstance(started, EngineError):
-            return  # gone, or the shard took no changes meanwhile (it resumes the job once it does)
+            return False  # gone, or the shard took no changes meanwhile (it resumes the job once it does)
         conversation = conversation_of(job, self._config)
-        text = await asyncio.to_thread(extract_of, conversation)  # 6
+        text = await asyncio.to_thread(extract_of, conversation)
         if not text:
             raise SummaryFailed("the conversation has no text to summarize")
-        await index_summary(ports, org, session_id, text, "extractive")  # 7
-        upgrade = self.model_pass
         finish = FinishSummary(
             org,
             session_id,
@@ -291,25 +289,82 @@ class ClosingJobs:
             conversation.total,
             method="extractive",
             reason=FIRST_PASS,
-            upgrade=upgrade,
+            upgrade=self.model_pass,
+            index=True,
         )
-        done = await self._one(finish)  # 8
+        done = await self._one(finish)  # 5
         if isinstance(done, SessionNotFound):
-            raise _Gone
+            return False  # deleted meanwhile: nothing of this job is in memory
         if isinstance(done, EngineError):
             # The summary could not be stored (the log refused its text): a failed job, not one
             # left running for ever.
             await self._one(FailSummary(org, session_id, f"the summary was refused: {done}", True))
             self._outcome("failed", None)
-            return
+            return False
         made_at = done["summary_provenance"]["created_at"]
         lag_s = None if job.ended_at is None else max(0.0, (made_at - job.ended_at) / 1000)
         self._outcome("ready", lag_s)
-        if upgrade:
-            # Queued once this job is done with the session (its task ends without another await).
+        return True
+
+    async def _indexes(self, org: str, session_id: str) -> bool:
+        """Step 6, retried; whether a summary asked for meanwhile is to be made (steps 1-5 again)."""
+        config = self._config
+        for attempt in range(1, config.max_attempts + 1):
+            try:
+                return await self._index(org, session_id)
+            except _Gone:
+                await forget_sessions(self._ports, org, [session_id])
+                return False
+            except Exception as exc:  # noqa: BLE001 - the summary stays ready; the index is retried
+                final = attempt == config.max_attempts
+                log.warning(
+                    "indexing attempt failed",
+                    extra={
+                        "org": org,
+                        "session_id": session_id,
+                        "attempt": attempt,
+                        "final": final,
+                        "reason": failure_reason(exc),
+                    },
+                )
+                if final or not self._writable():
+                    # Still `index_status: pending`: the shard's next start (or its writes taken
+                    # again) resumes it.
+                    return False
+                await self._sleep(config.retry_backoff_s * 2 ** (attempt - 1))
+        return False
+
+    async def _index(self, org: str, session_id: str) -> bool:
+        """Step 6: the session, and its ready summary, into session memory, then MarkIndexed."""
+        if self._settled is not None:
+            await self._settled(org, session_id)
+        job = await self._one(SummaryJob(org, session_id))
+        if job is None or isinstance(job, EngineError) or not self._writable():
+            return False
+        if not job.reindex:
+            return True  # a summary asked for since: made first, then indexed with its text
+        entries = None
+        if not job.indexed:
+            entries = await index_session(self._ports, org, closed_session(session_id, job), job.live_through)
+        if job.summary is not None:
+            text, method, made_at = job.summary
+            await index_summary(self._ports, org, session_id, text, method, made_at=made_at)
+        done = await self._one(MarkIndexed(org, session_id, entries))
+        if isinstance(done, SessionNotFound):
+            raise _Gone
+        if isinstance(done, EngineError):
+            return False  # the shard took no changes meanwhile: still queued, it resumes the job
+        if done["summary_status"] in ("pending", "running"):
+            # Asked for while the index went in (RequestSummary found this job running, so it was
+            # not queued again): made by this run, then indexed.
+            return True
+        if "upgrade" in (done["summary_provenance"] or {}):
+            # Its `#summary` entry is the summary now: the upgrade may replace it. Queued once this
+            # job is done with the session (its task ends without another await).
             asyncio.get_running_loop().call_soon(
                 lambda: self.submit_upgrades([(org, session_id)], resumed=False)
             )
+        return False
 
     async def _run_upgrade(self, org: str, session_id: str) -> None:
         try:
@@ -395,24 +450,6 @@ class ClosingJobs:
             method, made_at = provenance["method"], provenance["created_at"]
             await index_summary(self._ports, org, session_id, view["summary"], method, made_at=made_at)
         self._unsure.discard(key)
-
-    async def _reindex(self, org: str, session_id: str, job: SummaryInput) -> None:
-        """Step 2: an imported session back into session memory as its source had it."""
-        try:
-            entries = await index_session(self._ports, org, closed_session(session_id, job))
-            if job.summary is not None:
-                await index_summary(self._ports, org, session_id, *job.summary)
-        except Exception as exc:
-            raise _NotReindexed(exc) from exc
-        done = await self._one(MarkIndexed(org, session_id, entries))
-        if isinstance(done, SessionNotFound):
-            raise _Gone
-        if isinstance(done, EngineError):
-            return  # the shard took no changes meanwhile: still queued, it resumes the job
-        if done["summary_status"] in ("pending", "running"):
-            # Asked for while the turns went in (RequestSummary found this job running, so it was
-            # not queued again): made by this run, with the turns indexed already.
-            await self._attempt(org, session_id)
 
     async def _one(self, op: SessionOp) -> Any:
         """Apply one op through the shard's log; its answer (an error the shard answered, as a value)."""

@@ -153,10 +153,11 @@ class SummaryInput:
     created_at: int
     ended_at: int | None
     indexed: bool  # its messages are in session memory already (an earlier attempt put them there)
-    # Only put back into session memory, with no new summary: an imported session (Session.reindex),
-    # and (text, method) of its ready summary to put back with its turns.
+    # Only put into session memory, with no new summary (Session.reindex): a summary made and not yet
+    # indexed, or an imported session; and (text, method, made at) of its ready summary to put in
+    # with its turns.
     reindex: bool = False
-    summary: tuple[str, str] | None = None
+    summary: tuple[str, str, int | None] | None = None
     status: SessionStatus = SessionStatus.CLOSED  # what session memory records of it
     # Its messages through this seq went into session memory while it was open (engine.closing.live).
     live_through: int = 0
@@ -197,6 +198,9 @@ class FinishSummary(SessionOp):
     method: str | None = None  # "extractive" (a closing job's), or "model" (logged before upgrades)
     reason: str | None = None  # why the summary is extractive
     upgrade: bool = False  # the model's pass over it is queued (UpgradeSummary ends it)
+    # Its closing job puts it into session memory after this (Session.reindex, ended by MarkIndexed);
+    # None in logs written while a job indexed before it finished.
+    index: bool | None = None
 
 
 @SESSION_OPS.read("_summary_upgrade_job")
@@ -227,17 +231,19 @@ class UpgradeSummary(SessionOp):
     messages_total: int = 0
 
 
-# A closing job that makes a summary marks the session indexed by StartSummary; one that only puts
-# an imported session back into session memory (Session.reindex) ends with this op.
+# A closing job marks the session indexed with this op once its turns and its ready summary are in
+# session memory (Session.reindex); logs written while a job indexed before its summary was made
+# marked it by StartSummary.
 @SESSION_OPS.logged("indexed", "_mark_indexed")
 @dataclass(slots=True, frozen=True)
 class MarkIndexed(SessionOp):
-    """The session's messages are in its organization's session memory (searchable); a re-index
-    it was queued for is done."""
+    """The session's messages, and its ready summary, are in its organization's session memory
+    (searchable); the index it was queued for is done. `entries` None: only its summary went in
+    (its turns were in already), and the count stays."""
 
     org: str
     session_id: str
-    entries: int
+    entries: int | None
 
 
 @dataclass(slots=True, frozen=True)

@@ -165,8 +165,9 @@ class Session:
     summary_rejected: str | None = None  # why the model's pass did not replace the extract
     indexed_at: int | None = None  # when its messages became searchable in session memory
     indexed_entries: int = 0
-    # Imported with its summary kept (engine.sessions.export): its closing job only puts its turns,
-    # and a ready summary, back into session memory; cleared once they are there (mark_indexed).
+    # Its closing job only puts its turns, and a ready summary, into session memory: a summary made
+    # (finish_summary) and not yet indexed, or a session imported with its summary kept
+    # (engine.sessions.export); cleared once they are there (mark_indexed).
     reindex: bool = False
     # Live memory (engine.closing.live): the seq through which its messages are in session memory
     # while it is open, and whether the entry standing for it there carries its final status.
@@ -239,7 +240,9 @@ class Session:
         method: str | None = None,
         reason: str | None = None,
         upgrade: bool = False,
+        index: bool = False,
     ) -> None:
+        """`index`: the summary (and the turns not yet there) go into session memory after it."""
         self.summary_status = SummaryStatus.READY
         self.summary = text
         self.summary_error = None
@@ -251,11 +254,14 @@ class Session:
         self.summary_reason = reason
         self.summary_upgrade = upgrade
         self.summary_rejected = None
+        if index:
+            self.reindex = True
 
     @property
     def upgrade_due(self) -> bool:
-        """The model's pass over its ready summary is queued and not done yet."""
-        return self.summary_upgrade and self.summary_status is SummaryStatus.READY
+        """The model's pass over its ready summary is queued and not done yet, and the summary is in
+        session memory: the upgrade replaces its `#summary` entry, so it waits for the index."""
+        return self.summary_upgrade and self.summary_status is SummaryStatus.READY and not self.reindex
 
     def upgrade_summary(
         self,
@@ -277,9 +283,11 @@ class Session:
             self.summary_model = model  # the model that was asked
             self.summary_rejected = reason or "rejected"
 
-    def mark_indexed(self, entries: int, *, now_ms: int) -> None:
+    def mark_indexed(self, entries: int | None, *, now_ms: int) -> None:
+        """`entries` None: only the summary went in; the turns' count stays."""
         self.indexed_at = now_ms
-        self.indexed_entries = entries
+        if entries is not None:
+            self.indexed_entries = entries
         self.reindex = False
 
     @property
@@ -303,9 +311,12 @@ class Session:
 
     @property
     def index_status(self) -> IndexState | None:
-        """A session with a closing job goes into session memory: pending until its messages are
-        searchable (ready), an imported one's re-index included, however often it is retried;
-        failed when a summary job gave up first. None for sessions never indexed."""
+        """A session with a closing job goes into session memory: pending until its messages and
+        its ready summary are searchable (ready), an imported one's re-index included, however
+        often it is retried; a summary made again is pending until its text is in memory too.
+        Failed when a summary job gave up before indexing. None for sessions never indexed."""
+        if self.reindex:
+            return "pending"
         if self.indexed_at is not None:
             return "ready"
         if self.job_unfinished:

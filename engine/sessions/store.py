@@ -388,12 +388,12 @@ class SessionStore:
         session = self._sessions.get((op.org, op.session_id))
         if session is None or not session.job_unfinished:
             return None
-        # A summary asked for since the import (RequestSummary) is made by the usual job, which
-        # indexes the turns on its way.
+        # A summary asked for since its summary was made or since the import (RequestSummary) is
+        # made first; the index follows it, with the new text.
         reindex = not session.summary_unfinished
         kept = None
         if reindex and session.summary is not None and session.summary_status is SummaryStatus.READY:
-            kept = (session.summary, session.summary_method or "model")
+            kept = (session.summary, session.summary_method or "model", session.summarized_at)
         return SummaryInput(
             session.name,
             session.messages,
@@ -428,6 +428,7 @@ class SessionStore:
             method=op.method,
             reason=op.reason,
             upgrade=op.upgrade,
+            index=bool(op.index),
         )
         return session.view()
 

@@ -115,9 +115,9 @@ class Close:
 async def test_a_first_attempt_that_succeeds_and_the_model_is_kept(tmp_path: Path) -> None:
     cost = await Close(tmp_path).close(messages=3)
     assert cost == {
-        # StartSummary (indexed and running), FinishSummary (the extract; upgrade queued),
-        # UpgradeSummary (the model's text)
-        "session records": 3,
+        # StartSummary (running), FinishSummary (the extract, ready; upgrade and index queued),
+        # MarkIndexed (searchable), UpgradeSummary (the model's text)
+        "session records": 4,
         "memory records": 3,  # the turns with the session entry; the extract; the model's text
         # turns, extract, model's text; their upserts; the pool (which makes and judges the text)
         "calls": {"embed": 3, "index": 3, "upgrade": 1},
@@ -129,7 +129,7 @@ async def test_a_first_attempt_whose_model_text_is_rejected(tmp_path: Path) -> N
     close.degenerate = True
     cost = await close.close(messages=3)
     assert cost == {
-        "session records": 3,  # StartSummary, FinishSummary, UpgradeSummary (the rejection)
+        "session records": 4,  # StartSummary, FinishSummary, MarkIndexed, UpgradeSummary (the rejection)
         "memory records": 2,  # the turns; the extract, which stays
         "calls": {"embed": 2, "index": 2, "upgrade": 1},
     }
@@ -138,7 +138,8 @@ async def test_a_first_attempt_whose_model_text_is_rejected(tmp_path: Path) -> N
 async def test_a_first_attempt_with_the_model_pass_off(tmp_path: Path) -> None:
     cost = await Close(tmp_path, model_pass="off").close(messages=3)
     assert cost == {
-        "session records": 2,  # StartSummary, FinishSummary: ready with the extract, no upgrade queued
+        # StartSummary, FinishSummary (ready with the extract, no upgrade queued), MarkIndexed
+        "session records": 3,
         "memory records": 2,
         "calls": {"embed": 2, "index": 2},
     }
@@ -149,9 +150,9 @@ async def test_a_failed_model_costs_no_summary_attempt(tmp_path: Path) -> None:
     close.summaries_fail = 1
     cost = await close.close(messages=3)
     assert cost == {
-        # StartSummary, FinishSummary; the upgrade's first try fails (nothing written), its second
-        # writes UpgradeSummary
-        "session records": 3,
+        # StartSummary, FinishSummary, MarkIndexed; the upgrade's first try fails (nothing written),
+        # its second writes UpgradeSummary
+        "session records": 4,
         "memory records": 3,
         "calls": {"embed": 3, "index": 3, "upgrade": 2},
     }
@@ -162,7 +163,7 @@ async def test_a_retry_after_the_turns_failed_to_index(tmp_path: Path) -> None:
     close.embeds_fail = 1
     cost = await close.close(messages=3)
     assert cost == {
-        # FailSummary; StartSummary, FinishSummary
+        # StartSummary, FinishSummary (the summary is not failed by its index); MarkIndexed
         "session records": 3,
         "memory records": 2,
         "calls": {"embed": 3, "index": 2},
@@ -205,7 +206,7 @@ async def test_a_live_tick_over_several_sessions(tmp_path: Path) -> None:
 async def test_a_close_after_live_memory_took_every_turn(tmp_path: Path) -> None:
     cost = await Close(tmp_path, model_pass="off").close(messages=3, live=3)
     assert cost == {
-        "session records": 2,  # StartSummary, FinishSummary
+        "session records": 3,  # StartSummary, FinishSummary, MarkIndexed
         "memory records": 2,  # the session entry (no turn left to add); the extract
         # the extract only: the session entry's vector is the mean of the turns read back; reading
         # them, the upsert, the extract's upsert
@@ -216,7 +217,7 @@ async def test_a_close_after_live_memory_took_every_turn(tmp_path: Path) -> None
 async def test_a_close_after_live_memory_took_some_turns(tmp_path: Path) -> None:
     cost = await Close(tmp_path, model_pass="off").close(messages=3, live=2)
     assert cost == {
-        "session records": 2,
+        "session records": 3,
         "memory records": 2,  # the last turn with the session entry; the extract
         "calls": {"embed": 2, "index": 3},  # the last turn, the extract; a read and two upserts
     }

@@ -5,6 +5,7 @@ generate."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -298,9 +299,26 @@ async def test_a_restart_resumes_a_pending_upgrade(tmp_path: Path) -> None:
     assert again.store.pending_upgrades() == []
 
 
-async def test_failed_attempts_are_retried_with_doubling_backoff() -> None:
+def extract_fails(monkeypatch: pytest.MonkeyPatch, times: int, also: Any = None) -> None:
+    """The extract raises at its first `times` calls (calling `also` first): a fault in the
+    summary's own step, which the embedder no longer takes part in."""
+    left = [times]
+    real = job_module.extract_of
+
+    def extract(c: Conversation) -> str:
+        if left[0]:
+            left[0] -= 1
+            if also is not None:
+                also()
+            raise RuntimeError("the extract fell over")
+        return real(c)
+
+    monkeypatch.setattr(job_module, "extract_of", extract)
+
+
+async def test_failed_attempts_are_retried_with_doubling_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     h = Harness(max_attempts=3, model_pass="off")
-    h.embed_failures_left = 2
+    extract_fails(monkeypatch, 2)
     sid = h.closed_session()
     await h.run_queued()
     view = h.view(sid)
@@ -308,20 +326,21 @@ async def test_failed_attempts_are_retried_with_doubling_backoff() -> None:
     assert h.sleeps == [1.0, 2.0]
 
 
-async def test_the_last_failure_is_final_and_keeps_a_one_line_reason() -> None:
+async def test_the_last_failure_is_final_and_keeps_a_one_line_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     h = Harness(max_attempts=2)
-    h.embed_failures_left = 5
+    extract_fails(monkeypatch, 5)
     sid = h.closed_session()
     await h.run_queued()
     view = h.view(sid)
     assert (view["summary_status"], view["summary_attempts"]) == ("failed", 2)
-    assert view["summary_error"] == "RuntimeError: the embedder died"
+    assert view["summary_error"] == "RuntimeError: the extract fell over"
     assert view["summary"] is None and h.sleeps == [1.0]
+    assert (view["index_status"], h.memory_ids()) == ("failed", set()), "left to live memory"
 
 
-async def test_summarize_runs_a_failed_or_finished_summary_again() -> None:
+async def test_summarize_runs_a_failed_or_finished_summary_again(monkeypatch: pytest.MonkeyPatch) -> None:
     h = Harness(max_attempts=1)
-    h.embed_failures_left = 1
+    extract_fails(monkeypatch, 1)
     sid = h.closed_session()
     await h.run_queued()
     assert h.view(sid)["summary_status"] == "failed"
@@ -359,7 +378,7 @@ async def test_a_session_deleted_during_its_upgrade_leaves_nothing_in_memory() -
     assert h.memory_ids() == set()
 
 
-async def test_a_closed_session_is_searchable_before_its_summary_is_made() -> None:
+async def test_a_closed_session_is_searchable_before_its_upgrade_is_made() -> None:
     h = Harness()
     sid = h.closed_session(messages=2, content="we talked about the lighthouse {i}")
     seen: list[Any] = []
@@ -372,46 +391,118 @@ async def test_a_closed_session_is_searchable_before_its_summary_is_made() -> No
     assert h.found("trip") == [sid], "the summary and the name are searchable too"
 
 
-async def test_an_embedder_failure_fails_the_attempt_and_the_retry_indexes_everything() -> None:
+async def test_an_embedder_failure_leaves_the_summary_ready_and_the_retry_indexes_everything() -> None:
     h = Harness(max_attempts=3)
     h.embed_failures_left = 1
     sid = h.closed_session(messages=3)
     assert h.view(sid)["index_status"] == "pending"
     await h.run_queued()
     view = h.view(sid)
-    assert (view["summary_status"], view["summary_attempts"], view["index_status"]) == ("ready", 2, "ready")
+    assert (view["summary_status"], view["summary_attempts"], view["index_status"]) == ("ready", 1, "ready")
     assert h.memory_ids() == {f"{sid}#1", f"{sid}#2", f"{sid}#3", sid, f"{sid}#summary"}
+    assert h.sleeps == [1.0] and [o for o, _ in h.outcomes] == ["ready", "upgrade_kept"], (
+        "the index is retried; the summary is not failed"
+    )
 
 
-async def test_a_retry_after_indexing_does_not_index_again() -> None:
+async def test_a_retried_index_replaces_what_went_in_and_nothing_doubles() -> None:
     h = Harness(max_attempts=2, model_pass="off")
     h.embed_fails_at = {2}  # the summary's embed fails after the turns were indexed
     sid = h.closed_session(messages=2)
     await h.run_queued()
-    assert (h.view(sid)["summary_status"], h.view(sid)["summary_attempts"]) == ("ready", 2)
-    assert h.upserts == [SESSION_MEMORY, SESSIONS_OF_MEMORY, SESSIONS_OF_MEMORY], (
-        "turns once, then the summary"
-    )
+    view = h.view(sid)
+    assert (view["summary_status"], view["summary_attempts"], view["index_status"]) == ("ready", 1, "ready")
+    assert h.upserts == [SESSION_MEMORY, SESSIONS_OF_MEMORY] * 2 + [SESSIONS_OF_MEMORY]
+    assert h.memory_ids() == {f"{sid}#1", f"{sid}#2", sid, f"{sid}#summary"}
+    namespaces = dict(h.memory.namespaces())
+    held = [namespaces[("acme", name)] for name in (SESSION_MEMORY, SESSIONS_OF_MEMORY)]
+    entries = [i for index in held for i in index.ids_below(index.next_id) if index.entry(i) is not None]
+    assert len(entries) == 4, "the retry replaced the turns: none doubled"
 
 
-async def test_a_session_deleted_while_its_turns_are_indexed_leaves_nothing_in_memory() -> None:
+async def test_an_index_that_fails_for_good_leaves_the_summary_ready_and_the_index_pending() -> None:
+    h = Harness(max_attempts=2)
+    h.embed_failures_left = 5
+    sid = h.closed_session()
+    await h.run_queued()
+    view = h.view(sid)
+    assert (view["summary_status"], view["summary_attempts"], view["summary_error"]) == ("ready", 1, None)
+    assert view["index_status"] == "pending" and h.sleeps == [1.0]
+    assert h.store.unfinished_summaries() == [("acme", sid)], "the shard's next start resumes the index"
+    assert h.store.pending_upgrades() == [] and h.jobs == [], "the upgrade waits for the index"
+    h.embed_failures_left = 0
+    h.closing.submit(h.store.unfinished_summaries())
+    await h.closing.drain()
+    view = h.view(sid)
+    assert (view["index_status"], view["summary_provenance"]["method"]) == ("ready", "model")
+    assert h.summary_entry(sid) == (view["summary"], "model")
+
+
+async def test_a_session_deleted_while_it_is_indexed_leaves_nothing_in_memory() -> None:
     h = Harness()
     sid = h.closed_session()
-    h.while_indexing = lambda: h.store.apply(DeleteSession("acme", sid), T0)
+
+    def deleted() -> None:
+        h.while_indexing = None
+        h.store.apply(DeleteSession("acme", sid), T0)
+
+    h.while_indexing = deleted
     await h.run_queued()
-    assert h.upserts == [SESSION_MEMORY, SESSIONS_OF_MEMORY], "indexed before the delete was seen"
-    assert h.memory_ids() == set() and h.jobs == [], "then taken out again, and no summary made"
+    assert h.upserts == [SESSION_MEMORY, SESSIONS_OF_MEMORY, SESSIONS_OF_MEMORY], (
+        "indexed before the delete was seen"
+    )
+    assert h.memory_ids() == set() and h.jobs == [], "then taken out again, and no upgrade made"
 
 
-async def test_the_summary_reads_pending_while_the_turns_are_indexed_then_running() -> None:
+async def test_a_session_deleted_between_its_summary_and_its_index_is_not_indexed() -> None:
+    h = Harness()
+    sid = h.closed_session()
+    real = h.record
+
+    async def deleted_after_the_summary(ops: Sequence[SessionOp]) -> list[Any]:
+        answers = await real(ops)
+        if type(ops[0]).__name__ == "FinishSummary":
+            h.store.apply(DeleteSession("acme", sid), T0)
+        return answers
+
+    h.closing = ClosingJobs(deleted_after_the_summary, h, h.config, sleep=h.sleep)
+    await h.run_queued()
+    assert (h.upserts, h.embeds, h.jobs) == ([], 0, []), "nothing went into memory, no upgrade ran"
+
+
+async def test_the_summary_is_ready_before_any_embed_and_the_index_pending_until_marked() -> None:
     h = Harness()
     sid = h.closed_session()
     seen: list[tuple[str, str]] = []
     h.while_indexing = lambda: seen.append((h.view(sid)["summary_status"], h.view(sid)["index_status"]))
     h.during = lambda: seen.append((h.view(sid)["summary_status"], h.view(sid)["index_status"]))
     await h.run_queued()
-    # The turns' embed, the extract's; then the model's call and its text's embed (the upgrade).
-    assert seen == [("pending", "pending"), ("running", "ready"), ("ready", "ready"), ("ready", "ready")]
+    # The turns' embed, the summary's; then the model's call and its text's embed (the upgrade).
+    assert seen == [("ready", "pending"), ("ready", "pending"), ("ready", "ready"), ("ready", "ready")]
+
+
+async def test_a_slow_embedder_does_not_hold_up_ready_summaries() -> None:
+    h = Harness(concurrent_jobs=1, model_pass="off")
+    sids = [h.closed_session() for _ in range(4)]
+    gate = asyncio.Event()
+    real_embed = h.embed
+
+    async def slow_embed(texts: Sequence[str]) -> np.ndarray:
+        await gate.wait()  # the embedder's backlog: nothing is embedded until the gate opens
+        return await real_embed(texts)
+
+    h.embed = slow_embed  # type: ignore[method-assign]
+    h.closing.submit(h.store.take_summary_jobs())
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        if all(h.view(sid)["summary_status"] == "ready" for sid in sids):
+            break
+    views = [h.view(sid) for sid in sids]
+    assert [(v["summary_status"], v["index_status"]) for v in views] == [("ready", "pending")] * 4
+    assert h.closing.active == 4, "each waits for the index; only one holds an indexing slot"
+    gate.set()
+    await h.closing.drain()
+    assert [h.view(sid)["index_status"] for sid in sids] == ["ready"] * 4
 
 
 async def test_empty_model_text_is_rejected_and_an_empty_extract_fails_the_attempt() -> None:
@@ -532,7 +623,21 @@ async def test_a_drained_shard_puts_its_jobs_off_without_indexing_or_counting(tm
     assert (h.view(sid)["summary_status"], h.view(sid)["summary_attempts"]) == ("ready", 1)
 
 
-async def test_a_shard_drained_during_an_attempt_neither_counts_it_nor_retries(tmp_path: Path) -> None:
+async def test_a_shard_drained_during_an_attempt_neither_fails_it_nor_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = durable_harness(tmp_path)
+    sid = h.closed_session()
+    assert h.durable is not None
+    durable = h.durable
+    extract_fails(monkeypatch, 1, also=lambda: durable.drain(Unavailable("drained", {})))
+    await h.run_queued()
+    assert (h.view(sid)["summary_status"], h.view(sid)["summary_attempts"]) == ("running", 1)
+    assert (h.outcomes, h.sleeps) == ([], [])  # its FailSummary was refused: nothing counted, no backoff
+    assert h.store.unfinished_summaries() == [("acme", sid)]
+
+
+async def test_a_shard_drained_while_the_session_is_indexed_leaves_its_index_pending(tmp_path: Path) -> None:
     h = durable_harness(tmp_path)
     sid = h.closed_session()
     assert h.durable is not None
@@ -544,24 +649,9 @@ async def test_a_shard_drained_during_an_attempt_neither_counts_it_nor_retries(t
 
     h.while_indexing = drained_and_embedder_gone
     await h.run_queued()
-    assert (h.view(sid)["summary_status"], h.view(sid)["summary_attempts"]) == ("pending", 0)
-    assert (h.outcomes, h.sleeps) == ([], [])  # its FailSummary was refused: nothing counted, no backoff
-
-
-async def test_a_shard_drained_while_the_turns_are_indexed_starts_nothing(tmp_path: Path) -> None:
-    h = durable_harness(tmp_path)
-    sid = h.closed_session()
-    assert h.durable is not None
-    durable = h.durable
-    h.while_indexing = lambda: durable.drain(Unavailable("drained", {}))
-    await h.run_queued()
     view = h.view(sid)
-    assert (view["summary_status"], view["summary_attempts"], view["index_status"]) == (
-        "pending",
-        0,
-        "pending",
-    )
-    assert (h.jobs, h.outcomes) == ([], [])
+    assert (view["summary_status"], view["summary_attempts"], view["index_status"]) == ("ready", 1, "pending")
+    assert (h.jobs, h.outcomes, h.sleeps) == ([], [("ready", 0.0)], []), "no retry while drained"
     h.while_indexing = None
     durable.drain(None)
     h.closing.submit(h.store.unfinished_summaries())
@@ -569,12 +659,12 @@ async def test_a_shard_drained_while_the_turns_are_indexed_starts_nothing(tmp_pa
     assert (h.view(sid)["summary_status"], h.view(sid)["index_status"]) == ("ready", "ready")
 
 
-async def test_each_attempt_tells_how_it_ended() -> None:
+async def test_each_attempt_tells_how_it_ended(monkeypatch: pytest.MonkeyPatch) -> None:
     h = Harness(max_attempts=2, model_pass="off")
-    h.embed_failures_left = 1
+    extract_fails(monkeypatch, 1)
     retried = h.closed_session()
     await h.run_queued()
-    h.embed_failures_left = 2
+    extract_fails(monkeypatch, 2)
     failed = h.closed_session()
     await h.run_queued()
     assert h.outcomes == [("retried", None), ("ready", 0.0), ("retried", None), ("failed", None)]
@@ -606,14 +696,35 @@ async def test_long_conversations_are_precut_before_they_leave_the_shard() -> No
     assert sum(len(c) for _, _, c in job.messages) <= 64 * 12
 
 
-async def test_summary_state_survives_the_log_and_snapshot_codec() -> None:
+async def test_summary_state_survives_the_log_and_snapshot_codec(monkeypatch: pytest.MonkeyPatch) -> None:
     h = Harness(max_attempts=1)
     ready, failed = h.closed_session(), h.closed_session()
     h.closing.submit([("acme", ready)])
     await h.closing.drain()
-    h.embed_failures_left = 1
+    extract_fails(monkeypatch, 1)
     h.closing.submit([("acme", failed)])
     await h.closing.drain()
     for sid in (ready, failed):
         session = h.store._sessions[("acme", sid)]
         assert decode_session(encode_session(session)).view_with_messages() == session.view_with_messages()
+
+
+async def test_a_restart_resumes_the_index_of_a_ready_summary_then_its_upgrade(tmp_path: Path) -> None:
+    h = durable_harness(tmp_path, max_attempts=1)
+    h.embed_failures_left = 5  # the shard stops with the summary ready and its index pending
+    sid = h.closed_session(messages=2)
+    await h.run_queued()
+    assert (h.view(sid)["summary_status"], h.view(sid)["index_status"]) == ("ready", "pending")
+    assert h.durable is not None
+    h.durable.close(snapshot=False)  # the log alone must bring the pending index back
+    again = durable_harness(tmp_path)
+    assert again.store.unfinished_summaries() == [("acme", sid)]
+    assert again.store.pending_upgrades() == [], "the upgrade waits for the summary's entry"
+    again.closing.submit(again.store.unfinished_summaries())
+    await again.closing.drain()
+    view = again.view(sid)
+    assert (view["index_status"], view["summary_attempts"], view["summary_provenance"]["method"]) == (
+        "ready", 1, "model",
+    )  # fmt: skip
+    assert again.jobs != [] and again.summary_entry(sid) == (view["summary"], "model")
+    assert again.memory_ids() == {f"{sid}#1", f"{sid}#2", sid, f"{sid}#summary"}

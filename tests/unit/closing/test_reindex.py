@@ -29,7 +29,7 @@ from engine.sessions.ops import (
 )
 from engine.sessions.session import NewMessage, SessionStatus, new_session_id
 
-from .test_job import T0, Harness
+from .test_job import T0, Harness, extract_fails
 
 # What a re-index must leave as its source had it; indexed_at is when this store indexed it.
 KEPT = ("summary", "summary_status", "summary_error", "summary_attempts", "summary_provenance")
@@ -113,10 +113,14 @@ async def test_an_imported_session_whose_summary_was_pending_is_summarized() -> 
     assert (view["summary_status"], view["summary_attempts"], view["index_status"]) == ("ready", 1, "ready")
 
 
-async def test_a_failed_summary_is_kept_and_its_indexed_turns_put_back() -> None:
-    source = Harness(max_attempts=1)
-    source.embed_fails_at = {2}  # the summary's embed fails after the turns were indexed
+async def test_a_failed_summary_is_kept_and_its_indexed_turns_put_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = Harness(max_attempts=1, model_pass="off")
     sid = source.closed_session(messages=2)
+    await source.run_queued()  # indexed with its summary
+    source.store.apply(RequestSummary("acme", sid), T0)
+    extract_fails(monkeypatch, 1)  # the summary asked for again fails; the turns stay indexed
     await source.run_queued()
     assert (source.view(sid)["summary_status"], source.view(sid)["index_status"]) == ("failed", "ready")
     target = Importer()
