@@ -292,12 +292,14 @@ def append_live_on_off(
 
 
 def summary_lag(url: str, key: str, wait_s: float) -> dict[str, Any]:
-    """How long the sessions a fleet closed waited, from their close, to be searchable (turns
-    indexed) and to have their summary; waits up to `wait_s` for summaries still being made, and
-    counts those left (with how long the oldest has waited, so an unfinished backlog shows).
+    """How long the sessions a fleet closed waited, from their close, to have their summary and to
+    be searchable (their turns and summary in session memory, `index_status: ready`); waits up to
+    `wait_s` for summaries still being made and sessions still being indexed, and counts those left
+    (with how long the oldest has waited, so an unfinished backlog shows).
 
-    A summary is ready with its extract (engine.closing.job); `close_to_ready_ms` is that lag,
-    over the summaries still extractive. A kept model upgrade moves its `created_at` to the
+    A summary is ready with its extract, before the session is indexed (engine.closing.job);
+    `close_to_ready_ms` is that lag, over the summaries still extractive, and
+    `close_to_searchable_ms` the lag to `indexed_at`. A kept model upgrade moves its `created_at` to the
     upgrade and keeps no time of its extract: those summaries are counted in
     `close_to_upgrade_ms`, their lag to the model's text, which bounds their first ready time from
     above, so no summary drops out of the lags. `model_pass` is the summarizer pool's state and
@@ -308,7 +310,8 @@ def summary_lag(url: str, key: str, wait_s: float) -> dict[str, Any]:
         while True:
             closed = _all_sessions(client, "closed")
             waiting = [s for s in closed if s["summary_status"] in ("pending", "running")]
-            if not waiting or time.monotonic() - started >= wait_s:
+            unindexed = [s for s in closed if s["index_status"] == "pending"]
+            if not (waiting or unindexed) or time.monotonic() - started >= wait_s:
                 break
             time.sleep(1)
         models = client.get("/readyz").json().get("models", {})
@@ -334,8 +337,10 @@ def summary_lag(url: str, key: str, wait_s: float) -> dict[str, Any]:
         "summaries_ready": len(ready),
         "summaries_failed": sum(s["summary_status"] == "failed" for s in closed),
         "summaries_waiting": len(waiting),
+        "indexes_waiting": len(unindexed),
         "waited_after_fleet_s": round(time.monotonic() - started, 1),
         "oldest_waiting_ms": max((now_ms - s["ended_at"] for s in waiting), default=0),
+        "oldest_unindexed_ms": max((now_ms - s["ended_at"] for s in unindexed), default=0),
         "close_to_summary_ms": _spread(summarized),
         "close_to_searchable_ms": _spread(searchable),
     }

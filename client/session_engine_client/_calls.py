@@ -256,6 +256,20 @@ def summary_cursor(retry: RetryPolicy, session_id: str, timeout: float) -> FeedC
     )
 
 
+# A wait with `searchable` reads the session again while its index is pending (the feed has no
+# event for it), pausing this long at first, doubling up to the longest.
+INDEX_PAUSE_S = 0.1
+INDEX_PAUSE_MAX_S = 1.0
+
+
+def index_left(session_id: str, deadline: float) -> float:
+    """Seconds left to wait for a session's index; TimedOut once the deadline has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimedOut(f"session {session_id}: its summary is made, its index still pending")
+    return left
+
+
 def summary_done(event: Event) -> bool:
     """Whether a session feed's event ends a wait for its summary. The feed's first event (the
     session's state when the feed starts) says the summary is made or has failed for good, or that

@@ -299,7 +299,9 @@ class Client:
         `feed.ready` event that starts each connection."""
         yield from self._follow(FeedCursor(self.retry, session_id, last_event_id, ready))
 
-    def wait_for_summary(self, session_id: str, timeout: float = SUMMARY_TIMEOUT_S) -> Session:
+    def wait_for_summary(
+        self, session_id: str, timeout: float = SUMMARY_TIMEOUT_S, *, searchable: bool = False
+    ) -> Session:
         """The session once its summary is made (`summary_status` "ready", with its `summary`) or
         has failed for good ("failed", with `summary_error`: returned, not raised; check
         `summary_status`). Only a closed session is summarized: one that is completed or expires
@@ -307,13 +309,23 @@ class Client:
         summary is coming; `summarize_session` asks for one. Follows the session's feed, whose
         first event says where the summary stands, so a summary made before the call is found at
         once; a dropped feed is resumed. Raises TimedOut after `timeout` seconds (a session still
-        active waits that long), NotFound if the session is not there or is deleted meanwhile."""
+        active waits that long), NotFound if the session is not there or is deleted meanwhile.
+        A ready summary is in session memory a little later (`index_status` "ready"): with
+        `searchable`, the wait goes on until the index is no longer pending, so that
+        `search_memory` finds the session and its summary (within the same `timeout`)."""
+        deadline = time.monotonic() + timeout
         cursor = summary_cursor(self.retry, session_id, timeout)
         with contextlib.closing(self._follow(cursor)) as events:  # the feed closes on the way out
             for event in events:
                 if summary_done(event):
                     break
-        return self._do(calls.session_state(session_id))  # NotFound once deleted
+        session = self._do(calls.session_state(session_id))  # NotFound once deleted
+        pause = calls.INDEX_PAUSE_S
+        while searchable and session.index_status == "pending":
+            time.sleep(min(pause, calls.index_left(session_id, deadline)))
+            pause = min(2 * pause, calls.INDEX_PAUSE_MAX_S)
+            session = self._do(calls.session_state(session_id))
+        return session
 
     def _follow(self, cursor: FeedCursor) -> Generator[Event, None, None]:
         while not cursor.ended:
@@ -589,14 +601,23 @@ class AsyncClient:
         async for event in self._follow(FeedCursor(self.retry, session_id, last_event_id, ready)):
             yield event
 
-    async def wait_for_summary(self, session_id: str, timeout: float = SUMMARY_TIMEOUT_S) -> Session:
+    async def wait_for_summary(
+        self, session_id: str, timeout: float = SUMMARY_TIMEOUT_S, *, searchable: bool = False
+    ) -> Session:
         """See Client.wait_for_summary."""
+        deadline = time.monotonic() + timeout
         cursor = summary_cursor(self.retry, session_id, timeout)
         async with contextlib.aclosing(self._follow(cursor)) as events:  # the feed closes on the way out
             async for event in events:
                 if summary_done(event):
                     break
-        return await self._do(calls.session_state(session_id))  # NotFound once deleted
+        session = await self._do(calls.session_state(session_id))  # NotFound once deleted
+        pause = calls.INDEX_PAUSE_S
+        while searchable and session.index_status == "pending":
+            await asyncio.sleep(min(pause, calls.index_left(session_id, deadline)))
+            pause = min(2 * pause, calls.INDEX_PAUSE_MAX_S)
+            session = await self._do(calls.session_state(session_id))
+        return session
 
     async def _follow(self, cursor: FeedCursor) -> AsyncGenerator[Event, None]:
         while not cursor.ended:

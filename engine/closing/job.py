@@ -122,8 +122,9 @@ FIRST_PASS = "first pass"  # the reason a closing job's summary is extractive: t
 EXTRACT_MODEL = "extractive"  # the provenance's `model` of a summary no model has made
 
 # Told how each attempt ended ("ready", "retried", "failed") and, once ready, the seconds since
-# the session ended; and how each upgrade ended ("upgrade_kept", "upgrade_rejected",
-# "upgrade_skipped", "upgrade_failed"), with no seconds.
+# the session ended; how each failed index attempt ended ("index_retried", "index_failed"), and how
+# each upgrade ended ("upgrade_kept", "upgrade_rejected", "upgrade_skipped", "upgrade_failed"),
+# with no seconds.
 Outcome = Callable[[str, float | None], None]
 
 
@@ -327,10 +328,11 @@ class ClosingJobs:
                         "reason": failure_reason(exc),
                     },
                 )
-                if final or not self._writable():
-                    # Still `index_status: pending`: the shard's next start (or its writes taken
-                    # again) resumes it.
-                    return False
+                if not self._writable():
+                    return False  # nothing could be recorded: the shard resumes it once it takes changes
+                self._outcome("index_failed" if final else "index_retried", None)
+                if final:
+                    return False  # still `index_status: pending`: the shard's next start resumes it
                 await self._sleep(config.retry_backoff_s * 2 ** (attempt - 1))
         return False
 

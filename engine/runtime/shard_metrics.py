@@ -115,7 +115,8 @@ class SessionShardMetrics(ShardMetrics):
         )
         self.summary_jobs = Counter(
             "session_engine_summary_attempts",
-            "Summary attempts by how they ended (ready, retried, failed), and the model's upgrades of "
+            "Summary attempts by how they ended (ready, retried, failed), failed attempts to index a "
+            "ready summary's session (index_retried, index_failed), and the model's upgrades of "
             "ready summaries (upgrade_kept, upgrade_rejected, upgrade_skipped, upgrade_failed).",
             ["outcome"],
             registry=self.registry,

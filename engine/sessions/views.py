@@ -108,8 +108,9 @@ class SessionView(TypedDict):
     index_status: Annotated[
         IndexState | None,
         Field(
-            description="Its messages in session memory: pending, then ready (searchable), or failed; "
-            "null for a session that is not indexed (active, completed, expired)."
+            description="Its messages and its ready summary in session memory: pending, then ready "
+            "(searchable; a summary is ready before this is), or failed; null for a session that is "
+            "not indexed (active, completed, expired)."
         ),
     ]
     indexed_at: Annotated[

@@ -305,6 +305,38 @@ def test_wait_for_summary_keeps_waiting_for_a_summary_asked_of_a_completed_sessi
         assert engine.wait_for_summary("sess_1", timeout=30).summary_status == "ready"
 
 
+def test_wait_for_summary_searchable_waits_for_the_index_too() -> None:
+    """A summary is ready before the session is in session memory: `searchable` reads the session
+    again until its index_status is no longer pending, and gives up with TimedOut at the timeout."""
+    frames = [_ready("3.0", "ready")]
+    reads: list[str] = []
+    index = iter(["pending", "pending", "ready"])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            return httpx.Response(200, content=b"".join(frames), headers=EVENT_STREAM)
+        reads.append(next(index, "pending"))
+        body = {**_session("ready"), "index_status": reads[-1], "messages": [_message()]}
+        return httpx.Response(200, json=body)
+
+    with Client("k", "http://engine", transport=httpx.MockTransport(handler)) as engine:
+        assert engine.wait_for_summary("sess_1", timeout=30).index_status == "pending"
+        reads.clear()
+        done = engine.wait_for_summary("sess_1", timeout=30, searchable=True)
+        assert (done.summary_status, done.index_status, len(reads)) == ("ready", "ready", 2)
+        with pytest.raises(TimedOut):
+            engine.wait_for_summary("sess_1", timeout=0.3, searchable=True)
+
+    async def the_async_client() -> None:
+        nonlocal index
+        index = iter(["pending", "ready"])
+        async with AsyncClient("k", "http://engine", transport=httpx.MockTransport(handler)) as engine:
+            done = await engine.wait_for_summary("sess_1", timeout=30, searchable=True)
+        assert done.index_status == "ready"
+
+    asyncio.run(the_async_client())
+
+
 def test_retries_reuse_the_idempotency_key_and_honour_retry_after() -> None:
     seen: list[httpx.Request] = []
 

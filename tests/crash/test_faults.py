@@ -179,7 +179,11 @@ def test_a_summarizer_killed_while_it_generates_an_upgrade_leaves_the_summary_re
         while True:
             session = client.get(f"/sessions/{sid}").json()
             provenance = session["summary_provenance"] or {}
-            if session["summary_status"] == "ready" and provenance.get("upgrade") != "pending":
+            if (
+                session["summary_status"] == "ready"
+                and provenance.get("upgrade") != "pending"
+                and session["index_status"] == "ready"
+            ):
                 break
             assert session["summary_status"] != "failed", session["summary_error"]
             assert time.monotonic() < deadline, f"the killed upgrade never ended: {session}"

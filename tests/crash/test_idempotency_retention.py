@@ -87,7 +87,8 @@ def test_retention_purges_an_organizations_ended_sessions_and_their_vectors(tmp_
                 assert time.monotonic() < deadline, "its summary vector went with it"
                 time.sleep(0.2)
             assert short.get(f"/sessions/{live['id']}").status_code == 200, "active sessions stay"
-            while keeper.get(f"/sessions/{kept['id']}").json()["summary_status"] != "ready":
+            # Searchable once indexed: a ready summary is in session memory only then.
+            while keeper.get(f"/sessions/{kept['id']}").json()["index_status"] != "ready":
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
             assert keeper.post("/vectors/query", json=query).json()["count"] == 1, (

@@ -1,5 +1,7 @@
 """Vector memory and summary jobs across a SIGKILL of the whole server: acknowledged upserts are
-there afterwards, and a summary that was being made when the server died is made after restart."""
+there afterwards, and the closing jobs the server had queued or under way when it died (a summary
+to make, or a ready summary still to index) are done after restart: every summary ready and every
+session searchable."""
 
 from __future__ import annotations
 
@@ -20,10 +22,12 @@ SLOW_SUMMARIES = {  # the tiny model writing 3000 tokens: seconds per batch, so 
 
 
 def wait_for(client: httpx.Client, sid: str, statuses: set[str], timeout_s: float = 60) -> dict[str, Any]:
+    """The session once its summary reaches one of `statuses` and its index is no longer pending: a
+    ready summary is in session memory only once `index_status` is ready (engine.closing.job)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         session = dict(client.get(f"/sessions/{sid}").json())
-        if session["summary_status"] in statuses:
+        if session["summary_status"] in statuses and session["index_status"] != "pending":
             return session
         time.sleep(0.05)
     raise AssertionError(f"{sid} never reached {statuses}: {session}")
@@ -56,7 +60,8 @@ def test_acknowledged_vectors_and_running_summary_jobs_survive_sigkill(tmp_data:
                 )
                 assert client.post(f"/sessions/{sid}/close").json()["summary_status"] == "pending"
                 sessions.append(sid)
-            wait_for(client, sessions[0], {"running"})
+            # Killed at once: the closes are in the log, their jobs queued or under way (a summary
+            # is ready within moments of its close, its index follows; either may be cut off).
     finally:
         server.kill_session()
         server.stop()
@@ -77,8 +82,7 @@ def test_acknowledged_vectors_and_running_summary_jobs_survive_sigkill(tmp_data:
             assert recovered == survivors
             for sid in sessions:
                 session = wait_for(client, sid, {"ready", "failed"})
-                assert session["summary_status"] == "ready", session
-                assert session["summary_attempts"] >= 2 or sid != sessions[0], "the running job was resumed"
+                assert (session["summary_status"], session["index_status"]) == ("ready", "ready"), session
             memory = client.post(
                 "/vectors/query", json={"namespace": "session-memory", "query_text": "talk", "top_k": 10}
             ).json()

@@ -35,8 +35,9 @@ def test_every_file_a_server_writes_is_0600_and_every_directory_0700(tmp_data: P
                 assert client.post(f"/sessions/{sid}/messages", json={"messages": said}).status_code == 201
             assert client.post(f"/sessions/{sid}/close").status_code == 200
             deadline = time.monotonic() + 120
-            while (session := client.get(f"/sessions/{sid}").json())["summary_status"] != "ready":
-                assert session["summary_status"] in ("pending", "running"), session
+            # Ready first, then indexed (engine.closing.job): wait for both.
+            while (session := client.get(f"/sessions/{sid}").json())["index_status"] != "ready":
+                assert session["summary_status"] in ("pending", "running", "ready"), session
                 assert time.monotonic() < deadline, session
                 time.sleep(0.2)
             assert session["index_status"] == "ready"

@@ -85,7 +85,8 @@ def test_three_topics_are_each_recalled_first_with_the_default_models(
                     assert time.monotonic() < deadline, session
                     time.sleep(0.5)
                 assert session["summary_status"] == "ready", session
-                while "upgrade" in session["summary_provenance"]:  # the model's pass, after the extract
+                # The model's pass, after the extract and its index; then the session is searchable.
+                while "upgrade" in session["summary_provenance"] or session["index_status"] != "ready":
                     assert time.monotonic() < deadline, session
                     time.sleep(0.5)
                     session = client.get(f"/sessions/{sid}").json()

@@ -110,7 +110,8 @@ class Harness:
         return results
 
     def memory_ids(self) -> set[str]:
-        """Every entry session memory holds: turns, whole sessions and summaries."""
+        """Every entry session memory holds: turns, whole sessions and summaries (not the windows
+        around turns, which tests/unit/closing/test_indexing.py checks)."""
         namespaces = dict(self.memory.namespaces())
         held = [namespaces.get(("acme", name)) for name in (SESSION_MEMORY, SESSIONS_OF_MEMORY)]
         return {
@@ -118,7 +119,7 @@ class Harness:
             for index in held
             if index is not None
             for faiss_id in index.ids_below(index.next_id)
-            if (found := index.entry(faiss_id)) is not None
+            if (found := index.entry(faiss_id)) is not None and found[1].get("kind") != "window"
         }
 
     def summary_entry(self, sid: str) -> tuple[str | None, str | None]:
@@ -400,7 +401,7 @@ async def test_an_embedder_failure_leaves_the_summary_ready_and_the_retry_indexe
     view = h.view(sid)
     assert (view["summary_status"], view["summary_attempts"], view["index_status"]) == ("ready", 1, "ready")
     assert h.memory_ids() == {f"{sid}#1", f"{sid}#2", f"{sid}#3", sid, f"{sid}#summary"}
-    assert h.sleeps == [1.0] and [o for o, _ in h.outcomes] == ["ready", "upgrade_kept"], (
+    assert h.sleeps == [1.0] and [o for o, _ in h.outcomes] == ["ready", "index_retried", "upgrade_kept"], (
         "the index is retried; the summary is not failed"
     )
 
@@ -417,7 +418,7 @@ async def test_a_retried_index_replaces_what_went_in_and_nothing_doubles() -> No
     namespaces = dict(h.memory.namespaces())
     held = [namespaces[("acme", name)] for name in (SESSION_MEMORY, SESSIONS_OF_MEMORY)]
     entries = [i for index in held for i in index.ids_below(index.next_id) if index.entry(i) is not None]
-    assert len(entries) == 4, "the retry replaced the turns: none doubled"
+    assert len(entries) == 4 + 2, "the retry replaced the turns and their windows: none doubled"
 
 
 async def test_an_index_that_fails_for_good_leaves_the_summary_ready_and_the_index_pending() -> None:
