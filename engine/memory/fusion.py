@@ -1,31 +1,64 @@
-"""Fusing several scored rankings of the same things into one: a weighted sum of min-max
-normalized scores (a convex combination).
+"""Fusing several scored rankings of the same things into one: a weighted sum of scaled scores.
 
-Each ranking's scores are scaled to [0, 1] by its own best and worst (so a cosine similarity and
-a BM25 score, whose scales do not compare, can be added), multiplied by the ranking's weight and
-summed per item; an item a ranking does not list gets 0 from it. The sum is divided by the total
-weight, so a fused score lies in [0, 1] and 1 means "best by every signal".
+Each ranking's scores are scaled by its own spread before they are weighed, since a cosine
+similarity and a BM25 score do not compare; an item a ranking does not list gets 0 from it. Two
+scalings (`SCALES`):
+- `range` (min-max): (score - worst) / (best - worst), so 0 to 1. The default, and the one every
+  dense ranking uses: a cosine's range says how far ahead the best hit is.
+- `spread`: (score - worst) / the population standard deviation of the scores, so 0 at the worst
+  listed and several units where one item stands out. Session memory's lexical rankings use it
+  (engine.memory.sessions): min-max gives the best BM25 hit 1 whether a rare word matched one
+  session or the question only shares a name with every session, and the spread tells the two
+  apart. Chosen on held-out questions of the friends corpus and checked on the assistant corpus
+  (benchmarks/README.md, "Session memory on conversations between friends").
+A ranking whose scores are all equal tells nothing apart: with `spread` it adds nothing; with
+`range` its items get 1 (a single hit still counts, as a namespace's hybrid search wants).
 
-Chosen over reciprocal rank fusion on the recall benchmark (benchmarks/README.md, "Session
-memory recall"): ranks throw away how far ahead the best hit is, and that gap is what tells a
-query whose rare word matched one message (a name, a book title) from one whose words match
-everything a little. Bruch, Gai and Ingber (ACM TOIS 2023) found the same on public benchmarks.
+The weighted sum is divided by the total weight: with `range` alone a fused score lies in [0, 1]
+and 1 means "best by every signal"; with `spread` it has no upper bound, and a score only ranks
+the items of one answer against each other.
+
+Score fusion was chosen over reciprocal rank fusion on the recall benchmark (benchmarks/README.md,
+"Session memory recall"): ranks throw away how far ahead the best hit is, and that gap is what
+tells a query whose rare word matched one message (a name, a book title) from one whose words
+match everything a little. Bruch, Gai and Ingber (ACM TOIS 2023) found the same on public
+benchmarks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import TypeVar
+from typing import Literal, TypeVar
+
+import numpy as np
 
 T = TypeVar("T", bound=Hashable)
+Scale = Literal["range", "spread"]
+SCALES: tuple[Scale, ...] = ("range", "spread")
+
+
+def scaled(scores: Sequence[float], scale: Scale = "range") -> list[float]:
+    """Scores (each item's best, once) scaled by their own spread: see the module's docstring."""
+    if not scores:
+        return []
+    values = np.asarray(scores, dtype=np.float64)
+    worst = float(values.min())
+    if scale == "spread":
+        deviation = float(values.std())
+        return ((values - worst) / deviation).tolist() if deviation > 0 else [0.0] * len(values)
+    span = float(values.max()) - worst
+    return ((values - worst) / span).tolist() if span > 0 else [1.0] * len(values)
 
 
 def fuse(
-    rankings: Mapping[str, Sequence[tuple[T, float]]], weights: Mapping[str, float]
+    rankings: Mapping[str, Sequence[tuple[T, float]]],
+    weights: Mapping[str, float],
+    scales: Mapping[str, Scale] | None = None,
 ) -> list[tuple[T, float]]:
     """(item, fused score), best first; ties keep the order in which items were first seen.
     Each ranking is (item, score) best first; an item listed twice in one ranking counts once, at
-    its first (best) place. A ranking with no weight, or weight 0, is left out."""
+    its first (best) place. A ranking with no weight, or weight 0, is left out. `scales`: each
+    ranking's scaling by name (default `range`)."""
     total = sum(weights.get(name, 0.0) for name in rankings if weights.get(name, 0.0) > 0)
     if total <= 0:
         return []
@@ -34,14 +67,11 @@ def fuse(
         weight = weights.get(name, 0.0)
         if weight <= 0 or not ranking:
             continue
-        scores = [score for _, score in ranking]
-        best, worst = max(scores), min(scores)
-        seen: set[T] = set()
+        best: dict[T, float] = {}
         for item, score in ranking:
-            if item in seen:
-                continue
-            seen.add(item)
-            scaled = (score - worst) / (best - worst) if best > worst else 1.0
-            fused[item] = fused.get(item, 0.0) + weight * scaled
+            best.setdefault(item, score)
+        scale: Scale = "range" if scales is None else scales.get(name, "range")
+        for item, value in zip(best, scaled(list(best.values()), scale), strict=True):
+            fused[item] = fused.get(item, 0.0) + weight * value
     order = sorted(fused.items(), key=lambda pair: -pair[1])  # stable: first seen wins a tie
     return [(item, score / total) for item, score in order]

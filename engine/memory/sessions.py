@@ -12,21 +12,28 @@ What is indexed, for each closed session:
   every indexed message as one text, which gives BM25 over whole transcripts; its metadata is
   what a match shows (name, created_at, closed_at, message_count). Once its summary is made, one
   entry for the summary too (`<session id>#summary`, kind `summary`).
+- in `session-memory` again, at close, one window per indexed message (`<session id>#<seq>#window`,
+  kind `window`): the message with one indexed neighbour on each side, its vector the normalised
+  mean of theirs, and no text (so it is never a lexical hit). A fact is often told over two or
+  three messages ("we got a dog" / "what's his name?" / "Biscuit"); the window holds it whole.
+  Live memory writes none: an open session ranks by its turns until its close.
 
-A query ranks entries six ways (dense and lexical, for turns, sessions and summaries), keeps each
-session's best score in each ranking, and fuses the rankings of sessions (engine.memory.fusion:
-min-max scaled scores, weighted, summed) with weights tuned on the recall benchmark
-(benchmarks/recall.py). A message said in
+A query ranks entries seven ways (dense and lexical for turns, sessions and summaries; dense for
+windows), keeps each session's best score in each ranking, and fuses the rankings of sessions
+(engine.memory.fusion: dense rankings min-max scaled, lexical ones by their spread, weighted,
+summed) with weights tuned on both recall corpora (benchmarks/README.md, "Session memory on
+conversations between friends"). A message said in
 several sessions (a greeting, "thanks!") is left out of the turn rankings: it cannot tell them
-apart. Each match is one session, with its summary and its best-matching messages
-(`highlights`, with their `seq`), and its `relevance` (engine.memory.relevance): the fused score
-only ranks the sessions found against each other, relevance says how close the query is to what
-the session said, whatever else was found. A minimum relevance drops matches below it; it never
-changes the order of the others.
+apart. Each match is one session, with its summary and its best-matching messages (`highlights`,
+with their `seq`; never a window), and its `relevance` (engine.memory.relevance): the fused score (0
+or more, no upper bound) only ranks the sessions of one answer against each other, relevance says
+how close the query is to what the session said, whatever else was found. A minimum relevance drops
+matches below it; it never changes the order of the others.
 
 A query may ask for memory as it stood at a moment (`as_of`, epoch ms): then it sees only the
-entries that existed by then (`Past`): turns said by then, whole-session entries of sessions closed
-by then, summaries made by then. Without `as_of` nothing of this is computed.
+entries that existed by then (`Past`): turns said by then, windows whose last message was said by
+then, whole-session entries of sessions closed by then, summaries made by then. Without `as_of`
+nothing of this is computed.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
-from .fusion import fuse
+from .fusion import Scale, fuse
 from .index import Hits, Match, Mode, NamespaceIndex, Where
 from .lexical import TERM_SET_LIMIT
 from .relevance import relevance
@@ -62,19 +69,25 @@ UNSTATED_STATUS = "closed"
 EXACT_LEXICAL_KEYS = TERM_SET_LIMIT  # the lexical index's own limit, not a copy
 DEEPER_LEXICAL = 16
 
-# Tuned on benchmarks/recall.py (benchmarks/README.md, "Session memory recall"): a grid over the
-# five weights beside turn_dense, chosen on two seeds and checked on a third. BM25 over single
-# turns adds nothing there that BM25 over whole sessions does not, so it only picks highlights.
+WINDOW_SUFFIX = "#window"  # a window's id: its centre turn's, and this
+# Tuned by benchmarks/fusion.py on both recall corpora, chosen on tuning sets and checked on held
+# out ones (benchmarks/README.md, "Session memory on conversations between friends"). Lexical
+# rankings are scaled by their spread (SCALES), so a small weight still counts where one session
+# stands out from the rest.
 WEIGHTS: Mapping[str, float] = {
     "turn_dense": 1.0,
-    "turn_lexical": 0.0,
-    "session_dense": 0.5,
-    "session_lexical": 0.5,
-    "summary_dense": 0.25,
-    "summary_lexical": 0.0,
+    "turn_lexical": 0.1,
+    "session_dense": 1.0,
+    "session_lexical": 0.2,
+    "summary_dense": 0.5,
+    "summary_lexical": 0.1,
+    "window_dense": 0.5,
+}
+SCALES: Mapping[str, Scale] = {
+    signal: "spread" if signal.endswith("_lexical") else "range" for signal in WEIGHTS
 }
 SIGNALS_OF_MODE: Mapping[str, tuple[str, ...]] = {
-    "dense": ("turn_dense", "session_dense", "summary_dense"),
+    "dense": ("turn_dense", "session_dense", "summary_dense", "window_dense"),
     "lexical": ("turn_lexical", "session_lexical", "summary_lexical"),
     "hybrid": tuple(WEIGHTS),
 }
@@ -82,7 +95,8 @@ SIGNALS_OF_MODE: Mapping[str, tuple[str, ...]] = {
 
 @dataclass(slots=True, frozen=True)
 class Entry:
-    """One index entry: `text` is what is embedded and indexed for words."""
+    """One index entry: `text` is what is embedded and indexed for words (empty: none is kept, as
+    for a window)."""
 
     id: str
     text: str
@@ -121,6 +135,28 @@ def turn_entries(session: ClosedSession) -> list[Entry]:
         text = f"{heading}\n{content[:MAX_TURN_CHARS]}"
         entries.append(Entry(f"{session.session_id}#{seq}", text, metadata))
     return entries
+
+
+def window_entries(turns: Sequence[Entry], vectors: np.ndarray) -> tuple[list[Entry], np.ndarray]:
+    """One window per turn of `turns` (a session's indexed messages in order, all of them, and
+    their vectors, one row each): the turn with one neighbour on each side, its vector the
+    normalised mean of theirs. No text: a window is found by meaning only (its turns are already
+    found by their words). Its time is its last message's, when the turns carry times."""
+    entries, rows = [], []
+    for i, turn in enumerate(turns):
+        near = turns[max(0, i - 1) : i + 2]
+        metadata: dict[str, Any] = {
+            "session_id": turn.metadata["session_id"],
+            "kind": "window",
+            "seq": turn.metadata["seq"],
+        }
+        times = [t.metadata["created_at"] for t in near if "created_at" in t.metadata]
+        if times:
+            metadata["created_at"] = max(times)
+        entries.append(Entry(f"{turn.id}{WINDOW_SUFFIX}", "", metadata))
+        rows.append(session_vector(vectors[max(0, i - 1) : i + 2])[0])
+    dimension = vectors.shape[1] if vectors.ndim == 2 else 0
+    return entries, np.vstack(rows) if rows else np.zeros((0, dimension), dtype=np.float32)
 
 
 def said(turn_text: str) -> str:
@@ -218,7 +254,7 @@ def search(
     chosen = _chosen_sessions(indexes.whole, where)
     past = None if as_of is None else Past.of(indexes, as_of, chosen)
     found = _signals(indexes, vector, text, top_k, chosen, mode, past)
-    ranked = fuse(found.rankings, WEIGHTS)[:top_k]
+    ranked = fuse(found.rankings, WEIGHTS, SCALES)[:top_k]
     relevant = relevance_of(indexes, vector, [session_id for session_id, _ in ranked], past=past)
     matches = [
         _match(
@@ -261,12 +297,15 @@ def closest_of(
     """What a session's relevance is made of, from its own entries only (so it does not depend on
     what else was found): the cosine similarity of the query to its closest indexed message. A
     session with none (only tool messages; an older engine's summary entry) has its session
-    entry's instead (its name). With `past`, only the entries that existed then count."""
+    entry's instead (its name). Windows do not count: a mean of messages is not something the
+    session said. With `past`, only the entries that existed then count."""
     if vector is None or not session_ids:
         return {}
     query = np.asarray(vector, dtype=np.float32).reshape(-1)
     chosen = {"session_id": {"$in": list(session_ids)}}
-    closest = _closest(indexes.turns, query, chosen, None if past is None else past.turns)
+    closest = _closest(
+        indexes.turns, query, chosen, None if past is None else past.turns, leave_out={"kind": "window"}
+    )
     missing = [session_id for session_id in session_ids if session_id not in closest]
     if missing:
         wholes = {"session_id": {"$in": missing}, "kind": "session"}
@@ -275,14 +314,22 @@ def closest_of(
 
 
 def _closest(
-    index: NamespaceIndex | None, query: np.ndarray, where: Where, existing: Collection[int] | None
+    index: NamespaceIndex | None,
+    query: np.ndarray,
+    where: Where,
+    existing: Collection[int] | None,
+    leave_out: Where | None = None,
 ) -> dict[str, float]:
     """Per session, the best cosine similarity between the query and its entries that `where`
-    keeps, of the `existing` ones (None: all) (their stored vectors, read back: exact, whatever the
-    index's kind)."""
+    keeps and `leave_out` (an equality) does not, of the `existing` ones (None: all) (their stored
+    vectors, read back: exact, whatever the index's kind)."""
     if index is None or index.dimension != len(query):
         return {}
     selected = index.select(where) or set()
+    if leave_out:
+        # Selected as an equality besides `where`: the intersection of two posting lists, where a
+        # "kind is not window" condition would read every entry's metadata.
+        selected -= index.select({**where, **leave_out}) or set()
     faiss_ids = sorted(selected if existing is None else selected.intersection(existing))
     best: dict[str, float] = {}
     for faiss_id, cosine in zip(faiss_ids, (index.vectors(faiss_ids) @ query).tolist(), strict=True):
@@ -318,7 +365,8 @@ def _signals(
     past: Past | None,
 ) -> Signals:
     found = Signals({signal: [] for signal in SIGNALS_OF_MODE[mode]}, {}, {})
-    # Turns: many per session, so look deep enough to reach many sessions.
+    # Turns: many per session, so look deep enough to reach many sessions; their dense search
+    # looks twice as deep, since it finds windows too (about one per turn).
     for index, depth, existing in (
         (indexes.turns, max(20 * top_k, 200), None if past is None else past.turns),
         (indexes.whole, max(4 * top_k, 100), None if past is None else past.whole),
@@ -345,7 +393,10 @@ def _signals(
             continue
         # A few candidates in an approximate index are compared with the query one by one (its
         # filtered search would come back short): engine.memory.index, NamespaceIndex.dense.
-        dense = index.dense(vector, depth, candidates) if vector is not None and mode != "lexical" else []
+        dense_depth = 2 * depth if index is indexes.turns else depth
+        dense = (
+            index.dense(vector, dense_depth, candidates) if vector is not None and mode != "lexical" else []
+        )
         lexical = _words(index, text or "", depth, candidates) if text and mode != "dense" else []
         for how, hits in (("dense", dense), ("lexical", lexical)):
             _rank(index, how, hits, found)
@@ -372,8 +423,8 @@ def _words(index: NamespaceIndex, text: str, depth: int, candidates: set[int] | 
 
 def _rank(index: NamespaceIndex, how: str, hits: Sequence[tuple[int, float]], into: Signals) -> None:
     """Sessions in the order of their best hit, into the ranking of each hit's kind. A matching
-    turn also counts toward its session's highlights, by its rank (a turn found by both dense and
-    lexical search comes first)."""
+    turn also counts toward its session's highlights, by its rank among the turns (a turn found by
+    both dense and lexical search comes first); a window never does."""
     shared = _shared_turns(index, hits)
     rank = 0
     for faiss_id, score in hits:
@@ -383,8 +434,9 @@ def _rank(index: NamespaceIndex, how: str, hits: Sequence[tuple[int, float]], in
         metadata = entry[1]
         if metadata.get("live"):
             continue  # an open session's stand-in (live_session_entry): for filters and matches only
-        rank += 1
         session_id, kind = str(metadata.get("session_id")), _kind(metadata)
+        if kind != "window":
+            rank += 1
         if kind == "legacy":
             kind = "summary"
             into.legacy.setdefault(session_id, str(metadata.get("summary", "")))
@@ -445,14 +497,14 @@ def _status_holds(metadata: Mapping[str, Any], condition: Any) -> bool:
 
 @dataclass(slots=True, frozen=True)
 class Past:
-    """The entries of each index that existed at `as_of` (their FAISS ids): a turn said by then;
-    a session entry of a session closed by then (its whole transcript existed); a summary made by
-    then. A session still open then is found by its turns said by then only. A turn counts from
-    its message's time or its session's creation, whichever is later: a fork or an import copies
-    messages with the times they were first said, but they were not in this session before it
-    existed. Entries indexed before they carried times count as said when their session was
-    created (a turn) and made when it was closed (a summary, and an older engine's one entry per
-    session).
+    """The entries of each index that existed at `as_of` (their FAISS ids): a turn said by then; a
+    window whose last message was said by then (its time); a session entry of a session closed by
+    then (its whole transcript existed); a summary made by then. A session still open then is found
+    by its turns said by then only. A turn counts from its message's time or its session's creation,
+    whichever is later: a fork or an import copies messages with the times they were first said, but
+    they were not in this session before it existed. Entries indexed before they carried times count
+    as said when their session was created (a turn) and made when it was closed (a summary, and an
+    older engine's one entry per session).
 
     Checked entry by entry, in Python, on the memory shard: a query with `as_of` costs a walk of
     every entry of the sessions its filter keeps (of every session without one), which grows with
@@ -489,7 +541,8 @@ def _entries(
 
 def _existed_at(metadata: Mapping[str, Any], sessions: Mapping[str, Mapping[str, Any]]) -> Any:
     """When an entry's content existed: a turn's message was said in its session (not before the
-    session was created: a fork's or an import's copies), a session was closed (its whole
+    session was created: a fork's or an import's copies), a window's last message likewise, a
+    session was closed (its whole
     transcript), a summary was made. An older engine's one entry per session was made at close."""
     kind = _kind(metadata)
     if kind in ("session", "legacy"):

@@ -295,6 +295,7 @@ class MemoryStore:
         if index is None:
             return {"seqs": [], "vectors": None}
         selected = index.select({"session_id": op.session_id}) or set()
+        selected -= index.select({"session_id": op.session_id, "kind": "window"}) or set()  # not turns
         turns = sorted(  # (seq, FAISS id)
             (int(entry[1]["seq"]), faiss_id)
             for faiss_id in selected

@@ -17,11 +17,18 @@ from engine.errors import ValidationFailed
 from engine.memory.index import IndexParams
 from engine.memory.ops import MemoryOp, QueryVectors, UpsertVectors
 from engine.memory.sessions import (
+    SCALES,
     SESSION_MEMORY,
     SESSIONS_OF_MEMORY,
+    SIGNALS_OF_MODE,
+    WEIGHTS,
     ClosedSession,
+    SessionIndexes,
+    closest_of,
     said,
+    search,
     session_entry,
+    signals,
     turn_entries,
 )
 from engine.memory.store import MemoryStore
@@ -111,7 +118,7 @@ def test_one_match_per_session_with_its_summary_and_highlights() -> None:
     matches = memory.query("beagle Biscuit")
     assert [m.id for m in matches] == ["sess_a", "sess_b"]
     best = matches[0]
-    assert 0 < best.score <= 1 and best.score > matches[1].score
+    assert best.score > matches[1].score >= 0, "a ranking score: 0 or more, no upper bound"
     assert best.metadata["summary"] == "Maya adopted a beagle, Biscuit."
     assert best.metadata["summary_method"] == "extractive"
     assert best.metadata["highlights"][0] == {
@@ -159,10 +166,17 @@ def test_forgetting_a_session_removes_every_entry_and_other_orgs_see_nothing() -
     memory.close("acme", "sess_b", "b", ("user", "alpha delta"))
     memory.close("other", "sess_c", "c", ("user", "alpha"))
     asyncio.run(index_summary(memory, "acme", "sess_a", "alpha summary", "model"))
-    assert memory.ids() == {"sess_a#1", "sess_a#2", "sess_b#1"}
+    assert memory.ids() == {
+        "sess_a#1",
+        "sess_a#2",
+        "sess_b#1",
+        "sess_a#1#window",
+        "sess_a#2#window",
+        "sess_b#1#window",
+    }
     assert memory.ids(SESSIONS_OF_MEMORY) == {"sess_a", "sess_a#summary", "sess_b"}
     asyncio.run(forget_sessions(memory, "acme", ["sess_a"]))
-    assert memory.ids() == {"sess_b#1"} and memory.ids(SESSIONS_OF_MEMORY) == {"sess_b"}
+    assert memory.ids() == {"sess_b#1", "sess_b#1#window"} and memory.ids(SESSIONS_OF_MEMORY) == {"sess_b"}
     assert [m.id for m in memory.query("alpha")] == ["sess_b"]
     assert [m.id for m in memory.query("alpha", org="other")] == ["sess_c"]
     assert memory.query("alpha", org="nobody") == []
@@ -172,7 +186,8 @@ def test_indexing_again_replaces_the_same_entries() -> None:
     memory = Memory()
     for _ in range(2):  # a retried job
         memory.close("acme", "sess_a", "a", ("user", "alpha"), ("assistant", "beta"))
-    assert memory.ids() == {"sess_a#1", "sess_a#2"} and len(memory.query("alpha")) == 1
+    assert memory.ids() == {"sess_a#1", "sess_a#2", "sess_a#1#window", "sess_a#2#window"}
+    assert len(memory.query("alpha")) == 1
 
 
 def test_entries_of_older_engines_are_still_found_as_summaries() -> None:
@@ -206,3 +221,39 @@ def test_a_session_with_nothing_indexable_is_found_by_its_name() -> None:
 @pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
 def test_an_empty_memory_answers_nothing(mode: str) -> None:
     assert Memory().query("anything", mode=mode) == []
+
+
+def test_a_window_finds_its_session_but_is_never_a_highlight_nor_counts_for_relevance() -> None:
+    # Three turns on three axes: a query along their mean is closest to the window around the
+    # middle one, closer than to any single turn.
+    axes = np.eye(DIM, dtype=np.float32)
+    memory = Memory()
+    vectors = {"chat\nwe got a dog": axes[0], "chat\nwhat is his name?": axes[1], "chat\nBiscuit": axes[2]}
+
+    async def embedded(texts: Sequence[str]) -> np.ndarray:
+        return np.stack([vectors.get(text, axes[DIM - 1]) for text in texts])
+
+    memory.embed = embedded  # type: ignore[method-assign]
+    said = ("user", "we got a dog"), ("assistant", "what is his name?"), ("user", "Biscuit")
+    memory.close("acme", "sess_dog", "chat", *said)
+    memory.close("acme", "sess_other", "chat", ("user", "taxes"))
+    namespaces = dict(memory.store.namespaces())
+    indexes = SessionIndexes(namespaces[("acme", SESSION_MEMORY)], namespaces[("acme", SESSIONS_OF_MEMORY)])
+    query = (axes[0] + axes[1] + axes[2]) / np.sqrt(3)
+    found = signals(indexes, query, None, 10, mode="dense")
+    assert found.rankings["window_dense"][0] == ("sess_dog", pytest.approx(1.0))
+    turns = indexes.turns
+    assert turns is not None
+    assert all(turns.entry(i)[1]["kind"] == "turn" for i in found.turn_hits["sess_dog"])  # type: ignore[index]
+    (match, _) = search(indexes, query, None, 10, mode="dense")
+    assert match.id == "sess_dog" and {h["seq"] for h in match.metadata["highlights"]} == {1, 2, 3}
+    assert closest_of(indexes, query, ["sess_dog"])["sess_dog"] == pytest.approx(1 / np.sqrt(3), abs=1e-5), (
+        "the closest message, not the window"
+    )
+
+
+def test_dense_mode_ranks_windows_and_hybrid_every_signal() -> None:
+    assert "window_dense" in SIGNALS_OF_MODE["dense"] and "window_dense" not in SIGNALS_OF_MODE["lexical"]
+    assert set(SIGNALS_OF_MODE["hybrid"]) == set(WEIGHTS) and len(WEIGHTS) == 7
+    assert {SCALES[name] for name in SIGNALS_OF_MODE["lexical"]} == {"spread"}
+    assert {SCALES[name] for name in SIGNALS_OF_MODE["dense"]} == {"range"}

@@ -127,9 +127,14 @@ def test_as_of_before_the_close_hides_the_whole_session_and_before_the_summary_h
     said_only = memory.found("Lisbon", as_of=1_150)["sess_lisbon"]
     assert [h["seq"] for h in said_only.metadata["highlights"]] == [1], "the reply came later"
     assert said_only.metadata["summary"] is None
-    # Lexical ranks whole sessions and summaries only (turn words only pick highlights): closed
-    # at 1_500, so not before.
-    assert "sess_lisbon" not in memory.found("Lisbon", as_of=1_400, mode="lexical")
+    # Before its close (1_500) the session is found by the words of its turns said by then, not
+    # by its whole transcript's.
+    namespaces = dict(memory.store.namespaces())
+    both = SessionIndexes(namespaces[("acme", SESSION_MEMORY)], namespaces[("acme", SESSIONS_OF_MEMORY)])
+    for as_of, whole in ((1_400, []), (1_550, ["sess_lisbon"])):
+        found = sessions.signals(both, None, "Lisbon", 10, mode="lexical", past=Past.of(both, as_of))
+        assert {s for s, _ in found.rankings["turn_lexical"]} == {"sess_lisbon"}
+        assert [s for s, _ in found.rankings["session_lexical"]] == whole, as_of
     closed = memory.found("Lisbon", as_of=1_550, mode="lexical")["sess_lisbon"]
     assert closed.metadata["summary"] is None, "made at 1_600"
     assert memory.found("Lisbon", as_of=1_600)["sess_lisbon"].metadata["summary"] == "Maya lives in Lisbon."

@@ -1,0 +1,44 @@
+"""Fusing rankings (engine.memory.fusion): each ranking scaled by its range or its spread."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.memory.fusion import fuse, scaled
+
+
+def test_spread_scaling_is_zero_at_the_worst_and_counts_standard_deviations() -> None:
+    assert scaled([3.0, 2.0, 1.0], "spread") == pytest.approx([2 / 0.816497, 1 / 0.816497, 0.0], rel=1e-5)
+    assert scaled([5.0, 5.0], "spread") == [0.0, 0.0]
+    assert scaled([5.0, 5.0], "range") == [1.0, 1.0], "a single hit still counts with min-max"
+    assert scaled([], "spread") == []
+
+
+def test_a_lexical_ranking_whose_scores_are_flat_adds_nothing() -> None:
+    dense = [("a", 0.9), ("b", 0.8)]
+    alone = fuse({"dense": dense}, {"dense": 1.0})
+    flat = fuse(
+        {"dense": dense, "lexical": [("b", 4.0), ("a", 4.0), ("c", 4.0)]},
+        {"dense": 1.0, "lexical": 0.5},
+        {"lexical": "spread"},
+    )
+    assert [item for item, _ in flat] == ["a", "b", "c"]
+    assert dict(flat)["a"] * 1.5 == pytest.approx(dict(alone)["a"]) and dict(flat)["c"] == 0.0
+
+
+def test_a_lexical_hit_that_stands_out_outweighs_one_among_equals() -> None:
+    others = [(f"s{i}", 1.0) for i in range(20)]
+    standing_out = dict(fuse({"lexical": [("top", 10.0), *others]}, {"lexical": 1.0}, {"lexical": "spread"}))
+    among_equals = dict(fuse({"lexical": [("top", 1.1), *others]}, {"lexical": 1.0}, {"lexical": "range"}))
+    assert among_equals["top"] == 1.0, "min-max gives the best hit 1 however slight its lead"
+    assert standing_out["top"] > 4.0, "the spread says how far ahead it is"
+
+
+def test_spread_scaled_scores_are_unbounded_and_still_ordered() -> None:
+    fused = fuse(
+        {"dense": [("a", 0.5), ("b", 0.9)], "lexical": [("a", 30.0), ("b", 1.0), ("c", 1.0), ("d", 1.0)]},
+        {"dense": 1.0, "lexical": 1.0},
+        {"lexical": "spread"},
+    )
+    values = [score for _, score in fused]
+    assert fused[0][0] == "a" and values[0] > 1 and values == sorted(values, reverse=True)
