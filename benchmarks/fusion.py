@@ -3,7 +3,7 @@ on one part of the data and reported on another, per question style, beside BM25
 
     python -m benchmarks.fusion [--tune dialogues:0:7,11,13 assistant:0:7,11,13]
                                 [--check dialogues:1:23,29,31,37 assistant:0:23,29]
-                                [--norm minmax/z ...] [--signals all|engine|NAME ...]
+                                [--norm engine minmax/spread ...] [--signals all|engine|NAME ...]
                                 [--search ascent|grid] [--weights JSON] [--cases FILE] [--out FILE]
 
 A data set is `corpus:half:seeds`: the corpus (`dialogues`, benchmarks/dialogues.py: friends
@@ -13,27 +13,29 @@ persona and an assistant, paraphrased questions), the half of its sentence banks
 
 For each seed, the corpus is indexed in this process the engine's way (engine.closing.indexing
 into a MemoryStore, the default embedder, extractive summaries as the summary signal) and each
-question's rankings of sessions are taken once: the engine's six (engine.memory.sessions.signals)
-and candidate new ones computed here from the same entries (see `EXTRA`):
+question's rankings of sessions are taken once: the engine's seven (engine.memory.sessions.signals,
+`window_dense` among them: the engine's own windows of turns) and candidate new ones computed here
+from the same entries (see `EXTRA`):
 - `bm25_transcripts`: BM25 over one text per session, "role: content" lines, no name: recall.py's
   baseline (an in-process engine.memory.lexical.LexicalIndex, as its namespace holds one);
-- `window_lexical` / `window_dense`: each indexed turn with its neighbours (WINDOW on each side),
-  under the session's name: BM25 over the window's words, cosine to the normalised mean of its
-  turns' vectors (the engine's own turn vectors); a session by its best window;
+- `window_lexical`: BM25 over each indexed turn with its neighbours (WINDOW on each side), under the
+  session's name; a session by its best window;
 - `*_q`: the engine's lexical signals for the query without question and stop words (STOP);
 - `dense_turns`: one vector per raw turn, no name, sessions by their best turn (recall.py's
   `dense turns` baseline).
-Then rankings of sessions are scored (recall@1/5/10, MRR; a hit at k is any evidence session in
-the top k) per question style: the engine's weights as the engine fuses them (min-max), RECIPE,
-BM25 over transcripts and dense turns alone (each in its own order), and the weights the search
-finds on the tuning sets: coordinate ascent from the engine's weights over GRID for each signal,
-or every weighting in SPACE (`--search grid`), fused with each normalisation (`minmax`: the
-engine's, engine.memory.fusion; `max`: score / best; `z`: z-score over the listed; `rrf`:
-1 / (60 + rank); or "dense/lexical", one for each kind of signal). An unlisted session scores
-as the worst listed. The objective is the mean over tuning sets and styles of
-(R@1 + R@5 + MRR) / 3, less a penalty wherever BM25 over transcripts does better on a style of
-the dialogues corpus, or the weighting falls more than TOLERANCE below the engine's weights on
-the assistant corpus.
+Then rankings of sessions are scored (recall@1/5/10, MRR; a hit at k is any evidence session in the
+top k) per question style: the engine's weights as the engine fuses them (`engine`: its own scaling
+of each signal, engine.memory.sessions.SCALES), BM25 over transcripts and dense turns alone (each in
+its own order), and the weights the search finds on the tuning sets: coordinate ascent from the
+engine's weights over GRID for each signal, or every weighting in SPACE (`--search grid`), fused
+with each normalisation (`minmax` and `spread`: the engine's `range` and `spread`,
+engine.memory.fusion; `engine`: each signal as the engine scales it; `max`: score / best; `z`:
+z-score over the listed; `rrf`: 1 / (60 + rank); or "dense/lexical", one for each kind of signal).
+An unlisted session scores as the worst listed (0 with the engine's scalings, as
+engine.memory.fusion gives it). The objective is the mean over tuning sets and styles of (R@1 + R@5
++ MRR) / 3, less a penalty wherever BM25 over transcripts does better on a style of the dialogues
+corpus, or the weighting falls more than TOLERANCE below the engine's weights on the assistant
+corpus.
 
 Embeddings are cached in --cache (a pickle keyed by text) and every question's rankings in
 --cases, so a second run only fuses (delete the --cases file when a generator changes).
@@ -61,7 +63,7 @@ from benchmarks.conversations import Corpus, Question
 from engine.closing.indexing import index_session, index_summary
 from engine.closing.quality import extractive
 from engine.memory import sessions
-from engine.memory.fusion import fuse
+from engine.memory.fusion import Scale, fuse, scaled
 from engine.memory.index import IndexParams
 from engine.memory.lexical import LexicalIndex
 from engine.memory.ops import MemoryOp
@@ -72,7 +74,11 @@ GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
 KS = (1, 5, 10)
 DEPTH = 200  # how deep each extra signal looks, as the engine's turn signals do for top_k 10
 WINDOW = 1  # neighbours on each side of a turn in a window
-NORMS = ("minmax", "max", "z", "rrf")
+NORMS = ("engine", "minmax", "max", "z", "rrf")
+ENGINE_NORMS: Mapping[Scale, str] = {
+    "range": "minmax",
+    "spread": "spread",
+}  # engine.memory.fusion's scalings, here
 # Question words and the commonest function words: they match every session a little.
 _STOP_WORDS = (
     "a an and are as at be by can could did do does for from had has have how i in is it its me my "
@@ -80,24 +86,9 @@ _STOP_WORDS = (
     "which who whom whose why will with would you your"
 )
 STOP = frozenset(_STOP_WORDS.split())
-EXTRA = ("bm25_transcripts", "window_lexical", "window_dense", "turn_lexical_q", "session_lexical_q",
-         "summary_lexical_q", "dense_turns")  # fmt: skip
+EXTRA = ("bm25_transcripts", "window_lexical", "turn_lexical_q", "session_lexical_q", "summary_lexical_q",
+         "dense_turns")  # fmt: skip
 Rankings = dict[str, list[tuple[str, float]]]
-# The recipe chosen here (benchmarks/README.md, "Session memory on conversations between friends"):
-# the engine's dense signals and weights, min-max scaled as today, plus turn windows (dense) and
-# the lexical signals z-scored, so BM25 counts where one session stands out from the rest and
-# hardly at all where its scores are flat (a question that only shares a name with every session).
-RECIPE_NORM = "minmax/z"
-# `python -m benchmarks.fusion --search grid --norm minmax/z` chose these weights on the tuning sets.
-RECIPE: Mapping[str, float] = {
-    "turn_dense": 1.0,
-    "session_dense": 1.0,
-    "summary_dense": 0.5,
-    "window_dense": 0.5,
-    "turn_lexical": 0.1,
-    "session_lexical": 0.2,
-    "summary_lexical": 0.1,
-}
 
 
 @dataclass
@@ -201,30 +192,24 @@ class Extra:
         self.session_keys = [s.key for s in corpus.sessions]
         self.windows = LexicalIndex()
         self.window_owner: list[str] = []
-        window_vectors, raw_texts = [], []
+        raw_texts: list[str] = []
         self.raw_owner: list[str] = []
         for s in corpus.sessions:
             closed = sessions.ClosedSession(s.key, s.name, 0, 1, s.messages)
-            turns = sessions.turn_entries(closed)
-            vectors = embedder.embed([t.text for t in turns])
-            said = [sessions.said(t.text) for t in turns]
-            for i in range(len(turns)):
+            said = [sessions.said(t.text) for t in sessions.turn_entries(closed)]
+            for i in range(len(said)):
                 lo, hi = max(0, i - WINDOW), i + WINDOW + 1
                 self.windows.add([(len(self.window_owner), "\n".join([s.name, *said[lo:hi]]))])
                 self.window_owner.append(s.key)
-                mean = vectors[lo:hi].mean(axis=0)
-                window_vectors.append(mean / max(float(np.linalg.norm(mean)), 1e-9))
             raw_texts += said
             self.raw_owner += [s.key] * len(said)
         self.windows.commit()
-        self.window_matrix = np.stack(window_vectors).astype(np.float32)
         self.raw_matrix = embedder.embed(raw_texts)
 
     def rankings(self, indexes: sessions.SessionIndexes, text: str, vector: np.ndarray) -> Rankings:
         out: Rankings = {
             "bm25_transcripts": _best_per_session(self.transcripts.search(text, DEPTH), self.session_keys),
             "window_lexical": _best_per_session(self.windows.search(text, DEPTH), self.window_owner),
-            "window_dense": _best_per_session(_top(self.window_matrix, vector, DEPTH), self.window_owner),
             "dense_turns": _best_per_session(_top(self.raw_matrix, vector, 100), self.raw_owner),
         }
         lexical = sessions.signals(indexes, None, stripped(text), 10, mode="lexical").rankings
@@ -267,22 +252,28 @@ def _normalised(ranking: Sequence[tuple[str, float]], norm: str) -> dict[str, fl
     first = {item: first[item] for item in dict.fromkeys(i for i, _ in ranking)}
     if not first:
         return {}
+    if norm in ("minmax", "spread"):  # the engine's own scaling, not a copy of it
+        scale = next(engine for engine, mine in ENGINE_NORMS.items() if mine == norm)
+        return dict(zip(first, scaled(list(first.values()), scale), strict=True))
     values = np.array(list(first.values()), dtype=np.float64)
     if norm == "rrf":
-        scaled = 1.0 / (60 + np.arange(1, len(values) + 1))
+        out = 1.0 / (60 + np.arange(1, len(values) + 1))
     elif norm == "max":
-        scaled = values / values.max() if values.max() > 0 else np.ones_like(values)
-    elif norm == "z":
-        scaled = (values - values.mean()) / values.std() if values.std() > 0 else np.zeros_like(values)
+        out = values / values.max() if values.max() > 0 else np.ones_like(values)
     else:
-        spread = values.max() - values.min()
-        scaled = (values - values.min()) / spread if spread > 0 else np.ones_like(values)
-    return dict(zip(first, scaled.tolist(), strict=True))
+        if norm != "z":
+            raise ValueError(f"unknown normalisation {norm!r}")
+        out = (values - values.mean()) / values.std() if values.std() > 0 else np.zeros_like(values)
+    return dict(zip(first, out.tolist(), strict=True))
 
 
 def _norm_of(name: str, norm: str) -> str:
     """A normalisation may be two, "dense/lexical": the first for dense signals, the second for
-    lexical ones (BM25 scores)."""
+    lexical ones (BM25 scores); `engine` is the engine's own for its signals (SCALES) and
+    minmax/spread for the others."""
+    if norm == "engine":
+        scale = sessions.SCALES.get(name)
+        return ENGINE_NORMS[scale] if scale is not None else _norm_of(name, "minmax/spread")
     dense, _, lexical = norm.partition("/")
     return (lexical or dense) if "lexical" in name or "bm25" in name else dense
 
@@ -296,11 +287,14 @@ def matrix_of(cases: Sequence[Case], keys: Sequence[str], names: Sequence[str], 
         for e in case.question.evidence:
             evidence[q, column[e]] = True
         for s, name in enumerate(names):
-            scaled = _normalised(case.rankings.get(name, []), _norm_of(name, norm))
-            if not scaled:
+            how = _norm_of(name, norm)
+            normalised = _normalised(case.rankings.get(name, []), how)
+            if not normalised:
                 continue
-            scores[q, s, :] = min(scaled.values())  # an unlisted session: as the worst listed
-            for item, value in scaled.items():
+            # An unlisted session: as the worst listed, or as engine.memory.fusion has it (0: the
+            # same below a spread, and no points where a flat ranking gives every listed one 1).
+            scores[q, s, :] = 0.0 if how in ENGINE_NORMS.values() else min(normalised.values())
+            for item, value in normalised.items():
                 scores[q, s, column[item]] = value
                 listed[q, s, column[item]] = True
     return Matrix(list(names), scores, listed, evidence, [c.question.style for c in cases])
@@ -353,7 +347,6 @@ class Pooled:
     m: Matrix
     baseline: Matrix
     engine: Matrix
-    recipe: Matrix
 
 
 def objective(sets: Sequence[Pooled], weights: np.ndarray) -> float:
@@ -396,7 +389,8 @@ def ascent(sets: Sequence[Pooled], start: np.ndarray, sweeps: int = 6) -> np.nda
 
 
 # The grid searched with --search grid: the engine's dense weights and a little around them, the
-# candidate signals, and small weights for the lexical ones (z-scored, they reach several units).
+# candidate signals, and small weights for the lexical ones (scaled by their spread, they reach
+# several units).
 SPACE: Mapping[str, tuple[float, ...]] = {
     "turn_dense": (1.0,),
     "session_dense": (0.5, 1.0),
@@ -435,8 +429,12 @@ def signal_names(choice: Sequence[str]) -> list[str]:
     if choice == ["engine"]:
         return engine
     if choice == ["all"]:
-        return engine + [name for name in EXTRA if name != "dense_turns"]
+        return engine + _extra_names()
     return engine + [name for name in choice if name not in engine]
+
+
+def _extra_names() -> list[str]:
+    return [name for name in EXTRA if name != "dense_turns" and name not in sessions.WEIGHTS]
 
 
 def pooled(
@@ -468,15 +466,10 @@ def pooled(
         # A baseline alone is ranked in its own order, whatever the normalisation: a greeting said
         # in every session gives them all one score, and a tie must not count against it.
         baselines = ["bm25_transcripts", "dense_turns", *sessions.WEIGHTS]
-        engine = matrix_of(cases, keys, list(sessions.WEIGHTS), "minmax")
-        recipe = matrix_of(cases, keys, list(RECIPE), RECIPE_NORM)
+        engine = matrix_of(cases, keys, list(sessions.WEIGHTS), "engine")
         out.append(
             Pooled(
-                corpus,
-                matrix_of(cases, keys, names, norm),
-                matrix_of(cases, keys, baselines, "rrf"),
-                engine,
-                recipe,
+                corpus, matrix_of(cases, keys, names, norm), matrix_of(cases, keys, baselines, "rrf"), engine
             )
         )
     return out
@@ -486,7 +479,6 @@ def report(sets: Sequence[Pooled], label: Mapping[str, np.ndarray], tables: dict
     for data in sets:
         corpus, m, baseline, engine = data.corpus, data.m, data.baseline, data.engine
         rows = {"engine today (WEIGHTS)": by_style(engine, vector(engine.names, sessions.WEIGHTS))}
-        rows["recipe (RECIPE)"] = by_style(data.recipe, vector(data.recipe.names, RECIPE))
         rows |= {name: by_style(m, w) for name, w in label.items()}
         for mode in ("lexical", "dense"):  # the engine's weights on the mode's signals, as search() fuses
             mine = {n: sessions.WEIGHTS[n] for n in sessions.SIGNALS_OF_MODE[mode]}
@@ -545,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         "signals": names,
         "tune": args.tune,
         "check": args.check,
-        "recipe": {"norm": RECIPE_NORM, "weights": dict(RECIPE)},
+        "engine": {"scales": dict(sessions.SCALES), "weights": dict(sessions.WEIGHTS)},
         "norms": {},
     }
     for norm in args.norm:
@@ -572,10 +564,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_against_engine(cases: Sequence[Case], keys: Sequence[str]) -> bool:
     """Whether `ranks` agrees with engine.memory.fusion.fuse on these cases (a self-test)."""
-    m = matrix_of(cases, keys, list(sessions.WEIGHTS), "minmax")
+    m = matrix_of(cases, keys, list(sessions.WEIGHTS), "engine")
     mine = ranks(m, vector(m.names, sessions.WEIGHTS))
     for q, case in enumerate(cases):
-        order = [i for i, _ in fuse(case.rankings, sessions.WEIGHTS)[:10]]
+        order = [i for i, _ in fuse(case.rankings, sessions.WEIGHTS, sessions.SCALES)[:10]]
         first = next((r for r, i in enumerate(order, 1) if i in case.question.evidence), np.inf)
         if first != mine[q] and np.isfinite(first):
             return False

@@ -6,7 +6,7 @@ import numpy as np
 
 from benchmarks.conversations import Question
 from benchmarks.fusion import Case, _normalised, check_against_engine, matrix_of, metrics, ranks, vector
-from engine.memory import sessions
+from engine.memory import fusion, sessions
 
 
 def _case(evidence: tuple[str, ...], style: str, rankings: dict[str, list[tuple[str, float]]]) -> Case:
@@ -65,3 +65,35 @@ def test_metrics_count_hits_at_k_and_reciprocal_ranks() -> None:
         "recall@10": 0.75,
         "mrr": round((1 + 1 / 3 + 1 / 7) / 4, 3),
     }
+
+
+def test_ranks_agree_with_the_engine_where_rankings_list_a_few_sessions_or_are_flat() -> None:
+    rng = np.random.default_rng(2)
+    keys = [f"s{i}" for i in range(12)]
+    cases = []
+    for _ in range(200):
+        rankings = {}
+        for name in sessions.WEIGHTS:
+            # turn_dense lists every session, so no two tie at 0 (a tie goes against the evidence)
+            listed = rng.permutation(keys)[
+                : len(keys) if name == "turn_dense" else int(rng.integers(1, 12))
+            ].tolist()
+            flat = name.endswith("_lexical") and rng.random() < 0.3
+            scores = [4.0] * len(listed) if flat else sorted(rng.random(len(listed)).tolist(), reverse=True)
+            rankings[name] = list(zip(listed, scores, strict=True))
+        cases.append(_case((str(rng.choice(keys)),), "quote", rankings))
+    assert check_against_engine(cases, keys)
+
+
+def test_the_engines_scalings_are_the_engines_own() -> None:
+    ranking = [("a", 9.0), ("b", 3.0), ("c", 1.0)]
+    assert _normalised(ranking, "spread") == dict(
+        zip("abc", fusion.scaled([9.0, 3.0, 1.0], "spread"), strict=True)
+    )
+    m = matrix_of(
+        [_case(("c",), "quote", {"session_lexical": [("a", 2.0)]})],
+        ["a", "b", "c"],
+        ["session_lexical"],
+        "engine",
+    )
+    assert m.scores[0, 0].tolist() == [0.0, 0.0, 0.0], "a flat ranking gives no session anything"
