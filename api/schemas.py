@@ -299,8 +299,9 @@ class ImportOut(_Response):
 class MatchOut(_Response):
     id: str
     score: float = Field(
-        description="dense: cosine similarity, -1 to 1; lexical: BM25; hybrid and session-memory: the "
-        "fused score, 0 to 1 (1: best by every signal). It ranks the matches of one answer "
+        description="dense: cosine similarity, -1 to 1; lexical: BM25; hybrid: the fused score, 0 to 1 "
+        "(1: best by every signal); session-memory: the fused score, 0 or more with no upper bound "
+        "(its lexical signals are scaled by their spread). It ranks the matches of one answer "
         "against each other: the best match scores high even when nothing is relevant."
     )
     relevance: float | None = Field(

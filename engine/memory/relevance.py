@@ -1,14 +1,14 @@
 """How relevant a prior session is to a query, on a scale of its own: a match's `relevance`, 0 to 1.
 
-A session-memory match's `score` is fused from min-max scaled rankings (engine.memory.fusion), so
-it says how a session compares with the others found, not how well it answers: the best match of
-a question nothing in memory answers still scores high. `relevance` is made only of the session's
-own evidence, unscaled: the cosine similarity between the query and the closest of the session's
-indexed messages, through a logistic function fitted on the relevance benchmark
-(benchmarks/relevance.py: the evidence sessions of questions whose answer is in memory, against
-the best match of questions no session answers). So it reads as the chance that the session holds
-what was asked, on that benchmark, and it grows with the cosine: it never reorders matches more
-than the cosine would.
+A session-memory match's `score` is fused from rankings each scaled by its own spread
+(engine.memory.fusion), so it says how a session compares with the others found, not how well it
+answers: the best match of a question nothing in memory answers still scores high. `relevance` is
+made only of the session's own evidence, unscaled: the cosine similarity between the query and the
+closest of the session's indexed messages, through a logistic function fitted on the relevance
+benchmark (benchmarks/relevance.py: the evidence sessions of questions whose answer is in memory,
+against the best match of questions no session answers). So it reads as the chance that the session
+holds what was asked, on that benchmark, and it grows with the cosine: it never reorders matches
+more than the cosine would.
 
 The session's whole-conversation vector was tried beside it and left out: its fitted weight came
 out negative (it says whose conversation it is, not whether the thing asked was said), which would
