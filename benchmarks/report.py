@@ -292,7 +292,7 @@ def _lag_line(lag: dict[str, Any], config: dict[str, Any]) -> str:
 
     batch = config.get("models", {}).get("summarizer", {}).get("batch_size")
     return (
-        f"The fleet closed {lag['closed']:,} sessions. Close to searchable (turns indexed): "
+        f"The fleet closed {lag['closed']:,} sessions. Close to searchable (turns and summary indexed): "
         f"{spread('close_to_searchable_ms')}. Close to summary ready: {spread('close_to_summary_ms')} "
         f"for the {lag['summaries_ready']:,} ready {lag['waited_after_fleet_s']} s after the fleet "
         f"stopped; {lag['summaries_waiting']:,} still waiting (the oldest for "
