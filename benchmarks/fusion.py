@@ -481,7 +481,8 @@ def report(sets: Sequence[Pooled], label: Mapping[str, np.ndarray], tables: dict
         rows = {"engine today (WEIGHTS)": by_style(engine, vector(engine.names, sessions.WEIGHTS))}
         rows |= {name: by_style(m, w) for name, w in label.items()}
         for mode in ("lexical", "dense"):  # the engine's weights on the mode's signals, as search() fuses
-            mine = {n: sessions.WEIGHTS[n] for n in sessions.SIGNALS_OF_MODE[mode]}
+            weights = sessions.WEIGHTS_OF_MODE[mode]
+            mine = {n: weights.get(n, 0.0) for n in sessions.SIGNALS_OF_MODE[mode]}
             rows[f"engine {mode} mode"] = by_style(engine, vector(engine.names, mine))
         rows["bm25 transcripts"] = by_style(baseline, vector(baseline.names, {"bm25_transcripts": 1.0}))
         rows["dense turns"] = by_style(baseline, vector(baseline.names, {"dense_turns": 1.0}))

@@ -86,6 +86,13 @@ WEIGHTS: Mapping[str, float] = {
 SCALES: Mapping[str, Scale] = {
     signal: "spread" if signal.endswith("_lexical") else "range" for signal in WEIGHTS
 }
+# `mode: lexical` ranks by whole sessions' words alone: on the tuning sets that beat every weighting
+# of the three lexical rankings (the others still give highlights), as BM25 over transcripts does.
+WEIGHTS_OF_MODE: Mapping[str, Mapping[str, float]] = {
+    "hybrid": WEIGHTS,
+    "dense": WEIGHTS,
+    "lexical": {"session_lexical": 1.0},
+}
 SIGNALS_OF_MODE: Mapping[str, tuple[str, ...]] = {
     "dense": ("turn_dense", "session_dense", "summary_dense", "window_dense"),
     "lexical": ("turn_lexical", "session_lexical", "summary_lexical"),
@@ -254,7 +261,7 @@ def search(
     chosen = _chosen_sessions(indexes.whole, where)
     past = None if as_of is None else Past.of(indexes, as_of, chosen)
     found = _signals(indexes, vector, text, top_k, chosen, mode, past)
-    ranked = fuse(found.rankings, WEIGHTS, SCALES)[:top_k]
+    ranked = fuse(found.rankings, WEIGHTS_OF_MODE[mode], SCALES)[:top_k]
     relevant = relevance_of(indexes, vector, [session_id for session_id, _ in ranked], past=past)
     matches = [
         _match(

@@ -257,3 +257,27 @@ def test_dense_mode_ranks_windows_and_hybrid_every_signal() -> None:
     assert set(SIGNALS_OF_MODE["hybrid"]) == set(WEIGHTS) and len(WEIGHTS) == 7
     assert {SCALES[name] for name in SIGNALS_OF_MODE["lexical"]} == {"spread"}
     assert {SCALES[name] for name in SIGNALS_OF_MODE["dense"]} == {"range"}
+
+
+def test_lexical_mode_ranks_by_whole_sessions_words_alone() -> None:
+    memory = Memory()
+    # sess_b has the turn and the summary that match best on their own; sess_a matches best as a
+    # whole session. Lexical mode goes by the whole session, where the hybrid's weights would not.
+    memory.close("acme", "sess_a", "chat", ("user", "kayak"), ("user", "lake"))
+    memory.close("acme", "sess_b", "chat", ("user", "kayak lake"), ("user", "some other words here today"))
+    memory.close("acme", "sess_c", "chat", ("user", "lake house"), ("user", "mortgage rates rise"))
+    for sid, summary in (
+        ("sess_a", "a chat"),
+        ("sess_b", "kayak lake, kayak lake"),
+        ("sess_c", "lake house"),
+    ):
+        asyncio.run(index_summary(memory, "acme", sid, summary, "extractive"))
+    namespaces = dict(memory.store.namespaces())
+    indexes = SessionIndexes(namespaces[("acme", SESSION_MEMORY)], namespaces[("acme", SESSIONS_OF_MEMORY)])
+    rankings = signals(indexes, None, "kayak lake", 10, mode="lexical").rankings
+    assert rankings["turn_lexical"][0][0] == rankings["summary_lexical"][0][0] == "sess_b"
+    by_sessions = [sid for sid, _ in rankings["session_lexical"]]
+    assert by_sessions[0] == "sess_a"
+    matches = memory.query("kayak lake", mode="lexical")
+    assert [m.id for m in matches] == by_sessions
+    assert matches[0].metadata["highlights"], "the matching messages still give the highlights"
