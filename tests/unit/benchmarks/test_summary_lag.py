@@ -19,6 +19,7 @@ def session(lag_ms: int, method: str) -> dict[str, Any]:
         "summary_status": "ready",
         "summary_provenance": provenance,
         "ended_at": ENDED,
+        "index_status": "ready",
         "indexed_at": ENDED + 10,
     }
 
@@ -39,3 +40,4 @@ def test_summaries_the_model_upgraded_count_in_a_lag(monkeypatch: pytest.MonkeyP
     assert lag["close_to_ready_ms"] == {"p50": 100.0, "p99": 100.0, "max": 100.0}
     assert lag["close_to_upgrade_ms"] == {"p50": 9000.0, "p99": 9000.0, "max": 9000.0}
     assert lag["upgraded"] == 1 and lag["summaries_ready"] == 2
+    assert lag["close_to_searchable_ms"] == {"p50": 10.0, "p99": 10.0, "max": 10.0}
