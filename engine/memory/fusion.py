@@ -12,7 +12,10 @@ scalings (`SCALES`):
   apart. Chosen on held-out questions of the friends corpus and checked on the assistant corpus
   (benchmarks/README.md, "Session memory on conversations between friends").
 A ranking whose scores are all equal tells nothing apart: with `spread` it adds nothing; with
-`range` its items get 1 (a single hit still counts, as a namespace's hybrid search wants).
+`range` its items get 1 (a single hit still counts, as a namespace's hybrid search wants). A
+single item is not such a ranking: it is the only one whose words matched (an invoice number, a
+rare name), the case lexical search is for, so with `spread` it gets what the better of two
+always gets (2), as if set against one that matched nothing.
 
 The weighted sum is divided by the total weight: with `range` alone a fused score lies in [0, 1]
 and 1 means "best by every signal"; with `spread` it has no upper bound, and a score only ranks
@@ -35,6 +38,7 @@ import numpy as np
 T = TypeVar("T", bound=Hashable)
 Scale = Literal["range", "spread"]
 SCALES: tuple[Scale, ...] = ("range", "spread")
+LONE_SPREAD = 2.0  # a lone item's `spread`: the better of two always scales to this
 
 
 def scaled(scores: Sequence[float], scale: Scale = "range") -> list[float]:
@@ -44,6 +48,8 @@ def scaled(scores: Sequence[float], scale: Scale = "range") -> list[float]:
     values = np.asarray(scores, dtype=np.float64)
     worst = float(values.min())
     if scale == "spread":
+        if len(values) == 1:
+            return [LONE_SPREAD]
         deviation = float(values.std())
         return ((values - worst) / deviation).tolist() if deviation > 0 else [0.0] * len(values)
     span = float(values.max()) - worst

@@ -91,9 +91,13 @@ def test_the_engines_scalings_are_the_engines_own() -> None:
         zip("abc", fusion.scaled([9.0, 3.0, 1.0], "spread"), strict=True)
     )
     m = matrix_of(
-        [_case(("c",), "quote", {"session_lexical": [("a", 2.0)]})],
+        [
+            _case(("c",), "quote", {"session_lexical": [("a", 2.0), ("b", 2.0)]}),
+            _case(("c",), "quote", {"session_lexical": [("a", 2.0)]}),
+        ],
         ["a", "b", "c"],
         ["session_lexical"],
         "engine",
     )
     assert m.scores[0, 0].tolist() == [0.0, 0.0, 0.0], "a flat ranking gives no session anything"
+    assert m.scores[1, 0].tolist() == [2.0, 0.0, 0.0], "a lone hit stands out, as the engine scales it"

@@ -42,3 +42,15 @@ def test_spread_scaled_scores_are_unbounded_and_still_ordered() -> None:
     )
     values = [score for _, score in fused]
     assert fused[0][0] == "a" and values[0] > 1 and values == sorted(values, reverse=True)
+
+
+def test_a_lone_lexical_hit_counts_as_one_that_stands_out() -> None:
+    """Only one session has the invoice number: its lexical hit lifts it above a session the
+    dense ranking put a little ahead."""
+    assert scaled([7.5], "spread") == [2.0] == scaled([7.5, 1.0], "spread")[:1]
+    fused = fuse(
+        {"dense": [("other", 0.9), ("invoice", 0.8), ("third", 0.5)], "lexical": [("invoice", 7.5)]},
+        {"dense": 1.0, "lexical": 0.2},
+        {"lexical": "spread"},
+    )
+    assert [item for item, _ in fused] == ["invoice", "other", "third"]
