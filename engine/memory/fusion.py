@@ -5,17 +5,19 @@ similarity and a BM25 score do not compare; an item a ranking does not list gets
 scalings (`SCALES`):
 - `range` (min-max): (score - worst) / (best - worst), so 0 to 1. The default, and the one every
   dense ranking uses: a cosine's range says how far ahead the best hit is.
-- `spread`: (score - worst) / the population standard deviation of the scores, so 0 at the worst
-  listed and several units where one item stands out. Session memory's lexical rankings use it
+- `spread`: score / the population standard deviation of the scores and one 0, so 0 for an item
+  not listed and several units where one item stands out. Session memory's lexical rankings use it
   (engine.memory.sessions): min-max gives the best BM25 hit 1 whether a rare word matched one
   session or the question only shares a name with every session, and the spread tells the two
-  apart. Chosen on held-out questions of the friends corpus and checked on the assistant corpus
-  (benchmarks/README.md, "Session memory on conversations between friends").
-A ranking whose scores are all equal tells nothing apart: with `spread` it adds nothing; with
-`range` its items get 1 (a single hit still counts, as a namespace's hybrid search wants). A
-single item is not such a ranking: it is the only one whose words matched (an invoice number, a
-rare name), the case lexical search is for, so with `spread` it gets what the better of two
-always gets (2), as if set against one that matched nothing.
+  apart. The 0 is the BM25 score of a session that did not match at all, so a short list is
+  scaled against it: a lone hit gets 2, two sessions tied on a rare word both get more than 2,
+  two hits a hair apart get nearly the same. Scaled against the worst listed instead, the better
+  of two got 2 and the other 0 however slight the gap, and a ranking of one or of equals gave
+  nothing; that scored a little better on the tuning sets by benchmarks/fusion.py's objective,
+  but it ranked those plain cases wrong (benchmarks/README.md, "Session memory on conversations
+  between friends", has both). A negative score counts as 0 (BM25 gives none).
+With `range`, a ranking whose scores are all equal gives its items 1 (a single hit still counts,
+as a namespace's hybrid search wants).
 
 The weighted sum is divided by the total weight: with `range` alone a fused score lies in [0, 1]
 and 1 means "best by every signal"; with `spread` it has no upper bound, and a score only ranks
@@ -38,7 +40,6 @@ import numpy as np
 T = TypeVar("T", bound=Hashable)
 Scale = Literal["range", "spread"]
 SCALES: tuple[Scale, ...] = ("range", "spread")
-LONE_SPREAD = 2.0  # a lone item's `spread`: the better of two always scales to this
 
 
 def scaled(scores: Sequence[float], scale: Scale = "range") -> list[float]:
@@ -48,10 +49,9 @@ def scaled(scores: Sequence[float], scale: Scale = "range") -> list[float]:
     values = np.asarray(scores, dtype=np.float64)
     worst = float(values.min())
     if scale == "spread":
-        if len(values) == 1:
-            return [LONE_SPREAD]
-        deviation = float(values.std())
-        return ((values - worst) / deviation).tolist() if deviation > 0 else [0.0] * len(values)
+        matched = np.maximum(values, 0.0)
+        deviation = float(np.append(matched, 0.0).std())
+        return (matched / deviation).tolist() if deviation > 0 else [0.0] * len(values)
     span = float(values.max()) - worst
     return ((values - worst) / span).tolist() if span > 0 else [1.0] * len(values)
 

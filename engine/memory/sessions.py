@@ -86,13 +86,17 @@ WEIGHTS: Mapping[str, float] = {
 SCALES: Mapping[str, Scale] = {
     signal: "spread" if signal.endswith("_lexical") else "range" for signal in WEIGHTS
 }
-# `mode: lexical` ranks by whole sessions' words alone: on the tuning sets that beat every weighting
-# of the three lexical rankings (the others still give highlights), as BM25 over transcripts does.
+# `mode: lexical` ranks by whole sessions' words, and a turn's a little: on the tuning sets that did
+# as well as whole sessions alone, which beat the hybrid's lexical weights, and a session with no
+# whole-session entry yet (open, or not indexed since its close) is found by its turns.
 WEIGHTS_OF_MODE: Mapping[str, Mapping[str, float]] = {
     "hybrid": WEIGHTS,
     "dense": WEIGHTS,
-    "lexical": {"session_lexical": 1.0},
+    "lexical": {"session_lexical": 1.0, "turn_lexical": 0.05},
 }
+# What a session without a whole-session entry can be ranked by: its turns. Windows, the session
+# entry and the summary are written when its closing job indexes it.
+TURN_SIGNALS = ("turn_dense", "turn_lexical")
 SIGNALS_OF_MODE: Mapping[str, tuple[str, ...]] = {
     "dense": ("turn_dense", "session_dense", "summary_dense", "window_dense"),
     "lexical": ("turn_lexical", "session_lexical", "summary_lexical"),
@@ -261,7 +265,7 @@ def search(
     chosen = _chosen_sessions(indexes.whole, where)
     past = None if as_of is None else Past.of(indexes, as_of, chosen)
     found = _signals(indexes, vector, text, top_k, chosen, mode, past)
-    ranked = fuse(found.rankings, WEIGHTS_OF_MODE[mode], SCALES)[:top_k]
+    ranked = _carried(indexes, found, WEIGHTS_OF_MODE[mode], past)[:top_k]
     relevant = relevance_of(indexes, vector, [session_id for session_id, _ in ranked], past=past)
     matches = [
         _match(
@@ -470,6 +474,42 @@ def _shared_turns(index: NamespaceIndex, hits: Sequence[tuple[int, float]]) -> s
         sessions_of.setdefault(words, set()).add(str(found[1]["session_id"]))
         turns_of.setdefault(words, []).append(faiss_id)
     return {faiss_id for words, ids in turns_of.items() if len(sessions_of[words]) > 1 for faiss_id in ids}
+
+
+def _carried(
+    indexes: SessionIndexes, found: Signals, weights: Mapping[str, float], past: Past | None
+) -> list[tuple[str, float]]:
+    """The fused ranking, each session's sum divided by the weight of the signals it can be listed
+    in rather than by all of them: a session with no whole-session entry (open, completed,
+    expired, or closed and not yet indexed; or closed after `past`'s moment) has only its turns,
+    and against the full weight it would rank below closed sessions that match the query less. A
+    session listed in a ranking of anything but turns has more than turns; the others are looked
+    up."""
+    fused = fuse(found.rankings, weights, SCALES)
+    total = sum(w for name, w in weights.items() if w > 0 and name in found.rankings)
+    turns_only = sum(weights.get(name, 0.0) for name in TURN_SIGNALS if name in found.rankings)
+    if not fused or total <= 0 or turns_only <= 0 or turns_only >= total:
+        return fused
+    more = {sid for name, ranking in found.rankings.items() if name not in TURN_SIGNALS for sid, _ in ranking}
+    unsure = [sid for sid, _ in fused if sid not in more]
+    more |= _with_whole_entry(indexes.whole, unsure, None if past is None else past.whole)
+    rescored = [(sid, score if sid in more else score * total / turns_only) for sid, score in fused]
+    return sorted(rescored, key=lambda pair: -pair[1])  # stable: a tie keeps the fused order
+
+
+def _with_whole_entry(
+    index: NamespaceIndex | None, session_ids: Sequence[str], existing: Collection[int] | None
+) -> set[str]:
+    """Those of these sessions whose whole-session entry is in memory (not a live stand-in), of
+    the `existing` entries (None: all)."""
+    if index is None or not session_ids:
+        return set()
+    out = set()
+    for faiss_id in index.select({"session_id": {"$in": list(session_ids)}, "kind": "session"}) or ():
+        entry = index.entry(faiss_id)
+        if entry is not None and not entry[1].get("live") and (existing is None or faiss_id in existing):
+            out.add(str(entry[1].get("session_id")))
+    return out
 
 
 def _chosen_sessions(whole: NamespaceIndex | None, where: Where | None) -> list[str] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from benchmarks.conversations import Question
 from benchmarks.fusion import Case, _normalised, check_against_engine, matrix_of, metrics, ranks, vector
@@ -99,5 +100,5 @@ def test_the_engines_scalings_are_the_engines_own() -> None:
         ["session_lexical"],
         "engine",
     )
-    assert m.scores[0, 0].tolist() == [0.0, 0.0, 0.0], "a flat ranking gives no session anything"
+    assert m.scores[0, 0].tolist() == pytest.approx([1.5 * 2**0.5] * 2 + [0.0]), "two tied hits both count"
     assert m.scores[1, 0].tolist() == [2.0, 0.0, 0.0], "a lone hit stands out, as the engine scales it"

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.closing.indexing import forget_sessions, index_session, index_summary
+from engine.closing.indexing import forget_sessions, index_live, index_session, index_summary
 from engine.errors import ValidationFailed
 from engine.memory.index import IndexParams
 from engine.memory.ops import MemoryOp, QueryVectors, UpsertVectors
@@ -259,10 +259,11 @@ def test_dense_mode_ranks_windows_and_hybrid_every_signal() -> None:
     assert {SCALES[name] for name in SIGNALS_OF_MODE["dense"]} == {"range"}
 
 
-def test_lexical_mode_ranks_by_whole_sessions_words_alone() -> None:
+def test_lexical_mode_ranks_by_whole_sessions_words_first() -> None:
     memory = Memory()
     # sess_b has the turn and the summary that match best on their own; sess_a matches best as a
-    # whole session. Lexical mode goes by the whole session, where the hybrid's weights would not.
+    # whole session. Lexical mode goes by the whole session (its turns count a little), where the
+    # hybrid's weights would not.
     memory.close("acme", "sess_a", "chat", ("user", "kayak"), ("user", "lake"))
     memory.close("acme", "sess_b", "chat", ("user", "kayak lake"), ("user", "some other words here today"))
     memory.close("acme", "sess_c", "chat", ("user", "lake house"), ("user", "mortgage rates rise"))
@@ -281,3 +282,24 @@ def test_lexical_mode_ranks_by_whole_sessions_words_alone() -> None:
     matches = memory.query("kayak lake", mode="lexical")
     assert [m.id for m in matches] == by_sessions
     assert matches[0].metadata["highlights"], "the matching messages still give the highlights"
+
+
+@pytest.mark.parametrize("mode", ["dense", "hybrid", "lexical"])
+def test_an_open_session_ranks_by_its_turns_against_closed_ones(mode: str) -> None:
+    """An open session has no windows, whole-session entry or summary yet: its score is over the
+    weight of what it can be ranked by, so a closed session that matches less never outranks it."""
+    memory = Memory()
+    memory.close("acme", "closed_1", "chat", ("user", "the weather today"), ("assistant", "it was sunny"))
+    memory.close(
+        "acme", "closed_2", "chat", ("user", "my cat likes the sofa"), ("assistant", "cats love sofas")
+    )
+    open_one = ClosedSession(
+        "open_1",
+        "chat",
+        1000,
+        None,
+        [("user", "what is my dog called"), ("assistant", "your dog is called Biscuit")],
+        status="active",
+    )
+    asyncio.run(index_live(memory, {"acme": [(open_one, 2)]}))
+    assert memory.query("what is my dog called Biscuit", mode=mode)[0].id == "open_1"
