@@ -35,8 +35,8 @@ from engine.idempotency import Idempotent
 from engine.sessions.session import SessionStatus
 
 # A session's feed: everything that happens to it. An organization's feed: sessions made, ended and
-# deleted, and their summaries (an end is `status.changed` in a session's feed and
-# `session.<status>` in its organization's).
+# deleted, their summaries, and when they became searchable (an end is `status.changed` in a
+# session's feed and `session.<status>` in its organization's).
 SESSION_FEED = (
     "session.created",
     "message.appended",
@@ -45,6 +45,7 @@ SESSION_FEED = (
     "status.changed",
     "summary.ready",
     "summary.failed",
+    "session.indexed",
     "session.deleted",
 )
 ORG_FEED = (
@@ -55,6 +56,7 @@ ORG_FEED = (
     "session.deleted",
     "summary.ready",
     "summary.failed",
+    "session.indexed",
 )
 
 
@@ -126,11 +128,17 @@ def events_of(op: Any, result: Any, now_ms: int) -> list[Event]:
         return [_event("summary.ready", op, now_ms, data)]
     if name == "FailSummary" and op.final:
         return [_event("summary.failed", op, now_ms, {"error": op.error})]
+    # The session is searchable in session memory: its turns and its ready summary are in. A client
+    # that waits for that (index_status in a feed's first state) finds the change here. Logs written
+    # before MarkIndexed marked it with the attempt's StartSummary.
+    if name == "MarkIndexed" or (name == "StartSummary" and op.indexed_entries is not None):
+        data = {"index_status": result["index_status"], "indexed_at": result["indexed_at"]}
+        return [_event("session.indexed", op, now_ms, data)]
     if name == "DeleteSession":
         return [_event("session.deleted", op, now_ms, {"reason": "deleted"})]
     if name == "PurgeSessions":
         return [Event("session.deleted", org, sid, now_ms, {"reason": "retention"}) for org, sid in result]
-    return []  # summary steps (start, indexed, request): the job's progress, not a change to watch
+    return []  # summary steps (start, request): the job's progress, not a change to watch
 
 
 def _event(type_: str, op: Any, now_ms: int, data: dict[str, Any]) -> Event:

@@ -24,7 +24,11 @@ from engine.sessions.ops import (
     EndSession,
     ExpireDue,
     FailSummary,
+    FinishSummary,
+    GetSession,
+    MarkIndexed,
     ReplaceContext,
+    StartSummary,
 )
 from engine.sessions.session import NewMessage, SessionStatus, new_session_id
 from engine.sessions.snapshot import SNAPSHOT_MAGIC
@@ -80,6 +84,37 @@ def test_a_session_feed_holds_what_happened_to_it_in_order(tmp_path: Path) -> No
     assert [str(pos) for pos, *_ in feed] == ["1.1", "2.1", "2.2", "2.3", "3.1", "4.1"]
     org = everything(shard.store.events, Position(1, 0), {("acme", None)})
     assert [kind for _, kind, _, _ in org] == ["session.created", "session.closed", "summary.failed"]
+
+
+def test_a_session_becoming_searchable_is_an_event_after_its_summary(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    shard = open_shard(tmp_path, clock)
+    sid = create(shard)
+    shard.commit([say("acme", sid, "a"), EndSession("acme", sid, SessionStatus.CLOSED)])
+    shard.commit([StartSummary("acme", sid)])
+    shard.commit([FinishSummary("acme", sid, "a", "extractive", 1, 1, method="extractive", index=True)])
+    assert shard.store.apply(GetSession("acme", sid), T0)["index_status"] == "pending"
+    clock.advance(500)
+    shard.commit([MarkIndexed("acme", sid, 2)])
+    for interest in (("acme", sid), ("acme", None)):
+        feed = everything(shard.store.events, Position(4, 0), {interest})
+        assert [kind for _, kind, _, _ in feed] == ["summary.ready", "session.indexed"]
+        assert feed[-1][3] == {
+            "type": "session.indexed",
+            "session_id": sid,
+            "at": T0 + 500,
+            "index_status": "ready",
+            "indexed_at": T0 + 500,
+        }
+
+
+def test_a_log_that_marked_the_index_with_the_attempts_start_says_so_too(tmp_path: Path) -> None:
+    shard = open_shard(tmp_path, ManualClock(T0))
+    sid = create(shard)
+    shard.commit([say("acme", sid, "a"), EndSession("acme", sid, SessionStatus.CLOSED)])
+    shard.commit([StartSummary("acme", sid, indexed_entries=2)])  # as older releases logged it
+    feed = everything(shard.store.events, Position(3, 0), {("acme", sid)})
+    assert [(kind, body["indexed_at"]) for _, kind, _, body in feed] == [("session.indexed", T0)]
 
 
 def test_expiry_and_deletion_reach_the_organization_feed(tmp_path: Path) -> None:

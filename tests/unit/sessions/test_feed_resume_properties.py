@@ -42,6 +42,7 @@ SESSION_TYPES = frozenset(
         "status.changed",
         "summary.ready",
         "summary.failed",
+        "session.indexed",
         "session.deleted",
     }
 )
@@ -54,6 +55,7 @@ ORG_TYPES = frozenset(
         "session.deleted",
         "summary.ready",
         "summary.failed",
+        "session.indexed",
     }
 )
 
