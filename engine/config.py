@@ -362,6 +362,10 @@ class SummarizerConfig(_Section):
     # turns instead of queueing behind every other closed session's (benchmarks/README.md,
     # "Summaries that keep up").
     concurrent_jobs: int = Field(4, ge=1)
+    # Summaries a session shard makes at once (a closing job's extract, before its index): each is a
+    # thread of the default executor, which snapshots' file I/O shares, so a burst of closes or an
+    # import of many sessions queues here instead of starting a thread apiece.
+    concurrent_summaries: int = Field(8, ge=1)
     # The model's pass over an extractive summary (engine.closing.job): auto runs it until a whole
     # acceptance window of its summaries held none worth keeping, then pauses it; on always runs it;
     # off never does (the model is not loaded).

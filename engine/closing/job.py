@@ -19,10 +19,10 @@ so a summary is `ready` as soon as its extract is made, whatever the embedder's 
 3. A session without messages fails at once, for good (FailSummary, final).
 4. StartSummary, one record: the summary is running, attempt + 1. Nothing to start (deleted
    meanwhile) ends the job.
-5. The extract of the conversation cut by characters (engine.closing.summary), off the shard's
-   event loop; then FinishSummary: `ready`, method extractive, reason "first pass", the model's
-   upgrade marked queued while the model's pass runs (the shard's last answer from the pool said
-   so), and its index queued (`reindex`: `index_status: pending`). Deleted meanwhile: nothing of
+5. The conversation cut by characters (engine.closing.summary) and its extract, in a thread off
+   the shard's event loop; then FinishSummary: `ready`, method extractive, reason "first pass",
+   the model's upgrade marked queued while the model's pass runs (the shard's last answer from
+   the pool said so), and its index queued (`reindex`: `index_status: pending`). Deleted meanwhile: nothing of
    the job is in memory, so there is nothing to take out. Refused (the log cannot hold it): the
    job fails, for good.
 6. The index, once live memory has nothing of the session in flight (engine.closing.live), so that
@@ -30,26 +30,31 @@ so a summary is `ready` as soon as its extract is made, whatever the embedder's 
    in session memory (those live memory put in are read back, the rest embedded) with the
    whole-session entry (the mean of every turn's vector, replacing live memory's stand-in) in one
    upsert, then the summary's entry (embed, one upsert; made at the summary's time), then
-   MarkIndexed, one record: `index_status: ready`. Turns already there (a summary asked for
-   again) are not indexed again: only the summary goes in. Deleted meanwhile: what went in is
-   taken out. A summary asked for meanwhile goes back to step 1, and its index follows. Once
-   indexed, the summary's upgrade is queued, if it is.
+   MarkIndexed, one record: `index_status: ready`, and the feeds' `session.indexed` event. Turns
+   already there (a summary asked for again) are not indexed again: only the summary goes in.
+   Deleted meanwhile: what went in is taken out. A summary asked for meanwhile goes back to step
+   1, and its index follows. Once indexed, the summary's upgrade is queued, if it is.
 
 The summary is made outside the `concurrent_jobs` slots and only step 6 takes one: the extract is
 cheap, and a close must not wait behind other sessions' indexing (which waits on the embedder, and
-on live memory's tick) to get its summary. How many summaries are made at once is bounded by the
-closes themselves and the default executor's threads.
+on live memory's tick) to get its summary. Steps 1-5 take a slot of their own instead
+(`concurrent_summaries`): each extract is a thread of the default executor, which the shard's
+snapshot I/O shares, so a burst of closes or an import of many sessions waits for a slot rather
+than starting a thread apiece.
 
 A step of 1-5 that raises fails the attempt: FailSummary, back to pending, and after a backoff that
 doubles the attempt runs again from step 1; once the attempts are used up the failure is final,
 with its reason (the session is then left to live memory, `index_status: failed`, unless an
 import's re-index was queued before). A failed attempt counts whether or not it reached step 4
 (engine.sessions.session). A failed index (step 6) records nothing, since the summary is not its
-to fail: the summary stays `ready`, the index is retried with the same backoff, and once the
-attempts are used up the session still reads `index_status: pending` until the shard's next start
-resumes it. A crash anywhere resumes from the log: before FinishSummary the summary is made again;
-after it, only the index runs. Every upsert names its entries by session and seq, so an index done
-twice replaces what went in: nothing doubles.
+to fail: the summary stays `ready` and the index is retried with the same backoff, capped at
+MAX_INDEX_BACKOFF_S, until it is done (a memory shard read-only or restarting for long must not
+leave a session unsearchable until the next start). Only the session gone, the shard taking no
+changes (it resumes the job once it does) or the job cancelled (a drain or a stop, resumed at the
+next start) end it sooner; each retry waits outside the slots. A crash anywhere resumes from the
+log: before FinishSummary the summary is made again; after it, only the index runs. Every upsert
+names its entries by session and seq, so an index done twice replaces what went in: nothing
+doubles.
 
 An upgrade (`_upgrade`) runs after step 6, in slots of its own (`concurrent_upgrades`), so it never
 holds up a later close. It never starts before the summary's entry is in session memory, since it
@@ -98,6 +103,7 @@ from typing import Any
 
 from engine.config import SummarizerConfig
 from engine.errors import EngineError, SessionNotFound, SummaryFailed
+from engine.models.summarizer import Conversation
 from engine.sessions.ops import (
     FailSummary,
     FinishSummary,
@@ -105,6 +111,7 @@ from engine.sessions.ops import (
     MarkIndexed,
     SessionOp,
     StartSummary,
+    SummaryInput,
     SummaryJob,
     SummaryUpgradeJob,
     UpgradeSummary,
@@ -120,9 +127,13 @@ MAX_REASON_CHARS = 500
 NO_MESSAGES = "the session has no messages to summarize"
 FIRST_PASS = "first pass"  # the reason a closing job's summary is extractive: the model comes after
 EXTRACT_MODEL = "extractive"  # the provenance's `model` of a summary no model has made
+# The longest wait between a session's index attempts: they go on until one succeeds, so a memory
+# shard back after a long outage takes the sessions that waited within this, without a retry
+# storm against it while it is out.
+MAX_INDEX_BACKOFF_S = 60.0
 
 # Told how each attempt ended ("ready", "retried", "failed") and, once ready, the seconds since
-# the session ended; how each failed index attempt ended ("index_retried", "index_failed"), and how
+# the session ended; each failed index attempt ("index_retried": it is always retried), and how
 # each upgrade ended ("upgrade_kept", "upgrade_rejected", "upgrade_skipped", "upgrade_failed"),
 # with no seconds.
 Outcome = Callable[[str, float | None], None]
@@ -130,6 +141,19 @@ Outcome = Callable[[str, float | None], None]
 
 class _Gone(Exception):
     """The session was deleted while its job ran, after the job put something in its memory."""
+
+
+def backoff_s(config: SummarizerConfig, attempt: int, cap_s: float = float("inf")) -> float:
+    """The wait after failed attempt `attempt` (from 1): the job's backoff, doubled each time, at most
+    `cap_s`. The exponent stops growing long before a float would overflow."""
+    return min(cap_s, config.retry_backoff_s * 2.0 ** min(attempt - 1, 32))
+
+
+def _extract(job: SummaryInput, config: SummarizerConfig) -> tuple[Conversation, str]:
+    """Step 5's work, in a thread: the session is ended, so its messages no longer change while
+    the thread reads them."""
+    conversation = conversation_of(job, config)
+    return conversation, extract_of(conversation)
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -163,6 +187,8 @@ class ClosingJobs:
         self._sleep = sleep
         self._outcome = outcome or (lambda name, lag_s: None)
         self._slots = asyncio.Semaphore(config.concurrent_jobs)
+        # Summaries (steps 1-5) in slots of their own: never behind an index, and never unbounded.
+        self._summary_slots = asyncio.Semaphore(config.concurrent_summaries)
         self._active: dict[tuple[str, str], asyncio.Task[None]] = {}
         # Upgrades wait on the model in slots of their own: a close's summary never waits for them.
         self._upgrade_slots = asyncio.Semaphore(config.concurrent_upgrades)
@@ -218,14 +244,12 @@ class ClosingJobs:
             task.cancel()
 
     async def _run(self, org: str, session_id: str) -> None:
-        # The summary is made outside the slots: it needs no model and no embedding, so a close
-        # never waits behind other sessions' indexing for it. Only the indexing, which waits on the
-        # embedder, takes one of the `concurrent_jobs` slots.
+        # The summary is made outside the indexing slots: it needs no model and no embedding, so a
+        # close never waits behind other sessions' indexing for it. Only the indexing, which waits
+        # on the embedder, takes one of the `concurrent_jobs` slots.
         try:
             while await self._summaries(org, session_id):
-                async with self._slots:
-                    again = await self._indexes(org, session_id)
-                if not again:
+                if not await self._indexes(org, session_id):
                     return
         except asyncio.CancelledError:
             raise
@@ -242,7 +266,8 @@ class ClosingJobs:
         config = self._config
         for attempt in range(1, config.max_attempts + 1):
             try:
-                return await self._attempt(org, session_id)
+                async with self._summary_slots:
+                    return await self._attempt(org, session_id)
             except Exception as exc:  # noqa: BLE001 - whatever failed, the attempt failed; its reason is kept
                 final = attempt == config.max_attempts
                 reason = failure_reason(exc)
@@ -261,7 +286,7 @@ class ClosingJobs:
                 self._outcome("failed" if final else "retried", None)
                 if final:
                     return True  # a re-index it was queued for before (an import's) still runs
-                await self._sleep(config.retry_backoff_s * 2 ** (attempt - 1))
+                await self._sleep(backoff_s(config, attempt))
         return False
 
     async def _attempt(self, org: str, session_id: str) -> bool:
@@ -277,8 +302,7 @@ class ClosingJobs:
         started = await self._one(StartSummary(org, session_id))  # 4
         if started is None or isinstance(started, EngineError):
             return False  # gone, or the shard took no changes meanwhile (it resumes the job once it does)
-        conversation = conversation_of(job, self._config)
-        text = await asyncio.to_thread(extract_of, conversation)
+        conversation, text = await asyncio.to_thread(_extract, job, self._config)
         if not text:
             raise SummaryFailed("the conversation has no text to summarize")
         finish = FinishSummary(
@@ -308,33 +332,31 @@ class ClosingJobs:
         return True
 
     async def _indexes(self, org: str, session_id: str) -> bool:
-        """Step 6, retried; whether a summary asked for meanwhile is to be made (steps 1-5 again)."""
-        config = self._config
-        for attempt in range(1, config.max_attempts + 1):
+        """Step 6, retried until it is done (the module's docstring says what ends it sooner); whether
+        a summary asked for meanwhile is to be made (steps 1-5 again)."""
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                return await self._index(org, session_id)
+                async with self._slots:  # each attempt in a slot; the waits between them in none
+                    return await self._index(org, session_id)
             except _Gone:
                 await forget_sessions(self._ports, org, [session_id])
                 return False
             except Exception as exc:  # noqa: BLE001 - the summary stays ready; the index is retried
-                final = attempt == config.max_attempts
                 log.warning(
                     "indexing attempt failed",
                     extra={
                         "org": org,
                         "session_id": session_id,
                         "attempt": attempt,
-                        "final": final,
                         "reason": failure_reason(exc),
                     },
                 )
                 if not self._writable():
                     return False  # nothing could be recorded: the shard resumes it once it takes changes
-                self._outcome("index_failed" if final else "index_retried", None)
-                if final:
-                    return False  # still `index_status: pending`: the shard's next start resumes it
-                await self._sleep(config.retry_backoff_s * 2 ** (attempt - 1))
-        return False
+                self._outcome("index_retried", None)
+                await self._sleep(backoff_s(self._config, attempt, MAX_INDEX_BACKOFF_S))
 
     async def _index(self, org: str, session_id: str) -> bool:
         """Step 6: the session, and its ready summary, into session memory, then MarkIndexed."""
@@ -404,7 +426,7 @@ class ClosingJobs:
                 self._outcome("upgrade_failed", None)
                 if attempt == config.max_attempts:
                     return  # still queued in the session: the shard's next start tries again
-                await self._sleep(config.retry_backoff_s * 2 ** (attempt - 1))
+                await self._sleep(backoff_s(config, attempt))
 
     async def _upgrade(self, org: str, session_id: str) -> None:
         """One upgrade: the module docstring's last paragraph but one."""

@@ -6,6 +6,8 @@ generate."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -421,22 +423,42 @@ async def test_a_retried_index_replaces_what_went_in_and_nothing_doubles() -> No
     assert len(entries) == 4 + 2, "the retry replaced the turns and their windows: none doubled"
 
 
-async def test_an_index_that_fails_for_good_leaves_the_summary_ready_and_the_index_pending() -> None:
+async def test_an_index_that_fails_past_max_attempts_is_still_retried_and_ends_ready() -> None:
     h = Harness(max_attempts=2)
-    h.embed_failures_left = 5
+    h.embed_failures_left = 8  # a memory outage that outlasts the summary's attempts many times over
+    seen: list[Any] = []
+    h.during = lambda: seen.append(h.view(sid)["index_status"])
     sid = h.closed_session()
     await h.run_queued()
     view = h.view(sid)
     assert (view["summary_status"], view["summary_attempts"], view["summary_error"]) == ("ready", 1, None)
-    assert view["index_status"] == "pending" and h.sleeps == [1.0]
-    assert h.store.unfinished_summaries() == [("acme", sid)], "the shard's next start resumes the index"
-    assert h.store.pending_upgrades() == [] and h.jobs == [], "the upgrade waits for the index"
-    h.embed_failures_left = 0
-    h.closing.submit(h.store.unfinished_summaries())
-    await h.closing.drain()
-    view = h.view(sid)
-    assert (view["index_status"], view["summary_provenance"]["method"]) == ("ready", "model")
-    assert h.summary_entry(sid) == (view["summary"], "model")
+    assert view["index_status"] == "ready" and seen == ["ready"], "the upgrade waited for the index"
+    assert h.sleeps == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0], "the backoff doubles up to its cap"
+    assert [o for o, _ in h.outcomes] == ["ready", *["index_retried"] * 8, "upgrade_kept"]
+    assert h.store.unfinished_summaries() == [] and h.summary_entry(sid) == (view["summary"], "model")
+
+
+def test_the_backoff_is_capped_however_many_attempts_failed() -> None:
+    config = SummarizerConfig(retry_backoff_s=2.0)
+    assert [job_module.backoff_s(config, n) for n in (1, 2, 3)] == [2.0, 4.0, 8.0]
+    assert job_module.backoff_s(config, 10**6, job_module.MAX_INDEX_BACKOFF_S) == 60.0
+
+
+async def test_an_index_retried_for_a_session_deleted_meanwhile_ends() -> None:
+    h = Harness()
+    sid = h.closed_session()
+
+    failures = [0]
+
+    def deleted_after_a_few_failures() -> None:
+        failures[0] += 1
+        if failures[0] == 3:
+            h.store.apply(DeleteSession("acme", sid), T0)
+        raise RuntimeError("the embedder died")
+
+    h.while_indexing = deleted_after_a_few_failures
+    await h.run_queued()
+    assert len(h.sleeps) == 3 and h.jobs == [] and h.memory_ids() == set()
 
 
 async def test_a_session_deleted_while_it_is_indexed_leaves_nothing_in_memory() -> None:
@@ -504,6 +526,30 @@ async def test_a_slow_embedder_does_not_hold_up_ready_summaries() -> None:
     gate.set()
     await h.closing.drain()
     assert [h.view(sid)["index_status"] for sid in sids] == ["ready"] * 4
+
+
+async def test_no_more_summaries_than_concurrent_summaries_are_made_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = Harness(concurrent_summaries=2, model_pass="off")
+    sids = [h.closed_session() for _ in range(6)]
+    running, most = [0], [0]
+    lock = threading.Lock()
+    real = job_module.extract_of
+
+    def slow_extract(c: Conversation) -> str:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)  # a slow extract, in the job's thread
+        with lock:
+            running[0] -= 1
+        return real(c)
+
+    monkeypatch.setattr(job_module, "extract_of", slow_extract)
+    await h.run_queued()
+    assert most[0] == 2, "two at a time, never more, and the slots were used"
+    assert [h.view(sid)["summary_status"] for sid in sids] == ["ready"] * 6
 
 
 async def test_empty_model_text_is_rejected_and_an_empty_extract_fails_the_attempt() -> None:
@@ -712,11 +758,17 @@ async def test_summary_state_survives_the_log_and_snapshot_codec(monkeypatch: py
 
 async def test_a_restart_resumes_the_index_of_a_ready_summary_then_its_upgrade(tmp_path: Path) -> None:
     h = durable_harness(tmp_path, max_attempts=1)
-    h.embed_failures_left = 5  # the shard stops with the summary ready and its index pending
+    assert h.durable is not None
+    durable = h.durable
+
+    def stopping() -> None:  # the shard stops with the summary ready and its index pending
+        durable.drain(Unavailable("stopping", {}))
+        raise RuntimeError("the embedder died")
+
+    h.while_indexing = stopping
     sid = h.closed_session(messages=2)
     await h.run_queued()
     assert (h.view(sid)["summary_status"], h.view(sid)["index_status"]) == ("ready", "pending")
-    assert h.durable is not None
     h.durable.close(snapshot=False)  # the log alone must bring the pending index back
     again = durable_harness(tmp_path)
     assert again.store.unfinished_summaries() == [("acme", sid)]

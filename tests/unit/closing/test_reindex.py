@@ -180,18 +180,16 @@ async def test_memory_unavailable_is_retried_and_the_ready_summary_never_changes
     assert target.jobs == [] and target.outcomes == [("index_retried", None)] * 2, "no summary attempt"
 
 
-async def test_a_reindex_out_of_attempts_stays_pending_and_the_next_start_resumes_it() -> None:
+async def test_a_reindex_past_max_attempts_is_still_retried_until_memory_takes_it() -> None:
     source, sid = await summarized()
     target = Importer(max_attempts=2)
-    target.index_failures_left = 2
+    target.index_failures_left = 5
     target.take(source, sid)
     await target.run_queued()
     view = target.view(sid)
-    assert kept(view) == kept(source.view(sid)) and view["index_status"] == "pending"
-    assert target.store.unfinished_summaries() == [("acme", sid)]
-    target.closing.submit(target.store.unfinished_summaries())  # as a shard's start does
-    await target.closing.drain()
-    assert target.view(sid)["index_status"] == "ready" and target.jobs == []
+    assert kept(view) == kept(source.view(sid)) and view["index_status"] == "ready"
+    assert target.sleeps == [1.0, 2.0, 4.0, 8.0, 16.0] and target.jobs == []
+    assert target.store.unfinished_summaries() == []
 
 
 async def test_a_summary_asked_for_during_the_reindex_is_made_by_the_same_run() -> None:
