@@ -166,7 +166,8 @@ def build_server() -> MCPServer:
 
     @server.tool()
     async def close_session(session_id: str, ctx: Context) -> dict[str, Any]:
-        """Close the session: what was said goes into session memory, and a summary follows."""
+        """Close the session: its summary is made first (summary_status ready), then what was said
+        and that summary go into session memory (index_status ready: searchable)."""
         return await _run(ctx, lambda caller: sessions.close_session(session_id, caller))
 
     return server

@@ -116,7 +116,7 @@ class SessionShardMetrics(ShardMetrics):
         self.summary_jobs = Counter(
             "session_engine_summary_attempts",
             "Summary attempts by how they ended (ready, retried, failed), failed attempts to index a "
-            "ready summary's session (index_retried, index_failed), and the model's upgrades of "
+            "ready summary's session (index_retried: always retried), and the model's upgrades of "
             "ready summaries (upgrade_kept, upgrade_rejected, upgrade_skipped, upgrade_failed).",
             ["outcome"],
             registry=self.registry,
@@ -154,7 +154,8 @@ class SessionShardMetrics(ShardMetrics):
             sessions,
             gauge(
                 "session_engine_summary_queue",
-                "Summary jobs queued or running on the shard.",
+                "Closing jobs in flight on the shard: making a summary, or with a ready summary "
+                "waiting for an indexing slot, being indexed or between index retries.",
                 summary_jobs,
             ),
             gauge(
