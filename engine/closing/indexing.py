@@ -75,7 +75,7 @@ async def index_session(ports: ClosingPorts, org: str, session: ClosedSession, l
         by_seq = {**known, **{turn.metadata["seq"]: row for turn, row in zip(fresh, vectors, strict=True)}}
         every = np.vstack([by_seq[turn.metadata["seq"]] for turn in turns])
         whole_vector = session_vector(every)
-        windows, window_rows = window_entries(turns, every)
+        windows, window_rows = window_entries(turns, every, session.closed_at)
         entries, rows = [*fresh, *windows], np.vstack([vectors, window_rows]) if fresh else window_rows
     else:  # nothing said that is indexed (only tool messages, say): the name stands for it
         whole_vector = await _vectors(ports, [session.name])

@@ -148,11 +148,15 @@ def turn_entries(session: ClosedSession) -> list[Entry]:
     return entries
 
 
-def window_entries(turns: Sequence[Entry], vectors: np.ndarray) -> tuple[list[Entry], np.ndarray]:
+def window_entries(
+    turns: Sequence[Entry], vectors: np.ndarray, closed_at: int | None = None
+) -> tuple[list[Entry], np.ndarray]:
     """One window per turn of `turns` (a session's indexed messages in order, all of them, and
     their vectors, one row each): the turn with one neighbour on each side, its vector the
     normalised mean of theirs. No text: a window is found by meaning only (its turns are already
-    found by their words). Its time is its last message's, when the turns carry times."""
+    found by their words). Its time is the session's close (`closed_at`), when windows go into
+    memory, as the whole-session entry's is, so `as_of` finds them exactly when it finds that;
+    without one, its last message's, when the turns carry times."""
     entries, rows = [], []
     for i, turn in enumerate(turns):
         near = turns[max(0, i - 1) : i + 2]
@@ -162,7 +166,9 @@ def window_entries(turns: Sequence[Entry], vectors: np.ndarray) -> tuple[list[En
             "seq": turn.metadata["seq"],
         }
         times = [t.metadata["created_at"] for t in near if "created_at" in t.metadata]
-        if times:
+        if closed_at is not None:
+            metadata["created_at"] = closed_at
+        elif times:
             metadata["created_at"] = max(times)
         entries.append(Entry(f"{turn.id}{WINDOW_SUFFIX}", "", metadata))
         rows.append(session_vector(vectors[max(0, i - 1) : i + 2])[0])
@@ -176,8 +182,11 @@ def said(turn_text: str) -> str:
 
 
 def session_entry(session: ClosedSession, turns: Sequence[Entry]) -> Entry:
+    """The whole session's entry. `windows` says that its windows were written with it (by
+    `index_session`, whenever it has turns): a session indexed before windows existed has none,
+    and a query scores it over the signals it has (`_carried`)."""
     text = "\n".join([session.name, *(said(turn.text) for turn in turns)])
-    metadata = {
+    metadata: dict[str, Any] = {
         "session_id": session.session_id,
         "kind": "session",
         "name": session.name,
@@ -186,6 +195,8 @@ def session_entry(session: ClosedSession, turns: Sequence[Entry]) -> Entry:
         "message_count": len(session.messages),
         "status": session.status,
     }
+    if turns:
+        metadata["windows"] = True
     return Entry(session.session_id, text, metadata)
 
 
@@ -480,36 +491,42 @@ def _carried(
     indexes: SessionIndexes, found: Signals, weights: Mapping[str, float], past: Past | None
 ) -> list[tuple[str, float]]:
     """The fused ranking, each session's sum divided by the weight of the signals it can be listed
-    in rather than by all of them: a session with no whole-session entry (open, completed,
-    expired, or closed and not yet indexed; or closed after `past`'s moment) has only its turns,
-    and against the full weight it would rank below closed sessions that match the query less. A
-    session listed in a ranking of anything but turns has more than turns; the others are looked
-    up."""
+    in, rather than by all of them. Not every session has every kind of entry: an open, completed
+    or expired session, or a closed one not yet indexed (or closed after `past`'s moment), has only
+    its turns; one whose summary failed has no summary; one indexed before windows existed has no
+    windows. Against the full weight, such a session would rank below sessions that match the query
+    less but have more kinds of entry. Each is looked up by id (its session and summary entries)."""
     fused = fuse(found.rankings, weights, SCALES)
-    total = sum(w for name, w in weights.items() if w > 0 and name in found.rankings)
-    turns_only = sum(weights.get(name, 0.0) for name in TURN_SIGNALS if name in found.rankings)
-    if not fused or total <= 0 or turns_only <= 0 or turns_only >= total:
+    present = {name: w for name, w in weights.items() if w > 0 and name in found.rankings}
+    total = sum(present.values())
+    if not fused or total <= 0 or set(present) <= set(TURN_SIGNALS):
         return fused
-    more = {sid for name, ranking in found.rankings.items() if name not in TURN_SIGNALS for sid, _ in ranking}
-    unsure = [sid for sid, _ in fused if sid not in more]
-    more |= _with_whole_entry(indexes.whole, unsure, None if past is None else past.whole)
-    rescored = [(sid, score if sid in more else score * total / turns_only) for sid, score in fused]
+    rescored = []
+    for session_id, score in fused:
+        kinds = _kinds_of(indexes.whole, session_id, past)
+        carried = sum(w for name, w in present.items() if name.rpartition("_")[0] in kinds)
+        rescored.append((session_id, score * total / carried if 0 < carried < total else score))
     return sorted(rescored, key=lambda pair: -pair[1])  # stable: a tie keeps the fused order
 
 
-def _with_whole_entry(
-    index: NamespaceIndex | None, session_ids: Sequence[str], existing: Collection[int] | None
-) -> set[str]:
-    """Those of these sessions whose whole-session entry is in memory (not a live stand-in), of
-    the `existing` entries (None: all)."""
-    if index is None or not session_ids:
-        return set()
-    out = set()
-    for faiss_id in index.select({"session_id": {"$in": list(session_ids)}, "kind": "session"}) or ():
-        entry = index.entry(faiss_id)
-        if entry is not None and not entry[1].get("live") and (existing is None or faiss_id in existing):
-            out.add(str(entry[1].get("session_id")))
-    return out
+def _kinds_of(whole: NamespaceIndex | None, session_id: str, past: Past | None) -> set[str]:
+    """The kinds of entry a session has in memory (as of `past`): turns (assumed: a session found
+    at all has some, or is found by its name), and its whole-session entry, windows and summary."""
+    kinds = {"turn"}
+    existed = None if past is None else past.whole
+    session = _entry_of(whole, session_id)
+    if session is not None and (existed is None or session[0] in existed):
+        kind = _kind(session[1])
+        if kind == "legacy":  # an older engine's one entry per session, its summary
+            kinds.add("summary")
+        elif kind == "session" and not session[1].get("live"):
+            kinds.add("session")
+            if session[1].get("windows"):
+                kinds.add("window")
+    summary = _entry_of(whole, f"{session_id}#summary")
+    if summary is not None and (existed is None or summary[0] in existed):
+        kinds.add("summary")
+    return kinds
 
 
 def _chosen_sessions(whole: NamespaceIndex | None, where: Where | None) -> list[str] | None:
@@ -628,8 +645,8 @@ def _match(
     if summary is not None and past is not None and summary[0] not in past.whole:
         summary = None  # made after as_of
     metadata: dict[str, Any] = dict(session[1]) if session else {"session_id": session_id}
-    metadata.pop("kind", None)
-    metadata.pop("live", None)
+    for internal in ("kind", "live", "windows"):
+        metadata.pop(internal, None)
     if session is not None:
         metadata.setdefault("status", UNSTATED_STATUS)  # what a status filter takes it for
     if summary is not None and whole is not None:

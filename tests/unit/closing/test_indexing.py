@@ -14,7 +14,15 @@ from engine.closing.indexing import forget_sessions, index_session
 from engine.memory import sessions
 from engine.memory.index import IndexParams, NamespaceIndex
 from engine.memory.ops import MemoryOp, SessionTurnVectors
-from engine.memory.sessions import SESSION_MEMORY, SESSIONS_OF_MEMORY, ClosedSession, Past, SessionIndexes
+from engine.memory.sessions import (
+    SESSION_MEMORY,
+    SESSIONS_OF_MEMORY,
+    ClosedSession,
+    Past,
+    SessionIndexes,
+    turn_entries,
+    window_entries,
+)
 from engine.memory.store import MemoryStore
 from engine.models.summarizer import Conversation, Summary
 
@@ -81,30 +89,32 @@ def test_each_indexed_turn_gets_a_window_of_its_neighbours_normalised_mean() -> 
         metadata, vector, text = windows[f"sess_a#{seq}#window"]
         mean = np.mean([turns[n] for n in near], axis=0)
         np.testing.assert_allclose(vector, mean / np.linalg.norm(mean), atol=1e-6)
-        assert metadata == {"session_id": "sess_a", "kind": "window", "seq": seq} and text is None
+        assert metadata == {"session_id": "sess_a", "kind": "window", "seq": seq, "created_at": 9_000}
+        assert text is None
 
 
-def test_a_window_carries_its_last_messages_time() -> None:
+def test_a_window_is_timed_at_the_close_that_wrote_it() -> None:
+    """Windows go into memory at close, as the whole-session entry does: `as_of` a moment before
+    it finds the turns said by then and no window; from the close on, every window."""
     memory = Memory()
     asyncio.run(index_session(memory, "acme", closed(times=[1_100, 1_200, 1_300, 1_400, 1_500])))
-    times = {
-        external: metadata["created_at"] for external, (metadata, _, _) in memory.entries("window").items()
-    }
-    assert times == {
-        "sess_a#1#window": 1_300,
-        "sess_a#3#window": 1_400,
-        "sess_a#4#window": 1_500,
-        "sess_a#5#window": 1_500,
-    }
-
-
-def test_as_of_hides_a_window_whose_last_message_was_said_later() -> None:
-    memory = Memory()
-    asyncio.run(index_session(memory, "acme", closed(times=[1_100, 1_200, 1_300, 1_400, 1_500])))
+    times = {metadata["created_at"] for metadata, _, _ in memory.entries("window").values()}
+    assert times == {9_000}
     index = memory.index_of()
-    past = Past.of(memory.indexes(), 1_400)
-    seen = {index.entry(i)[0] for i in past.turns if index.entry(i)[1]["kind"] == "window"}  # type: ignore[index]
-    assert seen == {"sess_a#1#window", "sess_a#3#window"}
+
+    def windows_as_of(moment: int) -> set[str]:
+        past = Past.of(memory.indexes(), moment)
+        return {index.entry(i)[0] for i in past.turns if index.entry(i)[1]["kind"] == "window"}  # type: ignore[index]
+
+    assert windows_as_of(8_999) == set()
+    assert len(windows_as_of(9_000)) == 4
+
+
+def test_a_window_without_a_close_time_takes_its_last_messages() -> None:
+    session = ClosedSession("sess_a", "chat", 1_000, None, list(SAID), [1_100, 1_200, 1_300, 1_400, 1_500])
+    turns = turn_entries(session)
+    windows, _ = window_entries(turns, np.eye(len(turns), dtype=np.float32))
+    assert [w.metadata["created_at"] for w in windows] == [1_300, 1_400, 1_500, 1_500]
 
 
 def test_indexing_again_replaces_the_windows_and_forgetting_removes_them() -> None:

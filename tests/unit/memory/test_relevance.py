@@ -65,8 +65,8 @@ def test_relevance_leaves_the_order_and_scores_of_the_matches_as_fused() -> None
     indexes = indexes_of(memory)
     for text in ("beagle Biscuit shelter", "tax return", "kayak", "nothing of the sort"):
         vector = embed([text])[0]
-        rankings = sessions.signals(indexes, vector, text, 10).rankings
-        fused = sessions.fuse(rankings, sessions.WEIGHTS, sessions.SCALES)[:10]
+        found = sessions.signals(indexes, vector, text, 10)
+        fused = sessions._carried(indexes, found, sessions.WEIGHTS, None)[:10]
         matches = sessions.search(indexes, vector, text, 10)
         assert [(m.id, m.score) for m in matches] == fused, text
     first, second, _ = sessions.search(

@@ -303,3 +303,30 @@ def test_an_open_session_ranks_by_its_turns_against_closed_ones(mode: str) -> No
     )
     asyncio.run(index_live(memory, {"acme": [(open_one, 2)]}))
     assert memory.query("what is my dog called Biscuit", mode=mode)[0].id == "open_1"
+
+
+def test_a_session_indexed_before_windows_ranks_by_what_it_has(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older engine wrote no windows: such a session is scored over the signals it has, so a
+    newer session that matches the query less does not outrank it for its windows alone."""
+    import engine.closing.indexing as indexing  # its window writer, replaced for the older engine
+
+    memory = Memory()
+    memory.close(
+        "acme", "sess_filler", "chat", ("user", "the weather was sunny"), ("assistant", "nice beach day")
+    )
+    rex = ("user", "what is my dog called"), ("assistant", "your dog is called Rex"), ("user", "thanks a lot")
+    memory.close("acme", "sess_new", "chat", *rex)
+    with monkeypatch.context() as older:
+        older.setattr(indexing, "window_entries", lambda turns, vectors, closed_at=None: ([], vectors[:0]))
+        plain = indexing.session_entry
+
+        def without_windows(session: ClosedSession, turns: Sequence[Any]) -> Any:
+            entry = plain(session, turns)
+            entry.metadata.pop("windows", None)
+            return entry
+
+        older.setattr(indexing, "session_entry", without_windows)
+        memory.close("acme", "sess_old", "chat", ("user", "my dog is called Biscuit"))
+    assert not any(i.startswith("sess_old") and i.endswith("#window") for i in memory.ids())
+    for mode in ("dense", "hybrid"):
+        assert memory.query("what is my dog called Biscuit", mode=mode)[0].id == "sess_old", mode
