@@ -167,11 +167,17 @@ def test_a_session_feed_carries_what_happens_to_the_session(api: Api) -> None:
         # The summary follows in the background (the tests' tiny model).
         done = sse.wait_for(5, timeout_s=90)[4]
         assert done[1] in ("summary.ready", "summary.failed") and done[2]["session_id"] == sid
+        if done[1] == "summary.ready":  # then searchable: the index follows the summary
+            indexed = sse.wait_for(6, timeout_s=90)[5]
+            assert indexed[1] == "session.indexed" and indexed[2]["index_status"] == "ready"
+            assert indexed[2]["indexed_at"] >= done[2]["summary_provenance"]["created_at"]
     # A feed opened afterwards starts with the state its events led to.
     with feed(api, f"/sessions/{sid}/events") as later:
         state = later.events[0][2]["session"]
         assert state["status"] == "closed" and state["summary_status"] == done[1].split(".")[1]
         assert (state["summary"] is not None) == (done[1] == "summary.ready")
+        if done[1] == "summary.ready":
+            assert state["index_status"] == "ready"
 
 
 def test_a_feed_resumes_from_last_event_id_with_no_gap_and_no_duplicate(api: Api) -> None:
