@@ -31,8 +31,8 @@ how close the query is to what the session said, whatever else was found. A mini
 matches below it; it never changes the order of the others.
 
 A query may ask for memory as it stood at a moment (`as_of`, epoch ms): then it sees only the
-entries that existed by then (`Past`): turns said by then, windows whose last message was said by
-then, whole-session entries of sessions closed by then, summaries made by then. Without `as_of`
+entries that existed by then (`Past`): turns said by then, windows and whole-session entries of
+sessions closed by then, summaries made by then. Without `as_of`
 nothing of this is computed.
 """
 
@@ -562,8 +562,8 @@ def _status_holds(metadata: Mapping[str, Any], condition: Any) -> bool:
 @dataclass(slots=True, frozen=True)
 class Past:
     """The entries of each index that existed at `as_of` (their FAISS ids): a turn said by then; a
-    window whose last message was said by then (its time); a session entry of a session closed by
-    then (its whole transcript existed); a summary made by then. A session still open then is found
+    window written by then (its time: the close that wrote it); a session entry of a session closed
+    by then (its whole transcript existed); a summary made by then. A session still open then is found
     by its turns said by then only. A turn counts from its message's time or its session's creation,
     whichever is later: a fork or an import copies messages with the times they were first said, but
     they were not in this session before it existed. Entries indexed before they carried times count
@@ -605,7 +605,7 @@ def _entries(
 
 def _existed_at(metadata: Mapping[str, Any], sessions: Mapping[str, Mapping[str, Any]]) -> Any:
     """When an entry's content existed: a turn's message was said in its session (not before the
-    session was created: a fork's or an import's copies), a window's last message likewise, a
+    session was created: a fork's or an import's copies), a window was written (its time), a
     session was closed (its whole
     transcript), a summary was made. An older engine's one entry per session was made at close."""
     kind = _kind(metadata)
