@@ -76,9 +76,9 @@ WINDOW_SUFFIX = "#window"  # a window's id: its centre turn's, and this
 # stands out from the rest.
 WEIGHTS: Mapping[str, float] = {
     "turn_dense": 1.0,
-    "turn_lexical": 0.1,
+    "turn_lexical": 0.05,
     "session_dense": 1.0,
-    "session_lexical": 0.2,
+    "session_lexical": 0.3,
     "summary_dense": 0.5,
     "summary_lexical": 0.1,
     "window_dense": 0.5,
