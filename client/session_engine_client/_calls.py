@@ -256,8 +256,9 @@ def summary_cursor(retry: RetryPolicy, session_id: str, timeout: float) -> FeedC
     )
 
 
-# A wait with `searchable` reads the session again while its index is pending (the feed has no
-# event for it), pausing this long at first, doubling up to the longest.
+# A wait with `searchable` reads the session again while its index is pending, pausing this long
+# at first, doubling up to the longest. (Servers that send `session.indexed` on the feed would let
+# it wait on the feed instead; older ones send none, and reading works with both.)
 INDEX_PAUSE_S = 0.1
 INDEX_PAUSE_MAX_S = 1.0
 

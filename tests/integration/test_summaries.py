@@ -178,11 +178,12 @@ def test_a_completed_session_gets_no_summary_and_its_turns_are_found_as_complete
         time.sleep(0.1)
     assert match["metadata"].get("summary") is None
     assert match["metadata"]["closed_at"] is not None
-    # The stand-in's text is the session's name: a lexical query for it would find the stand-in
-    # if stand-ins ranked.
-    assert sid not in memory_ids(ray_api, query_text="Quillmarsh", mode="lexical"), (
-        "a lexical query ranks whole-session entries, and it has none (its stand-in ranks nowhere)"
-    )
+    # Lexically it is found by its turns too (each turn's text starts with the session's name),
+    # with them as highlights: its stand-in, whose text is the name alone, ranks nowhere.
+    body = {"namespace": "session-memory", "query_text": "Brindlewick lantern", "mode": "lexical"}
+    found = ray_api.post("/vectors/query", json=body).json()["matches"]
+    [lexical] = [m for m in found if m["id"] == sid]
+    assert any("Brindlewick" in h["content"] for h in lexical["metadata"]["highlights"]), lexical
 
 
 def test_summarize_runs_it_again_and_an_active_session_is_refused(ray_api: Api) -> None:
