@@ -5,6 +5,7 @@ the upgrades queued in their sessions instead of waiting on it for ever."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,12 @@ async def test_a_summarizer_that_fails_to_load_fails_queued_and_later_upgrades(
         loading.wait(5)  # (in the pool's loading thread)
         raise OSError("no model there")
 
+    # Into the globals the pool's loading method runs with, not only the module as this file
+    # imported it: in a whole run (Ray up in this process, hundreds of tests before) the module's
+    # attribute was patched while the method still found the real function, which converted the
+    # default model for seconds and outran the wait below.
     monkeypatch.setattr(model_actors, "summarizer_directory", no_model)
+    monkeypatch.setitem(inspect.unwrap(Pool._start_workers).__globals__, "summarizer_directory", no_model)
     config = load_config(data_dir=tmp_path)
     pool = Pool(config)
     conversation = Conversation("trip", ((1, "user", "We went to Lisbon."),), 1)
