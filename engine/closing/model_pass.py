@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 
 from engine.models.summarizer import Conversation, Summary
+from engine.storage.private import make_directory
 
 from .summary import judged
 
@@ -112,7 +113,7 @@ class Acceptance:
         and renamed, so a crash leaves the old window or the new one, never half of one."""
         if self._file is None:
             return
-        self._file.parent.mkdir(parents=True, exist_ok=True)
+        make_directory(self._file.parent)  # 0700 whatever the umask, as every data directory
         fd, part = tempfile.mkstemp(dir=self._file.parent, prefix=f"{self._file.name}.", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out:

@@ -4,6 +4,7 @@ it, kept per model in a file so a restart remembers; with a fake generate in pla
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -158,3 +159,16 @@ async def test_verdicts_judged_at_once_are_saved_one_at_a_time_whole(
     assert most == 1, "one writer at a time"
     assert window(tmp_path, size=50).describe()["judged"] == 16
     assert [p.name for p in tmp_path.iterdir()] == [ACCEPTANCE_FILE], "no temporary file left"
+
+
+def test_the_window_file_goes_into_a_private_directory_whatever_the_umask(tmp_path: Path) -> None:
+    """The first writer of <data_dir>/models may be the window, before any model is converted."""
+    previous = os.umask(0o002)
+    try:
+        acceptance = Acceptance("auto", 3, "tiny", tmp_path / "models" / ACCEPTANCE_FILE)
+        acceptance.record(True)
+        acceptance.save()
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "models").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "models" / ACCEPTANCE_FILE).stat().st_mode & 0o777 == 0o600
