@@ -47,11 +47,11 @@ def scaled(scores: Sequence[float], scale: Scale = "range") -> list[float]:
     if not scores:
         return []
     values = np.asarray(scores, dtype=np.float64)
-    worst = float(values.min())
     if scale == "spread":
         matched = np.maximum(values, 0.0)
         deviation = float(np.append(matched, 0.0).std())
         return (matched / deviation).tolist() if deviation > 0 else [0.0] * len(values)
+    worst = float(values.min())
     span = float(values.max()) - worst
     return ((values - worst) / span).tolist() if span > 0 else [1.0] * len(values)
 
