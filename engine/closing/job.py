@@ -16,7 +16,8 @@ so a summary is `ready` as soon as its extract is made, whatever the embedder's 
    and so does a shard that takes no changes now (drained or read-only): the job could record
    nothing, and the shard resumes it once it takes changes again.
 2. Index only (a summary made before a crash, or an import's re-index): straight to step 6.
-3. A session without messages fails at once, for good (FailSummary, final).
+3. A session without messages fails at once, for good (FailSummary, final): nothing of it to
+   index (`index_status: failed`).
 4. StartSummary, one record: the summary is running, attempt + 1. Nothing to start (deleted
    meanwhile) ends the job.
 5. The conversation cut by characters (engine.closing.summary) and its extract, in a thread off
@@ -30,7 +31,10 @@ so a summary is `ready` as soon as its extract is made, whatever the embedder's 
    in session memory (those live memory put in are read back, the rest embedded) with the
    whole-session entry (the mean of every turn's vector, replacing live memory's stand-in) in one
    upsert, then the summary's entry (embed, one upsert; made at the summary's time), then
-   MarkIndexed, one record: `index_status: ready`, and the feeds' `session.indexed` event. Turns
+   MarkIndexed, one record: `index_status: ready`, and the feeds' `session.indexed` event. The
+   mark names the session's created_at: one made for a session deleted meanwhile and imported
+   again under its id is not applied, and the job starts again at step 1 for the new one (its
+   import's job is this one, already running). Turns
    already there (a summary asked for again) are not indexed again: only the summary goes in.
    Deleted meanwhile: what went in is taken out. A summary asked for meanwhile goes back to step
    1, and its index follows. Once indexed, the summary's upgrade is queued, if it is.
@@ -43,18 +47,19 @@ snapshot I/O shares, so a burst of closes or an import of many sessions waits fo
 than starting a thread apiece.
 
 A step of 1-5 that raises fails the attempt: FailSummary, back to pending, and after a backoff that
-doubles the attempt runs again from step 1; once the attempts are used up the failure is final,
-with its reason (the session is then left to live memory, `index_status: failed`, unless an
-import's re-index was queued before). A failed attempt counts whether or not it reached step 4
-(engine.sessions.session). A failed index (step 6) records nothing, since the summary is not its
-to fail: the summary stays `ready` and the index is retried with the same backoff, capped at
-MAX_INDEX_BACKOFF_S, until it is done (a memory shard read-only or restarting for long must not
-leave a session unsearchable until the next start). Only the session gone, the shard taking no
-changes (it resumes the job once it does) or the job cancelled (a drain or a stop, resumed at the
-next start) end it sooner; each retry waits outside the slots. A crash anywhere resumes from the
-log: before FinishSummary the summary is made again; after it, only the index runs. Every upsert
-names its entries by session and seq, so an index done twice replaces what went in: nothing
-doubles.
+doubles the attempt runs again from step 1; once the attempts are used up (or the log refused the
+summary) the failure is final. A failed summary does not keep the session out of session memory:
+before the failure is recorded, its turns and session entry go in as in step 6 (no summary entry;
+retried as step 6 is) and MarkIndexed (`index_status: ready`), then FailSummary, final, with its
+reason; a crash in between resumes the job, so nothing is left out. A failed attempt counts whether
+or not it reached step 4 (engine.sessions.session). A failed index (step 6) records nothing, since
+the summary is not its to fail: the summary stays `ready` and the index is retried with the same
+backoff, capped at MAX_INDEX_BACKOFF_S, until it is done (a memory shard read-only or restarting for
+long must not leave a session unsearchable until the next start). Only the session gone, the shard
+taking no changes (it resumes the job once it does) or the job cancelled (a drain or a stop, resumed
+at the next start) end it sooner; each retry waits outside the slots. A crash anywhere resumes from
+the log: before FinishSummary the summary is made again; after it, only the index runs. Every upsert
+names its entries by session and seq, so an index done twice replaces what went in: nothing doubles.
 
 An upgrade (`_upgrade`) runs after step 6, in slots of its own (`concurrent_upgrades`), so it never
 holds up a later close. It never starts before the summary's entry is in session memory, since it
@@ -141,6 +146,15 @@ Outcome = Callable[[str, float | None], None]
 
 class _Gone(Exception):
     """The session was deleted while its job ran, after the job put something in its memory."""
+
+
+class _Replaced(Exception):
+    """The session was deleted and another made under its id (an import) while its job indexed:
+    the mark was not the new session's, so the job starts again from step 1 for it."""
+
+
+class _Refused(Exception):
+    """The log refused the summary's text: the job fails for good, whatever attempt it was."""
 
 
 def backoff_s(config: SummarizerConfig, attempt: int, cap_s: float = float("inf")) -> float:
@@ -248,9 +262,15 @@ class ClosingJobs:
         # close never waits behind other sessions' indexing for it. Only the indexing, which waits
         # on the embedder, takes one of the `concurrent_jobs` slots.
         try:
-            while await self._summaries(org, session_id):
-                if not await self._indexes(org, session_id):
+            while True:
+                try:
+                    while await self._summaries(org, session_id):
+                        if not await self._indexes(org, session_id, self._index):
+                            return
                     return
+                except _Replaced:
+                    # Its import queued a job while this one ran, which this run takes over.
+                    log.info("session replaced while indexed", extra={"org": org, "session_id": session_id})
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -269,8 +289,8 @@ class ClosingJobs:
                 async with self._summary_slots:
                     return await self._attempt(org, session_id)
             except Exception as exc:  # noqa: BLE001 - whatever failed, the attempt failed; its reason is kept
-                final = attempt == config.max_attempts
-                reason = failure_reason(exc)
+                final = attempt == config.max_attempts or isinstance(exc, _Refused)
+                reason = str(exc) if isinstance(exc, _Refused) else failure_reason(exc)
                 log.warning(
                     "summary attempt failed",
                     extra={
@@ -281,6 +301,11 @@ class ClosingJobs:
                         "reason": reason,
                     },
                 )
+                # A summary that fails for good must not keep the session out of session memory:
+                # its turns and session entry go in first, so a crash before the failure is
+                # recorded resumes the job rather than leaving them out for good.
+                if final and not await self._indexes(org, session_id, self._index_unsummarized):
+                    return False  # gone, or the shard took no changes: as an index of step 6
                 if isinstance(await self._one(FailSummary(org, session_id, reason, final)), EngineError):
                     return False  # the shard took no changes meanwhile: nothing counted, it resumes the job
                 self._outcome("failed" if final else "retried", None)
@@ -323,23 +348,23 @@ class ClosingJobs:
         if isinstance(done, EngineError):
             # The summary could not be stored (the log refused its text): a failed job, not one
             # left running for ever.
-            await self._one(FailSummary(org, session_id, f"the summary was refused: {done}", True))
-            self._outcome("failed", None)
-            return False
+            raise _Refused(f"the summary was refused: {done}"[:MAX_REASON_CHARS])
         made_at = done["summary_provenance"]["created_at"]
         lag_s = None if job.ended_at is None else max(0.0, (made_at - job.ended_at) / 1000)
         self._outcome("ready", lag_s)
         return True
 
-    async def _indexes(self, org: str, session_id: str) -> bool:
-        """Step 6, retried until it is done (the module's docstring says what ends it sooner); whether
-        a summary asked for meanwhile is to be made (steps 1-5 again)."""
+    async def _indexes(self, org: str, session_id: str, step: Callable[[str, str], Awaitable[bool]]) -> bool:
+        """`step` (step 6, or the index of a session whose summary failed for good), retried until it
+        is done (the module's docstring says what ends it sooner); what it answers."""
         attempt = 0
         while True:
             attempt += 1
             try:
                 async with self._slots:  # each attempt in a slot; the waits between them in none
-                    return await self._index(org, session_id)
+                    return await step(org, session_id)
+            except _Replaced:
+                raise
             except _Gone:
                 await forget_sessions(self._ports, org, [session_id])
                 return False
@@ -373,9 +398,7 @@ class ClosingJobs:
         if job.summary is not None:
             text, method, made_at = job.summary
             await index_summary(self._ports, org, session_id, text, method, made_at=made_at)
-        done = await self._one(MarkIndexed(org, session_id, entries))
-        if isinstance(done, SessionNotFound):
-            raise _Gone
+        done = await self._mark(org, session_id, job, entries)
         if isinstance(done, EngineError):
             return False  # the shard took no changes meanwhile: still queued, it resumes the job
         if done["summary_status"] in ("pending", "running"):
@@ -389,6 +412,30 @@ class ClosingJobs:
                 lambda: self.submit_upgrades([(org, session_id)], resumed=False)
             )
         return False
+
+    async def _index_unsummarized(self, org: str, session_id: str) -> bool:
+        """A session whose summary failed for good, before the failure is recorded: its turns and
+        session entry into session memory (no summary entry), then MarkIndexed. Whether the job
+        goes on to record the failure (the shard took no changes, or nothing is queued: it does not)."""
+        if self._settled is not None:
+            await self._settled(org, session_id)
+        job = await self._one(SummaryJob(org, session_id))
+        if job is None or isinstance(job, EngineError) or not self._writable():
+            return False
+        if job.indexed or job.reindex:
+            return True  # its turns are in already (a summary asked for again)
+        entries = await index_session(self._ports, org, closed_session(session_id, job), job.live_through)
+        return not isinstance(await self._mark(org, session_id, job, entries), EngineError)
+
+    async def _mark(self, org: str, session_id: str, job: SummaryInput, entries: int | None) -> Any:
+        """MarkIndexed for the session the job read (its view, or the error the shard answered):
+        _Gone if it was deleted, _Replaced if another session has its id now."""
+        done = await self._one(MarkIndexed(org, session_id, entries, job.created_at))
+        if isinstance(done, SessionNotFound):
+            raise _Gone
+        if done is None:
+            raise _Replaced
+        return done
 
     async def _run_upgrade(self, org: str, session_id: str) -> None:
         try:

@@ -234,16 +234,20 @@ class UpgradeSummary(SessionOp):
 # A closing job marks the session indexed with this op once its turns and its ready summary are in
 # session memory (Session.reindex); logs written while a job indexed before its summary was made
 # marked it by StartSummary.
-@SESSION_OPS.logged("indexed", "_mark_indexed")
+@SESSION_OPS.logged("indexed", "_mark_indexed", log_without_result=False)
 @dataclass(slots=True, frozen=True)
 class MarkIndexed(SessionOp):
     """The session's messages, and its ready summary, are in its organization's session memory
     (searchable); the index it was queued for is done. `entries` None: only its summary went in
-    (its turns were in already), and the count stays."""
+    (its turns were in already), and the count stays. Answers the session's view, or None (not
+    logged) when the session under this id is not the one `created_at` names (the job's session
+    was deleted and another made under its id while it indexed)."""
 
     org: str
     session_id: str
     entries: int | None
+    # The created_at of the session the job read; checked when the op first runs, as quotas are.
+    created_at: int | None = unlogged()
 
 
 @dataclass(slots=True, frozen=True)

@@ -456,8 +456,10 @@ class SessionStore:
         )
         return session.view()
 
-    def _mark_indexed(self, op: MarkIndexed, now_ms: int) -> SessionView:
+    def _mark_indexed(self, op: MarkIndexed, now_ms: int) -> SessionView | None:
         session = self._find(op.org, op.session_id)
+        if op.created_at is not None and op.created_at != session.created_at:
+            return None  # made for a session since deleted: this one's own index has not run
         self._before_change(session)
         session.mark_indexed(op.entries, now_ms=now_ms)
         return session.view()

@@ -34,6 +34,7 @@ from engine.sessions.ops import (
     DeleteSession,
     EndSession,
     GetSession,
+    ImportSession,
     RequestSummary,
     SessionOp,
     UpgradeSummary,
@@ -338,7 +339,73 @@ async def test_the_last_failure_is_final_and_keeps_a_one_line_reason(monkeypatch
     assert (view["summary_status"], view["summary_attempts"]) == ("failed", 2)
     assert view["summary_error"] == "RuntimeError: the extract fell over"
     assert view["summary"] is None and h.sleeps == [1.0]
-    assert (view["index_status"], h.memory_ids()) == ("failed", set()), "left to live memory"
+
+
+async def test_a_summary_that_fails_for_good_still_puts_the_session_into_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = Harness(max_attempts=2)  # no live memory: the job is all that indexes the session
+    extract_fails(monkeypatch, 5)
+    sid = h.closed_session(messages=3)
+    await h.run_queued()
+    view = h.view(sid)
+    assert (view["summary_status"], view["index_status"]) == ("failed", "ready")
+    assert view["indexed_at"] is not None
+    assert h.memory_ids() == {f"{sid}#1", f"{sid}#2", f"{sid}#3", sid}, "its turns and session, no summary"
+    assert h.store.unfinished_summaries() == [] and h.jobs == [], "no upgrade of a summary it has not"
+
+
+async def test_a_failed_summarys_index_is_retried_before_the_failure_is_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = Harness(max_attempts=1)
+    extract_fails(monkeypatch, 1)
+    h.embed_failures_left = 2
+    seen: list[tuple[str, str]] = []
+    h.while_indexing = lambda: seen.append((h.view(sid)["summary_status"], h.view(sid)["index_status"]))
+    sid = h.closed_session(messages=2)
+    await h.run_queued()
+    view = h.view(sid)
+    assert (view["summary_status"], view["index_status"]) == ("failed", "ready")
+    assert h.sleeps == [1.0, 2.0] and [o for o, _ in h.outcomes] == ["index_retried"] * 2 + ["failed"]
+    assert seen[0] == ("running", "pending"), "a crash meanwhile resumes the job: nothing is left out"
+    assert h.memory_ids() == {f"{sid}#1", f"{sid}#2", sid}
+
+
+async def test_a_mark_made_for_a_deleted_session_does_not_mark_the_one_imported_under_its_id() -> None:
+    h = Harness(model_pass="off")
+    sid = h.closed_session(messages=2, content="the old session, turn {i}")
+    real = h.record
+    swapped = [False]
+
+    async def replaced_before_the_mark(ops: Sequence[SessionOp]) -> list[Any]:
+        if type(ops[0]).__name__ == "MarkIndexed" and not swapped[0]:
+            swapped[0] = True
+            # Deleted and imported again under its id (made an hour later) while its job indexed.
+            old = h.store.apply(GetSession("acme", sid), T0)
+            assert old["index_status"] == "pending"
+            new = decode_session(encode_session(h.store._sessions[("acme", sid)]))
+            new.created_at += 3_600_000
+            new.messages = [
+                m._replace(content=f"the new session, turn {i}") for i, m in enumerate(new.messages)
+            ]
+            h.store.apply(DeleteSession("acme", sid), T0)
+            h.store.apply(ImportSession("acme", sid, encode_session(new)), T0)
+            h.store.take_summary_jobs()  # queued while this job runs: this run takes it over
+        return await real(ops)
+
+    h.closing = ClosingJobs(replaced_before_the_mark, h, h.config, sleep=h.sleep)
+    await h.run_queued()
+    assert swapped[0]
+    view = h.view(sid)
+    assert view["created_at"] == T0 + 3_600_000 and view["index_status"] == "ready"
+    index = dict(h.memory.namespaces())[("acme", SESSION_MEMORY)]
+    texts = {
+        found[0]: index.text(i).rsplit("\n", 1)[-1]  # after the session's name
+        for i in index.ids_below(index.next_id)
+        if (found := index.entry(i)) is not None and found[1].get("kind") != "window"
+    }
+    assert texts == {f"{sid}#1": "the new session, turn 0", f"{sid}#2": "the new session, turn 1"}
 
 
 async def test_summarize_runs_a_failed_or_finished_summary_again(monkeypatch: pytest.MonkeyPatch) -> None:
