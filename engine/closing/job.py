@@ -54,12 +54,13 @@ retried as step 6 is) and MarkIndexed (`index_status: ready`), then FailSummary,
 reason; a crash in between resumes the job, so nothing is left out. A failed attempt counts whether
 or not it reached step 4 (engine.sessions.session). A failed index (step 6) records nothing, since
 the summary is not its to fail: the summary stays `ready` and the index is retried with the same
-backoff, capped at MAX_INDEX_BACKOFF_S, until it is done (a memory shard read-only or restarting for
-long must not leave a session unsearchable until the next start). Only the session gone, the shard
-taking no changes (it resumes the job once it does) or the job cancelled (a drain or a stop, resumed
-at the next start) end it sooner; each retry waits outside the slots. A crash anywhere resumes from
-the log: before FinishSummary the summary is made again; after it, only the index runs. Every upsert
-names its entries by session and seq, so an index done twice replaces what went in: nothing doubles.
+backoff, from at least MIN_INDEX_BACKOFF_S and capped at MAX_INDEX_BACKOFF_S, until it is done (a
+memory shard read-only or restarting for long must not leave a session unsearchable until the next
+start). Only the session gone, the shard taking no changes (it resumes the job once it does) or the
+job cancelled (a drain or a stop, resumed at the next start) end it sooner; each retry waits outside
+the slots. A crash anywhere resumes from the log: before FinishSummary the summary is made again;
+after it, only the index runs. Every upsert names its entries by session and seq, so an index done
+twice replaces what went in: nothing doubles.
 
 An upgrade (`_upgrade`) runs after step 6, in slots of its own (`concurrent_upgrades`), so it never
 holds up a later close. It never starts before the summary's entry is in session memory, since it
@@ -136,6 +137,10 @@ EXTRACT_MODEL = "extractive"  # the provenance's `model` of a summary no model h
 # shard back after a long outage takes the sessions that waited within this, without a retry
 # storm against it while it is out.
 MAX_INDEX_BACKOFF_S = 60.0
+# The first wait between a session's index attempts whatever `retry_backoff_s` says: they have no
+# attempt limit, so a backoff of 0 (allowed, and fine for the summary's few attempts) would retry
+# against a failing memory shard in a busy loop. The waits still double from it.
+MIN_INDEX_BACKOFF_S = 0.5
 
 # Told how each attempt ended ("ready", "retried", "failed") and, once ready, the seconds since
 # the session ended; each failed index attempt ("index_retried": it is always retried), and how
@@ -157,10 +162,13 @@ class _Refused(Exception):
     """The log refused the summary's text: the job fails for good, whatever attempt it was."""
 
 
-def backoff_s(config: SummarizerConfig, attempt: int, cap_s: float = float("inf")) -> float:
-    """The wait after failed attempt `attempt` (from 1): the job's backoff, doubled each time, at most
-    `cap_s`. The exponent stops growing long before a float would overflow."""
-    return min(cap_s, config.retry_backoff_s * 2.0 ** min(attempt - 1, 32))
+def backoff_s(
+    config: SummarizerConfig, attempt: int, cap_s: float = float("inf"), floor_s: float = 0.0
+) -> float:
+    """The wait after failed attempt `attempt` (from 1): the job's backoff (at least `floor_s`),
+    doubled each time, at most `cap_s`. The exponent stops growing long before a float would
+    overflow."""
+    return min(cap_s, max(floor_s, config.retry_backoff_s) * 2.0 ** min(attempt - 1, 32))
 
 
 def _extract(job: SummaryInput, config: SummarizerConfig) -> tuple[Conversation, str]:
@@ -381,7 +389,7 @@ class ClosingJobs:
                 if not self._writable():
                     return False  # nothing could be recorded: the shard resumes it once it takes changes
                 self._outcome("index_retried", None)
-                await self._sleep(backoff_s(self._config, attempt, MAX_INDEX_BACKOFF_S))
+                await self._sleep(backoff_s(self._config, attempt, MAX_INDEX_BACKOFF_S, MIN_INDEX_BACKOFF_S))
 
     async def _index(self, org: str, session_id: str) -> bool:
         """Step 6: the session, and its ready summary, into session memory, then MarkIndexed."""

@@ -511,6 +511,16 @@ def test_the_backoff_is_capped_however_many_attempts_failed() -> None:
     assert job_module.backoff_s(config, 10**6, job_module.MAX_INDEX_BACKOFF_S) == 60.0
 
 
+async def test_index_retries_wait_and_double_even_with_no_backoff() -> None:
+    h = Harness(retry_backoff_s=0.0, model_pass="off")
+    h.embed_failures_left = 4  # a memory shard that fails every attempt for a while
+    sid = h.closed_session()
+    await h.run_queued()
+    assert h.view(sid)["index_status"] == "ready"
+    floor = job_module.MIN_INDEX_BACKOFF_S
+    assert h.sleeps == [floor, 2 * floor, 4 * floor, 8 * floor], "never a busy loop against memory"
+
+
 async def test_an_index_retried_for_a_session_deleted_meanwhile_ends() -> None:
     h = Harness()
     sid = h.closed_session()
