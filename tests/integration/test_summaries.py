@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks.server import ServerProcess
 from engine.memory.relevance import RECOMMENDED_MIN_RELEVANCE
+from engine.memory.sessions import SCALES, WEIGHTS
 
 from .conftest import ORGS, Api, assert_error
 
@@ -19,6 +20,14 @@ MEMORY_FIELDS = {
     "session_id", "name", "summary", "summary_method", "created_at", "closed_at", "message_count",
     "status", "highlights",
 }  # fmt: skip
+
+
+# What the only session of its organization scores, found by every ranking of a hybrid query
+# (engine.memory.sessions, engine.memory.fusion): a lone item scales to 1 in a ranking scaled by
+# its range and to 2 in one scaled by its spread (its score against the 0 of no match), so the
+# weighted mean of those; a session with every kind of entry is divided by the full weight.
+LONE_SCALED = {"range": 1.0, "spread": 2.0}
+LONE_SESSION_SCORE = sum(w * LONE_SCALED[SCALES[name]] for name, w in WEIGHTS.items()) / sum(WEIGHTS.values())
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +115,9 @@ def test_close_answers_pending_then_the_summary_is_ready_with_provenance_and_in_
         "/vectors/query", json={"namespace": "session-memory", "query_text": session["summary"], "top_k": 1}
     ).json()
     [match] = found["matches"]
-    assert match["id"] == sid and match["score"] > 0, "a ranking score: 0 or more, no upper bound"
+    assert match["id"] == sid and match["score"] == pytest.approx(LONE_SESSION_SCORE), (
+        "the organization's only session tops every ranking, and has every kind of entry"
+    )
     assert match["relevance"] is not None and 0 < match["relevance"] <= 1
     assert set(match["metadata"]) == MEMORY_FIELDS
     highlights = match["metadata"].pop("highlights")
