@@ -38,7 +38,7 @@ from benchmarks.stamp import describe, machine
 from engine.config import SummarizerConfig
 from engine.memory.index import IndexParams, NamespaceIndex, normalized, records_of
 from engine.memory.ops import QueryVectors, UpsertVectors
-from engine.memory.sessions import SESSION_MEMORY, SESSIONS_OF_MEMORY, Entry, window_entries
+from engine.memory.sessions import SESSION_MEMORY, SESSIONS_OF_MEMORY
 from engine.memory.store import MemoryStore
 from engine.models.embedder import Embedder
 from engine.models.summarizer import Conversation, Summarizer
@@ -237,39 +237,20 @@ def _hybrid(store: MemoryStore, vector: np.ndarray, text: str, mode: str = "hybr
 def _queries(
     store: MemoryStore,
     turns: NamespaceIndex,
-    held: tuple[np.ndarray, list[str]],
+    vectors: np.ndarray,
     probes: np.ndarray,
     texts: list[str],
     prefix: str,
 ) -> dict[str, Any]:
-    """Query latency by mode, and recall@10 of the turns namespace's dense search against exact
-    search over what it holds (`held`: its vectors and their ids, turns and windows)."""
-    vectors, ids = held
+    """Query latency by mode, and recall@10 of the turns' dense search against exact search."""
     row: dict[str, Any] = {f"{prefix}lists": getattr(turns._vectors.index, "nlist", 0)}
     for mode in ("hybrid", "dense", "lexical"):
         latencies = [_hybrid(store, v, t, mode) for v, t in zip(probes, texts, strict=True)]
         row |= _percentiles(latencies, prefix + mode)
     found = [{turns.entry(i)[0] for i, _ in turns.dense(v, 10)} for v in probes[:100]]  # type: ignore[index]
-    exact = [{ids[j] for j in np.argsort(-(vectors @ v))[:10]} for v in probes[:100]]
+    exact = [{f"s{j // 20}#{j % 20 + 1}" for j in np.argsort(-(vectors @ v))[:10]} for v in probes[:100]]
     recall = statistics.mean(len(f & e) / 10 for f, e in zip(found, exact, strict=True))
     return row | {f"{prefix}dense_recall_at_10": round(recall, 3)}
-
-
-def _windows(
-    ids: tuple[str, ...], metadata: tuple[dict[str, Any], ...], vectors: np.ndarray
-) -> tuple[list[Entry], np.ndarray]:
-    """Each turn's window (engine.memory.sessions.window_entries) in sessions of 20, as the closing
-    job writes them."""
-    windows, rows = [], []
-    for first in range(0, len(ids), 20):
-        turns = [
-            Entry(i, "", m)
-            for i, m in zip(ids[first : first + 20], metadata[first : first + 20], strict=True)
-        ]
-        made, vectors_made = window_entries(turns, vectors[first : first + 20])
-        windows += made
-        rows.append(vectors_made)
-    return windows, np.vstack(rows)
 
 
 def measure_session_memory(
@@ -307,11 +288,6 @@ def measure_session_memory(
             store.apply_batch(
                 [UpsertVectors("org", SESSION_MEMORY, ids, vectors[start:end], metadata, texts=chunk)]
             )
-            windows, window_rows = _windows(ids, metadata, vectors[start:end])
-            store.apply_batch(
-                [UpsertVectors("org", SESSION_MEMORY, tuple(w.id for w in windows), window_rows,
-                               tuple(w.metadata for w in windows), texts=(None,) * len(windows))]
-            )  # fmt: skip
             sessions = sorted({i // 20 for i in range(start, end)})
             whole = normalized(vectors[[min(s * 20, n - 1) for s in sessions]])
             store.apply_batch([UpsertVectors(
@@ -343,16 +319,7 @@ def measure_session_memory(
             "engine_bytes_per_turn": round(engine_bytes / n),
             "faiss_bytes_per_turn": round(len(turns.to_parts()[1]) / n),
         }
-        # Exact search for recall: every vector of the namespace, turns then windows (made again
-        # here, so that the benchmark's copies were not counted as the engine's memory above).
-        turn_ids = tuple(f"s{j // 20}#{j % 20 + 1}" for j in range(n))
-        windows, window_rows = _windows(
-            turn_ids,
-            tuple({"session_id": i.partition("#")[0], "seq": j % 20 + 1} for j, i in enumerate(turn_ids)),
-            vectors,
-        )
-        held = (np.vstack([vectors, window_rows]), [*turn_ids, *(w.id for w in windows)])
-        row |= _queries(store, turns, held, probes, texts, "")
+        row |= _queries(store, turns, vectors, probes, texts, "")
         started = time.perf_counter()
         parts = [index.to_parts() for _, index in store.namespaces()]  # what a snapshot's pause does
         row["snapshot_pause_s"] = round(time.perf_counter() - started, 2)
@@ -371,7 +338,7 @@ def measure_session_memory(
         row["queries_during_rebuild"] = len(during)
         if during:
             row |= _percentiles(during, "hybrid_during_rebuild")
-        row |= _queries(store, turns, held, probes, texts, "rebuilt_")
+        row |= _queries(store, turns, vectors, probes, texts, "rebuilt_")
         rows.append(row)
         print(json.dumps(row))
         del store, turns

@@ -3,14 +3,13 @@
 An open session's turns go in as they are said (`index_live`, run by engine.closing.live), with a
 stand-in entry for the session that filters and matches read. A closed session becomes the rest of
 its index entries (engine.memory.sessions, memory's own schema): the turns live memory had not put
-in yet, one window around each turn and one entry for the whole session, replacing the stand-in;
-later its summary. Windows are made at close only, from every turn's vector (those live memory put
-in, read back, and the fresh ones): no text is embedded for them. Their texts
-are embedded and the upserts sent to the organization's memory shard through the job's ports
-(engine.closing.ports), so the rule is tested without Ray. `forget_sessions` takes everything of
-some sessions out.
+in yet and one entry for the whole session, replacing the stand-in; later its summary. The session
+entry's vector is the mean of every turn's (those live memory put in, read back, and the fresh
+ones). Their texts are embedded and the upserts sent to the organization's memory shard through
+the job's ports (engine.closing.ports), so the rule is tested without Ray. `forget_sessions` takes
+everything of some sessions out.
 
-Every upsert names its entries by session id and seq (a window by its centre turn's), so running it
+Every upsert names its entries by session id and seq, so running it
 again (a retried job, after a model actor died half way) replaces the same entries: nothing is lost
 and nothing doubles.
 """
@@ -33,7 +32,6 @@ from engine.memory.sessions import (
     session_vector,
     summary_entry,
     turn_entries,
-    window_entries,
 )
 from engine.sessions.ops import LiveInput, SummaryInput
 
@@ -61,29 +59,24 @@ def closed_session(session_id: str, job: SummaryInput) -> ClosedSession:
 
 async def index_session(ports: ClosingPorts, org: str, session: ClosedSession, live_through: int = 0) -> int:
     """Upsert the session's turns after `live_through` (those through it live memory put in while
-    it was open), a window around each of its turns and its session entry, in one batch; the
-    number of entries. The windows' and the session entry's vectors are made from all its turns'
-    vectors, the ones live memory put in read back, so they are the vectors indexing every turn at
-    close would make."""
+    it was open) and its session entry, in one batch; the number of entries. The session entry's
+    vector is made from all its turns' vectors, the ones live memory put in read back, so it is
+    the vector indexing every turn at close would make."""
     turns = turn_entries(session)
     whole = session_entry(session, turns)
     known = await _turn_vectors(ports, org, session.session_id, live_through) if live_through else {}
     fresh = [turn for turn in turns if turn.metadata["seq"] not in known]
     vectors = await _vectors(ports, [turn.text for turn in fresh])
-    entries, rows = fresh, vectors
     if turns:
         by_seq = {**known, **{turn.metadata["seq"]: row for turn, row in zip(fresh, vectors, strict=True)}}
-        every = np.vstack([by_seq[turn.metadata["seq"]] for turn in turns])
-        whole_vector = session_vector(every)
-        windows, window_rows = window_entries(turns, every, session.closed_at)
-        entries, rows = [*fresh, *windows], np.vstack([vectors, window_rows]) if fresh else window_rows
+        whole_vector = session_vector(np.vstack([by_seq[turn.metadata["seq"]] for turn in turns]))
     else:  # nothing said that is indexed (only tool messages, say): the name stands for it
         whole_vector = await _vectors(ports, [session.name])
-    ops = _upserts(org, SESSION_MEMORY, entries, rows) + _upserts(
+    ops = _upserts(org, SESSION_MEMORY, fresh, vectors) + _upserts(
         org, SESSIONS_OF_MEMORY, [whole], whole_vector
     )
     await _checked(ports, org, ops)  # one call: one batch of the memory shard, one log record
-    return len(entries) - len(fresh) + len(turns) + 1
+    return len(turns) + 1
 
 
 async def _turn_vectors(
@@ -176,7 +169,7 @@ async def _checked(ports: ClosingPorts, org: str, ops: Sequence[MemoryOp]) -> No
 
 
 def _upserts(org: str, namespace: str, entries: Sequence[Entry], vectors: np.ndarray) -> list[MemoryOp]:
-    """An entry's text is kept and indexed for words; an empty one (a window's) is not."""
+    """An entry's text is kept and indexed for words; an empty one is not."""
     return [
         UpsertVectors(
             org,

@@ -141,6 +141,7 @@ def recover(
     store, found = recover_state(
         directory, SNAPSHOT_PREFIX, fresh, read_snapshot, apply_record, until_lsn=until_lsn, repair=repair
     )
+    store.drop_stored_windows()
     recovery = Recovery(
         found.snapshot_lsn,
         found.records_replayed,

@@ -12,17 +12,18 @@ What is indexed, for each closed session:
   every indexed message as one text, which gives BM25 over whole transcripts; its metadata is
   what a match shows (name, created_at, closed_at, message_count). Once its summary is made, one
   entry for the summary too (`<session id>#summary`, kind `summary`).
-- in `session-memory` again, at close, one window per indexed message (`<session id>#<seq>#window`,
-  kind `window`): the message with one indexed neighbour on each side, its vector the normalised
-  mean of theirs, and no text (so it is never a lexical hit). A fact is often told over two or
-  three messages ("we got a dog" / "what's his name?" / "Biscuit"); the window holds it whole.
-  Live memory writes none: an open session ranks by its turns until its close.
 
-A query ranks entries seven ways (dense and lexical for turns, sessions and summaries; dense for
-windows), keeps each session's best score in each ranking, and fuses the rankings of sessions
-(engine.memory.fusion: dense rankings min-max scaled, lexical ones by their spread, weighted,
-summed) with weights tuned on both recall corpora (benchmarks/README.md, "Session memory on
-conversations between friends"). A message said in
+A query ranks entries six ways (dense and lexical for turns, sessions and summaries) and sessions a
+seventh: by windows of turns, each an indexed message with the nearest indexed one on each side,
+scored by the normalised mean of their vectors (`_windows`). A fact is often told over two or
+three messages ("we got a dog" / "what's his name?" / "Biscuit"); the window holds it whole.
+Windows are made at query time around the turns the dense search found, from the vectors already
+stored, so they cost no memory, exist for open sessions as soon as their turns do, and need no
+index of their own. (One earlier engine stored windows as entries, kind `window`: they rank
+nowhere, and a shard drops them when it loads.) A query keeps each session's best score in each
+ranking, and fuses the rankings of sessions (engine.memory.fusion: dense rankings min-max scaled,
+lexical ones by their spread, weighted, summed) with weights tuned on both recall corpora
+(benchmarks/README.md, "Session memory on conversations between friends"). A message said in
 several sessions (a greeting, "thanks!") is left out of the turn rankings: it cannot tell them
 apart. Each match is one session, with its summary and its best-matching messages (`highlights`,
 with their `seq`; never a window), and its `relevance` (engine.memory.relevance): the fused score (0
@@ -31,8 +32,8 @@ how close the query is to what the session said, whatever else was found. A mini
 matches below it; it never changes the order of the others.
 
 A query may ask for memory as it stood at a moment (`as_of`, epoch ms): then it sees only the
-entries that existed by then (`Past`): turns said by then, windows and whole-session entries of
-sessions closed by then, summaries made by then. Without `as_of`
+entries that existed by then (`Past`): turns said by then (and so the windows made of them),
+whole-session entries of sessions closed by then, summaries made by then. Without `as_of`
 nothing of this is computed.
 """
 
@@ -69,7 +70,9 @@ UNSTATED_STATUS = "closed"
 EXACT_LEXICAL_KEYS = TERM_SET_LIMIT  # the lexical index's own limit, not a copy
 DEEPER_LEXICAL = 16
 
-WINDOW_SUFFIX = "#window"  # a window's id: its centre turn's, and this
+# A window's neighbour is the nearest indexed message within this many seqs on its side: tool and
+# system messages between two messages are not indexed, and a later message is not there yet.
+NEIGHBOUR_GAP = 8
 # Tuned by benchmarks/fusion.py on both recall corpora, chosen on tuning sets and checked on held
 # out ones (benchmarks/README.md, "Session memory on conversations between friends"). Lexical
 # rankings are scaled by their spread (SCALES), so a small weight still counts where one session
@@ -94,9 +97,9 @@ WEIGHTS_OF_MODE: Mapping[str, Mapping[str, float]] = {
     "dense": WEIGHTS,
     "lexical": {"session_lexical": 1.0, "turn_lexical": 0.05},
 }
-# What a session without a whole-session entry can be ranked by: its turns. Windows, the session
-# entry and the summary are written when its closing job indexes it.
-TURN_SIGNALS = ("turn_dense", "turn_lexical")
+# What a session without a whole-session entry can be ranked by: its turns, and the windows made of
+# them. The session entry and the summary are written when its closing job indexes it.
+TURN_SIGNALS = ("turn_dense", "turn_lexical", "window_dense")
 SIGNALS_OF_MODE: Mapping[str, tuple[str, ...]] = {
     "dense": ("turn_dense", "session_dense", "summary_dense", "window_dense"),
     "lexical": ("turn_lexical", "session_lexical", "summary_lexical"),
@@ -106,8 +109,7 @@ SIGNALS_OF_MODE: Mapping[str, tuple[str, ...]] = {
 
 @dataclass(slots=True, frozen=True)
 class Entry:
-    """One index entry: `text` is what is embedded and indexed for words (empty: none is kept, as
-    for a window)."""
+    """One index entry: `text` is what is embedded and indexed for words (empty: none is kept)."""
 
     id: str
     text: str
@@ -148,43 +150,13 @@ def turn_entries(session: ClosedSession) -> list[Entry]:
     return entries
 
 
-def window_entries(
-    turns: Sequence[Entry], vectors: np.ndarray, closed_at: int | None = None
-) -> tuple[list[Entry], np.ndarray]:
-    """One window per turn of `turns` (a session's indexed messages in order, all of them, and
-    their vectors, one row each): the turn with one neighbour on each side, its vector the
-    normalised mean of theirs. No text: a window is found by meaning only (its turns are already
-    found by their words). Its time is the session's close (`closed_at`), when windows go into
-    memory, as the whole-session entry's is, so `as_of` finds them exactly when it finds that;
-    without one, its last message's, when the turns carry times."""
-    entries, rows = [], []
-    for i, turn in enumerate(turns):
-        near = turns[max(0, i - 1) : i + 2]
-        metadata: dict[str, Any] = {
-            "session_id": turn.metadata["session_id"],
-            "kind": "window",
-            "seq": turn.metadata["seq"],
-        }
-        times = [t.metadata["created_at"] for t in near if "created_at" in t.metadata]
-        if closed_at is not None:
-            metadata["created_at"] = closed_at
-        elif times:
-            metadata["created_at"] = max(times)
-        entries.append(Entry(f"{turn.id}{WINDOW_SUFFIX}", "", metadata))
-        rows.append(session_vector(vectors[max(0, i - 1) : i + 2])[0])
-    dimension = vectors.shape[1] if vectors.ndim == 2 else 0
-    return entries, np.vstack(rows) if rows else np.zeros((0, dimension), dtype=np.float32)
-
-
 def said(turn_text: str) -> str:
     """The message of a turn entry's text, without the session name's line."""
     return turn_text.partition("\n")[2]
 
 
 def session_entry(session: ClosedSession, turns: Sequence[Entry]) -> Entry:
-    """The whole session's entry. `windows` says that its windows were written with it (by
-    `index_session`, whenever it has turns): a session indexed before windows existed has none,
-    and a query scores it over the signals it has (`_carried`)."""
+    """The whole session's entry."""
     text = "\n".join([session.name, *(said(turn.text) for turn in turns)])
     metadata: dict[str, Any] = {
         "session_id": session.session_id,
@@ -195,8 +167,6 @@ def session_entry(session: ClosedSession, turns: Sequence[Entry]) -> Entry:
         "message_count": len(session.messages),
         "status": session.status,
     }
-    if turns:
-        metadata["windows"] = True
     return Entry(session.session_id, text, metadata)
 
 
@@ -387,8 +357,7 @@ def _signals(
     past: Past | None,
 ) -> Signals:
     found = Signals({signal: [] for signal in SIGNALS_OF_MODE[mode]}, {}, {})
-    # Turns: many per session, so look deep enough to reach many sessions; their dense search
-    # looks twice as deep, since it finds windows too (about one per turn).
+    # Turns: many per session, so look deep enough to reach many sessions.
     for index, depth, existing in (
         (indexes.turns, max(20 * top_k, 200), None if past is None else past.turns),
         (indexes.whole, max(4 * top_k, 100), None if past is None else past.whole),
@@ -415,14 +384,70 @@ def _signals(
             continue
         # A few candidates in an approximate index are compared with the query one by one (its
         # filtered search would come back short): engine.memory.index, NamespaceIndex.dense.
-        dense_depth = 2 * depth if index is indexes.turns else depth
-        dense = (
-            index.dense(vector, dense_depth, candidates) if vector is not None and mode != "lexical" else []
-        )
+        dense = index.dense(vector, depth, candidates) if vector is not None and mode != "lexical" else []
         lexical = _words(index, text or "", depth, candidates) if text and mode != "dense" else []
         for how, hits in (("dense", dense), ("lexical", lexical)):
             _rank(index, how, hits, found)
+        if index is indexes.turns and vector is not None and "window_dense" in found.rankings:
+            found.rankings["window_dense"] = _windows(index, vector, dense, existing)
     return found
+
+
+def _windows(
+    index: NamespaceIndex, vector: np.ndarray, hits: Hits, existing: Collection[int] | None
+) -> list[tuple[str, float]]:
+    """Sessions by their best window around the turns the dense search found (`hits`): for each
+    found turn, the windows centred on it and on its neighbours, each scored by the cosine of the
+    query with the normalised mean of its messages' stored vectors (`session_vector`). Of the
+    `existing` turns only (None: all), so `as_of` sees the windows of the turns said by then."""
+    turns: dict[tuple[str, int], int | None] = {}  # (session, seq) -> its turn's FAISS id, if indexed
+
+    def turn(session_id: str, seq: int) -> int | None:
+        key = (session_id, seq)
+        if key not in turns:
+            faiss_id = index.faiss_id(f"{session_id}#{seq}")
+            turns[key] = (
+                None if faiss_id is None or (existing is not None and faiss_id not in existing) else faiss_id
+            )
+        return turns[key]
+
+    def beside(session_id: str, seq: int, step: int) -> int | None:
+        for gap in range(1, NEIGHBOUR_GAP + 1):
+            if turn(session_id, seq + step * gap) is not None:
+                return seq + step * gap
+        return None
+
+    centres: set[tuple[str, int]] = set()
+    for faiss_id, _ in hits:
+        entry = index.entry(faiss_id)
+        if entry is None or entry[1].get("kind") != "turn":
+            continue
+        session_id, seq = str(entry[1]["session_id"]), int(entry[1]["seq"])
+        centres.add((session_id, seq))
+        for step in (-1, 1):
+            near = beside(session_id, seq, step)
+            if near is not None:
+                centres.add((session_id, near))
+    if not centres:
+        return []
+    windows = sorted(centres)
+    members = [  # each window's turns, by FAISS id
+        [
+            i
+            for seq in (beside(s, c, -1), c, beside(s, c, 1))
+            if seq is not None and (i := turn(s, seq)) is not None
+        ]
+        for s, c in windows
+    ]
+    rows = {faiss_id: row for row, faiss_id in enumerate(dict.fromkeys(i for ids in members for i in ids))}
+    stored = index.vectors(list(rows))
+    sums = np.vstack([stored[[rows[i] for i in ids]].sum(axis=0) for ids in members])
+    norms = np.maximum(np.linalg.norm(sums, axis=1), np.finfo(np.float32).tiny)
+    cosines = (sums @ np.asarray(vector, dtype=np.float32).reshape(-1)) / norms
+    best: dict[str, float] = {}
+    for (session_id, _), cosine in zip(windows, cosines.tolist(), strict=True):
+        best[session_id] = max(best.get(session_id, -1.0), min(1.0, cosine))
+    return sorted(best.items(), key=lambda pair: -pair[1])
 
 
 def _words(index: NamespaceIndex, text: str, depth: int, candidates: set[int] | None) -> Hits:
@@ -446,7 +471,7 @@ def _words(index: NamespaceIndex, text: str, depth: int, candidates: set[int] | 
 def _rank(index: NamespaceIndex, how: str, hits: Sequence[tuple[int, float]], into: Signals) -> None:
     """Sessions in the order of their best hit, into the ranking of each hit's kind. A matching
     turn also counts toward its session's highlights, by its rank among the turns (a turn found by
-    both dense and lexical search comes first); a window never does."""
+    both dense and lexical search comes first). An earlier engine's window entry ranks nowhere."""
     shared = _shared_turns(index, hits)
     rank = 0
     for faiss_id, score in hits:
@@ -457,8 +482,9 @@ def _rank(index: NamespaceIndex, how: str, hits: Sequence[tuple[int, float]], in
         if metadata.get("live"):
             continue  # an open session's stand-in (live_session_entry): for filters and matches only
         session_id, kind = str(metadata.get("session_id")), _kind(metadata)
-        if kind != "window":
-            rank += 1
+        if kind == "window":
+            continue
+        rank += 1
         if kind == "legacy":
             kind = "summary"
             into.legacy.setdefault(session_id, str(metadata.get("summary", "")))
@@ -493,9 +519,9 @@ def _carried(
     """The fused ranking, each session's sum divided by the weight of the signals it can be listed
     in, rather than by all of them. Not every session has every kind of entry: an open, completed
     or expired session, or a closed one not yet indexed (or closed after `past`'s moment), has only
-    its turns; one whose summary failed has no summary; one indexed before windows existed has no
-    windows. Against the full weight, such a session would rank below sessions that match the query
-    less but have more kinds of entry. Each is looked up by id (its session and summary entries)."""
+    its turns (and their windows); one whose summary failed has no summary. Against the full
+    weight, such a session would rank below sessions that match the query less but have more kinds
+    of entry. Each is looked up by id (its session and summary entries)."""
     fused = fuse(found.rankings, weights, SCALES)
     present = {name: w for name, w in weights.items() if w > 0 and name in found.rankings}
     total = sum(present.values())
@@ -511,8 +537,8 @@ def _carried(
 
 def _kinds_of(whole: NamespaceIndex | None, session_id: str, past: Past | None) -> set[str]:
     """The kinds of entry a session has in memory (as of `past`): turns (assumed: a session found
-    at all has some, or is found by its name), and its whole-session entry, windows and summary."""
-    kinds = {"turn"}
+    at all has some, or is found by its name) and so windows, and its whole-session entry and summary."""
+    kinds = {"turn", "window"}
     existed = None if past is None else past.whole
     session = _entry_of(whole, session_id)
     if session is not None and (existed is None or session[0] in existed):
@@ -521,8 +547,6 @@ def _kinds_of(whole: NamespaceIndex | None, session_id: str, past: Past | None) 
             kinds.add("summary")
         elif kind == "session" and not session[1].get("live"):
             kinds.add("session")
-            if session[1].get("windows"):
-                kinds.add("window")
     summary = _entry_of(whole, f"{session_id}#summary")
     if summary is not None and (existed is None or summary[0] in existed):
         kinds.add("summary")
@@ -562,7 +586,7 @@ def _status_holds(metadata: Mapping[str, Any], condition: Any) -> bool:
 @dataclass(slots=True, frozen=True)
 class Past:
     """The entries of each index that existed at `as_of` (their FAISS ids): a turn said by then; a
-    window written by then (its time: the close that wrote it); a session entry of a session closed
+    session entry of a session closed
     by then (its whole transcript existed); a summary made by then. A session still open then is found
     by its turns said by then only. A turn counts from its message's time or its session's creation,
     whichever is later: a fork or an import copies messages with the times they were first said, but
@@ -605,8 +629,7 @@ def _entries(
 
 def _existed_at(metadata: Mapping[str, Any], sessions: Mapping[str, Mapping[str, Any]]) -> Any:
     """When an entry's content existed: a turn's message was said in its session (not before the
-    session was created: a fork's or an import's copies), a window was written (its time), a
-    session was closed (its whole
+    session was created: a fork's or an import's copies), a session was closed (its whole
     transcript), a summary was made. An older engine's one entry per session was made at close."""
     kind = _kind(metadata)
     if kind in ("session", "legacy"):

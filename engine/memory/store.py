@@ -143,6 +143,17 @@ class MemoryStore:
     def __len__(self) -> int:
         return sum(len(index) for index in self._namespaces.values())
 
+    def drop_stored_windows(self) -> int:
+        """Delete the window entries (kind `window`) one earlier engine wrote into session memory at
+        each close; windows are made at query time now (engine.memory.sessions). Not logged: run
+        after every recovery, it deletes what the snapshot or the log brought back, until a snapshot
+        without them is written. The number deleted."""
+        deleted = 0
+        for key, index in self.namespaces():
+            if key[1] == SESSION_MEMORY:
+                deleted += self._after_delete(key, index.delete_where("kind", ["window"]))
+        return deleted
+
     # -- ops ----------------------------------------------------------------------------------------
 
     def _upsert(self, op: UpsertVectors) -> dict[str, int]:

@@ -113,8 +113,7 @@ class Harness:
         return results
 
     def memory_ids(self) -> set[str]:
-        """Every entry session memory holds: turns, whole sessions and summaries (not the windows
-        around turns, which tests/unit/closing/test_indexing.py checks)."""
+        """Every entry session memory holds: turns, whole sessions and summaries."""
         namespaces = dict(self.memory.namespaces())
         held = [namespaces.get(("acme", name)) for name in (SESSION_MEMORY, SESSIONS_OF_MEMORY)]
         return {
@@ -122,7 +121,7 @@ class Harness:
             for index in held
             if index is not None
             for faiss_id in index.ids_below(index.next_id)
-            if (found := index.entry(faiss_id)) is not None and found[1].get("kind") != "window"
+            if (found := index.entry(faiss_id)) is not None
         }
 
     def summary_entry(self, sid: str) -> tuple[str | None, str | None]:
@@ -403,7 +402,7 @@ async def test_a_mark_made_for_a_deleted_session_does_not_mark_the_one_imported_
     texts = {
         found[0]: index.text(i).rsplit("\n", 1)[-1]  # after the session's name
         for i in index.ids_below(index.next_id)
-        if (found := index.entry(i)) is not None and found[1].get("kind") != "window"
+        if (found := index.entry(i)) is not None
     }
     assert texts == {f"{sid}#1": "the new session, turn 0", f"{sid}#2": "the new session, turn 1"}
 
@@ -487,7 +486,7 @@ async def test_a_retried_index_replaces_what_went_in_and_nothing_doubles() -> No
     namespaces = dict(h.memory.namespaces())
     held = [namespaces[("acme", name)] for name in (SESSION_MEMORY, SESSIONS_OF_MEMORY)]
     entries = [i for index in held for i in index.ids_below(index.next_id) if index.entry(i) is not None]
-    assert len(entries) == 4 + 2, "the retry replaced the turns and their windows: none doubled"
+    assert len(entries) == 2 + 2, "the retry replaced the turns: none doubled"
 
 
 async def test_an_index_that_fails_past_max_attempts_is_still_retried_and_ends_ready() -> None:

@@ -149,11 +149,7 @@ class Harness:
         index = self.index_of(namespace)
         if index is None:
             return []
-        return [  # windows, made at close from the turns, are checked in test_indexing.py
-            found[0]
-            for i in index.ids_below(index.next_id)
-            if (found := index.entry(i)) is not None and found[1].get("kind") != "window"
-        ]
+        return [found[0] for i in index.ids_below(index.next_id) if (found := index.entry(i)) is not None]
 
     def entry(self, namespace: str, external: str) -> dict[str, Any]:
         index = self.index_of(namespace)

@@ -15,6 +15,7 @@ from engine.memory import snapshot as memory_snapshot
 from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams, normalized
 from engine.memory.ops import DeleteVectors, MemoryStats, QueryVectors, UpsertVectors
+from engine.memory.sessions import SESSION_MEMORY
 from engine.memory.snapshot import SNAPSHOT_PREFIX
 from engine.memory.store import MemoryStore
 from engine.storage.layout import FORMAT_VERSION
@@ -258,3 +259,26 @@ def test_records_in_one_frame_are_written_as_every_engine_has() -> None:
     records = [(i, f"id{i}", {"k": "v" * (i % 7)}, "text " * i) for i in range(50)]
     assert memory_snapshot._record_arrays(records) == [orjson.dumps(records)]
     assert memory_snapshot._record_arrays([]) == [b"[]"]
+
+
+def test_an_earlier_engines_stored_windows_are_gone_after_recovery(tmp_path: Path) -> None:
+    """Windows of turns are made at query time; the window entries one earlier engine wrote into
+    session memory are dropped when a shard recovers, from its snapshot and from its log, and a
+    snapshot taken after that holds none."""
+    memory = open_memory(tmp_path)
+
+    def turns(ids: list[str], kind: str) -> UpsertVectors:
+        metadata = tuple({"session_id": "s", "kind": kind, "seq": int(i.split("#")[1])} for i in ids)
+        return UpsertVectors("acme", SESSION_MEMORY, tuple(ids), rows(len(ids), 1), metadata)
+
+    memory.commit([turns(["s#1", "s#2"], "turn"), turns(["s#1#window"], "window")])
+    memory.snapshot_now()
+    memory.commit([turns(["s#2#window"], "window"), upsert("acme", "n", ["kind-window"])])
+    memory.close()
+    recovered = open_memory(tmp_path)
+    index = dict(recovered.store.namespaces())[("acme", SESSION_MEMORY)]
+    assert {index.entry(i)[0] for i in index.ids_below(index.next_id)} == {"s#1", "s#2"}  # type: ignore[index]
+    assert len(recovered.store) == 3, "a user namespace is left as it was"
+    recovered.snapshot_now()
+    recovered.close()
+    assert len(open_memory(tmp_path).store) == 3

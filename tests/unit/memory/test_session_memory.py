@@ -166,17 +166,10 @@ def test_forgetting_a_session_removes_every_entry_and_other_orgs_see_nothing() -
     memory.close("acme", "sess_b", "b", ("user", "alpha delta"))
     memory.close("other", "sess_c", "c", ("user", "alpha"))
     asyncio.run(index_summary(memory, "acme", "sess_a", "alpha summary", "model"))
-    assert memory.ids() == {
-        "sess_a#1",
-        "sess_a#2",
-        "sess_b#1",
-        "sess_a#1#window",
-        "sess_a#2#window",
-        "sess_b#1#window",
-    }
+    assert memory.ids() == {"sess_a#1", "sess_a#2", "sess_b#1"}
     assert memory.ids(SESSIONS_OF_MEMORY) == {"sess_a", "sess_a#summary", "sess_b"}
     asyncio.run(forget_sessions(memory, "acme", ["sess_a"]))
-    assert memory.ids() == {"sess_b#1", "sess_b#1#window"} and memory.ids(SESSIONS_OF_MEMORY) == {"sess_b"}
+    assert memory.ids() == {"sess_b#1"} and memory.ids(SESSIONS_OF_MEMORY) == {"sess_b"}
     assert [m.id for m in memory.query("alpha")] == ["sess_b"]
     assert [m.id for m in memory.query("alpha", org="other")] == ["sess_c"]
     assert memory.query("alpha", org="nobody") == []
@@ -186,7 +179,7 @@ def test_indexing_again_replaces_the_same_entries() -> None:
     memory = Memory()
     for _ in range(2):  # a retried job
         memory.close("acme", "sess_a", "a", ("user", "alpha"), ("assistant", "beta"))
-    assert memory.ids() == {"sess_a#1", "sess_a#2", "sess_a#1#window", "sess_a#2#window"}
+    assert memory.ids() == {"sess_a#1", "sess_a#2"}
     assert len(memory.query("alpha")) == 1
 
 
@@ -225,7 +218,7 @@ def test_an_empty_memory_answers_nothing(mode: str) -> None:
 
 def test_a_window_finds_its_session_but_is_never_a_highlight_nor_counts_for_relevance() -> None:
     # Three turns on three axes: a query along their mean is closest to the window around the
-    # middle one, closer than to any single turn.
+    # middle one (made at query time), closer than to any single turn.
     axes = np.eye(DIM, dtype=np.float32)
     memory = Memory()
     vectors = {"chat\nwe got a dog": axes[0], "chat\nwhat is his name?": axes[1], "chat\nBiscuit": axes[2]}
@@ -286,8 +279,9 @@ def test_lexical_mode_ranks_by_whole_sessions_words_first() -> None:
 
 @pytest.mark.parametrize("mode", ["dense", "hybrid", "lexical"])
 def test_an_open_session_ranks_by_its_turns_against_closed_ones(mode: str) -> None:
-    """An open session has no windows, whole-session entry or summary yet: its score is over the
-    weight of what it can be ranked by, so a closed session that matches less never outranks it."""
+    """An open session has no whole-session entry or summary yet: its score is over the weight of
+    what it can be ranked by (its turns and their windows), so a closed session that matches less
+    never outranks it."""
     memory = Memory()
     memory.close("acme", "closed_1", "chat", ("user", "the weather today"), ("assistant", "it was sunny"))
     memory.close(
@@ -303,30 +297,3 @@ def test_an_open_session_ranks_by_its_turns_against_closed_ones(mode: str) -> No
     )
     asyncio.run(index_live(memory, {"acme": [(open_one, 2)]}))
     assert memory.query("what is my dog called Biscuit", mode=mode)[0].id == "open_1"
-
-
-def test_a_session_indexed_before_windows_ranks_by_what_it_has(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An older engine wrote no windows: such a session is scored over the signals it has, so a
-    newer session that matches the query less does not outrank it for its windows alone."""
-    import engine.closing.indexing as indexing  # its window writer, replaced for the older engine
-
-    memory = Memory()
-    memory.close(
-        "acme", "sess_filler", "chat", ("user", "the weather was sunny"), ("assistant", "nice beach day")
-    )
-    rex = ("user", "what is my dog called"), ("assistant", "your dog is called Rex"), ("user", "thanks a lot")
-    memory.close("acme", "sess_new", "chat", *rex)
-    with monkeypatch.context() as older:
-        older.setattr(indexing, "window_entries", lambda turns, vectors, closed_at=None: ([], vectors[:0]))
-        plain = indexing.session_entry
-
-        def without_windows(session: ClosedSession, turns: Sequence[Any]) -> Any:
-            entry = plain(session, turns)
-            entry.metadata.pop("windows", None)
-            return entry
-
-        older.setattr(indexing, "session_entry", without_windows)
-        memory.close("acme", "sess_old", "chat", ("user", "my dog is called Biscuit"))
-    assert not any(i.startswith("sess_old") and i.endswith("#window") for i in memory.ids())
-    for mode in ("dense", "hybrid"):
-        assert memory.query("what is my dog called Biscuit", mode=mode)[0].id == "sess_old", mode
