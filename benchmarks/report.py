@@ -161,9 +161,20 @@ def markdown(document: dict[str, Any]) -> str:
         lines += ["", *(f"- {name}: {entry['does']}, {entry['connections']} connections"
                         for name, entry in http.items())]  # fmt: skip
     scenarios = document["scenarios"]
-    lag = scenarios.get("fleet", {}).get("servers", {}).get("engine", {}).get("summary_lag")
-    if lag:
-        lines += ["", "## Summaries under the fleet (engine)", "", _lag_line(lag, document["config"])]
+    fleet = scenarios.get("fleet", {}).get("servers", {}).get("engine", {})
+    if fleet.get("summary_lag") or fleet.get("live_lag"):
+        lines += ["", "## Summaries and live memory under the fleet (engine)", ""]
+        if fleet.get("summary_lag"):
+            lines += _lag_lines(fleet["summary_lag"], document["config"])
+        if fleet.get("live_lag"):
+            lines.append(_live_line(fleet["live_lag"]))
+    if "append-live" in scenarios:
+        lines += [
+            "",
+            "## Appends with live memory on and off (engine)",
+            "",
+            *_live_on_off(scenarios["append-live"]),
+        ]
     if "feeds" in scenarios:
         lines += [
             "",
@@ -283,22 +294,80 @@ def markdown(document: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _lag_line(lag: dict[str, Any], config: dict[str, Any]) -> str:
-    def spread(name: str) -> str:
-        got = lag[name]
-        if not got:
-            return "none"
-        return f"p50 {got['p50'] / 1000:.1f} s, p99 {got['p99'] / 1000:.1f} s, max {got['max'] / 1000:.1f} s"
+def _seconds(got: dict[str, float] | None) -> str:
+    """A lag's spread (benchmarks.scenarios._spread, in ms) in seconds; "none" when nothing was timed."""
+    if not got:
+        return "none"
+    return f"p50 {got['p50'] / 1000:.1f} s, p99 {got['p99'] / 1000:.1f} s, max {got['max'] / 1000:.1f} s"
 
+
+def _lag_lines(lag: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """Every field of benchmarks.scenarios.summary_lag; those an older results.json lacks are left out."""
     batch = config.get("models", {}).get("summarizer", {}).get("batch_size")
-    return (
-        f"The fleet closed {lag['closed']:,} sessions. Close to searchable (turns and summary indexed): "
-        f"{spread('close_to_searchable_ms')}. Close to summary ready: {spread('close_to_summary_ms')} "
-        f"for the {lag['summaries_ready']:,} ready {lag['waited_after_fleet_s']} s after the fleet "
-        f"stopped; {lag['summaries_waiting']:,} still waiting (the oldest for "
-        f"{lag['oldest_waiting_ms'] / 1000:.0f} s), {lag['summaries_failed']} failed. Summarizer "
-        f"batch_size {batch}."
+    lines = [
+        f"- The fleet closed {lag['closed']:,} sessions; {lag['summaries_ready']:,} summaries were ready "
+        f"{lag['waited_after_fleet_s']} s after it stopped, {lag['summaries_waiting']:,} still waiting "
+        f"(the oldest for {lag['oldest_waiting_ms'] / 1000:.0f} s), {lag['summaries_failed']} failed. "
+        f"Summarizer batch_size {batch}.",
+    ]
+    if "close_to_ready_ms" in lag:
+        lines.append(f"- Close to summary ready (its extract): {_seconds(lag['close_to_ready_ms'])}.")
+    lines.append(f"- Close to the summary it has now: {_seconds(lag['close_to_summary_ms'])}.")
+    if "close_to_upgrade_ms" in lag:
+        lines.append(
+            f"- Close to the model's text, for the {lag['upgraded']:,} upgraded: "
+            f"{_seconds(lag['close_to_upgrade_ms'])}; {lag['model_rejected']:,} extracts kept over the "
+            f"model's text, {lag['upgrades_pending']:,} upgrades still queued."
+        )
+    searchable = (
+        f"- Close to searchable (turns and summary indexed): {_seconds(lag['close_to_searchable_ms'])}"
     )
+    if "indexes_waiting" in lag:
+        searchable += (
+            f"; {lag['indexes_waiting']:,} not yet indexed (the oldest closed "
+            f"{lag['oldest_unindexed_ms'] / 1000:.0f} s before)"
+        )
+    lines.append(searchable + ".")
+    if "model_pass" in lag:
+        lines.append(f"- {_model_pass(lag['model_pass'])}")
+    return lines
+
+
+def _model_pass(found: dict[str, Any] | None) -> str:
+    """The summarizer pool's model pass as /readyz described it (engine.closing.model_pass)."""
+    if not found:
+        return "Model pass: not reported by /readyz."
+    judged, kept, acceptance = found.get("judged"), found.get("kept"), found.get("acceptance")
+    rate = "none judged" if acceptance is None else f"{acceptance:.0%} accepted ({kept} of {judged} judged)"
+    return f"Model pass: {found.get('state')} (mode {found.get('mode')}), {rate}."
+
+
+def _live_line(live: dict[str, Any]) -> str:
+    """benchmarks.scenarios.LiveProbe's result: an appended word until memory finds it."""
+    return (
+        f"- Live memory, append to found in session memory: {_seconds(live['lag_ms'])} over "
+        f"{live['probes']} probes, {live['missed']} missed."
+    )
+
+
+def _live_on_off(result: dict[str, Any]) -> list[str]:
+    """benchmarks.scenarios.append_live_on_off's runs, and on ÷ off."""
+    runs = result["requests_per_s"]
+
+    def row(live: str) -> str:
+        rounds = ", ".join(f"{r:,.0f}" for r in runs[live])
+        return f"| {live} | {rounds} | {sum(runs[live]) / len(runs[live]):,.0f} |"
+
+    return [
+        f"{result['does']}.",
+        "",
+        "| live memory | requests/s, each round | mean |",
+        "|---|---|---|",
+        row("on"),
+        row("off"),
+        "",
+        f"On ÷ off: {result['on_vs_off']:.3f}.",
+    ]
 
 
 def _config_line(config: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ the suite's own tests). Load goes to 127.0.0.1 unless --url names a deployment.
 
     python -m benchmarks --quick
     python -m benchmarks --scenarios append create --duration 20
+    python -m benchmarks --quick --scenarios append-live
     python -m benchmarks --url http://10.0.0.5:8080 --api-key KEY --scenarios append fleet
 """
 
@@ -47,6 +48,7 @@ ORG = "bench"
 ALL_SCENARIOS = (
     "append",
     "append-batch",
+    "append-live",
     "create",
     "list",
     "query",
@@ -60,6 +62,9 @@ ALL_SCENARIOS = (
     "backup",
     "recall",
 )
+
+# The steps that start engines of their own (or none): run here only, never against --url.
+LOCAL_STEPS = ("append-live", "scaling", "summarize", "snapshot", "resident", "restart", "backup")
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,9 @@ class Profile:
     restart_sessions: int = 10_000  # on disk when the engine is killed and started again
     # benchmarks/backup.py: messages backed up, restored and exported; seconds of appends a window.
     backup: tuple[int, float] = (1_000_000, 30.0)
+    # append-live (scenarios.append_live_on_off): rounds of live memory on then off, seconds of load
+    # each; every run starts a fresh engine, which is most of the step's time.
+    live_on_off: tuple[int, float] = (3, 5.0)
 
 
 PROFILES = {
@@ -89,9 +97,9 @@ PROFILES = {
                     16, (1, 4, 8, 16), 128, (4, 24)),
     "quick": Profile(2, 64, 16, 4, (10_000,), (10_000,), (10_000,), 4, (1, 4), 24, (2, 12),
                      naive=("append", "create"), feeds=200, summary_wait_s=20, scaling=((1, 2), (2,)),
-                     restart_sessions=2_000, backup=(50_000, 6.0)),
+                     restart_sessions=2_000, backup=(50_000, 6.0), live_on_off=(1, 2.0)),
     "tiny": Profile(1, 8, 4, 3, (300,), (300,), (300,), 2, (1, 2), 8, (2, 3), feeds=10, summary_wait_s=20,
-                    scaling=((1, 2), (2,)), restart_sessions=300, backup=(2_000, 2.0)),
+                    scaling=((1, 2), (2,)), restart_sessions=300, backup=(2_000, 2.0), live_on_off=(1, 1.0)),
 }  # fmt: skip
 
 
@@ -237,10 +245,7 @@ def _run_all(run: Run) -> None:
     steps += (
         ("feeds" in chosen)
         + len(servers) * ("fleet" in chosen)
-        + sum(
-            s in chosen
-            for s in ("scaling", "summarize", "snapshot", "resident", "restart", "backup", "recall")
-        )
+        + sum(s in chosen for s in (*LOCAL_STEPS, "recall"))
     )
     with Progress(
         TextColumn("{task.description:<44}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -270,14 +275,15 @@ def _run_all(run: Run) -> None:
             progress.update(task, description="redis: the same appends")
             _measure_redis(run, anchored)
             progress.advance(task)
-        for name in ("scaling", "summarize", "snapshot", "resident", "restart", "backup"):
+        for name in LOCAL_STEPS:
             if name in chosen:
                 progress.update(task, description=name)
                 if args.url:
                     run.notes.append(f"{name} measures a local engine and was not run against --url")
                 else:
-                    steps_of = {"scaling": _scaling, "summarize": _summarize, "snapshot": _snapshot}
-                    {**steps_of, "resident": _resident, "restart": _restart, "backup": _backup}[name](run)
+                    steps_of = {"append-live": _append_live, "scaling": _scaling, "summarize": _summarize}
+                    steps_of |= {"snapshot": _snapshot, "resident": _resident, "restart": _restart}
+                    {**steps_of, "backup": _backup}[name](run)
                 progress.advance(task)
         if "recall" in chosen:
             progress.update(task, description="recall")
@@ -417,6 +423,21 @@ def _measure_feeds(run: Run, url: str, key: str) -> None:
         "does": f"appends with {run.profile.feeds} idle change feeds open, and with /metrics scraped "
         "every second, against plain runs before and after",
         "rows": rows,
+    }
+
+
+def _append_live(run: Run) -> None:
+    """The append scenario with live memory on and off, each on a fresh engine: what live memory
+    costs appends on this machine."""
+    rounds, seconds = run.profile.live_on_off
+    connections = run.profile.connections
+    env = _engine_env(run)
+    result = scenarios.append_live_on_off(run.generator, env, KEY, run.work, connections, seconds, rounds)
+    run.results["append-live"] = {
+        "kind": "engine",
+        "does": f"single-message appends with live memory on, then off, on fresh engines, {rounds} "
+        f"round(s) of {seconds:g} s, {connections} connections",
+        **result,
     }
 
 

@@ -38,7 +38,9 @@ def test_every_scenario_is_measured_against_its_servers(tiny_run: tuple[Path, di
     _, document = tiny_run
     scenarios = document["scenarios"]
     expected_http = {"append", "append-batch", "create", "list", "query@300", "fleet"}
-    engine_only = {"feeds", "scaling", "summarize", "snapshot", "resident", "restart", "backup", "recall"}
+    engine_only = {
+        "feeds", "append-live", "scaling", "summarize", "snapshot", "resident", "restart", "backup", "recall",
+    }  # fmt: skip
     assert expected_http | engine_only == set(scenarios)
     for name in expected_http:
         servers = scenarios[name]["servers"]
@@ -60,6 +62,8 @@ def test_engine_scenarios_report_what_they_measured(tiny_run: tuple[Path, dict[s
     _, document = tiny_run
     summaries = document["scenarios"]["summarize"]["rows"]
     assert [r["batch_size"] for r in summaries] == [1, 2] and all(r["summaries_per_s"] > 0 for r in summaries)
+    live = document["scenarios"]["append-live"]
+    assert [len(live["requests_per_s"][k]) for k in ("on", "off")] == [1, 1] and live["on_vs_off"] > 0, live
     scaling = document["scenarios"]["scaling"]["rows"]
     assert [(r["workers"], r["shards"]) for r in scaling] == [(1, 2), (2, 2)]
     assert all(r["requests_per_s"] > 0 and r["errors"] == 0 for r in scaling), scaling
