@@ -1,10 +1,11 @@
-"""Vector memory and summary jobs across a SIGKILL of the whole server: acknowledged upserts are
-there afterwards, and the closing jobs the server had queued or under way when it died (a summary
-to make, or a ready summary still to index) are done after restart: every summary ready and every
-session searchable."""
+"""Vector memory and closing jobs across a SIGKILL of the whole server: acknowledged upserts are
+there afterwards, and the closing jobs the kill cut off (sessions closed just before it, their
+index still pending in the log, as read from the dead server's files) are done after restart:
+every summary ready, every session searchable, and each session's entries in memory once."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -12,16 +13,26 @@ from typing import Any
 import httpx
 
 from benchmarks.server import ServerProcess
+from engine.errors import SessionNotFound
+from engine.sessions.durable import recover
+from engine.sessions.ops import GetSession
+from engine.storage.layout import shard_directory
 
 from .test_crash_recovery import ENV, KEY
 
-SLOW_SUMMARIES = {  # the tiny model writing 3000 tokens: seconds per batch, so the kill lands mid-job
-    "SESSION_ENGINE_MODELS__SUMMARIZER__MIN_NEW_TOKENS": "3000",
-    "SESSION_ENGINE_MODELS__SUMMARIZER__MAX_NEW_TOKENS": "3000",
+ORG = "crash"  # KEY's organization (ENV)
+SHARDS = 2  # the default config's session shards
+# The index held back, so the kill cuts it off: with no live memory every turn is embedded at close,
+# and one session at a time is indexed, while the summaries (extracts) are ready within moments.
+HELD_BACK = {
+    "SESSION_ENGINE_MEMORY__LIVE__ENABLED": "false",
+    "SESSION_ENGINE_MODELS__SUMMARIZER__CONCURRENT_JOBS": "1",
 }
+SESSIONS = 12  # closed just before the kill
+MESSAGES = 80  # each, all alike in shape, so every session has as many entries in memory
 
 
-def wait_for(client: httpx.Client, sid: str, statuses: set[str], timeout_s: float = 60) -> dict[str, Any]:
+def wait_for(client: httpx.Client, sid: str, statuses: set[str], timeout_s: float = 90) -> dict[str, Any]:
     """The session once its summary reaches one of `statuses` and its index is no longer pending: a
     ready summary is in session memory only once `index_status` is ready (engine.closing.job)."""
     deadline = time.monotonic() + timeout_s
@@ -33,40 +44,78 @@ def wait_for(client: httpx.Client, sid: str, statuses: set[str], timeout_s: floa
     raise AssertionError(f"{sid} never reached {statuses}: {session}")
 
 
-def test_acknowledged_vectors_and_running_summary_jobs_survive_sigkill(tmp_data: Path) -> None:
-    server = ServerProcess(tmp_data, [], {**ENV, **SLOW_SUMMARIES}).wait_ready()
+def vectors(client: httpx.Client) -> int:
+    """Every entry the memory shards hold, of every namespace (replaced ones count once)."""
+    return int(client.get("/readyz").json()["vectors"])
+
+
+def talk(client: httpx.Client, topic: str) -> str:
+    sid = client.post("/sessions", json={"name": topic}).json()["id"]
+    messages = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"talk about {topic}, point {i}"}
+        for i in range(MESSAGES)
+    ]
+    assert client.post(f"/sessions/{sid}/messages", json={"messages": messages}).status_code == 201
+    return str(sid)
+
+
+def index_status_on_disk(data: Path, ids: list[str]) -> dict[str, str | None]:
+    """Each session's index_status as the dead server's session logs and snapshots hold it: what a
+    restart resumes. Read without repair, so nothing on disk changes before the restart."""
+    found: dict[str, str | None] = {}
+    for index in range(SHARDS):
+        store, _, _ = recover(shard_directory(data, index), repair=False)
+        for sid in ids:
+            with contextlib.suppress(SessionNotFound):  # on the other shard
+                found[sid] = store.apply(GetSession(ORG, sid, limit=0), 0)["index_status"]
+    return found
+
+
+def memory_ids(client: httpx.Client) -> list[str]:
+    query = {"namespace": "session-memory", "query_text": "talk", "top_k": 50}
+    return sorted(m["id"] for m in client.post("/vectors/query", json=query).json()["matches"])
+
+
+def test_acknowledged_vectors_and_cut_off_closing_jobs_survive_sigkill(tmp_data: Path) -> None:
+    server = ServerProcess(tmp_data, [], {**ENV, **HELD_BACK}).wait_ready()
     auth = {"Authorization": f"Bearer {KEY}"}
     acknowledged: list[str] = []
     try:
         with httpx.Client(base_url=server.url, headers=auth, timeout=30) as client:
             for batch in range(20):
-                vectors = [
+                facts = [
                     {"id": f"v{batch}-{i}", "values": [1.0, batch, i], "metadata": {"batch": batch}}
                     for i in range(50)
                 ]
-                response = client.post("/vectors/upsert", json={"namespace": "facts", "vectors": vectors})
+                response = client.post("/vectors/upsert", json={"namespace": "facts", "vectors": facts})
                 assert response.status_code == 200, response.text
-                acknowledged += [v["id"] for v in vectors]
+                acknowledged += [v["id"] for v in facts]
             deleted = [f"v0-{i}" for i in range(10)]
             assert (
                 client.post("/vectors/delete", json={"namespace": "facts", "ids": deleted}).json()["deleted"]
                 == 10
             )
-            sessions = []
-            for topic in ("gardening", "taxes", "chess"):
-                sid = client.post("/sessions", json={"name": topic}).json()["id"]
-                client.post(
-                    f"/sessions/{sid}/messages", json={"role": "user", "content": f"talk about {topic}"}
-                )
+            # One session closed and indexed whole first: what one session holds in memory.
+            before = vectors(client)
+            first = talk(client, "topic 0")
+            client.post(f"/sessions/{first}/close")
+            assert wait_for(client, first, {"ready"})["index_status"] == "ready"
+            per_session = vectors(client) - before
+            assert per_session > MESSAGES, "its turns, its session entry and its summary"
+            sessions = [talk(client, f"topic {n}") for n in range(1, SESSIONS + 1)]
+            for sid in sessions:
                 assert client.post(f"/sessions/{sid}/close").json()["summary_status"] == "pending"
-                sessions.append(sid)
-            # Killed at once: the closes are in the log, their jobs queued or under way (a summary
-            # is ready within moments of its close, its index follows; either may be cut off).
     finally:
-        server.kill_session()
+        server.kill_session()  # at once: the closes are logged, their indexes queued or under way
         server.stop()
 
-    restarted = ServerProcess(tmp_data, [], ENV).wait_ready()
+    at_kill = index_status_on_disk(tmp_data, [first, *sessions])
+    assert at_kill[first] == "ready" and set(at_kill) == {first, *sessions}
+    cut_off = [sid for sid in sessions if at_kill[sid] == "pending"]
+    assert cut_off, f"the kill landed after every index was done: {at_kill}"
+
+    sessions.append(first)
+    restarted = ServerProcess(tmp_data, [], {**ENV, **HELD_BACK}).wait_ready()
     try:
         with httpx.Client(base_url=restarted.url, headers=auth, timeout=30) as client:
             survivors = set(acknowledged) - set(deleted)
@@ -83,20 +132,17 @@ def test_acknowledged_vectors_and_running_summary_jobs_survive_sigkill(tmp_data:
             for sid in sessions:
                 session = wait_for(client, sid, {"ready", "failed"})
                 assert (session["summary_status"], session["index_status"]) == ("ready", "ready"), session
-            memory = client.post(
-                "/vectors/query", json={"namespace": "session-memory", "query_text": "talk", "top_k": 10}
-            ).json()
-            assert sorted(m["id"] for m in memory["matches"]) == sorted(sessions)
+            assert memory_ids(client) == sorted(sessions)
+            # Each session once: a cut-off index done again replaced what went in before the kill.
+            assert vectors(client) == before + per_session * len(sessions), (len(cut_off), per_session)
     finally:
         restarted.stop()
 
     again = ServerProcess(tmp_data, [], ENV).wait_ready()  # after a graceful stop, nothing is lost either
     try:
         with httpx.Client(base_url=again.url, headers=auth, timeout=30) as client:
-            memory = client.post(
-                "/vectors/query", json={"namespace": "session-memory", "query_text": "talk", "top_k": 10}
-            ).json()
-            assert sorted(m["id"] for m in memory["matches"]) == sorted(sessions)
+            assert memory_ids(client) == sorted(sessions)
+            assert vectors(client) == before + per_session * len(sessions)
             stats = client.post(
                 "/vectors/query", json={"namespace": "facts", "vector": [1, 1, 1], "top_k": 100}
             )
