@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.closing import job as job_module
 from engine.closing.job import ClosingJobs
 from engine.closing.live import LiveIndexer
 from engine.config import LiveMemoryConfig, SummarizerConfig
@@ -31,6 +32,7 @@ from engine.sessions.ops import (
     EndSession,
     ExpireDue,
     FailSummary,
+    GetSession,
     LiveTurns,
     MarkLive,
     PurgeSessions,
@@ -426,6 +428,28 @@ async def test_a_closed_session_whose_job_failed_before_indexing_it_has_a_stand_
     assert stand_in["status"] == "closed"
     assert stand_in["closed_at"] == h.now
     assert h.store.live_backlog() == []
+
+
+async def test_a_session_whose_summary_fails_for_good_is_indexed_whole_after_its_live_turns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = Harness()
+    sid = h.open_session("the ferry to Tangier", "the ferry back")
+    await h.live.tick()
+    embedded = len(h.embedded)
+
+    def broken(conversation: Conversation) -> str:
+        raise RuntimeError("the extract fell over")
+
+    monkeypatch.setattr(job_module, "extract_of", broken)
+    await h.close(sid)
+    view = h.store.apply(GetSession("acme", sid, limit=0), h.now)
+    assert (view["summary_status"], view["index_status"]) == ("failed", "ready")
+    whole = h.entry(SESSIONS_OF_MEMORY, sid)
+    assert not whole.get("live") and whole["status"] == "closed", "its session entry replaced the stand-in"
+    assert f"{sid}#summary" not in h.ids(SESSIONS_OF_MEMORY)
+    assert len(h.embedded) == embedded, "the turns live memory put in were read back, not embedded again"
+    assert h.store.live_backlog() == [], "and live memory leaves it alone"
 
 
 async def test_an_ended_sessions_stand_in_says_when_it_ended() -> None:
