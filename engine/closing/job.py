@@ -32,9 +32,9 @@ so a summary is `ready` as soon as its extract is made, whatever the embedder's 
    whole-session entry (the mean of every turn's vector, replacing live memory's stand-in) in one
    upsert, then the summary's entry (embed, one upsert; made at the summary's time), then
    MarkIndexed, one record: `index_status: ready`, and the feeds' `session.indexed` event. The
-   mark names the session's created_at: one made for a session deleted meanwhile and imported
-   again under its id is not applied, and the job starts again at step 1 for the new one (its
-   import's job is this one, already running). Turns
+   mark names which import of its id the session is (SummaryInput.incarnation): one made for a
+   session deleted meanwhile and imported again under its id is not applied, and the job starts
+   again at step 1 for the new one (its import's job is this one, already running). Turns
    already there (a summary asked for again) are not indexed again: only the summary goes in.
    Deleted meanwhile: what went in is taken out. A summary asked for meanwhile goes back to step
    1, and its index follows. Once indexed, the summary's upgrade is queued, if it is.
@@ -438,7 +438,7 @@ class ClosingJobs:
     async def _mark(self, org: str, session_id: str, job: SummaryInput, entries: int | None) -> Any:
         """MarkIndexed for the session the job read (its view, or the error the shard answered):
         _Gone if it was deleted, _Replaced if another session has its id now."""
-        done = await self._one(MarkIndexed(org, session_id, entries, job.created_at))
+        done = await self._one(MarkIndexed(org, session_id, entries, job.incarnation))
         if isinstance(done, SessionNotFound):
             raise _Gone
         if done is None:

@@ -161,6 +161,9 @@ class SummaryInput:
     status: SessionStatus = SessionStatus.CLOSED  # what session memory records of it
     # Its messages through this seq went into session memory while it was open (engine.closing.live).
     live_through: int = 0
+    # Which import of its id the session is (SessionStore._imports; 0: none since the store was
+    # made): what MarkIndexed names, so it marks only the session the job read.
+    incarnation: int = 0
 
 
 @SESSION_OPS.read("_summary_job")
@@ -240,14 +243,15 @@ class MarkIndexed(SessionOp):
     """The session's messages, and its ready summary, are in its organization's session memory
     (searchable); the index it was queued for is done. `entries` None: only its summary went in
     (its turns were in already), and the count stays. Answers the session's view, or None (not
-    logged) when the session under this id is not the one `created_at` names (the job's session
-    was deleted and another made under its id while it indexed)."""
+    logged) when the session under this id is not the `incarnation` the job read (it was deleted
+    and imported again while the job indexed)."""
 
     org: str
     session_id: str
     entries: int | None
-    # The created_at of the session the job read; checked when the op first runs, as quotas are.
-    created_at: int | None = unlogged()
+    # SummaryInput.incarnation of the session the job read; checked when the op first runs, as
+    # quotas are (replay applies a logged mark to the session it was made for).
+    incarnation: int | None = unlogged()
 
 
 @dataclass(slots=True, frozen=True)

@@ -116,6 +116,13 @@ class SessionStore:
         self.live_deleted: list[tuple[str, str]] = []
         self._snapshot: SnapshotCursor | None = None
         self._snap_epoch = 0
+        # Which import of its id a session is, for sessions imported since the store was made (the
+        # others are 0): an import is the one way an id is used again, after a delete, and a
+        # closing job's MarkIndexed for the session it read must not mark the one imported since.
+        # Not in the log or snapshot: a job never outlives the run that read its number. Kept until
+        # the session's job marks it indexed (or it is deleted).
+        self._imports: dict[tuple[str, str], int] = {}
+        self._import_count = 0
         self._exports: Cursors[ExportCursor] = Cursors("a shard")
         self._now_ms = 0  # when the op being applied runs: a cursor lapsed by then is not copied into
         # The last log record written, read by an export cursor for its watermark; the durability
@@ -404,6 +411,7 @@ class SessionStore:
             summary=kept,
             status=session.status,
             live_through=session.live_through,
+            incarnation=self._imports.get((op.org, op.session_id), 0),
         )
 
     def _start_summary(self, op: StartSummary, now_ms: int) -> SessionView | None:
@@ -458,8 +466,9 @@ class SessionStore:
 
     def _mark_indexed(self, op: MarkIndexed, now_ms: int) -> SessionView | None:
         session = self._find(op.org, op.session_id)
-        if op.created_at is not None and op.created_at != session.created_at:
+        if op.incarnation is not None and op.incarnation != self._imports.get((op.org, op.session_id), 0):
             return None  # made for a session since deleted: this one's own index has not run
+        self._imports.pop((op.org, op.session_id), None)  # its job has marked it: jobs after read 0
         self._before_change(session)
         session.mark_indexed(op.entries, now_ms=now_ms)
         return session.view()
@@ -549,6 +558,7 @@ class SessionStore:
         records hold (their keys stay until they lapse, so a retry is not applied again)."""
         self._before_change(session)
         del self._sessions[(session.org, session.id)]
+        self._imports.pop((session.org, session.id), None)
         index = self._orgs[session.org]
         index.remove(session)
         if not index.all:
@@ -643,6 +653,8 @@ class SessionStore:
         session.live_through, session.live_ended = 0, False  # this memory holds none of it yet
         self._sessions[key] = session
         self._orgs.setdefault(op.org, _OrgIndex()).add(session)
+        self._import_count += 1
+        self._imports[key] = self._import_count
         if session.status is SessionStatus.ACTIVE:
             heapq.heappush(self._deadlines, (session.expires_at, op.org, op.session_id))
         if session.job_unfinished:
