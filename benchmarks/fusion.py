@@ -1,8 +1,8 @@
 """How session memory's fusion was chosen, reproducibly: signals, normalisation and weights tuned
 on one part of the data and reported on another, per question style, beside BM25 over transcripts.
 
-    python -m benchmarks.fusion [--tune dialogues:0:7,11,13 assistant:0:7,11,13]
-                                [--check dialogues:1:23,29,31,37 assistant:0:23,29]
+    python -m benchmarks.fusion [--tune dialogues:0:7,11,13,17,19,41 assistant:0:7,11,13,17,19]
+                                [--check dialogues:1:23,29,31,37,43,47 assistant:0:23,29,31]
                                 [--norm engine minmax/spread ...] [--signals all|engine|NAME ...]
                                 [--search ascent|grid] [--weights JSON] [--cases FILE] [--out FILE]
 
@@ -392,10 +392,10 @@ def ascent(sets: Sequence[Pooled], start: np.ndarray, sweeps: int = 6) -> np.nda
 # candidate signals, and small weights for the lexical ones (scaled by their spread, they reach
 # several units).
 SPACE: Mapping[str, tuple[float, ...]] = {
-    "turn_dense": (1.0,),
+    "turn_dense": (0.5, 1.0),
     "session_dense": (0.5, 1.0),
     "summary_dense": (0.25, 0.5),
-    "window_dense": (0.0, 0.25, 0.5),
+    "window_dense": (0.0, 0.5, 1.0, 1.5),
     "session_lexical": (0.0, 0.1, 0.2, 0.3, 0.5),
     "turn_lexical": (0.0, 0.05, 0.1),
     "summary_lexical": (0.0, 0.1),
@@ -415,6 +415,11 @@ def grid(sets: Sequence[Pooled], names: Sequence[str]) -> np.ndarray:
 
 
 # -- the command -----------------------------------------------------------------------------------
+
+
+# The default data sets: (corpus, half, seeds).
+TUNING = [("dialogues", 0, [7, 11, 13, 17, 19, 41]), ("assistant", 0, [7, 11, 13, 17, 19])]
+HELD_OUT = [("dialogues", 1, [23, 29, 31, 37, 43, 47]), ("assistant", 0, [23, 29, 31])]
 
 
 def parse_set(text: str) -> tuple[str, int, list[int]]:
@@ -503,10 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--tune", type=parse_set, nargs="+",
-                        default=[("dialogues", 0, [7, 11, 13]), ("assistant", 0, [7, 11, 13])])  # fmt: skip
-    parser.add_argument("--check", type=parse_set, nargs="+",
-                        default=[("dialogues", 1, [23, 29, 31, 37]), ("assistant", 0, [23, 29])])  # fmt: skip
+    parser.add_argument("--tune", type=parse_set, nargs="+", default=TUNING)
+    parser.add_argument("--check", type=parse_set, nargs="+", default=HELD_OUT)
     parser.add_argument(
         "--norm", nargs="+", default=list(NORMS), help=f"of {NORMS}, or dense/lexical: minmax/z"
     )

@@ -73,6 +73,10 @@ DEEPER_LEXICAL = 16
 # A window's neighbour is the nearest indexed message within this many seqs on its side: tool and
 # system messages between two messages are not indexed, and a later message is not there yet.
 NEIGHBOUR_GAP = 8
+# Windows are made around this many of the best turns the dense search found (its depth for the
+# default top_k): deeper, their cost grows with top_k while what they add is at the bottom of a long
+# answer, where the other rankings decide.
+WINDOW_HITS = 200
 # Tuned by benchmarks/fusion.py on both recall corpora, chosen on tuning sets and checked on held
 # out ones (benchmarks/README.md, "Session memory on conversations between friends"). Lexical
 # rankings are scaled by their spread (SCALES), so a small weight still counts where one session
@@ -81,10 +85,10 @@ WEIGHTS: Mapping[str, float] = {
     "turn_dense": 1.0,
     "turn_lexical": 0.05,
     "session_dense": 1.0,
-    "session_lexical": 0.3,
+    "session_lexical": 0.2,
     "summary_dense": 0.5,
     "summary_lexical": 0.1,
-    "window_dense": 0.5,
+    "window_dense": 1.0,
 }
 SCALES: Mapping[str, Scale] = {
     signal: "spread" if signal.endswith("_lexical") else "range" for signal in WEIGHTS
@@ -396,11 +400,13 @@ def _signals(
 def _windows(
     index: NamespaceIndex, vector: np.ndarray, hits: Hits, existing: Collection[int] | None
 ) -> list[tuple[str, float]]:
-    """Sessions by their best window around the turns the dense search found (`hits`): for each
-    found turn, the windows centred on it and on its neighbours, each scored by the cosine of the
-    query with the normalised mean of its messages' stored vectors (`session_vector`). Of the
-    `existing` turns only (None: all), so `as_of` sees the windows of the turns said by then."""
+    """Sessions by their best window around the turns the dense search found first (`hits`, the
+    first WINDOW_HITS): for each found turn, the windows centred on it and on its neighbours, each
+    scored by the cosine of the query with the normalised mean of its messages' stored vectors
+    (`session_vector`). Of the `existing` turns only (None: all), so `as_of` sees the windows of
+    the turns said by then."""
     turns: dict[tuple[str, int], int | None] = {}  # (session, seq) -> its turn's FAISS id, if indexed
+    near: dict[tuple[str, int], tuple[int | None, int | None]] = {}  # (session, seq) -> neighbours' seqs
 
     def turn(session_id: str, seq: int) -> int | None:
         key = (session_id, seq)
@@ -411,39 +417,44 @@ def _windows(
             )
         return turns[key]
 
+    def neighbours(session_id: str, seq: int) -> tuple[int | None, int | None]:
+        key = (session_id, seq)
+        if key not in near:
+            near[key] = (beside(session_id, seq, -1), beside(session_id, seq, 1))
+        return near[key]
+
     def beside(session_id: str, seq: int, step: int) -> int | None:
         for gap in range(1, NEIGHBOUR_GAP + 1):
             if turn(session_id, seq + step * gap) is not None:
                 return seq + step * gap
         return None
 
-    centres: set[tuple[str, int]] = set()
-    for faiss_id, _ in hits:
+    centres: dict[tuple[str, int], None] = {}  # in the order found
+    for faiss_id, _ in hits[:WINDOW_HITS]:
         entry = index.entry(faiss_id)
         if entry is None or entry[1].get("kind") != "turn":
             continue
         session_id, seq = str(entry[1]["session_id"]), int(entry[1]["seq"])
-        centres.add((session_id, seq))
-        for step in (-1, 1):
-            near = beside(session_id, seq, step)
-            if near is not None:
-                centres.add((session_id, near))
+        centres[(session_id, seq)] = None
+        for other in neighbours(session_id, seq):
+            if other is not None:
+                centres[(session_id, other)] = None
     if not centres:
         return []
-    windows = sorted(centres)
-    members = [  # each window's turns, by FAISS id
-        [
-            i
-            for seq in (beside(s, c, -1), c, beside(s, c, 1))
-            if seq is not None and (i := turn(s, seq)) is not None
-        ]
-        for s, c in windows
-    ]
-    rows = {faiss_id: row for row, faiss_id in enumerate(dict.fromkeys(i for ids in members for i in ids))}
-    stored = index.vectors(list(rows))
-    sums = np.vstack([stored[[rows[i] for i in ids]].sum(axis=0) for ids in members])
+    # Each window as the rows of its (up to) three turns in `stored`; a missing neighbour is the
+    # zero row at its end. One read of every turn's stored vector, then three gathers.
+    rows: dict[int, int] = {}
+    members = np.empty((len(centres), 3), dtype=np.int64)
+    for w, (session_id, seq) in enumerate(centres):
+        before, after = neighbours(session_id, seq)
+        for column, member in enumerate((before, seq, after)):
+            held = None if member is None else turn(session_id, member)
+            members[w, column] = -1 if held is None else rows.setdefault(held, len(rows))
+    stored = np.vstack([index.vectors(list(rows)), np.zeros((1, index.dimension), dtype=np.float32)])
+    sums = stored[members[:, 0]] + stored[members[:, 1]] + stored[members[:, 2]]
     norms = np.maximum(np.linalg.norm(sums, axis=1), np.finfo(np.float32).tiny)
     cosines = (sums @ np.asarray(vector, dtype=np.float32).reshape(-1)) / norms
+    windows = list(centres)
     best: dict[str, float] = {}
     for (session_id, _), cosine in zip(windows, cosines.tolist(), strict=True):
         best[session_id] = max(best.get(session_id, -1.0), min(1.0, cosine))
@@ -529,16 +540,22 @@ def _carried(
         return fused
     rescored = []
     for session_id, score in fused:
-        kinds = _kinds_of(indexes.whole, session_id, past)
+        kinds = _kinds_of(indexes, session_id, past)
         carried = sum(w for name, w in present.items() if name.rpartition("_")[0] in kinds)
         rescored.append((session_id, score * total / carried if 0 < carried < total else score))
     return sorted(rescored, key=lambda pair: -pair[1])  # stable: a tie keeps the fused order
 
 
-def _kinds_of(whole: NamespaceIndex | None, session_id: str, past: Past | None) -> set[str]:
+def _kinds_of(indexes: SessionIndexes, session_id: str, past: Past | None) -> set[str]:
     """The kinds of entry a session has in memory (as of `past`): turns (assumed: a session found
-    at all has some, or is found by its name) and so windows, and its whole-session entry and summary."""
-    kinds = {"turn", "window"}
+    at all has some, or is found by its name), windows where it has a turn (one with only tool
+    messages has none), and its whole-session entry and summary."""
+    kinds = {"turn"}
+    if indexes.turns is not None:
+        turns = indexes.turns.select({"session_id": session_id, "kind": "turn"}) or set()
+        if turns if past is None else not turns.isdisjoint(past.turns):
+            kinds.add("window")
+    whole = indexes.whole
     existed = None if past is None else past.whole
     session = _entry_of(whole, session_id)
     if session is not None and (existed is None or session[0] in existed):

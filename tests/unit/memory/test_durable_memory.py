@@ -273,12 +273,13 @@ def test_an_earlier_engines_stored_windows_are_gone_after_recovery(tmp_path: Pat
 
     memory.commit([turns(["s#1", "s#2"], "turn"), turns(["s#1#window"], "window")])
     memory.snapshot_now()
-    memory.commit([turns(["s#2#window"], "window"), upsert("acme", "n", ["kind-window"])])
+    user = UpsertVectors("acme", "n", ("w",), rows(1, 2), ({"kind": "window", "session_id": "s"},))
+    memory.commit([turns(["s#2#window"], "window"), user])
     memory.close()
     recovered = open_memory(tmp_path)
     index = dict(recovered.store.namespaces())[("acme", SESSION_MEMORY)]
     assert {index.entry(i)[0] for i in index.ids_below(index.next_id)} == {"s#1", "s#2"}  # type: ignore[index]
-    assert len(recovered.store) == 3, "a user namespace is left as it was"
+    assert len(recovered.store) == 3, "a user namespace's entries of kind window are left as they were"
     recovered.snapshot_now()
     recovered.close()
     assert len(open_memory(tmp_path).store) == 3

@@ -14,6 +14,7 @@ import pytest
 
 from engine.closing.indexing import forget_sessions, index_live, index_session, index_summary
 from engine.errors import ValidationFailed
+from engine.memory import sessions
 from engine.memory.index import IndexParams
 from engine.memory.ops import MemoryOp, QueryVectors, UpsertVectors
 from engine.memory.sessions import (
@@ -23,6 +24,7 @@ from engine.memory.sessions import (
     SIGNALS_OF_MODE,
     WEIGHTS,
     ClosedSession,
+    Past,
     SessionIndexes,
     closest_of,
     said,
@@ -297,3 +299,17 @@ def test_an_open_session_ranks_by_its_turns_against_closed_ones(mode: str) -> No
     )
     asyncio.run(index_live(memory, {"acme": [(open_one, 2)]}))
     assert memory.query("what is my dog called Biscuit", mode=mode)[0].id == "open_1"
+
+
+def test_a_session_with_only_tool_messages_is_not_charged_for_windows() -> None:
+    """A session is scored over the weight of the rankings it can be listed in: one with no
+    indexed turn can never have a window, so the window ranking's weight is not counted against
+    it, while one with a turn (as of a moment, one said by then) can."""
+    memory = Memory()
+    memory.close("acme", "sess_t", "nightly billing export", ("tool", '{"rows": 3}'))
+    memory.close("acme", "sess_c", "chat", ("user", "alpha"))
+    namespaces = dict(memory.store.namespaces())
+    indexes = SessionIndexes(namespaces[("acme", SESSION_MEMORY)], namespaces[("acme", SESSIONS_OF_MEMORY)])
+    assert "window" not in sessions._kinds_of(indexes, "sess_t", None)
+    assert "window" in sessions._kinds_of(indexes, "sess_c", None)
+    assert "window" not in sessions._kinds_of(indexes, "sess_c", Past(frozenset(), frozenset()))
