@@ -4,7 +4,7 @@ query latency at 10k and 100k vectors in one namespace.
     python -m benchmarks.memory [--conversations 16] [--batch-sizes 1 4 8] [--vectors 10000 100000]
                                 [--device cpu] [--models-dir DIR]
 
-Each part runs the engine's own classes in this process (no Ray, no HTTP), so it measures the
+Each part but the last runs the engine's own classes in this process (no Ray, no HTTP), so it measures the
 model or the index and nothing around it:
 - the default summarizer (SmolLM2-135M-Instruct, converted from its packaged GGUF file into
   --models-dir once) on N four-message conversations, greedy, `max_new_tokens` 128, N / b
@@ -15,7 +15,12 @@ model or the index and nothing around it:
   HNSW against the exact answer, and queries with a metadata filter matching 1%. Two data sets:
   `clustered` (2,000 centres, each vector its centre plus noise, queries likewise), closer to
   real embeddings, which cluster by topic; and `random` (independent Gaussian directions), the
-  worst case for HNSW, where every point is nearly as far as every other.
+  worst case for HNSW, where every point is nearly as far as every other;
+- session memory at --session-turns turns in one process (measure_session_memory);
+- session memory served through HTTP (`session-memory-http`), at each of --http-turns turns (the
+  first the baseline, e.g. `--http-turns 10000 1000000`): a data directory written offline by the
+  memory shard's own durable code, a real server started on it, then `POST /vectors/query` at 8
+  connections for --http-seconds per kind of query (measure_served_memory).
 """
 
 from __future__ import annotations
@@ -25,23 +30,35 @@ import ctypes
 import ctypes.util
 import gc
 import json
+import os
 import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
+import orjson
 
+from benchmarks import load
+from benchmarks.load import Request, ensure_wrk
+from benchmarks.server import ServerProcess, default_summarizer
 from benchmarks.stamp import describe, machine
-from engine.config import SummarizerConfig
+from engine.config import SummarizerConfig, load_config
+from engine.errors import EngineError
+from engine.memory.durable import DurableMemory
 from engine.memory.index import IndexParams, NamespaceIndex, normalized, records_of
 from engine.memory.ops import QueryVectors, UpsertVectors
 from engine.memory.sessions import SESSION_MEMORY, SESSIONS_OF_MEMORY
 from engine.memory.store import MemoryStore
 from engine.models.embedder import Embedder
 from engine.models.summarizer import Conversation, Summarizer
+from engine.routing import memory_shard_for
+from engine.storage.identity import ShardIdentity
+from engine.storage.layout import claim_layout, memory_directory
 
 HERE = Path(__file__).resolve().parent
 
@@ -253,6 +270,42 @@ def _queries(
     return row | {f"{prefix}dense_recall_at_10": round(recall, 3)}
 
 
+VOCABULARY = np.array([f"w{i}" for i in range(30_000)])  # session memory's words, drawn by a Zipf law
+
+
+def question_texts(count: int, rng: np.random.Generator) -> list[str]:
+    """Questions of 6 words drawn as the turns' words are."""
+    return [" ".join(VOCABULARY[np.minimum(rng.zipf(1.3, 6), len(VOCABULARY)) - 1]) for _ in range(count)]
+
+
+def session_memory_batches(
+    org: str, vectors: np.ndarray, rng: np.random.Generator, chunk: int = 10_000
+) -> Iterator[list[UpsertVectors]]:
+    """Session memory as the closing job writes it, `chunk` turns at a time: the turns (one per
+    vector, in sessions of 20, texts of 12 words) and the whole-session entry of each session the
+    chunk touches (its first turn's vector and text), each with the metadata the engine writes."""
+    n = len(vectors)
+    for start in range(0, n, chunk):
+        end = min(n, start + chunk)
+        words = VOCABULARY[np.minimum(rng.zipf(1.3, (end - start, 12)), len(VOCABULARY)) - 1]
+        texts = tuple(" ".join(row) for row in words)
+        ids = tuple(f"s{i // 20}#{i % 20 + 1}" for i in range(start, end))
+        metadata = tuple({"session_id": f"s{i // 20}", "kind": "turn", "seq": i % 20 + 1, "role": "user",
+                          "created_at": _T0 + i * 1000} for i in range(start, end))  # fmt: skip
+        sessions = sorted({i // 20 for i in range(start, end)})
+        whole = normalized(vectors[[min(s * 20, n - 1) for s in sessions]])
+        yield [
+            UpsertVectors(org, SESSION_MEMORY, ids, vectors[start:end], metadata, texts=texts),
+            UpsertVectors(
+                org, SESSIONS_OF_MEMORY, tuple(f"s{s}" for s in sessions), whole,
+                tuple({"session_id": f"s{s}", "kind": "session", "name": f"chat {s}",
+                       "created_at": _T0 + s * 20_000, "closed_at": _T0 + s * 20_000 + 19_000,
+                       "message_count": 20, "status": "closed"} for s in sessions),
+                texts=tuple(texts[(s * 20 - start) % len(texts)] for s in sessions),
+            ),
+        ]  # fmt: skip
+
+
 def measure_session_memory(
     sizes: list[int], dimension: int = 384, queries: int = 300
 ) -> list[dict[str, Any]]:
@@ -265,38 +318,19 @@ def measure_session_memory(
     Texts are 12 words drawn from a 30,000-word vocabulary by a Zipf law, as words are in text;
     vectors are the `clustered` kind above; metadata as the closing job writes it."""
     rng = np.random.default_rng(1)
-    vocabulary = np.array([f"w{i}" for i in range(30_000)])
     rows = []
     for n in sizes:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         vectors, probes = _data("clustered", n, queries, dimension, rng)
-        texts = [
-            " ".join(vocabulary[np.minimum(rng.zipf(1.3, 6), len(vocabulary)) - 1]) for _ in range(queries)
-        ]
+        texts = question_texts(queries, rng)
         gc.collect()
         _LIBC.malloc_trim(0)
         resident = _resident_bytes()
         store = MemoryStore(IndexParams())
         started = time.perf_counter()
-        for start in range(0, n, 10_000):
-            end = min(n, start + 10_000)
-            words = vocabulary[np.minimum(rng.zipf(1.3, (end - start, 12)), len(vocabulary)) - 1]
-            chunk = tuple(" ".join(row) for row in words)
-            ids = tuple(f"s{i // 20}#{i % 20 + 1}" for i in range(start, end))
-            metadata = tuple({"session_id": f"s{i // 20}", "kind": "turn", "seq": i % 20 + 1, "role": "user",
-                              "created_at": _T0 + i * 1000} for i in range(start, end))  # fmt: skip
-            store.apply_batch(
-                [UpsertVectors("org", SESSION_MEMORY, ids, vectors[start:end], metadata, texts=chunk)]
-            )
-            sessions = sorted({i // 20 for i in range(start, end)})
-            whole = normalized(vectors[[min(s * 20, n - 1) for s in sessions]])
-            store.apply_batch([UpsertVectors(
-                "org", SESSIONS_OF_MEMORY, tuple(f"s{s}" for s in sessions), whole,
-                tuple({"session_id": f"s{s}", "kind": "session", "name": f"chat {s}",
-                       "created_at": _T0 + s * 20_000, "closed_at": _T0 + s * 20_000 + 19_000,
-                       "message_count": 20, "status": "closed"} for s in sessions),
-                texts=tuple(chunk[(s * 20 - start) % len(chunk)] for s in sessions),
-            )])  # fmt: skip
+        for ops in session_memory_batches("org", vectors, rng):
+            for op in ops:
+                store.apply_batch([op])
             store.take_journal()
         written_s = time.perf_counter() - started
         turns = dict(store.namespaces())[("org", SESSION_MEMORY)]
@@ -345,6 +379,107 @@ def measure_session_memory(
     return rows
 
 
+HTTP_ORG = "bench"  # the organization the served data is written for, and the API key's
+HTTP_KEY = "sk-memory-bench"
+
+
+def write_session_memory(
+    data_dir: Path, n: int, org: str, dimension: int = 384, queries: int = 300, seed: int = 1
+) -> tuple[np.ndarray, list[str]]:
+    """A data directory whose memory shard holds `org`'s session memory of `n` turns, written
+    offline by the shard's own durable code (DurableMemory, at the directory and under the
+    identity the served engine's shard opens, for the default config's shard counts), ending in a
+    snapshot so the server recovers from it rather than replay the log. The data are
+    measure_session_memory's; returns that run's question vectors and texts."""
+    rng = np.random.default_rng(seed)
+    vectors, probes = _data("clustered", n, queries, dimension, rng)
+    texts = question_texts(queries, rng)
+    config = load_config(None)
+    cluster_id = claim_layout(data_dir, config.shards, config.memory.shards)
+    index = memory_shard_for(org, config.memory.shards)
+    durable = DurableMemory(
+        memory_directory(data_dir, index),
+        config.durability.model_copy(update={"fsync": "never"}),  # the snapshot at the end is synced
+        IndexParams(**config.memory.index.model_dump()),
+        identity=ShardIdentity(cluster_id, "memory", index),
+    )
+    try:
+        for ops in session_memory_batches(org, vectors, rng):
+            failed = [r for r in durable.commit(ops) if isinstance(r, EngineError)]
+            if failed:
+                raise failed[0]
+        for _, namespace in durable.store.namespaces():
+            namespace.wait_for_build()
+        durable.snapshot_now()
+    finally:
+        durable.close(snapshot=False)
+    return probes, texts
+
+
+def _query_plan(body: list[dict[str, Any]]) -> list[Request]:
+    return [Request("POST", "/vectors/query", orjson.dumps(b)) for b in body]
+
+
+def measure_served_memory(sizes: list[int], seconds: float, connections: int = 8) -> list[dict[str, Any]]:
+    """Session memory through HTTP: for each size, a data directory written by
+    write_session_memory, a real server started on it (the default config, its own Ray), then
+    `POST /vectors/query` in `session-memory` at `connections` connections for `seconds` each
+    (wrk, 127.0.0.1): hybrid with `query_text` (the server embeds it), dense with a precomputed
+    `vector` (the API takes one or the other, and hybrid needs the text), lexical with the text."""
+    generator = "wrk" if ensure_wrk() else "python"
+    rows = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="memory-http-") as tmp:
+            data_dir = Path(tmp) / "data"
+            started = time.perf_counter()
+            probes, texts = write_session_memory(data_dir, n, HTTP_ORG)
+            written_s = time.perf_counter() - started
+            gc.collect()
+            _LIBC.malloc_trim(0)
+            env = {
+                "SESSION_ENGINE_API_KEYS": f"{HTTP_KEY}={HTTP_ORG}",
+                "SESSION_ENGINE_MODELS__SUMMARIZER__PATH": str(default_summarizer()),
+            }
+            started = time.perf_counter()
+            server = ServerProcess(data_dir, [], env).wait_ready(1800)
+            row: dict[str, Any] = {
+                "part": "session-memory-http",
+                "turns": n,
+                "connections": connections,
+                "generator": generator,
+                "written_s": round(written_s, 1),
+                "ready_s": round(time.perf_counter() - started, 1),
+            }
+            try:
+                base = {"namespace": SESSION_MEMORY, "top_k": 10}
+                plans = {
+                    "hybrid_text": [base | {"mode": "hybrid", "query_text": t} for t in texts],
+                    "dense_vector": [base | {"mode": "dense", "vector": v.round(5).tolist()} for v in probes],
+                    "lexical_text": [base | {"mode": "lexical", "query_text": t} for t in texts],
+                }
+                answer = httpx.post(
+                    f"{server.url}/vectors/query",
+                    json=plans["hybrid_text"][0],
+                    headers={"Authorization": f"Bearer {HTTP_KEY}"},
+                    timeout=60,
+                )
+                row["first_answer_count"] = answer.raise_for_status().json()["count"]  # the data is there
+                for name, bodies in plans.items():
+                    plan = _query_plan(bodies)
+                    load.run(generator, server.url, HTTP_KEY, plan[:20], load.Load(connections, 2), Path(tmp))
+                    result = load.run(
+                        generator, server.url, HTTP_KEY, plan, load.Load(connections, seconds), Path(tmp)
+                    )
+                    row[name] = {k: result[k] for k in ("requests", "requests_per_s", "errors", "p50_ms",
+                                                        "p90_ms", "p99_ms", "max_ms")}  # fmt: skip
+                    row[name]["load_after"] = [round(x, 2) for x in os.getloadavg()]
+            finally:
+                server.stop()
+        rows.append(row)
+        print(json.dumps(row))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -359,8 +494,19 @@ def main() -> None:
         "--session-turns", type=int, nargs="+", default=[100_000], help="indexed turns in session memory"
     )
     parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["summarizer", "embedder", "query", "session-memory"]
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["summarizer", "embedder", "query", "session-memory", "session-memory-http"],
     )
+    parser.add_argument(
+        "--http-turns",
+        type=int,
+        nargs="+",
+        default=[10_000, 100_000],
+        help="indexed turns in served session memory (the first is the baseline)",
+    )
+    parser.add_argument("--http-seconds", type=float, default=20.0, help="per query kind and size")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "memory.json")
     args = parser.parse_args()
     report: dict[str, Any] = {"machine": describe(machine()), "when": time.strftime("%Y-%m-%d"), "rows": []}
@@ -376,6 +522,8 @@ def main() -> None:
         report["rows"] += measure_queries(args.vectors, args.data)
     if "session-memory" not in args.skip:
         report["rows"] += measure_session_memory(args.session_turns)
+    if "session-memory-http" not in args.skip:
+        report["rows"] += measure_served_memory(args.http_turns, args.http_seconds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"\nmachine: {report['machine']}")
