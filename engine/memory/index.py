@@ -277,6 +277,11 @@ class NamespaceIndex:
             return []
         return self.lexical.search(text, k, candidates)
 
+    def holding(self, key: str, value: Any) -> Collection[int]:
+        """The FAISS ids whose metadata `key` equals `value`: the index's own set, not to be changed
+        (`select` copies it)."""
+        return self._entries.posting(key, value)
+
     def select(self, where: Where | None) -> set[int] | None:
         """The FAISS ids whose metadata satisfies `where`; None when there is no filter (all)."""
         if not where:

@@ -405,51 +405,46 @@ def _windows(
     scored by the cosine of the query with the normalised mean of its messages' stored vectors
     (`session_vector`). Of the `existing` turns only (None: all), so `as_of` sees the windows of
     the turns said by then."""
-    turns: dict[tuple[str, int], int | None] = {}  # (session, seq) -> its turn's FAISS id, if indexed
-    near: dict[tuple[str, int], tuple[int | None, int | None]] = {}  # (session, seq) -> neighbours' seqs
+    Turn = tuple[int, int]  # (seq, FAISS id)
+    near: dict[tuple[str, int], tuple[Turn | None, Turn | None]] = {}  # (session, seq) -> neighbours
 
-    def turn(session_id: str, seq: int) -> int | None:
-        key = (session_id, seq)
-        if key not in turns:
-            faiss_id = index.faiss_id(f"{session_id}#{seq}")
-            turns[key] = (
-                None if faiss_id is None or (existing is not None and faiss_id not in existing) else faiss_id
-            )
-        return turns[key]
-
-    def neighbours(session_id: str, seq: int) -> tuple[int | None, int | None]:
-        key = (session_id, seq)
-        if key not in near:
-            near[key] = (beside(session_id, seq, -1), beside(session_id, seq, 1))
-        return near[key]
-
-    def beside(session_id: str, seq: int, step: int) -> int | None:
+    def beside(session_id: str, seq: int, step: int) -> Turn | None:
         for gap in range(1, NEIGHBOUR_GAP + 1):
-            if turn(session_id, seq + step * gap) is not None:
-                return seq + step * gap
+            faiss_id = index.faiss_id(f"{session_id}#{seq + step * gap}")
+            if faiss_id is not None and (existing is None or faiss_id in existing):
+                return seq + step * gap, faiss_id
         return None
 
-    centres: dict[tuple[str, int], None] = {}  # in the order found
+    def neighbours(session_id: str, seq: int) -> tuple[Turn | None, Turn | None]:
+        key = (session_id, seq)
+        held = near.get(key)
+        if held is None:
+            held = near[key] = (beside(session_id, seq, -1), beside(session_id, seq, 1))
+        return held
+
+    centres: dict[tuple[str, int], int] = {}  # (session, seq) -> its FAISS id, in the order found
     for faiss_id, _ in hits[:WINDOW_HITS]:
         entry = index.entry(faiss_id)
         if entry is None or entry[1].get("kind") != "turn":
             continue
         session_id, seq = str(entry[1]["session_id"]), int(entry[1]["seq"])
-        centres[(session_id, seq)] = None
+        centres[(session_id, seq)] = faiss_id
         for other in neighbours(session_id, seq):
             if other is not None:
-                centres[(session_id, other)] = None
+                centres[(session_id, other[0])] = other[1]
     if not centres:
         return []
     # Each window as the rows of its (up to) three turns in `stored`; a missing neighbour is the
     # zero row at its end. One read of every turn's stored vector, then three gathers.
     rows: dict[int, int] = {}
-    members = np.empty((len(centres), 3), dtype=np.int64)
-    for w, (session_id, seq) in enumerate(centres):
+    members = np.full((len(centres), 3), -1, dtype=np.int64)
+    for w, ((session_id, seq), faiss_id) in enumerate(centres.items()):
         before, after = neighbours(session_id, seq)
-        for column, member in enumerate((before, seq, after)):
-            held = None if member is None else turn(session_id, member)
-            members[w, column] = -1 if held is None else rows.setdefault(held, len(rows))
+        members[w, 1] = rows.setdefault(faiss_id, len(rows))
+        if before is not None:
+            members[w, 0] = rows.setdefault(before[1], len(rows))
+        if after is not None:
+            members[w, 2] = rows.setdefault(after[1], len(rows))
     stored = np.vstack([index.vectors(list(rows)), np.zeros((1, index.dimension), dtype=np.float32)])
     sums = stored[members[:, 0]] + stored[members[:, 1]] + stored[members[:, 2]]
     norms = np.maximum(np.linalg.norm(sums, axis=1), np.finfo(np.float32).tiny)
@@ -538,22 +533,28 @@ def _carried(
     total = sum(present.values())
     if not fused or total <= 0 or set(present) <= set(TURN_SIGNALS):
         return fused
+    # A session a turn or window ranking lists has a turn: no need to look.
+    with_turns = {session_id for name in TURN_SIGNALS for session_id, _ in found.rankings.get(name, ())}
     rescored = []
     for session_id, score in fused:
-        kinds = _kinds_of(indexes, session_id, past)
+        kinds = _kinds_of(indexes, session_id, past, session_id in with_turns)
         carried = sum(w for name, w in present.items() if name.rpartition("_")[0] in kinds)
         rescored.append((session_id, score * total / carried if 0 < carried < total else score))
     return sorted(rescored, key=lambda pair: -pair[1])  # stable: a tie keeps the fused order
 
 
-def _kinds_of(indexes: SessionIndexes, session_id: str, past: Past | None) -> set[str]:
+def _kinds_of(
+    indexes: SessionIndexes, session_id: str, past: Past | None, has_turns: bool = False
+) -> set[str]:
     """The kinds of entry a session has in memory (as of `past`): turns (assumed: a session found
     at all has some, or is found by its name), windows where it has a turn (one with only tool
-    messages has none), and its whole-session entry and summary."""
-    kinds = {"turn"}
-    if indexes.turns is not None:
-        turns = indexes.turns.select({"session_id": session_id, "kind": "turn"}) or set()
-        if turns if past is None else not turns.isdisjoint(past.turns):
+    messages has none; `has_turns`: known to have one), and its whole-session entry and summary."""
+    kinds = {"turn", "window"} if has_turns else {"turn"}
+    if not has_turns and indexes.turns is not None:
+        held = indexes.turns.holding("session_id", session_id)
+        legacy = indexes.turns.faiss_id(session_id)  # an older engine's one entry: not a turn
+        turns = held if legacy is None else set(held) - {legacy}
+        if turns and (past is None or not past.turns.isdisjoint(turns)):
             kinds.add("window")
     whole = indexes.whole
     existed = None if past is None else past.whole
