@@ -32,12 +32,14 @@ so a summary is `ready` as soon as its extract is made, whatever the embedder's 
    whole-session entry (the mean of every turn's vector, replacing live memory's stand-in) in one
    upsert, then the summary's entry (embed, one upsert; made at the summary's time), then
    MarkIndexed, one record: `index_status: ready`, and the feeds' `session.indexed` event. The
-   mark names which import of its id the session is (SummaryInput.incarnation): one made for a
-   session deleted meanwhile and imported again under its id is not applied, and the job starts
-   again at step 1 for the new one (its import's job is this one, already running). Turns
-   already there (a summary asked for again) are not indexed again: only the summary goes in.
-   Deleted meanwhile: what went in is taken out. A summary asked for meanwhile goes back to step
-   1, and its index follows. Once indexed, the summary's upgrade is queued, if it is.
+   mark names the session object the job read (SummaryInput.incarnation, a stamp each session
+   gets as it enters the store, never logged): one made for a session deleted meanwhile and
+   imported again under its id (or read before the store was rebuilt) is not applied; what went
+   in under the id is taken out and the job starts again at step 1 for the session there now.
+   Turns already there (a summary asked for again) are not indexed again: only the summary goes
+   in. Deleted meanwhile: what went in is taken out, unless a session was made under its id
+   since. A summary asked for meanwhile goes back to step 1, and its index follows. Once
+   indexed, the summary's upgrade is queued, if it is.
 
 The summary is made outside the `concurrent_jobs` slots and only step 6 takes one: the extract is
 cheap, and a close must not wait behind other sessions' indexing (which waits on the embedder, and
@@ -49,18 +51,22 @@ than starting a thread apiece.
 A step of 1-5 that raises fails the attempt: FailSummary, back to pending, and after a backoff that
 doubles the attempt runs again from step 1; once the attempts are used up (or the log refused the
 summary) the failure is final. A failed summary does not keep the session out of session memory:
-before the failure is recorded, its turns and session entry go in as in step 6 (no summary entry;
-retried as step 6 is) and MarkIndexed (`index_status: ready`), then FailSummary, final, with its
-reason; a crash in between resumes the job, so nothing is left out. A failed attempt counts whether
-or not it reached step 4 (engine.sessions.session). A failed index (step 6) records nothing, since
-the summary is not its to fail: the summary stays `ready` and the index is retried with the same
-backoff, from at least MIN_INDEX_BACKOFF_S and capped at MAX_INDEX_BACKOFF_S, until it is done (a
-memory shard read-only or restarting for long must not leave a session unsearchable until the next
-start). Only the session gone, the shard taking no changes (it resumes the job once it does) or the
-job cancelled (a drain or a stop, resumed at the next start) end it sooner; each retry waits outside
-the slots. A crash anywhere resumes from the log: before FinishSummary the summary is made again;
-after it, only the index runs. Every upsert names its entries by session and seq, so an index done
-twice replaces what went in: nothing doubles.
+FailSummary, final, with its reason, is recorded at once (the feeds' `summary.failed`) and in the
+same record queues the session's index (`reindex`, unless its turns are in already), which step 6
+then does without a summary entry (its turns and session entry, MarkIndexed: `index_status:
+ready`), retried as any index; the flag is in the log and snapshot, so a crash resumes it. A failed
+attempt counts whether or not it reached step 4 (engine.sessions.session).
+
+A failed index (step 6) records nothing, since the summary is not its to fail: the summary stays
+`ready` and the index is retried with the same backoff, from at least MIN_INDEX_BACKOFF_S and
+capped at MAX_INDEX_BACKOFF_S, until it is done (a memory shard read-only or restarting for long
+must not leave a session unsearchable until the next start). Only the session gone, the shard
+taking no changes (it resumes the job once it does) or the job cancelled (a drain or a stop,
+resumed at the next start) end it sooner; each retry waits outside the slots. A session submitted
+again while its job runs (an import under the id of a session the job found deleted) has that run
+go once more, from step 1, before it ends. A crash anywhere resumes from the log: before
+FinishSummary the summary is made again; after it, only the index runs. Every upsert names its
+entries by session and seq, so an index done twice replaces what went in: nothing doubles.
 
 An upgrade (`_upgrade`) runs after step 6, in slots of its own (`concurrent_upgrades`), so it never
 holds up a later close. It never starts before the summary's entry is in session memory, since it
@@ -154,8 +160,9 @@ class _Gone(Exception):
 
 
 class _Replaced(Exception):
-    """The session was deleted and another made under its id (an import) while its job indexed:
-    the mark was not the new session's, so the job starts again from step 1 for it."""
+    """The session was deleted and another made under its id (an import) while its job indexed, or
+    the shard's store was rebuilt meanwhile: the mark was not the session's it found, so the job
+    takes out what went in under the id and starts again from step 1 for the session there now."""
 
 
 class _Refused(Exception):
@@ -212,6 +219,9 @@ class ClosingJobs:
         # Summaries (steps 1-5) in slots of their own: never behind an index, and never unbounded.
         self._summary_slots = asyncio.Semaphore(config.concurrent_summaries)
         self._active: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # Sessions submitted again while their job ran: the job runs once more for them, since the
+        # run under way may have read the session before it was made again (an import after a delete).
+        self._again: set[tuple[str, str]] = set()
         # Upgrades wait on the model in slots of their own: a close's summary never waits for them.
         self._upgrade_slots = asyncio.Semaphore(config.concurrent_upgrades)
         self._upgrading: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -236,7 +246,9 @@ class ClosingJobs:
             upgrade = self._upgrading.get(key)
             if upgrade is not None:
                 upgrade.cancel()  # asked for again: the new summary queues its own upgrade
-            if key not in self._active:  # queued twice (closed, then asked again): one run does both
+            if key in self._active:  # queued twice (closed, then asked again): its run goes once more
+                self._again.add(key)
+            else:
                 task = asyncio.get_running_loop().create_task(self._run(*key))
                 self._active[key] = task
 
@@ -266,27 +278,41 @@ class ClosingJobs:
             task.cancel()
 
     async def _run(self, org: str, session_id: str) -> None:
+        key = (org, session_id)
+        try:
+            while True:
+                self._again.discard(key)
+                try:
+                    await self._job(org, session_id)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # The shard itself failed (it restarts and resumes the job); nothing to record here.
+                    log.exception("closing job interrupted", extra={"org": org, "session_id": session_id})
+                if key not in self._again:
+                    return
+        finally:
+            # Here, with no await between it and the check above, so a job submitted as this one
+            # ends either runs once more here or gets a new run.
+            self._again.discard(key)
+            self._active.pop(key, None)
+
+    async def _job(self, org: str, session_id: str) -> None:
         # The summary is made outside the indexing slots: it needs no model and no embedding, so a
         # close never waits behind other sessions' indexing for it. Only the indexing, which waits
         # on the embedder, takes one of the `concurrent_jobs` slots.
-        try:
-            while True:
-                try:
-                    while await self._summaries(org, session_id):
-                        if not await self._indexes(org, session_id, self._index):
-                            return
+        while True:
+            try:
+                while await self._summaries(org, session_id):
+                    if not await self._indexes(org, session_id, self._index):
+                        return
+                return
+            except _Replaced:
+                # What went in may be the deleted session's (more turns than this one has, under its
+                # id): taken out first, then this run indexes the session there now.
+                log.info("session replaced while indexed", extra={"org": org, "session_id": session_id})
+                if not await self._indexes(org, session_id, self._forget_replaced):
                     return
-                except _Replaced:
-                    # Its import queued a job while this one ran, which this run takes over.
-                    log.info("session replaced while indexed", extra={"org": org, "session_id": session_id})
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # The shard itself failed (it restarts and resumes the job); nothing to record here.
-            log.exception("closing job interrupted", extra={"org": org, "session_id": session_id})
-        finally:
-            # Here, with no await after it, so a job queued again as this one ends gets a new run.
-            self._active.pop((org, session_id), None)
 
     async def _summaries(self, org: str, session_id: str) -> bool:
         """Steps 1-5, retried; whether the job goes on to index (nothing to do, or a shard that took
@@ -310,15 +336,14 @@ class ClosingJobs:
                     },
                 )
                 # A summary that fails for good must not keep the session out of session memory:
-                # its turns and session entry go in first, so a crash before the failure is
-                # recorded resumes the job rather than leaving them out for good.
-                if final and not await self._indexes(org, session_id, self._index_unsummarized):
-                    return False  # gone, or the shard took no changes: as an index of step 6
-                if isinstance(await self._one(FailSummary(org, session_id, reason, final)), EngineError):
+                # the record of the failure also queues its index (Session.reindex), so the failure
+                # is told at once and step 6 puts the turns in after it, resumed after a crash.
+                failed = FailSummary(org, session_id, reason, final, index=True if final else None)
+                if isinstance(await self._one(failed), EngineError):
                     return False  # the shard took no changes meanwhile: nothing counted, it resumes the job
                 self._outcome("failed" if final else "retried", None)
                 if final:
-                    return True  # a re-index it was queued for before (an import's) still runs
+                    return True  # step 6, without a summary: its turns and session entry
                 await self._sleep(backoff_s(config, attempt))
         return False
 
@@ -374,7 +399,7 @@ class ClosingJobs:
             except _Replaced:
                 raise
             except _Gone:
-                await forget_sessions(self._ports, org, [session_id])
+                await self._forget_if_gone(org, session_id)
                 return False
             except Exception as exc:  # noqa: BLE001 - the summary stays ready; the index is retried
                 log.warning(
@@ -421,19 +446,22 @@ class ClosingJobs:
             )
         return False
 
-    async def _index_unsummarized(self, org: str, session_id: str) -> bool:
-        """A session whose summary failed for good, before the failure is recorded: its turns and
-        session entry into session memory (no summary entry), then MarkIndexed. Whether the job
-        goes on to record the failure (the shard took no changes, or nothing is queued: it does not)."""
+    async def _forget_replaced(self, org: str, session_id: str) -> bool:
+        """What went into session memory under the id of a session replaced while its job indexed
+        taken out, once live memory has nothing of the session there now in flight. Turns live
+        memory put in for it are embedded again at its index (the index reads back only what memory
+        holds). Whether the job goes on (it always does)."""
         if self._settled is not None:
             await self._settled(org, session_id)
-        job = await self._one(SummaryJob(org, session_id))
-        if job is None or isinstance(job, EngineError) or not self._writable():
-            return False
-        if job.indexed or job.reindex:
-            return True  # its turns are in already (a summary asked for again)
-        entries = await index_session(self._ports, org, closed_session(session_id, job), job.live_through)
-        return not isinstance(await self._mark(org, session_id, job, entries), EngineError)
+        await forget_sessions(self._ports, org, [session_id])
+        return True
+
+    async def _forget_if_gone(self, org: str, session_id: str) -> None:
+        """A deleted session's memory taken out, unless a session was made under its id since (an
+        import): its memory is its own, and its job, submitted meanwhile, runs after this one."""
+        found = await self._one(GetSession(org, session_id, limit=0))
+        if isinstance(found, EngineError):  # gone (or unreadable: nothing is known to be there)
+            await forget_sessions(self._ports, org, [session_id])
 
     async def _mark(self, org: str, session_id: str, job: SummaryInput, entries: int | None) -> Any:
         """MarkIndexed for the session the job read (its view, or the error the shard answered):
@@ -466,7 +494,7 @@ class ClosingJobs:
                 return
             except _Gone:
                 self._unsure.discard((org, session_id))
-                await forget_sessions(self._ports, org, [session_id])
+                await self._forget_if_gone(org, session_id)
                 return
             except Exception as exc:  # noqa: BLE001 - the extract stays; the upgrade stays queued
                 log.warning(

@@ -22,7 +22,8 @@ longer), so a burst of appends is one tick:
    or purged while the tick ran: what went into memory of it is taken out (ForgetSessions); a
    forget that fails is tried again every tick until one succeeds, and a start forgets again the
    sessions its replay saw deleted or purged (forgets are idempotent), so a crash between a tick's
-   upsert and its forget leaks nothing either.
+   upsert and its forget leaks nothing either. Each forget reads the sessions first and skips
+   those made again under their id since (an import after the delete): their memory is theirs.
 
 A tick that fails (the embedder or the memory shard down) puts its sessions back and the indexer
 tries again after a backoff that doubles, up to MAX_BACKOFF_S; appends go on meanwhile. A crash
@@ -289,14 +290,34 @@ class LiveIndexer:
     async def _forget_gone(self) -> None:
         """Forget the sessions that are gone, organization by organization. One that fails is
         logged and kept for the next tick, and never fails the tick: its memory shard may be down
-        while other organizations' are not, and their indexing goes on."""
+        while other organizations' are not, and their indexing goes on. A session made again under
+        its id since (an import after the delete) is not forgotten: what memory holds under the id
+        is its own now. Each is in flight from its read to the forget's answer, so a closing job of
+        such a session writes after the forget."""
         for org, session_ids in list(self._forgets.items()):
-            sent = set(session_ids)
+            sent = sorted(session_ids)
             try:
-                await forget_sessions(self._ports, org, sorted(sent))
+                for start in range(0, len(sent), READS_PER_CALL):
+                    await self._forget_absent(org, sent[start : start + READS_PER_CALL])
             except Exception as exc:  # noqa: BLE001 - kept, and tried again at the next tick
                 log.warning("forgetting gone sessions failed", extra={"org": org, "error": str(exc)})
                 continue
-            session_ids -= sent  # more may have come while it ran
+            session_ids.difference_update(sent)  # more may have come while it ran
             if not session_ids:
                 self._forgets.pop(org, None)
+
+    async def _forget_absent(self, org: str, session_ids: list[str]) -> None:
+        """Forget those of these sessions that do not exist (again); raises when it cannot tell."""
+        keys = [(org, session_id) for session_id in session_ids]
+        fresh = [key for key in keys if key not in self._in_flight]
+        self._in_flight.update(fresh)
+        try:
+            answers = await self._record([LiveTurns(org, session_id, 0) for session_id in session_ids])
+            for answer in answers:
+                if isinstance(answer, EngineError):
+                    raise answer  # the shard takes no reads now: tried again at the next tick
+            gone = [session_id for session_id, live in zip(session_ids, answers, strict=True) if live is None]
+            if gone:
+                await forget_sessions(self._ports, org, gone)
+        finally:
+            await self._leave(fresh)

@@ -101,8 +101,9 @@ class SessionShard(HostedShard[DurableSessions]):
         if self._config.memory.live.enabled:
             # Replay marked what it applied; a start indexes every session live memory is behind on.
             durable.store.take_live()
-            # Forgets are idempotent: the sessions replay saw deleted or purged are forgotten again,
-            # in case the last run crashed between a tick's upsert and its forget.
+            # Forgets are idempotent: the sessions replay saw deleted or purged, and not made again
+            # under their id since, are forgotten again, in case the last run crashed between a
+            # tick's upsert and its forget (the indexer skips any that exist by the time it forgets).
             self._live.forget(durable.store.take_live_deleted())
             self._live.add(durable.store.live_backlog())
             self._live.wake()

@@ -161,8 +161,8 @@ class SummaryInput:
     status: SessionStatus = SessionStatus.CLOSED  # what session memory records of it
     # Its messages through this seq went into session memory while it was open (engine.closing.live).
     live_through: int = 0
-    # Which import of its id the session is (SessionStore._imports; 0: none since the store was
-    # made): what MarkIndexed names, so it marks only the session the job read.
+    # The session object's stamp (Session.incarnation): what MarkIndexed names, so it marks only
+    # the session the job read.
     incarnation: int = 0
 
 
@@ -244,7 +244,7 @@ class MarkIndexed(SessionOp):
     (searchable); the index it was queued for is done. `entries` None: only its summary went in
     (its turns were in already), and the count stays. Answers the session's view, or None (not
     logged) when the session under this id is not the `incarnation` the job read (it was deleted
-    and imported again while the job indexed)."""
+    and made again under its id while the job indexed, or the store was rebuilt meanwhile)."""
 
     org: str
     session_id: str
@@ -299,12 +299,16 @@ class MarkLive(SessionOp):
 @SESSION_OPS.logged("summary_fail", "_fail_summary")
 @dataclass(slots=True, frozen=True)
 class FailSummary(SessionOp):
-    """An attempt failed: back to pending (a retry follows) or, when `final`, failed."""
+    """An attempt failed: back to pending (a retry follows) or, when `final`, failed; with `index`,
+    the session's turns go into session memory after it (Session.reindex, ended by MarkIndexed)
+    unless they are there already, so one record says both."""
 
     org: str
     session_id: str
     error: str
     final: bool
+    # None in logs written before a failed summary's session was indexed through its re-index.
+    index: bool | None = None
 
 
 @SESSION_OPS.logged("purge", "_purge", log_without_result=False)

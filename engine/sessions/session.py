@@ -176,6 +176,12 @@ class Session:
     messages: list[Message] = field(default_factory=list)
     forked_from: tuple[str, int] | None = None  # (source session id, seq): made by a fork at that message
     snap_epoch: int = 0  # the last snapshot that has (or had a copy of) this session; see SessionStore
+    # Which entry into a store this object is: SessionStore stamps it from a count of the whole
+    # process each time a session enters one (made, forked, imported, loaded from a snapshot,
+    # replayed), and never encodes it. A closing job's MarkIndexed names the one it read, so a mark
+    # made for a session since deleted and made again under its id is not applied; a store rebuilt
+    # meanwhile stamps every session anew, so such a mark can only miss, never match another.
+    incarnation: int = field(default=0, compare=False)
 
     def __post_init__(self) -> None:
         # One string per organization however the session was made (created, replayed from the
@@ -293,9 +299,10 @@ class Session:
     @property
     def live_owned(self) -> bool:
         """A closing job puts it into session memory (its job unfinished: closed, a summary asked
-        for, an import's re-index), or did (indexed whole): live memory leaves it alone. A closed
-        session whose job failed for good before indexing it is live memory's again, so its
-        stand-in comes to say its status."""
+        for or failed for good and not yet indexed, an import's re-index), or did (indexed whole):
+        live memory leaves it alone. A closed session whose job ended without indexing it (it has
+        no messages, or a log written before failed summaries were indexed says so) is live
+        memory's again, so its stand-in comes to say its status."""
         return self.job_unfinished or self.indexed_at is not None
 
     @property
@@ -313,8 +320,10 @@ class Session:
     def index_status(self) -> IndexState | None:
         """A session with a closing job goes into session memory: pending until its messages and
         its ready summary are searchable (ready), an imported one's re-index included, however
-        often it is retried; a summary made again is pending until its text is in memory too.
-        Failed when a summary job gave up before indexing. None for sessions never indexed."""
+        often it is retried; a summary made again is pending until its text is in memory too. A
+        summary that failed for good leaves its turns to be indexed all the same (`reindex`): pending,
+        then ready. Failed when the job had nothing to index (no messages), or when a log written
+        before failed summaries were indexed says the job gave up. None for sessions never indexed."""
         if self.reindex:
             return "pending"
         if self.indexed_at is not None:
@@ -323,12 +332,16 @@ class Session:
             return "pending"
         return "failed" if self.summary_status is SummaryStatus.FAILED else None
 
-    def fail_summary(self, error: str, *, final: bool) -> None:
+    def fail_summary(self, error: str, *, final: bool, index: bool = False) -> None:
+        """`index`: its turns go into session memory after it (`reindex`, ended by MarkIndexed),
+        unless they are there already; a summary that fails for good leaves it searchable."""
         if self.summary_status is SummaryStatus.PENDING:
             # The attempt failed before its StartSummary (indexing its turns): it counts all the same.
             self.summary_attempts += 1
         self.summary_status = SummaryStatus.FAILED if final else SummaryStatus.PENDING
         self.summary_error = error
+        if index and self.indexed_at is None:
+            self.reindex = True
 
     def require_active(self) -> None:
         if self.status is not SessionStatus.ACTIVE:

@@ -13,6 +13,7 @@ but only the timer's `ExpireDue` op moves it to `expired`.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
@@ -72,6 +73,10 @@ from engine.storage.cursors import Cursors
 
 SortKey = tuple[int, str]
 
+# Session.incarnation: one count for the whole process, so that no two session objects that ever
+# enter a store of this process (a store rebuilt after a failed log write included) share a stamp.
+_INCARNATIONS = itertools.count(1)
+
 
 class _OrgIndex:
     """One organization's sessions on this shard, ordered by (created_at, id), overall and per status."""
@@ -111,18 +116,12 @@ class SessionStore:
         self.summary_jobs: list[tuple[str, str]] = []  # (org, session id) queued for a summary, in order
         # Live memory (engine.closing.live): sessions that got messages or changed status since the
         # indexer last took them (a dict as an ordered set: one assignment in the append path), and
-        # sessions deleted since, whose memory the shard takes out once the delete is logged.
+        # sessions deleted since, whose memory the shard takes out once the delete is logged (also
+        # an ordered set: a session made again under its id leaves it, its memory is its own now).
         self.live_dirty: dict[tuple[str, str], None] = {}
-        self.live_deleted: list[tuple[str, str]] = []
+        self.live_deleted: dict[tuple[str, str], None] = {}
         self._snapshot: SnapshotCursor | None = None
         self._snap_epoch = 0
-        # Which import of its id a session is, for sessions imported since the store was made (the
-        # others are 0): an import is the one way an id is used again, after a delete, and a
-        # closing job's MarkIndexed for the session it read must not mark the one imported since.
-        # Not in the log or snapshot: a job never outlives the run that read its number. Kept until
-        # the session's job marks it indexed (or it is deleted).
-        self._imports: dict[tuple[str, str], int] = {}
-        self._import_count = 0
         self._exports: Cursors[ExportCursor] = Cursors("a shard")
         self._now_ms = 0  # when the op being applied runs: a cursor lapsed by then is not copied into
         # The last log record written, read by an export cursor for its watermark; the durability
@@ -200,7 +199,7 @@ class SessionStore:
         return taken
 
     def take_live_deleted(self) -> list[tuple[str, str]]:
-        taken, self.live_deleted = self.live_deleted, []
+        taken, self.live_deleted = list(self.live_deleted), {}
         return taken
 
     def live_backlog(self) -> list[tuple[str, str]]:
@@ -229,6 +228,7 @@ class SessionStore:
     def load(self, sessions: Iterable[Session]) -> None:
         """Adopt sessions read from a snapshot (into an empty store)."""
         for session in sessions:
+            session.incarnation = next(_INCARNATIONS)
             self._sessions[(session.org, session.id)] = session
             self._orgs.setdefault(session.org, _OrgIndex()).add(session)
             if session.status is SessionStatus.ACTIVE:
@@ -334,6 +334,7 @@ class SessionStore:
                 )
 
     def _add(self, session: Session) -> None:
+        self._enter(session)
         self._sessions[(session.org, session.id)] = session
         self._orgs.setdefault(session.org, _OrgIndex()).add(session)
         heapq.heappush(self._deadlines, (session.expires_at, session.org, session.id))
@@ -411,7 +412,7 @@ class SessionStore:
             summary=kept,
             status=session.status,
             live_through=session.live_through,
-            incarnation=self._imports.get((op.org, op.session_id), 0),
+            incarnation=session.incarnation,
         )
 
     def _start_summary(self, op: StartSummary, now_ms: int) -> SessionView | None:
@@ -466,9 +467,10 @@ class SessionStore:
 
     def _mark_indexed(self, op: MarkIndexed, now_ms: int) -> SessionView | None:
         session = self._find(op.org, op.session_id)
-        if op.incarnation is not None and op.incarnation != self._imports.get((op.org, op.session_id), 0):
-            return None  # made for a session since deleted: this one's own index has not run
-        self._imports.pop((op.org, op.session_id), None)  # its job has marked it: jobs after read 0
+        if op.incarnation is not None and op.incarnation != session.incarnation:
+            # Made for a session since deleted (or read from a store since rebuilt): this one's own
+            # index has not run, or runs again.
+            return None
         self._before_change(session)
         session.mark_indexed(op.entries, now_ms=now_ms)
         return session.view()
@@ -510,14 +512,14 @@ class SessionStore:
     def _fail_summary(self, op: FailSummary, now_ms: int) -> SessionView:
         session = self._find(op.org, op.session_id)
         self._before_change(session)
-        session.fail_summary(op.error, final=op.final)
-        if session.live_behind:  # failed for good before indexing it: its stand-in says its status
+        session.fail_summary(op.error, final=op.final, index=bool(op.index))
+        if session.live_behind:  # failed for good with nothing to index: its stand-in says its status
             self.live_dirty[(op.org, op.session_id)] = None
         return session.view()
 
     def _delete(self, op: DeleteSession, now_ms: int) -> None:
         self._remove(self._find(op.org, op.session_id))
-        self.live_deleted.append((op.org, op.session_id))
+        self.live_deleted[(op.org, op.session_id)] = None
         self.live_dirty.pop((op.org, op.session_id), None)
 
     def _purge(self, op: PurgeSessions, now_ms: int) -> list[tuple[str, str]]:
@@ -529,7 +531,7 @@ class SessionStore:
                 purged.append(key)
                 # As a delete: a tick that read it before the purge forgets it at its MarkLive, and
                 # the shard forgets it once the purge is logged (retention forgot it before, too).
-                self.live_deleted.append(key)
+                self.live_deleted[key] = None
                 self.live_dirty.pop(key, None)
         return purged
 
@@ -558,7 +560,6 @@ class SessionStore:
         records hold (their keys stay until they lapse, so a retry is not applied again)."""
         self._before_change(session)
         del self._sessions[(session.org, session.id)]
-        self._imports.pop((session.org, session.id), None)
         index = self._orgs[session.org]
         index.remove(session)
         if not index.all:
@@ -651,10 +652,9 @@ class SessionStore:
             self._check_new(op.org, op.session_id, op.max_active)
         session.snap_epoch = self._snap_epoch  # made after any snapshot in progress began: not in it
         session.live_through, session.live_ended = 0, False  # this memory holds none of it yet
+        self._enter(session)
         self._sessions[key] = session
         self._orgs.setdefault(op.org, _OrgIndex()).add(session)
-        self._import_count += 1
-        self._imports[key] = self._import_count
         if session.status is SessionStatus.ACTIVE:
             heapq.heappush(self._deadlines, (session.expires_at, op.org, op.session_id))
         if session.job_unfinished:
@@ -664,6 +664,13 @@ class SessionStore:
         return session.view()
 
     # -- internals ----------------------------------------------------------------------------------
+
+    def _enter(self, session: Session) -> None:
+        """A session made under its id (created, forked, imported, replayed): stamped, and no longer
+        one whose memory is to be taken out, should it have been deleted before (what memory holds
+        under its id from now on is its own)."""
+        session.incarnation = next(_INCARNATIONS)
+        self.live_deleted.pop((session.org, session.id), None)
 
     def _find(self, org: str, session_id: str) -> Session:
         session = self._sessions.get((org, session_id))

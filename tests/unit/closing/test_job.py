@@ -22,7 +22,7 @@ from engine.closing.model_pass import Acceptance, ModelPass, Verdict
 from engine.config import DurabilityConfig, SummarizerConfig
 from engine.errors import SessionNotEnded, Unavailable
 from engine.memory.index import IndexParams
-from engine.memory.ops import MemoryOp, QueryVectors, UpsertVectors
+from engine.memory.ops import ForgetSessions, MemoryOp, QueryVectors, UpsertVectors
 from engine.memory.sessions import SESSION_MEMORY, SESSIONS_OF_MEMORY
 from engine.memory.store import MemoryStore
 from engine.models.summarizer import Conversation, Summary
@@ -33,8 +33,10 @@ from engine.sessions.ops import (
     CreateSession,
     DeleteSession,
     EndSession,
+    FailSummary,
     GetSession,
     ImportSession,
+    MarkIndexed,
     RequestSummary,
     SessionOp,
     UpgradeSummary,
@@ -157,6 +159,13 @@ class Harness:
         else:
             self.store.apply_batch(ops, T0)
         return sid
+
+    def delete(self, sid: str) -> None:
+        """As the route does: forget the session's memory, then delete it. With live memory off (as
+        here) the shard sends no forget of its own after the delete."""
+        self.memory.apply_batch([ForgetSessions("acme", (sid,))])
+        self.memory.take_journal()
+        self.store.apply(DeleteSession("acme", sid), T0)
 
     async def run_queued(self) -> None:
         self.closing.submit(self.store.take_summary_jobs())
@@ -354,57 +363,76 @@ async def test_a_summary_that_fails_for_good_still_puts_the_session_into_memory(
     assert h.store.unfinished_summaries() == [] and h.jobs == [], "no upgrade of a summary it has not"
 
 
-async def test_a_failed_summarys_index_is_retried_before_the_failure_is_recorded(
+async def test_a_summary_that_fails_for_good_is_recorded_at_once_and_its_index_retried_after(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     h = Harness(max_attempts=1)
     extract_fails(monkeypatch, 1)
-    h.embed_failures_left = 2
+    h.embed_failures_left = 2  # the embedder is down: the failure is told all the same
     seen: list[tuple[str, str]] = []
     h.while_indexing = lambda: seen.append((h.view(sid)["summary_status"], h.view(sid)["index_status"]))
     sid = h.closed_session(messages=2)
     await h.run_queued()
     view = h.view(sid)
     assert (view["summary_status"], view["index_status"]) == ("failed", "ready")
-    assert h.sleeps == [1.0, 2.0] and [o for o, _ in h.outcomes] == ["index_retried"] * 2 + ["failed"]
-    assert seen[0] == ("running", "pending"), "a crash meanwhile resumes the job: nothing is left out"
+    assert h.sleeps == [1.0, 2.0] and [o for o, _ in h.outcomes] == ["failed"] + ["index_retried"] * 2
+    assert seen[0] == ("failed", "pending"), "one record: the failure, and the index it queued"
     assert h.memory_ids() == {f"{sid}#1", f"{sid}#2", sid}
+
+
+async def test_a_failed_summarys_index_is_resumed_from_the_log_after_a_crash(tmp_path: Path) -> None:
+    h = durable_harness(tmp_path, max_attempts=1)
+    sid = h.closed_session(messages=2)
+    assert h.durable is not None
+    h.durable.commit([FailSummary("acme", sid, "the extract fell over", True, index=True)])
+    h.durable.close(snapshot=False)
+    again = durable_harness(tmp_path, max_attempts=1)  # the crash came before the index: replayed
+    assert again.view(sid)["index_status"] == "pending"
+    assert again.store.unfinished_summaries() == [("acme", sid)]
+    again.closing.submit(again.store.unfinished_summaries())
+    await again.closing.drain()
+    view = again.view(sid)
+    assert (view["summary_status"], view["index_status"]) == ("failed", "ready")
+    assert again.memory_ids() == {f"{sid}#1", f"{sid}#2", sid} and again.jobs == []
+
+
+def turn_texts(h: Harness) -> dict[str, str]:
+    """Each turn entry of session memory, and the words of its turn (after the session's name)."""
+    index = dict(h.memory.namespaces())[("acme", SESSION_MEMORY)]
+    return {
+        found[0]: index.text(i).rsplit("\n", 1)[-1]
+        for i in index.ids_below(index.next_id)
+        if (found := index.entry(i)) is not None
+    }
 
 
 async def test_a_mark_made_for_a_deleted_session_does_not_mark_the_one_imported_under_its_id() -> None:
     h = Harness(model_pass="off")
-    sid = h.closed_session(messages=2, content="the old session, turn {i}")
-    real = h.record
-    swapped = [False]
+    sid = h.closed_session(messages=4, content="the old session, turn {i}")
+    deleted = [False]
 
-    async def replaced_before_the_mark(ops: Sequence[SessionOp]) -> list[Any]:
-        if type(ops[0]).__name__ == "MarkIndexed" and not swapped[0]:
-            swapped[0] = True
-            # Deleted and imported again under its id while its job indexed: an export of it (its
-            # created_at kept) with other words, so memory shows whose turns went in.
-            old = h.store.apply(GetSession("acme", sid), T0)
-            assert old["index_status"] == "pending"
-            new = decode_session(encode_session(h.store._sessions[("acme", sid)]))
-            new.messages = [
-                m._replace(content=f"the new session, turn {i}") for i, m in enumerate(new.messages)
-            ]
-            h.store.apply(DeleteSession("acme", sid), T0)
-            h.store.apply(ImportSession("acme", sid, encode_session(new)), T0)
-            h.store.take_summary_jobs()  # queued while this job runs: this run takes it over
-        return await real(ops)
+    def replaced_before_the_upsert() -> None:
+        # Deleted (the route's forget first) and imported again under its id while its job indexed,
+        # before the job's upsert lands: an earlier export of it, with two turns of other words.
+        h.while_indexing = None
+        deleted[0] = True
+        assert h.view(sid)["index_status"] == "pending"
+        new = decode_session(encode_session(h.store._sessions[("acme", sid)]))
+        new.messages = [
+            m._replace(content=f"the new session, turn {i}") for i, m in enumerate(new.messages[:2])
+        ]
+        h.delete(sid)
+        h.store.apply(ImportSession("acme", sid, encode_session(new)), T0)
+        h.store.take_summary_jobs()  # queued while this job runs: this run takes it over
 
-    h.closing = ClosingJobs(replaced_before_the_mark, h, h.config, sleep=h.sleep)
+    h.while_indexing = replaced_before_the_upsert
     await h.run_queued()
-    assert swapped[0]
+    assert deleted[0]
     view = h.view(sid)
-    assert view["index_status"] == "ready"
-    index = dict(h.memory.namespaces())[("acme", SESSION_MEMORY)]
-    texts = {
-        found[0]: index.text(i).rsplit("\n", 1)[-1]  # after the session's name
-        for i in index.ids_below(index.next_id)
-        if (found := index.entry(i)) is not None
-    }
-    assert texts == {f"{sid}#1": "the new session, turn 0", f"{sid}#2": "the new session, turn 1"}
+    assert (view["index_status"], view["message_count"]) == ("ready", 2)
+    assert turn_texts(h) == {f"{sid}#1": "the new session, turn 0", f"{sid}#2": "the new session, turn 1"}, (
+        "nothing of the deleted session's four turns is left"
+    )
 
 
 async def test_summarize_runs_a_failed_or_finished_summary_again(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -857,3 +885,79 @@ async def test_a_restart_resumes_the_index_of_a_ready_summary_then_its_upgrade(t
     )  # fmt: skip
     assert again.jobs != [] and again.summary_entry(sid) == (view["summary"], "model")
     assert again.memory_ids() == {f"{sid}#1", f"{sid}#2", sid, f"{sid}#summary"}
+
+
+def gone_at_the_mark(h: Harness, sid: str) -> dict[str, Any]:
+    """A job whose MarkIndexed finds its session deleted (as the route deletes: forget first); the
+    session's export line is kept, to import it again under its id."""
+    real = h.record
+    state: dict[str, Any] = {"line": None}
+
+    async def record(ops: Sequence[SessionOp]) -> list[Any]:
+        if isinstance(ops[0], MarkIndexed) and state["line"] is None:
+            state["line"] = encode_session(h.store._sessions[("acme", sid)])
+            h.delete(sid)
+        return await real(ops)
+
+    h.closing = ClosingJobs(record, h, h.config, sleep=h.sleep)
+    return state
+
+
+def import_again(h: Harness, sid: str, line: Any) -> None:
+    """An import under the id, its job handed over after the log write (as the shard does)."""
+    h.store.apply(ImportSession("acme", sid, line), T0)
+    h.closing.submit(h.store.take_summary_jobs())
+
+
+async def test_an_import_while_the_job_forgets_its_deleted_session_is_indexed() -> None:
+    h = Harness(model_pass="off")
+    sid = h.closed_session(messages=2)
+    state = gone_at_the_mark(h, sid)
+    real_index = h.index
+
+    async def index(org: str, ops: Sequence[MemoryOp]) -> list[Any]:
+        if any(isinstance(op, ForgetSessions) for op in ops) and not state.get("imported"):
+            state["imported"] = True
+            results = await real_index(org, ops)  # the job's forget lands, then the import
+            import_again(h, sid, state["line"])
+            return results
+        return await real_index(org, ops)
+
+    h.index = index  # type: ignore[method-assign]
+    await h.run_queued()
+    await h.closing.drain()
+    assert state.get("imported")
+    assert h.view(sid)["index_status"] == "ready", "the import's job ran once the job it met ended"
+    assert h.memory_ids() == {f"{sid}#1", f"{sid}#2", sid, f"{sid}#summary"}
+
+
+async def test_a_job_does_not_forget_a_session_imported_under_its_id_before_its_forget() -> None:
+    h = Harness(model_pass="off")
+    sid = h.closed_session(messages=2)
+    state = gone_at_the_mark(h, sid)
+    real_index = h.index
+    forgets: list[int] = []
+
+    async def index(org: str, ops: Sequence[MemoryOp]) -> list[Any]:
+        forgets.extend(1 for op in ops if isinstance(op, ForgetSessions))
+        return await real_index(org, ops)
+
+    def imported_as_the_mark_is_answered() -> None:
+        if state["line"] is not None and "imported" not in state:
+            state["imported"] = True
+            import_again(h, sid, state["line"])
+
+    real_record = h.closing._record
+
+    async def record(ops: Sequence[SessionOp]) -> list[Any]:
+        answers = await real_record(ops)
+        imported_as_the_mark_is_answered()
+        return answers
+
+    h.closing._record = record
+    h.index = index  # type: ignore[method-assign]
+    await h.run_queued()
+    await h.closing.drain()
+    assert state.get("imported") and forgets == [], "what memory holds under the id is the import's"
+    assert h.view(sid)["index_status"] == "ready"
+    assert h.memory_ids() == {f"{sid}#1", f"{sid}#2", sid, f"{sid}#summary"}

@@ -33,6 +33,7 @@ from engine.sessions.ops import (
     ExpireDue,
     FailSummary,
     GetSession,
+    ImportSession,
     LiveTurns,
     MarkLive,
     PurgeSessions,
@@ -718,3 +719,20 @@ async def test_a_forgotten_session_leaves_no_lag_behind() -> None:
     h.apply(DeleteSession("acme", sid))  # between ticks: the shard hands it to forget
     h.live.forget([("acme", sid)])
     assert ("acme", sid) not in h.live._lagged
+
+
+async def test_a_forget_handed_over_for_a_session_made_again_under_its_id_leaves_its_memory() -> None:
+    """A retried forget, or a start's forget of a delete its replay saw, meets the session imported
+    again under its id since: what memory holds under the id is the import's."""
+    h = Harness()
+    sid = h.open_session("the ferry to Tangier", "the ferry back")
+    await h.live.tick()
+    line = encode_session(h.store._sessions[("acme", sid)])
+    h.delete(sid)
+    h.apply(ImportSession("acme", sid, line))
+    await h.live.tick()
+    assert h.live_through(sid) == 2
+    h.live.forget([("acme", sid)])
+    await h.live.tick()
+    assert set(h.ids(SESSION_MEMORY)) == {f"{sid}#1", f"{sid}#2"}
+    assert h.live._forgets == {}

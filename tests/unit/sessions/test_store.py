@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.clock import ManualClock
+from engine.config import DurabilityConfig
 from engine.errors import Internal, SessionNotActive, SessionNotFound, VersionMismatch
 from engine.idempotency import GONE, Idempotent
+from engine.sessions.codec import encode_session
+from engine.sessions.durable import DurableSessions
 from engine.sessions.ops import (
     AppendMessages,
     CreateSession,
@@ -13,10 +19,13 @@ from engine.sessions.ops import (
     EndSession,
     ExpireDue,
     GetSession,
+    ImportSession,
     ListSessions,
+    MarkIndexed,
     Ping,
     PurgeSessions,
     ReplaceContext,
+    SummaryJob,
     UpdateSession,
 )
 from engine.sessions.session import NewMessage, SessionStatus, new_session_id
@@ -285,3 +294,63 @@ def test_retention_finds_ended_sessions_past_their_organizations_cutoff_and_purg
     assert isinstance(journal[-1], PurgeSessions)
     store.apply(PurgeSessions((("acme", "old"),)), T0)
     assert store.take_journal() == [], "a purge that removes nothing is not logged"
+
+
+def closed(store: SessionStore, sid: str | None = None) -> str:
+    """A closed session with two messages (under `sid` if given): its closing job is queued."""
+    sid = sid or new_session_id()
+    store.apply(CreateSession("acme", sid, "s", 60, {}), T0)
+    say(store, "acme", sid, "a", "b")
+    store.apply(EndSession("acme", sid, SessionStatus.CLOSED), T0)
+    return sid
+
+
+def test_a_stale_mark_never_matches_a_session_made_again_under_its_id() -> None:
+    """An import after a delete, or a create under the same Idempotency-Key once the key lapsed:
+    a mark made for the deleted session is not applied to the one there now."""
+    store = SessionStore()
+    sid = closed(store)
+    line = encode_session(store._sessions[("acme", sid)])
+    for make_again in (
+        lambda: closed(store, sid),
+        lambda: store.apply(ImportSession("acme", sid, line), T0),
+    ):
+        old = store.apply(SummaryJob("acme", sid), T0)
+        store.apply(DeleteSession("acme", sid), T0)
+        make_again()
+        assert store.apply(MarkIndexed("acme", sid, 2, old.incarnation), T0) is None
+        assert store.apply(GetSession("acme", sid), T0)["index_status"] == "pending"
+    now = store.apply(SummaryJob("acme", sid), T0)
+    assert store.apply(MarkIndexed("acme", sid, 2, now.incarnation), T0)["index_status"] == "ready"
+
+
+def test_a_mark_read_before_the_store_is_rebuilt_never_matches_after_it(tmp_path: Path) -> None:
+    """A failed log write rebuilds the store from the files while closing jobs run on: a mark read
+    from the store before matches no session after, not even one imported twice since."""
+    source = SessionStore()
+    sid = closed(source)
+    line = encode_session(source._sessions[("acme", sid)])
+    shard = DurableSessions(tmp_path, DurabilityConfig(), ManualClock(T0), lock_wait_s=0.2)
+    shard.commit([ImportSession("acme", sid, line)])
+    old = shard.store.apply(SummaryJob("acme", sid), T0)  # the job reads the first import
+    shard.snapshot_now()
+    shard.commit([DeleteSession("acme", sid)])
+    shard.commit([ImportSession("acme", sid, line)])
+    shard._rebuild()  # what going read-only after a failed log write does
+    assert shard.commit([MarkIndexed("acme", sid, 2, old.incarnation)]) == [None]
+    assert shard.store.apply(GetSession("acme", sid), T0)["index_status"] == "pending"
+    shard.close()
+
+
+def test_a_session_made_again_under_its_id_is_not_one_to_forget() -> None:
+    store = SessionStore()
+    sid = closed(store)
+    line = encode_session(store._sessions[("acme", sid)])
+    store.apply(DeleteSession("acme", sid), T0)
+    store.apply(ImportSession("acme", sid, line), T0)
+    other = closed(store)
+    store.apply(DeleteSession("acme", other), T0)
+    closed(store, other)  # made again by a create under the same id
+    gone = closed(store)
+    store.apply(DeleteSession("acme", gone), T0)
+    assert store.take_live_deleted() == [("acme", gone)], "what memory holds under the others is theirs"
