@@ -1,11 +1,14 @@
 """Vector memory and closing jobs across a SIGKILL of the whole server: acknowledged upserts are
 there afterwards, and the closing jobs the kill cut off (sessions closed just before it, their
-index still pending in the log, as read from the dead server's files) are done after restart:
-every summary ready, every session searchable, and each session's entries in memory once."""
+index still pending in the log, one of them with its turns already in memory: cut off mid-index,
+as read from the dead server's files) are done after restart: every summary ready, every session
+searchable, and memory holds exactly each session's entries."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,9 @@ import httpx
 
 from benchmarks.server import ServerProcess
 from engine.errors import SessionNotFound
+from engine.memory import durable as memory_durable
+from engine.memory.index import IndexParams
+from engine.memory.sessions import SESSION_MEMORY, SESSIONS_OF_MEMORY
 from engine.sessions.durable import recover
 from engine.sessions.ops import GetSession
 from engine.storage.layout import shard_directory
@@ -71,6 +77,53 @@ def index_status_on_disk(data: Path, ids: list[str]) -> dict[str, str | None]:
     return found
 
 
+def memory_on_disk(data: Path) -> set[str]:
+    """The id of every entry of ORG's session memory (turns; whole sessions and summaries) as the
+    memory shards' logs and snapshots hold it, read without repair."""
+    found: set[str] = set()
+    for directory in sorted((data / "memory").glob("memory-*")):
+        store, _, _ = memory_durable.recover(directory, IndexParams(), repair=False)
+        for (org, namespace), index in store.namespaces():
+            if org == ORG and namespace in (SESSION_MEMORY, SESSIONS_OF_MEMORY):
+                found |= {e[0] for i in index.ids_below(index.next_id) if (e := index.entry(i)) is not None}
+    return found
+
+
+def entries_of(sessions: list[str]) -> set[str]:
+    """What memory holds of these closed sessions: each turn, the whole session, its summary."""
+    return {f"{sid}#{seq}" for sid in sessions for seq in range(1, MESSAGES + 1)} | {
+        entry for sid in sessions for entry in (sid, f"{sid}#summary")
+    }
+
+
+def session_pids(server: ServerProcess) -> list[int]:
+    """Every process of the server's session (as ServerProcess.kill_session finds them), listed
+    before the kill so that the kill itself is one signal a process."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            if (
+                entry.name.isdigit()
+                and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) == server.proc.pid
+            ):
+                pids.append(int(entry.name))
+    return pids
+
+
+def kill_mid_index(client: httpx.Client, server: ServerProcess, base: int, per_session: int) -> None:
+    """SIGKILL the server as soon as memory holds a session's turns and whole-session entry but not
+    yet its summary's (`base` entries, then whole sessions of `per_session`): its job is mid-index,
+    with the summary's embed and upsert and its MarkIndexed still to come. Past a minute, at once."""
+    pids = session_pids(server)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (vectors(client) - base) % per_session == 0:
+        pass
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    server.kill_session()  # whatever started since, and the wait
+
+
 def memory_ids(client: httpx.Client) -> list[str]:
     query = {"namespace": "session-memory", "query_text": "talk", "top_k": 50}
     return sorted(m["id"] for m in client.post("/vectors/query", json=query).json()["matches"])
@@ -105,14 +158,18 @@ def test_acknowledged_vectors_and_cut_off_closing_jobs_survive_sigkill(tmp_data:
             sessions = [talk(client, f"topic {n}") for n in range(1, SESSIONS + 1)]
             for sid in sessions:
                 assert client.post(f"/sessions/{sid}/close").json()["summary_status"] == "pending"
+            kill_mid_index(client, server, before + per_session, per_session)
     finally:
-        server.kill_session()  # at once: the closes are logged, their indexes queued or under way
+        server.kill_session()  # a no-op after kill_mid_index; at once if something failed before it
         server.stop()
 
     at_kill = index_status_on_disk(tmp_data, [first, *sessions])
     assert at_kill[first] == "ready" and set(at_kill) == {first, *sessions}
     cut_off = [sid for sid in sessions if at_kill[sid] == "pending"]
     assert cut_off, f"the kill landed after every index was done: {at_kill}"
+    in_memory = memory_on_disk(tmp_data)
+    mid_index = [sid for sid in cut_off if f"{sid}#1" in in_memory]
+    assert mid_index, "no job was cut off mid-index: the kill came between two sessions' indexes"
 
     sessions.append(first)
     restarted = ServerProcess(tmp_data, [], {**ENV, **HELD_BACK}).wait_ready()
@@ -133,16 +190,16 @@ def test_acknowledged_vectors_and_cut_off_closing_jobs_survive_sigkill(tmp_data:
                 session = wait_for(client, sid, {"ready", "failed"})
                 assert (session["summary_status"], session["index_status"]) == ("ready", "ready"), session
             assert memory_ids(client) == sorted(sessions)
-            # Each session once: a cut-off index done again replaced what went in before the kill.
-            assert vectors(client) == before + per_session * len(sessions), (len(cut_off), per_session)
     finally:
         restarted.stop()
+    # A cut-off index done again replaced what went in before the kill: exactly each session's.
+    assert memory_on_disk(tmp_data) == entries_of(sessions), (len(cut_off), len(mid_index))
 
     again = ServerProcess(tmp_data, [], ENV).wait_ready()  # after a graceful stop, nothing is lost either
     try:
         with httpx.Client(base_url=again.url, headers=auth, timeout=30) as client:
             assert memory_ids(client) == sorted(sessions)
-            assert vectors(client) == before + per_session * len(sessions)
+            assert vectors(client) == before + per_session * len(sessions)  # and no other entry
             stats = client.post(
                 "/vectors/query", json={"namespace": "facts", "vector": [1, 1, 1], "top_k": 100}
             )
