@@ -222,6 +222,9 @@ class ClosingJobs:
         # Sessions submitted again while their job ran: the job runs once more for them, since the
         # run under way may have read the session before it was made again (an import after a delete).
         self._again: set[tuple[str, str]] = set()
+        # Sessions whose upgrade is queued once their job's run ends (`_index`): an upgrade never
+        # starts while the job still has the session.
+        self._upgrade_after: set[tuple[str, str]] = set()
         # Upgrades wait on the model in slots of their own: a close's summary never waits for them.
         self._upgrade_slots = asyncio.Semaphore(config.concurrent_upgrades)
         self._upgrading: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -279,6 +282,7 @@ class ClosingJobs:
 
     async def _run(self, org: str, session_id: str) -> None:
         key = (org, session_id)
+        upgrade = False
         try:
             while True:
                 self._again.discard(key)
@@ -290,12 +294,16 @@ class ClosingJobs:
                     # The shard itself failed (it restarts and resumes the job); nothing to record here.
                     log.exception("closing job interrupted", extra={"org": org, "session_id": session_id})
                 if key not in self._again:
-                    return
+                    break
         finally:
             # Here, with no await between it and the check above, so a job submitted as this one
             # ends either runs once more here or gets a new run.
             self._again.discard(key)
             self._active.pop(key, None)
+            upgrade = key in self._upgrade_after
+            self._upgrade_after.discard(key)
+        if upgrade:  # not after a cancel: the session keeps it queued for the next start
+            self.submit_upgrades([key], resumed=False)
 
     async def _job(self, org: str, session_id: str) -> None:
         # The summary is made outside the indexing slots: it needs no model and no embedding, so a
@@ -439,11 +447,9 @@ class ClosingJobs:
             # not queued again): made by this run, then indexed.
             return True
         if "upgrade" in (done["summary_provenance"] or {}):
-            # Its `#summary` entry is the summary now: the upgrade may replace it. Queued once this
-            # job is done with the session (its task ends without another await).
-            asyncio.get_running_loop().call_soon(
-                lambda: self.submit_upgrades([(org, session_id)], resumed=False)
-            )
+            # Its `#summary` entry is the summary now: the upgrade may replace it. Queued as this
+            # job's run ends (`_run`), since a submit_upgrades skips a session whose job runs.
+            self._upgrade_after.add((org, session_id))
         return False
 
     async def _forget_replaced(self, org: str, session_id: str) -> bool:

@@ -961,3 +961,27 @@ async def test_a_job_does_not_forget_a_session_imported_under_its_id_before_its_
     assert state.get("imported") and forgets == [], "what memory holds under the id is the import's"
     assert h.view(sid)["index_status"] == "ready"
     assert h.memory_ids() == {f"{sid}#1", f"{sid}#2", sid, f"{sid}#summary"}
+
+
+async def test_a_summary_asked_for_again_while_its_job_indexes_is_made_indexed_and_upgraded() -> None:
+    h = Harness()
+    sid = h.closed_session(messages=2)
+    real = h.record
+
+    async def record(ops: Sequence[SessionOp]) -> list[Any]:
+        await asyncio.sleep(0)  # as a call to the shard does: other callbacks run meanwhile
+        return await real(ops)
+
+    h.closing = ClosingJobs(record, h, h.config, sleep=h.sleep)
+
+    def asked_again() -> None:
+        h.while_indexing = None
+        h.store.apply(RequestSummary("acme", sid), T0)
+        h.closing.submit(h.store.take_summary_jobs())  # as the shard does: its job is running
+
+    h.while_indexing = asked_again
+    await h.run_queued()
+    view = h.view(sid)
+    assert (view["summary_status"], view["index_status"]) == ("ready", "ready")
+    assert view["summary_provenance"]["method"] == "model", "the new summary's upgrade ran"
+    assert h.store.pending_upgrades() == [] and h.summary_entry(sid)[1] == "model"
