@@ -35,10 +35,12 @@ so a summary is `ready` as soon as its extract is made, whatever the embedder's 
    mark names the session object the job read (SummaryInput.incarnation, a stamp each session
    gets as it enters the store, never logged): one made for a session deleted meanwhile and
    imported again under its id (or read before the store was rebuilt) is not applied; what went
-   in under the id is taken out and the job starts again at step 1 for the session there now.
-   Turns already there (a summary asked for again) are not indexed again: only the summary goes
-   in. Deleted meanwhile: what went in is taken out, unless a session was made under its id
-   since. A summary asked for meanwhile goes back to step 1, and its index follows. Once
+   in under the id is taken out, the session there now has its live state reset (ResetLive: live
+   memory puts its turns in again, since the forget took out what its ticks put in), and the job
+   starts again at step 1 for it. Turns already there (a summary asked for again) are not indexed
+   again: only the summary goes in. Deleted meanwhile: what went in is taken out; a session made
+   under its id after the mark missed is handled as one replaced (what went in may be the deleted
+   session's extra turns). A summary asked for meanwhile goes back to step 1, and its index follows. Once
    indexed, the summary's upgrade is queued, if it is.
 
 The summary is made outside the `concurrent_jobs` slots and only step 6 takes one: the extract is
@@ -78,7 +80,8 @@ ends the upgrade: the model's text and provenance, or the extract kept with the 
 reason, or nothing changed (skipped: the pass is paused). The mark is in the session's log record
 and snapshot, so a restarted shard resumes the upgrades it had queued. A summary asked for again
 while its upgrade runs cancels the upgrade (the new summary queues its own, and indexes its own text
-after whatever the upgrade put there); a session deleted meanwhile has its memory taken out. An
+after whatever the upgrade put there); a session deleted meanwhile has its memory taken out, and so
+does one made again under its id with no job of its own (its live state reset, as above). An
 upgrade that fails is tried again with the job's backoff, then left queued for the shard's next
 start. One that ends in anything but a logged kept text after the model's text went into session
 memory (the log refused it, the shard was drained, a failure in between), and any upgrade resumed
@@ -121,6 +124,7 @@ from engine.sessions.ops import (
     FinishSummary,
     GetSession,
     MarkIndexed,
+    ResetLive,
     SessionOp,
     StartSummary,
     SummaryInput,
@@ -407,8 +411,12 @@ class ClosingJobs:
             except _Replaced:
                 raise
             except _Gone:
-                await self._forget_if_gone(org, session_id)
-                return False
+                if await self._forget_if_gone(org, session_id):
+                    return False
+                # Made again under its id since the mark missed (an import): what went in may be the
+                # deleted session's (more turns than this one has), so it is replaced as below. Its
+                # own job has not run yet, since this one still has its key.
+                raise _Replaced from None
             except Exception as exc:  # noqa: BLE001 - the summary stays ready; the index is retried
                 log.warning(
                     "indexing attempt failed",
@@ -454,20 +462,25 @@ class ClosingJobs:
 
     async def _forget_replaced(self, org: str, session_id: str) -> bool:
         """What went into session memory under the id of a session replaced while its job indexed
-        taken out, once live memory has nothing of the session there now in flight. Turns live
-        memory put in for it are embedded again at its index (the index reads back only what memory
-        holds). Whether the job goes on (it always does)."""
+        taken out, once live memory has nothing of the session there now in flight; then ResetLive,
+        so that live memory puts every turn of the session there now in again (the forget took out
+        what its ticks put in, and an active session has no job to do it) and its index, if it has
+        one, embeds them rather than reading back what memory no longer holds. Whether the job goes
+        on (it always does)."""
         if self._settled is not None:
             await self._settled(org, session_id)
         await forget_sessions(self._ports, org, [session_id])
+        await self._one(ResetLive(org, session_id))  # none there (deleted again): nothing to reset
         return True
 
-    async def _forget_if_gone(self, org: str, session_id: str) -> None:
-        """A deleted session's memory taken out, unless a session was made under its id since (an
-        import): its memory is its own, and its job, submitted meanwhile, runs after this one."""
+    async def _forget_if_gone(self, org: str, session_id: str) -> bool:
+        """A deleted session's memory taken out; whether it was (False: a session was made under its
+        id since, an import, and the caller decides what to take out)."""
         found = await self._one(GetSession(org, session_id, limit=0))
         if isinstance(found, EngineError):  # gone (or unreadable: nothing is known to be there)
             await forget_sessions(self._ports, org, [session_id])
+            return True
+        return False
 
     async def _mark(self, org: str, session_id: str, job: SummaryInput, entries: int | None) -> Any:
         """MarkIndexed for the session the job read (its view, or the error the shard answered):
@@ -500,7 +513,12 @@ class ClosingJobs:
                 return
             except _Gone:
                 self._unsure.discard((org, session_id))
-                await self._forget_if_gone(org, session_id)
+                if not await self._forget_if_gone(org, session_id) and (org, session_id) not in self._active:
+                    # Made again under its id (an import) with no job of its own: the model's text
+                    # of the deleted session may be its `#summary`, so the id is forgotten, and live
+                    # memory puts its turns in again. One with a job cancelled this upgrade (submit)
+                    # and indexes its own entries.
+                    await self._forget_replaced(org, session_id)
                 return
             except Exception as exc:  # noqa: BLE001 - the extract stays; the upgrade stays queued
                 log.warning(

@@ -296,6 +296,18 @@ class MarkLive(SessionOp):
     marks: tuple[tuple[str, int, int, bool, str | None], ...] = coded(LIVE_MARKS)
 
 
+@SESSION_OPS.logged("live_reset", "_reset_live", log_without_result=False)
+@dataclass(slots=True, frozen=True)
+class ResetLive(SessionOp):
+    """Live memory holds none of this session now (a closing job forgot its id after the session it
+    indexed was replaced by this one): every turn goes in again, as after a rename. The session
+    gets a new incarnation, so a tick that read it before is not marked (MarkLive). Answers the
+    session's view, or None (not logged) when no session has the id."""
+
+    org: str
+    session_id: str
+
+
 @SESSION_OPS.logged("summary_fail", "_fail_summary")
 @dataclass(slots=True, frozen=True)
 class FailSummary(SessionOp):

@@ -58,6 +58,7 @@ from engine.sessions.ops import (
     PurgeSessions,
     ReplaceContext,
     RequestSummary,
+    ResetLive,
     SessionOp,
     StartSummary,
     SummaryInput,
@@ -508,6 +509,18 @@ class SessionStore:
             if session.live_behind:  # more came, or it ended, while the indexer read and wrote
                 self.live_dirty[(op.org, session_id)] = None
         return tuple(gone)
+
+    def _reset_live(self, op: ResetLive, now_ms: int) -> SessionView | None:
+        session = self._sessions.get((op.org, op.session_id))
+        if session is None:
+            return None
+        self._before_change(session)
+        session.live_through, session.live_ended = 0, False
+        # A tick that read it before this is not marked: what it put in may precede the forget.
+        session.incarnation = next(_INCARNATIONS)
+        if session.live_behind:
+            self.live_dirty[(op.org, op.session_id)] = None
+        return session.view()
 
     def _fail_summary(self, op: FailSummary, now_ms: int) -> SessionView:
         session = self._find(op.org, op.session_id)
