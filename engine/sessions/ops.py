@@ -267,6 +267,8 @@ class LiveInput:
     owned: bool  # a closing job puts it into session memory (closed, or a summary asked for): not live
     ended_written: bool  # the entry standing for it in memory carries its final status already
     ended_at: int | None = None  # when it ended, for its stand-in's closed_at
+    # The session object's stamp (Session.incarnation): what MarkLive names, so it marks only this one.
+    incarnation: int = 0
 
 
 @SESSION_OPS.read("_live_turns")
@@ -289,11 +291,17 @@ class MarkLive(SessionOp):
     other than active (it need not be written again). A mark whose `after` is not the session's
     live_through any more, or whose name is not the session's (renamed meanwhile: every turn goes in
     again under the new name), is not applied. One record per tick of a shard's indexer (one op per
-    organization, in one batch). Answers the ids of the sessions that are gone (deleted since they
-    were read): what went into memory of them must be taken out."""
+    organization, in one batch). Answers the ids of the sessions whose memory under the id must be
+    taken out: those gone (deleted since they were read), and those whose session is not the
+    incarnation the tick read (deleted and made again under the id, or reset by ResetLive): what
+    went in may be another session's turns. Such a mark is not applied, and the log leaves it out,
+    so replay never applies it to the session that came after."""
 
     org: str
     marks: tuple[tuple[str, int, int, bool, str | None], ...] = coded(LIVE_MARKS)
+    # LiveInput.incarnation of each mark's session as the tick read it, in the marks' order; checked
+    # when the op first runs, as MarkIndexed's is. None: not checked.
+    incarnations: tuple[int, ...] | None = unlogged()
 
 
 @SESSION_OPS.logged("live_reset", "_reset_live", log_without_result=False)

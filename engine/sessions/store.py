@@ -114,6 +114,7 @@ class SessionStore:
         self._deadlines: list[tuple[int, str, str]] = []  # heap; entries go stale on TTL change or delete
         # Mutating ops applied and not yet taken by the log, in order.
         self.journal: list[SessionOp | Idempotent] = []
+        self._applied: SessionOp | None = None  # the part of the op being applied that the log holds
         self.summary_jobs: list[tuple[str, str]] = []  # (org, session id) queued for a summary, in order
         # Live memory (engine.closing.live): sessions that got messages or changed status since the
         # indexer last took them (a dict as an ordered set: one assignment in the append path), and
@@ -135,13 +136,15 @@ class SessionStore:
 
     def apply(self, op: SessionOp | Idempotent, now_ms: int) -> Any:
         self._now_ms = now_ms
+        self._applied = None
         if type(op) is Idempotent:
             return self._apply_once(op, now_ms)
         result = self._handlers[type(op)](op, now_ms)
         # Reached only if the op succeeded; a failed op changes nothing, so nothing is logged.
         spec = SESSION_OPS.spec(op)
         if spec.logged and (result or spec.log_without_result):
-            self.journal.append(op)
+            # What it applied, where that is only part of it (MarkLive): replay applies the same.
+            self.journal.append(self._applied or op)
             self.events.pending += events_of(op, result, now_ms)
         return result
 
@@ -493,21 +496,35 @@ class SessionStore:
             session.live_owned,
             session.live_ended,
             session.ended_at,
+            session.incarnation,
         )
 
     def _mark_live(self, op: MarkLive, now_ms: int) -> tuple[str, ...]:
         gone = []
-        for session_id, after, through, ended, name in op.marks:
+        applied = []
+        for i, mark in enumerate(op.marks):
+            session_id, after, through, ended, name = mark
             session = self._sessions.get((op.org, session_id))
             if session is None:
                 gone.append(session_id)
+                applied.append(mark)
                 continue
+            if op.incarnations is not None and op.incarnations[i] != session.incarnation:
+                # Read from a session since deleted (made again under its id) or reset: what the tick
+                # put in under the id may be that session's, and this one's turns are not in.
+                gone.append(session_id)
+                if session.live_behind:
+                    self.live_dirty[(op.org, session_id)] = None
+                continue
+            applied.append(mark)
             if session.live_through == after and (name is None or name == session.name):
                 self._before_change(session)
                 session.live_through = max(after, through)
                 session.live_ended = ended
             if session.live_behind:  # more came, or it ended, while the indexer read and wrote
                 self.live_dirty[(op.org, session_id)] = None
+        if len(applied) < len(op.marks):
+            self._applied = MarkLive(op.org, tuple(applied))
         return tuple(gone)
 
     def _reset_live(self, op: ResetLive, now_ms: int) -> SessionView | None:

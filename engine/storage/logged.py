@@ -263,8 +263,11 @@ class LoggedStore:
         results: list[Any] = self.store.apply_batch(applied, now_ms)
         journal = self.store.take_journal()
         if journal:
-            # The journal holds the batch's own op objects, each encoded above.
-            record = encode_record(self.lsn + 1, now_ms, [encoded[id(op)] for op in journal])
+            # The journal holds the batch's own op objects, each encoded above, or the part of one
+            # that a store applied (SessionStore's MarkLive), encoded here.
+            record = encode_record(
+                self.lsn + 1, now_ms, [encoded.get(id(op)) or self.OPS.encode_bytes(op) for op in journal]
+            )
             started = time.perf_counter()
             try:
                 self.writable_log().commit(record, self._fsync)

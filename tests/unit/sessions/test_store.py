@@ -21,10 +21,13 @@ from engine.sessions.ops import (
     GetSession,
     ImportSession,
     ListSessions,
+    LiveTurns,
     MarkIndexed,
+    MarkLive,
     Ping,
     PurgeSessions,
     ReplaceContext,
+    ResetLive,
     SummaryJob,
     UpdateSession,
 )
@@ -354,3 +357,49 @@ def test_a_session_made_again_under_its_id_is_not_one_to_forget() -> None:
     gone = closed(store)
     store.apply(DeleteSession("acme", gone), T0)
     assert store.take_live_deleted() == [("acme", gone)], "what memory holds under the others is theirs"
+
+
+def live_mark(store: SessionStore, sid: str) -> tuple[tuple[str, int, int, bool, str | None], int]:
+    """What a live tick that read the session now would mark (all its messages), and the incarnation
+    it read."""
+    live = store.apply(LiveTurns("acme", sid, 100), T0)
+    return (sid, live.live_through, live.message_count, False, live.name), live.incarnation
+
+
+def test_a_live_mark_read_from_a_deleted_session_does_not_mark_the_one_imported_under_its_id(
+    tmp_path: Path,
+) -> None:
+    shard = DurableSessions(tmp_path, DurabilityConfig(), ManualClock(T0), lock_wait_s=0.2)
+    store = shard.store
+    sid, other = create(store, name="trip"), create(store, name="other")
+    say(store, "acme", sid, "old turn 0", "old turn 1")
+    say(store, "acme", other, "hello")
+    earlier_export = encode_session(store._sessions[("acme", sid)])
+    shard.commit(
+        [AppendMessages("acme", sid, (NewMessage("user", "old turn 2"), NewMessage("user", "old turn 3")))]
+    )
+    (mark, read), (other_mark, other_read) = live_mark(store, sid), live_mark(store, other)
+    shard.commit([DeleteSession("acme", sid), ImportSession("acme", sid, earlier_export)])
+    store.take_live()
+    marked = MarkLive("acme", (mark, other_mark), incarnations=(read, other_read))
+    assert shard.commit([marked]) == [(sid,)], "what the tick put in under the id is taken out"
+    assert store._sessions[("acme", sid)].live_through == 0, "the import's own turns still go in"
+    assert store.take_live() == [("acme", sid)]
+    assert store._sessions[("acme", other)].live_through == 1
+    shard._rebuild()  # the log, replayed, says the same
+    assert shard.store._sessions[("acme", sid)].live_through == 0
+    assert shard.store._sessions[("acme", other)].live_through == 1
+    shard.close()
+
+
+def test_a_live_mark_read_before_a_reset_is_not_applied() -> None:
+    store = SessionStore()
+    sid = create(store)
+    say(store, "acme", sid, "a", "b")
+    mark, read = live_mark(store, sid)
+    store.apply(ResetLive("acme", sid), T0)
+    assert store.apply(MarkLive("acme", (mark,), incarnations=(read,)), T0) == (sid,)
+    assert store._sessions[("acme", sid)].live_through == 0
+    mark, read = live_mark(store, sid)
+    assert store.apply(MarkLive("acme", (mark,), incarnations=(read,)), T0) == ()
+    assert store._sessions[("acme", sid)].live_through == 2
