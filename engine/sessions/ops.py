@@ -293,9 +293,9 @@ class MarkLive(SessionOp):
     again under the new name), is not applied. One record per tick of a shard's indexer (one op per
     organization, in one batch). Answers the ids of the sessions whose memory under the id must be
     taken out: those gone (deleted since they were read), and those whose session is not the
-    incarnation the tick read (deleted and made again under the id, or reset by ResetLive): what
-    went in may be another session's turns. Such a mark is not applied, and the log leaves it out,
-    so replay never applies it to the session that came after."""
+    incarnation the tick read (deleted and made again under the id, or reset by ResetLive) and
+    have no turns marked: what went in may be another session's turns. Such a mark is not
+    applied, and the log leaves it out, so replay never applies it to the session that came after."""
 
     org: str
     marks: tuple[tuple[str, int, int, bool, str | None], ...] = coded(LIVE_MARKS)

@@ -511,8 +511,12 @@ class SessionStore:
                 continue
             if op.incarnations is not None and op.incarnations[i] != session.incarnation:
                 # Read from a session since deleted (made again under its id) or reset: what the tick
-                # put in under the id may be that session's, and this one's turns are not in.
-                gone.append(session_id)
+                # put in under the id may be that session's, and this one's turns are not in yet
+                # (live_through 0: the indexer is sequential, so no later tick marked it). One with
+                # turns marked is the same session read again from a store rebuilt since: what went
+                # in is its own, and nothing need be taken out.
+                if session.live_through == 0:
+                    gone.append(session_id)
                 if session.live_behind:
                     self.live_dirty[(op.org, session_id)] = None
                 continue
