@@ -1063,3 +1063,30 @@ async def test_a_summary_asked_for_again_while_its_job_indexes_is_made_indexed_a
     assert (view["summary_status"], view["index_status"]) == ("ready", "ready")
     assert view["summary_provenance"]["method"] == "model", "the new summary's upgrade ran"
     assert h.store.pending_upgrades() == [] and h.summary_entry(sid)[1] == "model"
+
+
+async def test_an_open_session_imported_as_a_deleted_sessions_upgrade_missed_keeps_no_model_text() -> None:
+    h = Harness()
+    sid = h.closed_session(messages=4, content="the old session, turn {i}")
+    line = an_earlier_export(h, sid, active=True)
+    real = h.record
+    state: dict[str, bool] = {}
+
+    async def record(ops: Sequence[SessionOp]) -> list[Any]:
+        answers = await real(ops)
+        if isinstance(ops[0], UpgradeSummary) and "imported" not in state:
+            state["imported"] = True
+            h.store.apply(ImportSession("acme", sid, line), T0)  # open: live memory's, no job
+        return answers
+
+    def deleted_while_the_model_runs() -> None:
+        h.during = None
+        h.delete(sid)  # the route's forget first: the model's text lands after it
+
+    h.closing = ClosingJobs(record, h, h.config, sleep=h.sleep, outcome=lambda *o: h.outcomes.append(o))
+    h.during = deleted_while_the_model_runs
+    await h.run_queued()
+    await h.closing.drain()
+    assert state.get("imported")
+    assert h.memory_ids() == set(), "nothing of the deleted session's summary is the import's"
+    assert h.store._sessions[("acme", sid)].live_through == 0 and h.store.take_live() == [("acme", sid)]
