@@ -569,7 +569,8 @@ class ClosingJobs:
         """An upgrade that ended in anything but a logged kept text, where session memory may hold
         the model's text (`_unsure`): the session's summary, as the session has it, into session
         memory again (one embed), so memory never says what the session does not. A summary asked
-        for again meanwhile indexes its own text, and a session gone has its memory taken out."""
+        for again meanwhile indexes its own text, a session gone has its memory taken out, and so
+        does an open one made again under its id (its live state reset)."""
         key = (org, session_id)
         view = await self._one(GetSession(org, session_id, limit=0))
         if isinstance(view, SessionNotFound):
@@ -580,6 +581,10 @@ class ClosingJobs:
             provenance = view["summary_provenance"]
             method, made_at = provenance["method"], provenance["created_at"]
             await index_summary(self._ports, org, session_id, view["summary"], method, made_at=made_at)
+        elif view["status"] == "active" and key not in self._active:
+            # Deleted and made again under its id, open (an import), while the upgrade ran: it has
+            # no summary to put back, and live memory puts its turns in again after the forget.
+            await self._forget_replaced(org, session_id)
         self._unsure.discard(key)
 
     async def _one(self, op: SessionOp) -> Any:

@@ -1090,3 +1090,20 @@ async def test_an_open_session_imported_as_a_deleted_sessions_upgrade_missed_kee
     assert state.get("imported")
     assert h.memory_ids() == set(), "nothing of the deleted session's summary is the import's"
     assert h.store._sessions[("acme", sid)].live_through == 0 and h.store.take_live() == [("acme", sid)]
+
+
+async def test_an_open_session_imported_while_a_deleted_sessions_upgrade_ran_keeps_no_model_text() -> None:
+    h = Harness()
+    sid = h.closed_session(messages=4, content="the old session, turn {i}")
+    line = an_earlier_export(h, sid, active=True)
+
+    def replaced_while_the_model_runs() -> None:
+        h.during = None
+        h.delete(sid)  # the route's forget first: the model's text lands after it
+        h.store.apply(ImportSession("acme", sid, line), T0)  # open: live memory's, no job
+
+    h.during = replaced_while_the_model_runs
+    await h.run_queued()
+    await h.closing.drain()
+    assert h.memory_ids() == set(), "nothing of the deleted session's summary is the import's"
+    assert h.store._sessions[("acme", sid)].live_through == 0 and h.store.take_live() == [("acme", sid)]
