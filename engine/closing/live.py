@@ -23,7 +23,11 @@ longer), so a burst of appends is one tick:
    forget that fails is tried again every tick until one succeeds, and a start forgets again the
    sessions its replay saw deleted or purged (forgets are idempotent), so a crash between a tick's
    upsert and its forget leaks nothing either. Each forget reads the sessions first and skips
-   those made again under their id since (an import after the delete): their memory is theirs.
+   those made again under their id since (an import after the delete): their memory is theirs,
+   unless MarkLive answered the session as another than the one the tick read (each mark names
+   the incarnation read): then what the tick put in may be the one before's, so the id is
+   forgotten, and the session there now (none of its turns marked) is held back until the forget
+   is done and then put in whole.
 
 A tick that fails (the embedder or the memory shard down) puts its sessions back and the indexer
 tries again after a backoff that doubles, up to MAX_BACKOFF_S; appends go on meanwhile. A crash
@@ -81,6 +85,7 @@ class _Taken:
     ended: bool
     name: str  # the session's name as read: a mark under another name is not applied
     said_at: Sequence[int]  # each new message's time, for the lag
+    incarnation: int  # the session object read (Session.incarnation): a mark for another is not applied
 
 
 class LiveIndexer:
@@ -112,6 +117,10 @@ class LiveIndexer:
         self._wake = asyncio.Event()
         # Sessions gone whose memory a forget has not yet taken out (it failed): tried every tick.
         self._forgets: dict[str, set[str]] = {}
+        # Of those, the ones a tick read as another session object than the one under the id now
+        # (MarkLive did not mark them): forgotten even though a session exists, since what the tick
+        # put in may be the one before's; the incarnation each was read as.
+        self._replaced: dict[Key, int] = {}
         # Per session, the highest seq whose lag was observed: a re-index (a rename's, a restart's
         # backlog) is not lag since the message was said. Dropped when the session leaves.
         self._lagged: dict[Key, int] = {}
@@ -220,6 +229,9 @@ class LiveIndexer:
                 if budget <= 0:
                     skipped.append((org, sid))  # not taken this tick: still waiting
                     continue
+                if live is not None and (org, sid) in self._replaced:
+                    skipped.append((org, sid))  # a forget of its id is pending: its turns go in after
+                    continue
                 if live is None or live.owned:
                     self._waiting.pop((org, sid), None)  # gone, or its closing job's
                     self._lagged.pop((org, sid), None)
@@ -256,19 +268,27 @@ class LiveIndexer:
             ended and through >= live.message_count,
             live.name,
             session.times,
+            live.incarnation,
         )
 
     async def _mark(self, by_org: dict[str, list[_Taken]]) -> None:
         marks = [
-            MarkLive(org, tuple((t.session_id, t.after, t.through, t.ended, t.name) for t in ts))
+            MarkLive(
+                org,
+                tuple((t.session_id, t.after, t.through, t.ended, t.name) for t in ts),
+                incarnations=tuple(t.incarnation for t in ts),
+            )
             for org, ts in by_org.items()
         ]
         answers = await self._record(marks)
         now_ms = self._now_ms()
+        read = {(t.org, t.session_id): t.incarnation for ts in by_org.values() for t in ts}
         for mark, gone in zip(marks, answers, strict=True):
             if isinstance(gone, EngineError):
                 raise gone  # not recorded: the sessions are indexed again from where they were
             if gone:
+                for session_id in gone:
+                    self._replaced[(mark.org, session_id)] = read[(mark.org, session_id)]
                 self.forget((mark.org, session_id) for session_id in gone)
         if self._forgets:
             await self._forget_gone()
@@ -316,8 +336,14 @@ class LiveIndexer:
             for answer in answers:
                 if isinstance(answer, EngineError):
                     raise answer  # the shard takes no reads now: tried again at the next tick
-            gone = [session_id for session_id, live in zip(session_ids, answers, strict=True) if live is None]
+            gone = [
+                session_id
+                for session_id, live in zip(session_ids, answers, strict=True)
+                if live is None or self._replaced.get((org, session_id), live.incarnation) != live.incarnation
+            ]
             if gone:
                 await forget_sessions(self._ports, org, gone)
+            for key in keys:
+                self._replaced.pop(key, None)
         finally:
             await self._leave(fresh)

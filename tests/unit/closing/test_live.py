@@ -736,3 +736,26 @@ async def test_a_forget_handed_over_for_a_session_made_again_under_its_id_leaves
     await h.live.tick()
     assert set(h.ids(SESSION_MEMORY)) == {f"{sid}#1", f"{sid}#2"}
     assert h.live._forgets == {}
+
+
+async def test_a_tick_that_read_a_deleted_session_forgets_the_earlier_export_imported_under_its_id() -> None:
+    """The tick read four turns; the session was deleted (the route's forget first) and an export of
+    it with two turns, under the same name, imported before the tick's upsert and its marks: the
+    marks are not applied, the id is forgotten, and the import's own turns go in at the next tick."""
+    h = Harness()
+    sid = h.open_session("old turn 0", "old turn 1")
+    earlier_export = encode_session(h.store._sessions[("acme", sid)])
+    h.say(sid, "old turn 2", "old turn 3")
+
+    def replaced_now() -> None:
+        h.before_upsert = None
+        h.delete(sid)
+        h.apply(ImportSession("acme", sid, earlier_export))
+
+    h.before_upsert = replaced_now
+    await h.live.tick()
+    assert h.live_through(sid) == 0
+    assert set(h.ids(SESSION_MEMORY)) == set(), "nothing of the deleted session's turns is left"
+    await h.live.tick()
+    assert h.live_through(sid) == 2
+    assert set(h.ids(SESSION_MEMORY)) == {f"{sid}#1", f"{sid}#2"}
