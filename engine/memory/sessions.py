@@ -401,10 +401,11 @@ def _windows(
     index: NamespaceIndex, vector: np.ndarray, hits: Hits, existing: Collection[int] | None
 ) -> list[tuple[str, float]]:
     """Sessions by their best window around the turns the dense search found first (`hits`, the
-    first WINDOW_HITS): for each found turn, the window centred on it, scored by the cosine of the
-    query with the normalised mean of its messages' stored vectors (`session_vector`). Windows
-    centred on the found turns' neighbours too ranked the recall corpora's sessions the same, at
-    half again the cost (benchmarks/README.md, "Session memory at scale"). Of the `existing` turns
+    first WINDOW_HITS): for each found turn, the windows centred on it and on its neighbours, each
+    scored by the cosine of the query with the normalised mean of its messages' stored vectors
+    (`session_vector`). Windows centred on the found turns only cost less and ranked the recall
+    corpora's sessions within a question or two of these, but lost the held-out `when` questions to
+    BM25 by that much (benchmarks/README.md, "Session memory at scale"). Of the `existing` turns
     only (None: all), so `as_of` sees the windows of the turns said by then."""
     Turn = tuple[int, int]  # (seq, FAISS id)
     near: dict[tuple[str, int], tuple[Turn | None, Turn | None]] = {}  # (session, seq) -> neighbours
@@ -430,6 +431,9 @@ def _windows(
             continue
         session_id, seq = str(entry[1]["session_id"]), int(entry[1]["seq"])
         centres[(session_id, seq)] = faiss_id
+        for other in neighbours(session_id, seq):
+            if other is not None:
+                centres[(session_id, other[0])] = other[1]
     if not centres:
         return []
     # Each window as the rows of its (up to) three turns in `stored`; a missing neighbour is the
