@@ -293,15 +293,14 @@ def closest_of(
     """What a session's relevance is made of, from its own entries only (so it does not depend on
     what else was found): the cosine similarity of the query to its closest indexed message. A
     session with none (only tool messages; an older engine's summary entry) has its session
-    entry's instead (its name). Windows do not count: a mean of messages is not something the
-    session said. With `past`, only the entries that existed then count."""
+    entry's instead (its name). Windows, made at query time, are not entries and never count: a
+    mean of messages is not something the session said. With `past`, only the entries that existed
+    then count."""
     if vector is None or not session_ids:
         return {}
     query = np.asarray(vector, dtype=np.float32).reshape(-1)
     chosen = {"session_id": {"$in": list(session_ids)}}
-    closest = _closest(
-        indexes.turns, query, chosen, None if past is None else past.turns, leave_out={"kind": "window"}
-    )
+    closest = _closest(indexes.turns, query, chosen, None if past is None else past.turns)
     missing = [session_id for session_id in session_ids if session_id not in closest]
     if missing:
         wholes = {"session_id": {"$in": missing}, "kind": "session"}
@@ -314,18 +313,13 @@ def _closest(
     query: np.ndarray,
     where: Where,
     existing: Collection[int] | None,
-    leave_out: Where | None = None,
 ) -> dict[str, float]:
     """Per session, the best cosine similarity between the query and its entries that `where`
-    keeps and `leave_out` (an equality) does not, of the `existing` ones (None: all) (their stored
-    vectors, read back: exact, whatever the index's kind)."""
+    keeps, of the `existing` ones (None: all) (their stored vectors, read back: exact, whatever the
+    index's kind)."""
     if index is None or index.dimension != len(query):
         return {}
     selected = index.select(where) or set()
-    if leave_out:
-        # Selected as an equality besides `where`: the intersection of two posting lists, where a
-        # "kind is not window" condition would read every entry's metadata.
-        selected -= index.select({**where, **leave_out}) or set()
     faiss_ids = sorted(selected if existing is None else selected.intersection(existing))
     best: dict[str, float] = {}
     for faiss_id, cosine in zip(faiss_ids, (index.vectors(faiss_ids) @ query).tolist(), strict=True):
@@ -451,9 +445,8 @@ def _windows(
     sums = stored[members[:, 0]] + stored[members[:, 1]] + stored[members[:, 2]]
     norms = np.maximum(np.linalg.norm(sums, axis=1), np.finfo(np.float32).tiny)
     cosines = (sums @ np.asarray(vector, dtype=np.float32).reshape(-1)) / norms
-    windows = list(centres)
     best: dict[str, float] = {}
-    for (session_id, _), cosine in zip(windows, cosines.tolist(), strict=True):
+    for (session_id, _), cosine in zip(centres, cosines.tolist(), strict=True):
         best[session_id] = max(best.get(session_id, -1.0), min(1.0, cosine))
     return sorted(best.items(), key=lambda pair: -pair[1])
 
